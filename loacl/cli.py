@@ -1,0 +1,259 @@
+"""The ``loacl`` command: serve, migrate, replay, audit, events, backup and restore."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from loacl import __version__
+from loacl.domain.errors import LoaclError
+from loacl.settings import Settings, SettingsError, load_settings
+from loacl.store import audit, backup, migrations, replay
+from loacl.store.projections import default_projections
+from loacl.store.sqlite import connect
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def _progress(label: str, out: TextIO) -> Callable[[int, int], None]:
+    last = [0.0]
+
+    def show(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.2 and done < total:
+            return
+        last[0] = now
+        pct = 100 * done // total if total else 100
+        out.write(f"{label}: {done}/{total} events ({pct}%)\n")
+        out.flush()
+
+    return show
+
+
+def _open(settings: Settings, *, must_exist: bool = True) -> sqlite3.Connection:
+    path = settings.database_path
+    if must_exist and not path.exists():
+        raise LoaclError("database_not_found", f"no database at {path}")
+    return connect(path)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from loacl.http.app import create_app
+    from loacl.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=args.host or settings.host,
+        port=settings.port if args.port is None else args.port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+    )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    conn = _open(settings, must_exist=args.action != "up")
+    try:
+        if args.action == "status":
+            for version, name, applied_at in migrations.status(conn):
+                state = f"applied {applied_at}" if applied_at else "pending"
+                print(f"{version:04d}_{name:<24} {state}")
+            return 0
+        steps = (migrations.up if args.action == "up" else migrations.down)(conn, args.to)
+        verb = "applied" if args.action == "up" else "reverted"
+        for step in steps:
+            print(f"{verb} {step.version:04d}_{step.name}")
+        if not steps:
+            print("nothing to do")
+        return 0
+    finally:
+        conn.close()
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    conn = _open(settings)
+    try:
+        result = replay.replay(
+            conn, default_projections(), progress=_progress("replay", sys.stderr)
+        )
+    finally:
+        conn.close()
+    print(f"replayed {result.events} events into {len(result.tables)} tables: "
+          + ", ".join(result.tables))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    conn = _open(settings)
+    try:
+        result = audit.verify(conn, progress=_progress("audit", sys.stderr))
+    finally:
+        conn.close()
+    if result.ok:
+        print(f"ok: {result.events} events, last hash {result.last_hash}")
+        return 0
+    print(f"FAILED at event {result.bad_seq}: {result.reason}")
+    return 1
+
+
+_EVENT_COLUMNS = (
+    "seq, stream, version, type, schema_version, payload, metadata, recorded_at, hash"
+)
+
+
+def _event_json(row: Sequence[Any]) -> dict[str, Any]:
+    seq, stream, version, type_, schema, payload, metadata, at, hash_ = row
+    return {
+        "seq": seq, "stream": stream, "version": version, "type": type_,
+        "schema_version": schema, "payload": json.loads(payload),
+        "metadata": json.loads(metadata), "recorded_at": at, "hash": hash_,
+    }
+
+
+def _print_event(row: Sequence[Any], as_json: bool, out: TextIO) -> None:
+    if as_json:
+        out.write(json.dumps(_event_json(row), separators=(",", ":")) + "\n")
+        return
+    seq, stream, version, type_, _schema, payload, _meta, at, _hash = row
+    out.write(f"{seq:>8}  {at[:23]}  {type_:<24} {stream} v{version}  {payload}\n")
+
+
+def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
+    conn = _open(settings)
+    try:
+        if args.action == "show":
+            row = conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq = ?", (args.seq,)
+            ).fetchone()
+            if row is None:
+                raise LoaclError("event_not_found", f"no event at position {args.seq}")
+            event = _event_json(row)
+            if args.json:
+                print(json.dumps(event))
+            else:
+                for key, value in event.items():
+                    shown = json.dumps(value, indent=2) if isinstance(value, dict) else value
+                    print(f"{key:>15}: {shown}")
+            return 0
+        where, params = ["seq > ?"], [0]
+        if args.stream:
+            where.append("stream = ?")
+            params.append(args.stream)
+        if args.type:
+            where.append("type = ?")
+            params.append(args.type)
+        if args.since is not None:
+            params[0] = args.since
+        else:
+            (head,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+            params[0] = max(0, head - args.limit) if not (args.stream or args.type) else 0
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq"
+        rows = conn.execute(sql, params).fetchall()
+        if args.since is None and (args.stream or args.type):
+            rows = rows[-args.limit:]
+        for row in rows:
+            _print_event(row, args.json, sys.stdout)
+        sys.stdout.flush()
+        if rows:
+            params[0] = rows[-1][0]
+        elif args.since is None:
+            (params[0],) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        while args.follow:
+            time.sleep(args.interval)
+            for row in conn.execute(sql, params).fetchall():
+                _print_event(row, args.json, sys.stdout)
+                params[0] = row[0]
+            sys.stdout.flush()
+        return 0
+    finally:
+        conn.close()
+
+
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+    result = backup.backup(settings.database_path, Path(args.path))
+    print(f"backed up {result.events} events to {args.path} (audit {'ok' if result.ok else 'FAILED'})")
+    return 0 if result.ok else 1
+
+
+def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
+    result = backup.restore(Path(args.path), settings.database_path, force=args.force)
+    print(f"restored {result.events} events into {settings.database_path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loacl", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"loacl {__version__}")
+    parser.add_argument("--config", type=Path, help="settings file (default: ./loacl.toml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the HTTP server")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("migrate", help="apply, revert or list schema migrations")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--to", type=int, help="target migration number")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("replay", help="rebuild every read table from the event log")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("audit", help="check the event log's hash chain")
+    p.add_argument("action", choices=["verify"])
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("events", help="read the event log")
+    ev = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    t = ev.add_parser("tail", help="the latest events, optionally following new ones")
+    t.add_argument("--follow", "-f", action="store_true")
+    t.add_argument("--stream")
+    t.add_argument("--type")
+    t.add_argument("--since", type=int, help="show events after this position")
+    t.add_argument("--limit", "-n", type=int, default=20)
+    t.add_argument("--json", action="store_true", help="one JSON object a line")
+    t.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
+    s = ev.add_parser("show", help="one event in full")
+    s.add_argument("seq", type=int)
+    s.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("backup", help="write a consistent copy of the database")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("restore", help="put a backup back in place of the database")
+    p.add_argument("path")
+    p.add_argument("--force", action="store_true", help="even while a server uses it")
+    p.set_defaults(func=cmd_restore)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        print(f"loacl: {exc}", file=sys.stderr)
+        return 2
+    func: Command = args.func
+    try:
+        return func(args, settings)
+    except LoaclError as exc:
+        print(f"loacl: {exc.message} [{exc.code}]", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,1 @@
+"""The domain: events, state, decisions and errors. Standard library only."""

@@ -1,0 +1,51 @@
+"""Events are past-tense facts. Each class names its wire type and schema version.
+
+Events are frozen dataclasses so that the domain needs nothing outside the standard library;
+the store encodes them (msgspec) and pins their wire format with golden files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+
+EVENT_TYPES: dict[str, type[Event]] = {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    event_type: ClassVar[str] = ""
+    schema_version: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # dataclass(slots=True) builds a second class; the last one registered is the real one.
+        if cls.event_type:
+            EVENT_TYPES[cls.event_type] = cls
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Metadata:
+    """Who and what caused an append. Never holds secrets."""
+
+    actor: str | None = None
+    request_id: str | None = None
+    client_ip: str | None = None
+    causation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as the log holds it: its position, stream, version and chain hash."""
+
+    seq: int
+    stream: str
+    version: int
+    event: Event
+    metadata: Metadata
+    recorded_at: datetime
+    hash: str
+
+    @property
+    def type(self) -> str:
+        return self.event.event_type

@@ -1,0 +1,187 @@
+"""Configuration: built-in defaults < ``loacl.toml`` < environment variables.
+
+The only module that reads configuration. Environment names follow the original task list where it
+has one (``DATABASE_URL``, ``JWT_SECRET_KEY``, ...) and are ``LOACL_<KEY>`` otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+CONFIG_ENV = "LOACL_CONFIG"
+DEFAULT_CONFIG = Path("loacl.toml")
+
+# Keys whose environment name is the task list's, not LOACL_<KEY>.
+ENV_NAMES = {
+    "database_url": "DATABASE_URL",
+    "jwt_secret_key": "JWT_SECRET_KEY",
+    "jwt_algorithm": "JWT_ALGORITHM",
+    "access_token_expire_minutes": "ACCESS_TOKEN_EXPIRE_MINUTES",
+    "openai_api_key": "OPENAI_API_KEY",
+    "openai_base_url": "OPENAI_BASE_URL",
+    "max_upload_size": "MAX_UPLOAD_SIZE",
+    "allowed_file_types": "ALLOWED_FILE_TYPES",
+}
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names the key and what was expected."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    database_url: str = Field(
+        "sqlite:///data/loacl.db",
+        description="SQLite database file (sqlite:///relative or sqlite:////absolute path).",
+        pattern=r"^sqlite:///.+",
+    )
+    data_dir: Path = Field(
+        Path("data"), description="Folder for the generated JWT secret and the mail outbox."
+    )
+    host: str = Field("127.0.0.1", description="Address `loacl serve` listens on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port `loacl serve` listens on.")
+    public_url: str | None = Field(
+        None, description="This instance's public base URL, used in embed code and mail links."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Lowest level of log lines written."
+    )
+    log_format: Literal["json", "console"] = Field(
+        "json", description="JSON lines, or coloured text for a terminal."
+    )
+    auto_migrate: bool = Field(
+        True, description="Apply pending database migrations when the server starts."
+    )
+    jwt_secret_key: str | None = Field(
+        None,
+        min_length=32,
+        description="Key for signing access tokens; generated once into the data folder if unset.",
+    )
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = Field(
+        "HS256", description="Algorithm for access tokens."
+    )
+    access_token_expire_minutes: int = Field(
+        30, ge=1, le=24 * 60, description="Lifetime of an access token, in minutes."
+    )
+    openai_api_key: str | None = Field(
+        None, description="OpenAI API key; without it assistants answer with the demo provider."
+    )
+    openai_base_url: str | None = Field(
+        None, description="Base URL of an OpenAI-compatible server, instead of OpenAI's."
+    )
+    max_upload_size: int = Field(
+        5 * 1024 * 1024, ge=1, description="Largest file a visitor may upload, in bytes."
+    )
+    allowed_file_types: list[Literal["pdf", "txt", "doc", "docx"]] = Field(
+        ["pdf", "txt", "doc", "docx"],
+        description="File types visitors may upload (JSON list or comma-separated).",
+    )
+
+    @property
+    def database_path(self) -> Path:
+        from loacl.store.sqlite import database_path
+
+        return database_path(self.database_url)
+
+
+def env_name(key: str) -> str:
+    return ENV_NAMES.get(key, f"LOACL_{key.upper()}")
+
+
+def _from_env(key: str, raw: str) -> Any:
+    annotation = Settings.model_fields[key].annotation
+    if str(annotation).startswith("list"):
+        raw = raw.strip()
+        if raw.startswith("["):
+            try:
+                return json.loads(raw)
+            except json.JSONDecodeError:
+                raise SettingsError(
+                    f"{env_name(key)}: expected a JSON list or comma-separated names, got {raw!r}"
+                ) from None
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    if raw == "" and key in {"public_url", "jwt_secret_key", "openai_api_key", "openai_base_url"}:
+        return None
+    return raw
+
+
+def load_settings(
+    config: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    path = config or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise SettingsError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+        for key, value in data.items():
+            if key not in Settings.model_fields:
+                raise SettingsError(f"{path}: unknown key {key!r}")
+            values[key] = value
+            sources[key] = f"{key} in {path}"
+    for key in Settings.model_fields:
+        name = env_name(key)
+        if name in env:
+            values[key] = _from_env(key, env[name])
+            sources[key] = f"environment variable {name}"
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = str(error["loc"][0]) if error["loc"] else "?"
+            where = sources.get(key, key)
+            problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
+        raise SettingsError("invalid setting: " + "; ".join(problems)) from None
+
+
+def jwt_secret(settings: Settings) -> str:
+    """The configured key, or one generated once and kept in the data folder (mode 0600)."""
+    if settings.jwt_secret_key:
+        return settings.jwt_secret_key
+    path = settings.data_dir / "jwt_secret"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    return secret
+
+
+def settings_table() -> str:
+    """The README's configuration table, generated from the fields above."""
+    lines = [
+        "| Environment variable | `loacl.toml` key | Default | Meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, Path):
+            default = str(default)
+        shown = "(unset)" if default is None else f"`{json.dumps(default)}`"
+        lines.append(f"| `{env_name(key)}` | `{key}` | {shown} | {field.description} |")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Persistence: SQLite, migrations, the event codec, the event store and projections."""

@@ -1,0 +1,75 @@
+"""In-process pub/sub of committed events. A slow subscriber is dropped, never waited for."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from loacl.domain.events import RecordedEvent
+
+Filter = Callable[[RecordedEvent], bool]
+
+
+class SubscriptionOverflow(Exception):
+    """The subscriber fell too far behind and was dropped; it may read the log and resume."""
+
+
+class Subscription:
+    def __init__(self, broker: Broker, accept: Filter | None, maxsize: int) -> None:
+        self._broker = broker
+        self._accept = accept
+        self._queue: asyncio.Queue[RecordedEvent | None] = asyncio.Queue(maxsize)
+        self.overflowed = False
+        self.closed = False
+
+    def _offer(self, event: RecordedEvent) -> None:
+        if self.closed or (self._accept is not None and not self._accept(event)):
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._broker._subscribers.discard(self)
+        # Wake a waiting reader; make room first if the queue is full.
+        if self._queue.full():
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
+
+    async def get(self) -> RecordedEvent:
+        event = await self._queue.get()
+        if event is None:
+            if self.overflowed:
+                raise SubscriptionOverflow("subscriber fell behind")
+            raise StopAsyncIteration
+        return event
+
+    def __aiter__(self) -> AsyncIterator[RecordedEvent]:
+        return self
+
+    async def __anext__(self) -> RecordedEvent:
+        return await self.get()
+
+
+class Broker:
+    def __init__(self) -> None:
+        self._subscribers: set[Subscription] = set()
+
+    def subscribe(self, accept: Filter | None = None, maxsize: int = 1000) -> Subscription:
+        subscription = Subscription(self, accept, maxsize)
+        self._subscribers.add(subscription)
+        return subscription
+
+    def publish(self, events: Sequence[RecordedEvent]) -> None:
+        for subscription in list(self._subscribers):
+            for event in events:
+                subscription._offer(event)
+
+    def close(self) -> None:
+        for subscription in list(self._subscribers):
+            subscription.close()

@@ -1,0 +1,100 @@
+"""Event encoding (msgspec JSON), upcasting of old schema versions, and the hash chain."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from loacl.domain.errors import LoaclError
+from loacl.domain.events import EVENT_TYPES, Event, Metadata
+
+GENESIS_HASH = "0" * 64
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+# (type, from_version) -> function turning a payload of that version into the next version.
+UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[type[Event], msgspec.json.Decoder[Any]] = {}
+_metadata_decoder = msgspec.json.Decoder(Metadata)
+_raw_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def upcaster(event_type: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    def register(fn: Upcaster) -> Upcaster:
+        UPCASTERS[(event_type, from_version)] = fn
+        return fn
+
+    return register
+
+
+def encode_payload(event: Event) -> str:
+    return _encoder.encode(event).decode()
+
+
+def encode_metadata(metadata: Metadata) -> str:
+    return _encoder.encode(metadata).decode()
+
+
+def decode_metadata(raw: str | bytes) -> Metadata:
+    return _metadata_decoder.decode(raw)
+
+
+def event_class(event_type: str) -> type[Event]:
+    try:
+        return EVENT_TYPES[event_type]
+    except KeyError:
+        raise LoaclError("unknown_event_type", f"no event type {event_type!r}") from None
+
+
+def decode_payload(event_type: str, schema_version: int, raw: str | bytes) -> Event:
+    cls = event_class(event_type)
+    if schema_version == cls.schema_version:
+        decoder = _decoders.get(cls)
+        if decoder is None:
+            decoder = _decoders[cls] = msgspec.json.Decoder(cls)
+        return decoder.decode(raw)  # type: ignore[no-any-return]
+    if schema_version > cls.schema_version:
+        raise LoaclError(
+            "unknown_schema_version",
+            f"{event_type} v{schema_version} is newer than this LOACL knows (v{cls.schema_version})",
+        )
+    data = _raw_decoder.decode(raw)
+    for version in range(schema_version, cls.schema_version):
+        try:
+            data = UPCASTERS[(event_type, version)](data)
+        except KeyError:
+            raise LoaclError(
+                "unknown_schema_version", f"no upcaster for {event_type} v{version}"
+            ) from None
+    return msgspec.convert(data, cls)
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def chain_hash(
+    prev_hash: str,
+    seq: int,
+    stream: str,
+    version: int,
+    event_type: str,
+    schema_version: int,
+    payload: str,
+    metadata: str,
+    recorded_at: str,
+) -> str:
+    """sha256(previous hash || canonical row). The canonical row is a JSON array."""
+    canonical = _encoder.encode(
+        [seq, stream, version, event_type, schema_version, payload, metadata, recorded_at]
+    )
+    return hashlib.sha256(prev_hash.encode() + canonical).hexdigest()

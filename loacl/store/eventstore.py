@@ -1,0 +1,385 @@
+"""The event store: one writer thread commits queued appends together (group commit).
+
+Appends are queued from the event loop; the writer drains the queue, writes every request of the
+batch in one ``BEGIN IMMEDIATE`` transaction (each inside a savepoint, so one refused request does
+not sink the others), applies projections in the same transaction, commits, and only then hands
+results and events back to the loop, in commit order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import structlog
+
+from loacl.domain.errors import ConflictError, LoaclError
+from loacl.domain.events import Event, Metadata, RecordedEvent
+from loacl.store import codec
+from loacl.store.broker import Broker
+from loacl.store.projections import Projections
+from loacl.store.sqlite import PRAGMAS, connect
+
+log = structlog.get_logger(__name__)
+
+Clock = Callable[[], datetime]
+
+NO_STREAM = 0  # expected_version for a stream that must not exist yet
+MAX_BATCH = 2000
+
+_SELECT = (
+    "SELECT seq, stream, version, type, schema_version, payload, metadata, recorded_at, hash "
+    "FROM events"
+)
+_INSERT = (
+    "INSERT INTO events (seq, stream, version, type, schema_version, payload, metadata, "
+    "recorded_at, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def decode_row(row: Sequence[Any]) -> RecordedEvent:
+    seq, stream, version, type_, schema_version, payload, metadata, recorded_at, hash_ = row
+    return RecordedEvent(
+        seq=seq,
+        stream=stream,
+        version=version,
+        event=codec.decode_payload(type_, schema_version, payload),
+        metadata=codec.decode_metadata(metadata),
+        recorded_at=codec.parse_time(recorded_at),
+        hash=hash_,
+    )
+
+
+def stream_version(conn: sqlite3.Connection, stream: str) -> int:
+    row = conn.execute(
+        "SELECT version FROM events WHERE stream = ? ORDER BY version DESC LIMIT 1", (stream,)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def read_stream_sync(
+    conn: sqlite3.Connection, stream: str, after_version: int = 0
+) -> list[RecordedEvent]:
+    rows = conn.execute(
+        f"{_SELECT} WHERE stream = ? AND version > ? ORDER BY version", (stream, after_version)
+    ).fetchall()
+    return [decode_row(r) for r in rows]
+
+
+def read_all_sync(
+    conn: sqlite3.Connection, after: int = 0, limit: int | None = None
+) -> list[RecordedEvent]:
+    rows = conn.execute(
+        f"{_SELECT} WHERE seq > ? ORDER BY seq LIMIT ?", (after, -1 if limit is None else limit)
+    ).fetchall()
+    return [decode_row(r) for r in rows]
+
+
+@dataclass(eq=False)
+class _Append:
+    stream: str
+    events: Sequence[Event]
+    expected_version: int | None
+    metadata: Metadata
+    idempotency_key: str | None
+    future: asyncio.Future[list[RecordedEvent]]
+    result: list[RecordedEvent] | BaseException = field(default_factory=list)
+    replayed: bool = False
+
+
+@dataclass(eq=False)
+class _Call:
+    """Run a function on the write connection, in the writer thread."""
+
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    result: Any = None
+    error: BaseException | None = None
+
+
+_STOP = object()
+
+
+class EventStore:
+    def __init__(
+        self,
+        path: Path,
+        projections: Projections,
+        *,
+        clock: Clock = utc_now,
+        broker: Broker | None = None,
+    ) -> None:
+        self.path = path
+        self.projections = projections
+        self.clock = clock
+        self.broker = broker or Broker()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._writer = connect(self.path)
+        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        for pragma in PRAGMAS:
+            await self._reader.execute(pragma)
+        self._thread = threading.Thread(target=self._run_writer, name="loacl-writer", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
+        self.broker.close()
+
+    async def __aenter__(self) -> EventStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- writing ----------------------------------------------------------------------------
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[Event],
+        *,
+        expected_version: int | None = None,
+        metadata: Metadata | None = None,
+        idempotency_key: str | None = None,
+    ) -> list[RecordedEvent]:
+        """Append events to a stream; all or none of them are written.
+
+        ``expected_version`` None skips the check, 0 (``NO_STREAM``) asks for a new stream, N for
+        a stream at version N; otherwise ``ConflictError``. With ``idempotency_key`` a retried
+        append returns the events the first one wrote and writes nothing.
+        """
+        if self._thread is None or self._loop is None:
+            raise LoaclError("store_closed", "the event store is not open")
+        if not events:
+            return []
+        future: asyncio.Future[list[RecordedEvent]] = self._loop.create_future()
+        self._queue.put(
+            _Append(stream, events, expected_version, metadata or Metadata(), idempotency_key,
+                    future)
+        )
+        return await future
+
+    def _run_writer(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            batch: list[_Append] = []
+            calls: list[_Call] = []
+            while True:
+                (calls if isinstance(item, _Call) else batch).append(item)
+                if len(batch) >= MAX_BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+            if batch:
+                try:
+                    self._commit(batch)
+                except Exception as exc:  # the whole transaction failed: every request learns it
+                    log.exception("store.commit_failed")
+                    error = LoaclError(
+                        "store_unavailable", f"the event store could not commit: {exc}"
+                    )
+                    for request in batch:
+                        request.result = error
+            for call in calls:
+                try:
+                    call.result = call.fn(self._writer)  # type: ignore[arg-type]
+                except Exception as exc:
+                    call.error = exc
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._deliver, batch, calls)
+
+    def _commit(self, batch: list[_Append]) -> None:
+        conn = self._writer
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, prev_hash = (row[0], row[1]) if row else (0, codec.GENESIS_HASH)
+            recorded_at = codec.format_time(self.clock())
+            for request in batch:
+                if request.idempotency_key is not None:
+                    found = conn.execute(
+                        "SELECT first_seq, last_seq FROM append_keys WHERE key = ?",
+                        (request.idempotency_key,),
+                    ).fetchone()
+                    if found:
+                        rows = conn.execute(
+                            f"{_SELECT} WHERE seq BETWEEN ? AND ? ORDER BY seq", found
+                        ).fetchall()
+                        request.result = [decode_row(r) for r in rows]
+                        request.replayed = True
+                        continue
+                version = stream_version(conn, request.stream)
+                expected = request.expected_version
+                if expected is not None and expected != version:
+                    request.result = ConflictError(request.stream, expected, version)
+                    continue
+                metadata = codec.encode_metadata(request.metadata)
+                rows_out: list[tuple[Any, ...]] = []
+                recorded: list[RecordedEvent] = []
+                when = codec.parse_time(recorded_at)
+                last_hash = prev_hash
+                for offset, event in enumerate(request.events, start=1):
+                    payload = codec.encode_payload(event)
+                    row_seq = seq + offset
+                    row_version = version + offset
+                    last_hash = codec.chain_hash(
+                        last_hash, row_seq, request.stream, row_version, event.event_type,
+                        event.schema_version, payload, metadata, recorded_at,
+                    )
+                    rows_out.append(
+                        (row_seq, request.stream, row_version, event.event_type,
+                         event.schema_version, payload, metadata, recorded_at, last_hash)
+                    )
+                    recorded.append(
+                        RecordedEvent(row_seq, request.stream, row_version, event,
+                                      request.metadata, when, last_hash)
+                    )
+                conn.execute("SAVEPOINT append")
+                try:
+                    conn.executemany(_INSERT, rows_out)
+                    self.projections.apply(conn, recorded)
+                    if request.idempotency_key is not None:
+                        conn.execute(
+                            "INSERT INTO append_keys (key, stream, first_seq, last_seq) "
+                            "VALUES (?, ?, ?, ?)",
+                            (request.idempotency_key, request.stream, recorded[0].seq,
+                             recorded[-1].seq),
+                        )
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO append")
+                    conn.execute("RELEASE append")
+                    request.result = _as_loacl_error(exc)
+                    continue
+                conn.execute("RELEASE append")
+                request.result = recorded
+                seq = recorded[-1].seq
+                prev_hash = last_hash
+            if seq:
+                conn.execute(
+                    "INSERT INTO event_log_head (id, seq, hash) VALUES (1, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                    (seq, prev_hash),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _deliver(self, batch: list[_Append], calls: list[_Call]) -> None:
+        for call in calls:
+            if call.future.done():
+                continue
+            if call.error is not None:
+                call.future.set_exception(call.error)
+            else:
+                call.future.set_result(call.result)
+        committed: list[RecordedEvent] = []
+        for request in batch:
+            result = request.result
+            if isinstance(result, BaseException):
+                if not request.future.done():
+                    request.future.set_exception(result)
+                continue
+            if not request.replayed:  # a retried idempotent append is no news to subscribers
+                committed.extend(result)
+            if not request.future.done():
+                request.future.set_result(result)
+        if committed:
+            self.broker.publish(committed)
+
+    async def run_on_writer(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn(conn)`` on the write connection between batches (the only writer)."""
+        if self._thread is None or self._loop is None:
+            raise LoaclError("store_closed", "the event store is not open")
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._queue.put(_Call(fn, future))
+        return await future
+
+    async def check_writable(self) -> None:
+        def probe(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                raise LoaclError("database_unavailable", f"the database is not writable: {exc}")
+
+        await self.run_on_writer(probe)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        if self._reader is None:
+            raise LoaclError("store_closed", "the event store is not open")
+        async with self._reader.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def read_stream(self, stream: str, after_version: int = 0) -> list[RecordedEvent]:
+        rows = await self._fetch(
+            f"{_SELECT} WHERE stream = ? AND version > ? ORDER BY version",
+            (stream, after_version),
+        )
+        return [decode_row(r) for r in rows]
+
+    async def read_all(self, after: int = 0, limit: int | None = None) -> list[RecordedEvent]:
+        rows = await self._fetch(
+            f"{_SELECT} WHERE seq > ? ORDER BY seq LIMIT ?", (after, -1 if limit is None else limit)
+        )
+        return [decode_row(r) for r in rows]
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run a read-only query against the read tables."""
+        return await self._fetch(sql, params)
+
+    async def head(self) -> int:
+        rows = await self._fetch("SELECT coalesce(max(seq), 0) FROM events", ())
+        return int(rows[0][0])
+
+
+def _as_loacl_error(exc: Exception) -> LoaclError:
+    if isinstance(exc, LoaclError):
+        return exc
+    if isinstance(exc, sqlite3.IntegrityError):
+        return LoaclError("conflict", f"a read table refused the change: {exc}")
+    log.error("store.append_failed", error=repr(exc))
+    return LoaclError("store_error", "the event store could not write the events")

@@ -1,0 +1,4 @@
+DROP TABLE refresh_tokens;
+DROP INDEX sessions_user;
+DROP TABLE sessions;
+DROP TABLE users;

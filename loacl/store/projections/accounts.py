@@ -1,0 +1,101 @@
+"""Read tables for owner accounts: users, sessions, refresh_tokens."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from loacl.domain.accounts import (
+    EmailVerified,
+    PasswordChanged,
+    SessionRefreshed,
+    SessionRevoked,
+    SessionStarted,
+    UserRegistered,
+)
+from loacl.domain.errors import LoaclError
+from loacl.domain.events import RecordedEvent
+from loacl.store.codec import format_time
+from loacl.store.projections import Projections
+
+projections = Projections(tables=["users", "sessions", "refresh_tokens"])
+
+
+@projections.on(UserRegistered)
+def user_registered(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, UserRegistered)
+    at = format_time(recorded.recorded_at)
+    try:
+        conn.execute(
+            "INSERT INTO users (user_id, email, name, password_hash, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (event.user_id, event.email, event.name, event.password_hash, at, at),
+        )
+    except sqlite3.IntegrityError:
+        raise LoaclError("email_taken", "an account with this e-mail address exists") from None
+
+
+@projections.on(EmailVerified)
+def email_verified(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, EmailVerified)
+    at = format_time(recorded.recorded_at)
+    conn.execute(
+        "UPDATE users SET email_verified_at = ?, updated_at = ? WHERE user_id = ?",
+        (at, at, event.user_id),
+    )
+
+
+@projections.on(PasswordChanged)
+def password_changed(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, PasswordChanged)
+    conn.execute(
+        "UPDATE users SET password_hash = ?, updated_at = ? WHERE user_id = ?",
+        (event.password_hash, format_time(recorded.recorded_at), event.user_id),
+    )
+
+
+@projections.on(SessionStarted)
+def session_started(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, SessionStarted)
+    at = format_time(recorded.recorded_at)
+    conn.execute(
+        "INSERT INTO sessions (session_id, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+        (event.session_id, event.user_id, at, format_time(event.expires_at)),
+    )
+    conn.execute(
+        "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES (?, ?, ?)",
+        (event.refresh_token_hash, event.session_id, at),
+    )
+
+
+@projections.on(SessionRefreshed)
+def session_refreshed(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, SessionRefreshed)
+    at = format_time(recorded.recorded_at)
+    conn.execute(
+        "UPDATE sessions SET refreshed_at = ?, expires_at = ? WHERE session_id = ?",
+        (at, format_time(event.expires_at), event.session_id),
+    )
+    conn.execute(
+        "UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?",
+        (at, event.previous_token_hash),
+    )
+    conn.execute(
+        "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES (?, ?, ?)",
+        (event.refresh_token_hash, event.session_id, at),
+    )
+
+
+@projections.on(SessionRevoked)
+def session_revoked(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, SessionRevoked)
+    conn.execute(
+        "UPDATE sessions SET revoked_at = ?, revoked_reason = ? "
+        "WHERE session_id = ? AND revoked_at IS NULL",
+        (format_time(recorded.recorded_at), event.reason, event.session_id),
+    )

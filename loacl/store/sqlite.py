@@ -1,0 +1,75 @@
+"""Opening SQLite connections with the settings LOACL relies on."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import structlog
+
+from loacl.domain.errors import LoaclError
+
+log = structlog.get_logger(__name__)
+
+# SQLite 3.7.0 through 3.51.2 can lose committed writes when two connections write or
+# checkpoint at the same moment (the WAL-reset bug); 3.51.3 fixed it.
+WAL_RESET_FIXED = (3, 51, 3)
+
+
+def database_path(url: str) -> Path:
+    """``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` to a path."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise LoaclError(
+            "invalid_database_url",
+            f"DATABASE_URL must look like sqlite:///data/loacl.db, not {url!r}",
+        )
+    return Path(url[len(prefix):])
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode: transactions are opened explicitly (BEGIN IMMEDIATE)."""
+    if not readonly:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    except sqlite3.OperationalError as exc:
+        raise LoaclError("database_unavailable", f"cannot open {path}: {exc}") from exc
+    configure(conn)
+    return conn
+
+
+PRAGMAS = (
+    # WAL lets readers run beside the one writer, and it is what Litestream replicates.
+    "PRAGMA journal_mode=WAL",
+    # Litestream takes short write locks; wait for them instead of failing at once.
+    "PRAGMA busy_timeout=5000",
+    # In WAL mode NORMAL loses nothing on an application crash, at worst the last commits on
+    # power loss, and it is about three times faster than FULL.
+    "PRAGMA synchronous=NORMAL",
+    # Memory-mapped I/O widens the window of the WAL-reset bug on old SQLite; keep it off.
+    "PRAGMA mmap_size=0",
+    # Replay builds its read tables as temporary tables; keep them in memory.
+    "PRAGMA temp_store=MEMORY",
+)
+
+
+def configure(conn: sqlite3.Connection) -> None:
+    for pragma in PRAGMAS:
+        conn.execute(pragma)
+
+
+def check_version() -> tuple[int, ...]:
+    """Log the linked SQLite version; warn when it has the WAL-reset bug."""
+    version = sqlite3.sqlite_version_info
+    if version < WAL_RESET_FIXED:
+        log.warning(
+            "sqlite.wal_reset_bug",
+            sqlite_version=sqlite3.sqlite_version,
+            fixed_in="3.51.3",
+            mitigation="LOACL writes through one connection and leaves checkpoints to one party",
+        )
+    else:
+        log.info("sqlite.version", sqlite_version=sqlite3.sqlite_version)
+    return version

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from loacl.settings import Settings
+from loacl.store import migrations
+from loacl.store.eventstore import EventStore
+from loacl.store.projections import default_projections
+from loacl.store.sqlite import connect
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """A migrated, empty database file."""
+    path = tmp_path / "loacl.db"
+    conn = connect(path)
+    migrations.up(conn)
+    conn.close()
+    return path
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[EventStore]:
+    async with EventStore(db_path, default_projections()) as opened:
+        yield opened
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=f"sqlite:///{tmp_path / 'loacl.db'}",
+        data_dir=tmp_path / "data",
+        log_format="console",
+    )
+
+
+@pytest.fixture
+def chdir_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Run in an empty folder, so no loacl.toml of the checkout is picked up."""
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
