@@ -1,0 +1,141 @@
+"""Event store throughput, measured side by side in one run on the same rows.
+
+(a) raw sqlite3 executemany in batches of 1,000: the limit;
+(b) LOACL appends one at a time from one coroutine;
+(c) LOACL appends from 100 concurrent coroutines (group commit);
+(d) replay against a raw scan plus msgspec decode of the same rows.
+
+    python scripts/bench/eventstore.py [--events 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from loacl.domain.events import Event
+from loacl.store import migrations
+from loacl.store.eventstore import EventStore
+from loacl.store.projections import Projections
+from loacl.store.replay import replay
+from loacl.store.sqlite import connect
+
+WRITERS = 100
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BenchNoted(Event):
+    event_type = "bench.noted"
+    conversation_id: str
+    message_id: str
+    offset: int
+    text: str
+
+
+def make_event(writer: int, i: int) -> BenchNoted:
+    # About 200 bytes encoded, like a coalesced streaming delta.
+    return BenchNoted(
+        conversation_id=f"c{writer:04d}-8f0d2f5c-1b7e-4c59",
+        message_id=f"m{i:08d}-3a2d-41a7-9bb5",
+        offset=i * 40,
+        text="The quick brown fox jumps over the lazy dog, then naps: "[: 40 + i % 16] * 2,
+    )
+
+
+def fresh_db(folder: Path, name: str) -> Path:
+    path = folder / name
+    conn = connect(path)
+    migrations.up(conn)
+    conn.close()
+    return path
+
+
+async def loacl_concurrent(path: Path, events: int, writers: int) -> float:
+    per_writer = events // writers
+    async with EventStore(path, Projections()) as store:
+
+        async def writer(w: int) -> None:
+            stream = f"conversation-{w}"
+            for i in range(per_writer):
+                await store.append(stream, [make_event(w, i)], expected_version=i)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(writer(w) for w in range(writers)))
+        return time.perf_counter() - started
+
+
+def raw_executemany(source: Path, target: Path) -> float:
+    """Insert exactly the rows LOACL wrote, 1,000 to a transaction."""
+    rows = sqlite3.connect(source).execute(
+        "SELECT seq, stream, version, type, schema_version, payload, metadata, recorded_at, hash "
+        "FROM events ORDER BY seq"
+    ).fetchall()
+    conn = connect(target)
+    started = time.perf_counter()
+    for i in range(0, len(rows), 1000):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows[i:i + 1000])
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return elapsed
+
+
+def raw_scan(path: Path) -> tuple[float, int]:
+    decoder = msgspec.json.Decoder(BenchNoted)
+    conn = connect(path)
+    started = time.perf_counter()
+    count = 0
+    for (payload,) in conn.execute("SELECT payload FROM events ORDER BY seq"):
+        decoder.decode(payload)
+        count += 1
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return elapsed, count
+
+
+def timed_replay(path: Path) -> float:
+    conn = connect(path)
+    started = time.perf_counter()
+    replay(conn, Projections())
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--single", type=int, default=5_000, help="events for (b)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        c_path = fresh_db(folder, "c.db")
+        c = asyncio.run(loacl_concurrent(c_path, args.events, WRITERS))
+        n = args.events // WRITERS * WRITERS
+        a = raw_executemany(c_path, fresh_db(folder, "a.db"))
+        b = asyncio.run(loacl_concurrent(fresh_db(folder, "b.db"), args.single, 1))
+        d = timed_replay(c_path)
+        scan, scanned = raw_scan(c_path)
+    rate = {
+        "a": n / a, "b": args.single / b, "c": n / c, "d": scanned / d, "scan": scanned / scan,
+    }
+    print(f"{n} events of ~200 bytes, {WRITERS} streams")
+    print(f"(a) raw executemany, 1,000 a commit   {rate['a']:>10,.0f} events/s")
+    print(f"(b) LOACL, one coroutine, one by one  {rate['b']:>10,.0f} events/s")
+    print(f"(c) LOACL, {WRITERS} coroutines (group)   {rate['c']:>10,.0f} events/s")
+    print(f"(d) LOACL replay                      {rate['d']:>10,.0f} events/s")
+    print(f"    raw scan + msgspec decode         {rate['scan']:>10,.0f} events/s")
+    print(f"(c)/(a) = {rate['c'] / rate['a']:.2f}   (goal >= 0.5)")
+    print(f"(d)/(raw scan) = {rate['d'] / rate['scan']:.2f}   (goal >= 0.4)")
+
+
+if __name__ == "__main__":
+    main()
