@@ -58,6 +58,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         log_config=None,
         access_log=False,
         proxy_headers=True,
+        ws="websockets-sansio",
     )
     return 0
 
@@ -254,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args, settings)
     except LoaclError as exc:
         print(f"loacl: {exc.message} [{exc.code}]", file=sys.stderr)
+        return 1
+    except sqlite3.Error as exc:  # e.g. a file that is not a LOACL database
+        print(f"loacl: database error: {exc} [database_error]", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

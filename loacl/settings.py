@@ -72,6 +72,35 @@ class Settings(BaseModel):
     access_token_expire_minutes: int = Field(
         30, ge=1, le=24 * 60, description="Lifetime of an access token, in minutes."
     )
+    require_verified_email: bool = Field(
+        True, description="Owners must verify their e-mail before creating assistants or widgets."
+    )
+    email_token_hours: int = Field(
+        24, ge=1, le=24 * 30, description="Lifetime of an e-mail verification link, in hours."
+    )
+    reset_token_minutes: int = Field(
+        60, ge=5, le=24 * 60, description="Lifetime of a password reset link, in minutes."
+    )
+    refresh_token_days: int = Field(
+        30, ge=1, le=365, description="Lifetime of a login session's refresh token, in days."
+    )
+    argon2_time_cost: int = Field(3, ge=1, le=20, description="Argon2id passes over memory.")
+    argon2_memory_kib: int = Field(
+        65536, ge=8, le=4 * 1024 * 1024, description="Argon2id memory per hash, in KiB."
+    )
+    argon2_parallelism: int = Field(4, ge=1, le=64, description="Argon2id lanes.")
+    smtp_host: str | None = Field(
+        None, description="SMTP server for mail; unset: mails are written to data/outbox/."
+    )
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port.")
+    smtp_security: Literal["starttls", "tls", "none"] = Field(
+        "starttls", description="STARTTLS after connecting, TLS from the start, or none."
+    )
+    smtp_username: str | None = Field(None, description="SMTP login name, if it needs one.")
+    smtp_password: str | None = Field(None, description="SMTP password, if it needs one.")
+    mail_from: str = Field(
+        "LOACL <loacl@localhost>", description="Sender of verification and reset mails."
+    )
     openai_api_key: str | None = Field(
         None, description="OpenAI API key; without it assistants answer with the demo provider."
     )
@@ -109,7 +138,7 @@ def _from_env(key: str, raw: str) -> Any:
                     f"{env_name(key)}: expected a JSON list or comma-separated names, got {raw!r}"
                 ) from None
         return [part.strip() for part in raw.split(",") if part.strip()]
-    if raw == "" and key in {"public_url", "jwt_secret_key", "openai_api_key", "openai_base_url"}:
+    if raw == "" and Settings.model_fields[key].default is None:
         return None
     return raw
 

@@ -12,10 +12,14 @@ from starlette.middleware import Middleware
 
 from loacl import __version__
 from loacl.domain.errors import LoaclError
-from loacl.http import health
+from loacl.http import auth, health
 from loacl.http.errors import EXCEPTION_HANDLERS
 from loacl.http.middleware import RequestIdMiddleware
+from loacl.services.accounts import Accounts
+from loacl.services.mail import Mailer
+from loacl.services.passwords import Passwords
 from loacl.services.recovery import recover
+from loacl.services.tokens import Tokens
 from loacl.settings import Settings, jwt_secret
 from loacl.store import migrations
 from loacl.store.backup import ServeLock
@@ -42,9 +46,18 @@ def prepare_database(settings: Settings) -> None:
         conn.close()
 
 
-def create_app(settings: Settings, *, clock: Clock = utc_now) -> Starlette:
+def create_app(
+    settings: Settings, *, clock: Clock = utc_now, mailer: Mailer | None = None
+) -> Starlette:
     store = EventStore(settings.database_path, default_projections(), clock=clock)
     lock = ServeLock(settings.database_path)
+    mailer = mailer or Mailer.from_settings(settings)
+    passwords = Passwords(
+        settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
+    )
+    tokens = Tokens(
+        jwt_secret(settings), settings.jwt_algorithm, settings.access_token_expire_minutes, clock
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -60,18 +73,19 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> Starlette:
                 log.info("loacl.started", version=__version__, database=str(store.path))
                 yield
             finally:
+                await mailer.drain()
                 await store.close()
         finally:
             lock.release()
 
     app = Starlette(
-        routes=[*health.routes],
+        routes=[*health.routes, *auth.routes],
         middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.store = store
-    app.state.jwt_secret = jwt_secret(settings)
     app.state.clock = clock
+    app.state.accounts = Accounts(store, settings, passwords, tokens, mailer, clock)
     return app

@@ -24,6 +24,9 @@ STATUS: dict[str, int] = {
     "invalid_refresh_token": 401,
     "refresh_token_reused": 401,
     "email_not_verified": 403,
+    "invalid_verification_token": 400,
+    "invalid_reset_token": 400,
+    "already_verified": 409,
     "forbidden": 403,
     "not_found": 404,
     "method_not_allowed": 405,
@@ -62,6 +65,9 @@ def problem(
     headers = {}
     if "retry_after" in extra:
         headers["Retry-After"] = str(extra["retry_after"])
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="loacl"'
+
     return ProblemResponse(body, status_code=status, headers=headers)
 
 

@@ -1,7 +1,7 @@
 -- Read tables for owner accounts (projections of user.* and session.* events).
 CREATE TABLE users (
     user_id           TEXT PRIMARY KEY,
-    email             TEXT NOT NULL UNIQUE,  -- the projection vetoes a second account per e-mail
+    email             TEXT NOT NULL UNIQUE COLLATE NOCASE,  -- vetoes a second account
     name              TEXT,
     password_hash     TEXT NOT NULL,
     email_verified_at TEXT,

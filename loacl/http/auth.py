@@ -1,0 +1,154 @@
+"""``/api/v1/auth/*``: owner registration, e-mail verification, login, tokens, password reset."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from loacl.domain.errors import LoaclError
+from loacl.domain.events import Metadata
+from loacl.http.validation import parse_body
+from loacl.services.accounts import Accounts, Principal
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class RegisterBody(Body):
+    email: str = Field(max_length=320)
+    password: str
+    name: str | None = Field(None, max_length=200)
+
+
+class TokenBody(Body):
+    token: str = Field(max_length=4096)
+
+
+class LoginBody(Body):
+    email: str = Field(max_length=320)
+    password: str = Field(max_length=1024)
+
+
+class RefreshBody(Body):
+    refresh_token: str = Field(max_length=256)
+
+
+class ResetBody(Body):
+    email: str = Field(max_length=320)
+
+
+class ResetConfirmBody(Body):
+    token: str = Field(max_length=4096)
+    password: str
+
+
+def accounts(request: Request) -> Accounts:
+    service: Accounts = request.app.state.accounts
+    return service
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def metadata(request: Request, actor: str | None = None) -> Metadata:
+    return Metadata(
+        actor=actor,
+        request_id=getattr(request.state, "request_id", None),
+        client_ip=client_ip(request),
+    )
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise LoaclError("unauthorized", "send an access token: Authorization: Bearer <token>")
+    return token.strip()
+
+
+async def current_owner(request: Request, *, verified: bool = False) -> Principal:
+    """The owner behind the request's access token; with ``verified``, only a verified one."""
+    principal = await accounts(request).authenticate(bearer_token(request))
+    settings = request.app.state.settings
+    if verified and settings.require_verified_email and not principal.verified:
+        raise LoaclError(
+            "email_not_verified", "verify your e-mail address first (see the mail we sent)"
+        )
+    return principal
+
+
+async def register(request: Request) -> Response:
+    body = await parse_body(request, RegisterBody)
+    user = await accounts(request).register(
+        body.email, body.password, body.name, base_url(request), metadata(request)
+    )
+    return JSONResponse(user, status_code=201)
+
+
+async def verify_email(request: Request) -> Response:
+    body = await parse_body(request, TokenBody)
+    return JSONResponse(await accounts(request).verify_email(body.token, metadata(request)))
+
+
+async def resend_verification(request: Request) -> Response:
+    principal = await current_owner(request)
+    await accounts(request).resend_verification(principal, base_url(request))
+    return Response(status_code=202)
+
+
+async def login(request: Request) -> Response:
+    body = await parse_body(request, LoginBody)
+    pair = await accounts(request).login(
+        body.email, body.password, client_ip(request), metadata(request)
+    )
+    return JSONResponse(pair.as_json(), headers={"Cache-Control": "no-store"})
+
+
+async def refresh_token(request: Request) -> Response:
+    body = await parse_body(request, RefreshBody)
+    pair = await accounts(request).refresh(body.refresh_token, metadata(request))
+    return JSONResponse(pair.as_json(), headers={"Cache-Control": "no-store"})
+
+
+async def logout(request: Request) -> Response:
+    principal = await current_owner(request)
+    await accounts(request).logout(principal, metadata(request, principal.user_id))
+    return Response(status_code=204)
+
+
+async def reset_password(request: Request) -> Response:
+    body = await parse_body(request, ResetBody)
+    await accounts(request).request_reset(body.email, client_ip(request), base_url(request))
+    return Response(status_code=202)
+
+
+async def reset_password_confirm(request: Request) -> Response:
+    body = await parse_body(request, ResetConfirmBody)
+    await accounts(request).confirm_reset(body.token, body.password, metadata(request))
+    return Response(status_code=204)
+
+
+async def me(request: Request) -> Response:
+    principal = await current_owner(request)
+    return JSONResponse(await accounts(request).get_user(principal.user_id))
+
+
+routes = [
+    Route("/api/v1/auth/register", register, methods=["POST"]),
+    Route("/api/v1/auth/verify-email", verify_email, methods=["POST"]),
+    Route("/api/v1/auth/verify-email/resend", resend_verification, methods=["POST"]),
+    Route("/api/v1/auth/login", login, methods=["POST"]),
+    Route("/api/v1/auth/refresh-token", refresh_token, methods=["POST"]),
+    Route("/api/v1/auth/logout", logout, methods=["POST"]),
+    Route("/api/v1/auth/reset-password", reset_password, methods=["POST"]),
+    Route("/api/v1/auth/reset-password/confirm", reset_password_confirm, methods=["POST"]),
+    Route("/api/v1/auth/me", me, methods=["GET"]),
+]

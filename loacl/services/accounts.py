@@ -1,0 +1,349 @@
+"""Owner accounts: register, verify, log in, refresh, log out, reset the password."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from email_validator import EmailNotValidError, validate_email
+
+from loacl.domain import accounts as domain
+from loacl.domain.errors import LoaclError
+from loacl.domain.events import Metadata
+from loacl.services.mail import Mailer, OutboxTransport
+from loacl.services.passwords import Passwords, check_password
+from loacl.services.ratelimit import RateLimiter
+from loacl.services.tokens import (
+    Tokens,
+    new_id,
+    new_refresh_token,
+    password_fingerprint,
+    token_hash,
+)
+from loacl.settings import Settings
+from loacl.store.eventstore import NO_STREAM, Clock, EventStore
+
+log = structlog.get_logger(__name__)
+
+FAILURE_WINDOW = 15 * 60
+
+
+def normalize_email(email: str, field: str = "email") -> str:
+    try:
+        return validate_email(email, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise LoaclError(
+            "validation_error", f"{field}: {exc}", errors=[{"field": field, "message": str(exc)}]
+        ) from None
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: str
+    session_id: str
+    email: str
+    verified: bool
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "access_token": self.access_token,
+            "token_type": "bearer",
+            "expires_in": self.expires_in,
+            "refresh_token": self.refresh_token,
+        }
+
+
+_USER_COLUMNS = "user_id, email, name, email_verified_at, created_at, password_hash"
+
+
+def user_json(row: Any) -> dict[str, Any]:
+    user_id, email, name, verified_at, created_at = row[:5]
+    return {
+        "id": user_id,
+        "email": email,
+        "name": name,
+        "email_verified": verified_at is not None,
+        "email_verified_at": verified_at,
+        "created_at": created_at,
+    }
+
+
+class Accounts:
+    def __init__(
+        self,
+        store: EventStore,
+        settings: Settings,
+        passwords: Passwords,
+        tokens: Tokens,
+        mailer: Mailer,
+        clock: Clock,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.passwords = passwords
+        self.tokens = tokens
+        self.mailer = mailer
+        self.clock = clock
+        self.account_failures = RateLimiter(5, FAILURE_WINDOW)
+        self.ip_failures = RateLimiter(20, FAILURE_WINDOW)
+        self.mail_limit = RateLimiter(3, 60 * 60)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def _user_by_email(self, email: str) -> Any | None:
+        rows = await self.store.query(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE email = ?", (email,)
+        )
+        return rows[0] if rows else None
+
+    async def _user_by_id(self, user_id: str) -> Any | None:
+        rows = await self.store.query(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ?", (user_id,)
+        )
+        return rows[0] if rows else None
+
+    async def get_user(self, user_id: str) -> dict[str, Any]:
+        row = await self._user_by_id(user_id)
+        if row is None:
+            raise LoaclError("not_found", "no such user")
+        return user_json(row)
+
+    async def _load_user(self, user_id: str) -> tuple[domain.User, int]:
+        state = domain.User()
+        events = await self.store.read_stream(domain.user_stream(user_id))
+        for recorded in events:
+            state = domain.evolve_user(state, recorded.event)
+        return state, len(events)
+
+    async def _load_session(self, session_id: str) -> tuple[domain.Session, int]:
+        state = domain.Session()
+        events = await self.store.read_stream(domain.session_stream(session_id))
+        for recorded in events:
+            state = domain.evolve_session(state, recorded.event)
+        return state, len(events)
+
+    # -- mail -------------------------------------------------------------------------------
+
+    def _send_link(self, to: str, subject: str, intro: str, path: str, token: str,
+                   base_url: str) -> None:
+        base = (self.settings.public_url or base_url).rstrip("/")
+        body = (
+            f"{intro}\n\n"
+            f"Your token:\n\n{token}\n\n"
+            f"Send it to LOACL:\n\n"
+            f"  curl -X POST {base}{path} -H 'Content-Type: application/json' "
+            f"-d '{{\"token\": \"{token}\"}}'\n\n"
+            "If you did not ask for this, ignore this mail.\n"
+        )
+        self.mailer.send(to, subject, body)
+        if isinstance(self.mailer.transport, OutboxTransport):
+            # No mail server configured: the operator finds the link in the log.
+            log.info("mail.outbox_link", to=to, subject=subject, endpoint=f"{base}{path}",
+                     token=token)
+
+    def _send_verification(self, user_id: str, email: str, base_url: str) -> None:
+        token = self.tokens.issue_link(
+            "verify-email", user_id, timedelta(hours=self.settings.email_token_hours),
+            email=email,
+        )
+        self._send_link(
+            email, "Confirm your e-mail address for LOACL",
+            "Welcome to LOACL. Confirm your e-mail address to create assistants and widgets.",
+            "/api/v1/auth/verify-email", token, base_url,
+        )
+
+    # -- use cases --------------------------------------------------------------------------
+
+    async def register(
+        self, email: str, password: str, name: str | None, base_url: str, meta: Metadata
+    ) -> dict[str, Any]:
+        email = normalize_email(email)
+        check_password(password)
+        user_id = new_id()
+        password_hash = await self.passwords.hash(password)
+        await self.store.append(
+            domain.user_stream(user_id),
+            domain.register(user_id, email, name, password_hash),
+            expected_version=NO_STREAM,
+            metadata=meta,
+        )
+        self._send_verification(user_id, email, base_url)
+        return await self.get_user(user_id)
+
+    async def verify_email(self, token: str, meta: Metadata) -> dict[str, Any]:
+        invalid = LoaclError(
+            "invalid_verification_token", "this verification link is not valid or has expired"
+        )
+        try:
+            claims = self.tokens.read_link("verify-email", token, "email")
+        except LoaclError:
+            raise invalid from None
+        state, version = await self._load_user(str(claims["sub"]))
+        if not state.exists or state.email != claims["email"]:
+            raise invalid
+        if state.verified:
+            raise LoaclError(
+                "invalid_verification_token", "this e-mail address is already verified"
+            )
+        await self.store.append(
+            domain.user_stream(state.user_id), domain.verify_email(state),
+            expected_version=version, metadata=meta,
+        )
+        return await self.get_user(state.user_id)
+
+    async def resend_verification(self, principal: Principal, base_url: str) -> None:
+        if principal.verified:
+            raise LoaclError("already_verified", "this e-mail address is already verified")
+        self.mail_limit.check(
+            f"verify:{principal.user_id}", "verification mails are limited; try again later"
+        )
+        self._send_verification(principal.user_id, principal.email, base_url)
+
+    async def login(self, email: str, password: str, client_ip: str,
+                    meta: Metadata) -> TokenPair:
+        try:
+            email = normalize_email(email)
+        except LoaclError:
+            email = email.strip().lower()
+        account_key, ip_key = f"login:{email.lower()}", f"ip:{client_ip}"
+        wait = max(self.account_failures.retry_after(account_key),
+                   self.ip_failures.retry_after(ip_key))
+        if wait:
+            raise LoaclError(
+                "rate_limited", "too many failed logins; try again later", retry_after=wait
+            )
+        row = await self._user_by_email(email)
+        stored = row[5] if row is not None else None
+        if not await self.passwords.verify(stored, password) or row is None:
+            self.account_failures.hit(account_key)
+            self.ip_failures.hit(ip_key)
+            raise LoaclError("invalid_credentials", "wrong e-mail address or password")
+        self.account_failures.reset(account_key)
+        user_id = row[0]
+        if self.passwords.needs_rehash(stored or ""):
+            state, version = await self._load_user(user_id)
+            await self.store.append(
+                domain.user_stream(user_id),
+                domain.change_password(state, await self.passwords.hash(password), "rehash"),
+                expected_version=version, metadata=meta,
+            )
+        return await self._start_session(user_id, meta)
+
+    async def _start_session(self, user_id: str, meta: Metadata) -> TokenPair:
+        session_id = new_id()
+        refresh = new_refresh_token()
+        expires = self.clock() + timedelta(days=self.settings.refresh_token_days)
+        await self.store.append(
+            domain.session_stream(session_id),
+            domain.start_session(session_id, user_id, token_hash(refresh), expires),
+            expected_version=NO_STREAM, metadata=meta,
+        )
+        return TokenPair(
+            self.tokens.issue_access(user_id, session_id), refresh, self.tokens.access_seconds
+        )
+
+    async def refresh(self, refresh_token: str, meta: Metadata) -> TokenPair:
+        presented = token_hash(refresh_token)
+        rows = await self.store.query(
+            "SELECT session_id FROM refresh_tokens WHERE token_hash = ?", (presented,)
+        )
+        if not rows:
+            raise LoaclError("invalid_refresh_token", "the refresh token is not valid")
+        state, version = await self._load_session(rows[0][0])
+        new_token = new_refresh_token()
+        expires = self.clock() + timedelta(days=self.settings.refresh_token_days)
+        events = domain.refresh_session(
+            state, presented, token_hash(new_token), expires, self.clock()
+        )
+        await self.store.append(
+            domain.session_stream(state.session_id), events,
+            expected_version=version, metadata=meta,
+        )
+        if isinstance(events[0], domain.SessionRevoked):
+            log.warning("auth.refresh_token_reused", session_id=state.session_id)
+            raise LoaclError(
+                "refresh_token_reused",
+                "this refresh token was already used; the session is revoked, log in again",
+            )
+        return TokenPair(
+            self.tokens.issue_access(state.user_id, state.session_id), new_token,
+            self.tokens.access_seconds,
+        )
+
+    async def logout(self, principal: Principal, meta: Metadata) -> None:
+        await self._revoke(principal.session_id, "logout", meta)
+
+    async def _revoke(self, session_id: str, reason: str, meta: Metadata) -> None:
+        state, version = await self._load_session(session_id)
+        await self.store.append(
+            domain.session_stream(session_id), domain.revoke_session(state, reason),
+            expected_version=version, metadata=meta,
+        )
+
+    async def request_reset(self, email: str, client_ip: str, base_url: str) -> None:
+        """Always succeeds from the caller's view: nobody learns whether an account exists."""
+        try:
+            email = normalize_email(email)
+        except LoaclError:
+            return
+        row = await self._user_by_email(email)
+        if row is None:
+            return
+        if self.mail_limit.retry_after(f"reset:{row[0]}"):
+            log.info("auth.reset_rate_limited", user_id=row[0])
+            return
+        self.mail_limit.hit(f"reset:{row[0]}")
+        token = self.tokens.issue_link(
+            "reset-password", row[0], timedelta(minutes=self.settings.reset_token_minutes),
+            pwd=password_fingerprint(row[5]),
+        )
+        self._send_link(
+            row[1], "Reset your LOACL password",
+            "Someone (we hope you) asked to reset the password of this LOACL account. Send the "
+            "token below with your new password as \"password\".",
+            "/api/v1/auth/reset-password/confirm", token, base_url,
+        )
+
+    async def confirm_reset(self, token: str, password: str, meta: Metadata) -> None:
+        invalid = LoaclError(
+            "invalid_reset_token", "this reset link is not valid, was used, or has expired"
+        )
+        try:
+            claims = self.tokens.read_link("reset-password", token, "pwd")
+        except LoaclError:
+            raise invalid from None
+        state, version = await self._load_user(str(claims["sub"]))
+        if not state.exists or password_fingerprint(state.password_hash) != claims["pwd"]:
+            raise invalid
+        check_password(password)
+        await self.store.append(
+            domain.user_stream(state.user_id),
+            domain.change_password(state, await self.passwords.hash(password), "reset"),
+            expected_version=version, metadata=meta,
+        )
+        sessions = await self.store.query(
+            "SELECT session_id FROM sessions WHERE user_id = ? AND revoked_at IS NULL",
+            (state.user_id,),
+        )
+        for (session_id,) in sessions:
+            await self._revoke(session_id, "password_reset", meta)
+
+    async def authenticate(self, access_token: str) -> Principal:
+        claims = self.tokens.read_access(access_token)
+        rows = await self.store.query(
+            "SELECT s.revoked_at, u.email, u.email_verified_at FROM sessions s "
+            "JOIN users u ON u.user_id = s.user_id WHERE s.session_id = ? AND s.user_id = ?",
+            (claims.session_id, claims.user_id),
+        )
+        if not rows or rows[0][0] is not None:
+            raise LoaclError("invalid_token", "this session has ended; log in again")
+        return Principal(claims.user_id, claims.session_id, rows[0][1], rows[0][2] is not None)

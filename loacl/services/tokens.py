@@ -1,0 +1,101 @@
+"""Signed tokens (JWT, joserfc): access tokens, and single-purpose e-mail link tokens.
+
+Each purpose has its own audience, so a token made for one can never pass as another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from joserfc import jwt
+from joserfc.errors import ExpiredTokenError, JoseError
+from joserfc.jwk import OctKey
+from joserfc.jwt import JWTClaimsRegistry
+
+from loacl.domain.errors import LoaclError
+
+ISSUER = "loacl"
+ACCESS_AUDIENCE = "loacl-api"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def new_refresh_token() -> str:
+    return secrets.token_urlsafe(32)  # 256 random bits
+
+
+def token_hash(token: str) -> str:
+    """How opaque tokens are stored: never in the clear."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    user_id: str
+    session_id: str
+    expires_at: int
+
+
+class Tokens:
+    def __init__(
+        self, secret: str, algorithm: str, access_minutes: int, clock: Callable[[], datetime]
+    ) -> None:
+        self._key = OctKey.import_key(secret)
+        self.algorithm = algorithm
+        self.access_seconds = access_minutes * 60
+        self.clock = clock
+
+    def _now(self) -> int:
+        return int(self.clock().timestamp())
+
+    def _encode(self, audience: str, subject: str, lifetime: int, **extra: Any) -> str:
+        now = self._now()
+        claims = {
+            "iss": ISSUER, "aud": audience, "sub": subject, "iat": now, "exp": now + lifetime,
+            "jti": new_id(), **extra,
+        }
+        return jwt.encode({"alg": self.algorithm}, claims, self._key)
+
+    def _decode(self, token: str, audience: str, *essential: str) -> dict[str, Any]:
+        try:
+            decoded = jwt.decode(token, self._key, algorithms=[self.algorithm])
+            required = {"essential": True}
+            registry = JWTClaimsRegistry(
+                now=self._now,
+                iss={"essential": True, "value": ISSUER},
+                aud={"essential": True, "value": audience},
+                sub=required, exp=required, iat=required, jti=required,
+                **{name: required for name in essential},
+            )
+            registry.validate(decoded.claims)
+        except ExpiredTokenError:
+            raise LoaclError("token_expired", "the token has expired") from None
+        except (JoseError, ValueError, TypeError):
+            raise LoaclError("invalid_token", "the token is not valid") from None
+        return decoded.claims
+
+    def issue_access(self, user_id: str, session_id: str) -> str:
+        return self._encode(ACCESS_AUDIENCE, user_id, self.access_seconds, sid=session_id)
+
+    def read_access(self, token: str) -> AccessClaims:
+        claims = self._decode(token, ACCESS_AUDIENCE, "sid")
+        return AccessClaims(str(claims["sub"]), str(claims["sid"]), int(claims["exp"]))
+
+    def issue_link(self, purpose: str, subject: str, lifetime: timedelta, **extra: Any) -> str:
+        return self._encode(f"loacl-{purpose}", subject, int(lifetime.total_seconds()), **extra)
+
+    def read_link(self, purpose: str, token: str, *essential: str) -> dict[str, Any]:
+        return self._decode(token, f"loacl-{purpose}", *essential)
+
+
+def password_fingerprint(password_hash: str) -> str:
+    """Put in reset tokens: once the password changes, the token no longer matches."""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:24]
