@@ -107,6 +107,17 @@ class Settings(BaseModel):
     openai_base_url: str | None = Field(
         None, description="Base URL of an OpenAI-compatible server, instead of OpenAI's."
     )
+    chat_completions_base_url: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible server for the chat_completions provider "
+        "(default: OPENAI_BASE_URL).",
+    )
+    chat_completions_api_key: str | None = Field(
+        None, description="Key for the chat_completions server (default: OPENAI_API_KEY)."
+    )
+    validate_models: bool = Field(
+        True, description="Check an assistant's model with its provider when it is saved."
+    )
     max_upload_size: int = Field(
         5 * 1024 * 1024, ge=1, description="Largest file a visitor may upload, in bytes."
     )

@@ -12,14 +12,16 @@ from starlette.middleware import Middleware
 
 from loacl import __version__
 from loacl.domain.errors import LoaclError
-from loacl.http import auth, health
+from loacl.http import auth, health, owners, visitors
 from loacl.http.errors import EXCEPTION_HANDLERS
 from loacl.http.middleware import RequestIdMiddleware
 from loacl.services.accounts import Accounts
+from loacl.services.assistants import Assistants
 from loacl.services.mail import Mailer
 from loacl.services.passwords import Passwords
 from loacl.services.recovery import recover
 from loacl.services.tokens import Tokens
+from loacl.services.widgets import Widgets
 from loacl.settings import Settings, jwt_secret
 from loacl.store import migrations
 from loacl.store.backup import ServeLock
@@ -55,8 +57,9 @@ def create_app(
     passwords = Passwords(
         settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
     )
+    server_key = jwt_secret(settings)
     tokens = Tokens(
-        jwt_secret(settings), settings.jwt_algorithm, settings.access_token_expire_minutes, clock
+        server_key, settings.jwt_algorithm, settings.access_token_expire_minutes, clock
     )
 
     @contextlib.asynccontextmanager
@@ -79,7 +82,7 @@ def create_app(
             lock.release()
 
     app = Starlette(
-        routes=[*health.routes, *auth.routes],
+        routes=[*health.routes, *auth.routes, *visitors.routes, *owners.routes],
         middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
@@ -88,4 +91,6 @@ def create_app(
     app.state.store = store
     app.state.clock = clock
     app.state.accounts = Accounts(store, settings, passwords, tokens, mailer, clock)
+    app.state.assistants = Assistants(store, settings)
+    app.state.widgets = Widgets(store, tokens, server_key)
     return app

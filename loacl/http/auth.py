@@ -8,7 +8,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from loacl.domain.errors import LoaclError
-from loacl.domain.events import Metadata
+from loacl.http.common import client_ip, metadata
 from loacl.http.validation import parse_body
 from loacl.services.accounts import Accounts, Principal
 
@@ -48,18 +48,6 @@ class ResetConfirmBody(Body):
 def accounts(request: Request) -> Accounts:
     service: Accounts = request.app.state.accounts
     return service
-
-
-def client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
-def metadata(request: Request, actor: str | None = None) -> Metadata:
-    return Metadata(
-        actor=actor,
-        request_id=getattr(request.state, "request_id", None),
-        client_ip=client_ip(request),
-    )
 
 
 def base_url(request: Request) -> str:

@@ -18,7 +18,7 @@ def validation_error(exc: ValidationError) -> LoaclError:
     errors = [
         {
             "field": ".".join(str(part) for part in error["loc"]) or "body",
-            "message": error["msg"],
+            "message": error["msg"].removeprefix("Value error, "),
         }
         for error in exc.errors(include_url=False)
     ]

@@ -16,7 +16,7 @@ from typing import Any
 from joserfc import jwt
 from joserfc.errors import ExpiredTokenError, JoseError
 from joserfc.jwk import OctKey
-from joserfc.jwt import JWTClaimsRegistry
+from joserfc.jwt import ClaimsOption, JWTClaimsRegistry
 
 from loacl.domain.errors import LoaclError
 
@@ -67,14 +67,13 @@ class Tokens:
     def _decode(self, token: str, audience: str, *essential: str) -> dict[str, Any]:
         try:
             decoded = jwt.decode(token, self._key, algorithms=[self.algorithm])
-            required = {"essential": True}
-            registry = JWTClaimsRegistry(
-                now=self._now,
-                iss={"essential": True, "value": ISSUER},
-                aud={"essential": True, "value": audience},
-                sub=required, exp=required, iat=required, jti=required,
-                **{name: required for name in essential},
-            )
+            required: ClaimsOption = {"essential": True}
+            options: dict[str, ClaimsOption] = {
+                "iss": {"essential": True, "value": ISSUER},
+                "aud": {"essential": True, "value": audience},
+                **dict.fromkeys(("sub", "exp", "iat", "jti", *essential), required),
+            }
+            registry = JWTClaimsRegistry(now=self._now, leeway=0, **options)
             registry.validate(decoded.claims)
         except ExpiredTokenError:
             raise LoaclError("token_expired", "the token has expired") from None

@@ -40,8 +40,9 @@ class Projections:
 
 def default_projections() -> Projections:
     """Every read table LOACL keeps, with its handlers."""
-    from loacl.store.projections import accounts
+    from loacl.store.projections import accounts, widgets
 
     projections = Projections()
     projections.include(accounts.projections)
+    projections.include(widgets.projections)
     return projections

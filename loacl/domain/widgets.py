@@ -1,0 +1,130 @@
+"""Widgets: what a site embeds. Each names an assistant, the origins allowed to embed it, and
+its look. Visitors get conversations through a widget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from loacl.domain.errors import LoaclError
+from loacl.domain.events import Event
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WidgetSettings:
+    title: str = "Chat with us"
+    greeting: str = ""
+    placeholder: str = "Type a message…"
+    theme: str = "auto"  # light | dark | auto
+    position: str = "bottom-right"  # bottom-right | bottom-left
+    accent_color: str = "#2563eb"
+    locale: str = "en"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WidgetDefinition:
+    name: str
+    assistant_id: str
+    allowed_origins: tuple[str, ...] = ()
+    settings: WidgetSettings = WidgetSettings()
+    messages_per_minute: int = 10
+    enabled: bool = True
+    require_identity: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WidgetCreated(Event):
+    event_type = "widget.created"
+    widget_id: str
+    owner_id: str
+    definition: WidgetDefinition
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WidgetUpdated(Event):
+    event_type = "widget.updated"
+    widget_id: str
+    definition: WidgetDefinition
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WidgetDeleted(Event):
+    event_type = "widget.deleted"
+    widget_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WidgetSecretRotated(Event):
+    """The identity secret is derived from the server key and this generation number, so the
+    secret itself never enters the log."""
+
+    event_type = "widget.secret_rotated"
+    widget_id: str
+    generation: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConversationStarted(Event):
+    event_type = "conversation.started"
+    conversation_id: str
+    widget_id: str
+    visitor_id: str
+    external_user_id: str | None = None
+
+
+def widget_stream(widget_id: str) -> str:
+    return f"widget-{widget_id}"
+
+
+def conversation_stream(conversation_id: str) -> str:
+    return f"conversation-{conversation_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Widget:
+    widget_id: str = ""
+    owner_id: str = ""
+    definition: WidgetDefinition | None = None
+    secret_generation: int = 0
+    exists: bool = False
+    deleted: bool = False
+
+
+def evolve_widget(state: Widget, event: Event) -> Widget:
+    match event:
+        case WidgetCreated():
+            return Widget(event.widget_id, event.owner_id, event.definition, 1, True, False)
+        case WidgetUpdated():
+            return replace(state, definition=event.definition)
+        case WidgetSecretRotated():
+            return replace(state, secret_generation=event.generation)
+        case WidgetDeleted():
+            return replace(state, deleted=True)
+    return state
+
+
+def _owned(state: Widget, owner_id: str) -> None:
+    if not state.exists or state.deleted or state.owner_id != owner_id:
+        raise LoaclError("not_found", "no such widget")
+
+
+def create_widget(widget_id: str, owner_id: str, definition: WidgetDefinition) -> list[Event]:
+    return [WidgetCreated(widget_id=widget_id, owner_id=owner_id, definition=definition)]
+
+
+def update_widget(state: Widget, owner_id: str, definition: WidgetDefinition) -> list[Event]:
+    _owned(state, owner_id)
+    if definition == state.definition:
+        return []
+    return [WidgetUpdated(widget_id=state.widget_id, definition=definition)]
+
+
+def rotate_secret(state: Widget, owner_id: str) -> list[Event]:
+    _owned(state, owner_id)
+    return [
+        WidgetSecretRotated(widget_id=state.widget_id, generation=state.secret_generation + 1)
+    ]
+
+
+def delete_widget(state: Widget, owner_id: str) -> list[Event]:
+    _owned(state, owner_id)
+    return [WidgetDeleted(widget_id=state.widget_id)]

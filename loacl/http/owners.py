@@ -1,0 +1,243 @@
+"""Owner endpoints: ``/api/v1/assistants`` and ``/api/v1/widgets`` (CRUD, embed code)."""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from loacl.domain.assistants import AssistantDefinition
+from loacl.domain.errors import LoaclError
+from loacl.domain.origins import normalize_origin
+from loacl.domain.widgets import WidgetDefinition, WidgetSettings
+from loacl.http.auth import current_owner
+from loacl.http.common import if_match, metadata, page, page_response, with_etag
+from loacl.http.validation import parse_body
+from loacl.services.assistants import Assistants
+from loacl.services.widgets import Widgets
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FileSearch(Body):
+    vector_store_ids: list[
+        Annotated[str, Field(pattern=r"^vs_[A-Za-z0-9_-]{1,64}$")]
+    ] = Field(min_length=1, max_length=10)
+
+
+class AssistantBody(Body):
+    name: str = Field(min_length=1, max_length=200)
+    provider: Literal["openai", "chat_completions", "demo"] | None = None
+    model: str | None = Field(None, min_length=1, max_length=200)
+    instructions: str = Field("", max_length=32_000)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    max_output_tokens: int | None = Field(None, ge=16, le=200_000)
+    file_search: FileSearch | None = None
+
+
+def _origin(value: str) -> str:
+    try:
+        return normalize_origin(value)
+    except LoaclError as exc:
+        raise ValueError(exc.message) from None
+
+
+class SettingsBody(Body):
+    title: str = Field("Chat with us", min_length=1, max_length=100)
+    greeting: str = Field("", max_length=2000)
+    placeholder: str = Field("Type a message…", max_length=200)
+    theme: Literal["light", "dark", "auto"] = "auto"
+    position: Literal["bottom-right", "bottom-left"] = "bottom-right"
+    accent_color: str = Field("#2563eb", pattern=r"^#([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
+    locale: str = Field("en", pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
+
+
+class LimitsBody(Body):
+    messages_per_minute: int = Field(10, ge=1, le=600)
+
+
+class WidgetBody(Body):
+    name: str = Field(min_length=1, max_length=200)
+    assistant_id: str = Field(min_length=1, max_length=64)
+    allowed_origins: list[Annotated[str, AfterValidator(_origin)]] = Field(
+        default_factory=list, max_length=50
+    )
+    settings: SettingsBody = Field(default_factory=lambda: SettingsBody())
+    limits: LimitsBody = Field(default_factory=lambda: LimitsBody())
+    enabled: bool = True
+    require_identity: bool = False
+
+
+def assistants(request: Request) -> Assistants:
+    service: Assistants = request.app.state.assistants
+    return service
+
+
+def widgets(request: Request) -> Widgets:
+    service: Widgets = request.app.state.widgets
+    return service
+
+
+def _definition(request: Request, body: AssistantBody) -> AssistantDefinition:
+    settings = request.app.state.settings
+    provider = body.provider or ("openai" if settings.openai_api_key else "demo")
+    model = body.model or ("demo" if provider == "demo" else None)
+    if model is None:
+        raise LoaclError(
+            "validation_error", "model: required for this provider",
+            errors=[{"field": "model", "message": "Field required"}],
+        )
+    return AssistantDefinition(
+        name=body.name, provider=provider, model=model, instructions=body.instructions,
+        temperature=body.temperature, top_p=body.top_p,
+        max_output_tokens=body.max_output_tokens,
+        vector_store_ids=tuple(body.file_search.vector_store_ids) if body.file_search else (),
+    )
+
+
+async def list_assistants(request: Request) -> Response:
+    owner = await current_owner(request)
+    after, limit = page(request)
+    items, cursor = await assistants(request).list(owner.user_id, after, limit)
+    return page_response(items, cursor)
+
+
+async def create_assistant(request: Request) -> Response:
+    owner = await current_owner(request, verified=True)
+    body = await parse_body(request, AssistantBody)
+    created = await assistants(request).create(
+        owner.user_id, _definition(request, body), metadata(request, owner.user_id)
+    )
+    return with_etag(created, 201)
+
+
+async def get_assistant(request: Request) -> Response:
+    owner = await current_owner(request)
+    return with_etag(await assistants(request).get(owner.user_id, request.path_params["id"]))
+
+
+async def put_assistant(request: Request) -> Response:
+    owner = await current_owner(request, verified=True)
+    body = await parse_body(request, AssistantBody)
+    updated = await assistants(request).update(
+        owner.user_id, request.path_params["id"], _definition(request, body), if_match(request),
+        metadata(request, owner.user_id),
+    )
+    return with_etag(updated)
+
+
+async def delete_assistant(request: Request) -> Response:
+    owner = await current_owner(request, verified=True)
+    await assistants(request).delete(
+        owner.user_id, request.path_params["id"], if_match(request),
+        metadata(request, owner.user_id),
+    )
+    return Response(status_code=204)
+
+
+def _widget_definition(body: WidgetBody) -> WidgetDefinition:
+    return WidgetDefinition(
+        name=body.name, assistant_id=body.assistant_id,
+        allowed_origins=tuple(dict.fromkeys(body.allowed_origins)),
+        settings=WidgetSettings(**body.settings.model_dump()),
+        messages_per_minute=body.limits.messages_per_minute,
+        enabled=body.enabled, require_identity=body.require_identity,
+    )
+
+
+async def list_widgets(request: Request) -> Response:
+    owner = await current_owner(request)
+    after, limit = page(request)
+    items, cursor = await widgets(request).list(owner.user_id, after, limit)
+    return page_response(items, cursor)
+
+
+async def create_widget(request: Request) -> Response:
+    owner = await current_owner(request, verified=True)
+    body = await parse_body(request, WidgetBody)
+    created = await widgets(request).create(
+        owner.user_id, _widget_definition(body), metadata(request, owner.user_id)
+    )
+    return with_etag(created, 201)
+
+
+async def get_widget(request: Request) -> Response:
+    owner = await current_owner(request)
+    return with_etag(await widgets(request).get(owner.user_id, request.path_params["id"]))
+
+
+async def put_widget(request: Request) -> Response:
+    owner = await current_owner(request, verified=True)
+    body = await parse_body(request, WidgetBody)
+    updated = await widgets(request).update(
+        owner.user_id, request.path_params["id"], _widget_definition(body), if_match(request),
+        metadata(request, owner.user_id),
+    )
+    return with_etag(updated)
+
+
+async def delete_widget(request: Request) -> Response:
+    owner = await current_owner(request, verified=True)
+    await widgets(request).delete(
+        owner.user_id, request.path_params["id"], if_match(request),
+        metadata(request, owner.user_id),
+    )
+    return Response(status_code=204)
+
+
+async def rotate_secret(request: Request) -> Response:
+    owner = await current_owner(request, verified=True)
+    rotated = await widgets(request).rotate_secret(
+        owner.user_id, request.path_params["id"], if_match(request),
+        metadata(request, owner.user_id),
+    )
+    return with_etag(rotated)
+
+
+def public_base(request: Request) -> str:
+    configured = request.app.state.settings.public_url
+    return (configured or str(request.base_url)).rstrip("/")
+
+
+async def embed_code(request: Request) -> Response:
+    owner = await current_owner(request)
+    widget = await widgets(request).get(owner.user_id, request.path_params["id"])
+    script_url = f"{public_base(request)}/widget.js"
+    config = {
+        "widgetId": widget["id"],
+        "position": widget["settings"]["position"],
+        "theme": widget["settings"]["theme"],
+    }
+    # JSON inside a <script>: escape "<" so no value can close the element.
+    literal = json.dumps(config, indent=2).replace("<", "\\u003c")
+    snippet = (
+        "<script>\n"
+        f"  window.LOACL_WIDGET = {literal.replace(chr(10), chr(10) + '  ')};\n"
+        "</script>\n"
+        f'<script src="{html.escape(script_url)}" async></script>\n'
+    )
+    return JSONResponse({"html": snippet, "script_url": script_url, "widget_id": widget["id"]})
+
+
+routes = [
+    Route("/api/v1/assistants", list_assistants, methods=["GET"]),
+    Route("/api/v1/assistants", create_assistant, methods=["POST"]),
+    Route("/api/v1/assistants/{id}", get_assistant, methods=["GET"]),
+    Route("/api/v1/assistants/{id}", put_assistant, methods=["PUT"]),
+    Route("/api/v1/assistants/{id}", delete_assistant, methods=["DELETE"]),
+    Route("/api/v1/widgets", list_widgets, methods=["GET"]),
+    Route("/api/v1/widgets", create_widget, methods=["POST"]),
+    Route("/api/v1/widgets/{id}", get_widget, methods=["GET"]),
+    Route("/api/v1/widgets/{id}", put_widget, methods=["PUT"]),
+    Route("/api/v1/widgets/{id}", delete_widget, methods=["DELETE"]),
+    Route("/api/v1/widgets/{id}/embed-code", embed_code, methods=["GET"]),
+    Route("/api/v1/widgets/{id}/rotate-secret", rotate_secret, methods=["POST"]),
+]

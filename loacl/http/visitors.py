@@ -1,0 +1,113 @@
+"""Visitor endpoints the embed script calls from other sites: public config and sessions.
+
+Each answers only when the page's ``Origin`` is one of the widget's allowed origins, and its CORS
+headers name that origin and no other. Refusals carry CORS headers for the asking origin too, so
+that the widget can read *why* it was refused and say so; they reveal nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from loacl.domain.errors import LoaclError
+from loacl.http.common import metadata
+from loacl.http.errors import loacl_error
+from loacl.http.validation import parse_body
+from loacl.services.widgets import Widgets
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+ALLOW_HEADERS = "Authorization, Content-Type, X-Request-ID"
+EXPOSE_HEADERS = "Retry-After, X-Request-ID, ETag"
+
+
+class SessionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str | None = Field(None, min_length=1, max_length=256)
+    user_hash: str | None = Field(None, max_length=128)
+    visitor_token: str | None = Field(None, max_length=4096)
+
+
+def widgets(request: Request) -> Widgets:
+    service: Widgets = request.app.state.widgets
+    return service
+
+
+def cors(response: Response, origin: str | None) -> Response:
+    response.headers["Vary"] = "Origin"
+    if origin and origin != "null":
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+    return response
+
+
+def visitor_endpoint(handler: Handler) -> Handler:
+    async def wrapped(request: Request) -> Response:
+        origin = request.headers.get("origin")
+        try:
+            response = await handler(request)
+        except LoaclError as exc:
+            response = await loacl_error(request, exc)
+        return cors(response, origin)
+
+    return wrapped
+
+
+@visitor_endpoint
+async def config(request: Request) -> Response:
+    widget = await widgets(request).public(
+        request.path_params["id"], request.headers.get("origin")
+    )
+    settings = request.app.state.settings
+    body = {
+        "widget_id": widget["id"],
+        "settings": widget["settings"],
+        "require_identity": widget["require_identity"],
+        "uploads": {
+            "max_size": settings.max_upload_size,
+            "allowed_types": settings.allowed_file_types,
+        },
+        "limits": widget["limits"],
+    }
+    return JSONResponse(body, headers={"Cache-Control": "no-cache"})
+
+
+@visitor_endpoint
+async def sessions(request: Request) -> Response:
+    body = await parse_body(request, SessionBody)
+    session = await widgets(request).start_session(
+        request.path_params["id"], request.headers.get("origin"),
+        user_id=body.user_id, user_hash=body.user_hash, visitor_token=body.visitor_token,
+        meta=metadata(request),
+    )
+    return JSONResponse(session, status_code=201, headers={"Cache-Control": "no-store"})
+
+
+async def preflight(request: Request) -> Response:
+    """CORS preflight for a widget's visitor endpoints: granted to its allowed origins only."""
+    origin = request.headers.get("origin")
+    try:
+        await widgets(request).public(request.path_params["id"], origin)
+    except LoaclError:
+        return Response(status_code=204, headers={"Vary": "Origin"})
+    response = Response(
+        status_code=204,
+        headers={
+            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+            "Access-Control-Allow-Headers": ALLOW_HEADERS,
+            "Access-Control-Max-Age": "600",
+        },
+    )
+    return cors(response, origin)
+
+
+routes = [
+    Route("/api/v1/widgets/{id}/config", config, methods=["GET"]),
+    Route("/api/v1/widgets/{id}/sessions", sessions, methods=["POST"]),
+    Route("/api/v1/widgets/{id}/{rest:path}", preflight, methods=["OPTIONS"]),
+]

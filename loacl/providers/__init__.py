@@ -1,0 +1,70 @@
+"""Model providers: OpenAI (Responses API), any OpenAI-compatible server (Chat Completions), and
+the built-in demo. They sit beside the services behind small protocols."""
+
+from __future__ import annotations
+
+import openai
+import structlog
+
+from loacl.domain.errors import LoaclError
+from loacl.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+DEMO_MODELS = ("demo",)
+
+
+def client_for(settings: Settings, provider: str, *, max_retries: int = 2,
+               timeout: float = 30.0) -> openai.AsyncOpenAI:
+    """An SDK client for ``provider``; the base URL falls back to ``OPENAI_BASE_URL``."""
+    if provider == "chat_completions":
+        base_url = settings.chat_completions_base_url or settings.openai_base_url
+        # Local model servers often need no key, but the SDK insists on one.
+        api_key = settings.chat_completions_api_key or settings.openai_api_key or "not-needed"
+        if base_url is None:
+            raise LoaclError(
+                "provider_unavailable",
+                "the chat_completions provider needs LOACL_CHAT_COMPLETIONS_BASE_URL or "
+                "OPENAI_BASE_URL",
+            )
+    else:
+        base_url = settings.openai_base_url
+        if not settings.openai_api_key:
+            raise LoaclError(
+                "provider_unavailable", "the openai provider needs OPENAI_API_KEY to be set"
+            )
+        api_key = settings.openai_api_key
+    return openai.AsyncOpenAI(
+        api_key=api_key, base_url=base_url, max_retries=max_retries,
+        timeout=openai.Timeout(timeout, connect=5.0),
+    )
+
+
+async def check_model(settings: Settings, provider: str, model: str) -> None:
+    """Ask the provider whether it knows ``model`` (``models.retrieve``)."""
+    if provider == "demo":
+        if model not in DEMO_MODELS:
+            raise LoaclError(
+                "unknown_model", f"the demo provider has one model, 'demo', not {model!r}",
+                errors=[{"field": "model", "message": "unknown model"}],
+            )
+        return
+    if not settings.validate_models:
+        return
+    client = client_for(settings, provider, max_retries=1, timeout=10.0)
+    try:
+        await client.models.retrieve(model)
+    except openai.NotFoundError:
+        raise LoaclError(
+            "unknown_model", f"the {provider} provider does not know the model {model!r}",
+            errors=[{"field": "model", "message": "unknown model"}],
+        ) from None
+    except openai.APIError as exc:
+        log.warning("provider.model_check_failed", provider=provider, error=repr(exc))
+        raise LoaclError(
+            "provider_unavailable",
+            f"could not reach the {provider} provider to check the model; try again, or set "
+            "LOACL_VALIDATE_MODELS=false for servers without a models endpoint",
+        ) from None
+    finally:
+        await client.close()

@@ -1,0 +1,122 @@
+"""Read tables for assistants, widgets and conversations."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import msgspec
+
+from loacl.domain.assistants import AssistantCreated, AssistantDeleted, AssistantUpdated
+from loacl.domain.events import RecordedEvent
+from loacl.domain.widgets import (
+    ConversationStarted,
+    WidgetCreated,
+    WidgetDeleted,
+    WidgetSecretRotated,
+    WidgetUpdated,
+)
+from loacl.store.codec import format_time
+from loacl.store.projections import Projections
+
+projections = Projections(tables=["assistants", "widgets", "conversations"])
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def _json(value: object) -> str:
+    return _encoder.encode(value).decode()
+
+
+@projections.on(AssistantCreated)
+def assistant_created(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, AssistantCreated)
+    at = format_time(recorded.recorded_at)
+    d = event.definition
+    conn.execute(
+        "INSERT INTO assistants (assistant_id, owner_id, name, provider, model, definition, "
+        "version, created_seq, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (event.assistant_id, event.owner_id, d.name, d.provider, d.model, _json(d),
+         recorded.version, recorded.seq, at, at),
+    )
+
+
+@projections.on(AssistantUpdated)
+def assistant_updated(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, AssistantUpdated)
+    d = event.definition
+    conn.execute(
+        "UPDATE assistants SET name = ?, provider = ?, model = ?, definition = ?, version = ?, "
+        "updated_at = ? WHERE assistant_id = ?",
+        (d.name, d.provider, d.model, _json(d), recorded.version,
+         format_time(recorded.recorded_at), event.assistant_id),
+    )
+
+
+@projections.on(AssistantDeleted)
+def assistant_deleted(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, AssistantDeleted)
+    conn.execute("DELETE FROM assistants WHERE assistant_id = ?", (event.assistant_id,))
+
+
+@projections.on(WidgetCreated)
+def widget_created(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, WidgetCreated)
+    at = format_time(recorded.recorded_at)
+    d = event.definition
+    conn.execute(
+        "INSERT INTO widgets (widget_id, owner_id, name, assistant_id, enabled, definition, "
+        "secret_generation, version, created_seq, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
+        (event.widget_id, event.owner_id, d.name, d.assistant_id, d.enabled, _json(d),
+         recorded.version, recorded.seq, at, at),
+    )
+
+
+@projections.on(WidgetUpdated)
+def widget_updated(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, WidgetUpdated)
+    d = event.definition
+    conn.execute(
+        "UPDATE widgets SET name = ?, assistant_id = ?, enabled = ?, definition = ?, "
+        "version = ?, updated_at = ? WHERE widget_id = ?",
+        (d.name, d.assistant_id, d.enabled, _json(d), recorded.version,
+         format_time(recorded.recorded_at), event.widget_id),
+    )
+
+
+@projections.on(WidgetSecretRotated)
+def widget_secret_rotated(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, WidgetSecretRotated)
+    conn.execute(
+        "UPDATE widgets SET secret_generation = ?, version = ?, updated_at = ? "
+        "WHERE widget_id = ?",
+        (event.generation, recorded.version, format_time(recorded.recorded_at), event.widget_id),
+    )
+
+
+@projections.on(WidgetDeleted)
+def widget_deleted(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, WidgetDeleted)
+    conn.execute("DELETE FROM widgets WHERE widget_id = ?", (event.widget_id,))
+
+
+@projections.on(ConversationStarted)
+def conversation_started(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, ConversationStarted)
+    at = format_time(recorded.recorded_at)
+    conn.execute(
+        "INSERT INTO conversations (conversation_id, widget_id, visitor_id, external_user_id, "
+        "created_seq, created_at, last_activity_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (event.conversation_id, event.widget_id, event.visitor_id, event.external_user_id,
+         recorded.seq, at, at),
+    )
+
