@@ -19,9 +19,23 @@ class Event:
     schema_version: ClassVar[int] = 1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        # dataclass(slots=True) builds a second class; the last one registered is the real one.
-        if cls.event_type:
-            EVENT_TYPES[cls.event_type] = cls
+        super().__init_subclass__(**kwargs)
+        # Only a class that names its own type registers: a subclass inheriting the name would
+        # take over its parent's wire type.
+        event_type = cls.__dict__.get("event_type")
+        if not event_type:
+            return
+        known = EVENT_TYPES.get(event_type)
+        # dataclass(slots=True) builds a second class of the same name (its qualified name is
+        # set only afterwards); the last one registered is the real one. Another class claiming
+        # the type would decode the log wrongly.
+        if known is not None and (known.__module__, known.__name__) != (
+            cls.__module__, cls.__name__,
+        ):
+            raise TypeError(
+                f"event type {event_type!r} is already {known.__module__}.{known.__qualname__}"
+            )
+        EVENT_TYPES[event_type] = cls
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

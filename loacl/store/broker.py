@@ -18,32 +18,34 @@ class Subscription:
     def __init__(self, broker: Broker, accept: Filter | None, maxsize: int) -> None:
         self._broker = broker
         self._accept = accept
-        self._queue: asyncio.Queue[RecordedEvent | None] = asyncio.Queue(maxsize)
+        # The bound is checked by hand so that the end marker always fits: making room for it
+        # by dropping a buffered event would leave a gap the subscriber cannot see when it
+        # resumes from the log after the last event it got.
+        self._maxsize = maxsize
+        self._queue: asyncio.Queue[RecordedEvent | None] = asyncio.Queue()
         self.overflowed = False
         self.closed = False
 
     def _offer(self, event: RecordedEvent) -> None:
         if self.closed or (self._accept is not None and not self._accept(event)):
             return
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if self._queue.qsize() >= self._maxsize:
             self.overflowed = True
             self.close()
+            return
+        self._queue.put_nowait(event)
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         self._broker._subscribers.discard(self)
-        # Wake a waiting reader; make room first if the queue is full.
-        if self._queue.full():
-            self._queue.get_nowait()
-        self._queue.put_nowait(None)
+        self._queue.put_nowait(None)  # wakes a waiting reader once the buffer is drained
 
     async def get(self) -> RecordedEvent:
         event = await self._queue.get()
         if event is None:
+            self._queue.put_nowait(None)  # the end stays the end: a later get must not hang
             if self.overflowed:
                 raise SubscriptionOverflow("subscriber fell behind")
             raise StopAsyncIteration

@@ -61,16 +61,17 @@ def decode_payload(event_type: str, schema_version: int, raw: str | bytes) -> Ev
     if schema_version > cls.schema_version:
         raise LoaclError(
             "unknown_schema_version",
-            f"{event_type} v{schema_version} is newer than this LOACL knows (v{cls.schema_version})",
+            f"{event_type} v{schema_version} is newer than this LOACL knows "
+            f"(v{cls.schema_version})",
         )
     data = _raw_decoder.decode(raw)
     for version in range(schema_version, cls.schema_version):
-        try:
-            data = UPCASTERS[(event_type, version)](data)
-        except KeyError:
-            raise LoaclError(
-                "unknown_schema_version", f"no upcaster for {event_type} v{version}"
-            ) from None
+        # Look up apart from the call: a KeyError inside an upcaster is its own bug, not a
+        # missing upcaster.
+        upcast = UPCASTERS.get((event_type, version))
+        if upcast is None:
+            raise LoaclError("unknown_schema_version", f"no upcaster for {event_type} v{version}")
+        data = upcast(data)
     return msgspec.convert(data, cls)
 
 

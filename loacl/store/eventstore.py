@@ -144,9 +144,11 @@ class EventStore:
 
     async def close(self) -> None:
         if self._thread is not None:
+            # Refuse new work before the writer stops: an append queued behind the stop would
+            # never be answered.
+            thread, self._thread = self._thread, None
             self._queue.put(_STOP)
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+            await asyncio.to_thread(thread.join)
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -224,6 +226,7 @@ class EventStore:
                     call.result = call.fn(self._writer)  # type: ignore[arg-type]
                 except Exception as exc:
                     call.error = exc
+                self._end_stray_transaction()
             assert self._loop is not None
             self._loop.call_soon_threadsafe(self._deliver, batch, calls)
 
@@ -253,29 +256,31 @@ class EventStore:
                 if expected is not None and expected != version:
                     request.result = ConflictError(request.stream, expected, version)
                     continue
-                metadata = codec.encode_metadata(request.metadata)
-                rows_out: list[tuple[Any, ...]] = []
-                recorded: list[RecordedEvent] = []
                 when = codec.parse_time(recorded_at)
-                last_hash = prev_hash
-                for offset, event in enumerate(request.events, start=1):
-                    payload = codec.encode_payload(event)
-                    row_seq = seq + offset
-                    row_version = version + offset
-                    last_hash = codec.chain_hash(
-                        last_hash, row_seq, request.stream, row_version, event.event_type,
-                        event.schema_version, payload, metadata, recorded_at,
-                    )
-                    rows_out.append(
-                        (row_seq, request.stream, row_version, event.event_type,
-                         event.schema_version, payload, metadata, recorded_at, last_hash)
-                    )
-                    recorded.append(
-                        RecordedEvent(row_seq, request.stream, row_version, event,
-                                      request.metadata, when, last_hash)
-                    )
                 conn.execute("SAVEPOINT append")
                 try:
+                    # Encoding is inside the savepoint's guard too: an event that cannot be
+                    # encoded refuses its own request, not the whole batch.
+                    metadata = codec.encode_metadata(request.metadata)
+                    rows_out: list[tuple[Any, ...]] = []
+                    recorded: list[RecordedEvent] = []
+                    last_hash = prev_hash
+                    for offset, event in enumerate(request.events, start=1):
+                        payload = codec.encode_payload(event)
+                        row_seq = seq + offset
+                        row_version = version + offset
+                        last_hash = codec.chain_hash(
+                            last_hash, row_seq, request.stream, row_version, event.event_type,
+                            event.schema_version, payload, metadata, recorded_at,
+                        )
+                        rows_out.append(
+                            (row_seq, request.stream, row_version, event.event_type,
+                             event.schema_version, payload, metadata, recorded_at, last_hash)
+                        )
+                        recorded.append(
+                            RecordedEvent(row_seq, request.stream, row_version, event,
+                                          request.metadata, when, last_hash)
+                        )
                     conn.executemany(_INSERT, rows_out)
                     self.projections.apply(conn, recorded)
                     if request.idempotency_key is not None:
@@ -305,6 +310,17 @@ class EventStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def _end_stray_transaction(self) -> None:
+        # A call that left its transaction open would make the next batch's BEGIN fail.
+        conn = self._writer
+        assert conn is not None
+        if conn.in_transaction:
+            log.warning("store.call_left_transaction_open")
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("store.rollback_failed")
 
     def _deliver(self, batch: list[_Append], calls: list[_Call]) -> None:
         for call in calls:
@@ -342,7 +358,9 @@ class EventStore:
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute("ROLLBACK")
             except sqlite3.Error as exc:
-                raise LoaclError("database_unavailable", f"the database is not writable: {exc}")
+                raise LoaclError(
+                    "database_unavailable", f"the database is not writable: {exc}"
+                ) from exc
 
         await self.run_on_writer(probe)
 
