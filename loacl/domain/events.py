@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 EVENT_TYPES: dict[str, type[Event]] = {}
 
@@ -48,9 +48,11 @@ class Metadata:
     causation_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedEvent:
-    """An event as the log holds it: its position, stream, version and chain hash."""
+class RecordedEvent(NamedTuple):
+    """An event as the log holds it: its position, stream, version and chain hash.
+
+    A named tuple, not a dataclass: replay builds one per event, and a tuple is built fastest.
+    """
 
     seq: int
     stream: str

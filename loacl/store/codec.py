@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -40,7 +41,9 @@ def encode_metadata(metadata: Metadata) -> str:
     return _encoder.encode(metadata).decode()
 
 
+@functools.lru_cache(maxsize=4096)
 def decode_metadata(raw: str | bytes) -> Metadata:
+    # Cached: the events of one append share their metadata, and Metadata is immutable.
     return _metadata_decoder.decode(raw)
 
 
@@ -79,7 +82,9 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_time(text: str) -> datetime:
+    # Cached: the events of one commit share their time.
     return datetime.fromisoformat(text)
 
 

@@ -39,6 +39,9 @@ _SELECT = (
     "SELECT seq, stream, version, type, schema_version, payload, metadata, recorded_at, hash "
     "FROM events"
 )
+_INSERT_KEY = (
+    "INSERT INTO append_keys (key, stream, first_seq, last_seq) VALUES (?, ?, ?, ?)"
+)
 _INSERT = (
     "INSERT INTO events (seq, stream, version, type, schema_version, payload, metadata, "
     "recorded_at, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -130,6 +133,9 @@ class EventStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: aiosqlite.Connection | None = None
         self._writer: sqlite3.Connection | None = None
+        # Stream versions as of our last commit, valid while nobody else appends.
+        self._versions: dict[str, int] = {}
+        self._last_seq = -1
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -231,85 +237,133 @@ class EventStore:
             self._loop.call_soon_threadsafe(self._deliver, batch, calls)
 
     def _commit(self, batch: list[_Append]) -> None:
+        """Write a batch in one transaction.
+
+        The fast path writes every request with one ``executemany`` and no savepoints. If any
+        request fails (a projection's veto, an event that cannot be encoded), the transaction is
+        rolled back and the batch is written again request by request, each in a savepoint, so
+        that only the failing request is refused.
+        """
         conn = self._writer
         assert conn is not None
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev_hash = (row[0], row[1]) if row else (0, codec.GENESIS_HASH)
-            recorded_at = codec.format_time(self.clock())
+        for careful in (False, True):
             for request in batch:
-                if request.idempotency_key is not None:
-                    found = conn.execute(
-                        "SELECT first_seq, last_seq FROM append_keys WHERE key = ?",
-                        (request.idempotency_key,),
-                    ).fetchone()
-                    if found:
-                        rows = conn.execute(
-                            f"{_SELECT} WHERE seq BETWEEN ? AND ? ORDER BY seq", found
-                        ).fetchall()
-                        request.result = [decode_row(r) for r in rows]
-                        request.replayed = True
-                        continue
-                version = stream_version(conn, request.stream)
-                expected = request.expected_version
-                if expected is not None and expected != version:
-                    request.result = ConflictError(request.stream, expected, version)
-                    continue
-                when = codec.parse_time(recorded_at)
-                conn.execute("SAVEPOINT append")
-                try:
-                    # Encoding is inside the savepoint's guard too: an event that cannot be
-                    # encoded refuses its own request, not the whole batch.
-                    metadata = codec.encode_metadata(request.metadata)
-                    rows_out: list[tuple[Any, ...]] = []
-                    recorded: list[RecordedEvent] = []
-                    last_hash = prev_hash
-                    for offset, event in enumerate(request.events, start=1):
-                        payload = codec.encode_payload(event)
-                        row_seq = seq + offset
-                        row_version = version + offset
-                        last_hash = codec.chain_hash(
-                            last_hash, row_seq, request.stream, row_version, event.event_type,
-                            event.schema_version, payload, metadata, recorded_at,
-                        )
-                        rows_out.append(
-                            (row_seq, request.stream, row_version, event.event_type,
-                             event.schema_version, payload, metadata, recorded_at, last_hash)
-                        )
-                        recorded.append(
-                            RecordedEvent(row_seq, request.stream, row_version, event,
-                                          request.metadata, when, last_hash)
-                        )
-                    conn.executemany(_INSERT, rows_out)
-                    self.projections.apply(conn, recorded)
-                    if request.idempotency_key is not None:
-                        conn.execute(
-                            "INSERT INTO append_keys (key, stream, first_seq, last_seq) "
-                            "VALUES (?, ?, ?, ?)",
-                            (request.idempotency_key, request.stream, recorded[0].seq,
-                             recorded[-1].seq),
-                        )
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO append")
-                    conn.execute("RELEASE append")
-                    request.result = _as_loacl_error(exc)
-                    continue
-                conn.execute("RELEASE append")
-                request.result = recorded
-                seq = recorded[-1].seq
-                prev_hash = last_hash
-            if seq:
-                conn.execute(
-                    "INSERT INTO event_log_head (id, seq, hash) VALUES (1, ?, ?) "
-                    "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-                    (seq, prev_hash),
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
+                request.result, request.replayed = [], False
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if self._write_batch(conn, batch, careful):
+                    conn.execute("COMMIT")
+                    return
                 conn.execute("ROLLBACK")
-            raise
+            except BaseException:
+                self._versions.clear()
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self._versions.clear()
+
+    def _write_batch(self, conn: sqlite3.Connection, batch: list[_Append], careful: bool) -> bool:
+        """Write the batch inside the open transaction; False when the fast path must give up."""
+        row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev_hash = (row[0], row[1]) if row else (0, codec.GENESIS_HASH)
+        if seq != self._last_seq:
+            # Someone else (a CLI command) appended since our last commit: versions are stale.
+            self._versions.clear()
+        versions = self._versions
+        recorded_at = codec.format_time(self.clock())
+        when = codec.parse_time(recorded_at)
+        all_rows: list[tuple[Any, ...]] = []
+        keys: list[tuple[str, str, int, int]] = []
+        batch_keys: dict[str, _Append] = {}
+        for request in batch:
+            key = request.idempotency_key
+            if key is not None:
+                first = batch_keys.get(key)
+                if first is not None and not isinstance(first.result, BaseException):
+                    request.result, request.replayed = first.result, True
+                    continue
+                found = conn.execute(
+                    "SELECT first_seq, last_seq FROM append_keys WHERE key = ?", (key,)
+                ).fetchone()
+                if found:
+                    rows = conn.execute(
+                        f"{_SELECT} WHERE seq BETWEEN ? AND ? ORDER BY seq", found
+                    ).fetchall()
+                    request.result, request.replayed = [decode_row(r) for r in rows], True
+                    continue
+            version = versions.get(request.stream)
+            if version is None:
+                version = versions[request.stream] = stream_version(conn, request.stream)
+            expected = request.expected_version
+            if expected is not None and expected != version:
+                request.result = ConflictError(request.stream, expected, version)
+                continue
+            if careful:
+                conn.execute("SAVEPOINT append")
+            try:
+                # Encoding is guarded too: an event that cannot be encoded refuses its own
+                # request, not the whole batch.
+                metadata = codec.encode_metadata(request.metadata)
+                rows_out: list[tuple[Any, ...]] = []
+                recorded: list[RecordedEvent] = []
+                last_hash = prev_hash
+                for offset, event in enumerate(request.events, start=1):
+                    payload = codec.encode_payload(event)
+                    row_seq = seq + offset
+                    row_version = version + offset
+                    last_hash = codec.chain_hash(
+                        last_hash, row_seq, request.stream, row_version, event.event_type,
+                        event.schema_version, payload, metadata, recorded_at,
+                    )
+                    rows_out.append(
+                        (row_seq, request.stream, row_version, event.event_type,
+                         event.schema_version, payload, metadata, recorded_at, last_hash)
+                    )
+                    recorded.append(
+                        RecordedEvent(row_seq, request.stream, row_version, event,
+                                      request.metadata, when, last_hash)
+                    )
+                if careful:
+                    conn.executemany(_INSERT, rows_out)
+                self.projections.apply(conn, recorded)
+                if key is not None:
+                    if careful:
+                        conn.execute(_INSERT_KEY, (key, request.stream, recorded[0].seq,
+                                                   recorded[-1].seq))
+                    else:
+                        keys.append((key, request.stream, recorded[0].seq, recorded[-1].seq))
+            except Exception as exc:
+                if not careful:
+                    return False
+                conn.execute("ROLLBACK TO append")
+                conn.execute("RELEASE append")
+                request.result = _as_loacl_error(exc)
+                continue
+            if careful:
+                conn.execute("RELEASE append")
+            else:
+                all_rows.extend(rows_out)
+            request.result = recorded
+            if key is not None:
+                batch_keys[key] = request
+            seq = recorded[-1].seq
+            prev_hash = last_hash
+            versions[request.stream] = recorded[-1].version
+        if all_rows:
+            # Projections ran before these inserts; none of them reads the events table.
+            conn.executemany(_INSERT, all_rows)
+        if keys:
+            conn.executemany(_INSERT_KEY, keys)
+        if seq:
+            conn.execute(
+                "INSERT INTO event_log_head (id, seq, hash) VALUES (1, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                (seq, prev_hash),
+            )
+        self._last_seq = seq
+        if len(versions) > 100_000:
+            versions.clear()
+        return True
 
     def _end_stray_transaction(self) -> None:
         # A call that left its transaction open would make the next batch's BEGIN fail.
