@@ -13,7 +13,7 @@ from loacl.services.tokens import new_id
 from loacl.settings import Settings
 from loacl.store.eventstore import NO_STREAM, EventStore
 
-_COLUMNS = "assistant_id, _owner_id, definition, version, created_seq, created_at, updated_at"
+_COLUMNS = "assistant_id, owner_id, definition, version, created_seq, created_at, updated_at"
 
 
 def assistant_json(row: Any) -> dict[str, Any]:

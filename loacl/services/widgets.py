@@ -17,7 +17,7 @@ from loacl.store.eventstore import NO_STREAM, EventStore
 
 VISITOR_TOKEN_DAYS = 30
 _COLUMNS = (
-    "widget_id, _owner_id, definition, secret_generation, version, created_seq, created_at, "
+    "widget_id, owner_id, definition, secret_generation, version, created_seq, created_at, "
     "updated_at"
 )
 
