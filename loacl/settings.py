@@ -118,6 +118,31 @@ class Settings(BaseModel):
     validate_models: bool = Field(
         True, description="Check an assistant's model with its provider when it is saved."
     )
+    openai_store: bool = Field(
+        False, description="Let OpenAI store responses (store=true); LOACL's log is the history."
+    )
+    provider_max_retries: int = Field(
+        2, ge=0, le=10, description="Retries of a failed provider call (429s honour retry-after)."
+    )
+    provider_read_timeout: float = Field(
+        30.0, gt=0, le=600, description="Seconds to wait for the provider's next chunk."
+    )
+    provider_concurrency: int = Field(
+        4, ge=1, le=1000, description="Answers one widget may stream at the same time."
+    )
+    context_chars: int = Field(
+        48_000, ge=1000, description="History sent with each turn, in characters (oldest first "
+        "dropped)."
+    )
+    max_message_chars: int = Field(
+        4000, ge=1, le=100_000, description="Longest message a visitor may send."
+    )
+    demo_delay: float = Field(
+        0.02, ge=0, le=5, description="Seconds between pieces of the demo provider's answer."
+    )
+    flush_interval_ms: int = Field(
+        50, ge=0, le=5000, description="Streamed text is written to the log once per window."
+    )
     max_upload_size: int = Field(
         5 * 1024 * 1024, ge=1, description="Largest file a visitor may upload, in bytes."
     )

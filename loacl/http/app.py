@@ -12,11 +12,13 @@ from starlette.middleware import Middleware
 
 from loacl import __version__
 from loacl.domain.errors import LoaclError
-from loacl.http import auth, health, owners, visitors
+from loacl.http import auth, chat, health, owners, visitors
 from loacl.http.errors import EXCEPTION_HANDLERS
 from loacl.http.middleware import RequestIdMiddleware
 from loacl.services.accounts import Accounts
 from loacl.services.assistants import Assistants
+from loacl.services.chat import Chat
+from loacl.services.files import Files
 from loacl.services.mail import Mailer
 from loacl.services.passwords import Passwords
 from loacl.services.recovery import recover
@@ -76,13 +78,16 @@ def create_app(
                 log.info("loacl.started", version=__version__, database=str(store.path))
                 yield
             finally:
+                await chat_service.shutdown()
                 await mailer.drain()
                 await store.close()
         finally:
             lock.release()
 
     app = Starlette(
-        routes=[*health.routes, *auth.routes, *visitors.routes, *owners.routes],
+        routes=[
+            *health.routes, *auth.routes, *visitors.routes, *chat.routes, *owners.routes,
+        ],
         middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
@@ -93,4 +98,6 @@ def create_app(
     app.state.accounts = Accounts(store, settings, passwords, tokens, mailer, clock)
     app.state.assistants = Assistants(store, settings)
     app.state.widgets = Widgets(store, tokens, server_key)
+    app.state.chat = chat_service = Chat(store, settings)
+    app.state.files = Files(store, settings)
     return app

@@ -7,6 +7,7 @@ import openai
 import structlog
 
 from loacl.domain.errors import LoaclError
+from loacl.providers.base import Provider
 from loacl.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -40,6 +41,23 @@ def client_for(settings: Settings, provider: str, *, max_retries: int = 2,
     )
 
 
+def provider_for(settings: Settings, name: str) -> Provider:
+    """The provider an assistant names, configured from settings."""
+    from loacl.providers.chat_completions import ChatCompletionsProvider
+    from loacl.providers.demo import DemoProvider
+    from loacl.providers.openai_responses import ResponsesProvider
+
+    if name == "demo":
+        return DemoProvider(settings.demo_delay)
+    client = client_for(
+        settings, name, max_retries=settings.provider_max_retries,
+        timeout=settings.provider_read_timeout,
+    )
+    if name == "chat_completions":
+        return ChatCompletionsProvider(client)
+    return ResponsesProvider(client, store=settings.openai_store)
+
+
 async def check_model(settings: Settings, provider: str, model: str) -> None:
     """Ask the provider whether it knows ``model`` (``models.retrieve``)."""
     if provider == "demo":
@@ -54,7 +72,8 @@ async def check_model(settings: Settings, provider: str, model: str) -> None:
     client = client_for(settings, provider, max_retries=1, timeout=10.0)
     try:
         await client.models.retrieve(model)
-    except openai.NotFoundError:
+    except (openai.NotFoundError, ValueError):
+        # ValueError: the SDK refuses ids that would be a path's "." or ".." segment.
         raise LoaclError(
             "unknown_model", f"the {provider} provider does not know the model {model!r}",
             errors=[{"field": "model", "message": "unknown model"}],

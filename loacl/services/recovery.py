@@ -1,16 +1,35 @@
-"""Start-up recovery: bring the log and the read tables to a consistent state."""
+"""Start-up recovery: replies that were streaming when the server stopped are closed as
+interrupted, keeping the text the log holds, so that the visitor can ask again."""
 
 from __future__ import annotations
 
 import structlog
 
+from loacl.domain.conversations import AssistantInterrupted, Conversation, evolve_conversation
+from loacl.domain.events import Metadata
+from loacl.domain.widgets import conversation_stream
 from loacl.store.eventstore import EventStore
 
 log = structlog.get_logger(__name__)
 
 
-async def recover(store: EventStore) -> None:
-    """Checks that the read tables have seen the whole log (they are written in the same
-    transaction, so a gap means a database was edited by hand or restored partially)."""
-    head = await store.head()
-    log.info("recovery.checked", events=head)
+async def recover(store: EventStore) -> int:
+    """Close every run with no end event; returns how many were closed."""
+    rows = await store.query(
+        "SELECT message_id, conversation_id FROM messages "
+        "WHERE role = 'assistant' AND status = 'streaming'"
+    )
+    for message_id, conversation_id in rows:
+        stream = conversation_stream(conversation_id)
+        state = Conversation()
+        events = await store.read_stream(stream)
+        for recorded in events:
+            state = evolve_conversation(state, recorded.event)
+        text = state.running.text if state.running else ""
+        await store.append(
+            stream, [AssistantInterrupted(message_id=message_id, text=text)],
+            expected_version=len(events), metadata=Metadata(actor="loacl:recovery"),
+        )
+        log.warning("recovery.reply_interrupted", message_id=message_id, chars=len(text))
+    log.info("recovery.done", interrupted=len(rows), events=await store.head())
+    return len(rows)

@@ -43,9 +43,10 @@ class Projections:
 
 def default_projections() -> Projections:
     """Every read table LOACL keeps, with its handlers."""
-    from loacl.store.projections import accounts, widgets
+    from loacl.store.projections import accounts, conversations, widgets
 
     projections = Projections()
     projections.include(accounts.projections)
     projections.include(widgets.projections)
+    projections.include(conversations.projections)
     return projections

@@ -1,0 +1,172 @@
+"""Conversations: a visitor's messages, the assistant's replies (streamed as deltas), files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from loacl.domain.errors import LoaclError
+from loacl.domain.events import Event
+from loacl.domain.widgets import ConversationStarted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessagePosted(Event):
+    event_type = "message.posted"
+    conversation_id: str
+    message_id: str
+    text: str
+    file_ids: tuple[str, ...] = ()
+    client_message_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AssistantStarted(Event):
+    event_type = "assistant.started"
+    conversation_id: str
+    message_id: str
+    reply_to: str
+    assistant_id: str
+    provider: str
+    model: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AssistantDelta(Event):
+    """Streamed text, coalesced per flush window; ``offset`` counts characters before it."""
+
+    event_type = "assistant.delta"
+    message_id: str
+    offset: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AssistantCompleted(Event):
+    event_type = "assistant.completed"
+    message_id: str
+    text: str
+    usage: Usage = field(default_factory=Usage)
+    provider_request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AssistantFailed(Event):
+    """The provider failed; ``text`` is what arrived before it did, kept and marked."""
+
+    event_type = "assistant.failed"
+    message_id: str
+    code: str
+    error: str
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AssistantInterrupted(Event):
+    """The server stopped mid-reply (found at start-up); ``text`` is what the log held."""
+
+    event_type = "assistant.interrupted"
+    message_id: str
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileUploaded(Event):
+    event_type = "file.uploaded"
+    file_id: str
+    conversation_id: str
+    widget_id: str
+    visitor_id: str
+    filename: str
+    kind: str  # pdf | docx | doc | txt
+    content_type: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileSentToProvider(Event):
+    event_type = "file.sent_to_provider"
+    file_id: str
+    provider: str
+    provider_file_id: str
+
+
+END_EVENTS = (AssistantCompleted, AssistantFailed, AssistantInterrupted)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    message_id: str
+    reply_to: str
+    text: str = ""
+    status: str = "streaming"  # streaming | completed | failed | interrupted
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    conversation_id: str = ""
+    widget_id: str = ""
+    visitor_id: str = ""
+    exists: bool = False
+    message_ids: frozenset[str] = frozenset()
+    running: Reply | None = None
+    file_ids: frozenset[str] = frozenset()
+
+
+def evolve_conversation(state: Conversation, event: Event) -> Conversation:
+    match event:
+        case ConversationStarted():
+            return Conversation(event.conversation_id, event.widget_id, event.visitor_id, True)
+        case MessagePosted():
+            return _with(state, message_ids=state.message_ids | {event.message_id})
+        case AssistantStarted():
+            return _with(state, running=Reply(event.message_id, event.reply_to))
+        case AssistantDelta() if state.running is not None:
+            running = state.running
+            return _with(state, running=Reply(running.message_id, running.reply_to,
+                                              running.text + event.text))
+        case AssistantCompleted() | AssistantFailed() | AssistantInterrupted():
+            return _with(state, running=None)
+        case FileUploaded():
+            return _with(state, file_ids=state.file_ids | {event.file_id})
+    return state
+
+
+def _with(state: Conversation, **changes: object) -> Conversation:
+    return replace(state, **changes)  # type: ignore[arg-type]
+
+
+def post_message(
+    state: Conversation, *, message_id: str, reply_id: str, text: str,
+    file_ids: tuple[str, ...], client_message_id: str | None,
+    assistant_id: str, provider: str, model: str,
+) -> list[Event]:
+    """The visitor's message and the start of the reply, or a refusal."""
+    if not state.exists:
+        raise LoaclError("not_found", "no such conversation")
+    if state.running is not None:
+        raise LoaclError(
+            "reply_in_progress", "wait for the current answer to finish before asking again"
+        )
+    unknown = [f for f in file_ids if f not in state.file_ids]
+    if unknown:
+        raise LoaclError(
+            "unknown_file", f"no file {unknown[0]!r} was uploaded to this conversation",
+            errors=[{"field": "file_ids", "message": "unknown file"}],
+        )
+    return [
+        MessagePosted(
+            conversation_id=state.conversation_id, message_id=message_id, text=text,
+            file_ids=file_ids, client_message_id=client_message_id,
+        ),
+        AssistantStarted(
+            conversation_id=state.conversation_id, message_id=reply_id, reply_to=message_id,
+            assistant_id=assistant_id, provider=provider, model=model,
+        ),
+    ]

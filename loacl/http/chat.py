@@ -1,0 +1,230 @@
+"""Chat endpoints under ``/api/v1/widgets/{id}``: messages, conversations and files.
+
+Visitors call them with their visitor token from an allowed origin; owners with their access
+token, to read any conversation of their widgets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Message
+
+from loacl.domain.errors import LoaclError
+from loacl.http.auth import bearer_token, current_owner
+from loacl.http.common import int_param, metadata, page, page_response
+from loacl.http.validation import parse_body
+from loacl.http.visitors import visitor_endpoint
+from loacl.providers.base import ProviderError
+from loacl.services.chat import Chat, Run, VisitorAccess
+from loacl.services.files import Files
+from loacl.services.widgets import Widgets
+
+MULTIPART_OVERHEAD = 64 * 1024
+ERROR_STATUS = {"provider_rate_limited": 429, "provider_unavailable": 503,
+                "provider_error": 502, "unsupported_file_for_provider": 422}
+
+
+class MessageBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(max_length=100_000)
+    file_ids: list[str] = Field(default_factory=list, max_length=10)
+    client_message_id: str | None = Field(None, min_length=1, max_length=100)
+
+
+def chat(request: Request) -> Chat:
+    service: Chat = request.app.state.chat
+    return service
+
+
+def files(request: Request) -> Files:
+    service: Files = request.app.state.files
+    return service
+
+
+def widgets(request: Request) -> Widgets:
+    service: Widgets = request.app.state.widgets
+    return service
+
+
+async def visitor(request: Request, token: str | None = None) -> VisitorAccess:
+    """The visitor behind a visitor token, calling from an origin the widget allows."""
+    widget_id = request.path_params["id"]
+    await widgets(request).public(widget_id, request.headers.get("origin"))
+    claims = widgets(request).read_visitor_token(token or bearer_token(request), widget_id)
+    return VisitorAccess(widget_id, str(claims["sub"]), str(claims["cid"]), claims.get("uid"))
+
+
+async def visitor_or_owner(request: Request) -> VisitorAccess | None:
+    """A visitor's access, or None for the widget's owner (checked here)."""
+    token = bearer_token(request)
+    try:
+        return await visitor(request, token)
+    except LoaclError as exc:
+        if exc.code not in ("invalid_token", "token_expired", "origin_not_allowed"):
+            raise
+        try:
+            owner = await current_owner(request)
+        except LoaclError:
+            raise exc from None
+    await widgets(request).get(owner.user_id, request.path_params["id"])  # 404 if not theirs
+    return None
+
+
+@visitor_endpoint
+async def list_messages(request: Request) -> Response:
+    access = await visitor_or_owner(request)
+    if access is None:
+        conversation_id = request.query_params.get("conversation_id")
+        if not conversation_id:
+            raise LoaclError(
+                "validation_error", "conversation_id: required when an owner reads messages",
+                errors=[{"field": "conversation_id", "message": "Field required"}],
+            )
+        rows = await chat(request).store.query(
+            "SELECT 1 FROM conversations WHERE conversation_id = ? AND widget_id = ?",
+            (conversation_id, request.path_params["id"]),
+        )
+        if not rows:
+            raise LoaclError("not_found", "no such conversation")
+    else:
+        conversation_id = access.conversation_id
+    before = request.query_params.get("before")
+    after = request.query_params.get("after")
+    if before is not None and after is not None:
+        raise LoaclError("validation_error", "give before or after, not both")
+    limit = int_param(request, "limit", 50, 1, 100)
+    body = await chat(request).messages(
+        conversation_id,
+        before=int_param(request, "before", 0, 1, 2**62) if before is not None else None,
+        after=int_param(request, "after", 0, 0, 2**62) if after is not None else None,
+        limit=limit,
+    )
+    return JSONResponse(body)
+
+
+def _failure(error: ProviderError, body: dict[str, Any], request: Request) -> Response:
+    from loacl.http.errors import problem
+
+    extra: dict[str, Any] = dict(body)
+    if error.retry_after is not None:
+        extra["retry_after"] = max(1, round(error.retry_after))
+    return problem(ERROR_STATUS.get(error.code, 502), error.code, error.message, request,
+                   **extra)
+
+
+@visitor_endpoint
+async def post_message(request: Request) -> Response:
+    access = await visitor(request)
+    body = await parse_body(request, MessageBody)
+    service = chat(request)
+    message, run, _started = await service.post(
+        access, body.text, tuple(body.file_ids), body.client_message_id,
+        metadata(request, f"visitor:{access.visitor_id}"),
+    )
+    if isinstance(run, Run):
+        await service.wait(run)
+        reply_id = run.message_id
+    else:
+        reply_id = run
+    reply = await service.message(reply_id)
+    result = {"message": message, "reply": reply}
+    if reply["status"] == "failed":
+        error = run.error if isinstance(run, Run) and run.error else ProviderError(
+            reply["error_code"] or "provider_error", "the assistant could not answer"
+        )
+        return _failure(error, result, request)
+    return JSONResponse(result, status_code=201)
+
+
+async def list_conversations(request: Request) -> Response:
+    owner = await current_owner(request)
+    widget_id = request.path_params["id"]
+    await widgets(request).get(owner.user_id, widget_id)
+    after, limit = page(request)
+    items, cursor = await chat(request).conversations(widget_id, after, limit)
+    return page_response(items, cursor)
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is longer than ``limit`` could need."""
+    cap = limit + MULTIPART_OVERHEAD
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap:
+        raise LoaclError("file_too_large", f"files may be at most {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise LoaclError("file_too_large", f"files may be at most {limit} bytes")
+    return bytes(body)
+
+
+@visitor_endpoint
+async def upload_file(request: Request) -> Response:
+    access = await visitor(request)
+    limit = request.app.state.settings.max_upload_size
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise LoaclError("validation_error", "send the file as multipart/form-data, field 'file'")
+    raw = await _read_capped(request, limit)
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    buffered = Request(request.scope, receive)
+    try:
+        form = await buffered.form(max_files=1, max_fields=10, max_part_size=limit + 1)
+    except Exception as exc:
+        raise LoaclError("validation_error", f"the upload is not valid multipart: {exc}") from None
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise LoaclError(
+            "validation_error", "file: required", errors=[{"field": "file", "message": "missing"}]
+        )
+    data = await upload.read(limit + 1)
+    await form.close()
+    if len(data) > limit:
+        raise LoaclError("file_too_large", f"files may be at most {limit} bytes")
+    stored = await files(request).upload(
+        access, upload.filename or "file", data, metadata(request, f"visitor:{access.visitor_id}")
+    )
+    return JSONResponse(stored, status_code=201)
+
+
+@visitor_endpoint
+async def get_file(request: Request) -> Response:
+    access = await visitor_or_owner(request)
+    stored = await files(request).fetch(
+        request.path_params["id"], request.path_params["file_id"],
+        visitor_id=access.visitor_id if access else None,
+    )
+    name = stored.meta["filename"].replace('"', "")
+    return Response(
+        stored.data,
+        media_type=stored.meta["content_type"],
+        headers={
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "private, no-store",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+        },
+    )
+
+
+routes = [
+    Route("/api/v1/widgets/{id}/messages", list_messages, methods=["GET"]),
+    Route("/api/v1/widgets/{id}/messages", post_message, methods=["POST"]),
+    Route("/api/v1/widgets/{id}/conversations", list_conversations, methods=["GET"]),
+    Route("/api/v1/widgets/{id}/files", upload_file, methods=["POST"]),
+    Route("/api/v1/widgets/{id}/files/{file_id}", get_file, methods=["GET"]),
+]

@@ -1,0 +1,78 @@
+"""What every provider takes and gives."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from loacl.domain.assistants import AssistantDefinition
+
+
+@dataclass(frozen=True)
+class Attachment:
+    file_id: str
+    filename: str
+    kind: str  # pdf | docx | doc | txt
+    content_type: str
+    data: bytes
+    provider_file_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str  # user | assistant
+    text: str
+    attachments: tuple[Attachment, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReplyRequest:
+    assistant: AssistantDefinition
+    turns: list[Turn]  # oldest first; the last one is the visitor's new message
+
+
+@dataclass
+class ReplyResult:
+    """Filled in by the provider as the stream ends."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    request_id: str | None = None
+    uploaded: dict[str, str] = field(default_factory=dict)  # LOACL file id -> provider file id
+
+
+class ProviderError(Exception):
+    """``code`` is what the visitor is told: provider_rate_limited, provider_unavailable,
+    provider_error."""
+
+    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+class Provider(Protocol):
+    name: str
+
+    def stream(self, request: ReplyRequest, result: ReplyResult) -> AsyncIterator[str]:
+        """Yield text deltas; fill ``result``; raise ``ProviderError`` on failure."""
+        ...
+
+
+def trim_history(turns: list[Turn], budget_chars: int) -> list[Turn]:
+    """Drop the oldest turns until the rest fit the context budget; keep the newest always."""
+    kept: list[Turn] = []
+    used = 0
+    for turn in reversed(turns):
+        size = len(turn.text) + sum(len(a.data) for a in turn.attachments if a.kind == "txt")
+        if kept and used + size > budget_chars:
+            break
+        kept.append(turn)
+        used += size
+    kept.reverse()
+    # Providers want the history to open with the visitor, not with a dangling answer.
+    while len(kept) > 1 and kept[0].role != "user":
+        kept.pop(0)
+    return kept

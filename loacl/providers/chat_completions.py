@@ -1,0 +1,72 @@
+"""The ``chat_completions`` provider: any OpenAI-compatible server, such as a local model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+
+from loacl.providers.base import ProviderError, ReplyRequest, ReplyResult
+from loacl.providers.errors import translate
+
+
+class ChatCompletionsProvider:
+    name = "chat_completions"
+
+    def __init__(self, client: openai.AsyncOpenAI) -> None:
+        self.client = client
+
+    def _messages(self, request: ReplyRequest) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+        if request.assistant.instructions:
+            messages.append({"role": "system", "content": request.assistant.instructions})
+        for turn in request.turns:
+            text = turn.text
+            for attachment in turn.attachments:
+                if attachment.kind != "txt":
+                    raise ProviderError(
+                        "unsupported_file_for_provider",
+                        f"{attachment.filename}: this assistant's server takes text files only",
+                    )
+                # Text files are inlined: OpenAI-compatible servers have no file inputs.
+                body = attachment.data.decode("utf-8")
+                text = f"{text}\n\n--- {attachment.filename} ---\n{body}"
+            messages.append({"role": turn.role, "content": text})
+        return messages
+
+    async def stream(self, request: ReplyRequest, result: ReplyResult) -> AsyncIterator[str]:
+        a = request.assistant
+        options: dict[str, Any] = {}
+        if a.temperature is not None:
+            options["temperature"] = a.temperature
+        if a.top_p is not None:
+            options["top_p"] = a.top_p
+        if a.max_output_tokens is not None:
+            options["max_tokens"] = a.max_output_tokens
+        messages = self._messages(request)
+        finished = False
+        try:
+            # The SDK's overloads cannot follow **options; the wire format is what matters here.
+            create: Any = self.client.chat.completions.create
+            stream = await create(
+                model=a.model, messages=messages, stream=True,
+                stream_options={"include_usage": True}, **options,
+            )
+            async with stream:
+                async for chunk in stream:
+                    result.request_id = result.request_id or chunk.id
+                    if chunk.usage is not None:
+                        result.input_tokens = chunk.usage.prompt_tokens
+                        result.output_tokens = chunk.usage.completion_tokens
+                    for choice in chunk.choices:
+                        if choice.delta.content:
+                            yield choice.delta.content
+                        if choice.finish_reason is not None:
+                            finished = True
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise translate(exc) from exc
+        if not finished:
+            raise ProviderError("provider_unavailable", "the AI provider's answer was cut short")

@@ -1,0 +1,41 @@
+"""The ``demo`` provider: a clearly labelled canned answer, streamed, so that a new install shows
+the whole path working before any key is set."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+from loacl.providers.base import ReplyRequest, ReplyResult
+
+ANSWER = (
+    "**Demo answer.** This is LOACL's built-in demo assistant, not an AI model. You wrote: "
+    "“{question}”.\n\n"
+    "Everything else is real: your message and this reply are in LOACL's event log, and this "
+    "text reached you streamed, piece by piece.\n\n"
+    "To get real answers, set `OPENAI_API_KEY` (or `OPENAI_BASE_URL` for an OpenAI-compatible "
+    "server), restart `loacl serve`, and give this widget an assistant with the `openai` or "
+    "`chat_completions` provider."
+)
+
+
+class DemoProvider:
+    name = "demo"
+
+    def __init__(self, delay: float = 0.02) -> None:
+        self.delay = delay
+
+    async def stream(self, request: ReplyRequest, result: ReplyResult) -> AsyncIterator[str]:
+        question = request.turns[-1].text.strip().replace("\n", " ")
+        if len(question) > 200:
+            question = question[:200] + "…"
+        text = ANSWER.format(question=question)
+        pieces = re.findall(r"\S+\s*|\s+", text)
+        result.input_tokens = sum(len(t.text.split()) for t in request.turns)
+        result.output_tokens = len(pieces)
+        result.request_id = "demo"
+        for piece in pieces:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            yield piece

@@ -1,0 +1,47 @@
+"""The SDK's exceptions, as the three things a visitor is told."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+
+from loacl.providers.base import ProviderError
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    headers = exc.response.headers
+    try:
+        if "retry-after-ms" in headers:
+            return float(headers["retry-after-ms"]) / 1000
+        if "retry-after" in headers:
+            return float(headers["retry-after"])
+    except ValueError:
+        return None
+    return None
+
+
+def translate(exc: Exception) -> ProviderError:
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, openai.RateLimitError):
+        return ProviderError(
+            "provider_rate_limited", "the AI provider is busy (rate limited); try again shortly",
+            _retry_after(exc),
+        )
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderError("provider_unavailable", "the AI provider stopped answering")
+    if isinstance(exc, openai.APIConnectionError):
+        return ProviderError("provider_unavailable", "the AI provider could not be reached")
+    if isinstance(exc, openai.InternalServerError):
+        return ProviderError("provider_unavailable", "the AI provider had an internal error")
+    if isinstance(exc, openai.APIError):
+        code = getattr(exc, "code", None)
+        if code in ("rate_limit_exceeded",):
+            return ProviderError("provider_rate_limited", "the AI provider is busy; try again")
+        return ProviderError(
+            "provider_error", f"the AI provider refused the request: {exc.message}"
+        )
+    if isinstance(exc, json.JSONDecodeError):
+        return ProviderError("provider_error", "the AI provider sent a malformed stream")
+    return ProviderError("provider_error", f"the AI provider failed: {type(exc).__name__}")

@@ -1,0 +1,147 @@
+"""Visitor uploads: the type decided from the content and the name together, the bytes stored
+content-addressed in SQLite, the metadata as an event."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import sqlite3
+import zipfile
+from dataclasses import dataclass
+from typing import Any
+
+from loacl.domain.conversations import FileUploaded
+from loacl.domain.errors import LoaclError
+from loacl.domain.events import Metadata
+from loacl.domain.widgets import conversation_stream
+from loacl.services.chat import VisitorAccess
+from loacl.services.tokens import new_id
+from loacl.settings import Settings
+from loacl.store.eventstore import EventStore
+
+CONTENT_TYPES = {
+    "pdf": "application/pdf",
+    "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "doc": "application/msword",
+    "txt": "text/plain; charset=utf-8",
+}
+OLE2 = bytes.fromhex("d0cf11e0a1b11ae1")
+
+
+def sniff(data: bytes) -> str | None:
+    """The kind of document these bytes are, from their content alone."""
+    if data.startswith(b"%PDF-"):
+        return "pdf"
+    if data.startswith(OLE2):
+        return "doc"
+    if data.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                return "docx" if "word/document.xml" in archive.namelist() else None
+        except zipfile.BadZipFile:
+            return None
+    if b"\x00" in data:
+        return None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return "txt"
+
+
+def check_upload(filename: str, data: bytes, allowed: list[str]) -> str:
+    """The file's kind when its name and content agree and the kind is allowed."""
+    if not data:
+        raise LoaclError("empty_file", "the file is empty")
+    extension = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
+    kind = sniff(data)
+    if kind is None or extension != kind or kind not in allowed:
+        allowed_list = ", ".join(sorted(allowed))
+        raise LoaclError(
+            "unsupported_file_type",
+            f"{filename!r} is not an accepted file; accepted types: {allowed_list}, "
+            "with a name that matches the content",
+        )
+    return kind
+
+
+def clean_filename(name: str) -> str:
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if c.isprintable() and c not in '"<>|:*?').strip(" .")
+    return name[:200] or "file"
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    meta: dict[str, Any]
+    data: bytes
+
+
+def file_json(row: Any) -> dict[str, Any]:
+    file_id, conversation_id, filename, kind, content_type, size, sha256, created_at = row[:8]
+    return {
+        "id": file_id, "conversation_id": conversation_id, "filename": filename, "kind": kind,
+        "content_type": content_type, "size": size, "sha256": sha256, "created_at": created_at,
+    }
+
+
+_COLUMNS = (
+    "file_id, conversation_id, filename, kind, content_type, size, sha256, created_at, "
+    "widget_id, visitor_id"
+)
+
+
+class Files:
+    def __init__(self, store: EventStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+
+    async def upload(
+        self, access: VisitorAccess, filename: str, data: bytes, meta: Metadata
+    ) -> dict[str, Any]:
+        filename = clean_filename(filename)
+        kind = check_upload(filename, data, list(self.settings.allowed_file_types))
+        digest = hashlib.sha256(data).hexdigest()
+
+        def keep(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR IGNORE INTO blobs (sha256, data) VALUES (?, ?)", (digest, data)
+            )
+
+        # The bytes first, on the writer: an event never names a blob that is not there.
+        await self.store.run_on_writer(keep)
+        file_id = new_id()
+        await self.store.append(
+            conversation_stream(access.conversation_id),
+            [FileUploaded(
+                file_id=file_id, conversation_id=access.conversation_id,
+                widget_id=access.widget_id, visitor_id=access.visitor_id, filename=filename,
+                kind=kind, content_type=CONTENT_TYPES[kind], size=len(data), sha256=digest,
+            )],
+            metadata=meta,
+        )
+        return await self._meta(file_id, access.widget_id)
+
+    async def _meta(self, file_id: str, widget_id: str) -> dict[str, Any]:
+        rows = await self.store.query(
+            f"SELECT {_COLUMNS} FROM files WHERE file_id = ? AND widget_id = ?",
+            (file_id, widget_id),
+        )
+        if not rows:
+            raise LoaclError("not_found", "no such file")
+        return file_json(rows[0])
+
+    async def fetch(
+        self, widget_id: str, file_id: str, *, visitor_id: str | None
+    ) -> StoredFile:
+        """The file, for the visitor who uploaded it (``visitor_id``) or the owner (None)."""
+        rows = await self.store.query(
+            f"SELECT {_COLUMNS} FROM files WHERE file_id = ? AND widget_id = ?",
+            (file_id, widget_id),
+        )
+        if not rows or (visitor_id is not None and rows[0][9] != visitor_id):
+            raise LoaclError("not_found", "no such file")
+        blob = await self.store.query("SELECT data FROM blobs WHERE sha256 = ?", (rows[0][6],))
+        if not blob:
+            raise LoaclError("not_found", "the file's content is missing")
+        return StoredFile(file_json(rows[0]), bytes(blob[0][0]))

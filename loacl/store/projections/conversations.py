@@ -1,0 +1,129 @@
+"""Read tables for messages and files, and conversation activity."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from loacl.domain.conversations import (
+    AssistantCompleted,
+    AssistantDelta,
+    AssistantFailed,
+    AssistantInterrupted,
+    AssistantStarted,
+    FileSentToProvider,
+    FileUploaded,
+    MessagePosted,
+)
+from loacl.domain.events import RecordedEvent
+from loacl.store.codec import format_time
+from loacl.store.projections import Projections
+
+projections = Projections(tables=["messages", "files"])
+
+_INSERT = (
+    "INSERT INTO messages (message_id, conversation_id, role, text, status, reply_to, file_ids, "
+    "client_message_id, created_seq, created_at, finished_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _touch(conn: sqlite3.Connection, conversation_id: str, at: str) -> None:
+    conn.execute(
+        "UPDATE conversations SET last_activity_at = ?, message_count = message_count + 1 "
+        "WHERE conversation_id = ?",
+        (at, conversation_id),
+    )
+
+
+@projections.on(MessagePosted)
+def message_posted(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, MessagePosted)
+    at = format_time(recorded.recorded_at)
+    conn.execute(
+        _INSERT,
+        (event.message_id, event.conversation_id, "user", event.text, "completed", None,
+         json.dumps(list(event.file_ids)), event.client_message_id, recorded.seq, at, at),
+    )
+    _touch(conn, event.conversation_id, at)
+
+
+@projections.on(AssistantStarted)
+def assistant_started(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, AssistantStarted)
+    at = format_time(recorded.recorded_at)
+    conn.execute(
+        _INSERT,
+        (event.message_id, event.conversation_id, "assistant", "", "streaming", event.reply_to,
+         "[]", None, recorded.seq, at, None),
+    )
+    _touch(conn, event.conversation_id, at)
+
+
+@projections.on(AssistantDelta)
+def assistant_delta(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, AssistantDelta)
+    conn.execute(
+        "UPDATE messages SET text = text || ? WHERE message_id = ? AND status = 'streaming'",
+        (event.text, event.message_id),
+    )
+
+
+@projections.on(AssistantCompleted)
+def assistant_completed(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, AssistantCompleted)
+    conn.execute(
+        "UPDATE messages SET text = ?, status = 'completed', input_tokens = ?, "
+        "output_tokens = ?, finished_at = ? WHERE message_id = ?",
+        (event.text, event.usage.input_tokens, event.usage.output_tokens,
+         format_time(recorded.recorded_at), event.message_id),
+    )
+
+
+@projections.on(AssistantFailed)
+def assistant_failed(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, AssistantFailed)
+    conn.execute(
+        "UPDATE messages SET text = ?, status = 'failed', error_code = ?, finished_at = ? "
+        "WHERE message_id = ?",
+        (event.text, event.code, format_time(recorded.recorded_at), event.message_id),
+    )
+
+
+@projections.on(AssistantInterrupted)
+def assistant_interrupted(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, AssistantInterrupted)
+    conn.execute(
+        "UPDATE messages SET text = ?, status = 'interrupted', error_code = 'interrupted', "
+        "finished_at = ? WHERE message_id = ?",
+        (event.text, format_time(recorded.recorded_at), event.message_id),
+    )
+
+
+@projections.on(FileUploaded)
+def file_uploaded(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, FileUploaded)
+    conn.execute(
+        "INSERT INTO files (file_id, conversation_id, widget_id, visitor_id, filename, kind, "
+        "content_type, size, sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (event.file_id, event.conversation_id, event.widget_id, event.visitor_id,
+         event.filename, event.kind, event.content_type, event.size, event.sha256,
+         format_time(recorded.recorded_at)),
+    )
+
+
+@projections.on(FileSentToProvider)
+def file_sent(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    event = recorded.event
+    assert isinstance(event, FileSentToProvider)
+    conn.execute(
+        "UPDATE files SET provider = ?, provider_file_id = ? WHERE file_id = ?",
+        (event.provider, event.provider_file_id, event.file_id),
+    )
