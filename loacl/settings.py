@@ -143,6 +143,13 @@ class Settings(BaseModel):
     flush_interval_ms: int = Field(
         50, ge=0, le=5000, description="Streamed text is written to the log once per window."
     )
+    ws_ping_seconds: float = Field(
+        20.0, gt=0, le=600, description="Seconds between pings on a streaming WebSocket."
+    )
+    ws_idle_seconds: float = Field(
+        300.0, gt=0, le=86_400, description="A WebSocket with no frames from its visitor for this "
+        "long (and no reply streaming) is closed."
+    )
     max_upload_size: int = Field(
         5 * 1024 * 1024, ge=1, description="Largest file a visitor may upload, in bytes."
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 
 from loacl.domain.errors import LoaclError
@@ -13,11 +13,11 @@ from loacl.domain.events import Metadata
 MAX_LIMIT = 100
 
 
-def client_ip(request: Request) -> str:
+def client_ip(request: HTTPConnection) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def metadata(request: Request, actor: str | None = None) -> Metadata:
+def metadata(request: HTTPConnection, actor: str | None = None) -> Metadata:
     return Metadata(
         actor=actor,
         request_id=getattr(request.state, "request_id", None),

@@ -41,6 +41,7 @@ from loacl.store.eventstore import EventStore
 log = structlog.get_logger(__name__)
 
 ProviderFactory = Callable[[Settings, str], Provider]
+Watcher = Callable[["Run", dict[str, Any]], None]
 MESSAGE_COLUMNS = (
     "message_id, conversation_id, role, text, status, error_code, reply_to, file_ids, "
     "client_message_id, input_tokens, output_tokens, created_seq, created_at, finished_at"
@@ -129,6 +130,21 @@ class Chat:
         self._tasks: set[asyncio.Task[None]] = set()
         self._per_widget: dict[str, int] = {}
         self._visitor_limits: dict[int, RateLimiter] = {}
+        self._watchers: dict[str, set[Watcher]] = {}
+
+    def watch(self, conversation_id: str, watcher: Watcher) -> Callable[[], None]:
+        """Call ``watcher(run, message)`` whenever a reply starts in the conversation (another
+        tab's included); returns the function that stops watching."""
+        self._watchers.setdefault(conversation_id, set()).add(watcher)
+
+        def stop() -> None:
+            watchers = self._watchers.get(conversation_id)
+            if watchers is not None:
+                watchers.discard(watcher)
+                if not watchers:
+                    del self._watchers[conversation_id]
+
+        return stop
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -302,7 +318,10 @@ class Chat:
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return await self.message(message_id), run, True
+        message = await self.message(message_id)
+        for watcher in list(self._watchers.get(access.conversation_id, ())):
+            watcher(run, message)
+        return message, run, True
 
     # -- streaming a reply -----------------------------------------------------------------
 

@@ -1,0 +1,339 @@
+"""``WS /api/v1/widgets/{id}/stream``: replies token by token, resumable, several tabs at once.
+
+Before the handshake completes, the page's ``Origin`` must be allowed and, when given as the
+``token`` query parameter, the visitor token valid; otherwise the handshake is refused with an
+HTTP problem response (403 origin_not_allowed, 401 invalid_token, 404 widget_not_found). The
+token may instead come in the first frame, ``{"type": "auth", "token": ...}``.
+
+Client frames: ``message`` {text, file_ids?, client_message_id?}, ``resume`` {message_id,
+offset}, ``pong``. Server frames: ``ready``, ``ack``, ``started``, ``delta`` {message_id, offset,
+text}, ``done`` {message_id, status, usage}, ``error`` {code, text}, ``ping``.
+
+Close codes: 4401 bad or missing token frame, 4408 idle, 4008 too slow to keep up (resume from
+the last offset), 1009 frame too big, 1001 server going away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import structlog
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from loacl.domain.errors import LoaclError
+from loacl.domain.events import Metadata
+from loacl.http.common import metadata
+from loacl.http.errors import STATUS, problem
+from loacl.services.chat import Chat, Run, VisitorAccess
+from loacl.services.widgets import Widgets
+
+log = structlog.get_logger(__name__)
+
+AUTH_TIMEOUT = 10.0
+OUTBOX_FRAMES = 2000
+RUN_QUEUE = 1000
+MAX_TEXT_FRAME = 256 * 1024
+
+
+class Closing(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Connection:
+    def __init__(self, websocket: WebSocket, access: VisitorAccess) -> None:
+        self.ws = websocket
+        self.access = access
+        self.app = websocket.app
+        self.chat: Chat = websocket.app.state.chat
+        self.settings = websocket.app.state.settings
+        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_FRAMES)
+        self.followers: dict[str, asyncio.Task[None]] = {}
+        self.closing: Closing | None = None
+
+    def send(self, frame: dict[str, Any]) -> None:
+        try:
+            self.outbox.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.close(4008, "too slow to keep up; reconnect and resume")
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closing is None:
+            self.closing = Closing(code, reason)
+            with contextlib.suppress(asyncio.QueueFull):
+                self.outbox.put_nowait(None)
+
+    # -- following replies -----------------------------------------------------------------
+
+    def follow(self, run: Run, offset: int = 0) -> None:
+        """Send the reply from ``offset``: what it already has, then the rest live."""
+        old = self.followers.pop(run.message_id, None)
+        if old is not None:
+            old.cancel()
+        # Snapshot and subscription in one step (no await between): nothing slips through.
+        snapshot = run.text[offset:]
+        queue = run.listen(RUN_QUEUE)
+        task = asyncio.create_task(self._forward(run, queue, offset, snapshot))
+        self.followers[run.message_id] = task
+
+    async def _forward(
+        self, run: Run, queue: asyncio.Queue[tuple[int, str] | None], offset: int, snapshot: str
+    ) -> None:
+        if snapshot:
+            self.send({"type": "delta", "message_id": run.message_id, "offset": offset,
+                       "text": snapshot})
+        sent_to = offset + len(snapshot)
+        while True:
+            item = await queue.get()
+            if item is None:
+                break
+            at, text = item
+            if at + len(text) <= sent_to:
+                continue
+            if at < sent_to:  # overlaps the snapshot: send only the new part
+                text, at = text[sent_to - at:], sent_to
+            self.send({"type": "delta", "message_id": run.message_id, "offset": at,
+                       "text": text})
+            sent_to = at + len(text)
+        if not run.finished.is_set():
+            self.close(4008, "too slow to keep up; reconnect and resume")
+            return
+        if len(run.text) > sent_to:
+            self.send({"type": "delta", "message_id": run.message_id, "offset": sent_to,
+                       "text": run.text[sent_to:]})
+        await self._send_end(run.message_id)
+        self.followers.pop(run.message_id, None)
+
+    async def _send_end(self, message_id: str) -> None:
+        message = await self.chat.message(message_id)
+        frame: dict[str, Any] = {"type": "done", "message_id": message_id,
+                                 "status": message["status"], "usage": message.get("usage")}
+        if message["status"] != "completed":
+            self.send({"type": "error", "code": message["error_code"] or "provider_error",
+                       "message_id": message_id,
+                       "text": _reply_error_text(message["error_code"])})
+        self.send(frame)
+
+    def on_started(self, run: Run, message: dict[str, Any]) -> None:
+        self.send({"type": "started", "message": message, "reply_id": run.message_id})
+        self.follow(run)
+
+    # -- client frames ---------------------------------------------------------------------
+
+    async def handle(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == "message":
+            await self._message(frame)
+        elif kind == "resume":
+            await self._resume(frame)
+        elif kind in ("pong", "ping"):
+            if kind == "ping":
+                self.send({"type": "pong"})
+        else:
+            self.send({"type": "error", "code": "invalid_frame",
+                       "text": f"unknown frame type {kind!r}"})
+
+    async def _message(self, frame: dict[str, Any]) -> None:
+        text, file_ids, client_id = frame.get("text"), frame.get("file_ids", []), frame.get(
+            "client_message_id"
+        )
+        if (not isinstance(text, str) or not isinstance(file_ids, list)
+                or not all(isinstance(f, str) for f in file_ids)
+                or not (client_id is None or (isinstance(client_id, str) and 0 < len(client_id)
+                                              <= 100))):
+            self.send({"type": "error", "code": "invalid_frame",
+                       "text": "a message frame needs text, and optionally file_ids and "
+                               "client_message_id"})
+            return
+        try:
+            message, run, started = await self.chat.post(
+                self.access, text, tuple(file_ids), client_id,
+                metadata_for(self.ws, self.access),
+            )
+        except LoaclError as exc:
+            self.send({"type": "error", "code": exc.code, "text": exc.message,
+                       "client_message_id": client_id,
+                       **({"retry_after": exc.extra["retry_after"]}
+                          if "retry_after" in exc.extra else {})})
+            return
+        reply_id = run.message_id if isinstance(run, Run) else run
+        self.send({"type": "ack", "client_message_id": client_id, "message_id": message["id"],
+                   "reply_id": reply_id, "duplicate": not started})
+        if not started:
+            # A resend: give this socket the reply, whether it is still streaming or done.
+            if isinstance(run, Run) and run.message_id not in self.followers:
+                self.follow(run)
+            elif not isinstance(run, Run):
+                await self._replay_finished(run, 0)
+
+    async def _resume(self, frame: dict[str, Any]) -> None:
+        message_id, offset = frame.get("message_id"), frame.get("offset", 0)
+        if not isinstance(message_id, str) or not isinstance(offset, int) or offset < 0:
+            self.send({"type": "error", "code": "invalid_frame",
+                       "text": "a resume frame needs message_id and a character offset >= 0"})
+            return
+        run = self.chat.runs.get(self.access.conversation_id)
+        if run is not None and run.message_id == message_id:
+            self.follow(run, offset)
+            return
+        await self._replay_finished(message_id, offset)
+
+    async def _replay_finished(self, message_id: str, offset: int) -> None:
+        try:
+            message = await self.chat.message(message_id)
+        except LoaclError:
+            message = None
+        if (message is None or message["conversation_id"] != self.access.conversation_id
+                or message["role"] != "assistant"):
+            self.send({"type": "error", "code": "not_found", "message_id": message_id,
+                       "text": "no such reply in this conversation"})
+            return
+        if message["status"] == "streaming":
+            # Streaming in another process or being closed at start-up; the run ends soon.
+            run = self.chat.runs.get(self.access.conversation_id)
+            if run is not None and run.message_id == message_id:
+                self.follow(run, offset)
+                return
+        if len(message["text"]) > offset:
+            self.send({"type": "delta", "message_id": message_id, "offset": offset,
+                       "text": message["text"][offset:]})
+        await self._send_end(message_id)
+
+
+def _reply_error_text(code: str | None) -> str:
+    return {
+        "provider_rate_limited": "The assistant is busy right now. Please try again shortly.",
+        "provider_unavailable": "The assistant could not be reached. Please try again.",
+        "interrupted": "The answer was interrupted. Please ask again.",
+    }.get(code or "", "The assistant could not answer. Please try again.")
+
+
+def metadata_for(websocket: WebSocket, access: VisitorAccess) -> Metadata:
+    return metadata(websocket, f"visitor:{access.visitor_id}")
+
+
+async def _refuse(websocket: WebSocket, exc: LoaclError) -> None:
+    response = problem(STATUS.get(exc.code, 400), exc.code, exc.message)
+    try:
+        await websocket.send_denial_response(response)
+    except RuntimeError:
+        await websocket.close(code=4403 if exc.code == "origin_not_allowed" else 4401,
+                              reason=exc.code)
+
+
+async def _authenticate(websocket: WebSocket, token: str) -> VisitorAccess:
+    widgets: Widgets = websocket.app.state.widgets
+    widget_id = websocket.path_params["id"]
+    claims = widgets.read_visitor_token(token, widget_id)
+    return VisitorAccess(widget_id, str(claims["sub"]), str(claims["cid"]), claims.get("uid"))
+
+
+async def stream(websocket: WebSocket) -> None:
+    widgets: Widgets = websocket.app.state.widgets
+    widget_id = websocket.path_params["id"]
+    token = websocket.query_params.get("token")
+    try:
+        await widgets.public(widget_id, websocket.headers.get("origin"))
+        access = await _authenticate(websocket, token) if token else None
+    except LoaclError as exc:
+        await _refuse(websocket, exc)
+        return
+    await websocket.accept()
+    if access is None:
+        try:
+            first = await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT)
+            frame = json.loads(first)
+            access = await _authenticate(websocket, str(frame.get("token", "")))
+        except (TimeoutError, ValueError, AttributeError, LoaclError, WebSocketDisconnect):
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                await websocket.close(4401, "send {\"type\": \"auth\", \"token\": ...} first")
+            return
+    await _serve(websocket, access)
+
+
+async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
+    conn = Connection(websocket, access)
+    chat = conn.chat
+    settings = conn.settings
+    unwatch = chat.watch(access.conversation_id, conn.on_started)
+    conn.send({"type": "ready", "conversation_id": access.conversation_id})
+    run = chat.runs.get(access.conversation_id)
+    if run is not None:  # a reply is streaming in another tab: show it here too
+        conn.send({"type": "started", "message": await chat.message(run.reply_to),
+                   "reply_id": run.message_id})
+        conn.follow(run)
+
+    async def writer() -> None:
+        while True:
+            frame = await conn.outbox.get()
+            if frame is None:
+                return
+            await websocket.send_text(json.dumps(frame, ensure_ascii=False))
+
+    async def pinger() -> None:
+        while True:
+            await asyncio.sleep(settings.ws_ping_seconds)
+            conn.send({"type": "ping"})
+
+    async def reader() -> None:
+        while True:
+            try:
+                raw = await asyncio.wait_for(websocket.receive_text(), settings.ws_idle_seconds)
+            except TimeoutError:
+                if chat.runs.get(access.conversation_id) is None:
+                    conn.close(4408, "idle")
+                    return
+                continue
+            except KeyError:  # a binary frame
+                conn.send({"type": "error", "code": "invalid_frame", "text": "send JSON text"})
+                continue
+            if len(raw) > MAX_TEXT_FRAME:
+                conn.close(1009, "frame too big")
+                return
+            try:
+                frame = json.loads(raw)
+            except ValueError:
+                conn.send({"type": "error", "code": "invalid_frame", "text": "not JSON"})
+                continue
+            if not isinstance(frame, dict):
+                conn.send({"type": "error", "code": "invalid_frame",
+                           "text": "a frame is a JSON object"})
+                continue
+            await conn.handle(frame)
+
+    tasks = [asyncio.create_task(t()) for t in (writer, reader, pinger)]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            error = task.exception()
+            if error is not None and not isinstance(error, WebSocketDisconnect):
+                log.error("stream.failed", error=repr(error))
+                conn.close(1011, "server error")
+    finally:
+        unwatch()
+        for task in [*tasks, *conn.followers.values()]:
+            task.cancel()
+        await asyncio.gather(*tasks, *conn.followers.values(), return_exceptions=True)
+        if websocket.application_state == WebSocketState.CONNECTED and (
+            websocket.client_state == WebSocketState.CONNECTED
+        ):
+            # Flush what is queued (briefly: the client may be the slow one), then say why.
+            async def flush() -> None:
+                while not conn.outbox.empty():
+                    frame = conn.outbox.get_nowait()
+                    if frame is not None:
+                        await websocket.send_text(json.dumps(frame, ensure_ascii=False))
+
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(flush(), 1.0)
+            closing = conn.closing or Closing(1000, "bye")
+            with contextlib.suppress(Exception):
+                await websocket.close(closing.code, closing.reason)
+
+routes = [WebSocketRoute("/api/v1/widgets/{id}/stream", stream)]

@@ -1,0 +1,1309 @@
+"""LOACL's own OpenAI-compatible test server: real HTTP, chunked SSE, scriptable replies and faults.
+
+The project's tests drive the real ``openai`` SDK against it, and a user can run it to try LOACL
+without a key::
+
+    python -m loacl.openai_testserver --host 127.0.0.1 --port 8089
+    # then point LOACL (or any OpenAI client) at http://127.0.0.1:8089/v1 with any API key
+
+It implements ``POST /v1/responses`` (JSON and SSE), ``POST /v1/chat/completions`` (JSON and SSE),
+``GET /v1/models[/{id}]``, ``POST /v1/files`` and ``GET /v1/files/{id}[/content]``, with the wire
+shapes of ``shared/research/openai-wire.md`` section 2.
+
+Each request to a text endpoint takes the next scripted :class:`Turn` (FIFO), or the default: a
+deterministic reply derived from the last user text (``echo:<text>`` answers ``<text>``). A turn
+carries at most one :class:`Fault`. Tests script turns in-process (:meth:`OpenAITestServer.script`)
+and read what LOACL sent (:attr:`OpenAITestServer.requests`); another process does the same over
+HTTP (``POST /_admin/script``, ``GET /_admin/requests``, ``POST /_admin/reset``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+import re
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any, Literal, TypeAlias
+
+import msgspec
+import uvicorn
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+Endpoint: TypeAlias = Literal["responses", "chat", "models", "files"]
+
+# A turn scripted without an endpoint is meant for a text reply, so a model check or an upload
+# made in between must not swallow it.
+_TEXT_ENDPOINTS: frozenset[str] = frozenset({"responses", "chat"})
+_POLL_SECONDS = 0.02
+_FILE_PURPOSES = frozenset({"assistants", "batch", "fine-tune", "vision", "user_data", "evals"})
+
+
+# --------------------------------------------------------------------------------------------
+# Faults and turns (msgspec structs, so the admin API validates the same types tests construct)
+
+
+class _Fault(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+    pass
+
+
+class HttpError(_Fault, frozen=True, tag="http_error"):
+    """Answer with an error object and this status before any body (429, 500, 503, ...)."""
+
+    status: int = 500
+    message: str | None = None
+    type: str | None = None
+    code: str | None = None
+    param: str | None = None
+    retry_after: float | None = None
+    retry_after_ms: int | None = None
+    # Sent as ``x-should-retry``, which overrides the SDK's own retry decision.
+    should_retry: bool | None = None
+
+
+class Stall(_Fault, frozen=True, tag="stall"):
+    """Sleep ``seconds`` before the first byte (``after_deltas=None``) or after K deltas.
+
+    The sleep ends early when the client goes away or the server shuts down.
+    """
+
+    seconds: float
+    after_deltas: int | None = None
+
+
+class Cut(_Fault, frozen=True, tag="cut"):
+    """Drop the connection after K deltas: no terminal event, no ``[DONE]``, no last chunk."""
+
+    after_deltas: int = 0
+
+
+class ErrorEvent(_Fault, frozen=True, tag="error_event"):
+    """Send a Responses ``error`` event after K deltas and end the stream.
+
+    ``nested=False`` is the documented flat shape (the SDK yields it as ``ResponseErrorEvent``);
+    ``nested=True`` wraps the fields in ``error`` as the real API does in production (the SDK
+    raises ``APIError``). Chat Completions always gets ``data: {"error": {...}}``.
+    """
+
+    after_deltas: int = 0
+    code: str | None = "server_error"
+    message: str = "The server had an error while processing your request. Sorry about that!"
+    param: str | None = None
+    nested: bool = False
+
+
+class Failed(_Fault, frozen=True, tag="failed"):
+    """End with ``response.failed`` after K deltas (Chat Completions: an error chunk)."""
+
+    after_deltas: int = 0
+    code: str = "server_error"
+    message: str = "The model failed to generate a response."
+
+
+class Incomplete(_Fault, frozen=True, tag="incomplete"):
+    """End with ``response.incomplete`` after K deltas (Chat Completions: finish_reason length)."""
+
+    after_deltas: int = 0
+    reason: str = "max_output_tokens"
+
+
+Fault: TypeAlias = HttpError | Stall | Cut | ErrorEvent | Failed | Incomplete
+
+
+class Turn(msgspec.Struct, frozen=True, kw_only=True):
+    """What the server does for one request. ``reply_text=None`` means the default reply."""
+
+    reply_text: str | None = None
+    fault: Fault | None = None
+    endpoint: Endpoint | None = None
+    token_delay: float | None = None
+
+
+class ScriptRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``POST /_admin/script``; the same meaning as :meth:`OpenAITestServer.script`."""
+
+    reply_text: str | None = None
+    faults: tuple[Fault, ...] = ()
+    endpoint: Endpoint | None = None
+    token_delay: float | None = None
+
+
+class _ConfigRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    token_delay: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the server received it (header names lower-cased)."""
+
+    method: str
+    path: str
+    endpoint: str
+    headers: dict[str, str]
+    json: Any = None
+    form: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    created: int = 1_700_000_000
+    owned_by: str = "system"
+    shutdown_date: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": self.owned_by,
+            "shutdown_date": self.shutdown_date,
+        }
+
+
+DEFAULT_MODELS: tuple[ModelInfo, ...] = (
+    ModelInfo("gpt-fake-1", owned_by="loacl"),
+    ModelInfo("gpt-4.1-mini"),
+    ModelInfo("gpt-4o-mini"),
+    ModelInfo("gpt-5-mini"),
+    # Lets LOACL's model validation show an announced shutdown.
+    ModelInfo("gpt-fake-retiring", owned_by="loacl", shutdown_date="2026-12-31"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StoredFile:
+    meta: dict[str, Any]
+    data: bytes
+
+
+# --------------------------------------------------------------------------------------------
+# Replies
+
+
+def split_deltas(text: str, size: int = 6) -> list[str]:
+    """Cut ``text`` into small pieces (leading spaces stay with their word).
+
+    Joined again, the pieces are exactly ``text``.
+    """
+    return re.findall(rf"\s*\S{{1,{size}}}|\s+$", text)
+
+
+def default_reply(user_text: str, file_names: Sequence[str] = ()) -> str:
+    """The deterministic answer when no reply is scripted."""
+    if user_text.startswith("echo:"):
+        return user_text[len("echo:") :]
+    said = user_text.strip() or "(nothing)"
+    reply = f"This is the LOACL test server. You said: {said}. No OpenAI key was needed for this."
+    if file_names:
+        reply += f" Attached: {', '.join(file_names)}."
+    return reply
+
+
+def _token_estimate(text: str) -> int:
+    # Deterministic and roughly OpenAI's four characters per token.
+    return math.ceil(len(text) / 4)
+
+
+def _new_id(prefix: str, nbytes: int = 12) -> str:
+    return prefix + secrets.token_hex(nbytes)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+class _ApiError(Exception):
+    """Raised by handlers; rendered as the real API's error object."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+        self.headers = headers or {}
+
+
+class _ClientGone(Exception):
+    """The client left (or the server is closing) while a handler was stalling."""
+
+
+class _StreamCut(Exception):
+    """Raised after the response started, so uvicorn drops the connection mid-body."""
+
+
+class _QuietCuts(logging.Filter):
+    """A scripted cut is not a server bug: keep uvicorn from logging its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, _StreamCut)
+
+
+def _install_cut_filter() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _QuietCuts) for f in logger.filters):
+        logger.addFilter(_QuietCuts())
+
+
+_HTTP_ERROR_DEFAULTS: dict[int, tuple[str, str, str | None]] = {
+    400: ("Scripted bad request.", "invalid_request_error", None),
+    401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+    403: ("You are not allowed to sample from this model.", "invalid_request_error", None),
+    404: ("Scripted not found.", "invalid_request_error", None),
+    429: (
+        "Rate limit reached for requests. Please try again later.",
+        "requests",
+        "rate_limit_exceeded",
+    ),
+    500: (
+        "The server had an error while processing your request. Sorry about that!",
+        "server_error",
+        None,
+    ),
+    503: ("The engine is currently overloaded, please try again later.", "server_error", None),
+}
+
+
+def _http_error(fault: HttpError) -> _ApiError:
+    message, kind, code = _HTTP_ERROR_DEFAULTS.get(
+        fault.status, ("Scripted error.", "server_error", None)
+    )
+    headers: dict[str, str] = {}
+    if fault.retry_after is not None:
+        headers["retry-after"] = f"{fault.retry_after:g}"
+    if fault.retry_after_ms is not None:
+        headers["retry-after-ms"] = str(fault.retry_after_ms)
+    if fault.should_retry is not None:
+        headers["x-should-retry"] = "true" if fault.should_retry else "false"
+    return _ApiError(
+        fault.status,
+        fault.message or message,
+        type=fault.type or kind,
+        param=fault.param,
+        code=fault.code if fault.code is not None else code,
+        headers=headers,
+    )
+
+
+def _invalid(param: str, message: str, code: str | None = "invalid_value") -> _ApiError:
+    return _ApiError(400, message, param=param, code=code)
+
+
+def _missing(param: str) -> _ApiError:
+    return _invalid(param, f"Missing required parameter: '{param}'.", "missing_required_parameter")
+
+
+# --------------------------------------------------------------------------------------------
+# Request bodies: validation close to the real API's, so LOACL's mistakes show up in tests
+
+_USER_PARTS = frozenset({"input_text", "input_image", "input_file", "input_audio"})
+_ASSISTANT_PARTS = frozenset({"output_text", "refusal"})
+_ROLES = frozenset({"user", "assistant", "system", "developer"})
+
+
+def _check_range(body: dict[str, Any], name: str, low: float, high: float) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise _invalid(name, f"Invalid type for '{name}': expected a number.", "invalid_type")
+    if value < low:
+        raise _invalid(
+            name,
+            f"Invalid '{name}': decimal below minimum value. Expected a value >= {low:g}, "
+            f"but got {value:g} instead.",
+            "decimal_below_min_value",
+        )
+    if value > high:
+        raise _invalid(
+            name,
+            f"Invalid '{name}': decimal above maximum value. Expected a value <= {high:g}, "
+            f"but got {value:g} instead.",
+            "decimal_above_max_value",
+        )
+
+
+def _check_max_output_tokens(body: dict[str, Any]) -> None:
+    value = body.get("max_output_tokens")
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _invalid("max_output_tokens", "Invalid type for 'max_output_tokens'.", "invalid_type")
+    if value < 16:
+        raise _invalid(
+            "max_output_tokens",
+            "Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, "
+            f"but got {value} instead.",
+            "integer_below_min_value",
+        )
+
+
+def _check_message_item(item: Any, where: str) -> None:
+    if not isinstance(item, dict):
+        raise _invalid(where, f"Invalid type for '{where}': expected an object.", "invalid_type")
+    if item.get("type", "message") != "message":
+        return  # function outputs and other items pass through unchecked
+    role = item.get("role")
+    if role not in _ROLES:
+        raise _invalid(
+            f"{where}.role",
+            f"Invalid value: '{role}'. Supported values are: "
+            "'assistant', 'system', 'developer', and 'user'.",
+        )
+    content = item.get("content")
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise _missing(f"{where}.content")
+    allowed = _ASSISTANT_PARTS if role == "assistant" else _USER_PARTS
+    for index, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in allowed:
+            names = "' and '".join(sorted(allowed))
+            raise _invalid(
+                f"{where}.content[{index}]",
+                f"Invalid value: '{kind}'. Supported values are: '{names}'.",
+            )
+
+
+def _check_responses_body(body: dict[str, Any]) -> None:
+    source = body.get("input")
+    if source is not None and not isinstance(source, str | list):
+        raise _invalid(
+            "input", "Invalid type for 'input': expected a string or an array.", "invalid_type"
+        )
+    if isinstance(source, list):
+        for index, item in enumerate(source):
+            _check_message_item(item, f"input[{index}]")
+    if "store" in body and not isinstance(body["store"], bool):
+        raise _invalid("store", "Invalid type for 'store': expected a boolean.", "invalid_type")
+    if "tools" in body and not isinstance(body["tools"], list):
+        raise _invalid("tools", "Invalid type for 'tools': expected an array.", "invalid_type")
+    _check_range(body, "temperature", 0, 2)
+    _check_range(body, "top_p", 0, 1)
+    _check_max_output_tokens(body)
+
+
+def _part_texts(content: Any, kinds: frozenset[str]) -> list[str]:
+    if isinstance(content, str):
+        return [content]
+    if not isinstance(content, list):
+        return []
+    return [
+        str(part.get("text", ""))
+        for part in content
+        if isinstance(part, dict) and part.get("type") in kinds
+    ]
+
+
+def _last_user_content(items: Any) -> Any:
+    if isinstance(items, str):
+        return items
+    users = [i for i in items or [] if isinstance(i, dict) and i.get("role") == "user"]
+    return users[-1].get("content") if users else ""
+
+
+def _all_text(items: Any) -> str:
+    if isinstance(items, str):
+        return items
+    kinds = frozenset({"input_text", "output_text", "text"})
+    texts = [
+        text
+        for item in items or []
+        if isinstance(item, dict)
+        for text in _part_texts(item.get("content"), kinds)
+    ]
+    return "\n".join(texts)
+
+
+def _file_ids(content: Any) -> list[str]:
+    if not isinstance(content, list):
+        return []
+    return [
+        str(part["file_id"])
+        for part in content
+        if isinstance(part, dict) and part.get("type") == "input_file" and "file_id" in part
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Wire protocols: each knows how to frame its events; the server drives them the same way
+
+
+def _sse(data: Any, event: str | None = None) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+class _Plan:
+    """The text of one reply, cut into deltas, and the turn's fault (if any) with its position."""
+
+    def __init__(self, text: str, fault: Fault | None, delay: float, limit: int | None) -> None:
+        self.pieces = split_deltas(text)
+        self.delay = delay
+        # The real API stops at max_output_tokens; one delta counts as one token here.
+        if fault is None and limit is not None and limit < len(self.pieces):
+            fault = Incomplete(after_deltas=limit)
+        self.fault = fault
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def kept_text(self) -> str:
+        """The text a non-streaming answer carries: cut short only when it ends incomplete."""
+        at = self.fault_at()
+        if isinstance(self.fault, Incomplete) and at is not None:
+            return "".join(self.pieces[:at])
+        return self.text
+
+    def fault_at(self) -> int | None:
+        after = getattr(self.fault, "after_deltas", None)
+        return None if after is None else min(after, len(self.pieces))
+
+
+class _ResponsesWire:
+    """Responses API objects and SSE events, with ``sequence_number`` counting from 0."""
+
+    def __init__(self, body: dict[str, Any], input_tokens: int) -> None:
+        self.body = body
+        self.response_id = _new_id("resp_", 24)
+        self.item_id = _new_id("msg_", 24)
+        self.created_at = int(time.time())
+        self.input_tokens = input_tokens
+        self._seq = 0
+
+    def _frame(self, payload: dict[str, Any]) -> bytes:
+        payload["sequence_number"] = self._seq
+        self._seq += 1
+        return _sse(payload, payload["type"])
+
+    def _part(self, text: str) -> dict[str, Any]:
+        return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+    def _item(self, text: str | None, status: str) -> dict[str, Any]:
+        content = [] if text is None else [self._part(text)]
+        return {
+            "id": self.item_id,
+            "type": "message",
+            "status": status,
+            "role": "assistant",
+            "content": content,
+        }
+
+    def _usage(self, text: str) -> dict[str, Any]:
+        output_tokens = len(split_deltas(text))
+        return {
+            "input_tokens": self.input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": self.input_tokens + output_tokens,
+        }
+
+    def response(
+        self,
+        status: str,
+        output: list[dict[str, Any]],
+        usage: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        incomplete: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        body = self.body
+        return {
+            "id": self.response_id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "background": False,
+            "error": error,
+            "incomplete_details": incomplete,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "max_tool_calls": None,
+            "model": body["model"],
+            "output": output,
+            "parallel_tool_calls": True,
+            "previous_response_id": body.get("previous_response_id"),
+            "reasoning": {"effort": None, "summary": None},
+            "service_tier": "default",
+            "store": body.get("store", True),
+            "temperature": body.get("temperature", 1.0),
+            "text": {"format": {"type": "text"}, "verbosity": "medium"},
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools", []),
+            "top_p": body.get("top_p", 1.0),
+            "truncation": body.get("truncation", "disabled"),
+            "usage": usage,
+            "user": None,
+            "metadata": body.get("metadata") or {},
+        }
+
+    def final(self, fault: Fault | None, text: str) -> dict[str, Any]:
+        """The non-streaming body for a reply that ended as ``fault`` says."""
+        if isinstance(fault, Failed):
+            error = {"code": fault.code, "message": fault.message}
+            return self.response("failed", [], error=error)
+        if isinstance(fault, Incomplete):
+            output = [self._item(text, "incomplete")]
+            return self.response(
+                "incomplete", output, self._usage(text), incomplete={"reason": fault.reason}
+            )
+        return self.response("completed", [self._item(text, "completed")], self._usage(text))
+
+    def opening(self) -> list[bytes]:
+        started = self.response("in_progress", [])
+        return [
+            self._frame({"type": "response.created", "response": started}),
+            self._frame({"type": "response.in_progress", "response": started}),
+            self._frame(
+                {
+                    "type": "response.output_item.added",
+                    "output_index": 0,
+                    "item": self._item(None, "in_progress"),
+                }
+            ),
+            self._frame(
+                {"type": "response.content_part.added", **self._where(), "part": self._part("")}
+            ),
+        ]
+
+    def _where(self) -> dict[str, Any]:
+        return {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+
+    def delta(self, piece: str) -> bytes:
+        return self._frame(
+            {"type": "response.output_text.delta", **self._where(), "delta": piece, "logprobs": []}
+        )
+
+    def _close_item(self, text: str, status: str) -> list[bytes]:
+        return [
+            self._frame(
+                {"type": "response.output_text.done", **self._where(), "text": text, "logprobs": []}
+            ),
+            self._frame(
+                {"type": "response.content_part.done", **self._where(), "part": self._part(text)}
+            ),
+            self._frame(
+                {
+                    "type": "response.output_item.done",
+                    "output_index": 0,
+                    "item": self._item(text, status),
+                }
+            ),
+        ]
+
+    def finish(self, text: str) -> list[bytes]:
+        completed = self.final(None, text)
+        return [
+            *self._close_item(text, "completed"),
+            self._frame({"type": "response.completed", "response": completed}),
+        ]
+
+    def interrupt(self, fault: Fault, text: str) -> list[bytes]:
+        """Frames that end the stream early because of ``fault`` (none for a cut)."""
+        if isinstance(fault, ErrorEvent):
+            fields = {"code": fault.code, "message": fault.message, "param": fault.param}
+            if fault.nested:
+                return [self._frame({"type": "error", "error": {"type": "server_error", **fields}})]
+            return [self._frame({"type": "error", **fields})]
+        if isinstance(fault, Failed):
+            return [self._frame({"type": "response.failed", "response": self.final(fault, text)})]
+        if isinstance(fault, Incomplete):
+            return [
+                *self._close_item(text, "incomplete"),
+                self._frame({"type": "response.incomplete", "response": self.final(fault, text)}),
+            ]
+        return []
+
+
+class _ChatWire:
+    """Chat Completions objects and ``chat.completion.chunk`` frames, ending in ``[DONE]``."""
+
+    def __init__(self, body: dict[str, Any], input_tokens: int) -> None:
+        self.body = body
+        self.completion_id = "chatcmpl-" + secrets.token_hex(14)
+        self.created = int(time.time())
+        self.input_tokens = input_tokens
+        options = body.get("stream_options")
+        self.include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+
+    def _usage(self, text: str) -> dict[str, Any]:
+        output_tokens = len(split_deltas(text))
+        return {
+            "prompt_tokens": self.input_tokens,
+            "completion_tokens": output_tokens,
+            "total_tokens": self.input_tokens + output_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        }
+
+    def _head(self, kind: str) -> dict[str, Any]:
+        return {
+            "id": self.completion_id,
+            "object": kind,
+            "created": self.created,
+            "model": self.body["model"],
+            "system_fingerprint": None,
+            "service_tier": "default",
+        }
+
+    def final(self, fault: Fault | None, text: str) -> dict[str, Any]:
+        reason = "length" if isinstance(fault, Incomplete) else "stop"
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
+            "finish_reason": reason,
+            "logprobs": None,
+        }
+        return {**self._head("chat.completion"), "choices": [choice], "usage": self._usage(text)}
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        chunk = {**self._head("chat.completion.chunk"), "choices": [choice]}
+        if self.include_usage:
+            chunk["usage"] = None  # the real API marks every chunk but the last this way
+        return _sse(chunk)
+
+    def opening(self) -> list[bytes]:
+        return [self._chunk({"role": "assistant", "content": "", "refusal": None})]
+
+    def delta(self, piece: str) -> bytes:
+        return self._chunk({"content": piece})
+
+    def finish(self, text: str, reason: str = "stop") -> list[bytes]:
+        frames = [self._chunk({}, reason)]
+        if self.include_usage:
+            frames.append(
+                _sse(
+                    {
+                        **self._head("chat.completion.chunk"),
+                        "choices": [],
+                        "usage": self._usage(text),
+                    }
+                )
+            )
+        return [*frames, b"data: [DONE]\n\n"]
+
+    def interrupt(self, fault: Fault, text: str) -> list[bytes]:
+        if isinstance(fault, ErrorEvent | Failed):
+            error = {
+                "message": fault.message,
+                "type": "server_error",
+                "param": None,
+                "code": fault.code,
+            }
+            return [_sse({"error": error})]
+        if isinstance(fault, Incomplete):
+            return self.finish(text, "length")
+        return []
+
+
+_Wire: TypeAlias = _ResponsesWire | _ChatWire
+
+
+# --------------------------------------------------------------------------------------------
+# The server
+
+
+class _RequestIdMiddleware:
+    """Every real API response carries ``x-request-id``; the SDK exposes it as ``request_id``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _new_id("req_", 16).encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"x-request-id", request_id)]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class OpenAITestServer:
+    """An OpenAI-compatible server whose replies and faults tests script, request by request.
+
+    ``api_key=None`` accepts any non-empty bearer key. ``token_delay`` is the pause between
+    deltas (seconds), for benchmarks. Serve :attr:`app` with :func:`running` or the CLI.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        token_delay: float = 0.0,
+        models: Sequence[ModelInfo] = DEFAULT_MODELS,
+    ) -> None:
+        self.api_key = api_key
+        self.token_delay = token_delay
+        self.models = {model.id: model for model in models}
+        # Set when the server shuts down, so stalls end instead of holding uvicorn open.
+        self.closing = threading.Event()
+        self._lock = threading.Lock()
+        self._turns: list[Turn] = []
+        self._requests: list[RecordedRequest] = []
+        self._files: dict[str, _StoredFile] = {}
+        _install_cut_filter()
+        self.app = self._build_app()
+
+    # ---- the Python API for tests
+
+    def script(
+        self,
+        reply_text: str | None = None,
+        faults: Sequence[Fault] = (),
+        *,
+        endpoint: Endpoint | None = None,
+        token_delay: float | None = None,
+    ) -> None:
+        """Queue one turn per fault, or one clean turn when there are no faults.
+
+        Each turn answers ``reply_text`` (or the default reply) up to its fault, so
+        ``script("Hi", [Cut(after_deltas=2)])`` streams two deltas of "Hi" and drops the line.
+        A success after faults is a second call: ``script(faults=[HttpError(status=429)])``
+        then ``script("Hi")``. With ``endpoint=None`` the turns go to the next ``responses`` or
+        ``chat`` request, whichever comes first.
+        """
+        chosen: Sequence[Fault | None] = faults or [None]
+        turns = [
+            Turn(reply_text=reply_text, fault=fault, endpoint=endpoint, token_delay=token_delay)
+            for fault in chosen
+        ]
+        self.enqueue(*turns)
+
+    def enqueue(self, *turns: Turn) -> None:
+        with self._lock:
+            self._turns.extend(turns)
+
+    @property
+    def pending(self) -> list[Turn]:
+        """Scripted turns not consumed yet."""
+        with self._lock:
+            return list(self._turns)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every ``/v1`` request received so far, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    def requests_to(self, endpoint: Endpoint) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.endpoint == endpoint]
+
+    def file_bytes(self, file_id: str) -> bytes:
+        with self._lock:
+            return self._files[file_id].data
+
+    def reset(self) -> None:
+        """Forget scripted turns and recorded requests (uploaded files stay)."""
+        with self._lock:
+            self._turns.clear()
+            self._requests.clear()
+
+    # ---- plumbing
+
+    def _build_app(self) -> Starlette:
+        routes = [
+            Route("/v1/responses", self._responses, methods=["POST"]),
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/models", self._list_models, methods=["GET"]),
+            Route("/v1/models/{model_id:path}", self._get_model, methods=["GET"]),
+            Route("/v1/files", self._upload, methods=["POST"]),
+            Route("/v1/files/{file_id}", self._get_file, methods=["GET"]),
+            Route("/v1/files/{file_id}/content", self._get_file_content, methods=["GET"]),
+            Route("/_admin/script", self._admin_script, methods=["POST"]),
+            Route("/_admin/requests", self._admin_requests, methods=["GET"]),
+            Route("/_admin/reset", self._admin_reset, methods=["POST"]),
+            Route("/_admin/config", self._admin_config, methods=["POST"]),
+        ]
+        return Starlette(
+            routes=routes,
+            middleware=[Middleware(_RequestIdMiddleware)],
+            exception_handlers={
+                _ApiError: self._on_api_error,
+                _ClientGone: self._on_client_gone,
+                HTTPException: self._on_http_exception,
+            },
+        )
+
+    async def _on_api_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, _ApiError)
+        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
+
+    async def _on_client_gone(self, request: Request, exc: Exception) -> Response:
+        # A client that left never reads this; one still waiting while we shut down gets a 503.
+        error = _ApiError(503, "The test server is shutting down.", type="server_error")
+        return JSONResponse(error.body, status_code=error.status)
+
+    async def _on_http_exception(self, request: Request, exc: Exception) -> Response:
+        # Unknown routes and methods answer as the real API does, not with Starlette's text.
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        message = f"Invalid URL ({request.method} {request.url.path})"
+        return JSONResponse(
+            {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": None,
+                }
+            },
+            status_code=status,
+        )
+
+    def _record(
+        self, request: Request, endpoint: str, body: Any = None, form: dict[str, str] | None = None
+    ) -> None:
+        entry = RecordedRequest(
+            method=request.method,
+            path=request.url.path,
+            endpoint=endpoint,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            json=body,
+            form=form or {},
+        )
+        with self._lock:
+            self._requests.append(entry)
+
+    def _check_auth(self, request: Request) -> None:
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise _ApiError(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            )
+        if self.api_key is not None and key != self.api_key:
+            shown = f"{key[:3]}*****{key[-4:]}" if len(key) > 8 else "*****"
+            raise _ApiError(
+                401,
+                f"Incorrect API key provided: {shown}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                code="invalid_api_key",
+            )
+
+    async def _json_body(self, request: Request, endpoint: Endpoint) -> dict[str, Any]:
+        """Record the request, check its key, and return its JSON object body."""
+        raw = await request.body()
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        self._record(request, endpoint, body)
+        self._check_auth(request)
+        if not isinstance(body, dict):
+            raise _ApiError(
+                400,
+                "We could not parse the JSON body of your request. (HINT: This likely means you "
+                "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, "
+                "but what was sent was not valid JSON.)",
+            )
+        return body
+
+    def _take_turn(self, endpoint: Endpoint) -> Turn:
+        with self._lock:
+            for index, turn in enumerate(self._turns):
+                wanted = turn.endpoint
+                if wanted == endpoint or (wanted is None and endpoint in _TEXT_ENDPOINTS):
+                    return self._turns.pop(index)
+        return Turn()
+
+    async def _start_turn(self, request: Request, endpoint: Endpoint) -> Turn:
+        """Take this request's turn and apply faults that strike before the first byte."""
+        turn = self._take_turn(endpoint)
+        fault = turn.fault
+        first_byte_stall = (
+            fault.seconds if isinstance(fault, Stall) and (fault.after_deltas is None) else 0.0
+        )
+        if not await self._pause(first_byte_stall, request):
+            raise _ClientGone
+        if isinstance(fault, HttpError):
+            raise _http_error(fault)
+        return turn
+
+    async def _pause(self, seconds: float, request: Request) -> bool:
+        """Sleep up to ``seconds``; False if the client left or the server is closing."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while (remaining := deadline - loop.time()) > 0:
+            if self.closing.is_set() or await request.is_disconnected():
+                return False
+            await asyncio.sleep(min(remaining, _POLL_SECONDS))
+        return not self.closing.is_set()
+
+    def _check_model(self, body: dict[str, Any], status: int) -> None:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise _missing("model")
+        if model not in self.models:
+            # Approximations of the real wording: Responses says 400, Chat Completions 404.
+            if status == 400:
+                raise _invalid(
+                    "model", f"The requested model '{model}' does not exist.", "model_not_found"
+                )
+            raise _ApiError(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                code="model_not_found",
+            )
+
+    def _file_names(self, file_ids: Sequence[str]) -> list[str]:
+        with self._lock:
+            return [self._files[f].meta["filename"] for f in file_ids if f in self._files]
+
+    # ---- text endpoints
+
+    async def _responses(self, request: Request) -> Response:
+        body = await self._json_body(request, "responses")
+        turn = await self._start_turn(request, "responses")
+        self._check_model(body, 400)
+        _check_responses_body(body)
+        source = body.get("input", "")
+        wire = _ResponsesWire(
+            body, _token_estimate(f"{body.get('instructions') or ''}\n{_all_text(source)}")
+        )
+        last = _last_user_content(source)
+        text = turn.reply_text
+        if text is None:
+            user_text = "\n".join(_part_texts(last, frozenset({"input_text"})))
+            text = default_reply(user_text, self._file_names(_file_ids(last)))
+        plan = self._plan(turn, text, body.get("max_output_tokens"))
+        return await self._answer(request, body, plan, wire)
+
+    async def _chat(self, request: Request) -> Response:
+        body = await self._json_body(request, "chat")
+        turn = await self._start_turn(request, "chat")
+        self._check_model(body, 404)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise _missing("messages")
+        wire = _ChatWire(body, _token_estimate(_all_text(messages)))
+        text = turn.reply_text
+        if text is None:
+            last = _last_user_content(messages)
+            text = default_reply("\n".join(_part_texts(last, frozenset({"text"}))))
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        plan = self._plan(turn, text, limit if isinstance(limit, int) else None)
+        return await self._answer(request, body, plan, wire)
+
+    def _plan(self, turn: Turn, text: str, limit: Any) -> _Plan:
+        delay = self.token_delay if turn.token_delay is None else turn.token_delay
+        return _Plan(text, turn.fault, delay, limit if isinstance(limit, int) else None)
+
+    async def _answer(
+        self, request: Request, body: dict[str, Any], plan: _Plan, wire: _Wire
+    ) -> Response:
+        if body.get("stream") is True:
+            return StreamingResponse(
+                self._stream(request, plan, wire),
+                media_type="text/event-stream",
+                headers={"cache-control": "no-cache"},
+            )
+        return await self._answer_json(request, plan, wire)
+
+    async def _answer_json(self, request: Request, plan: _Plan, wire: _Wire) -> Response:
+        fault = plan.fault
+        wait = plan.delay * len(plan.pieces)  # as long as streaming the same reply would take
+        if isinstance(fault, Stall) and fault.after_deltas is not None:
+            wait += fault.seconds
+        if not await self._pause(wait, request):
+            raise _ClientGone
+        if isinstance(fault, ErrorEvent) or (
+            isinstance(fault, Failed) and isinstance(wire, _ChatWire)
+        ):
+            raise _ApiError(500, fault.message, type="server_error", code=fault.code)
+        payload = wire.final(fault, plan.kept_text())
+        if isinstance(fault, Cut):
+            return _cut_json(payload)
+        return JSONResponse(payload)
+
+    async def _stream(self, request: Request, plan: _Plan, wire: _Wire) -> AsyncIterator[bytes]:
+        for frame in wire.opening():
+            yield frame
+        at = plan.fault_at()
+        # One step past the last delta, so a fault placed after all of them still strikes.
+        for index in range(len(plan.pieces) + 1):
+            if index == at and plan.fault is not None:
+                if not isinstance(plan.fault, Stall):
+                    for frame in wire.interrupt(plan.fault, "".join(plan.pieces[:index])):
+                        yield frame
+                    if isinstance(plan.fault, Cut):
+                        raise _StreamCut
+                    return
+                if not await self._pause(plan.fault.seconds, request):
+                    return
+            if index == len(plan.pieces):
+                break
+            if not await self._pause(plan.delay, request):
+                return
+            yield wire.delta(plan.pieces[index])
+        for frame in wire.finish(plan.text):
+            yield frame
+
+    # ---- models and files
+
+    async def _list_models(self, request: Request) -> Response:
+        self._record(request, "models")
+        self._check_auth(request)
+        await self._start_turn(request, "models")
+        data = [model.to_json() for model in self.models.values()]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def _get_model(self, request: Request) -> Response:
+        self._record(request, "models")
+        self._check_auth(request)
+        await self._start_turn(request, "models")
+        model_id = request.path_params["model_id"]
+        model = self.models.get(model_id)
+        if model is None:
+            raise _ApiError(
+                404, f"The model '{model_id}' does not exist", param="model", code="model_not_found"
+            )
+        return JSONResponse(model.to_json())
+
+    async def _upload(self, request: Request) -> Response:
+        async with request.form() as form:
+            upload = form.get("file")
+            purpose = form.get("purpose")
+            fields = {
+                k: (v.filename or "") if isinstance(v, UploadFile) else v for k, v in form.items()
+            }
+            self._record(request, "files", form=fields)
+            self._check_auth(request)
+            await self._start_turn(request, "files")
+            if not isinstance(upload, UploadFile):
+                raise _missing("file")
+            if purpose not in _FILE_PURPOSES:
+                raise _invalid(
+                    "purpose", f"'{purpose}' is not one of {sorted(_FILE_PURPOSES)} - 'purpose'"
+                )
+            data = await upload.read()
+        meta: dict[str, Any] = {
+            "id": _new_id("file-", 11),
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": upload.filename or "upload",
+            "purpose": purpose,
+            "status": "processed",
+            "expires_at": None,
+            "status_details": None,
+        }
+        with self._lock:
+            self._files[meta["id"]] = _StoredFile(meta, data)
+        return JSONResponse(meta)
+
+    def _stored_file(self, request: Request) -> _StoredFile:
+        file_id = request.path_params["file_id"]
+        with self._lock:
+            stored = self._files.get(file_id)
+        if stored is None:
+            raise _ApiError(404, f"No such File object: {file_id}", param="id")
+        return stored
+
+    async def _get_file(self, request: Request) -> Response:
+        self._record(request, "files")
+        self._check_auth(request)
+        await self._start_turn(request, "files")
+        return JSONResponse(self._stored_file(request).meta)
+
+    async def _get_file_content(self, request: Request) -> Response:
+        self._record(request, "files")
+        self._check_auth(request)
+        await self._start_turn(request, "files")
+        return Response(self._stored_file(request).data, media_type="application/octet-stream")
+
+    # ---- admin API, for a server in another process
+
+    async def _admin_script(self, request: Request) -> Response:
+        try:
+            script = msgspec.json.decode(await request.body(), type=ScriptRequest)
+        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+            raise _invalid("body", str(exc)) from exc
+        before = len(self.pending)
+        self.script(
+            script.reply_text,
+            script.faults,
+            endpoint=script.endpoint,
+            token_delay=script.token_delay,
+        )
+        return JSONResponse({"queued": len(self.pending) - before})
+
+    async def _admin_requests(self, request: Request) -> Response:
+        endpoint = request.query_params.get("endpoint")
+        data = [
+            dataclasses.asdict(entry)
+            for entry in self.requests
+            if endpoint is None or entry.endpoint == endpoint
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def _admin_reset(self, request: Request) -> Response:
+        self.reset()
+        return JSONResponse({"ok": True})
+
+    async def _admin_config(self, request: Request) -> Response:
+        try:
+            config = msgspec.json.decode(await request.body(), type=_ConfigRequest)
+        except msgspec.DecodeError as exc:
+            raise _invalid("body", str(exc)) from exc
+        if config.token_delay is not None:
+            self.token_delay = config.token_delay
+        return JSONResponse({"token_delay": self.token_delay})
+
+
+def _cut_json(payload: dict[str, Any]) -> Response:
+    """Announce the whole body's length, send half, then drop the connection."""
+    data = json.dumps(payload, separators=(",", ":")).encode()
+
+    async def half() -> AsyncIterator[bytes]:
+        yield data[: len(data) // 2]
+        raise _StreamCut
+
+    return StreamingResponse(
+        half(), media_type="application/json", headers={"content-length": str(len(data))}
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Running it
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    # Listening before uvicorn starts means a client that reads our URL can connect at once.
+    sock.listen(128)
+    return sock
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _config(app: ASGIApp, **overrides: Any) -> uvicorn.Config:
+    options: dict[str, Any] = {"lifespan": "off", "ws": "websockets-sansio"} | overrides
+    return uvicorn.Config(app, **options)
+
+
+@contextmanager
+def running(server: OpenAITestServer, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve ``server`` on an unused loopback port in a thread; yield its root URL (add ``/v1``)."""
+    sock = _listening_socket(host, 0)
+    url = _url(host, sock.getsockname()[1])
+    uv = uvicorn.Server(_config(server.app, log_config=None, access_log=False))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    server.closing.clear()
+    thread.start()
+    try:
+        _wait_started(uv, thread)
+        yield url
+    finally:
+        server.closing.set()
+        uv.should_exit = True
+        thread.join(timeout=20)
+        sock.close()
+    if thread.is_alive():
+        raise RuntimeError("the OpenAI test server did not stop within 20 s")
+
+
+def _wait_started(uv: uvicorn.Server, thread: threading.Thread) -> None:
+    deadline = time.monotonic() + 20
+    while not uv.started:
+        if not thread.is_alive():
+            raise RuntimeError("the OpenAI test server did not start")
+        if time.monotonic() > deadline:
+            raise TimeoutError("the OpenAI test server did not start within 20 s")
+        time.sleep(0.01)
+
+
+class _ClosingServer(uvicorn.Server):
+    """Ends stalls on Ctrl-C / SIGTERM, so shutdown does not wait for them."""
+
+    def __init__(self, config: uvicorn.Config, closing: threading.Event) -> None:
+        super().__init__(config)
+        self._closing = closing
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._closing.set()
+        super().handle_exit(sig, frame)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m loacl.openai_testserver",
+        description="LOACL's OpenAI-compatible test server (no API key needed). Prints its URL "
+        "on stdout; use <URL>/v1 as the OpenAI base URL.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8089, help="0 picks a free port")
+    parser.add_argument(
+        "--token-delay", type=float, default=0.0, help="seconds between streamed deltas"
+    )
+    parser.add_argument(
+        "--api-key", default=None, help="the only accepted key (default: any non-empty key)"
+    )
+    parser.add_argument("--log-level", default="info")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    server = OpenAITestServer(api_key=args.api_key, token_delay=args.token_delay)
+    sock = _listening_socket(args.host, args.port)
+    url = _url(args.host, sock.getsockname()[1])
+    # The first stdout line is the URL, for a parent process; the hint is for people.
+    print(url, flush=True)
+    print(
+        f"OpenAI test server: set OPENAI_BASE_URL={url}/v1 and any OPENAI_API_KEY",
+        file=sys.stderr,
+        flush=True,
+    )
+    uv = _ClosingServer(_config(server.app, log_level=args.log_level), server.closing)
+    uv.run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
