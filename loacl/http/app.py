@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 
 from loacl import __version__
 from loacl.domain.errors import LoaclError
-from loacl.http import auth, chat, health, owners, stream, visitors
+from loacl.http import auth, chat, health, openapi, owners, stream, visitors
 from loacl.http.errors import EXCEPTION_HANDLERS
 from loacl.http.middleware import RequestIdMiddleware
 from loacl.services.accounts import Accounts
@@ -86,8 +86,8 @@ def create_app(
 
     app = Starlette(
         routes=[
-            *health.routes, *auth.routes, *visitors.routes, *chat.routes, *stream.routes,
-            *owners.routes,
+            *health.routes, *openapi.routes, *auth.routes, *visitors.routes, *chat.routes,
+            *stream.routes, *owners.routes,
         ],
         middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
