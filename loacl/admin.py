@@ -1,0 +1,218 @@
+"""Operator commands that change or list accounts, assistants and widgets (``loacl users``,
+``loacl assistants``, ``loacl widgets``). They append through the same event store as the
+server, so a running server sees their events too."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loacl.domain import accounts, assistants
+from loacl.domain.errors import LoaclError
+from loacl.domain.events import Metadata
+from loacl.providers import check_model
+from loacl.services.accounts import normalize_email
+from loacl.services.passwords import Passwords, check_password
+from loacl.services.tokens import new_id
+from loacl.settings import Settings
+from loacl.store.eventstore import NO_STREAM, EventStore
+from loacl.store.projections import default_projections
+
+CLI = Metadata(actor="loacl:cli")
+
+
+def open_store(settings: Settings) -> EventStore:
+    if not settings.database_path.exists():
+        raise LoaclError(
+            "database_not_found", f"no database at {settings.database_path}; run loacl migrate up"
+        )
+    return EventStore(settings.database_path, default_projections())
+
+
+async def create_user(
+    settings: Settings, email: str, password: str, *, name: str | None, verified: bool
+) -> dict[str, Any]:
+    email = normalize_email(email)
+    check_password(password)
+    hasher = Passwords(
+        settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
+    )
+    user_id = new_id()
+    events = accounts.register(user_id, email, name, await hasher.hash(password))
+    async with open_store(settings) as store:
+        if verified:
+            state = accounts.User()
+            for event in events:
+                state = accounts.evolve_user(state, event)
+            events += accounts.verify_email(state)
+        await store.append(
+            accounts.user_stream(user_id), events, expected_version=NO_STREAM, metadata=CLI
+        )
+    return {"id": user_id, "email": email, "name": name, "email_verified": verified}
+
+
+async def _rows(settings: Settings, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    async with open_store(settings) as store:
+        return await store.query(sql, params)
+
+
+async def list_users(settings: Settings) -> list[dict[str, Any]]:
+    rows = await _rows(
+        settings,
+        "SELECT user_id, email, name, email_verified_at, created_at FROM users ORDER BY created_at",
+    )
+    return [
+        {"id": r[0], "email": r[1], "name": r[2], "email_verified": r[3] is not None,
+         "created_at": r[4]}
+        for r in rows
+    ]
+
+
+async def owner_id(settings: Settings, email: str) -> str:
+    rows = await _rows(settings, "SELECT user_id FROM users WHERE email = ?", (email,))
+    if not rows:
+        raise LoaclError("not_found", f"no owner with the e-mail address {email}")
+    return str(rows[0][0])
+
+
+async def list_assistants(settings: Settings, owner: str | None) -> list[dict[str, Any]]:
+    sql = ("SELECT a.assistant_id, u.email, a.name, a.provider, a.model, a.created_at "
+           "FROM assistants a LEFT JOIN users u ON u.user_id = a.owner_id")
+    params: tuple[str, ...] = ()
+    if owner:
+        sql += " WHERE u.email = ?"
+        params = (owner,)
+    rows = await _rows(settings, sql + " ORDER BY a.created_seq", params)
+    return [{"id": r[0], "owner": r[1], "name": r[2], "provider": r[3], "model": r[4],
+             "created_at": r[5]} for r in rows]
+
+
+async def list_widgets(settings: Settings, owner: str | None) -> list[dict[str, Any]]:
+    sql = ("SELECT w.widget_id, u.email, w.name, w.assistant_id, w.enabled, w.definition, "
+           "w.created_at FROM widgets w LEFT JOIN users u ON u.user_id = w.owner_id")
+    params: tuple[str, ...] = ()
+    if owner:
+        sql += " WHERE u.email = ?"
+        params = (owner,)
+    rows = await _rows(settings, sql + " ORDER BY w.created_seq", params)
+    return [{"id": r[0], "owner": r[1], "name": r[2], "assistant_id": r[3],
+             "enabled": bool(r[4]), "allowed_origins": json.loads(r[5])["allowed_origins"],
+             "created_at": r[6]} for r in rows]
+
+
+# -- importing assistants exported from OpenAI's former Assistants API ----------------------
+
+@dataclass
+class Imported:
+    source_id: str
+    name: str
+    assistant_id: str | None = None
+    dropped: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+_CARRIED = {"id", "object", "created_at", "name", "model", "instructions", "tools",
+            "tool_resources", "temperature", "top_p"}
+
+
+def read_export(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LoaclError("file_not_found", f"no file {path}") from None
+    except json.JSONDecodeError as exc:
+        raise LoaclError("invalid_json", f"{path} is not JSON: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]  # the shape of GET /v1/assistants
+    elif isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list) or not all(isinstance(a, dict) for a in data):
+        raise LoaclError(
+            "invalid_export", "expected an assistant object, a list of them, or {\"data\": [...]}"
+        )
+    return data
+
+
+def convert(item: dict[str, Any]) -> tuple[assistants.AssistantDefinition, list[str]]:
+    """A LOACL definition from one exported assistant, and what could not be carried over."""
+    dropped: list[str] = []
+    name = str(item.get("name") or item.get("id") or "Imported assistant")[:200]
+    model = item.get("model")
+    if not isinstance(model, str) or not model:
+        raise LoaclError("invalid_export", "it has no model")
+    instructions = str(item.get("instructions") or "")
+    if len(instructions) > 32_000:
+        dropped.append(f"instructions beyond 32,000 characters ({len(instructions)} given)")
+        instructions = instructions[:32_000]
+    vector_store_ids: list[str] = []
+    has_file_search = False
+    for tool in item.get("tools") or []:
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind == "file_search":
+            has_file_search = True
+        elif kind == "function":
+            fn = tool.get("function", {}).get("name", "?")
+            dropped.append(f"function tool {fn!r} (LOACL assistants do not call functions)")
+        else:
+            dropped.append(f"{kind} tool (not supported)")
+    resources = item.get("tool_resources") or {}
+    stores = (resources.get("file_search") or {}).get("vector_store_ids") or []
+    if has_file_search:
+        vector_store_ids = [s for s in stores if isinstance(s, str) and s.startswith("vs_")][:10]
+        if len(vector_store_ids) < len(stores):
+            dropped.append("vector store ids beyond the first ten, or malformed")
+    elif stores:
+        dropped.append("vector stores (file_search was not enabled)")
+    if (resources.get("code_interpreter") or {}).get("file_ids"):
+        dropped.append("code interpreter files")
+    temperature = item.get("temperature")
+    if temperature is not None and not (isinstance(temperature, int | float)
+                                        and 0 <= temperature <= 2):
+        dropped.append(f"temperature {temperature!r} (must be 0 to 2)")
+        temperature = None
+    top_p = item.get("top_p")
+    if top_p is not None and not (isinstance(top_p, int | float) and 0 <= top_p <= 1):
+        dropped.append(f"top_p {top_p!r} (must be 0 to 1)")
+        top_p = None
+    for key in sorted(set(item) - _CARRIED):
+        if item[key] not in (None, {}, [], ""):
+            dropped.append(f"{key} (no LOACL equivalent)")
+    definition = assistants.AssistantDefinition(
+        name=name, provider="openai", model=model, instructions=instructions,
+        temperature=None if temperature is None else float(temperature),
+        top_p=None if top_p is None else float(top_p),
+        vector_store_ids=tuple(vector_store_ids),
+    )
+    return definition, dropped
+
+
+async def import_assistants(
+    settings: Settings, path: Path, owner_email: str, *, validate: bool
+) -> list[Imported]:
+    items = read_export(path)
+    owner = await owner_id(settings, owner_email)
+    results: list[Imported] = []
+    async with open_store(settings) as store:
+        for item in items:
+            result = Imported(str(item.get("id", "?")), str(item.get("name") or ""))
+            results.append(result)
+            try:
+                definition, result.dropped = convert(item)
+                result.name = definition.name
+                if validate:
+                    await check_model(settings, "openai", definition.model)
+            except LoaclError as exc:
+                result.error = exc.message
+                continue
+            assistant_id = new_id()
+            await store.append(
+                assistants.assistant_stream(assistant_id),
+                assistants.create_assistant(assistant_id, owner, definition),
+                expected_version=NO_STREAM,
+                metadata=Metadata(actor="loacl:cli", causation_id=result.source_id),
+            )
+            result.assistant_id = assistant_id
+    return results
