@@ -51,7 +51,13 @@ def accounts(request: Request) -> Accounts:
 
 
 def base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
+    """Where mail links point: the public URL, else the address the server listens on. Never the
+    request's Host header: anyone may ask for a reset mail to anyone, naming any host."""
+    settings = request.app.state.settings
+    if settings.public_url:
+        return str(settings.public_url).rstrip("/")
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"http://{host}:{settings.port}"
 
 
 def bearer_token(request: Request) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -10,7 +11,7 @@ import structlog
 from email_validator import EmailNotValidError, validate_email
 
 from loacl.domain import accounts as domain
-from loacl.domain.errors import LoaclError
+from loacl.domain.errors import ConflictError, LoaclError
 from loacl.domain.events import Metadata
 from loacl.services.mail import Mailer, OutboxTransport
 from loacl.services.passwords import Passwords, check_password
@@ -28,6 +29,7 @@ from loacl.store.eventstore import NO_STREAM, Clock, EventStore
 log = structlog.get_logger(__name__)
 
 FAILURE_WINDOW = 15 * 60
+RETRIES = 3  # a use case re-decides this often when its stream moved on meanwhile
 
 
 def normalize_email(email: str, field: str = "email") -> str:
@@ -93,9 +95,13 @@ class Accounts:
         self.tokens = tokens
         self.mailer = mailer
         self.clock = clock
-        self.account_failures = RateLimiter(5, FAILURE_WINDOW)
-        self.ip_failures = RateLimiter(20, FAILURE_WINDOW)
-        self.mail_limit = RateLimiter(3, 60 * 60)
+        # The app's clock, so that the windows move with it (and with a test's).
+        def seconds() -> float:
+            return clock().timestamp()
+
+        self.account_failures = RateLimiter(5, FAILURE_WINDOW, seconds)
+        self.ip_failures = RateLimiter(20, FAILURE_WINDOW, seconds)
+        self.mail_limit = RateLimiter(3, 60 * 60, seconds)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -231,11 +237,15 @@ class Accounts:
         user_id = row[0]
         if self.passwords.needs_rehash(stored or ""):
             state, version = await self._load_user(user_id)
-            await self.store.append(
-                domain.user_stream(user_id),
-                domain.change_password(state, await self.passwords.hash(password), "rehash"),
-                expected_version=version, metadata=meta,
-            )
+            new_hash = await self.passwords.hash(password)
+            # A conflict: another login rehashed it meanwhile (or a reset changed it); the next
+            # login rehashes if it still needs it.
+            with contextlib.suppress(ConflictError):
+                await self.store.append(
+                    domain.user_stream(user_id),
+                    domain.change_password(state, new_hash, "rehash"),
+                    expected_version=version, metadata=meta,
+                )
         return await self._start_session(user_id, meta)
 
     async def _start_session(self, user_id: str, meta: Metadata) -> TokenPair:
@@ -258,16 +268,24 @@ class Accounts:
         )
         if not rows:
             raise LoaclError("invalid_refresh_token", "the refresh token is not valid")
-        state, version = await self._load_session(rows[0][0])
-        new_token = new_refresh_token()
-        expires = self.clock() + timedelta(days=self.settings.refresh_token_days)
-        events = domain.refresh_session(
-            state, presented, token_hash(new_token), expires, self.clock()
-        )
-        await self.store.append(
-            domain.session_stream(state.session_id), events,
-            expected_version=version, metadata=meta,
-        )
+        for attempt in range(1, RETRIES + 1):
+            state, version = await self._load_session(rows[0][0])
+            new_token = new_refresh_token()
+            expires = self.clock() + timedelta(days=self.settings.refresh_token_days)
+            events = domain.refresh_session(
+                state, presented, token_hash(new_token), expires, self.clock()
+            )
+            try:
+                await self.store.append(
+                    domain.session_stream(state.session_id), events,
+                    expected_version=version, metadata=meta,
+                )
+                break
+            except ConflictError:
+                # The session moved on meanwhile (the same token used twice at once, a logout):
+                # decide again on what it is now.
+                if attempt == RETRIES:
+                    raise
         if isinstance(events[0], domain.SessionRevoked):
             log.warning("auth.refresh_token_reused", session_id=state.session_id)
             raise LoaclError(
@@ -283,11 +301,18 @@ class Accounts:
         await self._revoke(principal.session_id, "logout", meta)
 
     async def _revoke(self, session_id: str, reason: str, meta: Metadata) -> None:
-        state, version = await self._load_session(session_id)
-        await self.store.append(
-            domain.session_stream(session_id), domain.revoke_session(state, reason),
-            expected_version=version, metadata=meta,
-        )
+        for attempt in range(1, RETRIES + 1):
+            state, version = await self._load_session(session_id)
+            try:
+                await self.store.append(
+                    domain.session_stream(session_id), domain.revoke_session(state, reason),
+                    expected_version=version, metadata=meta,
+                )
+                return
+            except ConflictError:
+                # Refreshed meanwhile: a logout or reset must still end the session.
+                if attempt == RETRIES:
+                    raise
 
     async def request_reset(self, email: str, client_ip: str, base_url: str) -> None:
         """Always succeeds from the caller's view: nobody learns whether an account exists."""

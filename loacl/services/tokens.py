@@ -62,7 +62,8 @@ class Tokens:
             "iss": ISSUER, "aud": audience, "sub": subject, "iat": now, "exp": now + lifetime,
             "jti": new_id(), **extra,
         }
-        return jwt.encode({"alg": self.algorithm}, claims, self._key)
+        # joserfc allows only its "recommended" algorithms unless told: HS384/HS512 need naming.
+        return jwt.encode({"alg": self.algorithm}, claims, self._key, algorithms=[self.algorithm])
 
     def _decode(self, token: str, audience: str, *essential: str) -> dict[str, Any]:
         try:
