@@ -150,6 +150,10 @@ class Settings(BaseModel):
         300.0, gt=0, le=86_400, description="A WebSocket with no frames from its visitor for this "
         "long (and no reply streaming) is closed."
     )
+    demo_widget: bool = Field(
+        True, description="Keep a demo assistant and widget for the home page (created at "
+        "start-up, embeddable from this server's own origin only)."
+    )
     max_upload_size: int = Field(
         5 * 1024 * 1024, ge=1, description="Largest file a visitor may upload, in bytes."
     )
