@@ -104,7 +104,7 @@ def _definition(request: Request, body: AssistantBody) -> AssistantDefinition:
 
 
 async def list_assistants(request: Request) -> Response:
-    owner = await current_owner(request)
+    owner = await current_owner(request, verified=True)
     after, limit = page(request)
     items, cursor = await assistants(request).list(owner.user_id, after, limit)
     return page_response(items, cursor)
@@ -120,7 +120,7 @@ async def create_assistant(request: Request) -> Response:
 
 
 async def get_assistant(request: Request) -> Response:
-    owner = await current_owner(request)
+    owner = await current_owner(request, verified=True)
     return with_etag(await assistants(request).get(owner.user_id, request.path_params["id"]))
 
 
@@ -154,7 +154,7 @@ def _widget_definition(body: WidgetBody) -> WidgetDefinition:
 
 
 async def list_widgets(request: Request) -> Response:
-    owner = await current_owner(request)
+    owner = await current_owner(request, verified=True)
     after, limit = page(request)
     items, cursor = await widgets(request).list(owner.user_id, after, limit)
     return page_response(items, cursor)
@@ -170,7 +170,7 @@ async def create_widget(request: Request) -> Response:
 
 
 async def get_widget(request: Request) -> Response:
-    owner = await current_owner(request)
+    owner = await current_owner(request, verified=True)
     return with_etag(await widgets(request).get(owner.user_id, request.path_params["id"]))
 
 
@@ -208,7 +208,7 @@ def public_base(request: Request) -> str:
 
 
 async def embed_code(request: Request) -> Response:
-    owner = await current_owner(request)
+    owner = await current_owner(request, verified=True)
     widget = await widgets(request).get(owner.user_id, request.path_params["id"])
     script_url = f"{public_base(request)}/widget.js"
     config = {

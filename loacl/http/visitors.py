@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from loacl.domain.errors import LoaclError
+from loacl.domain.origins import normalize_origin
 from loacl.http.common import metadata
 from loacl.http.errors import loacl_error
 from loacl.http.validation import parse_body
@@ -38,9 +39,20 @@ def widgets(request: Request) -> Widgets:
     return service
 
 
+def _echoable(origin: str) -> bool:
+    """Whether ``origin`` is a real origin (not ``null``, ``*`` or junk) that CORS may name."""
+    if "*" in origin:
+        return False
+    try:
+        normalize_origin(origin)
+    except LoaclError:
+        return False
+    return True
+
+
 def cors(response: Response, origin: str | None) -> Response:
     response.headers["Vary"] = "Origin"
-    if origin and origin != "null":
+    if origin and _echoable(origin):
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
     return response
@@ -79,6 +91,8 @@ async def config(request: Request) -> Response:
 
 @visitor_endpoint
 async def sessions(request: Request) -> Response:
+    # Refuse a foreign origin, or a gone widget, before saying anything about the body.
+    await widgets(request).public(request.path_params["id"], request.headers.get("origin"))
     body = await parse_body(request, SessionBody)
     session = await widgets(request).start_session(
         request.path_params["id"], request.headers.get("origin"),
