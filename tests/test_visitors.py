@@ -519,3 +519,13 @@ def test_visitor_flow_over_real_http(settings: Settings) -> None:
         refused = http.get(f"/api/v1/widgets/{widget_id}/config",
                            headers={"Origin": "https://example.org"})
         assert_problem(refused, 403, "origin_not_allowed")
+
+
+@pytest.mark.parametrize("path", ["embed-code", "rotate-secret", "conversations", ""])
+def test_no_preflight_for_owner_paths(site: Site, path: str) -> None:
+    """An embedding page may call the visitor endpoints, never the owner ones."""
+    response = site.client.options(
+        f"/api/v1/widgets/{site.widget_id}/{path}",
+        headers={"Origin": SHOP, "Access-Control-Request-Method": "POST"},
+    )
+    assert "access-control-allow-origin" not in response.headers

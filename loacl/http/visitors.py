@@ -123,5 +123,9 @@ async def preflight(request: Request) -> Response:
 routes = [
     Route("/api/v1/widgets/{id}/config", config, methods=["GET"]),
     Route("/api/v1/widgets/{id}/sessions", sessions, methods=["POST"]),
-    Route("/api/v1/widgets/{id}/{rest:path}", preflight, methods=["OPTIONS"]),
+    # Preflight only for the paths an embedding page calls; owner paths get none.
+    *(
+        Route(f"/api/v1/widgets/{{id}}/{path}", preflight, methods=["OPTIONS"])
+        for path in ("config", "sessions", "messages", "files", "files/{file_id}")
+    ),
 ]
