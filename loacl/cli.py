@@ -162,7 +162,7 @@ def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
         sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq"
         rows = conn.execute(sql, params).fetchall()
         if args.since is None and (args.stream or args.type):
-            rows = rows[-args.limit:]
+            rows = rows[max(0, len(rows) - args.limit):]  # -n 0 shows none, as without filters
         for row in rows:
             _print_event(row, args.json, sys.stdout)
         sys.stdout.flush()
@@ -183,8 +183,12 @@ def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     result = backup.backup(settings.database_path, Path(args.path))
-    print(f"backed up {result.events} events to {args.path} (audit {'ok' if result.ok else 'FAILED'})")
-    return 0 if result.ok else 1
+    if not result.ok:
+        print(f"backed up to {args.path}, but its audit FAILED at event {result.bad_seq}: "
+              f"{result.reason}")
+        return 1
+    print(f"backed up {result.events} events to {args.path} (audit ok)")
+    return 0
 
 
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:

@@ -23,6 +23,24 @@ class AuditResult:
 def verify(
     conn: sqlite3.Connection, *, progress: Progress | None = None, chunk: int = 10_000
 ) -> AuditResult:
+    # One read transaction: the chain and its head come from the same snapshot, so an append
+    # committed meanwhile by a running server is not mistaken for a removed tail.
+    own = not conn.in_transaction
+    if own:
+        conn.execute("BEGIN")
+    try:
+        return _verify(conn, progress, chunk)
+    finally:
+        if own and conn.in_transaction:
+            conn.execute("COMMIT")
+
+
+def _hash_at(conn: sqlite3.Connection, seq: int) -> str:
+    row = conn.execute("SELECT hash FROM events WHERE seq = ?", (seq,)).fetchone()
+    return str(row[0]) if row else codec.GENESIS_HASH
+
+
+def _verify(conn: sqlite3.Connection, progress: Progress | None, chunk: int) -> AuditResult:
     (total,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
     prev = codec.GENESIS_HASH
     expected_seq = 1
@@ -59,11 +77,23 @@ def verify(
         if progress:
             progress(expected_seq - 1, total)
     head = conn.execute("SELECT seq, hash FROM event_log_head WHERE id = 1").fetchone()
-    if head is not None and (head[0], head[1]) != (count, prev):
+    if head is None:
+        if count:
+            return AuditResult(False, count, prev, 1, "the log head record is missing")
+    elif head[0] > count:
         return AuditResult(
             False, count, prev, count + 1,
             f"the log ends at {count} but its head records event {head[0]}: events were removed",
         )
-    if head is None and count:
-        return AuditResult(False, count, prev, 1, "the log head record is missing")
+    elif head[0] < count:
+        return AuditResult(
+            False, head[0], _hash_at(conn, head[0]), head[0] + 1,
+            f"the log's head records event {head[0]} but the log goes on to {count}: "
+            "events were added outside the store",
+        )
+    elif head[1] != prev:
+        return AuditResult(
+            False, count - 1, _hash_at(conn, count - 1), count,
+            f"event {count} does not match the hash its head records: the log was rewritten",
+        )
     return AuditResult(True, count, prev)

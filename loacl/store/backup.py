@@ -55,12 +55,19 @@ def backup(db_path: Path, dest: Path) -> audit.AuditResult:
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".partial")
     partial.unlink(missing_ok=True)
-    source = connect(db_path, readonly=True)
+    # Not connect(): it asks for WAL, which a read-only connection cannot set on a file in
+    # rollback-journal mode (a backup made by this very function).
+    source = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    source.execute("PRAGMA busy_timeout=5000")
     target = sqlite3.connect(partial)
     try:
         source.backup(target, pages=-1)
         target.execute("PRAGMA journal_mode=DELETE")  # a backup is one self-contained file
         result = check(target)
+    except BaseException:
+        target.close()
+        partial.unlink(missing_ok=True)  # no half-made copy left beside the backups
+        raise
     finally:
         target.close()
         source.close()

@@ -97,6 +97,7 @@ def down(conn: sqlite3.Connection, to: int | None = None) -> list[Migration]:
     if target < 0:
         raise LoaclError("invalid_migration_target", "--to must be 0 or more")
     steps = [m for m in reversed(MIGRATIONS) if m.version > target and m.version in done]
+    # Check every step before reverting any: a refusal half-way would leave a partial downgrade.
     for m in steps:
         for table in m.guarded_tables:
             (count,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
@@ -106,6 +107,7 @@ def down(conn: sqlite3.Connection, to: int | None = None) -> list[Migration]:
                     f"migration {m.version:04d}_{m.name} would drop {table}, which holds "
                     f"{count} events; back the database up and remove the file instead",
                 )
+    for m in steps:
         _run(
             conn,
             f"BEGIN IMMEDIATE;\n{m.down}\n"
