@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import getpass
 import json
 import sqlite3
 import sys
@@ -197,6 +199,77 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _print_rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    if not rows:
+        print("(none)")
+        return
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in rows:
+        print("  ".join(str(row.get(c, "")).ljust(w) for c, w in zip(columns, widths,
+                                                                     strict=True)))
+
+
+def cmd_users(args: argparse.Namespace, settings: Settings) -> int:
+    from loacl import admin
+
+    if args.action == "list":
+        rows = asyncio.run(admin.list_users(settings))
+        _print_rows(rows, ["id", "email", "name", "email_verified", "created_at"], args.json)
+        return 0
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise LoaclError("validation_error", "the passwords differ")
+    user = asyncio.run(
+        admin.create_user(settings, args.email, password, name=args.name, verified=args.verified)
+    )
+    print(f"created {user['email']} ({user['id']})"
+          + (", e-mail verified" if user["email_verified"] else ""))
+    return 0
+
+
+def cmd_assistants(args: argparse.Namespace, settings: Settings) -> int:
+    from loacl import admin
+
+    if args.action == "list":
+        rows = asyncio.run(admin.list_assistants(settings, args.owner))
+        _print_rows(rows, ["id", "owner", "name", "provider", "model"], args.json)
+        return 0
+    results = asyncio.run(
+        admin.import_assistants(settings, Path(args.file), args.owner, validate=args.validate)
+    )
+    failed = 0
+    for result in results:
+        label = f"{result.source_id} {result.name!r}"
+        if result.error:
+            failed += 1
+            print(f"skipped {label}: {result.error}")
+            continue
+        print(f"imported {label} as {result.assistant_id}")
+        for dropped in result.dropped:
+            print(f"    not carried over: {dropped}")
+    print(f"{len(results) - failed} imported, {failed} skipped")
+    return 0 if failed == 0 else 1
+
+
+def cmd_widgets(args: argparse.Namespace, settings: Settings) -> int:
+    from loacl import admin
+
+    rows = asyncio.run(admin.list_widgets(settings, args.owner))
+    for row in rows:
+        row["allowed_origins"] = " ".join(row["allowed_origins"]) or "-"
+    _print_rows(rows, ["id", "owner", "name", "assistant_id", "enabled", "allowed_origins"],
+                args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loacl", description=__doc__)
     parser.add_argument("--version", action="version", version=f"loacl {__version__}")
@@ -243,6 +316,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--force", action="store_true", help="even while a server uses it")
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("users", help="create or list owner accounts")
+    us = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = us.add_parser("create", help="create an owner account")
+    c.add_argument("--email", required=True)
+    c.add_argument("--name")
+    c.add_argument("--verified", action="store_true", help="mark the e-mail address verified")
+    c.add_argument("--password-stdin", action="store_true",
+                   help="read the password from standard input instead of asking")
+    us.add_parser("list", help="list owner accounts").add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_users)
+
+    p = sub.add_parser("assistants", help="list assistants, or import them from OpenAI")
+    asub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = asub.add_parser("list", help="list assistants")
+    a.add_argument("--owner", help="only this owner's (e-mail address)")
+    a.add_argument("--json", action="store_true")
+    i = asub.add_parser(
+        "import", help="create assistants from a JSON export of OpenAI's Assistants API"
+    )
+    i.add_argument("file")
+    i.add_argument("--owner", required=True, help="e-mail address of the owner to give them to")
+    i.add_argument("--validate", action="store_true",
+                   help="check each model with OpenAI first (needs OPENAI_API_KEY)")
+    p.set_defaults(func=cmd_assistants)
+
+    p = sub.add_parser("widgets", help="list widgets")
+    wsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    w = wsub.add_parser("list", help="list widgets")
+    w.add_argument("--owner", help="only this owner's (e-mail address)")
+    w.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_widgets)
     return parser
 
 

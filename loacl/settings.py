@@ -32,6 +32,12 @@ ENV_NAMES = {
 }
 
 
+# Never echoed in error messages.
+SECRET_KEYS = frozenset(
+    {"jwt_secret_key", "openai_api_key", "chat_completions_api_key", "smtp_password"}
+)
+
+
 class SettingsError(Exception):
     """A setting is missing or malformed; the message names the key and what was expected."""
 
@@ -224,7 +230,8 @@ def load_settings(
         for error in exc.errors():
             key = str(error["loc"][0]) if error["loc"] else "?"
             where = sources.get(key, key)
-            problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
+            shown = "(hidden)" if key in SECRET_KEYS else repr(error.get("input"))
+            problems.append(f"{where}: {error['msg']} (got {shown})")
         raise SettingsError("invalid setting: " + "; ".join(problems)) from None
 
 

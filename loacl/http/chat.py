@@ -66,7 +66,8 @@ async def visitor_or_owner(request: Request) -> VisitorAccess | None:
     try:
         return await visitor(request, token)
     except LoaclError as exc:
-        if exc.code not in ("invalid_token", "token_expired", "origin_not_allowed"):
+        if exc.code not in ("invalid_token", "token_expired", "origin_not_allowed",
+                            "widget_not_found"):
             raise
         try:
             owner = await current_owner(request)
@@ -186,13 +187,17 @@ async def upload_file(request: Request) -> Response:
         form = await buffered.form(max_files=1, max_fields=10, max_part_size=limit + 1)
     except Exception as exc:
         raise LoaclError("validation_error", f"the upload is not valid multipart: {exc}") from None
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise LoaclError(
-            "validation_error", "file: required", errors=[{"field": "file", "message": "missing"}]
-        )
-    data = await upload.read(limit + 1)
-    await form.close()
+    # Closed on every path: a form with the wrong field still holds spooled temporary files.
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise LoaclError(
+                "validation_error", "file: required",
+                errors=[{"field": "file", "message": "missing"}],
+            )
+        data = await upload.read(limit + 1)
+    finally:
+        await form.close()
     if len(data) > limit:
         raise LoaclError("file_too_large", f"files may be at most {limit} bytes")
     stored = await files(request).upload(

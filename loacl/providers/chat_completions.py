@@ -62,6 +62,13 @@ class ChatCompletionsProvider:
                     for choice in chunk.choices:
                         if choice.delta.content:
                             yield choice.delta.content
+                        if choice.finish_reason in ("length", "content_filter"):
+                            # Cut short, as the Responses API's response.incomplete: the same
+                            # failure (text kept and marked) whichever provider answers.
+                            raise ProviderError(
+                                "provider_error",
+                                f"the AI provider stopped early ({choice.finish_reason})",
+                            )
                         if choice.finish_reason is not None:
                             finished = True
         except ProviderError:

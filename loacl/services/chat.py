@@ -88,33 +88,36 @@ class Run:
     text: str = ""
     status: str = "streaming"
     error: ProviderError | None = None
-    listeners: set[asyncio.Queue[tuple[int, str] | None]] = field(default_factory=set)
+    # Each listener's queue and its bound (0: none). The queues themselves are unbounded and
+    # the bound is checked by hand, so that the end marker always fits without dropping a
+    # delta: what a dropped listener holds is still a gapless prefix it can resume after.
+    listeners: dict[asyncio.Queue[tuple[int, str] | None], int] = field(default_factory=dict)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
     def listen(self, maxsize: int = 0) -> asyncio.Queue[tuple[int, str] | None]:
-        queue: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue(maxsize)
+        queue: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
         if self.finished.is_set():
             queue.put_nowait(None)
         else:
-            self.listeners.add(queue)
+            self.listeners[queue] = maxsize
         return queue
 
+    def unlisten(self, queue: asyncio.Queue[tuple[int, str] | None]) -> None:
+        self.listeners.pop(queue, None)
+
     def _emit(self, offset: int, delta: str) -> None:
-        for queue in list(self.listeners):
-            try:
-                queue.put_nowait((offset, delta))
-            except asyncio.QueueFull:
+        for queue, bound in list(self.listeners.items()):
+            if bound and queue.qsize() >= bound:
                 # A slow socket is dropped, not waited for; it can resume from its offset.
-                self.listeners.discard(queue)
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    queue.get_nowait()
+                del self.listeners[queue]
                 queue.put_nowait(None)
+            else:
+                queue.put_nowait((offset, delta))
 
     def _finish(self) -> None:
         self.finished.set()
-        for queue in list(self.listeners):
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(None)
+        for queue in self.listeners:
+            queue.put_nowait(None)
         self.listeners.clear()
 
 
@@ -131,6 +134,9 @@ class Chat:
         self._per_widget: dict[str, int] = {}
         self._visitor_limits: dict[int, RateLimiter] = {}
         self._watchers: dict[str, set[Watcher]] = {}
+        # One provider per name for the app's life: building an SDK client costs ~100 ms (its
+        # TLS context), far more than a reply's first token, and each kept a connection open.
+        self._providers: dict[str, Provider] = {}
 
     def watch(self, conversation_id: str, watcher: Watcher) -> Callable[[], None]:
         """Call ``watcher(run, message)`` whenever a reply starts in the conversation (another
@@ -232,7 +238,8 @@ class Chat:
 
     async def _replayed(
         self, access: VisitorAccess, client_message_id: str
-    ) -> tuple[dict[str, Any], str] | None:
+    ) -> tuple[dict[str, Any], Run | str] | None:
+        """The first message with this id, and its reply's run (while it streams) or id."""
         rows = await self.store.query(
             f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? "
             "AND client_message_id = ?",
@@ -243,6 +250,10 @@ class Chat:
         reply = await self.store.query(
             "SELECT message_id FROM messages WHERE reply_to = ?", (rows[0][0],)
         )
+        # Only this message's own run: the conversation's may be a later message's reply.
+        run = self.runs.get(access.conversation_id)
+        if run is not None and run.reply_to == rows[0][0]:
+            return message_json(rows[0]), run
         return message_json(rows[0]), reply[0][0]
 
     async def post(
@@ -269,7 +280,7 @@ class Chat:
         if client_message_id is not None:
             found = await self._replayed(access, client_message_id)
             if found is not None:
-                return found[0], self.runs.get(access.conversation_id) or found[1], False
+                return found[0], found[1], False
         assistant_id, assistant, per_minute = await self._assistant(access.widget_id)
         limiter = self._visitor_limits.setdefault(per_minute, RateLimiter(per_minute, 60))
         limiter.check(
@@ -281,6 +292,50 @@ class Chat:
                 "rate_limited", "this assistant is answering many visitors; try again shortly",
                 retry_after=2,
             )
+        if assistant.provider == "chat_completions" and file_ids:
+            await self._check_text_files(access.conversation_id, file_ids)
+        # Take the widget's slot before the awaits below: counted only once the reply started,
+        # a burst of visitors all passed the check above together.
+        self._per_widget[access.widget_id] = self._per_widget.get(access.widget_id, 0) + 1
+        try:
+            started = await self._start(
+                access, text, file_ids, client_message_id, meta, assistant_id, assistant
+            )
+        except BaseException:
+            self._per_widget[access.widget_id] -= 1
+            raise
+        if not isinstance(started, Run):  # an idempotent replay won the race
+            self._per_widget[access.widget_id] -= 1
+            return started[0], started[1], False
+        message = await self.message(started.reply_to)
+        for watcher in list(self._watchers.get(access.conversation_id, ())):
+            watcher(started, message)
+        return message, started, True
+
+    async def _check_text_files(self, conversation_id: str, file_ids: tuple[str, ...]) -> None:
+        """Refuse, before anything is written, files an OpenAI-compatible server cannot take:
+        once in the history, such a file would fail every later turn of the conversation."""
+        marks = ",".join("?" * len(file_ids))
+        rows = await self.store.query(
+            f"SELECT filename FROM files WHERE conversation_id = ? AND file_id IN ({marks}) "
+            "AND kind != 'txt'",
+            (conversation_id, *file_ids),
+        )
+        if rows:
+            raise LoaclError(
+                "unsupported_file_for_provider",
+                f"{rows[0][0]}: this assistant's server takes text files only (.txt)",
+                errors=[{"field": "file_ids", "message": "text files only"}],
+            )
+
+    async def _start(
+        self, access: VisitorAccess, text: str, file_ids: tuple[str, ...],
+        client_message_id: str | None, meta: Metadata, assistant_id: str,
+        assistant: AssistantDefinition,
+    ) -> Run | tuple[dict[str, Any], Run | str]:
+        """Append the message and the reply's start, and start streaming the reply, for which
+        the caller has taken the widget's slot (``_run`` gives it back); or, when a resend won
+        the race, the first message and its reply."""
         state, version = await self._load(access.conversation_id)
         message_id, reply_id = new_id(), new_id()
         events = domain.post_message(
@@ -309,19 +364,15 @@ class Chat:
         if first.message_id != message_id:  # an idempotent replay won the race
             found = await self._replayed(access, client_message_id or "")
             assert found is not None
-            return found[0], self.runs.get(access.conversation_id) or found[1], False
+            return found
         run = Run(access.conversation_id, reply_id, message_id)
         self.runs[access.conversation_id] = run
-        self._per_widget[access.widget_id] = self._per_widget.get(access.widget_id, 0) + 1
         task = asyncio.create_task(
             self._run(access.widget_id, run, assistant, meta), name=f"reply-{reply_id}"
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        message = await self.message(message_id)
-        for watcher in list(self._watchers.get(access.conversation_id, ())):
-            watcher(run, message)
-        return message, run, True
+        return run
 
     # -- streaming a reply -----------------------------------------------------------------
 
@@ -375,7 +426,7 @@ class Chat:
         end: domain.AssistantCompleted | domain.AssistantFailed | domain.AssistantInterrupted
         try:
             try:
-                provider = self.providers(self.settings, assistant.provider)
+                provider = self._provider(assistant.provider)
                 turns = await self._history(run.conversation_id)
                 async for delta in provider.stream(ReplyRequest(assistant, turns), result):
                     if not delta:
@@ -401,6 +452,9 @@ class Chat:
                 log.warning("chat.reply_failed", message_id=run.message_id, code=error.code,
                             error=error.message)
                 await flush()
+                # A file uploaded before the failure is at the provider all the same: recorded,
+                # the next turn reuses it instead of uploading it again.
+                await self._record_uploads(run.conversation_id, assistant.provider, result, meta)
                 run.error, run.status = error, "failed"
                 end = domain.AssistantFailed(
                     message_id=run.message_id, code=error.code, error=error.message,
@@ -427,6 +481,12 @@ class Chat:
                 del self.runs[run.conversation_id]
             self._per_widget[widget_id] -= 1
 
+    def _provider(self, name: str) -> Provider:
+        provider = self._providers.get(name)
+        if provider is None:
+            provider = self._providers[name] = self.providers(self.settings, name)
+        return provider
+
     async def _record_uploads(
         self, conversation_id: str, provider: str, result: ReplyResult, meta: Metadata
     ) -> None:
@@ -448,3 +508,10 @@ class Chat:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        # Close the SDK clients (their pooled connections belong to this event loop).
+        providers, self._providers = list(self._providers.values()), {}
+        for provider in providers:
+            client = getattr(provider, "client", None)
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.close()

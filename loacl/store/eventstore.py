@@ -423,8 +423,9 @@ class EventStore:
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
         if self._reader is None:
             raise LoaclError("store_closed", "the event store is not open")
-        async with self._reader.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        # One call on the reader's thread: a cursor left open between execute and fetchall
+        # keeps its read snapshot, and a query run meanwhile would miss the latest commit.
+        return list(await self._reader.execute_fetchall(sql, params))
 
     async def read_stream(self, stream: str, after_version: int = 0) -> list[RecordedEvent]:
         rows = await self._fetch(
