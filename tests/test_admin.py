@@ -100,3 +100,47 @@ async def test_missing_database(settings: Settings) -> None:
     with pytest.raises(LoaclError) as caught:
         await admin.list_users(settings)
     assert caught.value.code == "database_not_found"
+
+
+def _config(settings: Settings, tmp_path: Path) -> str:
+    config = tmp_path / "cli.toml"
+    config.write_text(
+        f'database_url = "{settings.database_url}"\ndata_dir = "{settings.data_dir}"\n'
+        "argon2_time_cost = 1\nargon2_memory_kib = 64\nargon2_parallelism = 1\n"
+    )
+    return str(config)
+
+
+def test_cli_users_assistants_widgets(
+    migrated: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    from loacl.cli import main
+
+    config = _config(migrated, tmp_path)
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long enough secret\n"))
+    assert main(["--config", config, "users", "create", "--email", "ops@example.com",
+                 "--verified", "--password-stdin"]) == 0
+    assert "created ops@example.com" in capsys.readouterr().out
+    assert main(["--config", config, "users", "list", "--json"]) == 0
+    [user] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert user["email"] == "ops@example.com" and user["email_verified"] is True
+
+    code = main(["--config", config, "assistants", "import", str(EXPORT),
+                 "--owner", "ops@example.com"])
+    out = capsys.readouterr().out
+    assert code == 1  # one of the three has no model
+    assert "2 imported, 1 skipped" in out
+    assert "not carried over: function tool 'lookup_price'" in out
+    assert main(["--config", config, "assistants", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "Support bot" in listing and "Sales helper" in listing
+    assert main(["--config", config, "widgets", "list"]) == 0
+    assert "(none)" in capsys.readouterr().out
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("password\n"))
+    assert main(["--config", config, "users", "create", "--email", "weak@example.com",
+                 "--password-stdin"]) == 1
+    assert "[validation_error]" in capsys.readouterr().err
