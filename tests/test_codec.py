@@ -36,6 +36,17 @@ from loacl.domain.assistants import (
     AssistantDeleted,
     AssistantUpdated,
 )
+from loacl.domain.conversations import (
+    AssistantCompleted,
+    AssistantDelta,
+    AssistantFailed,
+    AssistantInterrupted,
+    AssistantStarted,
+    FileSentToProvider,
+    FileUploaded,
+    MessagePosted,
+    Usage,
+)
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import EVENT_TYPES, Event, Metadata
 from loacl.domain.widgets import (
@@ -105,6 +116,30 @@ SAMPLES: dict[str, Event] = {
             conversation_id="cnv_5T", widget_id="wdg_3M", visitor_id="vis_8P",
             external_user_id="crm-42",
         ),
+        MessagePosted(
+            conversation_id="cnv_5T", message_id="msg_1", text="Où est mon colis ? 📦",
+            file_ids=("fil_9",), client_message_id="c-1",
+        ),
+        AssistantStarted(
+            conversation_id="cnv_5T", message_id="msg_2", reply_to="msg_1",
+            assistant_id="ast_7K", provider="openai", model="gpt-4o-mini",
+        ),
+        AssistantDelta(message_id="msg_2", offset=12, text="**Bonjour** — "),
+        AssistantCompleted(
+            message_id="msg_2", text="Votre colis arrive demain.",
+            usage=Usage(input_tokens=42, output_tokens=7), provider_request_id="resp_1",
+        ),
+        AssistantFailed(
+            message_id="msg_3", code="provider_unavailable",
+            error="the AI provider stopped answering", text="Votre co",
+        ),
+        AssistantInterrupted(message_id="msg_4", text="Partial"),
+        FileUploaded(
+            file_id="fil_9", conversation_id="cnv_5T", widget_id="wdg_3M", visitor_id="vis_8P",
+            filename="facture.pdf", kind="pdf", content_type="application/pdf", size=1234,
+            sha256="9f" * 32,
+        ),
+        FileSentToProvider(file_id="fil_9", provider="openai", provider_file_id="file-abc"),
     ]
 }
 
