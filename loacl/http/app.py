@@ -12,12 +12,13 @@ from starlette.middleware import Middleware
 
 from loacl import __version__
 from loacl.domain.errors import LoaclError
-from loacl.http import auth, chat, health, openapi, owners, stream, visitors
+from loacl.http import auth, chat, health, openapi, owners, static, stream, visitors
 from loacl.http.errors import EXCEPTION_HANDLERS
 from loacl.http.middleware import RequestIdMiddleware
 from loacl.services.accounts import Accounts
 from loacl.services.assistants import Assistants
 from loacl.services.chat import Chat
+from loacl.services.demo import Demo
 from loacl.services.files import Files
 from loacl.services.mail import Mailer
 from loacl.services.passwords import Passwords
@@ -75,6 +76,11 @@ def create_app(
             await store.open()
             try:
                 await recover(store)
+                if settings.demo_widget:
+                    try:
+                        await demo.ensure()
+                    except LoaclError as exc:  # the home page then goes without its demo
+                        log.warning("demo.unavailable", code=exc.code, error=exc.message)
                 log.info("loacl.started", version=__version__, database=str(store.path))
                 yield
             finally:
@@ -87,9 +93,9 @@ def create_app(
     app = Starlette(
         routes=[
             *health.routes, *openapi.routes, *auth.routes, *visitors.routes, *chat.routes,
-            *stream.routes, *owners.routes,
+            *stream.routes, *owners.routes, *static.routes,
         ],
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[Middleware(RequestIdMiddleware), Middleware(static.SameOriginMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
@@ -99,6 +105,7 @@ def create_app(
     app.state.accounts = Accounts(store, settings, passwords, tokens, mailer, clock)
     app.state.assistants = Assistants(store, settings)
     app.state.widgets = Widgets(store, tokens, server_key)
+    app.state.demo = demo = Demo(store, settings, app.state.assistants, app.state.widgets)
     app.state.chat = chat_service = Chat(store, settings)
     app.state.files = Files(store, settings)
     return app

@@ -1,0 +1,289 @@
+"""The embeddable widget script and the home page.
+
+- ``GET /widget.js``: the script sites embed; cached for five minutes and revalidated with its
+  ``ETag`` (``If-None-Match`` answers 304), gzipped when the client accepts it.
+- ``GET /widget/<version>.js`` (or ``/widget.js?v=<version>``): the same bytes, cacheable for
+  good (``immutable``); an old version redirects to ``/widget.js``.
+- ``GET /widget.json``: the version, both URLs and the Subresource Integrity hash.
+- ``GET /``: a short description, links to the API, and the live demo widget.
+
+The script lives in ``loacl/static/widget.js`` (built from ``widget/widget.js``, shipped by
+``pip install``); it is read once and kept with its gzipped form and hashes.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import gzip
+import hashlib
+import html
+import ipaddress
+import re
+from dataclasses import dataclass
+from importlib import resources
+from urllib.parse import urlsplit
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from loacl import __version__
+from loacl.domain.errors import LoaclError
+from loacl.domain.origins import normalize_origin
+from loacl.services.demo import Demo, public_origin
+
+log = structlog.get_logger(__name__)
+
+SHORT_CACHE = "public, max-age=300"
+FOREVER = "public, max-age=31536000, immutable"
+_OLD_VERSION = re.compile(r"^[0-9a-f]{8,64}\.js$")
+
+
+@dataclass(frozen=True)
+class Asset:
+    body: bytes
+    gzipped: bytes
+    etag: str
+    version: str
+    integrity: str
+    media_type: str
+
+
+def _read(name: str) -> bytes:
+    return (resources.files("loacl") / "static" / name).read_bytes()
+
+
+@functools.cache
+def asset(name: str, media_type: str) -> Asset:
+    body = _read(name)
+    digest = hashlib.sha256(body).hexdigest()
+    return Asset(
+        body=body,
+        gzipped=gzip.compress(body, compresslevel=9, mtime=0),
+        etag=f'"{digest[:32]}"',
+        version=digest[:16],
+        integrity="sha384-" + base64.b64encode(hashlib.sha384(body).digest()).decode(),
+        media_type=media_type,
+    )
+
+
+def widget_script() -> Asset:
+    return asset("widget.js", "text/javascript; charset=utf-8")
+
+
+def accepts_gzip(request: Request) -> bool:
+    for part in request.headers.get("accept-encoding", "").split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip().lower() in ("gzip", "*"):
+            quality = params.strip().replace(" ", "")
+            return not re.fullmatch(r"q=0(\.0{0,3})?", quality)
+    return False
+
+
+def not_modified(request: Request, etag: str) -> bool:
+    given = request.headers.get("if-none-match")
+    if given is None:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in given.split(",")}
+    return "*" in tags or etag in tags
+
+
+def serve_asset(request: Request, item: Asset, cache_control: str) -> Response:
+    headers = {
+        "ETag": item.etag,
+        "Cache-Control": cache_control,
+        "Vary": "Accept-Encoding",
+        "X-Content-Type-Options": "nosniff",
+        # Sites may load it with integrity=... crossorigin=anonymous, which needs CORS.
+        "Access-Control-Allow-Origin": "*",
+        "Cross-Origin-Resource-Policy": "cross-origin",
+    }
+    if not_modified(request, item.etag):
+        return Response(status_code=304, headers=headers)
+    body = item.body
+    if accepts_gzip(request):
+        body = item.gzipped
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, media_type=item.media_type, headers=headers)
+
+
+def public_base(request: Request) -> str:
+    configured = request.app.state.settings.public_url
+    return str(configured or request.base_url).rstrip("/")
+
+
+async def widget_js(request: Request) -> Response:
+    item = widget_script()
+    versioned = request.query_params.get("v") == item.version
+    return serve_asset(request, item, FOREVER if versioned else SHORT_CACHE)
+
+
+async def widget_versioned(request: Request) -> Response:
+    item = widget_script()
+    name = request.path_params["name"]
+    if name == f"{item.version}.js":
+        return serve_asset(request, item, FOREVER)
+    if _OLD_VERSION.match(name):
+        # A page pinned to an older build: give it the current one (its integrity, if any,
+        # will refuse it, which is what the site asked for).
+        return RedirectResponse("/widget.js", status_code=307,
+                                headers={"Cache-Control": "no-cache"})
+    raise LoaclError("not_found", "no such widget script version")
+
+
+async def widget_manifest(request: Request) -> Response:
+    item = widget_script()
+    base = public_base(request)
+    return JSONResponse(
+        {
+            "version": item.version,
+            "script_url": f"{base}/widget.js",
+            "versioned_url": f"{base}/widget/{item.version}.js",
+            "integrity": item.integrity,
+            "bytes": len(item.body),
+            "gzip_bytes": len(item.gzipped),
+        },
+        headers={"Cache-Control": "no-cache", "Access-Control-Allow-Origin": "*"},
+    )
+
+
+class SameOriginMiddleware:
+    """Give a same-origin request to the widget API the ``Origin`` browsers leave out.
+
+    Browsers send no ``Origin`` with a same-origin GET, so a widget embedded on LOACL's own
+    pages (the home page's demo) would be refused by the origin check. ``Sec-Fetch-Site`` is
+    set by the browser alone (pages cannot forge it): ``same-origin`` there means the page's
+    origin is this request's own scheme and host, which is what this adds. Other clients could
+    send any ``Origin`` anyway; the check guards browsers.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/api/v1/widgets/"):
+            headers = dict(scope["headers"])
+            host = headers.get(b"host")
+            if (b"origin" not in headers and host
+                    and headers.get(b"sec-fetch-site") == b"same-origin"):
+                scheme = "https" if scope.get("scheme") == "https" else "http"
+                origin = f"{scheme}://{host.decode('latin-1')}".encode("latin-1")
+                scope = {**scope, "headers": [*scope["headers"], (b"origin", origin)]}
+        await self.app(scope, receive, send)
+
+
+# -- the home page -----------------------------------------------------------------------------
+
+
+def own_origins(request: Request) -> list[str]:
+    """The origins this page is really served from, which the demo widget may allow.
+
+    ``public_url`` when set. Otherwise the page's ``Host``, but only when it names the address
+    and port the connection arrived on (``scope["server"]``, which a client cannot forge), or a
+    loopback name for a loopback address: a request with a made-up ``Host`` allows nothing.
+    """
+    public = public_origin(request.app.state.settings)
+    if public:
+        return [public]
+    server = request.scope.get("server")
+    host = request.headers.get("host", "")
+    if not server or server[1] is None or not host:
+        return []
+    address, port = str(server[0]), int(server[1])
+    scheme = request.url.scheme if request.url.scheme in ("http", "https") else "http"
+    try:
+        parts = urlsplit(f"//{host}")
+        name, given_port = parts.hostname or "", parts.port
+    except ValueError:
+        return []
+    if (given_port or (443 if scheme == "https" else 80)) != port:
+        return []
+    try:
+        loopback = ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        loopback = False
+    if name != address.lower() and not (loopback and name in ("localhost", "127.0.0.1")):
+        return []
+    try:
+        return [normalize_origin(f"{scheme}://{host}")]
+    except LoaclError:
+        return []
+
+
+@functools.cache
+def _page() -> tuple[str, str]:
+    """The page template and the CSP hash of its one inline style."""
+    text = _read("index.html").decode()
+    match = re.search(r"<style>(.*?)</style>", text, re.S)
+    style = match.group(1) if match else ""
+    digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+    return text, f"'sha256-{digest}'"
+
+
+async def home(request: Request) -> Response:
+    template, style_hash = _page()
+    item = widget_script()
+    base = public_base(request)
+    demo: Demo | None = getattr(request.app.state, "demo", None)
+    widget_id = demo.widget_id if demo is not None else None
+    live = False
+    if demo is not None and widget_id:
+        try:
+            live = await demo.allow(own_origins(request))
+        except LoaclError as exc:
+            log.warning("demo.origin_failed", code=exc.code, error=exc.message)
+    settings = request.app.state.settings
+    if live and widget_id:
+        embed = (
+            f'<script src="/widget/{item.version}.js" integrity="{item.integrity}" '
+            f'crossorigin="anonymous" data-widget-id="{html.escape(widget_id)}" async></script>'
+        )
+        provider = "OpenAI" if settings.openai_api_key else "the built-in demo provider"
+        demo_note = (
+            "The chat button in the corner is a live LOACL widget talking to this server; its "
+            f"answers come from {provider}."
+        )
+    elif not settings.demo_widget:
+        embed = ""
+        demo_note = "The live demo is turned off here (<code>LOACL_DEMO_WIDGET=false</code>)."
+    else:
+        embed = ""
+        demo_note = (
+            "The live demo appears when this page is opened at this server's own address "
+            "(set <code>LOACL_PUBLIC_URL</code> when LOACL runs behind a proxy)."
+        )
+    values = {
+        "version": html.escape(__version__),
+        "base": html.escape(base),
+        "demo_note": demo_note,
+        "embed": embed,
+        "integrity": item.integrity,
+        "script_version": item.version,
+    }
+    page = re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], template)
+    csp = (
+        "default-src 'none'; script-src 'self'; connect-src 'self'; "
+        f"style-src {style_hash}; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
+    return Response(
+        page,
+        media_type="text/html; charset=utf-8",
+        headers={
+            "Cache-Control": "no-cache",
+            "Content-Security-Policy": csp,
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+        },
+    )
+
+
+routes = [
+    Route("/", home, methods=["GET"]),
+    Route("/widget.js", widget_js, methods=["GET"]),
+    Route("/widget.json", widget_manifest, methods=["GET"]),
+    Route("/widget/{name}", widget_versioned, methods=["GET"]),
+]
