@@ -1023,6 +1023,12 @@ def test_embed_code(world: World) -> None:
     assert config == {"widgetId": widget["id"], "position": "bottom-left", "theme": "dark"}
     assert src == body["script_url"] == "http://testserver/widget.js"
     assert body["widget_id"] == widget["id"]
+    manifest = world.client.get("/widget.json").json()
+    assert body["versioned_script_url"] == manifest["versioned_url"]
+    assert body["integrity"] == manifest["integrity"]
+    pinned = world.client.get(body["versioned_script_url"])
+    assert pinned.status_code == 200
+    assert "immutable" in pinned.headers["cache-control"]
     assert events(world.settings, before) == []
 
 

@@ -164,7 +164,7 @@ def test_config_answers_allowed_origins_only(
         assert body["widget_id"] == site.widget_id
         assert body["settings"]["theme"] == "auto"
         assert body["require_identity"] is False
-        assert body["limits"] == {"messages_per_minute": 10}
+        assert body["limits"] == {"messages_per_minute": 10, "max_message_chars": 4000}
         assert body["uploads"]["max_size"] == site.settings.max_upload_size
         assert site.secret not in response.text
         assert "ETag" in response.headers["access-control-expose-headers"]

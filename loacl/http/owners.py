@@ -17,6 +17,7 @@ from loacl.domain.origins import normalize_origin
 from loacl.domain.widgets import WidgetDefinition, WidgetSettings
 from loacl.http.auth import current_owner
 from loacl.http.common import if_match, metadata, page, page_response, with_etag
+from loacl.http.static import widget_script
 from loacl.http.validation import parse_body
 from loacl.services.assistants import Assistants
 from loacl.services.widgets import Widgets
@@ -224,7 +225,15 @@ async def embed_code(request: Request) -> Response:
         "</script>\n"
         f'<script src="{html.escape(script_url)}" async></script>\n'
     )
-    return JSONResponse({"html": snippet, "script_url": script_url, "widget_id": widget["id"]})
+    item = widget_script()
+    return JSONResponse({
+        "html": snippet,
+        "script_url": script_url,
+        "widget_id": widget["id"],
+        # To pin one build: <script src=versioned_script_url integrity=... crossorigin=anonymous>
+        "versioned_script_url": f"{public_base(request)}/widget/{item.version}.js",
+        "integrity": item.integrity,
+    })
 
 
 routes = [

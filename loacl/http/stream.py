@@ -7,7 +7,12 @@ token may instead come in the first frame, ``{"type": "auth", "token": ...}``.
 
 Client frames: ``message`` {text, file_ids?, client_message_id?}, ``resume`` {message_id,
 offset}, ``pong``. Server frames: ``ready``, ``ack``, ``started``, ``delta`` {message_id, offset,
-text}, ``done`` {message_id, status, usage}, ``error`` {code, text}, ``ping``.
+text}, ``done`` {message_id, status, usage, length}, ``error`` {code, text}, ``ping``.
+
+A socket that connects while a reply streams gets ``started`` at once and the reply's text from
+the start, unless its first frame (sent within ``RESUME_GRACE`` seconds) is a ``resume`` of that
+reply: a reconnecting client gets only what it missed. ``done`` carries the final text's length:
+after a crash the saved text may be shorter than what was streamed, and the client trims to it.
 
 Close codes: 4401 bad or missing token frame, 4408 idle, 4008 too slow to keep up (resume from
 the last offset), 1009 frame too big, 1001 server going away.
@@ -34,9 +39,13 @@ from loacl.services.widgets import Widgets
 log = structlog.get_logger(__name__)
 
 AUTH_TIMEOUT = 10.0
+RESUME_GRACE = 1.0
+FLUSH_SECONDS = 1.0  # to send what is queued when a socket closes
+CLOSE_SECONDS = 10.0  # to get the close frame out to a client that has stopped reading
 OUTBOX_FRAMES = 2000
 RUN_QUEUE = 1000
 MAX_TEXT_FRAME = 256 * 1024
+DELTA_CHARS = 16 * 1024  # the most text in one caught-up delta (clients limit frame sizes)
 
 
 class Closing(Exception):
@@ -56,8 +65,16 @@ class Connection:
         self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_FRAMES)
         self.followers: dict[str, asyncio.Task[None]] = {}
         self.closing: Closing | None = None
+        self.closed = asyncio.Event()
+        # A reply that was streaming when this socket connected, not followed yet: the first
+        # frame may resume it from an offset instead.
+        self.pending: Run | None = None
 
     def send(self, frame: dict[str, Any]) -> None:
+        if self.closing is not None:
+            # Nothing after a dropped frame may go out: the client resumes after the last
+            # offset it got, so what it got must have no gap.
+            return
         try:
             self.outbox.put_nowait(frame)
         except asyncio.QueueFull:
@@ -66,8 +83,24 @@ class Connection:
     def close(self, code: int, reason: str) -> None:
         if self.closing is None:
             self.closing = Closing(code, reason)
+            self.closed.set()
             with contextlib.suppress(asyncio.QueueFull):
                 self.outbox.put_nowait(None)
+
+    def send_text(self, message_id: str, offset: int, text: str) -> None:
+        """Text caught up from memory or the log, as deltas of a size any client takes."""
+        for at in range(0, len(text), DELTA_CHARS):
+            self.send({"type": "delta", "message_id": message_id, "offset": offset + at,
+                       "text": text[at:at + DELTA_CHARS]})
+
+    def end_grace(self, frame: dict[str, Any] | None) -> None:
+        """The first frame arrived (or none did in time): follow the pending reply from the
+        start, unless the frame resumes it."""
+        run, self.pending = self.pending, None
+        if run is None or (frame is not None and frame.get("type") == "resume"
+                            and frame.get("message_id") == run.message_id):
+            return
+        self.follow(run)
 
     # -- following replies -----------------------------------------------------------------
 
@@ -85,9 +118,15 @@ class Connection:
     async def _forward(
         self, run: Run, queue: asyncio.Queue[tuple[int, str] | None], offset: int, snapshot: str
     ) -> None:
-        if snapshot:
-            self.send({"type": "delta", "message_id": run.message_id, "offset": offset,
-                       "text": snapshot})
+        try:
+            await self._forward_all(run, queue, offset, snapshot)
+        finally:
+            run.unlisten(queue)  # a socket that went away stops collecting deltas
+
+    async def _forward_all(
+        self, run: Run, queue: asyncio.Queue[tuple[int, str] | None], offset: int, snapshot: str
+    ) -> None:
+        self.send_text(run.message_id, offset, snapshot)
         sent_to = offset + len(snapshot)
         while True:
             item = await queue.get()
@@ -96,6 +135,9 @@ class Connection:
             at, text = item
             if at + len(text) <= sent_to:
                 continue
+            if at > sent_to:  # cannot happen while the run keeps order; never send a gap
+                self.close(4008, "too slow to keep up; reconnect and resume")
+                return
             if at < sent_to:  # overlaps the snapshot: send only the new part
                 text, at = text[sent_to - at:], sent_to
             self.send({"type": "delta", "message_id": run.message_id, "offset": at,
@@ -104,16 +146,15 @@ class Connection:
         if not run.finished.is_set():
             self.close(4008, "too slow to keep up; reconnect and resume")
             return
-        if len(run.text) > sent_to:
-            self.send({"type": "delta", "message_id": run.message_id, "offset": sent_to,
-                       "text": run.text[sent_to:]})
+        self.send_text(run.message_id, sent_to, run.text[sent_to:])
         await self._send_end(run.message_id)
         self.followers.pop(run.message_id, None)
 
     async def _send_end(self, message_id: str) -> None:
         message = await self.chat.message(message_id)
         frame: dict[str, Any] = {"type": "done", "message_id": message_id,
-                                 "status": message["status"], "usage": message.get("usage")}
+                                 "status": message["status"], "usage": message.get("usage"),
+                                 "length": len(message["text"])}
         if message["status"] != "completed":
             self.send({"type": "error", "code": message["error_code"] or "provider_error",
                        "message_id": message_id,
@@ -200,9 +241,7 @@ class Connection:
             if run is not None and run.message_id == message_id:
                 self.follow(run, offset)
                 return
-        if len(message["text"]) > offset:
-            self.send({"type": "delta", "message_id": message_id, "offset": offset,
-                       "text": message["text"][offset:]})
+        self.send_text(message_id, offset, message["text"][offset:])
         await self._send_end(message_id)
 
 
@@ -250,7 +289,9 @@ async def stream(websocket: WebSocket) -> None:
             first = await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT)
             frame = json.loads(first)
             access = await _authenticate(websocket, str(frame.get("token", "")))
-        except (TimeoutError, ValueError, AttributeError, LoaclError, WebSocketDisconnect):
+        except (TimeoutError, ValueError, AttributeError, KeyError, LoaclError,
+                WebSocketDisconnect):
+            # KeyError: a binary frame has no text.
             with contextlib.suppress(RuntimeError, WebSocketDisconnect):
                 await websocket.close(4401, "send {\"type\": \"auth\", \"token\": ...} first")
             return
@@ -267,10 +308,12 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
     if run is not None:  # a reply is streaming in another tab: show it here too
         conn.send({"type": "started", "message": await chat.message(run.reply_to),
                    "reply_id": run.message_id})
-        conn.follow(run)
+        conn.pending = run
 
     async def writer() -> None:
         while True:
+            if conn.closing is not None and conn.outbox.empty():
+                return  # closing, and all that was queued is sent
             frame = await conn.outbox.get()
             if frame is None:
                 return
@@ -283,14 +326,21 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
 
     async def reader() -> None:
         while True:
+            wait = settings.ws_idle_seconds
+            if conn.pending is not None:
+                wait = min(wait, RESUME_GRACE)
             try:
-                raw = await asyncio.wait_for(websocket.receive_text(), settings.ws_idle_seconds)
+                raw = await asyncio.wait_for(websocket.receive_text(), wait)
             except TimeoutError:
+                if conn.pending is not None:
+                    conn.end_grace(None)
+                    continue
                 if chat.runs.get(access.conversation_id) is None:
                     conn.close(4408, "idle")
                     return
                 continue
             except KeyError:  # a binary frame
+                conn.end_grace(None)
                 conn.send({"type": "error", "code": "invalid_frame", "text": "send JSON text"})
                 continue
             if len(raw) > MAX_TEXT_FRAME:
@@ -299,17 +349,22 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
             try:
                 frame = json.loads(raw)
             except ValueError:
+                conn.end_grace(None)
                 conn.send({"type": "error", "code": "invalid_frame", "text": "not JSON"})
                 continue
             if not isinstance(frame, dict):
+                conn.end_grace(None)
                 conn.send({"type": "error", "code": "invalid_frame",
                            "text": "a frame is a JSON object"})
                 continue
+            conn.end_grace(frame)
             await conn.handle(frame)
 
-    tasks = [asyncio.create_task(t()) for t in (writer, reader, pinger)]
+    write = asyncio.create_task(writer())
+    others = [asyncio.create_task(reader()), asyncio.create_task(pinger()),
+              asyncio.create_task(conn.closed.wait())]
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait([write, *others], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             error = task.exception()
             if error is not None and not isinstance(error, WebSocketDisconnect):
@@ -317,23 +372,23 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
                 conn.close(1011, "server error")
     finally:
         unwatch()
-        for task in [*tasks, *conn.followers.values()]:
+        for task in [*others, *conn.followers.values()]:
             task.cancel()
-        await asyncio.gather(*tasks, *conn.followers.values(), return_exceptions=True)
+        await asyncio.gather(*others, *conn.followers.values(), return_exceptions=True)
+        # The writer sends what is queued, then stops (briefly: the client may be the slow
+        # one). Stopping it mid-frame is safe: nothing queued after that frame goes out.
+        conn.close(1000, "bye")
+        await asyncio.wait([write], timeout=FLUSH_SECONDS)
+        write.cancel()
+        await asyncio.gather(write, return_exceptions=True)
         if websocket.application_state == WebSocketState.CONNECTED and (
             websocket.client_state == WebSocketState.CONNECTED
         ):
-            # Flush what is queued (briefly: the client may be the slow one), then say why.
-            async def flush() -> None:
-                while not conn.outbox.empty():
-                    frame = conn.outbox.get_nowait()
-                    if frame is not None:
-                        await websocket.send_text(json.dumps(frame, ensure_ascii=False))
-
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(flush(), 1.0)
             closing = conn.closing or Closing(1000, "bye")
+            # Bounded too: a client that stopped reading takes the close frame only when it
+            # reads again; after that the transport is closed without one.
             with contextlib.suppress(Exception):
-                await websocket.close(closing.code, closing.reason)
+                await asyncio.wait_for(websocket.close(closing.code, closing.reason),
+                                       CLOSE_SECONDS)
 
 routes = [WebSocketRoute("/api/v1/widgets/{id}/stream", stream)]

@@ -84,7 +84,7 @@ async def config(request: Request) -> Response:
             "max_size": settings.max_upload_size,
             "allowed_types": settings.allowed_file_types,
         },
-        "limits": widget["limits"],
+        "limits": {**widget["limits"], "max_message_chars": settings.max_message_chars},
     }
     return JSONResponse(body, headers={"Cache-Control": "no-cache"})
 
