@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from loacl.settings import Settings
+from loacl.cli import main
+from loacl.settings import CONFIG_ENV, ENV_NAMES, Settings
 from loacl.store import migrations
 from loacl.store.eventstore import EventStore
 from loacl.store.projections import default_projections
@@ -48,3 +49,25 @@ def chdir_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     """Run in an empty folder, so no loacl.toml of the checkout is picked up."""
     monkeypatch.chdir(tmp_path)
     yield tmp_path
+
+
+RunCli = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def run_cli(
+    chdir_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> RunCli:
+    """``run_cli(db, *args)``: the CLI in this process against the database file ``db``, with
+    no setting from the environment; returns the exit code, stdout and stderr."""
+    for name in [CONFIG_ENV, *ENV_NAMES.values()]:
+        monkeypatch.delenv(name, raising=False)
+
+    def run(db: Path, *args: str) -> tuple[int, str, str]:
+        monkeypatch.setenv("DATABASE_URL", f"sqlite:///{db}")
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -1,20 +1,20 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
-from loacl.cli import main
 from loacl.domain import accounts
-from loacl.settings import CONFIG_ENV, ENV_NAMES
 from loacl.store import audit, codec
 from loacl.store.eventstore import NO_STREAM, EventStore
 from loacl.store.projections import default_projections
+from tests.conftest import RunCli
 
 Cli = Callable[..., tuple[int, str, str]]
 
@@ -22,21 +22,8 @@ EXPIRES = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
-def cli(
-    db_path: Path, chdir_tmp: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> Iterator[Cli]:
-    for name in [CONFIG_ENV, *ENV_NAMES.values()]:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{db_path}")
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
+def cli(db_path: Path, run_cli: RunCli) -> Cli:
+    return functools.partial(run_cli, db_path)
 
 
 async def _seed(path: Path) -> None:
@@ -273,10 +260,9 @@ def test_verify_small_chunks_and_progress(used_db: Path) -> None:
     assert seen == [(3, 8), (6, 8), (8, 8)]
 
 
-def test_verify_missing_database(tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_verify_missing_database(tmp_path: Path, run_cli: RunCli) -> None:
     missing = tmp_path / "nowhere" / "loacl.db"
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{missing}")
-    code, out, err = cli("audit", "verify")
+    code, out, err = run_cli(missing, "audit", "verify")
     assert code == 1
     assert out == ""
     assert "[database_not_found]" in err
@@ -284,13 +270,10 @@ def test_verify_missing_database(tmp_path: Path, cli: Cli, monkeypatch: pytest.M
     assert not missing.parent.exists()
 
 
-def test_verify_unmigrated_database(
-    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_verify_unmigrated_database(tmp_path: Path, run_cli: RunCli) -> None:
     empty = tmp_path / "empty.db"
     sqlite3.connect(empty).close()
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{empty}")
-    code, _, err = cli("audit", "verify")
+    code, _, err = run_cli(empty, "audit", "verify")
     assert code == 1
     assert "no such table: events" in err
     assert "Traceback" not in err

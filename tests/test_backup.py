@@ -3,42 +3,29 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from loacl.cli import main
 from loacl.domain import accounts
 from loacl.domain.errors import LoaclError
-from loacl.settings import CONFIG_ENV, ENV_NAMES
 from loacl.store import backup, migrations, replay
 from loacl.store.backup import ServeLock
 from loacl.store.eventstore import NO_STREAM, EventStore
 from loacl.store.projections import default_projections
 from loacl.store.sqlite import connect
+from tests.conftest import RunCli
 
 TABLES = default_projections().tables
 Cli = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture
-def cli(
-    chdir_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Iterator[Cli]:
+def cli(run_cli: RunCli) -> Cli:
     """``cli(db, *args)``: the CLI against the database file ``db``."""
-    for name in [CONFIG_ENV, *ENV_NAMES.values()]:
-        monkeypatch.delenv(name, raising=False)
-
-    def run(db: Path, *args: str) -> tuple[int, str, str]:
-        monkeypatch.setenv("DATABASE_URL", f"sqlite:///{db}")
-        capsys.readouterr()
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
+    return run_cli
 
 
 async def append_users(store: EventStore, first: int, count: int) -> None:

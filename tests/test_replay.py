@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -13,15 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loacl import cli as loacl_cli
-from loacl.cli import main
 from loacl.domain import accounts
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Event, RecordedEvent
-from loacl.settings import CONFIG_ENV, ENV_NAMES
 from loacl.store import audit, migrations, replay
 from loacl.store.eventstore import NO_STREAM, EventStore, read_all_sync
 from loacl.store.projections import Projections, default_projections
 from loacl.store.sqlite import connect
+from tests.conftest import RunCli
 
 TABLES = default_projections().tables
 EXPIRES = datetime(2030, 1, 1, tzinfo=UTC)
@@ -30,21 +30,8 @@ Cli = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture
-def cli(
-    db_path: Path, chdir_tmp: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> Iterator[Cli]:
-    for name in [CONFIG_ENV, *ENV_NAMES.values()]:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{db_path}")
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
+def cli(db_path: Path, run_cli: RunCli) -> Cli:
+    return functools.partial(run_cli, db_path)
 
 
 async def append_users(store: EventStore, first: int, count: int) -> None:
