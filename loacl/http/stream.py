@@ -15,7 +15,8 @@ reply: a reconnecting client gets only what it missed. ``done`` carries the fina
 after a crash the saved text may be shorter than what was streamed, and the client trims to it.
 
 Close codes: 4401 bad or missing token frame, 4408 idle, 4008 too slow to keep up (resume from
-the last offset), 1009 frame too big, 1001 server going away.
+the last offset), 1009 frame too big, 1012 the server is restarting (uvicorn's, on shutdown;
+the reply in flight is kept as interrupted).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import deque
 from typing import Any
 
 import structlog
@@ -55,6 +57,51 @@ class Closing(Exception):
         self.reason = reason
 
 
+class Outbox:
+    """A socket's frames waiting to go out, at most ``limit``. Consecutive deltas of one reply
+    leave as one frame: a socket that falls behind gets fewer, larger frames, not more work."""
+
+    def __init__(self, limit: int) -> None:
+        self.frames: deque[dict[str, Any]] = deque()
+        self.limit = limit
+        self.ready = asyncio.Event()
+        self.ended = False
+
+    def put(self, frame: dict[str, Any]) -> bool:
+        if len(self.frames) >= self.limit:
+            return False
+        self.frames.append(frame)
+        self.ready.set()
+        return True
+
+    def end(self) -> None:
+        """No more frames: ``get`` gives what is queued, then None."""
+        self.ended = True
+        self.ready.set()
+
+    async def get(self) -> dict[str, Any] | None:
+        while not self.frames:
+            if self.ended:
+                return None
+            self.ready.clear()
+            await self.ready.wait()
+        frame = self.frames.popleft()
+        if frame["type"] != "delta":
+            return frame
+        parts, end = [frame["text"]], frame["offset"] + len(frame["text"])
+        size = len(frame["text"])
+        while self.frames:
+            after = self.frames[0]
+            if (after["type"] != "delta" or after["message_id"] != frame["message_id"]
+                    or after["offset"] != end or size + len(after["text"]) > DELTA_CHARS):
+                break
+            self.frames.popleft()
+            parts.append(after["text"])
+            end += len(after["text"])
+            size += len(after["text"])
+        return frame if len(parts) == 1 else {**frame, "text": "".join(parts)}
+
+
 class Connection:
     def __init__(self, websocket: WebSocket, access: VisitorAccess) -> None:
         self.ws = websocket
@@ -62,7 +109,7 @@ class Connection:
         self.app = websocket.app
         self.chat: Chat = websocket.app.state.chat
         self.settings = websocket.app.state.settings
-        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_FRAMES)
+        self.outbox = Outbox(OUTBOX_FRAMES)
         self.followers: dict[str, asyncio.Task[None]] = {}
         self.closing: Closing | None = None
         self.closed = asyncio.Event()
@@ -75,20 +122,17 @@ class Connection:
             # Nothing after a dropped frame may go out: the client resumes after the last
             # offset it got, so what it got must have no gap.
             return
-        try:
-            self.outbox.put_nowait(frame)
-        except asyncio.QueueFull:
+        if not self.outbox.put(frame):
             self.close(4008, "too slow to keep up; reconnect and resume")
 
     def close(self, code: int, reason: str) -> None:
         if self.closing is None:
             self.closing = Closing(code, reason)
             self.closed.set()
-            with contextlib.suppress(asyncio.QueueFull):
-                self.outbox.put_nowait(None)
+            self.outbox.end()
 
     def send_text(self, message_id: str, offset: int, text: str) -> None:
-        """Text caught up from memory or the log, as deltas of a size any client takes."""
+        """``text`` from ``offset`` on, as deltas of a size any client takes."""
         for at in range(0, len(text), DELTA_CHARS):
             self.send({"type": "delta", "message_id": message_id, "offset": offset + at,
                        "text": text[at:at + DELTA_CHARS]})
@@ -128,21 +172,28 @@ class Connection:
     ) -> None:
         self.send_text(run.message_id, offset, snapshot)
         sent_to = offset + len(snapshot)
-        while True:
-            item = await queue.get()
-            if item is None:
-                break
-            at, text = item
-            if at + len(text) <= sent_to:
-                continue
-            if at > sent_to:  # cannot happen while the run keeps order; never send a gap
-                self.close(4008, "too slow to keep up; reconnect and resume")
-                return
-            if at < sent_to:  # overlaps the snapshot: send only the new part
-                text, at = text[sent_to - at:], sent_to
-            self.send({"type": "delta", "message_id": run.message_id, "offset": at,
-                       "text": text})
-            sent_to = at + len(text)
+        ended = False
+        while not ended:
+            # What has arrived since the last wake-up goes out as one delta.
+            items = [await queue.get()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            start, parts = sent_to, []
+            for item in items:
+                if item is None:
+                    ended = True
+                    break
+                at, text = item
+                if at + len(text) <= sent_to:
+                    continue
+                if at > sent_to:  # cannot happen while the run keeps order; never send a gap
+                    self.close(4008, "too slow to keep up; reconnect and resume")
+                    return
+                if at < sent_to:  # overlaps the snapshot: send only the new part
+                    text = text[sent_to - at:]
+                parts.append(text)
+                sent_to += len(text)
+            self.send_text(run.message_id, start, "".join(parts))
         if not run.finished.is_set():
             self.close(4008, "too slow to keep up; reconnect and resume")
             return
@@ -311,12 +362,7 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
         conn.pending = run
 
     async def writer() -> None:
-        while True:
-            if conn.closing is not None and conn.outbox.empty():
-                return  # closing, and all that was queued is sent
-            frame = await conn.outbox.get()
-            if frame is None:
-                return
+        while (frame := await conn.outbox.get()) is not None:
             await websocket.send_text(json.dumps(frame, ensure_ascii=False))
 
     async def pinger() -> None:
