@@ -61,6 +61,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         access_log=False,
         proxy_headers=True,
         ws="websockets-sansio",
+        # Replies go out as many small JSON frames: compressing each costs about a quarter of
+        # the server's CPU per token (scripts/bench/streaming.py) and saves little.
+        ws_per_message_deflate=False,
+        ws_max_size=1024 * 1024,
     )
     return 0
 

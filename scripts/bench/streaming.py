@@ -20,7 +20,7 @@ the SDK's lazy imports. All clocks are ``time.monotonic()`` (CLOCK_MONOTONIC: on
 every process). The exit status is 1 when a goal is missed.
 
     python scripts/bench/streaming.py [--rate 20] [--tokens 40] [--streams 100 500]
-        [--demo-streams 500] [--no-deflate]
+        [--demo-streams 500] [--deflate]
 """
 
 from __future__ import annotations
@@ -617,9 +617,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--demo-streams", type=int, nargs="*", default=[500],
                         help="concurrent streams from the demo provider in (3)")
     parser.add_argument("--flush-ms", type=int, default=50, help="LOACL's flush window")
-    parser.add_argument("--no-deflate", action="store_true",
-                        help="serve WebSockets without permessage-deflate (`loacl serve` "
-                        "offers it, as uvicorn does by default)")
+    parser.add_argument("--deflate", dest="no_deflate", action="store_false",
+                        help="offer permessage-deflate on WebSockets (`loacl serve` does not)")
     parser.add_argument("--role", choices=["provider", "loacl"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--provider-url", help=argparse.SUPPRESS)
@@ -640,7 +639,7 @@ async def bench(args: argparse.Namespace, folder: Path) -> int:
             data.mkdir()
             loacl = Child(["--role", "loacl", "--folder", str(data), "--provider-url",
                            provider.url, "--flush-ms", str(args.flush_ms), "--rate",
-                           str(args.rate), *(["--no-deflate"] if args.no_deflate else [])],
+                           str(args.rate), *([] if args.no_deflate else ["--deflate"])],
                           data / "server.log")
             try:
                 wait_ready(loacl.url)
