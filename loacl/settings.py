@@ -245,14 +245,19 @@ def jwt_secret(settings: Settings) -> str:
     except FileNotFoundError:
         pass
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(48)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first
-        return path.read_text().strip()
+    # Written whole to a private temporary file, then linked into place: a process starting at
+    # the same moment sees either no file or the complete key, never an empty one.
+    partial = path.with_name(f".jwt_secret.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(secret + "\n")
-    return secret
+        fh.write(secrets.token_urlsafe(48) + "\n")
+    try:
+        os.link(partial, path)
+    except FileExistsError:
+        pass  # another process made it first: use theirs
+    finally:
+        partial.unlink()
+    return path.read_text().strip()
 
 
 def settings_table() -> str:

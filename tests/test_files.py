@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import pytest
@@ -175,7 +175,9 @@ def test_each_allowed_type_is_stored_by_content(
     assert downloaded.status_code == 200
     assert downloaded.content == data
     assert downloaded.headers["content-type"] == content_type
-    assert downloaded.headers["content-disposition"] == f'attachment; filename="{name}"'
+    assert downloaded.headers["content-disposition"] == (
+        f"attachment; filename=\"{name}\"; filename*=UTF-8''{name}"
+    )
     assert downloaded.headers["x-content-type-options"] == "nosniff"
 
 
@@ -241,7 +243,27 @@ def test_a_path_in_the_name_is_dropped(world: World) -> None:
         f"/api/v1/widgets/{visitor.widget_id}/files/{uploaded.json()['id']}",
         headers=visitor.headers,
     )
-    assert downloaded.headers["content-disposition"] == 'attachment; filename="reportv2.txt"'
+    assert downloaded.headers["content-disposition"] == (
+        "attachment; filename=\"reportv2.txt\"; filename*=UTF-8''reportv2.txt"
+    )
+
+
+def test_a_name_in_any_script_downloads(world: World) -> None:
+    """Headers are Latin-1: the exact name travels percent-encoded (RFC 6266)."""
+    site = world.site
+    visitor = site.visitor(world.responses)
+    uploaded = upload(site, visitor, "отчёт «итог» 2026.txt", "данные".encode())
+    assert uploaded.status_code == 201, uploaded.text
+    downloaded = site.http.get(
+        f"/api/v1/widgets/{visitor.widget_id}/files/{uploaded.json()['id']}",
+        headers=visitor.headers,
+    )
+    assert downloaded.status_code == 200
+    assert downloaded.content == "данные".encode()
+    disposition = downloaded.headers["content-disposition"]
+    assert disposition.startswith('attachment; filename="')
+    encoded = disposition.split("filename*=UTF-8''", 1)[1]
+    assert unquote(encoded) == "отчёт «итог» 2026.txt"
 
 
 # -- malformed uploads -----------------------------------------------------------------------------
@@ -375,7 +397,9 @@ def test_only_the_uploader_and_the_widgets_owner_can_download(world: World) -> N
     assert get(uploader.headers).content == b"only mine"
     owner = get(site.owner)
     assert owner.status_code == 200 and owner.content == b"only mine"
-    assert owner.headers["content-disposition"] == 'attachment; filename="private.txt"'
+    assert owner.headers["content-disposition"] == (
+        "attachment; filename=\"private.txt\"; filename*=UTF-8''private.txt"
+    )
     assert owner.headers["x-content-type-options"] == "nosniff"
     refused = get(neighbour.headers)
     assert (refused.status_code, refused.json()["code"]) == (404, "not_found")

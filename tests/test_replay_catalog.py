@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loacl.domain import assistants as asst
 from loacl.domain import conversations as conv
 from loacl.domain import widgets as wdg
+from loacl.domain.errors import LoaclError
 from loacl.domain.events import Event
 from loacl.store import audit, migrations, replay
 from loacl.store.eventstore import NO_STREAM, EventStore
@@ -40,6 +43,16 @@ class World:
     def new(self, prefix: str) -> str:
         self.counter += 1
         return f"{prefix}{self.counter}"
+
+
+async def _refusable(append: Awaitable[object], code: str) -> bool:
+    """Run an append the read tables may veto with ``code``; whether it was written."""
+    try:
+        await append
+    except LoaclError as exc:
+        assert exc.code == code, exc
+        return False
+    return True
 
 
 async def _fold(store: EventStore, stream: str, evolve, state):  # type: ignore[no-untyped-def]
@@ -94,15 +107,21 @@ async def _step(store: EventStore, world: World, kind: str, a: int, b: int) -> N
             events = asst.update_assistant(state, state.owner_id, _definition(f"A{b}", b))
         else:
             events = asst.delete_assistant(state, state.owner_id)
-        await store.append(asst.assistant_stream(assistant_id), events, expected_version=version)
+        await _refusable(store.append(asst.assistant_stream(assistant_id), events,
+                                      expected_version=version), "assistant_in_use")
         return
     if kind == "widget":
         widget_id = world.new("w")
         world.widgets.append(widget_id)
         assistant_id = world.assistants[b % len(world.assistants)]
-        await store.append(wdg.widget_stream(widget_id),
-                           wdg.create_widget(widget_id, owner, _widget("W", assistant_id, b)),
-                           expected_version=NO_STREAM)
+        created = await _refusable(
+            store.append(wdg.widget_stream(widget_id),
+                         wdg.create_widget(widget_id, owner, _widget("W", assistant_id, b)),
+                         expected_version=NO_STREAM),
+            "unknown_assistant",
+        )
+        if not created:
+            world.widgets.remove(widget_id)
         return
     if kind in {"edit_widget", "rotate", "delete_widget"}:
         widget_id = world.widgets[a % len(world.widgets)]
@@ -113,13 +132,15 @@ async def _step(store: EventStore, world: World, kind: str, a: int, b: int) -> N
         assert state.definition is not None
         if kind == "edit_widget":
             events = wdg.update_widget(
-                state, state.owner_id, _widget(f"W{b}", state.definition.assistant_id, b)
+                state, state.owner_id,
+                _widget(f"W{b}", world.assistants[b % len(world.assistants)], b),
             )
         elif kind == "rotate":
             events = wdg.rotate_secret(state, state.owner_id)
         else:
             events = wdg.delete_widget(state, state.owner_id)
-        await store.append(wdg.widget_stream(widget_id), events, expected_version=version)
+        await _refusable(store.append(wdg.widget_stream(widget_id), events,
+                                      expected_version=version), "unknown_assistant")
         return
     if kind == "conversation":
         conversation_id = world.new("c")
@@ -211,3 +232,24 @@ def test_replay_equals_live_for_widgets_and_conversations(
             assert rebuilt[table] == live[table], table
         assert audit.verify(conn).ok
         conn.close()
+
+
+async def test_the_read_tables_keep_widgets_and_assistants_consistent(
+    store: EventStore,
+) -> None:
+    """The store, not only the service, refuses a deleted assistant under a widget: two owners'
+    requests racing past the service's check cannot leave a widget without its assistant."""
+    await store.append(asst.assistant_stream("a1"),
+                       asst.create_assistant("a1", "o", _definition("A", 1)), expected_version=0)
+    await store.append(wdg.widget_stream("w1"),
+                       wdg.create_widget("w1", "o", _widget("W", "a1", 1)), expected_version=0)
+    with pytest.raises(LoaclError) as in_use:
+        await store.append(asst.assistant_stream("a1"),
+                           [asst.AssistantDeleted(assistant_id="a1")], expected_version=1)
+    assert in_use.value.code == "assistant_in_use"
+    with pytest.raises(LoaclError) as unknown:
+        await store.append(wdg.widget_stream("w2"),
+                           wdg.create_widget("w2", "o", _widget("W", "nope", 1)),
+                           expected_version=0)
+    assert unknown.value.code == "unknown_assistant"
+    assert [e.type for e in await store.read_all()] == ["assistant.created", "widget.created"]

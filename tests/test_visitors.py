@@ -529,3 +529,33 @@ def test_no_preflight_for_owner_paths(site: Site, path: str) -> None:
         headers={"Origin": SHOP, "Access-Control-Request-Method": "POST"},
     )
     assert "access-control-allow-origin" not in response.headers
+
+
+def _messages(site: Site, token: str) -> Answer:
+    return site.client.get(
+        f"/api/v1/widgets/{site.widget_id}/messages",
+        headers={"Origin": SHOP, "Authorization": f"Bearer {token}"},
+    )
+
+
+def test_requiring_identity_ends_anonymous_tokens(site: Site) -> None:
+    anonymous = site.started(site.session())["visitor_token"]
+    assert _messages(site, anonymous).status_code == 200
+    site.edit(require_identity=True)
+    refused = _messages(site, anonymous)
+    assert refused.status_code == 401
+    assert refused.json()["code"] == "invalid_token"
+
+
+def test_rotating_the_secret_ends_signed_in_tokens(site: Site) -> None:
+    signed = site.started(site.session(user_id="u-7", user_hash=sign(site.secret, "u-7")))
+    assert _messages(site, signed["visitor_token"]).status_code == 200
+    rotated = site.client.post(f"/api/v1/widgets/{site.widget_id}/rotate-secret",
+                               headers=site.owner.headers)
+    assert rotated.status_code == 200, rotated.text
+    assert _messages(site, signed["visitor_token"]).status_code == 401
+    again = site.started(site.session(
+        user_id="u-7", user_hash=sign(rotated.json()["identity_secret"], "u-7")
+    ))
+    assert again["conversation_id"] == signed["conversation_id"]
+    assert _messages(site, again["visitor_token"]).status_code == 200

@@ -7,6 +7,7 @@ token, to read any conversation of their widgets.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
@@ -18,6 +19,7 @@ from starlette.types import Message
 from loacl.domain.errors import LoaclError
 from loacl.http.auth import bearer_token, current_owner
 from loacl.http.common import int_param, metadata, page, page_response
+from loacl.http.errors import STATUS, problem
 from loacl.http.validation import parse_body
 from loacl.http.visitors import visitor_endpoint
 from loacl.providers.base import ProviderError
@@ -26,8 +28,6 @@ from loacl.services.files import Files
 from loacl.services.widgets import Widgets
 
 MULTIPART_OVERHEAD = 64 * 1024
-ERROR_STATUS = {"provider_rate_limited": 429, "provider_unavailable": 503,
-                "provider_error": 502, "unsupported_file_for_provider": 422}
 
 
 class MessageBody(BaseModel):
@@ -55,9 +55,10 @@ def widgets(request: Request) -> Widgets:
 async def visitor(request: Request, token: str | None = None) -> VisitorAccess:
     """The visitor behind a visitor token, calling from an origin the widget allows."""
     widget_id = request.path_params["id"]
-    await widgets(request).public(widget_id, request.headers.get("origin"))
-    claims = widgets(request).read_visitor_token(token or bearer_token(request), widget_id)
-    return VisitorAccess(widget_id, str(claims["sub"]), str(claims["cid"]), claims.get("uid"))
+    visitor_id, conversation_id, user_id = await widgets(request).visitor_access(
+        widget_id, request.headers.get("origin"), token or bearer_token(request)
+    )
+    return VisitorAccess(widget_id, visitor_id, conversation_id, user_id)
 
 
 async def visitor_or_owner(request: Request) -> VisitorAccess | None:
@@ -110,12 +111,10 @@ async def list_messages(request: Request) -> Response:
 
 
 def _failure(error: ProviderError, body: dict[str, Any], request: Request) -> Response:
-    from loacl.http.errors import problem
-
     extra: dict[str, Any] = dict(body)
     if error.retry_after is not None:
         extra["retry_after"] = max(1, round(error.retry_after))
-    return problem(ERROR_STATUS.get(error.code, 502), error.code, error.message, request,
+    return problem(STATUS.get(error.code, 502), error.code, error.message, request,
                    **extra)
 
 
@@ -213,12 +212,16 @@ async def get_file(request: Request) -> Response:
         request.path_params["id"], request.path_params["file_id"],
         visitor_id=access.visitor_id if access else None,
     )
-    name = stored.meta["filename"].replace('"', "")
+    name = stored.meta["filename"]
+    # RFC 6266: an ASCII fallback for old clients, the exact name percent-encoded for the rest.
+    fallback = name.encode("ascii", "replace").decode().replace('"', "").replace("?", "_")
     return Response(
         stored.data,
         media_type=stored.meta["content_type"],
         headers={
-            "Content-Disposition": f'attachment; filename="{name}"',
+            "Content-Disposition": (
+                f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+            ),
             "X-Content-Type-Options": "nosniff",
             "Cache-Control": "private, no-store",
             "Content-Security-Policy": "default-src 'none'; sandbox",

@@ -35,7 +35,7 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
 from loacl.http.common import metadata
 from loacl.http.errors import STATUS, problem
-from loacl.services.chat import Chat, Run, VisitorAccess
+from loacl.services.chat import Chat, Run, VisitorAccess, reply_error_text
 from loacl.services.widgets import Widgets
 
 log = structlog.get_logger(__name__)
@@ -106,7 +106,6 @@ class Connection:
     def __init__(self, websocket: WebSocket, access: VisitorAccess) -> None:
         self.ws = websocket
         self.access = access
-        self.app = websocket.app
         self.chat: Chat = websocket.app.state.chat
         self.settings = websocket.app.state.settings
         self.outbox = Outbox(OUTBOX_FRAMES)
@@ -209,7 +208,7 @@ class Connection:
         if message["status"] != "completed":
             self.send({"type": "error", "code": message["error_code"] or "provider_error",
                        "message_id": message_id,
-                       "text": _reply_error_text(message["error_code"])})
+                       "text": reply_error_text(message["error_code"])})
         self.send(frame)
 
     def on_started(self, run: Run, message: dict[str, Any]) -> None:
@@ -296,12 +295,6 @@ class Connection:
         await self._send_end(message_id)
 
 
-def _reply_error_text(code: str | None) -> str:
-    return {
-        "provider_rate_limited": "The assistant is busy right now. Please try again shortly.",
-        "provider_unavailable": "The assistant could not be reached. Please try again.",
-        "interrupted": "The answer was interrupted. Please ask again.",
-    }.get(code or "", "The assistant could not answer. Please try again.")
 
 
 def metadata_for(websocket: WebSocket, access: VisitorAccess) -> Metadata:
@@ -320,8 +313,10 @@ async def _refuse(websocket: WebSocket, exc: LoaclError) -> None:
 async def _authenticate(websocket: WebSocket, token: str) -> VisitorAccess:
     widgets: Widgets = websocket.app.state.widgets
     widget_id = websocket.path_params["id"]
-    claims = widgets.read_visitor_token(token, widget_id)
-    return VisitorAccess(widget_id, str(claims["sub"]), str(claims["cid"]), claims.get("uid"))
+    visitor_id, conversation_id, user_id = await widgets.visitor_access(
+        widget_id, websocket.headers.get("origin"), token
+    )
+    return VisitorAccess(widget_id, visitor_id, conversation_id, user_id)
 
 
 async def stream(websocket: WebSocket) -> None:

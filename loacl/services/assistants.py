@@ -125,10 +125,3 @@ class Assistants:
             domain.assistant_stream(assistant_id), events,
             expected_version=version, metadata=meta,
         )
-
-    async def owned(self, owner_id: str, assistant_id: str) -> bool:
-        rows = await self.store.query(
-            "SELECT 1 FROM assistants WHERE assistant_id = ? AND owner_id = ?",
-            (assistant_id, owner_id),
-        )
-        return bool(rows)

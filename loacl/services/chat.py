@@ -121,6 +121,19 @@ class Run:
         self.listeners.clear()
 
 
+REPLY_ERRORS = {
+    "provider_rate_limited": "The assistant is busy right now; try again shortly.",
+    "provider_unavailable": "The assistant could not be reached; try again.",
+    "unsupported_file_for_provider": "This assistant cannot read that kind of file.",
+    "interrupted": "The answer was interrupted; ask again.",
+}
+
+
+def reply_error_text(code: str | None) -> str:
+    """What a visitor (and the event log) is told for a failed reply."""
+    return REPLY_ERRORS.get(code or "", "The assistant could not answer; try again.")
+
+
 class Chat:
     def __init__(
         self, store: EventStore, settings: Settings,
@@ -292,12 +305,12 @@ class Chat:
                 "rate_limited", "this assistant is answering many visitors; try again shortly",
                 retry_after=2,
             )
-        if assistant.provider == "chat_completions" and file_ids:
-            await self._check_text_files(access.conversation_id, file_ids)
-        # Take the widget's slot before the awaits below: counted only once the reply started,
-        # a burst of visitors all passed the check above together.
+        # Take the widget's slot before any await: counted only once the reply started, a
+        # burst of visitors all passed the check above together.
         self._per_widget[access.widget_id] = self._per_widget.get(access.widget_id, 0) + 1
         try:
+            if assistant.provider == "chat_completions" and file_ids:
+                await self._check_text_files(access.conversation_id, file_ids)
             started = await self._start(
                 access, text, file_ids, client_message_id, meta, assistant_id, assistant
             )
@@ -424,6 +437,9 @@ class Chat:
             last_flush = time.monotonic()
 
         end: domain.AssistantCompleted | domain.AssistantFailed | domain.AssistantInterrupted
+        # Until a handler below decides otherwise, a reply that ends is an interrupted one: a
+        # cancellation anywhere (even inside a handler) still writes its end event.
+        end = domain.AssistantInterrupted(message_id=run.message_id, text=run.text)
         try:
             try:
                 provider = self._provider(assistant.provider)
@@ -447,39 +463,47 @@ class Chat:
                 run.status = "completed"
             except (ProviderError, LoaclError) as exc:
                 error = exc if isinstance(exc, ProviderError) else ProviderError(
-                    "provider_error", exc.message
+                    exc.code if exc.code.startswith("provider_") else "provider_error",
+                    exc.message,
                 )
+                # The provider's own words stay in the server log: they may name accounts or
+                # keys. The visitor and the event log get the text for the code.
                 log.warning("chat.reply_failed", message_id=run.message_id, code=error.code,
                             error=error.message)
-                await flush()
-                # A file uploaded before the failure is at the provider all the same: recorded,
-                # the next turn reuses it instead of uploading it again.
-                await self._record_uploads(run.conversation_id, assistant.provider, result, meta)
+                error = ProviderError(error.code, reply_error_text(error.code),
+                                      error.retry_after)
                 run.error, run.status = error, "failed"
                 end = domain.AssistantFailed(
                     message_id=run.message_id, code=error.code, error=error.message,
                     text=run.text,
                 )
+                await flush()
+                # A file uploaded before the failure is at the provider all the same: recorded,
+                # the next turn reuses it instead of uploading it again.
+                await self._record_uploads(run.conversation_id, assistant.provider, result, meta)
             except asyncio.CancelledError:
                 # Shutting down mid-reply: keep what arrived, marked as interrupted.
                 run.status = "interrupted"
                 end = domain.AssistantInterrupted(message_id=run.message_id, text=run.text)
-                await self.store.append(stream, [end], metadata=meta)
                 raise
-            except Exception as exc:
+            except Exception:
                 log.exception("chat.reply_crashed", message_id=run.message_id)
-                run.error = ProviderError("provider_error", f"the reply failed: {exc!r}")
+                run.error = ProviderError("provider_error", reply_error_text("provider_error"))
                 run.status = "failed"
                 end = domain.AssistantFailed(
                     message_id=run.message_id, code="provider_error",
-                    error="the reply failed unexpectedly", text=run.text,
+                    error=reply_error_text("provider_error"), text=run.text,
                 )
-            await self.store.append(stream, [end], metadata=meta)
         finally:
-            run._finish()
-            if self.runs.get(run.conversation_id) is run:
-                del self.runs[run.conversation_id]
-            self._per_widget[widget_id] -= 1
+            try:
+                if isinstance(end, domain.AssistantInterrupted):
+                    end = domain.AssistantInterrupted(message_id=run.message_id, text=run.text)
+                await self.store.append(stream, [end], metadata=meta)
+            finally:
+                run._finish()
+                if self.runs.get(run.conversation_id) is run:
+                    del self.runs[run.conversation_id]
+                self._per_widget[widget_id] -= 1
 
     def _provider(self, name: str) -> Provider:
         provider = self._providers.get(name)

@@ -186,7 +186,9 @@ class Widgets:
                 expected.hexdigest(), user_hash.lower()
             ):
                 raise LoaclError("invalid_identity", "user_hash does not match user_id")
-            return await self._identified_session(widget_id, user_id, meta)
+            return await self._identified_session(
+                widget_id, user_id, widget["secret_generation"], meta
+            )
         if widget["require_identity"]:
             raise LoaclError(
                 "identity_required", "this widget only talks to signed-in users of its site"
@@ -213,7 +215,7 @@ class Widgets:
         return self._session_json(widget_id, visitor_id, conversation_id, None)
 
     async def _identified_session(
-        self, widget_id: str, user_id: str, meta: Metadata
+        self, widget_id: str, user_id: str, generation: int, meta: Metadata
     ) -> dict[str, Any]:
         rows = await self.store.query(
             "SELECT conversation_id, visitor_id FROM conversations "
@@ -221,7 +223,7 @@ class Widgets:
             (widget_id, user_id),
         )
         if rows:
-            return self._session_json(widget_id, rows[0][1], rows[0][0], user_id)
+            return self._session_json(widget_id, rows[0][1], rows[0][0], user_id, generation)
         visitor_id, conversation_id = new_id(), new_id()
         try:
             await self.store.append(
@@ -236,15 +238,17 @@ class Widgets:
             if exc.code != "conflict":
                 raise
             # Two devices of one user at the same moment: the other one made it first.
-            return await self._identified_session(widget_id, user_id, meta)
-        return self._session_json(widget_id, visitor_id, conversation_id, user_id)
+            return await self._identified_session(widget_id, user_id, generation, meta)
+        return self._session_json(widget_id, visitor_id, conversation_id, user_id, generation)
 
     def _session_json(
-        self, widget_id: str, visitor_id: str, conversation_id: str, user_id: str | None
+        self, widget_id: str, visitor_id: str, conversation_id: str, user_id: str | None,
+        generation: int | None = None,
     ) -> dict[str, Any]:
         lifetime = timedelta(days=VISITOR_TOKEN_DAYS)
         token = self.tokens.issue_link(
-            "visitor", visitor_id, lifetime, wid=widget_id, cid=conversation_id, uid=user_id
+            "visitor", visitor_id, lifetime, wid=widget_id, cid=conversation_id, uid=user_id,
+            gen=generation,
         )
         return {
             "visitor_token": token,
@@ -260,3 +264,20 @@ class Widgets:
         if claims["wid"] != widget_id:
             raise LoaclError("invalid_token", "this visitor token belongs to another widget")
         return claims
+
+    async def visitor_access(
+        self, widget_id: str, origin: str | None, token: str
+    ) -> tuple[str, str, str | None]:
+        """(visitor id, conversation id, user id) for a token, from an allowed origin, that the
+        widget still accepts: a widget that now requires identity refuses anonymous tokens,
+        and a rotated identity secret ends the signed-in users' tokens."""
+        widget = await self.public(widget_id, origin)
+        claims = self.read_visitor_token(token, widget_id)
+        user_id = claims.get("uid")
+        if user_id is None and widget["require_identity"]:
+            raise LoaclError(
+                "invalid_token", "this widget now talks to signed-in users only; start again"
+            )
+        if user_id is not None and claims.get("gen") != widget["secret_generation"]:
+            raise LoaclError("invalid_token", "the site's identity secret changed; start again")
+        return str(claims["sub"]), str(claims["cid"]), None if user_id is None else str(user_id)

@@ -72,15 +72,6 @@ def stream_version(conn: sqlite3.Connection, stream: str) -> int:
     return int(row[0]) if row else 0
 
 
-def read_stream_sync(
-    conn: sqlite3.Connection, stream: str, after_version: int = 0
-) -> list[RecordedEvent]:
-    rows = conn.execute(
-        f"{_SELECT} WHERE stream = ? AND version > ? ORDER BY version", (stream, after_version)
-    ).fetchall()
-    return [decode_row(r) for r in rows]
-
-
 def read_all_sync(
     conn: sqlite3.Connection, after: int = 0, limit: int | None = None
 ) -> list[RecordedEvent]:

@@ -31,9 +31,6 @@ class Projections:
             self._handlers.setdefault(event_type, []).extend(handlers)
         self.tables.extend(other.tables)
 
-    def handled_types(self) -> frozenset[str]:
-        return frozenset(self._handlers)
-
     def apply(self, conn: sqlite3.Connection, events: Iterable[RecordedEvent]) -> None:
         handlers = self._handlers
         for event in events:

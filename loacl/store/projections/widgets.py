@@ -7,6 +7,7 @@ import sqlite3
 import msgspec
 
 from loacl.domain.assistants import AssistantCreated, AssistantDeleted, AssistantUpdated
+from loacl.domain.errors import LoaclError
 from loacl.domain.events import RecordedEvent
 from loacl.domain.widgets import (
     ConversationStarted,
@@ -59,7 +60,26 @@ def assistant_updated(conn: sqlite3.Connection, recorded: RecordedEvent) -> None
 def assistant_deleted(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
     event = recorded.event
     assert isinstance(event, AssistantDeleted)
+    # Checked here, in the writer's transaction, and not only by the service: a widget saved
+    # at the same moment would otherwise be left pointing at a deleted assistant.
+    used = conn.execute(
+        "SELECT count(*) FROM widgets WHERE assistant_id = ?", (event.assistant_id,)
+    ).fetchone()[0]
+    if used:
+        raise LoaclError(
+            "assistant_in_use", f"{used} widget(s) use this assistant; point them elsewhere first"
+        )
     conn.execute("DELETE FROM assistants WHERE assistant_id = ?", (event.assistant_id,))
+
+
+def _assistant_exists(conn: sqlite3.Connection, assistant_id: str) -> None:
+    if conn.execute(
+        "SELECT 1 FROM assistants WHERE assistant_id = ?", (assistant_id,)
+    ).fetchone() is None:
+        raise LoaclError(
+            "unknown_assistant", f"no assistant {assistant_id!r}",
+            errors=[{"field": "assistant_id", "message": "unknown assistant"}],
+        )
 
 
 @projections.on(WidgetCreated)
@@ -68,6 +88,7 @@ def widget_created(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
     assert isinstance(event, WidgetCreated)
     at = format_time(recorded.recorded_at)
     d = event.definition
+    _assistant_exists(conn, d.assistant_id)
     conn.execute(
         "INSERT INTO widgets (widget_id, owner_id, name, assistant_id, enabled, definition, "
         "secret_generation, version, created_seq, created_at, updated_at) "
@@ -82,6 +103,7 @@ def widget_updated(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
     event = recorded.event
     assert isinstance(event, WidgetUpdated)
     d = event.definition
+    _assistant_exists(conn, d.assistant_id)
     conn.execute(
         "UPDATE widgets SET name = ?, assistant_id = ?, enabled = ?, definition = ?, "
         "version = ?, updated_at = ? WHERE widget_id = ?",
