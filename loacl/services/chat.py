@@ -243,11 +243,33 @@ class Chat:
         return rows[0][0], AssistantDefinition(**d), per_minute
 
     async def _load(self, conversation_id: str) -> tuple[domain.Conversation, int]:
-        state = domain.Conversation()
-        events = await self.store.read_stream(conversation_stream(conversation_id))
-        for recorded in events:
-            state = domain.evolve_conversation(state, recorded.event)
-        return state, len(events)
+        """What posting needs to decide, from the read tables and the stream's version.
+
+        Folding the stream would decode every delta of every earlier reply on each message;
+        the read tables are written in the same transaction as the events, and the stream
+        version guards the append against anything that changed since.
+        """
+        version = await self.store.stream_version(conversation_stream(conversation_id))
+        rows = await self.store.query(
+            "SELECT widget_id, visitor_id FROM conversations WHERE conversation_id = ?",
+            (conversation_id,),
+        )
+        if not rows:
+            return domain.Conversation(), version
+        running = await self.store.query(
+            "SELECT message_id, reply_to, text FROM messages WHERE conversation_id = ? "
+            "AND status = 'streaming' ORDER BY created_seq DESC LIMIT 1",
+            (conversation_id,),
+        )
+        files = await self.store.query(
+            "SELECT file_id FROM files WHERE conversation_id = ?", (conversation_id,)
+        )
+        return domain.Conversation(
+            conversation_id, rows[0][0], rows[0][1], True,
+            running=domain.Reply(running[0][0], running[0][1], running[0][2])
+            if running else None,
+            file_ids=frozenset(f for (f,) in files),
+        ), version
 
     async def _replayed(
         self, access: VisitorAccess, client_message_id: str

@@ -435,6 +435,13 @@ class EventStore:
         """Run a read-only query against the read tables."""
         return await self._fetch(sql, params)
 
+    async def stream_version(self, stream: str) -> int:
+        rows = await self._fetch(
+            "SELECT version FROM events WHERE stream = ? ORDER BY version DESC LIMIT 1",
+            (stream,),
+        )
+        return int(rows[0][0]) if rows else 0
+
     async def head(self) -> int:
         rows = await self._fetch("SELECT coalesce(max(seq), 0) FROM events", ())
         return int(rows[0][0])
