@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import httpx2
 import openai
 
 from loacl.providers.base import ProviderError
@@ -42,6 +43,11 @@ def translate(exc: Exception) -> ProviderError:
         return ProviderError(
             "provider_error", f"the AI provider refused the request: {exc.message}"
         )
+    # Raw transport errors: raised while LOACL reads a stream's body itself.
+    if isinstance(exc, httpx2.TimeoutException):
+        return ProviderError("provider_unavailable", "the AI provider stopped answering")
+    if isinstance(exc, httpx2.TransportError):
+        return ProviderError("provider_unavailable", "the AI provider's answer was cut short")
     if isinstance(exc, json.JSONDecodeError):
         return ProviderError("provider_error", "the AI provider sent a malformed stream")
     return ProviderError("provider_error", f"the AI provider failed: {type(exc).__name__}")
