@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from loacl.cli import main
+from loacl.openai_testserver import OpenAITestServer, running
 from loacl.settings import CONFIG_ENV, ENV_NAMES, Settings
 from loacl.store import migrations
 from loacl.store.eventstore import EventStore
@@ -71,3 +72,24 @@ def run_cli(
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="module")
+def openai_server() -> Iterator[tuple[OpenAITestServer, str]]:
+    """The project's OpenAI-compatible test server on a loopback port, one per test module
+    (starting one per test costs more than the tests), and its base URL."""
+    server = OpenAITestServer()
+    with running(server) as url:
+        yield server, url
+
+
+@pytest.fixture
+def server(openai_server: tuple[OpenAITestServer, str]) -> OpenAITestServer:
+    """The module's test server, with no scripted replies and no recorded requests."""
+    openai_server[0].reset()
+    return openai_server[0]
+
+
+@pytest.fixture
+def root(openai_server: tuple[OpenAITestServer, str], server: OpenAITestServer) -> str:
+    return openai_server[1]

@@ -37,7 +37,6 @@ from loacl.openai_testserver import (
     Incomplete,
     OpenAITestServer,
     Stall,
-    running,
     split_deltas,
 )
 from loacl.providers import provider_for
@@ -58,24 +57,6 @@ PIECES = split_deltas(REPLY)
 WAIT = 30.0  # bound on every wait for the server; no assertion depends on it
 
 # -- the world: a test server for the SDK, LOACL on uvicorn, an owner, widgets, visitors ----------
-
-
-@pytest.fixture(scope="module")
-def openai_server() -> Iterator[tuple[OpenAITestServer, str]]:
-    server = OpenAITestServer()
-    with running(server) as url:
-        yield server, url
-
-
-@pytest.fixture
-def server(openai_server: tuple[OpenAITestServer, str]) -> OpenAITestServer:
-    openai_server[0].reset()
-    return openai_server[0]
-
-
-@pytest.fixture
-def root(openai_server: tuple[OpenAITestServer, str], server: OpenAITestServer) -> str:
-    return openai_server[1]
 
 
 def chat_settings(tmp_path: Path, root: str | None, **overrides: Any) -> Settings:

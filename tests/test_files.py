@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 import pytest
 
-from loacl.openai_testserver import Cut, OpenAITestServer, running
+from loacl.openai_testserver import Cut, OpenAITestServer
 from loacl.services.files import sniff
 from tests.test_chat import (
     Site,
@@ -88,19 +88,6 @@ DISGUISES = [
     ("no-extension", "README", b"plain text without an extension"),
     ("other-extension", "page.html", b"<html><script>alert(1)</script></html>"),
 ]
-
-
-@pytest.fixture(scope="module")
-def openai_server() -> Iterator[tuple[OpenAITestServer, str]]:
-    server = OpenAITestServer()
-    with running(server) as url:
-        yield server, url
-
-
-@pytest.fixture
-def server(openai_server: tuple[OpenAITestServer, str]) -> OpenAITestServer:
-    openai_server[0].reset()
-    return openai_server[0]
 
 
 @dataclass

@@ -4,7 +4,7 @@ and how every fault the server can inject becomes the code a visitor is told."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -42,26 +42,6 @@ from loacl.settings import Settings
 REPLY = "Scripted replies arrive in many small pieces, and they join up again exactly."
 PIECES = split_deltas(REPLY)
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
-
-
-@pytest.fixture(scope="module")
-def serving() -> Iterator[tuple[OpenAITestServer, str]]:
-    # One server for the module (starting one per test costs more than the tests); each test
-    # starts from an empty script and request list.
-    server = OpenAITestServer()
-    with running(server) as url:
-        yield server, url
-
-
-@pytest.fixture
-def server(serving: tuple[OpenAITestServer, str]) -> OpenAITestServer:
-    serving[0].reset()
-    return serving[0]
-
-
-@pytest.fixture
-def root(serving: tuple[OpenAITestServer, str], server: OpenAITestServer) -> str:
-    return serving[1]
 
 
 def configured(tmp_path: Path, root: str, **overrides: Any) -> Settings:

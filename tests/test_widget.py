@@ -26,7 +26,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from loacl.http.app import create_app
-from loacl.openai_testserver import HttpError, OpenAITestServer, running
+from loacl.openai_testserver import HttpError, OpenAITestServer
 from loacl.settings import Settings
 from tests.live import serve
 
@@ -162,13 +162,6 @@ def host_site() -> Iterator[HostSite]:
     with serve(app) as url:
         site.url = url
         yield site
-
-
-@pytest.fixture(scope="module")
-def openai_server() -> Iterator[tuple[OpenAITestServer, str]]:
-    server = OpenAITestServer()
-    with running(server) as url:
-        yield server, url
 
 
 @pytest.fixture(scope="module")
