@@ -446,3 +446,22 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         main(["events", "show", "abc"])
     assert exited.value.code == 2
     assert "invalid int value" in capsys.readouterr().err
+
+
+def test_every_command_is_in_the_readme() -> None:
+    import argparse
+
+    from loacl.cli import build_parser
+
+    lines = (Path(__file__).resolve().parent.parent / "README.md").read_text().splitlines()
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        actions: list[str] = []
+        for action in parser._actions:
+            nested = isinstance(action, argparse._SubParsersAction)
+            if (nested or action.dest == "action") and action.choices:
+                actions += list(action.choices)
+        for verb in actions or [""]:
+            assert any(f"loacl {name}" in line and verb in line for line in lines), (
+                f"`loacl {name} {verb}` is not documented in README.md"
+            )
