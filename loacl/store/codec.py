@@ -21,6 +21,7 @@ UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type[Event], msgspec.json.Decoder[Any]] = {}
+_current: dict[tuple[str, int], Callable[[str | bytes], Any]] = {}
 _metadata_decoder = msgspec.json.Decoder(Metadata)
 _raw_decoder = msgspec.json.Decoder(dict[str, Any])
 
@@ -55,11 +56,16 @@ def event_class(event_type: str) -> type[Event]:
 
 
 def decode_payload(event_type: str, schema_version: int, raw: str | bytes) -> Event:
+    # Replay decodes every event: the current version of a known type takes one dict look-up.
+    fast = _current.get((event_type, schema_version))
+    if fast is not None:
+        return fast(raw)  # type: ignore[no-any-return]
     cls = event_class(event_type)
     if schema_version == cls.schema_version:
         decoder = _decoders.get(cls)
         if decoder is None:
             decoder = _decoders[cls] = msgspec.json.Decoder(cls)
+        _current[(event_type, schema_version)] = decoder.decode
         return decoder.decode(raw)  # type: ignore[no-any-return]
     if schema_version > cls.schema_version:
         raise LoaclError(

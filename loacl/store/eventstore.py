@@ -52,17 +52,15 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+_new_record = tuple.__new__  # positional, without NamedTuple's keyword handling: replay's hot path
+
+
 def decode_row(row: Sequence[Any]) -> RecordedEvent:
     seq, stream, version, type_, schema_version, payload, metadata, recorded_at, hash_ = row
-    return RecordedEvent(
-        seq=seq,
-        stream=stream,
-        version=version,
-        event=codec.decode_payload(type_, schema_version, payload),
-        metadata=codec.decode_metadata(metadata),
-        recorded_at=codec.parse_time(recorded_at),
-        hash=hash_,
-    )
+    return _new_record(RecordedEvent, (
+        seq, stream, version, codec.decode_payload(type_, schema_version, payload),
+        codec.decode_metadata(metadata), codec.parse_time(recorded_at), hash_,
+    ))
 
 
 def stream_version(conn: sqlite3.Connection, stream: str) -> int:
