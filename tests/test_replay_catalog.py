@@ -55,13 +55,6 @@ async def _refusable(append: Awaitable[object], code: str) -> bool:
     return True
 
 
-async def _fold(store: EventStore, stream: str, evolve, state):  # type: ignore[no-untyped-def]
-    events = await store.read_stream(stream)
-    for recorded in events:
-        state = evolve(state, recorded.event)
-    return state, len(events)
-
-
 def _definition(name: str, n: int) -> asst.AssistantDefinition:
     return asst.AssistantDefinition(
         name=name, provider=("openai", "chat_completions", "demo")[n % 3], model=f"model-{n}",
@@ -99,8 +92,9 @@ async def _step(store: EventStore, world: World, kind: str, a: int, b: int) -> N
         return
     if kind in {"edit_assistant", "delete_assistant"}:
         assistant_id = world.assistants[a % len(world.assistants)]
-        state, version = await _fold(store, asst.assistant_stream(assistant_id),
-                                     asst.evolve_assistant, asst.Assistant())
+        state, version = await store.load(
+            asst.assistant_stream(assistant_id), asst.Assistant(), asst.evolve_assistant
+        )
         if state.deleted:
             return
         if kind == "edit_assistant":
@@ -125,20 +119,21 @@ async def _step(store: EventStore, world: World, kind: str, a: int, b: int) -> N
         return
     if kind in {"edit_widget", "rotate", "delete_widget"}:
         widget_id = world.widgets[a % len(world.widgets)]
-        state, version = await _fold(store, wdg.widget_stream(widget_id), wdg.evolve_widget,
-                                     wdg.Widget())
-        if state.deleted:
+        widget, version = await store.load(
+            wdg.widget_stream(widget_id), wdg.Widget(), wdg.evolve_widget
+        )
+        if widget.deleted:
             return
-        assert state.definition is not None
+        assert widget.definition is not None
         if kind == "edit_widget":
             events = wdg.update_widget(
-                state, state.owner_id,
+                widget, widget.owner_id,
                 _widget(f"W{b}", world.assistants[b % len(world.assistants)], b),
             )
         elif kind == "rotate":
-            events = wdg.rotate_secret(state, state.owner_id)
+            events = wdg.rotate_secret(widget, widget.owner_id)
         else:
-            events = wdg.delete_widget(state, state.owner_id)
+            events = wdg.delete_widget(widget, widget.owner_id)
         await _refusable(store.append(wdg.widget_stream(widget_id), events,
                                       expected_version=version), "unknown_assistant")
         return
@@ -158,13 +153,13 @@ async def _step(store: EventStore, world: World, kind: str, a: int, b: int) -> N
         return
     conversation_id = world.conversations[a % len(world.conversations)]
     stream = wdg.conversation_stream(conversation_id)
-    state, version = await _fold(store, stream, conv.evolve_conversation, conv.Conversation())
+    talk, version = await store.load(stream, conv.Conversation(), conv.evolve_conversation)
     if kind == "upload":
         file_id = world.new("f")
         world.files[conversation_id].append(file_id)
         events = [conv.FileUploaded(
-            file_id=file_id, conversation_id=conversation_id, widget_id=state.widget_id,
-            visitor_id=state.visitor_id, filename=f"doc{b}.txt", kind="txt",
+            file_id=file_id, conversation_id=conversation_id, widget_id=talk.widget_id,
+            visitor_id=talk.visitor_id, filename=f"doc{b}.txt", kind="txt",
             content_type="text/plain; charset=utf-8", size=10 + b, sha256=f"{b:064x}",
         )]
     elif kind == "send_file":
@@ -174,22 +169,22 @@ async def _step(store: EventStore, world: World, kind: str, a: int, b: int) -> N
         events = [conv.FileSentToProvider(file_id=file_id, provider="openai",
                                           provider_file_id=f"file-{b}")]
     elif kind == "ask":
-        if state.running is not None:
+        if talk.running is not None:
             return
         events = conv.post_message(
-            state, message_id=world.new("m"), reply_id=world.new("r"),
+            talk, message_id=world.new("m"), reply_id=world.new("r"),
             text=TEXTS[b % len(TEXTS)] or "?", file_ids=tuple(world.files[conversation_id][:1]),
             client_message_id=f"c{b}" if b % 2 else None, assistant_id="a", provider="demo",
             model="demo",
         )
-    elif state.running is None:
+    elif talk.running is None:
         return
     elif kind == "stream":
         text = TEXTS[b % len(TEXTS)] or " "
-        events = [conv.AssistantDelta(message_id=state.running.message_id,
-                                      offset=len(state.running.text), text=text)]
+        events = [conv.AssistantDelta(message_id=talk.running.message_id,
+                                      offset=len(talk.running.text), text=text)]
     else:
-        running = state.running
+        running = talk.running
         end: list[Event] = [
             conv.AssistantCompleted(message_id=running.message_id, text=running.text,
                                     usage=conv.Usage(input_tokens=b, output_tokens=a)),

@@ -124,18 +124,14 @@ class Accounts:
         return user_json(row)
 
     async def _load_user(self, user_id: str) -> tuple[domain.User, int]:
-        state = domain.User()
-        events = await self.store.read_stream(domain.user_stream(user_id))
-        for recorded in events:
-            state = domain.evolve_user(state, recorded.event)
-        return state, len(events)
+        return await self.store.load(
+            domain.user_stream(user_id), domain.User(), domain.evolve_user
+        )
 
     async def _load_session(self, session_id: str) -> tuple[domain.Session, int]:
-        state = domain.Session()
-        events = await self.store.read_stream(domain.session_stream(session_id))
-        for recorded in events:
-            state = domain.evolve_session(state, recorded.event)
-        return state, len(events)
+        return await self.store.load(
+            domain.session_stream(session_id), domain.Session(), domain.evolve_session
+        )
 
     # -- mail -------------------------------------------------------------------------------
 

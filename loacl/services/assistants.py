@@ -42,11 +42,9 @@ class Assistants:
         self.settings = settings
 
     async def _load(self, assistant_id: str) -> tuple[domain.Assistant, int]:
-        state = domain.Assistant()
-        events = await self.store.read_stream(domain.assistant_stream(assistant_id))
-        for recorded in events:
-            state = domain.evolve_assistant(state, recorded.event)
-        return state, len(events)
+        return await self.store.load(
+            domain.assistant_stream(assistant_id), domain.Assistant(), domain.evolve_assistant
+        )
 
     async def get(self, owner_id: str, assistant_id: str) -> dict[str, Any]:
         rows = await self.store.query(

@@ -21,14 +21,11 @@ async def recover(store: EventStore) -> int:
     )
     for message_id, conversation_id in rows:
         stream = conversation_stream(conversation_id)
-        state = Conversation()
-        events = await store.read_stream(stream)
-        for recorded in events:
-            state = evolve_conversation(state, recorded.event)
+        state, version = await store.load(stream, Conversation(), evolve_conversation)
         text = state.running.text if state.running else ""
         await store.append(
             stream, [AssistantInterrupted(message_id=message_id, text=text)],
-            expected_version=len(events), metadata=Metadata(actor="loacl:recovery"),
+            expected_version=version, metadata=Metadata(actor="loacl:recovery"),
         )
         log.warning("recovery.reply_interrupted", message_id=message_id, chars=len(text))
     log.info("recovery.done", interrupted=len(rows), events=await store.head())

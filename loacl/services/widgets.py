@@ -54,11 +54,9 @@ class Widgets:
         return "whs_" + hmac.new(self._server_key, message, hashlib.sha256).hexdigest()
 
     async def _load(self, widget_id: str) -> tuple[domain.Widget, int]:
-        state = domain.Widget()
-        events = await self.store.read_stream(domain.widget_stream(widget_id))
-        for recorded in events:
-            state = domain.evolve_widget(state, recorded.event)
-        return state, len(events)
+        return await self.store.load(
+            domain.widget_stream(widget_id), domain.Widget(), domain.evolve_widget
+        )
 
     async def _row(self, widget_id: str) -> Any | None:
         rows = await self.store.query(

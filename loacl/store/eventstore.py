@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import structlog
@@ -31,6 +31,7 @@ from loacl.store.sqlite import PRAGMAS, connect
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
+S = TypeVar("S")
 
 NO_STREAM = 0  # expected_version for a stream that must not exist yet
 MAX_BATCH = 2000
@@ -422,6 +423,16 @@ class EventStore:
             (stream, after_version),
         )
         return [decode_row(r) for r in rows]
+
+    async def load(
+        self, stream: str, initial: S, evolve: Callable[[S, Event], S]
+    ) -> tuple[S, int]:
+        """A stream folded into state, and the version to append at: load, decide, append."""
+        state = initial
+        events = await self.read_stream(stream)
+        for recorded in events:
+            state = evolve(state, recorded.event)
+        return state, len(events)
 
     async def read_all(self, after: int = 0, limit: int | None = None) -> list[RecordedEvent]:
         rows = await self._fetch(
