@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 
 from loacl.domain import accounts
-from loacl.store import audit, codec
+from loacl.store import audit, codec, eventstore
 from loacl.store.eventstore import NO_STREAM, EventStore
 from loacl.store.projections import default_projections
 from tests.conftest import RunCli
@@ -26,9 +26,9 @@ def cli(db_path: Path, run_cli: RunCli) -> Cli:
     return functools.partial(run_cli, db_path)
 
 
-async def _seed(path: Path) -> None:
+async def _seed(path: Path, index_lag: int = eventstore.INDEX_LAG) -> None:
     """Eight events over four streams, versions interleaved."""
-    async with EventStore(path, default_projections()) as store:
+    async with EventStore(path, default_projections(), index_lag=index_lag) as store:
         for n in (1, 2):
             await store.append(
                 accounts.user_stream(f"u{n}"),
@@ -277,3 +277,43 @@ def test_verify_unmigrated_database(tmp_path: Path, run_cli: RunCli) -> None:
     assert code == 1
     assert "no such table: events" in err
     assert "Traceback" not in err
+
+
+@pytest.fixture
+def indexed_db(db_path: Path) -> Path:
+    """The same eight events, the first six of them in the stream index."""
+    asyncio.run(_seed(db_path, index_lag=3))
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT indexed_seq FROM event_log_head").fetchone() == (6,)
+    conn.close()
+    return db_path
+
+
+INDEX_TAMPERINGS: dict[str, tuple[list[tuple[str, tuple[Any, ...]]], int]] = {
+    "index entry removed": ([("DELETE FROM stream_index WHERE seq = 4", ())], 4),
+    "index entry pointing elsewhere": (
+        [("UPDATE stream_index SET seq = 5 WHERE seq = 3", ())], 3
+    ),
+    "index entry for a stream the event is not in": (
+        [("INSERT INTO stream_index VALUES ('user-u9', 1, 2)", ())], 2
+    ),
+    "index entry past the mark": (
+        [("INSERT INTO stream_index SELECT stream, version, seq FROM events WHERE seq = 7", ())],
+        7,
+    ),
+    "mark moved past the index": ([("UPDATE event_log_head SET indexed_seq = 8", ())], 7),
+}
+
+
+@pytest.mark.parametrize("case", list(INDEX_TAMPERINGS))
+def test_verify_finds_a_stream_index_that_disagrees_with_the_log(
+    indexed_db: Path, cli: Cli, case: str
+) -> None:
+    assert cli("audit", "verify")[0] == 0
+    edits, bad_seq = INDEX_TAMPERINGS[case]
+    tamper(indexed_db, *edits)
+    code, out, _ = cli("audit", "verify")
+    assert code == 1
+    assert out.startswith(f"FAILED at event {bad_seq}: the stream index does not match"), out
+    result = audit.verify(sqlite3.connect(indexed_db))
+    assert (result.ok, result.bad_seq, result.events) == (False, bad_seq, 8)

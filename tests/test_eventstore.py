@@ -597,3 +597,49 @@ async def test_the_chain_continues_after_reopen(db_path: Path) -> None:
     checked = verify_chain(db_path)
     assert (checked.ok, checked.events, checked.last_hash) == (True, 3, again[0].hash)
     assert raw_rows(db_path, "SELECT seq, hash FROM event_log_head") == [(3, again[0].hash)]
+
+
+# -- the stream index, written behind the log -----------------------------------------------
+
+
+async def test_reads_find_every_event_on_both_sides_of_the_index_mark(db_path: Path) -> None:
+    """With the index trailing by 5, each read joins indexed events and the log's tail."""
+    expected: dict[str, list[RecordedEvent]] = {f"user-{n}": [] for n in range(3)}
+    async with EventStore(db_path, default_projections(), index_lag=5) as store:
+        for i in range(30):
+            stream = f"user-{i * 7 % 3}"
+            expected[stream] += await store.append(
+                stream, [verified(stream)], expected_version=len(expected[stream])
+            )
+            (indexed,) = raw_rows(db_path, "SELECT indexed_seq FROM event_log_head")[0]
+            assert i + 1 - indexed < 5
+            for name, events in expected.items():
+                assert await store.read_stream(name) == events
+                assert await store.stream_version(name) == len(events)
+                assert await store.read_stream(name, after_version=2) == events[2:]
+        assert await store.read_stream("user-none") == []
+        assert await store.stream_version("user-none") == 0
+    assert raw_rows(db_path, "SELECT stream, version, seq FROM stream_index") == sorted(
+        (r.stream, r.version, r.seq) for events in expected.values() for r in events
+        if r.seq <= indexed
+    )
+    assert verify_chain(db_path).ok
+
+
+async def test_two_stores_on_one_file_keep_versions_and_the_index(db_path: Path) -> None:
+    """A CLI command writing beside the server: each writer reads the other's mark."""
+    async with (
+        EventStore(db_path, default_projections(), index_lag=3) as one,
+        EventStore(db_path, default_projections(), index_lag=4) as other,
+    ):
+        for i in range(20):
+            store = (one, other)[i % 2]
+            written = await store.append("user-a", [verified("a")], expected_version=i)
+            assert written[0].version == i + 1
+            with pytest.raises(ConflictError):
+                await (other, one)[i % 2].append("user-a", [verified("a")], expected_version=i)
+            await store.append(f"user-{i}", [verified(str(i))], expected_version=NO_STREAM)
+        assert [r.version for r in await one.read_stream("user-a")] == list(range(1, 21))
+        assert await other.stream_version("user-a") == 20
+    result = verify_chain(db_path)
+    assert (result.ok, result.events) == (True, 40)

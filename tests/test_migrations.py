@@ -247,3 +247,57 @@ def test_migrations_are_numbered_and_paired() -> None:
     assert migrations.MIGRATIONS[0].guarded_tables == ["events"]
     for m in migrations.MIGRATIONS:
         assert m.up.strip() and m.down.strip()
+
+
+async def _append_interleaved(path: Path, index_lag: int) -> None:
+    async with EventStore(path, default_projections(), index_lag=index_lag) as store:
+        for n in range(5):
+            await store.append(
+                accounts.user_stream(f"u{n}"),
+                accounts.register(f"u{n}", f"u{n}@example.org", None, "h"),
+                expected_version=NO_STREAM,
+            )
+        for n in range(5):
+            await store.append(
+                accounts.user_stream(f"u{n}"), [accounts.EmailVerified(user_id=f"u{n}")]
+            )
+
+
+async def _streams(path: Path) -> dict[str, list[int]]:
+    async with EventStore(path, default_projections()) as store:
+        return {
+            stream: [r.seq for r in await store.read_stream(stream)]
+            for stream in (accounts.user_stream(f"u{n}") for n in range(5))
+        }
+
+
+def test_the_stream_index_step_keeps_every_event_both_ways(path: Path, cli: Cli) -> None:
+    cli("migrate", "up")
+    asyncio.run(_append_interleaved(path, index_lag=4))
+    conn = sqlite3.connect(path)
+    events = conn.execute("SELECT * FROM events ORDER BY seq").fetchall()
+    (indexed,) = conn.execute("SELECT indexed_seq FROM event_log_head").fetchone()
+    conn.close()
+    assert 0 < indexed < len(events)  # part indexed, part in the tail
+    streams = asyncio.run(_streams(path))
+    assert sorted(seq for seqs in streams.values() for seq in seqs) == [r[0] for r in events]
+
+    assert cli("migrate", "down", "--to", "4")[:2] == (0, "reverted 0005_stream_index\n")
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT * FROM events ORDER BY seq").fetchall() == events
+    with pytest.raises(sqlite3.IntegrityError):  # the table keeps versions unique again
+        conn.execute("INSERT INTO events SELECT 99, stream, version, type, schema_version, "
+                     "payload, metadata, recorded_at, hash FROM events WHERE seq = 1")
+    conn.close()
+    assert "stream_index" not in names(path)
+
+    assert cli("migrate", "up")[:2] == (0, "applied 0005_stream_index\n")
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT * FROM events ORDER BY seq").fetchall() == events
+    assert conn.execute("SELECT stream, version, seq FROM stream_index").fetchall() == sorted(
+        (r[1], r[2], r[0]) for r in events
+    )
+    assert conn.execute("SELECT indexed_seq FROM event_log_head").fetchone() == (len(events),)
+    conn.close()
+    assert asyncio.run(_streams(path)) == streams
+    assert cli("audit", "verify")[0] == 0

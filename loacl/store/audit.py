@@ -76,7 +76,9 @@ def _verify(conn: sqlite3.Connection, progress: Progress | None, chunk: int) -> 
             count += 1
         if progress:
             progress(expected_seq - 1, total)
-    head = conn.execute("SELECT seq, hash FROM event_log_head WHERE id = 1").fetchone()
+    head = conn.execute(
+        "SELECT seq, hash, indexed_seq FROM event_log_head WHERE id = 1"
+    ).fetchone()
     if head is None:
         if count:
             return AuditResult(False, count, prev, 1, "the log head record is missing")
@@ -96,4 +98,29 @@ def _verify(conn: sqlite3.Connection, progress: Progress | None, chunk: int) -> 
             False, count - 1, _hash_at(conn, count - 1), count,
             f"event {count} does not match the hash its head records: the log was rewritten",
         )
+    bad = _first_unindexed(conn, head[2]) if head is not None else None
+    if bad is not None:
+        return AuditResult(
+            False, count, prev, bad,
+            f"the stream index does not match event {bad}: reads of its stream would miss "
+            "or misplace events",
+        )
     return AuditResult(True, count, prev)
+
+
+def _first_unindexed(conn: sqlite3.Connection, indexed_seq: int) -> int | None:
+    """The first event whose stream_index entry is missing or wrong, or None."""
+    (missing,) = conn.execute(
+        "SELECT min(e.seq) FROM events e LEFT JOIN stream_index i "
+        "ON i.stream = e.stream AND i.version = e.version AND i.seq = e.seq "
+        "WHERE e.seq <= ? AND i.seq IS NULL",
+        (indexed_seq,),
+    ).fetchone()
+    (stray,) = conn.execute(
+        "SELECT min(i.seq) FROM stream_index i LEFT JOIN events e "
+        "ON e.seq = i.seq AND e.stream = i.stream AND e.version = i.version "
+        "WHERE e.seq IS NULL OR i.seq > ?",
+        (indexed_seq,),
+    ).fetchone()
+    found = [s for s in (missing, stray) if s is not None]
+    return min(found) if found else None

@@ -55,24 +55,39 @@ def event_class(event_type: str) -> type[Event]:
         raise LoaclError("unknown_event_type", f"no event type {event_type!r}") from None
 
 
-def decode_payload(event_type: str, schema_version: int, raw: str | bytes) -> Event:
-    # Replay decodes every event: the current version of a known type takes one dict look-up.
+def payload_decoder(event_type: str, schema_version: int) -> Callable[[str | bytes], Event]:
+    """The function that decodes payloads of this type and schema version, upcasting old ones.
+
+    Replay asks once per type and version, then calls it for every event."""
     fast = _current.get((event_type, schema_version))
     if fast is not None:
-        return fast(raw)  # type: ignore[no-any-return]
+        return fast
     cls = event_class(event_type)
     if schema_version == cls.schema_version:
         decoder = _decoders.get(cls)
         if decoder is None:
             decoder = _decoders[cls] = msgspec.json.Decoder(cls)
-        _current[(event_type, schema_version)] = decoder.decode
-        return decoder.decode(raw)  # type: ignore[no-any-return]
+        fast = _current[(event_type, schema_version)] = decoder.decode
+        return fast
     if schema_version > cls.schema_version:
         raise LoaclError(
             "unknown_schema_version",
             f"{event_type} v{schema_version} is newer than this LOACL knows "
             f"(v{cls.schema_version})",
         )
+    return functools.partial(_upcast, event_type, schema_version)
+
+
+def decode_payload(event_type: str, schema_version: int, raw: str | bytes) -> Event:
+    # The current version of a known type takes one dict look-up.
+    fast = _current.get((event_type, schema_version))
+    if fast is not None:
+        return fast(raw)  # type: ignore[no-any-return]
+    return payload_decoder(event_type, schema_version)(raw)
+
+
+def _upcast(event_type: str, schema_version: int, raw: str | bytes) -> Event:
+    cls = event_class(event_type)
     data = _raw_decoder.decode(raw)
     for version in range(schema_version, cls.schema_version):
         # Look up apart from the call: a KeyError inside an upcaster is its own bug, not a

@@ -35,6 +35,9 @@ S = TypeVar("S")
 
 NO_STREAM = 0  # expected_version for a stream that must not exist yet
 MAX_BATCH = 2000
+# How far stream_index may trail the log. Written in bulk, sorted, each index page takes many
+# entries at once; the trailing events are found by a scan of at most this many rows.
+INDEX_LAG = 1000
 
 _SELECT = (
     "SELECT seq, stream, version, type, schema_version, payload, metadata, recorded_at, hash "
@@ -47,6 +50,26 @@ _INSERT = (
     "INSERT INTO events (seq, stream, version, type, schema_version, payload, metadata, "
     "recorded_at, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_INDEX_TAIL = (
+    "INSERT INTO stream_index (stream, version, seq) "
+    "SELECT stream, version, seq FROM events WHERE seq > ? ORDER BY stream, version"
+)
+_INDEXED_SEQ = "(SELECT coalesce(max(indexed_seq), 0) FROM event_log_head)"
+# One statement, so one snapshot: the indexed part and the tail after it never overlap.
+_STREAM_VERSION = (
+    f"SELECT coalesce((SELECT max(version) FROM events WHERE seq > {_INDEXED_SEQ} "
+    "AND stream = ?1), (SELECT max(version) FROM stream_index WHERE stream = ?1), 0)"
+)
+_COLUMNS = (
+    "e.seq, e.stream, e.version, e.type, e.schema_version, e.payload, e.metadata, "
+    "e.recorded_at, e.hash"
+)
+_READ_STREAM = (
+    f"SELECT {_COLUMNS} FROM stream_index i JOIN events e ON e.seq = i.seq "
+    "WHERE i.stream = ?1 AND i.version > ?2 "
+    f"UNION ALL SELECT {_COLUMNS} FROM events e WHERE e.seq > {_INDEXED_SEQ} "
+    "AND e.stream = ?1 AND e.version > ?2 ORDER BY 3"
+)
 
 
 def utc_now() -> datetime:
@@ -56,19 +79,28 @@ def utc_now() -> datetime:
 _new_record = tuple.__new__  # positional, without NamedTuple's keyword handling: replay's hot path
 
 
-def decode_row(row: Sequence[Any]) -> RecordedEvent:
-    seq, stream, version, type_, schema_version, payload, metadata, recorded_at, hash_ = row
-    return _new_record(RecordedEvent, (
-        seq, stream, version, codec.decode_payload(type_, schema_version, payload),
-        codec.decode_metadata(metadata), codec.parse_time(recorded_at), hash_,
-    ))
+def decode_rows(rows: Sequence[Sequence[Any]]) -> list[RecordedEvent]:
+    """Rows of the events table as records. Replay decodes every event through here, so the
+    look-ups are hoisted out of the loop and a record is built as a plain tuple."""
+    decoders: dict[tuple[str, int], Callable[[str | bytes], Event]] = {}
+    metadata_of, time_of, new, record = (
+        codec.decode_metadata, codec.parse_time, _new_record, RecordedEvent
+    )
+    out: list[RecordedEvent] = []
+    append = out.append
+    for seq, stream, version, type_, schema_version, payload, metadata, recorded_at, hash_ in rows:
+        decode = decoders.get((type_, schema_version))
+        if decode is None:
+            decode = decoders[(type_, schema_version)] = codec.payload_decoder(
+                type_, schema_version
+            )
+        append(new(record, (seq, stream, version, decode(payload), metadata_of(metadata),
+                            time_of(recorded_at), hash_)))
+    return out
 
 
 def stream_version(conn: sqlite3.Connection, stream: str) -> int:
-    row = conn.execute(
-        "SELECT version FROM events WHERE stream = ? ORDER BY version DESC LIMIT 1", (stream,)
-    ).fetchone()
-    return int(row[0]) if row else 0
+    return int(conn.execute(_STREAM_VERSION, (stream,)).fetchone()[0])
 
 
 def read_all_sync(
@@ -77,10 +109,10 @@ def read_all_sync(
     rows = conn.execute(
         f"{_SELECT} WHERE seq > ? ORDER BY seq LIMIT ?", (after, -1 if limit is None else limit)
     ).fetchall()
-    return [decode_row(r) for r in rows]
+    return decode_rows(rows)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Append:
     stream: str
     events: Sequence[Event]
@@ -113,6 +145,7 @@ class EventStore:
         *,
         clock: Clock = utc_now,
         broker: Broker | None = None,
+        index_lag: int = INDEX_LAG,
     ) -> None:
         self.path = path
         self.projections = projections
@@ -126,6 +159,8 @@ class EventStore:
         # Stream versions as of our last commit, valid while nobody else appends.
         self._versions: dict[str, int] = {}
         self._last_seq = -1
+        self._indexed_seq = 0
+        self.index_lag = index_lag
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -246,19 +281,28 @@ class EventStore:
                     return
                 conn.execute("ROLLBACK")
             except BaseException:
-                self._versions.clear()
+                self._forget()
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            self._versions.clear()
+            self._forget()
+
+    def _forget(self) -> None:
+        """After a rollback: what the writer remembers of the log must be read again."""
+        self._versions.clear()
+        self._last_seq = -1
 
     def _write_batch(self, conn: sqlite3.Connection, batch: list[_Append], careful: bool) -> bool:
         """Write the batch inside the open transaction; False when the fast path must give up."""
         row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         seq, prev_hash = (row[0], row[1]) if row else (0, codec.GENESIS_HASH)
         if seq != self._last_seq:
-            # Someone else (a CLI command) appended since our last commit: versions are stale.
+            # Someone else (a CLI command) appended since our last commit, or this is the
+            # first batch: versions and the index mark are read again.
             self._versions.clear()
+            found = conn.execute("SELECT indexed_seq FROM event_log_head").fetchone()
+            self._indexed_seq = found[0] if found else 0
+        first_seq = seq
         versions = self._versions
         recorded_at = codec.format_time(self.clock())
         when = codec.parse_time(recorded_at)
@@ -279,7 +323,7 @@ class EventStore:
                     rows = conn.execute(
                         f"{_SELECT} WHERE seq BETWEEN ? AND ? ORDER BY seq", found
                     ).fetchall()
-                    request.result, request.replayed = [decode_row(r) for r in rows], True
+                    request.result, request.replayed = decode_rows(rows), True
                     continue
             version = versions.get(request.stream)
             if version is None:
@@ -309,10 +353,10 @@ class EventStore:
                         (row_seq, request.stream, row_version, event.event_type,
                          event.schema_version, payload, metadata, recorded_at, last_hash)
                     )
-                    recorded.append(
-                        RecordedEvent(row_seq, request.stream, row_version, event,
-                                      request.metadata, when, last_hash)
-                    )
+                    recorded.append(_new_record(RecordedEvent, (
+                        row_seq, request.stream, row_version, event, request.metadata, when,
+                        last_hash,
+                    )))
                 if careful:
                     conn.executemany(_INSERT, rows_out)
                 self.projections.apply(conn, recorded)
@@ -344,13 +388,21 @@ class EventStore:
             conn.executemany(_INSERT, all_rows)
         if keys:
             conn.executemany(_INSERT_KEY, keys)
+        indexed = self._indexed_seq
+        # Only a batch that wrote events moves the mark: another writer notices a new head seq
+        # and reads the mark again, but would not notice a mark moved under an unchanged head.
+        if seq != first_seq and seq - indexed >= self.index_lag:
+            conn.execute(_INDEX_TAIL, (indexed,))
+            indexed = seq
         if seq:
             conn.execute(
-                "INSERT INTO event_log_head (id, seq, hash) VALUES (1, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-                (seq, prev_hash),
+                "INSERT INTO event_log_head (id, seq, hash, indexed_seq) VALUES (1, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, "
+                "indexed_seq = excluded.indexed_seq",
+                (seq, prev_hash, indexed),
             )
         self._last_seq = seq
+        self._indexed_seq = indexed
         if len(versions) > 100_000:
             versions.clear()
         return True
@@ -418,11 +470,8 @@ class EventStore:
         return list(await self._reader.execute_fetchall(sql, params))
 
     async def read_stream(self, stream: str, after_version: int = 0) -> list[RecordedEvent]:
-        rows = await self._fetch(
-            f"{_SELECT} WHERE stream = ? AND version > ? ORDER BY version",
-            (stream, after_version),
-        )
-        return [decode_row(r) for r in rows]
+        rows = await self._fetch(_READ_STREAM, (stream, after_version))
+        return decode_rows(rows)
 
     async def load(
         self, stream: str, initial: S, evolve: Callable[[S, Event], S]
@@ -438,18 +487,15 @@ class EventStore:
         rows = await self._fetch(
             f"{_SELECT} WHERE seq > ? ORDER BY seq LIMIT ?", (after, -1 if limit is None else limit)
         )
-        return [decode_row(r) for r in rows]
+        return decode_rows(rows)
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Run a read-only query against the read tables."""
         return await self._fetch(sql, params)
 
     async def stream_version(self, stream: str) -> int:
-        rows = await self._fetch(
-            "SELECT version FROM events WHERE stream = ? ORDER BY version DESC LIMIT 1",
-            (stream,),
-        )
-        return int(rows[0][0]) if rows else 0
+        rows = await self._fetch(_STREAM_VERSION, (stream,))
+        return int(rows[0][0])
 
     async def head(self) -> int:
         rows = await self._fetch("SELECT coalesce(max(seq), 0) FROM events", ())
