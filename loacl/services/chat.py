@@ -445,9 +445,13 @@ class Chat:
         flushed = 0  # characters written to the log so far
         interval = self.settings.flush_interval_ms / 1000
         last_flush = time.monotonic()
+        # At most one delta append in flight, in the background: the next token is read while
+        # the last ones commit, so a busy log slows the log, not the visitor. Appends stay in
+        # offset order because a flush starts only after the previous one ended.
+        pending: asyncio.Task[None] | None = None
 
         async def flush() -> None:
-            nonlocal flushed, last_flush
+            nonlocal flushed
             if len(run.text) > flushed:
                 text = run.text[flushed:]
                 offset, flushed = flushed, len(run.text)
@@ -456,7 +460,13 @@ class Chat:
                                                    text=text)],
                     metadata=meta,
                 )
-            last_flush = time.monotonic()
+
+        async def settle() -> None:
+            """Wait for the flush in flight; one that failed raises here."""
+            nonlocal pending
+            if pending is not None:
+                await pending  # cancelled here, it stays pending: the end still waits for it
+                pending = None
 
         end: domain.AssistantCompleted | domain.AssistantFailed | domain.AssistantInterrupted
         # Until a handler below decides otherwise, a reply that ends is an interrupted one: a
@@ -472,8 +482,12 @@ class Chat:
                     offset = len(run.text)
                     run.text += delta
                     run._emit(offset, delta)
-                    if time.monotonic() - last_flush >= interval:
-                        await flush()
+                    if (time.monotonic() - last_flush >= interval
+                            and (pending is None or pending.done())):
+                        await settle()
+                        pending = asyncio.create_task(flush())
+                        last_flush = time.monotonic()
+                await settle()
                 await flush()
                 await self._record_uploads(run.conversation_id, assistant.provider, result, meta)
                 end = domain.AssistantCompleted(
@@ -499,6 +513,8 @@ class Chat:
                     message_id=run.message_id, code=error.code, error=error.message,
                     text=run.text,
                 )
+                with contextlib.suppress(LoaclError):
+                    await settle()  # the failure may be the log's own; the end event says it
                 await flush()
                 # A file uploaded before the failure is at the provider all the same: recorded,
                 # the next turn reuses it instead of uploading it again.
@@ -518,6 +534,12 @@ class Chat:
                 )
         finally:
             try:
+                if pending is not None:
+                    # The end event goes after every delta: wait for the one in flight, and
+                    # take its outcome so that a failure is not left unread.
+                    await asyncio.wait([pending])
+                    if not pending.cancelled():
+                        pending.exception()
                 if isinstance(end, domain.AssistantInterrupted):
                     end = domain.AssistantInterrupted(message_id=run.message_id, text=run.text)
                 await self.store.append(stream, [end], metadata=meta)
