@@ -27,6 +27,7 @@ import json
 from collections import deque
 from typing import Any
 
+import msgspec
 import structlog
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -48,6 +49,9 @@ OUTBOX_FRAMES = 2000
 RUN_QUEUE = 1000
 MAX_TEXT_FRAME = 256 * 1024
 DELTA_CHARS = 16 * 1024  # the most text in one caught-up delta (clients limit frame sizes)
+
+# One frame per token per socket: msgspec writes one in about a tenth of json.dumps's time.
+_encode_frame = msgspec.json.Encoder().encode
 
 
 class Closing(Exception):
@@ -358,7 +362,7 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
 
     async def writer() -> None:
         while (frame := await conn.outbox.get()) is not None:
-            await websocket.send_text(json.dumps(frame, ensure_ascii=False))
+            await websocket.send_text(_encode_frame(frame).decode())
 
     async def pinger() -> None:
         while True:

@@ -12,7 +12,7 @@ import asyncio
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,23 +79,33 @@ def utc_now() -> datetime:
 _new_record = tuple.__new__  # positional, without NamedTuple's keyword handling: replay's hot path
 
 
-def decode_rows(rows: Sequence[Sequence[Any]]) -> list[RecordedEvent]:
+def decode_rows(rows: Iterable[Sequence[Any]]) -> list[RecordedEvent]:
     """Rows of the events table as records. Replay decodes every event through here, so the
-    look-ups are hoisted out of the loop and a record is built as a plain tuple."""
-    decoders: dict[tuple[str, int], Callable[[str | bytes], Event]] = {}
-    metadata_of, time_of, new, record = (
-        codec.decode_metadata, codec.parse_time, _new_record, RecordedEvent
-    )
+    look-ups are hoisted out of the loop and a record is built as a plain tuple. The events of
+    one append share their metadata and those of one commit their time: each is decoded once
+    per run of equal values."""
+    # Keyed by type alone (a tuple key costs more than the rest of the loop): an event of an
+    # older schema version than the one cached takes the slow path.
+    decoders: dict[str, tuple[int, Callable[[str | bytes], Event]]] = {}
+    new, record = _new_record, RecordedEvent
+    metadata_raw: Any = None
+    time_raw: Any = None
+    metadata = Metadata()
+    when = datetime.min
     out: list[RecordedEvent] = []
     append = out.append
-    for seq, stream, version, type_, schema_version, payload, metadata, recorded_at, hash_ in rows:
-        decode = decoders.get((type_, schema_version))
-        if decode is None:
-            decode = decoders[(type_, schema_version)] = codec.payload_decoder(
-                type_, schema_version
-            )
-        append(new(record, (seq, stream, version, decode(payload), metadata_of(metadata),
-                            time_of(recorded_at), hash_)))
+    for seq, stream, version, type_, schema_version, payload, raw_md, raw_at, hash_ in rows:
+        found = decoders.get(type_)
+        if found is not None and found[0] == schema_version:
+            decode = found[1]
+        else:
+            decode = codec.payload_decoder(type_, schema_version)
+            decoders[type_] = (schema_version, decode)
+        if raw_md != metadata_raw:
+            metadata, metadata_raw = codec.decode_metadata(raw_md), raw_md
+        if raw_at != time_raw:
+            when, time_raw = codec.parse_time(raw_at), raw_at
+        append(new(record, (seq, stream, version, decode(payload), metadata, when, hash_)))
     return out
 
 

@@ -8,9 +8,11 @@ that fails anywhere leaves the old tables as they were.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import re
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from loacl.store.eventstore import read_all_sync
@@ -43,6 +45,19 @@ def _drop_temp(conn: sqlite3.Connection, tables: list[str]) -> None:
         conn.execute(f'DROP TABLE IF EXISTS temp."{table}"')
 
 
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Replay builds a few objects per event and keeps none past its chunk; none of them forms
+    a cycle. Left on, the cyclic collector would walk each chunk's records again and again."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def replay(
     conn: sqlite3.Connection,
     projections: Projections,
@@ -65,18 +80,19 @@ def replay(
                 )
         done = 0
         count = 0
-        while True:
-            # Short read transactions: a long one would stop checkpoints and grow the WAL.
-            conn.execute("BEGIN")
-            events = read_all_sync(conn, after=done, limit=chunk)
-            projections.apply(conn, events)
-            conn.execute("COMMIT")
-            if not events:
-                break
-            done = events[-1].seq
-            count += len(events)
-            if progress:
-                progress(done, max(total, done))
+        with _cyclic_gc_paused():
+            while True:
+                # Short read transactions: a long one would stop checkpoints and grow the WAL.
+                conn.execute("BEGIN")
+                events = read_all_sync(conn, after=done, limit=chunk)
+                projections.apply(conn, events)
+                conn.execute("COMMIT")
+                if not events:
+                    break
+                done = events[-1].seq
+                count += len(events)
+                if progress:
+                    progress(done, max(total, done))
         conn.execute("BEGIN IMMEDIATE")
         late = read_all_sync(conn, after=done)
         projections.apply(conn, late)

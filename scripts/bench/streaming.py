@@ -282,8 +282,9 @@ async def ask(stream: Stream, text: str) -> None:
     await stream.ws.send(json.dumps({"type": "message", "text": text}))
     async for raw in stream.ws:
         stream.frames.append((time.monotonic(), raw))
-        if raw.startswith('{"type": "done"') or (
-            raw.startswith('{"type": "error"') and '"message_id"' not in raw
+        # The server writes frames compactly, "type" first.
+        if raw.startswith('{"type":"done"') or (
+            raw.startswith('{"type":"error"') and '"message_id"' not in raw
         ):
             return
 
