@@ -102,6 +102,15 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "reindex":
+        with backup.ServeLock(settings.database_path):
+            conn = _open(settings)
+            try:
+                count = audit.reindex(conn)
+            finally:
+                conn.close()
+        print(f"reindexed {count} events")
+        return 0
     conn = _open(settings)
     try:
         result = audit.verify(conn, progress=_progress("audit", sys.stderr))
@@ -293,8 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="rebuild every read table from the event log")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("audit", help="check the event log's hash chain")
-    p.add_argument("action", choices=["verify"])
+    p = sub.add_parser(
+        "audit", help="check the event log's hash chain (verify) or rebuild its stream index"
+    )
+    p.add_argument("action", choices=["verify", "reindex"])
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("events", help="read the event log")

@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 
 from loacl.domain import accounts
-from loacl.store import audit, codec, eventstore
+from loacl.store import audit, backup, codec, eventstore
 from loacl.store.eventstore import NO_STREAM, EventStore
 from loacl.store.projections import default_projections
 from tests.conftest import RunCli
@@ -317,3 +317,32 @@ def test_verify_finds_a_stream_index_that_disagrees_with_the_log(
     assert out.startswith(f"FAILED at event {bad_seq}: the stream index does not match"), out
     result = audit.verify(sqlite3.connect(indexed_db))
     assert (result.ok, result.bad_seq, result.events) == (False, bad_seq, 8)
+
+
+def test_reindex_repairs_a_damaged_index_and_refuses_while_served(
+    indexed_db: Path, cli: Cli
+) -> None:
+    tamper(indexed_db, ("DELETE FROM stream_index WHERE seq = 4", ()),
+           ("INSERT INTO stream_index VALUES ('user-u9', 1, 2)", ()))
+    assert cli("audit", "verify")[0] == 1
+    with backup.ServeLock(indexed_db):  # a server runs on it
+        code, out, err = cli("audit", "reindex")
+        assert (code, out) == (1, "")
+        assert "[database_in_use]" in err
+    assert cli("audit", "verify")[0] == 1  # untouched
+    assert cli("audit", "reindex")[:2] == (0, "reindexed 8 events\n")
+    code, out, _ = cli("audit", "verify")
+    assert (code, out) == (0, f"ok: 8 events, last hash {rows(indexed_db)[-1][-1]}\n")
+    conn = sqlite3.connect(indexed_db)
+    assert conn.execute("SELECT indexed_seq FROM event_log_head").fetchone() == (8,)
+    conn.close()
+
+
+def test_reindex_names_a_log_that_holds_a_version_twice(indexed_db: Path, cli: Cli) -> None:
+    tamper(indexed_db, ("UPDATE events SET stream = 'user-u1', version = 1 WHERE seq = 2", ()))
+    code, _, err = cli("audit", "reindex")
+    assert code == 1
+    assert "[log_damaged]" in err
+    conn = sqlite3.connect(indexed_db)
+    assert conn.execute("SELECT count(*) FROM stream_index").fetchone() == (6,)  # kept
+    conn.close()

@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from loacl.domain.errors import LoaclError
 from loacl.store import codec
 
 Progress = Callable[[int, int], None]
@@ -103,9 +104,37 @@ def _verify(conn: sqlite3.Connection, progress: Progress | None, chunk: int) -> 
         return AuditResult(
             False, count, prev, bad,
             f"the stream index does not match event {bad}: reads of its stream would miss "
-            "or misplace events",
+            "or misplace events (rebuild it with `loacl audit reindex`, the server stopped)",
         )
     return AuditResult(True, count, prev)
+
+
+def reindex(conn: sqlite3.Connection) -> int:
+    """Rebuild the stream index from the log, every event in it; the number of entries.
+
+    The log is the truth and the index only says where each stream's events are, so nothing
+    is lost. Run it with the server stopped: a running writer keeps its own index mark."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("DELETE FROM stream_index")
+        conn.execute(
+            "INSERT INTO stream_index (stream, version, seq) "
+            "SELECT stream, version, seq FROM events ORDER BY stream, version"
+        )
+        (count,) = conn.execute("SELECT count(*) FROM stream_index").fetchone()
+        conn.execute("UPDATE event_log_head SET indexed_seq = seq")
+        conn.execute("COMMIT")
+    except sqlite3.IntegrityError as exc:
+        conn.execute("ROLLBACK")
+        raise LoaclError(
+            "log_damaged",
+            f"the log holds one stream version twice ({exc}); `loacl audit verify` names it",
+        ) from exc
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return int(count)
 
 
 def _first_unindexed(conn: sqlite3.Connection, indexed_seq: int) -> int | None:
