@@ -251,7 +251,8 @@ async def open_streams(url: str, widget_id: str, count: int) -> list[Stream]:
     from websockets.typing import Origin
 
     gate = asyncio.Semaphore(50)
-    limits = httpx.Limits(max_connections=50)
+    # Idle connections expire here before uvicorn's 5 s keep-alive ends them under our feet.
+    limits = httpx.Limits(max_connections=50, keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
 
         async def one() -> Stream:
