@@ -164,8 +164,12 @@ def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         where, params = ["seq > ?"], [0]
         if args.stream:
-            where.append("stream = ?")
-            params.append(args.stream)
+            # Through the stream index, and the log's tail that it has not reached yet.
+            where.append(
+                "(seq IN (SELECT seq FROM stream_index WHERE stream = ?) OR (seq > "
+                "(SELECT coalesce(max(indexed_seq), 0) FROM event_log_head) AND stream = ?))"
+            )
+            params += [args.stream, args.stream]
         if args.type:
             where.append("type = ?")
             params.append(args.type)

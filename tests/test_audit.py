@@ -346,3 +346,15 @@ def test_reindex_names_a_log_that_holds_a_version_twice(indexed_db: Path, cli: C
     conn = sqlite3.connect(indexed_db)
     assert conn.execute("SELECT count(*) FROM stream_index").fetchone() == (6,)  # kept
     conn.close()
+
+
+def test_reindex_follows_the_head_record(indexed_db: Path, cli: Cli) -> None:
+    """The index never runs past the mark, even when the head record is behind the log."""
+    tamper(indexed_db, ("UPDATE event_log_head SET seq = 5", ()))
+    assert cli("audit", "reindex")[:2] == (0, "reindexed 5 events\n")
+    conn = sqlite3.connect(indexed_db)
+    assert conn.execute("SELECT max(seq) FROM stream_index").fetchone() == (5,)
+    assert conn.execute("SELECT indexed_seq FROM event_log_head").fetchone() == (5,)
+    conn.close()
+    code, out, _ = cli("audit", "verify")
+    assert code == 1 and "FAILED at event 6" in out  # the head is what is wrong

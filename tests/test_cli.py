@@ -21,6 +21,7 @@ from loacl.cli import main
 from loacl.domain import accounts
 from loacl.domain.events import Event
 from loacl.settings import CONFIG_ENV, ENV_NAMES
+from loacl.store import eventstore
 from loacl.store.eventstore import EventStore
 from loacl.store.projections import default_projections
 
@@ -60,11 +61,13 @@ def cli(config: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Cli]:
     yield run
 
 
-def append(path: Path, *batches: tuple[str, list[Event]]) -> None:
+def append(
+    path: Path, *batches: tuple[str, list[Event]], index_lag: int = eventstore.INDEX_LAG
+) -> None:
     """Append through the event store, from synchronous code (no expected versions)."""
 
     async def run() -> None:
-        async with EventStore(path, default_projections()) as store:
+        async with EventStore(path, default_projections(), index_lag=index_lag) as store:
             for stream, events in batches:
                 await store.append(stream, events)
 
@@ -75,9 +78,10 @@ def _register(n: int) -> tuple[str, list[Event]]:
     return f"user-u{n}", accounts.register(f"u{n}", f"u{n}@example.org", None, f"h{n}")
 
 
-@pytest.fixture
-def log(db_path: Path) -> Path:
-    """25 events: u1..u10 registered, then per n in 1..5: verify un, start sn, refresh sn."""
+@pytest.fixture(params=[eventstore.INDEX_LAG, 4], ids=["unindexed", "indexed"])
+def log(db_path: Path, request: pytest.FixtureRequest) -> Path:
+    """25 events: u1..u10 registered, then per n in 1..5: verify un, start sn, refresh sn.
+    Either all in the log's tail or, but for the last few, in the stream index."""
     batches = [_register(n) for n in range(1, 11)]
     for n in range(1, 6):
         batches.append((f"user-u{n}", [accounts.EmailVerified(user_id=f"u{n}")]))
@@ -88,7 +92,7 @@ def log(db_path: Path) -> Path:
             session_id=f"s{n}", previous_token_hash=f"t{n}", refresh_token_hash=f"t{n}b",
             expires_at=EXPIRES,
         )]))
-    append(db_path, *batches)
+    append(db_path, *batches, index_lag=request.param)
     return db_path
 
 

@@ -643,3 +643,39 @@ async def test_two_stores_on_one_file_keep_versions_and_the_index(db_path: Path)
         assert await other.stream_version("user-a") == 20
     result = verify_chain(db_path)
     assert (result.ok, result.events) == (True, 40)
+
+
+async def test_an_index_rebuilt_beside_a_running_writer_is_read_again(db_path: Path) -> None:
+    """`loacl audit reindex` moves the index mark under an unchanged head: the writer must
+    notice, or it would write its old mark back and index events twice."""
+    async with EventStore(db_path, default_projections(), index_lag=5) as store:
+        for version in range(3):
+            await store.append("user-a", [verified("a")], expected_version=version)
+        with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
+            assert audit.reindex(conn) == 3
+        for version in range(3, 12):
+            written = await store.append("user-a", [verified("a")], expected_version=version)
+            assert written[0].version == version + 1
+            assert [r.version for r in await store.read_stream("user-a")] == list(
+                range(1, version + 2)
+            )
+    assert raw_rows(db_path, "SELECT indexed_seq FROM event_log_head") == [(8,)]
+    assert verify_chain(db_path).ok
+
+
+async def test_a_database_from_a_newer_loacl_is_refused(db_path: Path) -> None:
+    """An older LOACL would write without what the newer schema expects of its writers."""
+    from loacl.store import migrations
+
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, 'later', 'x')",
+            (migrations.LATEST + 1,),
+        )
+        conn.commit()
+    store = EventStore(db_path, default_projections())
+    with pytest.raises(LoaclError) as caught:
+        await store.open()
+    assert caught.value.code == "schema_too_new"
+    assert f"schema {migrations.LATEST + 1}" in caught.value.message
+    await store.close()  # nothing was left open

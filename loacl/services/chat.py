@@ -465,7 +465,9 @@ class Chat:
             """Wait for the flush in flight; one that failed raises here."""
             nonlocal pending
             if pending is not None:
-                await pending  # cancelled here, it stays pending: the end still waits for it
+                # Shielded: a reply cancelled here leaves its flush running, and the end event
+                # (in the finally below) waits for it.
+                await asyncio.shield(pending)
                 pending = None
 
         end: domain.AssistantCompleted | domain.AssistantFailed | domain.AssistantInterrupted

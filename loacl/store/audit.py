@@ -110,19 +110,23 @@ def _verify(conn: sqlite3.Connection, progress: Progress | None, chunk: int) -> 
 
 
 def reindex(conn: sqlite3.Connection) -> int:
-    """Rebuild the stream index from the log, every event in it; the number of entries.
+    """Rebuild the stream index from the log, up to the log's head record; the number of
+    entries.
 
     The log is the truth and the index only says where each stream's events are, so nothing
-    is lost. Run it with the server stopped: a running writer keeps its own index mark."""
+    is lost. Run it with the server stopped."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        head = conn.execute("SELECT seq FROM event_log_head WHERE id = 1").fetchone()
+        top = head[0] if head else 0
         conn.execute("DELETE FROM stream_index")
         conn.execute(
             "INSERT INTO stream_index (stream, version, seq) "
-            "SELECT stream, version, seq FROM events ORDER BY stream, version"
+            "SELECT stream, version, seq FROM events WHERE seq <= ? ORDER BY stream, version",
+            (top,),
         )
         (count,) = conn.execute("SELECT count(*) FROM stream_index").fetchone()
-        conn.execute("UPDATE event_log_head SET indexed_seq = seq")
+        conn.execute("UPDATE event_log_head SET indexed_seq = ?", (top,))
         conn.execute("COMMIT")
     except sqlite3.IntegrityError as exc:
         conn.execute("ROLLBACK")

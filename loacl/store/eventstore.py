@@ -23,7 +23,7 @@ import structlog
 
 from loacl.domain.errors import ConflictError, LoaclError
 from loacl.domain.events import Event, Metadata, RecordedEvent
-from loacl.store import codec
+from loacl.store import codec, migrations
 from loacl.store.broker import Broker
 from loacl.store.projections import Projections
 from loacl.store.sqlite import PRAGMAS, connect
@@ -50,8 +50,16 @@ _INSERT = (
     "INSERT INTO events (seq, stream, version, type, schema_version, payload, metadata, "
     "recorded_at, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# The last event and the index mark, read afresh by every batch inside its write transaction.
+_HEAD = (
+    "SELECT seq, hash, (SELECT indexed_seq FROM event_log_head WHERE id = 1) FROM events "
+    "ORDER BY seq DESC LIMIT 1"
+)
+# OR IGNORE: an entry already there is the same one (the writer checked every version under
+# the write lock); one that disagrees means a damaged log, which `loacl audit verify` names.
+# Refusing here would refuse every later append to every stream.
 _INDEX_TAIL = (
-    "INSERT INTO stream_index (stream, version, seq) "
+    "INSERT OR IGNORE INTO stream_index (stream, version, seq) "
     "SELECT stream, version, seq FROM events WHERE seq > ? ORDER BY stream, version"
 )
 _INDEXED_SEQ = "(SELECT coalesce(max(indexed_seq), 0) FROM event_log_head)"
@@ -177,6 +185,17 @@ class EventStore:
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._writer = connect(self.path)
+        schema = migrations.current(self._writer)
+        if schema > migrations.LATEST:
+            # An older LOACL would write without what the newer schema expects of writers
+            # (such as moving the stream index mark).
+            self._writer.close()
+            self._writer = None
+            raise LoaclError(
+                "schema_too_new",
+                f"the database is at schema {schema}, newer than this LOACL knows "
+                f"({migrations.LATEST}): run the LOACL that migrated it",
+            )
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         for pragma in PRAGMAS:
             await self._reader.execute(pragma)
@@ -304,14 +323,14 @@ class EventStore:
 
     def _write_batch(self, conn: sqlite3.Connection, batch: list[_Append], careful: bool) -> bool:
         """Write the batch inside the open transaction; False when the fast path must give up."""
-        row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-        seq, prev_hash = (row[0], row[1]) if row else (0, codec.GENESIS_HASH)
-        if seq != self._last_seq:
-            # Someone else (a CLI command) appended since our last commit, or this is the
-            # first batch: versions and the index mark are read again.
+        row = conn.execute(_HEAD).fetchone()
+        seq, prev_hash, indexed = row if row else (0, codec.GENESIS_HASH, 0)
+        indexed = indexed or 0
+        if seq != self._last_seq or indexed != self._indexed_seq:
+            # Someone else (a CLI command) appended or rebuilt the index since our last commit,
+            # or this is the first batch: cached versions may be stale.
             self._versions.clear()
-            found = conn.execute("SELECT indexed_seq FROM event_log_head").fetchone()
-            self._indexed_seq = found[0] if found else 0
+        self._indexed_seq = indexed
         first_seq = seq
         versions = self._versions
         recorded_at = codec.format_time(self.clock())

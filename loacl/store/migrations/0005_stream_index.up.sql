@@ -4,7 +4,7 @@
 -- over 100 conversations wrote about 400 KB of WAL, ten times its events, and replication
 -- shipped all of it. Written behind the log, each index page takes many entries at once.
 -- Uniqueness of (stream, version) is kept by the one writer, which checks each append's
--- version under the write lock, by stream_index's primary key, and by `loacl audit verify`.
+-- version under the write lock; `loacl audit verify` checks it, and the index, afterwards.
 CREATE TABLE events_unindexed (
     seq            INTEGER PRIMARY KEY,
     stream         TEXT    NOT NULL,
