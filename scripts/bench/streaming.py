@@ -370,8 +370,9 @@ async def latency(provider_url: str, loacl_url: str, samples: int, tokens: int
     # A visitor (own conversation, socket already open) per reply: a conversation's history
     # goes with each turn, and the direct requests have none.
     visitors = await open_streams(loacl_url, widget_id, samples + 1)
+    # The same transport LOACL's providers use (the SDK's aiohttp extra).
     client = openai.AsyncOpenAI(api_key="sk-bench", base_url=f"{provider_url}/v1",
-                                max_retries=0)
+                                max_retries=0, http_client=openai.DefaultAioHttpClient())
     direct: dict[str, Any] = {"ttft": [], "gaps": [], "texts": {}}
     through: dict[str, Any] = {"ttft": [], "gaps": [], "texts": {}}
     await timings(provider_url)  # forget the model check's request
