@@ -17,6 +17,7 @@ from loacl import __version__
 from loacl.domain.errors import LoaclError
 from loacl.settings import Settings, SettingsError, load_settings
 from loacl.store import audit, backup, migrations, replay
+from loacl.store.eventstore import EVENT_COLUMNS, IN_STREAM
 from loacl.store.projections import default_projections
 from loacl.store.sqlite import connect
 
@@ -123,11 +124,6 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     return 1
 
 
-_EVENT_COLUMNS = (
-    "seq, stream, version, type, schema_version, payload, metadata, recorded_at, hash"
-)
-
-
 def _event_json(row: Sequence[Any]) -> dict[str, Any]:
     seq, stream, version, type_, schema, payload, metadata, at, hash_ = row
     return {
@@ -150,7 +146,7 @@ def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.action == "show":
             row = conn.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq = ?", (args.seq,)
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?", (args.seq,)
             ).fetchone()
             if row is None:
                 raise LoaclError("event_not_found", f"no event at position {args.seq}")
@@ -164,11 +160,7 @@ def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         where, params = ["seq > ?"], [0]
         if args.stream:
-            # Through the stream index, and the log's tail that it has not reached yet.
-            where.append(
-                "(seq IN (SELECT seq FROM stream_index WHERE stream = ?) OR (seq > "
-                "(SELECT coalesce(max(indexed_seq), 0) FROM event_log_head) AND stream = ?))"
-            )
+            where.append(IN_STREAM)
             params += [args.stream, args.stream]
         if args.type:
             where.append("type = ?")
@@ -178,7 +170,7 @@ def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
         else:
             (head,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
             params[0] = max(0, head - args.limit) if not (args.stream or args.type) else 0
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq"
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq"
         rows = conn.execute(sql, params).fetchall()
         if args.since is None and (args.stream or args.type):
             rows = rows[max(0, len(rows) - args.limit):]  # -n 0 shows none, as without filters

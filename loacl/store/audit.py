@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from loacl.domain.errors import LoaclError
 from loacl.store import codec
+from loacl.store.eventstore import EVENT_COLUMNS
 
 Progress = Callable[[int, int], None]
 
@@ -49,8 +50,7 @@ def _verify(conn: sqlite3.Connection, progress: Progress | None, chunk: int) -> 
     count = 0
     while True:
         rows = conn.execute(
-            "SELECT seq, stream, version, type, schema_version, payload, metadata, recorded_at, "
-            "hash FROM events WHERE seq >= ? ORDER BY seq LIMIT ?",
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE seq >= ? ORDER BY seq LIMIT ?",
             (expected_seq, chunk),
         ).fetchall()
         if not rows:

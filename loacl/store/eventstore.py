@@ -39,10 +39,10 @@ MAX_BATCH = 2000
 # entries at once; the trailing events are found by a scan of at most this many rows.
 INDEX_LAG = 1000
 
-_SELECT = (
-    "SELECT seq, stream, version, type, schema_version, payload, metadata, recorded_at, hash "
-    "FROM events"
-)
+# A row of the log, in the order decode_rows reads it (the CLI and audit read the same).
+EVENT_COLUMNS = "seq, stream, version, type, schema_version, payload, metadata, recorded_at, hash"
+_SELECT = f"SELECT {EVENT_COLUMNS} FROM events"
+_READ_ALL = f"{_SELECT} WHERE seq > ? ORDER BY seq LIMIT ?"
 _INSERT_KEY = (
     "INSERT INTO append_keys (key, stream, first_seq, last_seq) VALUES (?, ?, ?, ?)"
 )
@@ -63,21 +63,19 @@ _INDEX_TAIL = (
     "SELECT stream, version, seq FROM events WHERE seq > ? ORDER BY stream, version"
 )
 _INDEXED_SEQ = "(SELECT coalesce(max(indexed_seq), 0) FROM event_log_head)"
+# The events of one stream, its two parameters both the stream's name: those in the index and
+# those in the log's tail after it. In one statement (one snapshot) the two never overlap;
+# SQLite answers each side from a primary key (a multi-index OR).
+IN_STREAM = (
+    "(seq IN (SELECT seq FROM stream_index WHERE stream = ?) "
+    f"OR (seq > {_INDEXED_SEQ} AND stream = ?))"
+)
 # One statement, so one snapshot: the indexed part and the tail after it never overlap.
 _STREAM_VERSION = (
     f"SELECT coalesce((SELECT max(version) FROM events WHERE seq > {_INDEXED_SEQ} "
     "AND stream = ?1), (SELECT max(version) FROM stream_index WHERE stream = ?1), 0)"
 )
-_COLUMNS = (
-    "e.seq, e.stream, e.version, e.type, e.schema_version, e.payload, e.metadata, "
-    "e.recorded_at, e.hash"
-)
-_READ_STREAM = (
-    f"SELECT {_COLUMNS} FROM stream_index i JOIN events e ON e.seq = i.seq "
-    "WHERE i.stream = ?1 AND i.version > ?2 "
-    f"UNION ALL SELECT {_COLUMNS} FROM events e WHERE e.seq > {_INDEXED_SEQ} "
-    "AND e.stream = ?1 AND e.version > ?2 ORDER BY 3"
-)
+_READ_STREAM = f"{_SELECT} WHERE {IN_STREAM} AND version > ? ORDER BY version"
 
 
 def utc_now() -> datetime:
@@ -124,9 +122,7 @@ def stream_version(conn: sqlite3.Connection, stream: str) -> int:
 def read_all_sync(
     conn: sqlite3.Connection, after: int = 0, limit: int | None = None
 ) -> list[RecordedEvent]:
-    rows = conn.execute(
-        f"{_SELECT} WHERE seq > ? ORDER BY seq LIMIT ?", (after, -1 if limit is None else limit)
-    ).fetchall()
+    rows = conn.execute(_READ_ALL, (after, -1 if limit is None else limit)).fetchall()
     return decode_rows(rows)
 
 
@@ -499,7 +495,7 @@ class EventStore:
         return list(await self._reader.execute_fetchall(sql, params))
 
     async def read_stream(self, stream: str, after_version: int = 0) -> list[RecordedEvent]:
-        rows = await self._fetch(_READ_STREAM, (stream, after_version))
+        rows = await self._fetch(_READ_STREAM, (stream, stream, after_version))
         return decode_rows(rows)
 
     async def load(
@@ -513,9 +509,7 @@ class EventStore:
         return state, len(events)
 
     async def read_all(self, after: int = 0, limit: int | None = None) -> list[RecordedEvent]:
-        rows = await self._fetch(
-            f"{_SELECT} WHERE seq > ? ORDER BY seq LIMIT ?", (after, -1 if limit is None else limit)
-        )
+        rows = await self._fetch(_READ_ALL, (after, -1 if limit is None else limit))
         return decode_rows(rows)
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
