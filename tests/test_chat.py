@@ -274,8 +274,10 @@ class GatedProvider:
         self.inner = inner
         self.gate = gate
         self.name = inner.name
-        # The app closes its providers' SDK clients at shutdown; this one's is the inner one's.
-        self.client = getattr(inner, "client", None)
+
+    async def aclose(self) -> None:
+        # The app closes its providers at shutdown; this one's connections are the inner one's.
+        await self.inner.aclose()
 
     async def stream(self, request: ReplyRequest, result: ReplyResult) -> AsyncIterator[str]:
         self.gate.arrived()

@@ -305,5 +305,5 @@ def test_demo_origins_keep_the_newest_few(settings: Settings) -> None:
         for origin in origins:
             assert portal.call(demo.allow, [origin]) is True
         widget = portal.call(demo.widgets.get, DEMO_OWNER, demo.widget_id)
-        assert widget["allowed_origins"] == origins[::-1][:8]
+        assert list(widget.definition.allowed_origins) == origins[::-1][:8]
         assert portal.call(demo.allow, []) is False

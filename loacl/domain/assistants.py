@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Event
 
+# The providers an assistant may name; ``loacl.providers`` has a factory for each (a test
+# checks that the two agree).
 PROVIDERS = ("openai", "chat_completions", "demo")
 
 
@@ -77,11 +79,23 @@ def _owned(state: Assistant, owner_id: str) -> None:
         raise LoaclError("not_found", "no such assistant")
 
 
+def checked(definition: AssistantDefinition) -> AssistantDefinition:
+    if definition.provider not in PROVIDERS:
+        raise LoaclError(
+            "validation_error",
+            f"provider: one of {', '.join(PROVIDERS)}, not {definition.provider!r}",
+            errors=[{"field": "provider", "message": "unknown provider"}],
+        )
+    return definition
+
+
 def create_assistant(
     assistant_id: str, owner_id: str, definition: AssistantDefinition
 ) -> list[Event]:
     return [
-        AssistantCreated(assistant_id=assistant_id, owner_id=owner_id, definition=definition)
+        AssistantCreated(
+            assistant_id=assistant_id, owner_id=owner_id, definition=checked(definition)
+        )
     ]
 
 
@@ -89,6 +103,7 @@ def update_assistant(
     state: Assistant, owner_id: str, definition: AssistantDefinition
 ) -> list[Event]:
     _owned(state, owner_id)
+    definition = checked(definition)
     if definition == state.definition:
         return []
     return [AssistantUpdated(assistant_id=state.assistant_id, definition=definition)]

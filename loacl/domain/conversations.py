@@ -142,6 +142,38 @@ def _with(state: Conversation, **changes: object) -> Conversation:
     return replace(state, **changes)  # type: ignore[arg-type]
 
 
+MAX_ATTACHMENTS = 10
+MAX_CLIENT_ID = 100
+
+
+def checked_message(
+    text: str, file_ids: tuple[str, ...], client_message_id: str | None, max_chars: int
+) -> str:
+    """The message's text as it is kept (trimmed), or a refusal: the same for every way in."""
+    text = text.strip()
+    if not text:
+        raise LoaclError(
+            "validation_error", "text: a message needs some text",
+            errors=[{"field": "text", "message": "empty"}],
+        )
+    if len(text) > max_chars:
+        raise LoaclError(
+            "message_too_long", f"a message may have at most {max_chars} characters",
+            errors=[{"field": "text", "message": "too long"}],
+        )
+    if len(file_ids) > MAX_ATTACHMENTS:
+        raise LoaclError(
+            "validation_error", f"file_ids: at most {MAX_ATTACHMENTS} files a message",
+            errors=[{"field": "file_ids", "message": f"at most {MAX_ATTACHMENTS}"}],
+        )
+    if client_message_id is not None and not 0 < len(client_message_id) <= MAX_CLIENT_ID:
+        raise LoaclError(
+            "validation_error", f"client_message_id: 1 to {MAX_CLIENT_ID} characters",
+            errors=[{"field": "client_message_id", "message": "bad length"}],
+        )
+    return text
+
+
 def post_message(
     state: Conversation, *, message_id: str, reply_id: str, text: str,
     file_ids: tuple[str, ...], client_message_id: str | None,

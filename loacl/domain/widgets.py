@@ -7,6 +7,9 @@ from dataclasses import dataclass, replace
 
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Event
+from loacl.domain.origins import normalize_origin
+
+MAX_ORIGINS = 50
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,6 +74,16 @@ class ConversationStarted(Event):
     external_user_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class VisitorAccess:
+    """Who is calling with a visitor token: one visitor of one widget, in one conversation."""
+
+    widget_id: str
+    visitor_id: str
+    conversation_id: str
+    user_id: str | None = None
+
+
 def widget_stream(widget_id: str) -> str:
     return f"widget-{widget_id}"
 
@@ -107,12 +120,40 @@ def _owned(state: Widget, owner_id: str) -> None:
         raise LoaclError("not_found", "no such widget")
 
 
+def checked(definition: WidgetDefinition) -> WidgetDefinition:
+    """The definition with its allowed origins in canonical form, each once, or a refusal
+    naming the first bad one: whoever writes a widget (API, CLI, the demo) gets the same."""
+    origins: list[str] = []
+    for index, value in enumerate(definition.allowed_origins):
+        try:
+            origin = normalize_origin(value)
+        except LoaclError as exc:
+            raise LoaclError(
+                "validation_error", f"allowed_origins.{index}: {exc.message}",
+                errors=[{"field": f"allowed_origins.{index}", "message": exc.message}],
+            ) from None
+        if origin not in origins:
+            origins.append(origin)
+    if len(origins) > MAX_ORIGINS:
+        raise LoaclError(
+            "validation_error", f"allowed_origins: at most {MAX_ORIGINS} origins",
+            errors=[{"field": "allowed_origins", "message": f"at most {MAX_ORIGINS}"}],
+        )
+    if definition.messages_per_minute < 1:
+        raise LoaclError(
+            "validation_error", "limits.messages_per_minute: at least 1",
+            errors=[{"field": "limits.messages_per_minute", "message": "at least 1"}],
+        )
+    return replace(definition, allowed_origins=tuple(origins))
+
+
 def create_widget(widget_id: str, owner_id: str, definition: WidgetDefinition) -> list[Event]:
-    return [WidgetCreated(widget_id=widget_id, owner_id=owner_id, definition=definition)]
+    return [WidgetCreated(widget_id=widget_id, owner_id=owner_id, definition=checked(definition))]
 
 
 def update_widget(state: Widget, owner_id: str, definition: WidgetDefinition) -> list[Event]:
     _owned(state, owner_id)
+    definition = checked(definition)
     if definition == state.definition:
         return []
     return [WidgetUpdated(widget_id=state.widget_id, definition=definition)]

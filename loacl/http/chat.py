@@ -6,7 +6,7 @@ token, to read any conversation of their widgets.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,14 +16,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message
 
+from loacl.domain.conversations import MAX_ATTACHMENTS, MAX_CLIENT_ID
 from loacl.domain.errors import LoaclError
+from loacl.domain.widgets import VisitorAccess
 from loacl.http.auth import bearer_token, current_owner
 from loacl.http.common import int_param, metadata, page, page_response
 from loacl.http.errors import STATUS, problem
+from loacl.http.shapes import conversation_json, file_json, message_json, message_page_json
 from loacl.http.validation import parse_body
 from loacl.http.visitors import visitor_endpoint
 from loacl.providers.base import ProviderError
-from loacl.services.chat import Chat, Run, VisitorAccess
+from loacl.services.chat import Chat, Run
 from loacl.services.files import Files
 from loacl.services.widgets import Widgets
 
@@ -31,10 +34,15 @@ MULTIPART_OVERHEAD = 64 * 1024
 
 
 class MessageBody(BaseModel):
+    """A visitor's message, over HTTP and in a WebSocket ``message`` frame alike; the domain
+    (``conversations.checked_message``) checks the text and the caps for both."""
+
     model_config = ConfigDict(extra="forbid")
     text: str = Field(max_length=100_000)
-    file_ids: list[str] = Field(default_factory=list, max_length=10)
-    client_message_id: str | None = Field(None, min_length=1, max_length=100)
+    file_ids: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list, max_length=MAX_ATTACHMENTS
+    )
+    client_message_id: str | None = Field(None, min_length=1, max_length=MAX_CLIENT_ID)
 
 
 def chat(request: Request) -> Chat:
@@ -54,11 +62,9 @@ def widgets(request: Request) -> Widgets:
 
 async def visitor(request: Request, token: str | None = None) -> VisitorAccess:
     """The visitor behind a visitor token, calling from an origin the widget allows."""
-    widget_id = request.path_params["id"]
-    visitor_id, conversation_id, user_id = await widgets(request).visitor_access(
-        widget_id, request.headers.get("origin"), token or bearer_token(request)
+    return await widgets(request).visitor_access(
+        request.path_params["id"], request.headers.get("origin"), token or bearer_token(request)
     )
-    return VisitorAccess(widget_id, visitor_id, conversation_id, user_id)
 
 
 async def visitor_or_owner(request: Request) -> VisitorAccess | None:
@@ -88,12 +94,7 @@ async def list_messages(request: Request) -> Response:
                 "validation_error", "conversation_id: required when an owner reads messages",
                 errors=[{"field": "conversation_id", "message": "Field required"}],
             )
-        rows = await chat(request).store.query(
-            "SELECT 1 FROM conversations WHERE conversation_id = ? AND widget_id = ?",
-            (conversation_id, request.path_params["id"]),
-        )
-        if not rows:
-            raise LoaclError("not_found", "no such conversation")
+        await chat(request).conversation_of_widget(request.path_params["id"], conversation_id)
     else:
         conversation_id = access.conversation_id
     before = request.query_params.get("before")
@@ -101,21 +102,20 @@ async def list_messages(request: Request) -> Response:
     if before is not None and after is not None:
         raise LoaclError("validation_error", "give before or after, not both")
     limit = int_param(request, "limit", 50, 1, 100)
-    body = await chat(request).messages(
+    found = await chat(request).messages(
         conversation_id,
         before=int_param(request, "before", 0, 1, 2**62) if before is not None else None,
         after=int_param(request, "after", 0, 0, 2**62) if after is not None else None,
         limit=limit,
     )
-    return JSONResponse(body)
+    return JSONResponse(message_page_json(conversation_id, found))
 
 
 def _failure(error: ProviderError, body: dict[str, Any], request: Request) -> Response:
     extra: dict[str, Any] = dict(body)
     if error.retry_after is not None:
         extra["retry_after"] = max(1, round(error.retry_after))
-    return problem(STATUS.get(error.code, 502), error.code, error.message, request,
-                   **extra)
+    return problem(STATUS.get(error.code, 502), error.code, error.message, request, **extra)
 
 
 @visitor_endpoint
@@ -133,10 +133,10 @@ async def post_message(request: Request) -> Response:
     else:
         reply_id = run
     reply = await service.message(reply_id)
-    result = {"message": message, "reply": reply}
-    if reply["status"] == "failed":
+    result = {"message": message_json(message), "reply": message_json(reply)}
+    if reply.status == "failed":
         error = run.error if isinstance(run, Run) and run.error else ProviderError(
-            reply["error_code"] or "provider_error", "the assistant could not answer"
+            reply.error_code or "provider_error", "the assistant could not answer"
         )
         return _failure(error, result, request)
     return JSONResponse(result, status_code=201)
@@ -147,8 +147,8 @@ async def list_conversations(request: Request) -> Response:
     widget_id = request.path_params["id"]
     await widgets(request).get(owner.user_id, widget_id)
     after, limit = page(request)
-    items, cursor = await chat(request).conversations(widget_id, after, limit)
-    return page_response(items, cursor)
+    found = await chat(request).conversations(widget_id, after, limit)
+    return page_response([conversation_json(c) for c in found.items], found.next_cursor)
 
 
 async def _read_capped(request: Request, limit: int) -> bytes:
@@ -202,22 +202,22 @@ async def upload_file(request: Request) -> Response:
     stored = await files(request).upload(
         access, upload.filename or "file", data, metadata(request, f"visitor:{access.visitor_id}")
     )
-    return JSONResponse(stored, status_code=201)
+    return JSONResponse(file_json(stored), status_code=201)
 
 
 @visitor_endpoint
 async def get_file(request: Request) -> Response:
     access = await visitor_or_owner(request)
-    stored = await files(request).fetch(
+    stored, data = await files(request).fetch(
         request.path_params["id"], request.path_params["file_id"],
         visitor_id=access.visitor_id if access else None,
     )
-    name = stored.meta["filename"]
+    name = stored.filename
     # RFC 6266: an ASCII fallback for old clients, the exact name percent-encoded for the rest.
     fallback = name.encode("ascii", "replace").decode().replace('"', "").replace("?", "_")
     return Response(
-        stored.data,
-        media_type=stored.meta["content_type"],
+        data,
+        media_type=stored.content_type,
         headers={
             "Content-Disposition": (
                 f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"

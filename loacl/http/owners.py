@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import html
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from loacl.domain.assistants import AssistantDefinition
+from loacl.domain.assistants import PROVIDERS, AssistantDefinition
 from loacl.domain.errors import LoaclError
-from loacl.domain.origins import normalize_origin
-from loacl.domain.widgets import WidgetDefinition, WidgetSettings
+from loacl.domain.widgets import MAX_ORIGINS, WidgetDefinition, WidgetSettings
 from loacl.http.auth import current_owner
 from loacl.http.common import if_match, metadata, page, page_response, with_etag
+from loacl.http.shapes import assistant_json, widget_json
 from loacl.http.static import widget_script
 from loacl.http.validation import parse_body
+from loacl.providers import default_provider, spec
 from loacl.services.assistants import Assistants
 from loacl.services.widgets import Widgets
+from loacl.store.views.widgets import WidgetView
 
 
 class Body(BaseModel):
@@ -35,20 +37,13 @@ class FileSearch(Body):
 
 class AssistantBody(Body):
     name: str = Field(min_length=1, max_length=200)
-    provider: Literal["openai", "chat_completions", "demo"] | None = None
+    provider: str | None = Field(None, json_schema_extra={"enum": list(PROVIDERS)})
     model: str | None = Field(None, min_length=1, max_length=200)
     instructions: str = Field("", max_length=32_000)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     max_output_tokens: int | None = Field(None, ge=16, le=200_000)
     file_search: FileSearch | None = None
-
-
-def _origin(value: str) -> str:
-    try:
-        return normalize_origin(value)
-    except LoaclError as exc:
-        raise ValueError(exc.message) from None
 
 
 class SettingsBody(Body):
@@ -68,8 +63,9 @@ class LimitsBody(Body):
 class WidgetBody(Body):
     name: str = Field(min_length=1, max_length=200)
     assistant_id: str = Field(min_length=1, max_length=64)
-    allowed_origins: list[Annotated[str, AfterValidator(_origin)]] = Field(
-        default_factory=list, max_length=50
+    # Checked and put in canonical form by the domain (``widgets.checked``), for every writer.
+    allowed_origins: list[Annotated[str, Field(max_length=300)]] = Field(
+        default_factory=list, max_length=MAX_ORIGINS
     )
     settings: SettingsBody = Field(default_factory=lambda: SettingsBody())
     limits: LimitsBody = Field(default_factory=lambda: LimitsBody())
@@ -88,9 +84,8 @@ def widgets(request: Request) -> Widgets:
 
 
 def _definition(request: Request, body: AssistantBody) -> AssistantDefinition:
-    settings = request.app.state.settings
-    provider = body.provider or ("openai" if settings.openai_api_key else "demo")
-    model = body.model or ("demo" if provider == "demo" else None)
+    provider = body.provider or default_provider(request.app.state.settings)
+    model = body.model or spec(provider).default_model
     if model is None:
         raise LoaclError(
             "validation_error", "model: required for this provider",
@@ -107,8 +102,8 @@ def _definition(request: Request, body: AssistantBody) -> AssistantDefinition:
 async def list_assistants(request: Request) -> Response:
     owner = await current_owner(request, verified=True)
     after, limit = page(request)
-    items, cursor = await assistants(request).list(owner.user_id, after, limit)
-    return page_response(items, cursor)
+    found = await assistants(request).list(owner.user_id, after, limit)
+    return page_response([assistant_json(a) for a in found.items], found.next_cursor)
 
 
 async def create_assistant(request: Request) -> Response:
@@ -117,12 +112,13 @@ async def create_assistant(request: Request) -> Response:
     created = await assistants(request).create(
         owner.user_id, _definition(request, body), metadata(request, owner.user_id)
     )
-    return with_etag(created, 201)
+    return with_etag(assistant_json(created), 201)
 
 
 async def get_assistant(request: Request) -> Response:
     owner = await current_owner(request, verified=True)
-    return with_etag(await assistants(request).get(owner.user_id, request.path_params["id"]))
+    found = await assistants(request).get(owner.user_id, request.path_params["id"])
+    return with_etag(assistant_json(found))
 
 
 async def put_assistant(request: Request) -> Response:
@@ -132,7 +128,7 @@ async def put_assistant(request: Request) -> Response:
         owner.user_id, request.path_params["id"], _definition(request, body), if_match(request),
         metadata(request, owner.user_id),
     )
-    return with_etag(updated)
+    return with_etag(assistant_json(updated))
 
 
 async def delete_assistant(request: Request) -> Response:
@@ -147,7 +143,7 @@ async def delete_assistant(request: Request) -> Response:
 def _widget_definition(body: WidgetBody) -> WidgetDefinition:
     return WidgetDefinition(
         name=body.name, assistant_id=body.assistant_id,
-        allowed_origins=tuple(dict.fromkeys(body.allowed_origins)),
+        allowed_origins=tuple(body.allowed_origins),
         settings=WidgetSettings(**body.settings.model_dump()),
         messages_per_minute=body.limits.messages_per_minute,
         enabled=body.enabled, require_identity=body.require_identity,
@@ -157,8 +153,8 @@ def _widget_definition(body: WidgetBody) -> WidgetDefinition:
 async def list_widgets(request: Request) -> Response:
     owner = await current_owner(request, verified=True)
     after, limit = page(request)
-    items, cursor = await widgets(request).list(owner.user_id, after, limit)
-    return page_response(items, cursor)
+    found = await widgets(request).list(owner.user_id, after, limit)
+    return page_response([widget_json(w) for w in found.items], found.next_cursor)
 
 
 async def create_widget(request: Request) -> Response:
@@ -167,12 +163,13 @@ async def create_widget(request: Request) -> Response:
     created = await widgets(request).create(
         owner.user_id, _widget_definition(body), metadata(request, owner.user_id)
     )
-    return with_etag(created, 201)
+    return with_etag(_with_secret(request, created), 201)
 
 
 async def get_widget(request: Request) -> Response:
     owner = await current_owner(request, verified=True)
-    return with_etag(await widgets(request).get(owner.user_id, request.path_params["id"]))
+    found = await widgets(request).get(owner.user_id, request.path_params["id"])
+    return with_etag(widget_json(found))
 
 
 async def put_widget(request: Request) -> Response:
@@ -182,7 +179,7 @@ async def put_widget(request: Request) -> Response:
         owner.user_id, request.path_params["id"], _widget_definition(body), if_match(request),
         metadata(request, owner.user_id),
     )
-    return with_etag(updated)
+    return with_etag(widget_json(updated))
 
 
 async def delete_widget(request: Request) -> Response:
@@ -200,7 +197,16 @@ async def rotate_secret(request: Request) -> Response:
         owner.user_id, request.path_params["id"], if_match(request),
         metadata(request, owner.user_id),
     )
-    return with_etag(rotated)
+    return with_etag(_with_secret(request, rotated))
+
+
+def _with_secret(request: Request, view: WidgetView) -> dict[str, Any]:
+    """The widget with its identity secret: shown when it is made, never again."""
+    body = widget_json(view)
+    body["identity_secret"] = widgets(request).identity_secret(
+        view.widget_id, view.secret_generation
+    )
+    return body
 
 
 def public_base(request: Request) -> str:
@@ -213,9 +219,9 @@ async def embed_code(request: Request) -> Response:
     widget = await widgets(request).get(owner.user_id, request.path_params["id"])
     script_url = f"{public_base(request)}/widget.js"
     config = {
-        "widgetId": widget["id"],
-        "position": widget["settings"]["position"],
-        "theme": widget["settings"]["theme"],
+        "widgetId": widget.widget_id,
+        "position": widget.definition.settings.position,
+        "theme": widget.definition.settings.theme,
     }
     # JSON inside a <script>: escape "<" so no value can close the element.
     literal = json.dumps(config, indent=2).replace("<", "\\u003c")
@@ -229,7 +235,7 @@ async def embed_code(request: Request) -> Response:
     return JSONResponse({
         "html": snippet,
         "script_url": script_url,
-        "widget_id": widget["id"],
+        "widget_id": widget.widget_id,
         # To pin one build: <script src=versioned_script_url integrity=... crossorigin=anonymous>
         "versioned_script_url": f"{public_base(request)}/widget/{item.version}.js",
         "integrity": item.integrity,

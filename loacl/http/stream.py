@@ -34,10 +34,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
+from loacl.domain.widgets import VisitorAccess
 from loacl.http.common import metadata
 from loacl.http.errors import STATUS, problem
-from loacl.services.chat import Chat, Run, VisitorAccess, reply_error_text
+from loacl.http.shapes import message_json, usage_json
+from loacl.services.chat import Chat
+from loacl.services.replies import Run, reply_error_text
 from loacl.services.widgets import Widgets
+from loacl.store.views.conversations import MessageView
 
 log = structlog.get_logger(__name__)
 
@@ -207,16 +211,17 @@ class Connection:
     async def _send_end(self, message_id: str) -> None:
         message = await self.chat.message(message_id)
         frame: dict[str, Any] = {"type": "done", "message_id": message_id,
-                                 "status": message["status"], "usage": message.get("usage"),
-                                 "length": len(message["text"])}
-        if message["status"] != "completed":
-            self.send({"type": "error", "code": message["error_code"] or "provider_error",
+                                 "status": message.status, "usage": usage_json(message),
+                                 "length": len(message.text)}
+        if message.status != "completed":
+            self.send({"type": "error", "code": message.error_code or "provider_error",
                        "message_id": message_id,
-                       "text": reply_error_text(message["error_code"])})
+                       "text": reply_error_text(message.error_code)})
         self.send(frame)
 
-    def on_started(self, run: Run, message: dict[str, Any]) -> None:
-        self.send({"type": "started", "message": message, "reply_id": run.message_id})
+    def on_started(self, run: Run, message: MessageView) -> None:
+        self.send({"type": "started", "message": message_json(message),
+                   "reply_id": run.message_id})
         self.follow(run)
 
     # -- client frames ---------------------------------------------------------------------
@@ -258,7 +263,8 @@ class Connection:
                           if "retry_after" in exc.extra else {})})
             return
         reply_id = run.message_id if isinstance(run, Run) else run
-        self.send({"type": "ack", "client_message_id": client_id, "message_id": message["id"],
+        self.send({"type": "ack", "client_message_id": client_id,
+                   "message_id": message.message_id,
                    "reply_id": reply_id, "duplicate": not started})
         if not started:
             # A resend: give this socket the reply, whether it is still streaming or done.
@@ -273,7 +279,7 @@ class Connection:
             self.send({"type": "error", "code": "invalid_frame",
                        "text": "a resume frame needs message_id and a character offset >= 0"})
             return
-        run = self.chat.runs.get(self.access.conversation_id)
+        run = self.chat.running(self.access.conversation_id)
         if run is not None and run.message_id == message_id:
             self.follow(run, offset)
             return
@@ -284,18 +290,18 @@ class Connection:
             message = await self.chat.message(message_id)
         except LoaclError:
             message = None
-        if (message is None or message["conversation_id"] != self.access.conversation_id
-                or message["role"] != "assistant"):
+        if (message is None or message.conversation_id != self.access.conversation_id
+                or message.role != "assistant"):
             self.send({"type": "error", "code": "not_found", "message_id": message_id,
                        "text": "no such reply in this conversation"})
             return
-        if message["status"] == "streaming":
+        if message.status == "streaming":
             # Streaming in another process or being closed at start-up; the run ends soon.
-            run = self.chat.runs.get(self.access.conversation_id)
+            run = self.chat.running(self.access.conversation_id)
             if run is not None and run.message_id == message_id:
                 self.follow(run, offset)
                 return
-        self.send_text(message_id, offset, message["text"][offset:])
+        self.send_text(message_id, offset, message.text[offset:])
         await self._send_end(message_id)
 
 
@@ -316,11 +322,9 @@ async def _refuse(websocket: WebSocket, exc: LoaclError) -> None:
 
 async def _authenticate(websocket: WebSocket, token: str) -> VisitorAccess:
     widgets: Widgets = websocket.app.state.widgets
-    widget_id = websocket.path_params["id"]
-    visitor_id, conversation_id, user_id = await widgets.visitor_access(
-        widget_id, websocket.headers.get("origin"), token
+    return await widgets.visitor_access(
+        websocket.path_params["id"], websocket.headers.get("origin"), token
     )
-    return VisitorAccess(widget_id, visitor_id, conversation_id, user_id)
 
 
 async def stream(websocket: WebSocket) -> None:
@@ -354,9 +358,9 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
     settings = conn.settings
     unwatch = chat.watch(access.conversation_id, conn.on_started)
     conn.send({"type": "ready", "conversation_id": access.conversation_id})
-    run = chat.runs.get(access.conversation_id)
+    run = chat.running(access.conversation_id)
     if run is not None:  # a reply is streaming in another tab: show it here too
-        conn.send({"type": "started", "message": await chat.message(run.reply_to),
+        conn.send({"type": "started", "message": message_json(await chat.message(run.reply_to)),
                    "reply_id": run.message_id})
         conn.pending = run
 
@@ -380,7 +384,7 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
                 if conn.pending is not None:
                     conn.end_grace(None)
                     continue
-                if chat.runs.get(access.conversation_id) is None:
+                if chat.running(access.conversation_id) is None:
                     conn.close(4408, "idle")
                     return
                 continue

@@ -18,6 +18,7 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.origins import normalize_origin
 from loacl.http.common import metadata
 from loacl.http.errors import loacl_error
+from loacl.http.shapes import widget_settings_json
 from loacl.http.validation import parse_body
 from loacl.services.widgets import Widgets
 
@@ -77,14 +78,17 @@ async def config(request: Request) -> Response:
     )
     settings = request.app.state.settings
     body = {
-        "widget_id": widget["id"],
-        "settings": widget["settings"],
-        "require_identity": widget["require_identity"],
+        "widget_id": widget.widget_id,
+        "settings": widget_settings_json(widget),
+        "require_identity": widget.definition.require_identity,
         "uploads": {
             "max_size": settings.max_upload_size,
             "allowed_types": settings.allowed_file_types,
         },
-        "limits": {**widget["limits"], "max_message_chars": settings.max_message_chars},
+        "limits": {
+            "messages_per_minute": widget.definition.messages_per_minute,
+            "max_message_chars": settings.max_message_chars,
+        },
     }
     return JSONResponse(body, headers={"Cache-Control": "no-cache"})
 

@@ -1,13 +1,23 @@
 """Model providers: OpenAI (Responses API), any OpenAI-compatible server (Chat Completions), and
-the built-in demo. They sit beside the services behind small protocols."""
+the built-in demo. They sit beside the services behind small protocols.
+
+``REGISTRY`` is the one place a provider is chosen by name: what builds it and what it can
+read. Everything else asks the registry, never ``if name == ...``.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import openai
 import structlog
 
 from loacl.domain.errors import LoaclError
 from loacl.providers.base import Provider
+from loacl.providers.chat_completions import ChatCompletionsProvider
+from loacl.providers.demo import DemoProvider
+from loacl.providers.openai_responses import ResponsesProvider
 from loacl.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -44,26 +54,70 @@ def client_for(settings: Settings, provider: str, *, max_retries: int = 2,
     )
 
 
-def provider_for(settings: Settings, name: str) -> Provider:
-    """The provider an assistant names, configured from settings."""
-    from loacl.providers.chat_completions import ChatCompletionsProvider
-    from loacl.providers.demo import DemoProvider
-    from loacl.providers.openai_responses import ResponsesProvider
-
-    if name == "demo":
-        return DemoProvider(settings.demo_delay)
-    client = client_for(
+def _reply_client(settings: Settings, name: str) -> openai.AsyncOpenAI:
+    return client_for(
         settings, name, max_retries=settings.provider_max_retries,
         timeout=settings.provider_read_timeout,
     )
-    if name == "chat_completions":
-        return ChatCompletionsProvider(client)
-    return ResponsesProvider(client, store=settings.openai_store)
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    name: str
+    create: Callable[[Settings], Provider]
+    # The kinds of uploaded file the provider can read; others are refused before anything is
+    # written, since a file in the history it cannot take would fail every later turn.
+    file_kinds: frozenset[str]
+    # The model an assistant gets when it names none; None: the owner must say.
+    default_model: str | None = None
+    # Whether ``models.retrieve`` can check a model name.
+    lists_models: bool = True
+
+
+REGISTRY: dict[str, ProviderSpec] = {
+    spec.name: spec
+    for spec in (
+        ProviderSpec(
+            "openai",
+            lambda s: ResponsesProvider(_reply_client(s, "openai"), store=s.openai_store),
+            frozenset({"pdf", "docx", "doc", "txt"}),
+        ),
+        ProviderSpec(
+            "chat_completions",
+            lambda s: ChatCompletionsProvider(_reply_client(s, "chat_completions")),
+            frozenset({"txt"}),
+        ),
+        ProviderSpec(
+            "demo", lambda s: DemoProvider(s.demo_delay), frozenset({"pdf", "docx", "doc", "txt"}),
+            default_model="demo", lists_models=False,
+        ),
+    )
+}
+
+
+def spec(name: str) -> ProviderSpec:
+    found = REGISTRY.get(name)
+    if found is None:
+        raise LoaclError(
+            "validation_error", f"provider: one of {', '.join(REGISTRY)}, not {name!r}",
+            errors=[{"field": "provider", "message": "unknown provider"}],
+        )
+    return found
+
+
+def default_provider(settings: Settings) -> str:
+    """The provider of an assistant that names none: OpenAI once a key is set, else the demo."""
+    return "openai" if settings.openai_api_key else "demo"
+
+
+def provider_for(settings: Settings, name: str) -> Provider:
+    """The provider an assistant names, configured from settings."""
+    return spec(name).create(settings)
 
 
 async def check_model(settings: Settings, provider: str, model: str) -> None:
     """Ask the provider whether it knows ``model`` (``models.retrieve``)."""
-    if provider == "demo":
+    if not spec(provider).lists_models:
         if model not in DEMO_MODELS:
             raise LoaclError(
                 "unknown_model", f"the demo provider has one model, 'demo', not {model!r}",

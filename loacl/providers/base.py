@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from loacl.domain.assistants import AssistantDefinition
+from loacl.domain.errors import LoaclError
 
 
 @dataclass(frozen=True)
@@ -42,14 +43,12 @@ class ReplyResult:
     uploaded: dict[str, str] = field(default_factory=dict)  # LOACL file id -> provider file id
 
 
-class ProviderError(Exception):
-    """``code`` is what the visitor is told: provider_rate_limited, provider_unavailable,
-    provider_error."""
+class ProviderError(LoaclError):
+    """A provider's failure. ``code`` is what the visitor is told: provider_rate_limited,
+    provider_unavailable, provider_error; ``retry_after`` (seconds) when the provider said."""
 
     def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
         self.retry_after = retry_after
 
 
@@ -58,6 +57,10 @@ class Provider(Protocol):
 
     def stream(self, request: ReplyRequest, result: ReplyResult) -> AsyncIterator[str]:
         """Yield text deltas; fill ``result``; raise ``ProviderError`` on failure."""
+        ...
+
+    async def aclose(self) -> None:
+        """Let go of connections; the provider is not used again."""
         ...
 
 

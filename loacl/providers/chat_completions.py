@@ -35,6 +35,9 @@ class ChatCompletionsProvider:
             messages.append({"role": turn.role, "content": text})
         return messages
 
+    async def aclose(self) -> None:
+        await self.client.close()
+
     async def stream(self, request: ReplyRequest, result: ReplyResult) -> AsyncIterator[str]:
         a = request.assistant
         options: dict[str, Any] = {}

@@ -26,6 +26,9 @@ class DemoProvider:
     def __init__(self, delay: float = 0.02) -> None:
         self.delay = delay
 
+    async def aclose(self) -> None:
+        return None
+
     async def stream(self, request: ReplyRequest, result: ReplyResult) -> AsyncIterator[str]:
         question = request.turns[-1].text.strip().replace("\n", " ")
         if len(question) > 200:

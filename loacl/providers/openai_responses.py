@@ -90,6 +90,9 @@ class ResponsesProvider:
             items.append({"role": "user", "content": content})
         return items
 
+    async def aclose(self) -> None:
+        await self.client.close()
+
     async def stream(self, request: ReplyRequest, result: ReplyResult) -> AsyncIterator[str]:
         a = request.assistant
         options: dict[str, Any] = {}

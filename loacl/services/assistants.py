@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from loacl.domain import assistants as domain
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
-from loacl.providers import check_model
+from loacl.providers import check_model as model_known
 from loacl.services.tokens import new_id
+from loacl.services.versions import expect_version
 from loacl.settings import Settings
 from loacl.store.eventstore import NO_STREAM, EventStore
-
-_COLUMNS = "assistant_id, owner_id, definition, version, created_seq, created_at, updated_at"
-
-
-def assistant_json(row: Any) -> dict[str, Any]:
-    assistant_id, _owner_id, definition, version, _seq, created_at, updated_at = row
-    d = json.loads(definition)
-    return {
-        "id": assistant_id,
-        "name": d["name"],
-        "provider": d["provider"],
-        "model": d["model"],
-        "instructions": d["instructions"],
-        "temperature": d["temperature"],
-        "top_p": d["top_p"],
-        "max_output_tokens": d["max_output_tokens"],
-        "file_search": {"vector_store_ids": d["vector_store_ids"]}
-        if d["vector_store_ids"] else None,
-        "version": version,
-        "created_at": created_at,
-        "updated_at": updated_at,
-    }
+from loacl.store.views import Page
+from loacl.store.views import assistants as views
+from loacl.store.views.assistants import AssistantView
 
 
 class Assistants:
@@ -46,55 +25,41 @@ class Assistants:
             domain.assistant_stream(assistant_id), domain.Assistant(), domain.evolve_assistant
         )
 
-    async def get(self, owner_id: str, assistant_id: str) -> dict[str, Any]:
-        rows = await self.store.query(
-            f"SELECT {_COLUMNS} FROM assistants WHERE assistant_id = ? AND owner_id = ?",
-            (assistant_id, owner_id),
-        )
-        if not rows:
+    async def get(self, owner_id: str, assistant_id: str) -> AssistantView:
+        found = await views.assistant(self.store, assistant_id)
+        if found is None or found.owner_id != owner_id:
             raise LoaclError("not_found", "no such assistant")
-        return assistant_json(rows[0])
+        return found
 
-    async def list(
-        self, owner_id: str, after: int, limit: int
-    ) -> tuple[list[dict[str, Any]], int | None]:
-        rows = await self.store.query(
-            f"SELECT {_COLUMNS} FROM assistants WHERE owner_id = ? AND created_seq > ? "
-            "ORDER BY created_seq LIMIT ?",
-            (owner_id, after, limit + 1),
-        )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return [assistant_json(r) for r in rows], (rows[-1][4] if more else None)
+    async def list(self, owner_id: str, after: int, limit: int) -> Page[AssistantView]:
+        return await views.assistants_of(self.store, owner_id, after, limit)
 
     async def create(
-        self, owner_id: str, definition: domain.AssistantDefinition, meta: Metadata
-    ) -> dict[str, Any]:
-        await check_model(self.settings, definition.provider, definition.model)
+        self, owner_id: str, definition: domain.AssistantDefinition, meta: Metadata,
+        *, check_model: bool = True,
+    ) -> AssistantView:
         assistant_id = new_id()
+        events = domain.create_assistant(assistant_id, owner_id, definition)
+        if check_model:
+            await model_known(self.settings, definition.provider, definition.model)
         await self.store.append(
-            domain.assistant_stream(assistant_id),
-            domain.create_assistant(assistant_id, owner_id, definition),
+            domain.assistant_stream(assistant_id), events,
             expected_version=NO_STREAM, metadata=meta,
         )
         return await self.get(owner_id, assistant_id)
 
     async def update(
         self, owner_id: str, assistant_id: str, definition: domain.AssistantDefinition,
-        if_match: int | None, meta: Metadata,
-    ) -> dict[str, Any]:
+        if_match: int | None, meta: Metadata, *, check_model: bool = True,
+    ) -> AssistantView:
         state, version = await self._load(assistant_id)
         events = domain.update_assistant(state, owner_id, definition)
-        if if_match is not None and if_match != version:
-            raise LoaclError(
-                "version_conflict", "the assistant changed since you read it; GET it again",
-                current_version=version,
-            )
+        expect_version("assistant", version, if_match)
         old = state.definition
-        if events and (old is None or (old.provider, old.model) != (
+        if check_model and events and (old is None or (old.provider, old.model) != (
             definition.provider, definition.model
         )):
-            await check_model(self.settings, definition.provider, definition.model)
+            await model_known(self.settings, definition.provider, definition.model)
         await self.store.append(
             domain.assistant_stream(assistant_id), events,
             expected_version=version, metadata=meta,
@@ -106,18 +71,13 @@ class Assistants:
     ) -> None:
         state, version = await self._load(assistant_id)
         events = domain.delete_assistant(state, owner_id)
-        if if_match is not None and if_match != version:
-            raise LoaclError(
-                "version_conflict", "the assistant changed since you read it; GET it again",
-                current_version=version,
-            )
-        used = await self.store.query(
-            "SELECT count(*) FROM widgets WHERE assistant_id = ?", (assistant_id,)
-        )
-        if used[0][0]:
+        expect_version("assistant", version, if_match)
+        # The projection refuses too, inside the write; asking first gives the count at once.
+        used = await views.widgets_using(self.store, assistant_id)
+        if used:
             raise LoaclError(
                 "assistant_in_use",
-                f"{used[0][0]} widget(s) use this assistant; point them elsewhere first",
+                f"{used} widget(s) use this assistant; point them elsewhere first",
             )
         await self.store.append(
             domain.assistant_stream(assistant_id), events,

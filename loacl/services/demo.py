@@ -11,7 +11,6 @@ from (see ``loacl.http.static``), the newest few kept.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
@@ -21,10 +20,12 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
 from loacl.domain.origins import normalize_origin
 from loacl.domain.widgets import WidgetDefinition, WidgetSettings
+from loacl.providers import default_provider, spec
 from loacl.services.assistants import Assistants
 from loacl.services.widgets import Widgets
 from loacl.settings import Settings
 from loacl.store.eventstore import EventStore
+from loacl.store.views.widgets import WidgetView
 
 log = structlog.get_logger(__name__)
 
@@ -54,98 +55,81 @@ def public_origin(settings: Settings) -> str | None:
         return None
 
 
-def definition_of(widget: dict[str, Any]) -> WidgetDefinition:
-    """A widget's definition, from its JSON form."""
-    return WidgetDefinition(
-        name=widget["name"], assistant_id=widget["assistant_id"],
-        allowed_origins=tuple(widget["allowed_origins"]),
-        settings=WidgetSettings(**widget["settings"]),
-        messages_per_minute=widget["limits"]["messages_per_minute"],
-        enabled=widget["enabled"], require_identity=widget["require_identity"],
-    )
-
-
 class Demo:
     def __init__(
         self, store: EventStore, settings: Settings, assistants: Assistants, widgets: Widgets
     ) -> None:
         self.store = store
         self.settings = settings
-        # The model is not checked with the provider at start-up: no network call there.
-        self.assistants = Assistants(
-            store, settings.model_copy(update={"validate_models": False})
-        )
+        self.assistants = assistants
         self.widgets = widgets
         self.widget_id: str | None = None
         self._lock = asyncio.Lock()
         self._meta = Metadata(actor=DEMO_OWNER)
 
     def assistant_definition(self) -> AssistantDefinition:
-        provider, model = (
-            ("openai", OPENAI_MODEL) if self.settings.openai_api_key else ("demo", "demo")
-        )
+        provider = default_provider(self.settings)
+        model = spec(provider).default_model or OPENAI_MODEL
         return AssistantDefinition(
             name="LOACL demo", provider=provider, model=model, instructions=INSTRUCTIONS
         )
-
-    async def _owned(self, table: str, column: str) -> str | None:
-        rows = await self.store.query(
-            f"SELECT {column} FROM {table} WHERE owner_id = ? ORDER BY created_seq LIMIT 1",
-            (DEMO_OWNER,),
-        )
-        return str(rows[0][0]) if rows else None
 
     async def ensure(self) -> str:
         """Create or update the demo assistant and widget; return the widget's id."""
         async with self._lock:
             wanted = self.assistant_definition()
-            assistant_id = await self._owned("assistants", "assistant_id")
-            if assistant_id is None:
-                created = await self.assistants.create(DEMO_OWNER, wanted, self._meta)
-                assistant_id = str(created["id"])
-            else:
-                current = await self.assistants.get(DEMO_OWNER, assistant_id)
-                if (current["provider"], current["model"], current["instructions"]) != (
-                    wanted.provider, wanted.model, wanted.instructions
-                ):
-                    await self.assistants.update(
-                        DEMO_OWNER, assistant_id, wanted, None, self._meta
-                    )
-            widget_id = await self._owned("widgets", "widget_id")
+            assistant_id = await self._ensure_assistant(wanted)
+            widgets = await self.widgets.list(DEMO_OWNER, 0, 1)
             public = public_origin(self.settings)
-            if widget_id is None:
-                origins = (public,) if public else ()
+            if not widgets.items:
+                origins: tuple[str, ...] = (public,) if public else ()
                 created = await self.widgets.create(
                     DEMO_OWNER, self._widget_definition(assistant_id, origins), self._meta
                 )
-                widget_id = str(created["id"])
+                widget_id = created.widget_id
             else:
-                widget = await self.widgets.get(DEMO_OWNER, widget_id)
-                origins = (public,) if public else tuple(widget["allowed_origins"])
-                await self._update(widget_id, widget, self._widget_definition(
-                    assistant_id, origins, widget
+                widget = widgets.items[0]
+                widget_id = widget.widget_id
+                origins = (public,) if public else widget.definition.allowed_origins
+                await self._update(widget, self._widget_definition(
+                    assistant_id, origins, widget.definition.settings
                 ))
             self.widget_id = widget_id
             log.info("demo.ready", widget_id=widget_id, provider=wanted.provider)
             return widget_id
 
+    async def _ensure_assistant(self, wanted: AssistantDefinition) -> str:
+        found = await self.assistants.list(DEMO_OWNER, 0, 1)
+        if not found.items:
+            # The model is not checked with the provider at start-up: no network call there.
+            created = await self.assistants.create(
+                DEMO_OWNER, wanted, self._meta, check_model=False
+            )
+            return created.assistant_id
+        current = found.items[0]
+        have = current.definition
+        if (have.provider, have.model, have.instructions) != (
+            wanted.provider, wanted.model, wanted.instructions
+        ):
+            await self.assistants.update(
+                DEMO_OWNER, current.assistant_id, wanted, None, self._meta, check_model=False
+            )
+        return current.assistant_id
+
     def _widget_definition(
-        self, assistant_id: str, origins: tuple[str, ...], current: dict[str, Any] | None = None
+        self, assistant_id: str, origins: tuple[str, ...],
+        settings: WidgetSettings | None = None,
     ) -> WidgetDefinition:
-        settings = WidgetSettings(title="LOACL demo", greeting=GREETING)
-        if current is not None:
-            settings = WidgetSettings(**current["settings"])
         return WidgetDefinition(
             name="LOACL demo", assistant_id=assistant_id, allowed_origins=origins,
-            settings=settings, messages_per_minute=10,
+            settings=settings or WidgetSettings(title="LOACL demo", greeting=GREETING),
+            messages_per_minute=10,
         )
 
-    async def _update(
-        self, widget_id: str, current: dict[str, Any], wanted: WidgetDefinition
-    ) -> None:
-        if definition_of(current) == wanted:
+    async def _update(self, current: WidgetView, wanted: WidgetDefinition) -> None:
+        if current.definition == wanted:
             return
-        await self.widgets.update(DEMO_OWNER, widget_id, wanted, None, self._meta)
+        await self.widgets.update(DEMO_OWNER, current.widget_id, wanted, None, self._meta)
 
     async def allow(self, origins: list[str]) -> bool:
         """Let the demo widget be embedded from ``origins`` (LOACL's own, checked by the
@@ -155,15 +139,16 @@ class Demo:
             return False
         async with self._lock:
             widget = await self.widgets.get(DEMO_OWNER, widget_id)
-            allowed = list(widget["allowed_origins"])
+            allowed = list(widget.definition.allowed_origins)
             if all(origin in allowed for origin in origins):
                 return True
             public = public_origin(self.settings)
             merged = [*([public] if public else []), *origins]
             merged += [o for o in allowed if o not in merged]
             definition = self._widget_definition(
-                widget["assistant_id"], tuple(merged[:MAX_ORIGINS]), widget
+                widget.definition.assistant_id, tuple(merged[:MAX_ORIGINS]),
+                widget.definition.settings,
             )
-            await self._update(widget_id, widget, definition)
+            await self._update(widget, definition)
             log.info("demo.origin_allowed", origins=origins)
             return True

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import io
-import sqlite3
 import zipfile
-from dataclasses import dataclass
-from typing import Any
 
 from loacl.domain.conversations import FileUploaded
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
-from loacl.domain.widgets import conversation_stream
-from loacl.services.chat import VisitorAccess
+from loacl.domain.widgets import VisitorAccess, conversation_stream
 from loacl.services.tokens import new_id
 from loacl.settings import Settings
 from loacl.store.eventstore import EventStore
+from loacl.store.views import files as views
+from loacl.store.views.files import FileView
 
 CONTENT_TYPES = {
     "pdf": "application/pdf",
@@ -71,26 +69,6 @@ def clean_filename(name: str) -> str:
     return name[:200] or "file"
 
 
-@dataclass(frozen=True)
-class StoredFile:
-    meta: dict[str, Any]
-    data: bytes
-
-
-def file_json(row: Any) -> dict[str, Any]:
-    file_id, conversation_id, filename, kind, content_type, size, sha256, created_at = row[:8]
-    return {
-        "id": file_id, "conversation_id": conversation_id, "filename": filename, "kind": kind,
-        "content_type": content_type, "size": size, "sha256": sha256, "created_at": created_at,
-    }
-
-
-_COLUMNS = (
-    "file_id, conversation_id, filename, kind, content_type, size, sha256, created_at, "
-    "widget_id, visitor_id"
-)
-
-
 class Files:
     def __init__(self, store: EventStore, settings: Settings) -> None:
         self.store = store
@@ -98,18 +76,11 @@ class Files:
 
     async def upload(
         self, access: VisitorAccess, filename: str, data: bytes, meta: Metadata
-    ) -> dict[str, Any]:
+    ) -> FileView:
         filename = clean_filename(filename)
         kind = check_upload(filename, data, list(self.settings.allowed_file_types))
         digest = hashlib.sha256(data).hexdigest()
-
-        def keep(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT OR IGNORE INTO blobs (sha256, data) VALUES (?, ?)", (digest, data)
-            )
-
-        # The bytes first, on the writer: an event never names a blob that is not there.
-        await self.store.run_on_writer(keep)
+        await views.keep_blob(self.store, digest, data)
         file_id = new_id()
         await self.store.append(
             conversation_stream(access.conversation_id),
@@ -120,28 +91,21 @@ class Files:
             )],
             metadata=meta,
         )
-        return await self._meta(file_id, access.widget_id)
-
-    async def _meta(self, file_id: str, widget_id: str) -> dict[str, Any]:
-        rows = await self.store.query(
-            f"SELECT {_COLUMNS} FROM files WHERE file_id = ? AND widget_id = ?",
-            (file_id, widget_id),
-        )
-        if not rows:
-            raise LoaclError("not_found", "no such file")
-        return file_json(rows[0])
+        found = await views.file(self.store, file_id)
+        assert found is not None  # the projection wrote it in the append's transaction
+        return found
 
     async def fetch(
         self, widget_id: str, file_id: str, *, visitor_id: str | None
-    ) -> StoredFile:
-        """The file, for the visitor who uploaded it (``visitor_id``) or the owner (None)."""
-        rows = await self.store.query(
-            f"SELECT {_COLUMNS} FROM files WHERE file_id = ? AND widget_id = ?",
-            (file_id, widget_id),
-        )
-        if not rows or (visitor_id is not None and rows[0][9] != visitor_id):
+    ) -> tuple[FileView, bytes]:
+        """The file and its bytes, for the visitor who uploaded it (``visitor_id``) or the
+        widget's owner (None)."""
+        found = await views.file(self.store, file_id)
+        if found is None or found.widget_id != widget_id or (
+            visitor_id is not None and found.visitor_id != visitor_id
+        ):
             raise LoaclError("not_found", "no such file")
-        blob = await self.store.query("SELECT data FROM blobs WHERE sha256 = ?", (rows[0][6],))
-        if not blob:
+        data = await views.blob(self.store, found.sha256)
+        if data is None:
             raise LoaclError("not_found", "the file's content is missing")
-        return StoredFile(file_json(rows[0]), bytes(blob[0][0]))
+        return found, data

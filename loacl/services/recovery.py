@@ -9,18 +9,17 @@ from loacl.domain.conversations import AssistantInterrupted, Conversation, evolv
 from loacl.domain.events import Metadata
 from loacl.domain.widgets import conversation_stream
 from loacl.store.eventstore import EventStore
+from loacl.store.views import conversations as views
 
 log = structlog.get_logger(__name__)
 
 
 async def recover(store: EventStore) -> int:
     """Close every run with no end event; returns how many were closed."""
-    rows = await store.query(
-        "SELECT message_id, conversation_id FROM messages "
-        "WHERE role = 'assistant' AND status = 'streaming'"
-    )
-    for message_id, conversation_id in rows:
-        stream = conversation_stream(conversation_id)
+    replies = await views.streaming_replies(store)
+    for reply in replies:
+        message_id = reply.message_id
+        stream = conversation_stream(reply.conversation_id)
         state, version = await store.load(stream, Conversation(), evolve_conversation)
         text = state.running.text if state.running else ""
         await store.append(
@@ -28,5 +27,5 @@ async def recover(store: EventStore) -> int:
             expected_version=version, metadata=Metadata(actor="loacl:recovery"),
         )
         log.warning("recovery.reply_interrupted", message_id=message_id, chars=len(text))
-    log.info("recovery.done", interrupted=len(rows), events=await store.head())
-    return len(rows)
+    log.info("recovery.done", interrupted=len(replies), events=await store.head())
+    return len(replies)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from datetime import timedelta
 from typing import Any
 
@@ -13,31 +12,15 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
 from loacl.domain.origins import origin_allowed
 from loacl.services.tokens import Tokens, new_id
+from loacl.services.versions import expect_version
 from loacl.store.eventstore import NO_STREAM, EventStore
+from loacl.store.views import Page
+from loacl.store.views import assistants as assistant_views
+from loacl.store.views import conversations as conversation_views
+from loacl.store.views import widgets as views
+from loacl.store.views.widgets import WidgetView
 
 VISITOR_TOKEN_DAYS = 30
-_COLUMNS = (
-    "widget_id, owner_id, definition, secret_generation, version, created_seq, created_at, "
-    "updated_at"
-)
-
-
-def widget_json(row: Any) -> dict[str, Any]:
-    widget_id, _owner_id, definition, _gen, version, _seq, created_at, updated_at = row
-    d = json.loads(definition)
-    return {
-        "id": widget_id,
-        "name": d["name"],
-        "assistant_id": d["assistant_id"],
-        "allowed_origins": d["allowed_origins"],
-        "settings": d["settings"],
-        "limits": {"messages_per_minute": d["messages_per_minute"]},
-        "enabled": d["enabled"],
-        "require_identity": d["require_identity"],
-        "version": version,
-        "created_at": created_at,
-        "updated_at": updated_at,
-    }
 
 
 class Widgets:
@@ -58,36 +41,18 @@ class Widgets:
             domain.widget_stream(widget_id), domain.Widget(), domain.evolve_widget
         )
 
-    async def _row(self, widget_id: str) -> Any | None:
-        rows = await self.store.query(
-            f"SELECT {_COLUMNS} FROM widgets WHERE widget_id = ?", (widget_id,)
-        )
-        return rows[0] if rows else None
-
-    async def get(self, owner_id: str, widget_id: str) -> dict[str, Any]:
-        row = await self._row(widget_id)
-        if row is None or row[1] != owner_id:
+    async def get(self, owner_id: str, widget_id: str) -> WidgetView:
+        found = await views.widget(self.store, widget_id)
+        if found is None or found.owner_id != owner_id:
             raise LoaclError("not_found", "no such widget")
-        return widget_json(row)
+        return found
 
-    async def list(
-        self, owner_id: str, after: int, limit: int
-    ) -> tuple[list[dict[str, Any]], int | None]:
-        rows = await self.store.query(
-            f"SELECT {_COLUMNS} FROM widgets WHERE owner_id = ? AND created_seq > ? "
-            "ORDER BY created_seq LIMIT ?",
-            (owner_id, after, limit + 1),
-        )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return [widget_json(r) for r in rows], (rows[-1][5] if more else None)
+    async def list(self, owner_id: str, after: int, limit: int) -> Page[WidgetView]:
+        return await views.widgets_of(self.store, owner_id, after, limit)
 
     async def _check_assistant(self, owner_id: str, assistant_id: str) -> None:
-        rows = await self.store.query(
-            "SELECT 1 FROM assistants WHERE assistant_id = ? AND owner_id = ?",
-            (assistant_id, owner_id),
-        )
-        if not rows:
+        found = await assistant_views.assistant(self.store, assistant_id)
+        if found is None or found.owner_id != owner_id:
             raise LoaclError(
                 "unknown_assistant", f"you have no assistant {assistant_id!r}",
                 errors=[{"field": "assistant_id", "message": "unknown assistant"}],
@@ -95,81 +60,62 @@ class Widgets:
 
     async def create(
         self, owner_id: str, definition: domain.WidgetDefinition, meta: Metadata
-    ) -> dict[str, Any]:
-        await self._check_assistant(owner_id, definition.assistant_id)
+    ) -> WidgetView:
         widget_id = new_id()
+        events = domain.create_widget(widget_id, owner_id, definition)
+        await self._check_assistant(owner_id, definition.assistant_id)
         await self.store.append(
-            domain.widget_stream(widget_id),
-            domain.create_widget(widget_id, owner_id, definition),
-            expected_version=NO_STREAM, metadata=meta,
+            domain.widget_stream(widget_id), events, expected_version=NO_STREAM, metadata=meta,
         )
-        widget = await self.get(owner_id, widget_id)
-        widget["identity_secret"] = self.identity_secret(widget_id, 1)
-        return widget
-
-    async def _decide(
-        self, owner_id: str, widget_id: str, if_match: int | None
-    ) -> tuple[domain.Widget, int]:
-        state, version = await self._load(widget_id)
-        if not state.exists or state.deleted or state.owner_id != owner_id:
-            raise LoaclError("not_found", "no such widget")
-        if if_match is not None and if_match != version:
-            raise LoaclError(
-                "version_conflict", "the widget changed since you read it; GET it again",
-                current_version=version,
-            )
-        return state, version
+        return await self.get(owner_id, widget_id)
 
     async def update(
         self, owner_id: str, widget_id: str, definition: domain.WidgetDefinition,
         if_match: int | None, meta: Metadata,
-    ) -> dict[str, Any]:
-        state, version = await self._decide(owner_id, widget_id, if_match)
+    ) -> WidgetView:
+        state, version = await self._load(widget_id)
+        events = domain.update_widget(state, owner_id, definition)
+        expect_version("widget", version, if_match)
         await self._check_assistant(owner_id, definition.assistant_id)
         await self.store.append(
-            domain.widget_stream(widget_id), domain.update_widget(state, owner_id, definition),
-            expected_version=version, metadata=meta,
+            domain.widget_stream(widget_id), events, expected_version=version, metadata=meta,
         )
         return await self.get(owner_id, widget_id)
 
     async def rotate_secret(
         self, owner_id: str, widget_id: str, if_match: int | None, meta: Metadata
-    ) -> dict[str, Any]:
-        state, version = await self._decide(owner_id, widget_id, if_match)
+    ) -> WidgetView:
+        state, version = await self._load(widget_id)
         events = domain.rotate_secret(state, owner_id)
+        expect_version("widget", version, if_match)
         await self.store.append(
             domain.widget_stream(widget_id), events, expected_version=version, metadata=meta
         )
-        widget = await self.get(owner_id, widget_id)
-        widget["identity_secret"] = self.identity_secret(widget_id, state.secret_generation + 1)
-        return widget
+        return await self.get(owner_id, widget_id)
 
     async def delete(
         self, owner_id: str, widget_id: str, if_match: int | None, meta: Metadata
     ) -> None:
-        state, version = await self._decide(owner_id, widget_id, if_match)
+        state, version = await self._load(widget_id)
+        events = domain.delete_widget(state, owner_id)
+        expect_version("widget", version, if_match)
         await self.store.append(
-            domain.widget_stream(widget_id), domain.delete_widget(state, owner_id),
-            expected_version=version, metadata=meta,
+            domain.widget_stream(widget_id), events, expected_version=version, metadata=meta,
         )
 
     # -- visitors ---------------------------------------------------------------------------
 
-    async def public(self, widget_id: str, origin: str | None) -> dict[str, Any]:
+    async def public(self, widget_id: str, origin: str | None) -> WidgetView:
         """The enabled widget as a visitor may see it, if ``origin`` may embed it."""
-        row = await self._row(widget_id)
-        if row is None:
+        widget = await views.widget(self.store, widget_id)
+        if widget is None or not widget.definition.enabled:
             raise LoaclError("widget_not_found", "no such widget")
-        widget = widget_json(row)
-        if not widget["enabled"]:
-            raise LoaclError("widget_not_found", "no such widget")
-        if not origin_allowed(origin, widget["allowed_origins"]):
+        if not origin_allowed(origin, widget.definition.allowed_origins):
             raise LoaclError(
                 "origin_not_allowed",
                 "this site is not allowed to embed this widget; its owner can add "
                 f"{origin or 'the site'} to the widget's allowed origins",
             )
-        widget["secret_generation"] = row[3]
         return widget
 
     async def start_session(
@@ -178,16 +124,16 @@ class Widgets:
     ) -> dict[str, Any]:
         widget = await self.public(widget_id, origin)
         if user_id is not None or user_hash is not None:
-            secret = self.identity_secret(widget_id, widget["secret_generation"])
+            secret = self.identity_secret(widget_id, widget.secret_generation)
             expected = hmac.new(secret.encode(), (user_id or "").encode(), hashlib.sha256)
             if not user_id or not user_hash or not hmac.compare_digest(
                 expected.hexdigest(), user_hash.lower()
             ):
                 raise LoaclError("invalid_identity", "user_hash does not match user_id")
             return await self._identified_session(
-                widget_id, user_id, widget["secret_generation"], meta
+                widget_id, user_id, widget.secret_generation, meta
             )
-        if widget["require_identity"]:
+        if widget.definition.require_identity:
             raise LoaclError(
                 "identity_required", "this widget only talks to signed-in users of its site"
             )
@@ -215,13 +161,11 @@ class Widgets:
     async def _identified_session(
         self, widget_id: str, user_id: str, generation: int, meta: Metadata
     ) -> dict[str, Any]:
-        rows = await self.store.query(
-            "SELECT conversation_id, visitor_id FROM conversations "
-            "WHERE widget_id = ? AND external_user_id = ?",
-            (widget_id, user_id),
-        )
-        if rows:
-            return self._session_json(widget_id, rows[0][1], rows[0][0], user_id, generation)
+        found = await conversation_views.conversation_of_user(self.store, widget_id, user_id)
+        if found is not None:
+            return self._session_json(
+                widget_id, found.visitor_id, found.conversation_id, user_id, generation
+            )
         visitor_id, conversation_id = new_id(), new_id()
         try:
             await self.store.append(
@@ -265,17 +209,20 @@ class Widgets:
 
     async def visitor_access(
         self, widget_id: str, origin: str | None, token: str
-    ) -> tuple[str, str, str | None]:
-        """(visitor id, conversation id, user id) for a token, from an allowed origin, that the
-        widget still accepts: a widget that now requires identity refuses anonymous tokens,
-        and a rotated identity secret ends the signed-in users' tokens."""
+    ) -> domain.VisitorAccess:
+        """Who a visitor token names, from an allowed origin, if the widget still accepts
+        it: a widget that now requires identity refuses anonymous tokens, and a rotated
+        identity secret ends the signed-in users' tokens."""
         widget = await self.public(widget_id, origin)
         claims = self.read_visitor_token(token, widget_id)
         user_id = claims.get("uid")
-        if user_id is None and widget["require_identity"]:
+        if user_id is None and widget.definition.require_identity:
             raise LoaclError(
                 "invalid_token", "this widget now talks to signed-in users only; start again"
             )
-        if user_id is not None and claims.get("gen") != widget["secret_generation"]:
+        if user_id is not None and claims.get("gen") != widget.secret_generation:
             raise LoaclError("invalid_token", "the site's identity secret changed; start again")
-        return str(claims["sub"]), str(claims["cid"]), None if user_id is None else str(user_id)
+        return domain.VisitorAccess(
+            widget_id, str(claims["sub"]), str(claims["cid"]),
+            None if user_id is None else str(user_id),
+        )

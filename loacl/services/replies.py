@@ -1,0 +1,186 @@
+"""A reply on its way from a provider to the visitor and the log.
+
+A :class:`Run` keeps the reply's text in memory while it streams, so that a socket joining late
+gets what it missed and then the rest live. A :class:`ReplyStream` writes the same text to the
+log as ``assistant.delta`` events, one per flush window, then one end event. Both count
+characters the same way, so offsets agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from loacl.domain import conversations as domain
+from loacl.domain.errors import LoaclError
+from loacl.domain.events import Metadata
+from loacl.domain.widgets import conversation_stream
+from loacl.providers.base import ProviderError, ReplyResult
+from loacl.store.eventstore import EventStore
+
+REPLY_ERRORS = {
+    "provider_rate_limited": "The assistant is busy right now; try again shortly.",
+    "provider_unavailable": "The assistant could not be reached; try again.",
+    "unsupported_file_for_provider": "This assistant cannot read that kind of file.",
+    "interrupted": "The answer was interrupted; ask again.",
+}
+
+EndEvent = domain.AssistantCompleted | domain.AssistantFailed | domain.AssistantInterrupted
+
+
+def reply_error_text(code: str | None) -> str:
+    """What a visitor (and the event log) is told for a failed reply."""
+    return REPLY_ERRORS.get(code or "", "The assistant could not answer; try again.")
+
+
+@dataclass
+class Run:
+    """A reply being streamed. ``text`` grows as deltas arrive; listeners get each delta."""
+
+    conversation_id: str
+    message_id: str
+    reply_to: str
+    text: str = ""
+    status: str = "streaming"
+    error: ProviderError | None = None
+    # Each listener's queue and its bound (0: none). The queues themselves are unbounded and
+    # the bound is checked by hand, so that the end marker always fits without dropping a
+    # delta: what a dropped listener holds is still a gapless prefix it can resume after.
+    listeners: dict[asyncio.Queue[tuple[int, str] | None], int] = field(default_factory=dict)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def listen(self, maxsize: int = 0) -> asyncio.Queue[tuple[int, str] | None]:
+        queue: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
+        if self.finished.is_set():
+            queue.put_nowait(None)
+        else:
+            self.listeners[queue] = maxsize
+        return queue
+
+    def unlisten(self, queue: asyncio.Queue[tuple[int, str] | None]) -> None:
+        self.listeners.pop(queue, None)
+
+    def _emit(self, offset: int, delta: str) -> None:
+        for queue, bound in list(self.listeners.items()):
+            if bound and queue.qsize() >= bound:
+                # A slow socket is dropped, not waited for; it can resume from its offset.
+                del self.listeners[queue]
+                queue.put_nowait(None)
+            else:
+                queue.put_nowait((offset, delta))
+
+    def _finish(self) -> None:
+        self.finished.set()
+        for queue in self.listeners:
+            queue.put_nowait(None)
+        self.listeners.clear()
+
+
+class ReplyStream:
+    """Writes one run to the log: deltas per flush window, then exactly one end event.
+
+    At most one delta append is in flight, in the background: the next token is read while the
+    last ones commit, so a busy log slows the log, not the visitor. Appends stay in offset order
+    because a flush starts only after the previous one ended. Until :meth:`completed` or
+    :meth:`failed` says otherwise the reply ends as interrupted, so a cancellation anywhere
+    still writes its end event.
+    """
+
+    def __init__(
+        self, store: EventStore, run: Run, meta: Metadata, flush_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.run = run
+        self.meta = meta
+        self.stream = conversation_stream(run.conversation_id)
+        self.flush_seconds = flush_seconds
+        self.clock = clock
+        self.flushed = 0  # characters written to the log so far
+        self.last_flush = clock()
+        self.pending: asyncio.Task[None] | None = None
+        self.end_event: EndEvent | None = None
+
+    def on_delta(self, delta: str) -> None:
+        """A piece of text from the provider: to the listeners now, to the log when due."""
+        run = self.run
+        offset = len(run.text)
+        run.text += delta
+        run._emit(offset, delta)
+        now = self.clock()
+        if now - self.last_flush >= self.flush_seconds and (
+            self.pending is None or self.pending.done()
+        ):
+            self._flush_in_background()
+            self.last_flush = now
+
+    def _flush_in_background(self) -> None:
+        previous, self.pending = self.pending, None
+        if previous is not None:
+            previous.result()  # the last flush ended; one that failed raises here
+        self.pending = asyncio.create_task(self.flush())
+
+    async def flush(self) -> None:
+        """Append the text not in the log yet as one delta event."""
+        run = self.run
+        if len(run.text) > self.flushed:
+            offset, self.flushed = self.flushed, len(run.text)
+            await self.store.append(
+                self.stream,
+                [domain.AssistantDelta(message_id=run.message_id, offset=offset,
+                                       text=run.text[offset:self.flushed])],
+                metadata=self.meta,
+            )
+
+    async def settle(self) -> None:
+        """Wait for the flush in flight; one that failed raises here."""
+        if self.pending is not None:
+            # Shielded: a reply cancelled here leaves its flush running, and the end event
+            # waits for it.
+            await asyncio.shield(self.pending)
+            self.pending = None
+
+    async def drain(self) -> None:
+        """Every delta so far in the log."""
+        await self.settle()
+        await self.flush()
+
+    def completed(self, result: ReplyResult) -> None:
+        run = self.run
+        run.status = "completed"
+        self.end_event = domain.AssistantCompleted(
+            message_id=run.message_id, text=run.text,
+            usage=domain.Usage(input_tokens=result.input_tokens,
+                               output_tokens=result.output_tokens),
+            provider_request_id=result.request_id,
+        )
+
+    def failed(self, error: LoaclError) -> None:
+        """The visitor and the log get the text for the code, never the provider's words."""
+        provider = isinstance(error, ProviderError)
+        code = error.code if provider or error.code.startswith("provider_") else "provider_error"
+        retry_after = error.retry_after if isinstance(error, ProviderError) else None
+        run = self.run
+        run.error = ProviderError(code, reply_error_text(code), retry_after)
+        run.status = "failed"
+        self.end_event = domain.AssistantFailed(
+            message_id=run.message_id, code=code, error=reply_error_text(code), text=run.text,
+        )
+
+    def interrupted(self) -> None:
+        self.run.status = "interrupted"
+        self.end_event = None
+
+    async def end(self) -> None:
+        """Append the end event after every delta: the one in flight is waited for and its
+        outcome taken, so that a failure is not left unread."""
+        if self.pending is not None:
+            await asyncio.wait([self.pending])
+            if not self.pending.cancelled():
+                self.pending.exception()
+        end = self.end_event
+        if end is None:
+            end = domain.AssistantInterrupted(message_id=self.run.message_id, text=self.run.text)
+        await self.store.append(self.stream, [end], metadata=self.meta)

@@ -1,0 +1,59 @@
+"""Assistants as owners see them, decoded from the ``assistants`` read table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from loacl.domain.assistants import AssistantDefinition
+from loacl.store.eventstore import EventStore
+from loacl.store.views import Page, paged
+
+_COLUMNS = "assistant_id, owner_id, definition, version, created_seq, created_at, updated_at"
+_decode = msgspec.json.Decoder(AssistantDefinition).decode
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantView:
+    assistant_id: str
+    owner_id: str
+    definition: AssistantDefinition
+    version: int
+    created_seq: int
+    created_at: str
+    updated_at: str
+
+
+def _view(row: Any) -> AssistantView:
+    assistant_id, owner_id, definition, version, seq, created_at, updated_at = row
+    return AssistantView(
+        assistant_id, owner_id, _decode(definition), version, seq, created_at, updated_at
+    )
+
+
+async def assistant(store: EventStore, assistant_id: str) -> AssistantView | None:
+    rows = await store.query(
+        f"SELECT {_COLUMNS} FROM assistants WHERE assistant_id = ?", (assistant_id,)
+    )
+    return _view(rows[0]) if rows else None
+
+
+async def assistants_of(
+    store: EventStore, owner_id: str, after: int, limit: int
+) -> Page[AssistantView]:
+    rows = await store.query(
+        f"SELECT {_COLUMNS} FROM assistants WHERE owner_id = ? AND created_seq > ? "
+        "ORDER BY created_seq LIMIT ?",
+        (owner_id, after, limit + 1),
+    )
+    views = [_view(r) for r in rows]
+    return paged(views, limit, lambda view: view.created_seq)
+
+
+async def widgets_using(store: EventStore, assistant_id: str) -> int:
+    rows = await store.query(
+        "SELECT count(*) FROM widgets WHERE assistant_id = ?", (assistant_id,)
+    )
+    return int(rows[0][0])

@@ -1,0 +1,184 @@
+"""Conversations and their messages, decoded from the ``conversations`` and ``messages`` read
+tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from loacl.domain.conversations import Conversation, Reply
+from loacl.store.eventstore import EventStore
+from loacl.store.views import Page, paged
+
+_MESSAGE = (
+    "SELECT message_id, conversation_id, role, text, status, error_code, reply_to, file_ids, "
+    "client_message_id, input_tokens, output_tokens, created_seq, created_at, finished_at "
+    "FROM messages"
+)
+_CONVERSATION = (
+    "SELECT conversation_id, widget_id, visitor_id, external_user_id, created_seq, created_at, "
+    "last_activity_at, message_count FROM conversations"
+)
+_file_ids = msgspec.json.Decoder(tuple[str, ...]).decode
+
+
+@dataclass(frozen=True, slots=True)
+class MessageView:
+    message_id: str
+    conversation_id: str
+    role: str  # user | assistant
+    text: str
+    status: str  # completed | streaming | failed | interrupted
+    error_code: str | None
+    reply_to: str | None
+    file_ids: tuple[str, ...]
+    client_message_id: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    created_seq: int
+    created_at: str
+    finished_at: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessagePage:
+    items: list[MessageView]
+    more_before: bool
+    more_after: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationView:
+    conversation_id: str
+    widget_id: str
+    visitor_id: str
+    external_user_id: str | None
+    created_seq: int
+    created_at: str
+    last_activity_at: str
+    message_count: int
+
+
+def _message(row: Any) -> MessageView:
+    values = list(row)
+    values[7] = _file_ids(values[7])
+    return MessageView(*values)
+
+
+async def message(store: EventStore, message_id: str) -> MessageView | None:
+    rows = await store.query(f"{_MESSAGE} WHERE message_id = ?", (message_id,))
+    return _message(rows[0]) if rows else None
+
+
+async def message_by_client_id(
+    store: EventStore, conversation_id: str, client_message_id: str
+) -> MessageView | None:
+    rows = await store.query(
+        f"{_MESSAGE} WHERE conversation_id = ? AND client_message_id = ?",
+        (conversation_id, client_message_id),
+    )
+    return _message(rows[0]) if rows else None
+
+
+async def reply_id(store: EventStore, message_id: str) -> str | None:
+    """The id of the assistant's reply to a visitor's message."""
+    rows = await store.query("SELECT message_id FROM messages WHERE reply_to = ?", (message_id,))
+    return str(rows[0][0]) if rows else None
+
+
+async def _exists(store: EventStore, conversation_id: str, op: str, seq: int) -> bool:
+    rows = await store.query(
+        f"SELECT 1 FROM messages WHERE conversation_id = ? AND created_seq {op} ? LIMIT 1",
+        (conversation_id, seq),
+    )
+    return bool(rows)
+
+
+async def messages(
+    store: EventStore, conversation_id: str, *, before: int | None, after: int | None,
+    limit: int,
+) -> MessagePage:
+    """A page of messages, oldest first: the newest ones, or those before or after a cursor."""
+    if after is not None:
+        rows = await store.query(
+            f"{_MESSAGE} WHERE conversation_id = ? AND created_seq > ? "
+            "ORDER BY created_seq LIMIT ?",
+            (conversation_id, after, limit + 1),
+        )
+        more_after, rows = len(rows) > limit, rows[:limit]
+        more_before = after > 0 and await _exists(store, conversation_id, "<=", after)
+    else:
+        bound = before if before is not None else 2**62
+        rows = await store.query(
+            f"{_MESSAGE} WHERE conversation_id = ? AND created_seq < ? "
+            "ORDER BY created_seq DESC LIMIT ?",
+            (conversation_id, bound, limit + 1),
+        )
+        more_before, rows = len(rows) > limit, rows[:limit][::-1]
+        more_after = before is not None and await _exists(store, conversation_id, ">=", before)
+    return MessagePage([_message(r) for r in rows], more_before, more_after)
+
+
+async def history(store: EventStore, conversation_id: str) -> list[MessageView]:
+    """Every message of a conversation, oldest first."""
+    rows = await store.query(
+        f"{_MESSAGE} WHERE conversation_id = ? ORDER BY created_seq", (conversation_id,)
+    )
+    return [_message(r) for r in rows]
+
+
+async def streaming_replies(store: EventStore) -> list[MessageView]:
+    """Replies with no end event yet, across every conversation."""
+    rows = await store.query(f"{_MESSAGE} WHERE role = 'assistant' AND status = 'streaming'")
+    return [_message(r) for r in rows]
+
+
+def _conversation(row: Any) -> ConversationView:
+    return ConversationView(*row)
+
+
+async def conversation(store: EventStore, conversation_id: str) -> ConversationView | None:
+    rows = await store.query(f"{_CONVERSATION} WHERE conversation_id = ?", (conversation_id,))
+    return _conversation(rows[0]) if rows else None
+
+
+async def conversation_of_user(
+    store: EventStore, widget_id: str, external_user_id: str
+) -> ConversationView | None:
+    rows = await store.query(
+        f"{_CONVERSATION} WHERE widget_id = ? AND external_user_id = ?",
+        (widget_id, external_user_id),
+    )
+    return _conversation(rows[0]) if rows else None
+
+
+async def conversations_of(
+    store: EventStore, widget_id: str, after: int, limit: int
+) -> Page[ConversationView]:
+    rows = await store.query(
+        f"{_CONVERSATION} WHERE widget_id = ? AND created_seq > ? ORDER BY created_seq LIMIT ?",
+        (widget_id, after, limit + 1),
+    )
+    return paged([_conversation(r) for r in rows], limit, lambda view: view.created_seq)
+
+
+async def decision_state(store: EventStore, conversation_id: str) -> Conversation:
+    """What posting a message decides on, from the read tables (see ``Chat._load``)."""
+    found = await conversation(store, conversation_id)
+    if found is None:
+        return Conversation()
+    running = await store.query(
+        "SELECT message_id, reply_to, text FROM messages WHERE conversation_id = ? "
+        "AND status = 'streaming' ORDER BY created_seq DESC LIMIT 1",
+        (conversation_id,),
+    )
+    files = await store.query(
+        "SELECT file_id FROM files WHERE conversation_id = ?", (conversation_id,)
+    )
+    return Conversation(
+        conversation_id, found.widget_id, found.visitor_id, True,
+        running=Reply(*running[0]) if running else None,
+        file_ids=frozenset(file_id for (file_id,) in files),
+    )
