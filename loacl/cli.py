@@ -16,10 +16,10 @@ from typing import Any, TextIO
 from loacl import __version__
 from loacl.domain.errors import LoaclError
 from loacl.settings import Settings, SettingsError, load_settings
-from loacl.store import audit, backup, migrations, replay
-from loacl.store.eventstore import EVENT_COLUMNS, IN_STREAM
+from loacl.store import audit, backup, migrations, replay, tail
 from loacl.store.projections import default_projections
 from loacl.store.sqlite import connect
+from loacl.store.tail import StoredEvent
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -124,68 +124,57 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     return 1
 
 
-def _event_json(row: Sequence[Any]) -> dict[str, Any]:
-    seq, stream, version, type_, schema, payload, metadata, at, hash_ = row
+def _event_json(event: StoredEvent) -> dict[str, Any]:
     return {
-        "seq": seq, "stream": stream, "version": version, "type": type_,
-        "schema_version": schema, "payload": json.loads(payload),
-        "metadata": json.loads(metadata), "recorded_at": at, "hash": hash_,
+        "seq": event.seq, "stream": event.stream, "version": event.version,
+        "type": event.type, "schema_version": event.schema_version,
+        "payload": json.loads(event.payload), "metadata": json.loads(event.metadata),
+        "recorded_at": event.recorded_at, "hash": event.hash,
     }
 
 
-def _print_event(row: Sequence[Any], as_json: bool, out: TextIO) -> None:
+def _print_event(event: StoredEvent, as_json: bool, out: TextIO) -> None:
     if as_json:
-        out.write(json.dumps(_event_json(row), separators=(",", ":")) + "\n")
+        out.write(json.dumps(_event_json(event), separators=(",", ":")) + "\n")
         return
-    seq, stream, version, type_, _schema, payload, _meta, at, _hash = row
-    out.write(f"{seq:>8}  {at[:23]}  {type_:<24} {stream} v{version}  {payload}\n")
+    out.write(f"{event.seq:>8}  {event.recorded_at[:23]}  {event.type:<24} {event.stream} "
+              f"v{event.version}  {event.payload}\n")
+
+
+def _show_event(conn: sqlite3.Connection, seq: int, as_json: bool) -> int:
+    event = tail.event_at(conn, seq)
+    if event is None:
+        raise LoaclError("event_not_found", f"no event at position {seq}")
+    if as_json:
+        print(json.dumps(_event_json(event)))
+        return 0
+    for key, value in _event_json(event).items():
+        shown = json.dumps(value, indent=2) if isinstance(value, dict) else value
+        print(f"{key:>15}: {shown}")
+    return 0
 
 
 def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
     conn = _open(settings)
     try:
         if args.action == "show":
-            row = conn.execute(
-                f"SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?", (args.seq,)
-            ).fetchone()
-            if row is None:
-                raise LoaclError("event_not_found", f"no event at position {args.seq}")
-            event = _event_json(row)
-            if args.json:
-                print(json.dumps(event))
-            else:
-                for key, value in event.items():
-                    shown = json.dumps(value, indent=2) if isinstance(value, dict) else value
-                    print(f"{key:>15}: {shown}")
-            return 0
-        where, params = ["seq > ?"], [0]
-        if args.stream:
-            where.append(IN_STREAM)
-            params += [args.stream, args.stream]
-        if args.type:
-            where.append("type = ?")
-            params.append(args.type)
+            return _show_event(conn, args.seq, args.json)
+        which = tail.EventFilter(args.stream, args.type)
         if args.since is not None:
-            params[0] = args.since
+            events = tail.events_after(conn, args.since, which)
         else:
-            (head,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-            params[0] = max(0, head - args.limit) if not (args.stream or args.type) else 0
-        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq"
-        rows = conn.execute(sql, params).fetchall()
-        if args.since is None and (args.stream or args.type):
-            rows = rows[max(0, len(rows) - args.limit):]  # -n 0 shows none, as without filters
-        for row in rows:
-            _print_event(row, args.json, sys.stdout)
+            events = tail.last_events(conn, args.limit, which)
+        for event in events:
+            _print_event(event, args.json, sys.stdout)
         sys.stdout.flush()
-        if rows:
-            params[0] = rows[-1][0]
-        elif args.since is None:
-            (params[0],) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        position = events[-1].seq if events else (
+            args.since if args.since is not None else tail.head(conn)
+        )
         while args.follow:
             time.sleep(args.interval)
-            for row in conn.execute(sql, params).fetchall():
-                _print_event(row, args.json, sys.stdout)
-                params[0] = row[0]
+            for event in tail.events_after(conn, position, which):
+                _print_event(event, args.json, sys.stdout)
+                position = event.seq
             sys.stdout.flush()
         return 0
     finally:
