@@ -6,11 +6,21 @@ decoded once; nothing above ``store`` sees a positional row or a JSON column.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from loacl.store.eventstore import EventStore
+
+
+class Created(Protocol):
+    @property
+    def created_seq(self) -> int: ...
+
 
 T = TypeVar("T")
+C = TypeVar("C", bound=Created)
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,8 +31,17 @@ class Page(Generic[T]):
     next_cursor: int | None
 
 
-def paged(items: list[T], limit: int, cursor: Callable[[T], int]) -> Page[T]:
-    """A page from up to ``limit + 1`` rows: the extra row only says that there is more."""
-    if len(items) > limit:
-        return Page(items[:limit], cursor(items[limit - 1]))
+async def page_by_creation(
+    store: EventStore, select: str, where: str, params: Sequence[Any], after: int, limit: int,
+    decode: Callable[[Any], C],
+) -> Page[C]:
+    """Rows of ``select`` in creation order after the cursor ``after`` (a position in the
+    log, so that a row made while a client pages through is never skipped)."""
+    rows = await store.query(
+        f"{select} WHERE {where} AND created_seq > ? ORDER BY created_seq LIMIT ?",
+        (*params, after, limit + 1),
+    )
+    items = [decode(r) for r in rows]
+    if len(items) > limit:  # the extra row only says that there is more
+        return Page(items[:limit], items[limit - 1].created_seq)
     return Page(items, None)

@@ -9,9 +9,12 @@ import msgspec
 
 from loacl.domain.assistants import AssistantDefinition
 from loacl.store.eventstore import EventStore
-from loacl.store.views import Page, paged
+from loacl.store.views import Page, page_by_creation
 
-_COLUMNS = "assistant_id, owner_id, definition, version, created_seq, created_at, updated_at"
+_SELECT = (
+    "SELECT assistant_id, owner_id, definition, version, created_seq, created_at, updated_at "
+    "FROM assistants"
+)
 _decode = msgspec.json.Decoder(AssistantDefinition).decode
 
 
@@ -34,22 +37,16 @@ def _view(row: Any) -> AssistantView:
 
 
 async def assistant(store: EventStore, assistant_id: str) -> AssistantView | None:
-    rows = await store.query(
-        f"SELECT {_COLUMNS} FROM assistants WHERE assistant_id = ?", (assistant_id,)
-    )
+    rows = await store.query(f"{_SELECT} WHERE assistant_id = ?", (assistant_id,))
     return _view(rows[0]) if rows else None
 
 
 async def assistants_of(
     store: EventStore, owner_id: str, after: int, limit: int
 ) -> Page[AssistantView]:
-    rows = await store.query(
-        f"SELECT {_COLUMNS} FROM assistants WHERE owner_id = ? AND created_seq > ? "
-        "ORDER BY created_seq LIMIT ?",
-        (owner_id, after, limit + 1),
+    return await page_by_creation(
+        store, _SELECT, "owner_id = ?", (owner_id,), after, limit, _view
     )
-    views = [_view(r) for r in rows]
-    return paged(views, limit, lambda view: view.created_seq)
 
 
 async def widgets_using(store: EventStore, assistant_id: str) -> int:

@@ -10,7 +10,7 @@ import msgspec
 
 from loacl.domain.conversations import Conversation, Reply
 from loacl.store.eventstore import EventStore
-from loacl.store.views import Page, paged
+from loacl.store.views import Page, page_by_creation
 
 _MESSAGE = (
     "SELECT message_id, conversation_id, role, text, status, error_code, reply_to, file_ids, "
@@ -157,11 +157,9 @@ async def conversation_of_user(
 async def conversations_of(
     store: EventStore, widget_id: str, after: int, limit: int
 ) -> Page[ConversationView]:
-    rows = await store.query(
-        f"{_CONVERSATION} WHERE widget_id = ? AND created_seq > ? ORDER BY created_seq LIMIT ?",
-        (widget_id, after, limit + 1),
+    return await page_by_creation(
+        store, _CONVERSATION, "widget_id = ?", (widget_id,), after, limit, _conversation
     )
-    return paged([_conversation(r) for r in rows], limit, lambda view: view.created_seq)
 
 
 async def decision_state(store: EventStore, conversation_id: str) -> Conversation:

@@ -10,11 +10,11 @@ import msgspec
 from loacl.domain.assistants import AssistantDefinition
 from loacl.domain.widgets import WidgetDefinition
 from loacl.store.eventstore import EventStore
-from loacl.store.views import Page, paged
+from loacl.store.views import Page, page_by_creation
 
-_COLUMNS = (
-    "widget_id, owner_id, definition, secret_generation, version, created_seq, created_at, "
-    "updated_at"
+_SELECT = (
+    "SELECT widget_id, owner_id, definition, secret_generation, version, created_seq, "
+    "created_at, updated_at FROM widgets"
 )
 _decode = msgspec.json.Decoder(WidgetDefinition).decode
 _decode_assistant = msgspec.json.Decoder(AssistantDefinition).decode
@@ -50,20 +50,16 @@ def _view(row: Any) -> WidgetView:
 
 
 async def widget(store: EventStore, widget_id: str) -> WidgetView | None:
-    rows = await store.query(f"SELECT {_COLUMNS} FROM widgets WHERE widget_id = ?", (widget_id,))
+    rows = await store.query(f"{_SELECT} WHERE widget_id = ?", (widget_id,))
     return _view(rows[0]) if rows else None
 
 
 async def widgets_of(
     store: EventStore, owner_id: str, after: int, limit: int
 ) -> Page[WidgetView]:
-    rows = await store.query(
-        f"SELECT {_COLUMNS} FROM widgets WHERE owner_id = ? AND created_seq > ? "
-        "ORDER BY created_seq LIMIT ?",
-        (owner_id, after, limit + 1),
+    return await page_by_creation(
+        store, _SELECT, "owner_id = ?", (owner_id,), after, limit, _view
     )
-    views = [_view(r) for r in rows]
-    return paged(views, limit, lambda view: view.created_seq)
 
 
 async def reply_setup(store: EventStore, widget_id: str) -> ReplySetup | None:
