@@ -15,7 +15,6 @@ class Notifier:
     def __init__(self) -> None:
         self._head = 0
         self._waiters: list[asyncio.Future[None]] = []
-        self.closed = False
 
     @property
     def head(self) -> int:
@@ -30,8 +29,8 @@ class Notifier:
         self._wake()
 
     def close(self) -> None:
-        """Wake every waiter for good: ``wait_past`` returns at once from now on."""
-        self.closed = True
+        """Wake every waiter: the store is closing, and nobody should stay parked on it (a
+        woken subscriber then finds the store closed and ends)."""
         self._wake()
 
     def _wake(self) -> None:
@@ -41,10 +40,10 @@ class Notifier:
                 waiter.set_result(None)
 
     async def wait_past(self, position: int) -> int:
-        """Wait until a commit past ``position`` is announced or the notifier closes; returns
+        """Wait until a commit past ``position`` is announced or the store closes; returns
         the head. Callers bound the wait (``asyncio.timeout``) and then read the log anyway: an
         append by another process, such as a CLI command, announces nothing here."""
-        if self._head > position or self.closed:
+        if self._head > position:
             return self._head
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)

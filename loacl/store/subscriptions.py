@@ -97,9 +97,15 @@ class _Runner:
 
     async def run(self) -> None:
         notifier = self.store.notifier
-        while not notifier.closed:
+        while True:
             try:
                 more = await self._step()
+            except LoaclError as exc:
+                if exc.code == "store_closed":  # the server is going down: nothing to record
+                    log.info("subscriber.stopped", name=self.subscriber.name)
+                    return
+                await self._failed(exc)
+                continue
             except Exception as exc:
                 await self._failed(exc)
                 continue
