@@ -303,6 +303,9 @@ def cmd_subscribers(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         conn.close()
     rows = [asdict(s) | {"lag_seconds": round(s.lag_seconds, 3)} for s in found]
+    if not args.json:
+        for row in rows:
+            row["last_error"] = row["last_error"] or "-"
     _print_rows(rows, ["name", "position", "lag_events", "lag_seconds", "failures",
                        "last_error"], args.json)
     return 0

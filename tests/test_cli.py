@@ -554,7 +554,7 @@ def test_subscribers_status_shows_position_lag_and_last_error(db_path: Path, cli
     header, usage = out.splitlines()
     assert header.split() == ["NAME", "POSITION", "LAG_EVENTS", "LAG_SECONDS", "FAILURES",
                               "LAST_ERROR"]
-    assert usage.split() == ["usage", "11", "0", "0.0", "0", "None"]
+    assert usage.split() == ["usage", "11", "0", "0.0", "0", "-"]
 
 
 def test_usage_rolls_up_replies_per_widget_and_utc_day(db_path: Path, cli: Cli) -> None:
