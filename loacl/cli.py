@@ -268,6 +268,52 @@ def cmd_widgets(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_subscribers(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import asdict
+
+    from loacl.store import checkpoints
+    from loacl.store.eventstore import utc_now
+    from loacl.store.subscriptions import Table, default_subscribers
+
+    known = {s.name: s for s in default_subscribers()}
+    conn = _open(settings)
+    try:
+        if args.action == "reset":
+            subscriber = known.get(args.name)
+            if not isinstance(subscriber, Table):
+                raise LoaclError(
+                    "not_resettable", f"{args.name!r} is not a table subscriber LOACL knows: "
+                    "only those can be rebuilt (an effect would repeat everything it did)",
+                )
+            checkpoints.reset(conn, subscriber.name, subscriber.tables)
+            print(f"reset {subscriber.name}: it starts again from position 0")
+            return 0
+        found = checkpoints.status(conn, known, utc_now())
+    finally:
+        conn.close()
+    rows = [asdict(s) | {"lag_seconds": round(s.lag_seconds, 3)} for s in found]
+    if not args.json:
+        for row in rows:
+            row["last_error"] = row["last_error"] or "-"
+    _print_rows(rows, ["name", "position", "lag_events", "lag_seconds", "failures",
+                       "last_error"], args.json)
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace, settings: Settings) -> int:
+    from loacl.store import usage
+
+    conn = _open(settings)
+    try:
+        days = usage.daily(conn, args.widget)
+    finally:
+        conn.close()
+    _print_rows([d.as_dict() for d in days], ["day", "widget_id", "replies_completed",
+                                              "replies_failed", "input_tokens",
+                                              "output_tokens"], args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loacl", description=__doc__)
     parser.add_argument("--version", action="version", version=f"loacl {__version__}")
@@ -348,6 +394,20 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--owner", help="only this owner's (e-mail address)")
     w.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_widgets)
+
+    p = sub.add_parser("subscribers", help="durable subscribers: status, or rebuild one")
+    ssub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ssub.add_parser(
+        "status", help="each subscriber's position, lag and last error"
+    ).add_argument("--json", action="store_true")
+    r = ssub.add_parser("reset", help="empty a table subscriber's tables and start it from 0")
+    r.add_argument("name")
+    p.set_defaults(func=cmd_subscribers)
+
+    p = sub.add_parser("usage", help="replies and tokens per widget and UTC day")
+    p.add_argument("--widget", help="only this widget's")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_usage)
     return parser
 
 

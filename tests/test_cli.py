@@ -469,3 +469,122 @@ def test_every_command_is_in_the_readme() -> None:
             assert any(f"loacl {name}" in line and verb in line for line in lines), (
                 f"`loacl {name} {verb}` is not documented in README.md"
             )
+
+
+# -- subscribers and usage --------------------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2020, 1, 1, 23, 59, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _reply(conversation: str, n: int, end: Event) -> list[Event]:
+    from loacl.domain.conversations import AssistantStarted, MessagePosted
+
+    return [
+        MessagePosted(conversation_id=conversation, message_id=f"m{n}", text="hi"),
+        AssistantStarted(conversation_id=conversation, message_id=f"r{n}", reply_to=f"m{n}",
+                         assistant_id="a1", provider="demo", model="demo"),
+        end,
+    ]
+
+
+def _replies(path: Path) -> None:
+    """w1 gets a reply on 2020-01-01 and one on 01-02 (UTC), w2 a failed one on 01-01."""
+    from loacl.domain.conversations import AssistantCompleted, AssistantFailed, Usage
+    from loacl.domain.widgets import ConversationStarted
+
+    clock = _Clock()
+
+    async def run() -> None:
+        async with EventStore(path, default_projections(), clock=clock) as store:
+            for c, w in (("c1", "w1"), ("c2", "w2")):
+                await store.append(f"conversation-{c}", [
+                    ConversationStarted(conversation_id=c, widget_id=w, visitor_id="v")
+                ])
+            await store.append("conversation-c1", _reply("c1", 1, AssistantCompleted(
+                message_id="r1", text="yo", usage=Usage(input_tokens=10, output_tokens=20))))
+            await store.append("conversation-c2", _reply("c2", 2, AssistantFailed(
+                message_id="r2", code="provider_error", error="503")))
+            clock.now = datetime(2020, 1, 2, 0, 1, tzinfo=UTC)
+            await store.append("conversation-c1", _reply("c1", 3, AssistantCompleted(
+                message_id="r3", text="yo", usage=Usage(input_tokens=1, output_tokens=2))))
+
+    asyncio.run(run())
+
+
+def _run_subscribers(path: Path) -> None:
+    """Run the built-in subscribers until each has caught up with the log."""
+    from loacl.store.subscriptions import Options, Subscriptions, default_subscribers
+
+    async def run() -> None:
+        async with EventStore(path, default_projections()) as store:
+            head = await store.head()
+            subscribers = default_subscribers()
+            async with Subscriptions(store, subscribers, Options(checkpoint_interval=0)):
+                async with asyncio.timeout(WAIT):
+                    while True:
+                        rows = await store.query("SELECT min(position), count(*) "
+                                                 "FROM subscriber_checkpoints")
+                        if tuple(rows[0]) == (head, len(subscribers)):
+                            break
+                        await asyncio.sleep(0.01)
+
+    asyncio.run(run())
+
+
+def test_subscribers_status_shows_position_lag_and_last_error(db_path: Path, cli: Cli) -> None:
+    _replies(db_path)
+    code, out, err = cli("subscribers", "status", "--json")
+    assert (code, err) == (0, "")
+    (never_run,) = [json.loads(line) for line in out.splitlines()]
+    # Registered but never run: at 0, behind by the whole log, and by the age of its first event.
+    assert never_run | {"lag_seconds": 0} == {
+        "name": "usage", "position": 0, "lag_events": 11, "lag_seconds": 0, "updated_at": None,
+        "last_error": None, "error_at": None, "failures": 0,
+    }
+    assert never_run["lag_seconds"] > 0
+
+    _run_subscribers(db_path)
+    code, out, _ = cli("subscribers", "status")
+    header, usage = out.splitlines()
+    assert header.split() == ["NAME", "POSITION", "LAG_EVENTS", "LAG_SECONDS", "FAILURES",
+                              "LAST_ERROR"]
+    assert usage.split() == ["usage", "11", "0", "0.0", "0", "-"]
+
+
+def test_usage_rolls_up_replies_per_widget_and_utc_day(db_path: Path, cli: Cli) -> None:
+    _replies(db_path)
+    assert cli("usage")[:2] == (0, "(none)\n")  # nothing until the subscriber has run
+    _run_subscribers(db_path)
+    code, out, _ = cli("usage", "--json")
+    assert code == 0
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"day": "2020-01-01", "widget_id": "w1", "replies_completed": 1, "replies_failed": 0,
+         "input_tokens": 10, "output_tokens": 20},
+        {"day": "2020-01-01", "widget_id": "w2", "replies_completed": 0, "replies_failed": 1,
+         "input_tokens": 0, "output_tokens": 0},
+        {"day": "2020-01-02", "widget_id": "w1", "replies_completed": 1, "replies_failed": 0,
+         "input_tokens": 1, "output_tokens": 2},
+    ]
+    code, out, _ = cli("usage", "--widget", "w2")
+    assert out.splitlines()[1].split() == ["2020-01-01", "w2", "0", "1", "0", "0"]
+
+    # A reset empties the roll-up; the next run rebuilds the same from the log, once.
+    before = cli("usage", "--json")[1]
+    assert cli("subscribers", "reset", "usage")[:2] == (
+        0, "reset usage: it starts again from position 0\n"
+    )
+    assert cli("usage")[1] == "(none)\n"
+    _run_subscribers(db_path)
+    assert cli("usage", "--json")[1] == before
+
+
+def test_only_a_known_table_subscriber_can_be_reset(db_path: Path, cli: Cli) -> None:
+    code, _, err = cli("subscribers", "reset", "webhooks")
+    assert code == 1
+    assert "[not_resettable]" in err

@@ -31,6 +31,7 @@ from loacl.store.backup import ServeLock
 from loacl.store.eventstore import Clock, EventStore, utc_now
 from loacl.store.projections import default_projections
 from loacl.store.sqlite import check_version, connect
+from loacl.store.subscriptions import Subscriptions, default_subscribers
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +56,7 @@ def create_app(
     settings: Settings, *, clock: Clock = utc_now, mailer: Mailer | None = None
 ) -> Starlette:
     store = EventStore(settings.database_path, default_projections(), clock=clock)
+    subscriptions = Subscriptions(store, default_subscribers())
     lock = ServeLock(settings.database_path)
     mailer = mailer or Mailer.from_settings(settings)
     passwords = Passwords(
@@ -81,11 +83,14 @@ def create_app(
                         await demo.ensure()
                     except LoaclError as exc:  # the home page then goes without its demo
                         log.warning("demo.unavailable", code=exc.code, error=exc.message)
+                await subscriptions.start()
                 log.info("loacl.started", version=__version__, database=str(store.path))
                 yield
             finally:
                 await chat_service.shutdown()
                 await mailer.drain()
+                # Before the store closes: a runner cut short resumes at its checkpoint.
+                await subscriptions.stop()
                 await store.close()
         finally:
             lock.release()
@@ -101,6 +106,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.store = store
+    app.state.subscriptions = subscriptions
     app.state.clock = clock
     app.state.accounts = Accounts(store, settings, passwords, tokens, mailer, clock)
     app.state.assistants = Assistants(store, settings)

@@ -1,4 +1,13 @@
-"""In-process pub/sub of committed events. A slow subscriber is dropped, never waited for."""
+"""In-process push of committed events, for live views that want them with no read at all.
+
+A slow subscriber is dropped, never waited for: waiting would hold up every append behind the
+slowest reader, and buffering without bound would grow memory. Dropping is safe because nothing
+is lost: the subscriber gets everything it buffered, without a gap, then ``SubscriptionOverflow``;
+it subscribes again, reads the log after the last ``seq`` it saw (``EventStore.read_all(after=)``)
+and skips the live events whose ``seq`` it has already read. Work that must not miss an event
+across restarts is a durable subscriber instead (``store.subscriptions``): it reads the log
+itself and is only woken by the notifier.
+"""
 
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ from loacl.domain.errors import ConflictError, LoaclError
 from loacl.domain.events import Event, Metadata, RecordedEvent
 from loacl.store import codec, migrations
 from loacl.store.broker import Broker
+from loacl.store.notifier import Notifier
 from loacl.store.projections import Projections
 from loacl.store.sqlite import PRAGMAS, connect
 
@@ -159,12 +160,15 @@ class EventStore:
         *,
         clock: Clock = utc_now,
         broker: Broker | None = None,
+        notifier: Notifier | None = None,
         index_lag: int = INDEX_LAG,
     ) -> None:
         self.path = path
         self.projections = projections
         self.clock = clock
         self.broker = broker or Broker()
+        # Wakes durable subscribers (store.subscriptions), which read the log themselves.
+        self.notifier = notifier or Notifier()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -212,6 +216,7 @@ class EventStore:
             await self._reader.close()
             self._reader = None
         self.broker.close()
+        self.notifier.close()
 
     async def __aenter__(self) -> EventStore:
         await self.open()
@@ -463,6 +468,7 @@ class EventStore:
             if not request.future.done():
                 request.future.set_result(result)
         if committed:
+            self.notifier.advance(committed[-1].seq)
             self.broker.publish(committed)
 
     async def run_on_writer(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
