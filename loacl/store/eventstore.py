@@ -46,6 +46,8 @@ _READ_ALL = f"{_SELECT} WHERE seq > ? ORDER BY seq LIMIT ?"
 _INSERT_KEY = (
     "INSERT INTO append_keys (key, stream, first_seq, last_seq) VALUES (?, ?, ?, ?)"
 )
+_FIND_KEY = "SELECT first_seq, last_seq FROM append_keys WHERE key = ?"
+_READ_RANGE = f"{_SELECT} WHERE seq BETWEEN ? AND ? ORDER BY seq"
 _INSERT = (
     "INSERT INTO events (seq, stream, version, type, schema_version, payload, metadata, "
     "recorded_at, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -61,6 +63,11 @@ _HEAD = (
 _INDEX_TAIL = (
     "INSERT OR IGNORE INTO stream_index (stream, version, seq) "
     "SELECT stream, version, seq FROM events WHERE seq > ? ORDER BY stream, version"
+)
+_WRITE_HEAD = (
+    "INSERT INTO event_log_head (id, seq, hash, indexed_seq) VALUES (1, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, "
+    "indexed_seq = excluded.indexed_seq"
 )
 _INDEXED_SEQ = "(SELECT coalesce(max(indexed_seq), 0) FROM event_log_head)"
 # The events of one stream, its two parameters both the stream's name: those in the index and
@@ -149,6 +156,58 @@ class _Call:
 
 
 _STOP = object()
+
+
+@dataclass(eq=False, slots=True)
+class _Attempt:
+    """One attempt at writing a batch: where the log ends as the batch grows it, the time all
+    its events share, and what the fast path inserts at the end."""
+
+    seq: int
+    hash: str
+    indexed: int  # the stream index covers the log up to here
+    recorded_at: str
+    when: datetime
+    first_seq: int = -1
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    keys: list[tuple[str, str, int, int]] = field(default_factory=list)
+    by_key: dict[str, list[RecordedEvent]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.first_seq = self.seq
+
+
+# How one request is written: False gives up the whole attempt.
+_WriteOne = Callable[[sqlite3.Connection, _Append, _Attempt, int], bool]
+
+
+def _encode(
+    request: _Append, attempt: _Attempt, version: int
+) -> tuple[list[tuple[Any, ...]], list[RecordedEvent]]:
+    """A request's rows of the log, each chained to the one before, and the same as records."""
+    stream, recorded_at, when = request.stream, attempt.recorded_at, attempt.when
+    metadata = codec.encode_metadata(request.metadata)
+    seq, last_hash = attempt.seq, attempt.hash
+    rows: list[tuple[Any, ...]] = []
+    recorded: list[RecordedEvent] = []
+    for offset, event in enumerate(request.events, start=1):
+        payload = codec.encode_payload(event)
+        row_seq = seq + offset
+        row_version = version + offset
+        last_hash = codec.chain_hash(
+            last_hash, row_seq, stream, row_version, event.event_type, event.schema_version,
+            payload, metadata, recorded_at,
+        )
+        rows.append((row_seq, stream, row_version, event.event_type, event.schema_version,
+                     payload, metadata, recorded_at, last_hash))
+        recorded.append(_new_record(RecordedEvent, (
+            row_seq, stream, row_version, event, request.metadata, when, last_hash,
+        )))
+    return rows, recorded
+
+
+def _key_row(key: str, recorded: list[RecordedEvent]) -> tuple[str, str, int, int]:
+    return (key, recorded[0].stream, recorded[0].seq, recorded[-1].seq)
 
 
 class EventStore:
@@ -254,40 +313,48 @@ class EventStore:
             item = self._queue.get()
             if item is _STOP:
                 break
-            batch: list[_Append] = []
-            calls: list[_Call] = []
-            while True:
-                (calls if isinstance(item, _Call) else batch).append(item)
-                if len(batch) >= MAX_BATCH:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
+            batch, calls, stopping = self._take_batch(item)
             if batch:
-                try:
-                    self._commit(batch)
-                except Exception as exc:  # the whole transaction failed: every request learns it
-                    log.exception("store.commit_failed")
-                    error = LoaclError(
-                        "store_unavailable", f"the event store could not commit: {exc}"
-                    )
-                    for request in batch:
-                        request.result = error
-            for call in calls:
-                try:
-                    call.result = call.fn(self._writer)  # type: ignore[arg-type]
-                except Exception as exc:
-                    call.error = exc
-                self._end_stray_transaction()
+                self._commit_or_refuse(batch)
+            self._run_calls(calls)
             assert self._loop is not None
             self._loop.call_soon_threadsafe(self._deliver, batch, calls)
 
+    def _take_batch(self, item: Any) -> tuple[list[_Append], list[_Call], bool]:
+        """The first item and whatever else is queued (appends up to MAX_BATCH); True when a
+        stop was met, which ends the writer once this batch is done."""
+        batch: list[_Append] = []
+        calls: list[_Call] = []
+        while True:
+            (calls if isinstance(item, _Call) else batch).append(item)
+            if len(batch) >= MAX_BATCH:
+                return batch, calls, False
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, calls, False
+            if item is _STOP:
+                return batch, calls, True
+
+    def _commit_or_refuse(self, batch: list[_Append]) -> None:
+        try:
+            self._commit(batch)
+        except Exception as exc:  # the whole transaction failed: every request learns it
+            log.exception("store.commit_failed")
+            error = LoaclError("store_unavailable", f"the event store could not commit: {exc}")
+            for request in batch:
+                request.result = error
+
+    def _run_calls(self, calls: list[_Call]) -> None:
+        for call in calls:
+            try:
+                call.result = call.fn(self._writer)  # type: ignore[arg-type]
+            except Exception as exc:
+                call.error = exc
+            self._end_stray_transaction()
+
     def _commit(self, batch: list[_Append]) -> None:
-        """Write a batch in one transaction.
+        """Write a batch in one transaction, fast if it can be, carefully if it must.
 
         The fast path writes every request with one ``executemany`` and no savepoints. If any
         request fails (a projection's veto, an event that cannot be encoded), the transaction is
@@ -296,12 +363,12 @@ class EventStore:
         """
         conn = self._writer
         assert conn is not None
-        for careful in (False, True):
+        for write_one in (self._write_fast, self._write_careful):
             for request in batch:
                 request.result, request.replayed = [], False
             conn.execute("BEGIN IMMEDIATE")
             try:
-                if self._write_batch(conn, batch, careful):
+                if self._write_batch(conn, batch, write_one):
                     conn.execute("COMMIT")
                     return
                 conn.execute("ROLLBACK")
@@ -317,8 +384,28 @@ class EventStore:
         self._versions.clear()
         self._last_seq = -1
 
-    def _write_batch(self, conn: sqlite3.Connection, batch: list[_Append], careful: bool) -> bool:
-        """Write the batch inside the open transaction; False when the fast path must give up."""
+    def _write_batch(
+        self, conn: sqlite3.Connection, batch: list[_Append], write_one: _WriteOne
+    ) -> bool:
+        """Write the batch inside the open transaction; False when ``write_one`` gave up."""
+        attempt = self._read_head(conn)
+        for request in batch:
+            if request.idempotency_key is not None and self._answer_retry(conn, request, attempt):
+                continue
+            version = self._check_version(conn, request)
+            if version is None:
+                continue
+            if not write_one(conn, request, attempt, version):
+                return False
+        self._insert_pending(conn, attempt)
+        self._advance_index(conn, attempt)
+        self._write_head(conn, attempt)
+        return True
+
+    # -- the steps of a batch ---------------------------------------------------------------
+
+    def _read_head(self, conn: sqlite3.Connection) -> _Attempt:
+        """Where the log ends, read inside the write transaction, and the batch's time."""
         row = conn.execute(_HEAD).fetchone()
         seq, prev_hash, indexed = row if row else (0, codec.GENESIS_HASH, 0)
         indexed = indexed or 0
@@ -327,110 +414,108 @@ class EventStore:
             # or this is the first batch: cached versions may be stale.
             self._versions.clear()
         self._indexed_seq = indexed
-        first_seq = seq
-        versions = self._versions
         recorded_at = codec.format_time(self.clock())
-        when = codec.parse_time(recorded_at)
-        all_rows: list[tuple[Any, ...]] = []
-        keys: list[tuple[str, str, int, int]] = []
-        batch_keys: dict[str, _Append] = {}
-        for request in batch:
-            key = request.idempotency_key
-            if key is not None:
-                first = batch_keys.get(key)
-                if first is not None and not isinstance(first.result, BaseException):
-                    request.result, request.replayed = first.result, True
-                    continue
-                found = conn.execute(
-                    "SELECT first_seq, last_seq FROM append_keys WHERE key = ?", (key,)
-                ).fetchone()
-                if found:
-                    rows = conn.execute(
-                        f"{_SELECT} WHERE seq BETWEEN ? AND ? ORDER BY seq", found
-                    ).fetchall()
-                    request.result, request.replayed = decode_rows(rows), True
-                    continue
-            version = versions.get(request.stream)
-            if version is None:
-                version = versions[request.stream] = stream_version(conn, request.stream)
-            expected = request.expected_version
-            if expected is not None and expected != version:
-                request.result = ConflictError(request.stream, expected, version)
-                continue
-            if careful:
-                conn.execute("SAVEPOINT append")
-            try:
-                # Encoding is guarded too: an event that cannot be encoded refuses its own
-                # request, not the whole batch.
-                metadata = codec.encode_metadata(request.metadata)
-                rows_out: list[tuple[Any, ...]] = []
-                recorded: list[RecordedEvent] = []
-                last_hash = prev_hash
-                for offset, event in enumerate(request.events, start=1):
-                    payload = codec.encode_payload(event)
-                    row_seq = seq + offset
-                    row_version = version + offset
-                    last_hash = codec.chain_hash(
-                        last_hash, row_seq, request.stream, row_version, event.event_type,
-                        event.schema_version, payload, metadata, recorded_at,
-                    )
-                    rows_out.append(
-                        (row_seq, request.stream, row_version, event.event_type,
-                         event.schema_version, payload, metadata, recorded_at, last_hash)
-                    )
-                    recorded.append(_new_record(RecordedEvent, (
-                        row_seq, request.stream, row_version, event, request.metadata, when,
-                        last_hash,
-                    )))
-                if careful:
-                    conn.executemany(_INSERT, rows_out)
-                self.projections.apply(conn, recorded)
-                if key is not None:
-                    if careful:
-                        conn.execute(_INSERT_KEY, (key, request.stream, recorded[0].seq,
-                                                   recorded[-1].seq))
-                    else:
-                        keys.append((key, request.stream, recorded[0].seq, recorded[-1].seq))
-            except Exception as exc:
-                if not careful:
-                    return False
-                conn.execute("ROLLBACK TO append")
-                conn.execute("RELEASE append")
-                request.result = _as_loacl_error(exc)
-                continue
-            if careful:
-                conn.execute("RELEASE append")
-            else:
-                all_rows.extend(rows_out)
-            request.result = recorded
-            if key is not None:
-                batch_keys[key] = request
-            seq = recorded[-1].seq
-            prev_hash = last_hash
-            versions[request.stream] = recorded[-1].version
-        if all_rows:
+        return _Attempt(seq, prev_hash, indexed, recorded_at, codec.parse_time(recorded_at))
+
+    def _answer_retry(
+        self, conn: sqlite3.Connection, request: _Append, attempt: _Attempt
+    ) -> bool:
+        """True when the request's key was used before (in this batch or an earlier one): it
+        then gets the events written that time and writes nothing."""
+        key = request.idempotency_key
+        assert key is not None
+        earlier = attempt.by_key.get(key)
+        if earlier is not None:
+            request.result, request.replayed = earlier, True
+            return True
+        found = conn.execute(_FIND_KEY, (key,)).fetchone()
+        if not found:
+            return False
+        rows = conn.execute(_READ_RANGE, found).fetchall()
+        request.result, request.replayed = decode_rows(rows), True
+        return True
+
+    def _check_version(self, conn: sqlite3.Connection, request: _Append) -> int | None:
+        """The stream's version to append after, or None when the request expected another
+        (it is then refused with a conflict)."""
+        versions = self._versions
+        version = versions.get(request.stream)
+        if version is None:
+            version = versions[request.stream] = stream_version(conn, request.stream)
+        expected = request.expected_version
+        if expected is not None and expected != version:
+            request.result = ConflictError(request.stream, expected, version)
+            return None
+        return version
+
+    def _write_fast(
+        self, conn: sqlite3.Connection, request: _Append, attempt: _Attempt, version: int
+    ) -> bool:
+        """Encode and project one request; its rows wait for one ``executemany`` at the end.
+        False gives the attempt up: the batch is then written carefully."""
+        try:
+            rows, recorded = _encode(request, attempt, version)
+            self.projections.apply(conn, recorded)
+        except Exception:
+            return False
+        attempt.rows.extend(rows)
+        if request.idempotency_key is not None:
+            attempt.keys.append(_key_row(request.idempotency_key, recorded))
+        self._accept(request, recorded, attempt)
+        return True
+
+    def _write_careful(
+        self, conn: sqlite3.Connection, request: _Append, attempt: _Attempt, version: int
+    ) -> bool:
+        """Write one request in a savepoint of its own: a failure refuses this request only."""
+        conn.execute("SAVEPOINT append")
+        try:
+            # Encoding is guarded too: an event that cannot be encoded refuses its own
+            # request, not the whole batch.
+            rows, recorded = _encode(request, attempt, version)
+            conn.executemany(_INSERT, rows)
+            self.projections.apply(conn, recorded)
+            if request.idempotency_key is not None:
+                conn.execute(_INSERT_KEY, _key_row(request.idempotency_key, recorded))
+        except Exception as exc:
+            conn.execute("ROLLBACK TO append")
+            conn.execute("RELEASE append")
+            request.result = _as_loacl_error(exc, request.stream)
+            return True
+        conn.execute("RELEASE append")
+        self._accept(request, recorded, attempt)
+        return True
+
+    def _accept(self, request: _Append, recorded: list[RecordedEvent], attempt: _Attempt) -> None:
+        """The request is written: the next one follows its last event."""
+        request.result = recorded
+        if request.idempotency_key is not None:
+            attempt.by_key[request.idempotency_key] = recorded
+        last = recorded[-1]
+        attempt.seq, attempt.hash = last.seq, last.hash
+        self._versions[request.stream] = last.version
+
+    def _insert_pending(self, conn: sqlite3.Connection, attempt: _Attempt) -> None:
+        if attempt.rows:
             # Projections ran before these inserts; none of them reads the events table.
-            conn.executemany(_INSERT, all_rows)
-        if keys:
-            conn.executemany(_INSERT_KEY, keys)
-        indexed = self._indexed_seq
+            conn.executemany(_INSERT, attempt.rows)
+        if attempt.keys:
+            conn.executemany(_INSERT_KEY, attempt.keys)
+
+    def _advance_index(self, conn: sqlite3.Connection, attempt: _Attempt) -> None:
         # Only a batch that wrote events moves the mark: another writer notices a new head seq
         # and reads the mark again, but would not notice a mark moved under an unchanged head.
-        if seq != first_seq and seq - indexed >= self.index_lag:
-            conn.execute(_INDEX_TAIL, (indexed,))
-            indexed = seq
-        if seq:
-            conn.execute(
-                "INSERT INTO event_log_head (id, seq, hash, indexed_seq) VALUES (1, ?, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, "
-                "indexed_seq = excluded.indexed_seq",
-                (seq, prev_hash, indexed),
-            )
-        self._last_seq = seq
-        self._indexed_seq = indexed
-        if len(versions) > 100_000:
-            versions.clear()
-        return True
+        if attempt.seq != attempt.first_seq and attempt.seq - attempt.indexed >= self.index_lag:
+            conn.execute(_INDEX_TAIL, (attempt.indexed,))
+            attempt.indexed = attempt.seq
+
+    def _write_head(self, conn: sqlite3.Connection, attempt: _Attempt) -> None:
+        if attempt.seq:
+            conn.execute(_WRITE_HEAD, (attempt.seq, attempt.hash, attempt.indexed))
+        self._last_seq = attempt.seq
+        self._indexed_seq = attempt.indexed
+        if len(self._versions) > 100_000:
+            self._versions.clear()
 
     def _end_stray_transaction(self) -> None:
         # A call that left its transaction open would make the next batch's BEGIN fail.
@@ -525,10 +610,15 @@ class EventStore:
         return int(rows[0][0])
 
 
-def _as_loacl_error(exc: Exception) -> LoaclError:
+def _as_loacl_error(exc: Exception, stream: str) -> LoaclError:
+    """What a refused request tells its caller. Projections that know what a veto means raise
+    their own code (``email_taken``); any other constraint of a read table (one conversation
+    per signed-in site user and widget) is a ``conflict``. SQLite's text names tables and
+    columns: it goes to the log, never to the client."""
     if isinstance(exc, LoaclError):
         return exc
     if isinstance(exc, sqlite3.IntegrityError):
-        return LoaclError("conflict", f"a read table refused the change: {exc}")
-    log.error("store.append_failed", error=repr(exc))
+        log.warning("store.append_refused", stream=stream, error=str(exc))
+        return LoaclError("conflict", "the change conflicts with one already made")
+    log.error("store.append_failed", stream=stream, error=repr(exc))
     return LoaclError("store_error", "the event store could not write the events")
