@@ -5,21 +5,20 @@ server, so a running server sees their events too."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loacl.domain import accounts, assistants
+from loacl.domain import assistants
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
 from loacl.providers import check_model
-from loacl.services.accounts import normalize_email
-from loacl.services.passwords import Passwords, check_password
+from loacl.services.accounts import Accounts
 from loacl.services.tokens import new_id
 from loacl.settings import Settings
 from loacl.store.eventstore import NO_STREAM, EventStore
 from loacl.store.projections import default_projections
+from loacl.store.views import accounts as accounts_view
 
 CLI = Metadata(actor="loacl:cli")
 
@@ -35,72 +34,47 @@ def open_store(settings: Settings) -> EventStore:
 async def create_user(
     settings: Settings, email: str, password: str, *, name: str | None, verified: bool
 ) -> dict[str, Any]:
-    email = normalize_email(email)
-    check_password(password)
-    hasher = Passwords(
-        settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
-    )
-    user_id = new_id()
-    events = accounts.register(user_id, email, name, await hasher.hash(password))
     async with open_store(settings) as store:
-        if verified:
-            state = accounts.User()
-            for event in events:
-                state = accounts.evolve_user(state, event)
-            events += accounts.verify_email(state)
-        await store.append(
-            accounts.user_stream(user_id), events, expected_version=NO_STREAM, metadata=CLI
+        user = await Accounts.for_operator(store, settings).create_user(
+            email, password, name, verified=verified, meta=CLI
         )
-    return {"id": user_id, "email": email, "name": name, "email_verified": verified}
-
-
-async def _rows(settings: Settings, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-    async with open_store(settings) as store:
-        return await store.query(sql, params)
+    return {"id": user.user_id, "email": user.email, "name": user.name,
+            "email_verified": user.email_verified}
 
 
 async def list_users(settings: Settings) -> list[dict[str, Any]]:
-    rows = await _rows(
-        settings,
-        "SELECT user_id, email, name, email_verified_at, created_at FROM users ORDER BY created_at",
-    )
+    async with open_store(settings) as store:
+        users = await accounts_view.all_users(store)
     return [
-        {"id": r[0], "email": r[1], "name": r[2], "email_verified": r[3] is not None,
-         "created_at": r[4]}
-        for r in rows
+        {"id": u.user_id, "email": u.email, "name": u.name, "email_verified": u.email_verified,
+         "created_at": u.created_at}
+        for u in users
     ]
 
 
 async def owner_id(settings: Settings, email: str) -> str:
-    rows = await _rows(settings, "SELECT user_id FROM users WHERE email = ?", (email,))
-    if not rows:
+    async with open_store(settings) as store:
+        owner = await accounts_view.user_by_email(store, email)
+    if owner is None:
         raise LoaclError("not_found", f"no owner with the e-mail address {email}")
-    return str(rows[0][0])
+    return owner.user_id
 
 
 async def list_assistants(settings: Settings, owner: str | None) -> list[dict[str, Any]]:
-    sql = ("SELECT a.assistant_id, u.email, a.name, a.provider, a.model, a.created_at "
-           "FROM assistants a LEFT JOIN users u ON u.user_id = a.owner_id")
-    params: tuple[str, ...] = ()
-    if owner:
-        sql += " WHERE u.email = ?"
-        params = (owner,)
-    rows = await _rows(settings, sql + " ORDER BY a.created_seq", params)
-    return [{"id": r[0], "owner": r[1], "name": r[2], "provider": r[3], "model": r[4],
-             "created_at": r[5]} for r in rows]
+    async with open_store(settings) as store:
+        found = await accounts_view.assistants_by_owner(store, owner)
+    return [{"id": a.assistant_id, "owner": a.owner_email, "name": a.name,
+             "provider": a.provider, "model": a.model, "created_at": a.created_at}
+            for a in found]
 
 
 async def list_widgets(settings: Settings, owner: str | None) -> list[dict[str, Any]]:
-    sql = ("SELECT w.widget_id, u.email, w.name, w.assistant_id, w.enabled, w.definition, "
-           "w.created_at FROM widgets w LEFT JOIN users u ON u.user_id = w.owner_id")
-    params: tuple[str, ...] = ()
-    if owner:
-        sql += " WHERE u.email = ?"
-        params = (owner,)
-    rows = await _rows(settings, sql + " ORDER BY w.created_seq", params)
-    return [{"id": r[0], "owner": r[1], "name": r[2], "assistant_id": r[3],
-             "enabled": bool(r[4]), "allowed_origins": json.loads(r[5])["allowed_origins"],
-             "created_at": r[6]} for r in rows]
+    async with open_store(settings) as store:
+        found = await accounts_view.widgets_by_owner(store, owner)
+    return [{"id": w.widget_id, "owner": w.owner_email, "name": w.name,
+             "assistant_id": w.assistant_id, "enabled": w.enabled,
+             "allowed_origins": list(w.allowed_origins), "created_at": w.created_at}
+            for w in found]
 
 
 # -- importing assistants exported from OpenAI's former Assistants API ----------------------

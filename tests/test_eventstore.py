@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from structlog.testing import capture_logs
 
 from loacl.domain import accounts
 from loacl.domain.accounts import EmailVerified, SessionRevoked, UserRegistered
 from loacl.domain.errors import ConflictError, LoaclError
 from loacl.domain.events import Event, Metadata, RecordedEvent
+from loacl.domain.widgets import ConversationStarted
 from loacl.store import audit, eventstore
 from loacl.store.broker import Subscription, SubscriptionOverflow
 from loacl.store.eventstore import NO_STREAM, EventStore
@@ -344,6 +346,27 @@ async def test_a_refused_request_does_not_sink_its_batch(store: EventStore) -> N
     assert verify_chain(store.path).ok
     # Subscribers hear only what was committed.
     assert await take(subscription, 3) == [*u1, *u3, *u4]
+
+
+async def test_a_read_table_veto_is_a_conflict_that_keeps_sqlite_to_the_log(
+    store: EventStore,
+) -> None:
+    def started(conversation_id: str) -> list[Event]:
+        # One conversation per signed-in site user and widget: the read table's unique index.
+        return [ConversationStarted(conversation_id=conversation_id, widget_id="w",
+                                    visitor_id=conversation_id, external_user_id="site-user")]
+
+    await store.append("conversation-c1", started("c1"), expected_version=NO_STREAM)
+    with capture_logs() as logs, pytest.raises(LoaclError) as caught:
+        await store.append("conversation-c2", started("c2"), expected_version=NO_STREAM)
+    assert caught.value.code == "conflict"
+    assert "UNIQUE" not in caught.value.message
+    assert "conversations" not in caught.value.message
+    [refused] = [e for e in logs if e["event"] == "store.append_refused"]
+    assert refused["stream"] == "conversation-c2"
+    assert "UNIQUE constraint failed" in refused["error"]
+    assert await store.read_stream("conversation-c2") == []
+    assert verify_chain(store.path).ok
 
 
 async def test_an_event_that_cannot_be_encoded_does_not_sink_its_batch(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -24,7 +25,9 @@ from loacl.services.tokens import (
     token_hash,
 )
 from loacl.settings import Settings
-from loacl.store.eventstore import NO_STREAM, Clock, EventStore
+from loacl.store.eventstore import NO_STREAM, Clock, EventStore, utc_now
+from loacl.store.views import accounts as accounts_view
+from loacl.store.views.accounts import UserView
 
 log = structlog.get_logger(__name__)
 
@@ -64,18 +67,14 @@ class TokenPair:
         }
 
 
-_USER_COLUMNS = "user_id, email, name, email_verified_at, created_at, password_hash"
-
-
-def user_json(row: Any) -> dict[str, Any]:
-    user_id, email, name, verified_at, created_at = row[:5]
+def user_json(user: UserView) -> dict[str, Any]:
     return {
-        "id": user_id,
-        "email": email,
-        "name": name,
-        "email_verified": verified_at is not None,
-        "email_verified_at": verified_at,
-        "created_at": created_at,
+        "id": user.user_id,
+        "email": user.email,
+        "name": user.name,
+        "email_verified": user.email_verified,
+        "email_verified_at": user.email_verified_at,
+        "created_at": user.created_at,
     }
 
 
@@ -103,25 +102,30 @@ class Accounts:
         self.ip_failures = RateLimiter(20, FAILURE_WINDOW, seconds)
         self.mail_limit = RateLimiter(3, 60 * 60, seconds)
 
+    @classmethod
+    def for_operator(cls, store: EventStore, settings: Settings) -> Accounts:
+        """The service as the CLI uses it: it creates owners and sends no mail."""
+        passwords = Passwords(
+            settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
+        )
+        # A key of this process alone: the CLI issues no tokens, and so neither reads nor
+        # creates the server's key file.
+        tokens = Tokens(
+            secrets.token_urlsafe(48), settings.jwt_algorithm,
+            settings.access_token_expire_minutes, utc_now,
+        )
+        return cls(store, settings, passwords, tokens, Mailer.from_settings(settings), utc_now)
+
     # -- reading ----------------------------------------------------------------------------
 
-    async def _user_by_email(self, email: str) -> Any | None:
-        rows = await self.store.query(
-            f"SELECT {_USER_COLUMNS} FROM users WHERE email = ?", (email,)
-        )
-        return rows[0] if rows else None
-
-    async def _user_by_id(self, user_id: str) -> Any | None:
-        rows = await self.store.query(
-            f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = ?", (user_id,)
-        )
-        return rows[0] if rows else None
+    async def user(self, user_id: str) -> UserView:
+        found = await accounts_view.user_by_id(self.store, user_id)
+        if found is None:
+            raise LoaclError("not_found", "no such user")
+        return found
 
     async def get_user(self, user_id: str) -> dict[str, Any]:
-        row = await self._user_by_id(user_id)
-        if row is None:
-            raise LoaclError("not_found", "no such user")
-        return user_json(row)
+        return user_json(await self.user(user_id))
 
     async def _load_user(self, user_id: str) -> tuple[domain.User, int]:
         return await self.store.load(
@@ -168,18 +172,33 @@ class Accounts:
     async def register(
         self, email: str, password: str, name: str | None, base_url: str, meta: Metadata
     ) -> dict[str, Any]:
+        user = await self._create(email, password, name, verified=False, meta=meta)
+        self._send_verification(user.user_id, user.email, base_url)
+        return user_json(user)
+
+    async def create_user(
+        self, email: str, password: str, name: str | None, *, verified: bool, meta: Metadata
+    ) -> UserView:
+        """An owner made by the operator (``loacl users create``): no mail is sent, and with
+        ``verified`` the address counts as confirmed at once."""
+        return await self._create(email, password, name, verified=verified, meta=meta)
+
+    async def _create(
+        self, email: str, password: str, name: str | None, *, verified: bool, meta: Metadata
+    ) -> UserView:
         email = normalize_email(email)
         check_password(password)
         user_id = new_id()
-        password_hash = await self.passwords.hash(password)
+        events = domain.register(user_id, email, name, await self.passwords.hash(password))
+        if verified:
+            state = domain.User()
+            for event in events:
+                state = domain.evolve_user(state, event)
+            events = [*events, *domain.verify_email(state)]
         await self.store.append(
-            domain.user_stream(user_id),
-            domain.register(user_id, email, name, password_hash),
-            expected_version=NO_STREAM,
-            metadata=meta,
+            domain.user_stream(user_id), events, expected_version=NO_STREAM, metadata=meta
         )
-        self._send_verification(user_id, email, base_url)
-        return await self.get_user(user_id)
+        return await self.user(user_id)
 
     async def verify_email(self, token: str, meta: Metadata) -> dict[str, Any]:
         invalid = LoaclError(
@@ -223,14 +242,14 @@ class Accounts:
             raise LoaclError(
                 "rate_limited", "too many failed logins; try again later", retry_after=wait
             )
-        row = await self._user_by_email(email)
-        stored = row[5] if row is not None else None
-        if not await self.passwords.verify(stored, password) or row is None:
+        found = await accounts_view.credentials(self.store, email)
+        stored = found.password_hash if found is not None else None
+        if not await self.passwords.verify(stored, password) or found is None:
             self.account_failures.hit(account_key)
             self.ip_failures.hit(ip_key)
             raise LoaclError("invalid_credentials", "wrong e-mail address or password")
         self.account_failures.reset(account_key)
-        user_id = row[0]
+        user_id = found.user_id
         if self.passwords.needs_rehash(stored or ""):
             state, version = await self._load_user(user_id)
             new_hash = await self.passwords.hash(password)
@@ -259,13 +278,11 @@ class Accounts:
 
     async def refresh(self, refresh_token: str, meta: Metadata) -> TokenPair:
         presented = token_hash(refresh_token)
-        rows = await self.store.query(
-            "SELECT session_id FROM refresh_tokens WHERE token_hash = ?", (presented,)
-        )
-        if not rows:
+        session_id = await accounts_view.session_of_refresh_token(self.store, presented)
+        if session_id is None:
             raise LoaclError("invalid_refresh_token", "the refresh token is not valid")
         for attempt in range(1, RETRIES + 1):
-            state, version = await self._load_session(rows[0][0])
+            state, version = await self._load_session(session_id)
             new_token = new_refresh_token()
             expires = self.clock() + timedelta(days=self.settings.refresh_token_days)
             events = domain.refresh_session(
@@ -316,19 +333,20 @@ class Accounts:
             email = normalize_email(email)
         except LoaclError:
             return
-        row = await self._user_by_email(email)
-        if row is None:
+        found = await accounts_view.credentials(self.store, email)
+        if found is None:
             return
-        if self.mail_limit.retry_after(f"reset:{row[0]}"):
-            log.info("auth.reset_rate_limited", user_id=row[0])
+        if self.mail_limit.retry_after(f"reset:{found.user_id}"):
+            log.info("auth.reset_rate_limited", user_id=found.user_id)
             return
-        self.mail_limit.hit(f"reset:{row[0]}")
+        self.mail_limit.hit(f"reset:{found.user_id}")
         token = self.tokens.issue_link(
-            "reset-password", row[0], timedelta(minutes=self.settings.reset_token_minutes),
-            pwd=password_fingerprint(row[5]),
+            "reset-password", found.user_id,
+            timedelta(minutes=self.settings.reset_token_minutes),
+            pwd=password_fingerprint(found.password_hash),
         )
         self._send_link(
-            row[1], "Reset your LOACL password",
+            found.email, "Reset your LOACL password",
             "Someone (we hope you) asked to reset the password of this LOACL account. Send the "
             "token below with your new password as \"password\".",
             "/api/v1/auth/reset-password/confirm", token, base_url,
@@ -351,20 +369,14 @@ class Accounts:
             domain.change_password(state, await self.passwords.hash(password), "reset"),
             expected_version=version, metadata=meta,
         )
-        sessions = await self.store.query(
-            "SELECT session_id FROM sessions WHERE user_id = ? AND revoked_at IS NULL",
-            (state.user_id,),
-        )
-        for (session_id,) in sessions:
+        for session_id in await accounts_view.open_sessions(self.store, state.user_id):
             await self._revoke(session_id, "password_reset", meta)
 
     async def authenticate(self, access_token: str) -> Principal:
         claims = self.tokens.read_access(access_token)
-        rows = await self.store.query(
-            "SELECT s.revoked_at, u.email, u.email_verified_at FROM sessions s "
-            "JOIN users u ON u.user_id = s.user_id WHERE s.session_id = ? AND s.user_id = ?",
-            (claims.session_id, claims.user_id),
-        )
-        if not rows or rows[0][0] is not None:
+        session = await accounts_view.session_user(self.store, claims.session_id, claims.user_id)
+        if session is None or not session.active:
             raise LoaclError("invalid_token", "this session has ended; log in again")
-        return Principal(claims.user_id, claims.session_id, rows[0][1], rows[0][2] is not None)
+        return Principal(
+            claims.user_id, claims.session_id, session.email, session.email_verified_at is not None
+        )

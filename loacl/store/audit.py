@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from loacl.domain.errors import LoaclError
 from loacl.store import codec
-from loacl.store.eventstore import EVENT_COLUMNS
+from loacl.store.records import EVENT_COLUMNS
 
 Progress = Callable[[int, int], None]
 
@@ -43,6 +43,17 @@ def _hash_at(conn: sqlite3.Connection, seq: int) -> str:
 
 
 def _verify(conn: sqlite3.Connection, progress: Progress | None, chunk: int) -> AuditResult:
+    chain = _walk_chain(conn, progress, chunk)
+    if not chain.ok:
+        return chain
+    return _check_head(conn, chain.events, chain.last_hash) or chain
+
+
+def _walk_chain(
+    conn: sqlite3.Connection, progress: Progress | None, chunk: int
+) -> AuditResult:
+    """Every event in order: no gap, each hash chained to the one before, each stream's versions
+    counting up from 1."""
     (total,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
     prev = codec.GENESIS_HASH
     expected_seq = 1
@@ -77,6 +88,12 @@ def _verify(conn: sqlite3.Connection, progress: Progress | None, chunk: int) -> 
             count += 1
         if progress:
             progress(expected_seq - 1, total)
+    return AuditResult(True, count, prev)
+
+
+def _check_head(conn: sqlite3.Connection, count: int, prev: str) -> AuditResult | None:
+    """What the head record and the stream index say against a sound chain of ``count``
+    events ending in ``prev``; None when both agree with it."""
     head = conn.execute(
         "SELECT seq, hash, indexed_seq FROM event_log_head WHERE id = 1"
     ).fetchone()
@@ -106,7 +123,7 @@ def _verify(conn: sqlite3.Connection, progress: Progress | None, chunk: int) -> 
             f"the stream index does not match event {bad}: reads of its stream would miss "
             "or misplace events (rebuild it with `loacl audit reindex`, the server stopped)",
         )
-    return AuditResult(True, count, prev)
+    return None
 
 
 def reindex(conn: sqlite3.Connection) -> int:

@@ -1,9 +1,9 @@
 """The event store: one writer thread commits queued appends together (group commit).
 
 Appends are queued from the event loop; the writer drains the queue, writes every request of the
-batch in one ``BEGIN IMMEDIATE`` transaction (each inside a savepoint, so one refused request does
-not sink the others), applies projections in the same transaction, commits, and only then hands
-results and events back to the loop, in commit order.
+batch in one ``BEGIN IMMEDIATE`` transaction (``batches``: one refused request does not sink the
+others), applies projections in the same transaction, commits, and only then hands results and
+events back to the loop, in commit order. The log's rows and their SQL are in ``records``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import asyncio
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,12 +21,18 @@ from typing import Any, TypeVar
 import aiosqlite
 import structlog
 
-from loacl.domain.errors import ConflictError, LoaclError
+from loacl.domain.errors import LoaclError
 from loacl.domain.events import Event, Metadata, RecordedEvent
-from loacl.store import codec, migrations
+from loacl.store import migrations
+from loacl.store.batches import Append as _Append
+from loacl.store.batches import BatchWriter
 from loacl.store.broker import Broker
 from loacl.store.notifier import Notifier
 from loacl.store.projections import Projections
+from loacl.store.records import EVENT_COLUMNS as EVENT_COLUMNS
+from loacl.store.records import IN_STREAM as IN_STREAM
+from loacl.store.records import READ_ALL, READ_STREAM, STREAM_VERSION, decode_rows
+from loacl.store.records import read_all_sync as read_all_sync
 from loacl.store.sqlite import PRAGMAS, connect
 
 log = structlog.get_logger(__name__)
@@ -40,103 +46,9 @@ MAX_BATCH = 2000
 # entries at once; the trailing events are found by a scan of at most this many rows.
 INDEX_LAG = 1000
 
-# A row of the log, in the order decode_rows reads it (the CLI and audit read the same).
-EVENT_COLUMNS = "seq, stream, version, type, schema_version, payload, metadata, recorded_at, hash"
-_SELECT = f"SELECT {EVENT_COLUMNS} FROM events"
-_READ_ALL = f"{_SELECT} WHERE seq > ? ORDER BY seq LIMIT ?"
-_INSERT_KEY = (
-    "INSERT INTO append_keys (key, stream, first_seq, last_seq) VALUES (?, ?, ?, ?)"
-)
-_INSERT = (
-    "INSERT INTO events (seq, stream, version, type, schema_version, payload, metadata, "
-    "recorded_at, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-# The last event and the index mark, read afresh by every batch inside its write transaction.
-_HEAD = (
-    "SELECT seq, hash, (SELECT indexed_seq FROM event_log_head WHERE id = 1) FROM events "
-    "ORDER BY seq DESC LIMIT 1"
-)
-# OR IGNORE: an entry already there is the same one (the writer checked every version under
-# the write lock); one that disagrees means a damaged log, which `loacl audit verify` names.
-# Refusing here would refuse every later append to every stream.
-_INDEX_TAIL = (
-    "INSERT OR IGNORE INTO stream_index (stream, version, seq) "
-    "SELECT stream, version, seq FROM events WHERE seq > ? ORDER BY stream, version"
-)
-_INDEXED_SEQ = "(SELECT coalesce(max(indexed_seq), 0) FROM event_log_head)"
-# The events of one stream, its two parameters both the stream's name: those in the index and
-# those in the log's tail after it. In one statement (one snapshot) the two never overlap;
-# SQLite answers each side from a primary key (a multi-index OR).
-IN_STREAM = (
-    "(seq IN (SELECT seq FROM stream_index WHERE stream = ?) "
-    f"OR (seq > {_INDEXED_SEQ} AND stream = ?))"
-)
-# One statement, so one snapshot: the indexed part and the tail after it never overlap.
-_STREAM_VERSION = (
-    f"SELECT coalesce((SELECT max(version) FROM events WHERE seq > {_INDEXED_SEQ} "
-    "AND stream = ?1), (SELECT max(version) FROM stream_index WHERE stream = ?1), 0)"
-)
-_READ_STREAM = f"{_SELECT} WHERE {IN_STREAM} AND version > ? ORDER BY version"
-
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-_new_record = tuple.__new__  # positional, without NamedTuple's keyword handling: replay's hot path
-
-
-def decode_rows(rows: Iterable[Sequence[Any]]) -> list[RecordedEvent]:
-    """Rows of the events table as records. Replay decodes every event through here, so the
-    look-ups are hoisted out of the loop and a record is built as a plain tuple. The events of
-    one append share their metadata and those of one commit their time: each is decoded once
-    per run of equal values."""
-    # Keyed by type alone (a tuple key costs more than the rest of the loop): an event of an
-    # older schema version than the one cached takes the slow path.
-    decoders: dict[str, tuple[int, Callable[[str | bytes], Event]]] = {}
-    new, record = _new_record, RecordedEvent
-    metadata_raw: Any = None
-    time_raw: Any = None
-    metadata = Metadata()
-    when = datetime.min
-    out: list[RecordedEvent] = []
-    append = out.append
-    for seq, stream, version, type_, schema_version, payload, raw_md, raw_at, hash_ in rows:
-        found = decoders.get(type_)
-        if found is not None and found[0] == schema_version:
-            decode = found[1]
-        else:
-            decode = codec.payload_decoder(type_, schema_version)
-            decoders[type_] = (schema_version, decode)
-        if raw_md != metadata_raw:
-            metadata, metadata_raw = codec.decode_metadata(raw_md), raw_md
-        if raw_at != time_raw:
-            when, time_raw = codec.parse_time(raw_at), raw_at
-        append(new(record, (seq, stream, version, decode(payload), metadata, when, hash_)))
-    return out
-
-
-def stream_version(conn: sqlite3.Connection, stream: str) -> int:
-    return int(conn.execute(_STREAM_VERSION, (stream,)).fetchone()[0])
-
-
-def read_all_sync(
-    conn: sqlite3.Connection, after: int = 0, limit: int | None = None
-) -> list[RecordedEvent]:
-    rows = conn.execute(_READ_ALL, (after, -1 if limit is None else limit)).fetchall()
-    return decode_rows(rows)
-
-
-@dataclass(eq=False, slots=True)
-class _Append:
-    stream: str
-    events: Sequence[Event]
-    expected_version: int | None
-    metadata: Metadata
-    idempotency_key: str | None
-    future: asyncio.Future[list[RecordedEvent]]
-    result: list[RecordedEvent] | BaseException = field(default_factory=list)
-    replayed: bool = False
 
 
 @dataclass(eq=False)
@@ -174,11 +86,8 @@ class EventStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: aiosqlite.Connection | None = None
         self._writer: sqlite3.Connection | None = None
-        # Stream versions as of our last commit, valid while nobody else appends.
-        self._versions: dict[str, int] = {}
-        self._last_seq = -1
-        self._indexed_seq = 0
         self.index_lag = index_lag
+        self._batches = BatchWriter(projections, clock, index_lag)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -259,183 +168,46 @@ class EventStore:
             item = self._queue.get()
             if item is _STOP:
                 break
-            batch: list[_Append] = []
-            calls: list[_Call] = []
-            while True:
-                (calls if isinstance(item, _Call) else batch).append(item)
-                if len(batch) >= MAX_BATCH:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
+            batch, calls, stopping = self._take_batch(item)
             if batch:
-                try:
-                    self._commit(batch)
-                except Exception as exc:  # the whole transaction failed: every request learns it
-                    log.exception("store.commit_failed")
-                    error = LoaclError(
-                        "store_unavailable", f"the event store could not commit: {exc}"
-                    )
-                    for request in batch:
-                        request.result = error
-            for call in calls:
-                try:
-                    call.result = call.fn(self._writer)  # type: ignore[arg-type]
-                except Exception as exc:
-                    call.error = exc
-                self._end_stray_transaction()
+                self._commit_or_refuse(batch)
+            self._run_calls(calls)
             assert self._loop is not None
             self._loop.call_soon_threadsafe(self._deliver, batch, calls)
 
-    def _commit(self, batch: list[_Append]) -> None:
-        """Write a batch in one transaction.
+    def _take_batch(self, item: Any) -> tuple[list[_Append], list[_Call], bool]:
+        """The first item and whatever else is queued (appends up to MAX_BATCH); True when a
+        stop was met, which ends the writer once this batch is done."""
+        batch: list[_Append] = []
+        calls: list[_Call] = []
+        while True:
+            (calls if isinstance(item, _Call) else batch).append(item)
+            if len(batch) >= MAX_BATCH:
+                return batch, calls, False
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, calls, False
+            if item is _STOP:
+                return batch, calls, True
 
-        The fast path writes every request with one ``executemany`` and no savepoints. If any
-        request fails (a projection's veto, an event that cannot be encoded), the transaction is
-        rolled back and the batch is written again request by request, each in a savepoint, so
-        that only the failing request is refused.
-        """
-        conn = self._writer
-        assert conn is not None
-        for careful in (False, True):
+    def _commit_or_refuse(self, batch: list[_Append]) -> None:
+        assert self._writer is not None
+        try:
+            self._batches.commit(self._writer, batch)
+        except Exception as exc:  # the whole transaction failed: every request learns it
+            log.exception("store.commit_failed")
+            error = LoaclError("store_unavailable", f"the event store could not commit: {exc}")
             for request in batch:
-                request.result, request.replayed = [], False
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if self._write_batch(conn, batch, careful):
-                    conn.execute("COMMIT")
-                    return
-                conn.execute("ROLLBACK")
-            except BaseException:
-                self._forget()
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            self._forget()
+                request.result = error
 
-    def _forget(self) -> None:
-        """After a rollback: what the writer remembers of the log must be read again."""
-        self._versions.clear()
-        self._last_seq = -1
-
-    def _write_batch(self, conn: sqlite3.Connection, batch: list[_Append], careful: bool) -> bool:
-        """Write the batch inside the open transaction; False when the fast path must give up."""
-        row = conn.execute(_HEAD).fetchone()
-        seq, prev_hash, indexed = row if row else (0, codec.GENESIS_HASH, 0)
-        indexed = indexed or 0
-        if seq != self._last_seq or indexed != self._indexed_seq:
-            # Someone else (a CLI command) appended or rebuilt the index since our last commit,
-            # or this is the first batch: cached versions may be stale.
-            self._versions.clear()
-        self._indexed_seq = indexed
-        first_seq = seq
-        versions = self._versions
-        recorded_at = codec.format_time(self.clock())
-        when = codec.parse_time(recorded_at)
-        all_rows: list[tuple[Any, ...]] = []
-        keys: list[tuple[str, str, int, int]] = []
-        batch_keys: dict[str, _Append] = {}
-        for request in batch:
-            key = request.idempotency_key
-            if key is not None:
-                first = batch_keys.get(key)
-                if first is not None and not isinstance(first.result, BaseException):
-                    request.result, request.replayed = first.result, True
-                    continue
-                found = conn.execute(
-                    "SELECT first_seq, last_seq FROM append_keys WHERE key = ?", (key,)
-                ).fetchone()
-                if found:
-                    rows = conn.execute(
-                        f"{_SELECT} WHERE seq BETWEEN ? AND ? ORDER BY seq", found
-                    ).fetchall()
-                    request.result, request.replayed = decode_rows(rows), True
-                    continue
-            version = versions.get(request.stream)
-            if version is None:
-                version = versions[request.stream] = stream_version(conn, request.stream)
-            expected = request.expected_version
-            if expected is not None and expected != version:
-                request.result = ConflictError(request.stream, expected, version)
-                continue
-            if careful:
-                conn.execute("SAVEPOINT append")
+    def _run_calls(self, calls: list[_Call]) -> None:
+        for call in calls:
             try:
-                # Encoding is guarded too: an event that cannot be encoded refuses its own
-                # request, not the whole batch.
-                metadata = codec.encode_metadata(request.metadata)
-                rows_out: list[tuple[Any, ...]] = []
-                recorded: list[RecordedEvent] = []
-                last_hash = prev_hash
-                for offset, event in enumerate(request.events, start=1):
-                    payload = codec.encode_payload(event)
-                    row_seq = seq + offset
-                    row_version = version + offset
-                    last_hash = codec.chain_hash(
-                        last_hash, row_seq, request.stream, row_version, event.event_type,
-                        event.schema_version, payload, metadata, recorded_at,
-                    )
-                    rows_out.append(
-                        (row_seq, request.stream, row_version, event.event_type,
-                         event.schema_version, payload, metadata, recorded_at, last_hash)
-                    )
-                    recorded.append(_new_record(RecordedEvent, (
-                        row_seq, request.stream, row_version, event, request.metadata, when,
-                        last_hash,
-                    )))
-                if careful:
-                    conn.executemany(_INSERT, rows_out)
-                self.projections.apply(conn, recorded)
-                if key is not None:
-                    if careful:
-                        conn.execute(_INSERT_KEY, (key, request.stream, recorded[0].seq,
-                                                   recorded[-1].seq))
-                    else:
-                        keys.append((key, request.stream, recorded[0].seq, recorded[-1].seq))
+                call.result = call.fn(self._writer)  # type: ignore[arg-type]
             except Exception as exc:
-                if not careful:
-                    return False
-                conn.execute("ROLLBACK TO append")
-                conn.execute("RELEASE append")
-                request.result = _as_loacl_error(exc)
-                continue
-            if careful:
-                conn.execute("RELEASE append")
-            else:
-                all_rows.extend(rows_out)
-            request.result = recorded
-            if key is not None:
-                batch_keys[key] = request
-            seq = recorded[-1].seq
-            prev_hash = last_hash
-            versions[request.stream] = recorded[-1].version
-        if all_rows:
-            # Projections ran before these inserts; none of them reads the events table.
-            conn.executemany(_INSERT, all_rows)
-        if keys:
-            conn.executemany(_INSERT_KEY, keys)
-        indexed = self._indexed_seq
-        # Only a batch that wrote events moves the mark: another writer notices a new head seq
-        # and reads the mark again, but would not notice a mark moved under an unchanged head.
-        if seq != first_seq and seq - indexed >= self.index_lag:
-            conn.execute(_INDEX_TAIL, (indexed,))
-            indexed = seq
-        if seq:
-            conn.execute(
-                "INSERT INTO event_log_head (id, seq, hash, indexed_seq) VALUES (1, ?, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, "
-                "indexed_seq = excluded.indexed_seq",
-                (seq, prev_hash, indexed),
-            )
-        self._last_seq = seq
-        self._indexed_seq = indexed
-        if len(versions) > 100_000:
-            versions.clear()
-        return True
+                call.error = exc
+            self._end_stray_transaction()
 
     def _end_stray_transaction(self) -> None:
         # A call that left its transaction open would make the next batch's BEGIN fail.
@@ -501,7 +273,7 @@ class EventStore:
         return list(await self._reader.execute_fetchall(sql, params))
 
     async def read_stream(self, stream: str, after_version: int = 0) -> list[RecordedEvent]:
-        rows = await self._fetch(_READ_STREAM, (stream, stream, after_version))
+        rows = await self._fetch(READ_STREAM, (stream, stream, after_version))
         return decode_rows(rows)
 
     async def load(
@@ -515,7 +287,7 @@ class EventStore:
         return state, len(events)
 
     async def read_all(self, after: int = 0, limit: int | None = None) -> list[RecordedEvent]:
-        rows = await self._fetch(_READ_ALL, (after, -1 if limit is None else limit))
+        rows = await self._fetch(READ_ALL, (after, -1 if limit is None else limit))
         return decode_rows(rows)
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -523,18 +295,10 @@ class EventStore:
         return await self._fetch(sql, params)
 
     async def stream_version(self, stream: str) -> int:
-        rows = await self._fetch(_STREAM_VERSION, (stream,))
+        rows = await self._fetch(STREAM_VERSION, (stream,))
         return int(rows[0][0])
 
     async def head(self) -> int:
         rows = await self._fetch("SELECT coalesce(max(seq), 0) FROM events", ())
         return int(rows[0][0])
 
-
-def _as_loacl_error(exc: Exception) -> LoaclError:
-    if isinstance(exc, LoaclError):
-        return exc
-    if isinstance(exc, sqlite3.IntegrityError):
-        return LoaclError("conflict", f"a read table refused the change: {exc}")
-    log.error("store.append_failed", error=repr(exc))
-    return LoaclError("store_error", "the event store could not write the events")

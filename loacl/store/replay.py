@@ -15,8 +15,8 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from loacl.store.eventstore import read_all_sync
 from loacl.store.projections import Projections
+from loacl.store.records import read_all_sync
 
 Progress = Callable[[int, int], None]
 

@@ -1,0 +1,311 @@
+"""Writing one batch of appends, in named steps: read the head, answer retried keys, check
+versions, write each request (encode, project, insert), move the stream index mark, write the
+head. A request is written one of two ways: fast (no savepoints; every row goes in with one
+``executemany`` at the end) or carefully (each request in a savepoint of its own). A batch is
+tried fast first, and written again carefully only when one of its requests fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from loacl.domain.errors import ConflictError, LoaclError
+from loacl.domain.events import Event, Metadata, RecordedEvent
+from loacl.store import codec
+from loacl.store.projections import Projections
+from loacl.store.records import SELECT_EVENTS, decode_rows, new_record, stream_version
+
+log = structlog.get_logger(__name__)
+
+_INSERT_KEY = (
+    "INSERT INTO append_keys (key, stream, first_seq, last_seq) VALUES (?, ?, ?, ?)"
+)
+_FIND_KEY = "SELECT first_seq, last_seq FROM append_keys WHERE key = ?"
+_READ_RANGE = f"{SELECT_EVENTS} WHERE seq BETWEEN ? AND ? ORDER BY seq"
+_INSERT = (
+    "INSERT INTO events (seq, stream, version, type, schema_version, payload, metadata, "
+    "recorded_at, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# The last event and the index mark, read afresh by every batch inside its write transaction.
+_HEAD = (
+    "SELECT seq, hash, (SELECT indexed_seq FROM event_log_head WHERE id = 1) FROM events "
+    "ORDER BY seq DESC LIMIT 1"
+)
+# OR IGNORE: an entry already there is the same one (the writer checked every version under
+# the write lock); one that disagrees means a damaged log, which `loacl audit verify` names.
+# Refusing here would refuse every later append to every stream.
+_INDEX_TAIL = (
+    "INSERT OR IGNORE INTO stream_index (stream, version, seq) "
+    "SELECT stream, version, seq FROM events WHERE seq > ? ORDER BY stream, version"
+)
+_WRITE_HEAD = (
+    "INSERT INTO event_log_head (id, seq, hash, indexed_seq) VALUES (1, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, "
+    "indexed_seq = excluded.indexed_seq"
+)
+
+
+@dataclass(eq=False, slots=True)
+class Append:
+    """One call of ``EventStore.append``, queued for the writer; it leaves with its result."""
+
+    stream: str
+    events: Sequence[Event]
+    expected_version: int | None
+    metadata: Metadata
+    idempotency_key: str | None
+    future: asyncio.Future[list[RecordedEvent]]
+    result: list[RecordedEvent] | BaseException = field(default_factory=list)
+    replayed: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Attempt:
+    """One attempt at writing a batch: where the log ends as the batch grows it, the time all
+    its events share, and what the fast path inserts at the end."""
+
+    seq: int
+    hash: str
+    indexed: int  # the stream index covers the log up to here
+    recorded_at: str
+    when: datetime
+    first_seq: int = -1
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    keys: list[tuple[str, str, int, int]] = field(default_factory=list)
+    by_key: dict[str, list[RecordedEvent]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.first_seq = self.seq
+
+
+# How one request is written: False gives up the whole attempt.
+_WriteOne = Callable[[sqlite3.Connection, Append, _Attempt, int], bool]
+
+
+def _encode(
+    request: Append, attempt: _Attempt, version: int
+) -> tuple[list[tuple[Any, ...]], list[RecordedEvent]]:
+    """A request's rows of the log, each chained to the one before, and the same as records."""
+    stream, recorded_at, when = request.stream, attempt.recorded_at, attempt.when
+    metadata = codec.encode_metadata(request.metadata)
+    seq, last_hash = attempt.seq, attempt.hash
+    rows: list[tuple[Any, ...]] = []
+    recorded: list[RecordedEvent] = []
+    for offset, event in enumerate(request.events, start=1):
+        payload = codec.encode_payload(event)
+        row_seq = seq + offset
+        row_version = version + offset
+        last_hash = codec.chain_hash(
+            last_hash, row_seq, stream, row_version, event.event_type, event.schema_version,
+            payload, metadata, recorded_at,
+        )
+        rows.append((row_seq, stream, row_version, event.event_type, event.schema_version,
+                     payload, metadata, recorded_at, last_hash))
+        recorded.append(new_record(RecordedEvent, (
+            row_seq, stream, row_version, event, request.metadata, when, last_hash,
+        )))
+    return rows, recorded
+
+
+def _key_row(key: str, recorded: list[RecordedEvent]) -> tuple[str, str, int, int]:
+    return (key, recorded[0].stream, recorded[0].seq, recorded[-1].seq)
+
+
+class BatchWriter:
+    """The writer thread's side of the store: it writes batches on the write connection and
+    remembers, between them, what it learnt of the log."""
+
+    def __init__(
+        self, projections: Projections, clock: Callable[[], datetime], index_lag: int
+    ) -> None:
+        self.projections = projections
+        self.clock = clock
+        self.index_lag = index_lag
+        # Stream versions as of our last commit, valid while nobody else appends.
+        self._versions: dict[str, int] = {}
+        self._last_seq = -1
+        self._indexed_seq = 0
+
+    def commit(self, conn: sqlite3.Connection, batch: list[Append]) -> None:
+        """Write a batch in one transaction, fast if it can be, carefully if it must.
+
+        The fast path writes every request with one ``executemany`` and no savepoints. If any
+        request fails (a projection's veto, an event that cannot be encoded), the transaction is
+        rolled back and the batch is written again request by request, each in a savepoint, so
+        that only the failing request is refused.
+        """
+        for write_one in (self._write_fast, self._write_careful):
+            for request in batch:
+                request.result, request.replayed = [], False
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if self._write_batch(conn, batch, write_one):
+                    conn.execute("COMMIT")
+                    return
+                conn.execute("ROLLBACK")
+            except BaseException:
+                self._forget()
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self._forget()
+
+    def _forget(self) -> None:
+        """After a rollback: what the writer remembers of the log must be read again."""
+        self._versions.clear()
+        self._last_seq = -1
+
+    def _write_batch(
+        self, conn: sqlite3.Connection, batch: list[Append], write_one: _WriteOne
+    ) -> bool:
+        """Write the batch inside the open transaction; False when ``write_one`` gave up."""
+        attempt = self._read_head(conn)
+        for request in batch:
+            if request.idempotency_key is not None and self._answer_retry(conn, request, attempt):
+                continue
+            version = self._check_version(conn, request)
+            if version is None:
+                continue
+            if not write_one(conn, request, attempt, version):
+                return False
+        self._insert_pending(conn, attempt)
+        self._advance_index(conn, attempt)
+        self._write_head(conn, attempt)
+        return True
+
+    # -- the steps of a batch ---------------------------------------------------------------
+
+    def _read_head(self, conn: sqlite3.Connection) -> _Attempt:
+        """Where the log ends, read inside the write transaction, and the batch's time."""
+        row = conn.execute(_HEAD).fetchone()
+        seq, prev_hash, indexed = row if row else (0, codec.GENESIS_HASH, 0)
+        indexed = indexed or 0
+        if seq != self._last_seq or indexed != self._indexed_seq:
+            # Someone else (a CLI command) appended or rebuilt the index since our last commit,
+            # or this is the first batch: cached versions may be stale.
+            self._versions.clear()
+        self._indexed_seq = indexed
+        recorded_at = codec.format_time(self.clock())
+        return _Attempt(seq, prev_hash, indexed, recorded_at, codec.parse_time(recorded_at))
+
+    def _answer_retry(
+        self, conn: sqlite3.Connection, request: Append, attempt: _Attempt
+    ) -> bool:
+        """True when the request's key was used before (in this batch or an earlier one): it
+        then gets the events written that time and writes nothing."""
+        key = request.idempotency_key
+        assert key is not None
+        earlier = attempt.by_key.get(key)
+        if earlier is not None:
+            request.result, request.replayed = earlier, True
+            return True
+        found = conn.execute(_FIND_KEY, (key,)).fetchone()
+        if not found:
+            return False
+        rows = conn.execute(_READ_RANGE, found).fetchall()
+        request.result, request.replayed = decode_rows(rows), True
+        return True
+
+    def _check_version(self, conn: sqlite3.Connection, request: Append) -> int | None:
+        """The stream's version to append after, or None when the request expected another
+        (it is then refused with a conflict)."""
+        versions = self._versions
+        version = versions.get(request.stream)
+        if version is None:
+            version = versions[request.stream] = stream_version(conn, request.stream)
+        expected = request.expected_version
+        if expected is not None and expected != version:
+            request.result = ConflictError(request.stream, expected, version)
+            return None
+        return version
+
+    def _write_fast(
+        self, conn: sqlite3.Connection, request: Append, attempt: _Attempt, version: int
+    ) -> bool:
+        """Encode and project one request; its rows wait for one ``executemany`` at the end.
+        False gives the attempt up: the batch is then written carefully."""
+        try:
+            rows, recorded = _encode(request, attempt, version)
+            self.projections.apply(conn, recorded)
+        except Exception:
+            return False
+        attempt.rows.extend(rows)
+        if request.idempotency_key is not None:
+            attempt.keys.append(_key_row(request.idempotency_key, recorded))
+        self._accept(request, recorded, attempt)
+        return True
+
+    def _write_careful(
+        self, conn: sqlite3.Connection, request: Append, attempt: _Attempt, version: int
+    ) -> bool:
+        """Write one request in a savepoint of its own: a failure refuses this request only."""
+        conn.execute("SAVEPOINT append")
+        try:
+            # Encoding is guarded too: an event that cannot be encoded refuses its own
+            # request, not the whole batch.
+            rows, recorded = _encode(request, attempt, version)
+            conn.executemany(_INSERT, rows)
+            self.projections.apply(conn, recorded)
+            if request.idempotency_key is not None:
+                conn.execute(_INSERT_KEY, _key_row(request.idempotency_key, recorded))
+        except Exception as exc:
+            conn.execute("ROLLBACK TO append")
+            conn.execute("RELEASE append")
+            request.result = _as_loacl_error(exc, request.stream)
+            return True
+        conn.execute("RELEASE append")
+        self._accept(request, recorded, attempt)
+        return True
+
+    def _accept(self, request: Append, recorded: list[RecordedEvent], attempt: _Attempt) -> None:
+        """The request is written: the next one follows its last event."""
+        request.result = recorded
+        if request.idempotency_key is not None:
+            attempt.by_key[request.idempotency_key] = recorded
+        last = recorded[-1]
+        attempt.seq, attempt.hash = last.seq, last.hash
+        self._versions[request.stream] = last.version
+
+    def _insert_pending(self, conn: sqlite3.Connection, attempt: _Attempt) -> None:
+        if attempt.rows:
+            # Projections ran before these inserts; none of them reads the events table.
+            conn.executemany(_INSERT, attempt.rows)
+        if attempt.keys:
+            conn.executemany(_INSERT_KEY, attempt.keys)
+
+    def _advance_index(self, conn: sqlite3.Connection, attempt: _Attempt) -> None:
+        # Only a batch that wrote events moves the mark: another writer notices a new head seq
+        # and reads the mark again, but would not notice a mark moved under an unchanged head.
+        if attempt.seq != attempt.first_seq and attempt.seq - attempt.indexed >= self.index_lag:
+            conn.execute(_INDEX_TAIL, (attempt.indexed,))
+            attempt.indexed = attempt.seq
+
+    def _write_head(self, conn: sqlite3.Connection, attempt: _Attempt) -> None:
+        if attempt.seq:
+            conn.execute(_WRITE_HEAD, (attempt.seq, attempt.hash, attempt.indexed))
+        self._last_seq = attempt.seq
+        self._indexed_seq = attempt.indexed
+        if len(self._versions) > 100_000:
+            self._versions.clear()
+
+
+def _as_loacl_error(exc: Exception, stream: str) -> LoaclError:
+    """What a refused request tells its caller. Projections that know what a veto means raise
+    their own code (``email_taken``); any other constraint of a read table (one conversation
+    per signed-in site user and widget) is a ``conflict``. SQLite's text names tables and
+    columns: it goes to the log, never to the client."""
+    if isinstance(exc, LoaclError):
+        return exc
+    if isinstance(exc, sqlite3.IntegrityError):
+        log.warning("store.append_refused", stream=stream, error=str(exc))
+        return LoaclError("conflict", "the change conflicts with one already made")
+    log.error("store.append_failed", stream=stream, error=repr(exc))
+    return LoaclError("store_error", "the event store could not write the events")
+
