@@ -129,22 +129,22 @@ async def test_what_each_owner_holds(
     )
     widget = await widgets.create(
         bob.user_id,
-        WidgetDefinition(name="Shop", assistant_id=second["id"],
+        WidgetDefinition(name="Shop", assistant_id=second.assistant_id,
                          allowed_origins=("https://shop.example", "https://www.shop.example")),
         META,
     )
 
     at = "2030-05-06T07:08:09.000000+00:00"
     assert await view.assistants_by_owner(opened) == [
-        OwnedAssistant(first["id"], "ann@example.com", "First", "demo", "demo", at),
-        OwnedAssistant(second["id"], "bob@example.com", "Second", "demo", "demo", at),
+        OwnedAssistant(first.assistant_id, "ann@example.com", "First", "demo", "demo", at),
+        OwnedAssistant(second.assistant_id, "bob@example.com", "Second", "demo", "demo", at),
     ]
     assert [a.name for a in await view.assistants_by_owner(opened, "BOB@example.com")] == [
         "Second"
     ]
     [listed] = await view.widgets_by_owner(opened)
     assert (listed.widget_id, listed.owner_email, listed.name, listed.assistant_id) == (
-        widget["id"], "bob@example.com", "Shop", second["id"],
+        widget.widget_id, "bob@example.com", "Shop", second.assistant_id,
     )
     assert listed.enabled is True
     assert listed.allowed_origins == ("https://shop.example", "https://www.shop.example")

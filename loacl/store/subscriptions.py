@@ -30,7 +30,8 @@ import structlog
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import RecordedEvent
 from loacl.store import checkpoints
-from loacl.store.eventstore import EVENT_COLUMNS, Clock, EventStore, decode_rows, utc_now
+from loacl.store.eventstore import Clock, EventStore, utc_now
+from loacl.store.records import EVENT_COLUMNS, decode_rows
 
 log = structlog.get_logger(__name__)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from loacl.store.eventstore import EVENT_COLUMNS, IN_STREAM
+from loacl.store.records import EVENT_COLUMNS, IN_STREAM
 
 
 @dataclass(frozen=True, slots=True)
