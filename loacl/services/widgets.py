@@ -177,7 +177,7 @@ class Widgets:
                 expected_version=NO_STREAM, metadata=meta,
             )
         except LoaclError as exc:
-            if exc.code != "conflict":
+            if exc.code != "conversation_exists":
                 raise
             # Two devices of one user at the same moment: the other one made it first.
             return await self._identified_session(widget_id, user_id, generation, meta)

@@ -135,6 +135,15 @@ def conversation_started(conn: sqlite3.Connection, recorded: RecordedEvent) -> N
     event = recorded.event
     assert isinstance(event, ConversationStarted)
     at = format_time(recorded.recorded_at)
+    # Checked here, in the writer's transaction: two devices of one signed-in user starting at
+    # the same moment must end up in one conversation, and the later one learns which.
+    if event.external_user_id is not None and conn.execute(
+        "SELECT 1 FROM conversations WHERE widget_id = ? AND external_user_id = ?",
+        (event.widget_id, event.external_user_id),
+    ).fetchone():
+        raise LoaclError(
+            "conversation_exists", "this signed-in user already has a conversation here"
+        )
     conn.execute(
         "INSERT INTO conversations (conversation_id, widget_id, visitor_id, external_user_id, "
         "created_seq, created_at, last_activity_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
