@@ -23,7 +23,9 @@ from loacl.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 BUILT = ROOT / "loacl" / "static" / "widget.js"
 SOURCES = ROOT / "widget" / "src"
-BUDGET = 15 * 1024
+# The gzipped script as served: BUDGET is what it fits today (tightened as it shrinks), GOAL is
+# where it should get to.
+BUDGET = 11_520
 GOAL = 10 * 1024
 
 

@@ -40,8 +40,8 @@ export async function request(path, method, body) {
     // no body
   }
   if (!response.ok) {
-    const retryAfter = +(response.headers.get("Retry-After") || (data && data.retry_after) || 0);
-    throw failure((data && data.code) || (response.status === 429 ? "rate_limited" : "error"), data, retryAfter);
+    const retryAfter = +(response.headers.get("Retry-After") || data?.retry_after || 0);
+    throw failure(data?.code || (response.status === 429 ? "rate_limited" : "error"), data, retryAfter);
   }
   return data;
 }

@@ -4,8 +4,8 @@ import { request } from "./api.js";
 import { settings } from "./config.js";
 import { explain, t } from "./i18n.js";
 import {
-  createMessages, deltaTail, endError, hasUnfinished, historyError, messageFrame, newReply,
-  reconnectFrames, takePending,
+  deltaTail, endError, hasUnfinished, historyError, messageFrame, newReply, reconnectFrames,
+  resumeFrame, takePending,
 } from "./messages.js";
 import { botBubble, doc, element, errorLine, paintReply, userBubble } from "./render.js";
 import * as transport from "./transport.js";
@@ -16,8 +16,9 @@ const NEAR_BOTTOM_PX = 60;
 const NEAR_TOP_PX = 40;
 const POLL_MS = 1500;
 
-const messages = createMessages();
-const { outbox, replies, shown } = messages;
+const outbox = []; // messages sent but not acknowledged
+const replies = new Map(); // by id
+const shown = new Set(); // ids of the messages in the log
 export let busy = false;
 let onBusy; // called whenever `busy` is set
 let lastText = ""; // what a Retry under a failed reply sends again
@@ -26,7 +27,7 @@ let olderLoading = false;
 
 export const initConversation = (onBusyChange) => { onBusy = onBusyChange; };
 export const idle = () => !busy && !outbox.length;
-export const pendingFrames = () => reconnectFrames(messages);
+export const pendingFrames = () => reconnectFrames(replies, outbox);
 
 const nearBottom = () => log.scrollHeight - log.scrollTop - log.clientHeight < NEAR_BOTTOM_PX;
 export const toBottom = () => { log.scrollTop = log.scrollHeight; };
@@ -37,16 +38,22 @@ function setBusy(on) {
   onBusy();
 }
 
+/** A new reply in `replies`, drawn in a bubble of its own (not yet in the log). */
+function track(id, text, done) {
+  const known = newReply(text, done);
+  known.body = known.element = botBubble();
+  replies.set(id, known);
+  shown.add(id);
+  paint(known);
+  return known;
+}
+
 function reply(id, text, done) {
   let known = replies.get(id);
   if (!known) {
-    known = newReply(text, done);
-    known.body = known.element = botBubble();
-    replies.set(id, known);
-    shown.add(id);
+    known = track(id, text, done);
     const stay = nearBottom();
     log.append(known.element);
-    paint(known);
     if (stay) toBottom();
   }
   if (!known.done) setBusy(true);
@@ -55,13 +62,8 @@ function reply(id, text, done) {
 
 function historyNode(message) {
   shown.add(message.id);
-  if (message.role === "user") {
-    return userBubble(message.text, message.file_ids && message.file_ids.length ? message.file_ids.length : 0);
-  }
-  const known = newReply(message.text, message.status !== "streaming");
-  known.body = known.element = botBubble();
-  replies.set(message.id, known);
-  paint(known);
+  if (message.role === "user") return userBubble(message.text, message.file_ids?.length || 0);
+  const known = track(message.id, message.text, message.status !== "streaming");
   const code = historyError(message);
   if (code) return (known.element = element("div", {}, [known.body, failedLine(code)]));
   if (!known.done) setBusy(true);
@@ -112,7 +114,7 @@ export function onFrame(frame) {
     const pending = takePending(outbox, message.client_message_id);
     if (!shown.has(message.id)) {
       shown.add(message.id);
-      if (!pending && message.text != null) log.append(userBubble(message.text, message.file_ids && message.file_ids.length));
+      if (!pending && message.text != null) log.append(userBubble(message.text, message.file_ids?.length));
     }
     reply(frame.reply_id);
   } else if (frame.type === "delta") {
@@ -137,7 +139,7 @@ function onDelta(frame) {
   const known = reply(frame.message_id);
   if (known.done) return;
   const tail = deltaTail(known.text.length, frame.offset, frame.text);
-  if (tail === null) return transport.send({ type: "resume", message_id: frame.message_id, offset: known.text.length });
+  if (tail === null) return transport.send(resumeFrame(frame.message_id, known));
   if (!tail) return;
   known.text += tail;
   // Many deltas may arrive per frame: draw once per animation frame.
@@ -209,7 +211,7 @@ async function post(pending) {
   } catch (error) {
     waiting.remove();
     const body = error.body;
-    if (body && body.reply) {
+    if (body?.reply) {
       const known = reply(body.reply.id, body.reply.text, true);
       known.done = true;
       paint(known);

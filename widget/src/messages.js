@@ -6,17 +6,10 @@
 // adds only its new tail, and one that starts past our end means frames were missed, so we ask
 // the server to resume from our length instead.
 
-export function createMessages() {
-  return {
-    outbox: [], // {clientId, text, files, element}: resent with the same id until acknowledged
-    replies: new Map(), // reply id -> {text, done, error, body, element, frame}
-    shown: new Set(), // ids of messages already in the log
-  };
-}
+// The caller keeps: outbox, [{clientId, text, files, element}] resent with the same id until
+// acknowledged; replies, a Map of reply id -> {text, done, error, body, element, frame}.
 
-export function newReply(text, done) {
-  return { text: text || "", done: !!done, error: null };
-}
+export const newReply = (text, done) => ({ text: text || "", done: !!done });
 
 /** What a delta at `offset` adds to `known` characters: "" for nothing new, null for a gap. */
 export function deltaTail(known, offset, text) {
@@ -30,10 +23,10 @@ export const messageFrame = (pending) =>
   ({ type: "message", text: pending.text, file_ids: pending.files, client_message_id: pending.clientId });
 
 /** Sent on every (re)connection: resume each unfinished reply, resend each unacknowledged message. */
-export function reconnectFrames(messages) {
+export function reconnectFrames(replies, outbox) {
   const frames = [];
-  for (const [replyId, reply] of messages.replies) if (!reply.done) frames.push(resumeFrame(replyId, reply));
-  for (const pending of messages.outbox) frames.push(messageFrame(pending));
+  for (const [replyId, reply] of replies) if (!reply.done) frames.push(resumeFrame(replyId, reply));
+  for (const pending of outbox) frames.push(messageFrame(pending));
   return frames;
 }
 

@@ -80,7 +80,7 @@ function upload(chip, file) {
     } catch (error) {
       // no body
     }
-    if (request.status === 201 && body && body.id) {
+    if (request.status === 201 && body?.id) {
       chip.id = body.id;
       chip.bar.style.width = "100%";
       chip.progress.setAttribute("aria-valuenow", "100");
@@ -88,7 +88,7 @@ function upload(chip, file) {
       chip.element.setAttribute("data-state", "done");
       onChange();
     } else {
-      refuse(chip, (body && body.code) || (request.status === 413 ? "file_too_large" : "error"));
+      refuse(chip, body?.code || (request.status === 413 ? "file_too_large" : "error"));
     }
   };
   request.onerror = () => refuse(chip, "network");
