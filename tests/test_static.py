@@ -22,9 +22,22 @@ from loacl.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILT = ROOT / "loacl" / "static" / "widget.js"
-SOURCE = ROOT / "widget" / "widget.js"
-BUDGET = 15 * 1024
+SOURCES = ROOT / "widget" / "src"
+# The gzipped script as served: BUDGET is what it fits today (tightened as it shrinks), GOAL is
+# where it should get to.
+BUDGET = 11_520
 GOAL = 10 * 1024
+
+
+def source_hash() -> str:
+    """The hash widget/build.mjs writes in the banner: each file of widget/src/, by name, as
+    "src/<name>\\n<length in bytes>\\n<bytes>"."""
+    digest = hashlib.sha256()
+    for path in sorted(SOURCES.iterdir(), key=lambda item: item.name.encode()):
+        data = path.read_bytes()
+        digest.update(f"src/{path.name}\n{len(data)}\n".encode())
+        digest.update(data)
+    return digest.hexdigest()
 
 
 @pytest.fixture
@@ -54,8 +67,8 @@ def test_the_built_script_matches_its_source() -> None:
     banner = BUILT.read_text(encoding="utf-8").split("\n", 1)[0]
     match = re.search(r"sha256:([0-9a-f]{64})", banner)
     assert match, banner
-    assert match.group(1) == hashlib.sha256(SOURCE.read_bytes()).hexdigest(), (
-        "widget/widget.js changed: run widget/build.sh and commit loacl/static/widget.js"
+    assert match.group(1) == source_hash(), (
+        "widget/src changed: run widget/build.sh and commit loacl/static/widget.js"
     )
 
 
@@ -69,7 +82,7 @@ def test_the_gzipped_script_fits_the_size_budget(client: TestClient) -> None:
 
 
 def test_the_script_never_parses_model_text_as_html() -> None:
-    source = SOURCE.read_text(encoding="utf-8")
+    source = "".join(path.read_text(encoding="utf-8") for path in sorted(SOURCES.iterdir()))
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(",
                  "new Function", "setAttribute(\"style\""):
         assert sink not in source, sink

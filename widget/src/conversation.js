@@ -1,0 +1,252 @@
+// The log of messages as the visitor sees it: history pages, the visitor's messages on their way,
+// replies as they stream (over the socket or, without one, over HTTP), and what went wrong.
+import { request } from "./api.js";
+import { settings } from "./config.js";
+import { explain, t } from "./i18n.js";
+import {
+  deltaTail, endError, hasUnfinished, historyError, messageFrame, newReply, reconnectFrames,
+  resumeFrame, takePending,
+} from "./messages.js";
+import { botBubble, doc, element, errorLine, paintReply, userBubble } from "./render.js";
+import * as transport from "./transport.js";
+import { greeting, log, setStatus } from "./view.js";
+
+const PAGE = "/messages?limit=30";
+const NEAR_BOTTOM_PX = 60;
+const NEAR_TOP_PX = 40;
+const POLL_MS = 1500;
+
+const outbox = []; // messages sent but not acknowledged
+const replies = new Map(); // by id
+const shown = new Set(); // ids of the messages in the log
+export let busy = false;
+let onBusy; // called whenever `busy` is set
+let lastText = ""; // what a Retry under a failed reply sends again
+let olderCursor = null; // the cursor of older history, or null when all is shown
+let olderLoading = false;
+
+export const initConversation = (onBusyChange) => { onBusy = onBusyChange; };
+export const idle = () => !busy && !outbox.length;
+export const pendingFrames = () => reconnectFrames(replies, outbox);
+
+const nearBottom = () => log.scrollHeight - log.scrollTop - log.clientHeight < NEAR_BOTTOM_PX;
+export const toBottom = () => { log.scrollTop = log.scrollHeight; };
+const paint = (reply) => paintReply(reply, t("typing"));
+const failedLine = (code, retry, onRetry) => errorLine(explain(code, retry), t("retry"), onRetry);
+function setBusy(on) {
+  busy = on;
+  onBusy();
+}
+
+/** A new reply in `replies`, drawn in a bubble of its own (not yet in the log). */
+function track(id, text, done) {
+  const known = newReply(text, done);
+  known.body = known.element = botBubble();
+  replies.set(id, known);
+  shown.add(id);
+  paint(known);
+  return known;
+}
+
+function reply(id, text, done) {
+  let known = replies.get(id);
+  if (!known) {
+    known = track(id, text, done);
+    const stay = nearBottom();
+    log.append(known.element);
+    if (stay) toBottom();
+  }
+  if (!known.done) setBusy(true);
+  return known;
+}
+
+function historyNode(message) {
+  shown.add(message.id);
+  if (message.role === "user") return userBubble(message.text, message.file_ids?.length || 0);
+  const known = track(message.id, message.text, message.status !== "streaming");
+  const code = historyError(message);
+  if (code) return (known.element = element("div", {}, [known.body, failedLine(code)]));
+  if (!known.done) setBusy(true);
+  return known.element;
+}
+
+export async function history(before) {
+  const page = await request(PAGE + (before ? "&before=" + encodeURIComponent(before) : ""));
+  olderCursor = page.prev_cursor;
+  const fragment = doc.createDocumentFragment();
+  for (const message of page.data) if (!shown.has(message.id)) fragment.append(historyNode(message));
+  const height = log.scrollHeight;
+  const top = log.scrollTop;
+  log.insertBefore(fragment, log.firstChild);
+  if (!olderCursor && settings.greeting) log.insertBefore(greeting, log.firstChild);
+  if (before) log.scrollTop = top + log.scrollHeight - height;
+  else toBottom();
+}
+
+async function older() {
+  if (olderLoading || !olderCursor) return;
+  olderLoading = true;
+  log.setAttribute("aria-busy", "true");
+  try {
+    await history(olderCursor);
+  } catch (error) {
+    // tried again on the next scroll
+  } finally {
+    olderLoading = false;
+    log.removeAttribute("aria-busy");
+  }
+  fillUp();
+}
+
+/** Loads older pages until the log can scroll (or all is shown). */
+export function fillUp() {
+  if (olderCursor && log.scrollHeight <= log.clientHeight) older();
+}
+log.addEventListener("scroll", () => {
+  if (log.scrollTop < NEAR_TOP_PX) older();
+});
+
+export function onFrame(frame) {
+  if (frame.type === "ping") {
+    transport.send({ type: "pong" });
+  } else if (frame.type === "ack" || frame.type === "started") {
+    const message = frame.message || { id: frame.message_id, client_message_id: frame.client_message_id };
+    const pending = takePending(outbox, message.client_message_id);
+    if (!shown.has(message.id)) {
+      shown.add(message.id);
+      if (!pending && message.text != null) log.append(userBubble(message.text, message.file_ids?.length));
+    }
+    reply(frame.reply_id);
+  } else if (frame.type === "delta") {
+    onDelta(frame);
+  } else if (frame.type === "done") {
+    finish(frame.message_id, frame.status);
+  } else if (frame.type === "error") {
+    const pending = frame.client_message_id && takePending(outbox, frame.client_message_id);
+    const known = frame.message_id && replies.get(frame.message_id);
+    if (pending) {
+      refused(pending, frame.code, frame.retry_after);
+    } else if (known) {
+      known.error = frame.code;
+      if (frame.code === "not_found") finish(frame.message_id, "interrupted");
+    } else if (frame.code !== "invalid_frame") {
+      setStatus(explain(frame.code, frame.retry_after));
+    }
+  }
+}
+
+function onDelta(frame) {
+  const known = reply(frame.message_id);
+  if (known.done) return;
+  const tail = deltaTail(known.text.length, frame.offset, frame.text);
+  if (tail === null) return transport.send(resumeFrame(frame.message_id, known));
+  if (!tail) return;
+  known.text += tail;
+  // Many deltas may arrive per frame: draw once per animation frame.
+  if (!known.frame) {
+    known.frame = requestAnimationFrame(() => {
+      known.frame = 0;
+      const stay = nearBottom();
+      paint(known);
+      if (stay) toBottom();
+    });
+  }
+}
+
+function finish(id, status) {
+  const known = replies.get(id);
+  if (!known || known.done) return;
+  known.done = true;
+  cancelAnimationFrame(known.frame);
+  const stay = nearBottom();
+  paint(known);
+  const code = endError(status, known.error);
+  if (code) known.element.after(failedLine(code, 0, () => say(lastText)));
+  setBusy(hasUnfinished(replies));
+  if (stay) toBottom();
+}
+
+function refused(pending, code, retry) {
+  pending.element.after(failedLine(code, retry, () => {
+    pending.element.remove();
+    say(pending.text, pending.files, code === "network" ? pending.clientId : null);
+  }));
+  setBusy(false);
+  toBottom();
+}
+
+/** Shows and sends a message; `clientId` is kept when it is a resend the server may have seen. */
+export function say(text, fileIds, clientId, names) {
+  if (!text) return;
+  lastText = text;
+  const files = fileIds || [];
+  const pending = {
+    clientId: clientId || newId(), text, files,
+    element: userBubble(text, names || (files.length ? files.length : 0)),
+  };
+  log.append(pending.element);
+  toBottom();
+  setStatus("");
+  setBusy(true);
+  if (transport.overHttp) return post(pending);
+  outbox.push(pending);
+  if (transport.isReady()) transport.send(messageFrame(pending));
+  else transport.wake();
+}
+
+async function post(pending) {
+  const waiting = botBubble();
+  waiting.classList.add("t");
+  log.append(waiting);
+  toBottom();
+  try {
+    const response = await request("/messages", "POST",
+      { text: pending.text, file_ids: pending.files, client_message_id: pending.clientId });
+    waiting.remove();
+    shown.add(response.message.id);
+    const known = reply(response.reply.id, response.reply.text, true);
+    known.done = true;
+    paint(known);
+    setBusy(false);
+  } catch (error) {
+    waiting.remove();
+    const body = error.body;
+    if (body?.reply) {
+      const known = reply(body.reply.id, body.reply.text, true);
+      known.done = true;
+      paint(known);
+      known.element.after(failedLine(error.code, error.retry, () => say(pending.text)));
+      setBusy(false);
+    } else {
+      refused(pending, error.code, error.retry);
+    }
+  }
+  toBottom();
+}
+
+/** The socket is gone for good: post what waits, and read streaming replies from the history. */
+export function useHttp() {
+  for (const pending of outbox.splice(0)) post(pending);
+  poll();
+}
+async function poll() {
+  if (!hasUnfinished(replies)) return;
+  try {
+    for (const message of (await request(PAGE)).data) {
+      const known = replies.get(message.id);
+      if (!known || known.done) continue;
+      known.text = message.text;
+      known.error = message.error_code;
+      if (message.status === "streaming") paint(known);
+      else finish(message.id, message.status);
+    }
+  } catch (error) {
+    // tried again below
+  }
+  setTimeout(poll, POLL_MS);
+}
+
+function newId() {
+  return window.crypto && crypto.randomUUID ? crypto.randomUUID()
+    : Date.now().toString(36) + Math.random().toString(36).slice(2);
+}
