@@ -153,7 +153,8 @@ ERRORS: dict[str, ErrorCode] = {
 
 STATUS: dict[str, int] = {code: error.status for code, error in ERRORS.items()}
 
-_HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+# Starlette raises HTTPException with a status only: the code it stands for.
+HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 
@@ -207,7 +208,7 @@ async def loacl_error(request: Request, exc: Exception) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    code = HTTP_CODES.get(exc.status_code, "http_error")
     response = problem(exc.status_code, code, str(exc.detail), request)
     if exc.headers:
         response.headers.update(exc.headers)
