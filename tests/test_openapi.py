@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -9,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
 
-from loacl.http import stream, stream_protocol
+from loacl.http import auth, chat, owners, stream, stream_protocol, visitors
 from loacl.http.app import create_app
 from loacl.http.errors import STATUS
 from loacl.http.openapi import build_spec
@@ -69,6 +70,41 @@ def test_the_spec_is_built_from_the_declarations(app: Starlette) -> None:
             assert ref.endswith("/" + declaration.body.__name__)
         if declaration.auth != "none":
             assert op["security"] and "401" in op["responses"]
+
+
+def _handler_facts(module: ModuleType) -> dict[str, tuple[set[str], set[int]]]:
+    """Per handler function in ``module``: the models it passes to ``parse_body`` and the
+    literal ``status_code=`` values it answers with."""
+    tree = ast.parse(Path(str(module.__file__)).read_text())
+    facts: dict[str, tuple[set[str], set[int]]] = {}
+    for func in tree.body:
+        if not isinstance(func, ast.AsyncFunctionDef):
+            continue
+        calls = [n for n in ast.walk(func) if isinstance(n, ast.Call)]
+        models = {ast.unparse(c.args[1]) for c in calls
+                  if ast.unparse(c.func) == "parse_body" and len(c.args) > 1}
+        statuses = {k.value.value for c in calls for k in c.keywords
+                    if k.arg == "status_code" and isinstance(k.value, ast.Constant)
+                    and isinstance(k.value.value, int)}
+        facts[func.name] = models, statuses
+    return facts
+
+
+@pytest.mark.parametrize("module", [auth, chat, owners, visitors], ids=lambda m: m.__name__)
+def test_a_declaration_matches_its_handler(module: ModuleType) -> None:
+    """The body model and success status in the table are what the handler itself uses."""
+    facts = _handler_facts(module)
+    for declaration in module.endpoints:
+        if not declaration.documented:
+            continue
+        handler = declaration.handler
+        # visitor_endpoint wraps a handler in a closure; the function is in its cell.
+        while handler.__name__ == "wrapped" and handler.__closure__:
+            handler = handler.__closure__[0].cell_contents
+        models, statuses = facts[handler.__name__]
+        assert models == ({declaration.body.__name__} if declaration.body else set()), handler
+        if statuses:
+            assert declaration.ok in statuses, handler
 
 
 def test_declared_codes_are_mapped(app: Starlette) -> None:
