@@ -6,12 +6,14 @@ meaning (the README's table is generated from it). Where the codes come from::
     * LoaclError(code, message, **extra)   the one error type, raised anywhere in loacl/
       + ConflictError                      version_conflict, with the stream's versions
     * ProviderError(code, message)         an AI provider failed: provider_rate_limited,
-                                           provider_unavailable, provider_error
+                                           provider_unavailable, provider_error,
+                                           unsupported_file_for_provider
     * starlette HTTPException              routing and parsing: invalid_request,
                                            unauthorized, forbidden, not_found,
                                            method_not_allowed, payload_too_large,
                                            unsupported_media_type, http_error
     * problem(status, code, ...)           written directly: not_ready, internal_error
+    * the stream's error frames            invalid_frame; interrupted for a reply cut short
     * anything else                        internal_error: a 500, logged with the request id
     * a code missing from ERRORS           a 500 too, logged as http.unmapped_error_code
 
