@@ -1,31 +1,120 @@
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
 
+from loacl.http import auth, chat, owners, stream, stream_protocol, visitors
 from loacl.http.app import create_app
 from loacl.http.errors import STATUS
-from loacl.http.openapi import OPS, build_spec
+from loacl.http.openapi import build_spec
+from loacl.http.routing import Endpoint, Socket, declared
+from loacl.http.stream_protocol import CLIENT_FRAMES, CLOSE_MEANINGS, SERVER_FRAMES, Close
 from loacl.settings import Settings
 
+STREAM_SOURCE = Path(stream.__file__)
 
-def test_every_api_route_is_described_and_nothing_else(settings: Settings) -> None:
-    app = create_app(settings)
+
+@pytest.fixture
+def app(settings: Settings) -> Starlette:
+    return create_app(settings)
+
+
+def _spec(app: Starlette) -> dict[str, Any]:
+    return build_spec(declared(app.routes), "http://example.test")
+
+
+def _served(app: Starlette) -> set[tuple[str, str]]:
     served: set[tuple[str, str]] = set()
     for route in app.routes:
-        if isinstance(route, WebSocketRoute) and route.path.startswith("/api/v1/"):
+        if isinstance(route, WebSocketRoute):
             served.add(("get", route.path))
-        elif isinstance(route, Route) and route.path.startswith("/api/v1/"):
+        elif isinstance(route, Route):
             for method in route.methods or ():
-                if method not in ("HEAD", "OPTIONS"):
+                if method != "HEAD":
                     served.add((method.lower(), route.path))
-    served.discard(("get", "/api/v1/openapi.json"))
-    described = {(op.method, op.path) for op in OPS}
-    assert served == described
+    return served
 
 
-def test_spec_shape_and_refs_resolve() -> None:
-    spec = build_spec("http://example.test")
+def test_every_route_is_declared_and_every_api_route_is_in_the_spec(app: Starlette) -> None:
+    declarations = declared(app.routes)
+    assert len(declarations) == len(app.routes), "a route was added without a declaration"
+    undocumented = {(d.method, d.path) for d in declarations if not d.documented}
+    spec_ops = {(method, path) for path, ops in _spec(app)["paths"].items() for method in ops}
+    assert _served(app) - undocumented == spec_ops
+    # What the spec leaves out is deliberate: pages, assets, probes and CORS preflights.
+    api_left_out = {(m, p) for m, p in undocumented if p.startswith("/api/") and m != "options"}
+    assert api_left_out == set()
+
+
+def test_the_spec_is_built_from_the_declarations(app: Starlette) -> None:
+    spec = _spec(app)
+    for declaration in declared(app.routes):
+        if not declaration.documented:
+            continue
+        op = spec["paths"][declaration.path][declaration.method]
+        assert op["summary"] == declaration.summary and op["tags"] == [declaration.tag]
+        assert str(declaration.ok) in op["responses"]
+        for code in declaration.codes:
+            assert code in op["responses"][str(STATUS[code])]["description"], code
+        names = {p["name"] for p in op.get("parameters", [])}
+        assert {name for name, _ in declaration.query} <= names
+        if isinstance(declaration, Endpoint) and declaration.body is not None:
+            ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.endswith("/" + declaration.body.__name__)
+        if declaration.auth != "none":
+            assert op["security"] and "401" in op["responses"]
+
+
+def _handler_facts(module: ModuleType) -> dict[str, tuple[set[str], set[int]]]:
+    """Per handler function in ``module``: the models it passes to ``parse_body`` and the
+    literal ``status_code=`` values it answers with."""
+    tree = ast.parse(Path(str(module.__file__)).read_text())
+    facts: dict[str, tuple[set[str], set[int]]] = {}
+    for func in tree.body:
+        if not isinstance(func, ast.AsyncFunctionDef):
+            continue
+        calls = [n for n in ast.walk(func) if isinstance(n, ast.Call)]
+        models = {ast.unparse(c.args[1]) for c in calls
+                  if ast.unparse(c.func) == "parse_body" and len(c.args) > 1}
+        statuses = {k.value.value for c in calls for k in c.keywords
+                    if k.arg == "status_code" and isinstance(k.value, ast.Constant)
+                    and isinstance(k.value.value, int)}
+        facts[func.name] = models, statuses
+    return facts
+
+
+@pytest.mark.parametrize("module", [auth, chat, owners, visitors], ids=lambda m: m.__name__)
+def test_a_declaration_matches_its_handler(module: ModuleType) -> None:
+    """The body model and success status in the table are what the handler itself uses."""
+    facts = _handler_facts(module)
+    for declaration in module.endpoints:
+        if not declaration.documented:
+            continue
+        handler = declaration.handler
+        # visitor_endpoint wraps a handler in a closure; the function is in its cell.
+        while handler.__name__ == "wrapped" and handler.__closure__:
+            handler = handler.__closure__[0].cell_contents
+        models, statuses = facts[handler.__name__]
+        assert models == ({declaration.body.__name__} if declaration.body else set()), handler
+        if statuses:
+            assert declaration.ok in statuses, handler
+
+
+def test_declared_codes_are_mapped(app: Starlette) -> None:
+    for declaration in declared(app.routes):
+        for code in declaration.codes:
+            assert code in STATUS, (declaration.path, code)
+
+
+def test_spec_shape_and_refs_resolve(app: Starlette) -> None:
+    spec = _spec(app)
     assert spec["openapi"] == "3.1.0"
     schemas = spec["components"]["schemas"]
     refs: list[str] = []
@@ -47,20 +136,113 @@ def test_spec_shape_and_refs_resolve() -> None:
         assert ref.rsplit("/", 1)[-1] in schemas, ref
     ids = [op["operationId"] for methods in spec["paths"].values() for op in methods.values()]
     assert len(ids) == len(set(ids))
-    for op in OPS:
-        for code in op.codes:
-            assert code in STATUS, code
     register = spec["paths"]["/api/v1/auth/register"]["post"]
     assert "409" in register["responses"]
     assert "email_taken" in register["responses"]["409"]["description"]
+    assert sorted(STATUS) == schemas["Problem"]["properties"]["code"]["enum"]
 
 
-def test_served_json_and_docs_page(settings: Settings) -> None:
-    with TestClient(create_app(settings)) as client:
+def test_routes_added_without_a_declaration_are_not_described() -> None:
+    async def handler(request: Any) -> Any:
+        raise AssertionError
+
+    plain = Route("/api/v1/plain", handler)
+    declaration = Endpoint("get", "/api/v1/declared", handler, "Declared", "test")
+    routes = [plain, declaration.route()]
+    assert declared(routes) == [declaration]
+    assert list(build_spec(declared(routes))["paths"]) == ["/api/v1/declared"]
+
+
+# -- the WebSocket ---------------------------------------------------------------------------
+
+
+def _socket(app: Starlette) -> Socket:
+    (socket,) = [d for d in declared(app.routes) if isinstance(d, Socket)]
+    return socket
+
+
+def test_the_socket_description_lists_every_frame_and_close_code(app: Starlette) -> None:
+    op = _spec(app)["paths"][_socket(app).path]["get"]
+    text = op["description"]
+    assert "101" in op["responses"]
+    for frame in (*CLIENT_FRAMES, *SERVER_FRAMES):
+        assert f"`{frame.type}`" in text, frame.type
+        for field in frame.fields:
+            assert field in text, (frame.type, field)
+    for code in Close:
+        assert f"- {int(code)}:" in text, code
+    assert "length" in text  # once missing from the hand-written description
+
+
+def _constants(namespace: type) -> set[str]:
+    return {value for name, value in vars(namespace).items() if name.isupper()}
+
+
+def test_the_protocol_tables_cover_every_constant() -> None:
+    assert {f.type for f in CLIENT_FRAMES} == _constants(stream_protocol.ClientFrame)
+    assert {f.type for f in SERVER_FRAMES} == _constants(stream_protocol.ServerFrame)
+    assert set(CLOSE_MEANINGS) == set(Close)
+
+
+def _frame_type_literals(tree: ast.AST) -> list[tuple[int, str]]:
+    """String literals in stream.py that name a frame type where a constant belongs: the value
+    of a dict's ``"type"`` key, and anything compared with a frame's type."""
+    names = _constants(stream_protocol.ClientFrame) | _constants(stream_protocol.ServerFrame)
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        values: list[ast.expr] = []
+        if isinstance(node, ast.Dict):
+            values = [v for k, v in zip(node.keys, node.values, strict=True)
+                      if isinstance(k, ast.Constant) and k.value == "type"]
+        elif isinstance(node, ast.Compare):
+            for side in (node.left, *node.comparators):
+                values += side.elts if isinstance(side, ast.Tuple) else [side]
+        found += [(v.lineno, v.value) for v in values
+                  if isinstance(v, ast.Constant) and v.value in names]
+    return found
+
+
+def _close_code_literals(tree: ast.AST) -> list[int]:
+    lines: list[int] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+            args = [*node.args[:1], *(k.value for k in node.keywords if k.arg == "code")]
+            if name in ("close", "Closing") and any(
+                isinstance(n, ast.Constant) and isinstance(n.value, int)
+                for arg in args for n in ast.walk(arg)
+            ):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_stream_sends_and_closes_with_the_protocol_constants() -> None:
+    tree = ast.parse(STREAM_SOURCE.read_text())
+    assert _frame_type_literals(tree) == []
+    assert _close_code_literals(tree) == []
+
+
+def test_the_source_checks_catch_literals() -> None:
+    tree = ast.parse(
+        'send({"type": "delta"})\nif kind in ("pong", "x"): pass\n'
+        'close(4008, "slow")\nws.close(code=1000 if x else Close.IDLE)\n'
+    )
+    assert sorted(_frame_type_literals(tree)) == [(1, "delta"), (2, "pong")]
+    assert sorted(_close_code_literals(tree)) == [3, 4]
+
+
+# -- served ----------------------------------------------------------------------------------
+
+
+def test_served_json_and_docs_page(app: Starlette) -> None:
+    with TestClient(app) as client:
         spec = client.get("/api/v1/openapi.json")
         assert spec.status_code == 200
         assert spec.json()["servers"] == [{"url": "http://testserver"}]
+        assert spec.json()["paths"] == _spec(app)["paths"]
         docs = client.get("/docs")
         assert docs.status_code == 200
         assert "/api/v1/widgets/{id}/messages" in docs.text
+        assert "store_error" in docs.text  # the error codes table
         assert "<script" not in docs.text  # self-contained, nothing loaded from elsewhere
+

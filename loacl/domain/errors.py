@@ -1,3 +1,10 @@
+"""The one error type, ``LoaclError(code, message)``.
+
+Every code raised anywhere in LOACL, with its HTTP status and meaning, is in ``ERRORS`` in
+``loacl/http/errors.py`` (and the README's table, generated from it); a test fails when a raised
+code is missing there.
+"""
+
 from __future__ import annotations
 
 from typing import Any

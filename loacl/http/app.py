@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 
 from loacl import __version__
 from loacl.domain.errors import LoaclError
-from loacl.http import auth, chat, health, openapi, owners, static, stream, visitors
+from loacl.http import auth, chat, health, openapi, owners, routing, static, stream, visitors
 from loacl.http.errors import EXCEPTION_HANDLERS
 from loacl.http.middleware import RequestIdMiddleware
 from loacl.services.accounts import Accounts
@@ -96,10 +96,10 @@ def create_app(
             lock.release()
 
     app = Starlette(
-        routes=[
-            *health.routes, *openapi.routes, *auth.routes, *visitors.routes, *chat.routes,
-            *stream.routes, *owners.routes, *static.routes,
-        ],
+        routes=routing.routes(
+            health.endpoints, openapi.endpoints, auth.endpoints, visitors.endpoints,
+            chat.endpoints, stream.endpoints, owners.endpoints, static.endpoints,
+        ),
         middleware=[Middleware(RequestIdMiddleware), Middleware(static.SameOriginMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from loacl.domain.errors import LoaclError
 from loacl.http.common import client_ip, metadata
+from loacl.http.routing import Endpoint
 from loacl.http.validation import parse_body
 from loacl.services.accounts import Accounts, Principal
 
@@ -135,14 +135,25 @@ async def me(request: Request) -> Response:
     return JSONResponse(await accounts(request).get_user(principal.user_id))
 
 
-routes = [
-    Route("/api/v1/auth/register", register, methods=["POST"]),
-    Route("/api/v1/auth/verify-email", verify_email, methods=["POST"]),
-    Route("/api/v1/auth/verify-email/resend", resend_verification, methods=["POST"]),
-    Route("/api/v1/auth/login", login, methods=["POST"]),
-    Route("/api/v1/auth/refresh-token", refresh_token, methods=["POST"]),
-    Route("/api/v1/auth/logout", logout, methods=["POST"]),
-    Route("/api/v1/auth/reset-password", reset_password, methods=["POST"]),
-    Route("/api/v1/auth/reset-password/confirm", reset_password_confirm, methods=["POST"]),
-    Route("/api/v1/auth/me", me, methods=["GET"]),
+endpoints = [
+    Endpoint("post", "/api/v1/auth/register", register, "Register an owner account", "auth",
+             body=RegisterBody, ok=201, codes=("validation_error", "email_taken")),
+    Endpoint("post", "/api/v1/auth/verify-email", verify_email,
+             "Verify an e-mail address with the mailed token", "auth", body=TokenBody,
+             codes=("invalid_verification_token",)),
+    Endpoint("post", "/api/v1/auth/verify-email/resend", resend_verification,
+             "Send the verification mail again", "auth", auth="owner", ok=202,
+             codes=("rate_limited", "already_verified")),
+    Endpoint("post", "/api/v1/auth/login", login, "Log in: access and refresh tokens", "auth",
+             body=LoginBody, codes=("invalid_credentials", "rate_limited")),
+    Endpoint("post", "/api/v1/auth/refresh-token", refresh_token, "Rotate the refresh token",
+             "auth", body=RefreshBody, codes=("invalid_refresh_token", "refresh_token_reused")),
+    Endpoint("post", "/api/v1/auth/logout", logout, "End this session", "auth", auth="owner",
+             ok=204),
+    Endpoint("post", "/api/v1/auth/reset-password", reset_password,
+             "Mail a password reset link (always 202)", "auth", body=ResetBody, ok=202),
+    Endpoint("post", "/api/v1/auth/reset-password/confirm", reset_password_confirm,
+             "Set a new password with the mailed token", "auth", body=ResetConfirmBody, ok=204,
+             codes=("invalid_reset_token", "validation_error")),
+    Endpoint("get", "/api/v1/auth/me", me, "The current owner", "auth", auth="owner"),
 ]

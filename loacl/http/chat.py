@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 from starlette.types import Message
 
 from loacl.domain.conversations import MAX_ATTACHMENTS, MAX_CLIENT_ID
@@ -21,7 +20,8 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.widgets import VisitorAccess
 from loacl.http.auth import bearer_token, current_owner
 from loacl.http.common import int_param, metadata, page, page_response
-from loacl.http.errors import STATUS, problem
+from loacl.http.errors import problem, status_for
+from loacl.http.routing import PAGE, Endpoint
 from loacl.http.shapes import conversation_json, file_json, message_json, message_page_json
 from loacl.http.validation import parse_body
 from loacl.http.visitors import visitor_endpoint
@@ -115,7 +115,7 @@ def _failure(error: ProviderError, body: dict[str, Any], request: Request) -> Re
     extra: dict[str, Any] = dict(body)
     if error.retry_after is not None:
         extra["retry_after"] = max(1, round(error.retry_after))
-    return problem(STATUS.get(error.code, 502), error.code, error.message, request, **extra)
+    return problem(status_for(error.code), error.code, error.message, request, **extra)
 
 
 @visitor_endpoint
@@ -229,10 +229,22 @@ async def get_file(request: Request) -> Response:
     )
 
 
-routes = [
-    Route("/api/v1/widgets/{id}/messages", list_messages, methods=["GET"]),
-    Route("/api/v1/widgets/{id}/messages", post_message, methods=["POST"]),
-    Route("/api/v1/widgets/{id}/conversations", list_conversations, methods=["GET"]),
-    Route("/api/v1/widgets/{id}/files", upload_file, methods=["POST"]),
-    Route("/api/v1/widgets/{id}/files/{file_id}", get_file, methods=["GET"]),
+endpoints = [
+    Endpoint("get", "/api/v1/widgets/{id}/messages", list_messages,
+             "Messages of a conversation, by cursor", "chat", auth="visitor_or_owner",
+             query=(("before", "cursor: messages before it"),
+                    ("after", "cursor: messages after it"), ("limit", "1 to 100, default 50"),
+                    ("conversation_id", "owners: which conversation"))),
+    Endpoint("post", "/api/v1/widgets/{id}/messages", post_message,
+             "Ask, and get the whole reply (not streamed)", "chat", auth="visitor",
+             body=MessageBody, ok=201,
+             codes=("rate_limited", "reply_in_progress", "message_too_long",
+                    "provider_rate_limited", "provider_unavailable", "provider_error")),
+    Endpoint("get", "/api/v1/widgets/{id}/conversations", list_conversations,
+             "A widget's conversations", "widgets", auth="owner", query=PAGE),
+    Endpoint("post", "/api/v1/widgets/{id}/files", upload_file,
+             "Upload a file (multipart field `file`)", "chat", auth="visitor", ok=201,
+             multipart=True, codes=("file_too_large", "unsupported_file_type", "empty_file")),
+    Endpoint("get", "/api/v1/widgets/{id}/files/{file_id}", get_file,
+             "Download a file (uploader or owner)", "chat", auth="visitor_or_owner"),
 ]

@@ -1,8 +1,52 @@
-"""The one place where error codes become HTTP statuses, as application/problem+json."""
+"""The one place where error codes become HTTP statuses, as application/problem+json.
+
+Every error a client can see has a stable ``code``; ``ERRORS`` below gives each its status and
+meaning (the README's table is generated from it). Where the codes come from::
+
+    * LoaclError(code, message, **extra)   the one error type, raised anywhere in loacl/
+      + ConflictError                      version_conflict, with the stream's versions
+    * ProviderError(code, message)         an AI provider failed: provider_rate_limited,
+                                           provider_unavailable, provider_error,
+                                           unsupported_file_for_provider
+    * starlette HTTPException              routing and parsing: invalid_request,
+                                           unauthorized, forbidden, not_found,
+                                           method_not_allowed, payload_too_large,
+                                           unsupported_media_type, http_error
+    * problem(status, code, ...)           written directly: not_ready, internal_error
+    * the stream's error frames            invalid_frame; interrupted for a reply cut short
+    * anything else                        internal_error: a 500, logged with the request id
+    * a code missing from ERRORS           a 500 too, logged as http.unmapped_error_code
+
+And by status::
+
+    400 invalid_request, invalid_json, invalid_verification_token, invalid_reset_token,
+        invalid_frame, http_error
+    401 unauthorized, invalid_credentials, invalid_token, token_expired,
+        invalid_refresh_token, refresh_token_reused, invalid_identity
+    403 email_not_verified, origin_not_allowed, identity_required, forbidden
+    404 not_found, widget_not_found, user_not_found, event_not_found, file_not_found,
+        backup_not_found
+    405 method_not_allowed
+    409 email_taken, already_verified, assistant_in_use, reply_in_progress, conflict,
+        conversation_exists, migration_refused
+    412 version_conflict
+    413 message_too_long, file_too_large, payload_too_large
+    415 unsupported_file_type, unsupported_media_type
+    422 validation_error, unknown_model, unknown_assistant, unknown_file, empty_file,
+        unsupported_file_for_provider, invalid_export, invalid_migration_target,
+        not_resettable
+    429 rate_limited, provider_rate_limited
+    500 internal_error, store_error, log_damaged, unknown_event_type, unknown_schema_version,
+        migration_failed, backup_corrupt, invalid_database_url, duplicate_subscriber
+    502 provider_error
+    503 provider_unavailable, store_unavailable, database_unavailable, store_closed,
+        not_ready, interrupted, schema_out_of_date, schema_too_new, database_in_use,
+        database_not_found
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from starlette.exceptions import HTTPException
@@ -13,53 +57,132 @@ from loacl.domain.errors import LoaclError
 
 log = structlog.get_logger(__name__)
 
-STATUS: dict[str, int] = {
-    "invalid_request": 400,
-    "invalid_json": 400,
-    "validation_error": 422,
-    "unauthorized": 401,
-    "invalid_credentials": 401,
-    "invalid_token": 401,
-    "token_expired": 401,
-    "invalid_refresh_token": 401,
-    "refresh_token_reused": 401,
-    "email_not_verified": 403,
-    "invalid_verification_token": 400,
-    "invalid_reset_token": 400,
-    "already_verified": 409,
-    "unknown_model": 422,
-    "unknown_assistant": 422,
-    "provider_unavailable": 503,
-    "assistant_in_use": 409,
-    "widget_not_found": 404,
-    "origin_not_allowed": 403,
-    "invalid_identity": 401,
-    "identity_required": 403,
-    "reply_in_progress": 409,
-    "message_too_long": 413,
-    "unknown_file": 422,
-    "empty_file": 422,
-    "file_too_large": 413,
-    "unsupported_file_type": 415,
-    "provider_rate_limited": 429,
-    "provider_error": 502,
-    "unsupported_file_for_provider": 422,
-    "forbidden": 403,
-    "not_found": 404,
-    "method_not_allowed": 405,
-    "email_taken": 409,
-    "conflict": 409,
-    "version_conflict": 412,
-    "payload_too_large": 413,
-    "unsupported_media_type": 415,
-    "rate_limited": 429,
-    "store_unavailable": 503,
-    "database_unavailable": 503,
-    "store_closed": 503,
+
+class ErrorCode(NamedTuple):
+    status: int
+    meaning: str
+
+
+# Client mistakes are 4xx; faults of the server, its database or its provider are 5xx. Codes
+# only the CLI raises are mapped too: they share the code space and may one day reach HTTP.
+ERRORS: dict[str, ErrorCode] = {
+    # 400
+    "invalid_request": ErrorCode(400, "the request could not be read"),
+    "invalid_json": ErrorCode(400, "the body (or an imported file) is not valid JSON"),
+    "invalid_verification_token": ErrorCode(400, "the e-mail verification token is wrong or "
+                                                 "expired"),
+    "invalid_reset_token": ErrorCode(400, "the password reset token is wrong, used or expired"),
+    "invalid_frame": ErrorCode(400, "WebSocket only: a frame was not understood"),
+    "http_error": ErrorCode(400, "another HTTP error; the status says which"),
+    # 401
+    "unauthorized": ErrorCode(401, "no bearer token was sent"),
+    "invalid_credentials": ErrorCode(401, "wrong e-mail address or password"),
+    "invalid_token": ErrorCode(401, "the access or visitor token is not valid"),
+    "token_expired": ErrorCode(401, "the access or visitor token has expired"),
+    "invalid_refresh_token": ErrorCode(401, "the refresh token is not valid"),
+    "refresh_token_reused": ErrorCode(401, "a rotated refresh token came back: the session "
+                                           "is ended"),
+    "invalid_identity": ErrorCode(401, "the signed user identity (user_hash) does not match"),
+    # 403
+    "email_not_verified": ErrorCode(403, "verify the e-mail address first"),
+    "origin_not_allowed": ErrorCode(403, "the page's Origin is not one the widget allows"),
+    "identity_required": ErrorCode(403, "the widget requires a signed user identity"),
+    "forbidden": ErrorCode(403, "not allowed"),
+    # 404
+    "not_found": ErrorCode(404, "no such resource (or not yours)"),
+    "widget_not_found": ErrorCode(404, "no such widget"),
+    "user_not_found": ErrorCode(404, "no such user"),
+    "event_not_found": ErrorCode(404, "CLI: no event at that position in the log"),
+    "file_not_found": ErrorCode(404, "CLI: the file to import does not exist"),
+    "backup_not_found": ErrorCode(404, "CLI: no backup at that path"),
+    # 405
+    "method_not_allowed": ErrorCode(405, "the path does not take that method"),
+    # 409
+    "email_taken": ErrorCode(409, "an account with that e-mail address exists"),
+    "already_verified": ErrorCode(409, "the e-mail address is verified already"),
+    "assistant_in_use": ErrorCode(409, "a widget still uses the assistant"),
+    "reply_in_progress": ErrorCode(409, "wait for the reply being written before asking again"),
+    "conflict": ErrorCode(409, "the change conflicts with the current state"),
+    "conversation_exists": ErrorCode(
+        409, "the signed-in user has a conversation with the widget already (handled inside)"
+    ),
+    "migration_refused": ErrorCode(409, "CLI: the downgrade would drop tables that hold data"),
+    # 412
+    "version_conflict": ErrorCode(412, "If-Match names an old version: read it again"),
+    # 413
+    "message_too_long": ErrorCode(413, "the message is longer than max_message_chars"),
+    "file_too_large": ErrorCode(413, "the file is larger than max_upload_size"),
+    "payload_too_large": ErrorCode(413, "the request body is too large"),
+    # 415
+    "unsupported_file_type": ErrorCode(415, "that file type may not be uploaded"),
+    "unsupported_media_type": ErrorCode(415, "send application/json"),
+    # 422
+    "validation_error": ErrorCode(422, "a field is missing or invalid; `errors` says which"),
+    "unknown_model": ErrorCode(422, "the provider has no such model"),
+    "unknown_assistant": ErrorCode(422, "no such assistant of yours"),
+    "unknown_file": ErrorCode(422, "a file_id is not an upload of this conversation"),
+    "empty_file": ErrorCode(422, "the file is empty"),
+    "unsupported_file_for_provider": ErrorCode(422, "the assistant's provider cannot read "
+                                                    "that kind of file"),
+    "invalid_export": ErrorCode(422, "CLI: the import file is not an assistant export"),
+    "invalid_migration_target": ErrorCode(422, "CLI: --to must be 0 or more"),
+    "not_resettable": ErrorCode(
+        422, "CLI: only a subscriber that keeps its own tables can be reset"
+    ),
+    # 429
+    "rate_limited": ErrorCode(429, "too many requests; Retry-After says when to try again"),
+    "provider_rate_limited": ErrorCode(429, "the AI provider is rate limiting; try again "
+                                            "shortly"),
+    # 500
+    "internal_error": ErrorCode(500, "an unexpected failure, logged with the request id"),
+    "store_error": ErrorCode(500, "the event store could not write the events"),
+    "duplicate_subscriber": ErrorCode(500, "two subscribers of the log share one name"),
+    "log_damaged": ErrorCode(500, "the event log holds one stream version twice"),
+    "unknown_event_type": ErrorCode(500, "the log holds an event type this LOACL does not "
+                                         "know"),
+    "unknown_schema_version": ErrorCode(500, "the log holds an event version newer than this "
+                                             "LOACL knows"),
+    "migration_failed": ErrorCode(500, "a schema migration failed and was rolled back"),
+    "backup_corrupt": ErrorCode(500, "the backup fails its integrity check or audit"),
+    "invalid_database_url": ErrorCode(500, "DATABASE_URL is not a sqlite:/// URL"),
+    # 502
+    "provider_error": ErrorCode(502, "the AI provider failed or refused the request"),
+    # 503
+    "provider_unavailable": ErrorCode(503, "the AI provider cannot be reached or is not "
+                                           "configured"),
+    "store_unavailable": ErrorCode(503, "the event store could not commit; try again"),
+    "database_unavailable": ErrorCode(503, "the database is locked or cannot be opened"),
+    "store_closed": ErrorCode(503, "the server is shutting down"),
+    "not_ready": ErrorCode(503, "/readyz: the database takes no writes"),
+    "interrupted": ErrorCode(503, "the reply was cut short by a server restart; ask again"),
+    "schema_out_of_date": ErrorCode(503, "the database needs migrations: loacl migrate up"),
+    "schema_too_new": ErrorCode(503, "the database was migrated by a newer LOACL"),
+    "database_in_use": ErrorCode(503, "another LOACL server uses the database"),
+    "database_not_found": ErrorCode(503, "no database file at the configured path"),
 }
 
-_HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+STATUS: dict[str, int] = {code: error.status for code, error in ERRORS.items()}
+
+# Starlette raises HTTPException with a status only: the code it stands for.
+HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+def status_for(code: str) -> int:
+    """The code's status; a code missing from ``ERRORS`` is a bug on our side: 500, logged."""
+    status = STATUS.get(code)
+    if status is None:
+        log.error("http.unmapped_error_code", code=code)
+        return 500
+    return status
+
+
+def error_table() -> str:
+    """``ERRORS`` as the README's Markdown table, by status."""
+    rows = sorted(ERRORS.items(), key=lambda item: (item[1].status, item[0]))
+    lines = ["| Code | HTTP status | Meaning |", "| --- | --- | --- |"]
+    lines += [f"| `{code}` | {error.status} | {error.meaning} |" for code, error in rows]
+    return "\n".join(lines)
 
 
 class ProblemResponse(JSONResponse):
@@ -90,13 +213,12 @@ def problem(
 
 async def loacl_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LoaclError)
-    status = STATUS.get(exc.code, 400)
-    return problem(status, exc.code, exc.message, request, **exc.extra)
+    return problem(status_for(exc.code), exc.code, exc.message, request, **exc.extra)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    code = HTTP_CODES.get(exc.status_code, "http_error")
     response = problem(exc.status_code, code, str(exc.detail), request)
     if exc.headers:
         response.headers.update(exc.headers)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from loacl.domain.errors import LoaclError
 from loacl.http.errors import problem
+from loacl.http.routing import Endpoint
 
 
 async def healthz(request: Request) -> Response:
@@ -24,4 +24,8 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready", "events": await store.head()})
 
 
-routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+# Probes for the machine that runs LOACL, not part of the API.
+endpoints = [
+    Endpoint("get", "/healthz", healthz, "Liveness", documented=False),
+    Endpoint("get", "/readyz", readyz, "Readiness: the database takes writes", documented=False),
+]

@@ -9,13 +9,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from loacl.domain.assistants import PROVIDERS, AssistantDefinition
 from loacl.domain.errors import LoaclError
 from loacl.domain.widgets import MAX_ORIGINS, WidgetDefinition, WidgetSettings
 from loacl.http.auth import current_owner
 from loacl.http.common import if_match, metadata, page, page_response, with_etag
+from loacl.http.routing import PAGE, Endpoint
 from loacl.http.shapes import assistant_json, widget_json
 from loacl.http.static import widget_script
 from loacl.http.validation import parse_body
@@ -242,17 +242,34 @@ async def embed_code(request: Request) -> Response:
     })
 
 
-routes = [
-    Route("/api/v1/assistants", list_assistants, methods=["GET"]),
-    Route("/api/v1/assistants", create_assistant, methods=["POST"]),
-    Route("/api/v1/assistants/{id}", get_assistant, methods=["GET"]),
-    Route("/api/v1/assistants/{id}", put_assistant, methods=["PUT"]),
-    Route("/api/v1/assistants/{id}", delete_assistant, methods=["DELETE"]),
-    Route("/api/v1/widgets", list_widgets, methods=["GET"]),
-    Route("/api/v1/widgets", create_widget, methods=["POST"]),
-    Route("/api/v1/widgets/{id}", get_widget, methods=["GET"]),
-    Route("/api/v1/widgets/{id}", put_widget, methods=["PUT"]),
-    Route("/api/v1/widgets/{id}", delete_widget, methods=["DELETE"]),
-    Route("/api/v1/widgets/{id}/embed-code", embed_code, methods=["GET"]),
-    Route("/api/v1/widgets/{id}/rotate-secret", rotate_secret, methods=["POST"]),
+endpoints = [
+    Endpoint("get", "/api/v1/assistants", list_assistants, "List your assistants",
+             "assistants", auth="owner", query=PAGE),
+    Endpoint("post", "/api/v1/assistants", create_assistant, "Create an assistant",
+             "assistants", auth="owner", body=AssistantBody, ok=201,
+             codes=("email_not_verified", "unknown_model", "provider_unavailable")),
+    Endpoint("get", "/api/v1/assistants/{id}", get_assistant, "An assistant (ETag)",
+             "assistants", auth="owner"),
+    Endpoint("put", "/api/v1/assistants/{id}", put_assistant, "Replace an assistant (If-Match)",
+             "assistants", auth="owner", body=AssistantBody,
+             codes=("version_conflict", "unknown_model")),
+    Endpoint("delete", "/api/v1/assistants/{id}", delete_assistant,
+             "Delete an assistant (If-Match)", "assistants", auth="owner", ok=204,
+             codes=("version_conflict", "assistant_in_use")),
+    Endpoint("get", "/api/v1/widgets", list_widgets, "List your widgets", "widgets",
+             auth="owner", query=PAGE),
+    Endpoint("post", "/api/v1/widgets", create_widget,
+             "Create a widget; the identity secret is shown once", "widgets", auth="owner",
+             body=WidgetBody, ok=201, codes=("email_not_verified", "unknown_assistant")),
+    Endpoint("get", "/api/v1/widgets/{id}", get_widget, "A widget (ETag)", "widgets",
+             auth="owner"),
+    Endpoint("put", "/api/v1/widgets/{id}", put_widget, "Replace a widget (If-Match)",
+             "widgets", auth="owner", body=WidgetBody,
+             codes=("version_conflict", "unknown_assistant")),
+    Endpoint("delete", "/api/v1/widgets/{id}", delete_widget, "Delete a widget (If-Match)",
+             "widgets", auth="owner", ok=204, codes=("version_conflict",)),
+    Endpoint("get", "/api/v1/widgets/{id}/embed-code", embed_code,
+             "The HTML to paste into a site", "widgets", auth="owner"),
+    Endpoint("post", "/api/v1/widgets/{id}/rotate-secret", rotate_secret,
+             "A new identity secret, shown once", "widgets", auth="owner"),
 ]

@@ -27,12 +27,12 @@ from urllib.parse import urlsplit
 import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loacl import __version__
 from loacl.domain.errors import LoaclError
 from loacl.domain.origins import normalize_origin
+from loacl.http.routing import Endpoint
 from loacl.services.demo import Demo, public_origin
 
 log = structlog.get_logger(__name__)
@@ -281,9 +281,12 @@ async def home(request: Request) -> Response:
     )
 
 
-routes = [
-    Route("/", home, methods=["GET"]),
-    Route("/widget.js", widget_js, methods=["GET"]),
-    Route("/widget.json", widget_manifest, methods=["GET"]),
-    Route("/widget/{name}", widget_versioned, methods=["GET"]),
+# Pages and assets, not part of the API.
+endpoints = [
+    Endpoint("get", "/", home, "The home page, with the demo widget", documented=False),
+    Endpoint("get", "/widget.js", widget_js, "The embed script (short cache)", documented=False),
+    Endpoint("get", "/widget.json", widget_manifest, "The script's versioned URL and SRI hash",
+             documented=False),
+    Endpoint("get", "/widget/{name}", widget_versioned, "The embed script, versioned (immutable)",
+             documented=False),
 ]

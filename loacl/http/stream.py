@@ -5,18 +5,13 @@ Before the handshake completes, the page's ``Origin`` must be allowed and, when 
 HTTP problem response (403 origin_not_allowed, 401 invalid_token, 404 widget_not_found). The
 token may instead come in the first frame, ``{"type": "auth", "token": ...}``.
 
-Client frames: ``message`` {text, file_ids?, client_message_id?}, ``resume`` {message_id,
-offset}, ``pong``. Server frames: ``ready``, ``ack``, ``started``, ``delta`` {message_id, offset,
-text}, ``done`` {message_id, status, usage, length}, ``error`` {code, text}, ``ping``.
+The frames, their fields and the close codes are declared in ``stream_protocol``; the OpenAPI
+document describes the socket from the same constants.
 
 A socket that connects while a reply streams gets ``started`` at once and the reply's text from
 the start, unless its first frame (sent within ``RESUME_GRACE`` seconds) is a ``resume`` of that
 reply: a reconnecting client gets only what it missed. ``done`` carries the final text's length:
 after a crash the saved text may be shorter than what was streamed, and the client trims to it.
-
-Close codes: 4401 bad or missing token frame, 4408 idle, 4008 too slow to keep up (resume from
-the last offset), 1009 frame too big, 1012 the server is restarting (uvicorn's, on shutdown;
-the reply in flight is kept as interrupted).
 """
 
 from __future__ import annotations
@@ -29,15 +24,17 @@ from typing import Any
 
 import msgspec
 import structlog
-from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
 from loacl.domain.widgets import VisitorAccess
 from loacl.http.common import metadata
-from loacl.http.errors import STATUS, problem
+from loacl.http.errors import problem, status_for
+from loacl.http.routing import Socket
 from loacl.http.shapes import message_json, usage_json
+from loacl.http.stream_protocol import MAX_TEXT_FRAME as MAX_TEXT_FRAME
+from loacl.http.stream_protocol import ClientFrame, Close, ServerFrame, describe
 from loacl.services.chat import Chat
 from loacl.services.replies import Run, reply_error_text
 from loacl.services.widgets import Widgets
@@ -51,7 +48,6 @@ FLUSH_SECONDS = 1.0  # to send what is queued when a socket closes
 CLOSE_SECONDS = 10.0  # to get the close frame out to a client that has stopped reading
 OUTBOX_FRAMES = 2000
 RUN_QUEUE = 1000
-MAX_TEXT_FRAME = 256 * 1024
 DELTA_CHARS = 16 * 1024  # the most text in one caught-up delta (clients limit frame sizes)
 
 # One frame per token per socket: msgspec writes one in about a tenth of json.dumps's time.
@@ -94,13 +90,13 @@ class Outbox:
             self.ready.clear()
             await self.ready.wait()
         frame = self.frames.popleft()
-        if frame["type"] != "delta":
+        if frame["type"] != ServerFrame.DELTA:
             return frame
         parts, end = [frame["text"]], frame["offset"] + len(frame["text"])
         size = len(frame["text"])
         while self.frames:
             after = self.frames[0]
-            if (after["type"] != "delta" or after["message_id"] != frame["message_id"]
+            if (after["type"] != ServerFrame.DELTA or after["message_id"] != frame["message_id"]
                     or after["offset"] != end or size + len(after["text"]) > DELTA_CHARS):
                 break
             self.frames.popleft()
@@ -130,7 +126,7 @@ class Connection:
             # offset it got, so what it got must have no gap.
             return
         if not self.outbox.put(frame):
-            self.close(4008, "too slow to keep up; reconnect and resume")
+            self.close(Close.TOO_SLOW, "too slow to keep up; reconnect and resume")
 
     def close(self, code: int, reason: str) -> None:
         if self.closing is None:
@@ -141,14 +137,14 @@ class Connection:
     def send_text(self, message_id: str, offset: int, text: str) -> None:
         """``text`` from ``offset`` on, as deltas of a size any client takes."""
         for at in range(0, len(text), DELTA_CHARS):
-            self.send({"type": "delta", "message_id": message_id, "offset": offset + at,
+            self.send({"type": ServerFrame.DELTA, "message_id": message_id, "offset": offset + at,
                        "text": text[at:at + DELTA_CHARS]})
 
     def end_grace(self, frame: dict[str, Any] | None) -> None:
         """The first frame arrived (or none did in time): follow the pending reply from the
         start, unless the frame resumes it."""
         run, self.pending = self.pending, None
-        if run is None or (frame is not None and frame.get("type") == "resume"
+        if run is None or (frame is not None and frame.get("type") == ClientFrame.RESUME
                             and frame.get("message_id") == run.message_id):
             return
         self.follow(run)
@@ -194,7 +190,7 @@ class Connection:
                 if at + len(text) <= sent_to:
                     continue
                 if at > sent_to:  # cannot happen while the run keeps order; never send a gap
-                    self.close(4008, "too slow to keep up; reconnect and resume")
+                    self.close(Close.TOO_SLOW, "too slow to keep up; reconnect and resume")
                     return
                 if at < sent_to:  # overlaps the snapshot: send only the new part
                     text = text[sent_to - at:]
@@ -202,7 +198,7 @@ class Connection:
                 sent_to += len(text)
             self.send_text(run.message_id, start, "".join(parts))
         if not run.finished.is_set():
-            self.close(4008, "too slow to keep up; reconnect and resume")
+            self.close(Close.TOO_SLOW, "too slow to keep up; reconnect and resume")
             return
         self.send_text(run.message_id, sent_to, run.text[sent_to:])
         await self._send_end(run.message_id)
@@ -210,17 +206,17 @@ class Connection:
 
     async def _send_end(self, message_id: str) -> None:
         message = await self.chat.message(message_id)
-        frame: dict[str, Any] = {"type": "done", "message_id": message_id,
+        frame: dict[str, Any] = {"type": ServerFrame.DONE, "message_id": message_id,
                                  "status": message.status, "usage": usage_json(message),
                                  "length": len(message.text)}
         if message.status != "completed":
-            self.send({"type": "error", "code": message.error_code or "provider_error",
+            self.send({"type": ServerFrame.ERROR, "code": message.error_code or "provider_error",
                        "message_id": message_id,
                        "text": reply_error_text(message.error_code)})
         self.send(frame)
 
     def on_started(self, run: Run, message: MessageView) -> None:
-        self.send({"type": "started", "message": message_json(message),
+        self.send({"type": ServerFrame.STARTED, "message": message_json(message),
                    "reply_id": run.message_id})
         self.follow(run)
 
@@ -228,15 +224,15 @@ class Connection:
 
     async def handle(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
-        if kind == "message":
+        if kind == ClientFrame.MESSAGE:
             await self._message(frame)
-        elif kind == "resume":
+        elif kind == ClientFrame.RESUME:
             await self._resume(frame)
-        elif kind in ("pong", "ping"):
-            if kind == "ping":
-                self.send({"type": "pong"})
+        elif kind in (ClientFrame.PONG, ClientFrame.PING):
+            if kind == ClientFrame.PING:
+                self.send({"type": ServerFrame.PONG})
         else:
-            self.send({"type": "error", "code": "invalid_frame",
+            self.send({"type": ServerFrame.ERROR, "code": "invalid_frame",
                        "text": f"unknown frame type {kind!r}"})
 
     async def _message(self, frame: dict[str, Any]) -> None:
@@ -247,7 +243,7 @@ class Connection:
                 or not all(isinstance(f, str) for f in file_ids)
                 or not (client_id is None or (isinstance(client_id, str) and 0 < len(client_id)
                                               <= 100))):
-            self.send({"type": "error", "code": "invalid_frame",
+            self.send({"type": ServerFrame.ERROR, "code": "invalid_frame",
                        "text": "a message frame needs text, and optionally file_ids and "
                                "client_message_id"})
             return
@@ -257,15 +253,15 @@ class Connection:
                 metadata_for(self.ws, self.access),
             )
         except LoaclError as exc:
-            self.send({"type": "error", "code": exc.code, "text": exc.message,
+            self.send({"type": ServerFrame.ERROR, "code": exc.code, "text": exc.message,
                        "client_message_id": client_id,
                        **({"retry_after": exc.extra["retry_after"]}
                           if "retry_after" in exc.extra else {})})
             return
         reply_id = run.message_id if isinstance(run, Run) else run
-        self.send({"type": "ack", "client_message_id": client_id,
-                   "message_id": message.message_id,
-                   "reply_id": reply_id, "duplicate": not started})
+        self.send({"type": ServerFrame.ACK, "client_message_id": client_id,
+                   "message_id": message.message_id, "reply_id": reply_id,
+                   "duplicate": not started})
         if not started:
             # A resend: give this socket the reply, whether it is still streaming or done.
             if isinstance(run, Run) and run.message_id not in self.followers:
@@ -276,7 +272,7 @@ class Connection:
     async def _resume(self, frame: dict[str, Any]) -> None:
         message_id, offset = frame.get("message_id"), frame.get("offset", 0)
         if not isinstance(message_id, str) or not isinstance(offset, int) or offset < 0:
-            self.send({"type": "error", "code": "invalid_frame",
+            self.send({"type": ServerFrame.ERROR, "code": "invalid_frame",
                        "text": "a resume frame needs message_id and a character offset >= 0"})
             return
         run = self.chat.running(self.access.conversation_id)
@@ -292,7 +288,7 @@ class Connection:
             message = None
         if (message is None or message.conversation_id != self.access.conversation_id
                 or message.role != "assistant"):
-            self.send({"type": "error", "code": "not_found", "message_id": message_id,
+            self.send({"type": ServerFrame.ERROR, "code": "not_found", "message_id": message_id,
                        "text": "no such reply in this conversation"})
             return
         if message.status == "streaming":
@@ -312,11 +308,12 @@ def metadata_for(websocket: WebSocket, access: VisitorAccess) -> Metadata:
 
 
 async def _refuse(websocket: WebSocket, exc: LoaclError) -> None:
-    response = problem(STATUS.get(exc.code, 400), exc.code, exc.message)
+    response = problem(status_for(exc.code), exc.code, exc.message)
     try:
         await websocket.send_denial_response(response)
     except RuntimeError:
-        await websocket.close(code=4403 if exc.code == "origin_not_allowed" else 4401,
+        await websocket.close(code=Close.ORIGIN_NOT_ALLOWED if exc.code == "origin_not_allowed"
+                              else Close.BAD_TOKEN,
                               reason=exc.code)
 
 
@@ -347,7 +344,8 @@ async def stream(websocket: WebSocket) -> None:
                 WebSocketDisconnect):
             # KeyError: a binary frame has no text.
             with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-                await websocket.close(4401, "send {\"type\": \"auth\", \"token\": ...} first")
+                await websocket.close(Close.BAD_TOKEN,
+                                      "send {\"type\": \"auth\", \"token\": ...} first")
             return
     await _serve(websocket, access)
 
@@ -357,10 +355,11 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
     chat = conn.chat
     settings = conn.settings
     unwatch = chat.watch(access.conversation_id, conn.on_started)
-    conn.send({"type": "ready", "conversation_id": access.conversation_id})
+    conn.send({"type": ServerFrame.READY, "conversation_id": access.conversation_id})
     run = chat.running(access.conversation_id)
     if run is not None:  # a reply is streaming in another tab: show it here too
-        conn.send({"type": "started", "message": message_json(await chat.message(run.reply_to)),
+        conn.send({"type": ServerFrame.STARTED,
+                   "message": message_json(await chat.message(run.reply_to)),
                    "reply_id": run.message_id})
         conn.pending = run
 
@@ -371,7 +370,7 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
     async def pinger() -> None:
         while True:
             await asyncio.sleep(settings.ws_ping_seconds)
-            conn.send({"type": "ping"})
+            conn.send({"type": ServerFrame.PING})
 
     async def reader() -> None:
         while True:
@@ -385,25 +384,26 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
                     conn.end_grace(None)
                     continue
                 if chat.running(access.conversation_id) is None:
-                    conn.close(4408, "idle")
+                    conn.close(Close.IDLE, "idle")
                     return
                 continue
             except KeyError:  # a binary frame
                 conn.end_grace(None)
-                conn.send({"type": "error", "code": "invalid_frame", "text": "send JSON text"})
+                conn.send({"type": ServerFrame.ERROR, "code": "invalid_frame",
+                           "text": "send JSON text"})
                 continue
             if len(raw) > MAX_TEXT_FRAME:
-                conn.close(1009, "frame too big")
+                conn.close(Close.TOO_BIG, "frame too big")
                 return
             try:
                 frame = json.loads(raw)
             except ValueError:
                 conn.end_grace(None)
-                conn.send({"type": "error", "code": "invalid_frame", "text": "not JSON"})
+                conn.send({"type": ServerFrame.ERROR, "code": "invalid_frame", "text": "not JSON"})
                 continue
             if not isinstance(frame, dict):
                 conn.end_grace(None)
-                conn.send({"type": "error", "code": "invalid_frame",
+                conn.send({"type": ServerFrame.ERROR, "code": "invalid_frame",
                            "text": "a frame is a JSON object"})
                 continue
             conn.end_grace(frame)
@@ -418,7 +418,7 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
             error = task.exception()
             if error is not None and not isinstance(error, WebSocketDisconnect):
                 log.error("stream.failed", error=repr(error))
-                conn.close(1011, "server error")
+                conn.close(Close.SERVER_ERROR, "server error")
     finally:
         unwatch()
         for task in [*others, *conn.followers.values()]:
@@ -426,18 +426,23 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
         await asyncio.gather(*others, *conn.followers.values(), return_exceptions=True)
         # The writer sends what is queued, then stops (briefly: the client may be the slow
         # one). Stopping it mid-frame is safe: nothing queued after that frame goes out.
-        conn.close(1000, "bye")
+        conn.close(Close.NORMAL, "bye")
         await asyncio.wait([write], timeout=FLUSH_SECONDS)
         write.cancel()
         await asyncio.gather(write, return_exceptions=True)
         if websocket.application_state == WebSocketState.CONNECTED and (
             websocket.client_state == WebSocketState.CONNECTED
         ):
-            closing = conn.closing or Closing(1000, "bye")
+            closing = conn.closing or Closing(Close.NORMAL, "bye")
             # Bounded too: a client that stopped reading takes the close frame only when it
             # reads again; after that the transport is closed without one.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(websocket.close(closing.code, closing.reason),
                                        CLOSE_SECONDS)
 
-routes = [WebSocketRoute("/api/v1/widgets/{id}/stream", stream)]
+endpoints = [
+    Socket("/api/v1/widgets/{id}/stream", stream,
+           "WebSocket: streamed replies, resumable (see the description)", describe(),
+           tag="chat", auth="visitor", query=(("token", "the visitor token (or an auth frame)"),),
+           codes=("origin_not_allowed", "widget_not_found")),
+]

@@ -12,12 +12,12 @@ from collections.abc import Awaitable, Callable
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from loacl.domain.errors import LoaclError
 from loacl.domain.origins import normalize_origin
 from loacl.http.common import metadata
 from loacl.http.errors import loacl_error
+from loacl.http.routing import Endpoint
 from loacl.http.shapes import widget_settings_json
 from loacl.http.validation import parse_body
 from loacl.services.widgets import Widgets
@@ -124,12 +124,18 @@ async def preflight(request: Request) -> Response:
     return cors(response, origin)
 
 
-routes = [
-    Route("/api/v1/widgets/{id}/config", config, methods=["GET"]),
-    Route("/api/v1/widgets/{id}/sessions", sessions, methods=["POST"]),
+endpoints = [
+    Endpoint("get", "/api/v1/widgets/{id}/config", config,
+             "Public settings for the embed script (Origin checked)", "visitors",
+             codes=("origin_not_allowed", "widget_not_found")),
+    Endpoint("post", "/api/v1/widgets/{id}/sessions", sessions,
+             "A visitor token and conversation (Origin checked; optional signed identity)",
+             "visitors", body=SessionBody, ok=201,
+             codes=("origin_not_allowed", "widget_not_found", "invalid_identity")),
     # Preflight only for the paths an embedding page calls; owner paths get none.
     *(
-        Route(f"/api/v1/widgets/{{id}}/{path}", preflight, methods=["OPTIONS"])
+        Endpoint("options", f"/api/v1/widgets/{{id}}/{path}", preflight, "CORS preflight",
+                 documented=False)
         for path in ("config", "sessions", "messages", "files", "files/{file_id}")
     ),
 ]

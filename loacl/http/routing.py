@@ -1,0 +1,95 @@
+"""Each route declared once: an ``Endpoint`` (or ``Socket``) is both a Starlette route and,
+unless ``documented=False``, an operation in the OpenAPI document.
+
+Every http module ends with its ``endpoints`` table; ``create_app`` turns the tables into routes
+with ``routes(...)``, and ``/api/v1/openapi.json`` reads the declarations back from the app's
+routes with ``declared(...)``, so the document describes exactly what is served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+Handler = Callable[[Request], Awaitable[Response]]
+SocketHandler = Callable[[WebSocket], Awaitable[None]]
+Method = Literal["get", "post", "put", "delete", "options"]
+# Who may call: nobody in particular, an owner's access token, a visitor token (from an allowed
+# Origin), or either of the two.
+Auth = Literal["none", "owner", "visitor", "visitor_or_owner"]
+Query = tuple[tuple[str, str], ...]  # (name, description)
+
+PAGE: Query = (("after", "cursor: next_cursor of the previous page"),
+               ("limit", "1 to 100, default 20"))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: Method
+    path: str
+    handler: Handler
+    summary: str
+    tag: str = ""
+    auth: Auth = "none"
+    body: type[BaseModel] | None = None  # the JSON body, as the handler validates it
+    ok: int = 200
+    query: Query = ()
+    codes: tuple[str, ...] = ()  # error codes beyond the usual 401/404/422
+    multipart: bool = False  # a multipart/form-data upload, field ``file``
+    documented: bool = True  # pages, assets, probes and CORS preflights are not API
+
+    def route(self) -> BaseRoute:
+        return DeclaredRoute(self)
+
+
+@dataclass(frozen=True)
+class Socket:
+    """A WebSocket route; documented as the GET that upgrades (101)."""
+
+    path: str
+    handler: SocketHandler
+    summary: str
+    description: str
+    tag: str = ""
+    auth: Auth = "none"
+    query: Query = ()
+    codes: tuple[str, ...] = ()  # the handshake's refusals, as problem responses
+    method: Literal["get"] = "get"
+    ok: int = 101
+    documented: bool = True
+
+    def route(self) -> BaseRoute:
+        return DeclaredSocket(self)
+
+
+Declaration = Endpoint | Socket
+
+
+class DeclaredRoute(Route):
+    def __init__(self, declaration: Endpoint) -> None:
+        super().__init__(declaration.path, declaration.handler,
+                         methods=[declaration.method.upper()])
+        self.declaration = declaration
+
+
+class DeclaredSocket(WebSocketRoute):
+    def __init__(self, declaration: Socket) -> None:
+        super().__init__(declaration.path, declaration.handler)
+        self.declaration = declaration
+
+
+def routes(*tables: Sequence[Declaration]) -> list[BaseRoute]:
+    """Starlette's routes, in the order given (the first that matches a request wins)."""
+    return [declaration.route() for table in tables for declaration in table]
+
+
+def declared(app_routes: Iterable[BaseRoute]) -> list[Declaration]:
+    """The declarations behind an app's routes; routes added any other way have none."""
+    return [r.declaration for r in app_routes if isinstance(r, DeclaredRoute | DeclaredSocket)]

@@ -1,0 +1,114 @@
+"""The protocol of ``WS /api/v1/widgets/{id}/stream``: frame types, their fields, close codes.
+
+``stream.py`` sends, compares and closes with these constants, and the socket's description in
+the OpenAPI document is ``describe()`` of them: a frame or close code added here is documented.
+Every frame is a JSON object whose ``type`` is one of the names below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Final
+
+MAX_TEXT_FRAME: Final = 256 * 1024  # characters in a client's text frame
+
+class ClientFrame:
+    AUTH: Final = "auth"
+    MESSAGE: Final = "message"
+    RESUME: Final = "resume"
+    PING: Final = "ping"
+    PONG: Final = "pong"
+
+
+class ServerFrame:
+    READY: Final = "ready"
+    ACK: Final = "ack"
+    STARTED: Final = "started"
+    DELTA: Final = "delta"
+    DONE: Final = "done"
+    ERROR: Final = "error"
+    PING: Final = "ping"
+    PONG: Final = "pong"
+
+
+class Close(IntEnum):
+    """The codes a socket closes with."""
+
+    NORMAL = 1000
+    TOO_BIG = 1009
+    SERVER_ERROR = 1011
+    RESTARTING = 1012  # uvicorn's, on shutdown; never sent by LOACL's own code
+    TOO_SLOW = 4008
+    BAD_TOKEN = 4401
+    ORIGIN_NOT_ALLOWED = 4403
+    IDLE = 4408
+
+
+@dataclass(frozen=True)
+class Frame:
+    type: str
+    fields: tuple[str, ...]  # "name?" for an optional field
+    meaning: str
+
+
+CLIENT_FRAMES: Final = (
+    Frame(ClientFrame.AUTH, ("token",),
+          "the visitor token, as the first frame when the URL carries none"),
+    Frame(ClientFrame.MESSAGE, ("text", "file_ids?", "client_message_id?"),
+          "ask; a resend with the same client_message_id is answered, not asked again"),
+    Frame(ClientFrame.RESUME, ("message_id", "offset"),
+          "send a reply's text from a character offset on (after a reconnect)"),
+    Frame(ClientFrame.PING, (), "answered with pong"),
+    Frame(ClientFrame.PONG, (), "the answer to the server's ping"),
+)
+
+SERVER_FRAMES: Final = (
+    Frame(ServerFrame.READY, ("conversation_id",), "the socket is authenticated"),
+    Frame(ServerFrame.ACK, ("client_message_id", "message_id", "reply_id", "duplicate"),
+          "the message is saved; duplicate when it was a resend"),
+    Frame(ServerFrame.STARTED, ("message", "reply_id"),
+          "a reply started, in this tab or another"),
+    Frame(ServerFrame.DELTA, ("message_id", "offset", "text"),
+          "the reply's text from a character offset"),
+    Frame(ServerFrame.DONE, ("message_id", "status", "usage", "length"),
+          "the reply ended; trim its text to length (after a crash the saved text may be "
+          "shorter than what was streamed)"),
+    Frame(ServerFrame.ERROR, ("code", "text", "message_id?", "client_message_id?",
+                              "retry_after?"),
+          "a frame was refused or a reply failed; code is an error code of the API"),
+    Frame(ServerFrame.PING, (), "answer with pong"),
+    Frame(ServerFrame.PONG, (), "the answer to the client's ping"),
+)
+
+CLOSE_MEANINGS: Final = {
+    Close.NORMAL: "the server ended the socket",
+    Close.TOO_BIG: f"a frame was longer than {MAX_TEXT_FRAME} characters",
+    Close.SERVER_ERROR: "the server failed; reconnect",
+    Close.RESTARTING: "the server is restarting; the reply in flight is kept as interrupted",
+    Close.TOO_SLOW: "too slow to keep up; reconnect and resume from the last offset",
+    Close.BAD_TOKEN: "the token (query parameter or auth frame) was missing or invalid",
+    Close.ORIGIN_NOT_ALLOWED: "the page's Origin is not allowed (when a denial response "
+                              "cannot be sent)",
+    Close.IDLE: "no frame for ws_idle_seconds while no reply streamed",
+}
+
+
+def _frames(frames: tuple[Frame, ...]) -> str:
+    return "".join(
+        f"\n- `{f.type}`" + (" {" + ", ".join(f.fields) + "}" if f.fields else "")
+        + f": {f.meaning}"
+        for f in frames
+    )
+
+
+def describe() -> str:
+    """The socket's description for the OpenAPI document (Markdown)."""
+    closes = "".join(f"\n- {int(code)}: {meaning}" for code, meaning in CLOSE_MEANINGS.items())
+    return (
+        "Connect with `?token=<visitor token>` from an allowed Origin, or send an `auth` frame "
+        "first. Every frame is a JSON text frame with a `type`.\n\n"
+        f"Client frames:{_frames(CLIENT_FRAMES)}\n\n"
+        f"Server frames:{_frames(SERVER_FRAMES)}\n\n"
+        f"Close codes:{closes}"
+    )
