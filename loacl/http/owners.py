@@ -14,11 +14,11 @@ from loacl.domain.assistants import PROVIDERS, AssistantDefinition
 from loacl.domain.errors import LoaclError
 from loacl.domain.widgets import MAX_ORIGINS, WidgetDefinition, WidgetSettings
 from loacl.http.auth import current_owner
-from loacl.http.common import if_match, metadata, page, page_response, with_etag
+from loacl.http.common import if_match, metadata, with_etag
+from loacl.http.resources import OwnedResource
 from loacl.http.routing import PAGE, Endpoint
 from loacl.http.shapes import assistant_json, widget_json
 from loacl.http.static import widget_script
-from loacl.http.validation import parse_body
 from loacl.providers import default_provider, spec
 from loacl.services.assistants import Assistants
 from loacl.services.widgets import Widgets
@@ -99,48 +99,7 @@ def _definition(request: Request, body: AssistantBody) -> AssistantDefinition:
     )
 
 
-async def list_assistants(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
-    after, limit = page(request)
-    found = await assistants(request).list(owner.user_id, after, limit)
-    return page_response([assistant_json(a) for a in found.items], found.next_cursor)
-
-
-async def create_assistant(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
-    body = await parse_body(request, AssistantBody)
-    created = await assistants(request).create(
-        owner.user_id, _definition(request, body), metadata(request, owner.user_id)
-    )
-    return with_etag(assistant_json(created), 201)
-
-
-async def get_assistant(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
-    found = await assistants(request).get(owner.user_id, request.path_params["id"])
-    return with_etag(assistant_json(found))
-
-
-async def put_assistant(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
-    body = await parse_body(request, AssistantBody)
-    updated = await assistants(request).update(
-        owner.user_id, request.path_params["id"], _definition(request, body), if_match(request),
-        metadata(request, owner.user_id),
-    )
-    return with_etag(assistant_json(updated))
-
-
-async def delete_assistant(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
-    await assistants(request).delete(
-        owner.user_id, request.path_params["id"], if_match(request),
-        metadata(request, owner.user_id),
-    )
-    return Response(status_code=204)
-
-
-def _widget_definition(body: WidgetBody) -> WidgetDefinition:
+def _widget_definition(_request: Request, body: WidgetBody) -> WidgetDefinition:
     return WidgetDefinition(
         name=body.name, assistant_id=body.assistant_id,
         allowed_origins=tuple(body.allowed_origins),
@@ -148,47 +107,6 @@ def _widget_definition(body: WidgetBody) -> WidgetDefinition:
         messages_per_minute=body.limits.messages_per_minute,
         enabled=body.enabled, require_identity=body.require_identity,
     )
-
-
-async def list_widgets(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
-    after, limit = page(request)
-    found = await widgets(request).list(owner.user_id, after, limit)
-    return page_response([widget_json(w) for w in found.items], found.next_cursor)
-
-
-async def create_widget(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
-    body = await parse_body(request, WidgetBody)
-    created = await widgets(request).create(
-        owner.user_id, _widget_definition(body), metadata(request, owner.user_id)
-    )
-    return with_etag(_with_secret(request, created), 201)
-
-
-async def get_widget(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
-    found = await widgets(request).get(owner.user_id, request.path_params["id"])
-    return with_etag(widget_json(found))
-
-
-async def put_widget(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
-    body = await parse_body(request, WidgetBody)
-    updated = await widgets(request).update(
-        owner.user_id, request.path_params["id"], _widget_definition(body), if_match(request),
-        metadata(request, owner.user_id),
-    )
-    return with_etag(widget_json(updated))
-
-
-async def delete_widget(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
-    await widgets(request).delete(
-        owner.user_id, request.path_params["id"], if_match(request),
-        metadata(request, owner.user_id),
-    )
-    return Response(status_code=204)
 
 
 async def rotate_secret(request: Request) -> Response:
@@ -200,6 +118,9 @@ async def rotate_secret(request: Request) -> Response:
     return with_etag(_with_secret(request, rotated))
 
 
+ASSISTANTS = OwnedResource(assistants, AssistantBody, _definition, assistant_json)
+
+
 def _with_secret(request: Request, view: WidgetView) -> dict[str, Any]:
     """The widget with its identity secret: shown when it is made, never again."""
     body = widget_json(view)
@@ -207,6 +128,9 @@ def _with_secret(request: Request, view: WidgetView) -> dict[str, Any]:
         view.widget_id, view.secret_generation
     )
     return body
+
+
+WIDGETS = OwnedResource(widgets, WidgetBody, _widget_definition, widget_json, _with_secret)
 
 
 def public_base(request: Request) -> str:
@@ -243,30 +167,30 @@ async def embed_code(request: Request) -> Response:
 
 
 endpoints = [
-    Endpoint("get", "/api/v1/assistants", list_assistants, "List your assistants",
+    Endpoint("get", "/api/v1/assistants", ASSISTANTS.list, "List your assistants",
              "assistants", auth="owner", query=PAGE),
-    Endpoint("post", "/api/v1/assistants", create_assistant, "Create an assistant",
+    Endpoint("post", "/api/v1/assistants", ASSISTANTS.create, "Create an assistant",
              "assistants", auth="owner", body=AssistantBody, ok=201,
              codes=("email_not_verified", "unknown_model", "provider_unavailable")),
-    Endpoint("get", "/api/v1/assistants/{id}", get_assistant, "An assistant (ETag)",
+    Endpoint("get", "/api/v1/assistants/{id}", ASSISTANTS.get, "An assistant (ETag)",
              "assistants", auth="owner"),
-    Endpoint("put", "/api/v1/assistants/{id}", put_assistant, "Replace an assistant (If-Match)",
+    Endpoint("put", "/api/v1/assistants/{id}", ASSISTANTS.put, "Replace an assistant (If-Match)",
              "assistants", auth="owner", body=AssistantBody,
              codes=("version_conflict", "unknown_model")),
-    Endpoint("delete", "/api/v1/assistants/{id}", delete_assistant,
+    Endpoint("delete", "/api/v1/assistants/{id}", ASSISTANTS.delete,
              "Delete an assistant (If-Match)", "assistants", auth="owner", ok=204,
              codes=("version_conflict", "assistant_in_use")),
-    Endpoint("get", "/api/v1/widgets", list_widgets, "List your widgets", "widgets",
+    Endpoint("get", "/api/v1/widgets", WIDGETS.list, "List your widgets", "widgets",
              auth="owner", query=PAGE),
-    Endpoint("post", "/api/v1/widgets", create_widget,
+    Endpoint("post", "/api/v1/widgets", WIDGETS.create,
              "Create a widget; the identity secret is shown once", "widgets", auth="owner",
              body=WidgetBody, ok=201, codes=("email_not_verified", "unknown_assistant")),
-    Endpoint("get", "/api/v1/widgets/{id}", get_widget, "A widget (ETag)", "widgets",
+    Endpoint("get", "/api/v1/widgets/{id}", WIDGETS.get, "A widget (ETag)", "widgets",
              auth="owner"),
-    Endpoint("put", "/api/v1/widgets/{id}", put_widget, "Replace a widget (If-Match)",
+    Endpoint("put", "/api/v1/widgets/{id}", WIDGETS.put, "Replace a widget (If-Match)",
              "widgets", auth="owner", body=WidgetBody,
              codes=("version_conflict", "unknown_assistant")),
-    Endpoint("delete", "/api/v1/widgets/{id}", delete_widget, "Delete a widget (If-Match)",
+    Endpoint("delete", "/api/v1/widgets/{id}", WIDGETS.delete, "Delete a widget (If-Match)",
              "widgets", auth="owner", ok=204, codes=("version_conflict",)),
     Endpoint("get", "/api/v1/widgets/{id}/embed-code", embed_code,
              "The HTML to paste into a site", "widgets", auth="owner"),
