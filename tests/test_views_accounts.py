@@ -62,9 +62,9 @@ async def test_users_by_id_and_by_email(accounts: Accounts, opened: EventStore) 
     made = await accounts.create_user("bob@example.com", PASSWORD, None, verified=True,
                                       meta=META)
 
-    ann = await view.user_by_id(opened, registered["id"])
+    ann = await view.user_by_id(opened, registered.user_id)
     at = "2030-05-06T07:08:09.000000+00:00"
-    assert ann == UserView(registered["id"], "Ann@example.com", "Ann", None, at)
+    assert ann == UserView(registered.user_id, "Ann@example.com", "Ann", None, at)
     assert ann.email_verified is False
     # The users table compares addresses without case.
     assert await view.user_by_email(opened, "ann@EXAMPLE.com") == ann

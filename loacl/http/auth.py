@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse, Response
 from loacl.domain.errors import LoaclError
 from loacl.http.common import client_ip, metadata
 from loacl.http.routing import Endpoint
+from loacl.http.shapes import tokens_json, user_json
 from loacl.http.validation import parse_body
 from loacl.services.accounts import Accounts, Principal
 
@@ -84,12 +85,13 @@ async def register(request: Request) -> Response:
     user = await accounts(request).register(
         body.email, body.password, body.name, base_url(request), metadata(request)
     )
-    return JSONResponse(user, status_code=201)
+    return JSONResponse(user_json(user), status_code=201)
 
 
 async def verify_email(request: Request) -> Response:
     body = await parse_body(request, TokenBody)
-    return JSONResponse(await accounts(request).verify_email(body.token, metadata(request)))
+    user = await accounts(request).verify_email(body.token, metadata(request))
+    return JSONResponse(user_json(user))
 
 
 async def resend_verification(request: Request) -> Response:
@@ -103,13 +105,13 @@ async def login(request: Request) -> Response:
     pair = await accounts(request).login(
         body.email, body.password, client_ip(request), metadata(request)
     )
-    return JSONResponse(pair.as_json(), headers={"Cache-Control": "no-store"})
+    return JSONResponse(tokens_json(pair), headers={"Cache-Control": "no-store"})
 
 
 async def refresh_token(request: Request) -> Response:
     body = await parse_body(request, RefreshBody)
     pair = await accounts(request).refresh(body.refresh_token, metadata(request))
-    return JSONResponse(pair.as_json(), headers={"Cache-Control": "no-store"})
+    return JSONResponse(tokens_json(pair), headers={"Cache-Control": "no-store"})
 
 
 async def logout(request: Request) -> Response:
@@ -132,7 +134,7 @@ async def reset_password_confirm(request: Request) -> Response:
 
 async def me(request: Request) -> Response:
     principal = await current_owner(request)
-    return JSONResponse(await accounts(request).get_user(principal.user_id))
+    return JSONResponse(user_json(await accounts(request).user(principal.user_id)))
 
 
 endpoints = [

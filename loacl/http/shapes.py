@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from loacl.services.accounts import TokenPair
+from loacl.store.views.accounts import UserView
 from loacl.store.views.assistants import AssistantView
 from loacl.store.views.conversations import ConversationView, MessagePage, MessageView
 from loacl.store.views.files import FileView
@@ -107,4 +109,24 @@ def file_json(view: FileView) -> dict[str, Any]:
         "id": view.file_id, "conversation_id": view.conversation_id,
         "filename": view.filename, "kind": view.kind, "content_type": view.content_type,
         "size": view.size, "sha256": view.sha256, "created_at": view.created_at,
+    }
+
+
+def user_json(user: UserView) -> dict[str, Any]:
+    return {
+        "id": user.user_id,
+        "email": user.email,
+        "name": user.name,
+        "email_verified": user.email_verified,
+        "email_verified_at": user.email_verified_at,
+        "created_at": user.created_at,
+    }
+
+
+def tokens_json(pair: TokenPair) -> dict[str, Any]:
+    return {
+        "access_token": pair.access_token,
+        "token_type": "bearer",
+        "expires_in": pair.expires_in,
+        "refresh_token": pair.refresh_token,
     }

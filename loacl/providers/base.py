@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from loacl.domain.assistants import AssistantDefinition
 from loacl.domain.errors import LoaclError
@@ -62,6 +62,19 @@ class Provider(Protocol):
     async def aclose(self) -> None:
         """Let go of connections; the provider is not used again."""
         ...
+
+
+def sampling_options(assistant: AssistantDefinition, max_tokens: str) -> dict[str, Any]:
+    """The assistant's sampling settings that are set, under the API's names; the two APIs
+    differ only in what they call the output cap (``max_tokens`` or ``max_output_tokens``)."""
+    options: dict[str, Any] = {}
+    if assistant.temperature is not None:
+        options["temperature"] = assistant.temperature
+    if assistant.top_p is not None:
+        options["top_p"] = assistant.top_p
+    if assistant.max_output_tokens is not None:
+        options[max_tokens] = assistant.max_output_tokens
+    return options
 
 
 def trim_history(turns: list[Turn], budget_chars: int) -> list[Turn]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import openai
 
-from loacl.providers.base import ProviderError, ReplyRequest, ReplyResult
+from loacl.providers.base import ProviderError, ReplyRequest, ReplyResult, sampling_options
 from loacl.providers.errors import translate
 
 
@@ -40,13 +40,7 @@ class ChatCompletionsProvider:
 
     async def stream(self, request: ReplyRequest, result: ReplyResult) -> AsyncIterator[str]:
         a = request.assistant
-        options: dict[str, Any] = {}
-        if a.temperature is not None:
-            options["temperature"] = a.temperature
-        if a.top_p is not None:
-            options["top_p"] = a.top_p
-        if a.max_output_tokens is not None:
-            options["max_tokens"] = a.max_output_tokens
+        options = sampling_options(a, "max_tokens")
         messages = self._messages(request)
         finished = False
         try:

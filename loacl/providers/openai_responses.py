@@ -12,7 +12,14 @@ from typing import Any
 import msgspec
 import openai
 
-from loacl.providers.base import Attachment, ProviderError, ReplyRequest, ReplyResult, Turn
+from loacl.providers.base import (
+    Attachment,
+    ProviderError,
+    ReplyRequest,
+    ReplyResult,
+    Turn,
+    sampling_options,
+)
 from loacl.providers.errors import translate
 
 
@@ -95,15 +102,9 @@ class ResponsesProvider:
 
     async def stream(self, request: ReplyRequest, result: ReplyResult) -> AsyncIterator[str]:
         a = request.assistant
-        options: dict[str, Any] = {}
+        options = sampling_options(a, "max_output_tokens")
         if a.instructions:
             options["instructions"] = a.instructions
-        if a.temperature is not None:
-            options["temperature"] = a.temperature
-        if a.top_p is not None:
-            options["top_p"] = a.top_p
-        if a.max_output_tokens is not None:
-            options["max_output_tokens"] = a.max_output_tokens
         if a.vector_store_ids:
             options["tools"] = [
                 {"type": "file_search", "vector_store_ids": list(a.vector_store_ids)}

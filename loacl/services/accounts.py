@@ -58,25 +58,6 @@ class TokenPair:
     refresh_token: str
     expires_in: int
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "access_token": self.access_token,
-            "token_type": "bearer",
-            "expires_in": self.expires_in,
-            "refresh_token": self.refresh_token,
-        }
-
-
-def user_json(user: UserView) -> dict[str, Any]:
-    return {
-        "id": user.user_id,
-        "email": user.email,
-        "name": user.name,
-        "email_verified": user.email_verified,
-        "email_verified_at": user.email_verified_at,
-        "created_at": user.created_at,
-    }
-
 
 class Accounts:
     def __init__(
@@ -124,13 +105,24 @@ class Accounts:
             raise LoaclError("not_found", "no such user")
         return found
 
-    async def get_user(self, user_id: str) -> dict[str, Any]:
-        return user_json(await self.user(user_id))
-
     async def _load_user(self, user_id: str) -> tuple[domain.User, int]:
         return await self.store.load(
             domain.user_stream(user_id), domain.User(), domain.evolve_user
         )
+
+    async def _user_of_link(
+        self, kind: str, token: str, claim: str, invalid: LoaclError
+    ) -> tuple[dict[str, Any], domain.User, int]:
+        """The claims of a mailed link and the user it names, or ``invalid`` (never saying
+        which part was wrong)."""
+        try:
+            claims = self.tokens.read_link(kind, token, claim)
+        except LoaclError:
+            raise invalid from None
+        state, version = await self._load_user(str(claims["sub"]))
+        if not state.exists:
+            raise invalid
+        return claims, state, version
 
     async def _load_session(self, session_id: str) -> tuple[domain.Session, int]:
         return await self.store.load(
@@ -171,10 +163,10 @@ class Accounts:
 
     async def register(
         self, email: str, password: str, name: str | None, base_url: str, meta: Metadata
-    ) -> dict[str, Any]:
+    ) -> UserView:
         user = await self._create(email, password, name, verified=False, meta=meta)
         self._send_verification(user.user_id, user.email, base_url)
-        return user_json(user)
+        return user
 
     async def create_user(
         self, email: str, password: str, name: str | None, *, verified: bool, meta: Metadata
@@ -200,16 +192,12 @@ class Accounts:
         )
         return await self.user(user_id)
 
-    async def verify_email(self, token: str, meta: Metadata) -> dict[str, Any]:
+    async def verify_email(self, token: str, meta: Metadata) -> UserView:
         invalid = LoaclError(
             "invalid_verification_token", "this verification link is not valid or has expired"
         )
-        try:
-            claims = self.tokens.read_link("verify-email", token, "email")
-        except LoaclError:
-            raise invalid from None
-        state, version = await self._load_user(str(claims["sub"]))
-        if not state.exists or state.email != claims["email"]:
+        claims, state, version = await self._user_of_link("verify-email", token, "email", invalid)
+        if state.email != claims["email"]:
             raise invalid
         if state.verified:
             raise LoaclError(
@@ -219,7 +207,7 @@ class Accounts:
             domain.user_stream(state.user_id), domain.verify_email(state),
             expected_version=version, metadata=meta,
         )
-        return await self.get_user(state.user_id)
+        return await self.user(state.user_id)
 
     async def resend_verification(self, principal: Principal, base_url: str) -> None:
         if principal.verified:
@@ -356,12 +344,8 @@ class Accounts:
         invalid = LoaclError(
             "invalid_reset_token", "this reset link is not valid, was used, or has expired"
         )
-        try:
-            claims = self.tokens.read_link("reset-password", token, "pwd")
-        except LoaclError:
-            raise invalid from None
-        state, version = await self._load_user(str(claims["sub"]))
-        if not state.exists or password_fingerprint(state.password_hash) != claims["pwd"]:
+        claims, state, version = await self._user_of_link("reset-password", token, "pwd", invalid)
+        if password_fingerprint(state.password_hash) != claims["pwd"]:
             raise invalid
         check_password(password)
         await self.store.append(
