@@ -351,14 +351,13 @@ async def test_a_refused_request_does_not_sink_its_batch(store: EventStore) -> N
 async def test_a_read_table_veto_is_a_conflict_that_keeps_sqlite_to_the_log(
     store: EventStore,
 ) -> None:
-    def started(conversation_id: str) -> list[Event]:
-        # One conversation per signed-in site user and widget: the read table's unique index.
-        return [ConversationStarted(conversation_id=conversation_id, widget_id="w",
-                                    visitor_id=conversation_id, external_user_id="site-user")]
+    # The same conversation started in a second stream: the read table's primary key refuses.
+    started: list[Event] = [ConversationStarted(conversation_id="c1", widget_id="w",
+                                                visitor_id="v1")]
 
-    await store.append("conversation-c1", started("c1"), expected_version=NO_STREAM)
+    await store.append("conversation-c1", started, expected_version=NO_STREAM)
     with capture_logs() as logs, pytest.raises(LoaclError) as caught:
-        await store.append("conversation-c2", started("c2"), expected_version=NO_STREAM)
+        await store.append("conversation-c2", started, expected_version=NO_STREAM)
     assert caught.value.code == "conflict"
     assert "UNIQUE" not in caught.value.message
     assert "conversations" not in caught.value.message

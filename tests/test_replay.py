@@ -156,8 +156,12 @@ def _failing(after: int, code: str = "boom") -> Projections:
     projections = default_projections()
     seen = [0]
 
-    @projections.on(accounts.UserRegistered, accounts.EmailVerified, accounts.PasswordChanged)
-    def explode(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
+    @projections.on
+    def explode(
+        conn: sqlite3.Connection,
+        event: accounts.UserRegistered | accounts.EmailVerified | accounts.PasswordChanged,
+        recorded: RecordedEvent,
+    ) -> None:
         seen[0] += 1
         if seen[0] == after:
             raise LoaclError(code, f"failed at event {recorded.seq}")

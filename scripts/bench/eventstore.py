@@ -113,8 +113,8 @@ def timed_replay(path: Path) -> float:
     projections = Projections()
     seen = [0]
 
-    @projections.on(BenchNoted)
-    def count(conn: sqlite3.Connection, event: RecordedEvent) -> None:
+    @projections.on
+    def count(conn: sqlite3.Connection, event: BenchNoted, recorded: RecordedEvent) -> None:
         seen[0] += 1
 
     conn = connect(path)

@@ -3,14 +3,34 @@ transaction so that a read after a write sees it and a table constraint can veto
 
 from __future__ import annotations
 
+import inspect
 import sqlite3
+import types
+import typing
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from loacl.domain.events import Event, RecordedEvent
 
-Handler = Callable[[sqlite3.Connection, RecordedEvent], None]
+# ``handler(conn, event, recorded)``: the event typed as the handler's annotation says, and its
+# record (position, version, time) beside it.
+Handler = Callable[[sqlite3.Connection, Any, RecordedEvent], None]
 H = TypeVar("H", bound=Handler)
+
+
+def _handled(handler: Callable[..., None]) -> tuple[type[Event], ...]:
+    """The event classes a handler takes, from its ``event`` parameter's annotation (a class,
+    or a union of classes)."""
+    hints = typing.get_type_hints(handler)
+    name = list(inspect.signature(handler).parameters)[1]
+    annotation = hints[name]
+    found = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (
+        annotation,
+    )
+    for cls in found:
+        if not (isinstance(cls, type) and issubclass(cls, Event)):
+            raise TypeError(f"{handler.__name__}: annotate its event with event classes")
+    return tuple(found)
 
 
 class Projections:
@@ -18,13 +38,11 @@ class Projections:
         self._handlers: dict[str, list[Handler]] = {}
         self.tables: list[str] = list(tables)
 
-    def on(self, *event_classes: type[Event]) -> Callable[[H], H]:
-        def register(handler: H) -> H:
-            for cls in event_classes:
-                self._handlers.setdefault(cls.event_type, []).append(handler)
-            return handler
-
-        return register
+    def on(self, handler: H) -> H:
+        """Register ``handler`` for the events its annotation names."""
+        for cls in _handled(handler):
+            self._handlers.setdefault(cls.event_type, []).append(handler)
+        return handler
 
     def include(self, other: Projections) -> None:
         for event_type, handlers in other._handlers.items():
@@ -33,9 +51,10 @@ class Projections:
 
     def apply(self, conn: sqlite3.Connection, events: Iterable[RecordedEvent]) -> None:
         handlers = self._handlers
-        for event in events:
-            for handler in handlers.get(event.event.event_type, ()):
-                handler(conn, event)
+        for recorded in events:
+            event = recorded.event
+            for handler in handlers.get(event.event_type, ()):
+                handler(conn, event, recorded)
 
 
 def default_projections() -> Projections:

@@ -20,10 +20,10 @@ from loacl.store.projections import Projections
 projections = Projections(tables=["users", "sessions", "refresh_tokens"])
 
 
-@projections.on(UserRegistered)
-def user_registered(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, UserRegistered)
+@projections.on
+def user_registered(
+    conn: sqlite3.Connection, event: UserRegistered, recorded: RecordedEvent
+) -> None:
     at = format_time(recorded.recorded_at)
     try:
         conn.execute(
@@ -35,10 +35,8 @@ def user_registered(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
         raise LoaclError("email_taken", "an account with this e-mail address exists") from None
 
 
-@projections.on(EmailVerified)
-def email_verified(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, EmailVerified)
+@projections.on
+def email_verified(conn: sqlite3.Connection, event: EmailVerified, recorded: RecordedEvent) -> None:
     at = format_time(recorded.recorded_at)
     conn.execute(
         "UPDATE users SET email_verified_at = ?, updated_at = ? WHERE user_id = ?",
@@ -46,20 +44,20 @@ def email_verified(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
     )
 
 
-@projections.on(PasswordChanged)
-def password_changed(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, PasswordChanged)
+@projections.on
+def password_changed(
+    conn: sqlite3.Connection, event: PasswordChanged, recorded: RecordedEvent
+) -> None:
     conn.execute(
         "UPDATE users SET password_hash = ?, updated_at = ? WHERE user_id = ?",
         (event.password_hash, format_time(recorded.recorded_at), event.user_id),
     )
 
 
-@projections.on(SessionStarted)
-def session_started(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, SessionStarted)
+@projections.on
+def session_started(
+    conn: sqlite3.Connection, event: SessionStarted, recorded: RecordedEvent
+) -> None:
     at = format_time(recorded.recorded_at)
     conn.execute(
         "INSERT INTO sessions (session_id, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
@@ -71,10 +69,10 @@ def session_started(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
     )
 
 
-@projections.on(SessionRefreshed)
-def session_refreshed(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, SessionRefreshed)
+@projections.on
+def session_refreshed(
+    conn: sqlite3.Connection, event: SessionRefreshed, recorded: RecordedEvent
+) -> None:
     at = format_time(recorded.recorded_at)
     conn.execute(
         "UPDATE sessions SET refreshed_at = ?, expires_at = ? WHERE session_id = ?",
@@ -90,10 +88,10 @@ def session_refreshed(conn: sqlite3.Connection, recorded: RecordedEvent) -> None
     )
 
 
-@projections.on(SessionRevoked)
-def session_revoked(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, SessionRevoked)
+@projections.on
+def session_revoked(
+    conn: sqlite3.Connection, event: SessionRevoked, recorded: RecordedEvent
+) -> None:
     conn.execute(
         "UPDATE sessions SET revoked_at = ?, revoked_reason = ? "
         "WHERE session_id = ? AND revoked_at IS NULL",

@@ -36,10 +36,8 @@ def _touch(conn: sqlite3.Connection, conversation_id: str, at: str) -> None:
     )
 
 
-@projections.on(MessagePosted)
-def message_posted(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, MessagePosted)
+@projections.on
+def message_posted(conn: sqlite3.Connection, event: MessagePosted, recorded: RecordedEvent) -> None:
     at = format_time(recorded.recorded_at)
     conn.execute(
         _INSERT,
@@ -49,10 +47,10 @@ def message_posted(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
     _touch(conn, event.conversation_id, at)
 
 
-@projections.on(AssistantStarted)
-def assistant_started(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, AssistantStarted)
+@projections.on
+def assistant_started(
+    conn: sqlite3.Connection, event: AssistantStarted, recorded: RecordedEvent
+) -> None:
     at = format_time(recorded.recorded_at)
     conn.execute(
         _INSERT,
@@ -62,20 +60,20 @@ def assistant_started(conn: sqlite3.Connection, recorded: RecordedEvent) -> None
     _touch(conn, event.conversation_id, at)
 
 
-@projections.on(AssistantDelta)
-def assistant_delta(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, AssistantDelta)
+@projections.on
+def assistant_delta(
+    conn: sqlite3.Connection, event: AssistantDelta, recorded: RecordedEvent
+) -> None:
     conn.execute(
         "UPDATE messages SET text = text || ? WHERE message_id = ? AND status = 'streaming'",
         (event.text, event.message_id),
     )
 
 
-@projections.on(AssistantCompleted)
-def assistant_completed(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, AssistantCompleted)
+@projections.on
+def assistant_completed(
+    conn: sqlite3.Connection, event: AssistantCompleted, recorded: RecordedEvent
+) -> None:
     conn.execute(
         "UPDATE messages SET text = ?, status = 'completed', input_tokens = ?, "
         "output_tokens = ?, finished_at = ? WHERE message_id = ?",
@@ -84,10 +82,10 @@ def assistant_completed(conn: sqlite3.Connection, recorded: RecordedEvent) -> No
     )
 
 
-@projections.on(AssistantFailed)
-def assistant_failed(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, AssistantFailed)
+@projections.on
+def assistant_failed(
+    conn: sqlite3.Connection, event: AssistantFailed, recorded: RecordedEvent
+) -> None:
     conn.execute(
         "UPDATE messages SET text = ?, status = 'failed', error_code = ?, finished_at = ? "
         "WHERE message_id = ?",
@@ -95,10 +93,10 @@ def assistant_failed(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
     )
 
 
-@projections.on(AssistantInterrupted)
-def assistant_interrupted(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, AssistantInterrupted)
+@projections.on
+def assistant_interrupted(
+    conn: sqlite3.Connection, event: AssistantInterrupted, recorded: RecordedEvent
+) -> None:
     conn.execute(
         "UPDATE messages SET text = ?, status = 'interrupted', error_code = 'interrupted', "
         "finished_at = ? WHERE message_id = ?",
@@ -106,10 +104,8 @@ def assistant_interrupted(conn: sqlite3.Connection, recorded: RecordedEvent) -> 
     )
 
 
-@projections.on(FileUploaded)
-def file_uploaded(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, FileUploaded)
+@projections.on
+def file_uploaded(conn: sqlite3.Connection, event: FileUploaded, recorded: RecordedEvent) -> None:
     conn.execute(
         "INSERT INTO files (file_id, conversation_id, widget_id, visitor_id, filename, kind, "
         "content_type, size, sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -119,10 +115,8 @@ def file_uploaded(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
     )
 
 
-@projections.on(FileSentToProvider)
-def file_sent(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, FileSentToProvider)
+@projections.on
+def file_sent(conn: sqlite3.Connection, event: FileSentToProvider, recorded: RecordedEvent) -> None:
     conn.execute(
         "UPDATE files SET provider = ?, provider_file_id = ? WHERE file_id = ?",
         (event.provider, event.provider_file_id, event.file_id),

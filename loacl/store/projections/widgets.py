@@ -29,10 +29,10 @@ def _json(value: object) -> str:
     return _encoder.encode(value).decode()
 
 
-@projections.on(AssistantCreated)
-def assistant_created(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, AssistantCreated)
+@projections.on
+def assistant_created(
+    conn: sqlite3.Connection, event: AssistantCreated, recorded: RecordedEvent
+) -> None:
     at = format_time(recorded.recorded_at)
     d = event.definition
     conn.execute(
@@ -43,10 +43,10 @@ def assistant_created(conn: sqlite3.Connection, recorded: RecordedEvent) -> None
     )
 
 
-@projections.on(AssistantUpdated)
-def assistant_updated(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, AssistantUpdated)
+@projections.on
+def assistant_updated(
+    conn: sqlite3.Connection, event: AssistantUpdated, recorded: RecordedEvent
+) -> None:
     d = event.definition
     conn.execute(
         "UPDATE assistants SET name = ?, provider = ?, model = ?, definition = ?, version = ?, "
@@ -56,10 +56,10 @@ def assistant_updated(conn: sqlite3.Connection, recorded: RecordedEvent) -> None
     )
 
 
-@projections.on(AssistantDeleted)
-def assistant_deleted(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, AssistantDeleted)
+@projections.on
+def assistant_deleted(
+    conn: sqlite3.Connection, event: AssistantDeleted, recorded: RecordedEvent
+) -> None:
     # Checked here, in the writer's transaction, and not only by the service: a widget saved
     # at the same moment would otherwise be left pointing at a deleted assistant.
     used = conn.execute(
@@ -82,10 +82,8 @@ def _assistant_exists(conn: sqlite3.Connection, assistant_id: str) -> None:
         )
 
 
-@projections.on(WidgetCreated)
-def widget_created(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, WidgetCreated)
+@projections.on
+def widget_created(conn: sqlite3.Connection, event: WidgetCreated, recorded: RecordedEvent) -> None:
     at = format_time(recorded.recorded_at)
     d = event.definition
     _assistant_exists(conn, d.assistant_id)
@@ -98,10 +96,8 @@ def widget_created(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
     )
 
 
-@projections.on(WidgetUpdated)
-def widget_updated(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, WidgetUpdated)
+@projections.on
+def widget_updated(conn: sqlite3.Connection, event: WidgetUpdated, recorded: RecordedEvent) -> None:
     d = event.definition
     _assistant_exists(conn, d.assistant_id)
     conn.execute(
@@ -112,10 +108,10 @@ def widget_updated(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
     )
 
 
-@projections.on(WidgetSecretRotated)
-def widget_secret_rotated(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, WidgetSecretRotated)
+@projections.on
+def widget_secret_rotated(
+    conn: sqlite3.Connection, event: WidgetSecretRotated, recorded: RecordedEvent
+) -> None:
     conn.execute(
         "UPDATE widgets SET secret_generation = ?, version = ?, updated_at = ? "
         "WHERE widget_id = ?",
@@ -123,17 +119,15 @@ def widget_secret_rotated(conn: sqlite3.Connection, recorded: RecordedEvent) -> 
     )
 
 
-@projections.on(WidgetDeleted)
-def widget_deleted(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, WidgetDeleted)
+@projections.on
+def widget_deleted(conn: sqlite3.Connection, event: WidgetDeleted, recorded: RecordedEvent) -> None:
     conn.execute("DELETE FROM widgets WHERE widget_id = ?", (event.widget_id,))
 
 
-@projections.on(ConversationStarted)
-def conversation_started(conn: sqlite3.Connection, recorded: RecordedEvent) -> None:
-    event = recorded.event
-    assert isinstance(event, ConversationStarted)
+@projections.on
+def conversation_started(
+    conn: sqlite3.Connection, event: ConversationStarted, recorded: RecordedEvent
+) -> None:
     at = format_time(recorded.recorded_at)
     # Checked here, in the writer's transaction: two devices of one signed-in user starting at
     # the same moment must end up in one conversation, and the later one learns which.
