@@ -12,6 +12,9 @@ exits), and this process, which plays the visitors and the direct SDK client.
     or duplicated on the sockets and in the log (must be 0), each token's delay from the test
     server to the visitor (p50/p99), and that minus the direct SDK's (the added delay), events
     written per second, the server's peak RSS and CPU time (and the other two processes').
+    Then the same load through a bare relay (a fourth process: the same provider code and
+    WebSocket server, no log, no checks), the floor: both CPU costs per token, their ratio, and
+    both added delays.
 (3) 500 concurrent streams from the demo provider, at the same rate: LOACL's own part without
     the SDK (lost or repeated deltas, gaps at the visitor, CPU per token).
 
@@ -20,7 +23,7 @@ the SDK's lazy imports. All clocks are ``time.monotonic()`` (CLOCK_MONOTONIC: on
 every process). The exit status is 1 when a goal is missed.
 
     python scripts/bench/streaming.py [--rate 20] [--tokens 40] [--streams 100 500]
-        [--demo-streams 500] [--deflate]
+        [--demo-streams 500] [--flush-ms 50] [--coalesce-ms 5] [--deflate]
 """
 
 from __future__ import annotations
@@ -119,8 +122,8 @@ def run_provider(token_delay: float) -> None:
 # -- the LOACL server (child process) ----------------------------------------------------------
 
 
-def run_loacl(folder: Path, provider_url: str, flush_ms: int, rate: float, deflate: bool
-              ) -> None:
+def run_loacl(folder: Path, provider_url: str, flush_ms: int, coalesce_ms: int, rate: float,
+              deflate: bool) -> None:
     import uvicorn
 
     from loacl.http.app import create_app
@@ -132,7 +135,7 @@ def run_loacl(folder: Path, provider_url: str, flush_ms: int, rate: float, defla
         openai_api_key="sk-bench", openai_base_url=f"{provider_url}/v1",
         require_verified_email=False, argon2_time_cost=1, argon2_memory_kib=64,
         argon2_parallelism=1, provider_concurrency=1000, log_level="warning",
-        flush_interval_ms=flush_ms, demo_delay=1 / rate,
+        flush_interval_ms=flush_ms, ws_coalesce_ms=coalesce_ms, demo_delay=1 / rate,
     )
     configure_logging(settings.log_level, settings.log_format)
     sock = _listen()
@@ -743,6 +746,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--demo-streams", type=int, nargs="*", default=[500],
                         help="concurrent streams from the demo provider in (3)")
     parser.add_argument("--flush-ms", type=int, default=50, help="LOACL's flush window")
+    parser.add_argument("--coalesce-ms", type=int, default=5,
+                        help="LOACL's window for a socket's frames (0: none)")
     parser.add_argument("--deflate", dest="no_deflate", action="store_false",
                         help="offer permessage-deflate on WebSockets (`loacl serve` does not)")
     parser.add_argument("--role", choices=["provider", "loacl", "relay"], help=argparse.SUPPRESS)
@@ -757,6 +762,7 @@ async def bench(args: argparse.Namespace, folder: Path) -> int:
     try:
         wait_ready_provider(provider.url)
         print(f"token rate {args.rate:g}/s per stream; flush window {args.flush_ms} ms; "
+              f"socket coalescing window {args.coalesce_ms} ms; "
               f"permessage-deflate {'off' if args.no_deflate else 'on'}; {os.cpu_count()} "
               "CPUs; the test server, LOACL and the visitors in 3 processes")
 
@@ -764,7 +770,8 @@ async def bench(args: argparse.Namespace, folder: Path) -> int:
             data = folder / name
             data.mkdir()
             loacl = Child(["--role", "loacl", "--folder", str(data), "--provider-url",
-                           provider.url, "--flush-ms", str(args.flush_ms), "--rate",
+                           provider.url, "--flush-ms", str(args.flush_ms), "--coalesce-ms",
+                           str(args.coalesce_ms), "--rate",
                            str(args.rate), *([] if args.no_deflate else ["--deflate"])],
                           data / "server.log")
             try:
@@ -792,7 +799,7 @@ async def bench(args: argparse.Namespace, folder: Path) -> int:
             failures.append(f"p50 added time to first token {first['ttft_p50_added'] * 1000:.1f}"
                             " ms > 10 ms")
         for count in args.streams:
-            async def many(loacl: Child, database: Path, n: int = count) -> dict[str, float]:
+            async def many(loacl: Child, database: Path, n: int = count) -> Load:
                 return await concurrent(provider, loacl, database, n, args.tokens,
                                         first["delays_p50_direct"])
 
@@ -857,8 +864,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_relay(args.provider_url)
         return 0
     if args.role == "loacl":
-        run_loacl(Path(args.folder), args.provider_url, args.flush_ms, args.rate,
-                  not args.no_deflate)
+        run_loacl(Path(args.folder), args.provider_url, args.flush_ms, args.coalesce_ms,
+                  args.rate, not args.no_deflate)
         return 0
     with contextlib.suppress(ImportError):
         import uvloop
