@@ -160,10 +160,11 @@ class Pacer:
     """Once per window, hands every followed reply's new text to its socket, for all sockets
     of the app in one callback.
 
-    Per piece of text, a reply then only appends to each follower's queue: no task wakes up.
-    A socket's writer wakes at most once a window, and the pieces that arrived within it leave
-    as one frame. Without it, each piece woke two tasks per socket (its follower, then its
-    writer): most of the socket's share of the CPU per token."""
+    Per piece of text, a reply then only appends to each follower's queue: no task wakes up
+    until the tick, which wakes each socket's writer at most once, and the pieces that arrived
+    within the window leave as one frame. Without it, each piece wakes two tasks per socket
+    (its follower, then its writer) and becomes a frame of its own: one write to the socket
+    each, the largest part of the socket's CPU per token when a provider sends in bursts."""
 
     def __init__(self, window: float) -> None:
         self.window = window
