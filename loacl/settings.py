@@ -149,6 +149,10 @@ class Settings(BaseModel):
     flush_interval_ms: int = Field(
         50, ge=0, le=5000, description="Streamed text is written to the log once per window."
     )
+    ws_coalesce_ms: int = Field(
+        5, ge=0, le=1000, description="A streaming WebSocket gets a reply's new text at most "
+        "once per window, in one frame; 0 sends each piece as it arrives."
+    )
     ws_ping_seconds: float = Field(
         20.0, gt=0, le=600, description="Seconds between pings on a streaming WebSocket."
     )

@@ -16,6 +16,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -34,7 +35,9 @@ from loacl.openai_testserver import (
     running,
     split_deltas,
 )
+from loacl.services.chat import Run, VisitorAccess
 from loacl.settings import Settings
+from loacl.store.views.conversations import MessageView
 from tests.live import serve
 
 pytestmark = pytest.mark.e2e
@@ -384,6 +387,95 @@ async def test_deltas_are_coalesced_per_flush_window(
             assert {offset + len(t) for offset, t in written} <= ends
         else:  # one window longer than the reply: written once, at the end
             assert written == [(0, text)]
+
+
+# -- the coalescing window --------------------------------------------------------------------
+
+
+class FakeChat:
+    """What a socket asks of the chat service at a reply's end: the saved message."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+    async def message(self, message_id: str) -> MessageView:
+        return MessageView(
+            message_id, self.run.conversation_id, "assistant", self.run.text, "completed", None,
+            self.run.reply_to, (), None, None, None, 2, "2030-01-01T00:00:00Z", None,
+        )
+
+
+def socket_for(settings: Settings, run: Run, coalesce_ms: int) -> stream_module.Connection:
+    """A socket's sending side, without a network: its frames stay in its outbox."""
+    state = SimpleNamespace(
+        chat=FakeChat(run), settings=settings.model_copy(update={"ws_coalesce_ms": coalesce_ms})
+    )
+    websocket: Any = SimpleNamespace(app=SimpleNamespace(state=state))
+    return stream_module.Connection(websocket, VisitorAccess("w", "v", run.conversation_id))
+
+
+def produce(run: Run, piece: str) -> None:
+    """What the reply loop does with each piece from the provider."""
+    offset = len(run.text)
+    run.text += piece
+    run._emit(offset, piece)
+
+
+async def settled(conn: stream_module.Connection, frames: int) -> list[dict[str, Any]]:
+    """Let the loop run until the outbox holds ``frames`` frames (bounded)."""
+    deadline = time.monotonic() + WAIT
+    while len(conn.outbox.frames) < frames:
+        assert time.monotonic() < deadline, list(conn.outbox.frames)
+        await asyncio.sleep(0.001)
+    return list(conn.outbox.frames)
+
+
+@pytest.mark.parametrize("coalesce_ms", [0, 200])
+async def test_pieces_within_the_window_leave_as_one_frame_and_done_comes_last(
+    settings: Settings, coalesce_ms: int
+) -> None:
+    run = Run("c", "reply", "question")
+    conn = socket_for(settings, run, coalesce_ms)
+    produce(run, "Hello")
+    conn.follow(run)
+    if coalesce_ms == 0:  # no window: each piece goes out as it comes
+        await settled(conn, 1)
+    for piece in (" there", ", visitor"):
+        for _ in range(5):
+            await asyncio.sleep(0)
+        produce(run, piece)
+        if coalesce_ms == 0:
+            await settled(conn, len(conn.outbox.frames) + 1)
+    run._finish()
+    frames = await settled(conn, 4 if coalesce_ms == 0 else 2)
+    deltas = [(f["offset"], f["text"]) for f in frames if f["type"] == "delta"]
+    assert contiguous(deltas) == "Hello there, visitor"
+    if coalesce_ms == 0:
+        assert deltas == [(0, "Hello"), (5, " there"), (11, ", visitor")]
+    else:  # the snapshot at follow time, then one frame for what came within the window
+        assert deltas == [(0, "Hello"), (5, " there, visitor")]
+    assert frames[-1] == {"type": "done", "message_id": "reply", "status": "completed",
+                          "usage": None, "length": len("Hello there, visitor")}
+    assert "reply" not in conn.followers
+
+
+@pytest.mark.parametrize("coalesce_ms", [0, 1000])
+async def test_tabs_get_the_whole_reply_with_or_without_a_window(
+    settings: Settings, provider: tuple[OpenAITestServer, str], coalesce_ms: int
+) -> None:
+    text = reply_text(40)
+    with start(settings, provider, ws_coalesce_ms=coalesce_ms) as live:
+        live.provider.script(text)
+        session = live.session()
+        async with live.tab(session) as first, live.tab(session) as second:
+            ack = await live.ask(first, "Window")
+            replies = [await first.follow(ack["reply_id"]),
+                       await second.follow(ack["reply_id"])]
+        for reply in replies:  # Reply.add refuses a gap, a repeat or a delta after done
+            assert reply.text == text
+            assert reply.done is not None and reply.done["length"] == len(text)
+        await live.log.finished(ack["reply_id"])
+        assert_log_matches(live.log, ack["reply_id"], text)
 
 
 async def test_a_busy_log_does_not_hold_back_the_visitor(live: Live) -> None:

@@ -106,6 +106,102 @@ class Outbox:
         return frame if len(parts) == 1 else {**frame, "text": "".join(parts)}
 
 
+class Follower:
+    """One socket following one reply: the reply's queue of pieces and how far it has sent."""
+
+    def __init__(self, conn: Connection, run: Run, offset: int) -> None:
+        self.conn = conn
+        self.run = run
+        # Snapshot and subscription in one step (no await between): nothing slips through.
+        snapshot = run.text[offset:]
+        self.queue = run.listen(RUN_QUEUE)
+        conn.send_text(run.message_id, offset, snapshot)
+        self.sent_to = offset + len(snapshot)
+        self.gap = False
+        self.task: asyncio.Task[None] | None = None
+        self.pacer: Pacer | None = None
+
+    def pump(self, items: list[tuple[int, str] | None]) -> bool:
+        """Send ``items`` and whatever else is queued as one delta; True once the reply's end
+        marker came (or a gap closed the socket)."""
+        queue, sent_to, parts = self.queue, self.sent_to, []
+        while not queue.empty():
+            items.append(queue.get_nowait())
+        ended = False
+        for item in items:
+            if item is None:
+                ended = True
+                break
+            at, text = item
+            if at + len(text) <= sent_to:
+                continue
+            if at > sent_to:  # cannot happen while the run keeps order; never send a gap
+                self.gap = True
+                self.conn.close(Close.TOO_SLOW, "too slow to keep up; reconnect and resume")
+                return True
+            if at < sent_to:  # overlaps the snapshot: send only the new part
+                text = text[sent_to - at:]
+            parts.append(text)
+            sent_to += len(text)
+        if parts:
+            self.conn.send_text(self.run.message_id, self.sent_to, "".join(parts))
+            self.sent_to = sent_to
+        return ended
+
+    def stop(self) -> None:
+        if self.pacer is not None:
+            self.pacer.followers.discard(self)
+        self.run.unlisten(self.queue)
+        if self.task is not None:
+            self.task.cancel()
+
+
+class Pacer:
+    """Once per window, hands every followed reply's new text to its socket, for all sockets
+    of the app in one callback.
+
+    Per piece of text, a reply then only appends to each follower's queue: no task wakes up
+    until the tick, which wakes each socket's writer at most once, and the pieces that arrived
+    within the window leave as one frame. Without it, each piece wakes two tasks per socket
+    (its follower, then its writer) and becomes a frame of its own: one write to the socket
+    each, the largest part of the socket's CPU per token when a provider sends in bursts."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.followers: set[Follower] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, follower: Follower) -> None:
+        follower.pacer = self
+        self.followers.add(follower)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.window, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        for follower in [f for f in self.followers if not f.queue.empty()]:
+            try:
+                ended = follower.pump([])
+            except Exception as exc:  # one socket's fault must not stop every other's ticks
+                log.error("stream.failed", error=repr(exc))
+                ended, follower.gap = True, True
+                follower.conn.close(Close.SERVER_ERROR, "server error")
+            if ended:
+                self.followers.discard(follower)
+                follower.conn.ended(follower)
+        if self.followers:
+            self._timer = asyncio.get_running_loop().call_later(self.window, self._tick)
+
+
+def pacer_for(websocket: WebSocket, window: float) -> Pacer:
+    """The app's pacer (one per app, made on first use)."""
+    state = websocket.app.state
+    pacer: Pacer | None = getattr(state, "ws_pacer", None)
+    if pacer is None or pacer.window != window:
+        pacer = state.ws_pacer = Pacer(window)
+    return pacer
+
+
 class Connection:
     def __init__(self, websocket: WebSocket, access: VisitorAccess) -> None:
         self.ws = websocket
@@ -113,7 +209,7 @@ class Connection:
         self.chat: Chat = websocket.app.state.chat
         self.settings = websocket.app.state.settings
         self.outbox = Outbox(OUTBOX_FRAMES)
-        self.followers: dict[str, asyncio.Task[None]] = {}
+        self.followers: dict[str, Follower] = {}
         self.closing: Closing | None = None
         self.closed = asyncio.Event()
         # A reply that was streaming when this socket connected, not followed yet: the first
@@ -155,54 +251,40 @@ class Connection:
         """Send the reply from ``offset``: what it already has, then the rest live."""
         old = self.followers.pop(run.message_id, None)
         if old is not None:
-            old.cancel()
-        # Snapshot and subscription in one step (no await between): nothing slips through.
-        snapshot = run.text[offset:]
-        queue = run.listen(RUN_QUEUE)
-        task = asyncio.create_task(self._forward(run, queue, offset, snapshot))
-        self.followers[run.message_id] = task
+            old.stop()
+        follower = Follower(self, run, offset)
+        self.followers[run.message_id] = follower
+        window = self.settings.ws_coalesce_ms / 1000
+        if window > 0:
+            pacer_for(self.ws, window).add(follower)
+        else:
+            follower.task = asyncio.create_task(self._forward(follower))
 
-    async def _forward(
-        self, run: Run, queue: asyncio.Queue[tuple[int, str] | None], offset: int, snapshot: str
-    ) -> None:
+    async def _forward(self, follower: Follower) -> None:
+        """Without a coalescing window: wake up for each piece the reply queues."""
         try:
-            await self._forward_all(run, queue, offset, snapshot)
+            while not follower.pump([await follower.queue.get()]):
+                pass
         finally:
-            run.unlisten(queue)  # a socket that went away stops collecting deltas
+            follower.run.unlisten(follower.queue)  # a socket that went away stops collecting
+        await self._finish(follower)
 
-    async def _forward_all(
-        self, run: Run, queue: asyncio.Queue[tuple[int, str] | None], offset: int, snapshot: str
-    ) -> None:
-        self.send_text(run.message_id, offset, snapshot)
-        sent_to = offset + len(snapshot)
-        ended = False
-        while not ended:
-            # What has arrived since the last wake-up goes out as one delta.
-            items = [await queue.get()]
-            while not queue.empty():
-                items.append(queue.get_nowait())
-            start, parts = sent_to, []
-            for item in items:
-                if item is None:
-                    ended = True
-                    break
-                at, text = item
-                if at + len(text) <= sent_to:
-                    continue
-                if at > sent_to:  # cannot happen while the run keeps order; never send a gap
-                    self.close(Close.TOO_SLOW, "too slow to keep up; reconnect and resume")
-                    return
-                if at < sent_to:  # overlaps the snapshot: send only the new part
-                    text = text[sent_to - at:]
-                parts.append(text)
-                sent_to += len(text)
-            self.send_text(run.message_id, start, "".join(parts))
-        if not run.finished.is_set():
+    def ended(self, follower: Follower) -> None:
+        """The pacer saw the reply's end marker: the rest and ``done`` go out from a task."""
+        follower.run.unlisten(follower.queue)
+        follower.task = asyncio.create_task(self._finish(follower))
+
+    async def _finish(self, follower: Follower) -> None:
+        run, sent_to = follower.run, follower.sent_to
+        if follower.gap:
+            return
+        if not run.finished.is_set():  # the run dropped this socket's queue: too slow
             self.close(Close.TOO_SLOW, "too slow to keep up; reconnect and resume")
             return
         self.send_text(run.message_id, sent_to, run.text[sent_to:])
         await self._send_end(run.message_id)
-        self.followers.pop(run.message_id, None)
+        if self.followers.get(run.message_id) is follower:
+            del self.followers[run.message_id]
 
     async def _send_end(self, message_id: str) -> None:
         message = await self.chat.message(message_id)
@@ -421,9 +503,13 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
                 conn.close(Close.SERVER_ERROR, "server error")
     finally:
         unwatch()
-        for task in [*others, *conn.followers.values()]:
+        followers = list(conn.followers.values())
+        for follower in followers:
+            follower.stop()
+        for task in others:
             task.cancel()
-        await asyncio.gather(*others, *conn.followers.values(), return_exceptions=True)
+        await asyncio.gather(*others, *(f.task for f in followers if f.task is not None),
+                             return_exceptions=True)
         # The writer sends what is queued, then stops (briefly: the client may be the slow
         # one). Stopping it mid-frame is safe: nothing queued after that frame goes out.
         conn.close(Close.NORMAL, "bye")

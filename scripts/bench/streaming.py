@@ -12,6 +12,9 @@ exits), and this process, which plays the visitors and the direct SDK client.
     or duplicated on the sockets and in the log (must be 0), each token's delay from the test
     server to the visitor (p50/p99), and that minus the direct SDK's (the added delay), events
     written per second, the server's peak RSS and CPU time (and the other two processes').
+    Then the same load through a bare relay (a fourth process: the same provider code and
+    WebSocket server, no log, no checks), the floor: both CPU costs per token, their ratio, and
+    both added delays.
 (3) 500 concurrent streams from the demo provider, at the same rate: LOACL's own part without
     the SDK (lost or repeated deltas, gaps at the visitor, CPU per token).
 
@@ -20,7 +23,7 @@ the SDK's lazy imports. All clocks are ``time.monotonic()`` (CLOCK_MONOTONIC: on
 every process). The exit status is 1 when a goal is missed.
 
     python scripts/bench/streaming.py [--rate 20] [--tokens 40] [--streams 100 500]
-        [--demo-streams 500] [--deflate]
+        [--demo-streams 500] [--flush-ms 50] [--coalesce-ms 5] [--deflate]
 """
 
 from __future__ import annotations
@@ -119,8 +122,8 @@ def run_provider(token_delay: float) -> None:
 # -- the LOACL server (child process) ----------------------------------------------------------
 
 
-def run_loacl(folder: Path, provider_url: str, flush_ms: int, rate: float, deflate: bool
-              ) -> None:
+def run_loacl(folder: Path, provider_url: str, flush_ms: int, coalesce_ms: int, rate: float,
+              deflate: bool) -> None:
     import uvicorn
 
     from loacl.http.app import create_app
@@ -132,7 +135,7 @@ def run_loacl(folder: Path, provider_url: str, flush_ms: int, rate: float, defla
         openai_api_key="sk-bench", openai_base_url=f"{provider_url}/v1",
         require_verified_email=False, argon2_time_cost=1, argon2_memory_kib=64,
         argon2_parallelism=1, provider_concurrency=1000, log_level="warning",
-        flush_interval_ms=flush_ms, demo_delay=1 / rate,
+        flush_interval_ms=flush_ms, ws_coalesce_ms=coalesce_ms, demo_delay=1 / rate,
     )
     configure_logging(settings.log_level, settings.log_format)
     sock = _listen()
@@ -140,6 +143,67 @@ def run_loacl(folder: Path, provider_url: str, flush_ms: int, rate: float, defla
     config = uvicorn.Config(create_app(settings), log_config=None, access_log=False,
                             ws="websockets-sansio", backlog=4096, lifespan="on",
                             ws_per_message_deflate=deflate)
+    server = _Server(config)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
+    server.run(sockets=[sock])
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"maxrss_kib": usage.ru_maxrss, "cpu_s": usage.ru_utime + usage.ru_stime}),
+          flush=True)
+
+
+# -- the relay floor (child process) -------------------------------------------------------------
+
+
+def relay_app(provider_url: str) -> Any:
+    """The least a server can do to stream replies to sockets: per socket, the same upstream
+    request through the same provider code as LOACL (SDK client, aiohttp transport, SSE lines
+    read with msgspec), each delta sent as a JSON frame at once. No log, no auth, no checks,
+    no queues: the floor LOACL's CPU per token is held against."""
+    import msgspec
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    from loacl.domain.assistants import AssistantDefinition
+    from loacl.providers import provider_for
+    from loacl.providers.base import ReplyRequest, ReplyResult, Turn
+    from loacl.settings import Settings
+
+    settings = Settings(openai_api_key="sk-bench", openai_base_url=f"{provider_url}/v1",
+                        provider_max_retries=0, demo_widget=False)
+    provider = provider_for(settings, "openai")
+    assistant = AssistantDefinition(name="Relay", provider="openai", model=MODEL)
+    encode = msgspec.json.Encoder().encode
+    replies = itertools.count()
+
+    async def relay(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text(encode({"type": "ready"}).decode())
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                frame = json.loads(await websocket.receive_text())
+                message_id, offset = f"relay{next(replies)}", 0
+                request = ReplyRequest(assistant, [Turn("user", frame["text"])])
+                async for delta in provider.stream(request, ReplyResult()):
+                    await websocket.send_text(encode({
+                        "type": "delta", "message_id": message_id, "offset": offset,
+                        "text": delta}).decode())
+                    offset += len(delta)
+                await websocket.send_text(encode({
+                    "type": "done", "message_id": message_id, "status": "completed",
+                    "length": offset}).decode())
+
+    return Starlette(routes=[WebSocketRoute("/relay", relay)])
+
+
+def run_relay(provider_url: str) -> None:
+    import uvicorn
+
+    sock = _listen()
+    print(f"http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
+    config = uvicorn.Config(relay_app(provider_url), log_config=None, access_log=False,
+                            ws="websockets-sansio", backlog=4096, lifespan="off",
+                            ws_per_message_deflate=False)
     server = _Server(config)
     signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
     server.run(sockets=[sock])
@@ -433,77 +497,139 @@ async def latency(provider_url: str, loacl_url: str, samples: int, tokens: int
 # -- phase 2: many at once ---------------------------------------------------------------------
 
 
+@dataclass
+class Load:
+    """What one server did with one round of concurrent replies."""
+
+    lost: int = 0  # deltas lost or repeated on the sockets
+    wrong: int = 0  # replies whose text differs
+    errors: dict[str, int] = field(default_factory=dict)
+    delays: list[float] = field(default_factory=list)  # provider sent -> visitor has it
+    ttft: list[float] = field(default_factory=list)
+    to_provider: list[float] = field(default_factory=list)  # message -> first token sent
+    provider_gaps: list[float] = field(default_factory=list)
+    reply_ids: dict[str, str] = field(default_factory=dict)
+    tokens: int = 0  # tokens the test server sent
+    elapsed: float = 0.0
+    cpu: float = 0.0  # the server's CPU seconds
+    cpu_provider: float = 0.0
+    cpu_visitors: float = 0.0
+
+    @property
+    def per_token(self) -> float:
+        return self.cpu / max(self.tokens, 1)
+
+
+async def drive(provider: Child, server: Child, streams: list[Stream],
+                wanted: list[tuple[str, str]]) -> Load:
+    """Ask every stream its question at once; what arrived, and the CPU each process spent."""
+    pids = (server.process.pid, provider.process.pid, os.getpid())
+    await timings(provider.url)  # forget the warm-up
+    cpu_before = [_cpu_seconds(pid) for pid in pids]
+    started = time.monotonic()
+    await asyncio.wait_for(
+        asyncio.gather(*(ask(s, m) for s, (m, _) in zip(streams, wanted, strict=True))), WAIT
+    )
+    load = Load(elapsed=time.monotonic() - started)
+    load.cpu, load.cpu_provider, load.cpu_visitors = (
+        _cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before, strict=True)
+    )
+    marks = await timings(provider.url)
+    for stream, (_, expected) in zip(streams, wanted, strict=True):
+        seen = read_frames(stream)
+        load.lost += seen.lost_or_repeated
+        load.wrong += seen.text != expected
+        for code in seen.errors:
+            load.errors[code] = load.errors.get(code, 0) + 1
+        if seen.reply_id:
+            load.reply_ids[seen.reply_id] = expected
+        if seen.arrivals:
+            load.ttft.append(seen.arrivals[0][0] - stream.sent_at)
+        if expected in marks:
+            load.delays += token_delays(marks[expected], seen.arrivals)
+            load.to_provider.append(marks[expected][0][0] - stream.sent_at)
+            load.tokens += len(marks[expected])
+    load.provider_gaps = [b[0] - a[0] for m in marks.values() for a, b in itertools.pairwise(m)]
+    await asyncio.gather(*(s.ws.close() for s in streams), return_exceptions=True)
+    return load
+
+
+def print_delays(load: Load, direct_delay_p50: float) -> None:
+    print(f"    deltas lost or repeated on the sockets   {load.lost}  (texts wrong: {load.wrong})")
+    if load.errors:
+        print(f"    replies refused or failed                {load.errors}")
+    delays = load.delays
+    print(f"    token delay provider -> visitor  p50 {ms(pct(delays, 50))}"
+          f"   p99 {ms(pct(delays, 99))}")
+    print(f"    added (minus the direct SDK's p50) p50 {ms(pct(delays, 50) - direct_delay_p50)}"
+          f"   p99 {ms(pct(delays, 99) - direct_delay_p50)}")
+    print(f"    time to first token              p50 {ms(pct(load.ttft, 50))}"
+          f"   p99 {ms(pct(load.ttft, 99))}")
+
+
 async def concurrent(provider: Child, loacl: Child, database: Path, count: int, tokens: int,
-                     direct_delay_p50: float) -> dict[str, float]:
-    provider_url = provider.url
+                     direct_delay_p50: float) -> Load:
     widget_id = await setup_widget(loacl.url)
     streams = await open_streams(loacl.url, widget_id, count + 1)
     # One reply first: the server's first one pays for lazy SDK imports and its client.
     warm = streams.pop()
     await ask(warm, reply_for("warm", 3)[0])
     await warm.ws.close()
-    await timings(provider_url)
     rss_before = loacl.rss_kib()
-    cpu_before = [_cpu_seconds(loacl.process.pid), _cpu_seconds(provider.process.pid),
-                  _cpu_seconds(os.getpid())]
     head_before = _head(database)
     wanted = [reply_for(f"c{count}s{i:04d}", tokens) for i in range(count)]
-    started = time.monotonic()
-    await asyncio.wait_for(
-        asyncio.gather(*(ask(s, m) for s, (m, _) in zip(streams, wanted, strict=True))), WAIT
-    )
-    finished = time.monotonic()
-    cpu, cpu_provider, cpu_visitors = (
-        _cpu_seconds(pid) - before
-        for pid, before in zip((loacl.process.pid, provider.process.pid, os.getpid()),
-                               cpu_before, strict=True)
-    )
-    marks = await timings(provider_url)
-    lost = wrong = 0
-    errors: dict[str, int] = {}
-    delays: list[float] = []
-    ttft: list[float] = []
-    to_provider: list[float] = []  # message sent -> the provider sends its first token
-    reply_ids: dict[str, str] = {}
-    for stream, (_, expected) in zip(streams, wanted, strict=True):
-        seen = read_frames(stream)
-        lost += seen.lost_or_repeated
-        wrong += seen.text != expected
-        for code in seen.errors:
-            errors[code] = errors.get(code, 0) + 1
-        if seen.reply_id:
-            reply_ids[seen.reply_id] = expected
-        if seen.arrivals:
-            ttft.append(seen.arrivals[0][0] - stream.sent_at)
-        if expected in marks:
-            delays += token_delays(marks[expected], seen.arrivals)
-            to_provider.append(marks[expected][0][0] - stream.sent_at)
-    log_bad = _check_log(database, reply_ids)
-    provider_gaps = [b[0] - a[0] for m in marks.values() for a, b in itertools.pairwise(m)]
-    await asyncio.gather(*(s.ws.close() for s in streams), return_exceptions=True)
+    load = await drive(provider, loacl, streams, wanted)
+    log_bad = _check_log(database, load.reply_ids)
+    load.wrong += log_bad
     events = _head(database) - head_before
-    elapsed = finished - started
-    print(f"\n(2) {count} concurrent streams of {tokens} tokens ({len(delays)} tokens timed)")
-    print(f"    deltas lost or repeated on the sockets   {lost}  (texts wrong: {wrong})")
-    if errors:
-        print(f"    replies refused or failed                {errors}")
+    elapsed = load.elapsed
+    print(f"\n(2) {count} concurrent streams of {tokens} tokens ({len(load.delays)} tokens timed)")
+    print_delays(load, direct_delay_p50)
     print(f"    replies whose log differs from the text   {log_bad}")
-    print(f"    token delay provider -> visitor  p50 {ms(pct(delays, 50))}"
-          f"   p99 {ms(pct(delays, 99))}")
-    print(f"    added (minus the direct SDK's p50) p50 {ms(pct(delays, 50) - direct_delay_p50)}"
-          f"   p99 {ms(pct(delays, 99) - direct_delay_p50)}")
-    print(f"    time to first token              p50 {ms(pct(ttft, 50))}   p99 {ms(pct(ttft, 99))}")
-    print(f"    message -> provider's first token p50 {ms(pct(to_provider, 50))}"
-          f"   p99 {ms(pct(to_provider, 99))}")
-    print(f"    provider's own gap between tokens p50 {ms(pct(provider_gaps, 50))}"
-          f"   p99 {ms(pct(provider_gaps, 99))}")
+    print(f"    message -> provider's first token p50 {ms(pct(load.to_provider, 50))}"
+          f"   p99 {ms(pct(load.to_provider, 99))}")
+    print(f"    provider's own gap between tokens p50 {ms(pct(load.provider_gaps, 50))}"
+          f"   p99 {ms(pct(load.provider_gaps, 99))}")
     print(f"    events written {events} in {elapsed:.2f} s = {events / elapsed:,.0f} events/s")
-    print(f"    CPU: LOACL server {cpu:.2f} s ({cpu / elapsed:.0%} of one core), test server "
-          f"{cpu_provider:.2f} s ({cpu_provider / elapsed:.0%}), visitors {cpu_visitors:.2f} s "
-          f"({cpu_visitors / elapsed:.0%})")
+    print(f"    CPU: LOACL server {load.cpu:.2f} s ({load.cpu / elapsed:.0%} of one core, "
+          f"{load.per_token * 1e6:.0f} us per token), test server {load.cpu_provider:.2f} s "
+          f"({load.cpu_provider / elapsed:.0%}), visitors {load.cpu_visitors:.2f} s "
+          f"({load.cpu_visitors / elapsed:.0%})")
     print(f"    LOACL server RSS before {rss_before / 1024:.0f} MiB")
-    return {"lost": lost + wrong + log_bad, "p99_added": pct(delays, 99) - direct_delay_p50,
-            "p99": pct(delays, 99), "events_per_s": events / elapsed}
+    return load
+
+
+async def open_relay_streams(url: str, count: int) -> list[Stream]:
+    from websockets.asyncio.client import connect
+
+    gate = asyncio.Semaphore(50)
+
+    async def one() -> Stream:
+        async with gate:
+            stream = Stream("", "")
+            stream.ws = await connect(f"{url.replace('http://', 'ws://')}/relay",
+                                      open_timeout=60, ping_interval=None, max_queue=None)
+            ready = json.loads(await asyncio.wait_for(stream.ws.recv(), 60))
+            assert ready["type"] == "ready", ready
+            return stream
+
+    return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def relayed(provider: Child, relay: Child, count: int, tokens: int,
+                  direct_delay_p50: float) -> Load:
+    """The same load through the bare relay: the floor."""
+    streams = await open_relay_streams(relay.url, count + 1)
+    warm = streams.pop()
+    await ask(warm, reply_for("warm", 3)[0])
+    await warm.ws.close()
+    wanted = [reply_for(f"r{count}s{i:04d}", tokens) for i in range(count)]
+    load = await drive(provider, relay, streams, wanted)
+    print(f"    the bare relay, same load ({len(load.delays)} tokens timed):")
+    print_delays(load, direct_delay_p50)
+    print(f"    CPU: relay {load.cpu:.2f} s ({load.cpu / load.elapsed:.0%} of one core, "
+          f"{load.per_token * 1e6:.0f} us per token)")
+    return load
 
 
 async def demo(loacl: Child, database: Path, count: int, rate: float) -> dict[str, float]:
@@ -620,9 +746,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--demo-streams", type=int, nargs="*", default=[500],
                         help="concurrent streams from the demo provider in (3)")
     parser.add_argument("--flush-ms", type=int, default=50, help="LOACL's flush window")
+    parser.add_argument("--coalesce-ms", type=int, default=5,
+                        help="LOACL's window for a socket's frames (0: none)")
     parser.add_argument("--deflate", dest="no_deflate", action="store_false",
                         help="offer permessage-deflate on WebSockets (`loacl serve` does not)")
-    parser.add_argument("--role", choices=["provider", "loacl"], help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=["provider", "loacl", "relay"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--provider-url", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -634,6 +762,7 @@ async def bench(args: argparse.Namespace, folder: Path) -> int:
     try:
         wait_ready_provider(provider.url)
         print(f"token rate {args.rate:g}/s per stream; flush window {args.flush_ms} ms; "
+              f"socket coalescing window {args.coalesce_ms} ms; "
               f"permessage-deflate {'off' if args.no_deflate else 'on'}; {os.cpu_count()} "
               "CPUs; the test server, LOACL and the visitors in 3 processes")
 
@@ -641,7 +770,8 @@ async def bench(args: argparse.Namespace, folder: Path) -> int:
             data = folder / name
             data.mkdir()
             loacl = Child(["--role", "loacl", "--folder", str(data), "--provider-url",
-                           provider.url, "--flush-ms", str(args.flush_ms), "--rate",
+                           provider.url, "--flush-ms", str(args.flush_ms), "--coalesce-ms",
+                           str(args.coalesce_ms), "--rate",
                            str(args.rate), *([] if args.no_deflate else ["--deflate"])],
                           data / "server.log")
             try:
@@ -652,6 +782,15 @@ async def bench(args: argparse.Namespace, folder: Path) -> int:
             print(f"    LOACL server peak RSS (maxrss) {usage.get('maxrss_kib', 0) / 1024:.0f} MiB")
             return result
 
+        async def with_relay(count: int) -> Load:
+            relay = Child(["--role", "relay", "--provider-url", provider.url],
+                          folder / f"relay{count}.log")
+            try:
+                return await relayed(provider, relay, count, args.tokens,
+                                     first["delays_p50_direct"])
+            finally:
+                relay.stop()
+
         async def one_at_a_time(loacl: Child, database: Path) -> dict[str, float]:
             return await latency(provider.url, loacl.url, args.samples, args.latency_tokens)
 
@@ -660,16 +799,13 @@ async def bench(args: argparse.Namespace, folder: Path) -> int:
             failures.append(f"p50 added time to first token {first['ttft_p50_added'] * 1000:.1f}"
                             " ms > 10 ms")
         for count in args.streams:
-            async def many(loacl: Child, database: Path, n: int = count) -> dict[str, float]:
+            async def many(loacl: Child, database: Path, n: int = count) -> Load:
                 return await concurrent(provider, loacl, database, n, args.tokens,
                                         first["delays_p50_direct"])
 
-            result: dict[str, float] = await with_loacl(f"streams{count}", many)
-            if result["lost"]:
-                failures.append(f"{count} streams: {result['lost']} deltas lost or repeated")
-            if count >= 500 and result["p99_added"] > 0.050:
-                failures.append(f"{count} streams: p99 added per-token delay "
-                                f"{result['p99_added'] * 1000:.1f} ms > 50 ms")
+            load: Load = await with_loacl(f"streams{count}", many)
+            floor = await with_relay(count)
+            failures += compare(count, load, floor, first["delays_p50_direct"])
         for count in args.demo_streams:
             async def from_demo(loacl: Child, database: Path, n: int = count
                                 ) -> dict[str, float]:
@@ -681,9 +817,29 @@ async def bench(args: argparse.Namespace, folder: Path) -> int:
     finally:
         provider.stop()
     print("\ngoals: p50 added time to first token <= 10 ms; 500 streams at 20 tokens/s with "
-          "p99 added per-token delay <= 50 ms; 0 lost or repeated deltas")
+          "p99 added per-token delay <= 50 ms; LOACL's CPU per token <= 1.5 x the bare "
+          "relay's; 0 lost or repeated deltas")
     print("result: " + ("all goals met" if not failures else "; ".join(failures)))
     return 1 if failures else 0
+
+
+def compare(count: int, load: Load, floor: Load, direct_delay_p50: float) -> list[str]:
+    """LOACL against the relay at one load: the figures, and the goals missed."""
+    ratio = load.per_token / max(floor.per_token, 1e-9)
+    added = pct(load.delays, 99) - direct_delay_p50
+    print(f"    CPU per token: LOACL {load.per_token * 1e6:.0f} us, relay "
+          f"{floor.per_token * 1e6:.0f} us, ratio {ratio:.2f}; added delay p99: LOACL "
+          f"{ms(added).strip()}, relay {ms(pct(floor.delays, 99) - direct_delay_p50).strip()}")
+    failures = []
+    if load.lost or load.wrong or floor.lost or floor.wrong:
+        failures.append(f"{count} streams: {load.lost + load.wrong} deltas or texts lost or "
+                        f"repeated (relay: {floor.lost + floor.wrong})")
+    if ratio > 1.5:
+        failures.append(f"{count} streams: CPU per token {ratio:.2f} x the relay's > 1.5")
+    if count >= 500 and added > 0.050:
+        failures.append(f"{count} streams: p99 added per-token delay {added * 1000:.1f} ms "
+                        "> 50 ms")
+    return failures
 
 
 def wait_ready_provider(url: str) -> None:
@@ -704,9 +860,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.role == "provider":
         run_provider(1 / args.rate)
         return 0
+    if args.role == "relay":
+        run_relay(args.provider_url)
+        return 0
     if args.role == "loacl":
-        run_loacl(Path(args.folder), args.provider_url, args.flush_ms, args.rate,
-                  not args.no_deflate)
+        run_loacl(Path(args.folder), args.provider_url, args.flush_ms, args.coalesce_ms,
+                  args.rate, not args.no_deflate)
         return 0
     with contextlib.suppress(ImportError):
         import uvloop
