@@ -29,12 +29,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
 from loacl.domain.widgets import VisitorAccess
+from loacl.http.chat import MessageBody
 from loacl.http.common import metadata
 from loacl.http.errors import problem, status_for
 from loacl.http.routing import Socket
 from loacl.http.shapes import message_json, usage_json
 from loacl.http.stream_protocol import MAX_TEXT_FRAME as MAX_TEXT_FRAME
 from loacl.http.stream_protocol import ClientFrame, Close, ServerFrame, describe
+from loacl.http.validation import validated
 from loacl.services.chat import Chat
 from loacl.services.replies import Run, reply_error_text
 from loacl.services.widgets import Widgets
@@ -318,20 +320,13 @@ class Connection:
                        "text": f"unknown frame type {kind!r}"})
 
     async def _message(self, frame: dict[str, Any]) -> None:
-        text, file_ids, client_id = frame.get("text"), frame.get("file_ids", []), frame.get(
-            "client_message_id"
-        )
-        if (not isinstance(text, str) or not isinstance(file_ids, list)
-                or not all(isinstance(f, str) for f in file_ids)
-                or not (client_id is None or (isinstance(client_id, str) and 0 < len(client_id)
-                                              <= 100))):
-            self.send({"type": ServerFrame.ERROR, "code": "invalid_frame",
-                       "text": "a message frame needs text, and optionally file_ids and "
-                               "client_message_id"})
-            return
+        """A ``message`` frame: decoded and checked exactly as ``POST .../messages`` is."""
+        raw_id = frame.get("client_message_id")
+        client_id = raw_id if isinstance(raw_id, str) else None
         try:
+            body = validated(MessageBody, {k: v for k, v in frame.items() if k != "type"})
             message, run, started = await self.chat.post(
-                self.access, text, tuple(file_ids), client_id,
+                self.access, body.text, tuple(body.file_ids), body.client_message_id,
                 metadata_for(self.ws, self.access),
             )
         except LoaclError as exc:

@@ -38,6 +38,12 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise LoaclError("invalid_json", "the request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise LoaclError("invalid_json", "the request body must be a JSON object")
+    return validated(model, data)
+
+
+def validated(model: type[M], data: dict[str, Any]) -> M:
+    """``data`` as ``model``, or the ``validation_error`` naming each bad field: the same
+    refusal for a request body and a WebSocket frame."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
