@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
 
-from loacl.http import auth, chat, owners, stream, stream_protocol, visitors
+from loacl.http import auth, chat, owners, stream, stream_protocol, stream_send, visitors
 from loacl.http.app import create_app
 from loacl.http.errors import STATUS
 from loacl.http.openapi import build_spec
@@ -19,7 +19,7 @@ from loacl.http.routing import Endpoint, Socket, declared
 from loacl.http.stream_protocol import CLIENT_FRAMES, CLOSE_MEANINGS, SERVER_FRAMES, Close
 from loacl.settings import Settings
 
-STREAM_SOURCE = Path(stream.__file__)
+STREAM_SOURCES = [Path(stream.__file__), Path(stream_send.__file__)]
 
 
 @pytest.fixture
@@ -227,8 +227,9 @@ def _close_code_literals(tree: ast.AST) -> list[int]:
     return lines
 
 
-def test_stream_sends_and_closes_with_the_protocol_constants() -> None:
-    tree = ast.parse(STREAM_SOURCE.read_text())
+@pytest.mark.parametrize("source", STREAM_SOURCES, ids=lambda p: p.name)
+def test_stream_sends_and_closes_with_the_protocol_constants(source: Path) -> None:
+    tree = ast.parse(source.read_text())
     assert _frame_type_literals(tree) == []
     assert _close_code_literals(tree) == []
 

@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin
 
 from loacl.http import stream as stream_module
+from loacl.http import stream_send
 from loacl.http.app import create_app
 from loacl.openai_testserver import (
     Cut,
@@ -622,7 +623,7 @@ async def test_a_slow_socket_is_closed_and_can_resume(
     live: Live, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(stream_module, "OUTBOX_FRAMES", 8)
-    monkeypatch.setattr(stream_module, "RUN_QUEUE", 8)
+    monkeypatch.setattr(stream_send, "RUN_QUEUE", 8)
     # Big deltas (leading spaces stay with their word), quickly: a few megabytes in all.
     text = "".join(f"{' ' * 4000}w{i}" for i in range(400))
     live.provider.script(text, token_delay=0)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections import deque
 from typing import Any
 
 import msgspec
@@ -36,6 +35,7 @@ from loacl.http.routing import Socket
 from loacl.http.shapes import message_json, usage_json
 from loacl.http.stream_protocol import MAX_TEXT_FRAME as MAX_TEXT_FRAME
 from loacl.http.stream_protocol import ClientFrame, Close, ServerFrame, describe
+from loacl.http.stream_send import DELTA_CHARS, Closing, Follower, Outbox, pacer_for
 from loacl.http.validation import validated
 from loacl.services.chat import Chat
 from loacl.services.replies import Run, reply_error_text
@@ -49,159 +49,9 @@ RESUME_GRACE = 1.0
 FLUSH_SECONDS = 1.0  # to send what is queued when a socket closes
 CLOSE_SECONDS = 10.0  # to get the close frame out to a client that has stopped reading
 OUTBOX_FRAMES = 2000
-RUN_QUEUE = 1000
-DELTA_CHARS = 16 * 1024  # the most text in one caught-up delta (clients limit frame sizes)
 
 # One frame per token per socket: msgspec writes one in about a tenth of json.dumps's time.
 _encode_frame = msgspec.json.Encoder().encode
-
-
-class Closing(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-class Outbox:
-    """A socket's frames waiting to go out, at most ``limit``. Consecutive deltas of one reply
-    leave as one frame: a socket that falls behind gets fewer, larger frames, not more work."""
-
-    def __init__(self, limit: int) -> None:
-        self.frames: deque[dict[str, Any]] = deque()
-        self.limit = limit
-        self.ready = asyncio.Event()
-        self.ended = False
-
-    def put(self, frame: dict[str, Any]) -> bool:
-        if len(self.frames) >= self.limit:
-            return False
-        self.frames.append(frame)
-        self.ready.set()
-        return True
-
-    def end(self) -> None:
-        """No more frames: ``get`` gives what is queued, then None."""
-        self.ended = True
-        self.ready.set()
-
-    async def get(self) -> dict[str, Any] | None:
-        while not self.frames:
-            if self.ended:
-                return None
-            self.ready.clear()
-            await self.ready.wait()
-        frame = self.frames.popleft()
-        if frame["type"] != ServerFrame.DELTA:
-            return frame
-        parts, end = [frame["text"]], frame["offset"] + len(frame["text"])
-        size = len(frame["text"])
-        while self.frames:
-            after = self.frames[0]
-            if (after["type"] != ServerFrame.DELTA or after["message_id"] != frame["message_id"]
-                    or after["offset"] != end or size + len(after["text"]) > DELTA_CHARS):
-                break
-            self.frames.popleft()
-            parts.append(after["text"])
-            end += len(after["text"])
-            size += len(after["text"])
-        return frame if len(parts) == 1 else {**frame, "text": "".join(parts)}
-
-
-class Follower:
-    """One socket following one reply: the reply's queue of pieces and how far it has sent."""
-
-    def __init__(self, conn: Connection, run: Run, offset: int) -> None:
-        self.conn = conn
-        self.run = run
-        # Snapshot and subscription in one step (no await between): nothing slips through.
-        snapshot = run.text[offset:]
-        self.queue = run.listen(RUN_QUEUE)
-        conn.send_text(run.message_id, offset, snapshot)
-        self.sent_to = offset + len(snapshot)
-        self.gap = False
-        self.task: asyncio.Task[None] | None = None
-        self.pacer: Pacer | None = None
-
-    def pump(self, items: list[tuple[int, str] | None]) -> bool:
-        """Send ``items`` and whatever else is queued as one delta; True once the reply's end
-        marker came (or a gap closed the socket)."""
-        queue, sent_to, parts = self.queue, self.sent_to, []
-        while not queue.empty():
-            items.append(queue.get_nowait())
-        ended = False
-        for item in items:
-            if item is None:
-                ended = True
-                break
-            at, text = item
-            if at + len(text) <= sent_to:
-                continue
-            if at > sent_to:  # cannot happen while the run keeps order; never send a gap
-                self.gap = True
-                self.conn.close(Close.TOO_SLOW, "too slow to keep up; reconnect and resume")
-                return True
-            if at < sent_to:  # overlaps the snapshot: send only the new part
-                text = text[sent_to - at:]
-            parts.append(text)
-            sent_to += len(text)
-        if parts:
-            self.conn.send_text(self.run.message_id, self.sent_to, "".join(parts))
-            self.sent_to = sent_to
-        return ended
-
-    def stop(self) -> None:
-        if self.pacer is not None:
-            self.pacer.followers.discard(self)
-        self.run.unlisten(self.queue)
-        if self.task is not None:
-            self.task.cancel()
-
-
-class Pacer:
-    """Once per window, hands every followed reply's new text to its socket, for all sockets
-    of the app in one callback.
-
-    Per piece of text, a reply then only appends to each follower's queue: no task wakes up
-    until the tick, which wakes each socket's writer at most once, and the pieces that arrived
-    within the window leave as one frame. Without it, each piece wakes two tasks per socket
-    (its follower, then its writer) and becomes a frame of its own: one write to the socket
-    each, the largest part of the socket's CPU per token when a provider sends in bursts."""
-
-    def __init__(self, window: float) -> None:
-        self.window = window
-        self.followers: set[Follower] = set()
-        self._timer: asyncio.TimerHandle | None = None
-
-    def add(self, follower: Follower) -> None:
-        follower.pacer = self
-        self.followers.add(follower)
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.window, self._tick)
-
-    def _tick(self) -> None:
-        self._timer = None
-        for follower in [f for f in self.followers if not f.queue.empty()]:
-            try:
-                ended = follower.pump([])
-            except Exception as exc:  # one socket's fault must not stop every other's ticks
-                log.error("stream.failed", error=repr(exc))
-                ended, follower.gap = True, True
-                follower.conn.close(Close.SERVER_ERROR, "server error")
-            if ended:
-                self.followers.discard(follower)
-                follower.conn.ended(follower)
-        if self.followers:
-            self._timer = asyncio.get_running_loop().call_later(self.window, self._tick)
-
-
-def pacer_for(websocket: WebSocket, window: float) -> Pacer:
-    """The app's pacer (one per app, made on first use)."""
-    state = websocket.app.state
-    pacer: Pacer | None = getattr(state, "ws_pacer", None)
-    if pacer is None or pacer.window != window:
-        pacer = state.ws_pacer = Pacer(window)
-    return pacer
 
 
 class Connection:
@@ -303,6 +153,81 @@ class Connection:
         self.send({"type": ServerFrame.STARTED, "message": message_json(message),
                    "reply_id": run.message_id})
         self.follow(run)
+
+    # -- the socket's tasks -------------------------------------------------------------------
+
+    async def greet(self) -> None:
+        """``ready``, and a reply already streaming in another tab (followed once the first
+        frame shows whether it is a resume of it)."""
+        self.send({"type": ServerFrame.READY, "conversation_id": self.access.conversation_id})
+        run = self.chat.running(self.access.conversation_id)
+        if run is not None:
+            self.send({"type": ServerFrame.STARTED,
+                       "message": message_json(await self.chat.message(run.reply_to)),
+                       "reply_id": run.message_id})
+            self.pending = run
+
+    async def write_frames(self) -> None:
+        while (frame := await self.outbox.get()) is not None:
+            await self.ws.send_text(_encode_frame(frame).decode())
+
+    async def ping(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.ws_ping_seconds)
+            self.send({"type": ServerFrame.PING})
+
+    async def read_frames(self) -> None:
+        """Handle the client's frames until it goes idle (no reply streaming) or breaks the
+        frame size limit."""
+        while True:
+            wait = self.settings.ws_idle_seconds
+            if self.pending is not None:
+                wait = min(wait, RESUME_GRACE)
+            try:
+                raw = await asyncio.wait_for(self.ws.receive_text(), wait)
+            except TimeoutError:
+                if self.pending is not None:
+                    self.end_grace(None)
+                elif self.chat.running(self.access.conversation_id) is None:
+                    self.close(Close.IDLE, "idle")
+                    return
+                continue
+            except KeyError:  # a binary frame
+                raw = None
+            if raw is not None and len(raw) > MAX_TEXT_FRAME:
+                self.close(Close.TOO_BIG, "frame too big")
+                return
+            frame = _decoded(raw)
+            self.end_grace(frame if isinstance(frame, dict) else None)
+            if isinstance(frame, dict):
+                await self.handle(frame)
+            else:
+                self.send({"type": ServerFrame.ERROR, "code": "invalid_frame", "text": frame})
+
+    async def wind_down(self, write: asyncio.Task[None], others: list[asyncio.Task[Any]]) -> None:
+        """Stop following and reading; let the writer send what is queued (briefly: the client
+        may be the slow one; stopping it mid-frame is safe, nothing queued after that frame
+        goes out), then close with the reason that ended the socket."""
+        followers = list(self.followers.values())
+        for follower in followers:
+            follower.stop()
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, *(f.task for f in followers if f.task is not None),
+                             return_exceptions=True)
+        self.close(Close.NORMAL, "bye")
+        await asyncio.wait([write], timeout=FLUSH_SECONDS)
+        write.cancel()
+        await asyncio.gather(write, return_exceptions=True)
+        ws = self.ws
+        if ws.application_state == WebSocketState.CONNECTED and (
+            ws.client_state == WebSocketState.CONNECTED
+        ):
+            closing = self.closing or Closing(Close.NORMAL, "bye")
+            # Bounded too: a client that stopped reading takes the close frame only when it
+            # reads again; after that the transport is closed without one.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(closing.code, closing.reason), CLOSE_SECONDS)
 
     # -- client frames ---------------------------------------------------------------------
 
@@ -427,67 +352,25 @@ async def stream(websocket: WebSocket) -> None:
     await _serve(websocket, access)
 
 
+def _decoded(raw: str | None) -> dict[str, Any] | str:
+    """A text frame as a JSON object, or what is wrong with it (None: a binary frame)."""
+    if raw is None:
+        return "send JSON text"
+    try:
+        frame = json.loads(raw)
+    except ValueError:
+        return "not JSON"
+    return frame if isinstance(frame, dict) else "a frame is a JSON object"
+
+
 async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
+    """Run the socket: greet, then write, read and ping until one of them ends or the socket
+    is closed, then wind down."""
     conn = Connection(websocket, access)
-    chat = conn.chat
-    settings = conn.settings
-    unwatch = chat.watch(access.conversation_id, conn.on_started)
-    conn.send({"type": ServerFrame.READY, "conversation_id": access.conversation_id})
-    run = chat.running(access.conversation_id)
-    if run is not None:  # a reply is streaming in another tab: show it here too
-        conn.send({"type": ServerFrame.STARTED,
-                   "message": message_json(await chat.message(run.reply_to)),
-                   "reply_id": run.message_id})
-        conn.pending = run
-
-    async def writer() -> None:
-        while (frame := await conn.outbox.get()) is not None:
-            await websocket.send_text(_encode_frame(frame).decode())
-
-    async def pinger() -> None:
-        while True:
-            await asyncio.sleep(settings.ws_ping_seconds)
-            conn.send({"type": ServerFrame.PING})
-
-    async def reader() -> None:
-        while True:
-            wait = settings.ws_idle_seconds
-            if conn.pending is not None:
-                wait = min(wait, RESUME_GRACE)
-            try:
-                raw = await asyncio.wait_for(websocket.receive_text(), wait)
-            except TimeoutError:
-                if conn.pending is not None:
-                    conn.end_grace(None)
-                    continue
-                if chat.running(access.conversation_id) is None:
-                    conn.close(Close.IDLE, "idle")
-                    return
-                continue
-            except KeyError:  # a binary frame
-                conn.end_grace(None)
-                conn.send({"type": ServerFrame.ERROR, "code": "invalid_frame",
-                           "text": "send JSON text"})
-                continue
-            if len(raw) > MAX_TEXT_FRAME:
-                conn.close(Close.TOO_BIG, "frame too big")
-                return
-            try:
-                frame = json.loads(raw)
-            except ValueError:
-                conn.end_grace(None)
-                conn.send({"type": ServerFrame.ERROR, "code": "invalid_frame", "text": "not JSON"})
-                continue
-            if not isinstance(frame, dict):
-                conn.end_grace(None)
-                conn.send({"type": ServerFrame.ERROR, "code": "invalid_frame",
-                           "text": "a frame is a JSON object"})
-                continue
-            conn.end_grace(frame)
-            await conn.handle(frame)
-
-    write = asyncio.create_task(writer())
-    others = [asyncio.create_task(reader()), asyncio.create_task(pinger()),
+    unwatch = conn.chat.watch(access.conversation_id, conn.on_started)
+    await conn.greet()
+    write = asyncio.create_task(conn.write_frames())
+    others = [asyncio.create_task(conn.read_frames()), asyncio.create_task(conn.ping()),
               asyncio.create_task(conn.closed.wait())]
     try:
         done, _ = await asyncio.wait([write, *others], return_when=asyncio.FIRST_COMPLETED)
@@ -498,28 +381,8 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
                 conn.close(Close.SERVER_ERROR, "server error")
     finally:
         unwatch()
-        followers = list(conn.followers.values())
-        for follower in followers:
-            follower.stop()
-        for task in others:
-            task.cancel()
-        await asyncio.gather(*others, *(f.task for f in followers if f.task is not None),
-                             return_exceptions=True)
-        # The writer sends what is queued, then stops (briefly: the client may be the slow
-        # one). Stopping it mid-frame is safe: nothing queued after that frame goes out.
-        conn.close(Close.NORMAL, "bye")
-        await asyncio.wait([write], timeout=FLUSH_SECONDS)
-        write.cancel()
-        await asyncio.gather(write, return_exceptions=True)
-        if websocket.application_state == WebSocketState.CONNECTED and (
-            websocket.client_state == WebSocketState.CONNECTED
-        ):
-            closing = conn.closing or Closing(Close.NORMAL, "bye")
-            # Bounded too: a client that stopped reading takes the close frame only when it
-            # reads again; after that the transport is closed without one.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(websocket.close(closing.code, closing.reason),
-                                       CLOSE_SECONDS)
+        await conn.wind_down(write, others)
+
 
 endpoints = [
     Socket("/api/v1/widgets/{id}/stream", stream,
