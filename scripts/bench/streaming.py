@@ -23,7 +23,7 @@ the SDK's lazy imports. All clocks are ``time.monotonic()`` (CLOCK_MONOTONIC: on
 every process). The exit status is 1 when a goal is missed.
 
     python scripts/bench/streaming.py [--rate 20] [--tokens 40] [--streams 100 500]
-        [--demo-streams 500] [--flush-ms 50] [--coalesce-ms 5] [--deflate]
+        [--demo-streams 500] [--flush-ms 250] [--coalesce-ms 5] [--deflate]
 """
 
 from __future__ import annotations
@@ -745,7 +745,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--streams", type=int, nargs="*", default=[100, 500])
     parser.add_argument("--demo-streams", type=int, nargs="*", default=[500],
                         help="concurrent streams from the demo provider in (3)")
-    parser.add_argument("--flush-ms", type=int, default=50, help="LOACL's flush window")
+    parser.add_argument("--flush-ms", type=int, default=250, help="LOACL's flush window")
     parser.add_argument("--coalesce-ms", type=int, default=5,
                         help="LOACL's window for a socket's frames (0: none)")
     parser.add_argument("--deflate", dest="no_deflate", action="store_false",
