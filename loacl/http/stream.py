@@ -25,6 +25,7 @@ import msgspec
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from loacl.domain.conversations import AssistantStarted
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
 from loacl.domain.widgets import VisitorAccess
@@ -40,7 +41,7 @@ from loacl.http.validation import validated
 from loacl.services.chat import Chat
 from loacl.services.replies import Run, reply_error_text
 from loacl.services.widgets import Widgets
-from loacl.store.views.conversations import MessageView
+from loacl.store.broker import Subscription, SubscriptionOverflow
 
 log = structlog.get_logger(__name__)
 
@@ -149,10 +150,36 @@ class Connection:
                        "text": reply_error_text(message.error_code)})
         self.send(frame)
 
-    def on_started(self, run: Run, message: MessageView) -> None:
+    def _following(self, reply_id: str) -> bool:
+        pending = self.pending
+        return reply_id in self.followers or (pending is not None and
+                                              pending.message_id == reply_id)
+
+    async def follow_news(self, news: Subscription) -> None:
+        """Replies that start in the conversation (this tab's, another tab's): ``started``,
+        then the reply live, as the log's committed events say. Falling too far behind them
+        closes the socket (4008); the client reconnects and resumes."""
+        try:
+            async for recorded in news:
+                event = recorded.event
+                if isinstance(event, AssistantStarted):
+                    await self._reply_started(event.message_id, event.reply_to)
+        except SubscriptionOverflow:
+            self.close(Close.TOO_SLOW, "too slow to keep up; reconnect and resume")
+
+    async def _reply_started(self, reply_id: str, reply_to: str) -> None:
+        if self._following(reply_id):
+            return
+        message = await self.chat.message(reply_to)
+        if self._following(reply_id):  # a resume got there while the message was read
+            return
         self.send({"type": ServerFrame.STARTED, "message": message_json(message),
-                   "reply_id": run.message_id})
-        self.follow(run)
+                   "reply_id": reply_id})
+        run = self.chat.running(self.access.conversation_id)
+        if run is not None and run.message_id == reply_id:
+            self.follow(run)
+        else:  # already over (a short reply), or streaming in another process
+            await self._replay_finished(reply_id, 0)
 
     # -- the socket's tasks -------------------------------------------------------------------
 
@@ -160,7 +187,7 @@ class Connection:
         """``ready``, and a reply already streaming in another tab (followed once the first
         frame shows whether it is a resume of it)."""
         self.send({"type": ServerFrame.READY, "conversation_id": self.access.conversation_id})
-        run = self.chat.running(self.access.conversation_id)
+        run = await self.chat.running_now(self.access.conversation_id)
         if run is not None:
             self.send({"type": ServerFrame.STARTED,
                        "message": message_json(await self.chat.message(run.reply_to)),
@@ -261,6 +288,12 @@ class Connection:
                           if "retry_after" in exc.extra else {})})
             return
         reply_id = run.message_id if isinstance(run, Run) else run
+        if started and isinstance(run, Run) and not self._following(reply_id):
+            # This tab's own reply goes out at once (``started`` before ``ack``, as the other
+            # tabs get it from the news), without waiting for the news to come round.
+            self.send({"type": ServerFrame.STARTED, "message": message_json(message),
+                       "reply_id": reply_id})
+            self.follow(run)
         self.send({"type": ServerFrame.ACK, "client_message_id": client_id,
                    "message_id": message.message_id, "reply_id": reply_id,
                    "duplicate": not started})
@@ -367,10 +400,12 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
     """Run the socket: greet, then write, read and ping until one of them ends or the socket
     is closed, then wind down."""
     conn = Connection(websocket, access)
-    unwatch = conn.chat.watch(access.conversation_id, conn.on_started)
+    # Subscribed before greeting: a reply that starts meanwhile is in the news, or running.
+    news = conn.chat.news(access.conversation_id)
     await conn.greet()
     write = asyncio.create_task(conn.write_frames())
     others = [asyncio.create_task(conn.read_frames()), asyncio.create_task(conn.ping()),
+              asyncio.create_task(conn.follow_news(news)),
               asyncio.create_task(conn.closed.wait())]
     try:
         done, _ = await asyncio.wait([write, *others], return_when=asyncio.FIRST_COMPLETED)
@@ -380,7 +415,7 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
                 log.error("stream.failed", error=repr(error))
                 conn.close(Close.SERVER_ERROR, "server error")
     finally:
-        unwatch()
+        news.close()
         await conn.wind_down(write, others)
 
 

@@ -12,7 +12,7 @@ import structlog
 from loacl.domain import conversations as domain
 from loacl.domain.assistants import AssistantDefinition
 from loacl.domain.errors import LoaclError
-from loacl.domain.events import Metadata
+from loacl.domain.events import Metadata, RecordedEvent
 from loacl.domain.widgets import VisitorAccess, conversation_stream
 from loacl.providers import provider_for, spec
 from loacl.providers.base import Attachment, Provider, ReplyRequest, ReplyResult, Turn, trim_history
@@ -20,6 +20,7 @@ from loacl.services.ratelimit import RateLimiter
 from loacl.services.replies import ReplyStream, Run, reply_error_text
 from loacl.services.tokens import new_id
 from loacl.settings import Settings
+from loacl.store.broker import Subscription
 from loacl.store.eventstore import EventStore
 from loacl.store.views import Page
 from loacl.store.views import conversations as views
@@ -32,7 +33,10 @@ __all__ = ["Chat", "Run", "VisitorAccess", "reply_error_text"]
 log = structlog.get_logger(__name__)
 
 ProviderFactory = Callable[[Settings, str], Provider]
-Watcher = Callable[[Run, MessageView], None]
+
+
+def _not_a_delta(recorded: RecordedEvent) -> bool:
+    return not isinstance(recorded.event, domain.AssistantDelta)
 
 
 _KIND_NAMES = {"txt": "text", "pdf": "PDF", "doc": "Word", "docx": "Word"}
@@ -54,7 +58,6 @@ class Chat:
         self._tasks: set[asyncio.Task[None]] = set()
         self._per_widget: dict[str, int] = {}
         self._visitor_limits: dict[int, RateLimiter] = {}
-        self._watchers: dict[str, set[Watcher]] = {}
         # One provider per name for the app's life: building an SDK client costs ~100 ms (its
         # TLS context), far more than a reply's first token, and each kept a connection open.
         self._providers: dict[str, Provider] = {}
@@ -63,19 +66,22 @@ class Chat:
         """The reply streaming in the conversation now, if any."""
         return self.runs.get(conversation_id)
 
-    def watch(self, conversation_id: str, watcher: Watcher) -> Callable[[], None]:
-        """Call ``watcher(run, message)`` whenever a reply starts in the conversation (another
-        tab's included); returns the function that stops watching."""
-        self._watchers.setdefault(conversation_id, set()).add(watcher)
+    async def running_now(self, conversation_id: str) -> Run | None:
+        """The reply streaming in the conversation, including one whose start was committed a
+        moment ago and whose run is being set up: the read tables show the start at once, and
+        by the time they have answered, the run is registered."""
+        run = self.running(conversation_id)
+        if run is None and await views.running_reply(self.store, conversation_id) is not None:
+            run = self.running(conversation_id)
+        return run
 
-        def stop() -> None:
-            watchers = self._watchers.get(conversation_id)
-            if watchers is not None:
-                watchers.discard(watcher)
-                if not watchers:
-                    del self._watchers[conversation_id]
-
-        return stop
+    def news(self, conversation_id: str, maxsize: int = 100) -> Subscription:
+        """What is committed to the conversation from now on, but the deltas (a reply's text
+        reaches sockets through its run, at once): messages posted, replies started and
+        ended. Another tab's message, an agent's reply, the owner's view: one source."""
+        return self.store.broker.subscribe(
+            _not_a_delta, maxsize, stream=conversation_stream(conversation_id)
+        )
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -169,10 +175,7 @@ class Chat:
         if not isinstance(started, Run):  # an idempotent replay won the race
             self._per_widget[access.widget_id] -= 1
             return started[0], started[1], False
-        message = await self.message(started.reply_to)
-        for watcher in list(self._watchers.get(access.conversation_id, ())):
-            watcher(started, message)
-        return message, started, True
+        return await self.message(started.reply_to), started, True
 
     def _check_rates(self, access: VisitorAccess, per_minute: int) -> None:
         limiter = self._visitor_limits.setdefault(per_minute, RateLimiter(per_minute, 60))

@@ -24,9 +24,12 @@ class SubscriptionOverflow(Exception):
 
 
 class Subscription:
-    def __init__(self, broker: Broker, accept: Filter | None, maxsize: int) -> None:
+    def __init__(
+        self, broker: Broker, accept: Filter | None, maxsize: int, stream: str | None = None
+    ) -> None:
         self._broker = broker
         self._accept = accept
+        self.stream = stream
         # The bound is checked by hand so that the end marker always fits: making room for it
         # by dropping a buffered event would leave a gap the subscriber cannot see when it
         # resumes from the log after the last event it got.
@@ -48,7 +51,7 @@ class Subscription:
         if self.closed:
             return
         self.closed = True
-        self._broker._subscribers.discard(self)
+        self._broker._forget(self)
         self._queue.put_nowait(None)  # wakes a waiting reader once the buffer is drained
 
     async def get(self) -> RecordedEvent:
@@ -70,17 +73,45 @@ class Subscription:
 class Broker:
     def __init__(self) -> None:
         self._subscribers: set[Subscription] = set()
+        # By stream: a socket follows one conversation, and finding its few events among a
+        # commit's many must not cost a look at every socket for every event.
+        self._by_stream: dict[str, set[Subscription]] = {}
 
-    def subscribe(self, accept: Filter | None = None, maxsize: int = 1000) -> Subscription:
-        subscription = Subscription(self, accept, maxsize)
-        self._subscribers.add(subscription)
+    def subscribe(
+        self, accept: Filter | None = None, maxsize: int = 1000, *, stream: str | None = None
+    ) -> Subscription:
+        """Committed events from now on (of one ``stream`` only, if given) that ``accept``
+        takes."""
+        subscription = Subscription(self, accept, maxsize, stream)
+        if stream is None:
+            self._subscribers.add(subscription)
+        else:
+            self._by_stream.setdefault(stream, set()).add(subscription)
         return subscription
+
+    def _forget(self, subscription: Subscription) -> None:
+        if subscription.stream is None:
+            self._subscribers.discard(subscription)
+            return
+        found = self._by_stream.get(subscription.stream)
+        if found is not None:
+            found.discard(subscription)
+            if not found:
+                del self._by_stream[subscription.stream]
 
     def publish(self, events: Sequence[RecordedEvent]) -> None:
         for subscription in list(self._subscribers):
             for event in events:
                 subscription._offer(event)
+        by_stream = self._by_stream
+        if by_stream:
+            for event in events:
+                found = by_stream.get(event.stream)
+                if found:
+                    for subscription in list(found):
+                        subscription._offer(event)
 
     def close(self) -> None:
-        for subscription in list(self._subscribers):
+        for subscription in [*self._subscribers, *(s for f in self._by_stream.values()
+                                                   for s in f)]:
             subscription.close()

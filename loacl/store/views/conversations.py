@@ -162,21 +162,27 @@ async def conversations_of(
     )
 
 
+async def running_reply(store: EventStore, conversation_id: str) -> Reply | None:
+    """The reply of the conversation that has started and not ended, as the log holds it."""
+    rows = await store.query(
+        "SELECT message_id, reply_to, text FROM messages WHERE conversation_id = ? "
+        "AND status = 'streaming' ORDER BY created_seq DESC LIMIT 1",
+        (conversation_id,),
+    )
+    return Reply(*rows[0]) if rows else None
+
+
 async def decision_state(store: EventStore, conversation_id: str) -> Conversation:
     """What posting a message decides on, from the read tables (see ``Chat._load``)."""
     found = await conversation(store, conversation_id)
     if found is None:
         return Conversation()
-    running = await store.query(
-        "SELECT message_id, reply_to, text FROM messages WHERE conversation_id = ? "
-        "AND status = 'streaming' ORDER BY created_seq DESC LIMIT 1",
-        (conversation_id,),
-    )
+    running = await running_reply(store, conversation_id)
     files = await store.query(
         "SELECT file_id FROM files WHERE conversation_id = ?", (conversation_id,)
     )
     return Conversation(
         conversation_id, found.widget_id, found.visitor_id, True,
-        running=Reply(*running[0]) if running else None,
+        running=running,
         file_ids=frozenset(file_id for (file_id,) in files),
     )
