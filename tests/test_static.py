@@ -25,7 +25,7 @@ BUILT = ROOT / "loacl" / "static" / "widget.js"
 SOURCES = ROOT / "widget" / "src"
 # The gzipped script as served: BUDGET is what it fits today (tightened as it shrinks), GOAL is
 # where it should get to.
-BUDGET = 11_520
+BUDGET = 11_024
 GOAL = 10 * 1024
 
 

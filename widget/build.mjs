@@ -2,7 +2,7 @@
 // minified and inlined as a string), then minifies it with terser, whose compressor and toplevel
 // mangling beat esbuild's minifier by about 250 bytes gzipped, into loacl/static/widget.js.
 // The banner records the first 16 hex digits of the sources' SHA-256 (sourceHash below), enough to
-// tell a stale build and 42 bytes gzipped cheaper than all 64; tests/test_static.py computes the
+// tell a stale build and about 40 bytes gzipped cheaper than all 64; tests/test_static.py computes the
 // same hash.
 import { createHash } from "node:crypto";
 import { readdirSync, readFileSync, writeFileSync } from "node:fs";
