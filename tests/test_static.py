@@ -25,13 +25,13 @@ BUILT = ROOT / "loacl" / "static" / "widget.js"
 SOURCES = ROOT / "widget" / "src"
 # The gzipped script as served: BUDGET is what it fits today (tightened as it shrinks), GOAL is
 # where it should get to.
-BUDGET = 11_520
+BUDGET = 11_024
 GOAL = 10 * 1024
 
 
 def source_hash() -> str:
-    """The hash widget/build.mjs writes in the banner: each file of widget/src/, by name, as
-    "src/<name>\\n<length in bytes>\\n<bytes>"."""
+    """The hash whose first 16 hex digits widget/build.mjs writes in the banner: each file of
+    widget/src/, by name, as "src/<name>\\n<length in bytes>\\n<bytes>"."""
     digest = hashlib.sha256()
     for path in sorted(SOURCES.iterdir(), key=lambda item: item.name.encode()):
         data = path.read_bytes()
@@ -65,9 +65,9 @@ def event_types(settings: Settings) -> list[str]:
 
 def test_the_built_script_matches_its_source() -> None:
     banner = BUILT.read_text(encoding="utf-8").split("\n", 1)[0]
-    match = re.search(r"sha256:([0-9a-f]{64})", banner)
+    match = re.search(r"sha256:([0-9a-f]{16}) ", banner)
     assert match, banner
-    assert match.group(1) == source_hash(), (
+    assert match.group(1) == source_hash()[:16], (
         "widget/src changed: run widget/build.sh and commit loacl/static/widget.js"
     )
 

@@ -7,7 +7,7 @@
 - ``GET /widget.json``: the version, both URLs and the Subresource Integrity hash.
 - ``GET /``: a short description, links to the API, and the live demo widget.
 
-The script lives in ``loacl/static/widget.js`` (built from ``widget/widget.js``, shipped by
+The script lives in ``loacl/static/widget.js`` (built from ``widget/src/``, shipped by
 ``pip install``); it is read once and kept with its gzipped form and hashes.
 """
 

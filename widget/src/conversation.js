@@ -204,24 +204,23 @@ async function post(pending) {
       { text: pending.text, file_ids: pending.files, client_message_id: pending.clientId });
     waiting.remove();
     shown.add(response.message.id);
-    const known = reply(response.reply.id, response.reply.text, true);
-    known.done = true;
-    paint(known);
-    setBusy(false);
+    whole(response.reply);
   } catch (error) {
     waiting.remove();
-    const body = error.body;
-    if (body?.reply) {
-      const known = reply(body.reply.id, body.reply.text, true);
-      known.done = true;
-      paint(known);
-      known.element.after(failedLine(error.code, error.retry, () => say(pending.text)));
-      setBusy(false);
-    } else {
-      refused(pending, error.code, error.retry);
-    }
+    const answer = error.body?.reply;
+    if (answer) whole(answer).element.after(failedLine(error.code, error.retry, () => say(pending.text)));
+    else refused(pending, error.code, error.retry);
   }
   toBottom();
+}
+
+/** A reply the server sent whole (over HTTP), drawn as finished. */
+function whole(answer) {
+  const known = reply(answer.id, answer.text, true);
+  known.done = true;
+  paint(known);
+  setBusy(false);
+  return known;
 }
 
 /** The socket is gone for good: post what waits, and read streaming replies from the history. */

@@ -17,22 +17,21 @@ import {
 const FATAL = ["origin_not_allowed", "widget_not_found", "identity_required"];
 const MAX_INPUT_PX = 140;
 
-const storage = {
-  get(key) {
-    try {
-      return localStorage.getItem(key);
-    } catch (error) {
-      return null;
-    }
-  },
-  set(key, value) {
-    try {
-      value ? localStorage.setItem(key, value) : localStorage.removeItem(key);
-    } catch (error) {
-      // private mode: the conversation lasts as long as the page
-    }
-  },
-};
+// localStorage throws in some private modes: the conversation then lasts as long as the page.
+function stored(key) {
+  try {
+    return localStorage.getItem(key);
+  } catch (error) {
+    return null;
+  }
+}
+function store(key, value) {
+  try {
+    value ? localStorage.setItem(key, value) : localStorage.removeItem(key);
+  } catch (error) {
+    // kept for this page only
+  }
+}
 
 let options;
 let storageKey;
@@ -113,7 +112,7 @@ function begin() {
       body.visitor_token = token;
     }
     setToken((await request("/sessions", "POST", body)).visitor_token);
-    storage.set(storageKey, token);
+    store(storageKey, token);
     await conversation.history();
     conversation.fillUp();
     ready = true;
@@ -207,7 +206,7 @@ function start(base) {
   const widgetId = String(options.widgetId || "");
   useWidget(base, widgetId);
   storageKey = "loacl:" + widgetId;
-  setToken(storage.get(storageKey)); // the visitor's, so the conversation survives reloads
+  setToken(stored(storageKey)); // the visitor's, so the conversation survives reloads
   window.addEventListener("online", () => {
     if (ready && !transport.isOpen() && wanted()) transport.connect();
   });

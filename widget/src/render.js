@@ -12,9 +12,10 @@ export const ICONS = {
   clip: "M21.4 11.1l-9.2 9.2a6 6 0 0 1-8.5-8.5l9.2-9.2a4 4 0 0 1 5.7 5.7l-9.2 9.2a2 2 0 0 1-2.8-2.8l8.5-8.5",
 };
 
-/** props: `text` sets the text, `cls` the class, `on<event>` a listener, true an empty attribute. */
-export function element(tag, props, children) {
-  const made = doc.createElement(tag);
+/** props: `text` sets the text, `cls` the class, `on<event>` a listener, true an empty attribute;
+ * `namespace` makes an SVG element. */
+export function element(tag, props, children, namespace) {
+  const made = namespace ? doc.createElementNS(namespace, tag) : doc.createElement(tag);
   for (const name in props) {
     const value = props[name];
     if (value == null || value === false) continue;
@@ -26,16 +27,8 @@ export function element(tag, props, children) {
   return made;
 }
 
-export function icon(path) {
-  const svg = doc.createElementNS(SVG, "svg");
-  svg.setAttribute("viewBox", "0 0 24 24");
-  svg.setAttribute("aria-hidden", "true");
-  svg.setAttribute("focusable", "false");
-  const shape = doc.createElementNS(SVG, "path");
-  shape.setAttribute("d", path);
-  svg.append(shape);
-  return svg;
-}
+export const icon = (path) => element("svg", { viewBox: "0 0 24 24", "aria-hidden": "true", focusable: "false" },
+  [element("path", { d: path }, null, SVG)], SVG);
 
 const build = (node) => typeof node === "string" ? node
   : element(node.tag, node.href && { href: node.href, target: "_blank", rel: "noopener noreferrer" },

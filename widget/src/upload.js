@@ -63,15 +63,18 @@ function refuse(chip, code) {
   onChange();
 }
 
+function progress(chip, percent) {
+  chip.bar.style.width = percent + "%";
+  chip.progress.setAttribute("aria-valuenow", percent);
+}
+
 function upload(chip, file) {
   const request = (chip.request = new XMLHttpRequest());
   request.open("POST", endpoint("/files"));
   request.setRequestHeader("Authorization", "Bearer " + token);
   request.upload.onprogress = (event) => {
     if (!event.lengthComputable) return;
-    const percent = Math.round((100 * event.loaded) / event.total);
-    chip.bar.style.width = percent + "%";
-    chip.progress.setAttribute("aria-valuenow", percent);
+    progress(chip, Math.round((100 * event.loaded) / event.total));
   };
   request.onload = () => {
     let body = null;
@@ -82,8 +85,7 @@ function upload(chip, file) {
     }
     if (request.status === 201 && body?.id) {
       chip.id = body.id;
-      chip.bar.style.width = "100%";
-      chip.progress.setAttribute("aria-valuenow", "100");
+      progress(chip, 100);
       chip.progress.setAttribute("aria-label", t("uploaded") + " " + chip.name);
       chip.element.setAttribute("data-state", "done");
       onChange();
