@@ -79,10 +79,7 @@ def create_app(
             try:
                 await recover(store)
                 if settings.demo_widget:
-                    try:
-                        await demo.ensure()
-                    except LoaclError as exc:  # the home page then goes without its demo
-                        log.warning("demo.unavailable", code=exc.code, error=exc.message)
+                    await demo.ensure_or_go_without()
                 await subscriptions.start()
                 log.info("loacl.started", version=__version__, database=str(store.path))
                 yield

@@ -7,11 +7,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from loacl.domain.errors import LoaclError
-from loacl.http.common import client_ip, metadata
+from loacl.http.common import accounts, client_ip, metadata
 from loacl.http.routing import Endpoint
 from loacl.http.shapes import tokens_json, user_json
 from loacl.http.validation import parse_body
-from loacl.services.accounts import Accounts, Principal
+from loacl.services.accounts import Principal
 
 
 class Body(BaseModel):
@@ -45,10 +45,6 @@ class ResetConfirmBody(Body):
     token: str = Field(max_length=4096)
     password: str
 
-
-def accounts(request: Request) -> Accounts:
-    service: Accounts = request.app.state.accounts
-    return service
 
 
 def base_url(request: Request) -> str:

@@ -19,16 +19,14 @@ from loacl.domain.conversations import MAX_ATTACHMENTS, MAX_CLIENT_ID
 from loacl.domain.errors import LoaclError
 from loacl.domain.widgets import VisitorAccess
 from loacl.http.auth import bearer_token, current_owner
-from loacl.http.common import int_param, metadata, page, page_response
+from loacl.http.common import chat, files, int_param, metadata, page, page_response, widgets
 from loacl.http.errors import problem, status_for
 from loacl.http.routing import PAGE, Endpoint
 from loacl.http.shapes import conversation_json, file_json, message_json, message_page_json
 from loacl.http.validation import parse_body
 from loacl.http.visitors import visitor_endpoint
 from loacl.providers.base import ProviderError
-from loacl.services.chat import Chat, Run
-from loacl.services.files import Files
-from loacl.services.widgets import Widgets
+from loacl.services.chat import Run
 
 MULTIPART_OVERHEAD = 64 * 1024
 
@@ -45,19 +43,7 @@ class MessageBody(BaseModel):
     client_message_id: str | None = Field(None, min_length=1, max_length=MAX_CLIENT_ID)
 
 
-def chat(request: Request) -> Chat:
-    service: Chat = request.app.state.chat
-    return service
 
-
-def files(request: Request) -> Files:
-    service: Files = request.app.state.files
-    return service
-
-
-def widgets(request: Request) -> Widgets:
-    service: Widgets = request.app.state.widgets
-    return service
 
 
 async def visitor(request: Request, token: str | None = None) -> VisitorAccess:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
@@ -10,7 +10,41 @@ from starlette.responses import JSONResponse
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
 
+if TYPE_CHECKING:
+    from loacl.services.accounts import Accounts
+    from loacl.services.assistants import Assistants
+    from loacl.services.chat import Chat
+    from loacl.services.files import Files
+    from loacl.services.widgets import Widgets
+
 MAX_LIMIT = 100
+
+
+# The app's services, wired once by ``create_app``; HTTP and WebSocket handlers reach them here.
+def accounts(conn: HTTPConnection) -> Accounts:
+    return cast("Accounts", conn.app.state.accounts)
+
+
+def assistants(conn: HTTPConnection) -> Assistants:
+    return cast("Assistants", conn.app.state.assistants)
+
+
+def chat(conn: HTTPConnection) -> Chat:
+    return cast("Chat", conn.app.state.chat)
+
+
+def files(conn: HTTPConnection) -> Files:
+    return cast("Files", conn.app.state.files)
+
+
+def widgets(conn: HTTPConnection) -> Widgets:
+    return cast("Widgets", conn.app.state.widgets)
+
+
+def public_base(conn: HTTPConnection) -> str:
+    """This instance's public base URL: the configured one, else the one asked for."""
+    configured = conn.app.state.settings.public_url
+    return str(configured or conn.base_url).rstrip("/")
 
 
 def client_ip(request: HTTPConnection) -> str:

@@ -14,14 +14,12 @@ from loacl.domain.assistants import PROVIDERS, AssistantDefinition
 from loacl.domain.errors import LoaclError
 from loacl.domain.widgets import MAX_ORIGINS, WidgetDefinition, WidgetSettings
 from loacl.http.auth import current_owner
-from loacl.http.common import if_match, metadata, with_etag
+from loacl.http.common import assistants, if_match, metadata, public_base, widgets, with_etag
 from loacl.http.resources import OwnedResource
 from loacl.http.routing import PAGE, Endpoint
 from loacl.http.shapes import assistant_json, widget_json
 from loacl.http.static import widget_script
 from loacl.providers import default_provider, spec
-from loacl.services.assistants import Assistants
-from loacl.services.widgets import Widgets
 from loacl.store.views.widgets import WidgetView
 
 
@@ -73,14 +71,6 @@ class WidgetBody(Body):
     require_identity: bool = False
 
 
-def assistants(request: Request) -> Assistants:
-    service: Assistants = request.app.state.assistants
-    return service
-
-
-def widgets(request: Request) -> Widgets:
-    service: Widgets = request.app.state.widgets
-    return service
 
 
 def _definition(request: Request, body: AssistantBody) -> AssistantDefinition:
@@ -132,10 +122,6 @@ def _with_secret(request: Request, view: WidgetView) -> dict[str, Any]:
 
 WIDGETS = OwnedResource(widgets, WidgetBody, _widget_definition, widget_json, _with_secret)
 
-
-def public_base(request: Request) -> str:
-    configured = request.app.state.settings.public_url
-    return (configured or str(request.base_url)).rstrip("/")
 
 
 async def embed_code(request: Request) -> Response:

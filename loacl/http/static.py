@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from loacl import __version__
 from loacl.domain.errors import LoaclError
 from loacl.domain.origins import normalize_origin
+from loacl.http.common import public_base
 from loacl.http.routing import Endpoint
 from loacl.services.demo import Demo, public_origin
 
@@ -109,10 +110,6 @@ def serve_asset(request: Request, item: Asset, cache_control: str) -> Response:
         headers["Content-Encoding"] = "gzip"
     return Response(body, media_type=item.media_type, headers=headers)
 
-
-def public_base(request: Request) -> str:
-    configured = request.app.state.settings.public_url
-    return str(configured or request.base_url).rstrip("/")
 
 
 async def widget_js(request: Request) -> Response:

@@ -30,7 +30,7 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
 from loacl.domain.widgets import VisitorAccess
 from loacl.http.chat import MessageBody
-from loacl.http.common import metadata
+from loacl.http.common import chat, metadata, widgets
 from loacl.http.errors import problem, status_for
 from loacl.http.routing import Socket
 from loacl.http.shapes import message_json, usage_json
@@ -38,9 +38,7 @@ from loacl.http.stream_protocol import MAX_TEXT_FRAME as MAX_TEXT_FRAME
 from loacl.http.stream_protocol import ClientFrame, Close, ServerFrame, describe
 from loacl.http.stream_send import DELTA_CHARS, Closing, Follower, Outbox, pacer_for
 from loacl.http.validation import validated
-from loacl.services.chat import Chat
 from loacl.services.replies import Run, reply_error_text
-from loacl.services.widgets import Widgets
 from loacl.store.broker import Subscription, SubscriptionOverflow
 
 log = structlog.get_logger(__name__)
@@ -59,7 +57,7 @@ class Connection:
     def __init__(self, websocket: WebSocket, access: VisitorAccess) -> None:
         self.ws = websocket
         self.access = access
-        self.chat: Chat = websocket.app.state.chat
+        self.chat = chat(websocket)
         self.settings = websocket.app.state.settings
         self.outbox = Outbox(OUTBOX_FRAMES)
         self.followers: dict[str, Follower] = {}
@@ -353,18 +351,16 @@ async def _refuse(websocket: WebSocket, exc: LoaclError) -> None:
 
 
 async def _authenticate(websocket: WebSocket, token: str) -> VisitorAccess:
-    widgets: Widgets = websocket.app.state.widgets
-    return await widgets.visitor_access(
+    return await widgets(websocket).visitor_access(
         websocket.path_params["id"], websocket.headers.get("origin"), token
     )
 
 
 async def stream(websocket: WebSocket) -> None:
-    widgets: Widgets = websocket.app.state.widgets
     widget_id = websocket.path_params["id"]
     token = websocket.query_params.get("token")
     try:
-        await widgets.public(widget_id, websocket.headers.get("origin"))
+        await widgets(websocket).public(widget_id, websocket.headers.get("origin"))
         access = await _authenticate(websocket, token) if token else None
     except LoaclError as exc:
         await _refuse(websocket, exc)

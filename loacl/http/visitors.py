@@ -15,12 +15,11 @@ from starlette.responses import JSONResponse, Response
 
 from loacl.domain.errors import LoaclError
 from loacl.domain.origins import normalize_origin
-from loacl.http.common import metadata
+from loacl.http.common import metadata, widgets
 from loacl.http.errors import loacl_error
 from loacl.http.routing import Endpoint
 from loacl.http.shapes import widget_settings_json
 from loacl.http.validation import parse_body
-from loacl.services.widgets import Widgets
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -34,10 +33,6 @@ class SessionBody(BaseModel):
     user_hash: str | None = Field(None, max_length=128)
     visitor_token: str | None = Field(None, max_length=4096)
 
-
-def widgets(request: Request) -> Widgets:
-    service: Widgets = request.app.state.widgets
-    return service
 
 
 def _echoable(origin: str) -> bool:

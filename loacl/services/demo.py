@@ -98,6 +98,14 @@ class Demo:
             log.info("demo.ready", widget_id=widget_id, provider=wanted.provider)
             return widget_id
 
+    async def ensure_or_go_without(self) -> None:
+        """``ensure``; on failure the home page goes without its demo, and says why in the
+        log."""
+        try:
+            await self.ensure()
+        except LoaclError as exc:
+            log.warning("demo.unavailable", code=exc.code, error=exc.message)
+
     async def _ensure_assistant(self, wanted: AssistantDefinition) -> str:
         found = await self.assistants.list(DEMO_OWNER, 0, 1)
         if not found.items:
