@@ -95,3 +95,22 @@ async def test_a_dropped_subscriber_ends_its_async_for_with_overflow() -> None:
         async for event in slow:
             seen.append(event.seq)
     assert seen == [1]
+
+
+async def test_a_stream_subscription_hears_its_stream_only_and_leaves_when_closed() -> None:
+    broker = Broker()
+    conversation = broker.subscribe(stream="conversation-c1")
+    filtered = broker.subscribe(lambda event: event.seq != 3, stream="conversation-c1")
+    other = broker.subscribe(stream="conversation-c2")
+    everything = broker.subscribe()
+    broker.publish([recorded(1, "conversation-c1"), recorded(2, "conversation-c2"),
+                    recorded(3, "conversation-c1"), recorded(4, "user-a")])
+    other.close()
+    broker.publish([recorded(5, "conversation-c2")])  # nobody listens to c2 any more
+    assert "conversation-c2" not in broker._by_stream
+    broker.close()
+    assert await drain(conversation) == [1, 3]
+    assert await drain(filtered) == [1]
+    assert await drain(other) == [2]
+    assert await drain(everything) == [1, 2, 3, 4, 5]
+    assert broker._by_stream == {} and broker._subscribers == set()
