@@ -45,3 +45,11 @@ async def page_by_creation(
     if len(items) > limit:  # the extra row only says that there is more
         return Page(items[:limit], items[limit - 1].created_seq)
     return Page(items, None)
+
+
+async def first(
+    store: EventStore, sql: str, params: Sequence[Any], decode: Callable[[Any], T]
+) -> T | None:
+    """The first row ``sql`` finds, decoded, or None."""
+    rows = await store.query(sql, params)
+    return decode(rows[0]) if rows else None

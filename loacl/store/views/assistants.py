@@ -9,7 +9,7 @@ import msgspec
 
 from loacl.domain.assistants import AssistantDefinition
 from loacl.store.eventstore import EventStore
-from loacl.store.views import Page, page_by_creation
+from loacl.store.views import Page, first, page_by_creation
 
 _SELECT = (
     "SELECT assistant_id, owner_id, definition, version, created_seq, created_at, updated_at "
@@ -37,8 +37,7 @@ def _view(row: Any) -> AssistantView:
 
 
 async def assistant(store: EventStore, assistant_id: str) -> AssistantView | None:
-    rows = await store.query(f"{_SELECT} WHERE assistant_id = ?", (assistant_id,))
-    return _view(rows[0]) if rows else None
+    return await first(store, f"{_SELECT} WHERE assistant_id = ?", (assistant_id,), _view)
 
 
 async def assistants_of(

@@ -10,7 +10,7 @@ import msgspec
 
 from loacl.domain.conversations import Conversation, Reply
 from loacl.store.eventstore import EventStore
-from loacl.store.views import Page, page_by_creation
+from loacl.store.views import Page, first, page_by_creation
 
 _MESSAGE = (
     "SELECT message_id, conversation_id, role, text, status, error_code, reply_to, file_ids, "
@@ -68,24 +68,24 @@ def _message(row: Any) -> MessageView:
 
 
 async def message(store: EventStore, message_id: str) -> MessageView | None:
-    rows = await store.query(f"{_MESSAGE} WHERE message_id = ?", (message_id,))
-    return _message(rows[0]) if rows else None
+    return await first(store, f"{_MESSAGE} WHERE message_id = ?", (message_id,), _message)
 
 
 async def message_by_client_id(
     store: EventStore, conversation_id: str, client_message_id: str
 ) -> MessageView | None:
-    rows = await store.query(
-        f"{_MESSAGE} WHERE conversation_id = ? AND client_message_id = ?",
-        (conversation_id, client_message_id),
+    return await first(
+        store, f"{_MESSAGE} WHERE conversation_id = ? AND client_message_id = ?",
+        (conversation_id, client_message_id), _message,
     )
-    return _message(rows[0]) if rows else None
 
 
 async def reply_id(store: EventStore, message_id: str) -> str | None:
     """The id of the assistant's reply to a visitor's message."""
-    rows = await store.query("SELECT message_id FROM messages WHERE reply_to = ?", (message_id,))
-    return str(rows[0][0]) if rows else None
+    return await first(
+        store, "SELECT message_id FROM messages WHERE reply_to = ?", (message_id,),
+        lambda row: str(row[0]),
+    )
 
 
 async def _exists(store: EventStore, conversation_id: str, op: str, seq: int) -> bool:
@@ -140,18 +140,18 @@ def _conversation(row: Any) -> ConversationView:
 
 
 async def conversation(store: EventStore, conversation_id: str) -> ConversationView | None:
-    rows = await store.query(f"{_CONVERSATION} WHERE conversation_id = ?", (conversation_id,))
-    return _conversation(rows[0]) if rows else None
+    return await first(
+        store, f"{_CONVERSATION} WHERE conversation_id = ?", (conversation_id,), _conversation
+    )
 
 
 async def conversation_of_user(
     store: EventStore, widget_id: str, external_user_id: str
 ) -> ConversationView | None:
-    rows = await store.query(
-        f"{_CONVERSATION} WHERE widget_id = ? AND external_user_id = ?",
-        (widget_id, external_user_id),
+    return await first(
+        store, f"{_CONVERSATION} WHERE widget_id = ? AND external_user_id = ?",
+        (widget_id, external_user_id), _conversation,
     )
-    return _conversation(rows[0]) if rows else None
 
 
 async def conversations_of(
@@ -164,12 +164,12 @@ async def conversations_of(
 
 async def running_reply(store: EventStore, conversation_id: str) -> Reply | None:
     """The reply of the conversation that has started and not ended, as the log holds it."""
-    rows = await store.query(
+    return await first(
+        store,
         "SELECT message_id, reply_to, text FROM messages WHERE conversation_id = ? "
         "AND status = 'streaming' ORDER BY created_seq DESC LIMIT 1",
-        (conversation_id,),
+        (conversation_id,), lambda row: Reply(*row),
     )
-    return Reply(*rows[0]) if rows else None
 
 
 async def decision_state(store: EventStore, conversation_id: str) -> Conversation:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loacl.store.eventstore import EventStore
+from loacl.store.views import first
 
 _FILE = (
     "SELECT file_id, conversation_id, widget_id, visitor_id, filename, kind, content_type, "
@@ -36,8 +37,7 @@ def _view(row: Any) -> FileView:
 
 
 async def file(store: EventStore, file_id: str) -> FileView | None:
-    rows = await store.query(f"{_FILE} WHERE file_id = ?", (file_id,))
-    return _view(rows[0]) if rows else None
+    return await first(store, f"{_FILE} WHERE file_id = ?", (file_id,), _view)
 
 
 async def files(store: EventStore, file_ids: Iterable[str]) -> list[FileView]:

@@ -10,7 +10,7 @@ import msgspec
 from loacl.domain.assistants import AssistantDefinition
 from loacl.domain.widgets import WidgetDefinition
 from loacl.store.eventstore import EventStore
-from loacl.store.views import Page, page_by_creation
+from loacl.store.views import Page, first, page_by_creation
 
 _SELECT = (
     "SELECT widget_id, owner_id, definition, secret_generation, version, created_seq, "
@@ -50,8 +50,7 @@ def _view(row: Any) -> WidgetView:
 
 
 async def widget(store: EventStore, widget_id: str) -> WidgetView | None:
-    rows = await store.query(f"{_SELECT} WHERE widget_id = ?", (widget_id,))
-    return _view(rows[0]) if rows else None
+    return await first(store, f"{_SELECT} WHERE widget_id = ?", (widget_id,), _view)
 
 
 async def widgets_of(
