@@ -273,7 +273,8 @@ def cmd_subscribers(args: argparse.Namespace, settings: Settings) -> int:
 
     from loacl.store import checkpoints
     from loacl.store.eventstore import utc_now
-    from loacl.store.subscriptions import Table, default_subscribers
+    from loacl.store.subscribers import default_subscribers
+    from loacl.store.subscriptions import Table
 
     known = {s.name: s for s in default_subscribers()}
     conn = _open(settings)

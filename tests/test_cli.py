@@ -519,7 +519,8 @@ def _replies(path: Path) -> None:
 
 def _run_subscribers(path: Path) -> None:
     """Run the built-in subscribers until each has caught up with the log."""
-    from loacl.store.subscriptions import Options, Subscriptions, default_subscribers
+    from loacl.store.subscribers import default_subscribers
+    from loacl.store.subscriptions import Options, Subscriptions
 
     async def run() -> None:
         async with EventStore(path, default_projections()) as store:

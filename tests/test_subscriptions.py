@@ -20,13 +20,13 @@ from loacl.store import checkpoints
 from loacl.store.eventstore import EventStore
 from loacl.store.notifier import Notifier
 from loacl.store.projections import default_projections
+from loacl.store.subscribers import default_subscribers
 from loacl.store.subscriptions import (
     Effect,
     Options,
     Subscriptions,
     Table,
     backoff,
-    default_subscribers,
 )
 
 PATIENCE = 30.0  # a guard against a hang, never a measurement

@@ -31,7 +31,8 @@ from loacl.store.backup import ServeLock
 from loacl.store.eventstore import Clock, EventStore, utc_now
 from loacl.store.projections import default_projections
 from loacl.store.sqlite import check_version, connect
-from loacl.store.subscriptions import Subscriptions, default_subscribers
+from loacl.store.subscribers import default_subscribers
+from loacl.store.subscriptions import Subscriptions
 
 log = structlog.get_logger(__name__)
 

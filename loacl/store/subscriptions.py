@@ -227,10 +227,3 @@ class Subscriptions:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-
-def default_subscribers() -> list[Subscriber]:
-    """The subscribers every LOACL server runs."""
-    from loacl.store import usage
-
-    return [usage.subscriber]
