@@ -46,7 +46,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 ORIGIN = "http://localhost:3000"
 PASSWORD = "correct horse battery staple"
@@ -124,8 +124,6 @@ def run_provider(token_delay: float) -> None:
 
 def run_loacl(folder: Path, provider_url: str, flush_ms: int, coalesce_ms: int, rate: float,
               deflate: bool) -> None:
-    import uvicorn
-
     from loacl.http.app import create_app
     from loacl.logs import configure_logging
     from loacl.settings import Settings
@@ -138,11 +136,18 @@ def run_loacl(folder: Path, provider_url: str, flush_ms: int, coalesce_ms: int, 
         flush_interval_ms=flush_ms, ws_coalesce_ms=coalesce_ms, demo_delay=1 / rate,
     )
     configure_logging(settings.log_level, settings.log_format)
+    _serve_child(create_app(settings), lifespan="on", deflate=deflate)
+
+
+def _serve_child(app: Any, *, lifespan: Literal["on", "off"], deflate: bool) -> None:
+    """Serve ``app`` on a loopback port (printed first), until SIGTERM; then print this
+    process's peak memory and CPU time as one JSON line."""
+    import uvicorn
+
     sock = _listen()
     print(f"http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
-    config = uvicorn.Config(create_app(settings), log_config=None, access_log=False,
-                            ws="websockets-sansio", backlog=4096, lifespan="on",
-                            ws_per_message_deflate=deflate)
+    config = uvicorn.Config(app, log_config=None, access_log=False, ws="websockets-sansio",
+                            backlog=4096, lifespan=lifespan, ws_per_message_deflate=deflate)
     server = _Server(config)
     signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
     server.run(sockets=[sock])
@@ -197,19 +202,7 @@ def relay_app(provider_url: str) -> Any:
 
 
 def run_relay(provider_url: str) -> None:
-    import uvicorn
-
-    sock = _listen()
-    print(f"http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
-    config = uvicorn.Config(relay_app(provider_url), log_config=None, access_log=False,
-                            ws="websockets-sansio", backlog=4096, lifespan="off",
-                            ws_per_message_deflate=False)
-    server = _Server(config)
-    signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
-    server.run(sockets=[sock])
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"maxrss_kib": usage.ru_maxrss, "cpu_s": usage.ru_utime + usage.ru_stime}),
-          flush=True)
+    _serve_child(relay_app(provider_url), lifespan="off", deflate=False)
 
 
 class _Server:
