@@ -133,8 +133,12 @@ class Settings(BaseModel):
     provider_read_timeout: float = Field(
         30.0, gt=0, le=600, description="Seconds to wait for the provider's next chunk."
     )
+    # A reply holds its slot for the seconds it streams, so a busy shop with 50 visitors asking
+    # at once needs about 50; the provider's own rate limits are met with its 429s, retried as
+    # it says. The slot guards the process (one carries hundreds of streams, see the streaming
+    # benchmark), not the provider bill: that is the per-visitor message rate's job.
     provider_concurrency: int = Field(
-        4, ge=1, le=1000, description="Answers one widget may stream at the same time."
+        64, ge=1, le=1000, description="Answers one widget may stream at the same time."
     )
     context_chars: int = Field(
         48_000, ge=1000, description="History sent with each turn, in characters (oldest first "

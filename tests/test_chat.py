@@ -445,10 +445,10 @@ HTTP_FAULTS: list[tuple[str, str, list[Fault], int, str, int]] = [
     ("error-event-nested", "openai", [ErrorEvent(after_deltas=3, nested=True)], 502,
      "provider_error", 3),
     ("failed", "openai", [Failed(after_deltas=3)], 502, "provider_error", 3),
-    ("incomplete", "openai", [Incomplete(after_deltas=3)], 502, "provider_error", 3),
+    ("incomplete-filtered", "openai", [Incomplete(after_deltas=3, reason="content_filter")],
+     502, "provider_error", 3),
     ("cc-cut", "chat_completions", [Cut(after_deltas=2)], 503, "provider_unavailable", 2),
     ("cc-error", "chat_completions", [ErrorEvent(after_deltas=2)], 502, "provider_error", 2),
-    ("cc-length", "chat_completions", [Incomplete(after_deltas=2)], 502, "provider_error", 2),
     ("cc-429-exhausted", "chat_completions", [HttpError(status=429, retry_after=0.01)] * 2,
      429, "provider_rate_limited", 0),
 ]
@@ -496,6 +496,22 @@ def test_provider_faults_reach_the_visitor_and_the_log(
     again = site.post(visitor, "echo:all good")
     assert again.status_code == 201, again.text
     assert again.json()["reply"]["text"] == "all good"
+
+
+@pytest.mark.parametrize(("provider", "kept"), [("openai", 3), ("chat_completions", 2)])
+def test_an_answer_cut_at_the_output_limit_is_kept_as_completed(
+    server: OpenAITestServer, shared: Shared, provider: str, kept: int
+) -> None:
+    widget_id = shared.responses if provider == "openai" else shared.chat_completions
+    visitor = shared.site.visitor(widget_id)
+    server.script(REPLY, [Incomplete(after_deltas=kept)])
+    partial = "".join(PIECES[:kept])
+    posted = shared.site.post(visitor, "Tell me everything")
+    assert posted.status_code == 201, posted.text
+    assert (posted.json()["reply"]["status"], posted.json()["reply"]["text"]) == (
+        "completed", partial)
+    rows = turn_log(shared.site.settings, visitor.conversation_id, posted.json()["message"]["id"])
+    assert_streamed_then(rows, "assistant.completed", partial)
 
 
 def test_a_429_with_retry_after_is_retried_and_answers(
@@ -693,7 +709,7 @@ async def test_the_per_widget_concurrency_limit_holds_under_a_burst(
 async def test_fifty_visitors_at_once_each_get_their_own_complete_answer(
     server: OpenAITestServer, root: str, tmp_path: Path
 ) -> None:
-    settings = chat_settings(tmp_path, root, provider_concurrency=64)
+    settings = chat_settings(tmp_path, root)  # the default serves fifty at once
     with live(settings) as site:
         site.register()
         widget_id = site.widget("openai")
@@ -925,3 +941,64 @@ def test_provider_for_is_what_the_app_uses(tmp_path: Path) -> None:
     # The gate above wraps app.state.chat.providers; it must be the real factory.
     app = create_app(chat_settings(tmp_path, None))
     assert app.state.chat.providers is provider_for
+
+
+# -- the store refusing writes -------------------------------------------------------------------
+
+
+async def test_a_reply_the_store_cannot_save_is_told_as_failed_and_lands_once_it_can(
+    server: OpenAITestServer, root: str, tmp_path: Path
+) -> None:
+    # No delta flush mid-reply: the reply's text and its end are its only writes.
+    settings = chat_settings(tmp_path, root, flush_interval_ms=5000)
+    gate = Gate()
+    server.script(REPLY)
+    with live(settings) as site:
+        gate.install(site.app)
+        site.register()
+        visitor = site.visitor(site.widget("openai"))
+        async with httpx.AsyncClient(base_url=site.url, timeout=WAIT) as client:
+            posting = asyncio.create_task(client.post(
+                f"/api/v1/widgets/{visitor.widget_id}/messages", json={"text": "Hello"},
+                headers=visitor.headers,
+            ))
+            deadline = time.monotonic() + WAIT
+            while gate.waiting < 1:
+                assert time.monotonic() < deadline, "the reply never reached the provider"
+                await asyncio.sleep(0.01)
+            # Another process takes the database's write lock until the reply has ended.
+            holder = sqlite3.connect(settings.database_path, timeout=0, isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")
+            try:
+                gate.opened.set()
+                response = await posting
+                listed = site.messages(visitor)["data"]
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+        # The store's own failure, named as such, never the provider's, and never "streaming".
+        assert response.status_code == 503, response.text
+        body = response.json()
+        assert body["code"] == "store_unavailable"
+        assert response.headers["Retry-After"] == "5"
+        assert (body["reply"]["status"], body["reply"]["text"]) == ("failed", REPLY)
+        # The log had no end yet while the lock was held.
+        assert listed[-1]["status"] == "streaming"
+        reply_id = body["reply"]["id"]
+        # Once the lock is gone, the end lands without a restart, with the whole text.
+        wait_until(
+            lambda: any(r.type == "assistant.failed" and r.payload["message_id"] == reply_id
+                        for r in log_of(settings, visitor.conversation_id)),
+            "the reply's end to reach the log",
+        )
+        [end] = [r for r in log_of(settings, visitor.conversation_id)
+                 if r.payload.get("message_id") == reply_id and r.type.startswith("assistant.")
+                 and r.type not in ("assistant.started", "assistant.delta")]
+        assert (end.payload["code"], end.payload["text"]) == ("store_unavailable", REPLY)
+        assert "provider" not in end.payload["error"]
+        server.script("Still here")
+        again = site.post(visitor, "Are you there?")
+        assert again.status_code == 201, again.text
+        assert again.json()["reply"]["text"] == "Still here"
+    audit_ok(settings)
+    replay_matches(settings)

@@ -82,9 +82,7 @@ async def collect(provider: Provider, request: ReplyRequest) -> Outcome:
     except ProviderError as exc:
         outcome.error = exc
     finally:
-        client = getattr(provider, "client", None)
-        if client is not None:
-            await client.close()
+        await provider.aclose()
     return outcome
 
 
@@ -405,7 +403,9 @@ STREAM_FAULTS: list[tuple[str, Fault, str]] = [
      ErrorEvent(after_deltas=3, code="rate_limit_exceeded", message="Slow down.", nested=True),
      "provider_rate_limited"),
     ("failed", Failed(after_deltas=3), "provider_error"),
-    ("incomplete", Incomplete(after_deltas=3), "provider_error"),
+    # Incomplete for a reason other than the output limit: a failure.
+    ("incomplete-filtered", Incomplete(after_deltas=3, reason="content_filter"),
+     "provider_error"),
 ]
 
 
@@ -436,8 +436,6 @@ CHAT_FAULTS: list[tuple[str, Fault, str]] = [
      ErrorEvent(after_deltas=3, code="rate_limit_exceeded", message="Slow down."),
      "provider_rate_limited"),
     ("failed", Failed(after_deltas=3), "provider_error"),
-    # finish_reason "length": cut short, as response.incomplete is for the Responses API.
-    ("length", Incomplete(after_deltas=3), "provider_error"),
 ]
 
 
@@ -456,6 +454,19 @@ async def test_chat_completions_stream_faults_keep_the_partial_text(
     assert outcome.error.code == code, outcome.error.message
     assert outcome.deltas == PIECES[:3]
     assert len(server.requests_to("chat")) == 1
+
+
+@BOTH
+async def test_an_answer_cut_at_the_output_limit_ends_well_and_says_why(
+    server: OpenAITestServer, root: str, tmp_path: Path, name: str
+) -> None:
+    # Responses: response.incomplete (max_output_tokens); Chat Completions: finish "length".
+    server.script(REPLY, [Incomplete(after_deltas=3)])
+    provider = provider_for(configured(tmp_path, root), name)
+    outcome = await collect(provider, ask(name))
+    assert outcome.error is None
+    assert outcome.deltas == PIECES[:3]
+    assert outcome.result.stop_reason == "max_output_tokens"
 
 
 @BOTH

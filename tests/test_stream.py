@@ -347,7 +347,7 @@ async def test_a_reply_streams_and_the_log_holds_the_same_text(live: Live) -> No
     async with live.tab(session) as tab:
         ack = await live.ask(tab, "Hello there", "c-1")
         assert ack["client_message_id"] == "c-1" and ack["duplicate"] is False
-        started = next(f for f in tab.seen if f["type"] == "started")
+        started = await tab.next_kind("started")  # after the ack, as the protocol says
         assert started["reply_id"] == ack["reply_id"]
         assert started["message"]["id"] == ack["message_id"]
         assert started["message"]["text"] == "Hello there"
@@ -398,6 +398,9 @@ class FakeChat:
 
     def __init__(self, run: Run) -> None:
         self.run = run
+
+    async def outcome(self, message_id: str, run: Run | None = None) -> MessageView:
+        return await self.message(message_id)
 
     async def message(self, message_id: str) -> MessageView:
         return MessageView(
@@ -779,7 +782,7 @@ async def test_malformed_frames_get_errors_and_the_socket_stays_usable(live: Liv
         ack = await live.ask(tab, "Are you still there?")
         assert (await tab.follow(ack["reply_id"])).text == "Still here"
         assert [f["type"] for f in tab.seen if f["type"] in ("ack", "started")] == [
-            "started", "ack"], "only the good message started a reply"
+            "ack", "started"], "only the good message started a reply, acknowledged first"
     assert len(live.provider.requests_to("responses")) == 1, "no bad frame reached the provider"
 
 
@@ -854,7 +857,7 @@ async def test_a_message_may_carry_uploaded_files(live: Live) -> None:
         await tab.send({"type": "message", "text": "See attached", "file_ids": [file_id],
                         "client_message_id": "with-file"})
         ack = await tab.next_kind("ack")
-        started = next(f for f in tab.seen if f["type"] == "started")
+        started = await tab.next_kind("started")
         assert started["message"]["file_ids"] == [file_id]
         reply = await tab.follow(ack["reply_id"])
     assert "Attached: notes.txt." in reply.text

@@ -118,7 +118,7 @@ async def post_message(request: Request) -> Response:
         reply_id = run.message_id
     else:
         reply_id = run
-    reply = await service.message(reply_id)
+    reply = await service.outcome(reply_id, run if isinstance(run, Run) else None)
     result = {"message": message_json(message), "reply": message_json(reply)}
     if reply.status == "failed":
         error = run.error if isinstance(run, Run) and run.error else ProviderError(

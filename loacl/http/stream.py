@@ -133,19 +133,24 @@ class Connection:
             self.close(Close.TOO_SLOW, "too slow to keep up; reconnect and resume")
             return
         self.send_text(run.message_id, sent_to, run.text[sent_to:])
-        await self._send_end(run.message_id)
+        await self._send_end(run.message_id, run)
         if self.followers.get(run.message_id) is follower:
             del self.followers[run.message_id]
 
-    async def _send_end(self, message_id: str) -> None:
-        message = await self.chat.message(message_id)
+    async def _send_end(self, message_id: str, run: Run | None = None) -> None:
+        message = await self.chat.outcome(message_id, run)
         frame: dict[str, Any] = {"type": ServerFrame.DONE, "message_id": message_id,
                                  "status": message.status, "usage": usage_json(message),
                                  "length": len(message.text)}
         if message.status != "completed":
-            self.send({"type": ServerFrame.ERROR, "code": message.error_code or "provider_error",
-                       "message_id": message_id,
-                       "text": reply_error_text(message.error_code)})
+            error: dict[str, Any] = {
+                "type": ServerFrame.ERROR, "code": message.error_code or "provider_error",
+                "message_id": message_id, "text": reply_error_text(message.error_code),
+            }
+            retry_after = run.error.retry_after if run and run.error else None
+            if retry_after is not None:
+                error["retry_after"] = max(1, round(retry_after))
+            self.send(error)
         self.send(frame)
 
     def _following(self, reply_id: str) -> bool:
@@ -286,15 +291,15 @@ class Connection:
                           if "retry_after" in exc.extra else {})})
             return
         reply_id = run.message_id if isinstance(run, Run) else run
-        if started and isinstance(run, Run) and not self._following(reply_id):
-            # This tab's own reply goes out at once (``started`` before ``ack``, as the other
-            # tabs get it from the news), without waiting for the news to come round.
-            self.send({"type": ServerFrame.STARTED, "message": message_json(message),
-                       "reply_id": reply_id})
-            self.follow(run)
+        # ``ack`` first: the message is in the log; then this tab's own reply, at once (other
+        # tabs get it from the news) and without waiting for the news to come round.
         self.send({"type": ServerFrame.ACK, "client_message_id": client_id,
                    "message_id": message.message_id, "reply_id": reply_id,
                    "duplicate": not started})
+        if started and isinstance(run, Run) and not self._following(reply_id):
+            self.send({"type": ServerFrame.STARTED, "message": message_json(message),
+                       "reply_id": reply_id})
+            self.follow(run)
         if not started:
             # A resend: give this socket the reply, whether it is still streaming or done.
             if isinstance(run, Run) and run.message_id not in self.followers:

@@ -41,6 +41,8 @@ class ReplyResult:
     output_tokens: int = 0
     request_id: str | None = None
     uploaded: dict[str, str] = field(default_factory=dict)  # LOACL file id -> provider file id
+    # Why the provider stopped, when not at the answer's natural end: "max_output_tokens".
+    stop_reason: str | None = None
 
 
 class ProviderError(LoaclError):

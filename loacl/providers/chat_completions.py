@@ -59,9 +59,11 @@ class ChatCompletionsProvider:
                     for choice in chunk.choices:
                         if choice.delta.content:
                             yield choice.delta.content
-                        if choice.finish_reason in ("length", "content_filter"):
-                            # Cut short, as the Responses API's response.incomplete: the same
-                            # failure (text kept and marked) whichever provider answers.
+                        if choice.finish_reason == "length":
+                            # Cut at the output limit, as the Responses API's incomplete
+                            # ``max_output_tokens``: a truncated answer, kept and completed.
+                            result.stop_reason = "max_output_tokens"
+                        elif choice.finish_reason == "content_filter":
                             raise ProviderError(
                                 "provider_error",
                                 f"the AI provider stopped early ({choice.finish_reason})",

@@ -33,10 +33,15 @@ class _Error(msgspec.Struct):
     code: str | None = None
 
 
+class _Incomplete(msgspec.Struct):
+    reason: str | None = None
+
+
 class _Response(msgspec.Struct):
     id: str = ""
     usage: _Usage | None = None
     error: _Error | None = None
+    incomplete_details: _Incomplete | None = None
 
 
 class _Event(msgspec.Struct):
@@ -58,6 +63,12 @@ def _decode_event(data: str) -> _Event:
         return _event_decoder.decode(data)
     except msgspec.DecodeError:
         raise ProviderError("provider_error", "the AI provider sent a malformed stream") from None
+
+
+def _cut_at_the_limit(event: _Event) -> bool:
+    details = event.response.incomplete_details if event.response else None
+    return (event.type == "response.incomplete" and details is not None
+            and details.reason == "max_output_tokens")
 
 
 class ResponsesProvider:
@@ -131,11 +142,15 @@ class ResponsesProvider:
                         yield event.delta
                     elif kind == "response.created" and event.response is not None:
                         result.request_id = event.response.id
-                    elif kind == "response.completed":
+                    elif kind == "response.completed" or _cut_at_the_limit(event):
+                        # Cut at the assistant's output limit is an answer all the same: kept
+                        # and completed, as a truncated one (the server log says why).
                         usage = event.response.usage if event.response else None
                         if usage is not None:
                             result.input_tokens = usage.input_tokens
                             result.output_tokens = usage.output_tokens
+                        if kind == "response.incomplete":
+                            result.stop_reason = "max_output_tokens"
                         completed = True
                     elif kind in ("response.failed", "response.incomplete"):
                         failed = event.response

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from typing import Any
 
 import structlog
 
@@ -97,6 +99,16 @@ class Chat:
         if found is None:
             raise LoaclError("not_found", "no such message")
         return found
+
+    async def outcome(self, reply_id: str, run: Run | None = None) -> MessageView:
+        """The reply as the visitor is to be told it: as the log holds it, or, when its run has
+        ended but the store has not taken the end yet, as the run ended (with the text the end
+        event will carry): never ``streaming`` for a reply that stopped."""
+        reply = await self.message(reply_id)
+        if reply.status == "streaming" and run is not None and run.finished.is_set():
+            code = run.error.code if run.error is not None else "interrupted"
+            return replace(reply, status=run.status, error_code=code, text=run.text)
+        return reply
 
     async def conversations(
         self, widget_id: str, after: int, limit: int
@@ -244,12 +256,20 @@ class Chat:
             return found
         run = Run(access.conversation_id, reply_id, message_id)
         self.runs[access.conversation_id] = run
-        task = asyncio.create_task(
-            self._run(access.widget_id, run, assistant, meta), name=f"reply-{reply_id}"
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._run(access.widget_id, run, assistant, meta), f"reply-{reply_id}")
         return run
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``work`` in the background, cancelled at shutdown; an exception it ends with is
+        logged, never left unread."""
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._reap)
+
+    def _reap(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("chat.task_failed", task=task.get_name(), error=repr(error))
 
     # -- streaming a reply -----------------------------------------------------------------
 
@@ -309,13 +329,18 @@ class Chat:
                 log.exception("chat.reply_crashed", message_id=run.message_id)
                 reply.failed(LoaclError("provider_error", "the reply crashed"))
         finally:
+            unsaved = None
             try:
-                await reply.end()
+                unsaved = await reply.end()
             finally:
                 run._finish()
                 if self.runs.get(run.conversation_id) is run:
                     del self.runs[run.conversation_id]
                 self._per_widget[widget_id] -= 1
+                if unsaved is not None:
+                    # Told to the visitor already; the log gets it once the store takes writes
+                    # again, without a restart (after one, start-up recovery closes it).
+                    self._spawn(reply.land(unsaved), f"land-{run.message_id}")
 
     def _provider(self, name: str) -> Provider:
         provider = self._providers.get(name)
@@ -340,10 +365,10 @@ class Chat:
     async def shutdown(self) -> None:
         """Cancel runs in flight (each records itself as interrupted), then close providers
         (their pooled connections belong to this event loop)."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
+        # A reply cancelled here may leave an end to land behind it: cancelled in turn.
+        while tasks := list(self._tasks):
+            for task in tasks:
+                task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         providers, self._providers = list(self._providers.values()), {}
         for provider in providers:

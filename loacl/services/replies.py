@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+import structlog
 
 from loacl.domain import conversations as domain
 from loacl.domain.errors import LoaclError
@@ -20,12 +22,21 @@ from loacl.domain.widgets import conversation_stream
 from loacl.providers.base import ProviderError, ReplyResult
 from loacl.store.eventstore import EventStore
 
+log = structlog.get_logger(__name__)
+
 REPLY_ERRORS = {
     "provider_rate_limited": "The assistant is busy right now; try again shortly.",
     "provider_unavailable": "The assistant could not be reached; try again.",
     "unsupported_file_for_provider": "This assistant cannot read that kind of file.",
     "interrupted": "The answer was interrupted; ask again.",
+    "store_unavailable": "The answer could not be saved just now; try again shortly.",
+    "database_unavailable": "The answer could not be saved just now; try again shortly.",
 }
+# The event store's own failures: named as such to visitors and in the log, never as the
+# provider's. A visitor may ask again after a few seconds.
+STORE_CODES = frozenset({"store_unavailable", "store_error", "database_unavailable",
+                         "store_closed"})
+STORE_RETRY_AFTER = 5.0
 
 EndEvent = domain.AssistantCompleted | domain.AssistantFailed | domain.AssistantInterrupted
 
@@ -150,6 +161,9 @@ class ReplyStream:
     def completed(self, result: ReplyResult) -> None:
         run = self.run
         run.status = "completed"
+        if result.stop_reason is not None:
+            log.info("chat.reply_truncated", message_id=run.message_id,
+                     reason=result.stop_reason, chars=len(run.text))
         self.end_event = domain.AssistantCompleted(
             message_id=run.message_id, text=run.text,
             usage=domain.Usage(input_tokens=result.input_tokens,
@@ -159,9 +173,7 @@ class ReplyStream:
 
     def failed(self, error: LoaclError) -> None:
         """The visitor and the log get the text for the code, never the provider's words."""
-        provider = isinstance(error, ProviderError)
-        code = error.code if provider or error.code.startswith("provider_") else "provider_error"
-        retry_after = error.retry_after if isinstance(error, ProviderError) else None
+        code, retry_after = _named(error)
         run = self.run
         run.error = ProviderError(code, reply_error_text(code), retry_after)
         run.status = "failed"
@@ -173,9 +185,14 @@ class ReplyStream:
         self.run.status = "interrupted"
         self.end_event = None
 
-    async def end(self) -> None:
+    async def end(self) -> EndEvent | None:
         """Append the end event after every delta: the one in flight is waited for and its
-        outcome taken, so that a failure is not left unread."""
+        outcome taken, so that a failure is not left unread.
+
+        Returns None once the end is in the log. When the store refuses it, the run is marked
+        failed with the store's code (the visitor is never told ``streaming`` for a reply that
+        stopped) and the end event is returned, for :meth:`land` to write once the store takes
+        writes again."""
         if self.pending is not None:
             await asyncio.wait([self.pending])
             if not self.pending.cancelled():
@@ -183,4 +200,43 @@ class ReplyStream:
         end = self.end_event
         if end is None:
             end = domain.AssistantInterrupted(message_id=self.run.message_id, text=self.run.text)
-        await self.store.append(self.stream, [end], metadata=self.meta)
+        try:
+            await self.store.append(self.stream, [end], metadata=self.meta)
+        except LoaclError as exc:
+            status = self.run.status
+            self.failed(exc)
+            if status == "interrupted":
+                self.run.status = "interrupted"
+            return end
+        return None
+
+    async def land(
+        self, end: EndEvent, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        first: float = 0.5, most: float = 30.0,
+    ) -> None:
+        """Write ``end`` until the store takes it, waiting longer after each refusal: the
+        conversation is blocked until its reply has ended in the log."""
+        wait = first
+        while True:
+            await sleep(wait)
+            try:
+                await self.store.append(self.stream, [end], metadata=self.meta)
+            except LoaclError as exc:
+                log.warning("chat.end_not_saved", message_id=self.run.message_id,
+                            code=exc.code, retry_in=min(wait * 2, most))
+                wait = min(wait * 2, most)
+                continue
+            log.info("chat.end_saved_late", message_id=self.run.message_id)
+            return
+
+
+def _named(error: LoaclError) -> tuple[str, float | None]:
+    """The code a failed reply is recorded and shown with, and when to ask again: the
+    provider's own codes and the store's kept, anything else is the provider's error."""
+    if isinstance(error, ProviderError):
+        return error.code, error.retry_after
+    if error.code in STORE_CODES:
+        return error.code, STORE_RETRY_AFTER
+    if error.code.startswith("provider_"):
+        return error.code, None
+    return "provider_error", None
