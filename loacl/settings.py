@@ -150,6 +150,14 @@ class Settings(BaseModel):
     demo_delay: float = Field(
         0.02, ge=0, le=5, description="Seconds between pieces of the demo provider's answer."
     )
+    reply_deadline_seconds: float = Field(
+        120.0, ge=1, le=3600, description="A reply not finished within this many seconds ends "
+        "as failed (provider_unavailable)."
+    )
+    waiting_notice_seconds: float = Field(
+        5.0, gt=0, le=600, description="Visitors waiting this long for a reply's first text get "
+        "a `waiting` status frame."
+    )
     # A quarter of a second: at 20 tokens/s a 50 ms window made nearly every token an event of
     # its own, the largest share of the CPU per streamed token. Visitors get every token at
     # once all the same; only a crash can lose what streamed within the last window.

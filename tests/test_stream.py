@@ -962,3 +962,39 @@ async def test_a_shutdown_mid_reply_closes_the_socket_and_keeps_the_text(
     events = live.log.events(ack["reply_id"])
     assert events[-1] == ("assistant.interrupted",
                           {"message_id": ack["reply_id"], "text": seen.text})
+
+
+# -- a provider that keeps the visitor waiting ---------------------------------------------------
+
+
+async def test_a_visitor_waiting_for_the_first_text_hears_so_then_gets_the_reply(
+    settings: Settings, provider: tuple[OpenAITestServer, str]
+) -> None:
+    with start(settings, provider, waiting_notice_seconds=0.2) as live:
+        live.provider.script("Sorry for the wait.", [Stall(seconds=1.5)])
+        async with live.tab(live.session()) as tab:
+            ack = await live.ask(tab, "Hello?")
+            reply = await tab.follow(ack["reply_id"])
+        kinds = [f["type"] for f in tab.seen if f.get("message_id") == ack["reply_id"]]
+        assert kinds.index("status") < kinds.index("delta"), kinds
+        [status] = [f for f in tab.seen if f["type"] == "status"]
+        assert status == {"type": "status", "message_id": ack["reply_id"], "state": "waiting"}
+    assert reply.text == "Sorry for the wait." and reply.done is not None
+    assert reply.done["status"] == "completed"
+
+
+async def test_a_reply_past_its_deadline_ends_as_failed_and_the_next_one_works(
+    settings: Settings, provider: tuple[OpenAITestServer, str]
+) -> None:
+    with start(settings, provider, reply_deadline_seconds=1, provider_read_timeout=30) as live:
+        live.provider.script("Too late.", [Stall(seconds=20)])
+        async with live.tab(live.session()) as tab:
+            ack = await live.ask(tab, "Hello?")
+            reply = await tab.follow(ack["reply_id"])
+            assert reply.done is not None and reply.done["status"] == "failed"
+            assert [e["code"] for e in reply.errors] == ["provider_unavailable"]
+            live.provider.script("On time.")
+            again = await live.ask(tab, "And now?")
+            assert (await tab.follow(again["reply_id"])).text == "On time."
+        row = await live.log.finished(ack["reply_id"])
+        assert row["status"] == "failed" and row["error_code"] == "provider_unavailable"

@@ -26,6 +26,7 @@ class ServerFrame:
     ACK: Final = "ack"
     STARTED: Final = "started"
     DELTA: Final = "delta"
+    STATUS: Final = "status"
     DONE: Final = "done"
     ERROR: Final = "error"
     PING: Final = "ping"
@@ -71,6 +72,9 @@ SERVER_FRAMES: Final = (
           "a reply started, in this tab or another"),
     Frame(ServerFrame.DELTA, ("message_id", "offset", "text"),
           "the reply's text from a character offset"),
+    Frame(ServerFrame.STATUS, ("message_id", "state"),
+          "how a reply is doing while no text comes: waiting (the provider has not answered "
+          "for waiting_notice_seconds)"),
     Frame(ServerFrame.DONE, ("message_id", "status", "usage", "length"),
           "the reply ended; trim its text to length (after a crash the saved text may be "
           "shorter than what was streamed)"),

@@ -11,7 +11,7 @@ import structlog
 from starlette.websockets import WebSocket
 
 from loacl.http.stream_protocol import Close, ServerFrame
-from loacl.services.replies import Run
+from loacl.services.replies import Piece, Run
 
 log = structlog.get_logger(__name__)
 
@@ -22,6 +22,7 @@ DELTA_CHARS = 16 * 1024  # the most text in one caught-up delta (clients limit f
 class Socket(Protocol):
     """What a follower needs of its socket."""
 
+    def send(self, frame: dict[str, Any]) -> None: ...
     def send_text(self, message_id: str, offset: int, text: str) -> None: ...
     def close(self, code: int, reason: str) -> None: ...
     def ended(self, follower: Follower) -> None: ...
@@ -94,9 +95,10 @@ class Follower:
         self.task: asyncio.Task[None] | None = None
         self.pacer: Pacer | None = None
 
-    def pump(self, items: list[tuple[int, str] | None]) -> bool:
-        """Send ``items`` and whatever else is queued as one delta; True once the reply's end
-        marker came (or a gap closed the socket)."""
+    def pump(self, items: list[Piece]) -> bool:
+        """Send ``items`` and whatever else is queued as one delta (a notice as a ``status``
+        frame, in its place); True once the reply's end marker came (or a gap closed the
+        socket)."""
         queue, sent_to, parts = self.queue, self.sent_to, []
         while not queue.empty():
             items.append(queue.get_nowait())
@@ -105,6 +107,10 @@ class Follower:
             if item is None:
                 ended = True
                 break
+            if isinstance(item, str):
+                self.conn.send({"type": ServerFrame.STATUS, "message_id": self.run.message_id,
+                                "state": item})
+                continue
             at, text = item
             if at + len(text) <= sent_to:
                 continue

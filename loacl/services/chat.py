@@ -17,7 +17,15 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata, RecordedEvent
 from loacl.domain.widgets import VisitorAccess, conversation_stream
 from loacl.providers import provider_for, spec
-from loacl.providers.base import Attachment, Provider, ReplyRequest, ReplyResult, Turn, trim_history
+from loacl.providers.base import (
+    Attachment,
+    Provider,
+    ProviderError,
+    ReplyRequest,
+    ReplyResult,
+    Turn,
+    trim_history,
+)
 from loacl.services.ratelimit import RateLimiter
 from loacl.services.replies import ReplyStream, Run, reply_error_text
 from loacl.services.tokens import new_id
@@ -301,11 +309,7 @@ class Chat:
         result = ReplyResult()
         try:
             try:
-                provider = self._provider(assistant.provider)
-                turns = await self._history(run.conversation_id)
-                async for delta in provider.stream(ReplyRequest(assistant, turns), result):
-                    if delta:
-                        reply.on_delta(delta)
+                await self._stream(run, assistant, reply, result)
                 await reply.drain()
                 await self._record_uploads(run.conversation_id, assistant.provider, result, meta)
                 reply.completed(result)
@@ -341,6 +345,31 @@ class Chat:
                     # Told to the visitor already; the log gets it once the store takes writes
                     # again, without a restart (after one, start-up recovery closes it).
                     self._spawn(reply.land(unsaved), f"land-{run.message_id}")
+
+    async def _stream(
+        self, run: Run, assistant: AssistantDefinition, reply: ReplyStream, result: ReplyResult
+    ) -> None:
+        """The provider's answer into the reply, within the reply's deadline; a visitor kept
+        waiting for the first piece hears so (a ``waiting`` notice) instead of nothing."""
+        settings = self.settings
+        provider = self._provider(assistant.provider)
+        turns = await self._history(run.conversation_id)
+        waiting = asyncio.get_running_loop().call_later(
+            settings.waiting_notice_seconds, run.notice, "waiting"
+        )
+        try:
+            async with asyncio.timeout(settings.reply_deadline_seconds):
+                async for delta in provider.stream(ReplyRequest(assistant, turns), result):
+                    if delta:
+                        waiting.cancel()
+                        reply.on_delta(delta)
+        except TimeoutError:
+            raise ProviderError(
+                "provider_unavailable",
+                f"no whole answer within {settings.reply_deadline_seconds:g} s",
+            ) from None
+        finally:
+            waiting.cancel()
 
     def _provider(self, name: str) -> Provider:
         provider = self._providers.get(name)

@@ -38,6 +38,7 @@ STORE_CODES = frozenset({"store_unavailable", "store_error", "database_unavailab
                          "store_closed"})
 STORE_RETRY_AFTER = 5.0
 
+Piece = tuple[int, str] | str | None
 EndEvent = domain.AssistantCompleted | domain.AssistantFailed | domain.AssistantInterrupted
 
 
@@ -59,19 +60,26 @@ class Run:
     # Each listener's queue and its bound (0: none). The queues themselves are unbounded and
     # the bound is checked by hand, so that the end marker always fits without dropping a
     # delta: what a dropped listener holds is still a gapless prefix it can resume after.
-    listeners: dict[asyncio.Queue[tuple[int, str] | None], int] = field(default_factory=dict)
+    # A listener's queue holds (offset, text) pieces, notices (a str such as "waiting") and
+    # None at the end.
+    listeners: dict[asyncio.Queue[Piece], int] = field(default_factory=dict)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def listen(self, maxsize: int = 0) -> asyncio.Queue[tuple[int, str] | None]:
-        queue: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
+    def listen(self, maxsize: int = 0) -> asyncio.Queue[Piece]:
+        queue: asyncio.Queue[Piece] = asyncio.Queue()
         if self.finished.is_set():
             queue.put_nowait(None)
         else:
             self.listeners[queue] = maxsize
         return queue
 
-    def unlisten(self, queue: asyncio.Queue[tuple[int, str] | None]) -> None:
+    def unlisten(self, queue: asyncio.Queue[Piece]) -> None:
         self.listeners.pop(queue, None)
+
+    def notice(self, state: str) -> None:
+        """Tell the listeners how the reply is doing while no text comes (``waiting``)."""
+        for queue in self.listeners:
+            queue.put_nowait(state)
 
     def _emit(self, offset: int, delta: str) -> None:
         for queue, bound in list(self.listeners.items()):
