@@ -67,6 +67,10 @@ class Settings(BaseModel):
     auto_migrate: bool = Field(
         True, description="Apply pending database migrations when the server starts."
     )
+    min_free_disk_mb: int = Field(
+        100, ge=0, description="/readyz answers not ready when the database's filesystem has "
+        "less free space than this, in MB."
+    )
     jwt_secret_key: str | None = Field(
         None,
         min_length=32,

@@ -1,6 +1,20 @@
-"""Liveness and readiness."""
+"""Liveness and readiness.
+
+``/healthz`` says the process answers. ``/readyz`` says whether it can do its work, within a
+second and without waiting for the writer's queue: each check is named in the answer with its
+outcome, and a failed one makes it a 503 ``not_ready`` problem.
+
+- ``store``: the writer's latest commit succeeded (``EventStore.writer_health``); when it has not
+  committed lately, the write lock is taken and released on a connection of its own.
+- ``disk``: the database's filesystem has at least ``min_free_disk_mb`` free.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -8,24 +22,79 @@ from starlette.responses import JSONResponse, Response
 from loacl.domain.errors import LoaclError
 from loacl.http.errors import problem
 from loacl.http.routing import Endpoint
+from loacl.store.eventstore import EventStore
+
+RECENT_COMMIT = 1.0
+# A failed commit keeps the server not ready this long even when the lock is free (a full disk
+# still hands out the lock). After that the probe decides: a server taken out of rotation gets no
+# appends, and a verdict only a commit could lift would never be lifted.
+FAILURE_HOLD = 30.0
+# The writer waits up to its busy timeout (5 s) for the lock; a commit running far longer is stuck.
+STUCK_AFTER = 10.0
+HEAD_WAIT = 0.3
+MB = 1024 * 1024
 
 
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-async def readyz(request: Request) -> Response:
-    """Ready when the database takes a write transaction (checked without changing anything)."""
-    store = request.app.state.store
+async def store_check(store: EventStore) -> dict[str, Any]:
+    health = store.writer_health
+    now = time.monotonic()
+    if health.failing() and now - (health.last_failure or now) < FAILURE_HOLD:
+        return {"ok": False, "error": f"the last commit failed: {health.last_error}"}
+    busy = health.busy_since
+    if busy is not None and now - busy > STUCK_AFTER:
+        return {"ok": False, "error": f"a commit has been running for {now - busy:.0f} s"}
+    # A commit under way or just done vouches for the write path; the probe would only compete
+    # with the writer. One waiting longer may be waiting for a lock held elsewhere: probe it.
+    recent = max(busy or 0.0, health.last_success or 0.0)
+    if not health.failing() and recent and now - recent < RECENT_COMMIT:
+        return {"ok": True}
     try:
-        await store.check_writable()
+        await store.probe_write_lock()
     except LoaclError as exc:
-        return problem(503, "not_ready", exc.message, request)
-    return JSONResponse({"status": "ready", "events": await store.head()})
+        success = health.last_success
+        if success is not None and success > now:
+            return {"ok": True}  # it was the writer's own commit that held the lock
+        return {"ok": False, "error": exc.message}
+    return {"ok": True}
+
+
+def disk_check(store: EventStore, min_free_mb: int) -> dict[str, Any]:
+    try:
+        free_mb = shutil.disk_usage(store.path.parent).free // MB
+    except OSError as exc:
+        return {"ok": False, "error": f"cannot read the free disk space: {exc.strerror}"}
+    check: dict[str, Any] = {"ok": free_mb >= min_free_mb, "free_mb": free_mb,
+                             "min_free_mb": min_free_mb}
+    if not check["ok"]:
+        check["error"] = f"{free_mb} MB free, fewer than the {min_free_mb} MB required"
+    return check
+
+
+async def readyz(request: Request) -> Response:
+    store: EventStore = request.app.state.store
+    checks = {
+        "store": await store_check(store),
+        "disk": disk_check(store, request.app.state.settings.min_free_disk_mb),
+    }
+    failed = [f"{name}: {check['error']}" for name, check in checks.items() if not check["ok"]]
+    if failed:
+        return problem(503, "not_ready", "; ".join(failed), request, checks=checks)
+    body: dict[str, Any] = {"status": "ready", "checks": checks}
+    try:
+        # The reader's thread may be busy with a long read: the count is left out, not awaited.
+        body["events"] = await asyncio.wait_for(store.head(), HEAD_WAIT)
+    except TimeoutError:
+        body["events"] = None
+    return JSONResponse(body)
 
 
 # Probes for the machine that runs LOACL, not part of the API.
 endpoints = [
     Endpoint("get", "/healthz", healthz, "Liveness", documented=False),
-    Endpoint("get", "/readyz", readyz, "Readiness: the database takes writes", documented=False),
+    Endpoint("get", "/readyz", readyz, "Readiness: the store commits and the disk has room",
+             documented=False),
 ]

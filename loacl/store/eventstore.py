@@ -12,6 +12,7 @@ import asyncio
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -63,6 +64,26 @@ class _Call:
 
 _STOP = object()
 
+# How long the write-lock probe waits for a lock held elsewhere: far below /readyz's 1 s answer,
+# and short enough that the writer, arriving meanwhile, barely notices it.
+PROBE_WAIT = 0.2
+
+
+@dataclass
+class WriterHealth:
+    """How the writer's commits went, in ``time.monotonic()`` seconds. Written by the writer
+    thread alone, read by /readyz: single attribute writes, so no lock."""
+
+    busy_since: float | None = None  # a commit is under way
+    last_success: float | None = None
+    last_failure: float | None = None
+    last_error: str | None = None
+
+    def failing(self) -> bool:
+        """True when the latest commit failed."""
+        failure, success = self.last_failure, self.last_success
+        return failure is not None and (success is None or failure >= success)
+
 
 class EventStore:
     def __init__(
@@ -88,6 +109,7 @@ class EventStore:
         self._writer: sqlite3.Connection | None = None
         self.index_lag = index_lag
         self._batches = BatchWriter(projections, clock, index_lag)
+        self.writer_health = WriterHealth()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -193,13 +215,21 @@ class EventStore:
 
     def _commit_or_refuse(self, batch: list[_Append]) -> None:
         assert self._writer is not None
+        health = self.writer_health
+        health.busy_since = time.monotonic()
         try:
             self._batches.commit(self._writer, batch)
+            health.last_success = time.monotonic()
         except Exception as exc:  # the whole transaction failed: every request learns it
+            # The error first: a reader that sees the new failure time sees its error.
+            health.last_error = str(exc)
+            health.last_failure = time.monotonic()
             log.exception("store.commit_failed")
             error = LoaclError("store_unavailable", f"the event store could not commit: {exc}")
             for request in batch:
                 request.result = error
+        finally:
+            health.busy_since = None
 
     def _run_calls(self, calls: list[_Call]) -> None:
         for call in calls:
@@ -262,6 +292,35 @@ class EventStore:
                 ) from exc
 
         await self.run_on_writer(probe)
+
+    async def probe_write_lock(self, wait: float = PROBE_WAIT) -> None:
+        """Take and release the write lock on a short-lived connection of its own, waiting at
+        most ``wait`` seconds for it. Unlike ``check_writable`` this never queues behind the
+        writer's batches, and it writes nothing: the writer stays the only connection that writes
+        (the WAL-reset bug, ``store.sqlite``)."""
+        if self._thread is None:
+            raise LoaclError("store_closed", "the event store is not open")
+
+        def probe() -> None:
+            uri = f"file:{self.path}?mode=rw"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=wait)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+            finally:
+                conn.close()
+
+        try:
+            # The thread ends by itself once SQLite's busy timeout runs out.
+            await asyncio.wait_for(asyncio.to_thread(probe), wait + 0.3)
+        except sqlite3.Error as exc:
+            raise LoaclError(
+                "database_unavailable", f"the database's write lock is not free: {exc}"
+            ) from exc
+        except TimeoutError:
+            raise LoaclError(
+                "database_unavailable", "the database's write lock did not answer in time"
+            ) from None
 
     # -- reading ----------------------------------------------------------------------------
 
