@@ -50,11 +50,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from loacl.http.app import create_app
+    from loacl.http.serving import serve
     from loacl.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
-    uvicorn.run(
+    serve(app, uvicorn.Config(
         app,
         host=args.host or settings.host,
         port=settings.port if args.port is None else args.port,
@@ -66,7 +67,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         # the server's CPU per token (scripts/bench/streaming.py) and saves little.
         ws_per_message_deflate=False,
         ws_max_size=1024 * 1024,
-    )
+    ), settings.shutdown_seconds)
     return 0
 
 

@@ -154,6 +154,10 @@ class Settings(BaseModel):
     demo_delay: float = Field(
         0.02, ge=0, le=5, description="Seconds between pieces of the demo provider's answer."
     )
+    shutdown_seconds: float = Field(
+        10.0, gt=0, le=600, description="On SIGTERM, replies in flight end as interrupted, "
+        "every visitor gets a final frame, and the server exits within this many seconds."
+    )
     reply_deadline_seconds: float = Field(
         120.0, ge=1, le=3600, description="A reply not finished within this many seconds ends "
         "as failed (provider_unavailable)."

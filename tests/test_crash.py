@@ -27,7 +27,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.typing import Origin
 
-from loacl.openai_testserver import OpenAITestServer, running
+from loacl.openai_testserver import OpenAITestServer, Stall, running
 from loacl.store import audit, replay
 from loacl.store.projections import default_projections
 from tests.test_stream import MODEL, ORIGIN, PASSWORD, WAIT, Tab, contiguous, reply_text
@@ -257,3 +257,51 @@ async def test_a_reply_cut_by_a_crash_is_closed_as_interrupted(
         assert replay.dump_tables(conn, projections.tables) == live
     finally:
         conn.close()
+
+
+async def test_sigterm_ends_replies_in_flight_tells_every_visitor_and_exits_in_time(
+    server: Server, provider: tuple[OpenAITestServer, str]
+) -> None:
+    # The provider never sends a byte: without the bound, a waiting post held the exit ~90 s.
+    provider[0].script("never", [Stall(seconds=120)])
+    provider[0].script("never", [Stall(seconds=120)])
+    server.env |= {"LOACL_SHUTDOWN_SECONDS": "3", "LOACL_PROVIDER_READ_TIMEOUT": "600"}
+    server.start()
+    widget_id, token, _ = setup_visitor(server.url)
+    stream_url = f"ws://127.0.0.1:{server.port}/api/v1/widgets/{widget_id}/stream?token={token}"
+    _, other_token, _ = setup_second_visitor(server.url, widget_id)
+    async with connect(stream_url, origin=Origin(ORIGIN), open_timeout=WAIT) as ws, \
+            httpx.AsyncClient(base_url=server.url, timeout=WAIT) as http:
+        tab = Tab(ws)
+        assert (await tab.recv())["type"] == "ready"
+        await tab.send({"type": "message", "text": "Hello?"})
+        ack = await tab.next_kind("ack")
+        posting = asyncio.create_task(http.post(
+            f"/api/v1/widgets/{widget_id}/messages", json={"text": "Anyone?"},
+            headers={"Origin": ORIGIN, "Authorization": f"Bearer {other_token}"},
+        ))
+        deadline = time.monotonic() + WAIT
+        while len(provider[0].requests_to("responses")) < 2:
+            assert time.monotonic() < deadline, "the replies never reached the provider"
+            await asyncio.sleep(0.02)
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        reply = await tab.follow(ack["reply_id"])
+        posted = await posting
+        # A guard against a hang, the bound itself being 3 s: the server exits on its own.
+        assert server.process.wait(timeout=WAIT) is not None
+    assert reply.done is not None and reply.done["status"] == "interrupted"
+    assert reply.done["length"] == 0
+    assert posted.status_code == 201, posted.text
+    assert posted.json()["reply"]["status"] == "interrupted"
+    for reply_id in (ack["reply_id"], posted.json()["reply"]["id"]):
+        assert reply_events(server.database, reply_id)[-1] == (
+            "assistant.interrupted", {"message_id": reply_id, "text": ""})
+    assert "loacl.stopped" in server.output()
+
+
+def setup_second_visitor(url: str, widget_id: str) -> tuple[str, str, str]:
+    session = httpx.post(f"{url}/api/v1/widgets/{widget_id}/sessions", json={},
+                         headers={"Origin": ORIGIN}, timeout=WAIT)
+    assert session.status_code == 201, session.text
+    return widget_id, session.json()["visitor_token"], session.json()["conversation_id"]

@@ -386,6 +386,15 @@ async def stream(websocket: WebSocket) -> None:
     await _serve(websocket, access)
 
 
+def open_connections(app: Any) -> set[Connection]:
+    """The app's open streaming sockets (made on first use)."""
+    state = app.state
+    found: set[Connection] | None = getattr(state, "ws_connections", None)
+    if found is None:
+        found = state.ws_connections = set()
+    return found
+
+
 def _decoded(raw: str | None) -> dict[str, Any] | str:
     """A text frame as a JSON object, or what is wrong with it (None: a binary frame)."""
     if raw is None:
@@ -401,6 +410,8 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
     """Run the socket: greet, then write, read and ping until one of them ends or the socket
     is closed, then wind down."""
     conn = Connection(websocket, access)
+    connections = open_connections(websocket.app)
+    connections.add(conn)
     # Subscribed before greeting: a reply that starts meanwhile is in the news, or running.
     news = conn.chat.news(access.conversation_id)
     await conn.greet()
@@ -418,6 +429,7 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
     finally:
         news.close()
         await conn.wind_down(write, others)
+        connections.discard(conn)
 
 
 endpoints = [

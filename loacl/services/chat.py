@@ -71,6 +71,16 @@ class Chat:
         # One provider per name for the app's life: building an SDK client costs ~100 ms (its
         # TLS context), far more than a reply's first token, and each kept a connection open.
         self._providers: dict[str, Provider] = {}
+        self.closing = False
+
+    async def interrupt_replies(self) -> None:
+        """Shutting down: take no new message, and end every reply in flight as interrupted
+        (each writes its end event; sockets and HTTP posts following it are told)."""
+        self.closing = True
+        replies = [t for t in self._tasks if t.get_name().startswith("reply-")]
+        for task in replies:
+            task.cancel()
+        await asyncio.gather(*replies, return_exceptions=True)
 
     def running(self, conversation_id: str) -> Run | None:
         """The reply streaming in the conversation now, if any."""
@@ -172,6 +182,9 @@ class Chat:
         text = domain.checked_message(
             text, file_ids, client_message_id, self.settings.max_message_chars
         )
+        if self.closing:
+            raise LoaclError("store_closed", "the server is restarting; ask again in a moment",
+                             retry_after=5)
         if client_message_id is not None:
             found = await self._replayed(access, client_message_id)
             if found is not None:
