@@ -451,7 +451,7 @@ async def test_pieces_within_the_window_leave_as_one_frame_and_done_comes_last(
         if coalesce_ms == 0:
             await settled(conn, len(conn.outbox.frames) + 1)
     run._finish()
-    frames = await settled(conn, 4 if coalesce_ms == 0 else 2)
+    frames = await settled(conn, 4 if coalesce_ms == 0 else 3)  # the deltas, then done
     deltas = [(f["offset"], f["text"]) for f in frames if f["type"] == "delta"]
     assert contiguous(deltas) == "Hello there, visitor"
     if coalesce_ms == 0:
