@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from loacl import __version__
 from loacl.domain.errors import LoaclError
 from loacl.settings import Settings, SettingsError, load_settings
-from loacl.store import audit, backup, migrations, replay, tail
+from loacl.store import audit, backup, integrity, migrations, replay, tail
 from loacl.store.projections import default_projections
 from loacl.store.sqlite import connect
 from loacl.store.tail import StoredEvent
@@ -114,12 +114,18 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     conn = _open(settings)
     try:
+        damage = integrity.check(conn)
         result = audit.verify(conn, progress=_progress("audit", sys.stderr))
     finally:
         conn.close()
+    if not damage.ok:
+        print(f"DAMAGED: {damage.names()}")
+        for line in damage.messages:
+            print(f"  {line}")
+        print(f"to repair: {damage.remedy()}")
     if result.ok:
         print(f"ok: {result.events} events, last hash {result.last_hash}")
-        return 0
+        return 0 if damage.ok else 1
     print(f"FAILED at event {result.bad_seq}: {result.reason}")
     return 1
 
