@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from loacl import __version__
 from loacl.domain.errors import LoaclError
 from loacl.settings import Settings, SettingsError, load_settings
-from loacl.store import audit, backup, integrity, migrations, replay, tail
+from loacl.store import audit, backup, integrity, migrations, rebuild, replay, tail
 from loacl.store.projections import default_projections
 from loacl.store.sqlite import connect
 from loacl.store.tail import StoredEvent
@@ -90,13 +90,20 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    conn = _open(settings)
+    show = _progress("replay", sys.stderr)
     try:
-        result = replay.replay(
-            conn, default_projections(), progress=_progress("replay", sys.stderr)
-        )
-    finally:
-        conn.close()
+        result = rebuild.rebuild(settings.database_path, default_projections(), progress=show)
+    except LoaclError as exc:
+        if exc.code != "database_in_use":
+            raise
+        # A running server keeps writing: rebuild its read tables in place, beside it.
+        print("a server uses the database: rebuilding the read tables in place (stop it to "
+              "rebuild into a fresh file, which also repairs damaged tables)", file=sys.stderr)
+        conn = _open(settings)
+        try:
+            result = replay.replay(conn, default_projections(), progress=show)
+        finally:
+            conn.close()
     print(f"replayed {result.events} events into {len(result.tables)} tables: "
           + ", ".join(result.tables))
     return 0
