@@ -137,6 +137,35 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     return 1
 
 
+def _ranges(spans: list[tuple[int, int]]) -> str:
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
+    from loacl.store import repair
+
+    out = Path(args.path)
+    result = repair.repair(settings.database_path, out, default_projections())
+    print(f"copied {result.copied} events into {out}")
+    if result.lost:
+        print(f"lost {result.lost_count} events that could not be read: positions "
+              f"{_ranges(result.lost)} of the old file")
+    if result.edited:
+        print("copied, though they fail their hash check (edited?): positions "
+              + ", ".join(map(str, result.edited)))
+    if result.rechained_from is not None:
+        print(f"the hash chain was computed again from position {result.rechained_from} on; "
+              "later events moved down to close the gap")
+    for note in result.notes:
+        print(note)
+    if not (result.lost or result.edited or result.notes):
+        print("nothing was lost")
+    print(f"{settings.database_path} was not changed. Check the copy with `loacl audit "
+          f"verify` (DATABASE_URL=sqlite:///{out}), then, the server stopped, put it in place with "
+          f"`loacl restore {out}`")
+    return 0
+
+
 def _event_json(event: StoredEvent) -> dict[str, Any]:
     return {
         "seq": event.seq, "stream": event.stream, "version": event.version,
@@ -346,6 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="rebuild every read table from the event log")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser(
+        "repair", help="copy every readable event of a damaged log into a new file"
+    )
+    p.add_argument("path", help="the new file (must not exist)")
+    p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser(
         "audit", help="check the event log's hash chain (verify) or rebuild its stream index"

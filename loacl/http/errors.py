@@ -28,7 +28,7 @@ And by status::
         backup_not_found
     405 method_not_allowed
     409 email_taken, already_verified, assistant_in_use, reply_in_progress, conflict,
-        conversation_exists, migration_refused
+        conversation_exists, migration_refused, file_exists
     412 version_conflict
     413 message_too_long, file_too_large, payload_too_large
     415 unsupported_file_type, unsupported_media_type
@@ -108,6 +108,7 @@ ERRORS: dict[str, ErrorCode] = {
         409, "the signed-in user has a conversation with the widget already (handled inside)"
     ),
     "migration_refused": ErrorCode(409, "CLI: the downgrade would drop tables that hold data"),
+    "file_exists": ErrorCode(409, "CLI: the output file exists; repair never overwrites one"),
     # 412
     "version_conflict": ErrorCode(412, "If-Match names an old version: read it again"),
     # 413
