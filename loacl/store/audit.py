@@ -40,7 +40,8 @@ def verify(
 
 def verify_from(conn: sqlite3.Connection, seq: int, hash_: str) -> AuditResult:
     """The chain from a position verified before (``seq`` and the hash it had) to the head:
-    what start-up checks, so that its cost follows the events appended since. Stream versions
+    what start-up checks, so that its cost follows the events appended since (an edit of an
+    earlier event is left to the full ``verify``, which reads them all). Stream versions
     are left to the full ``verify``: checking them needs every earlier event."""
     own = not conn.in_transaction
     if own:
@@ -51,7 +52,11 @@ def verify_from(conn: sqlite3.Connection, seq: int, hash_: str) -> AuditResult:
                 False, seq - 1, _hash_at(conn, seq - 1), seq,
                 f"event {seq} is missing or no longer has the hash it had when last verified",
             )
-        chain = _walk_chain(conn, None, 10_000, start=seq, prev=hash_, versions=False)
+        # The marked event itself is walked again: an edit of the head as it was is caught.
+        start = max(seq - 1, 0)
+        chain = _walk_chain(
+            conn, None, 10_000, start=start, prev=_hash_at(conn, start), versions=False
+        )
         if not chain.ok:
             return chain
         return _check_head(conn, chain.events, chain.last_hash) or chain
