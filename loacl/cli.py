@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from loacl import __version__
 from loacl.domain.errors import LoaclError
 from loacl.settings import Settings, SettingsError, load_settings
-from loacl.store import audit, backup, migrations, replay, tail
+from loacl.store import audit, backup, integrity, migrations, rebuild, replay, tail
 from loacl.store.projections import default_projections
 from loacl.store.sqlite import connect
 from loacl.store.tail import StoredEvent
@@ -91,13 +91,20 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    conn = _open(settings)
+    show = _progress("replay", sys.stderr)
     try:
-        result = replay.replay(
-            conn, default_projections(), progress=_progress("replay", sys.stderr)
-        )
-    finally:
-        conn.close()
+        result = rebuild.rebuild(settings.database_path, default_projections(), progress=show)
+    except LoaclError as exc:
+        if exc.code != "database_in_use":
+            raise
+        # A running server keeps writing: rebuild its read tables in place, beside it.
+        print("a server uses the database: rebuilding the read tables in place (stop it to "
+              "rebuild into a fresh file, which also repairs damaged tables)", file=sys.stderr)
+        conn = _open(settings)
+        try:
+            result = replay.replay(conn, default_projections(), progress=show)
+        finally:
+            conn.close()
     print(f"replayed {result.events} events into {len(result.tables)} tables: "
           + ", ".join(result.tables))
     return 0
@@ -115,14 +122,49 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     conn = _open(settings)
     try:
+        damage = integrity.check(conn)
         result = audit.verify(conn, progress=_progress("audit", sys.stderr))
     finally:
         conn.close()
+    if not damage.ok:
+        print(f"DAMAGED: {damage.names()}")
+        for line in damage.messages:
+            print(f"  {line}")
+        print(f"to repair: {damage.remedy()}")
     if result.ok:
         print(f"ok: {result.events} events, last hash {result.last_hash}")
-        return 0
+        return 0 if damage.ok else 1
     print(f"FAILED at event {result.bad_seq}: {result.reason}")
     return 1
+
+
+def _ranges(spans: list[tuple[int, int]]) -> str:
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
+    from loacl.store import repair
+
+    out = Path(args.path)
+    result = repair.repair(settings.database_path, out, default_projections())
+    print(f"copied {result.copied} events into {out}")
+    if result.lost:
+        print(f"lost {result.lost_count} events that could not be read: positions "
+              f"{_ranges(result.lost)} of the old file")
+    if result.edited:
+        print("copied, though they fail their hash check (edited?): positions "
+              + ", ".join(map(str, result.edited)))
+    if result.rechained_from is not None:
+        print(f"the hash chain was computed again from position {result.rechained_from} on; "
+              "later events moved down to close the gap")
+    for note in result.notes:
+        print(note)
+    if not (result.lost or result.edited or result.notes):
+        print("nothing was lost")
+    print(f"{settings.database_path} was not changed. Check the copy with `loacl audit "
+          f"verify` (DATABASE_URL=sqlite:///{out}), then, the server stopped, put it in place with "
+          f"`loacl restore {out}`")
+    return 0
 
 
 def _event_json(event: StoredEvent) -> dict[str, Any]:
@@ -334,6 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="rebuild every read table from the event log")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser(
+        "repair", help="copy every readable event of a damaged log into a new file"
+    )
+    p.add_argument("path", help="the new file (must not exist)")
+    p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser(
         "audit", help="check the event log's hash chain (verify) or rebuild its stream index"

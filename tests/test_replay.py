@@ -17,7 +17,7 @@ from loacl import cli as loacl_cli
 from loacl.domain import accounts
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Event, RecordedEvent
-from loacl.store import audit, migrations, replay
+from loacl.store import audit, backup, migrations, replay
 from loacl.store.eventstore import NO_STREAM, EventStore, read_all_sync
 from loacl.store.projections import Projections, default_projections
 from loacl.store.sqlite import connect
@@ -123,6 +123,31 @@ def test_replay_rebuilds_what_was_lost(used_db: Path, cli: Cli) -> None:
     assert dump(used_db) != before
     assert cli("replay")[0] == 0
     assert dump(used_db) == before
+
+
+def test_replay_beside_a_running_server_rebuilds_in_place(used_db: Path, cli: Cli) -> None:
+    """A server holds the file: no fresh file is swapped under it, the tables are rebuilt in
+    place instead."""
+    before = dump(used_db)
+    _spoil(used_db)
+    inode = used_db.stat().st_ino
+    with backup.ServeLock(used_db):
+        code, out, err = cli("replay")
+    assert code == 0
+    assert out.startswith("replayed 9 events")
+    assert "a server uses the database: rebuilding the read tables in place" in err
+    assert used_db.stat().st_ino == inode
+    assert dump(used_db) == before
+
+
+def test_replay_swaps_in_a_fresh_file(used_db: Path, cli: Cli) -> None:
+    before = dump(used_db)
+    inode = used_db.stat().st_ino
+    assert cli("replay")[0] == 0
+    assert used_db.stat().st_ino != inode
+    assert dump(used_db) == before
+    assert audit.verify(sqlite3.connect(used_db)).ok
+    assert [p.name for p in used_db.parent.iterdir() if ".replay" in p.name] == []
 
 
 def test_replay_of_an_empty_log_empties_the_tables(db_path: Path, cli: Cli) -> None:

@@ -26,7 +26,7 @@ from loacl.services.recovery import recover
 from loacl.services.tokens import Tokens
 from loacl.services.widgets import Widgets
 from loacl.settings import Settings, jwt_secret
-from loacl.store import migrations
+from loacl.store import integrity, migrations
 from loacl.store.backup import ServeLock
 from loacl.store.eventstore import Clock, EventStore, utc_now
 from loacl.store.projections import default_projections
@@ -38,7 +38,8 @@ log = structlog.get_logger(__name__)
 
 
 def prepare_database(settings: Settings) -> None:
-    """Check the SQLite version and bring the schema up to date (or check it is)."""
+    """Check the SQLite version, bring the schema up to date (or check it is), and refuse a
+    damaged file or a broken hash chain."""
     check_version()
     conn = connect(settings.database_path)
     try:
@@ -49,6 +50,8 @@ def prepare_database(settings: Settings) -> None:
             raise LoaclError(
                 "schema_out_of_date", "the database needs migrations: run `loacl migrate up`"
             )
+        result = integrity.check_at_start(conn)
+        log.info("integrity.checked", events=result.events)
     finally:
         conn.close()
 

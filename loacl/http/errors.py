@@ -28,7 +28,7 @@ And by status::
         backup_not_found
     405 method_not_allowed
     409 email_taken, already_verified, assistant_in_use, reply_in_progress, conflict,
-        conversation_exists, migration_refused
+        conversation_exists, migration_refused, file_exists
     412 version_conflict
     413 message_too_long, file_too_large, payload_too_large
     415 unsupported_file_type, unsupported_media_type
@@ -37,7 +37,8 @@ And by status::
         not_resettable
     429 rate_limited, provider_rate_limited
     500 internal_error, store_error, log_damaged, unknown_event_type, unknown_schema_version,
-        migration_failed, backup_corrupt, invalid_database_url, duplicate_subscriber
+        migration_failed, backup_corrupt, invalid_database_url, duplicate_subscriber,
+        database_damaged, chain_broken
     502 provider_error
     503 provider_unavailable, store_unavailable, database_unavailable, store_closed,
         not_ready, interrupted, schema_out_of_date, schema_too_new, database_in_use,
@@ -107,6 +108,7 @@ ERRORS: dict[str, ErrorCode] = {
         409, "the signed-in user has a conversation with the widget already (handled inside)"
     ),
     "migration_refused": ErrorCode(409, "CLI: the downgrade would drop tables that hold data"),
+    "file_exists": ErrorCode(409, "CLI: the output file exists; repair never overwrites one"),
     # 412
     "version_conflict": ErrorCode(412, "If-Match names an old version: read it again"),
     # 413
@@ -137,7 +139,12 @@ ERRORS: dict[str, ErrorCode] = {
     "internal_error": ErrorCode(500, "an unexpected failure, logged with the request id"),
     "store_error": ErrorCode(500, "the event store could not write the events"),
     "duplicate_subscriber": ErrorCode(500, "two subscribers of the log share one name"),
-    "log_damaged": ErrorCode(500, "the event log holds one stream version twice"),
+    "log_damaged": ErrorCode(500, "the event log's pages are damaged or it holds one stream "
+                                  "version twice: loacl repair"),
+    "database_damaged": ErrorCode(500, "a read table or index is damaged: loacl replay "
+                                       "rebuilds it"),
+    "chain_broken": ErrorCode(500, "the event log fails its hash-chain check: loacl audit "
+                                   "verify names where"),
     "unknown_event_type": ErrorCode(500, "the log holds an event type this LOACL does not "
                                          "know"),
     "unknown_schema_version": ErrorCode(500, "the log holds an event version newer than this "

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from loacl.domain.errors import LoaclError
 from loacl.store import codec
@@ -33,13 +34,52 @@ def verify(
     try:
         return _verify(conn, progress, chunk)
     finally:
-        if own and conn.in_transaction:
+        if own:
+            _end_read(conn)
+
+
+def verify_from(conn: sqlite3.Connection, seq: int, hash_: str) -> AuditResult:
+    """The chain from a position verified before (``seq`` and the hash it had) to the head:
+    what start-up checks, so that its cost follows the events appended since (an edit of an
+    earlier event is left to the full ``verify``, which reads them all). Stream versions
+    are left to the full ``verify``: checking them needs every earlier event."""
+    own = not conn.in_transaction
+    if own:
+        conn.execute("BEGIN")
+    try:
+        if seq and _hash_at(conn, seq) != hash_:
+            return AuditResult(
+                False, seq - 1, _hash_at(conn, seq - 1), seq,
+                f"event {seq} is missing or no longer has the hash it had when last verified",
+            )
+        # The marked event itself is walked again: an edit of the head as it was is caught.
+        start = max(seq - 1, 0)
+        chain = _walk_chain(
+            conn, None, 10_000, start=start, prev=_hash_at(conn, start), versions=False
+        )
+        if not chain.ok:
+            return chain
+        return _check_head(conn, chain.events, chain.last_hash) or chain
+    finally:
+        if own:
+            _end_read(conn)
+
+
+def _end_read(conn: sqlite3.Connection) -> None:
+    # A read that met a damaged page can make SQLite refuse the COMMIT too; nothing was written.
+    if conn.in_transaction:
+        try:
             conn.execute("COMMIT")
+        except sqlite3.DatabaseError:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
 
 
 def _hash_at(conn: sqlite3.Connection, seq: int) -> str:
+    if seq <= 0:
+        return codec.GENESIS_HASH
     row = conn.execute("SELECT hash FROM events WHERE seq = ?", (seq,)).fetchone()
-    return str(row[0]) if row else codec.GENESIS_HASH
+    return str(row[0]) if row else ""
 
 
 def _verify(conn: sqlite3.Connection, progress: Progress | None, chunk: int) -> AuditResult:
@@ -49,24 +89,69 @@ def _verify(conn: sqlite3.Connection, progress: Progress | None, chunk: int) -> 
     return _check_head(conn, chain.events, chain.last_hash) or chain
 
 
-def _walk_chain(
-    conn: sqlite3.Connection, progress: Progress | None, chunk: int
-) -> AuditResult:
-    """Every event in order: no gap, each hash chained to the one before, each stream's versions
-    counting up from 1."""
-    (total,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-    prev = codec.GENESIS_HASH
-    expected_seq = 1
-    versions: dict[str, int] = {}
-    count = 0
+def damaged(exc: sqlite3.Error) -> bool:
+    """SQLite found a damaged page (or a file that is no database), not a missing table or a
+    lock."""
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF in (11, 26)  # CORRUPT, NOTADB
+
+
+class _Unreadable(Exception):
+    def __init__(self, seq: int, error: sqlite3.DatabaseError) -> None:
+        super().__init__(seq, error)
+        self.seq = seq
+        self.error = error
+
+
+_SELECT = f"SELECT {EVENT_COLUMNS} FROM events"
+
+
+def _rows(conn: sqlite3.Connection, start: int, chunk: int) -> Iterator[Sequence[Any]]:
+    """The events from ``start`` on, in order. A chunk that SQLite cannot read (a damaged page)
+    is read again one event at a time, up to the first event that fails: ``_Unreadable``."""
     while True:
-        rows = conn.execute(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE seq >= ? ORDER BY seq LIMIT ?",
-            (expected_seq, chunk),
-        ).fetchall()
+        try:
+            rows = conn.execute(
+                f"{_SELECT} WHERE seq >= ? ORDER BY seq LIMIT ?", (start, chunk)
+            ).fetchall()
+        except sqlite3.DatabaseError as exc:
+            if not damaged(exc):
+                raise
+            for seq in range(start, start + chunk):
+                try:
+                    row = conn.execute(f"{_SELECT} WHERE seq = ?", (seq,)).fetchone()
+                except sqlite3.DatabaseError as one:
+                    if not damaged(one):
+                        raise
+                    raise _Unreadable(seq, one) from one
+                if row is None:  # on the damaged page: a look-up finds nothing there
+                    raise _Unreadable(seq, exc) from exc
+                yield row
+            raise _Unreadable(start, exc) from exc
         if not rows:
-            break
-        for seq, stream, version, type_, schema, payload, metadata, at, stored in rows:
+            return
+        yield from rows
+        start = rows[-1][0] + 1
+
+
+def _walk_chain(
+    conn: sqlite3.Connection, progress: Progress | None, chunk: int, *,
+    start: int = 0, prev: str = codec.GENESIS_HASH, versions: bool = True,
+) -> AuditResult:
+    """Every event after ``start`` in order: no gap, each hash chained to the one before, each
+    stream's versions counting up from 1 (when ``versions``); an unreadable event is named."""
+    try:
+        (total,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+    except sqlite3.DatabaseError as exc:
+        if not damaged(exc):
+            raise
+        total = 0
+    expected_seq = start + 1
+    seen: dict[str, int] = {}
+    count = start
+    try:
+        for seq, stream, version, type_, schema, payload, metadata, at, stored in _rows(
+            conn, expected_seq, chunk
+        ):
             if seq != expected_seq:
                 return AuditResult(
                     False, count, prev, expected_seq, f"event {expected_seq} is missing"
@@ -78,16 +163,24 @@ def _walk_chain(
                 return AuditResult(
                     False, count, prev, seq, f"event {seq} does not match its hash"
                 )
-            if version != versions.get(stream, 0) + 1:
+            if versions and version != seen.get(stream, 0) + 1:
                 return AuditResult(
                     False, count, prev, seq, f"event {seq} breaks the version order of {stream}"
                 )
-            versions[stream] = version
+            seen[stream] = version
             prev = stored
             expected_seq += 1
             count += 1
-        if progress:
-            progress(expected_seq - 1, total)
+            if progress and seq % chunk == 0:
+                progress(seq, max(total, seq))
+    except _Unreadable as bad:
+        return AuditResult(
+            False, count, prev, max(bad.seq, expected_seq),
+            f"event {max(bad.seq, expected_seq)} cannot be read ({bad.error}): the log's "
+            "pages are damaged; `loacl repair NEW_FILE` copies every readable event",
+        )
+    if progress and count > start and count % chunk:
+        progress(count, max(total, count))
     return AuditResult(True, count, prev)
 
 

@@ -58,6 +58,29 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def apply_all(
+    conn: sqlite3.Connection, projections: Projections, progress: Progress | None, chunk: int,
+    total: int,
+) -> tuple[int, int]:
+    """Every event through the projections, a chunk a transaction; the last seq and the count."""
+    done = 0
+    count = 0
+    with _cyclic_gc_paused():
+        while True:
+            # Short read transactions: a long one would stop checkpoints and grow the WAL.
+            conn.execute("BEGIN")
+            events = read_all_sync(conn, after=done, limit=chunk)
+            projections.apply(conn, events)
+            conn.execute("COMMIT")
+            if not events:
+                break
+            done = events[-1].seq
+            count += len(events)
+            if progress:
+                progress(done, max(total, done))
+    return done, count
+
+
 def replay(
     conn: sqlite3.Connection,
     projections: Projections,
@@ -78,21 +101,7 @@ def replay(
                         f"INDEX {name} ", f"INDEX temp.{name} ", 1
                     )
                 )
-        done = 0
-        count = 0
-        with _cyclic_gc_paused():
-            while True:
-                # Short read transactions: a long one would stop checkpoints and grow the WAL.
-                conn.execute("BEGIN")
-                events = read_all_sync(conn, after=done, limit=chunk)
-                projections.apply(conn, events)
-                conn.execute("COMMIT")
-                if not events:
-                    break
-                done = events[-1].seq
-                count += len(events)
-                if progress:
-                    progress(done, max(total, done))
+        done, count = apply_all(conn, projections, progress, chunk, total)
         conn.execute("BEGIN IMMEDIATE")
         late = read_all_sync(conn, after=done)
         projections.apply(conn, late)

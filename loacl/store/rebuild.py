@@ -1,0 +1,138 @@
+"""Replay into a fresh database file: the event log and the tables the log does not derive are
+copied, every read table is built again from the events alone, and the new file takes the old
+one's place in one rename. A damaged read table or index is never read, so this repairs it."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from loacl.domain.errors import LoaclError
+from loacl.store import audit, migrations
+from loacl.store.backup import ServeLock
+from loacl.store.projections import Projections
+from loacl.store.replay import Progress, ReplayResult, apply_all
+from loacl.store.sqlite import connect
+
+# Rebuilt, not copied: the stream index is derived from the log; the migrations' record is
+# copied on its own (the fresh file has its own rows already).
+_NOT_COPIED = frozenset(["stream_index", "schema_migrations"])
+
+
+def remove_file(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def rebuild(
+    db_path: Path, projections: Projections, *, progress: Progress | None = None,
+    chunk: int = 5000,
+) -> ReplayResult:
+    """Refuses while a server holds the database (``database_in_use``)."""
+    if not db_path.exists():
+        raise LoaclError("database_not_found", f"no database at {db_path}")
+    fresh = db_path.with_name(db_path.name + ".replay")
+    with ServeLock(db_path):
+        remove_file(fresh)
+        try:
+            count = _build(db_path, fresh, projections, progress, chunk)
+            _swap(db_path, fresh)
+        except BaseException:
+            remove_file(fresh)
+            raise
+    return ReplayResult(count, list(projections.tables))
+
+
+def _build(
+    db_path: Path, fresh: Path, projections: Projections, progress: Progress | None, chunk: int
+) -> int:
+    source = connect(db_path, readonly=True)
+    try:
+        version = migrations.current(source)
+    finally:
+        source.close()
+    conn = connect(fresh)
+    try:
+        migrations.up(conn, to=version)
+        conn.execute("ATTACH DATABASE ? AS src", (f"file:{db_path}?mode=ro",))
+        conn.execute("BEGIN IMMEDIATE")
+        _copy_kept(conn, projections)
+        conn.execute("COMMIT")
+        conn.execute("DETACH DATABASE src")
+        chain = audit.verify(conn)
+        if not chain.ok:
+            raise LoaclError(
+                "chain_broken",
+                f"the event log fails its check at event {chain.bad_seq}: {chain.reason}; "
+                "replay would rebuild from an edited log. Restore a backup, or run "
+                "`loacl repair NEW_FILE`",
+            )
+        (total,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        _, count = apply_all(conn, projections, progress, chunk, total)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.close()
+    return count
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> str:
+    return ", ".join(f'"{r[1]}"' for r in conn.execute(f'PRAGMA main.table_info("{table}")'))
+
+
+def _copy_kept(conn: sqlite3.Connection, projections: Projections) -> None:
+    """The log, the blobs, the checkpoints and every other table replay does not build."""
+    names = [str(n) for (n,) in conn.execute(
+        "SELECT name FROM main.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+    )]
+    in_source = {str(n) for (n,) in conn.execute(
+        "SELECT name FROM src.sqlite_master WHERE type = 'table'"
+    )}
+    for table in names:
+        if table in projections.tables or table in _NOT_COPIED or table not in in_source:
+            continue
+        cols = _columns(conn, table)
+        try:
+            conn.execute(f'INSERT INTO main."{table}" ({cols}) SELECT {cols} FROM src."{table}"')
+        except sqlite3.DatabaseError as exc:
+            if not audit.damaged(exc):
+                raise
+            raise LoaclError(
+                "log_damaged",
+                f"table {table}, which replay copies rather than rebuilds, cannot be read "
+                f"({exc}); `loacl audit verify` names the first bad event, and `loacl repair "
+                "NEW_FILE` copies every readable row into a new file",
+            ) from exc
+    conn.execute("DELETE FROM main.schema_migrations")
+    conn.execute("INSERT INTO main.schema_migrations SELECT * FROM src.schema_migrations")
+    if "stream_index" in names:
+        conn.execute(
+            "INSERT INTO main.stream_index (stream, version, seq) SELECT stream, version, seq "
+            "FROM main.events WHERE seq <= (SELECT coalesce(max(indexed_seq), 0) "
+            "FROM main.event_log_head) ORDER BY stream, version"
+        )
+
+
+def _swap(db_path: Path, fresh: Path) -> None:
+    # The old file's WAL must not outlive it: SQLite would apply its frames to the new file.
+    old = connect(db_path)
+    try:
+        old.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.DatabaseError:
+        pass  # a damaged file may refuse; its WAL is removed below all the same
+    finally:
+        old.close()
+    with open(fresh, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(fresh, db_path)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    dir_fd = os.open(db_path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
