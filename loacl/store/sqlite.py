@@ -13,6 +13,13 @@ log = structlog.get_logger(__name__)
 
 # SQLite 3.7.0 through 3.51.2 can lose committed writes when two connections write or
 # checkpoint at the same moment (the WAL-reset bug); 3.51.3 fixed it.
+# Why not write through apsw, which bundles a fixed SQLite (3.54.1)? It would be a second copy of
+# SQLite in this process beside stdlib sqlite3 (aiosqlite readers, the lock probe, backups), and
+# the copies do not share the list of open files that works around POSIX locks: a stdlib
+# connection closing the file drops the apsw writer's locks mid-transaction, and another process
+# can then take the write lock (https://www.sqlite.org/howtocorrupt.html, section 2.3;
+# measured by scripts/bench/writer_driver.py). Its 1.1-1.2x faster raw inserts would save a few
+# per cent of an append. So: stdlib sqlite3, one writing connection, and the warning below.
 WAL_RESET_FIXED = (3, 51, 3)
 
 
