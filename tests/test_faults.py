@@ -1,4 +1,5 @@
-"""The disk filling up under visitors streaming replies, on a real (small) file system.
+"""The disk filling up under visitors streaming replies (over HTTP, and fifty over WebSockets),
+on a real (small) file system.
 
 The database lives on a 24 MB tmpfs that the test mounts; a filler file then takes the rest of
 its space while replies stream, and is removed again. Every visitor is told how their reply
@@ -14,18 +15,22 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
 import pytest
 
 from loacl.openai_testserver import OpenAITestServer, running
+from loacl.settings import Settings
 from loacl.store import audit
 from loacl.store.sqlite import connect
 from tests.test_chat import chat_settings, live
+from tests.test_stream import provider_server, reply_text, start
 
 WAIT = 60.0  # a guard against a hang, never a measurement
 VISITORS = 20
+FIFTY = 50
 ANSWER = " ".join(f"word{n}" for n in range(120))
 
 
@@ -123,3 +128,56 @@ async def test_a_full_disk_strands_nothing_and_hides_nothing(
             conn.close()
 
 
+
+
+async def test_a_full_disk_under_fifty_streaming_sockets(
+    small_disk: Path, settings: Settings
+) -> None:
+    text = reply_text(60)
+    with provider_server(token_delay=0.01) as provider, start(
+        settings, provider, database_url=f"sqlite:///{small_disk / 'loacl.db'}",
+        flush_interval_ms=20, provider_concurrency=100,
+    ) as live:
+        for _ in range(FIFTY):
+            live.provider.script(text)
+        async with AsyncExitStack() as stack:
+            tabs = [await stack.enter_async_context(live.tab(live.session()))
+                    for _ in range(FIFTY)]
+            for n, tab in enumerate(tabs):
+                await tab.send({"type": "message", "text": f"Tell me, {n}",
+                                "client_message_id": f"m{n}"})
+            acks = [await tab.next_kind("ack", "error") for tab in tabs]
+            filler = await asyncio.to_thread(fill, small_disk)
+            ends = [await tab.follow(ack["reply_id"]) for tab, ack in zip(tabs, acks, strict=True)
+                    if ack["type"] == "ack"]
+            filler.unlink()
+            # Every socket was told how its reply ended; none that it is still streaming.
+            statuses = [reply.done["status"] for reply in ends if reply.done is not None]
+            assert len(statuses) == len(ends)
+            assert set(statuses) <= {"completed", "failed"}, statuses
+            assert "failed" in statuses, "the disk never filled mid-reply"
+            for reply in ends:
+                if reply.done is not None and reply.done["status"] == "failed":
+                    assert [e["code"] for e in reply.errors] in (
+                        ["store_unavailable"], ["database_unavailable"]), reply.errors
+            # Once the space is back, without a restart, no conversation stays stuck...
+            deadline = time.monotonic() + WAIT
+            while streaming(live.settings.database_path):
+                assert time.monotonic() < deadline, "a conversation stayed stuck"
+                await asyncio.sleep(0.1)
+            # ...and every socket gets an answer to its next question.
+            for _ in range(FIFTY):
+                live.provider.script("Back again.")
+            for n, tab in enumerate(tabs):
+                await tab.send({"type": "message", "text": f"Again, {n}"})
+            for tab in tabs:
+                again = await tab.next_kind("ack")
+                assert (await tab.follow(again["reply_id"])).text == "Back again."
+        acknowledged = {ack["message_id"] for ack in acks if ack["type"] == "ack"}
+        conn = connect(live.settings.database_path)
+        try:
+            kept = {row[0] for row in conn.execute("SELECT message_id FROM messages")}
+            assert acknowledged <= kept, "an acknowledged message was lost"
+            assert audit.verify(conn).ok
+        finally:
+            conn.close()
