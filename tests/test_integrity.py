@@ -21,6 +21,7 @@ from loacl.domain.errors import LoaclError
 from loacl.http.app import create_app
 from loacl.settings import Settings
 from loacl.store import migrations, replay
+from loacl.store.backup import restore
 from loacl.store.projections import default_projections
 from loacl.store.sqlite import connect
 from tests.conftest import RunCli
@@ -269,3 +270,15 @@ def test_repair_of_a_sound_file_loses_nothing_and_never_overwrites(
     code, _, err = cli("repair", str(out_path))
     assert code == 1 and "[file_exists]" in err
     assert digest(out_path) == before
+
+
+def test_a_damaged_backup_is_refused_naming_what_is_damaged(db: Path, tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged-backup.db"
+    shutil.copyfile(db, damaged)
+    smash(damaged, "messages")
+    target = tmp_path / "restored.db"
+    with pytest.raises(LoaclError) as caught:
+        restore(damaged, target)
+    assert caught.value.code == "backup_corrupt"
+    assert "table messages" in caught.value.message
+    assert not target.exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 from types import TracebackType
 
 from loacl.domain.errors import LoaclError
-from loacl.store import audit
+from loacl.store import audit, integrity
 from loacl.store.sqlite import connect
 
 
@@ -76,9 +76,14 @@ def backup(db_path: Path, dest: Path) -> audit.AuditResult:
 
 
 def check(conn: sqlite3.Connection) -> audit.AuditResult:
-    (integrity,) = conn.execute("PRAGMA integrity_check").fetchone()
-    if integrity != "ok":
-        raise LoaclError("backup_corrupt", f"integrity check failed: {integrity}")
+    """The copy's integrity, its damage named as ``loacl audit verify`` names it, then its
+    hash chain."""
+    damage = integrity.check(conn)
+    if not damage.ok:
+        raise LoaclError(
+            "backup_corrupt",
+            f"integrity check failed: {damage.names()} damaged ({'; '.join(damage.messages[:3])})",
+        )
     return audit.verify(conn)
 
 
