@@ -399,10 +399,10 @@ async def test_a_failed_commit_fails_every_request_then_the_store_recovers(
             await store.append("user-a", [verified("a")])
         assert caught.value.code == "store_unavailable"
         with pytest.raises(LoaclError) as probed:
-            await store.check_writable()
+            await store.probe_write_lock(0.05)
         assert probed.value.code == "database_unavailable"
         other.execute("ROLLBACK")
-    await store.check_writable()
+    await store.probe_write_lock()
     written = await store.append("user-a", [verified("a")], expected_version=NO_STREAM)
     assert [(r.seq, r.version) for r in written] == [(1, 1)]
 
@@ -546,7 +546,7 @@ async def test_a_closed_store_refuses_work(db_path: Path) -> None:
     calls: list[Callable[[], Any]] = [
         lambda: store.append("user-a", [verified("a")]),
         lambda: store.run_on_writer(lambda conn: None),
-        store.check_writable,
+        store.probe_write_lock,
         store.read_all,
         lambda: store.read_stream("user-a"),
         store.head,
@@ -584,7 +584,9 @@ async def test_run_on_writer_runs_on_the_writer_thread(store: EventStore) -> Non
 
     with pytest.raises(LoaclError, match="the call failed"):
         await store.run_on_writer(fails)
-    await store.check_writable()
+    # The writer goes on after a failed call.
+    written = await store.append("user-b", [verified("b")], expected_version=NO_STREAM)
+    assert [r.version for r in written] == [1]
 
 
 async def test_a_call_that_leaves_a_transaction_open_does_not_break_appends(

@@ -281,23 +281,11 @@ class EventStore:
         self._queue.put(_Call(fn, future))
         return await future
 
-    async def check_writable(self) -> None:
-        def probe(conn: sqlite3.Connection) -> None:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute("ROLLBACK")
-            except sqlite3.Error as exc:
-                raise LoaclError(
-                    "database_unavailable", f"the database is not writable: {exc}"
-                ) from exc
-
-        await self.run_on_writer(probe)
-
     async def probe_write_lock(self, wait: float = PROBE_WAIT) -> None:
         """Take and release the write lock on a short-lived connection of its own, waiting at
-        most ``wait`` seconds for it. Unlike ``check_writable`` this never queues behind the
-        writer's batches, and it writes nothing: the writer stays the only connection that writes
-        (the WAL-reset bug, ``store.sqlite``)."""
+        most ``wait`` seconds for it. It never queues behind the writer's batches (as a call
+        through ``run_on_writer`` would), and it writes nothing: the writer stays the only
+        connection that writes (the WAL-reset bug, ``store.sqlite``)."""
         if self._thread is None:
             raise LoaclError("store_closed", "the event store is not open")
 
