@@ -25,6 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin
 
+from loacl.domain.widgets import VisitorAccess
 from loacl.http import stream as stream_module
 from loacl.http import stream_send
 from loacl.http.app import create_app
@@ -36,7 +37,7 @@ from loacl.openai_testserver import (
     running,
     split_deltas,
 )
-from loacl.services.chat import Run, VisitorAccess
+from loacl.services.replies import Run
 from loacl.settings import Settings
 from loacl.store.views.conversations import MessageView
 from tests.live import serve

@@ -26,7 +26,7 @@ from loacl.http.shapes import conversation_json, file_json, message_json, messag
 from loacl.http.validation import parse_body
 from loacl.http.visitors import visitor_endpoint
 from loacl.providers.base import ProviderError
-from loacl.services.chat import Run
+from loacl.services.replies import Run
 
 MULTIPART_OVERHEAD = 64 * 1024
 

@@ -27,7 +27,7 @@ from loacl.providers.base import (
     trim_history,
 )
 from loacl.services.ratelimit import RateLimiter
-from loacl.services.replies import ReplyStream, Run, reply_error_text
+from loacl.services.replies import ReplyStream, Run
 from loacl.services.tokens import new_id
 from loacl.settings import Settings
 from loacl.store.broker import Subscription
@@ -37,8 +37,6 @@ from loacl.store.views import conversations as views
 from loacl.store.views import files as file_views
 from loacl.store.views import widgets as widget_views
 from loacl.store.views.conversations import ConversationView, MessagePage, MessageView
-
-__all__ = ["Chat", "Run", "VisitorAccess", "reply_error_text"]
 
 log = structlog.get_logger(__name__)
 
