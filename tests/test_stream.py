@@ -317,7 +317,7 @@ def start(settings: Settings, provider: tuple[OpenAITestServer, str], **override
         email = "owner@example.com"
         registered = http.post("/api/v1/auth/register", json={"email": email,
                                                               "password": PASSWORD})
-        assert registered.status_code == 201, registered.text
+        assert registered.status_code == 202, registered.text
         login = http.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
         assert login.status_code == 200, login.text
         headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
