@@ -25,7 +25,7 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 from structlog.testing import capture_logs
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin
 
 from loacl.http.app import create_app
@@ -356,7 +356,9 @@ def nested(depth: int) -> str:
 
 DEEP_BODIES = [
     pytest.param("/api/v1/auth/login", nested(100_000), id="login-100k-deep"),
-    pytest.param("/api/v1/auth/register", nested(MAX_JSON_DEPTH + 1), id="register-just-too-deep"),
+    pytest.param("/api/v1/auth/register",
+                 '{"email": ' + nested(MAX_JSON_DEPTH) + ', "password": "x"}',
+                 id="register-one-level-too-deep"),
     pytest.param("/api/v1/auth/login",
                  '{"email": ' + "{\"a\": " * MAX_JSON_DEPTH + "1" + "}" * MAX_JSON_DEPTH
                  + ', "password": "x"}', id="deep-field"),
@@ -536,6 +538,30 @@ def test_the_connection_cap_answers_503_then_recovers(tmp_path: Path) -> None:
                     break
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_sockets_count_against_the_connection_cap(tmp_path: Path) -> None:
+    settings = secure_settings(tmp_path, max_connections=10)
+    with running(settings) as world:
+        token = world.visitor["Authorization"].removeprefix("Bearer ")
+
+        async def go() -> tuple[int, list[int]]:
+            opened, refused = [], []
+            async with contextlib.AsyncExitStack() as stack:
+                for _ in range(15):
+                    try:
+                        ws = await stack.enter_async_context(connect(
+                            _ws_url(world, token), origin=Origin(ORIGIN), open_timeout=WAIT))
+                    except InvalidStatus as exc:
+                        refused.append(exc.response.status_code)
+                    else:
+                        await ws.recv()  # ready
+                        opened.append(ws)
+            return len(opened), refused
+
+        opened, refused = asyncio.run(go())
+    # The world's client keeps one connection open; each refused socket was answered 503.
+    assert opened < 10 and refused == [503] * (15 - opened), (opened, refused)
 
 
 ABORTED = [

@@ -104,6 +104,20 @@ class Deadlines(asyncio.Protocol):
         self._since = time.monotonic()
         self._head_bytes = 0
 
+    def handle_websocket_upgrade(self, *event: Any) -> None:
+        # uvicorn checks limit_concurrency for HTTP requests only, after it has let upgrades
+        # through: sockets count against the same cap.
+        limit = self.config.limit_concurrency
+        if limit is not None and len(cast(Any, self).connections) >= limit:
+            log.info("http.connection_cap", limit=limit)
+            self.transport.write(
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n"
+                b"connection: close\r\n\r\n"
+            )
+            self.transport.close()
+            return
+        super().handle_websocket_upgrade(*event)  # type: ignore[misc]
+
     def _waiting_for_head(self) -> bool:
         return self.cycle is None or bool(self.cycle.response_complete)
 
