@@ -61,8 +61,11 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Lowest level of log lines written."
     )
-    log_format: Literal["json", "console"] = Field(
-        "json", description="JSON lines, or coloured text for a terminal."
+    log_format: Literal["auto", "json", "text", "console"] = Field(
+        "auto",
+        description="`json` (one JSON object a line), `text` (readable lines, coloured on a "
+        "terminal), or `auto`: text when the log goes to a terminal, JSON otherwise. `console` "
+        "is an older name for `text`.",
     )
     auto_migrate: bool = Field(
         True, description="Apply pending database migrations when the server starts."

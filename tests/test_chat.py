@@ -64,7 +64,7 @@ def chat_settings(tmp_path: Path, root: str | None, **overrides: Any) -> Setting
     values: dict[str, Any] = {
         "database_url": f"sqlite:///{tmp_path / 'loacl.db'}",
         "data_dir": tmp_path / "data",
-        "log_format": "console",
+        "log_format": "text",
         "argon2_time_cost": 1,
         "argon2_memory_kib": 64,
         "argon2_parallelism": 1,
