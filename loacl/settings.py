@@ -74,6 +74,12 @@ class Settings(BaseModel):
         100, ge=0, description="/readyz answers not ready when the database's filesystem has "
         "less free space than this, in MB."
     )
+    integrity_check_minutes: float = Field(
+        60, ge=0,
+        description="How often a running server checks its database file again (SQLite's quick "
+        "check, and the hash chain since the last check); damage is logged and fails `/readyz`. "
+        "0 turns it off.",
+    )
     jwt_secret_key: str | None = Field(
         None,
         min_length=32,
@@ -135,7 +141,10 @@ class Settings(BaseModel):
         False, description="Let OpenAI store responses (store=true); LOACL's log is the history."
     )
     provider_max_retries: int = Field(
-        2, ge=0, le=10, description="Retries of a failed provider call (429s honour retry-after)."
+        2, ge=0, le=10,
+        description="Retries of a reply's request that failed before any text came (a 429, a "
+        "5xx, a timeout; a retry-after is honoured while the reply's deadline allows it); "
+        "each is told to the visitor as a `retrying` status frame."
     )
     provider_read_timeout: float = Field(
         30.0, gt=0, le=600, description="Seconds to wait for the provider's next chunk."

@@ -164,7 +164,8 @@ ERRORS: dict[str, ErrorCode] = {
     "store_unavailable": ErrorCode(503, "the event store could not commit; try again"),
     "database_unavailable": ErrorCode(503, "the database is locked or cannot be opened"),
     "store_closed": ErrorCode(503, "the server is shutting down"),
-    "not_ready": ErrorCode(503, "/readyz: a check failed (store or disk); the body names it"),
+    "not_ready": ErrorCode(503, "/readyz: a check failed (store, disk or integrity); the body "
+                                "names it"),
     "interrupted": ErrorCode(503, "the reply was cut short by a server restart; ask again"),
     "schema_out_of_date": ErrorCode(503, "the database needs migrations: loacl migrate up"),
     "schema_too_new": ErrorCode(503, "the database was migrated by a newer LOACL"),
