@@ -36,6 +36,7 @@ from loacl.store.projections import default_projections
 from loacl.store.sqlite import check_version, connect
 from loacl.store.subscribers import default_subscribers
 from loacl.store.subscriptions import Subscriptions
+from loacl.store.watch import Watch
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +80,7 @@ def create_app(
 ) -> Starlette:
     store = EventStore(settings.database_path, default_projections(), clock=clock)
     subscriptions = Subscriptions(store, default_subscribers())
+    watch = Watch(settings.database_path, settings.integrity_check_minutes * 60, clock)
     lock = ServeLock(settings.database_path)
     mailer = mailer or Mailer.from_settings(settings)
     passwords = Passwords(
@@ -104,9 +106,11 @@ def create_app(
                 if settings.demo_widget:
                     await demo.ensure_or_go_without()
                 await subscriptions.start()
+                watch.start()
                 log.info("loacl.started", version=__version__, database=str(store.path))
                 yield
             finally:
+                await watch.stop()
                 await chat_service.shutdown()
                 await mailer.drain()
                 # Before the store closes: a runner cut short resumes at its checkpoint.
@@ -133,6 +137,7 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.subscriptions = subscriptions
+    app.state.integrity = watch
     app.state.clock = clock
     app.state.accounts = Accounts(store, settings, passwords, tokens, mailer, clock)
     app.state.assistants = Assistants(store, settings)
