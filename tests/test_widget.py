@@ -28,7 +28,7 @@ from starlette.routing import Route
 from loacl.http.app import create_app
 from loacl.openai_testserver import HttpError, OpenAITestServer
 from loacl.settings import Settings
-from tests.live import serve
+from tests.live import OPEN_LIMITS, serve
 
 try:
     from playwright.sync_api import (
@@ -144,7 +144,7 @@ def _settings(folder: Path, **overrides: Any) -> Settings:
         argon2_memory_kib=64,
         argon2_parallelism=1,
         require_verified_email=False,
-        **overrides,
+        **(OPEN_LIMITS | overrides),
     )
 
 
