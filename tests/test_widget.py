@@ -758,6 +758,19 @@ def test_rate_limits_are_explained(loacl: Loacl, page: Page) -> None:
     assert re.search(r"\(\d+ s\)", alert.inner_text())
 
 
+def test_a_used_up_budget_is_explained(loacl: Loacl, page: Page) -> None:
+    widget = loacl.widget(budget={"daily_tokens": 1})
+    opened(page, loacl.page(widget))
+    send(page, "One")
+    wait_done(page)
+    send(page, "Two")
+    alert = page.locator("loacl-chat .g [role=alert]")
+    alert.wait_for()
+    assert alert.inner_text().startswith("The assistant can't answer any more right now.")
+    # The wait is hours: the sentence says "later" instead of counting seconds.
+    assert not re.search(r"\(\d+ s\)", alert.inner_text())
+
+
 def test_keyboard_only(loacl: Loacl, page: Page) -> None:
     widget = loacl.widget()
     page.goto(loacl.page(widget))
