@@ -312,12 +312,13 @@ def test_usage_is_the_owners_own_and_its_range_is_checked(root: str, tmp_path: P
         gone = site.http.get("/api/v1/usage", params={"widget_id": theirs}, headers=site.owner)
         assert gone.status_code == 404
         assert site.http.get("/api/v1/usage").status_code == 401
-        assert usage_of(site, widget_id=mine, **{"from": "2030-01-01", "to": "2030-01-31"}) \
-            == {"from": "2030-01-01", "to": "2030-01-31", "group_by": "day", "currency": "USD",
-                "data": [], "total": {"replies_completed": 0, "replies_failed": 0,
-                                      "input_tokens": 0, "output_tokens": 0, "total_tokens": 0,
-                                      "estimated_cost": 0, "unpriced_tokens": 0,
-                                      "models": []}}
+        january = site.http.get("/api/v1/usage", headers=site.owner, params={
+            "widget_id": mine, "from": "2030-01-01", "to": "2030-01-31"})
+        assert january.json() == {
+            "from": "2030-01-01", "to": "2030-01-31", "group_by": "day", "currency": "USD",
+            "data": [], "total": {"replies_completed": 0, "replies_failed": 0,
+                                  "input_tokens": 0, "output_tokens": 0, "total_tokens": 0,
+                                  "estimated_cost": 0, "unpriced_tokens": 0, "models": []}}
 
 
 # -- the demo widget (finding 5) ---------------------------------------------------------------

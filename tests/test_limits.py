@@ -145,6 +145,21 @@ def test_uploads_count_files_and_bytes_and_a_refusal_counts_neither() -> None:
         limits.upload("v4", "10.0.0.1", 10)  # the address's fifth file of the day
 
 
+def test_addresses_that_never_come_back_are_swept_from_memory() -> None:
+    clock = Clock()
+    limits = _limits(clock, messages_per_ip_minute=5, messages_per_ip_day=100,
+                     uploads_per_ip_day=5, upload_bytes_per_ip_day=1000)
+    for n in range(50):
+        limits.message(f"v{n}", f"10.0.{n}.1", per_minute=10)
+        limits.upload(f"v{n}", f"10.0.{n}.1", 10)
+    assert len(limits.ip_day._hits) == 50
+    clock.now += 24 * 3600  # a day later, one new visitor: every window is swept
+    limits.message("new", "10.9.9.9", per_minute=10)
+    windows = [limits.ip_minute, limits.ip_day, limits.uploads_ip, limits._per_minute[10]]
+    assert [len(w._hits) for w in windows] == [1, 1, 0, 1]
+    assert limits.bytes_ip._hits == {} and limits.bytes_ip._totals == {}
+
+
 def test_reply_slots_are_shared_between_addresses_and_given_back_once() -> None:
     limits = _limits(Clock(), replies_per_ip=2)
     assert limits.replies_widget.limit == 64  # provider_concurrency

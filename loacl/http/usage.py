@@ -68,7 +68,7 @@ async def get_usage(request: Request) -> Response:
 endpoints = [
     Endpoint("get", "/api/v1/usage", get_usage,
              "Replies, tokens and estimated cost of your widgets", "usage", auth="owner",
-             description=DESCRIPTION,
+             description=DESCRIPTION, codes=("not_found",),
              query=(("from", "first UTC day, YYYY-MM-DD (default: 29 days before to)"),
                     ("to", "last UTC day, YYYY-MM-DD (default: today)"),
                     ("group_by", "day (default), widget or assistant"),

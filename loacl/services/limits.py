@@ -22,6 +22,9 @@ from loacl.services.ratelimit import RateLimiter, Slots, WeightedLimiter
 from loacl.settings import Settings
 
 DAY = 24 * 3600.0
+# Keys are forgotten when asked again after their window; those never asked again are swept
+# this often, so that a day of passing addresses does not stay in memory.
+SWEEP_SECONDS = 600.0
 # No clock says when a slot frees up: a short wait, then the client tries again.
 REPLY_RETRY = 2
 SOCKET_RETRY = 10
@@ -68,6 +71,19 @@ class VisitorLimits:
         self.sockets_ip = Slots(s.sockets_per_ip)
         self.replies_widget = Slots(s.provider_concurrency)
         self.replies_ip = Slots(s.replies_per_ip)
+        self._swept = clock()
+
+    def _windows(self) -> list[RateLimiter | WeightedLimiter]:
+        return [self.sessions, self.ip_minute, self.visitor_day, self.ip_day,
+                self.uploads_visitor, self.uploads_ip, self.bytes_visitor, self.bytes_ip,
+                *self._per_minute.values()]
+
+    def _sweep_if_due(self) -> None:
+        now = self.clock()
+        if now - self._swept >= SWEEP_SECONDS:
+            self._swept = now
+            for window in self._windows():
+                window.sweep()
 
     @staticmethod
     def _counted(*groups: tuple[list[tuple[RateLimiter, str]], str]) -> None:
@@ -84,12 +100,14 @@ class VisitorLimits:
 
     def new_session(self, ip: str | None) -> None:
         """A new anonymous session from ``ip`` (a returning visitor's token is not one)."""
+        self._sweep_if_due()
         self._counted(([(self.sessions, _ip(ip))],
                        "too many new chats from your network; try again later"))
 
     def message(self, visitor_id: str, ip: str | None, per_minute: int) -> None:
         """A message from a visitor: the widget's rate per visitor, and the server's per
         address and per day."""
+        self._sweep_if_due()
         limiter = self._per_minute.get(per_minute)
         if limiter is None:
             limiter = self._per_minute[per_minute] = RateLimiter(per_minute, 60, self.clock)
@@ -104,6 +122,7 @@ class VisitorLimits:
 
     def upload(self, visitor_id: str, ip: str | None, size: int) -> None:
         """A file of ``size`` bytes, before it is stored."""
+        self._sweep_if_due()
         visitor, address = _visitor(visitor_id), _ip(ip)
         weighed = [(lim, key) for lim, key in ((self.bytes_visitor, visitor),
                                                (self.bytes_ip, address)) if lim.limit]

@@ -46,6 +46,11 @@ class RateLimiter:
     def reset(self, key: str) -> None:
         self._hits.pop(key, None)
 
+    def sweep(self) -> None:
+        """Forget every key with no hit in the window (one asked again is forgotten anyway)."""
+        for key in list(self._hits):
+            self._recent(key)
+
     def check(self, key: str, message: str = "too many attempts; try again later") -> None:
         """Count an attempt, or raise 429 ``rate_limited`` with the seconds to wait."""
         wait = self.retry_after(key)
@@ -97,6 +102,10 @@ class WeightedLimiter:
         self._recent(key)
         self._hits.setdefault(key, deque()).append((self.clock(), amount))
         self._totals[key] = self._totals.get(key, 0) + amount
+
+    def sweep(self) -> None:
+        for key in list(self._hits):
+            self._recent(key)
 
 
 class Slots:
