@@ -46,6 +46,7 @@ from loacl.store.projections import default_projections
 from loacl.store.sqlite import check_version, connect
 from loacl.store.subscribers import default_subscribers
 from loacl.store.subscriptions import Subscriptions
+from loacl.store.watch import Watch
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +74,7 @@ def create_app(
     settings: Settings, *, clock: Clock = utc_now, mailer: Mailer | None = None
 ) -> Starlette:
     store = EventStore(settings.database_path, default_projections(), clock=clock)
+    watch = Watch(settings.database_path, settings.integrity_check_minutes * 60, clock)
     lock = ServeLock(settings.database_path)
     mailer = mailer or Mailer.from_settings(settings)
     limits = VisitorLimits(settings)
@@ -104,9 +106,11 @@ def create_app(
                 else:
                     await demo.retire()
                 await subscriptions.start()
+                watch.start()
                 log.info("loacl.started", version=__version__, database=str(store.path))
                 yield
             finally:
+                await watch.stop()
                 await chat_service.shutdown()
                 await mailer.drain()
                 # Before the store closes: a runner cut short resumes at its checkpoint.
@@ -127,6 +131,7 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.subscriptions = subscriptions
+    app.state.integrity = watch
     app.state.clock = clock
     app.state.accounts = Accounts(store, settings, passwords, tokens, mailer, clock)
     app.state.assistants = Assistants(store, settings)
