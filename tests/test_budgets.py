@@ -369,6 +369,16 @@ def test_the_demo_is_off_with_a_real_key_unless_turned_on(root: str, tmp_path: P
     with live(with_key):  # a restart writes nothing more
         pass
     assert len(log_of(with_key)) == count
+    # The operator turns it on on purpose: the same widget, enabled, still under its budget.
+    turned_on = with_key.model_copy(update={"demo_widget": True})
+    with live(turned_on) as site:
+        assert site.app.state.demo.widget_id == demo_id
+        assert demo_id in site.http.get("/").text  # which also allows this port's origin
+        assert site.http.get(f"/api/v1/widgets/{demo_id}/config",
+                             headers={"Origin": site.url}).status_code == 200
+    [(_, definition)] = demo_rows(turned_on)
+    assert json.loads(definition)["enabled"] is True
+    assert json.loads(definition)["budget"]["monthly_tokens"] == turned_on.demo_monthly_tokens
 
 
 def test_a_demo_turned_on_with_a_key_stays_under_its_small_budget(
