@@ -162,7 +162,6 @@ def at(settings: Settings, moment: list[datetime]) -> Iterator[Site]:
         yield Site(url, http, app, settings)
 
 
-
 # -- budget exhaustion, end to end ---------------------------------------------------------------
 
 
