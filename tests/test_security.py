@@ -32,7 +32,7 @@ from loacl.http.app import create_app
 from loacl.http.validation import MAX_JSON_BODY, MAX_JSON_DEPTH
 from loacl.settings import Settings
 from loacl.store.backup import backup
-from tests.live import serve
+from tests.live import OPEN_LIMITS, serve
 
 pytestmark = pytest.mark.e2e
 
@@ -54,6 +54,8 @@ def secure_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "require_verified_email": False,
         "demo_widget": False,
         "demo_delay": 0,
+        # The visitor limits (tests/test_limits.py) would refuse before what is tested here.
+        **OPEN_LIMITS,
     }
     return Settings(**(values | overrides))
 
