@@ -260,3 +260,12 @@ def test_served_json_and_docs_page(app: Starlette) -> None:
         assert "store_error" in docs.text  # the error codes table
         assert "<script" not in docs.text  # self-contained, nothing loaded from elsewhere
 
+
+
+def test_the_embed_code_documents_its_html_form(app: Starlette) -> None:
+    op = _spec(app)["paths"]["/api/v1/widgets/{id}/embed-code"]["get"]
+    [fmt] = [p for p in op["parameters"] if p["name"] == "format"]
+    assert fmt["in"] == "query" and fmt["schema"]["enum"] == ["json", "html"]
+    content = op["responses"]["200"]["content"]
+    assert content["text/html"]["schema"] == {"type": "string"}
+    assert "html" in content["application/json"]["schema"]["required"]

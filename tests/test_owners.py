@@ -1055,6 +1055,58 @@ def test_embed_code(world: World) -> None:
 
 
 @pytest.mark.parametrize(
+    ("query", "accept"),
+    [("?format=html", None), ("?format=html", "application/json"), ("", "text/html"),
+     ("", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+     ("", "application/json;q=0.5, text/*")],
+)
+def test_embed_code_as_html_is_the_snippet_itself(
+    world: World, query: str, accept: str | None
+) -> None:
+    widget = world.widget(world.a, world.assistant(world.a)["id"])
+    path = f"/api/v1/widgets/{widget['id']}/embed-code"
+    as_json = world.client.get(path, headers=world.a.headers).json()
+    headers = {**world.a.headers, **({"accept": accept} if accept else {})}
+    response = world.client.get(path + query, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    assert response.text == as_json["html"]
+    assert "sandbox" in response.headers["content-security-policy"]
+    config, src = read_snippet(response.text)
+    assert config["widgetId"] == widget["id"] and src == "http://testserver/widget.js"
+
+
+@pytest.mark.parametrize(
+    ("query", "accept"),
+    [("", None), ("", "*/*"), ("?format=json", "text/html"), ("", "text/html;q=0.5, */*"),
+     ("", "application/json, text/html")],
+)
+def test_embed_code_stays_json_unless_html_is_asked_for(
+    world: World, query: str, accept: str | None
+) -> None:
+    widget = world.widget(world.a, world.assistant(world.a)["id"])
+    headers = {**world.a.headers, **({"accept": accept} if accept else {})}
+    response = world.client.get(
+        f"/api/v1/widgets/{widget['id']}/embed-code{query}", headers=headers
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["widget_id"] == widget["id"]
+
+
+def test_embed_code_refuses_an_unknown_format_naming_the_accepted_ones(world: World) -> None:
+    widget = world.widget(world.a, world.assistant(world.a)["id"])
+    response = world.client.get(
+        f"/api/v1/widgets/{widget['id']}/embed-code?format=xml", headers=world.a.headers
+    )
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["code"] == "validation_error"
+    assert problem["errors"] == [{"field": "format", "message": "not an accepted value",
+                                  "accepted": ["json", "html"]}]
+
+
+@pytest.mark.parametrize(
     ("public_url", "script_url"),
     [
         ("https://chat.example.com", "https://chat.example.com/widget.js"),

@@ -82,6 +82,8 @@ def _request_body(op: Endpoint, schemas: dict[str, Any]) -> dict[str, Any] | Non
 
 def _responses(op: Declaration) -> dict[str, Any]:
     responses: dict[str, Any] = {str(op.ok): {"description": "success"}}
+    if isinstance(op, Endpoint) and op.content:
+        responses[str(op.ok)]["content"] = op.content
     codes = list(op.codes)
     if isinstance(op, Endpoint) and op.body is not None:
         codes += [code for code in BODY_CODES if code not in codes]

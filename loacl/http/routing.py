@@ -61,6 +61,8 @@ class Endpoint:
     multipart: bool = False  # a multipart/form-data upload, field ``file``
     documented: bool = True  # pages, assets, probes and CORS preflights are not API
     description: str = ""  # what the summary leaves out (Markdown)
+    # The success response's media types and their schemas, when the document shows them.
+    content: dict[str, Any] | None = None
 
     def route(self) -> BaseRoute:
         return DeclaredRoute(self)
