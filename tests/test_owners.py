@@ -1054,6 +1054,36 @@ def test_embed_code(world: World) -> None:
     assert events(world.settings, before) == []
 
 
+def test_a_422_names_each_bad_field_its_accepted_values_and_the_field_meant(
+    world: World,
+) -> None:
+    before = head(world.settings)
+    refused = world.client.post("/api/v1/assistants", headers=world.a.headers, json={
+        "name": "Helper", "provider": "anthropic", "temprature": 1})
+    body = assert_problem(refused, 422, "validation_error", "temprature")
+    [typo] = body["errors"]
+    assert typo["did_you_mean"] == "temperature" and "temperature" in typo["accepted"]
+    assert typo["reason"] == "extra_forbidden"
+    assert "did you mean `temperature`?" in body["detail"]
+    unknown = world.client.post("/api/v1/assistants", headers=world.a.headers,
+                                json={"name": "Helper", "provider": "anthropic"})
+    body = assert_problem(unknown, 422, "validation_error", "provider")
+    assert body["errors"][0]["accepted"] == ["openai", "chat_completions", "demo"]
+    assistant = world.assistant(world.a)
+    widget = world.client.post("/api/v1/widgets", headers=world.a.headers, json={
+        "name": "Site", "assistant_id": assistant["id"],
+        "settings": {"theme": "blue", "positon": "bottom-left", "zzz": 1}})
+    body = assert_problem(widget, 422, "validation_error", "settings.theme")
+    by_field = {e["field"]: e for e in body["errors"]}
+    assert by_field["settings.theme"]["accepted"] == ["light", "dark", "auto"]
+    assert by_field["settings.theme"]["reason"] == "literal_error"
+    assert by_field["settings.positon"]["did_you_mean"] == "position"
+    assert "did_you_mean" not in by_field["settings.zzz"]
+    assert "theme" in by_field["settings.zzz"]["accepted"]
+    assert "known fields: title" in by_field["settings.zzz"]["message"]
+    assert len(events(world.settings, before)) == 1  # the assistant made in between
+
+
 @pytest.mark.parametrize(
     ("query", "accept"),
     [("?format=html", None), ("?format=html", "application/json"), ("", "text/html"),

@@ -233,7 +233,11 @@ def problem(
 
 async def loacl_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LoaclError)
-    return problem(status_for(exc.code), exc.code, exc.message, request, **exc.extra)
+    extra = exc.extra
+    if exc.code == "validation_error" and not extra.get("errors"):
+        # Every 422 lists its fields; a refusal that names none is about the body as a whole.
+        extra = {**extra, "errors": [{"field": "body", "message": exc.message}]}
+    return problem(status_for(exc.code), exc.code, exc.message, request, **extra)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

@@ -37,8 +37,18 @@ def _problem_schema() -> dict[str, Any]:
                 code: {"status": error.status, "meaning": error.meaning}
                 for code, error in sorted(ERRORS.items())}},
             "detail": {"type": "string"}, "request_id": {"type": ["string", "null"]},
-            "errors": {"type": "array", "items": {"type": "object", "properties": {
-                "field": {"type": "string"}, "message": {"type": "string"}}}},
+            "errors": {"type": "array", "description": "With validation_error: each bad "
+                       "field, why, and what it takes", "items": {
+                "type": "object", "required": ["field", "message"], "properties": {
+                    "field": {"type": "string", "description": "dotted path in the body, "
+                              "or a query parameter"},
+                    "message": {"type": "string"},
+                    "reason": {"type": "string", "description": "the check that failed, "
+                               "e.g. missing, extra_forbidden, literal_error"},
+                    "accepted": {"type": "array", "description": "the values the field "
+                                 "takes, or for an unknown field the known fields"},
+                    "did_you_mean": {"type": "string", "description": "for an unknown "
+                                     "field: the known one most likely meant"}}}},
         },
     }
 
