@@ -127,8 +127,9 @@ def _accepted(model: type[BaseModel], loc: tuple[Any, ...]) -> list[Any]:
         return []
     field = parent.model_fields[names[-1]]
     extra = field.json_schema_extra
-    if isinstance(extra, dict) and isinstance(extra.get("enum"), list):
-        return list(extra["enum"])
+    enum = extra.get("enum") if isinstance(extra, dict) else None
+    if isinstance(enum, list):
+        return list(enum)
     values: list[Any] = []
     for item in _unwrapped(field.annotation):
         if get_origin(item) is Literal:
