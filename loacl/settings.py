@@ -160,6 +160,10 @@ class Settings(BaseModel):
     access_token_expire_minutes: int = Field(
         30, ge=1, le=24 * 60, description="Lifetime of an access token, in minutes."
     )
+    require_if_match: bool = Field(
+        False, description="Changes and deletions of assistants and widgets (`PUT`, `PATCH`, "
+        "`DELETE`, `rotate-secret`) must send `If-Match` with the ETag read (else 428).",
+    )
     require_verified_email: bool = Field(
         True, description="Owners must verify their e-mail before creating assistants or widgets."
     )

@@ -35,6 +35,7 @@ And by status::
     422 validation_error, unknown_model, unknown_assistant, unknown_file, empty_file,
         unsupported_file_for_provider, invalid_export, invalid_migration_target,
         not_resettable
+    428 precondition_required
     429 rate_limited, budget_exhausted, provider_rate_limited
     500 internal_error, store_error, log_damaged, unknown_event_type, unknown_schema_version,
         migration_failed, backup_corrupt, invalid_database_url, duplicate_subscriber,
@@ -134,6 +135,10 @@ ERRORS: dict[str, ErrorCode] = {
     "invalid_migration_target": ErrorCode(422, "CLI: --to must be 0 or more"),
     "not_resettable": ErrorCode(
         422, "CLI: only a subscriber that keeps its own tables can be reset"
+    ),
+    # 428
+    "precondition_required": ErrorCode(
+        428, "send If-Match with the ETag you read (require_if_match is on)"
     ),
     # 429
     "rate_limited": ErrorCode(429, "too many requests; Retry-After says when to try again"),

@@ -70,6 +70,12 @@ def _parameters(op: Declaration) -> list[dict[str, Any]]:
          "description": param.description, "schema": param.schema}
         for param in op.query
     ]
+    if isinstance(op, Endpoint):
+        params += [
+            {"name": param.name, "in": "header", "required": False,
+             "description": param.description, "schema": param.schema}
+            for param in op.headers
+        ]
     return params
 
 
@@ -86,8 +92,9 @@ def _request_body(op: Endpoint, schemas: dict[str, Any]) -> dict[str, Any] | Non
     schemas[op.body.__name__] = schema
     # An empty body reads as {}: a body whose every field is optional may be left out.
     required = bool(schema.get("required"))
-    return {"required": required, "content": {"application/json": {
-        "schema": {"$ref": f"#/components/schemas/{op.body.__name__}"}}}}
+    return {"required": required, "content": {
+        media: {"schema": {"$ref": f"#/components/schemas/{op.body.__name__}"}}
+        for media in op.body_types}}
 
 
 def _responses(op: Declaration) -> dict[str, Any]:

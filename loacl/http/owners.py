@@ -15,8 +15,8 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.widgets import MAX_ORIGINS, WidgetBudget, WidgetDefinition, WidgetSettings
 from loacl.http.auth import current_owner
 from loacl.http.common import assistants, if_match, metadata, public_base, widgets, with_etag
-from loacl.http.resources import OwnedResource
-from loacl.http.routing import PAGE, Endpoint, Param
+from loacl.http.resources import PATCH_TYPES, OwnedResource
+from loacl.http.routing import IF_MATCH, PAGE, Endpoint, Param
 from loacl.http.shapes import assistant_json, widget_json
 from loacl.http.static import widget_script
 from loacl.providers import default_provider, spec
@@ -213,6 +213,19 @@ def _quality(request: Request, media: str) -> float:
     return best
 
 
+REPLACE = (
+    "A full replacement: the body names every field (null where null is allowed, for the "
+    "default); a field left out is refused with 422, so that nothing is blanked by mistake. "
+    "To change some fields, PATCH."
+)
+PATCH = (
+    "A JSON Merge Patch (RFC 7396), as `application/merge-patch+json` or `application/json`: "
+    "the fields given replace those of the current version, an object is merged field by "
+    "field, and null puts a field back to its default. The result is checked as a PUT body is. "
+    "Without If-Match the patch applies to the current version."
+)
+
+
 endpoints = [
     Endpoint("get", "/api/v1/assistants", ASSISTANTS.list, "List your assistants",
              "assistants", auth="owner", query=PAGE),
@@ -222,11 +235,18 @@ endpoints = [
     Endpoint("get", "/api/v1/assistants/{id}", ASSISTANTS.get, "An assistant (ETag)",
              "assistants", auth="owner"),
     Endpoint("put", "/api/v1/assistants/{id}", ASSISTANTS.put, "Replace an assistant (If-Match)",
-             "assistants", auth="owner", body=AssistantBody,
-             codes=("version_conflict", "unknown_model")),
+             "assistants", auth="owner", body=ASSISTANTS.replacement, headers=IF_MATCH,
+             codes=("version_conflict", "precondition_required", "unknown_model"),
+             description=REPLACE),
+    Endpoint("patch", "/api/v1/assistants/{id}", ASSISTANTS.patch,
+             "Change some of an assistant (JSON Merge Patch, If-Match)", "assistants",
+             auth="owner", body=ASSISTANTS.patch_body, body_types=PATCH_TYPES, headers=IF_MATCH,
+             codes=("version_conflict", "precondition_required", "unknown_model",
+                    "unsupported_media_type"), description=PATCH),
     Endpoint("delete", "/api/v1/assistants/{id}", ASSISTANTS.delete,
              "Delete an assistant (If-Match)", "assistants", auth="owner", ok=204,
-             codes=("version_conflict", "assistant_in_use")),
+             headers=IF_MATCH,
+             codes=("version_conflict", "precondition_required", "assistant_in_use")),
     Endpoint("get", "/api/v1/widgets", WIDGETS.list, "List your widgets", "widgets",
              auth="owner", query=PAGE),
     Endpoint("post", "/api/v1/widgets", WIDGETS.create,
@@ -235,10 +255,17 @@ endpoints = [
     Endpoint("get", "/api/v1/widgets/{id}", WIDGETS.get, "A widget (ETag)", "widgets",
              auth="owner"),
     Endpoint("put", "/api/v1/widgets/{id}", WIDGETS.put, "Replace a widget (If-Match)",
-             "widgets", auth="owner", body=WidgetBody,
-             codes=("version_conflict", "unknown_assistant")),
+             "widgets", auth="owner", body=WIDGETS.replacement, headers=IF_MATCH,
+             codes=("version_conflict", "precondition_required", "unknown_assistant"),
+             description=REPLACE),
+    Endpoint("patch", "/api/v1/widgets/{id}", WIDGETS.patch,
+             "Change some of a widget (JSON Merge Patch, If-Match)", "widgets", auth="owner",
+             body=WIDGETS.patch_body, body_types=PATCH_TYPES, headers=IF_MATCH,
+             codes=("version_conflict", "precondition_required", "unknown_assistant",
+                    "unsupported_media_type"), description=PATCH),
     Endpoint("delete", "/api/v1/widgets/{id}", WIDGETS.delete, "Delete a widget (If-Match)",
-             "widgets", auth="owner", ok=204, codes=("version_conflict",)),
+             "widgets", auth="owner", ok=204, headers=IF_MATCH,
+             codes=("version_conflict", "precondition_required")),
     Endpoint("get", "/api/v1/widgets/{id}/embed-code", embed_code,
              "The HTML to paste into a site", "widgets", auth="owner",
              query=(Param("format", "json (default): the snippet and the script's URLs; html: "
@@ -253,5 +280,6 @@ endpoints = [
                  "text/html": {"schema": {"type": "string"}},
              }),
     Endpoint("post", "/api/v1/widgets/{id}/rotate-secret", rotate_secret,
-             "A new identity secret, shown once", "widgets", auth="owner"),
+             "A new identity secret, shown once", "widgets", auth="owner", headers=IF_MATCH,
+             codes=("version_conflict", "precondition_required")),
 ]

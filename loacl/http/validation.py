@@ -187,6 +187,11 @@ def decode_json(raw: bytes | str, what: str = "the request body") -> Any:
 
 
 async def parse_body(request: Request, model: type[M]) -> M:
+    return validated(model, await json_object(request))
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object (an empty body is ``{}``)."""
     raw = await read_body(
         request, MAX_JSON_BODY,
         LoaclError("payload_too_large", f"the request body is larger than {MAX_JSON_BODY} bytes"),
@@ -194,7 +199,21 @@ async def parse_body(request: Request, model: type[M]) -> M:
     data: Any = decode_json(raw) if raw else {}
     if not isinstance(data, dict):
         raise LoaclError("invalid_json", "the request body must be a JSON object")
-    return validated(model, data)
+    return data
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """``patch`` applied to ``target`` as JSON Merge Patch (RFC 7396): a member set to null is
+    removed, an object is merged member by member, anything else replaces what was there."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for name, value in patch.items():
+        if value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = merge_patch(merged.get(name), value)
+    return merged
 
 
 def validated(model: type[M], data: dict[str, Any]) -> M:
