@@ -297,11 +297,18 @@ def test_python_dash_m(log: Path, tmp_path: Path) -> None:
 class Follow:
     """``loacl events tail --follow --json`` in a subprocess, its lines read by a thread."""
 
-    def __init__(self, db: Path, cwd: Path, *args: str) -> None:
+    def __init__(self, db: Path, cwd: Path, *args: str, interrupt: bool = True) -> None:
+        # Started from a background job, this test run (and so the child) would ignore SIGINT;
+        # the child gets the default back, as when a person starts it at a terminal.
+        # ``interrupt=False`` keeps it ignored: the background case, stopped with SIGTERM.
+        self.stop = signal.SIGINT if interrupt else signal.SIGTERM
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "loacl", "events", "tail", "--follow", "--json",
              "--interval", "0.05", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=_env(db),
+            preexec_fn=lambda: signal.signal(
+                signal.SIGINT, signal.SIG_DFL if interrupt else signal.SIG_IGN
+            ),
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self._pump = threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True)
@@ -321,8 +328,8 @@ class Follow:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        """Ctrl-C, as a user would; a kill if that is not enough."""
-        self.proc.send_signal(signal.SIGINT)
+        """Ctrl-C (or SIGTERM), as a user would; a kill if that is not enough."""
+        self.proc.send_signal(self.stop)
         try:
             self.code = self.proc.wait(timeout=WAIT)
         finally:
@@ -346,6 +353,17 @@ def test_tail_follow(log: Path, tmp_path: Path) -> None:
         append(log, ("user-u11", [accounts.EmailVerified(user_id="u11")]))
         assert follow.next()["type"] == "user.email_verified"
     assert follow.code == 130  # Ctrl-C ends it quietly
+    assert "Traceback" not in follow.err
+    assert follow.lines.empty()
+
+
+def test_tail_follow_in_the_background_stops_on_sigterm(log: Path, tmp_path: Path) -> None:
+    """Started as a background job (SIGINT ignored), it still stops quietly on ``kill``."""
+    with Follow(log, tmp_path, "-n", "1", interrupt=False) as follow:
+        assert follow.next()["seq"] == 25
+        append(log, _register(11))
+        assert follow.next()["seq"] == 26
+    assert follow.code == 0
     assert "Traceback" not in follow.err
     assert follow.lines.empty()
 

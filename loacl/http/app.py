@@ -34,6 +34,7 @@ from loacl.store.replica.supervisor import Replication
 from loacl.store.sqlite import check_version, connect
 from loacl.store.subscribers import default_subscribers
 from loacl.store.subscriptions import Subscriptions
+from loacl.store.watch import Watch
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +73,7 @@ def create_app(
             supervise=not settings.under_litestream,
         )
     subscriptions = Subscriptions(store, default_subscribers())
+    watch = Watch(settings.database_path, settings.integrity_check_minutes * 60, clock)
     lock = ServeLock(settings.database_path)
     mailer = mailer or Mailer.from_settings(settings)
     passwords = Passwords(
@@ -98,9 +100,11 @@ def create_app(
                 if settings.demo_widget:
                     await demo.ensure_or_go_without()
                 await subscriptions.start()
+                watch.start()
                 log.info("loacl.started", version=__version__, database=str(store.path))
                 yield
             finally:
+                await watch.stop()
                 await chat_service.shutdown()
                 await mailer.drain()
                 # Before the store closes: a runner cut short resumes at its checkpoint.
@@ -125,6 +129,7 @@ def create_app(
     app.state.store = store
     app.state.subscriptions = subscriptions
     app.state.replication = replication
+    app.state.integrity = watch
     app.state.clock = clock
     app.state.accounts = Accounts(store, settings, passwords, tokens, mailer, clock)
     app.state.assistants = Assistants(store, settings)
