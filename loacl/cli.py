@@ -340,7 +340,7 @@ def _restore_from_replica(args: argparse.Namespace, settings: Settings) -> int:
                                    default_subscribers())
         except LoaclError as exc:
             if exc.code == "replica_empty" and args.if_empty:
-                print(f"the replica {urls.redacted(url)} holds no backup yet: nothing restored "
+                print(f"the replica {url} holds no backup yet: nothing restored "
                       "(--if-empty)")
                 return 0
             raise
@@ -351,7 +351,7 @@ def _restore_from_replica(args: argparse.Namespace, settings: Settings) -> int:
             raise
         kept = restore.swap(done.path, db)
     last = done.last_recorded.isoformat() if done.last_recorded else "-"
-    print(f"restored {done.events} events from {urls.redacted(url)} (replica transaction "
+    print(f"restored {done.events} events from {url} (replica transaction "
           f"{done.txid:016x}; integrity and audit ok) into {db}; the last was recorded {last}")
     if moment is not None:
         if done.cut_after is not None:
@@ -394,7 +394,7 @@ def cmd_replica(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     shown = found.as_dict()
     sync = found.last_sync.isoformat() if found.last_sync else "never"
-    print(f"replica       {urls.redacted(url)}")
+    print(f"replica       {url}")
     print(f"replica txid  {shown['replica_txid'] or '-'} (last sync {sync})")
     taken = found.local_at.isoformat() if found.local_at else "never"
     print(f"local txid    {shown['local_txid'] or '-'} (Litestream last took changes {taken})")

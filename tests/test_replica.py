@@ -69,6 +69,7 @@ def test_replica_urls_litestream_takes(url: str) -> None:
     ("s3:///loacl", "names no bucket"),
     ("s3://bucket/loacl?endpont=https://x", "'endpont' is not one LOACL passes on"),
     ("s3://bucket/loacl?endpoint=s3.example.com", "http:// or https://"),
+    ("s3://bucket/loacl?endpoint=https://k:s@s3.example.com", "credentials never go"),
     ("gs://bucket/loacl?region=x", "'region' is not one"),
     ("abs://container/loacl", "abs://account@container/path"),
     ("s3://bucket/$HOME", "may not contain '$'"),

@@ -98,7 +98,7 @@ class Replication:
             litestream.binary()
             self._tasks.append(asyncio.create_task(self._supervise(), name="litestream"))
         self._tasks.append(asyncio.create_task(self._poll(), name="replica-status"))
-        log.info("replica.configured", url=urls.redacted(self.url), config=str(self.config),
+        log.info("replica.configured", url=self.url, config=str(self.config),
                  supervised=self.supervise)
 
     async def stop(self, within: float = STOP_SECONDS) -> None:
@@ -166,7 +166,7 @@ class Replication:
         )
         self._proc = proc
         self.process.pid, self.process.started = proc.pid, time.monotonic()
-        log.info("replica.started", pid=proc.pid, url=urls.redacted(self.url))
+        log.info("replica.started", pid=proc.pid, url=self.url)
         try:
             assert proc.stdout is not None
             async for raw in proc.stdout:
@@ -240,7 +240,7 @@ class Replication:
     def check(self) -> dict[str, Any]:
         """/readyz's ``replica`` entry: what is known, and ``ok`` false with the problems."""
         now = time.monotonic()
-        found: dict[str, Any] = {"url": urls.redacted(self.url), "supervised": self.supervise}
+        found: dict[str, Any] = {"url": self.url, "supervised": self.supervise}
         problems: list[str] = []
         if self.supervise:
             found["running"] = self.process.pid is not None
