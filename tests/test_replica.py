@@ -471,7 +471,13 @@ def test_under_litestream_the_server_starts_none_and_reads_the_replica(
 def test_a_readyz_without_a_replica_has_no_replica_check(settings: Settings) -> None:
     with TestClient(create_app(settings)) as client:
         body = client.get("/readyz").json()
+        assert writer_autocheckpoint(client) == 1000  # SQLite's own, with no Litestream
     assert "replica" not in body["checks"] and "warnings" not in body
+    # Run by Litestream but told no replica: checkpoints are Litestream's all the same.
+    under = settings.model_copy(update={"under_litestream": True})
+    with TestClient(create_app(under)) as client:
+        assert writer_autocheckpoint(client) == 0
+        assert "replica" not in client.get("/readyz").json()["checks"]
 
 
 def test_replica_status_prints_what_an_operator_reads(

@@ -64,7 +64,7 @@ def create_app(
 ) -> Starlette:
     store = EventStore(
         settings.database_path, default_projections(), clock=clock,
-        autocheckpoint=0 if settings.replica_url else None,
+        autocheckpoint=0 if settings.replica_url or settings.under_litestream else None,
     )
     replication = None
     if settings.replica_url:
@@ -96,6 +96,10 @@ def create_app(
             try:
                 if replication is not None:
                     await replication.start()
+                elif settings.under_litestream:
+                    log.warning("replica.not_configured", under_litestream=True,
+                                remedy="set LOACL_REPLICA_URL to the replica Litestream uses, "
+                                "so that /readyz reports it")
                 await recover(store)
                 if settings.demo_widget:
                     await demo.ensure_or_go_without()
