@@ -367,11 +367,10 @@ def _restore_from_replica(args: argparse.Namespace, settings: Settings) -> int:
         if done.cut_after is not None:
             print(f"point in time {moment.isoformat()}: the log was cut after event "
                   f"{done.cut_after}, the last recorded up to then")
-        elif done.newest < moment:
-            print(f"point in time {moment.isoformat()}: the replica's newest state is from "
-                  f"{done.newest.isoformat()}; it holds every event recorded up to then")
         else:
-            print(f"point in time {moment.isoformat()}: nothing was recorded after it")
+            # Only the newest state is kept uncut (restore.py): the replica has nothing later.
+            print(f"point in time {moment.isoformat()}: the replica holds nothing recorded "
+                  f"after it (its newest file is from {done.newest.isoformat()})")
     if kept is None:
         print("there was no database before: nothing to keep")
     else:
