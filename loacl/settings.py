@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 CONFIG_ENV = "LOACL_CONFIG"
 DEFAULT_CONFIG = Path("loacl.toml")
@@ -194,6 +194,24 @@ class Settings(BaseModel):
         ["pdf", "txt", "doc", "docx"],
         description="File types visitors may upload (JSON list or comma-separated).",
     )
+    replica_url: str | None = Field(
+        None, description="Where Litestream replicates the database: `file:///folder`, "
+        "`s3://bucket/path` (`?endpoint=URL&region=R` for S3-compatible stores), "
+        "`gs://bucket/path` or `abs://account@container/path`; credentials only from the "
+        "environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, ...). Unset: no replica.",
+    )
+    under_litestream: bool = Field(
+        False, description="Set (1) when Litestream runs `loacl serve` itself (`litestream "
+        "replicate -exec`, as the container does): the server then starts no Litestream of "
+        "its own.",
+    )
+
+    @field_validator("replica_url")
+    @classmethod
+    def _replica_url(cls, value: str | None) -> str | None:
+        from loacl.store.replica.urls import check_url
+
+        return None if value is None else check_url(value)
 
     @property
     def database_path(self) -> Path:
@@ -257,7 +275,11 @@ def load_settings(
         for error in exc.errors():
             key = str(error["loc"][0]) if error["loc"] else "?"
             where = sources.get(key, key)
-            shown = "(hidden)" if key in SECRET_KEYS else repr(error.get("input"))
+            # A replica URL with user@ may hold a password (refused, and not repeated).
+            hidden = key in SECRET_KEYS or (
+                key == "replica_url" and "@" in str(error.get("input"))
+            )
+            shown = "(hidden)" if hidden else repr(error.get("input"))
             problems.append(f"{where}: {error['msg']} (got {shown})")
         raise SettingsError("invalid setting: " + "; ".join(problems)) from None
 

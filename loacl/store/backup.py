@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
@@ -119,3 +121,35 @@ def restore(source_path: Path, db_path: Path, *, force: bool = False) -> audit.A
     finally:
         source.close()
     return result
+
+
+def safety_copy(db_path: Path, *, now: datetime | None = None) -> Path | None:
+    """Copy the database as it is, before a restore replaces it, to
+    ``<name>.before-restore-<UTC time>`` beside it; its path, or None when there is no
+    database. One consistent file (SQLite's backup API folds in the WAL); a file SQLite cannot
+    read (the damage a restore may be meant to undo) is copied byte for byte, WAL and all."""
+    if not db_path.exists():
+        return None
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
+    dest = db_path.with_name(f"{db_path.name}.before-restore-{stamp}")
+    partial = dest.with_name(dest.name + ".partial")
+    partial.unlink(missing_ok=True)
+    try:
+        source = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        target = sqlite3.connect(partial)
+        try:
+            source.backup(target, pages=-1)
+            target.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            target.close()
+            source.close()
+    except sqlite3.DatabaseError:
+        partial.unlink(missing_ok=True)
+        shutil.copyfile(db_path, partial)
+        wal = Path(f"{db_path}-wal")
+        if wal.exists():
+            shutil.copyfile(wal, Path(f"{dest}-wal"))
+    with open(partial, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(partial, dest)
+    return dest

@@ -37,7 +37,7 @@ def rebuild(
         remove_file(fresh)
         try:
             count = _build(db_path, fresh, projections, progress, chunk)
-            _swap(db_path, fresh)
+            swap_in(db_path, fresh)
         except BaseException:
             remove_file(fresh)
             raise
@@ -117,15 +117,17 @@ def _copy_kept(conn: sqlite3.Connection, projections: Projections) -> None:
         )
 
 
-def _swap(db_path: Path, fresh: Path) -> None:
+def swap_in(db_path: Path, fresh: Path) -> None:
+    """Put ``fresh`` in the place of ``db_path`` in one rename; the old file's WAL goes with it."""
     # The old file's WAL must not outlive it: SQLite would apply its frames to the new file.
-    old = connect(db_path)
-    try:
-        old.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    except sqlite3.DatabaseError:
-        pass  # a damaged file may refuse; its WAL is removed below all the same
-    finally:
-        old.close()
+    if db_path.exists():
+        old = connect(db_path)
+        try:
+            old.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.DatabaseError:
+            pass  # a damaged file may refuse; its WAL is removed below all the same
+        finally:
+            old.close()
     with open(fresh, "rb") as f:
         os.fsync(f.fileno())
     os.replace(fresh, db_path)
