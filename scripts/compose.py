@@ -4,15 +4,20 @@ tests/test_container.py holds against the Containerfile."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-# ${NAME:-default} and ${NAME-default} give the default, ${NAME} gives "" (as compose does
-# when NAME is unset: the check never reads the caller's environment into the container).
-_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+# ${NAME}, ${NAME:-default} and ${NAME:?message}, as compose reads them; the values come from
+# the caller's mapping only, never from the environment of whoever runs the check.
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?([-?])([^}]*))?\}")
+
+
+class ComposeError(Exception):
+    """A ${NAME:?message} variable has no value."""
 
 
 @dataclass(frozen=True)
@@ -24,11 +29,19 @@ class Service:
     raw: dict[str, Any]
 
 
-def interpolate(value: str) -> str:
-    return _VARIABLE.sub(lambda m: m.group(2) or "", value)
+def interpolate(value: str, given: Mapping[str, str]) -> str:
+    def one(match: re.Match[str]) -> str:
+        name, kind, rest = match.groups()
+        if given.get(name):
+            return given[name]
+        if kind == "?":
+            raise ComposeError(f"{name}: {rest}")
+        return rest or ""
+
+    return _VARIABLE.sub(one, value)
 
 
-def load_service(path: Path, name: str = "loacl") -> Service:
+def load_service(path: Path, given: Mapping[str, str], name: str = "loacl") -> Service:
     document = yaml.safe_load(path.read_text())
     raw = document["services"][name]
     environment = raw.get("environment") or {}
@@ -40,7 +53,7 @@ def load_service(path: Path, name: str = "loacl") -> Service:
         volumes.append((source, target))
     return Service(
         image=str(raw.get("image", "")),
-        environment={k: interpolate(str(v)) for k, v in environment.items()},
+        environment={k: interpolate(str(v), given) for k, v in environment.items()},
         volumes=volumes,
         ports=[str(p) for p in raw.get("ports") or []],
         raw=raw,

@@ -15,7 +15,7 @@ import pytest
 
 from loacl.http.app import create_app
 from loacl.settings import Settings, env_name
-from scripts.compose import interpolate, load_service
+from scripts.compose import ComposeError, interpolate, load_service
 from scripts.container_check import hadolint_ignores_explained, image_problems
 from scripts.podman_env import containers_conf, debian_mirror, ulimits
 from tests.live import serve
@@ -26,9 +26,11 @@ HEALTHCHECK = ROOT / "container" / "healthcheck.py"
 
 
 def instructions(name: str) -> list[str]:
-    """Arguments of every ``name`` instruction of the Containerfile, continuation lines
-    joined."""
-    text = re.sub(r"\\\n", " ", CONTAINERFILE.read_text())
+    """Arguments of every ``name`` instruction of the Containerfile, continuation lines joined
+    (comment lines dropped first, as the builders do)."""
+    lines = [line for line in CONTAINERFILE.read_text().splitlines()
+             if not line.lstrip().startswith("#")]
+    text = re.sub(r"\\\n", " ", "\n".join(lines) + "\n")
     return [line.split(None, 1)[1] for line in text.splitlines()
             if line.split(None, 1)[:1] == [name]]
 
@@ -73,7 +75,10 @@ def test_containerfile_promises() -> None:
 
 
 def test_compose_runs_what_the_image_provides() -> None:
-    service = load_service(ROOT / "compose.yaml")
+    with pytest.raises(ComposeError, match="JWT_SECRET_KEY"):
+        load_service(ROOT / "compose.yaml", {})
+    service = load_service(ROOT / "compose.yaml", {"JWT_SECRET_KEY": "k" * 48})
+    assert service.environment["JWT_SECRET_KEY"] == "k" * 48
     names = {env_name(key) for key in Settings.model_fields}
     for key in service.environment:
         assert key in names, f"compose.yaml sets {key}, which LOACL does not read"
@@ -93,9 +98,13 @@ def test_interpolation_takes_defaults_not_the_callers_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-of-the-person-running-the-check")
-    assert interpolate("${OPENAI_API_KEY:-}") == ""
-    assert interpolate("${LOACL_PUBLIC_URL:-http://localhost:8000}") == "http://localhost:8000"
-    assert interpolate("a ${X} b") == "a  b"
+    assert interpolate("${OPENAI_API_KEY:-}", {}) == ""
+    assert interpolate("${LOACL_PUBLIC_URL:-http://localhost:8000}", {}) == "http://localhost:8000"
+    assert interpolate("${LOACL_PUBLIC_URL:-http://x}", {"LOACL_PUBLIC_URL": "https://y"}) \
+        == "https://y"
+    assert interpolate("a ${X} b", {}) == "a  b"
+    with pytest.raises(ComposeError, match="X: say why"):
+        interpolate("${X:?say why}", {"X": ""})
 
 
 @pytest.mark.e2e
