@@ -1,12 +1,17 @@
-"""``scripts/container-check``: build LOACL's image with podman and drill it.
+"""``scripts/container-check``: build LOACL's image with podman and drill it as docs/deploy.md
+runs it.
 
-Lints the Containerfile (hadolint), makes a Debian base image locally (no registry is needed),
-builds, then runs the image as docs/deploy.md and compose.yaml say: healthy within 10 s; an
-owner registers, verifies, logs in and creates an assistant and a widget, and a visitor chats;
-a restart keeps them; the same data under Litestream with a file replica on a second volume;
-the data volume deleted, a new container restores every event from the replica (audit verifies)
-and stops on SIGTERM with exit 0 within 10 s. Prints the image size and the time of each step.
-Exits 1 when any step fails, or when it cannot run (no podman, not root): it never skips.
+Lints the Containerfile (hadolint); makes a Debian base image with debootstrap (no registry is
+needed); builds; then runs the image with compose.yaml's environment and volumes, on host
+networking: healthy within 10 s; an owner signs up and creates an assistant and a widget, and
+a visitor chats; deploy/Caddyfile in front (TLS, the API, a reply over wss://); a restart keeps
+everything; a backup copied out, restored, the newest migration reverted; under Litestream with
+a file replica on a second volume, caught up, a restore drill beside the live server; the data
+volume deleted, a new container restores every event from the replica (audit verifies) and
+stops on SIGTERM with exit 0 within 10 s. Prints the image size and the time of each step.
+
+Exits 1 when any step fails, and when it cannot run (no podman, runc, caddy or debootstrap, or
+not root): it never skips.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import re
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -33,12 +39,15 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from websockets.sync.client import connect
+
 from scripts.compose import Service, load_service
 from scripts.podman_env import CheckError, Podman, make_base_image
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINERFILE = ROOT / "Containerfile"
 COMPOSE = ROOT / "compose.yaml"
+CADDYFILE = ROOT / "deploy" / "Caddyfile"
 BASE_TAG = "localhost/loacl-check-base:bookworm"
 IMAGE_TAG = "localhost/loacl:check"
 SIZE_GOAL_MB = 200
@@ -144,6 +153,7 @@ def free_port() -> int:
 class Api:
     base: str
     token: str | None = None
+    context: ssl.SSLContext | None = None
 
     def __call__(
         self, method: str, path: str, body: Any = None, *, expect: int = 200,
@@ -158,7 +168,7 @@ class Api:
         for name, value in (headers or {}).items():
             request.add_header(name, value)
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with urllib.request.urlopen(request, timeout=30, context=self.context) as response:
                 status, text = response.status, response.read().decode()
         except urllib.error.HTTPError as exc:
             status, text = exc.code, exc.read().decode()
@@ -175,6 +185,7 @@ class Drill:
     image: str
     service: Service
     timings: Timings
+    work: Path
     port: int = field(default_factory=free_port)
     prefix: str = field(default_factory=lambda: f"loacl-check-{os.getpid()}")
 
@@ -192,11 +203,22 @@ class Drill:
             env.pop("LOACL_REPLICA_URL", None)
         # Host networking (so the host's firewall is left alone): loopback and a free port.
         env |= {"LOACL_HOST": "127.0.0.1", "LOACL_PORT": str(self.port)}
-        args = ["run", "-d", "--name", name, "--network", "host",
+        # Settings from a file readable by its owner only, and the key as a podman secret, as
+        # docs/deploy.md runs them: neither on podman's command line.
+        jwt_key = env.pop("JWT_SECRET_KEY")
+        secret = f"{self.prefix}-jwt"
+        if self.podman("secret", "inspect", secret, check=False).returncode != 0:
+            key_file = self.work / "jwt_secret_key"
+            key_file.touch(mode=0o600)
+            key_file.write_text(jwt_key)
+            self.podman("secret", "create", secret, str(key_file))
+        env_file = self.work / f"{name}.env"
+        env_file.touch(mode=0o600)
+        env_file.write_text("".join(f"{key}={value}\n" for key, value in env.items()))
+        args = ["run", "-d", "--name", name, "--network", "host", "--env-file", str(env_file),
+                "--secret", f"{secret},type=env,target=JWT_SECRET_KEY",
                 # Nothing runs health checks on a timer here (no systemd): they are polled.
                 "--health-interval", "disable"]
-        for key, value in env.items():
-            args += ["-e", f"{key}={value}"]
         for volume, target in self.service.volumes:
             if volume == "replica" and not replica:
                 continue
@@ -227,17 +249,24 @@ class Drill:
                              + self.logs(name))
         return seconds
 
-    def logs(self, name: str) -> str:
-        result = self.podman("logs", "--tail", "40", name, check=False)
-        return (result.stdout + result.stderr)[-4000:]
+    def logs(self, name: str, lines: int | None = 40) -> str:
+        tail = ["--tail", str(lines)] if lines else []
+        result = self.podman("logs", *tail, name, check=False)
+        return result.stdout + result.stderr if lines is None else \
+            (result.stdout + result.stderr)[-4000:]
 
     def exec(self, name: str, *command: str) -> str:
         return self.podman("exec", name, *command).stdout
 
-    def once(self, *command: str) -> str:
-        """A loacl command in a one-off container on the data volume (no network)."""
-        return self.podman("run", "--rm", "--network", "none",
-                           "-v", f"{self.volume('data')}:/data", self.image, *command).stdout
+    def once(self, *command: str, data: str = "data", replica: bool = False) -> str:
+        """A loacl command in a one-off container on a data volume (and the replica's), with
+        no network."""
+        args = ["run", "--rm", "--network", "none", "-v", f"{self.volume(data)}:/data"]
+        if replica:
+            targets = dict(self.service.volumes)
+            args += ["-v", f"{self.volume('replica')}:{targets['replica']}",
+                     "-e", f"LOACL_REPLICA_URL={self.service.environment['LOACL_REPLICA_URL']}"]
+        return self.podman(*args, self.image, *command).stdout
 
     def replica_check(self) -> dict[str, Any]:
         """/readyz's replica entry once Litestream has shipped everything (it runs the server,
@@ -302,6 +331,60 @@ def sign_up_and_create(drill: Drill, name: str) -> tuple[Api, Owned]:
     return api, Owned(assistant["id"], [widget["id"]])
 
 
+def through_caddy(drill: Drill, widget_id: str) -> None:
+    """deploy/Caddyfile in front of the running container, as deploy/compose.caddy.yaml runs it:
+    TLS (Caddy's own CA, for localhost), the API, and a reply streamed over wss://."""
+    home = drill.work / "caddy"
+    home.mkdir()
+    http_port, https_port = free_port(), free_port()
+    (home / "Caddyfile").write_text(
+        "{\n\tadmin off\n\tskip_install_trust\n"
+        f"\thttp_port {http_port}\n\thttps_port {https_port}\n}}\n"
+        f"import {CADDYFILE}\n"
+    )
+    env = {**os.environ, "XDG_DATA_HOME": str(home / "data"),
+           "XDG_CONFIG_HOME": str(home / "config"), "LOACL_DOMAIN": "localhost",
+           "LOACL_UPSTREAM": f"127.0.0.1:{drill.port}"}
+    with (home / "caddy.log").open("wb") as log:
+        caddy = subprocess.Popen(
+            ["caddy", "run", "--config", str(home / "Caddyfile"), "--adapter", "caddyfile"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        root = home / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
+        api = Api(f"https://localhost:{https_port}")
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                api.context = ssl.create_default_context(cafile=str(root))
+                api("GET", "/readyz")
+                break
+            except (OSError, CheckError) as exc:
+                if caddy.poll() is not None or time.monotonic() > deadline:
+                    raise CheckError(f"Caddy did not serve LOACL: {exc}\n"
+                                     + (home / "caddy.log").read_text()[-2000:]) from None
+                time.sleep(0.2)
+        session = api("POST", f"/api/v1/widgets/{widget_id}/sessions", {},
+                      headers={"Origin": ORIGIN}, expect=201)
+        url = (f"wss://localhost:{https_port}/api/v1/widgets/{widget_id}/stream"
+               f"?token={session['visitor_token']}")
+        with connect(url, ssl=api.context, additional_headers={"Origin": ORIGIN},
+                     open_timeout=10) as socket_:
+            frames = [json.loads(socket_.recv(timeout=10))]
+            socket_.send(json.dumps({"type": "message", "text": "And through TLS?",
+                                     "client_message_id": "caddy-1"}))
+            while frames[-1]["type"] not in ("done", "error"):
+                frames.append(json.loads(socket_.recv(timeout=30)))
+        types = [f["type"] for f in frames]
+        text = "".join(f["text"] for f in frames if f["type"] == "delta")
+        if types[0] != "ready" or frames[-1].get("status") != "completed" or not text:
+            raise CheckError(f"the reply through Caddy did not complete: {frames[-3:]}")
+        print(f"    wss through Caddy: {types.count('delta')} deltas, {len(text)} characters")
+    finally:
+        caddy.terminate()
+        caddy.wait(timeout=10)
+
+
 def chat(drill: Drill, widget_id: str) -> None:
     """A visitor on the allowed origin asks and gets the demo provider's answer."""
     visitor = drill.api
@@ -326,7 +409,7 @@ def run(podman: Podman, args: argparse.Namespace, work: Path, timings: Timings) 
     build_image(podman, args, work, timings)
     # What an operator puts in compose's environment: a key kept outside the container.
     given = {"JWT_SECRET_KEY": secrets.token_urlsafe(48)}
-    run_drill(Drill(podman, IMAGE_TAG, load_service(COMPOSE, given), timings))
+    run_drill(Drill(podman, IMAGE_TAG, load_service(COMPOSE, given), timings, work))
 
 
 def build_image(podman: Podman, args: argparse.Namespace, work: Path, timings: Timings) -> None:
@@ -366,20 +449,33 @@ def run_drill(drill: Drill) -> None:
         timings.figure("time to healthy (first start)", f"{seconds:.1f} s")
     with timings.step("sign-up, assistant, widget, chat"):
         api, owned = sign_up_and_create(drill, first)
+    with timings.step("TLS through Caddy"):
+        through_caddy(drill, owned.widget_ids[0])
     with timings.step("restart, find them"):
         drill.podman("restart", "--time", "15", first)
         drill.wait_healthy(first, time.monotonic())
         find(api, owned)
-    with timings.step("backup; stopped: migrate status, restore"):
+    with timings.step("backup, copy; stopped: restore, migrate down"):
         print("    " + drill.exec(first, "loacl", "backup", "/data/backup.db").strip())
+        copy = drill.work / "backup.db"
+        drill.podman("cp", f"{first}:/data/backup.db", str(copy))
+        if not copy.read_bytes().startswith(b"SQLite format 3\0"):
+            raise CheckError("podman cp did not copy the backup out")
         drill.stop(first)
         drill.podman("rm", first)
-        print("    " + drill.once("migrate", "status").strip().replace("\n", "\n    "))
         print("    " + drill.once("restore", "/data/backup.db").strip())
+        # A rollback: the newest migration reverted while the server is stopped (the next
+        # start applies it again, as an upgrade does).
+        print("    " + drill.once("migrate", "down").strip())
+        status = drill.once("migrate", "status")
+        if "pending" not in status:
+            raise CheckError(f"migrate down left nothing pending:\n{status}")
 
     replicated = f"{drill.prefix}-2"
     with timings.step("run under Litestream, file replica"):
         drill.start(replicated, replica=True)
+        if '"migrate.applied"' not in drill.logs(replicated, lines=None):
+            raise CheckError("the start after migrate down applied no migration")
         find(api, owned)
         widget = api("POST", "/api/v1/widgets", {
             "name": "Blog", "assistant_id": owned.assistant_id, "allowed_origins": [ORIGIN],
@@ -388,8 +484,20 @@ def run_drill(drill: Drill) -> None:
         chat(drill, widget["id"])
         replica = drill.replica_check()
         print(f"    /readyz replica: {json.dumps(replica)}")
+        print("    " + drill.exec(replicated, "loacl", "replica", "status").strip()
+              .replace("\n", "\n    "))
         before = drill.events(replicated)
-        print(f"    {len(before)} events; {drill.audit(replicated)}")
+        verified = drill.audit(replicated)
+        print(f"    {len(before)} events; {verified}")
+    with timings.step("restore drill beside the live server"):
+        print("    " + drill.once("restore", "--from-replica", data="drill", replica=True)
+              .strip().splitlines()[0])
+        beside = drill.once("audit", "verify", data="drill").strip().splitlines()[-1]
+        if beside != verified:
+            raise CheckError(f"the drill restored {beside!r}, the server has {verified!r}")
+        print(f"    {beside}")
+        drill.podman("volume", "rm", drill.volume("drill"))
+    with timings.step("stop under Litestream"):
         seconds = drill.stop(replicated)
         timings.figure("stop under Litestream (SIGTERM)", f"{seconds:.1f} s, exit 0")
         drill.podman("rm", replicated)
@@ -399,7 +507,10 @@ def run_drill(drill: Drill) -> None:
         drill.podman("volume", "rm", drill.volume("data"))
         seconds = drill.start(restored, replica=True, within=RESTORE_HEALTHY_WITHIN)
         timings.figure("restore from the replica to healthy", f"{seconds:.1f} s")
-        print("    " + drill.podman("logs", restored).stdout.splitlines()[0])
+        restore_line = drill.podman("logs", restored).stdout.splitlines()[0]
+        if not restore_line.startswith("restored "):
+            raise CheckError(f"the new container did not restore: {restore_line}")
+        print("    " + restore_line)
         after = drill.events(restored)
         if after[: len(before)] != before:
             lost = len([e for e in before if e not in after])
@@ -421,7 +532,7 @@ def ca_bundle() -> str | None:
 
 
 def cannot_run(args: argparse.Namespace) -> list[str]:
-    reasons = [f"{tool} is not installed" for tool in ("podman", "runc")
+    reasons = [f"{tool} is not installed" for tool in ("podman", "runc", "caddy")
                if shutil.which(tool) is None]
     if args.base is None:
         if shutil.which("debootstrap") is None:
@@ -443,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     reasons = cannot_run(args)
     if reasons:
         print("container-check cannot run: " + "; ".join(reasons)
-              + ". Install with: apt-get install podman runc debootstrap", file=sys.stderr)
+              + ". Install with: apt-get install podman runc debootstrap caddy", file=sys.stderr)
         return 1
     work = Path(tempfile.mkdtemp(prefix="loacl-container-check-"))
     podman = Podman.create(work / "podman")

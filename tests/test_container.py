@@ -162,3 +162,23 @@ def test_image_problems_name_what_is_missing() -> None:
     oci = {**good, "Healthcheck": None, "User": "", "Env": [*good["Env"], "JWT_SECRET_KEY=x"]}
     problems = " | ".join(image_problems(oci))
     assert "HEALTHCHECK" in problems and "non-root" in problems and "JWT_SECRET_KEY" in problems
+
+
+def test_caddy_override_and_the_guide_show_the_shipped_caddyfile() -> None:
+    caddyfile = ROOT / "deploy" / "Caddyfile"
+    shipped = [line for line in caddyfile.read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    [shown] = re.findall(r"^```caddy\n(.*?)^```", (ROOT / "docs" / "deploy.md").read_text(),
+                         re.S | re.M)
+    assert shown.splitlines() == shipped
+    given = {"LOACL_DOMAIN": "chat.example.com"}
+    proxied = load_service(ROOT / "deploy" / "compose.caddy.yaml", given)
+    names = {env_name(key) for key in Settings.model_fields}
+    # FORWARDED_ALLOW_IPS is uvicorn's own (tests/test_deploy.py shows it working).
+    assert set(proxied.environment) <= names | {"FORWARDED_ALLOW_IPS"}
+    assert proxied.environment["LOACL_PUBLIC_URL"] == "https://chat.example.com"
+    caddy = load_service(ROOT / "deploy" / "compose.caddy.yaml", given, name="caddy")
+    # Paths in an override file are relative to the first file's folder, the repository's.
+    assert ("./deploy/Caddyfile", "/etc/caddy/Caddyfile") in caddy.volumes
+    with pytest.raises(ComposeError, match="LOACL_DOMAIN"):
+        load_service(ROOT / "deploy" / "compose.caddy.yaml", {})
