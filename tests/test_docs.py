@@ -181,9 +181,9 @@ def loacl_commands(text: str) -> list[list[str]]:
                 if words[:1] == ["loacl"]:
                     commands.append(words[1:])
                 elif words[:1] in (["podman"], ["docker"]) and words[1:2] == ["exec"]:
-                    rest = [w for w in words[2:] if not w.startswith("-")]
-                    if rest[1:2] == ["loacl"]:
-                        commands.append(rest[2:])
+                    named = [w for w in words[2:] if not w.startswith("-")]
+                    if named[1:2] == ["loacl"]:
+                        commands.append(named[2:])
                 elif words[:1] in (["podman"], ["docker"]) and words[1:2] == ["run"]:
                     rest = iter(words[2:])
                     for word in rest:
