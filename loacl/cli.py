@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import signal
 import sqlite3
 import sys
 import time
@@ -73,6 +74,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "down":
+        return _migrate_down(args, settings)
     conn = _open(settings, must_exist=args.action != "up")
     try:
         if args.action == "status":
@@ -91,8 +94,44 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
         conn.close()
 
 
+def _migrate_down(args: argparse.Namespace, settings: Settings) -> int:
+    """Reverting drops tables a running server reads: refuse while one holds the database,
+    and keep a copy of it first."""
+    _open(settings).close()  # database_not_found, before the lock makes its folder
+    lock = backup.ServeLock(settings.database_path)
+    if not lock.acquire() and not args.force:
+        raise LoaclError(
+            "database_in_use",
+            f"a LOACL server is using {settings.database_path}: it would fail on the tables "
+            "this drops. Stop it first, or pass --force",
+        )
+    try:
+        conn = _open(settings)
+        try:
+            if migrations.current(conn) == 0 or (args.to is not None
+                                                  and migrations.current(conn) <= args.to):
+                print("nothing to do")
+                return 0
+            kept = backup.safety_copy(settings.database_path, "migrate-down")
+            try:
+                steps = migrations.down(conn, args.to)
+            except BaseException:
+                if kept is not None:
+                    kept.unlink()  # nothing was reverted: there is nothing to keep
+                raise
+        finally:
+            conn.close()
+    finally:
+        lock.release()
+    for step in steps:
+        print(f"reverted {step.version:04d}_{step.name}")
+    print(f"the database as it was before is kept at {kept}")
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     show = _progress("replay", sys.stderr)
+    result: replay.ReplayResult
     try:
         result = rebuild.rebuild(settings.database_path, default_projections(), progress=show)
     except LoaclError as exc:
@@ -108,6 +147,8 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
             conn.close()
     print(f"replayed {result.events} events into {len(result.tables)} tables: "
           + ", ".join(result.tables))
+    if isinstance(result, rebuild.Rebuilt) and result.safety_copy is not None:
+        print(f"the file it replaced is kept at {result.safety_copy}")
     return 0
 
 
@@ -168,21 +209,31 @@ def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _event_json(event: StoredEvent) -> dict[str, Any]:
-    return {
+def _event_json(event: StoredEvent, deltas: tail.Deltas | None = None) -> dict[str, Any]:
+    shown = {
         "seq": event.seq, "stream": event.stream, "version": event.version,
         "type": event.type, "schema_version": event.schema_version,
         "payload": json.loads(event.payload), "metadata": json.loads(event.metadata),
         "recorded_at": event.recorded_at, "hash": event.hash,
     }
+    if deltas is not None:
+        shown["deltas"] = {"count": deltas.count, "chars": deltas.chars}
+    return shown
 
 
-def _print_event(event: StoredEvent, as_json: bool, out: TextIO) -> None:
-    if as_json:
-        out.write(json.dumps(_event_json(event), separators=(",", ":")) + "\n")
+def _print_event(
+    conn: sqlite3.Connection, event: StoredEvent, args: argparse.Namespace, out: TextIO
+) -> None:
+    """One line: the event, who caused it and its payload in short; a reply's end says how
+    many delta events it closes (they are left out unless ``--deltas``)."""
+    deltas = None if args.deltas else tail.deltas_of(conn, event)
+    if args.json:
+        out.write(json.dumps(_event_json(event, deltas), separators=(",", ":")) + "\n")
         return
-    out.write(f"{event.seq:>8}  {event.recorded_at[:23]}  {event.type:<24} {event.stream} "
-              f"v{event.version}  {event.payload}\n")
+    folded = f"  [{deltas.count} deltas, {deltas.chars} chars]" if deltas else ""
+    out.write(f"{event.seq:>8}  {event.recorded_at[:23]}  {event.type:<22} {event.stream} "
+              f"v{event.version}  by {tail.actor(event)}  {tail.summary(event.payload)}"
+              f"{folded}\n")
 
 
 def _show_event(conn: sqlite3.Connection, seq: int, as_json: bool) -> int:
@@ -203,21 +254,25 @@ def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.action == "show":
             return _show_event(conn, args.seq, args.json)
-        which = tail.EventFilter(args.stream, args.type)
+        which = tail.EventFilter(args.stream, args.type, deltas=args.deltas)
         if args.since is not None:
             events = tail.events_after(conn, args.since, which)
         else:
             events = tail.last_events(conn, args.limit, which)
         for event in events:
-            _print_event(event, args.json, sys.stdout)
+            _print_event(conn, event, args, sys.stdout)
         sys.stdout.flush()
         position = events[-1].seq if events else (
             args.since if args.since is not None else tail.head(conn)
         )
+        if args.follow:
+            # A follower started in the background ignores Ctrl-C (the shell sets SIGINT to
+            # ignored for background jobs): a plain ``kill`` ends it as quietly.
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         while args.follow:
             time.sleep(args.interval)
             for event in tail.events_after(conn, position, which):
-                _print_event(event, args.json, sys.stdout)
+                _print_event(conn, event, args, sys.stdout)
                 position = event.seq
             sys.stdout.flush()
         return 0
@@ -246,7 +301,12 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     if args.timestamp is not None or args.if_empty:
         raise LoaclError("validation_error", "--timestamp and --if-empty go with --from-replica")
     result = backup.restore(Path(args.path), settings.database_path, force=args.force)
-    print(f"restored {result.events} events into {settings.database_path}")
+    print(f"restored {result.audit.events} events into {settings.database_path}")
+    if result.safety_copy is not None:
+        dropped = {None: ", which could not be read", 0: ""}.get(
+            result.lost, f", with {result.lost} events the backup does not hold"
+        )
+        print(f"the database it replaced{dropped}, is kept at {result.safety_copy}")
     return 0
 
 
@@ -272,15 +332,14 @@ def _replica_url(settings: Settings) -> str:
 
 
 def _restore_from_replica(args: argparse.Namespace, settings: Settings) -> int:
+    from loacl.store.rebuild import remove_file
     from loacl.store.replica import restore, urls
     from loacl.store.subscribers import default_subscribers
 
     url = _replica_url(settings)
     moment = _moment(args.timestamp)
     db = settings.database_path
-    if args.force:
-        raise LoaclError("validation_error", "--from-replica never restores under a running "
-                                             "server (nor its Litestream): stop it first")
+    # Never under a running server, --force or not: its Litestream replicates the file.
     with backup.ServeLock(db):
         if args.if_empty and (held := restore.holds_events(db)):
             print(f"{db} holds {held} events: nothing restored (--if-empty)")
@@ -291,25 +350,33 @@ def _restore_from_replica(args: argparse.Namespace, settings: Settings) -> int:
                                    default_subscribers())
         except LoaclError as exc:
             if exc.code == "replica_empty" and args.if_empty:
-                print(f"the replica {urls.redacted(url)} holds no backup yet: nothing restored "
+                print(f"the replica {url} holds no backup yet: nothing restored "
                       "(--if-empty)")
                 return 0
             raise
+        try:
+            lost = restore.would_lose(db, done.path, force=args.force)
+        except BaseException:
+            remove_file(done.path)
+            raise
         kept = restore.swap(done.path, db)
     last = done.last_recorded.isoformat() if done.last_recorded else "-"
-    print(f"restored {done.events} events from {urls.redacted(url)} (replica transaction "
+    print(f"restored {done.events} events from {url} (replica transaction "
           f"{done.txid:016x}; integrity and audit ok) into {db}; the last was recorded {last}")
     if moment is not None:
         if done.cut_after is not None:
             print(f"point in time {moment.isoformat()}: the log was cut after event "
                   f"{done.cut_after}, the last recorded up to then")
-        elif done.newest < moment:
-            print(f"point in time {moment.isoformat()}: the replica's newest state is from "
-                  f"{done.newest.isoformat()}; it holds every event recorded up to then")
         else:
-            print(f"point in time {moment.isoformat()}: nothing was recorded after it")
-    print(f"the database it replaced is kept at {kept}" if kept else
-          "there was no database before: nothing to keep")
+            # Only the newest state is kept uncut (restore.py): the replica has nothing later.
+            print(f"point in time {moment.isoformat()}: the replica holds nothing recorded "
+                  f"after it (its newest file is from {done.newest.isoformat()})")
+    if kept is None:
+        print("there was no database before: nothing to keep")
+    else:
+        dropped = {None: ", which could not be read", 0: ""}.get(
+            lost, f", with {lost} events the restored one does not hold")
+        print(f"the database it replaced{dropped}, is kept at {kept}")
     print("Litestream's local state for the old file was removed: it continues from the "
           "replica's position when it next starts")
     return 0
@@ -336,7 +403,7 @@ def cmd_replica(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     shown = found.as_dict()
     sync = found.last_sync.isoformat() if found.last_sync else "never"
-    print(f"replica       {urls.redacted(url)}")
+    print(f"replica       {url}")
     print(f"replica txid  {shown['replica_txid'] or '-'} (last sync {sync})")
     taken = found.local_at.isoformat() if found.local_at else "never"
     print(f"local txid    {shown['local_txid'] or '-'} (Litestream last took changes {taken})")
@@ -469,7 +536,13 @@ def cmd_usage(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loacl", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="loacl",
+        description="LOACL: an AI assistant for your website. Serve it, and migrate, replay, "
+        "audit, back up and restore its database.",
+        epilog="Settings come from ./loacl.toml (or --config) and LOACL_* environment "
+        "variables; README.md lists them.",
+    )
     parser.add_argument("--version", action="version", version=f"loacl {__version__}")
     parser.add_argument("--config", type=Path, help="settings file (default: ./loacl.toml)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -482,6 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="apply, revert or list schema migrations")
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--to", type=int, help="target migration number")
+    p.add_argument("--force", action="store_true",
+                   help="down: even while a server uses the database")
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("replay", help="rebuild every read table from the event log")
@@ -508,6 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--since", type=int, help="show events after this position")
     t.add_argument("--limit", "-n", type=int, default=20)
     t.add_argument("--json", action="store_true", help="one JSON object a line")
+    t.add_argument("--deltas", action="store_true",
+                   help="show each assistant.delta event (by default a reply's end says how "
+                        "many it closes)")
     t.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
     s = ev.add_parser("show", help="one event in full")
     s.add_argument("seq", type=int)
@@ -523,7 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the database (the replaced one is kept)",
     )
     p.add_argument("path", nargs="?", help="the backup file")
-    p.add_argument("--force", action="store_true", help="even while a server uses it")
+    p.add_argument("--force", action="store_true",
+                   help="even when the database holds events the restored one lacks (and, for a "
+                   "backup file, while a server uses it)")
     p.add_argument("--from-replica", action="store_true",
                    help="restore from replica_url (Litestream) instead of a backup file")
     p.add_argument("--timestamp", metavar="ISO-8601",

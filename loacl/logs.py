@@ -1,4 +1,4 @@
-"""structlog set-up: JSON lines (or console text), with the request id bound per request."""
+"""structlog set-up: JSON lines or readable text, with the request id bound per request."""
 
 from __future__ import annotations
 
@@ -8,11 +8,19 @@ import sys
 import structlog
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
+def readable(fmt: str) -> bool:
+    """Whether ``fmt`` (the ``log_format`` setting) asks for text rather than JSON lines:
+    ``auto`` gives text to a person at a terminal and JSON to whatever collects the log."""
+    if fmt == "auto":
+        return sys.stderr.isatty()
+    return fmt in ("text", "console")
+
+
+def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        if readable(fmt)
+        else structlog.processors.JSONRenderer()
     )
     structlog.configure(
         processors=[

@@ -61,8 +61,11 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Lowest level of log lines written."
     )
-    log_format: Literal["json", "console"] = Field(
-        "json", description="JSON lines, or coloured text for a terminal."
+    log_format: Literal["auto", "json", "text", "console"] = Field(
+        "auto",
+        description="`json` (one JSON object a line), `text` (readable lines, coloured on a "
+        "terminal), or `auto`: text when the log goes to a terminal, JSON otherwise. `console` "
+        "is an older name for `text`.",
     )
     auto_migrate: bool = Field(
         True, description="Apply pending database migrations when the server starts."
@@ -70,6 +73,12 @@ class Settings(BaseModel):
     min_free_disk_mb: int = Field(
         100, ge=0, description="/readyz answers not ready when the database's filesystem has "
         "less free space than this, in MB."
+    )
+    integrity_check_minutes: float = Field(
+        60, ge=0,
+        description="How often a running server checks its database file again (SQLite's quick "
+        "check, and the hash chain since the last check); damage is logged and fails `/readyz`. "
+        "0 turns it off.",
     )
     jwt_secret_key: str | None = Field(
         None,
@@ -132,7 +141,10 @@ class Settings(BaseModel):
         False, description="Let OpenAI store responses (store=true); LOACL's log is the history."
     )
     provider_max_retries: int = Field(
-        2, ge=0, le=10, description="Retries of a failed provider call (429s honour retry-after)."
+        2, ge=0, le=10,
+        description="Retries of a reply's request that failed before any text came (a 429, a "
+        "5xx, a timeout; a retry-after is honoured while the reply's deadline allows it); "
+        "each is told to the visitor as a `retrying` status frame."
     )
     provider_read_timeout: float = Field(
         30.0, gt=0, le=600, description="Seconds to wait for the provider's next chunk."

@@ -35,7 +35,7 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(
         database_url=f"sqlite:///{tmp_path / 'loacl.db'}",
         data_dir=tmp_path / "data",
-        log_format="console",
+        log_format="text",
         # Cheap hashes keep the suite fast; production defaults are tested in test_passwords.
         argon2_time_cost=1,
         argon2_memory_kib=64,

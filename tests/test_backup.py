@@ -216,20 +216,100 @@ def test_restore_refuses_while_a_server_holds_the_lock(
 
         code, out, err = cli(target, "restore", "--force", str(backup_file))
         assert (code, err) == (0, "")
-        assert out == f"restored 6 events into {target}\n"
+        restored, kept_line = out.splitlines()
+        assert restored == f"restored 6 events into {target}"
+        kept = kept_path(kept_line, "with 11 events the backup does not hold")
     assert content(target) == content(backup_file)
+    assert content(kept) == before
     code, out, _ = cli(target, "audit", "verify")
     assert code == 0
     assert out.startswith("ok: 6 events")
+
+
+def kept_path(line: str, lost: str = "") -> Path:
+    """The safety copy named by restore's second line (which says what it held that was lost)."""
+    start = "the database it replaced" + (f", {lost}" if lost else "") + ", is kept at "
+    assert line.startswith(start), line
+    kept = Path(line.removeprefix(start))
+    assert kept.parent.name == "safety"
+    assert kept.stat().st_mode & 0o077 == 0
+    return kept
+
+
+def test_restore_refuses_to_drop_events_the_backup_lacks(
+    source: Path, backup_file: Path, target: Path, cli: Cli
+) -> None:
+    """The live log and the backup share nothing: all 11 live events would go."""
+    before = content(target)
+    code, out, err = cli(target, "restore", str(backup_file))
+    assert (code, out) == (1, "")
+    assert "holds 11 events that" in err
+    assert "--force" in err
+    assert "[events_would_be_lost]" in err
+    assert content(target) == before
+    assert not (target.parent / "safety").exists()
+
+
+def test_restore_of_an_older_backup_of_the_same_database(
+    source: Path, backup_file: Path, cli: Cli
+) -> None:
+    seed(source, 50, 2)  # three events the backup has not seen
+    before = content(source)
+    code, out, err = cli(source, "restore", str(backup_file))
+    assert code == 1
+    assert f"{source} holds 3 events that {backup_file} does not" in err
+    assert content(source) == before
+
+    code, out, err = cli(source, "restore", "--force", str(backup_file))
+    assert (code, err) == (0, "")
+    restored, kept_line = out.splitlines()
+    assert restored == f"restored 6 events into {source}"
+    kept = kept_path(kept_line, "with 3 events the backup does not hold")
+    assert content(kept) == before
+    assert content(source) == content(backup_file)
+
+
+def test_restore_of_a_backup_holding_everything_needs_no_force(
+    source: Path, tmp_path: Path, cli: Cli
+) -> None:
+    """A backup at least as new as the live log loses nothing; the old file is kept anyway."""
+    older = tmp_path / "older.db"
+    assert backup.backup(source, older).ok
+    before = content(older)
+    seed(source, 50, 2)
+    newer = tmp_path / "newer.db"
+    assert backup.backup(source, newer).ok
+    code, out, err = cli(older, "restore", str(newer))
+    assert (code, err) == (0, "")
+    restored, kept_line = out.splitlines()
+    assert restored == f"restored 9 events into {older}"
+    assert content(kept_path(kept_line)) == before
+    assert content(older) == content(newer)
+
+
+def test_restore_over_an_unreadable_database_needs_force(
+    backup_file: Path, tmp_path: Path, cli: Cli
+) -> None:
+    live = tmp_path / "live.db"
+    live.write_bytes(b"not a database\n" * 400)
+    code, out, err = cli(live, "restore", str(backup_file))
+    assert (code, out) == (1, "")
+    assert "[database_unreadable]" in err
+    assert live.read_bytes() == b"not a database\n" * 400
+    code, out, err = cli(live, "restore", "--force", str(backup_file))
+    assert (code, err) == (0, "")
+    kept = kept_path(out.splitlines()[1], "which could not be read")
+    assert kept.read_bytes() == b"not a database\n" * 400
+    assert content(live) == content(backup_file)
 
 
 def test_restore_without_a_server(
     source: Path, backup_file: Path, target: Path, cli: Cli
 ) -> None:
     assert len(content(target)["events"]) == 11
-    code, out, err = cli(target, "restore", str(backup_file))
+    code, out, err = cli(target, "restore", "--force", str(backup_file))
     assert (code, err) == (0, "")
-    assert out == f"restored 6 events into {target}\n"
+    assert out.splitlines()[0] == f"restored 6 events into {target}"
     assert content(target) == content(source)
     assert cli(target, "audit", "verify")[:2] == (
         0, f"ok: 6 events, last hash {content(source)['events'][-1][-1]}\n"
@@ -244,8 +324,8 @@ def test_restore_without_a_server(
 
 def test_restore_into_a_new_place(backup_file: Path, tmp_path: Path, cli: Cli) -> None:
     fresh = tmp_path / "new" / "folder" / "loacl.db"
-    code, _, _ = cli(fresh, "restore", str(backup_file))
-    assert code == 0
+    code, out, _ = cli(fresh, "restore", str(backup_file))
+    assert (code, out) == (0, f"restored 6 events into {fresh}\n")  # nothing to keep
     assert content(fresh) == content(backup_file)
     assert cli(fresh, "audit", "verify")[0] == 0
 

@@ -41,6 +41,7 @@ from loacl.openai_testserver import (
 )
 from loacl.providers import provider_for
 from loacl.providers.base import Provider, ProviderError, ReplyRequest, ReplyResult
+from loacl.services.replies import retry_delay
 from loacl.settings import Settings
 from loacl.store import audit
 from loacl.store.eventstore import EventStore
@@ -64,7 +65,7 @@ def chat_settings(tmp_path: Path, root: str | None, **overrides: Any) -> Setting
     values: dict[str, Any] = {
         "database_url": f"sqlite:///{tmp_path / 'loacl.db'}",
         "data_dir": tmp_path / "data",
-        "log_format": "console",
+        "log_format": "text",
         "argon2_time_cost": 1,
         "argon2_memory_kib": 64,
         "argon2_parallelism": 1,
@@ -1002,3 +1003,29 @@ async def test_a_reply_the_store_cannot_save_is_told_as_failed_and_lands_once_it
         assert again.json()["reply"]["text"] == "Still here"
     audit_ok(settings)
     replay_matches(settings)
+
+
+# -- the retry policy itself --------------------------------------------------------------------
+
+RETRY_CASES: list[tuple[str, ProviderError, int, float, float | None]] = [
+    # id, error, attempt (failed so far), time left, delay (jitter 0)
+    ("retry-after", ProviderError("provider_rate_limited", "", 3.0, retryable=True), 1, 60, 3.0),
+    ("backoff-1", ProviderError("provider_unavailable", "", retryable=True), 1, 60, 0.5),
+    ("backoff-2", ProviderError("provider_unavailable", "", retryable=True), 2, 60, 1.0),
+    ("final", ProviderError("provider_error", "", retryable=False), 1, 60, None),
+    ("spent", ProviderError("provider_unavailable", "", retryable=True), 3, 60, None),
+    ("past-deadline", ProviderError("provider_rate_limited", "", 40.0, retryable=True), 1, 60,
+     None),
+]
+
+
+@pytest.mark.parametrize(("error", "attempt", "left", "delay"),
+                         [c[1:] for c in RETRY_CASES], ids=[c[0] for c in RETRY_CASES])
+def test_retry_delay(error: ProviderError, attempt: int, left: float, delay: float | None) -> None:
+    assert retry_delay(error, attempt, retries=2, time_left=left, jitter=0.0) == delay
+
+
+def test_retry_backoff_is_capped_and_spread() -> None:
+    error = ProviderError("provider_unavailable", "", retryable=True)
+    assert retry_delay(error, 9, retries=10, time_left=600, jitter=0.0) == 8.0
+    assert retry_delay(error, 9, retries=10, time_left=600, jitter=0.999) == pytest.approx(6.002)

@@ -10,10 +10,12 @@ import hashlib
 import re
 import shutil
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -24,7 +26,9 @@ from loacl.store import migrations, replay
 from loacl.store.backup import restore
 from loacl.store.projections import default_projections
 from loacl.store.sqlite import connect
+from loacl.store.watch import Watch
 from tests.conftest import RunCli
+from tests.live import serve
 from tests.test_replay_catalog import _live
 
 Cli = Callable[..., tuple[int, str, str]]
@@ -282,3 +286,43 @@ def test_a_damaged_backup_is_refused_naming_what_is_damaged(db: Path, tmp_path: 
     assert caught.value.code == "backup_corrupt"
     assert "table messages" in caught.value.message
     assert not target.exists()
+
+
+# -- while the server runs ----------------------------------------------------------------------
+
+
+def test_damage_while_serving_is_found_and_fails_readyz(db: Path, settings: Settings) -> None:
+    """A page smashed under a running server: the next round of its integrity watch names it,
+    and /readyz says not ready, instead of nothing until the next start."""
+    watching = settings.model_copy(update={"integrity_check_minutes": 0.005})  # 0.3 s
+    with serve(create_app(watching)) as url:
+        ready = httpx.get(f"{url}/readyz", timeout=5)
+        assert ready.status_code == 200, ready.text
+        smash(db, "messages")
+        deadline = time.monotonic() + 30
+        while (answer := httpx.get(f"{url}/readyz", timeout=5)).status_code == 200:
+            assert time.monotonic() < deadline, "the damage was never found"
+            time.sleep(0.1)
+    assert answer.status_code == 503
+    check = answer.json()["checks"]["integrity"]
+    assert (check["ok"], check["code"]) == (False, "database_damaged")
+    assert "table messages" in check["error"] and "loacl replay" in check["error"]
+
+
+def test_an_edited_event_is_found_by_the_next_round(db: Path) -> None:
+    """A round walks the chain from where the previous one stopped (its last event included),
+    so its cost follows the events appended since; an older edit is `audit verify`'s to find."""
+    watch = Watch(db, every_seconds=0)
+    first = watch.check_now()
+    assert (first.ok, first.events) == (True, len(events(db)))
+    seq = first.events
+    conn = sqlite3.connect(db)  # another program writing into the file
+    conn.execute("DROP TRIGGER events_no_update")
+    conn.execute("UPDATE events SET payload = json_set(payload, '$.edited', 1) WHERE seq = ?",
+                 (seq,))
+    conn.commit()
+    conn.close()
+    found = watch.check_now()
+    assert (found.ok, found.code) == (False, "chain_broken")
+    assert f"at event {seq}" in found.error
+    assert watch.verdict == found

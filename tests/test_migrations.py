@@ -13,6 +13,7 @@ from loacl.domain import accounts
 from loacl.domain.errors import LoaclError
 from loacl.settings import CONFIG_ENV, ENV_NAMES
 from loacl.store import migrations
+from loacl.store.backup import ServeLock
 from loacl.store.eventstore import NO_STREAM, EventStore
 from loacl.store.projections import default_projections
 from loacl.store.sqlite import connect
@@ -74,6 +75,14 @@ def status_lines(out: str) -> list[tuple[str, str]]:
     return [(line.split()[0], line.split()[1]) for line in out.splitlines()]
 
 
+def reverted(out: str) -> list[str]:
+    """The lines of ``migrate down`` before the last, which names the copy kept."""
+    *steps, last = out.splitlines()
+    kept = Path(last.removeprefix("the database as it was before is kept at "))
+    assert kept.exists() and kept.parent.name == "safety", last
+    return steps
+
+
 async def _append_one(path: Path) -> None:
     async with EventStore(path, default_projections()) as store:
         await store.append(
@@ -98,7 +107,7 @@ def test_up_status_down_up_round_trip(path: Path, cli: Cli) -> None:
 
     code, out, _ = cli("migrate", "down")
     assert code == 0
-    assert out == f"reverted {NAMES[-1]}\n"
+    assert reverted(out) == [f"reverted {NAMES[-1]}"]
     assert applied(path) == APPLIED[:-1]
     code, out, _ = cli("migrate", "status")
     assert status_lines(out) == [
@@ -127,7 +136,7 @@ def test_down_to_zero_and_back(path: Path, cli: Cli) -> None:
     full = schema(path)
     code, out, _ = cli("migrate", "down", "--to", "0")
     assert code == 0
-    assert out == "".join(f"reverted {name}\n" for name in reversed(NAMES))
+    assert reverted(out) == [f"reverted {name}" for name in reversed(NAMES)]
     assert names(path) == {"schema_migrations"}
     assert cli("migrate", "down") == (0, "nothing to do\n", "")
     code, out, _ = cli("migrate", "up", "--to", "1")
@@ -140,7 +149,9 @@ def test_down_to_zero_and_back(path: Path, cli: Cli) -> None:
 def test_down_steps_one_at_a_time(path: Path, cli: Cli) -> None:
     cli("migrate", "up")
     for name in reversed(NAMES):
-        assert cli("migrate", "down") == (0, f"reverted {name}\n", "")
+        code, out, err = cli("migrate", "down")
+        assert (code, err) == (0, "")
+        assert reverted(out) == [f"reverted {name}"]
     assert applied(path) == []
 
 
@@ -175,7 +186,8 @@ def test_down_refuses_to_drop_the_event_log(path: Path, cli: Cli) -> None:
 
     # Stepping down one at a time reaches the same refusal, and leaves the log.
     for name in reversed(NAMES[1:]):
-        assert cli("migrate", "down")[:2] == (0, f"reverted {name}\n")
+        code, out, _ = cli("migrate", "down")
+        assert (code, reverted(out)) == (0, [f"reverted {name}"])
     code, _, err = cli("migrate", "down")
     assert code == 1
     assert "[migration_refused]" in err
@@ -283,7 +295,7 @@ def test_the_stream_index_step_keeps_every_event_both_ways(path: Path, cli: Cli)
     assert sorted(seq for seqs in streams.values() for seq in seqs) == [r[0] for r in events]
 
     code, out, _ = cli("migrate", "down", "--to", "4")  # later steps are reverted first
-    assert (code, out.splitlines()[-1]) == (0, "reverted 0005_stream_index")
+    assert (code, reverted(out)[-1]) == (0, "reverted 0005_stream_index")
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT * FROM events ORDER BY seq").fetchall() == events
     with pytest.raises(sqlite3.IntegrityError):  # the table keeps versions unique again
@@ -303,3 +315,35 @@ def test_the_stream_index_step_keeps_every_event_both_ways(path: Path, cli: Cli)
     conn.close()
     assert asyncio.run(_streams(path)) == streams
     assert cli("audit", "verify")[0] == 0
+
+
+def test_down_refuses_while_a_server_uses_the_database(path: Path, cli: Cli) -> None:
+    """Reverting under a running server broke it (``no such table``) until ``migrate up``."""
+    cli("migrate", "up")
+    asyncio.run(_append_one(path))
+    full = schema(path)
+    with ServeLock(path):
+        code, out, err = cli("migrate", "down")
+        assert (code, out) == (1, "")
+        assert "[database_in_use]" in err and "--force" in err
+        assert schema(path) == full
+        assert not (path.parent / "safety").exists()
+
+        code, out, err = cli("migrate", "down", "--force")
+        assert (code, err) == (0, "")
+    *_, last = out.splitlines()
+    kept = Path(last.removeprefix("the database as it was before is kept at "))
+    assert schema(kept) == full  # the copy is the database as it was, event included
+    conn = sqlite3.connect(kept)
+    assert conn.execute("SELECT count(*) FROM events").fetchone() == (1,)
+    conn.close()
+    assert applied(path) == APPLIED[:-1]
+
+
+def test_a_refused_down_keeps_no_copy(path: Path, cli: Cli) -> None:
+    cli("migrate", "up")
+    asyncio.run(_append_one(path))
+    code, _, err = cli("migrate", "down", "--to", "0")
+    assert code == 1
+    assert "events" in err
+    assert not list((path.parent / "safety").glob("*"))

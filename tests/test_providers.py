@@ -4,10 +4,9 @@ and how every fault the server can inject becomes the code a visitor is told."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -88,21 +87,6 @@ async def collect(provider: Provider, request: ReplyRequest) -> Outcome:
 
 def ask(provider: str, text: str = "hello", **fields: Any) -> ReplyRequest:
     return ReplyRequest(assistant(provider, **fields), [Turn("user", text)])
-
-
-def spy_retries(provider: Provider) -> list[float]:
-    """The waits the SDK chooses between attempts (recorded, still slept)."""
-    client: Any = cast(Any, provider).client  # the protocol does not name it
-    chosen: list[float] = []
-    original: Callable[..., float] = client._calculate_retry_timeout
-
-    def recording(*args: Any, **kwargs: Any) -> float:
-        wait = original(*args, **kwargs)
-        chosen.append(wait)
-        return wait
-
-    client._calculate_retry_timeout = recording
-    return chosen
 
 
 BOTH = pytest.mark.parametrize("name", ["openai", "chat_completions"])
@@ -327,57 +311,44 @@ async def test_demo_streams_a_labelled_answer_that_says_how_to_set_a_key() -> No
 # -- faults -------------------------------------------------------------------------------------
 
 
-@BOTH
-async def test_a_429_with_retry_after_is_retried_after_that_wait(
-    server: OpenAITestServer, root: str, tmp_path: Path, name: str
-) -> None:
-    server.script(faults=[HttpError(status=429, retry_after=0.05)])
-    server.script(REPLY)
-    provider = provider_for(configured(tmp_path, root, provider_max_retries=2), name)
-    waits = spy_retries(provider)
-    outcome = await collect(provider, ask(name))
-    assert (outcome.error, outcome.text) == (None, REPLY)
-    assert waits == [0.05]  # the server's wait, not the SDK's own backoff
-    assert len(server.requests_to(ENDPOINT[name])) == 2
+# A provider sends the reply's request once and says whether asking again may work; the chat
+# service retries (tests/test_chat.py, tests/test_stream.py), telling the visitor.
+
+ONE_ATTEMPT: list[tuple[str, list[Fault], str, float | None, bool]] = [
+    # id, faults, code, retry_after, retryable
+    ("429-retry-after", [HttpError(status=429, retry_after=0.05)], "provider_rate_limited",
+     0.05, True),
+    ("429-retry-after-ms", [HttpError(status=429, retry_after_ms=250)], "provider_rate_limited",
+     0.25, True),
+    ("429-should-not-retry", [HttpError(status=429, should_retry=False)],
+     "provider_rate_limited", None, False),
+    ("500", [HttpError(status=500)], "provider_unavailable", None, True),
+    ("503-retry-after", [HttpError(status=503, retry_after=2)], "provider_unavailable", 2,
+     True),
+    ("408", [HttpError(status=408)], "provider_unavailable", None, True),
+    ("500-should-not-retry", [HttpError(status=500, should_retry=False)],
+     "provider_unavailable", None, False),
+    ("400", [HttpError(status=400, message="Bad thing.")], "provider_error", None, False),
+]
 
 
 @BOTH
-async def test_429s_past_the_retries_are_provider_rate_limited(
-    server: OpenAITestServer, root: str, tmp_path: Path, name: str
+@pytest.mark.parametrize(("faults", "code", "retry_after", "retryable"),
+                         [case[1:] for case in ONE_ATTEMPT], ids=[c[0] for c in ONE_ATTEMPT])
+async def test_a_refused_attempt_is_sent_once_and_says_whether_to_retry(
+    server: OpenAITestServer, root: str, tmp_path: Path, name: str, faults: list[Fault],
+    code: str, retry_after: float | None, retryable: bool,
 ) -> None:
-    server.script(faults=[HttpError(status=429, retry_after=0.05)] * 2)
-    server.script(faults=[HttpError(status=429, retry_after=7)])
-    server.script(REPLY)  # never reached
+    server.script(faults=faults)
+    server.script(REPLY)  # not asked for: the provider itself does not retry
     provider = provider_for(configured(tmp_path, root, provider_max_retries=2), name)
-    waits = spy_retries(provider)
     outcome = await collect(provider, ask(name))
     assert outcome.error is not None
-    assert outcome.error.code == "provider_rate_limited"
-    assert outcome.error.retry_after == 7  # what the last answer asked for, for the visitor
-    assert waits == [0.05, 0.05]
+    assert (outcome.error.code, outcome.error.retry_after, outcome.error.retryable) == (
+        code, retry_after, retryable)
     assert outcome.deltas == []
-    assert len(server.requests_to(ENDPOINT[name])) == 3
+    assert len(server.requests_to(ENDPOINT[name])) == 1
     assert len(server.pending) == 1
-
-
-@BOTH
-async def test_a_500_is_retried_then_provider_unavailable(
-    server: OpenAITestServer, root: str, tmp_path: Path, name: str
-) -> None:
-    # retry-after keeps the SDK's own backoff (half a second and up) out of the test's time.
-    server.script(faults=[HttpError(status=500, retry_after=0.01)])
-    server.script(REPLY)
-    provider = provider_for(configured(tmp_path, root, provider_max_retries=1), name)
-    spy_retries(provider)
-    assert (await collect(provider, ask(name))).text == REPLY
-
-    server.script(faults=[HttpError(status=500, retry_after=0.01), HttpError(status=503)])
-    provider = provider_for(configured(tmp_path, root, provider_max_retries=1), name)
-    waits = spy_retries(provider)
-    outcome = await collect(provider, ask(name))
-    assert outcome.error is not None and outcome.error.code == "provider_unavailable"
-    assert len(waits) == 1
-    assert len(server.requests_to(ENDPOINT[name])) == 4
 
 
 @BOTH
@@ -473,15 +444,15 @@ async def test_an_answer_cut_at_the_output_limit_ends_well_and_says_why(
 async def test_a_stall_before_the_first_byte_is_provider_unavailable(
     server: OpenAITestServer, root: str, tmp_path: Path, name: str
 ) -> None:
-    server.script(faults=[Stall(seconds=30)] * 2)
+    server.script(faults=[Stall(seconds=30)])
     provider = provider_for(
         configured(tmp_path, root, provider_max_retries=1, provider_read_timeout=0.5), name
     )
-    spy_retries(provider)
     outcome = await collect(provider, ask(name))
     assert outcome.error is not None and outcome.error.code == "provider_unavailable"
+    assert outcome.error.retryable  # nothing was shown: the chat service asks again
     assert outcome.deltas == []
-    assert len(server.requests_to(ENDPOINT[name])) == 2  # a timeout is retried
+    assert len(server.requests_to(ENDPOINT[name])) == 1
 
 
 @BOTH

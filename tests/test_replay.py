@@ -107,9 +107,14 @@ def test_cli_replay_leaves_the_tables_identical(used_db: Path, cli: Cli) -> None
     assert [len(before[t]) for t in ("users", "sessions", "refresh_tokens")] == [3, 2, 3]
     code, out, err = cli("replay")
     assert code == 0
-    assert out == f"replayed 9 events into {len(TABLES)} tables: {', '.join(TABLES)}\n"
+    replayed, kept_line = out.splitlines()
+    assert replayed == f"replayed 9 events into {len(TABLES)} tables: {', '.join(TABLES)}"
     assert "replay: 9/9 events (100%)" in err
     assert dump(used_db) == before
+    kept = Path(kept_line.removeprefix("the file it replaced is kept at "))
+    assert kept.parent == used_db.parent / "safety"
+    assert dump(kept) == before  # the old file, under a second name
+    assert audit.verify(sqlite3.connect(kept)).ok
 
 
 def test_replay_rebuilds_what_was_lost(used_db: Path, cli: Cli) -> None:

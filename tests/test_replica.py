@@ -69,6 +69,7 @@ def test_replica_urls_litestream_takes(url: str) -> None:
     ("s3:///loacl", "names no bucket"),
     ("s3://bucket/loacl?endpont=https://x", "'endpont' is not one LOACL passes on"),
     ("s3://bucket/loacl?endpoint=s3.example.com", "http:// or https://"),
+    ("s3://bucket/loacl?endpoint=https://k:s@s3.example.com", "credentials never go"),
     ("gs://bucket/loacl?region=x", "'region' is not one"),
     ("abs://container/loacl", "abs://account@container/path"),
     ("s3://bucket/$HOME", "may not contain '$'"),
@@ -182,7 +183,6 @@ def test_restore_if_empty_leaves_a_database_with_events(
     (["restore", "backup.db", "--from-replica"], "not both"),
     (["restore"], "name the backup file"),
     (["restore", "backup.db", "--timestamp", "2026-01-01T00:00:00Z"], "go with --from-replica"),
-    (["restore", "--from-replica", "--force"], "never restores under a running server"),
     (["restore", "--from-replica", "--timestamp", "yesterday"], "[invalid_timestamp]"),
     (["restore", "--from-replica", "--timestamp", "2026-01-01T10:00:00"], "no time zone"),
 ])
@@ -199,8 +199,9 @@ def test_restore_from_replica_refuses_while_a_server_holds_the_database(
 ) -> None:
     db = tmp_path / "loacl.db"
     with ServeLock(db):
-        code, _, err = run_cli(db, "restore", "--from-replica")
-    assert code == 1 and "[database_in_use]" in err
+        for force in ([], ["--force"]):  # its Litestream replicates the file: never
+            code, _, err = run_cli(db, "restore", "--from-replica", *force)
+            assert code == 1 and "[database_in_use]" in err
 
 
 # -- the log cut --------------------------------------------------------------------------------
@@ -293,22 +294,45 @@ def test_swap_keeps_a_copy_and_forgets_litestreams_state(tmp_path: Path) -> None
     conn = connect(fresh)
     conn.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY)")
     conn.close()
-    old_events = restore.holds_events(db)
     kept = restore.swap(fresh, db)
-    assert kept is not None and kept.name.startswith("loacl.db.before-restore-")
-    assert restore.holds_events(kept) == old_events == 2
+    assert kept is not None and kept.parent == tmp_path / "safety"
+    assert kept.name.startswith("loacl-before-restore-")
+    assert restore.holds_events(kept) == 2
     assert restore.holds_events(db) == 0
     assert not status.meta_folder(db).exists()
     assert not fresh.exists()
+    # Into an empty place: nothing to keep.
+    other = tmp_path / "other.db"
+    connect(other).close()
+    assert restore.swap(other, tmp_path / "new.db") is None
 
 
-def test_a_safety_copy_of_an_unreadable_file_is_byte_for_byte(tmp_path: Path) -> None:
+def test_restoring_the_replica_over_newer_events_needs_force(
+    run_cli: RunCli, replica_env: Path, tmp_path: Path
+) -> None:
     db = tmp_path / "loacl.db"
-    db.write_bytes(b"not a database at all" * 100)
-    kept = backup.safety_copy(db, now=datetime(2026, 11, 30, 14, 5, tzinfo=UTC))
-    assert kept == tmp_path / "loacl.db.before-restore-20261130T140500000000Z"
-    assert kept.read_bytes() == db.read_bytes()
-    assert backup.safety_copy(tmp_path / "none.db") is None
+    settings = Settings(database_url=f"sqlite:///{db}", data_dir=tmp_path / "data")
+    with TestClient(create_app(settings)):
+        pass  # two events
+    config = urls.write_config(settings.data_dir, db, f"file://{replica_env}")
+    litestream.run(["replicate", "-config", str(config), "-once"])
+    with TestClient(create_app(settings)) as client:  # one more, not on the replica
+        assert client.post("/api/v1/auth/register", json={
+            "email": "o@example.com", "password": "correct horse battery staple"}
+        ).status_code == 201
+    held = restore.holds_events(db)
+    code, _, err = run_cli(db, "restore", "--from-replica")
+    assert code == 1 and "[events_would_be_lost]" in err
+    assert f"holds {held - 2} events that the restored state does not" in err
+    assert restore.holds_events(db) == held
+    assert not list(tmp_path.glob("loacl.db.from-replica*"))
+    code, out, err = run_cli(db, "restore", "--from-replica", "--force")
+    assert code == 0, err
+    assert out.startswith(f"restored 2 events from file://{replica_env} (replica transaction ")
+    kept = next((tmp_path / "safety").iterdir())
+    assert (f"the database it replaced, with {held - 2} events the restored one does not "
+            f"hold, is kept at {kept}") in out
+    assert restore.holds_events(kept) == held and restore.holds_events(db) == 2
 
 
 # -- the status, from its parts ----------------------------------------------------------------
@@ -447,7 +471,13 @@ def test_under_litestream_the_server_starts_none_and_reads_the_replica(
 def test_a_readyz_without_a_replica_has_no_replica_check(settings: Settings) -> None:
     with TestClient(create_app(settings)) as client:
         body = client.get("/readyz").json()
+        assert writer_autocheckpoint(client) == 1000  # SQLite's own, with no Litestream
     assert "replica" not in body["checks"] and "warnings" not in body
+    # Run by Litestream but told no replica: checkpoints are Litestream's all the same.
+    under = settings.model_copy(update={"under_litestream": True})
+    with TestClient(create_app(under)) as client:
+        assert writer_autocheckpoint(client) == 0
+        assert "replica" not in client.get("/readyz").json()["checks"]
 
 
 def test_replica_status_prints_what_an_operator_reads(

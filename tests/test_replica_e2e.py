@@ -308,7 +308,7 @@ def test_a_point_in_time_restore_holds_exactly_the_events_up_to_it(
         expected = [e for e in log if e[1] <= moment]
         assert events(folder / "loacl.db") == expected, name
         if name == "after everything":
-            assert "nothing was recorded after it" in out
+            assert "the replica holds nothing recorded after it" in out
         else:
             assert f"the log was cut after event {expected[-1][0]}," in out, out
         assert_sound(folder / "loacl.db")

@@ -32,6 +32,7 @@ from loacl.http.app import create_app
 from loacl.openai_testserver import (
     Cut,
     ErrorEvent,
+    HttpError,
     OpenAITestServer,
     Stall,
     running,
@@ -999,3 +1000,50 @@ async def test_a_reply_past_its_deadline_ends_as_failed_and_the_next_one_works(
             assert (await tab.follow(again["reply_id"])).text == "On time."
         row = await live.log.finished(ack["reply_id"])
         assert row["status"] == "failed" and row["error_code"] == "provider_unavailable"
+
+
+async def test_refused_attempts_are_retried_and_the_visitor_told_each_time(
+    settings: Settings, provider: tuple[OpenAITestServer, str]
+) -> None:
+    with start(settings, provider, provider_max_retries=2) as live:
+        live.provider.script(faults=[HttpError(status=429, retry_after=0.3)])
+        live.provider.script(faults=[HttpError(status=500)])
+        live.provider.script("Third time lucky.")
+        async with live.tab(live.session()) as tab:
+            ack = await live.ask(tab, "Hello?")
+            reply = await tab.follow(ack["reply_id"])
+        first, second = [f for f in tab.seen if f["type"] == "status"]
+        assert first == {"type": "status", "message_id": ack["reply_id"], "state": "retrying",
+                         "retry_in": 0.3, "attempt": 1, "code": "provider_rate_limited"}
+        assert (second["state"], second["attempt"], second["code"]) == (
+            "retrying", 2, "provider_unavailable")
+        assert 0.375 <= second["retry_in"] <= 1.0  # backoff: 1 s, less up to a quarter
+        kinds = [f["type"] for f in tab.seen if f.get("message_id") == ack["reply_id"]]
+        assert kinds.index("status") < kinds.index("delta")
+        assert reply.text == "Third time lucky." and reply.done is not None
+        assert reply.done["status"] == "completed"
+        assert len(live.provider.requests_to("responses")) == 3
+        row = await live.log.finished(ack["reply_id"])
+        assert (row["status"], row["text"]) == ("completed", "Third time lucky.")
+        assert [t for t, _ in live.log.events(ack["reply_id"])][-1] == "assistant.completed"
+
+
+@pytest.mark.parametrize(("fault", "why"), [
+    (HttpError(status=429, should_retry=False), "the provider said not to"),
+    (HttpError(status=429, retry_after=90), "its wait would pass the reply's deadline"),
+    (HttpError(status=400, message="Bad request."), "a refusal is final"),
+])
+async def test_an_attempt_not_worth_repeating_fails_at_once(
+    settings: Settings, provider: tuple[OpenAITestServer, str], fault: HttpError, why: str
+) -> None:
+    with start(settings, provider, provider_max_retries=2, reply_deadline_seconds=60) as live:
+        live.provider.script(faults=[fault])
+        live.provider.script("Never asked for.")
+        async with live.tab(live.session()) as tab:
+            ack = await live.ask(tab, "Hello?")
+            reply = await tab.follow(ack["reply_id"])
+        assert reply.done is not None and reply.done["status"] == "failed", why
+        assert [f for f in tab.seen if f["type"] == "status"] == [], why
+        assert len(live.provider.requests_to("responses")) == 1, why
+        if fault.retry_after:
+            assert [e.get("retry_after") for e in reply.errors] == [90], why

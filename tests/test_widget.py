@@ -138,7 +138,7 @@ def _settings(folder: Path, **overrides: Any) -> Settings:
     return Settings(
         database_url=f"sqlite:///{folder / 'loacl.db'}",
         data_dir=folder / "data",
-        log_format="console",
+        log_format="text",
         log_level="warning",
         argon2_time_cost=1,
         argon2_memory_kib=64,

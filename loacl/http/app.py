@@ -34,6 +34,7 @@ from loacl.store.replica.supervisor import Replication
 from loacl.store.sqlite import check_version, connect
 from loacl.store.subscribers import default_subscribers
 from loacl.store.subscriptions import Subscriptions
+from loacl.store.watch import Watch
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +64,7 @@ def create_app(
 ) -> Starlette:
     store = EventStore(
         settings.database_path, default_projections(), clock=clock,
-        autocheckpoint=0 if settings.replica_url else None,
+        autocheckpoint=0 if settings.replica_url or settings.under_litestream else None,
     )
     replication = None
     if settings.replica_url:
@@ -72,6 +73,7 @@ def create_app(
             supervise=not settings.under_litestream,
         )
     subscriptions = Subscriptions(store, default_subscribers())
+    watch = Watch(settings.database_path, settings.integrity_check_minutes * 60, clock)
     lock = ServeLock(settings.database_path)
     mailer = mailer or Mailer.from_settings(settings)
     passwords = Passwords(
@@ -94,13 +96,19 @@ def create_app(
             try:
                 if replication is not None:
                     await replication.start()
+                elif settings.under_litestream:
+                    log.warning("replica.not_configured", under_litestream=True,
+                                remedy="set LOACL_REPLICA_URL to the replica Litestream uses, "
+                                "so that /readyz reports it")
                 await recover(store)
                 if settings.demo_widget:
                     await demo.ensure_or_go_without()
                 await subscriptions.start()
+                watch.start()
                 log.info("loacl.started", version=__version__, database=str(store.path))
                 yield
             finally:
+                await watch.stop()
                 await chat_service.shutdown()
                 await mailer.drain()
                 # Before the store closes: a runner cut short resumes at its checkpoint.
@@ -125,6 +133,7 @@ def create_app(
     app.state.store = store
     app.state.subscriptions = subscriptions
     app.state.replication = replication
+    app.state.integrity = watch
     app.state.clock = clock
     app.state.accounts = Accounts(store, settings, passwords, tokens, mailer, clock)
     app.state.assistants = Assistants(store, settings)

@@ -28,7 +28,7 @@ And by status::
         backup_not_found
     405 method_not_allowed
     409 email_taken, already_verified, assistant_in_use, reply_in_progress, conflict,
-        conversation_exists, migration_refused, file_exists
+        conversation_exists, migration_refused, file_exists, events_would_be_lost
     412 version_conflict
     413 message_too_long, file_too_large, payload_too_large
     415 unsupported_file_type, unsupported_media_type
@@ -38,7 +38,7 @@ And by status::
     429 rate_limited, provider_rate_limited
     500 internal_error, store_error, log_damaged, unknown_event_type, unknown_schema_version,
         migration_failed, backup_corrupt, invalid_database_url, duplicate_subscriber,
-        database_damaged, chain_broken
+        database_damaged, chain_broken, database_unreadable
     502 provider_error
     503 provider_unavailable, store_unavailable, database_unavailable, store_closed,
         not_ready, interrupted, schema_out_of_date, schema_too_new, database_in_use,
@@ -108,6 +108,8 @@ ERRORS: dict[str, ErrorCode] = {
         409, "the signed-in user has a conversation with the widget already (handled inside)"
     ),
     "migration_refused": ErrorCode(409, "CLI: the downgrade would drop tables that hold data"),
+    "events_would_be_lost": ErrorCode(409, "CLI restore: the database holds events the backup "
+                                           "does not (--force)"),
     "file_exists": ErrorCode(409, "CLI: the output file exists; repair never overwrites one"),
     # 412
     "version_conflict": ErrorCode(412, "If-Match names an old version: read it again"),
@@ -154,6 +156,8 @@ ERRORS: dict[str, ErrorCode] = {
                                              "LOACL knows"),
     "migration_failed": ErrorCode(500, "a schema migration failed and was rolled back"),
     "backup_corrupt": ErrorCode(500, "the backup fails its integrity check or audit"),
+    "database_unreadable": ErrorCode(500, "restore: the current database cannot be read, so "
+                                          "what it would lose is unknown (--force)"),
     "invalid_database_url": ErrorCode(500, "DATABASE_URL is not a sqlite:/// URL"),
     # 502
     "provider_error": ErrorCode(502, "the AI provider failed or refused the request"),
@@ -163,7 +167,8 @@ ERRORS: dict[str, ErrorCode] = {
     "store_unavailable": ErrorCode(503, "the event store could not commit; try again"),
     "database_unavailable": ErrorCode(503, "the database is locked or cannot be opened"),
     "store_closed": ErrorCode(503, "the server is shutting down"),
-    "not_ready": ErrorCode(503, "/readyz: a check failed (store or disk); the body names it"),
+    "not_ready": ErrorCode(503, "/readyz: a check failed (store, disk or integrity); the body "
+                                "names it"),
     "interrupted": ErrorCode(503, "the reply was cut short by a server restart; ask again"),
     "schema_out_of_date": ErrorCode(503, "the database needs migrations: loacl migrate up"),
     "schema_too_new": ErrorCode(503, "the database was migrated by a newer LOACL"),

@@ -7,6 +7,8 @@ outcome, and a failed one makes it a 503 ``not_ready`` problem.
 - ``store``: the writer's latest commit succeeded (``EventStore.writer_health``); when it has not
   committed lately, the write lock is taken and released on a connection of its own.
 - ``disk``: the database's filesystem has at least ``min_free_disk_mb`` free.
+- ``integrity``: the latest of the running server's integrity checks (``store/watch.py``) found
+  no damage; until the first, the start-up check vouches for the file.
 - ``replica`` (when ``replica_url`` is set): Litestream runs, the replica can be read, and it is
   at most a minute behind; with its last sync and lag. This one is reported, never failed on:
   the answer stays 200 with the problem under ``warnings``. /readyz decides whether visitors are
@@ -30,6 +32,7 @@ from loacl.http.errors import problem
 from loacl.http.routing import Endpoint
 from loacl.store.eventstore import EventStore
 from loacl.store.replica.supervisor import Replication
+from loacl.store.watch import Watch
 
 RECENT_COMMIT = 1.0
 # A failed commit keeps the server not ready this long even when the lock is free (a full disk
@@ -81,11 +84,22 @@ def disk_check(store: EventStore, min_free_mb: int) -> dict[str, Any]:
     return check
 
 
+def integrity_check(watch: Watch) -> dict[str, Any]:
+    verdict = watch.verdict
+    if verdict is None:
+        return {"ok": True, "checked": "at start-up"}
+    check: dict[str, Any] = {"ok": verdict.ok, "checked": verdict.checked_at}
+    if not verdict.ok:
+        check |= {"code": verdict.code, "error": verdict.error}
+    return check
+
+
 async def readyz(request: Request) -> Response:
     store: EventStore = request.app.state.store
     checks = {
         "store": await store_check(store),
         "disk": disk_check(store, request.app.state.settings.min_free_disk_mb),
+        "integrity": integrity_check(request.app.state.integrity),
     }
     failed = [f"{name}: {check['error']}" for name, check in checks.items() if not check["ok"]]
     replication: Replication | None = request.app.state.replication

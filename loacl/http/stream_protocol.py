@@ -72,9 +72,10 @@ SERVER_FRAMES: Final = (
           "a reply started, in this tab or another"),
     Frame(ServerFrame.DELTA, ("message_id", "offset", "text"),
           "the reply's text from a character offset"),
-    Frame(ServerFrame.STATUS, ("message_id", "state"),
+    Frame(ServerFrame.STATUS, ("message_id", "state", "retry_in?", "attempt?", "code?"),
           "how a reply is doing while no text comes: waiting (the provider has not answered "
-          "for waiting_notice_seconds)"),
+          "for waiting_notice_seconds), or retrying (attempt failed with code; the provider is "
+          "asked again in retry_in seconds)"),
     Frame(ServerFrame.DONE, ("message_id", "status", "usage", "length"),
           "the reply ended; trim its text to length (after a crash the saved text may be "
           "shorter than what was streamed)"),

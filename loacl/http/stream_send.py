@@ -11,13 +11,22 @@ import structlog
 from starlette.websockets import WebSocket
 
 from loacl.http.stream_protocol import Close, ServerFrame
-from loacl.services.replies import Piece, Run
+from loacl.services.replies import Notice, Piece, Run
 
 log = structlog.get_logger(__name__)
 
 RUN_QUEUE = 1000
 DELTA_CHARS = 16 * 1024  # the most text in one caught-up delta (clients limit frame sizes)
 
+
+
+def status_frame(message_id: str, notice: Notice) -> dict[str, Any]:
+    frame: dict[str, Any] = {
+        "type": ServerFrame.STATUS, "message_id": message_id, "state": notice.state,
+    }
+    if notice.retry_in is not None:
+        frame |= {"retry_in": notice.retry_in, "attempt": notice.attempt, "code": notice.code}
+    return frame
 
 class Socket(Protocol):
     """What a follower needs of its socket."""
@@ -107,9 +116,8 @@ class Follower:
             if item is None:
                 ended = True
                 break
-            if isinstance(item, str):
-                self.conn.send({"type": ServerFrame.STATUS, "message_id": self.run.message_id,
-                                "state": item})
+            if isinstance(item, Notice):
+                self.conn.send(status_frame(self.run.message_id, item))
                 continue
             at, text = item
             if at + len(text) <= sent_to:

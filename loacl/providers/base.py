@@ -47,11 +47,17 @@ class ReplyResult:
 
 class ProviderError(LoaclError):
     """A provider's failure. ``code`` is what the visitor is told: provider_rate_limited,
-    provider_unavailable, provider_error; ``retry_after`` (seconds) when the provider said."""
+    provider_unavailable, provider_error; ``retry_after`` (seconds) when the provider said;
+    ``retryable`` when asking again may work (a 429, a 5xx, a timeout, a dropped connection),
+    which LOACL does only while the visitor has seen no text of the answer."""
 
-    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, retry_after: float | None = None, *,
+        retryable: bool = False,
+    ) -> None:
         super().__init__(code, message)
         self.retry_after = retry_after
+        self.retryable = retryable
 
 
 class Provider(Protocol):

@@ -16,6 +16,8 @@ class ChatCompletionsProvider:
 
     def __init__(self, client: openai.AsyncOpenAI) -> None:
         self.client = client
+        # The reply's request is sent once: LOACL retries it itself, telling the visitor.
+        self.once = client.with_options(max_retries=0)
 
     def _messages(self, request: ReplyRequest) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []
@@ -45,7 +47,7 @@ class ChatCompletionsProvider:
         finished = False
         try:
             # The SDK's overloads cannot follow **options; the wire format is what matters here.
-            create: Any = self.client.chat.completions.create
+            create: Any = self.once.chat.completions.create
             stream = await create(
                 model=a.model, messages=messages, stream=True,
                 stream_options={"include_usage": True}, **options,

@@ -22,20 +22,40 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
     return None
 
 
+def _should_retry(exc: openai.APIStatusError, default: bool) -> bool:
+    # The provider's own word overrides the status, as the SDK's policy has it.
+    said = exc.response.headers.get("x-should-retry")
+    return {"true": True, "false": False}.get(said or "", default)
+
+
 def translate(exc: Exception) -> ProviderError:
+    """The SDK's exception as a ProviderError; ``retryable`` follows the SDK's own retry policy
+    (408, 409, 429, 5xx, timeouts, connection errors; ``x-should-retry`` overrides)."""
     if isinstance(exc, ProviderError):
         return exc
     if isinstance(exc, openai.RateLimitError):
         return ProviderError(
             "provider_rate_limited", "the AI provider is busy (rate limited); try again shortly",
-            _retry_after(exc),
+            _retry_after(exc), retryable=_should_retry(exc, True),
         )
     if isinstance(exc, openai.APITimeoutError):
-        return ProviderError("provider_unavailable", "the AI provider stopped answering")
+        return ProviderError(
+            "provider_unavailable", "the AI provider stopped answering", retryable=True
+        )
     if isinstance(exc, openai.APIConnectionError):
-        return ProviderError("provider_unavailable", "the AI provider could not be reached")
+        return ProviderError(
+            "provider_unavailable", "the AI provider could not be reached", retryable=True
+        )
     if isinstance(exc, openai.InternalServerError):
-        return ProviderError("provider_unavailable", "the AI provider had an internal error")
+        return ProviderError(
+            "provider_unavailable", "the AI provider had an internal error", _retry_after(exc),
+            retryable=_should_retry(exc, True),
+        )
+    if isinstance(exc, openai.APIStatusError) and exc.status_code in (408, 409):
+        return ProviderError(
+            "provider_unavailable", f"the AI provider asked to try again: {exc.message}",
+            _retry_after(exc), retryable=_should_retry(exc, True),
+        )
     if isinstance(exc, openai.APIError):
         code = getattr(exc, "code", None)
         if code in ("rate_limit_exceeded",):
@@ -45,9 +65,13 @@ def translate(exc: Exception) -> ProviderError:
         )
     # Raw transport errors: raised while LOACL reads a stream's body itself.
     if isinstance(exc, httpx2.TimeoutException):
-        return ProviderError("provider_unavailable", "the AI provider stopped answering")
+        return ProviderError(
+            "provider_unavailable", "the AI provider stopped answering", retryable=True
+        )
     if isinstance(exc, httpx2.TransportError):
-        return ProviderError("provider_unavailable", "the AI provider's answer was cut short")
+        return ProviderError(
+            "provider_unavailable", "the AI provider's answer was cut short", retryable=True
+        )
     if isinstance(exc, json.JSONDecodeError):
         return ProviderError("provider_error", "the AI provider sent a malformed stream")
     return ProviderError("provider_error", f"the AI provider failed: {type(exc).__name__}")

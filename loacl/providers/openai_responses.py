@@ -75,7 +75,9 @@ class ResponsesProvider:
     name = "openai"
 
     def __init__(self, client: openai.AsyncOpenAI, *, store: bool = False) -> None:
-        self.client = client
+        self.client = client  # file uploads: the SDK retries them itself
+        # The reply's request is sent once: LOACL retries it itself, telling the visitor.
+        self.once = client.with_options(max_retries=0)
         self.store = store
 
     async def _file_id(self, attachment: Attachment, result: ReplyResult) -> str:
@@ -122,10 +124,10 @@ class ResponsesProvider:
             ]
         completed = False
         try:
-            # The SDK sends the request (auth, retries honouring retry-after, status errors);
-            # LOACL reads the server-sent events itself. Building the SDK's typed model for
-            # every streamed event cost about 200 µs each, a core at 5,000 tokens a second.
-            create: Any = self.client.responses.with_streaming_response.create
+            # The SDK sends the request (auth, status errors; LOACL retries); LOACL reads the
+            # server-sent events itself. Building the SDK's typed model for every streamed
+            # event cost about 200 µs each, a core at 5,000 tokens a second.
+            create: Any = self.once.responses.with_streaming_response.create
             async with create(
                 model=a.model, input=await self._input(request.turns, result), stream=True,
                 store=self.store, **options,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
@@ -27,7 +28,7 @@ from loacl.providers.base import (
     trim_history,
 )
 from loacl.services.ratelimit import RateLimiter
-from loacl.services.replies import ReplyStream, Run
+from loacl.services.replies import Notice, ReplyStream, Run, retry_delay
 from loacl.services.tokens import new_id
 from loacl.settings import Settings
 from loacl.store.broker import Subscription
@@ -360,20 +361,40 @@ class Chat:
     async def _stream(
         self, run: Run, assistant: AssistantDefinition, reply: ReplyStream, result: ReplyResult
     ) -> None:
-        """The provider's answer into the reply, within the reply's deadline; a visitor kept
-        waiting for the first piece hears so (a ``waiting`` notice) instead of nothing."""
+        """The provider's answer into the reply, within the reply's deadline. A visitor kept
+        waiting for the first piece hears so (a ``waiting`` notice) instead of nothing; an
+        attempt that fails before any text (a 429, a 5xx, a timeout) is retried, the visitor
+        told each time (``retrying``, with the delay)."""
         settings = self.settings
         provider = self._provider(assistant.provider)
         turns = await self._history(run.conversation_id)
-        waiting = asyncio.get_running_loop().call_later(
-            settings.waiting_notice_seconds, run.notice, "waiting"
-        )
+        loop = asyncio.get_running_loop()
+        waiting = loop.call_later(settings.waiting_notice_seconds, run.notice, Notice("waiting"))
+        deadline = loop.time() + settings.reply_deadline_seconds
+        started, attempt = False, 0
         try:
-            async with asyncio.timeout(settings.reply_deadline_seconds):
-                async for delta in provider.stream(ReplyRequest(assistant, turns), result):
-                    if delta:
-                        waiting.cancel()
-                        reply.on_delta(delta)
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    attempt += 1
+                    try:
+                        async for delta in provider.stream(ReplyRequest(assistant, turns), result):
+                            if delta:
+                                started = True
+                                waiting.cancel()
+                                reply.on_delta(delta)
+                        return
+                    except ProviderError as exc:
+                        # Once text has been shown, asking again would show another answer.
+                        delay = None if started else retry_delay(
+                            exc, attempt, retries=settings.provider_max_retries,
+                            time_left=deadline - loop.time(), jitter=random.random(),
+                        )
+                        if delay is None:
+                            raise
+                        log.info("chat.provider_retry", message_id=run.message_id,
+                                 attempt=attempt, code=exc.code, retry_in=round(delay, 3))
+                        run.notice(Notice("retrying", round(delay, 3), attempt, exc.code))
+                        await asyncio.sleep(delay)
         except TimeoutError:
             raise ProviderError(
                 "provider_unavailable",

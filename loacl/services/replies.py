@@ -38,8 +38,43 @@ STORE_CODES = frozenset({"store_unavailable", "store_error", "database_unavailab
                          "store_closed"})
 STORE_RETRY_AFTER = 5.0
 
-Piece = tuple[int, str] | str | None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """How a reply is doing while no text comes: ``waiting`` (the provider has not answered
+    yet) or ``retrying`` (attempt ``attempt`` failed with ``code``; the next in ``retry_in``
+    seconds)."""
+
+    state: str
+    retry_in: float | None = None
+    attempt: int | None = None
+    code: str | None = None
+
+
+Piece = tuple[int, str] | Notice | None
 EndEvent = domain.AssistantCompleted | domain.AssistantFailed | domain.AssistantInterrupted
+
+
+# Backoff without a provider's retry-after: the SDK's own (0.5 s doubling to 8 s, less up to a
+# quarter at random, so that replies refused together do not come back together).
+RETRY_BASE, RETRY_CAP = 0.5, 8.0
+
+
+def retry_delay(
+    error: ProviderError, attempt: int, *, retries: int, time_left: float, jitter: float
+) -> float | None:
+    """Seconds to wait before asking the provider again after ``attempt`` failed attempts
+    (1 for the first), or None to give up: the error is final, the retries are spent, or the
+    wait (a retry-after included) would not leave the reply's deadline room to answer.
+    ``jitter`` is a number in [0, 1)."""
+    if not error.retryable or attempt > retries:
+        return None
+    if error.retry_after is not None and error.retry_after > 0:
+        delay = error.retry_after
+    else:
+        delay = min(RETRY_BASE * 2 ** (attempt - 1), RETRY_CAP) * (1 - 0.25 * jitter)
+    return delay if delay < time_left / 2 else None
 
 
 def reply_error_text(code: str | None) -> str:
@@ -60,26 +95,29 @@ class Run:
     # Each listener's queue and its bound (0: none). The queues themselves are unbounded and
     # the bound is checked by hand, so that the end marker always fits without dropping a
     # delta: what a dropped listener holds is still a gapless prefix it can resume after.
-    # A listener's queue holds (offset, text) pieces, notices (a str such as "waiting") and
-    # None at the end.
+    # A listener's queue holds (offset, text) pieces, notices and None at the end.
     listeners: dict[asyncio.Queue[Piece], int] = field(default_factory=dict)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    state: Notice | None = None  # the last notice, for a listener joining before any text
 
     def listen(self, maxsize: int = 0) -> asyncio.Queue[Piece]:
         queue: asyncio.Queue[Piece] = asyncio.Queue()
         if self.finished.is_set():
             queue.put_nowait(None)
         else:
+            if self.state is not None and not self.text:
+                queue.put_nowait(self.state)  # a tab joining while the provider is retried
             self.listeners[queue] = maxsize
         return queue
 
     def unlisten(self, queue: asyncio.Queue[Piece]) -> None:
         self.listeners.pop(queue, None)
 
-    def notice(self, state: str) -> None:
-        """Tell the listeners how the reply is doing while no text comes (``waiting``)."""
+    def notice(self, notice: Notice) -> None:
+        """Tell the listeners how the reply is doing while no text comes."""
+        self.state = notice
         for queue in self.listeners:
-            queue.put_nowait(state)
+            queue.put_nowait(notice)
 
     def _emit(self, offset: int, delta: str) -> None:
         for queue, bound in list(self.listeners.items()):

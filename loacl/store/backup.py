@@ -6,6 +6,8 @@ import fcntl
 import os
 import shutil
 import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -52,6 +54,12 @@ class ServeLock:
 
 def backup(db_path: Path, dest: Path) -> audit.AuditResult:
     """Copy the database with SQLite's online backup API, in one step (one read snapshot)."""
+    return _copy(db_path, dest, check)
+
+
+def _copy(
+    db_path: Path, dest: Path, judge: Callable[[sqlite3.Connection], audit.AuditResult] | None
+) -> audit.AuditResult:
     if not db_path.exists():
         raise LoaclError("database_not_found", f"no database at {db_path}")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -63,9 +71,10 @@ def backup(db_path: Path, dest: Path) -> audit.AuditResult:
     source.execute("PRAGMA busy_timeout=5000")
     target = sqlite3.connect(partial)
     try:
+        # Pages are copied as they are, without reading their b-trees: a damaged file copies.
         source.backup(target, pages=-1)
         target.execute("PRAGMA journal_mode=DELETE")  # a backup is one self-contained file
-        result = check(target)
+        result = judge(target) if judge else audit.AuditResult(True, 0, "")
     except BaseException:
         target.close()
         partial.unlink(missing_ok=True)  # no half-made copy left beside the backups
@@ -73,8 +82,34 @@ def backup(db_path: Path, dest: Path) -> audit.AuditResult:
     finally:
         target.close()
         source.close()
+    os.chmod(partial, 0o600)
     os.replace(partial, dest)
     return result
+
+
+def safety_path(db_path: Path, before: str) -> Path:
+    """Where the copy of ``db_path`` kept before a destructive command goes: a ``safety``
+    folder beside it, named by the command and the UTC time."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return db_path.parent / "safety" / f"{db_path.stem}-before-{before}-{stamp}{db_path.suffix}"
+
+
+def safety_copy(db_path: Path, before: str) -> Path | None:
+    """Copy the database, as it is (damage included: it is kept, not checked), before a
+    command replaces or reverts it; None when there is no database to keep."""
+    if not db_path.exists():
+        return None
+    dest = safety_path(db_path, before)
+    dest.parent.mkdir(mode=0o700, exist_ok=True)
+    try:
+        _copy(db_path, dest, None)
+    except sqlite3.DatabaseError:
+        # Not a database SQLite can open at all: keep its bytes (and any WAL) as they are.
+        for suffix in ("", "-wal"):
+            if Path(f"{db_path}{suffix}").exists():
+                shutil.copyfile(f"{db_path}{suffix}", f"{dest}{suffix}")
+                os.chmod(f"{dest}{suffix}", 0o600)
+    return dest
 
 
 def check(conn: sqlite3.Connection) -> audit.AuditResult:
@@ -89,8 +124,62 @@ def check(conn: sqlite3.Connection) -> audit.AuditResult:
     return audit.verify(conn)
 
 
-def restore(source_path: Path, db_path: Path, *, force: bool = False) -> audit.AuditResult:
-    """Put a backup back. Refuses a database a server is using unless ``force``."""
+@dataclass(frozen=True)
+class Restored:
+    audit: audit.AuditResult
+    lost: int | None  # events of the replaced database the backup lacks (None: unreadable)
+    safety_copy: Path | None
+
+
+def events_lost(live: sqlite3.Connection, incoming: sqlite3.Connection) -> int:
+    """How many of ``live``'s events a restore of ``incoming`` would drop: those after the
+    longest prefix the two logs share. The hash chain makes "the same event at position k"
+    imply "the same log up to k", so the shared prefix is found by bisection."""
+    live_head, incoming_head = _head(live), _head(incoming)
+    low, high = 0, min(live_head, incoming_head)  # position ``low`` is known to be shared
+    while low < high:
+        mid = (low + high + 1) // 2
+        if _hash(live, mid) == _hash(incoming, mid):
+            low = mid
+        else:
+            high = mid - 1
+    return live_head - low
+
+
+def _head(conn: sqlite3.Connection) -> int:
+    try:
+        return int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return 0  # a file no migration has run on yet holds no events
+        raise
+
+
+def _hash(conn: sqlite3.Connection, seq: int) -> str | None:
+    row = conn.execute("SELECT hash FROM events WHERE seq = ?", (seq,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _would_lose(db_path: Path, source: sqlite3.Connection) -> int:
+    if not db_path.exists():
+        return 0
+    live = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        live.execute("PRAGMA busy_timeout=5000")
+        return events_lost(live, source)
+    except sqlite3.DatabaseError as exc:
+        raise LoaclError(
+            "database_unreadable",
+            f"{db_path} cannot be read ({exc}), so what a restore would drop is unknown; "
+            "pass --force to replace it all the same (a copy of it is kept)",
+        ) from exc
+    finally:
+        live.close()
+
+
+def restore(source_path: Path, db_path: Path, *, force: bool = False) -> Restored:
+    """Put a backup back, keeping a copy of the database it replaces. Refuses, unless
+    ``force``, a database a server is using or one holding events the backup does not."""
     if not source_path.exists():
         raise LoaclError("backup_not_found", f"no backup at {source_path}")
     source = sqlite3.connect(f"file:{source_path}?mode=ro", uri=True)
@@ -111,6 +200,25 @@ def restore(source_path: Path, db_path: Path, *, force: bool = False) -> audit.A
                 f"a LOACL server is using {db_path}; stop it first or pass --force",
             )
         try:
+            lost: int | None
+            try:
+                lost = _would_lose(db_path, source)
+            except LoaclError:
+                if not force:
+                    raise
+                lost = None  # unknown: the file cannot be read, and is replaced as asked
+            if lost and not force:
+                raise LoaclError(
+                    "events_would_be_lost",
+                    f"{db_path} holds {lost} events that {source_path} does not: restoring it "
+                    "would lose them. Pass --force to restore all the same (a copy of the "
+                    "current database is kept)",
+                )
+            kept = safety_copy(db_path, "restore")
+            if lost is None:
+                # Nothing of it can be read or written over: start from an empty file.
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    Path(f"{db_path}{suffix}").unlink(missing_ok=True)
             target = connect(db_path)
             try:
                 source.backup(target, pages=-1)
@@ -120,36 +228,4 @@ def restore(source_path: Path, db_path: Path, *, force: bool = False) -> audit.A
             lock.release()
     finally:
         source.close()
-    return result
-
-
-def safety_copy(db_path: Path, *, now: datetime | None = None) -> Path | None:
-    """Copy the database as it is, before a restore replaces it, to
-    ``<name>.before-restore-<UTC time>`` beside it; its path, or None when there is no
-    database. One consistent file (SQLite's backup API folds in the WAL); a file SQLite cannot
-    read (the damage a restore may be meant to undo) is copied byte for byte, WAL and all."""
-    if not db_path.exists():
-        return None
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
-    dest = db_path.with_name(f"{db_path.name}.before-restore-{stamp}")
-    partial = dest.with_name(dest.name + ".partial")
-    partial.unlink(missing_ok=True)
-    try:
-        source = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-        target = sqlite3.connect(partial)
-        try:
-            source.backup(target, pages=-1)
-            target.execute("PRAGMA journal_mode=DELETE")
-        finally:
-            target.close()
-            source.close()
-    except sqlite3.DatabaseError:
-        partial.unlink(missing_ok=True)
-        shutil.copyfile(db_path, partial)
-        wal = Path(f"{db_path}-wal")
-        if wal.exists():
-            shutil.copyfile(wal, Path(f"{dest}-wal"))
-    with open(partial, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(partial, dest)
-    return dest
+    return Restored(result, lost, kept)

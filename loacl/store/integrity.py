@@ -112,10 +112,11 @@ def _mark(conn: sqlite3.Connection) -> tuple[int, str]:
     return (int(row[0]), str(row[1])) if row else (0, codec.GENESIS_HASH)
 
 
-def check_at_start(conn: sqlite3.Connection) -> audit.AuditResult:
-    """A quick integrity check of the whole file, and the hash chain from the position the last
-    start verified up to the head; then the mark moves to the head. Raises ``LoaclError`` naming
-    the damage and the command that repairs it."""
+def examine(conn: sqlite3.Connection, seq: int, hash_: str) -> audit.AuditResult:
+    """A quick integrity check of the whole file, and the hash chain from a position verified
+    before (``seq``, which had ``hash_``) to the head. Raises ``LoaclError`` naming the damage
+    and the command that repairs it: ``database_damaged`` (a read table), ``log_damaged`` or
+    ``chain_broken``."""
     damage = check(conn, quick=True, limit=20)
     if not damage.ok:
         raise LoaclError(
@@ -123,7 +124,6 @@ def check_at_start(conn: sqlite3.Connection) -> audit.AuditResult:
             f"the database file is damaged in {damage.names()} ({damage.messages[0]}); "
             f"`loacl audit verify` gives the whole report; {damage.remedy()}",
         )
-    seq, hash_ = _mark(conn)
     result = audit.verify_from(conn, seq, hash_)
     if not result.ok:
         raise LoaclError(
@@ -132,6 +132,13 @@ def check_at_start(conn: sqlite3.Connection) -> audit.AuditResult:
             "Serving it would chain new events to an edited log. `loacl audit verify` gives "
             "the whole report; restore a backup, or run `loacl repair NEW_FILE`",
         )
+    return result
+
+
+def check_at_start(conn: sqlite3.Connection) -> audit.AuditResult:
+    """:func:`examine` from the position the last start verified; then the mark moves to the
+    head."""
+    result = examine(conn, *_mark(conn))
     conn.execute(
         "INSERT INTO integrity_mark (id, seq, hash, verified_at) VALUES (1, ?, ?, ?) "
         "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, "
@@ -139,3 +146,8 @@ def check_at_start(conn: sqlite3.Connection) -> audit.AuditResult:
         (result.events, result.last_hash, datetime.now(UTC).isoformat(timespec="seconds")),
     )
     return result
+
+
+def last_mark(conn: sqlite3.Connection) -> tuple[int, str]:
+    """The position (and its hash) the last start verified."""
+    return _mark(conn)

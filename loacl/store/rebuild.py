@@ -5,11 +5,13 @@ one's place in one rename. A damaged read table or index is never read, so this 
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 from loacl.domain.errors import LoaclError
-from loacl.store import audit, migrations
+from loacl.store import audit, backup, migrations
 from loacl.store.backup import ServeLock
 from loacl.store.projections import Projections
 from loacl.store.replay import Progress, ReplayResult, apply_all
@@ -25,11 +27,17 @@ def remove_file(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class Rebuilt(ReplayResult):
+    safety_copy: Path | None = None  # the file that was replaced, kept as it was
+
+
 def rebuild(
     db_path: Path, projections: Projections, *, progress: Progress | None = None,
     chunk: int = 5000,
-) -> ReplayResult:
-    """Refuses while a server holds the database (``database_in_use``)."""
+) -> Rebuilt:
+    """Refuses while a server holds the database (``database_in_use``). The replaced file is
+    kept in the safety folder (a second name for it, so keeping it costs no copy)."""
     if not db_path.exists():
         raise LoaclError("database_not_found", f"no database at {db_path}")
     fresh = db_path.with_name(db_path.name + ".replay")
@@ -37,11 +45,11 @@ def rebuild(
         remove_file(fresh)
         try:
             count = _build(db_path, fresh, projections, progress, chunk)
-            swap_in(db_path, fresh)
+            kept = swap_in(db_path, fresh, before="replay")
         except BaseException:
             remove_file(fresh)
             raise
-    return ReplayResult(count, list(projections.tables))
+    return Rebuilt(count, list(projections.tables), kept)
 
 
 def _build(
@@ -117,9 +125,12 @@ def _copy_kept(conn: sqlite3.Connection, projections: Projections) -> None:
         )
 
 
-def swap_in(db_path: Path, fresh: Path) -> None:
-    """Put ``fresh`` in the place of ``db_path`` in one rename; the old file's WAL goes with it."""
+def swap_in(db_path: Path, fresh: Path, *, before: str) -> Path | None:
+    """Put ``fresh`` in the place of ``db_path`` in one rename, keeping the replaced file in
+    the safety folder (named after the command, ``before``); its path there, or None when
+    there was no file to replace."""
     # The old file's WAL must not outlive it: SQLite would apply its frames to the new file.
+    kept = None
     if db_path.exists():
         old = connect(db_path)
         try:
@@ -130,6 +141,8 @@ def swap_in(db_path: Path, fresh: Path) -> None:
             old.close()
     with open(fresh, "rb") as f:
         os.fsync(f.fileno())
+    if db_path.exists():
+        kept = _keep(db_path, before)
     os.replace(fresh, db_path)
     for suffix in ("-wal", "-shm"):
         Path(f"{db_path}{suffix}").unlink(missing_ok=True)
@@ -138,3 +151,19 @@ def swap_in(db_path: Path, fresh: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    return kept
+
+
+def _keep(db_path: Path, before: str) -> Path:
+    """A second name for the file about to be replaced (and for its WAL, should a damaged file
+    have refused the checkpoint), in the safety folder."""
+    kept = backup.safety_path(db_path, before)
+    kept.parent.mkdir(mode=0o700, exist_ok=True)
+    for suffix in ("", "-wal"):
+        source = Path(f"{db_path}{suffix}")
+        if source.exists() and source.stat().st_size:
+            try:
+                os.link(source, f"{kept}{suffix}")
+            except OSError:  # another file system, or one without links
+                shutil.copy2(source, f"{kept}{suffix}")
+    return kept

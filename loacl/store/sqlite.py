@@ -83,7 +83,12 @@ def check_version() -> tuple[int, ...]:
             "sqlite.wal_reset_bug",
             sqlite_version=sqlite3.sqlite_version,
             fixed_in="3.51.3",
-            mitigation="LOACL writes through one connection and leaves checkpoints to one party",
+            meaning="this SQLite can corrupt a database in WAL mode when two connections "
+            "write and checkpoint at the same moment",
+            what_to_do="nothing while LOACL is the only program writing the file (it writes "
+            "through one connection and leaves checkpoints to one party); do not write to it "
+            "with other tools while it runs; a Python linked with SQLite 3.51.3 or newer is "
+            "rid of the bug",
         )
     else:
         log.info("sqlite.version", sqlite_version=sqlite3.sqlite_version)

@@ -144,10 +144,40 @@ def swap(restored: Path, db_path: Path) -> Path | None:
     replaces (its path, or None when there was none). Litestream's local state beside the
     database described the old file: it goes, and Litestream starts afresh from the replica's
     position on its next start. Call it with the server stopped (``ServeLock`` held)."""
-    kept = backup.safety_copy(db_path)
-    swap_in(db_path, restored)
+    kept = swap_in(db_path, restored, before="restore")
     shutil.rmtree(meta_folder(db_path), ignore_errors=True)
     return kept
+
+
+def would_lose(db_path: Path, restored: Path, *, force: bool) -> int | None:
+    """How many of the database's events the restored file lacks (None: the database cannot
+    be read); refuses to lose any (``events_would_be_lost``) unless ``force``."""
+    if not db_path.exists():
+        return 0
+    live = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    incoming = sqlite3.connect(f"file:{restored}?mode=ro", uri=True)
+    try:
+        live.execute("PRAGMA busy_timeout=5000")
+        lost: int | None = backup.events_lost(live, incoming)
+    except sqlite3.DatabaseError as exc:
+        if not force:
+            raise LoaclError(
+                "database_unreadable",
+                f"{db_path} cannot be read ({exc}), so what the restore would drop is unknown; "
+                "pass --force to replace it all the same (a copy of it is kept)",
+            ) from exc
+        lost = None
+    finally:
+        incoming.close()
+        live.close()
+    if lost and not force:
+        raise LoaclError(
+            "events_would_be_lost",
+            f"{db_path} holds {lost} events that the restored state does not: restoring it "
+            "would lose them. Pass --force to restore all the same (a copy of the current "
+            "database is kept)",
+        )
+    return lost
 
 
 def holds_events(db_path: Path) -> int:

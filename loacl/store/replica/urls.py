@@ -70,16 +70,13 @@ def check_url(url: str) -> str:
         known = ", ".join(sorted(allowed)) or "none"
         raise ValueError(f"replica_url option {unknown[0]!r} is not one LOACL passes on "
                          f"(for {scheme}: {known})")
-    endpoint = options.get("endpoint", [""])[0]
-    if "endpoint" in options and urlsplit(endpoint).scheme not in ("http", "https"):
+    endpoint = urlsplit(options.get("endpoint", [""])[0])
+    if "endpoint" in options and endpoint.scheme not in ("http", "https"):
         raise ValueError("the endpoint option must be an http:// or https:// URL")
+    if endpoint.username is not None:
+        raise ValueError(f"credentials never go in replica_url: {_CREDENTIALS[scheme]}")
+    # Nothing secret is left in it: logs, /readyz and `loacl replica status` show it whole.
     return url
-
-
-def redacted(url: str) -> str:
-    """The URL for logs and status lines (it holds no secret, but a query could grow one)."""
-    parts = urlsplit(url)
-    return parts._replace(query="…").geturl() if parts.query else url
 
 
 def folder(url: str) -> Path | None:
