@@ -218,7 +218,7 @@ class Drill:
         raise CheckError(f"no verification mail in /data/outbox:\n{self.logs(name)}")
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        out = self.exec(name, "loacl", "events", "tail", "--since", "0", "--json")
+        out = self.exec(name, "loacl", "events", "tail", "--since", "0", "--json", "--deltas")
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def audit(self, name: str) -> str:
@@ -373,7 +373,9 @@ def run_drill(drill: Drill) -> None:
               .replace("\n", "\n    "))
         before = drill.events(replicated)
         verified = drill.audit(replicated)
-        print(f"    {len(before)} events; {verified}")
+        if not verified.startswith(f"ok: {len(before)} events"):
+            raise CheckError(f"events tail shows {len(before)} events, audit: {verified}")
+        print(f"    {verified}")
     with timings.step("restore drill beside the live server"):
         print("    " + drill.once("restore", "--from-replica", data="drill", replica=True)
               .strip().splitlines()[0])

@@ -108,7 +108,7 @@ class Container:
         assert response.status_code == 201, response.text
 
     def events(self) -> list[dict[str, Any]]:
-        done = self.run("events", "tail", "--since", "0", "--json")
+        done = self.run("events", "tail", "--since", "0", "--json", "--deltas")
         assert done.returncode == 0, done.stderr
         return [json.loads(line) for line in done.stdout.splitlines()]
 
