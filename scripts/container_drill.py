@@ -180,7 +180,8 @@ class Drill:
     def exec(self, name: str, *command: str) -> str:
         return self.podman("exec", name, *command).stdout
 
-    def once(self, *command: str, data: str = "data", replica: bool = False) -> str:
+    def once(self, *command: str, data: str = "data", replica: bool = False,
+             check: bool = True) -> subprocess.CompletedProcess[str]:
         """A loacl command in a one-off container on a data volume (and the replica's), with
         no network."""
         args = ["run", "--rm", "--network", "none", "-v", f"{self.volume(data)}:/data"]
@@ -188,7 +189,7 @@ class Drill:
             targets = dict(self.service.volumes)
             args += ["-v", f"{self.volume('replica')}:{targets['replica']}",
                      "-e", f"LOACL_REPLICA_URL={self.service.environment['LOACL_REPLICA_URL']}"]
-        return self.podman(*args, self.image, *command).stdout
+        return self.podman(*args, self.image, *command, check=check)
 
     def replica_check(self) -> dict[str, Any]:
         """/readyz's replica entry once Litestream has shipped everything (it runs the server,
@@ -226,6 +227,10 @@ class Drill:
         if result.returncode != 0:
             raise CheckError(f"audit verify failed in {name}:\n{result.stdout}{result.stderr}")
         return result.stdout.strip().splitlines()[-1]
+
+
+def indented(text: str) -> str:
+    return "\n".join("    " + line for line in text.strip().splitlines())
 
 
 @dataclass
@@ -346,13 +351,21 @@ def run_drill(drill: Drill) -> None:
         drill.podman("cp", f"{first}:/data/backup.db", str(copy))
         if not copy.read_bytes().startswith(b"SQLite format 3\0"):
             raise CheckError("podman cp did not copy the backup out")
+        lost = api("POST", "/api/v1/widgets", {
+            "name": "Made after the backup", "assistant_id": owned.assistant_id,
+        }, expect=201)
         drill.stop(first)
         drill.podman("rm", first)
-        print("    " + drill.once("restore", "/data/backup.db").strip())
+        # The backup lacks the newest events: restore says so and wants --force.
+        refused = drill.once("restore", "/data/backup.db", check=False)
+        if refused.returncode == 0 or "[events_would_be_lost]" not in refused.stderr:
+            raise CheckError(f"restore of an older backup was not refused:\n{refused.stderr}")
+        print("    " + refused.stderr.strip())
+        print(indented(drill.once("restore", "/data/backup.db", "--force").stdout))
         # A rollback: the newest migration reverted while the server is stopped (the next
         # start applies it again, as an upgrade does).
-        print("    " + drill.once("migrate", "down").strip())
-        status = drill.once("migrate", "status")
+        print(indented(drill.once("migrate", "down").stdout))
+        status = drill.once("migrate", "status").stdout
         if "pending" not in status:
             raise CheckError(f"migrate down left nothing pending:\n{status}")
 
@@ -362,6 +375,7 @@ def run_drill(drill: Drill) -> None:
         if '"migrate.applied"' not in drill.logs(replicated, lines=None):
             raise CheckError("the start after migrate down applied no migration")
         find(api, owned)
+        api("GET", f"/api/v1/widgets/{lost['id']}", expect=404)  # restored away
         widget = api("POST", "/api/v1/widgets", {
             "name": "Blog", "assistant_id": owned.assistant_id, "allowed_origins": [ORIGIN],
         }, expect=201)
@@ -369,8 +383,7 @@ def run_drill(drill: Drill) -> None:
         chat(drill, widget["id"])
         replica = drill.replica_check()
         print(f"    /readyz replica: {json.dumps(replica)}")
-        print("    " + drill.exec(replicated, "loacl", "replica", "status").strip()
-              .replace("\n", "\n    "))
+        print(indented(drill.exec(replicated, "loacl", "replica", "status")))
         before = drill.events(replicated)
         verified = drill.audit(replicated)
         if not verified.startswith(f"ok: {len(before)} events"):
@@ -378,8 +391,8 @@ def run_drill(drill: Drill) -> None:
         print(f"    {verified}")
     with timings.step("restore drill beside the live server"):
         print("    " + drill.once("restore", "--from-replica", data="drill", replica=True)
-              .strip().splitlines()[0])
-        beside = drill.once("audit", "verify", data="drill").strip().splitlines()[-1]
+              .stdout.strip().splitlines()[0])
+        beside = drill.once("audit", "verify", data="drill").stdout.strip().splitlines()[-1]
         if beside != verified:
             raise CheckError(f"the drill restored {beside!r}, the server has {verified!r}")
         print(f"    {beside}")
