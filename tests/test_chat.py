@@ -48,7 +48,7 @@ from loacl.store.eventstore import EventStore
 from loacl.store.projections import default_projections
 from loacl.store.replay import dump_tables, replay
 from loacl.store.sqlite import connect
-from tests.live import serve
+from tests.live import OPEN_LIMITS, serve
 
 ORIGIN = "http://localhost:3000"
 PASSWORD = "correct horse battery staple"
@@ -74,6 +74,7 @@ def chat_settings(tmp_path: Path, root: str | None, **overrides: Any) -> Setting
         "provider_read_timeout": 10.0,
         "provider_max_retries": 1,
         "demo_delay": 0,
+        **OPEN_LIMITS,
     }
     if root is not None:
         values |= {"openai_api_key": "test", "openai_base_url": f"{root}/v1"}

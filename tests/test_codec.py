@@ -51,6 +51,7 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.events import EVENT_TYPES, Event, Metadata
 from loacl.domain.widgets import (
     ConversationStarted,
+    WidgetBudget,
     WidgetCreated,
     WidgetDefinition,
     WidgetDeleted,
@@ -80,6 +81,8 @@ WIDGET = WidgetDefinition(
         position="bottom-left", accent_color="#ff5500", locale="de",
     ),
     messages_per_minute=20, enabled=False, require_identity=True,
+    budget=WidgetBudget(daily_tokens=50_000, monthly_tokens=0, daily_cost=None,
+                        monthly_cost=12.5),
 )
 
 # One sample per event type, every field set. A new event type fails the golden test until it

@@ -414,19 +414,32 @@ FULL_SETTINGS = {
     "position": "bottom-left", "accent_color": "#ABC", "locale": "pt-BR",
 }
 
+# null: the server's default budget (settings); 0: no limit.
+DEFAULT_BUDGET = {"daily_tokens": None, "monthly_tokens": None, "daily_cost": None,
+                  "monthly_cost": None}
+
 VALID_WIDGETS = [
     pytest.param(
         {},
         {"allowed_origins": [], "settings": DEFAULT_SETTINGS, "messages_per_minute": 10,
-         "enabled": True, "require_identity": False},
+         "enabled": True, "require_identity": False, "budget": DEFAULT_BUDGET},
         id="minimal-defaults",
+    ),
+    pytest.param(
+        {"budget": {"daily_tokens": 5000, "monthly_tokens": 0, "monthly_cost": 2.5}},
+        {"allowed_origins": [], "settings": DEFAULT_SETTINGS, "messages_per_minute": 10,
+         "enabled": True, "require_identity": False,
+         "budget": {**DEFAULT_BUDGET, "daily_tokens": 5000, "monthly_tokens": 0,
+                    "monthly_cost": 2.5}},
+        id="own-budget",
     ),
     pytest.param(
         {"name": "W" * 200, "allowed_origins": ["https://shop.example.com"],
          "settings": FULL_SETTINGS, "limits": {"messages_per_minute": 600}, "enabled": False,
          "require_identity": True},
         {"allowed_origins": ["https://shop.example.com"], "settings": FULL_SETTINGS,
-         "messages_per_minute": 600, "enabled": False, "require_identity": True},
+         "messages_per_minute": 600, "enabled": False, "require_identity": True,
+         "budget": DEFAULT_BUDGET},
         id="every-field-at-its-limit",
     ),
     pytest.param(
@@ -438,14 +451,15 @@ VALID_WIDGETS = [
                              "http://localhost:3000"],
          "settings": {**DEFAULT_SETTINGS, "theme": "light", "accent_color": "#0a0B0c",
                       "locale": "fr"},
-         "messages_per_minute": 1, "enabled": True, "require_identity": False},
+         "messages_per_minute": 1, "enabled": True, "require_identity": False,
+         "budget": DEFAULT_BUDGET},
         id="origins-normalised-and-deduplicated",
     ),
     pytest.param(
         {"allowed_origins": [f"https://s{i}.example.com" for i in range(50)]},
         {"allowed_origins": [f"https://s{i}.example.com" for i in range(50)],
          "settings": DEFAULT_SETTINGS, "messages_per_minute": 10, "enabled": True,
-         "require_identity": False},
+         "require_identity": False, "budget": DEFAULT_BUDGET},
         id="fifty-origins",
     ),
 ]
@@ -468,6 +482,7 @@ def test_create_widget(world: World, extra: dict[str, Any], definition: dict[str
     assert created["limits"] == {"messages_per_minute": definition["messages_per_minute"]}
     assert created["enabled"] is definition["enabled"]
     assert created["require_identity"] is definition["require_identity"]
+    assert created["budget"] == definition["budget"]
 
     appended = events(world.settings, before)
     assert [(r.stream, r.version, r.type) for r in appended] == [
@@ -558,6 +573,12 @@ INVALID_WIDGETS = [
                  "limits.messages_per_minute", id="rate-not-number"),
     pytest.param({"limits": {"per_hour": 5}}, "validation_error", "limits.per_hour",
                  id="limits-unknown-field"),
+    pytest.param({"budget": {"daily_tokens": -1}}, "validation_error", "budget.daily_tokens",
+                 id="budget-negative"),
+    pytest.param({"budget": {"monthly_cost": "lots"}}, "validation_error",
+                 "budget.monthly_cost", id="budget-not-number"),
+    pytest.param({"budget": {"weekly_tokens": 5}}, "validation_error", "budget.weekly_tokens",
+                 id="budget-unknown-field"),
     pytest.param({"enabled": "maybe"}, "validation_error", "enabled", id="enabled-not-bool"),
     pytest.param({"require_identity": [1]}, "validation_error", "require_identity",
                  id="require-identity-not-bool"),

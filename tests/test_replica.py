@@ -264,8 +264,11 @@ def test_a_cut_is_the_database_as_it_was_at_that_event(
     assert rows(out, "SELECT data FROM blobs") == [(b"kept bytes",)]
     # A table subscriber starts again (its rows rebuilt exactly once), an effect subscriber
     # goes back to the cut, never further.
-    assert rows(out, "SELECT name, position FROM subscriber_checkpoints ORDER BY name") == [
-        ("hooks", last)]
+    effects = [(name, min(position, last)) for name, position in rows(
+        source, "SELECT name, position FROM subscriber_checkpoints ORDER BY name")
+        if name != "usage"]
+    assert ("hooks", last) in effects
+    assert rows(out, "SELECT name, position FROM subscriber_checkpoints ORDER BY name") == effects
     assert rows(out, "SELECT count(*) FROM usage_daily") == [(0,)]
     assert cut.first_after(sqlite3.connect(out), "9999") is None
 

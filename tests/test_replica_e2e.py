@@ -28,11 +28,12 @@ from websockets.typing import Origin
 
 from loacl.cli import main
 from loacl.openai_testserver import OpenAITestServer, running
-from loacl.settings import Settings
+from loacl.settings import Settings, env_name
 from loacl.store import audit, replay
 from loacl.store.projections import default_projections
 from loacl.store.replica import restore
 from loacl.store.sqlite import connect
+from tests.live import OPEN_LIMITS
 from tests.replicas import (
     Replica,
     S3Server,
@@ -71,6 +72,15 @@ def provider() -> Iterator[tuple[OpenAITestServer, str]]:
     server = OpenAITestServer(token_delay=0.005)
     with running(server) as url:
         yield server, url
+
+
+def child_server(folder: Path, provider_url: str, replica: Replica) -> Server:
+    """``loacl serve`` in its own process, replicating to ``replica``, with the visitor limits
+    off (every test visitor comes from 127.0.0.1)."""
+    server = Server(folder, provider_url)
+    server.env |= {"LOACL_REPLICA_URL": replica.url, **replica.env,
+                   **{env_name(key): str(value) for key, value in OPEN_LIMITS.items()}}
+    return server
 
 
 def folder_env(base: dict[str, str], folder: Path) -> dict[str, str]:
@@ -174,9 +184,8 @@ async def test_fifty_streaming_visitors_then_sigkill_then_restore(
         monkeypatch.setenv(name, value)  # for reading the replica's status from here
     first = tmp_path / "first"
     first.mkdir()
-    server = Server(first, provider[1])
-    server.env |= {"LOACL_REPLICA_URL": replica.url, **replica.env,
-                   "LOACL_FLUSH_INTERVAL_MS": "50"}
+    server = child_server(first, provider[1], replica)
+    server.env["LOACL_FLUSH_INTERVAL_MS"] = "50"
     server.start()
     try:
         widget_id = owner_widget(server.url)
@@ -237,8 +246,7 @@ async def test_fifty_streaming_visitors_then_sigkill_then_restore(
 
     # A server on the restored folder goes on replicating to the same replica: a restore of
     # it then holds what that server wrote (the replies the kill cut off closed, a new turn).
-    again = Server(second, provider[1])
-    again.env |= {"LOACL_REPLICA_URL": replica.url, **replica.env}
+    again = child_server(second, provider[1], replica)
     again.start()
     try:
         async with visitor_tab(again.url, widget_id) as tab:

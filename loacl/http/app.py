@@ -12,14 +12,27 @@ from starlette.middleware import Middleware
 
 from loacl import __version__
 from loacl.domain.errors import LoaclError
-from loacl.http import auth, chat, health, openapi, owners, routing, static, stream, visitors
+from loacl.http import (
+    auth,
+    chat,
+    health,
+    openapi,
+    owners,
+    routing,
+    static,
+    stream,
+    usage,
+    visitors,
+)
 from loacl.http.errors import EXCEPTION_HANDLERS
 from loacl.http.middleware import RequestIdMiddleware
 from loacl.services.accounts import Accounts
 from loacl.services.assistants import Assistants
+from loacl.services.budgets import BudgetMail, Budgets
 from loacl.services.chat import Chat
-from loacl.services.demo import Demo
+from loacl.services.demo import Demo, demo_enabled
 from loacl.services.files import Files
+from loacl.services.limits import VisitorLimits
 from loacl.services.mail import Mailer
 from loacl.services.passwords import Passwords
 from loacl.services.recovery import recover
@@ -72,10 +85,14 @@ def create_app(
             settings.replica_url, settings.database_path, settings.data_dir, store,
             supervise=not settings.under_litestream,
         )
-    subscriptions = Subscriptions(store, default_subscribers())
     watch = Watch(settings.database_path, settings.integrity_check_minutes * 60, clock)
     lock = ServeLock(settings.database_path)
     mailer = mailer or Mailer.from_settings(settings)
+    limits = VisitorLimits(settings)
+    budgets = Budgets(store, settings, clock)
+    subscriptions = Subscriptions(
+        store, [*default_subscribers(), BudgetMail(budgets, mailer).subscriber()]
+    )
     passwords = Passwords(
         settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
     )
@@ -101,8 +118,10 @@ def create_app(
                                 remedy="set LOACL_REPLICA_URL to the replica Litestream uses, "
                                 "so that /readyz reports it")
                 await recover(store)
-                if settings.demo_widget:
+                if demo_enabled(settings):
                     await demo.ensure_or_go_without()
+                else:
+                    await demo.retire()
                 await subscriptions.start()
                 watch.start()
                 log.info("loacl.started", version=__version__, database=str(store.path))
@@ -123,7 +142,7 @@ def create_app(
     app = Starlette(
         routes=routing.routes(
             health.endpoints, openapi.endpoints, auth.endpoints, visitors.endpoints,
-            chat.endpoints, stream.endpoints, owners.endpoints, static.endpoints,
+            chat.endpoints, stream.endpoints, owners.endpoints, usage.endpoints, static.endpoints,
         ),
         middleware=[Middleware(RequestIdMiddleware), Middleware(static.SameOriginMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -137,8 +156,10 @@ def create_app(
     app.state.clock = clock
     app.state.accounts = Accounts(store, settings, passwords, tokens, mailer, clock)
     app.state.assistants = Assistants(store, settings)
-    app.state.widgets = Widgets(store, tokens, server_key)
+    app.state.limits = limits
+    app.state.budgets = budgets
+    app.state.widgets = Widgets(store, tokens, server_key, limits)
     app.state.demo = demo = Demo(store, settings, app.state.assistants, app.state.widgets)
-    app.state.chat = chat_service = Chat(store, settings)
-    app.state.files = Files(store, settings)
+    app.state.chat = chat_service = Chat(store, settings, limits=limits, budgets=budgets)
+    app.state.files = Files(store, settings, limits)
     return app

@@ -180,7 +180,7 @@ def repair(
         migrations.up(conn)
         conn.execute("BEGIN IMMEDIATE")
         kept = _copy_events(src, conn, result, chunk)
-        for table in ("blobs", "usage_daily"):
+        for table in ("blobs", "usage_daily", "budget_alerts"):
             _copy_rows(src, conn, table, result)
         _copy_positions(src, conn, kept, result)
         conn.execute("COMMIT")
