@@ -8,6 +8,7 @@ from pathlib import Path
 import structlog
 
 from loacl.domain.errors import LoaclError
+from loacl.private import private_file
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +44,9 @@ def connect(
     checkpoint of ours between two of its syncs makes it miss WAL frames and ship the whole
     database again, and two parties checkpointing at once is what the WAL-reset bug needs."""
     if not readonly:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Made 0600 (in a 0700 folder) before SQLite opens it: SQLite gives the -wal, -shm and
+        # -journal files the database file's own mode.
+        private_file(path)
     uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
