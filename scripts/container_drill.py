@@ -254,7 +254,7 @@ class Owned:
 def sign_up_and_create(drill: Drill, name: str) -> tuple[Api, Owned]:
     api = drill.api
     api("POST", "/api/v1/auth/register", {"email": EMAIL_ADDRESS, "password": PASSWORD},
-        expect=201)
+        expect=202)
     api("POST", "/api/v1/auth/verify-email", {"token": drill.outbox_token(name)})
     tokens = api("POST", "/api/v1/auth/login", {"email": EMAIL_ADDRESS, "password": PASSWORD})
     api.token = tokens["access_token"]

@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from scripts.compose import load_service
+
 ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ROOT / "container" / "entrypoint.py"
 WAIT = 60.0
@@ -53,7 +55,7 @@ class Container:
             "JWT_SECRET_KEY": "k" * 48,
             **env,
         }
-        for name in ("LOACL_CONFIG", "LOACL_UNDER_LITESTREAM", "FORWARDED_ALLOW_IPS"):
+        for name in ("LOACL_CONFIG", "LOACL_UNDER_LITESTREAM", "LOACL_TRUSTED_PROXIES"):
             if name not in env:
                 self.env.pop(name, None)
         self.process: subprocess.Popen[bytes] | None = None
@@ -105,7 +107,7 @@ class Container:
             response = http.post(f"{self.url}/api/v1/auth/register", headers={
                 "X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https",
             }, json={"email": email, "password": PASSWORD})
-        assert response.status_code == 201, response.text
+        assert response.status_code == 202, response.text
 
     def events(self) -> list[dict[str, Any]]:
         done = self.run("events", "tail", "--since", "0", "--json", "--deltas")
@@ -160,13 +162,13 @@ def test_an_empty_data_folder_comes_back_from_the_replica(
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("allowed", [None, "*"])
-def test_forwarded_allow_ips_lets_a_proxy_name_the_visitor(
-    container: Any, allowed: str | None,
-) -> None:
-    """deploy/compose.caddy.yaml's FORWARDED_ALLOW_IPS: without it, a proxy that is not on
-    this host's loopback address is every visitor (the address the rate limits count)."""
-    served = container(**({"FORWARDED_ALLOW_IPS": allowed} if allowed else {}))
+@pytest.mark.parametrize("caddy", [False, True], ids=["alone", "as-compose-caddy-sets-it"])
+def test_trusted_proxies_lets_the_proxy_name_the_visitor(container: Any, caddy: bool) -> None:
+    """deploy/compose.caddy.yaml's LOACL_TRUSTED_PROXIES: without it, a proxy that is not on
+    127.0.0.1 is every visitor (the address the rate limits count)."""
+    service = load_service(ROOT / "deploy" / "compose.caddy.yaml", {"LOACL_DOMAIN": "x"})
+    allowed = service.environment["LOACL_TRUSTED_PROXIES"] if caddy else None
+    served = container(**({"LOACL_TRUSTED_PROXIES": allowed} if allowed else {}))
     served.start()
     # The proxy: another loopback address than the 127.0.0.1 uvicorn trusts by default.
     proxy = httpx.HTTPTransport(local_address="127.0.0.2")
