@@ -72,9 +72,10 @@ class Container:
     def start(self) -> None:
         self.runs += 1
         with self.log.open("wb") as log:
+            # A session of its own: Litestream's child (the server) is killed with it.
             self.process = subprocess.Popen(
                 [sys.executable, str(ENTRYPOINT)], cwd=self.folder, env=self.env,
-                stdout=log, stderr=subprocess.STDOUT,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         deadline = time.monotonic() + WAIT
         while True:
@@ -92,14 +93,16 @@ class Container:
         try:
             code = self.process.wait(timeout=WAIT)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            self.close()
             raise AssertionError(f"it did not stop:\n{self.log.read_text()}") from None
         assert "loacl.stopped" in self.log.read_text(), self.log.read_text()
         return code
 
     def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+        """Kill what is left of it, the server under Litestream included."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=WAIT)
 
     def register(self, email: str, **client: Any) -> None:
