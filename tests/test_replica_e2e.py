@@ -131,7 +131,7 @@ def assert_sound(database: Path) -> None:
 def owner_widget(url: str) -> str:
     with httpx.Client(base_url=url, timeout=WAIT) as http:
         assert http.post("/api/v1/auth/register", json={
-            "email": "owner@example.com", "password": PASSWORD}).status_code == 201
+            "email": "owner@example.com", "password": PASSWORD}).status_code == 202
         login = http.post("/api/v1/auth/login",
                           json={"email": "owner@example.com", "password": PASSWORD})
         headers = {"Authorization": f"Bearer {login.json()['access_token']}"}

@@ -9,6 +9,7 @@ that holds an event recorded after the moment holds every event recorded up to i
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from loacl.domain.errors import LoaclError
+from loacl.private import FILE_MODE
 from loacl.store import backup, codec, cut, migrations
 from loacl.store.projections import Projections
 from loacl.store.rebuild import remove_file, swap_in
@@ -59,6 +61,7 @@ def restore(
         if moment is not None:
             cut_after, out = _cut(out, moment, projections, subscribers)
         events, last = _check(out)
+        os.chmod(out, FILE_MODE)  # it holds everything the database does (loacl.private)
     except BaseException:
         remove_file(out)
         remove_file(db_path.with_name(db_path.name + ".cut"))

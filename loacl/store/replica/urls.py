@@ -23,6 +23,8 @@ import os
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from loacl.private import private_folder
+
 SCHEMES = ("file", "s3", "gs", "abs")
 S3_OPTIONS = frozenset(["endpoint", "region", "forcePathStyle", "skipVerify", "storageClass"])
 SYNC_INTERVAL = "1s"  # Litestream's default: the most a crash of the whole machine can lose
@@ -106,7 +108,7 @@ def config_text(db_path: Path, url: str) -> str:
 def write_config(data_dir: Path, db_path: Path, url: str) -> Path:
     """Write the config into the data folder, readable by this user only (mode 0600), whole or
     not at all; return its path."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_folder(data_dir)
     path = (data_dir / CONFIG_NAME).resolve()
     partial = path.with_name(f".{CONFIG_NAME}.{os.getpid()}")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
