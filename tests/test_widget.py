@@ -76,16 +76,18 @@ class HostSite:
 
     url: str
     pages: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)
     count: int = 0
 
     @property
     def origin(self) -> str:
         return self.url
 
-    def add(self, html: str) -> str:
+    def add(self, html: str, headers: dict[str, str] | None = None) -> str:
         self.count += 1
         name = f"p{self.count}"
         self.pages[name] = html
+        self.headers[name] = headers or {}
         return f"{self.url}/{name}"
 
 
@@ -113,7 +115,7 @@ class Loacl:
         return str(response.json()["id"])
 
     def page(self, widget_id: str, *, form: str = "global", head: str = "", body: str = "",
-             **options: str) -> str:
+             headers: dict[str, str] | None = None, **options: str) -> str:
         """A host page embedding the widget, the way the embed code does or with data-*."""
         script = f"{self.url}/widget.js"
         if form == "global":
@@ -126,7 +128,8 @@ class Loacl:
         return self.host.add(
             "<!doctype html><html><head><meta charset='utf-8'><title>Host</title>"
             f"{head}</head><body><h1>A host page</h1><p>Some content.</p>{body}{embed}"
-            "</body></html>"
+            "</body></html>",
+            headers,
         )
 
 
@@ -156,7 +159,8 @@ def host_site() -> Iterator[HostSite]:
         html = site.pages.get(request.path_params["name"])
         if html is None:
             return Response("not found", status_code=404)
-        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+        headers = {"Cache-Control": "no-store", **site.headers[request.path_params["name"]]}
+        return HTMLResponse(html, headers=headers)
 
     app = Starlette(routes=[Route("/{name}", page)])
     with serve(app) as url:
@@ -305,6 +309,30 @@ def test_starts_from_window_config(loacl: Loacl, page: Page) -> None:
     page.locator("loacl-chat .hd button").click()
     assert not panel(page).is_visible()
     assert launcher(page).get_attribute("aria-expanded") == "false"
+
+
+def test_works_under_the_content_security_policy_of_the_embed_guide(
+    loacl: Loacl, page: Page
+) -> None:
+    """docs/embed.md's policy, with this LOACL's address for loacl.example.com: no
+    'unsafe-inline' for scripts or styles; the embed with data-* attributes needs no inline
+    script."""
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "embed.md").read_text()
+    [policy] = re.findall(r"^Content-Security-Policy: (.*)$", guide, re.M)
+    host = loacl.url.removeprefix("http://")
+    policy = policy.replace("https://loacl.example.com", loacl.url) \
+        .replace("wss://loacl.example.com", f"ws://{host}")
+    assert "unsafe" not in policy and "default-src 'self'" in policy
+    violations: list[str] = []
+    page.on("console", lambda m: violations.append(m.text)
+            if "Content Security Policy" in m.text else None)
+    widget = loacl.widget(settings={"title": "Strict site"})
+    page.goto(loacl.page(widget, form="data", headers={"Content-Security-Policy": policy}))
+    launcher(page).click()
+    page.get_by_role("dialog", name="Strict site").wait_for()
+    send(page, "Under a strict policy?")
+    assert "Demo answer." in wait_done(page).inner_text()
+    assert violations == []
 
 
 def test_starts_from_data_attributes(loacl: Loacl, page: Page) -> None:
