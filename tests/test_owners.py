@@ -34,6 +34,7 @@ from loacl.http.app import create_app
 from loacl.openai_testserver import HttpError, ModelInfo, OpenAITestServer, running
 from loacl.settings import Settings
 from tests.live import serve
+from tests.sealed import opened_rows
 
 PASSWORD = "correct horse battery staple"
 MISSING = object()  # a patch value that removes the key
@@ -53,18 +54,16 @@ class Row:
 
 
 def events(settings: Settings, after: int = 0) -> list[Row]:
-    conn = sqlite3.connect(settings.database_path)
-    try:
-        rows = conn.execute(
-            "SELECT seq, stream, version, type, payload, metadata FROM events WHERE seq > ? "
-            "ORDER BY seq",
-            (after,),
-        ).fetchall()
-    finally:
-        conn.close()
+    """The events after ``after``, sealed fields opened; ``raw`` is the row as stored."""
+    rows = opened_rows(
+        settings,
+        "SELECT type, schema_version, payload, metadata, seq, stream, version, "
+        "payload || metadata FROM events WHERE seq > ? ORDER BY seq",
+        (after,),
+    )
     return [
-        Row(seq, stream, version, kind, json.loads(payload), json.loads(meta), payload + meta)
-        for seq, stream, version, kind, payload, meta in rows
+        Row(seq, stream, version, kind, json.loads(payload), json.loads(meta), raw)
+        for kind, _, payload, meta, seq, stream, version, raw in rows
     ]
 
 
@@ -418,15 +417,16 @@ VALID_WIDGETS = [
     pytest.param(
         {},
         {"allowed_origins": [], "settings": DEFAULT_SETTINGS, "messages_per_minute": 10,
-         "enabled": True, "require_identity": False},
+         "enabled": True, "require_identity": False, "retention_days": None},
         id="minimal-defaults",
     ),
     pytest.param(
         {"name": "W" * 200, "allowed_origins": ["https://shop.example.com"],
          "settings": FULL_SETTINGS, "limits": {"messages_per_minute": 600}, "enabled": False,
-         "require_identity": True},
+         "require_identity": True, "retention_days": 36_500},
         {"allowed_origins": ["https://shop.example.com"], "settings": FULL_SETTINGS,
-         "messages_per_minute": 600, "enabled": False, "require_identity": True},
+         "messages_per_minute": 600, "enabled": False, "require_identity": True,
+         "retention_days": 36_500},
         id="every-field-at-its-limit",
     ),
     pytest.param(
@@ -438,14 +438,15 @@ VALID_WIDGETS = [
                              "http://localhost:3000"],
          "settings": {**DEFAULT_SETTINGS, "theme": "light", "accent_color": "#0a0B0c",
                       "locale": "fr"},
-         "messages_per_minute": 1, "enabled": True, "require_identity": False},
+         "messages_per_minute": 1, "enabled": True, "require_identity": False,
+         "retention_days": None},
         id="origins-normalised-and-deduplicated",
     ),
     pytest.param(
         {"allowed_origins": [f"https://s{i}.example.com" for i in range(50)]},
         {"allowed_origins": [f"https://s{i}.example.com" for i in range(50)],
          "settings": DEFAULT_SETTINGS, "messages_per_minute": 10, "enabled": True,
-         "require_identity": False},
+         "require_identity": False, "retention_days": None},
         id="fifty-origins",
     ),
 ]
@@ -468,6 +469,7 @@ def test_create_widget(world: World, extra: dict[str, Any], definition: dict[str
     assert created["limits"] == {"messages_per_minute": definition["messages_per_minute"]}
     assert created["enabled"] is definition["enabled"]
     assert created["require_identity"] is definition["require_identity"]
+    assert created["retention_days"] == definition["retention_days"]
 
     appended = events(world.settings, before)
     assert [(r.stream, r.version, r.type) for r in appended] == [
@@ -561,6 +563,10 @@ INVALID_WIDGETS = [
     pytest.param({"enabled": "maybe"}, "validation_error", "enabled", id="enabled-not-bool"),
     pytest.param({"require_identity": [1]}, "validation_error", "require_identity",
                  id="require-identity-not-bool"),
+    pytest.param({"retention_days": 0}, "validation_error", "retention_days",
+                 id="retention-zero"),
+    pytest.param({"retention_days": 36_501}, "validation_error", "retention_days",
+                 id="retention-too-long"),
     pytest.param({"color": "#fff"}, "validation_error", "color", id="unknown-field"),
 ]
 

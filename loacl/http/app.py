@@ -12,7 +12,18 @@ from starlette.middleware import Middleware
 
 from loacl import __version__
 from loacl.domain.errors import LoaclError
-from loacl.http import auth, chat, health, openapi, owners, routing, static, stream, visitors
+from loacl.http import (
+    auth,
+    chat,
+    health,
+    openapi,
+    owners,
+    privacy,
+    routing,
+    static,
+    stream,
+    visitors,
+)
 from loacl.http.errors import EXCEPTION_HANDLERS
 from loacl.http.middleware import RequestIdMiddleware
 from loacl.services.accounts import Accounts
@@ -20,9 +31,12 @@ from loacl.services.assistants import Assistants
 from loacl.services.chat import Chat
 from loacl.services.demo import Demo
 from loacl.services.files import Files
+from loacl.services.keys import keyring_for
 from loacl.services.mail import Mailer
 from loacl.services.passwords import Passwords
+from loacl.services.privacy import Privacy
 from loacl.services.recovery import recover
+from loacl.services.retention import Retention
 from loacl.services.tokens import Tokens
 from loacl.services.widgets import Widgets
 from loacl.settings import Settings, jwt_secret
@@ -60,7 +74,10 @@ def prepare_database(settings: Settings) -> None:
 def create_app(
     settings: Settings, *, clock: Clock = utc_now, mailer: Mailer | None = None
 ) -> Starlette:
-    store = EventStore(settings.database_path, default_projections(), clock=clock)
+    store = EventStore(
+        settings.database_path, default_projections(), clock=clock,
+        keyring=keyring_for(settings, clock),
+    )
     subscriptions = Subscriptions(store, default_subscribers())
     watch = Watch(settings.database_path, settings.integrity_check_minutes * 60, clock)
     lock = ServeLock(settings.database_path)
@@ -87,11 +104,13 @@ def create_app(
                 if settings.demo_widget:
                     await demo.ensure_or_go_without()
                 await subscriptions.start()
+                retention.start()
                 watch.start()
                 log.info("loacl.started", version=__version__, database=str(store.path))
                 yield
             finally:
                 await watch.stop()
+                await retention.stop()
                 await chat_service.shutdown()
                 await mailer.drain()
                 # Before the store closes: a runner cut short resumes at its checkpoint.
@@ -103,7 +122,8 @@ def create_app(
     app = Starlette(
         routes=routing.routes(
             health.endpoints, openapi.endpoints, auth.endpoints, visitors.endpoints,
-            chat.endpoints, stream.endpoints, owners.endpoints, static.endpoints,
+            chat.endpoints, stream.endpoints, owners.endpoints, privacy.endpoints,
+            static.endpoints,
         ),
         middleware=[Middleware(RequestIdMiddleware), Middleware(static.SameOriginMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -120,4 +140,9 @@ def create_app(
     app.state.demo = demo = Demo(store, settings, app.state.assistants, app.state.widgets)
     app.state.chat = chat_service = Chat(store, settings)
     app.state.files = Files(store, settings)
+    app.state.privacy = Privacy(store, chat_service.stop)
+    app.state.retention = retention = Retention(
+        app.state.privacy, clock, every_seconds=settings.retention_check_minutes * 60,
+        batch=settings.retention_batch,
+    )
     return app

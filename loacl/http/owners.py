@@ -12,7 +12,12 @@ from starlette.responses import JSONResponse, Response
 
 from loacl.domain.assistants import PROVIDERS, AssistantDefinition
 from loacl.domain.errors import LoaclError
-from loacl.domain.widgets import MAX_ORIGINS, WidgetDefinition, WidgetSettings
+from loacl.domain.widgets import (
+    MAX_ORIGINS,
+    MAX_RETENTION_DAYS,
+    WidgetDefinition,
+    WidgetSettings,
+)
 from loacl.http.auth import current_owner
 from loacl.http.common import assistants, if_match, metadata, public_base, widgets, with_etag
 from loacl.http.resources import OwnedResource
@@ -69,8 +74,8 @@ class WidgetBody(Body):
     limits: LimitsBody = Field(default_factory=lambda: LimitsBody())
     enabled: bool = True
     require_identity: bool = False
-
-
+    # Conversations idle this many days are erased; null (the default) keeps them.
+    retention_days: int | None = Field(None, ge=1, le=MAX_RETENTION_DAYS)
 
 
 def _definition(request: Request, body: AssistantBody) -> AssistantDefinition:
@@ -96,6 +101,7 @@ def _widget_definition(_request: Request, body: WidgetBody) -> WidgetDefinition:
         settings=WidgetSettings(**body.settings.model_dump()),
         messages_per_minute=body.limits.messages_per_minute,
         enabled=body.enabled, require_identity=body.require_identity,
+        retention_days=body.retention_days,
     )
 
 

@@ -28,6 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from loacl.domain.conversations import AssistantStarted
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
+from loacl.domain.privacy import SubjectErased
 from loacl.domain.widgets import VisitorAccess
 from loacl.http.chat import MessageBody
 from loacl.http.common import chat, metadata, widgets
@@ -167,8 +168,18 @@ class Connection:
                 event = recorded.event
                 if isinstance(event, AssistantStarted):
                     await self._reply_started(event.message_id, event.reply_to)
+                elif isinstance(event, SubjectErased):
+                    await self._erased()
         except SubscriptionOverflow:
             self.close(Close.TOO_SLOW, "too slow to keep up; reconnect and resume")
+
+    async def _erased(self) -> None:
+        """The conversation was erased: the reply it stopped is told (``done``, interrupted),
+        then the socket closes as for a token no longer valid, and the widget starts afresh."""
+        tasks = [f.task for f in self.followers.values() if f.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=FLUSH_SECONDS)
+        self.close(Close.BAD_TOKEN, "this conversation was erased; start again")
 
     async def _reply_started(self, reply_id: str, reply_to: str) -> None:
         if self._following(reply_id):

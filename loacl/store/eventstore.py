@@ -24,10 +24,12 @@ import structlog
 
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Event, Metadata, RecordedEvent
+from loacl.domain.privacy import subject_of_stream
 from loacl.store import migrations
 from loacl.store.batches import Append as _Append
 from loacl.store.batches import BatchWriter
 from loacl.store.broker import Broker
+from loacl.store.keys import Keyring
 from loacl.store.notifier import Notifier
 from loacl.store.projections import Projections
 from loacl.store.records import EVENT_COLUMNS as EVENT_COLUMNS
@@ -95,8 +97,12 @@ class EventStore:
         broker: Broker | None = None,
         notifier: Notifier | None = None,
         index_lag: int = INDEX_LAG,
+        keyring: Keyring | None = None,
     ) -> None:
         self.path = path
+        # Seals personal fields on the way in and opens them on the way out (store.keys);
+        # without one they are written plain (tests of the store itself, the benchmark).
+        self.keyring = keyring
         self.projections = projections
         self.clock = clock
         self.broker = broker or Broker()
@@ -108,7 +114,7 @@ class EventStore:
         self._reader: aiosqlite.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         self.index_lag = index_lag
-        self._batches = BatchWriter(projections, clock, index_lag)
+        self._batches = BatchWriter(projections, clock, index_lag, keyring)
         self.writer_health = WriterHealth()
 
     # -- life cycle -------------------------------------------------------------------------
@@ -127,6 +133,14 @@ class EventStore:
                 f"the database is at schema {schema}, newer than this LOACL knows "
                 f"({migrations.LATEST}): run the LOACL that migrated it",
             )
+        if self.keyring is not None:
+            if schema < migrations.LATEST:
+                self._writer.close()
+                self._writer = None
+                raise LoaclError(
+                    "schema_out_of_date", "the database needs migrations: run `loacl migrate up`"
+                )
+            self.keyring.open_reader(self.path)
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         for pragma in PRAGMAS:
             await self._reader.execute(pragma)
@@ -146,6 +160,8 @@ class EventStore:
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
+        if self.keyring is not None:
+            self.keyring.close()
         self.broker.close()
         self.notifier.close()
 
@@ -166,12 +182,15 @@ class EventStore:
         expected_version: int | None = None,
         metadata: Metadata | None = None,
         idempotency_key: str | None = None,
+        subject: str | None = None,
     ) -> list[RecordedEvent]:
         """Append events to a stream; all or none of them are written.
 
         ``expected_version`` None skips the check, 0 (``NO_STREAM``) asks for a new stream, N for
         a stream at version N; otherwise ``ConflictError``. With ``idempotency_key`` a retried
-        append returns the events the first one wrote and writes nothing.
+        append returns the events the first one wrote and writes nothing. ``subject`` is whose
+        personal data the events and the client's address are (``domain.privacy``), when the
+        stream's name does not say (a conversation's and an owner's streams do).
         """
         if self._thread is None or self._loop is None:
             raise LoaclError("store_closed", "the event store is not open")
@@ -180,7 +199,7 @@ class EventStore:
         future: asyncio.Future[list[RecordedEvent]] = self._loop.create_future()
         self._queue.put(
             _Append(stream, events, expected_version, metadata or Metadata(), idempotency_key,
-                    future)
+                    future, subject or subject_of_stream(stream))
         )
         return await future
 
@@ -273,6 +292,17 @@ class EventStore:
             self.notifier.advance(committed[-1].seq)
             self.broker.publish(committed)
 
+    async def truncate_wal(self) -> bool:
+        """Checkpoint the whole WAL into the file and cut the WAL to nothing, so that pages
+        written before (an erased conversation's text) are nowhere in it; False when a reader
+        held an older snapshot and the WAL could not be cut this time."""
+
+        def truncate(conn: sqlite3.Connection) -> bool:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            return not busy
+
+        return bool(await self.run_on_writer(truncate))
+
     async def run_on_writer(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run ``fn(conn)`` on the write connection between batches (the only writer)."""
         if self._thread is None or self._loop is None:
@@ -321,7 +351,7 @@ class EventStore:
 
     async def read_stream(self, stream: str, after_version: int = 0) -> list[RecordedEvent]:
         rows = await self._fetch(READ_STREAM, (stream, stream, after_version))
-        return decode_rows(rows)
+        return decode_rows(rows, self.keyring)
 
     async def load(
         self, stream: str, initial: S, evolve: Callable[[S, Event], S]
@@ -335,7 +365,7 @@ class EventStore:
 
     async def read_all(self, after: int = 0, limit: int | None = None) -> list[RecordedEvent]:
         rows = await self._fetch(READ_ALL, (after, -1 if limit is None else limit))
-        return decode_rows(rows)
+        return decode_rows(rows, self.keyring)
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Run a read-only query against the read tables."""

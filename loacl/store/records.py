@@ -35,15 +35,19 @@ READ_STREAM = f"{SELECT_EVENTS} WHERE {IN_STREAM} AND version > ? ORDER BY versi
 new_record = tuple.__new__  # positional, without NamedTuple's keyword handling: replay's hot path
 
 
-def decode_rows(rows: Iterable[Sequence[Any]]) -> list[RecordedEvent]:
-    """Rows of the events table as records. Replay decodes every event through here, so the
-    look-ups are hoisted out of the loop and a record is built as a plain tuple. The events of
-    one append share their metadata and those of one commit their time: each is decoded once
-    per run of equal values."""
+def decode_rows(
+    rows: Iterable[Sequence[Any]], keys: codec.Opener | None = None
+) -> list[RecordedEvent]:
+    """Rows of the events table as records, sealed fields opened with ``keys``. Replay decodes
+    every event through here, so the look-ups are hoisted out of the loop and a record is built
+    as a plain tuple. The events of one append share their metadata and those of one commit
+    their time: each is decoded once per run of equal values. Events written before sealing
+    existed (up to ``keys.sealed_after``) are read as they are."""
     # Keyed by type alone (a tuple key costs more than the rest of the loop): an event of an
     # older schema version than the one cached takes the slow path.
-    decoders: dict[str, tuple[int, Callable[[str | bytes], Event]]] = {}
+    decoders: dict[str, tuple[int, Callable[[str | bytes], Event], Callable[..., Event]]] = {}
     new, record = new_record, RecordedEvent
+    sealed_after = keys.sealed_after if keys is not None else 0
     metadata_raw: Any = None
     time_raw: Any = None
     metadata = Metadata()
@@ -52,16 +56,17 @@ def decode_rows(rows: Iterable[Sequence[Any]]) -> list[RecordedEvent]:
     append = out.append
     for seq, stream, version, type_, schema_version, payload, raw_md, raw_at, hash_ in rows:
         found = decoders.get(type_)
-        if found is not None and found[0] == schema_version:
-            decode = found[1]
-        else:
-            decode = codec.payload_decoder(type_, schema_version)
-            decoders[type_] = (schema_version, decode)
+        if found is None or found[0] != schema_version:
+            found = decoders[type_] = (
+                schema_version, codec.payload_decoder(type_, schema_version, keys),
+                codec.plain_decoder(type_, schema_version),
+            )
         if raw_md != metadata_raw:
-            metadata, metadata_raw = codec.decode_metadata(raw_md), raw_md
+            metadata, metadata_raw = codec.decode_metadata(raw_md, keys), raw_md
         if raw_at != time_raw:
             when, time_raw = codec.parse_time(raw_at), raw_at
-        append(new(record, (seq, stream, version, decode(payload), metadata, when, hash_)))
+        event = found[1](payload) if seq > sealed_after else found[2](payload)
+        append(new(record, (seq, stream, version, event, metadata, when, hash_)))
     return out
 
 
@@ -70,8 +75,9 @@ def stream_version(conn: sqlite3.Connection, stream: str) -> int:
 
 
 def read_all_sync(
-    conn: sqlite3.Connection, after: int = 0, limit: int | None = None
+    conn: sqlite3.Connection, after: int = 0, limit: int | None = None,
+    keys: codec.Opener | None = None,
 ) -> list[RecordedEvent]:
     rows = conn.execute(READ_ALL, (after, -1 if limit is None else limit)).fetchall()
-    return decode_rows(rows)
+    return decode_rows(rows, keys)
 

@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from loacl.store.codec import Opener
 from loacl.store.projections import Projections
 from loacl.store.records import read_all_sync
 
@@ -60,7 +61,7 @@ def _cyclic_gc_paused() -> Iterator[None]:
 
 def apply_all(
     conn: sqlite3.Connection, projections: Projections, progress: Progress | None, chunk: int,
-    total: int,
+    total: int, keys: Opener | None = None,
 ) -> tuple[int, int]:
     """Every event through the projections, a chunk a transaction; the last seq and the count."""
     done = 0
@@ -69,7 +70,7 @@ def apply_all(
         while True:
             # Short read transactions: a long one would stop checkpoints and grow the WAL.
             conn.execute("BEGIN")
-            events = read_all_sync(conn, after=done, limit=chunk)
+            events = read_all_sync(conn, after=done, limit=chunk, keys=keys)
             projections.apply(conn, events)
             conn.execute("COMMIT")
             if not events:
@@ -87,7 +88,9 @@ def replay(
     *,
     progress: Progress | None = None,
     chunk: int = 5000,
+    keys: Opener | None = None,
 ) -> ReplayResult:
+    """Sealed fields are opened with ``keys``: those of erased subjects read as ``[erased]``."""
     tables = projections.tables
     (total,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
     _drop_temp(conn, tables)
@@ -101,9 +104,9 @@ def replay(
                         f"INDEX {name} ", f"INDEX temp.{name} ", 1
                     )
                 )
-        done, count = apply_all(conn, projections, progress, chunk, total)
+        done, count = apply_all(conn, projections, progress, chunk, total, keys)
         conn.execute("BEGIN IMMEDIATE")
-        late = read_all_sync(conn, after=done)
+        late = read_all_sync(conn, after=done, keys=keys)
         projections.apply(conn, late)
         count += len(late)
         for table in tables:
