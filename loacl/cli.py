@@ -218,21 +218,31 @@ def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _event_json(event: StoredEvent) -> dict[str, Any]:
-    return {
+def _event_json(event: StoredEvent, deltas: tail.Deltas | None = None) -> dict[str, Any]:
+    shown = {
         "seq": event.seq, "stream": event.stream, "version": event.version,
         "type": event.type, "schema_version": event.schema_version,
         "payload": json.loads(event.payload), "metadata": json.loads(event.metadata),
         "recorded_at": event.recorded_at, "hash": event.hash,
     }
+    if deltas is not None:
+        shown["deltas"] = {"count": deltas.count, "chars": deltas.chars}
+    return shown
 
 
-def _print_event(event: StoredEvent, as_json: bool, out: TextIO) -> None:
-    if as_json:
-        out.write(json.dumps(_event_json(event), separators=(",", ":")) + "\n")
+def _print_event(
+    conn: sqlite3.Connection, event: StoredEvent, args: argparse.Namespace, out: TextIO
+) -> None:
+    """One line: the event, who caused it and its payload in short; a reply's end says how
+    many delta events it closes (they are left out unless ``--deltas``)."""
+    deltas = None if args.deltas else tail.deltas_of(conn, event)
+    if args.json:
+        out.write(json.dumps(_event_json(event, deltas), separators=(",", ":")) + "\n")
         return
-    out.write(f"{event.seq:>8}  {event.recorded_at[:23]}  {event.type:<24} {event.stream} "
-              f"v{event.version}  {event.payload}\n")
+    folded = f"  [{deltas.count} deltas, {deltas.chars} chars]" if deltas else ""
+    out.write(f"{event.seq:>8}  {event.recorded_at[:23]}  {event.type:<22} {event.stream} "
+              f"v{event.version}  by {tail.actor(event)}  {tail.summary(event.payload)}"
+              f"{folded}\n")
 
 
 def _show_event(conn: sqlite3.Connection, seq: int, as_json: bool) -> int:
@@ -253,13 +263,13 @@ def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.action == "show":
             return _show_event(conn, args.seq, args.json)
-        which = tail.EventFilter(args.stream, args.type)
+        which = tail.EventFilter(args.stream, args.type, deltas=args.deltas)
         if args.since is not None:
             events = tail.events_after(conn, args.since, which)
         else:
             events = tail.last_events(conn, args.limit, which)
         for event in events:
-            _print_event(event, args.json, sys.stdout)
+            _print_event(conn, event, args, sys.stdout)
         sys.stdout.flush()
         position = events[-1].seq if events else (
             args.since if args.since is not None else tail.head(conn)
@@ -271,7 +281,7 @@ def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
         while args.follow:
             time.sleep(args.interval)
             for event in tail.events_after(conn, position, which):
-                _print_event(event, args.json, sys.stdout)
+                _print_event(conn, event, args, sys.stdout)
                 position = event.seq
             sys.stdout.flush()
         return 0
@@ -547,6 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--since", type=int, help="show events after this position")
     t.add_argument("--limit", "-n", type=int, default=20)
     t.add_argument("--json", action="store_true", help="one JSON object a line")
+    t.add_argument("--deltas", action="store_true",
+                   help="show each assistant.delta event (by default a reply's end says how "
+                        "many it closes)")
     t.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
     s = ev.add_parser("show", help="one event in full")
     s.add_argument("seq", type=int)

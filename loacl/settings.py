@@ -43,6 +43,37 @@ SECRET_KEYS = frozenset(
 MASTER_KEY_FILE = "master_key"
 
 
+class ModelPrice(BaseModel):
+    """US dollars per million tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+# Standard-tier prices of OpenAI's text models, US dollars per 1M tokens, as OpenAI's pricing
+# page (developers.openai.com/api/docs/pricing) listed them and price tables dated May to
+# November 2026 quote them; checked 2026-12-01. Cached input is billed lower and counted here
+# at the full price, so estimates err high. loacl.toml repeats this table to edit.
+MODEL_PRICES: dict[str, ModelPrice] = {
+    name: ModelPrice(input=i, output=o)
+    for name, i, o in [
+        ("gpt-5.5", 5.00, 30.00),
+        ("gpt-5.4", 2.50, 15.00),
+        ("gpt-5.4-mini", 0.75, 4.50),
+        ("gpt-5.4-nano", 0.20, 1.25),
+        ("gpt-5", 1.25, 10.00),
+        ("gpt-5-mini", 0.25, 2.00),
+        ("gpt-5-nano", 0.05, 0.40),
+        ("gpt-4.1", 2.00, 8.00),
+        ("gpt-4.1-mini", 0.40, 1.60),
+        ("gpt-4.1-nano", 0.10, 0.40),
+        ("gpt-4o", 2.50, 10.00),
+        ("gpt-4o-mini", 0.15, 0.60),
+    ]
+}
+
+
 class SettingsError(Exception):
     """A setting is missing or malformed; the message names the key and what was expected."""
 
@@ -206,9 +237,20 @@ class Settings(BaseModel):
         300.0, gt=0, le=86_400, description="A WebSocket with no frames from its visitor for this "
         "long (and no reply streaming) is closed."
     )
-    demo_widget: bool = Field(
-        True, description="Keep a demo assistant and widget for the home page (created at "
-        "start-up, embeddable from this server's own origin only)."
+    # Unset: on only while no OPENAI_API_KEY is configured, so that the demo never answers
+    # strangers at the operator's cost unless the operator says so.
+    demo_widget: bool | None = Field(
+        None, description="Keep a demo assistant and widget for the home page (created at "
+        "start-up, embeddable from this server's own origin only); unset: on only while no "
+        "OPENAI_API_KEY is set. Always under the demo budgets below."
+    )
+    # A demo reply is a few hundred tokens: about a hundred replies a day for people trying it,
+    # a few cents with a small model.
+    demo_daily_tokens: int = Field(
+        50_000, ge=1, description="The demo widget's token budget per UTC day."
+    )
+    demo_monthly_tokens: int = Field(
+        500_000, ge=1, description="The demo widget's token budget per UTC month."
     )
     max_upload_size: int = Field(
         5 * 1024 * 1024, ge=1, description="Largest file a visitor may upload, in bytes."
@@ -216,6 +258,87 @@ class Settings(BaseModel):
     allowed_file_types: list[Literal["pdf", "txt", "doc", "docx"]] = Field(
         ["pdf", "txt", "doc", "docx"],
         description="File types visitors may upload (JSON list or comma-separated).",
+    )
+    # -- visitor abuse limits ---------------------------------------------------------------
+    # Counted in memory per client address (``client_ip``) and per visitor, across the widgets
+    # of this server; a restart forgets them. They damp scripts; the bill itself is guarded by
+    # the budgets below, which are counted from the log. 0 turns a limit off.
+    #
+    # A browser keeps its visitor token for 30 days and reuses it, so a person starts one
+    # session; 30 an hour leaves room for an office or school behind one address and stops a
+    # script that wants thousands.
+    sessions_per_ip_hour: int = Field(
+        30, ge=0, description="New anonymous visitor sessions one address may start per hour."
+    )
+    # Three visitors at the widget's default of 10 a minute, from one address: new sessions no
+    # longer multiply what one address may ask.
+    messages_per_ip_minute: int = Field(
+        30, ge=0, description="Messages one address may send per minute, over all its "
+        "sessions (each visitor also has the widget's messages_per_minute)."
+    )
+    # A long support chat is a few dozen messages.
+    messages_per_visitor_day: int = Field(
+        200, ge=0, description="Messages one visitor may send per day (24 hours)."
+    )
+    messages_per_ip_day: int = Field(
+        1000, ge=0, description="Messages one address may send per day (24 hours)."
+    )
+    # A visitor attaches a document or two to a question; uploads stay in the database for
+    # good, so a day's worth per address is bounded in count and in bytes.
+    uploads_per_visitor_day: int = Field(
+        10, ge=0, description="Files one visitor may upload per day (24 hours)."
+    )
+    upload_bytes_per_visitor_day: int = Field(
+        20 * 1024 * 1024, ge=0, description="Bytes one visitor may upload per day."
+    )
+    uploads_per_ip_day: int = Field(
+        50, ge=0, description="Files one address may upload per day (24 hours)."
+    )
+    upload_bytes_per_ip_day: int = Field(
+        100 * 1024 * 1024, ge=0, description="Bytes one address may upload per day."
+    )
+    # A socket per open tab: eight tabs of one visitor, and a busy office behind one address.
+    sockets_per_visitor: int = Field(
+        8, ge=0, description="Streaming WebSockets one visitor token may hold open at once."
+    )
+    sockets_per_ip: int = Field(
+        64, ge=0, description="Streaming WebSockets one address may hold open at once."
+    )
+    # Each conversation has one reply at a time; an address with many sessions could hold
+    # many of a widget's provider_concurrency slots and lock everyone else out.
+    replies_per_ip: int = Field(
+        4, ge=0, description="Replies one address may have streaming at once from one widget "
+        "(of its provider_concurrency)."
+    )
+    # -- budgets ----------------------------------------------------------------------------
+    # Per widget, per UTC day and month, enforced before each call to the provider; a widget
+    # may set its own. With gpt-4.1-mini, 2 million tokens are about $1-3: room for hundreds
+    # of conversations a day, and a cap on what a script can spend.
+    budget_daily_tokens: int = Field(
+        2_000_000, ge=0, description="Tokens (input and output) a widget may use per UTC day, "
+        "unless the widget sets its own; 0: no limit."
+    )
+    budget_monthly_tokens: int = Field(
+        30_000_000, ge=0, description="Tokens a widget may use per UTC month, unless the "
+        "widget sets its own; 0: no limit."
+    )
+    budget_daily_cost: float = Field(
+        10.0, ge=0, description="Estimated cost (US dollars, from model_prices) a widget may "
+        "reach per UTC day, unless the widget sets its own; 0: no limit."
+    )
+    budget_monthly_cost: float = Field(
+        100.0, ge=0, description="Estimated cost a widget may reach per UTC month, unless the "
+        "widget sets its own; 0: no limit."
+    )
+    budget_warn_percent: int = Field(
+        80, ge=1, le=99, description="The owner gets a mail when a budget reaches this share, "
+        "and another when it is used up (once per period)."
+    )
+    model_prices: dict[str, ModelPrice] = Field(
+        default_factory=lambda: dict(MODEL_PRICES),
+        description="US dollars per million input and output tokens, per model (a dated "
+        "snapshot such as gpt-4.1-2025-04-14 uses its model's price); a model not listed "
+        "counts toward token budgets only.",
     )
 
     retention_check_minutes: float = Field(
@@ -247,6 +370,11 @@ def env_name(key: str) -> str:
 
 def _from_env(key: str, raw: str) -> Any:
     annotation = Settings.model_fields[key].annotation
+    if str(annotation).startswith("dict"):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            raise SettingsError(f"{env_name(key)}: expected a JSON object, got {raw!r}") from None
     if str(annotation).startswith("list"):
         raw = raw.strip()
         if raw.startswith("["):
@@ -393,9 +521,12 @@ def settings_table() -> str:
         "| --- | --- | --- | --- |",
     ]
     for key, field in Settings.model_fields.items():
-        default = field.default
+        default = field.get_default(call_default_factory=True)
         if isinstance(default, Path):
             default = str(default)
-        shown = "(unset)" if default is None else f"`{json.dumps(default)}`"
+        if isinstance(default, dict):
+            shown = "(a table: see `loacl.toml`)"
+        else:
+            shown = "(unset)" if default is None else f"`{json.dumps(default)}`"
         lines.append(f"| `{env_name(key)}` | `{key}` | {shown} | {field.description} |")
     return "\n".join(lines)

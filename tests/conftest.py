@@ -12,6 +12,7 @@ from loacl.store import migrations
 from loacl.store.eventstore import EventStore
 from loacl.store.projections import default_projections
 from loacl.store.sqlite import connect
+from tests.live import OPEN_LIMITS
 
 
 @pytest.fixture
@@ -42,6 +43,7 @@ def settings(tmp_path: Path) -> Settings:
         argon2_parallelism=1,
         # Tests count the events they cause; the home page's demo is tested on its own.
         demo_widget=False,
+        **OPEN_LIMITS,
     )
 
 

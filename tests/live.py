@@ -11,6 +11,16 @@ from contextlib import contextmanager
 import uvicorn
 from starlette.types import ASGIApp
 
+# Every test client calls from 127.0.0.1, so the per-address limits would count the whole suite
+# as one visitor: test settings turn the visitor limits off, and tests/test_limits.py turns
+# each one on.
+OPEN_LIMITS: dict[str, int] = dict.fromkeys((
+    "sessions_per_ip_hour", "messages_per_ip_minute", "messages_per_visitor_day",
+    "messages_per_ip_day", "uploads_per_visitor_day", "upload_bytes_per_visitor_day",
+    "uploads_per_ip_day", "upload_bytes_per_ip_day", "sockets_per_visitor", "sockets_per_ip",
+    "replies_per_ip",
+), 0)
+
 
 @contextmanager
 def serve(app: ASGIApp) -> Iterator[str]:

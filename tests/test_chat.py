@@ -49,7 +49,7 @@ from loacl.store.eventstore import EventStore
 from loacl.store.projections import default_projections
 from loacl.store.replay import dump_tables, replay
 from loacl.store.sqlite import connect
-from tests.live import serve
+from tests.live import OPEN_LIMITS, serve
 from tests.sealed import opened_rows
 
 ORIGIN = "http://localhost:3000"
@@ -76,6 +76,7 @@ def chat_settings(tmp_path: Path, root: str | None, **overrides: Any) -> Setting
         "provider_read_timeout": 10.0,
         "provider_max_retries": 1,
         "demo_delay": 0,
+        **OPEN_LIMITS,
     }
     if root is not None:
         values |= {"openai_api_key": "test", "openai_base_url": f"{root}/v1"}

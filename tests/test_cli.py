@@ -19,11 +19,12 @@ import pytest
 from loacl import __version__
 from loacl.cli import main
 from loacl.domain import accounts
-from loacl.domain.events import Event
+from loacl.domain.events import Event, Metadata
 from loacl.settings import CONFIG_ENV, ENV_NAMES
 from loacl.store import eventstore
 from loacl.store.eventstore import EventStore
 from loacl.store.projections import default_projections
+from tests.test_replay_catalog import _live
 
 Cli = Callable[..., tuple[int, str, str]]
 EXPIRES = datetime(2030, 1, 1, tzinfo=UTC)
@@ -121,7 +122,8 @@ def test_tail_shows_the_last_twenty(log: Path, cli: Cli) -> None:
     first = out.splitlines()[0].split()
     row = rows(log, "seq = 6")[0]
     assert first[:5] == ["6", row[7][:23], "user.registered", "user-u6", "v1"]
-    assert out.splitlines()[0].endswith(row[5])
+    assert out.splitlines()[0].endswith('user_id="u6" email="u6@example.org" name=null '
+                                        'password_hash="h6"')
 
 
 def test_tail_limit(log: Path, cli: Cli) -> None:
@@ -184,6 +186,44 @@ def test_tail_json(log: Path, cli: Cli) -> None:
             "metadata": json.loads(metadata), "recorded_at": at, "hash": hash_,
         }
     assert json.loads(lines[-1])["payload"]["refresh_token_hash"] == "t5b"
+
+
+@pytest.fixture
+def chat_log(db_path: Path) -> Path:
+    """A conversation whose reply streamed as three delta events, and an owner's change."""
+    asyncio.run(_live(db_path, [("assistant", 0, 0), ("widget", 0, 0), ("conversation", 0, 0),
+                                ("ask", 0, 4), ("stream", 0, 4), ("stream", 0, 3),
+                                ("stream", 0, 5), ("finish", 0, 0)]))
+
+    async def by_owner() -> None:
+        async with EventStore(db_path, default_projections()) as store:
+            await store.append(*_register(1), metadata=Metadata(actor="user:u1"))
+
+    asyncio.run(by_owner())
+    return db_path
+
+
+def test_tail_folds_a_replys_deltas_into_its_end(chat_log: Path, cli: Cli) -> None:
+    code, out, _ = cli("events", "tail")
+    assert code == 0
+    lines = out.splitlines()
+    assert [ln.split()[2] for ln in lines] == [
+        "assistant.created", "widget.created", "conversation.started", "message.posted",
+        "assistant.started", "assistant.completed", "user.registered"]
+    completed = lines[5]
+    texts = [json.loads(r[5])["text"] for r in rows(chat_log, "type = 'assistant.delta'")]
+    assert completed.endswith(f"[3 deltas, {sum(map(len, texts))} chars]")
+    assert " by -  message_id=" in completed  # nobody named in its metadata
+    assert ' by user:u1  user_id="u1" email="u1@example.org"' in lines[6]
+    assert max(map(len, lines)) < 220  # long texts are cut, not printed whole
+
+    code, out, _ = cli("events", "tail", "--deltas")
+    assert [ln.split()[2] for ln in out.splitlines()].count("assistant.delta") == 3
+    assert "deltas," not in out
+
+    code, out, _ = cli("events", "tail", "--json")
+    end = [json.loads(ln) for ln in out.splitlines()][5]
+    assert end["deltas"] == {"count": 3, "chars": sum(map(len, texts))}
 
 
 def test_tail_follow_in_process(

@@ -52,6 +52,7 @@ from loacl.domain.events import EVENT_TYPES, Event, Metadata
 from loacl.domain.privacy import SubjectErased
 from loacl.domain.widgets import (
     ConversationStarted,
+    WidgetBudget,
     WidgetCreated,
     WidgetDefinition,
     WidgetDeleted,
@@ -81,6 +82,8 @@ WIDGET = WidgetDefinition(
         position="bottom-left", accent_color="#ff5500", locale="de",
     ),
     messages_per_minute=20, enabled=False, require_identity=True,
+    budget=WidgetBudget(daily_tokens=50_000, monthly_tokens=0, daily_cost=None,
+                        monthly_cost=12.5),
 )
 
 # One sample per event type, every field set. A new event type fails the golden test until it

@@ -413,12 +413,25 @@ FULL_SETTINGS = {
     "position": "bottom-left", "accent_color": "#ABC", "locale": "pt-BR",
 }
 
+# null: the server's default budget (settings); 0: no limit.
+DEFAULT_BUDGET = {"daily_tokens": None, "monthly_tokens": None, "daily_cost": None,
+                  "monthly_cost": None}
+
 VALID_WIDGETS = [
     pytest.param(
         {},
         {"allowed_origins": [], "settings": DEFAULT_SETTINGS, "messages_per_minute": 10,
-         "enabled": True, "require_identity": False, "retention_days": None},
+         "enabled": True, "require_identity": False, "budget": DEFAULT_BUDGET,
+         "retention_days": None},
         id="minimal-defaults",
+    ),
+    pytest.param(
+        {"budget": {"daily_tokens": 5000, "monthly_tokens": 0, "monthly_cost": 2.5}},
+        {"allowed_origins": [], "settings": DEFAULT_SETTINGS, "messages_per_minute": 10,
+         "enabled": True, "require_identity": False,
+         "budget": {**DEFAULT_BUDGET, "daily_tokens": 5000, "monthly_tokens": 0,
+                    "monthly_cost": 2.5}, "retention_days": None},
+        id="own-budget",
     ),
     pytest.param(
         {"name": "W" * 200, "allowed_origins": ["https://shop.example.com"],
@@ -426,7 +439,7 @@ VALID_WIDGETS = [
          "require_identity": True, "retention_days": 36_500},
         {"allowed_origins": ["https://shop.example.com"], "settings": FULL_SETTINGS,
          "messages_per_minute": 600, "enabled": False, "require_identity": True,
-         "retention_days": 36_500},
+         "budget": DEFAULT_BUDGET, "retention_days": 36_500},
         id="every-field-at-its-limit",
     ),
     pytest.param(
@@ -439,14 +452,14 @@ VALID_WIDGETS = [
          "settings": {**DEFAULT_SETTINGS, "theme": "light", "accent_color": "#0a0B0c",
                       "locale": "fr"},
          "messages_per_minute": 1, "enabled": True, "require_identity": False,
-         "retention_days": None},
+         "budget": DEFAULT_BUDGET, "retention_days": None},
         id="origins-normalised-and-deduplicated",
     ),
     pytest.param(
         {"allowed_origins": [f"https://s{i}.example.com" for i in range(50)]},
         {"allowed_origins": [f"https://s{i}.example.com" for i in range(50)],
          "settings": DEFAULT_SETTINGS, "messages_per_minute": 10, "enabled": True,
-         "require_identity": False, "retention_days": None},
+         "require_identity": False, "budget": DEFAULT_BUDGET, "retention_days": None},
         id="fifty-origins",
     ),
 ]
@@ -469,6 +482,7 @@ def test_create_widget(world: World, extra: dict[str, Any], definition: dict[str
     assert created["limits"] == {"messages_per_minute": definition["messages_per_minute"]}
     assert created["enabled"] is definition["enabled"]
     assert created["require_identity"] is definition["require_identity"]
+    assert created["budget"] == definition["budget"]
     assert created["retention_days"] == definition["retention_days"]
 
     appended = events(world.settings, before)
@@ -560,6 +574,12 @@ INVALID_WIDGETS = [
                  "limits.messages_per_minute", id="rate-not-number"),
     pytest.param({"limits": {"per_hour": 5}}, "validation_error", "limits.per_hour",
                  id="limits-unknown-field"),
+    pytest.param({"budget": {"daily_tokens": -1}}, "validation_error", "budget.daily_tokens",
+                 id="budget-negative"),
+    pytest.param({"budget": {"monthly_cost": "lots"}}, "validation_error",
+                 "budget.monthly_cost", id="budget-not-number"),
+    pytest.param({"budget": {"weekly_tokens": 5}}, "validation_error", "budget.weekly_tokens",
+                 id="budget-unknown-field"),
     pytest.param({"enabled": "maybe"}, "validation_error", "enabled", id="enabled-not-bool"),
     pytest.param({"require_identity": [1]}, "validation_error", "require_identity",
                  id="require-identity-not-bool"),

@@ -37,6 +37,7 @@ from loacl.providers.base import (
 )
 from loacl.providers.demo import DemoProvider
 from loacl.settings import Settings
+from tests.live import OPEN_LIMITS
 
 REPLY = "Scripted replies arrive in many small pieces, and they join up again exactly."
 PIECES = split_deltas(REPLY)
@@ -52,6 +53,7 @@ def configured(tmp_path: Path, root: str, **overrides: Any) -> Settings:
         # Generous: only the stall tests wait for it, and they set their own.
         "provider_read_timeout": 5.0,
         "provider_max_retries": 0,
+        **OPEN_LIMITS,
     }
     return Settings(**(values | overrides))
 

@@ -28,7 +28,7 @@ from starlette.routing import Route
 from loacl.http.app import create_app
 from loacl.openai_testserver import HttpError, OpenAITestServer
 from loacl.settings import Settings
-from tests.live import serve
+from tests.live import OPEN_LIMITS, serve
 
 try:
     from playwright.sync_api import (
@@ -144,7 +144,7 @@ def _settings(folder: Path, **overrides: Any) -> Settings:
         argon2_memory_kib=64,
         argon2_parallelism=1,
         require_verified_email=False,
-        **overrides,
+        **(OPEN_LIMITS | overrides),
     )
 
 
@@ -756,6 +756,19 @@ def test_rate_limits_are_explained(loacl: Loacl, page: Page) -> None:
     alert.wait_for()
     assert "too fast" in alert.inner_text()
     assert re.search(r"\(\d+ s\)", alert.inner_text())
+
+
+def test_a_used_up_budget_is_explained(loacl: Loacl, page: Page) -> None:
+    widget = loacl.widget(budget={"daily_tokens": 1})
+    opened(page, loacl.page(widget))
+    send(page, "One")
+    wait_done(page)
+    send(page, "Two")
+    alert = page.locator("loacl-chat .g [role=alert]")
+    alert.wait_for()
+    assert alert.inner_text().startswith("The assistant can't answer any more right now.")
+    # The wait is hours: the sentence says "later" instead of counting seconds.
+    assert not re.search(r"\(\d+ s\)", alert.inner_text())
 
 
 def test_keyboard_only(loacl: Loacl, page: Page) -> None:

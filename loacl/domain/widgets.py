@@ -25,6 +25,17 @@ class WidgetSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WidgetBudget:
+    """What a widget may spend per UTC day and month, in tokens (input and output) and in
+    estimated US dollars. None: the server's default (``budget_*`` settings); 0: no limit."""
+
+    daily_tokens: int | None = None
+    monthly_tokens: int | None = None
+    daily_cost: float | None = None
+    monthly_cost: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WidgetDefinition:
     name: str
     assistant_id: str
@@ -33,13 +44,17 @@ class WidgetDefinition:
     messages_per_minute: int = 10
     enabled: bool = True
     require_identity: bool = False
+    budget: WidgetBudget = WidgetBudget()
     # Conversations idle for longer are erased (``services.retention``); None keeps them.
     retention_days: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WidgetCreated(Event):
+    """v2: the definition has a budget (v1 events get the server's defaults)."""
+
     event_type = "widget.created"
+    schema_version = 2
     widget_id: str
     owner_id: str
     definition: WidgetDefinition
@@ -49,7 +64,10 @@ class WidgetCreated(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WidgetUpdated(Event):
+    """v2: the definition has a budget, as in ``widget.created``."""
+
     event_type = "widget.updated"
+    schema_version = 2
     widget_id: str
     definition: WidgetDefinition
     not_personal = ("widget_id", "definition")
@@ -155,6 +173,13 @@ def checked(definition: WidgetDefinition) -> WidgetDefinition:
             "validation_error", "limits.messages_per_minute: at least 1",
             errors=[{"field": "limits.messages_per_minute", "message": "at least 1"}],
         )
+    for name in ("daily_tokens", "monthly_tokens", "daily_cost", "monthly_cost"):
+        value = getattr(definition.budget, name)
+        if value is not None and value < 0:
+            raise LoaclError(
+                "validation_error", f"budget.{name}: 0 or more (0: no limit)",
+                errors=[{"field": f"budget.{name}", "message": "at least 0"}],
+            )
     if definition.retention_days is not None and not (
         1 <= definition.retention_days <= MAX_RETENTION_DAYS
     ):

@@ -22,16 +22,19 @@ from loacl.http import (
     routing,
     static,
     stream,
+    usage,
     visitors,
 )
 from loacl.http.errors import EXCEPTION_HANDLERS
 from loacl.http.middleware import RequestIdMiddleware
 from loacl.services.accounts import Accounts
 from loacl.services.assistants import Assistants
+from loacl.services.budgets import BudgetMail, Budgets
 from loacl.services.chat import Chat
-from loacl.services.demo import Demo
+from loacl.services.demo import Demo, demo_enabled
 from loacl.services.files import Files
 from loacl.services.keys import keyring_for
+from loacl.services.limits import VisitorLimits
 from loacl.services.mail import Mailer
 from loacl.services.passwords import Passwords
 from loacl.services.privacy import Privacy
@@ -78,10 +81,14 @@ def create_app(
         settings.database_path, default_projections(), clock=clock,
         keyring=keyring_for(settings, clock),
     )
-    subscriptions = Subscriptions(store, default_subscribers())
     watch = Watch(settings.database_path, settings.integrity_check_minutes * 60, clock)
     lock = ServeLock(settings.database_path)
     mailer = mailer or Mailer.from_settings(settings)
+    limits = VisitorLimits(settings)
+    budgets = Budgets(store, settings, clock)
+    subscriptions = Subscriptions(
+        store, [*default_subscribers(), BudgetMail(budgets, mailer).subscriber()]
+    )
     passwords = Passwords(
         settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
     )
@@ -101,8 +108,10 @@ def create_app(
             await store.open()
             try:
                 await recover(store)
-                if settings.demo_widget:
+                if demo_enabled(settings):
                     await demo.ensure_or_go_without()
+                else:
+                    await demo.retire()
                 await subscriptions.start()
                 retention.start()
                 watch.start()
@@ -122,8 +131,8 @@ def create_app(
     app = Starlette(
         routes=routing.routes(
             health.endpoints, openapi.endpoints, auth.endpoints, visitors.endpoints,
-            chat.endpoints, stream.endpoints, owners.endpoints, privacy.endpoints,
-            static.endpoints,
+            chat.endpoints, stream.endpoints, owners.endpoints, usage.endpoints,
+            privacy.endpoints, static.endpoints,
         ),
         middleware=[Middleware(RequestIdMiddleware), Middleware(static.SameOriginMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -136,10 +145,12 @@ def create_app(
     app.state.clock = clock
     app.state.accounts = Accounts(store, settings, passwords, tokens, mailer, clock)
     app.state.assistants = Assistants(store, settings)
-    app.state.widgets = Widgets(store, tokens, server_key)
+    app.state.limits = limits
+    app.state.budgets = budgets
+    app.state.widgets = Widgets(store, tokens, server_key, limits)
     app.state.demo = demo = Demo(store, settings, app.state.assistants, app.state.widgets)
-    app.state.chat = chat_service = Chat(store, settings)
-    app.state.files = Files(store, settings)
+    app.state.chat = chat_service = Chat(store, settings, limits=limits, budgets=budgets)
+    app.state.files = Files(store, settings, limits)
     app.state.privacy = Privacy(store, chat_service.stop)
     app.state.retention = retention = Retention(
         app.state.privacy, clock, every_seconds=settings.retention_check_minutes * 60,

@@ -36,7 +36,7 @@ And by status::
     422 validation_error, unknown_model, unknown_assistant, unknown_file, empty_file,
         unsupported_file_for_provider, invalid_export, invalid_migration_target,
         not_resettable
-    429 rate_limited, provider_rate_limited
+    429 rate_limited, budget_exhausted, provider_rate_limited
     500 internal_error, store_error, log_damaged, unknown_event_type, unknown_schema_version,
         migration_failed, backup_corrupt, invalid_database_url, duplicate_subscriber,
         database_damaged, chain_broken, database_unreadable, master_key_missing,
@@ -140,6 +140,9 @@ ERRORS: dict[str, ErrorCode] = {
     ),
     # 429
     "rate_limited": ErrorCode(429, "too many requests; Retry-After says when to try again"),
+    "budget_exhausted": ErrorCode(429, "the widget's token or cost budget for the day or the "
+                                       "month is used up; Retry-After says when it starts "
+                                       "again"),
     "provider_rate_limited": ErrorCode(429, "the AI provider is rate limiting; try again "
                                             "shortly"),
     # 500

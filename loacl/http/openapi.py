@@ -99,9 +99,9 @@ def _operation(op: Declaration, schemas: dict[str, Any]) -> dict[str, Any]:
             else [{"visitorToken": []}] if op.auth == "visitor"
             else [{"visitorToken": []}, {"ownerToken": []}]
         )
-    if isinstance(op, Socket):
+    if op.description:
         operation["description"] = op.description
-    elif (body := _request_body(op, schemas)) is not None:
+    if not isinstance(op, Socket) and (body := _request_body(op, schemas)) is not None:
         operation["requestBody"] = body
     operation["responses"] = _responses(op)
     return operation

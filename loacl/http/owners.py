@@ -15,6 +15,7 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.widgets import (
     MAX_ORIGINS,
     MAX_RETENTION_DAYS,
+    WidgetBudget,
     WidgetDefinition,
     WidgetSettings,
 )
@@ -63,6 +64,15 @@ class LimitsBody(Body):
     messages_per_minute: int = Field(10, ge=1, le=600)
 
 
+class BudgetBody(Body):
+    """Per UTC day and month; null (or absent): the server's default; 0: no limit."""
+
+    daily_tokens: int | None = Field(None, ge=0, le=10**12)
+    monthly_tokens: int | None = Field(None, ge=0, le=10**12)
+    daily_cost: float | None = Field(None, ge=0, le=10**9, description="US dollars")
+    monthly_cost: float | None = Field(None, ge=0, le=10**9, description="US dollars")
+
+
 class WidgetBody(Body):
     name: str = Field(min_length=1, max_length=200)
     assistant_id: str = Field(min_length=1, max_length=64)
@@ -72,6 +82,7 @@ class WidgetBody(Body):
     )
     settings: SettingsBody = Field(default_factory=lambda: SettingsBody())
     limits: LimitsBody = Field(default_factory=lambda: LimitsBody())
+    budget: BudgetBody = Field(default_factory=lambda: BudgetBody())
     enabled: bool = True
     require_identity: bool = False
     # Conversations idle this many days are erased; null (the default) keeps them.
@@ -101,6 +112,7 @@ def _widget_definition(_request: Request, body: WidgetBody) -> WidgetDefinition:
         settings=WidgetSettings(**body.settings.model_dump()),
         messages_per_minute=body.limits.messages_per_minute,
         enabled=body.enabled, require_identity=body.require_identity,
+        budget=WidgetBudget(**body.budget.model_dump()),
         retention_days=body.retention_days,
     )
 

@@ -44,6 +44,7 @@ class Endpoint:
     codes: tuple[str, ...] = ()  # error codes beyond the usual 401/404/422
     multipart: bool = False  # a multipart/form-data upload, field ``file``
     documented: bool = True  # pages, assets, probes and CORS preflights are not API
+    description: str = ""  # what the summary leaves out (Markdown)
 
     def route(self) -> BaseRoute:
         return DeclaredRoute(self)

@@ -34,7 +34,7 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.origins import normalize_origin
 from loacl.http.common import public_base
 from loacl.http.routing import Endpoint
-from loacl.services.demo import Demo, public_origin
+from loacl.services.demo import Demo, demo_enabled, public_origin
 
 log = structlog.get_logger(__name__)
 
@@ -243,9 +243,12 @@ async def home(request: Request) -> Response:
             "The chat button in the corner is a live LOACL widget talking to this server; its "
             f"answers come from {provider}."
         )
-    elif not settings.demo_widget:
+    elif not demo_enabled(settings):
         embed = ""
-        demo_note = "The live demo is turned off here (<code>LOACL_DEMO_WIDGET=false</code>)."
+        demo_note = (
+            "The live demo is turned off here: it is off while an OpenAI key is configured, "
+            "unless <code>LOACL_DEMO_WIDGET=true</code> turns it on."
+        )
     else:
         embed = ""
         demo_note = (

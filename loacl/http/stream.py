@@ -31,7 +31,7 @@ from loacl.domain.events import Metadata
 from loacl.domain.privacy import SubjectErased
 from loacl.domain.widgets import VisitorAccess
 from loacl.http.chat import MessageBody
-from loacl.http.common import chat, metadata, widgets
+from loacl.http.common import chat, client_ip, metadata, widgets
 from loacl.http.errors import problem, status_for
 from loacl.http.routing import Socket
 from loacl.http.shapes import message_json, usage_json
@@ -39,6 +39,7 @@ from loacl.http.stream_protocol import MAX_TEXT_FRAME as MAX_TEXT_FRAME
 from loacl.http.stream_protocol import ClientFrame, Close, ServerFrame, describe
 from loacl.http.stream_send import DELTA_CHARS, Closing, Follower, Outbox, pacer_for
 from loacl.http.validation import validated
+from loacl.services.limits import VisitorLimits
 from loacl.services.replies import Run, reply_error_text
 from loacl.store.broker import Subscription, SubscriptionOverflow
 
@@ -356,14 +357,27 @@ def metadata_for(websocket: WebSocket, access: VisitorAccess) -> Metadata:
     return metadata(websocket, f"visitor:{access.visitor_id}")
 
 
+_CLOSE_FOR = {"origin_not_allowed": Close.ORIGIN_NOT_ALLOWED,
+              "rate_limited": Close.RATE_LIMITED}
+
+
 async def _refuse(websocket: WebSocket, exc: LoaclError) -> None:
-    response = problem(status_for(exc.code), exc.code, exc.message)
+    response = problem(status_for(exc.code), exc.code, exc.message, **exc.extra)
     try:
         await websocket.send_denial_response(response)
     except RuntimeError:
-        await websocket.close(code=Close.ORIGIN_NOT_ALLOWED if exc.code == "origin_not_allowed"
-                              else Close.BAD_TOKEN,
-                              reason=exc.code)
+        await websocket.close(code=_CLOSE_FOR.get(exc.code, Close.BAD_TOKEN), reason=exc.code)
+
+
+async def _refuse_accepted(websocket: WebSocket, exc: LoaclError) -> None:
+    """Refuse a socket already accepted: an ``error`` frame with the code (and when to try
+    again), then the close code for it."""
+    frame: dict[str, Any] = {"type": ServerFrame.ERROR, "code": exc.code, "text": exc.message}
+    if "retry_after" in exc.extra:
+        frame["retry_after"] = exc.extra["retry_after"]
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+        await websocket.send_text(_encode_frame(frame).decode())
+        await websocket.close(_CLOSE_FOR.get(exc.code, Close.BAD_TOKEN), exc.code)
 
 
 async def _authenticate(websocket: WebSocket, token: str) -> VisitorAccess:
@@ -375,26 +389,37 @@ async def _authenticate(websocket: WebSocket, token: str) -> VisitorAccess:
 async def stream(websocket: WebSocket) -> None:
     widget_id = websocket.path_params["id"]
     token = websocket.query_params.get("token")
+    limits: VisitorLimits = websocket.app.state.limits
     try:
         await widgets(websocket).public(widget_id, websocket.headers.get("origin"))
         access = await _authenticate(websocket, token) if token else None
+        # Held from here until the socket is gone: per address, and per visitor once known.
+        lease = limits.socket(client_ip(websocket), access.visitor_id if access else None)
     except LoaclError as exc:
         await _refuse(websocket, exc)
         return
-    await websocket.accept()
-    if access is None:
-        try:
-            first = await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT)
-            frame = json.loads(first)
-            access = await _authenticate(websocket, str(frame.get("token", "")))
-        except (TimeoutError, ValueError, AttributeError, KeyError, LoaclError,
-                WebSocketDisconnect):
-            # KeyError: a binary frame has no text.
-            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-                await websocket.close(Close.BAD_TOKEN,
-                                      "send {\"type\": \"auth\", \"token\": ...} first")
-            return
-    await _serve(websocket, access)
+    try:
+        await websocket.accept()
+        if access is None:
+            try:
+                first = await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT)
+                frame = json.loads(first)
+                access = await _authenticate(websocket, str(frame.get("token", "")))
+            except (TimeoutError, ValueError, AttributeError, KeyError, LoaclError,
+                    WebSocketDisconnect):
+                # KeyError: a binary frame has no text.
+                with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                    await websocket.close(Close.BAD_TOKEN,
+                                          "send {\"type\": \"auth\", \"token\": ...} first")
+                return
+            try:
+                limits.socket_visitor(lease, access.visitor_id)
+            except LoaclError as exc:
+                await _refuse_accepted(websocket, exc)
+                return
+        await _serve(websocket, access)
+    finally:
+        lease.release()
 
 
 def open_connections(app: Any) -> set[Connection]:
@@ -447,5 +472,5 @@ endpoints = [
     Socket("/api/v1/widgets/{id}/stream", stream,
            "WebSocket: streamed replies, resumable (see the description)", describe(),
            tag="chat", auth="visitor", query=(("token", "the visitor token (or an auth frame)"),),
-           codes=("origin_not_allowed", "widget_not_found")),
+           codes=("origin_not_allowed", "widget_not_found", "rate_limited")),
 ]

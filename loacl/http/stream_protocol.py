@@ -44,6 +44,7 @@ class Close(IntEnum):
     BAD_TOKEN = 4401
     ORIGIN_NOT_ALLOWED = 4403
     IDLE = 4408
+    RATE_LIMITED = 4429
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ CLOSE_MEANINGS: Final = {
     Close.ORIGIN_NOT_ALLOWED: "the page's Origin is not allowed (when a denial response "
                               "cannot be sent)",
     Close.IDLE: "no frame for ws_idle_seconds while no reply streamed",
+    Close.RATE_LIMITED: "too many sockets open for this visitor or address (sockets_per_visitor, "
+                        "sockets_per_ip); the error frame before it carries retry_after",
 }
 
 

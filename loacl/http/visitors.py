@@ -126,7 +126,8 @@ endpoints = [
     Endpoint("post", "/api/v1/widgets/{id}/sessions", sessions,
              "A visitor token and conversation (Origin checked; optional signed identity)",
              "visitors", body=SessionBody, ok=201,
-             codes=("origin_not_allowed", "widget_not_found", "invalid_identity")),
+             codes=("origin_not_allowed", "widget_not_found", "invalid_identity",
+                    "rate_limited")),
     # Preflight only for the paths an embedding page calls; owner paths get none.
     *(
         Endpoint("options", f"/api/v1/widgets/{{id}}/{path}", preflight, "CORS preflight",

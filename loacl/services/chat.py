@@ -27,7 +27,8 @@ from loacl.providers.base import (
     Turn,
     trim_history,
 )
-from loacl.services.ratelimit import RateLimiter
+from loacl.services.budgets import Budgets
+from loacl.services.limits import Lease, VisitorLimits
 from loacl.services.replies import Notice, ReplyStream, Run, retry_delay
 from loacl.services.tokens import new_id
 from loacl.settings import Settings
@@ -58,15 +59,16 @@ def _described(kinds: frozenset[str]) -> str:
 class Chat:
     def __init__(
         self, store: EventStore, settings: Settings,
-        providers: ProviderFactory = provider_for,
+        providers: ProviderFactory = provider_for, *, limits: VisitorLimits | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.providers = providers
+        self.limits = limits or VisitorLimits(settings)
+        self.budgets = budgets or Budgets(store, settings)
         self.runs: dict[str, Run] = {}  # by conversation id
         self._tasks: set[asyncio.Task[None]] = set()
-        self._per_widget: dict[str, int] = {}
-        self._visitor_limits: dict[int, RateLimiter] = {}
         # One provider per name for the app's life: building an SDK client costs ~100 ms (its
         # TLS context), far more than a reply's first token, and each kept a connection open.
         self._providers: dict[str, Provider] = {}
@@ -202,35 +204,37 @@ class Chat:
         setup = await widget_views.reply_setup(self.store, access.widget_id)
         if setup is None:
             raise LoaclError("widget_not_found", "no such widget")
-        self._check_rates(access, setup.messages_per_minute)
-        # Take the widget's slot before any await: counted only once the reply started, a
-        # burst of visitors all passed the check above together.
-        self._per_widget[access.widget_id] = self._per_widget.get(access.widget_id, 0) + 1
+        # The reply's slot is taken with the rate checks, before any await: counted only once
+        # the reply started, a burst of visitors all passed the checks together.
+        slot = self._check_rates(access, setup.messages_per_minute, meta.client_ip)
         try:
+            # Before anything is written: a used-up budget refuses the message whole.
+            await self.budgets.check(access.widget_id, setup.budget)
             await self._check_files(access.conversation_id, setup.assistant.provider, file_ids)
             started = await self._start(
                 access, text, file_ids, client_message_id, meta, setup.assistant_id,
-                setup.assistant,
+                setup.assistant, slot,
             )
         except BaseException:
-            self._per_widget[access.widget_id] -= 1
+            slot.release()
             raise
         if not isinstance(started, Run):  # an idempotent replay won the race
-            self._per_widget[access.widget_id] -= 1
+            slot.release()
             return started[0], started[1], False
         return await self.message(started.reply_to), started, True
 
-    def _check_rates(self, access: VisitorAccess, per_minute: int) -> None:
-        limiter = self._visitor_limits.setdefault(per_minute, RateLimiter(per_minute, 60))
-        limiter.check(
-            f"{access.widget_id}:{access.visitor_id}",
-            "you are sending messages too fast; wait a moment",
-        )
-        if self._per_widget.get(access.widget_id, 0) >= self.settings.provider_concurrency:
-            raise LoaclError(
-                "rate_limited", "this assistant is answering many visitors; try again shortly",
-                retry_after=2,
-            )
+    def _check_rates(self, access: VisitorAccess, per_minute: int, ip: str | None) -> Lease:
+        """Count the message against the visitor's and the address's rates, and take a reply
+        slot of the widget (one address holds only a few of them); or refuse, counting
+        nothing."""
+        limits = self.limits
+        slot = limits.reply(access.widget_id, ip)
+        try:
+            limits.message(access.visitor_id, ip, per_minute)
+        except LoaclError:
+            slot.release()
+            raise
+        return slot
 
     async def _check_files(
         self, conversation_id: str, provider: str, file_ids: tuple[str, ...]
@@ -251,11 +255,11 @@ class Chat:
     async def _start(
         self, access: VisitorAccess, text: str, file_ids: tuple[str, ...],
         client_message_id: str | None, meta: Metadata, assistant_id: str,
-        assistant: AssistantDefinition,
+        assistant: AssistantDefinition, slot: Lease,
     ) -> Run | tuple[MessageView, Run | str]:
         """Append the message and the reply's start, and start streaming the reply, for which
-        the caller has taken the widget's slot (``_run`` gives it back); or, when a resend won
-        the race, the first message and its reply."""
+        the caller has taken the widget's ``slot`` (``_run`` gives it back); or, when a resend
+        won the race, the first message and its reply."""
         state, version = await self._load(access.conversation_id)
         message_id, reply_id = new_id(), new_id()
         events = domain.post_message(
@@ -287,7 +291,7 @@ class Chat:
             return found
         run = Run(access.conversation_id, reply_id, message_id)
         self.runs[access.conversation_id] = run
-        self._spawn(self._run(access.widget_id, run, assistant, meta), f"reply-{reply_id}")
+        self._spawn(self._run(slot, run, assistant, meta), f"reply-{reply_id}")
         return run
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
@@ -324,7 +328,7 @@ class Chat:
         }
 
     async def _run(
-        self, widget_id: str, run: Run, assistant: AssistantDefinition, meta: Metadata
+        self, slot: Lease, run: Run, assistant: AssistantDefinition, meta: Metadata
     ) -> None:
         """Stream one reply: provider → listeners and log, then its end event, whatever
         happens (a cancellation included), then the widget's slot back."""
@@ -363,7 +367,7 @@ class Chat:
                 run._finish()
                 if self.runs.get(run.conversation_id) is run:
                     del self.runs[run.conversation_id]
-                self._per_widget[widget_id] -= 1
+                slot.release()
                 if unsaved is not None:
                     # Told to the visitor already; the log gets it once the store takes writes
                     # again, without a restart (after one, start-up recovery closes it).

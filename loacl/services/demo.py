@@ -6,11 +6,18 @@ and the widget through the services, or brings them up to date, and writes nothi
 already are (the log does not grow on every start). The widget's allowed origins are LOACL's own
 origins only: ``public_url`` when it is set, else the origins the home page was really served
 from (see ``loacl.http.static``), the newest few kept.
+
+Anyone who can send this server's own ``Origin`` can chat with the demo (scripts are not
+browsers), so it is on by default only while no OpenAI key is set: with a key it would answer
+strangers at the operator's cost. ``demo_widget = true`` turns it on all the same, and it is
+always under the small ``demo_*_tokens`` budgets. Turned off, an existing demo widget is
+disabled, so that tokens handed out before stop working too.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 import structlog
@@ -19,7 +26,7 @@ from loacl.domain.assistants import AssistantDefinition
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
 from loacl.domain.origins import normalize_origin
-from loacl.domain.widgets import WidgetDefinition, WidgetSettings
+from loacl.domain.widgets import WidgetBudget, WidgetDefinition, WidgetSettings
 from loacl.providers import default_provider, spec
 from loacl.services.assistants import Assistants
 from loacl.services.widgets import Widgets
@@ -42,6 +49,13 @@ GREETING = (
     "Hi! I am the demo assistant of this LOACL server. Ask me anything: the answer streams in "
     "as it is written."
 )
+
+
+def demo_enabled(settings: Settings) -> bool:
+    """Whether this server runs the demo: as configured, else only with the demo provider."""
+    if settings.demo_widget is not None:
+        return settings.demo_widget
+    return default_provider(settings) == "demo"
 
 
 def public_origin(settings: Settings) -> str | None:
@@ -98,6 +112,19 @@ class Demo:
             log.info("demo.ready", widget_id=widget_id, provider=wanted.provider)
             return widget_id
 
+    async def retire(self) -> None:
+        """The demo is off: disable its widget, if there is one (writes nothing otherwise)."""
+        async with self._lock:
+            self.widget_id = None
+            found = await self.widgets.list(DEMO_OWNER, 0, 1)
+            for widget in found.items:
+                if widget.definition.enabled:
+                    await self.widgets.update(
+                        DEMO_OWNER, widget.widget_id,
+                        replace(widget.definition, enabled=False), None, self._meta,
+                    )
+                    log.info("demo.disabled", widget_id=widget.widget_id)
+
     async def ensure_or_go_without(self) -> None:
         """``ensure``; on failure the home page goes without its demo, and says why in the
         log."""
@@ -132,6 +159,11 @@ class Demo:
             name="LOACL demo", assistant_id=assistant_id, allowed_origins=origins,
             settings=settings or WidgetSettings(title="LOACL demo", greeting=GREETING),
             messages_per_minute=10,
+            # Always small, whatever the server's defaults: the demo answers anyone.
+            budget=WidgetBudget(
+                daily_tokens=self.settings.demo_daily_tokens,
+                monthly_tokens=self.settings.demo_monthly_tokens,
+            ),
         )
 
     async def _update(self, current: WidgetView, wanted: WidgetDefinition) -> None:

@@ -11,6 +11,7 @@ from loacl.domain.conversations import FileUploaded
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
 from loacl.domain.widgets import VisitorAccess, conversation_stream
+from loacl.services.limits import VisitorLimits
 from loacl.services.tokens import new_id
 from loacl.settings import Settings
 from loacl.store.eventstore import EventStore
@@ -70,15 +71,20 @@ def clean_filename(name: str) -> str:
 
 
 class Files:
-    def __init__(self, store: EventStore, settings: Settings) -> None:
+    def __init__(
+        self, store: EventStore, settings: Settings, limits: VisitorLimits | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
+        self.limits = limits or VisitorLimits(settings)
 
     async def upload(
         self, access: VisitorAccess, filename: str, data: bytes, meta: Metadata
     ) -> FileView:
         filename = clean_filename(filename)
         kind = check_upload(filename, data, list(self.settings.allowed_file_types))
+        # Counted once it would be kept: uploads stay in the database for good.
+        self.limits.upload(access.visitor_id, meta.client_ip, len(data))
         digest = hashlib.sha256(data).hexdigest()
         await views.keep_blob(self.store, digest, data)
         file_id = new_id()

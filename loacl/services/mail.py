@@ -85,14 +85,21 @@ class Mailer:
         )
         return cls(transport, settings.mail_from, outbox)
 
-    def compose(self, to: str, subject: str, body: str) -> EmailMessage:
+    def compose(
+        self, to: str, subject: str, body: str, message_id: str | None = None
+    ) -> EmailMessage:
         message = EmailMessage()
         message["From"] = self.sender
         message["To"] = to
         message["Subject"] = subject
-        message["Message-ID"] = make_msgid(domain="loacl")
+        message["Message-ID"] = message_id or make_msgid(domain="loacl")
         message.set_content(body)
         return message
+
+    async def deliver(self, to: str, subject: str, body: str, message_id: str) -> None:
+        """Send a mail and wait until it is sent or kept in the outbox. ``message_id`` is
+        stable, so that a mail sent again after a crash is known for the same one."""
+        await self._send(self.compose(to, subject, body, message_id))
 
     def send(self, to: str, subject: str, body: str) -> None:
         """Queue a mail; returns at once."""

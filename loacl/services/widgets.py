@@ -12,6 +12,7 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
 from loacl.domain.origins import origin_allowed
 from loacl.domain.privacy import OWNER, subject
+from loacl.services.limits import VisitorLimits
 from loacl.services.tokens import Tokens, new_id
 from loacl.services.versions import expect_version
 from loacl.store.eventstore import NO_STREAM, EventStore
@@ -25,10 +26,14 @@ VISITOR_TOKEN_DAYS = 30
 
 
 class Widgets:
-    def __init__(self, store: EventStore, tokens: Tokens, server_key: str) -> None:
+    def __init__(
+        self, store: EventStore, tokens: Tokens, server_key: str,
+        limits: VisitorLimits | None = None,
+    ) -> None:
         self.store = store
         self.tokens = tokens
         self._server_key = server_key.encode()
+        self.limits = limits  # None: sessions unlimited (tools that start none)
 
     # -- owners -----------------------------------------------------------------------------
 
@@ -154,6 +159,10 @@ class Widgets:
                     return self._session_json(
                         widget_id, str(claims["sub"]), str(claims["cid"]), None
                     )
+        # Only a new anonymous visitor counts: a returning one brings its token, and a signed-in
+        # user has one conversation per widget however often it asks.
+        if self.limits is not None:
+            self.limits.new_session(meta.client_ip)
         visitor_id = new_id()
         conversation_id = new_id()
         await self.store.append(

@@ -104,6 +104,9 @@ def encode_payload(event: Event, key: Sealer | None = None) -> str:
 
 
 def encode_metadata(metadata: Metadata) -> str:
+    ip = metadata.client_ip
+    if ip is not None and ip.startswith(MARK):  # never a real address; kept apart all the same
+        metadata = dataclasses.replace(metadata, client_ip=PLAIN + ip)
     return _encoder.encode(metadata).decode()
 
 
@@ -255,3 +258,13 @@ def chain_hash(
         [seq, stream, version, event_type, schema_version, payload, metadata, recorded_at]
     )
     return hashlib.sha256(prev_hash.encode() + canonical).hexdigest()
+
+
+# -- upcasters: each turns a payload of an old schema version into the next one ----------------
+
+
+@upcaster("widget.created", 1)
+@upcaster("widget.updated", 1)
+def _widget_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """v2 gave the definition a budget; a v1 widget keeps the server's defaults."""
+    return {**data, "definition": {"budget": {}, **data["definition"]}}

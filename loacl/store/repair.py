@@ -206,7 +206,7 @@ def repair(
         migrations.up(conn)
         conn.execute("BEGIN IMMEDIATE")
         kept = _copy_events(src, conn, result, chunk)
-        for table in ("blobs", "usage_daily", "data_keys"):
+        for table in ("blobs", "usage_daily", "budget_alerts", "data_keys"):
             _copy_rows(src, conn, table, result)
         _copy_positions(src, conn, kept, result)
         _copy_key_state(src, conn, kept, result)

@@ -13,13 +13,8 @@ export const setToken = (value) => { token = value; };
 export const endpoint = (path) => widgetRoot + path;
 export const socketUrl = () => endpoint("/stream?token=" + encodeURIComponent(token)).replace(/^http/, "ws");
 
-export function failure(code, body, retryAfter) {
-  const error = new Error(code);
-  error.code = canonicalCode(code);
-  error.body = body;
-  error.retry = retryAfter;
-  return error;
-}
+export const failure = (code, body, retryAfter) =>
+  Object.assign(new Error(code), { code: canonicalCode(code), body, retry: retryAfter });
 
 export async function request(path, method, body) {
   const headers = {};

@@ -245,7 +245,5 @@ async function poll() {
   setTimeout(poll, POLL_MS);
 }
 
-function newId() {
-  return window.crypto && crypto.randomUUID ? crypto.randomUUID()
-    : Date.now().toString(36) + Math.random().toString(36).slice(2);
-}
+// randomUUID exists in secure contexts only (https, localhost): elsewhere, time and chance.
+const newId = () => crypto.randomUUID?.() || Date.now().toString(36) + Math.random().toString(36).slice(2);

@@ -20,6 +20,7 @@ export const STRINGS = {
     rate_limited: "You are sending messages too fast. Please wait a moment and try again.",
     provider_rate_limited: "The assistant is busy right now. Please try again in a moment.",
     provider_unavailable: "The assistant can't be reached right now. Please try again later.",
+    budget_exhausted: "The assistant can't answer any more right now. Please try again later.",
     provider_error: "The assistant couldn't answer. Please try again.",
     file_too_large: "This file is too large. The limit is {max}.",
     unsupported_file_type: "This type of file isn't accepted. Accepted types: {types}.",
@@ -46,6 +47,7 @@ export const STRINGS = {
     rate_limited: "Vous envoyez des messages trop vite. Patientez un instant, puis réessayez.",
     provider_rate_limited: "L’assistant est très sollicité. Réessayez dans un instant.",
     provider_unavailable: "L’assistant est injoignable pour le moment. Réessayez plus tard.",
+    budget_exhausted: "L’assistant ne peut plus répondre pour le moment. Réessayez plus tard.",
     provider_error: "L’assistant n’a pas pu répondre. Réessayez.",
     file_too_large: "Ce fichier est trop volumineux. La limite est de {max}.",
     unsupported_file_type: "Ce type de fichier n’est pas accepté. Types acceptés : {types}.",
@@ -71,6 +73,7 @@ export const STRINGS = {
     rate_limited: "أنت ترسل الرسائل بسرعة كبيرة. انتظر قليلًا ثم أعد المحاولة.",
     provider_rate_limited: "المساعد مشغول الآن. يُرجى المحاولة بعد قليل.",
     provider_unavailable: "تعذّر الوصول إلى المساعد الآن. يُرجى المحاولة لاحقًا.",
+    budget_exhausted: "لم يعد المساعد يستطيع الرد الآن. يُرجى المحاولة لاحقًا.",
     provider_error: "لم يتمكن المساعد من الإجابة. يُرجى المحاولة مرة أخرى.",
     file_too_large: "هذا الملف كبير جدًا. الحد الأقصى {max}.",
     unsupported_file_type: "هذا النوع من الملفات غير مقبول. الأنواع المقبولة: {types}.",
@@ -106,7 +109,7 @@ export function pickLocale(locale) {
 /** A string from `table`, else English, else the table's generic error; `{name}` filled from `vars`. */
 export function translate(table, key, vars) {
   const text = table[key] || STRINGS.en[key] || table.error;
-  return text.replace(/\{(\w+)\}/g, (_, name) => (vars && vars[name] != null ? vars[name] : ""));
+  return text.replace(/\{(\w+)\}/g, (_, name) => vars?.[name] ?? "");
 }
 
 /** The sentence for an error code, naming the upload `limits` it may need and the wait it may ask for. */
@@ -115,7 +118,8 @@ export function explainWith(table, code, retryAfter, limits) {
   const text = code === "file_too_large" || code === "unsupported_file_type"
     ? translate(table, code, { max: formatBytes(limits.max_size), types: limits.allowed_types.join(", ") })
     : translate(table, isKnownCode(code) ? code : "error");
-  return text + (retryAfter > 0 ? " (" + retryAfter + " s)" : "");
+  // Seconds are worth saying for a short wait; a long one (a used-up budget) says "later".
+  return text + (retryAfter > 0 && retryAfter < 100 ? " (" + retryAfter + " s)" : "");
 }
 
 export function formatBytes(count) {

@@ -72,8 +72,8 @@ initUploads(() => ready && !fatal, sync);
 
 function label() {
   const locale = useLocale(options.locale || settings.locale);
-  root.setAttribute("lang", locale.lang);
-  root.setAttribute("dir", locale.dir);
+  root.lang = locale.lang; // both reflect their attributes
+  root.dir = locale.dir;
   // An owner's own title or placeholder wins; the default one is shown in the visitor's language.
   const own = (key, fallback) => settings[key] && settings[key] !== fallback ? settings[key] : t(key);
   title.textContent = own("title", DEFAULT_TITLE);
@@ -226,8 +226,8 @@ function start(base) {
     (error) => {
       label();
       look();
-      if (error.code === "network") return console.warn("LOACL: the chat server cannot be reached");
-      console.warn("LOACL: " + error.code);
+      console.warn("LOACL: " + error.code); // "network": the chat server cannot be reached
+      if (error.code === "network") return;
       setFatal(isKnownCode(error.code) ? error.code : "widget_not_found");
       root.hidden = false;
     },

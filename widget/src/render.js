@@ -27,7 +27,7 @@ export function element(tag, props, children, namespace) {
   return made;
 }
 
-export const icon = (path) => element("svg", { viewBox: "0 0 24 24", "aria-hidden": "true", focusable: "false" },
+export const icon = (path) => element("svg", { viewBox: "0 0 24 24", "aria-hidden": "true" },
   [element("path", { d: path }, null, SVG)], SVG);
 
 const build = (node) => typeof node === "string" ? node

@@ -27,11 +27,9 @@ export const isReady = () => socketReady;
 export function connect() {
   if (overHttp || socket || stopped || !hooks.canConnect()) return;
   clearTimeout(timer);
-  const NativeSocket = window.WebSocket;
-  if (typeof NativeSocket !== "function") return switchToHttp();
   let opening;
   try {
-    opening = new NativeSocket(socketUrl());
+    opening = new WebSocket(socketUrl()); // throws too where there is no WebSocket at all
   } catch (error) {
     return switchToHttp();
   }

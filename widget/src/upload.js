@@ -103,7 +103,7 @@ picker.addEventListener("change", () => {
   add([...picker.files]);
   picker.value = "";
 });
-const carriesFiles = (event) => event.dataTransfer && [...event.dataTransfer.types].indexOf("Files") >= 0;
+const carriesFiles = (event) => event.dataTransfer && [...event.dataTransfer.types].includes("Files");
 panel.addEventListener("dragover", (event) => {
   if (!carriesFiles(event) || !canAttach()) return;
   event.preventDefault();

@@ -35,6 +35,9 @@ test("error codes: aliases, limits, waits, unknown codes", () => {
   assert.equal(explainWith(STRINGS.en, "rate_limited", 12, LIMITS),
     "You are sending messages too fast. Please wait a moment and try again. (12 s)");
   assert.equal(explainWith(STRINGS.en, "brand_new_code", 0, LIMITS), STRINGS.en.error);
+  // A long wait (a used-up budget starts again at midnight) is not counted out in seconds.
+  assert.equal(explainWith(STRINGS.fr, "budget_exhausted", 43200, LIMITS),
+    "L’assistant ne peut plus répondre pour le moment. Réessayez plus tard.");
   assert.deepEqual([formatBytes(512), formatBytes(2048), formatBytes(5 * 1048576)], ["512 B", "2 KB", "5 MB"]);
 });
 

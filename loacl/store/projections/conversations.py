@@ -26,6 +26,12 @@ _INSERT = (
     "client_message_id, created_seq, created_at, finished_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# A reply also names who wrote it: usage is grouped and priced by assistant and model.
+_INSERT_REPLY = (
+    "INSERT INTO messages (message_id, conversation_id, role, text, status, reply_to, file_ids, "
+    "client_message_id, created_seq, created_at, finished_at, assistant_id, model) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def _touch(conn: sqlite3.Connection, conversation_id: str, at: str) -> None:
@@ -53,9 +59,9 @@ def assistant_started(
 ) -> None:
     at = format_time(recorded.recorded_at)
     conn.execute(
-        _INSERT,
+        _INSERT_REPLY,
         (event.message_id, event.conversation_id, "assistant", "", "streaming", event.reply_to,
-         "[]", None, recorded.seq, at, None),
+         "[]", None, recorded.seq, at, None, event.assistant_id, event.model),
     )
     _touch(conn, event.conversation_id, at)
 

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from loacl.domain.assistants import AssistantDefinition
-from loacl.domain.widgets import WidgetDefinition
+from loacl.domain.widgets import WidgetBudget, WidgetDefinition
 from loacl.store.eventstore import EventStore
 from loacl.store.views import Page, first, page_by_creation
 
@@ -34,11 +34,12 @@ class WidgetView:
 
 @dataclass(frozen=True, slots=True)
 class ReplySetup:
-    """What answering a visitor of a widget needs: its assistant and its message rate."""
+    """What answering a visitor of a widget needs: its assistant, message rate and budget."""
 
     assistant_id: str
     assistant: AssistantDefinition
     messages_per_minute: int
+    budget: WidgetBudget
 
 
 def _view(row: Any) -> WidgetView:
@@ -70,7 +71,8 @@ async def reply_setup(store: EventStore, widget_id: str) -> ReplySetup | None:
     if not rows:
         return None
     assistant_id, assistant, widget_definition = rows[0]
+    definition = _decode(widget_definition)
     return ReplySetup(
-        assistant_id, _decode_assistant(assistant),
-        _decode(widget_definition).messages_per_minute,
+        assistant_id, _decode_assistant(assistant), definition.messages_per_minute,
+        definition.budget,
     )
