@@ -63,6 +63,8 @@ class Connection:
         self.settings = websocket.app.state.settings
         self.outbox = Outbox(OUTBOX_FRAMES)
         self.followers: dict[str, Follower] = {}
+        self.none_followed = asyncio.Event()  # set while no reply is being followed
+        self.none_followed.set()
         self.closing: Closing | None = None
         self.closed = asyncio.Event()
         # A reply that was streaming when this socket connected, not followed yet: the first
@@ -107,6 +109,7 @@ class Connection:
             old.stop()
         follower = Follower(self, run, offset)
         self.followers[run.message_id] = follower
+        self.none_followed.clear()
         window = self.settings.ws_coalesce_ms / 1000
         if window > 0:
             pacer_for(self.ws, window).add(follower)
@@ -138,6 +141,8 @@ class Connection:
         await self._send_end(run.message_id, run)
         if self.followers.get(run.message_id) is follower:
             del self.followers[run.message_id]
+            if not self.followers:
+                self.none_followed.set()
 
     async def _send_end(self, message_id: str, run: Run | None = None) -> None:
         message = await self.chat.outcome(message_id, run)
@@ -177,9 +182,9 @@ class Connection:
     async def _erased(self) -> None:
         """The conversation was erased: the reply it stopped is told (``done``, interrupted),
         then the socket closes as for a token no longer valid, and the widget starts afresh."""
-        tasks = [f.task for f in self.followers.values() if f.task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=FLUSH_SECONDS)
+        # The reply was stopped before the erasure: its followers finish (done) and leave.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.none_followed.wait(), FLUSH_SECONDS)
         self.close(Close.BAD_TOKEN, "this conversation was erased; start again")
 
     async def _reply_started(self, reply_id: str, reply_to: str) -> None:

@@ -115,7 +115,9 @@ def _encode(
     stream, recorded_at, when = request.stream, attempt.recorded_at, attempt.when
     metadata = codec.encode_metadata(request.metadata)
     if key is not None and request.metadata.client_ip and keyring is not None:
-        metadata = keyring.seal_metadata(key, request.metadata, codec.encode_metadata, metadata)
+        metadata = keyring.seal_metadata(
+            key, request.metadata, codec.encode_sealed_metadata, metadata
+        )
     seq, last_hash = attempt.seq, attempt.hash
     rows: list[tuple[Any, ...]] = []
     recorded: list[RecordedEvent] = []

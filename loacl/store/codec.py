@@ -110,6 +110,11 @@ def encode_metadata(metadata: Metadata) -> str:
     return _encoder.encode(metadata).decode()
 
 
+def encode_sealed_metadata(metadata: Metadata) -> str:
+    """Metadata whose client IP is sealed already (``Keyring.seal_metadata``)."""
+    return _encoder.encode(metadata).decode()
+
+
 @functools.lru_cache(maxsize=4096)
 def _metadata(raw: str | bytes) -> Metadata:
     # Cached: the events of one append share their metadata, and Metadata is immutable. A

@@ -218,5 +218,7 @@ def _encode(
     payload = codec.encode_payload(event, key)
     metadata = codec.encode_metadata(recorded.metadata)
     if key is not None and recorded.metadata.client_ip:
-        metadata = sealer.seal_metadata(key, recorded.metadata, codec.encode_metadata, metadata)
+        metadata = sealer.seal_metadata(
+            key, recorded.metadata, codec.encode_sealed_metadata, metadata
+        )
     return payload, metadata
