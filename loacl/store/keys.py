@@ -332,10 +332,9 @@ class Keyring:
     # -- the readers' side --------------------------------------------------------------------
 
     def open(self, token: str, aad: bytes) -> str:
-        """The plain text of a sealed value, or ``[erased]`` once its subject is erased."""
-        if token.startswith(PLAIN):
-            return token[2:]
-        raw = binascii.a2b_base64(token[1:])
+        """The plain text of a sealed value (not an escaped plain one: the codec strips those),
+        or ``[erased]`` once its subject is erased."""
+        raw = binascii.a2b_base64(token)  # the leading NUL is not base64: it is skipped
         head = raw[:_HEAD]
         try:
             aes = self._by_head[head]

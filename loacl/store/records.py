@@ -51,6 +51,9 @@ def decode_rows(
     metadata_raw: Any = None
     time_raw: Any = None
     metadata = Metadata()
+    # Opened metadata of this read, by its text: the appends of many streams interleave, and a
+    # sealed address is opened once per read, not once per event.
+    opened: dict[Any, Metadata] = {}
     when = datetime.min
     out: list[RecordedEvent] = []
     append = out.append
@@ -62,7 +65,10 @@ def decode_rows(
                 codec.plain_decoder(type_, schema_version),
             )
         if raw_md != metadata_raw:
-            metadata, metadata_raw = codec.decode_metadata(raw_md, keys), raw_md
+            found_md = opened.get(raw_md)
+            if found_md is None:
+                found_md = opened[raw_md] = codec.decode_metadata(raw_md, keys)
+            metadata, metadata_raw = found_md, raw_md
         if raw_at != time_raw:
             when, time_raw = codec.parse_time(raw_at), raw_at
         event = found[1](payload) if seq > sealed_after else found[2](payload)
