@@ -20,6 +20,7 @@ from loacl.services.keys import keyring_for
 from loacl.services.privacy import Erasure
 from loacl.settings import Settings, SettingsError, load_settings
 from loacl.store import audit, backup, integrity, migrations, rebuild, replay, tail
+from loacl.store.keys import Keyring
 from loacl.store.projections import default_projections
 from loacl.store.sqlite import connect
 from loacl.store.tail import StoredEvent
@@ -230,12 +231,23 @@ def _event_json(event: StoredEvent, deltas: tail.Deltas | None = None) -> dict[s
     return shown
 
 
+def _reading_keys(settings: Settings, conn: sqlite3.Connection) -> Keyring | None:
+    """The keyring that opens sealed fields for display, or None without the master key (a
+    command that only reads makes no key) or before the database has sealing."""
+    try:
+        return keyring_for(settings, create=False).attach(conn)
+    except (FileNotFoundError, sqlite3.OperationalError):
+        return None
+
+
 def _print_event(
-    conn: sqlite3.Connection, event: StoredEvent, args: argparse.Namespace, out: TextIO
+    conn: sqlite3.Connection, event: StoredEvent, args: argparse.Namespace, out: TextIO,
+    keys: Keyring | None = None,
 ) -> None:
     """One line: the event, who caused it and its payload in short; a reply's end says how
     many delta events it closes (they are left out unless ``--deltas``)."""
-    deltas = None if args.deltas else tail.deltas_of(conn, event)
+    event = tail.opened(event, keys)
+    deltas = None if args.deltas else tail.deltas_of(conn, event, keys)
     if args.json:
         out.write(json.dumps(_event_json(event, deltas), separators=(",", ":")) + "\n")
         return
@@ -245,10 +257,13 @@ def _print_event(
               f"{folded}\n")
 
 
-def _show_event(conn: sqlite3.Connection, seq: int, as_json: bool) -> int:
-    event = tail.event_at(conn, seq)
-    if event is None:
+def _show_event(
+    conn: sqlite3.Connection, seq: int, as_json: bool, keys: Keyring | None
+) -> int:
+    found = tail.event_at(conn, seq)
+    if found is None:
         raise LoaclError("event_not_found", f"no event at position {seq}")
+    event = tail.opened(found, keys)
     if as_json:
         print(json.dumps(_event_json(event)))
         return 0
@@ -260,16 +275,17 @@ def _show_event(conn: sqlite3.Connection, seq: int, as_json: bool) -> int:
 
 def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
     conn = _open(settings)
+    keys = _reading_keys(settings, conn)
     try:
         if args.action == "show":
-            return _show_event(conn, args.seq, args.json)
+            return _show_event(conn, args.seq, args.json, keys)
         which = tail.EventFilter(args.stream, args.type, deltas=args.deltas)
         if args.since is not None:
             events = tail.events_after(conn, args.since, which)
         else:
             events = tail.last_events(conn, args.limit, which)
         for event in events:
-            _print_event(conn, event, args, sys.stdout)
+            _print_event(conn, event, args, sys.stdout, keys)
         sys.stdout.flush()
         position = events[-1].seq if events else (
             args.since if args.since is not None else tail.head(conn)
@@ -281,7 +297,7 @@ def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
         while args.follow:
             time.sleep(args.interval)
             for event in tail.events_after(conn, position, which):
-                _print_event(conn, event, args, sys.stdout)
+                _print_event(conn, event, args, sys.stdout, keys)
                 position = event.seq
             sys.stdout.flush()
         return 0

@@ -477,16 +477,18 @@ def format_master_key(key: bytes) -> str:
     return base64.urlsafe_b64encode(key).decode()
 
 
-def master_keys(settings: Settings) -> list[bytes]:
+def master_keys(settings: Settings, *, create: bool = True) -> list[bytes]:
     """The master keys, the one that seals first: from ``master_key``, or from the data
-    folder's ``master_key`` file, generated once (mode 0600) as the JWT secret is."""
+    folder's ``master_key`` file, generated once (mode 0600) as the JWT secret is (unless not
+    ``create``: a command that only reads makes none)."""
     if settings.master_key:
         return parse_master_keys(settings.master_key)
     path = settings.data_dir / MASTER_KEY_FILE
     try:
         return parse_master_keys(path.read_text())
     except FileNotFoundError:
-        pass
+        if not create:
+            raise
     write_master_keys(settings, [secrets.token_bytes(32)], create=True)
     return parse_master_keys(path.read_text())
 

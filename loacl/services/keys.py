@@ -10,5 +10,9 @@ from loacl.store.eventstore import Clock
 from loacl.store.keys import Keyring, MasterKeys
 
 
-def keyring_for(settings: Settings, clock: Clock | None = None) -> Keyring:
-    return Keyring(MasterKeys(functools.partial(master_keys, settings)), clock)
+def keyring_for(
+    settings: Settings, clock: Clock | None = None, *, create: bool = True
+) -> Keyring:
+    """With ``create`` false, a missing key file is an error (``FileNotFoundError``), not a
+    new key."""
+    return Keyring(MasterKeys(functools.partial(master_keys, settings, create=create)), clock)
