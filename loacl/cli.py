@@ -51,27 +51,15 @@ def _open(settings: Settings, *, must_exist: bool = True) -> sqlite3.Connection:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
 
     from loacl.http.app import create_app
-    from loacl.http.serving import serve
+    from loacl.http.serving import serve, server_config
     from loacl.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
-    serve(app, uvicorn.Config(
-        app,
-        host=args.host or settings.host,
-        port=settings.port if args.port is None else args.port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-        ws="websockets-sansio",
-        # Replies go out as many small JSON frames: compressing each costs about a quarter of
-        # the server's CPU per token (scripts/bench/streaming.py) and saves little.
-        ws_per_message_deflate=False,
-        ws_max_size=1024 * 1024,
-    ), settings.shutdown_seconds)
+    serve(app, server_config(app, settings, host=args.host, port=args.port),
+          settings.shutdown_seconds)
     return 0
 
 

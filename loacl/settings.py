@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import ipaddress
 import json
 import os
 import secrets
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from loacl.private import private_folder
 
 CONFIG_ENV = "LOACL_CONFIG"
 DEFAULT_CONFIG = Path("loacl.toml")
@@ -94,6 +97,41 @@ class Settings(BaseModel):
     public_url: str | None = Field(
         None, description="This instance's public base URL, used in embed code and mail links."
     )
+    trusted_proxies: list[str] = Field(
+        ["127.0.0.1", "::1"],
+        description="Addresses or networks (CIDR) of reverse proxies whose `X-Forwarded-For` "
+        "and `X-Forwarded-Proto` are believed: the client's address (for rate limits and the "
+        "log) and HTTPS (for HSTS) come from them; `*` trusts any peer.",
+    )
+    allowed_hosts: list[str] = Field(
+        [], description="Without `public_url`: `Host` names (`name` or `name:port`) that embed "
+        "code and widget URLs may be built from. Any other `Host` is ignored for them in favour "
+        "of the address the connection came to.",
+    )
+    hsts_seconds: int = Field(
+        31_536_000, ge=0, description="`max-age` of `Strict-Transport-Security`, sent on "
+        "requests that came over HTTPS (directly or through a trusted proxy); 0 sends none.",
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="Open connections (HTTP and WebSocket) the server takes; past "
+        "it, new requests are answered 503 at once.",
+    )
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, le=600, description="A client must send a request's headers within this "
+        "many seconds (of connecting, or of the previous response); else it is disconnected.",
+    )
+    body_timeout_seconds: float = Field(
+        60.0, gt=0, le=3600, description="A client must send a request's whole body within "
+        "this many seconds of its headers; else it is disconnected.",
+    )
+    keep_alive_seconds: int = Field(
+        5, ge=1, le=600, description="An idle keep-alive connection is closed after this many "
+        "seconds.",
+    )
+    max_header_bytes: int = Field(
+        65_536, ge=4096, le=1_048_576, description="Largest request head (request line and "
+        "headers), in bytes; a larger one is refused (431) and the connection closed.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Lowest level of log lines written."
     )
@@ -141,6 +179,30 @@ class Settings(BaseModel):
     )
     reset_token_minutes: int = Field(
         60, ge=5, le=24 * 60, description="Lifetime of a password reset link, in minutes."
+    )
+    login_ip_failures: int = Field(
+        20, ge=1, le=10_000, description="Failed logins one client address may make, on any "
+        "accounts, per `login_window_minutes`; then it is refused (429).",
+    )
+    login_account_failures: int = Field(
+        5, ge=1, le=1000, description="Failed logins one client address may make on one "
+        "account per `login_window_minutes`; then that address (only) is refused on it (429).",
+    )
+    login_account_alarm: int = Field(
+        50, ge=1, le=100_000, description="Failed logins on one account from all addresses per "
+        "`login_window_minutes` past which each address gets one try on it; an address with "
+        "no failure on it is still heard, so the owner's right password goes through.",
+    )
+    login_window_minutes: int = Field(
+        15, ge=1, le=24 * 60, description="The window the login limits count failures in."
+    )
+    register_per_ip_hour: int = Field(
+        10, ge=1, le=100_000, description="Registrations one client address may ask for per "
+        "hour (429 after).",
+    )
+    reset_per_ip_hour: int = Field(
+        10, ge=1, le=100_000, description="Password reset mails one client address may ask "
+        "for per hour (429 after).",
     )
     refresh_token_days: int = Field(
         30, ge=1, le=365, description="Lifetime of a login session's refresh token, in days."
@@ -341,6 +403,23 @@ class Settings(BaseModel):
         "counts toward token budgets only.",
     )
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address, a network or *") from None
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        return [host.strip().lower() for host in value if host.strip()]
+
     retention_check_minutes: float = Field(
         10, ge=0, description="How often a running server erases conversations older than "
         "their widget's `retention_days`, a few at a time; 0 turns it off."
@@ -438,7 +517,7 @@ def jwt_secret(settings: Settings) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_folder(settings.data_dir)
     # Written whole to a private temporary file, then linked into place: a process starting at
     # the same moment sees either no file or the complete key, never an empty one.
     partial = path.with_name(f".jwt_secret.{os.getpid()}.{secrets.token_hex(4)}")
@@ -496,7 +575,7 @@ def master_keys(settings: Settings, *, create: bool = True) -> list[bytes]:
 def write_master_keys(settings: Settings, keys: list[bytes], *, create: bool = False) -> Path:
     """Write the data folder's master key file, whole or not at all (mode 0600). With
     ``create`` an existing file is kept: a process starting at the same moment made it first."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_folder(settings.data_dir)
     path = settings.data_dir / MASTER_KEY_FILE
     partial = path.with_name(f".{MASTER_KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -11,6 +11,9 @@ from contextlib import contextmanager
 import uvicorn
 from starlette.types import ASGIApp
 
+from loacl.http.serving import server_config
+from loacl.settings import Settings
+
 # Every test client calls from 127.0.0.1, so the per-address limits would count the whole suite
 # as one visitor: test settings turn the visitor limits off, and tests/test_limits.py turns
 # each one on.
@@ -23,15 +26,22 @@ OPEN_LIMITS: dict[str, int] = dict.fromkeys((
 
 
 @contextmanager
-def serve(app: ASGIApp) -> Iterator[str]:
-    """Run ``app`` on 127.0.0.1 and an unused port; yield its base URL."""
+def serve(app: ASGIApp, http: str = "httptools") -> Iterator[str]:
+    """Run ``app`` on 127.0.0.1 and an unused port; yield its base URL. An app made by
+    ``create_app`` runs with the server configuration ``loacl serve`` uses (its client
+    limits and timeouts), over ``http`` (httptools or h11)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, log_config=None, access_log=False, lifespan="on", ws="websockets-sansio"
-    )
+    settings = getattr(getattr(app, "state", None), "settings", None)
+    config: uvicorn.Config
+    if isinstance(settings, Settings):
+        config = server_config(app, settings, host="127.0.0.1", port=port, http=http)
+    else:
+        config = uvicorn.Config(
+            app, log_config=None, access_log=False, lifespan="on", ws="websockets-sansio"
+        )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -103,7 +103,7 @@ class Site:
         registered = self.http.post(
             "/api/v1/auth/register", json={"email": email, "password": PASSWORD}
         )
-        assert registered.status_code == 201, registered.text
+        assert registered.status_code == 202, registered.text
         return self.login(email)
 
     def login(self, email: str = "owner@example.com") -> dict[str, str]:

@@ -149,7 +149,7 @@ def setup_visitor(url: str) -> tuple[str, str, str]:
     with httpx.Client(base_url=url, timeout=WAIT) as http:
         email = "owner@example.com"
         assert http.post("/api/v1/auth/register",
-                         json={"email": email, "password": PASSWORD}).status_code == 201
+                         json={"email": email, "password": PASSWORD}).status_code == 202
         login = http.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
         headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
         assistant = http.post("/api/v1/assistants", headers=headers,

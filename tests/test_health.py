@@ -109,7 +109,7 @@ def test_a_failed_commit_makes_it_not_ready_until_a_commit_succeeds(settings: Se
             assert register(client, "a@example.com") == 503
         # The lock is free again, but the writer has not shown that it can commit.
         failing = client.get("/readyz")
-        assert register(client, "b@example.com") == 201
+        assert register(client, "b@example.com") == 202
         recovered = client.get("/readyz")
     assert failing.status_code == 503
     store_check = failing.json()["checks"]["store"]

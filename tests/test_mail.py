@@ -205,7 +205,7 @@ def test_failed_mail_never_loses_the_account(settings: Settings) -> None:
             "/api/v1/auth/register",
             json={"email": "ada@example.com", "password": "correct horse battery"},
         )
-        assert response.status_code == 201
+        assert response.status_code == 202
         login = client.post(
             "/api/v1/auth/login",
             json={"email": "ada@example.com", "password": "correct horse battery"},

@@ -109,15 +109,16 @@ def register_owner(
     registered = client.post(
         "/api/v1/auth/register", json={"email": address, "password": PASSWORD}
     )
-    assert registered.status_code == 201, registered.text
+    assert registered.status_code == 202, registered.text
     if verify:
         token = outbox_token(settings, address)
         verified = client.post("/api/v1/auth/verify-email", json={"token": token})
         assert verified.status_code == 200, verified.text
     login = client.post("/api/v1/auth/login", json={"email": address, "password": PASSWORD})
     assert login.status_code == 200, login.text
-    access = login.json()["access_token"]
-    return Owner(registered.json()["id"], address, {"Authorization": f"Bearer {access}"})
+    headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    user_id = client.get("/api/v1/auth/me", headers=headers).json()["id"]
+    return Owner(user_id, address, headers)
 
 
 @dataclass

@@ -58,13 +58,16 @@ async def accounts(
 
 
 async def test_users_by_id_and_by_email(accounts: Accounts, opened: EventStore) -> None:
-    registered = await accounts.register("Ann@Example.com", PASSWORD, "Ann", "http://x", META)
+    email = await accounts.register("Ann@Example.com", PASSWORD, "Ann", "192.0.2.1", "http://x",
+                                    META)
     made = await accounts.create_user("bob@example.com", PASSWORD, None, verified=True,
                                       meta=META)
 
-    ann = await view.user_by_id(opened, registered.user_id)
+    found = await view.credentials(opened, email)
+    assert found is not None
+    ann = await view.user_by_id(opened, found.user_id)
     at = "2030-05-06T07:08:09.000000+00:00"
-    assert ann == UserView(registered.user_id, "Ann@example.com", "Ann", None, at)
+    assert ann == UserView(found.user_id, "Ann@example.com", "Ann", None, at)
     assert ann.email_verified is False
     # The users table compares addresses without case.
     assert await view.user_by_email(opened, "ann@EXAMPLE.com") == ann

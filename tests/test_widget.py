@@ -180,7 +180,7 @@ def loacl(
         registered = client.post(
             "/api/v1/auth/register", json={"email": "owner@example.com", "password": PASSWORD}
         )
-        assert registered.status_code == 201, registered.text
+        assert registered.status_code == 202, registered.text
         login = client.post(
             "/api/v1/auth/login", json={"email": "owner@example.com", "password": PASSWORD}
         )

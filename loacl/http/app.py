@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from loacl import __version__
 from loacl.domain.errors import LoaclError
@@ -26,7 +28,8 @@ from loacl.http import (
     visitors,
 )
 from loacl.http.errors import EXCEPTION_HANDLERS
-from loacl.http.middleware import RequestIdMiddleware
+from loacl.http.middleware import RequestIdMiddleware, SecurityHeadersMiddleware
+from loacl.private import FILE_MODE, FOLDER_MODE, too_open
 from loacl.services.accounts import Accounts
 from loacl.services.assistants import Assistants
 from loacl.services.budgets import BudgetMail, Budgets
@@ -74,6 +77,21 @@ def prepare_database(settings: Settings) -> None:
         conn.close()
 
 
+def warn_open_files(settings: Settings) -> None:
+    """Warn about each private file or folder that others may read (made so before, or by
+    hand): the data folder should be 0700, the database, its WAL, the key and the outbox 0600."""
+    db = settings.database_path
+    outbox = settings.data_dir / "outbox"
+    paths = [settings.data_dir, db, Path(f"{db}-wal"), Path(f"{db}-shm"),
+             settings.data_dir / "jwt_secret", outbox]
+    if outbox.is_dir():
+        paths += sorted(outbox.glob("*.eml"))
+    for path, mode in too_open(dict.fromkeys(paths)):
+        log.warning("files.too_open", path=str(path), mode=mode,
+                    expected=oct(FOLDER_MODE if path.is_dir() else FILE_MODE),
+                    fix=f"chmod {'700' if path.is_dir() else '600'} {path}")
+
+
 def create_app(
     settings: Settings, *, clock: Clock = utc_now, mailer: Mailer | None = None
 ) -> Starlette:
@@ -105,6 +123,7 @@ def create_app(
             )
         try:
             await asyncio.to_thread(prepare_database, settings)
+            warn_open_files(settings)
             await store.open()
             try:
                 await recover(store)
@@ -134,7 +153,13 @@ def create_app(
             chat.endpoints, stream.endpoints, owners.endpoints, usage.endpoints,
             privacy.endpoints, static.endpoints,
         ),
-        middleware=[Middleware(RequestIdMiddleware), Middleware(static.SameOriginMiddleware)],
+        middleware=[
+            # First: every layer below sees the client's own address and scheme.
+            Middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies),
+            Middleware(SecurityHeadersMiddleware, hsts_seconds=settings.hsts_seconds),
+            Middleware(RequestIdMiddleware),
+            Middleware(static.SameOriginMiddleware),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

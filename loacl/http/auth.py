@@ -77,11 +77,13 @@ async def current_owner(request: Request, *, verified: bool = False) -> Principa
 
 
 async def register(request: Request) -> Response:
+    """202 and the same body whether the address was free or not: the mail says which."""
     body = await parse_body(request, RegisterBody)
-    user = await accounts(request).register(
-        body.email, body.password, body.name, base_url(request), metadata(request)
+    email = await accounts(request).register(
+        body.email, body.password, body.name, client_ip(request), base_url(request),
+        metadata(request),
     )
-    return JSONResponse(user_json(user), status_code=201)
+    return JSONResponse({"email": email, "status": "mail_sent"}, status_code=202)
 
 
 async def verify_email(request: Request) -> Response:
@@ -134,8 +136,10 @@ async def me(request: Request) -> Response:
 
 
 endpoints = [
-    Endpoint("post", "/api/v1/auth/register", register, "Register an owner account", "auth",
-             body=RegisterBody, ok=201, codes=("validation_error", "email_taken")),
+    Endpoint("post", "/api/v1/auth/register", register,
+             "Register an owner account; the mailed link verifies it (an address with an "
+             "account already gets the same answer, and a mail saying so)", "auth",
+             body=RegisterBody, ok=202, codes=("validation_error", "rate_limited")),
     Endpoint("post", "/api/v1/auth/verify-email", verify_email,
              "Verify an e-mail address with the mailed token", "auth", body=TokenBody,
              codes=("invalid_verification_token",)),
@@ -149,7 +153,8 @@ endpoints = [
     Endpoint("post", "/api/v1/auth/logout", logout, "End this session", "auth", auth="owner",
              ok=204),
     Endpoint("post", "/api/v1/auth/reset-password", reset_password,
-             "Mail a password reset link (always 202)", "auth", body=ResetBody, ok=202),
+             "Mail a password reset link (202 whether the account exists or not)", "auth",
+             body=ResetBody, ok=202, codes=("rate_limited",)),
     Endpoint("post", "/api/v1/auth/reset-password/confirm", reset_password_confirm,
              "Set a new password with the mailed token", "auth", body=ResetConfirmBody, ok=204,
              codes=("invalid_reset_token", "validation_error")),

@@ -21,9 +21,9 @@ from loacl.domain.widgets import VisitorAccess
 from loacl.http.auth import bearer_token, current_owner
 from loacl.http.common import chat, files, int_param, metadata, page, page_response, widgets
 from loacl.http.errors import problem, status_for
-from loacl.http.routing import PAGE, Endpoint
+from loacl.http.routing import CURSOR, PAGE, Endpoint, Param, integer
 from loacl.http.shapes import conversation_json, file_json, message_json, message_page_json
-from loacl.http.validation import parse_body
+from loacl.http.validation import parse_body, read_body
 from loacl.http.visitors import visitor_endpoint
 from loacl.providers.base import ProviderError
 from loacl.services.replies import Run
@@ -139,16 +139,8 @@ async def list_conversations(request: Request) -> Response:
 
 async def _read_capped(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it is longer than ``limit`` could need."""
-    cap = limit + MULTIPART_OVERHEAD
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > cap:
-        raise LoaclError("file_too_large", f"files may be at most {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cap:
-            raise LoaclError("file_too_large", f"files may be at most {limit} bytes")
-    return bytes(body)
+    too_large = LoaclError("file_too_large", f"files may be at most {limit} bytes")
+    return await read_body(request, limit + MULTIPART_OVERHEAD, too_large)
 
 
 @visitor_endpoint
@@ -218,9 +210,10 @@ async def get_file(request: Request) -> Response:
 endpoints = [
     Endpoint("get", "/api/v1/widgets/{id}/messages", list_messages,
              "Messages of a conversation, by cursor", "chat", auth="visitor_or_owner",
-             query=(("before", "cursor: messages before it"),
-                    ("after", "cursor: messages after it"), ("limit", "1 to 100, default 50"),
-                    ("conversation_id", "owners: which conversation"))),
+             query=(Param("before", "cursor: messages before it", integer(1, 2**62)),
+                    Param("after", "cursor: messages after it", CURSOR),
+                    Param("limit", "1 to 100, default 50", integer(1, 100)),
+                    Param("conversation_id", "owners: which conversation"))),
     Endpoint("post", "/api/v1/widgets/{id}/messages", post_message,
              "Ask, and get the whole reply (not streamed)", "chat", auth="visitor",
              body=MessageBody, ok=201,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
+from loacl.domain.origins import normalize_origin
 
 if TYPE_CHECKING:
     from loacl.services.accounts import Accounts
@@ -42,9 +45,62 @@ def widgets(conn: HTTPConnection) -> Widgets:
 
 
 def public_base(conn: HTTPConnection) -> str:
-    """This instance's public base URL: the configured one, else the one asked for."""
+    """This instance's public base URL, for embed code, the widget's URLs and the API
+    document: ``public_url``; else the origin the request's ``Host`` names, when it can be
+    believed (``request_origin``); else the address the connection came to."""
     configured = conn.app.state.settings.public_url
-    return str(configured or conn.base_url).rstrip("/")
+    if configured:
+        return str(configured).rstrip("/")
+    return request_origin(conn) or server_origin(conn)
+
+
+def _scheme(conn: HTTPConnection) -> str:
+    # A WebSocket's scheme is ws/wss; behind a trusted proxy, the proxy's (see create_app).
+    return "https" if conn.url.scheme in ("https", "wss") else "http"
+
+
+def request_origin(conn: HTTPConnection) -> str | None:
+    """The origin the request's ``Host`` names, when it can be believed: a name listed in
+    ``allowed_hosts``, or the very address and port the connection arrived on
+    (``scope["server"]``, which a client cannot forge), or a loopback name for a loopback
+    address. A made-up ``Host`` gives None."""
+    host = conn.headers.get("host", "").strip().lower()
+    if not host:
+        return None
+    scheme = _scheme(conn)
+    try:
+        parts = urlsplit(f"//{host}")
+        name, given_port = parts.hostname or "", parts.port
+        origin = normalize_origin(f"{scheme}://{host}")
+    except (ValueError, LoaclError):
+        return None
+    allowed = conn.app.state.settings.allowed_hosts
+    if host in allowed or (given_port is None and name in allowed):
+        return origin
+    server = conn.scope.get("server")
+    if not server or server[1] is None:
+        return None
+    address, port = str(server[0]), int(server[1])
+    if (given_port or (443 if scheme == "https" else 80)) != port:
+        return None
+    try:
+        loopback = ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        loopback = False
+    if name != address.lower() and not (loopback and name in ("localhost", "127.0.0.1")):
+        return None
+    return origin
+
+
+def server_origin(conn: HTTPConnection) -> str:
+    """The scheme, address and port the connection came to."""
+    server = conn.scope.get("server")
+    if not server or server[1] is None:
+        return f"{_scheme(conn)}://localhost"
+    address = str(server[0])
+    if ":" in address:
+        address = f"[{address}]"
+    return f"{_scheme(conn)}://{address}:{server[1]}"
 
 
 def client_ip(request: HTTPConnection) -> str:

@@ -53,10 +53,12 @@ from typing import Any, NamedTuple
 
 import structlog
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from loacl.domain.errors import LoaclError
+from loacl.http.middleware import SECURITY_HEADERS
 
 log = structlog.get_logger(__name__)
 
@@ -231,6 +233,9 @@ def problem(
         headers["Retry-After"] = str(extra["retry_after"])
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="loacl"'
+    if status == 413:
+        # The rest of the body is not read: end the connection rather than drain it.
+        headers["Connection"] = "close"
 
     return ProblemResponse(body, status_code=status, headers=headers)
 
@@ -246,7 +251,30 @@ async def http_error(request: Request, exc: Exception) -> Response:
     response = problem(exc.status_code, code, str(exc.detail), request)
     if exc.headers:
         response.headers.update(exc.headers)
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route that matched the path; a path is
+        # declared once per method, so gather them all.
+        response.headers["Allow"] = ", ".join(allowed_methods(request))
     return response
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at the request's path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.path_regex.match(
+            request.url.path
+        ):
+            methods |= route.methods
+    return sorted(methods)
+
+
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """The client went away while sending its body (an aborted upload, a dropped slow
+    client): one line at info level, and nothing to answer."""
+    assert isinstance(exc, ClientDisconnect)
+    log.info("http.body_aborted", method=request.method, path=request.url.path)
+    return Response(status_code=499)  # nginx's "client closed request"; never sent
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
@@ -255,15 +283,18 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
         500, "internal_error", "something went wrong on our side; the request id says where",
         request,
     )
-    # This handler runs outside the request-id middleware, so it sets the header itself.
+    # This handler runs outside the middleware, so it sets their headers itself.
     request_id = getattr(request.state, "request_id", None)
     if request_id:
         response.headers["X-Request-ID"] = request_id
+    for name, value in SECURITY_HEADERS:
+        response.headers[name.decode()] = value.decode()
     return response
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     LoaclError: loacl_error,
     HTTPException: http_error,
+    ClientDisconnect: client_gone,
     Exception: unexpected_error,
 }

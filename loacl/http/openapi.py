@@ -7,6 +7,8 @@ handlers validate with; error responses come from the codes each endpoint declar
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 import re
@@ -17,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from loacl import __version__
+from loacl.http.common import public_base
 from loacl.http.errors import ERRORS, STATUS
 from loacl.http.routing import Declaration, Endpoint, Socket, declared
 
@@ -40,6 +43,9 @@ def _problem_schema() -> dict[str, Any]:
     }
 
 
+# Any JSON body may be refused as unreadable or too large (see validation.parse_body).
+BODY_CODES = ("invalid_json", "payload_too_large")
+
 _PROBLEM = {"content": {"application/problem+json": {
     "schema": {"$ref": "#/components/schemas/Problem"}}}}
 
@@ -50,9 +56,9 @@ def _parameters(op: Declaration) -> list[dict[str, Any]]:
         for name in _PATH_PARAM.findall(op.path)
     ]
     params += [
-        {"name": name, "in": "query", "required": False, "description": text,
-         "schema": {"type": "string"}}
-        for name, text in op.query
+        {"name": param.name, "in": "query", "required": False,
+         "description": param.description, "schema": param.schema}
+        for param in op.query
     ]
     return params
 
@@ -68,13 +74,18 @@ def _request_body(op: Endpoint, schemas: dict[str, Any]) -> dict[str, Any] | Non
     for name, sub in schema.pop("$defs", {}).items():
         schemas[name] = sub
     schemas[op.body.__name__] = schema
-    return {"required": True, "content": {"application/json": {
+    # An empty body reads as {}: a body whose every field is optional may be left out.
+    required = bool(schema.get("required"))
+    return {"required": required, "content": {"application/json": {
         "schema": {"$ref": f"#/components/schemas/{op.body.__name__}"}}}}
 
 
 def _responses(op: Declaration) -> dict[str, Any]:
     responses: dict[str, Any] = {str(op.ok): {"description": "success"}}
-    for code in op.codes:
+    codes = list(op.codes)
+    if isinstance(op, Endpoint) and op.body is not None:
+        codes += [code for code in BODY_CODES if code not in codes]
+    for code in codes:
         entry = responses.setdefault(str(STATUS[code]), {"description": "", **_PROBLEM})
         entry["description"] = ", ".join(filter(None, [entry["description"], code]))
     if op.auth != "none":
@@ -141,9 +152,20 @@ def build_spec(
 
 
 async def openapi_json(request: Request) -> Response:
-    return JSONResponse(
-        build_spec(declared(request.app.routes), str(request.base_url).rstrip("/"))
-    )
+    return JSONResponse(build_spec(declared(request.app.routes), public_base(request)))
+
+
+DOCS_STYLE = (
+    "body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
+    "li{margin:.6rem 0}code.m{font-weight:bold}pre{background:#f4f4f5;padding:.5rem;"
+    "overflow:auto}small{color:#555}.d{white-space:pre-line}td{padding:0 .5rem}"
+)
+# The page has no script; its one inline style is allowed by its hash, nothing else by name.
+DOCS_CSP = (
+    "default-src 'none'; style-src 'sha256-"
+    + base64.b64encode(hashlib.sha256(DOCS_STYLE.encode()).digest()).decode()
+    + "'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 async def docs(request: Request) -> Response:
@@ -176,16 +198,13 @@ async def docs(request: Request) -> Response:
     page = (
         "<!doctype html><html lang=en><meta charset=utf-8><title>LOACL API</title>"
         "<meta name=viewport content='width=device-width,initial-scale=1'>"
-        "<style>body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;"
-        "padding:0 1rem}li{margin:.6rem 0}code.m{font-weight:bold}pre{background:#f4f4f5;"
-        "padding:.5rem;overflow:auto}small{color:#555}.d{white-space:pre-line}"
-        "td{padding:0 .5rem}</style>"
+        f"<style>{DOCS_STYLE}</style>"
         f"<h1>LOACL API <small>{__version__}</small></h1><p>The machine-readable description "
         "is at <a href='/api/v1/openapi.json'>/api/v1/openapi.json</a> (OpenAPI 3.1). Errors "
         "are <code>application/problem+json</code> with a stable <code>code</code>.</p>"
         f"{parts}<h2>Error codes</h2><table>{errors}</table></html>"
     )
-    return HTMLResponse(page)
+    return HTMLResponse(page, headers={"Content-Security-Policy": DOCS_CSP})
 
 
 endpoints = [

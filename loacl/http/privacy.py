@@ -22,8 +22,8 @@ from starlette.responses import JSONResponse, Response
 from loacl.domain.errors import LoaclError
 from loacl.domain.privacy import REQUESTED
 from loacl.http.auth import current_owner
-from loacl.http.common import accounts, metadata
-from loacl.http.routing import Endpoint
+from loacl.http.common import accounts, client_ip, metadata
+from loacl.http.routing import Endpoint, Param
 from loacl.http.shapes import export_json, export_path
 from loacl.http.validation import parse_body
 from loacl.store.codec import format_time
@@ -84,7 +84,7 @@ async def export_conversation(request: Request) -> Response:
 async def delete_account(request: Request) -> Response:
     owner = await current_owner(request)
     body = await parse_body(request, DeleteAccountBody)
-    await accounts(request).check_password(owner.user_id, body.password)
+    await accounts(request).check_password(owner.user_id, body.password, client_ip(request))
     await privacy(request).erase_owner(
         owner.user_id, requested_by=owner.user_id, meta=metadata(request, owner.user_id)
     )
@@ -97,7 +97,8 @@ endpoints = [
              auth="owner", ok=204),
     Endpoint("get", "/api/v1/conversations/{id}/export", export_conversation,
              "A conversation and its files, as JSON or (format=zip) a ZIP", "conversations",
-             auth="owner", query=(("format", "json (default) or zip"),),
+             auth="owner",
+             query=(Param("format", "json (default) or zip", {"enum": ["json", "zip"]}),),
              codes=("subject_erased",)),
     Endpoint("delete", "/api/v1/auth/me", delete_account,
              "Delete your account: its widgets, assistants and conversations are erased",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -24,10 +24,26 @@ Method = Literal["get", "post", "put", "delete", "options"]
 # Who may call: nobody in particular, an owner's access token, a visitor token (from an allowed
 # Origin), or either of the two.
 Auth = Literal["none", "owner", "visitor", "visitor_or_owner"]
-Query = tuple[tuple[str, str], ...]  # (name, description)
 
-PAGE: Query = (("after", "cursor: next_cursor of the previous page"),
-               ("limit", "1 to 100, default 20"))
+
+class Param(NamedTuple):
+    """A query parameter: its name, what it means, and its JSON schema as the handler parses
+    it (``int_param`` takes whole numbers only)."""
+
+    name: str
+    description: str
+    schema: dict[str, Any] = {"type": "string"}  # noqa: RUF012 (never mutated)
+
+
+def integer(low: int, high: int) -> dict[str, Any]:
+    return {"type": "integer", "minimum": low, "maximum": high}
+
+
+Query = tuple[Param, ...]
+
+CURSOR = integer(0, 2**62)
+PAGE: Query = (Param("after", "cursor: next_cursor of the previous page", CURSOR),
+               Param("limit", "1 to 100, default 20", integer(1, 100)))
 
 
 @dataclass(frozen=True)

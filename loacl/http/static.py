@@ -18,11 +18,9 @@ import functools
 import gzip
 import hashlib
 import html
-import ipaddress
 import re
 from dataclasses import dataclass
 from importlib import resources
-from urllib.parse import urlsplit
 
 import structlog
 from starlette.requests import Request
@@ -31,8 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loacl import __version__
 from loacl.domain.errors import LoaclError
-from loacl.domain.origins import normalize_origin
-from loacl.http.common import public_base
+from loacl.http.common import public_base, request_origin
 from loacl.http.routing import Endpoint
 from loacl.services.demo import Demo, demo_enabled, public_origin
 
@@ -176,38 +173,14 @@ class SameOriginMiddleware:
 
 
 def own_origins(request: Request) -> list[str]:
-    """The origins this page is really served from, which the demo widget may allow.
-
-    ``public_url`` when set. Otherwise the page's ``Host``, but only when it names the address
-    and port the connection arrived on (``scope["server"]``, which a client cannot forge), or a
-    loopback name for a loopback address: a request with a made-up ``Host`` allows nothing.
-    """
+    """The origins this page is really served from, which the demo widget may allow:
+    ``public_url`` when set, else the page's ``Host`` when it can be believed
+    (``common.request_origin``); a request with a made-up ``Host`` allows nothing."""
     public = public_origin(request.app.state.settings)
     if public:
         return [public]
-    server = request.scope.get("server")
-    host = request.headers.get("host", "")
-    if not server or server[1] is None or not host:
-        return []
-    address, port = str(server[0]), int(server[1])
-    scheme = request.url.scheme if request.url.scheme in ("http", "https") else "http"
-    try:
-        parts = urlsplit(f"//{host}")
-        name, given_port = parts.hostname or "", parts.port
-    except ValueError:
-        return []
-    if (given_port or (443 if scheme == "https" else 80)) != port:
-        return []
-    try:
-        loopback = ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        loopback = False
-    if name != address.lower() and not (loopback and name in ("localhost", "127.0.0.1")):
-        return []
-    try:
-        return [normalize_origin(f"{scheme}://{host}")]
-    except LoaclError:
-        return []
+    origin = request_origin(request)
+    return [origin] if origin else []
 
 
 @functools.cache

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from typing import Any
 
 import msgspec
@@ -33,12 +32,12 @@ from loacl.domain.widgets import VisitorAccess
 from loacl.http.chat import MessageBody
 from loacl.http.common import chat, client_ip, metadata, widgets
 from loacl.http.errors import problem, status_for
-from loacl.http.routing import Socket
+from loacl.http.routing import Param, Socket
 from loacl.http.shapes import message_json, usage_json
 from loacl.http.stream_protocol import MAX_TEXT_FRAME as MAX_TEXT_FRAME
 from loacl.http.stream_protocol import ClientFrame, Close, ServerFrame, describe
 from loacl.http.stream_send import DELTA_CHARS, Closing, Follower, Outbox, pacer_for
-from loacl.http.validation import validated
+from loacl.http.validation import decode_json, validated
 from loacl.services.limits import VisitorLimits
 from loacl.services.replies import Run, reply_error_text
 from loacl.store.broker import Subscription, SubscriptionOverflow
@@ -408,7 +407,7 @@ async def stream(websocket: WebSocket) -> None:
         if access is None:
             try:
                 first = await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT)
-                frame = json.loads(first)
+                frame = decode_json(first, "the frame")
                 access = await _authenticate(websocket, str(frame.get("token", "")))
             except (TimeoutError, ValueError, AttributeError, KeyError, LoaclError,
                     WebSocketDisconnect):
@@ -441,9 +440,9 @@ def _decoded(raw: str | None) -> dict[str, Any] | str:
     if raw is None:
         return "send JSON text"
     try:
-        frame = json.loads(raw)
-    except ValueError:
-        return "not JSON"
+        frame = decode_json(raw, "the frame")
+    except LoaclError as exc:
+        return exc.message
     return frame if isinstance(frame, dict) else "a frame is a JSON object"
 
 
@@ -476,6 +475,7 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
 endpoints = [
     Socket("/api/v1/widgets/{id}/stream", stream,
            "WebSocket: streamed replies, resumable (see the description)", describe(),
-           tag="chat", auth="visitor", query=(("token", "the visitor token (or an auth frame)"),),
+           tag="chat", auth="visitor",
+           query=(Param("token", "the visitor token (or an auth frame)"),),
            codes=("origin_not_allowed", "widget_not_found", "rate_limited")),
 ]

@@ -93,7 +93,8 @@ CLOSE_MEANINGS: Final = {
     Close.SERVER_ERROR: "the server failed; reconnect",
     Close.RESTARTING: "the server is restarting; the reply in flight is kept as interrupted",
     Close.TOO_SLOW: "too slow to keep up; reconnect and resume from the last offset",
-    Close.BAD_TOKEN: "the token (query parameter or auth frame) was missing or invalid",
+    Close.BAD_TOKEN: "the token (query parameter or auth frame) was missing or invalid, or "
+                     "the first frame was not an auth frame (not JSON, or nested too deeply)",
     Close.ORIGIN_NOT_ALLOWED: "the page's Origin is not allowed (when a denial response "
                               "cannot be sent)",
     Close.IDLE: "no frame for ws_idle_seconds while no reply streamed",

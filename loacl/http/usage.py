@@ -11,10 +11,11 @@ from starlette.responses import JSONResponse, Response
 
 from loacl.http.auth import current_owner
 from loacl.http.common import widgets
-from loacl.http.routing import Endpoint
+from loacl.http.routing import Endpoint, Param
 from loacl.services import usage
 from loacl.services.usage import UsageLine
 
+DATE = {"type": "string", "format": "date"}
 DESCRIPTION = (
     "Usage of your widgets from `from` to `to` (UTC days, both included; default: the 30 days "
     "to today), up to the last reply that ended. `group_by` is `day` (default), `widget` or "
@@ -69,8 +70,10 @@ endpoints = [
     Endpoint("get", "/api/v1/usage", get_usage,
              "Replies, tokens and estimated cost of your widgets", "usage", auth="owner",
              description=DESCRIPTION, codes=("not_found",),
-             query=(("from", "first UTC day, YYYY-MM-DD (default: 29 days before to)"),
-                    ("to", "last UTC day, YYYY-MM-DD (default: today)"),
-                    ("group_by", "day (default), widget or assistant"),
-                    ("widget_id", "only this widget of yours"))),
+             query=(Param("from", "first UTC day, YYYY-MM-DD (default: 29 days before to)",
+                          DATE),
+                    Param("to", "last UTC day, YYYY-MM-DD (default: today)", DATE),
+                    Param("group_by", "day (default), widget or assistant",
+                          {"type": "string", "enum": ["day", "widget", "assistant"]}),
+                    Param("widget_id", "only this widget of yours"))),
 ]

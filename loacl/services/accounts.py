@@ -18,6 +18,7 @@ from loacl.domain.privacy import OWNER, subject
 from loacl.services.mail import Mailer, OutboxTransport
 from loacl.services.passwords import Passwords, check_password
 from loacl.services.ratelimit import RateLimiter
+from loacl.services.throttle import LoginThrottle, source_key
 from loacl.services.tokens import (
     Tokens,
     new_id,
@@ -32,7 +33,7 @@ from loacl.store.views.accounts import UserView
 
 log = structlog.get_logger(__name__)
 
-FAILURE_WINDOW = 15 * 60
+HOUR = 60 * 60
 RETRIES = 3  # a use case re-decides this often when its stream moved on meanwhile
 
 
@@ -85,9 +86,16 @@ class Accounts:
         def seconds() -> float:
             return clock().timestamp()
 
-        self.account_failures = RateLimiter(5, FAILURE_WINDOW, seconds)
-        self.ip_failures = RateLimiter(20, FAILURE_WINDOW, seconds)
-        self.mail_limit = RateLimiter(3, 60 * 60, seconds)
+        self.logins = LoginThrottle(
+            per_source=settings.login_ip_failures,
+            per_account_source=settings.login_account_failures,
+            account_alarm=settings.login_account_alarm,
+            window_seconds=settings.login_window_minutes * 60,
+            clock=seconds,
+        )
+        self.registrations = RateLimiter(settings.register_per_ip_hour, HOUR, seconds)
+        self.resets = RateLimiter(settings.reset_per_ip_hour, HOUR, seconds)
+        self.mail_limit = RateLimiter(3, HOUR, seconds)
 
     @classmethod
     def for_operator(cls, store: EventStore, settings: Settings) -> Accounts:
@@ -165,14 +173,56 @@ class Accounts:
             "/api/v1/auth/verify-email", token, base_url,
         )
 
+    def _send_taken_notice(self, user_id: str, email: str, base_url: str) -> None:
+        if self.mail_limit.retry_after(f"taken:{user_id}"):
+            log.info("auth.taken_notice_rate_limited", user_id=user_id)
+            return
+        self.mail_limit.hit(f"taken:{user_id}")
+        base = (self.settings.public_url or base_url).rstrip("/")
+        self.mailer.send(
+            email, "Someone tried to register your address with LOACL",
+            "Someone (perhaps you) tried to register a new LOACL account with this e-mail "
+            "address, which has an account already. No second account was made.\n\n"
+            "To log in, use your password. If you forgot it, ask for a reset:\n\n"
+            f"  curl -X POST {base}/api/v1/auth/reset-password -H 'Content-Type: "
+            f"application/json' -d '{{\"email\": \"{email}\"}}'\n\n"
+            "If it was not you, ignore this mail: nothing changed.\n",
+        )
+
     # -- use cases --------------------------------------------------------------------------
 
     async def register(
-        self, email: str, password: str, name: str | None, base_url: str, meta: Metadata
-    ) -> UserView:
-        user = await self._create(email, password, name, verified=False, meta=meta)
-        self._send_verification(user.user_id, user.email, base_url)
-        return user
+        self, email: str, password: str, name: str | None, client_ip: str, base_url: str,
+        meta: Metadata,
+    ) -> str:
+        """Register an owner and mail the verification link; returns the normalised address.
+
+        An address that has an account already gets the same answer (nobody learns who has
+        one); its owner gets a mail saying that someone tried, instead of a second account.
+        Counted per client address before the password is hashed."""
+        email = normalize_email(email)
+        check_password(password)
+        self.registrations.check(
+            f"register:{source_key(client_ip)}", "too many registrations; try again later"
+        )
+        existing = await accounts_view.credentials(self.store, email)
+        if existing is None:
+            try:
+                user = await self._create(email, password, name, verified=False, meta=meta)
+            except LoaclError as exc:
+                if exc.code != "email_taken":
+                    raise
+                # Registered at this very moment by another request: the same as taken.
+                existing = await accounts_view.credentials(self.store, email)
+            else:
+                self._send_verification(user.user_id, user.email, base_url)
+                return user.email
+        else:
+            # As long as a new account takes, so that the time does not tell either.
+            await self.passwords.hash(password)
+        if existing is not None:
+            self._send_taken_notice(existing.user_id, existing.email, base_url)
+        return email
 
     async def create_user(
         self, email: str, password: str, name: str | None, *, verified: bool, meta: Metadata
@@ -229,20 +279,15 @@ class Accounts:
             email = normalize_email(email)
         except LoaclError:
             email = email.strip().lower()
-        account_key, ip_key = f"login:{email.lower()}", f"ip:{client_ip}"
-        wait = max(self.account_failures.retry_after(account_key),
-                   self.ip_failures.retry_after(ip_key))
-        if wait:
-            raise LoaclError(
-                "rate_limited", "too many failed logins; try again later", retry_after=wait
-            )
+        # Counted before the slow hash check, as a failure until it proves right: parallel
+        # guesses are each counted before any is checked.
+        attempt = self.logins.begin(email.lower(), client_ip)
         found = await accounts_view.credentials(self.store, email)
         stored = found.password_hash if found is not None else None
         if not await self.passwords.verify(stored, password) or found is None:
-            self.account_failures.hit(account_key)
-            self.ip_failures.hit(ip_key)
+            log.info("auth.login_failed", source=attempt.source)
             raise LoaclError("invalid_credentials", "wrong e-mail address or password")
-        self.account_failures.reset(account_key)
+        self.logins.succeeded(attempt)
         user_id = found.user_id
         if self.passwords.needs_rehash(stored or ""):
             state, version = await self._load_user(user_id)
@@ -257,20 +302,15 @@ class Accounts:
                 )
         return await self._start_session(user_id, meta)
 
-    async def check_password(self, user_id: str, password: str) -> None:
-        """Refuse, as a failed login would, unless ``password`` is the owner's: asked again
-        before something that cannot be undone (deleting the account)."""
+    async def check_password(self, user_id: str, password: str, client_ip: str) -> None:
+        """Refuse, as a failed login would (and counted as one), unless ``password`` is the
+        owner's: asked again before what cannot be undone (deleting the account)."""
         user = await self.user(user_id)
-        key = f"login:{user.email.lower()}"
-        wait = self.account_failures.retry_after(key)
-        if wait:
-            raise LoaclError(
-                "rate_limited", "too many failed attempts; try again later", retry_after=wait
-            )
+        attempt = self.logins.begin(user.email.lower(), client_ip)
         found = await accounts_view.credentials(self.store, user.email)
         if found is None or not await self.passwords.verify(found.password_hash, password):
-            self.account_failures.hit(key)
             raise LoaclError("invalid_credentials", "wrong password")
+        self.logins.succeeded(attempt)
 
     async def _start_session(self, user_id: str, meta: Metadata) -> TokenPair:
         session_id = new_id()
@@ -339,7 +379,11 @@ class Accounts:
                     raise
 
     async def request_reset(self, email: str, client_ip: str, base_url: str) -> None:
-        """Always succeeds from the caller's view: nobody learns whether an account exists."""
+        """Always succeeds from the caller's view: nobody learns whether an account exists.
+        Limited per client address (429), whatever the address asked for."""
+        self.resets.check(
+            f"reset:{source_key(client_ip)}", "too many reset requests; try again later"
+        )
         try:
             email = normalize_email(email)
         except LoaclError:

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import structlog
 
+from loacl.private import write_private
 from loacl.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -54,10 +55,10 @@ class OutboxTransport:
         self.folder = folder
 
     def deliver(self, message: EmailMessage) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
         name = str(message["Message-ID"]).strip("<>").replace("@", "_").replace("/", "_")
         path = self.folder / f"{name}.eml"
-        path.write_bytes(bytes(message))
+        # 0600: an outbox mail holds a live verification or reset token.
+        write_private(path, bytes(message))
         log.info("mail.written", path=str(path), to=message["To"], subject=message["Subject"])
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 
 from loacl.domain.errors import LoaclError
+from loacl.private import private_file, private_folder
 from loacl.store import audit, integrity
 from loacl.store.sqlite import connect
 
@@ -25,7 +26,7 @@ class ServeLock:
         self._fd: int | None = None
 
     def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -62,9 +63,9 @@ def _copy(
 ) -> audit.AuditResult:
     if not db_path.exists():
         raise LoaclError("database_not_found", f"no database at {db_path}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".partial")
     partial.unlink(missing_ok=True)
+    private_file(partial)  # a backup holds everything the database does: 0600
     # Not connect(): it asks for WAL, which a read-only connection cannot set on a file in
     # rollback-journal mode (a backup made by this very function).
     source = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)

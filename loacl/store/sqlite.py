@@ -8,6 +8,7 @@ from pathlib import Path
 import structlog
 
 from loacl.domain.errors import LoaclError
+from loacl.private import private_file
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +38,9 @@ def database_path(url: str) -> Path:
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode: transactions are opened explicitly (BEGIN IMMEDIATE)."""
     if not readonly:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Made 0600 (in a 0700 folder) before SQLite opens it: SQLite gives the -wal, -shm and
+        # -journal files the database file's own mode.
+        private_file(path)
     uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
