@@ -45,7 +45,7 @@ from loacl.services.recovery import recover
 from loacl.services.retention import Retention
 from loacl.services.tokens import Tokens
 from loacl.services.widgets import Widgets
-from loacl.settings import Settings, jwt_secret
+from loacl.settings import MASTER_KEY_FILE, Settings, jwt_secret
 from loacl.store import integrity, migrations
 from loacl.store.backup import ServeLock
 from loacl.store.eventstore import Clock, EventStore, utc_now
@@ -83,7 +83,7 @@ def warn_open_files(settings: Settings) -> None:
     db = settings.database_path
     outbox = settings.data_dir / "outbox"
     paths = [settings.data_dir, db, Path(f"{db}-wal"), Path(f"{db}-shm"),
-             settings.data_dir / "jwt_secret", outbox]
+             settings.data_dir / "jwt_secret", settings.data_dir / MASTER_KEY_FILE, outbox]
     if outbox.is_dir():
         paths += sorted(outbox.glob("*.eml"))
     for path, mode in too_open(dict.fromkeys(paths)):

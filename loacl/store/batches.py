@@ -318,6 +318,9 @@ class BatchWriter:
             return None
         if subject in attempt.erased:
             raise LoaclError("subject_erased", erased_message(subject))
+        known = keyring.sealing_key(subject)  # the common case: no look-up, no scan
+        if known is not None:
+            return known
         return keyring.for_sealing(conn, subject, required=request.needs_key())
 
     def _accept(self, request: Append, recorded: list[RecordedEvent], attempt: _Attempt) -> None:

@@ -243,6 +243,10 @@ class Keyring:
     def known(self, subject: str) -> bool:
         return subject in self._by_subject
 
+    def sealing_key(self, subject: str) -> SealKey | None:
+        """The subject's key if it is in memory."""
+        return self._by_subject.get(subject)
+
     def prepare(self, conn: sqlite3.Connection, subjects: Iterable[str]) -> None:
         """Give every subject in ``subjects`` a data key, in a transaction of its own, unless it
         has one (or had one, erased). Run outside any other transaction."""
