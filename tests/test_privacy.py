@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import io
 import json
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 import types
 import typing
 import zipfile
@@ -536,3 +541,86 @@ def test_retention_erases_in_small_batches_and_runs_by_itself(tmp_path: Path) ->
         while later not in _erased(settings):
             assert datetime.now(UTC) < deadline, "the retention job did not run"
             portal.call(asyncio.sleep, 0.05)
+
+
+# -- a Litestream replica, restored after the erasure -----------------------------------------
+
+
+@contextlib.contextmanager
+def litestream(settings: Settings, replica: Path) -> Iterator[Path]:
+    """``litestream replicate`` of the settings' database into the folder ``replica``, as a
+    child process; yields its config."""
+    binary = Path(sys.executable).parent / "litestream"
+    config = settings.data_dir / "litestream.yml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(
+        "dbs:\n"
+        f"  - path: {json.dumps(str(settings.database_path.resolve()))}\n"
+        "    replica:\n"
+        f"      url: {json.dumps(replica.resolve().as_uri())}\n"
+        "      sync-interval: 100ms\n"
+    )
+    log = (settings.data_dir / "litestream.log").open("wb")
+    process = subprocess.Popen([str(binary), "replicate", "-config", str(config)],
+                               stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield config
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def restored(config: Path, settings: Settings, out: Path) -> Path:
+    out.unlink(missing_ok=True)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "litestream"), "restore", "-config", str(config),
+         "-o", str(out), str(settings.database_path.resolve())],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0 or not out.exists(), done.stderr
+    return out
+
+
+def test_a_replica_restored_after_the_erasure_holds_no_plaintext(tmp_path: Path) -> None:
+    settings = chat_settings(tmp_path, None, demo_widget=False)
+    replica = tmp_path / "replica"
+    copy = tmp_path / "restored.db"
+
+    def holds(kind: str) -> bool:
+        if not restored(config, settings, copy).exists():
+            return False
+        conn = sqlite3.connect(copy)
+        try:
+            return bool(conn.execute("SELECT 1 FROM events WHERE type = ?", (kind,)).fetchone())
+        finally:
+            conn.close()
+
+    with live(settings) as site:
+        owner = site.register()
+        widget_id = site.widget(provider="demo", model="demo")
+        visitor = site.visitor(widget_id)
+        with litestream(settings, replica) as config:
+            upload(site, visitor, FILE_NAME, FILE_TEXT)
+            assert site.post(visitor, QUESTION).status_code == 201
+            deadline = time.monotonic() + 60
+            while not holds("message.posted"):
+                assert time.monotonic() < deadline, "the replica did not catch up"
+                time.sleep(0.2)
+            assert absent(copy.read_bytes(), QUESTION, FILE_TEXT), "the check could not fail"
+            erased = site.http.delete(f"/api/v1/conversations/{visitor.conversation_id}",
+                                      headers=owner)
+            assert erased.status_code == 204
+            while not holds("privacy.erased"):
+                assert time.monotonic() < deadline, "the replica did not catch up"
+                time.sleep(0.2)
+    assert absent(copy.read_bytes(), QUESTION, FILE_NAME, FILE_TEXT) == []
+    conn = sqlite3.connect(copy)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        conn.close()

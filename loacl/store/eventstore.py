@@ -154,14 +154,16 @@ class EventStore:
             thread, self._thread = self._thread, None
             self._queue.put(_STOP)
             await asyncio.to_thread(thread.join)
+        # The keyring's read-only connection first: the last connection to close checkpoints
+        # the WAL into the file and removes it, which a read-only one cannot do.
+        if self.keyring is not None:
+            self.keyring.close()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
-        if self.keyring is not None:
-            self.keyring.close()
         self.broker.close()
         self.notifier.close()
 
