@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -243,9 +244,9 @@ def _append_after_the_fold(
 
     def read(
         conn: sqlite3.Connection, after: int = 0, limit: int | None = None,
-        keys: Opener | None = None,
+        keys: Opener | None = None, unopened: Any = None,
     ) -> list[RecordedEvent]:
-        events = read_all_sync(conn, after, limit, keys)
+        events = read_all_sync(conn, after, limit, keys, unopened)
         if limit is not None and not events and not calls:
             calls.append(after)
             append_now(path, first, 2)

@@ -5,7 +5,7 @@ all read the log through these."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -36,18 +36,21 @@ new_record = tuple.__new__  # positional, without NamedTuple's keyword handling:
 
 
 def decode_rows(
-    rows: Iterable[Sequence[Any]], keys: codec.Opener | None = None
+    rows: Iterable[Sequence[Any]], keys: codec.Opener | None = None, *,
+    unopened: Container[int] | None = None,
 ) -> list[RecordedEvent]:
     """Rows of the events table as records, sealed fields opened with ``keys``. Replay decodes
     every event through here, so the look-ups are hoisted out of the loop and a record is built
     as a plain tuple. The events of one append share their metadata and those of one commit
     their time: each is decoded once per run of equal values. Events written before sealing
-    existed (up to ``keys.sealed_after``) are read as they are."""
+    existed (up to ``keys.sealed_after``) are read as they are, and so are those whose position
+    is in ``unopened`` (replay's, see ``replay.superseded``)."""
     # Keyed by type alone (a tuple key costs more than the rest of the loop): an event of an
     # older schema version than the one cached takes the slow path.
     decoders: dict[str, tuple[int, Callable[[str | bytes], Event], Callable[..., Event]]] = {}
     new, record = new_record, RecordedEvent
     sealed_after = keys.sealed_after if keys is not None else 0
+    skip: Container[int] = unopened if unopened is not None else ()
     metadata_raw: Any = None
     time_raw: Any = None
     metadata = Metadata()
@@ -71,7 +74,7 @@ def decode_rows(
             metadata, metadata_raw = found_md, raw_md
         if raw_at != time_raw:
             when, time_raw = codec.parse_time(raw_at), raw_at
-        event = found[1](payload) if seq > sealed_after else found[2](payload)
+        event = found[2](payload) if seq <= sealed_after or seq in skip else found[1](payload)
         append(new(record, (seq, stream, version, event, metadata, when, hash_)))
     return out
 
@@ -83,7 +86,10 @@ def stream_version(conn: sqlite3.Connection, stream: str) -> int:
 def read_all_sync(
     conn: sqlite3.Connection, after: int = 0, limit: int | None = None,
     keys: codec.Opener | None = None,
+    unopened: Callable[[list[Any]], Container[int]] | None = None,
 ) -> list[RecordedEvent]:
+    """``unopened`` picks, from the rows read, the positions whose sealed fields are left as
+    they are (replay's superseded deltas)."""
     rows = conn.execute(READ_ALL, (after, -1 if limit is None else limit)).fetchall()
-    return decode_rows(rows, keys)
+    return decode_rows(rows, keys, unopened=unopened(rows) if unopened is not None else None)
 
