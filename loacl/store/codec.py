@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import operator
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -84,6 +85,33 @@ def _sealed_fields(cls: type[Event]) -> tuple[tuple[str, bytes], ...]:
     return tuple((name, aad) for name, aad in _fields(cls) if aad is not None)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Shape:
+    """How a class with personal fields is written with some of them replaced: its fields' values
+    in order (one C call), the positions to seal, and a struct of the same fields to encode."""
+
+    values: Callable[[Event], tuple[Any, ...]]
+    personal: tuple[tuple[int, bytes], ...]
+    wire: type[msgspec.Struct]
+
+
+_SHAPES: dict[type[Event], _Shape] = {}
+
+
+def _shape(cls: type[Event]) -> _Shape:
+    found = _SHAPES.get(cls)
+    if found is None:
+        fields = _fields(cls)
+        names = [name for name, _ in fields]
+        getter = operator.attrgetter(*names)
+        found = _SHAPES[cls] = _Shape(
+            (lambda event: (getter(event),)) if len(names) == 1 else getter,
+            tuple((i, aad) for i, (_, aad) in enumerate(fields) if aad is not None),
+            msgspec.defstruct(f"{cls.__name__}Sealed", [(name, Any) for name in names]),
+        )
+    return found
+
+
 def encode_payload(event: Event, key: Sealer | None = None) -> str:
     """The event as JSON, its personal fields sealed with ``key`` (plain without one)."""
     cls = type(event)
@@ -94,13 +122,13 @@ def encode_payload(event: Event, key: Sealer | None = None) -> str:
         for name, _ in _sealed_fields(cls)
     ):
         return _encoder.encode(event).decode()
-    data: dict[str, Any] = {}
-    for name, aad in _fields(cls):
-        value = getattr(event, name)
-        if aad is not None and value:
-            value = PLAIN + value if key is None else key.seal(aad, value)
-        data[name] = value
-    return _encoder.encode(data).decode()
+    shape = _shape(cls)
+    values = list(shape.values(event))
+    for i, aad in shape.personal:
+        value = values[i]
+        if value:
+            values[i] = PLAIN + value if key is None else key.seal(aad, value)
+    return _encoder.encode(shape.wire(*values)).decode()
 
 
 def encode_metadata(metadata: Metadata) -> str:

@@ -46,6 +46,7 @@ _HEAD = 1 + _KEY_ID_BYTES  # version and key id
 _NONCE = 12
 _MAX_CACHED = 50_000
 METADATA_AAD = b"metadata.client_ip"
+_b2a = binascii.b2a_base64
 
 # -- nonces -------------------------------------------------------------------------------------
 
@@ -137,8 +138,9 @@ class SealKey:
 
     def seal(self, aad: bytes, text: str) -> str:
         iv = nonce()
-        sealed = self.head + iv + self.aes.encrypt(iv, text.encode(), aad)
-        return MARK + binascii.b2a_base64(sealed, newline=False).decode("ascii")
+        return MARK + _b2a(
+            self.head + iv + self.aes.encrypt(iv, text.encode(), aad), newline=False
+        ).decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
