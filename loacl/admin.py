@@ -14,6 +14,7 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
 from loacl.providers import check_model
 from loacl.services.accounts import Accounts
+from loacl.services.keys import keyring_for
 from loacl.services.tokens import new_id
 from loacl.settings import Settings
 from loacl.store.eventstore import NO_STREAM, EventStore
@@ -28,7 +29,9 @@ def open_store(settings: Settings) -> EventStore:
         raise LoaclError(
             "database_not_found", f"no database at {settings.database_path}; run loacl migrate up"
         )
-    return EventStore(settings.database_path, default_projections())
+    return EventStore(
+        settings.database_path, default_projections(), keyring=keyring_for(settings)
+    )
 
 
 async def create_user(

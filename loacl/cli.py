@@ -17,8 +17,11 @@ from typing import Any, TextIO
 
 from loacl import __version__
 from loacl.domain.errors import LoaclError
+from loacl.services.keys import keyring_for
+from loacl.services.privacy import Erasure
 from loacl.settings import Settings, SettingsError, load_settings
 from loacl.store import audit, backup, integrity, migrations, rebuild, replay, tail
+from loacl.store.keys import Keyring
 from loacl.store.projections import default_projections
 from loacl.store.sqlite import connect
 from loacl.store.tail import StoredEvent
@@ -121,7 +124,10 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     show = _progress("replay", sys.stderr)
     result: replay.ReplayResult
     try:
-        result = rebuild.rebuild(settings.database_path, default_projections(), progress=show)
+        result = rebuild.rebuild(
+            settings.database_path, default_projections(), progress=show,
+            keys=keyring_for(settings),
+        )
     except LoaclError as exc:
         if exc.code != "database_in_use":
             raise
@@ -130,7 +136,10 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
               "rebuild into a fresh file, which also repairs damaged tables)", file=sys.stderr)
         conn = _open(settings)
         try:
-            result = replay.replay(conn, default_projections(), progress=show)
+            result = replay.replay(
+                conn, default_projections(), progress=show,
+                keys=keyring_for(settings).attach(conn),
+            )
         finally:
             conn.close()
     print(f"replayed {result.events} events into {len(result.tables)} tables: "
@@ -176,7 +185,9 @@ def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
     from loacl.store import repair
 
     out = Path(args.path)
-    result = repair.repair(settings.database_path, out, default_projections())
+    result = repair.repair(
+        settings.database_path, out, default_projections(), keys=keyring_for(settings)
+    )
     print(f"copied {result.copied} events into {out}")
     if result.lost:
         print(f"lost {result.lost_count} events that could not be read: positions "
@@ -209,12 +220,23 @@ def _event_json(event: StoredEvent, deltas: tail.Deltas | None = None) -> dict[s
     return shown
 
 
+def _reading_keys(settings: Settings, conn: sqlite3.Connection) -> Keyring | None:
+    """The keyring that opens sealed fields for display, or None without the master key (a
+    command that only reads makes no key) or before the database has sealing."""
+    try:
+        return keyring_for(settings, create=False).attach(conn)
+    except (FileNotFoundError, sqlite3.OperationalError):
+        return None
+
+
 def _print_event(
-    conn: sqlite3.Connection, event: StoredEvent, args: argparse.Namespace, out: TextIO
+    conn: sqlite3.Connection, event: StoredEvent, args: argparse.Namespace, out: TextIO,
+    keys: Keyring | None = None,
 ) -> None:
     """One line: the event, who caused it and its payload in short; a reply's end says how
     many delta events it closes (they are left out unless ``--deltas``)."""
-    deltas = None if args.deltas else tail.deltas_of(conn, event)
+    event = tail.opened(event, keys)
+    deltas = None if args.deltas else tail.deltas_of(conn, event, keys)
     if args.json:
         out.write(json.dumps(_event_json(event, deltas), separators=(",", ":")) + "\n")
         return
@@ -224,10 +246,13 @@ def _print_event(
               f"{folded}\n")
 
 
-def _show_event(conn: sqlite3.Connection, seq: int, as_json: bool) -> int:
-    event = tail.event_at(conn, seq)
-    if event is None:
+def _show_event(
+    conn: sqlite3.Connection, seq: int, as_json: bool, keys: Keyring | None
+) -> int:
+    found = tail.event_at(conn, seq)
+    if found is None:
         raise LoaclError("event_not_found", f"no event at position {seq}")
+    event = tail.opened(found, keys)
     if as_json:
         print(json.dumps(_event_json(event)))
         return 0
@@ -239,16 +264,17 @@ def _show_event(conn: sqlite3.Connection, seq: int, as_json: bool) -> int:
 
 def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
     conn = _open(settings)
+    keys = _reading_keys(settings, conn)
     try:
         if args.action == "show":
-            return _show_event(conn, args.seq, args.json)
+            return _show_event(conn, args.seq, args.json, keys)
         which = tail.EventFilter(args.stream, args.type, deltas=args.deltas)
         if args.since is not None:
             events = tail.events_after(conn, args.since, which)
         else:
             events = tail.last_events(conn, args.limit, which)
         for event in events:
-            _print_event(conn, event, args, sys.stdout)
+            _print_event(conn, event, args, sys.stdout, keys)
         sys.stdout.flush()
         position = events[-1].seq if events else (
             args.since if args.since is not None else tail.head(conn)
@@ -260,7 +286,7 @@ def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
         while args.follow:
             time.sleep(args.interval)
             for event in tail.events_after(conn, position, which):
-                _print_event(conn, event, args, sys.stdout)
+                _print_event(conn, event, args, sys.stdout, keys)
                 position = event.seq
             sys.stdout.flush()
         return 0
@@ -335,7 +361,7 @@ def _restore_from_replica(args: argparse.Namespace, settings: Settings) -> int:
         config = urls.write_config(settings.data_dir, db, url)
         try:
             done = restore.restore(config, db, moment, default_projections(),
-                                   default_subscribers())
+                                   default_subscribers(), keyring_for(settings))
         except LoaclError as exc:
             if exc.code == "replica_empty" and args.if_empty:
                 print(f"the replica {url} holds no backup yet: nothing restored "
@@ -523,6 +549,87 @@ def cmd_usage(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _print_erasure(found: Erasure, dry_run: bool) -> None:
+    verb = "would erase" if dry_run else "erased"
+    print(f"{verb} {found.scope}:")
+    if found.account:
+        print(f"  account {found.account}, its {found.sessions} open session(s)")
+    if found.widgets or found.assistants:
+        print(f"  {len(found.widgets)} widget(s) and {len(found.assistants)} assistant(s), "
+              "deleted")
+    print(f"  {len(found.conversations)} conversation(s): {found.messages} message(s), "
+          f"{found.files} file(s)")
+    for conversation_id in found.conversations:
+        print(f"    {conversation_id}")
+    if found.plain_events:
+        print(f"  {found.plain_events} of their events were written before personal fields were "
+              "sealed: their text stays in the log until `loacl privacy reseal NEW_FILE` is run "
+              "and its file put in place")
+    if not dry_run and not found.wal_cut:
+        print("  the WAL still holds pages written before: a running server cuts it at its next "
+              "retention round, or stop it and run `loacl privacy erase` again to cut it now")
+
+
+def cmd_privacy(args: argparse.Namespace, settings: Settings) -> int:
+    import loacl.privacy_admin as admin
+
+    if args.action == "erase":
+        found = asyncio.run(admin.erase(
+            settings, conversation=args.conversation, visitor=args.visitor, owner=args.owner,
+            dry_run=args.dry_run,
+        ))
+        _print_erasure(found, args.dry_run)
+        return 0
+    if args.action == "reseal":
+        out = Path(args.path)
+        done = admin.reseal(settings, out)
+        print(f"resealed {done.events} events into {out} ({done.plain} held plaintext; "
+              f"{done.keys_made} data key(s) made)")
+        if not done.audit.ok:
+            print(f"its audit FAILED at event {done.audit.bad_seq}: {done.audit.reason}")
+            return 1
+        print(f"audit ok. Stop the server, put it in place with `loacl restore --force {out}`, "
+              "then delete the old file's copies (the safety folder, older backups): they hold "
+              "the plaintext")
+        return 0
+    report = asyncio.run(admin.status(settings))
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    _print_rows(report["retention"], ["widget_id", "name", "retention_days", "due",
+                                      "oldest_activity"], False)
+    orphans = report["conversations_of_deleted_widgets"]
+    print(f"conversations erased: {report['conversations_erased']}; of deleted widgets (kept "
+          f"until erased by hand or with the account): {orphans}")
+    keys = report["data_keys"]
+    print(f"data keys: {keys['live']} live, {keys['erased']} erased; master key "
+          f"{report['master_key'] or '-'}")
+    for master, count in sorted(report["data_keys_by_master_key"].items()):
+        print(f"  {count} sealed with master key {master}")
+    before = report["events_before_sealing"]
+    if before:
+        print(f"events written before sealing (plaintext in the log): up to position {before}; "
+              "`loacl privacy reseal NEW_FILE` seals them")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    import loacl.privacy_admin as admin
+
+    done = admin.rotate(settings, forget_old=args.forget_old)
+    print(f"master key {done.new} now seals every data key ({done.rewrapped} sealed again)")
+    if done.from_settings:
+        print("master_key names it first; remove the old key(s) from master_key once no backup "
+              "that needs them is kept")
+    elif done.forgotten:
+        print("the old master key(s) were removed from the key file: backups made before now "
+              "cannot be read with it any more")
+    elif done.old:
+        print(f"the old master key(s) {', '.join(done.old)} stay in the key file, second, so "
+              "that older backups can still be read; run again with --forget-old to drop them")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loacl",
@@ -652,6 +759,33 @@ def build_parser() -> argparse.ArgumentParser:
     r = ssub.add_parser("reset", help="empty a table subscriber's tables and start it from 0")
     r.add_argument("name")
     p.set_defaults(func=cmd_subscribers)
+
+    p = sub.add_parser("privacy", help="erase personal data, see what retention will erase")
+    psub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    e = psub.add_parser(
+        "erase", help="erase a conversation, every conversation of a visitor, or an account"
+    )
+    which = e.add_mutually_exclusive_group(required=True)
+    which.add_argument("--conversation", metavar="ID")
+    which.add_argument("--visitor", metavar="ID")
+    which.add_argument("--owner", metavar="EMAIL",
+                       help="the account, its widgets, assistants and their conversations")
+    e.add_argument("--dry-run", action="store_true", help="say what would go; change nothing")
+    psub.add_parser(
+        "status", help="retention per widget (what is due), data keys, unsealed history"
+    ).add_argument("--json", action="store_true")
+    r = psub.add_parser(
+        "reseal", help="copy the log into a new file with every personal field sealed"
+    )
+    r.add_argument("path", help="the new file (must not exist)")
+    p.set_defaults(func=cmd_privacy)
+
+    p = sub.add_parser("keys", help="rotate the master key that seals the data keys")
+    ksub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    k = ksub.add_parser("rotate", help="seal every data key with a new master key (online)")
+    k.add_argument("--forget-old", action="store_true",
+                   help="drop the old master key from the key file afterwards")
+    p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("usage", help="replies and tokens per widget and UTC day")
     p.add_argument("--widget", help="only this widget's")

@@ -6,6 +6,9 @@ has one (``DATABASE_URL``, ``JWT_SECRET_KEY``, ...) and are ``LOACL_<KEY>`` othe
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import ipaddress
 import json
 import os
@@ -37,8 +40,10 @@ ENV_NAMES = {
 
 # Never echoed in error messages.
 SECRET_KEYS = frozenset(
-    {"jwt_secret_key", "openai_api_key", "chat_completions_api_key", "smtp_password"}
+    {"jwt_secret_key", "openai_api_key", "chat_completions_api_key", "smtp_password",
+     "master_key"}
 )
+MASTER_KEY_FILE = "master_key"
 
 
 class ModelPrice(BaseModel):
@@ -153,6 +158,12 @@ class Settings(BaseModel):
         None,
         min_length=32,
         description="Key for signing access tokens; generated once into the data folder if unset.",
+    )
+    master_key: str | None = Field(
+        None,
+        description="Key that seals the data keys of personal data (32 bytes, base64); several, "
+        "comma-separated, while rotating: the first seals, the others still open. Unset: one is "
+        "generated once into the data folder (`master_key`, mode 0600). Never in the database.",
     )
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = Field(
         "HS256", description="Algorithm for access tokens."
@@ -432,6 +443,22 @@ class Settings(BaseModel):
     def _hosts(cls, value: list[str]) -> list[str]:
         return [host.strip().lower() for host in value if host.strip()]
 
+    retention_check_minutes: float = Field(
+        10, ge=0, description="How often a running server erases conversations older than "
+        "their widget's `retention_days`, a few at a time; 0 turns it off."
+    )
+    retention_batch: int = Field(
+        20, ge=1, le=1000, description="Conversations erased in one step of the retention job; "
+        "visitors' writes go between steps."
+    )
+
+    @field_validator("master_key")
+    @classmethod
+    def _master_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_master_keys(value)
+        return value
+
     @property
     def database_path(self) -> Path:
         from loacl.store.sqlite import database_path
@@ -531,6 +558,68 @@ def jwt_secret(settings: Settings) -> str:
     finally:
         partial.unlink()
     return path.read_text().strip()
+
+
+def parse_master_keys(text: str) -> list[bytes]:
+    """Master keys written as base64 (standard or URL-safe), separated by commas or lines."""
+    keys = []
+    for part in text.replace("\n", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            key = base64.urlsafe_b64decode(part.replace("+", "-").replace("/", "_") + "==")
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != 32:
+            raise ValueError("a master key is 32 bytes written in base64 (44 characters)")
+        keys.append(key)
+    if not keys:
+        raise ValueError("no master key given")
+    return keys
+
+
+def format_master_key(key: bytes) -> str:
+    return base64.urlsafe_b64encode(key).decode()
+
+
+def master_keys(settings: Settings, *, create: bool = True) -> list[bytes]:
+    """The master keys, the one that seals first: from ``master_key``, or from the data
+    folder's ``master_key`` file, generated once (mode 0600) as the JWT secret is (unless not
+    ``create``: a command that only reads makes none)."""
+    if settings.master_key:
+        return parse_master_keys(settings.master_key)
+    path = settings.data_dir / MASTER_KEY_FILE
+    try:
+        return parse_master_keys(path.read_text())
+    except FileNotFoundError:
+        if not create:
+            raise
+    write_master_keys(settings, [secrets.token_bytes(32)], create=True)
+    return parse_master_keys(path.read_text())
+
+
+def write_master_keys(settings: Settings, keys: list[bytes], *, create: bool = False) -> Path:
+    """Write the data folder's master key file, whole or not at all (mode 0600). With
+    ``create`` an existing file is kept: a process starting at the same moment made it first."""
+    private_folder(settings.data_dir)
+    path = settings.data_dir / MASTER_KEY_FILE
+    partial = path.with_name(f".{MASTER_KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("".join(format_master_key(key) + "\n" for key in keys))
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        if create:
+            # Another process made it first: theirs is kept.
+            with contextlib.suppress(FileExistsError):
+                os.link(partial, path)
+        else:
+            os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
 
 
 def settings_table() -> str:

@@ -33,6 +33,7 @@ from loacl.services.accounts import normalize_email
 from loacl.services.mail import Mailer
 from loacl.services.passwords import Passwords
 from loacl.settings import Settings
+from tests.sealed import opened_rows
 
 if TYPE_CHECKING:
     import httpx2  # what starlette's TestClient speaks
@@ -105,13 +106,13 @@ def make_client(
 
 
 def event_rows(settings: Settings, after: int = 0) -> list[tuple[str, str, str]]:
-    conn = sqlite3.connect(settings.database_path)
-    try:
-        return conn.execute(
-            "SELECT type, payload, metadata FROM events WHERE seq > ? ORDER BY seq", (after,)
-        ).fetchall()
-    finally:
-        conn.close()
+    """(type, payload, metadata) of each event after ``after``, sealed fields opened."""
+    rows = opened_rows(
+        settings,
+        "SELECT type, schema_version, payload, metadata FROM events WHERE seq > ? ORDER BY seq",
+        (after,),
+    )
+    return [(kind, payload, metadata) for kind, _, payload, metadata in rows]
 
 
 def event_types(settings: Settings, after: int = 0) -> list[str]:

@@ -38,6 +38,7 @@ from loacl.services.budgets import (
     price_of,
 )
 from loacl.services.demo import DEMO_OWNER, demo_enabled
+from loacl.services.keys import keyring_for
 from loacl.services.mail import Mailer
 from loacl.settings import ModelPrice, Settings
 from loacl.store import codec
@@ -429,7 +430,9 @@ async def test_the_mail_is_sent_once_per_period_and_threshold(
     [mail] = mails(settings)
     assert "used up its daily budget" in str(mail["Subject"])
     # Handed the same replies again (a crash before the checkpoint moved), it sends nothing.
-    async with EventStore(settings.database_path, default_projections()) as store:
+    async with EventStore(
+        settings.database_path, default_projections(), keyring=keyring_for(settings)
+    ) as store:
         handler = BudgetMail(Budgets(store, settings), Mailer.from_settings(settings))
         await handler.handle(await store.read_all())
     assert len(mails(settings)) == 1

@@ -41,6 +41,7 @@ from loacl.openai_testserver import (
 )
 from loacl.providers import provider_for
 from loacl.providers.base import Provider, ProviderError, ReplyRequest, ReplyResult
+from loacl.services.keys import keyring_for
 from loacl.services.replies import retry_delay
 from loacl.settings import Settings
 from loacl.store import audit
@@ -49,6 +50,7 @@ from loacl.store.projections import default_projections
 from loacl.store.replay import dump_tables, replay
 from loacl.store.sqlite import connect
 from tests.live import OPEN_LIMITS, serve
+from tests.sealed import opened_rows
 
 ORIGIN = "http://localhost:3000"
 PASSWORD = "correct horse battery staple"
@@ -174,18 +176,16 @@ class Row:
 
 
 def log_of(settings: Settings, conversation_id: str | None = None) -> list[Row]:
-    conn = sqlite3.connect(settings.database_path)
-    try:
-        if conversation_id is None:
-            rows = conn.execute("SELECT seq, type, payload FROM events ORDER BY seq").fetchall()
-        else:
-            rows = conn.execute(
-                "SELECT seq, type, payload FROM events WHERE stream = ? ORDER BY seq",
-                (conversation_stream(conversation_id),),
-            ).fetchall()
-    finally:
-        conn.close()
-    return [Row(seq, kind, json.loads(payload)) for seq, kind, payload in rows]
+    """The log (or one conversation's events), sealed fields opened."""
+    select = "SELECT type, schema_version, payload, metadata, seq FROM events"
+    if conversation_id is None:
+        rows = opened_rows(settings, f"{select} ORDER BY seq")
+    else:
+        rows = opened_rows(
+            settings, f"{select} WHERE stream = ? ORDER BY seq",
+            (conversation_stream(conversation_id),),
+        )
+    return [Row(seq, kind, json.loads(payload)) for kind, _, payload, _, seq in rows]
 
 
 def event_count(settings: Settings) -> int:
@@ -208,7 +208,7 @@ def replay_matches(settings: Settings) -> None:
     try:
         live_tables = dump_tables(conn, tables)
         assert live_tables["messages"], "nothing to compare"
-        replay(conn, default_projections())
+        replay(conn, default_projections(), keys=keyring_for(settings).attach(conn))
         assert dump_tables(conn, tables) == live_tables
     finally:
         conn.close()
@@ -782,7 +782,9 @@ async def test_fifty_visitors_at_once_each_get_their_own_complete_answer(
 async def seed(settings: Settings, conversation_id: str, turns: int) -> list[str]:
     """``turns`` questions and answers appended straight to the log; their message ids."""
     ids: list[str] = []
-    async with EventStore(settings.database_path, default_projections()) as store:
+    async with EventStore(
+        settings.database_path, default_projections(), keyring=keyring_for(settings)
+    ) as store:
         for n in range(turns):
             question, answer = f"{conversation_id}-q{n:03d}", f"{conversation_id}-a{n:03d}"
             await store.append(conversation_stream(conversation_id), [
@@ -923,7 +925,9 @@ def test_a_reply_cut_off_by_a_stop_is_closed_as_interrupted_at_start_up(tmp_path
         assert site.post(visitor, "before the crash").status_code == 201
 
     async def crashed_mid_reply() -> None:
-        async with EventStore(settings.database_path, default_projections()) as store:
+        async with EventStore(
+            settings.database_path, default_projections(), keyring=keyring_for(settings)
+        ) as store:
             stream = conversation_stream(visitor.conversation_id)
             await store.append(stream, [
                 MessagePosted(conversation_id=visitor.conversation_id, message_id="m-crash",

@@ -20,11 +20,12 @@ from loacl import __version__
 from loacl.cli import main
 from loacl.domain import accounts
 from loacl.domain.events import Event, Metadata
-from loacl.settings import CONFIG_ENV, ENV_NAMES
+from loacl.settings import CONFIG_ENV, ENV_NAMES, Settings, write_master_keys
 from loacl.store import eventstore
 from loacl.store.eventstore import EventStore
+from loacl.store.keys import Keyring, MasterKeys
 from loacl.store.projections import default_projections
-from tests.test_replay_catalog import _live
+from tests.test_replay_catalog import MASTER, _live
 
 Cli = Callable[..., tuple[int, str, str]]
 EXPIRES = datetime(2030, 1, 1, tzinfo=UTC)
@@ -189,8 +190,10 @@ def test_tail_json(log: Path, cli: Cli) -> None:
 
 
 @pytest.fixture
-def chat_log(db_path: Path) -> Path:
-    """A conversation whose reply streamed as three delta events, and an owner's change."""
+def chat_log(db_path: Path, clean_env: Path) -> Path:
+    """A conversation whose reply streamed as three delta events (sealed, with the master key
+    the CLI finds in its data folder), and an owner's change."""
+    write_master_keys(Settings(data_dir=clean_env / "data"), [MASTER])
     asyncio.run(_live(db_path, [("assistant", 0, 0), ("widget", 0, 0), ("conversation", 0, 0),
                                 ("ask", 0, 4), ("stream", 0, 4), ("stream", 0, 3),
                                 ("stream", 0, 5), ("finish", 0, 0)]))
@@ -211,8 +214,13 @@ def test_tail_folds_a_replys_deltas_into_its_end(chat_log: Path, cli: Cli) -> No
         "assistant.created", "widget.created", "conversation.started", "message.posted",
         "assistant.started", "assistant.completed", "user.registered"]
     completed = lines[5]
-    texts = [json.loads(r[5])["text"] for r in rows(chat_log, "type = 'assistant.delta'")]
+    conn = sqlite3.connect(chat_log)
+    keys = Keyring(MasterKeys(lambda: [MASTER])).attach(conn)
+    texts = [keys.open(json.loads(r[5])["text"], b"assistant.delta.text")
+             for r in rows(chat_log, "type = 'assistant.delta'")]
+    conn.close()
     assert completed.endswith(f"[3 deltas, {sum(map(len, texts))} chars]")
+    assert 'text="' + "".join(texts)[:20] in completed  # opened for the operator
     assert " by -  message_id=" in completed  # nobody named in its metadata
     assert ' by user:u1  user_id="u1" email="u1@example.org"' in lines[6]
     assert max(map(len, lines)) < 220  # long texts are cut, not printed whole

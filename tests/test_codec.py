@@ -49,6 +49,7 @@ from loacl.domain.conversations import (
 )
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import EVENT_TYPES, Event, Metadata
+from loacl.domain.privacy import SubjectErased
 from loacl.domain.widgets import (
     ConversationStarted,
     WidgetBudget,
@@ -143,6 +144,10 @@ SAMPLES: dict[str, Event] = {
             sha256="9f" * 32,
         ),
         FileSentToProvider(file_id="fil_9", provider="openai", provider_file_id="file-abc"),
+        SubjectErased(
+            subject="conversation:cnv_5T", reason="request", requested_by="usr_01J9Z3",
+            scope="visitor:vis_8P",
+        ),
     ]
 }
 

@@ -28,8 +28,11 @@ from websockets.asyncio.client import connect
 from websockets.typing import Origin
 
 from loacl.openai_testserver import OpenAITestServer, Stall, running
+from loacl.services.keys import keyring_for
+from loacl.settings import Settings
 from loacl.store import audit, replay
 from loacl.store.projections import default_projections
+from tests.sealed import opened_rows
 from tests.test_stream import MODEL, ORIGIN, PASSWORD, WAIT, Tab, contiguous, reply_text
 
 pytestmark = pytest.mark.e2e
@@ -129,8 +132,12 @@ def rows(database: Path, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
 
 
 def reply_events(database: Path, message_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """The reply's events, sealed fields opened with the server's master key."""
+    settings = Settings(database_url=f"sqlite:///{database}", data_dir=database.parent / "data")
     out = []
-    for kind, payload in rows(database, "SELECT type, payload FROM events ORDER BY seq"):
+    for kind, _, payload, _ in opened_rows(
+        settings, "SELECT type, schema_version, payload, metadata FROM events ORDER BY seq"
+    ):
         body = json.loads(payload)
         if body.get("message_id") == message_id:
             out.append((str(kind), body))
@@ -253,7 +260,10 @@ async def test_a_reply_cut_by_a_crash_is_closed_as_interrupted(
         assert checked.ok, checked
         projections = default_projections()
         live = replay.dump_tables(conn, projections.tables)
-        replay.replay(conn, projections)
+        keys = keyring_for(Settings(
+            database_url=f"sqlite:///{server.database}", data_dir=server.folder / "data"
+        ))
+        replay.replay(conn, projections, keys=keys.attach(conn))
         assert replay.dump_tables(conn, projections.tables) == live
     finally:
         conn.close()

@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 
 from loacl.domain.errors import LoaclError
 from loacl.http.app import create_app
-from loacl.settings import Settings
+from loacl.settings import Settings, write_master_keys
 from loacl.store import migrations, replay
 from loacl.store.backup import restore
 from loacl.store.projections import default_projections
@@ -29,7 +29,7 @@ from loacl.store.sqlite import connect
 from loacl.store.watch import Watch
 from tests.conftest import RunCli
 from tests.live import serve
-from tests.test_replay_catalog import _live
+from tests.test_replay_catalog import MASTER, _live
 
 Cli = Callable[..., tuple[int, str, str]]
 TABLES = default_projections().tables
@@ -62,7 +62,9 @@ def db(base: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def cli(db: Path, run_cli: RunCli) -> Cli:
+def cli(db: Path, run_cli: RunCli, chdir_tmp: Path) -> Cli:
+    # The master key the log was sealed with, where the CLI looks for it (./data).
+    write_master_keys(Settings(data_dir=chdir_tmp / "data"), [MASTER])
     return functools.partial(run_cli, db)
 
 

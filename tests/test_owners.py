@@ -35,6 +35,7 @@ from loacl.http.validation import merge_patch
 from loacl.openai_testserver import HttpError, ModelInfo, OpenAITestServer, running
 from loacl.settings import Settings
 from tests.live import serve
+from tests.sealed import opened_rows
 
 PASSWORD = "correct horse battery staple"
 MISSING = object()  # a patch value that removes the key
@@ -54,18 +55,16 @@ class Row:
 
 
 def events(settings: Settings, after: int = 0) -> list[Row]:
-    conn = sqlite3.connect(settings.database_path)
-    try:
-        rows = conn.execute(
-            "SELECT seq, stream, version, type, payload, metadata FROM events WHERE seq > ? "
-            "ORDER BY seq",
-            (after,),
-        ).fetchall()
-    finally:
-        conn.close()
+    """The events after ``after``, sealed fields opened; ``raw`` is the row as stored."""
+    rows = opened_rows(
+        settings,
+        "SELECT type, schema_version, payload, metadata, seq, stream, version, "
+        "payload || metadata FROM events WHERE seq > ? ORDER BY seq",
+        (after,),
+    )
     return [
-        Row(seq, stream, version, kind, json.loads(payload), json.loads(meta), payload + meta)
-        for seq, stream, version, kind, payload, meta in rows
+        Row(seq, stream, version, kind, json.loads(payload), json.loads(meta), raw)
+        for kind, _, payload, meta, seq, stream, version, raw in rows
     ]
 
 
@@ -430,7 +429,8 @@ VALID_WIDGETS = [
     pytest.param(
         {},
         {"allowed_origins": [], "settings": DEFAULT_SETTINGS, "messages_per_minute": 10,
-         "enabled": True, "require_identity": False, "budget": DEFAULT_BUDGET},
+         "enabled": True, "require_identity": False, "budget": DEFAULT_BUDGET,
+         "retention_days": None},
         id="minimal-defaults",
     ),
     pytest.param(
@@ -438,16 +438,16 @@ VALID_WIDGETS = [
         {"allowed_origins": [], "settings": DEFAULT_SETTINGS, "messages_per_minute": 10,
          "enabled": True, "require_identity": False,
          "budget": {**DEFAULT_BUDGET, "daily_tokens": 5000, "monthly_tokens": 0,
-                    "monthly_cost": 2.5}},
+                    "monthly_cost": 2.5}, "retention_days": None},
         id="own-budget",
     ),
     pytest.param(
         {"name": "W" * 200, "allowed_origins": ["https://shop.example.com"],
          "settings": FULL_SETTINGS, "limits": {"messages_per_minute": 600}, "enabled": False,
-         "require_identity": True},
+         "require_identity": True, "retention_days": 36_500},
         {"allowed_origins": ["https://shop.example.com"], "settings": FULL_SETTINGS,
          "messages_per_minute": 600, "enabled": False, "require_identity": True,
-         "budget": DEFAULT_BUDGET},
+         "budget": DEFAULT_BUDGET, "retention_days": 36_500},
         id="every-field-at-its-limit",
     ),
     pytest.param(
@@ -460,14 +460,14 @@ VALID_WIDGETS = [
          "settings": {**DEFAULT_SETTINGS, "theme": "light", "accent_color": "#0a0B0c",
                       "locale": "fr"},
          "messages_per_minute": 1, "enabled": True, "require_identity": False,
-         "budget": DEFAULT_BUDGET},
+         "budget": DEFAULT_BUDGET, "retention_days": None},
         id="origins-normalised-and-deduplicated",
     ),
     pytest.param(
         {"allowed_origins": [f"https://s{i}.example.com" for i in range(50)]},
         {"allowed_origins": [f"https://s{i}.example.com" for i in range(50)],
          "settings": DEFAULT_SETTINGS, "messages_per_minute": 10, "enabled": True,
-         "require_identity": False, "budget": DEFAULT_BUDGET},
+         "require_identity": False, "budget": DEFAULT_BUDGET, "retention_days": None},
         id="fifty-origins",
     ),
 ]
@@ -491,6 +491,7 @@ def test_create_widget(world: World, extra: dict[str, Any], definition: dict[str
     assert created["enabled"] is definition["enabled"]
     assert created["require_identity"] is definition["require_identity"]
     assert created["budget"] == definition["budget"]
+    assert created["retention_days"] == definition["retention_days"]
 
     appended = events(world.settings, before)
     assert [(r.stream, r.version, r.type) for r in appended] == [
@@ -590,6 +591,10 @@ INVALID_WIDGETS = [
     pytest.param({"enabled": "maybe"}, "validation_error", "enabled", id="enabled-not-bool"),
     pytest.param({"require_identity": [1]}, "validation_error", "require_identity",
                  id="require-identity-not-bool"),
+    pytest.param({"retention_days": 0}, "validation_error", "retention_days",
+                 id="retention-zero"),
+    pytest.param({"retention_days": 36_501}, "validation_error", "retention_days",
+                 id="retention-too-long"),
     pytest.param({"color": "#fff"}, "validation_error", "color", id="unknown-field"),
 ]
 

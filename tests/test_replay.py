@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -18,6 +19,7 @@ from loacl.domain import accounts
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Event, RecordedEvent
 from loacl.store import audit, backup, migrations, replay
+from loacl.store.codec import Opener
 from loacl.store.eventstore import NO_STREAM, EventStore, read_all_sync
 from loacl.store.projections import Projections, default_projections
 from loacl.store.sqlite import connect
@@ -241,9 +243,10 @@ def _append_after_the_fold(
     calls: list[int] = []
 
     def read(
-        conn: sqlite3.Connection, after: int = 0, limit: int | None = None
+        conn: sqlite3.Connection, after: int = 0, limit: int | None = None,
+        keys: Opener | None = None, unopened: Any = None,
     ) -> list[RecordedEvent]:
-        events = read_all_sync(conn, after, limit)
+        events = read_all_sync(conn, after, limit, keys, unopened)
         if limit is not None and not events and not calls:
             calls.append(after)
             append_now(path, first, 2)

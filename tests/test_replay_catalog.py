@@ -1,6 +1,7 @@
 """Replay equals live for assistants, widgets, conversations, messages and files: random valid
-sequences of commands, run through the domain's decisions and the event store, then every read
-table dumped before and after ``replay`` and compared row by row."""
+sequences of commands (erasures among them), run through the domain's decisions and an event
+store that seals personal fields, then every read table dumped before and after ``replay``
+(which reads erased fields as ``[erased]``) and compared row by row."""
 
 from __future__ import annotations
 
@@ -18,17 +19,21 @@ from loacl.domain import assistants as asst
 from loacl.domain import conversations as conv
 from loacl.domain import widgets as wdg
 from loacl.domain.errors import LoaclError
-from loacl.domain.events import Event
+from loacl.domain.events import Event, Metadata
+from loacl.domain.privacy import SubjectErased
 from loacl.store import audit, migrations, replay
 from loacl.store.eventstore import NO_STREAM, EventStore
+from loacl.store.keys import Keyring, MasterKeys
 from loacl.store.projections import default_projections
 from loacl.store.sqlite import connect
 
 TABLES = default_projections().tables
 KINDS = [
     "assistant", "edit_assistant", "delete_assistant", "widget", "edit_widget", "rotate",
-    "delete_widget", "conversation", "upload", "ask", "stream", "finish", "send_file",
+    "delete_widget", "conversation", "upload", "ask", "stream", "finish", "send_file", "erase",
+    "erase_owner",
 ]
+MASTER = bytes(range(32))
 TEXTS = ["Bonjour", "Où est mon colis ? 📦", "", "**bold** and `code`", "a" * 300]
 
 
@@ -38,6 +43,7 @@ class World:
     widgets: list[str] = field(default_factory=list)
     conversations: list[str] = field(default_factory=list)
     files: dict[str, list[str]] = field(default_factory=dict)
+    erased: set[str] = field(default_factory=set)
     counter: int = 0
 
     def new(self, prefix: str) -> str:
@@ -78,7 +84,9 @@ async def _step(store: EventStore, world: World, kind: str, a: int, b: int) -> N
         kind = "assistant"
     if kind in {"edit_widget", "rotate", "delete_widget", "conversation"} and not world.widgets:
         kind = "widget" if world.assistants else "assistant"
-    if kind in {"upload", "ask", "stream", "finish", "send_file"} and not world.conversations:
+    if kind in {"upload", "ask", "stream", "finish", "send_file", "erase"} and (
+        not world.conversations
+    ):
         kind = "conversation" if world.widgets else ("widget" if world.assistants
                                                       else "assistant")
     owner = f"owner{a % 2}"
@@ -151,8 +159,27 @@ async def _step(store: EventStore, world: World, kind: str, a: int, b: int) -> N
             expected_version=NO_STREAM,
         )
         return
+    if kind == "erase_owner":
+        owner_id = f"owner{a % 2}"
+        if owner_id in world.erased:
+            return
+        world.erased.add(owner_id)
+        await store.append(f"user-{owner_id}", [SubjectErased(
+            subject=f"owner:{owner_id}", reason="request", requested_by="test",
+            scope=f"owner:{owner_id}",
+        )])
+        return
     conversation_id = world.conversations[a % len(world.conversations)]
+    if conversation_id in world.erased:
+        return
     stream = wdg.conversation_stream(conversation_id)
+    if kind == "erase":
+        world.erased.add(conversation_id)
+        await store.append(stream, [SubjectErased(
+            subject=f"conversation:{conversation_id}", reason="retention",
+            requested_by="retention", scope=f"conversation:{conversation_id}",
+        )], metadata=Metadata(client_ip="192.0.2.1"))
+        return
     talk, version = await store.load(stream, conv.Conversation(), conv.evolve_conversation)
     if kind == "upload":
         file_id = world.new("f")
@@ -193,12 +220,17 @@ async def _step(store: EventStore, world: World, kind: str, a: int, b: int) -> N
             conv.AssistantInterrupted(message_id=running.message_id, text=running.text),
         ]
         events = [end[b % 3]]
-    await store.append(stream, events, expected_version=version)
+    await store.append(stream, events, expected_version=version,
+                       metadata=Metadata(client_ip=f"192.0.2.{b}"))
+
+
+def _keys() -> Keyring:
+    return Keyring(MasterKeys(lambda: [MASTER]))
 
 
 async def _live(path: Path, commands: list[tuple[str, int, int]]) -> None:
     world = World()
-    async with EventStore(path, default_projections()) as store:
+    async with EventStore(path, default_projections(), keyring=_keys()) as store:
         for command in commands:
             await _step(store, world, *command)
 
@@ -220,7 +252,7 @@ def test_replay_equals_live_for_widgets_and_conversations(
         asyncio.run(_live(path, commands))
         live = replay.dump_tables(conn, TABLES)
         (count,) = conn.execute("SELECT count(*) FROM events").fetchone()
-        result = replay.replay(conn, default_projections())
+        result = replay.replay(conn, default_projections(), keys=_keys().attach(conn))
         assert result.events == count
         rebuilt = replay.dump_tables(conn, TABLES)
         for table in TABLES:

@@ -22,6 +22,7 @@ from starlette.testclient import TestClient
 
 from loacl.http.app import create_app
 from loacl.openai_testserver import OpenAITestServer
+from loacl.services.keys import keyring_for
 from loacl.settings import Settings, SettingsError, load_settings
 from loacl.store import audit, backup, codec, cut, replay
 from loacl.store.backup import ServeLock
@@ -245,7 +246,8 @@ def test_a_cut_is_the_database_as_it_was_at_that_event(
     conn.close()
 
     out = tmp_path / "cut.db"
-    count = cut.cut(source, out, last, default_projections(), default_subscribers())
+    count = cut.cut(source, out, last, default_projections(), default_subscribers(),
+                    keyring_for(settings))
     assert count == last
     assert rows(out, "SELECT * FROM events ORDER BY seq") == rows(
         reference, "SELECT * FROM events ORDER BY seq")

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import socket
-import sqlite3
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from loacl.http.validation import MAX_JSON_BODY, MAX_JSON_DEPTH
 from loacl.settings import Settings
 from loacl.store.backup import backup
 from tests.live import OPEN_LIMITS, serve
+from tests.sealed import opened_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -70,12 +70,12 @@ class World:
     visitor: dict[str, str]
 
     def events(self) -> list[tuple[str, dict[str, Any]]]:
-        conn = sqlite3.connect(self.settings.database_path, timeout=WAIT)
-        try:
-            rows = conn.execute("SELECT type, metadata FROM events ORDER BY seq").fetchall()
-        finally:
-            conn.close()
-        return [(kind, json.loads(meta)) for kind, meta in rows]
+        """(type, metadata) of each event, the client address opened with the master key."""
+        rows = opened_rows(
+            self.settings,
+            "SELECT type, schema_version, payload, metadata FROM events ORDER BY seq",
+        )
+        return [(kind, json.loads(meta)) for kind, _, _, meta in rows]
 
     def session(self, **headers: str) -> httpx.Response:
         return self.http.post(f"/api/v1/widgets/{self.widget_id}/sessions", json={},

@@ -42,6 +42,7 @@ from loacl.services.replies import Run
 from loacl.settings import Settings
 from loacl.store.views.conversations import MessageView
 from tests.live import serve
+from tests.sealed import opened_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -64,6 +65,7 @@ def reply_text(words: int = 60, tag: str = "") -> str:
 
 class Log:
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.path = settings.database_path
 
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
@@ -86,9 +88,11 @@ class Log:
 
     def events(self, message_id: str) -> list[tuple[str, dict[str, Any]]]:
         """The reply's events in log order: (type, payload)."""
-        rows = self._rows("SELECT type, payload FROM events ORDER BY seq")
+        rows = opened_rows(
+            self.settings, "SELECT type, schema_version, payload, metadata FROM events ORDER BY seq"
+        )
         out = []
-        for kind, payload in rows:
+        for kind, _, payload, _ in rows:
             body = json.loads(payload)
             if body.get("message_id") == message_id:
                 out.append((str(kind), body))

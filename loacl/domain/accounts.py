@@ -16,12 +16,15 @@ class UserRegistered(Event):
     email: str
     name: str | None
     password_hash: str
+    personal = ("email", "name", "password_hash")
+    not_personal = ("user_id",)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EmailVerified(Event):
     event_type = "user.email_verified"
     user_id: str
+    not_personal = ("user_id",)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,6 +33,8 @@ class PasswordChanged(Event):
     user_id: str
     password_hash: str
     reason: str  # "reset" | "rehash"
+    personal = ("password_hash",)
+    not_personal = ("user_id", "reason")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,6 +44,8 @@ class SessionStarted(Event):
     user_id: str
     refresh_token_hash: str
     expires_at: datetime
+    # A digest of a random token: it says nothing about the person.
+    not_personal = ("session_id", "user_id", "refresh_token_hash")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,13 +55,15 @@ class SessionRefreshed(Event):
     previous_token_hash: str
     refresh_token_hash: str
     expires_at: datetime
+    not_personal = ("session_id", "previous_token_hash", "refresh_token_hash")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionRevoked(Event):
     event_type = "session.revoked"
     session_id: str
-    reason: str  # "logout" | "refresh_token_reused" | "password_reset"
+    reason: str  # "logout" | "refresh_token_reused" | "password_reset" | "account_deleted"
+    not_personal = ("session_id", "reason")
 
 
 def user_stream(user_id: str) -> str:

@@ -34,6 +34,8 @@ class AssistantCreated(Event):
     assistant_id: str
     owner_id: str
     definition: AssistantDefinition
+    # What the owner publishes to every visitor of its widgets: configuration, not a person's.
+    not_personal = ("assistant_id", "owner_id", "definition")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,12 +43,14 @@ class AssistantUpdated(Event):
     event_type = "assistant.updated"
     assistant_id: str
     definition: AssistantDefinition
+    not_personal = ("assistant_id", "definition")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AssistantDeleted(Event):
     event_type = "assistant.deleted"
     assistant_id: str
+    not_personal = ("assistant_id",)
 
 
 def assistant_stream(assistant_id: str) -> str:

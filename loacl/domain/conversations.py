@@ -17,6 +17,9 @@ class MessagePosted(Event):
     text: str
     file_ids: tuple[str, ...] = ()
     client_message_id: str | None = None
+    personal = ("text",)
+    # The client's id for a resend: chosen by the widget's code, not by the visitor.
+    not_personal = ("conversation_id", "message_id", "file_ids", "client_message_id")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -28,6 +31,8 @@ class AssistantStarted(Event):
     assistant_id: str
     provider: str
     model: str
+    not_personal = ("conversation_id", "message_id", "reply_to", "assistant_id", "provider",
+                    "model")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,6 +43,8 @@ class AssistantDelta(Event):
     message_id: str
     offset: int
     text: str
+    personal = ("text",)
+    not_personal = ("message_id",)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +60,8 @@ class AssistantCompleted(Event):
     text: str
     usage: Usage = field(default_factory=Usage)
     provider_request_id: str | None = None
+    personal = ("text",)
+    not_personal = ("message_id", "provider_request_id")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,6 +73,9 @@ class AssistantFailed(Event):
     code: str
     error: str
     text: str = ""
+    personal = ("text",)
+    # ``error`` is LOACL's own text for the code, never the provider's words.
+    not_personal = ("message_id", "code", "error")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,6 +85,8 @@ class AssistantInterrupted(Event):
     event_type = "assistant.interrupted"
     message_id: str
     text: str = ""
+    personal = ("text",)
+    not_personal = ("message_id",)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,6 +101,10 @@ class FileUploaded(Event):
     content_type: str
     size: int
     sha256: str
+    # The digest names the bytes (a fingerprint of the document): sealed with the name.
+    personal = ("filename", "sha256")
+    not_personal = ("file_id", "conversation_id", "widget_id", "visitor_id", "kind",
+                    "content_type")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,6 +113,7 @@ class FileSentToProvider(Event):
     file_id: str
     provider: str
     provider_file_id: str
+    not_personal = ("file_id", "provider", "provider_file_id")
 
 
 END_EVENTS = (AssistantCompleted, AssistantFailed, AssistantInterrupted)

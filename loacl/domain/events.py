@@ -2,6 +2,11 @@
 
 Events are frozen dataclasses so that the domain needs nothing outside the standard library;
 the store encodes them (msgspec) and pins their wire format with golden files.
+
+Each class also says, next to its fields, which of them hold personal data: ``personal`` names
+the top-level text fields the store seals with the key of the event's subject (see
+``loacl.domain.privacy``), and ``not_personal`` every other field that holds text, each
+decision made once, here. A test fails for a text field named in neither.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ EVENT_TYPES: dict[str, type[Event]] = {}
 class Event:
     event_type: ClassVar[str] = ""
     schema_version: ClassVar[int] = 1
+    # Fields of type str (or str | None) sealed with the subject's key: erased with it.
+    personal: ClassVar[tuple[str, ...]] = ()
+    # Fields holding text that is not personal data; a nested dataclass may be named whole.
+    not_personal: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

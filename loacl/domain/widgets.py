@@ -10,6 +10,7 @@ from loacl.domain.events import Event
 from loacl.domain.origins import normalize_origin
 
 MAX_ORIGINS = 50
+MAX_RETENTION_DAYS = 36_500
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,6 +45,8 @@ class WidgetDefinition:
     enabled: bool = True
     require_identity: bool = False
     budget: WidgetBudget = WidgetBudget()
+    # Conversations idle for longer are erased (``services.retention``); None keeps them.
+    retention_days: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +58,8 @@ class WidgetCreated(Event):
     widget_id: str
     owner_id: str
     definition: WidgetDefinition
+    # What every visitor of the widget is shown: the owner's configuration, not a person's.
+    not_personal = ("widget_id", "owner_id", "definition")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,12 +70,14 @@ class WidgetUpdated(Event):
     schema_version = 2
     widget_id: str
     definition: WidgetDefinition
+    not_personal = ("widget_id", "definition")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WidgetDeleted(Event):
     event_type = "widget.deleted"
     widget_id: str
+    not_personal = ("widget_id",)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,6 +88,7 @@ class WidgetSecretRotated(Event):
     event_type = "widget.secret_rotated"
     widget_id: str
     generation: int
+    not_personal = ("widget_id",)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +98,9 @@ class ConversationStarted(Event):
     widget_id: str
     visitor_id: str
     external_user_id: str | None = None
+    # The site's own id for a signed-in user (often an e-mail address or a customer number).
+    personal = ("external_user_id",)
+    not_personal = ("conversation_id", "widget_id", "visitor_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +180,13 @@ def checked(definition: WidgetDefinition) -> WidgetDefinition:
                 "validation_error", f"budget.{name}: 0 or more (0: no limit)",
                 errors=[{"field": f"budget.{name}", "message": "at least 0"}],
             )
+    if definition.retention_days is not None and not (
+        1 <= definition.retention_days <= MAX_RETENTION_DAYS
+    ):
+        raise LoaclError(
+            "validation_error", f"retention_days: 1 to {MAX_RETENTION_DAYS}, or null to keep",
+            errors=[{"field": "retention_days", "message": f"1 to {MAX_RETENTION_DAYS}"}],
+        )
     return replace(definition, allowed_origins=tuple(origins))
 
 

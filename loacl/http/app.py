@@ -20,6 +20,7 @@ from loacl.http import (
     health,
     openapi,
     owners,
+    privacy,
     routing,
     static,
     stream,
@@ -35,13 +36,16 @@ from loacl.services.budgets import BudgetMail, Budgets
 from loacl.services.chat import Chat
 from loacl.services.demo import Demo, demo_enabled
 from loacl.services.files import Files
+from loacl.services.keys import keyring_for
 from loacl.services.limits import VisitorLimits
 from loacl.services.mail import Mailer
 from loacl.services.passwords import Passwords
+from loacl.services.privacy import Privacy
 from loacl.services.recovery import recover
+from loacl.services.retention import Retention
 from loacl.services.tokens import Tokens
 from loacl.services.widgets import Widgets
-from loacl.settings import Settings, jwt_secret
+from loacl.settings import MASTER_KEY_FILE, Settings, jwt_secret
 from loacl.store import integrity, migrations
 from loacl.store.backup import ServeLock
 from loacl.store.eventstore import Clock, EventStore, utc_now
@@ -81,7 +85,7 @@ def warn_open_files(settings: Settings) -> None:
     db = settings.database_path
     outbox = settings.data_dir / "outbox"
     paths = [settings.data_dir, db, Path(f"{db}-wal"), Path(f"{db}-shm"),
-             settings.data_dir / "jwt_secret", outbox]
+             settings.data_dir / "jwt_secret", settings.data_dir / MASTER_KEY_FILE, outbox]
     if outbox.is_dir():
         paths += sorted(outbox.glob("*.eml"))
     for path, mode in too_open(dict.fromkeys(paths)):
@@ -96,6 +100,7 @@ def create_app(
     store = EventStore(
         settings.database_path, default_projections(), clock=clock,
         autocheckpoint=0 if settings.replica_url or settings.under_litestream else None,
+        keyring=keyring_for(settings, clock),
     )
     replication = None
     if settings.replica_url:
@@ -142,11 +147,13 @@ def create_app(
                 else:
                     await demo.retire()
                 await subscriptions.start()
+                retention.start()
                 watch.start()
                 log.info("loacl.started", version=__version__, database=str(store.path))
                 yield
             finally:
                 await watch.stop()
+                await retention.stop()
                 await chat_service.shutdown()
                 await mailer.drain()
                 # Before the store closes: a runner cut short resumes at its checkpoint.
@@ -161,7 +168,8 @@ def create_app(
     app = Starlette(
         routes=routing.routes(
             health.endpoints, openapi.endpoints, auth.endpoints, visitors.endpoints,
-            chat.endpoints, stream.endpoints, owners.endpoints, usage.endpoints, static.endpoints,
+            chat.endpoints, stream.endpoints, owners.endpoints, usage.endpoints,
+            privacy.endpoints, static.endpoints,
         ),
         middleware=[
             # First: every layer below sees the client's own address and scheme.
@@ -187,4 +195,9 @@ def create_app(
     app.state.demo = demo = Demo(store, settings, app.state.assistants, app.state.widgets)
     app.state.chat = chat_service = Chat(store, settings, limits=limits, budgets=budgets)
     app.state.files = Files(store, settings, limits)
+    app.state.privacy = Privacy(store, chat_service.stop)
+    app.state.retention = retention = Retention(
+        app.state.privacy, clock, every_seconds=settings.retention_check_minutes * 60,
+        batch=settings.retention_batch,
+    )
     return app

@@ -29,6 +29,7 @@ And by status::
     405 method_not_allowed
     409 email_taken, already_verified, assistant_in_use, reply_in_progress, conflict,
         conversation_exists, migration_refused, file_exists, events_would_be_lost
+    410 subject_erased
     412 version_conflict
     413 message_too_long, file_too_large, payload_too_large
     415 unsupported_file_type, unsupported_media_type
@@ -39,7 +40,8 @@ And by status::
     429 rate_limited, budget_exhausted, provider_rate_limited
     500 internal_error, store_error, log_damaged, unknown_event_type, unknown_schema_version,
         migration_failed, backup_corrupt, invalid_database_url, duplicate_subscriber,
-        database_damaged, chain_broken, database_unreadable
+        database_damaged, chain_broken, database_unreadable, master_key_missing,
+        data_key_missing, keys_unavailable
     502 provider_error
     503 provider_unavailable, store_unavailable, database_unavailable, store_closed,
         not_ready, interrupted, schema_out_of_date, schema_too_new, database_in_use,
@@ -114,6 +116,9 @@ ERRORS: dict[str, ErrorCode] = {
     "events_would_be_lost": ErrorCode(409, "CLI restore: the database holds events the backup "
                                            "does not (--force)"),
     "file_exists": ErrorCode(409, "CLI: the output file exists; repair never overwrites one"),
+    # 410
+    "subject_erased": ErrorCode(410, "the conversation (or account) was erased: nothing of it "
+                                     "is kept or taken any more"),
     # 412
     "version_conflict": ErrorCode(412, "If-Match names an old version: read it again"),
     # 413
@@ -169,6 +174,10 @@ ERRORS: dict[str, ErrorCode] = {
     "database_unreadable": ErrorCode(500, "restore: the current database cannot be read, so "
                                           "what it would lose is unknown (--force)"),
     "invalid_database_url": ErrorCode(500, "DATABASE_URL is not a sqlite:/// URL"),
+    "master_key_missing": ErrorCode(500, "the data keys are sealed with a master key this "
+                                         "LOACL does not have (master_key)"),
+    "data_key_missing": ErrorCode(500, "an event names a data key the key table lacks"),
+    "keys_unavailable": ErrorCode(500, "sealed fields were read without the database's keys"),
     # 502
     "provider_error": ErrorCode(502, "the AI provider failed or refused the request"),
     # 503

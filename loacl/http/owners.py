@@ -12,7 +12,13 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from loacl.domain.assistants import PROVIDERS, AssistantDefinition
 from loacl.domain.errors import LoaclError
-from loacl.domain.widgets import MAX_ORIGINS, WidgetBudget, WidgetDefinition, WidgetSettings
+from loacl.domain.widgets import (
+    MAX_ORIGINS,
+    MAX_RETENTION_DAYS,
+    WidgetBudget,
+    WidgetDefinition,
+    WidgetSettings,
+)
 from loacl.http.auth import current_owner
 from loacl.http.common import assistants, if_match, metadata, public_base, widgets, with_etag
 from loacl.http.resources import PATCH_TYPES, OwnedResource
@@ -79,8 +85,8 @@ class WidgetBody(Body):
     budget: BudgetBody = Field(default_factory=lambda: BudgetBody())
     enabled: bool = True
     require_identity: bool = False
-
-
+    # Conversations idle this many days are erased; null (the default) keeps them.
+    retention_days: int | None = Field(None, ge=1, le=MAX_RETENTION_DAYS)
 
 
 def _definition(request: Request, body: AssistantBody) -> AssistantDefinition:
@@ -107,6 +113,7 @@ def _widget_definition(_request: Request, body: WidgetBody) -> WidgetDefinition:
         messages_per_minute=body.limits.messages_per_minute,
         enabled=body.enabled, require_identity=body.require_identity,
         budget=WidgetBudget(**body.budget.model_dump()),
+        retention_days=body.retention_days,
     )
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from loacl.services.accounts import TokenPair
+from loacl.services.privacy import Export
 from loacl.store.views.accounts import UserView
 from loacl.store.views.assistants import AssistantView
 from loacl.store.views.conversations import ConversationView, MessagePage, MessageView
@@ -54,6 +56,7 @@ def widget_json(view: WidgetView) -> dict[str, Any]:
                    "daily_cost": d.budget.daily_cost, "monthly_cost": d.budget.monthly_cost},
         "enabled": d.enabled,
         "require_identity": d.require_identity,
+        "retention_days": d.retention_days,
         "version": view.version,
         "created_at": view.created_at,
         "updated_at": view.updated_at,
@@ -104,6 +107,7 @@ def conversation_json(view: ConversationView) -> dict[str, Any]:
         "created_at": view.created_at,
         "last_activity_at": view.last_activity_at,
         "message_count": view.message_count,
+        "erased_at": view.erased_at,
     }
 
 
@@ -113,6 +117,38 @@ def file_json(view: FileView) -> dict[str, Any]:
         "filename": view.filename, "kind": view.kind, "content_type": view.content_type,
         "size": view.size, "sha256": view.sha256, "created_at": view.created_at,
     }
+
+
+EXPORT_FORMAT = "loacl.conversation-export.v1"
+
+
+def export_json(export: Export, exported_at: str, *, with_content: bool) -> dict[str, Any]:
+    """A conversation as its visitor may take it away: every message and file, the files'
+    bytes in base64 (``with_content``) or named by their path in the ZIP beside it."""
+    files = []
+    for item in export.files:
+        body = file_json(item.view)
+        if with_content:
+            body["content_base64"] = (
+                base64.b64encode(item.data).decode() if item.data is not None else None
+            )
+        else:
+            body["path"] = export_path(item.view) if item.data is not None else None
+        files.append(body)
+    conversation = conversation_json(export.conversation)
+    conversation["widget_id"] = export.conversation.widget_id
+    return {
+        "format": EXPORT_FORMAT,
+        "exported_at": exported_at,
+        "conversation": conversation,
+        "messages": [message_json(m) for m in export.messages],
+        "files": files,
+    }
+
+
+def export_path(view: FileView) -> str:
+    """Where a file's bytes are in an export's ZIP: its id keeps two equal names apart."""
+    return f"files/{view.file_id}-{view.filename}"
 
 
 def user_json(user: UserView) -> dict[str, Any]:

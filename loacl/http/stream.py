@@ -27,6 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from loacl.domain.conversations import AssistantStarted
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
+from loacl.domain.privacy import SubjectErased
 from loacl.domain.widgets import VisitorAccess
 from loacl.http.chat import MessageBody
 from loacl.http.common import chat, client_ip, metadata, widgets
@@ -61,6 +62,8 @@ class Connection:
         self.settings = websocket.app.state.settings
         self.outbox = Outbox(OUTBOX_FRAMES)
         self.followers: dict[str, Follower] = {}
+        self.none_followed = asyncio.Event()  # set while no reply is being followed
+        self.none_followed.set()
         self.closing: Closing | None = None
         self.closed = asyncio.Event()
         # A reply that was streaming when this socket connected, not followed yet: the first
@@ -105,6 +108,7 @@ class Connection:
             old.stop()
         follower = Follower(self, run, offset)
         self.followers[run.message_id] = follower
+        self.none_followed.clear()
         window = self.settings.ws_coalesce_ms / 1000
         if window > 0:
             pacer_for(self.ws, window).add(follower)
@@ -136,6 +140,8 @@ class Connection:
         await self._send_end(run.message_id, run)
         if self.followers.get(run.message_id) is follower:
             del self.followers[run.message_id]
+            if not self.followers:
+                self.none_followed.set()
 
     async def _send_end(self, message_id: str, run: Run | None = None) -> None:
         message = await self.chat.outcome(message_id, run)
@@ -167,8 +173,18 @@ class Connection:
                 event = recorded.event
                 if isinstance(event, AssistantStarted):
                     await self._reply_started(event.message_id, event.reply_to)
+                elif isinstance(event, SubjectErased):
+                    await self._erased()
         except SubscriptionOverflow:
             self.close(Close.TOO_SLOW, "too slow to keep up; reconnect and resume")
+
+    async def _erased(self) -> None:
+        """The conversation was erased: the reply it stopped is told (``done``, interrupted),
+        then the socket closes as for a token no longer valid, and the widget starts afresh."""
+        # The reply was stopped before the erasure: its followers finish (done) and leave.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.none_followed.wait(), FLUSH_SECONDS)
+        self.close(Close.BAD_TOKEN, "this conversation was erased; start again")
 
     async def _reply_started(self, reply_id: str, reply_to: str) -> None:
         if self._following(reply_id):

@@ -14,6 +14,7 @@ from email_validator import EmailNotValidError, validate_email
 from loacl.domain import accounts as domain
 from loacl.domain.errors import ConflictError, LoaclError
 from loacl.domain.events import Metadata
+from loacl.domain.privacy import OWNER, subject
 from loacl.services.mail import Mailer, OutboxTransport
 from loacl.services.passwords import Passwords, check_password
 from loacl.services.ratelimit import RateLimiter
@@ -43,6 +44,11 @@ def normalize_email(email: str, field: str = "email") -> str:
         raise LoaclError(
             "validation_error", f"{field}: {exc}", errors=[{"field": field, "message": str(exc)}]
         ) from None
+
+
+def owner_subject(user_id: str) -> str:
+    """The subject a session's events belong to: its owner's account."""
+    return subject(OWNER, user_id)
 
 
 @dataclass(frozen=True)
@@ -296,6 +302,16 @@ class Accounts:
                 )
         return await self._start_session(user_id, meta)
 
+    async def check_password(self, user_id: str, password: str, client_ip: str) -> None:
+        """Refuse, as a failed login would (and counted as one), unless ``password`` is the
+        owner's: asked again before what cannot be undone (deleting the account)."""
+        user = await self.user(user_id)
+        attempt = self.logins.begin(user.email.lower(), client_ip)
+        found = await accounts_view.credentials(self.store, user.email)
+        if found is None or not await self.passwords.verify(found.password_hash, password):
+            raise LoaclError("invalid_credentials", "wrong password")
+        self.logins.succeeded(attempt)
+
     async def _start_session(self, user_id: str, meta: Metadata) -> TokenPair:
         session_id = new_id()
         refresh = new_refresh_token()
@@ -303,7 +319,7 @@ class Accounts:
         await self.store.append(
             domain.session_stream(session_id),
             domain.start_session(session_id, user_id, token_hash(refresh), expires),
-            expected_version=NO_STREAM, metadata=meta,
+            expected_version=NO_STREAM, metadata=meta, subject=owner_subject(user_id),
         )
         return TokenPair(
             self.tokens.issue_access(user_id, session_id), refresh, self.tokens.access_seconds
@@ -325,6 +341,7 @@ class Accounts:
                 await self.store.append(
                     domain.session_stream(state.session_id), events,
                     expected_version=version, metadata=meta,
+                    subject=owner_subject(state.user_id),
                 )
                 break
             except ConflictError:
@@ -353,6 +370,7 @@ class Accounts:
                 await self.store.append(
                     domain.session_stream(session_id), domain.revoke_session(state, reason),
                     expected_version=version, metadata=meta,
+                    subject=owner_subject(state.user_id),
                 )
                 return
             except ConflictError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from loacl.domain import assistants as domain
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
+from loacl.domain.privacy import OWNER, subject
 from loacl.providers import check_model as model_known
 from loacl.services.tokens import new_id
 from loacl.services.versions import expect_version
@@ -44,7 +45,7 @@ class Assistants:
             await model_known(self.settings, definition.provider, definition.model)
         await self.store.append(
             domain.assistant_stream(assistant_id), events,
-            expected_version=NO_STREAM, metadata=meta,
+            expected_version=NO_STREAM, metadata=meta, subject=subject(OWNER, owner_id),
         )
         return await self.get(owner_id, assistant_id)
 
@@ -62,7 +63,7 @@ class Assistants:
             await model_known(self.settings, definition.provider, definition.model)
         await self.store.append(
             domain.assistant_stream(assistant_id), events,
-            expected_version=version, metadata=meta,
+            expected_version=version, metadata=meta, subject=subject(OWNER, owner_id),
         )
         return await self.get(owner_id, assistant_id)
 
@@ -81,5 +82,5 @@ class Assistants:
             )
         await self.store.append(
             domain.assistant_stream(assistant_id), events,
-            expected_version=version, metadata=meta,
+            expected_version=version, metadata=meta, subject=subject(OWNER, owner_id),
         )

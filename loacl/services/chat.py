@@ -83,6 +83,17 @@ class Chat:
             task.cancel()
         await asyncio.gather(*replies, return_exceptions=True)
 
+    async def stop(self, conversation_id: str) -> None:
+        """End the conversation's reply in flight, if any, as interrupted, and wait until its
+        end event is written (before the conversation is erased)."""
+        run = self.runs.get(conversation_id)
+        if run is None:
+            return
+        tasks = [t for t in self._tasks if t.get_name() == f"reply-{run.message_id}"]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def running(self, conversation_id: str) -> Run | None:
         """The reply streaming in the conversation now, if any."""
         return self.runs.get(conversation_id)

@@ -88,15 +88,22 @@ class Files:
         digest = hashlib.sha256(data).hexdigest()
         await views.keep_blob(self.store, digest, data)
         file_id = new_id()
-        await self.store.append(
-            conversation_stream(access.conversation_id),
-            [FileUploaded(
-                file_id=file_id, conversation_id=access.conversation_id,
-                widget_id=access.widget_id, visitor_id=access.visitor_id, filename=filename,
-                kind=kind, content_type=CONTENT_TYPES[kind], size=len(data), sha256=digest,
-            )],
-            metadata=meta,
-        )
+        try:
+            await self.store.append(
+                conversation_stream(access.conversation_id),
+                [FileUploaded(
+                    file_id=file_id, conversation_id=access.conversation_id,
+                    widget_id=access.widget_id, visitor_id=access.visitor_id,
+                    filename=filename, kind=kind, content_type=CONTENT_TYPES[kind],
+                    size=len(data), sha256=digest,
+                )],
+                metadata=meta,
+            )
+        except LoaclError as exc:
+            if exc.code == "subject_erased":
+                # Erased while the bytes were being kept: they must not stay behind.
+                await views.drop_unnamed_blob(self.store, digest)
+            raise
         found = await views.file(self.store, file_id)
         assert found is not None  # the projection wrote it in the append's transaction
         return found

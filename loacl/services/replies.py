@@ -31,6 +31,7 @@ REPLY_ERRORS = {
     "interrupted": "The answer was interrupted; ask again.",
     "store_unavailable": "The answer could not be saved just now; try again shortly.",
     "database_unavailable": "The answer could not be saved just now; try again shortly.",
+    "subject_erased": "This conversation was erased.",
 }
 # The event store's own failures: named as such to visitors and in the log, never as the
 # provider's. A visitor may ask again after a few seconds.
@@ -253,6 +254,8 @@ class ReplyStream:
             self.failed(exc)
             if status == "interrupted":
                 self.run.status = "interrupted"
+            if exc.code == "subject_erased":
+                return None  # the conversation is gone: there is no end to write
             return end
         return None
 
@@ -268,6 +271,8 @@ class ReplyStream:
             try:
                 await self.store.append(self.stream, [end], metadata=self.meta)
             except LoaclError as exc:
+                if exc.code == "subject_erased":
+                    return  # erased meanwhile: nothing of it is to be written any more
                 log.warning("chat.end_not_saved", message_id=self.run.message_id,
                             code=exc.code, retry_in=min(wait * 2, most))
                 wait = min(wait * 2, most)
@@ -283,6 +288,8 @@ def _named(error: LoaclError) -> tuple[str, float | None]:
         return error.code, error.retry_after
     if error.code in STORE_CODES:
         return error.code, STORE_RETRY_AFTER
+    if error.code == "subject_erased":
+        return error.code, None
     if error.code.startswith("provider_"):
         return error.code, None
     return "provider_error", None

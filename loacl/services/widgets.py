@@ -11,6 +11,7 @@ from loacl.domain import widgets as domain
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
 from loacl.domain.origins import origin_allowed
+from loacl.domain.privacy import OWNER, subject
 from loacl.services.limits import VisitorLimits
 from loacl.services.tokens import Tokens, new_id
 from loacl.services.versions import expect_version
@@ -71,6 +72,7 @@ class Widgets:
         await self._check_assistant(owner_id, definition.assistant_id)
         await self.store.append(
             domain.widget_stream(widget_id), events, expected_version=NO_STREAM, metadata=meta,
+            subject=subject(OWNER, owner_id),
         )
         return await self.get(owner_id, widget_id)
 
@@ -84,6 +86,7 @@ class Widgets:
         await self._check_assistant(owner_id, definition.assistant_id)
         await self.store.append(
             domain.widget_stream(widget_id), events, expected_version=version, metadata=meta,
+            subject=subject(OWNER, owner_id),
         )
         return await self.get(owner_id, widget_id)
 
@@ -94,7 +97,8 @@ class Widgets:
         events = domain.rotate_secret(state, owner_id)
         expect_version("widget", version, if_match)
         await self.store.append(
-            domain.widget_stream(widget_id), events, expected_version=version, metadata=meta
+            domain.widget_stream(widget_id), events, expected_version=version, metadata=meta,
+            subject=subject(OWNER, owner_id),
         )
         return await self.get(owner_id, widget_id)
 
@@ -106,6 +110,7 @@ class Widgets:
         expect_version("widget", version, if_match)
         await self.store.append(
             domain.widget_stream(widget_id), events, expected_version=version, metadata=meta,
+            subject=subject(OWNER, owner_id),
         )
 
     # -- visitors ---------------------------------------------------------------------------
@@ -148,7 +153,9 @@ class Widgets:
             except LoaclError:
                 pass  # a stale token from another widget or an old key: start afresh
             else:
-                if claims.get("uid") is None:
+                if claims.get("uid") is None and not await conversation_views.erased(
+                    self.store, str(claims["cid"])
+                ):
                     return self._session_json(
                         widget_id, str(claims["sub"]), str(claims["cid"]), None
                     )
@@ -231,6 +238,9 @@ class Widgets:
             )
         if user_id is not None and claims.get("gen") != widget.secret_generation:
             raise LoaclError("invalid_token", "the site's identity secret changed; start again")
+        if await conversation_views.erased(self.store, str(claims["cid"])):
+            # The widget starts a new session on invalid_token, and gets a new conversation.
+            raise LoaclError("invalid_token", "this conversation was erased; start again")
         return domain.VisitorAccess(
             widget_id, str(claims["sub"]), str(claims["cid"]),
             None if user_id is None else str(user_id),

@@ -18,7 +18,9 @@ import structlog
 
 from loacl.domain.errors import ConflictError, LoaclError
 from loacl.domain.events import Event, Metadata, RecordedEvent
+from loacl.domain.privacy import SubjectErased
 from loacl.store import codec
+from loacl.store.keys import Keyring, SealKey, erased_message
 from loacl.store.projections import Projections
 from loacl.store.records import SELECT_EVENTS, decode_rows, new_record, stream_version
 
@@ -38,6 +40,8 @@ _HEAD = (
     "SELECT seq, hash, (SELECT indexed_seq FROM event_log_head WHERE id = 1) FROM events "
     "ORDER BY seq DESC LIMIT 1"
 )
+# How many erasures the database has seen: when it moved, the keys in memory are read again.
+_ERASURES = "SELECT erasures FROM key_state WHERE id = 1"
 # OR IGNORE: an entry already there is the same one (the writer checked every version under
 # the write lock); one that disagrees means a damaged log, which `loacl audit verify` names.
 # Refusing here would refuse every later append to every stream.
@@ -62,8 +66,21 @@ class Append:
     metadata: Metadata
     idempotency_key: str | None
     future: asyncio.Future[list[RecordedEvent]]
+    # Whose personal data the events hold (store.keys): sealed with that subject's key.
+    subject: str | None = None
     result: list[RecordedEvent] | BaseException = field(default_factory=list)
     replayed: bool = False
+
+    def needs_key(self) -> bool:
+        """Whether writing the request seals anything: a personal field with a value, or the
+        client's address."""
+        if self.subject is None:
+            return False
+        if self.metadata.client_ip:
+            return True
+        return any(
+            getattr(event, name) for event in self.events for name in type(event).personal
+        )
 
 
 @dataclass(eq=False, slots=True)
@@ -80,6 +97,7 @@ class _Attempt:
     rows: list[tuple[Any, ...]] = field(default_factory=list)
     keys: list[tuple[str, str, int, int]] = field(default_factory=list)
     by_key: dict[str, list[RecordedEvent]] = field(default_factory=dict)
+    erased: set[str] = field(default_factory=set)  # subjects erased by this batch so far
 
     def __post_init__(self) -> None:
         self.first_seq = self.seq
@@ -90,16 +108,22 @@ _WriteOne = Callable[[sqlite3.Connection, Append, _Attempt, int], bool]
 
 
 def _encode(
-    request: Append, attempt: _Attempt, version: int
+    request: Append, attempt: _Attempt, version: int, key: SealKey | None, keyring: Keyring | None
 ) -> tuple[list[tuple[Any, ...]], list[RecordedEvent]]:
-    """A request's rows of the log, each chained to the one before, and the same as records."""
+    """A request's rows of the log, each chained to the one before, and the same as records;
+    personal fields and the client's address sealed with ``key``."""
     stream, recorded_at, when = request.stream, attempt.recorded_at, attempt.when
     metadata = codec.encode_metadata(request.metadata)
+    if key is not None and request.metadata.client_ip and keyring is not None:
+        metadata = keyring.seal_metadata(
+            key, request.metadata, codec.encode_sealed_metadata, metadata
+        )
     seq, last_hash = attempt.seq, attempt.hash
     rows: list[tuple[Any, ...]] = []
     recorded: list[RecordedEvent] = []
+    encode = codec.encode_payload
     for offset, event in enumerate(request.events, start=1):
-        payload = codec.encode_payload(event)
+        payload = encode(event, key) if event.personal else encode(event)
         row_seq = seq + offset
         row_version = version + offset
         last_hash = codec.chain_hash(
@@ -111,6 +135,8 @@ def _encode(
         recorded.append(new_record(RecordedEvent, (
             row_seq, stream, row_version, event, request.metadata, when, last_hash,
         )))
+        if type(event) is SubjectErased:
+            attempt.erased.add(event.subject)
     return rows, recorded
 
 
@@ -123,11 +149,13 @@ class BatchWriter:
     remembers, between them, what it learnt of the log."""
 
     def __init__(
-        self, projections: Projections, clock: Callable[[], datetime], index_lag: int
+        self, projections: Projections, clock: Callable[[], datetime], index_lag: int,
+        keyring: Keyring | None = None,
     ) -> None:
         self.projections = projections
         self.clock = clock
         self.index_lag = index_lag
+        self.keyring = keyring
         # Stream versions as of our last commit, valid while nobody else appends.
         self._versions: dict[str, int] = {}
         self._last_seq = -1
@@ -141,13 +169,24 @@ class BatchWriter:
         rolled back and the batch is written again request by request, each in a savepoint, so
         that only the failing request is refused.
         """
+        keyring = self.keyring
+        if keyring is not None:
+            # New subjects get their keys first, committed on their own (store.keys).
+            keyring.prepare(conn, [
+                r.subject for r in batch
+                if r.subject is not None and not keyring.known(r.subject) and r.needs_key()
+            ])
         for write_one in (self._write_fast, self._write_careful):
             for request in batch:
                 request.result, request.replayed = [], False
             conn.execute("BEGIN IMMEDIATE")
             try:
-                if self._write_batch(conn, batch, write_one):
+                erased = self._write_batch(conn, batch, write_one)
+                if erased is not None:
                     conn.execute("COMMIT")
+                    if keyring is not None:
+                        for subject in erased:
+                            keyring.forget(subject)
                     return
                 conn.execute("ROLLBACK")
             except BaseException:
@@ -164,8 +203,9 @@ class BatchWriter:
 
     def _write_batch(
         self, conn: sqlite3.Connection, batch: list[Append], write_one: _WriteOne
-    ) -> bool:
-        """Write the batch inside the open transaction; False when ``write_one`` gave up."""
+    ) -> set[str] | None:
+        """Write the batch inside the open transaction; the subjects it erased, or None when
+        ``write_one`` gave up."""
         attempt = self._read_head(conn)
         for request in batch:
             if request.idempotency_key is not None and self._answer_retry(conn, request, attempt):
@@ -174,11 +214,11 @@ class BatchWriter:
             if version is None:
                 continue
             if not write_one(conn, request, attempt, version):
-                return False
+                return None
         self._insert_pending(conn, attempt)
         self._advance_index(conn, attempt)
         self._write_head(conn, attempt)
-        return True
+        return attempt.erased
 
     # -- the steps of a batch ---------------------------------------------------------------
 
@@ -192,6 +232,8 @@ class BatchWriter:
             # or this is the first batch: cached versions may be stale.
             self._versions.clear()
         self._indexed_seq = indexed
+        if self.keyring is not None:
+            self.keyring.observe(conn.execute(_ERASURES).fetchone()[0])
         recorded_at = codec.format_time(self.clock())
         return _Attempt(seq, prev_hash, indexed, recorded_at, codec.parse_time(recorded_at))
 
@@ -210,7 +252,7 @@ class BatchWriter:
         if not found:
             return False
         rows = conn.execute(_READ_RANGE, found).fetchall()
-        request.result, request.replayed = decode_rows(rows), True
+        request.result, request.replayed = decode_rows(rows, self.keyring), True
         return True
 
     def _check_version(self, conn: sqlite3.Connection, request: Append) -> int | None:
@@ -232,7 +274,9 @@ class BatchWriter:
         """Encode and project one request; its rows wait for one ``executemany`` at the end.
         False gives the attempt up: the batch is then written carefully."""
         try:
-            rows, recorded = _encode(request, attempt, version)
+            rows, recorded = _encode(
+                request, attempt, version, self._key(conn, request, attempt), self.keyring
+            )
             self.projections.apply(conn, recorded)
         except Exception:
             return False
@@ -250,7 +294,9 @@ class BatchWriter:
         try:
             # Encoding is guarded too: an event that cannot be encoded refuses its own
             # request, not the whole batch.
-            rows, recorded = _encode(request, attempt, version)
+            rows, recorded = _encode(
+                request, attempt, version, self._key(conn, request, attempt), self.keyring
+            )
             conn.executemany(_INSERT, rows)
             self.projections.apply(conn, recorded)
             if request.idempotency_key is not None:
@@ -263,6 +309,19 @@ class BatchWriter:
         conn.execute("RELEASE append")
         self._accept(request, recorded, attempt)
         return True
+
+    def _key(self, conn: sqlite3.Connection, request: Append, attempt: _Attempt) -> SealKey | None:
+        """The key the request's personal fields are sealed with; a subject erased (by this
+        batch, or before) takes no more events."""
+        subject, keyring = request.subject, self.keyring
+        if subject is None or keyring is None:
+            return None
+        if subject in attempt.erased:
+            raise LoaclError("subject_erased", erased_message(subject))
+        known = keyring.sealing_key(subject)  # the common case: no look-up, no scan
+        if known is not None:
+            return known
+        return keyring.for_sealing(conn, subject, required=request.needs_key())
 
     def _accept(self, request: Append, recorded: list[RecordedEvent], attempt: _Attempt) -> None:
         """The request is written: the next one follows its last event."""

@@ -1,17 +1,27 @@
-"""Event encoding (msgspec JSON), upcasting of old schema versions, and the hash chain."""
+"""Event encoding (msgspec JSON), sealed personal fields, upcasting of old schema versions, and
+the hash chain.
+
+An event class's ``personal`` fields are sealed with its subject's data key on the way into the
+log and opened on the way out (``store.keys``); everything else is plain JSON. Without a key
+(a store opened without a keyring) they are written plain, a value that happens to begin with
+NUL escaped so that it is never taken for a sealed one."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
+import operator
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import EVENT_TYPES, Event, Metadata
+from loacl.domain.privacy import Erased
+from loacl.store.keys import MARK, METADATA_AAD, PLAIN, Sealer
 
 GENESIS_HASH = "0" * 64
 
@@ -19,7 +29,15 @@ Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 # (type, from_version) -> function turning a payload of that version into the next version.
 UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 
-_encoder = msgspec.json.Encoder()
+
+
+def _as_builtin(value: object) -> object:
+    if isinstance(value, Erased):  # an erased field written again (a resealed copy)
+        return str(value)
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_as_builtin)
 _decoders: dict[type[Event], msgspec.json.Decoder[Any]] = {}
 _current: dict[tuple[str, int], Callable[[str | bytes], Any]] = {}
 _metadata_decoder = msgspec.json.Decoder(Metadata)
@@ -34,18 +52,154 @@ def upcaster(event_type: str, from_version: int) -> Callable[[Upcaster], Upcaste
     return register
 
 
-def encode_payload(event: Event) -> str:
-    return _encoder.encode(event).decode()
+class Opener(Protocol):
+    """What opens sealed values (``store.keys.Keyring``)."""
+
+    @property
+    def sealed_after(self) -> int: ...
+
+    def open(self, token: str, aad: bytes) -> str: ...
+
+
+Decode = Callable[[str | bytes], Event]
+_set = object.__setattr__
+
+
+_FIELDS: dict[type[Event], tuple[tuple[str, bytes | None], ...]] = {}
+
+
+def _fields(cls: type[Event]) -> tuple[tuple[str, bytes | None], ...]:
+    """Each field of the class in order, with the associated data its sealed value carries
+    (None for a field that is not personal)."""
+    found = _FIELDS.get(cls)
+    if found is None:
+        personal = set(cls.personal)
+        found = _FIELDS[cls] = tuple(
+            (f.name, f"{cls.event_type}.{f.name}".encode() if f.name in personal else None)
+            for f in dataclasses.fields(cls)
+        )
+    return found
+
+
+def _sealed_fields(cls: type[Event]) -> tuple[tuple[str, bytes], ...]:
+    return tuple((name, aad) for name, aad in _fields(cls) if aad is not None)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Shape:
+    """How a class with personal fields is written with some of them replaced: its fields' values
+    in order (one C call), the positions to seal, and a struct of the same fields to encode."""
+
+    values: Callable[[Event], tuple[Any, ...]]
+    personal: tuple[tuple[int, bytes], ...]
+    wire: type[msgspec.Struct]
+
+
+_SHAPES: dict[type[Event], _Shape] = {}
+
+
+def _shape(cls: type[Event]) -> _Shape:
+    found = _SHAPES.get(cls)
+    if found is None:
+        fields = _fields(cls)
+        names = [name for name, _ in fields]
+        getter = operator.attrgetter(*names)
+        found = _SHAPES[cls] = _Shape(
+            (lambda event: (getter(event),)) if len(names) == 1 else getter,
+            tuple((i, aad) for i, (_, aad) in enumerate(fields) if aad is not None),
+            msgspec.defstruct(f"{cls.__name__}Sealed", [(name, Any) for name in names]),
+        )
+    return found
+
+
+def encode_payload(event: Event, key: Sealer | None = None) -> str:
+    """The event as JSON, its personal fields sealed with ``key`` (plain without one)."""
+    cls = type(event)
+    if not cls.personal:
+        return _encoder.encode(event).decode()
+    if key is None and not any(
+        isinstance(value := getattr(event, name), str) and value.startswith(MARK)
+        for name, _ in _sealed_fields(cls)
+    ):
+        return _encoder.encode(event).decode()
+    shape = _shape(cls)
+    values = list(shape.values(event))
+    for i, aad in shape.personal:
+        value = values[i]
+        if value:
+            values[i] = PLAIN + value if key is None else key.seal(aad, value)
+    return _encoder.encode(shape.wire(*values)).decode()
 
 
 def encode_metadata(metadata: Metadata) -> str:
+    ip = metadata.client_ip
+    if ip is not None and ip.startswith(MARK):  # never a real address; kept apart all the same
+        metadata = dataclasses.replace(metadata, client_ip=PLAIN + ip)
+    return _encoder.encode(metadata).decode()
+
+
+def encode_sealed_metadata(metadata: Metadata) -> str:
+    """Metadata whose client IP is sealed already (``Keyring.seal_metadata``)."""
     return _encoder.encode(metadata).decode()
 
 
 @functools.lru_cache(maxsize=4096)
-def decode_metadata(raw: str | bytes) -> Metadata:
-    # Cached: the events of one append share their metadata, and Metadata is immutable.
+def _metadata(raw: str | bytes) -> Metadata:
+    # Cached: the events of one append share their metadata, and Metadata is immutable. A
+    # sealed client IP is cached sealed: the cache never holds what an erasure took away.
     return _metadata_decoder.decode(raw)
+
+
+def decode_metadata(raw: str | bytes, keys: Opener | None = None) -> Metadata:
+    metadata = _metadata(raw)
+    ip = metadata.client_ip
+    if ip is not None and ip.startswith(MARK):
+        return dataclasses.replace(metadata, client_ip=_open(ip, METADATA_AAD, keys))
+    return metadata
+
+
+def _open(token: str, aad: bytes, keys: Opener | None) -> str:
+    if token.startswith(PLAIN):
+        return token[2:]
+    if keys is None:
+        return _without_keys(token, aad)
+    return keys.open(token, aad)
+
+
+def _without_keys(token: str, aad: bytes) -> str:
+    raise LoaclError(
+        "keys_unavailable",
+        "this event's personal fields are sealed: read it through a store opened with the "
+        "database's master key",
+    )
+
+
+def _opening(plain: Decode, cls: type[Event], keys: Opener | None) -> Decode:
+    """``plain`` followed by opening the class's sealed fields (replay's hot path: one call
+    layer between the decoder and the cipher)."""
+    fields = _sealed_fields(cls)
+    open_ = keys.open if keys is not None else _without_keys
+    if len(fields) == 1:
+        ((name, aad),) = fields
+
+        def decode_one(raw: str | bytes) -> Event:
+            event = plain(raw)
+            value = getattr(event, name)
+            if value and value[0] == MARK:
+                _set(event, name, value[2:] if value[1:2] == "=" else open_(value, aad))
+            return event
+
+        return decode_one
+
+    def decode(raw: str | bytes) -> Event:
+        event = plain(raw)
+        for name, aad in fields:
+            value = getattr(event, name)
+            if value and value[0] == MARK:
+                _set(event, name, value[2:] if value[1:2] == "=" else open_(value, aad))
+        return event
+
+    return decode
 
 
 def event_class(event_type: str) -> type[Event]:
@@ -55,10 +209,9 @@ def event_class(event_type: str) -> type[Event]:
         raise LoaclError("unknown_event_type", f"no event type {event_type!r}") from None
 
 
-def payload_decoder(event_type: str, schema_version: int) -> Callable[[str | bytes], Event]:
-    """The function that decodes payloads of this type and schema version, upcasting old ones.
-
-    Replay asks once per type and version, then calls it for every event."""
+def plain_decoder(event_type: str, schema_version: int) -> Decode:
+    """The function that decodes payloads of this type and schema version as they are (sealed
+    fields left sealed), upcasting old ones."""
     fast = _current.get((event_type, schema_version))
     if fast is not None:
         return fast
@@ -75,20 +228,39 @@ def payload_decoder(event_type: str, schema_version: int) -> Callable[[str | byt
             f"{event_type} v{schema_version} is newer than this LOACL knows "
             f"(v{cls.schema_version})",
         )
-    return functools.partial(_upcast, event_type, schema_version)
+    return functools.partial(_upcast, event_type, schema_version, None, False)
 
 
-def decode_payload(event_type: str, schema_version: int, raw: str | bytes) -> Event:
-    # The current version of a known type takes one dict look-up.
-    fast = _current.get((event_type, schema_version))
-    if fast is not None:
-        return fast(raw)  # type: ignore[no-any-return]
-    return payload_decoder(event_type, schema_version)(raw)
+def payload_decoder(
+    event_type: str, schema_version: int, keys: Opener | None = None
+) -> Decode:
+    """The function that decodes payloads of this type and schema version, upcasting old ones
+    and opening sealed fields with ``keys``. Replay asks once per type and version, then calls
+    it for every event."""
+    plain = plain_decoder(event_type, schema_version)
+    cls = event_class(event_type)
+    if schema_version != cls.schema_version:
+        return functools.partial(_upcast, event_type, schema_version, keys, True)
+    if not cls.personal:
+        return plain
+    return _opening(plain, cls, keys)
 
 
-def _upcast(event_type: str, schema_version: int, raw: str | bytes) -> Event:
+def decode_payload(
+    event_type: str, schema_version: int, raw: str | bytes, keys: Opener | None = None
+) -> Event:
+    return payload_decoder(event_type, schema_version, keys)(raw)
+
+
+def _upcast(
+    event_type: str, schema_version: int, keys: Opener | None, opened: bool, raw: str | bytes
+) -> Event:
     cls = event_class(event_type)
     data = _raw_decoder.decode(raw)
+    if opened:
+        for name, value in data.items():
+            if isinstance(value, str) and value.startswith(MARK):
+                data[name] = _open(value, f"{event_type}.{name}".encode(), keys)
     for version in range(schema_version, cls.schema_version):
         # Look up apart from the call: a KeyError inside an upcaster is its own bug, not a
         # missing upcaster.

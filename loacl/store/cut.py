@@ -19,6 +19,7 @@ from pathlib import Path
 
 from loacl.domain.errors import LoaclError
 from loacl.store import audit, migrations
+from loacl.store.keys import Keyring
 from loacl.store.projections import Projections
 from loacl.store.rebuild import remove_file
 from loacl.store.records import EVENT_COLUMNS
@@ -26,15 +27,17 @@ from loacl.store.replay import apply_all
 from loacl.store.sqlite import connect
 from loacl.store.subscriptions import Subscriber, Table
 
-# Copied whole: uploaded bytes, and the record of effects that took place (budget mails sent:
-# sending one again after a cut would mail the owner twice). The tables of a table subscriber
-# and the projections' are not copied at all: they are built again. A new table must be named
+# Copied whole: uploaded bytes, the record of effects that took place (budget mails sent:
+# sending one again after a cut would mail the owner twice), and the data keys as they are now
+# (a subject erased after the moment stays erased: a restore must not bring its text back).
+# The tables of a table subscriber and the projections' are not copied at all: they are built
+# again. A new table must be named
 # here or below, or the cut refuses to run (a test cuts a database with every migration).
-_KEPT = ("blobs", "budget_alerts")
+_KEPT = ("blobs", "budget_alerts", "data_keys")
 # Handled one by one below.
 _CUT = frozenset([
     "events", "event_log_head", "stream_index", "append_keys", "subscriber_checkpoints",
-    "integrity_mark", "schema_migrations",
+    "integrity_mark", "schema_migrations", "key_state",
 ])
 
 
@@ -49,7 +52,7 @@ def first_after(conn: sqlite3.Connection, moment: str) -> int | None:
 
 def cut(
     source: Path, out: Path, last: int, projections: Projections,
-    subscribers: Sequence[Subscriber],
+    subscribers: Sequence[Subscriber], keys: Keyring | None = None,
 ) -> int:
     """Write ``out`` (a new file) with the events of ``source`` up to position ``last``; the
     number of events in it."""
@@ -68,7 +71,8 @@ def cut(
         count = _copy(conn, last, subscribers)
         conn.execute("COMMIT")
         conn.execute("DETACH DATABASE src")
-        apply_all(conn, projections, None, 5000, count)
+        apply_all(conn, projections, None, 5000, count,
+                  keys.attach(conn) if keys is not None else None)
         chain = audit.verify(conn)
         if not chain.ok:
             raise LoaclError("chain_broken", f"the cut log fails its check at event "
@@ -134,6 +138,13 @@ def _copy(conn: sqlite3.Connection, last: int, subscribers: Sequence[Subscriber]
     )
     conn.execute("UPDATE main.subscriber_checkpoints SET position = ? WHERE position > ?",
                  (top, top))
+    # Which master key seals and the erasure count as they are; sealing began no later than
+    # the cut (events appended after it are sealed, whatever the source's mark said).
+    conn.execute(
+        "UPDATE main.key_state SET (master_id, erasures, sealed_after) = (SELECT master_id, "
+        "erasures, min(sealed_after, ?) FROM src.key_state WHERE id = 1) WHERE id = 1 "
+        "AND EXISTS (SELECT 1 FROM src.key_state WHERE id = 1)", (top,),
+    )
     conn.execute("DELETE FROM main.schema_migrations")
     conn.execute("INSERT INTO main.schema_migrations SELECT * FROM src.schema_migrations")
     return count

@@ -24,10 +24,12 @@ import structlog
 
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Event, Metadata, RecordedEvent
+from loacl.domain.privacy import subject_of_stream
 from loacl.store import migrations
 from loacl.store.batches import Append as _Append
 from loacl.store.batches import BatchWriter
 from loacl.store.broker import Broker
+from loacl.store.keys import Keyring
 from loacl.store.notifier import Notifier
 from loacl.store.projections import Projections
 from loacl.store.records import EVENT_COLUMNS as EVENT_COLUMNS
@@ -96,10 +98,14 @@ class EventStore:
         notifier: Notifier | None = None,
         index_lag: int = INDEX_LAG,
         autocheckpoint: int | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self.path = path
         # The writer's wal_autocheckpoint (store.sqlite.connect): 0 while Litestream runs.
         self.autocheckpoint = autocheckpoint
+        # Seals personal fields on the way in and opens them on the way out (store.keys);
+        # without one they are written plain (tests of the store itself, the benchmark).
+        self.keyring = keyring
         self.projections = projections
         self.clock = clock
         self.broker = broker or Broker()
@@ -111,7 +117,7 @@ class EventStore:
         self._reader: aiosqlite.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         self.index_lag = index_lag
-        self._batches = BatchWriter(projections, clock, index_lag)
+        self._batches = BatchWriter(projections, clock, index_lag, keyring)
         self.writer_health = WriterHealth()
 
     # -- life cycle -------------------------------------------------------------------------
@@ -130,6 +136,14 @@ class EventStore:
                 f"the database is at schema {schema}, newer than this LOACL knows "
                 f"({migrations.LATEST}): run the LOACL that migrated it",
             )
+        if self.keyring is not None:
+            if schema < migrations.LATEST:
+                self._writer.close()
+                self._writer = None
+                raise LoaclError(
+                    "schema_out_of_date", "the database needs migrations: run `loacl migrate up`"
+                )
+            self.keyring.open_reader(self.path)
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         for pragma in PRAGMAS:
             await self._reader.execute(pragma)
@@ -143,6 +157,10 @@ class EventStore:
             thread, self._thread = self._thread, None
             self._queue.put(_STOP)
             await asyncio.to_thread(thread.join)
+        # The keyring's read-only connection first: the last connection to close checkpoints
+        # the WAL into the file and removes it, which a read-only one cannot do.
+        if self.keyring is not None:
+            self.keyring.close()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -169,12 +187,15 @@ class EventStore:
         expected_version: int | None = None,
         metadata: Metadata | None = None,
         idempotency_key: str | None = None,
+        subject: str | None = None,
     ) -> list[RecordedEvent]:
         """Append events to a stream; all or none of them are written.
 
         ``expected_version`` None skips the check, 0 (``NO_STREAM``) asks for a new stream, N for
         a stream at version N; otherwise ``ConflictError``. With ``idempotency_key`` a retried
-        append returns the events the first one wrote and writes nothing.
+        append returns the events the first one wrote and writes nothing. ``subject`` is whose
+        personal data the events and the client's address are (``domain.privacy``), when the
+        stream's name does not say (a conversation's and an owner's streams do).
         """
         if self._thread is None or self._loop is None:
             raise LoaclError("store_closed", "the event store is not open")
@@ -183,7 +204,7 @@ class EventStore:
         future: asyncio.Future[list[RecordedEvent]] = self._loop.create_future()
         self._queue.put(
             _Append(stream, events, expected_version, metadata or Metadata(), idempotency_key,
-                    future)
+                    future, subject or subject_of_stream(stream))
         )
         return await future
 
@@ -276,6 +297,17 @@ class EventStore:
             self.notifier.advance(committed[-1].seq)
             self.broker.publish(committed)
 
+    async def truncate_wal(self) -> bool:
+        """Checkpoint the whole WAL into the file and cut the WAL to nothing, so that pages
+        written before (an erased conversation's text) are nowhere in it; False when a reader
+        held an older snapshot and the WAL could not be cut this time."""
+
+        def truncate(conn: sqlite3.Connection) -> bool:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            return not busy
+
+        return bool(await self.run_on_writer(truncate))
+
     async def run_on_writer(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run ``fn(conn)`` on the write connection between batches (the only writer)."""
         if self._thread is None or self._loop is None:
@@ -324,7 +356,7 @@ class EventStore:
 
     async def read_stream(self, stream: str, after_version: int = 0) -> list[RecordedEvent]:
         rows = await self._fetch(READ_STREAM, (stream, stream, after_version))
-        return decode_rows(rows)
+        return decode_rows(rows, self.keyring)
 
     async def load(
         self, stream: str, initial: S, evolve: Callable[[S, Event], S]
@@ -338,7 +370,7 @@ class EventStore:
 
     async def read_all(self, after: int = 0, limit: int | None = None) -> list[RecordedEvent]:
         rows = await self._fetch(READ_ALL, (after, -1 if limit is None else limit))
-        return decode_rows(rows)
+        return decode_rows(rows, self.keyring)
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Run a read-only query against the read tables."""

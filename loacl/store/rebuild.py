@@ -13,13 +13,15 @@ from pathlib import Path
 from loacl.domain.errors import LoaclError
 from loacl.store import audit, backup, migrations
 from loacl.store.backup import ServeLock
+from loacl.store.keys import Keyring
 from loacl.store.projections import Projections
 from loacl.store.replay import Progress, ReplayResult, apply_all
 from loacl.store.sqlite import connect
 
-# Rebuilt, not copied: the stream index is derived from the log; the migrations' record is
-# copied on its own (the fresh file has its own rows already).
-_NOT_COPIED = frozenset(["stream_index", "schema_migrations"])
+# Rebuilt, not copied: the stream index is derived from the log; the migrations' record and
+# the key state are copied on their own (the fresh file has its own rows already).
+_REPLACED = ("schema_migrations", "key_state")
+_NOT_COPIED = frozenset(["stream_index", *_REPLACED])
 
 
 def remove_file(path: Path) -> None:
@@ -34,7 +36,7 @@ class Rebuilt(ReplayResult):
 
 def rebuild(
     db_path: Path, projections: Projections, *, progress: Progress | None = None,
-    chunk: int = 5000,
+    chunk: int = 5000, keys: Keyring | None = None,
 ) -> Rebuilt:
     """Refuses while a server holds the database (``database_in_use``). The replaced file is
     kept in the safety folder (a second name for it, so keeping it costs no copy)."""
@@ -44,7 +46,7 @@ def rebuild(
     with ServeLock(db_path):
         remove_file(fresh)
         try:
-            count = _build(db_path, fresh, projections, progress, chunk)
+            count = _build(db_path, fresh, projections, progress, chunk, keys)
             kept = swap_in(db_path, fresh, before="replay")
         except BaseException:
             remove_file(fresh)
@@ -53,7 +55,8 @@ def rebuild(
 
 
 def _build(
-    db_path: Path, fresh: Path, projections: Projections, progress: Progress | None, chunk: int
+    db_path: Path, fresh: Path, projections: Projections, progress: Progress | None, chunk: int,
+    keys: Keyring | None,
 ) -> int:
     source = connect(db_path, readonly=True)
     try:
@@ -77,7 +80,10 @@ def _build(
                 "`loacl repair NEW_FILE`",
             )
         (total,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-        _, count = apply_all(conn, projections, progress, chunk, total)
+        _, count = apply_all(
+            conn, projections, progress, chunk, total,
+            keys.attach(conn) if keys is not None else None,
+        )
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     except BaseException:
         if conn.in_transaction:
@@ -115,8 +121,10 @@ def _copy_kept(conn: sqlite3.Connection, projections: Projections) -> None:
                 f"({exc}); `loacl audit verify` names the first bad event, and `loacl repair "
                 "NEW_FILE` copies every readable row into a new file",
             ) from exc
-    conn.execute("DELETE FROM main.schema_migrations")
-    conn.execute("INSERT INTO main.schema_migrations SELECT * FROM src.schema_migrations")
+    for table in _REPLACED:
+        if table in names and table in in_source:
+            conn.execute(f'DELETE FROM main."{table}"')
+            conn.execute(f'INSERT INTO main."{table}" SELECT * FROM src."{table}"')
     if "stream_index" in names:
         conn.execute(
             "INSERT INTO main.stream_index (stream, version, seq) SELECT stream, version, seq "

@@ -5,7 +5,7 @@ all read the log through these."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -35,33 +35,47 @@ READ_STREAM = f"{SELECT_EVENTS} WHERE {IN_STREAM} AND version > ? ORDER BY versi
 new_record = tuple.__new__  # positional, without NamedTuple's keyword handling: replay's hot path
 
 
-def decode_rows(rows: Iterable[Sequence[Any]]) -> list[RecordedEvent]:
-    """Rows of the events table as records. Replay decodes every event through here, so the
-    look-ups are hoisted out of the loop and a record is built as a plain tuple. The events of
-    one append share their metadata and those of one commit their time: each is decoded once
-    per run of equal values."""
+def decode_rows(
+    rows: Iterable[Sequence[Any]], keys: codec.Opener | None = None, *,
+    unopened: Container[int] | None = None,
+) -> list[RecordedEvent]:
+    """Rows of the events table as records, sealed fields opened with ``keys``. Replay decodes
+    every event through here, so the look-ups are hoisted out of the loop and a record is built
+    as a plain tuple. The events of one append share their metadata and those of one commit
+    their time: each is decoded once per run of equal values. Events written before sealing
+    existed (up to ``keys.sealed_after``) are read as they are, and so are those whose position
+    is in ``unopened`` (replay's, see ``replay.superseded``)."""
     # Keyed by type alone (a tuple key costs more than the rest of the loop): an event of an
     # older schema version than the one cached takes the slow path.
-    decoders: dict[str, tuple[int, Callable[[str | bytes], Event]]] = {}
+    decoders: dict[str, tuple[int, Callable[[str | bytes], Event], Callable[..., Event]]] = {}
     new, record = new_record, RecordedEvent
+    sealed_after = keys.sealed_after if keys is not None else 0
+    skip: Container[int] = unopened if unopened is not None else ()
     metadata_raw: Any = None
     time_raw: Any = None
     metadata = Metadata()
+    # Opened metadata of this read, by its text: the appends of many streams interleave, and a
+    # sealed address is opened once per read, not once per event.
+    opened: dict[Any, Metadata] = {}
     when = datetime.min
     out: list[RecordedEvent] = []
     append = out.append
     for seq, stream, version, type_, schema_version, payload, raw_md, raw_at, hash_ in rows:
         found = decoders.get(type_)
-        if found is not None and found[0] == schema_version:
-            decode = found[1]
-        else:
-            decode = codec.payload_decoder(type_, schema_version)
-            decoders[type_] = (schema_version, decode)
+        if found is None or found[0] != schema_version:
+            found = decoders[type_] = (
+                schema_version, codec.payload_decoder(type_, schema_version, keys),
+                codec.plain_decoder(type_, schema_version),
+            )
         if raw_md != metadata_raw:
-            metadata, metadata_raw = codec.decode_metadata(raw_md), raw_md
+            found_md = opened.get(raw_md)
+            if found_md is None:
+                found_md = opened[raw_md] = codec.decode_metadata(raw_md, keys)
+            metadata, metadata_raw = found_md, raw_md
         if raw_at != time_raw:
             when, time_raw = codec.parse_time(raw_at), raw_at
-        append(new(record, (seq, stream, version, decode(payload), metadata, when, hash_)))
+        event = found[2](payload) if seq <= sealed_after or seq in skip else found[1](payload)
+        append(new(record, (seq, stream, version, event, metadata, when, hash_)))
     return out
 
 
@@ -70,8 +84,12 @@ def stream_version(conn: sqlite3.Connection, stream: str) -> int:
 
 
 def read_all_sync(
-    conn: sqlite3.Connection, after: int = 0, limit: int | None = None
+    conn: sqlite3.Connection, after: int = 0, limit: int | None = None,
+    keys: codec.Opener | None = None,
+    unopened: Callable[[list[Any]], Container[int]] | None = None,
 ) -> list[RecordedEvent]:
+    """``unopened`` picks, from the rows read, the positions whose sealed fields are left as
+    they are (replay's superseded deltas)."""
     rows = conn.execute(READ_ALL, (after, -1 if limit is None else limit)).fetchall()
-    return decode_rows(rows)
+    return decode_rows(rows, keys, unopened=unopened(rows) if unopened is not None else None)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from loacl.domain.errors import LoaclError
 from loacl.store import audit, codec, migrations
+from loacl.store.keys import Keyring
 from loacl.store.projections import Projections
 from loacl.store.records import EVENT_COLUMNS
 from loacl.store.replay import apply_all
@@ -164,8 +165,33 @@ def _copy_positions(
         result.notes.append(f"idempotency keys or subscriber positions cannot be read ({exc})")
 
 
+def _copy_key_state(
+    src: sqlite3.Connection, conn: sqlite3.Connection, kept: list[int], result: RepairResult
+) -> None:
+    """Which master key seals, the erasure count, and where sealing began, in the new
+    numbering."""
+    try:
+        row = src.execute(
+            "SELECT master_id, erasures, sealed_after FROM key_state WHERE id = 1"
+        ).fetchone()
+    except sqlite3.DatabaseError as exc:
+        if not audit.damaged(exc):
+            raise
+        result.notes.append(f"the key state cannot be read ({exc}): every event after the "
+                            "first is taken for sealed")
+        return
+    if row is not None:
+        master_id, erasures, sealed_after = row
+        conn.execute(
+            "UPDATE main.key_state SET master_id = ?, erasures = ?, sealed_after = ? "
+            "WHERE id = 1",
+            (master_id, erasures, bisect.bisect_right(kept, sealed_after)),
+        )
+
+
 def repair(
-    db_path: Path, out: Path, projections: Projections, *, chunk: int = 5000
+    db_path: Path, out: Path, projections: Projections, *, chunk: int = 5000,
+    keys: Keyring | None = None,
 ) -> RepairResult:
     if not db_path.exists():
         raise LoaclError("database_not_found", f"no database at {db_path}")
@@ -180,11 +206,13 @@ def repair(
         migrations.up(conn)
         conn.execute("BEGIN IMMEDIATE")
         kept = _copy_events(src, conn, result, chunk)
-        for table in ("blobs", "usage_daily", "budget_alerts"):
+        for table in ("blobs", "usage_daily", "budget_alerts", "data_keys"):
             _copy_rows(src, conn, table, result)
         _copy_positions(src, conn, kept, result)
+        _copy_key_state(src, conn, kept, result)
         conn.execute("COMMIT")
-        apply_all(conn, projections, None, chunk, result.copied)
+        apply_all(conn, projections, None, chunk, result.copied,
+                  keys.attach(conn) if keys is not None else None)
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     except BaseException:
         if conn.in_transaction:

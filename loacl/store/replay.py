@@ -12,9 +12,14 @@ import contextlib
 import gc
 import re
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import msgspec
+
+from loacl.domain.conversations import END_EVENTS, AssistantDelta
+from loacl.store.codec import Opener
 from loacl.store.projections import Projections
 from loacl.store.records import read_all_sync
 
@@ -58,9 +63,36 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+_ENDS = frozenset(cls.event_type for cls in END_EVENTS)
+_DELTA = AssistantDelta.event_type
+
+
+class _Reply(msgspec.Struct):
+    message_id: str = ""
+
+
+_reply_of = msgspec.json.Decoder(_Reply).decode
+
+
+def superseded(rows: Sequence[Sequence[Any]]) -> set[int]:
+    """The positions of the deltas whose reply ends later among ``rows``. The end event carries
+    the reply's whole text and its projection writes it over what the deltas wrote, so replay
+    leaves their sealed text unopened: opening it is replay's largest cost once personal fields
+    are sealed (a cipher call per delta), and it changes nothing the tables end with."""
+    ended: set[str] = set()
+    found: set[int] = set()
+    for row in reversed(rows):
+        kind = row[3]
+        if kind in _ENDS:
+            ended.add(_reply_of(row[5]).message_id)
+        elif kind == _DELTA and _reply_of(row[5]).message_id in ended:
+            found.add(row[0])
+    return found
+
+
 def apply_all(
     conn: sqlite3.Connection, projections: Projections, progress: Progress | None, chunk: int,
-    total: int,
+    total: int, keys: Opener | None = None,
 ) -> tuple[int, int]:
     """Every event through the projections, a chunk a transaction; the last seq and the count."""
     done = 0
@@ -69,7 +101,10 @@ def apply_all(
         while True:
             # Short read transactions: a long one would stop checkpoints and grow the WAL.
             conn.execute("BEGIN")
-            events = read_all_sync(conn, after=done, limit=chunk)
+            events = read_all_sync(
+                conn, after=done, limit=chunk, keys=keys,
+                unopened=superseded if keys is not None else None,
+            )
             projections.apply(conn, events)
             conn.execute("COMMIT")
             if not events:
@@ -87,7 +122,9 @@ def replay(
     *,
     progress: Progress | None = None,
     chunk: int = 5000,
+    keys: Opener | None = None,
 ) -> ReplayResult:
+    """Sealed fields are opened with ``keys``: those of erased subjects read as ``[erased]``."""
     tables = projections.tables
     (total,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
     _drop_temp(conn, tables)
@@ -101,9 +138,9 @@ def replay(
                         f"INDEX {name} ", f"INDEX temp.{name} ", 1
                     )
                 )
-        done, count = apply_all(conn, projections, progress, chunk, total)
+        done, count = apply_all(conn, projections, progress, chunk, total, keys)
         conn.execute("BEGIN IMMEDIATE")
-        late = read_all_sync(conn, after=done)
+        late = read_all_sync(conn, after=done, keys=keys)
         projections.apply(conn, late)
         count += len(late)
         for table in tables:

@@ -70,6 +70,9 @@ PRAGMAS = (
     "PRAGMA mmap_size=0",
     # Replay builds its read tables as temporary tables; keep them in memory.
     "PRAGMA temp_store=MEMORY",
+    # Deleted and overwritten content is zeroed in the file, not left in free space: an erased
+    # conversation's text must not survive in the database's bytes (or a copy of them).
+    "PRAGMA secure_delete=ON",
 )
 
 

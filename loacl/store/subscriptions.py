@@ -137,7 +137,7 @@ class _Runner:
         rows = await self.store.query(
             self._sql, (self.position, upto, *types, self.options.batch_size)
         )
-        events = decode_rows(rows)
+        events = decode_rows(rows, self.store.keyring)
         end = events[-1].seq if len(events) >= self.options.batch_size else upto
         if isinstance(self.subscriber, Effect) and events:
             await self.subscriber.handle(events)

@@ -1,6 +1,7 @@
 """The log as stored, row by row, for people reading it (``loacl events``): payloads and
 metadata as the JSON text the log holds, not decoded into events, so that an event of a type
-this LOACL does not know still shows."""
+this LOACL does not know still shows. Sealed personal fields are opened when the master key is
+at hand (``[erased]`` once their subject is erased), and shown as ``<sealed>`` when not."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from loacl.domain.errors import LoaclError
+from loacl.store.keys import MARK, METADATA_AAD, PLAIN, Keyring
 from loacl.store.records import EVENT_COLUMNS, IN_STREAM
+
+SEALED = "<sealed>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +95,9 @@ class Deltas:
     chars: int
 
 
-def deltas_of(conn: sqlite3.Connection, end: StoredEvent) -> Deltas | None:
+def deltas_of(
+    conn: sqlite3.Connection, end: StoredEvent, keys: Keyring | None = None
+) -> Deltas | None:
     """The delta events a reply's end closes (None for any other event)."""
     if end.type not in REPLY_ENDS:
         return None
@@ -98,13 +105,50 @@ def deltas_of(conn: sqlite3.Connection, end: StoredEvent) -> Deltas | None:
         message_id = json.loads(end.payload).get("message_id")
     except (ValueError, AttributeError):
         return None
-    count, chars = conn.execute(
-        f"SELECT count(*), coalesce(sum(length(json_extract(payload, '$.text'))), 0) "
-        f"FROM events WHERE seq > ? AND {IN_STREAM} AND type = '{DELTA}' "
+    # The payloads whole: SQLite's JSON functions cut a sealed value at its leading NUL.
+    texts = [str(json.loads(p).get("text") or "") for (p,) in conn.execute(
+        f"SELECT payload FROM events WHERE seq > ? AND {IN_STREAM} AND type = '{DELTA}' "
         "AND seq < ? AND json_extract(payload, '$.message_id') = ?",
         [0, end.stream, end.stream, end.seq, message_id],
-    ).fetchone()
-    return Deltas(int(count), int(chars))
+    )]
+    aad = f"{DELTA}.text".encode()
+    return Deltas(len(texts), sum(len(_opened(t, aad, keys)) for t in texts))
+
+
+def _opened(value: str, aad: bytes, keys: Keyring | None) -> str:
+    if not value.startswith(MARK):
+        return value
+    if value.startswith(PLAIN):
+        return value[len(PLAIN):]
+    if keys is None:
+        return SEALED
+    try:
+        return keys.open(value, aad)
+    except (LoaclError, ValueError):
+        return SEALED
+
+
+def opened(event: StoredEvent, keys: Keyring | None) -> StoredEvent:
+    """The event with its sealed fields opened (its JSON written again), or as it is when it
+    has none."""
+    if "\\u0000" not in event.payload and "\\u0000" not in event.metadata:
+        return event
+    payload, metadata = event.payload, event.metadata
+    try:
+        data = json.loads(payload)
+        if isinstance(data, dict):
+            for name, value in data.items():
+                if isinstance(value, str):
+                    data[name] = _opened(value, f"{event.type}.{name}".encode(), keys)
+            payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        meta = json.loads(metadata)
+        if isinstance(meta, dict) and isinstance(meta.get("client_ip"), str):
+            meta["client_ip"] = _opened(meta["client_ip"], METADATA_AAD, keys)
+            metadata = json.dumps(meta, ensure_ascii=False, separators=(",", ":"))
+    except ValueError:
+        return event
+    return StoredEvent(event.seq, event.stream, event.version, event.type,
+                       event.schema_version, payload, metadata, event.recorded_at, event.hash)
 
 
 def actor(event: StoredEvent) -> str:

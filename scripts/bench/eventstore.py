@@ -4,10 +4,17 @@
     limit;
 (b) LOACL appends one at a time from one coroutine;
 (c) LOACL appends from 100 concurrent coroutines (group commit);
-(d) replay against a raw scan plus msgspec decode of the same rows.
+(d) replay against a raw scan plus msgspec decode of the same rows;
+(e) and (f): (c) and (d) again with each event's text (a personal field, as a streamed reply's
+    is) and each append's client address sealed with AES-256-GCM under its conversation's key,
+    against the same rows written plain;
+(g) replay of whole conversations through LOACL's own read tables (a message, the reply's start,
+    twenty deltas, its end), sealed against plain.
 
 Each figure is the best of three runs: on a shared machine a single run varies by half; the
-best is what the code can do and applies to LOACL and the raw baselines alike.
+best is what the code can do and applies to LOACL and the raw baselines alike. The sealed
+against plain ratios are also given in CPU time (this process's, all its threads), which a
+machine busy with other work disturbs far less than the wall clock.
 
     python scripts/bench/eventstore.py [--events 100000]
 """
@@ -21,17 +28,39 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
-from loacl.domain.events import Event, RecordedEvent
+from loacl.domain.conversations import (
+    AssistantCompleted,
+    AssistantDelta,
+    AssistantStarted,
+    MessagePosted,
+)
+from loacl.domain.events import Event, Metadata, RecordedEvent
+from loacl.domain.widgets import ConversationStarted
 from loacl.store import migrations
 from loacl.store.eventstore import EventStore
-from loacl.store.projections import Projections
+from loacl.store.keys import Keyring, MasterKeys
+from loacl.store.projections import Projections, default_projections
 from loacl.store.replay import replay
 from loacl.store.sqlite import connect
 
 WRITERS = 100
+
+
+class Elapsed(NamedTuple):
+    wall: float
+    cpu: float
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> Elapsed:
+        return Elapsed(time.perf_counter() - self.wall, time.process_time() - self.cpu)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,6 +70,21 @@ class BenchNoted(Event):
     message_id: str
     offset: int
     text: str
+    personal = ("text",)
+    not_personal = ("conversation_id", "message_id")
+
+
+MASTER = bytes(range(32))
+
+
+def keyring() -> Keyring:
+    return Keyring(MasterKeys(lambda: [MASTER]))
+
+
+def metadata(writer: int) -> Metadata:
+    # As a streamed reply's deltas carry it: the visitor's request, with its address.
+    return Metadata(actor=f"visitor:{writer}", request_id=f"req-{writer:06d}",
+                    client_ip=f"203.0.113.{writer % 250}")
 
 
 def make_event(writer: int, i: int) -> BenchNoted:
@@ -61,18 +105,21 @@ def fresh_db(folder: Path, name: str) -> Path:
     return path
 
 
-async def loacl_concurrent(path: Path, events: int, writers: int) -> float:
+async def loacl_concurrent(
+    path: Path, events: int, writers: int, keys: Keyring | None = None
+) -> Elapsed:
     per_writer = events // writers
-    async with EventStore(path, Projections()) as store:
+    async with EventStore(path, Projections(), keyring=keys) as store:
 
         async def writer(w: int) -> None:
             stream = f"conversation-{w}"
+            meta = metadata(w)
             for i in range(per_writer):
-                await store.append(stream, [make_event(w, i)], expected_version=i)
+                await store.append(stream, [make_event(w, i)], expected_version=i, metadata=meta)
 
-        started = time.perf_counter()
+        watch = Stopwatch()
         await asyncio.gather(*(writer(w) for w in range(writers)))
-        return time.perf_counter() - started
+        return watch.stop()
 
 
 def raw_executemany(source: Path, target: Path) -> float:
@@ -108,7 +155,7 @@ def raw_scan(path: Path) -> tuple[float, int]:
     return elapsed, count
 
 
-def timed_replay(path: Path) -> float:
+def timed_replay(path: Path, keys: Keyring | None = None) -> Elapsed:
     """Replay with a projection that handles every event, so each one is decoded."""
     projections = Projections()
     seen = [0]
@@ -118,9 +165,50 @@ def timed_replay(path: Path) -> float:
         seen[0] += 1
 
     conn = connect(path)
-    started = time.perf_counter()
-    replay(conn, projections)
-    elapsed = time.perf_counter() - started
+    opened = keys.attach(conn) if keys is not None else None
+    watch = Stopwatch()
+    replay(conn, projections, keys=opened)
+    elapsed = watch.stop()
+    conn.close()
+    return elapsed
+
+
+DELTAS = 20
+
+
+async def conversations(path: Path, count: int, keys: Keyring | None) -> int:
+    """``count`` conversations of one question and a streamed answer; the events written."""
+    written = 0
+    async with EventStore(path, default_projections(), keyring=keys) as store:
+        for c in range(count):
+            cid, meta = f"c{c:06d}", metadata(c)
+            stream = f"conversation-{cid}"
+            reply = [f"{DELTAS}-words answer, part {d}: the parcel leaves today. " for d in
+                     range(DELTAS)]
+            batch: list[Event] = [
+                ConversationStarted(conversation_id=cid, widget_id="w", visitor_id=f"v{c}"),
+                MessagePosted(conversation_id=cid, message_id=f"{cid}-q",
+                              text=f"Where is my parcel number {c}? It was due yesterday."),
+                AssistantStarted(conversation_id=cid, message_id=f"{cid}-a",
+                                 reply_to=f"{cid}-q", assistant_id="a", provider="demo",
+                                 model="demo"),
+            ]
+            offset = 0
+            for piece in reply:
+                batch.append(AssistantDelta(message_id=f"{cid}-a", offset=offset, text=piece))
+                offset += len(piece)
+            batch.append(AssistantCompleted(message_id=f"{cid}-a", text="".join(reply)))
+            await store.append(stream, batch, metadata=meta)
+            written += len(batch)
+    return written
+
+
+def timed_full_replay(path: Path, keys: Keyring | None) -> Elapsed:
+    conn = connect(path)
+    opened = keys.attach(conn) if keys is not None else None
+    watch = Stopwatch()
+    replay(conn, default_projections(), keys=opened)
+    elapsed = watch.stop()
     conn.close()
     return elapsed
 
@@ -132,23 +220,42 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--single", type=int, default=5_000, help="events for (b)")
+    parser.add_argument("--conversations", type=int, default=2_000, help="for (g)")
     args = parser.parse_args()
     n = args.events // WRITERS * WRITERS
-    times: dict[str, list[float]] = {key: [] for key in ("a", "b", "c", "d", "scan")}
+    keys = ("a", "b", "c", "d", "scan", "e", "f", "g_plain", "g_sealed")
+    times: dict[str, list[float]] = {key: [] for key in keys}
+    cpu: dict[str, list[float]] = {key: [] for key in ("c", "d", "e", "f", "g_plain",
+                                                        "g_sealed")}
+
+    def note(key: str, elapsed: Elapsed) -> None:
+        times[key].append(elapsed.wall)
+        cpu[key].append(elapsed.cpu)
+
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        g_events = 0
         for round_ in range(ROUNDS):  # interleaved, so that a slow spell hits every figure
             c_path = fresh_db(folder, f"c{round_}.db")
-            times["c"].append(asyncio.run(loacl_concurrent(c_path, args.events, WRITERS)))
+            note("c", asyncio.run(loacl_concurrent(c_path, args.events, WRITERS)))
+            e_path = fresh_db(folder, f"e{round_}.db")
+            note("e", asyncio.run(loacl_concurrent(e_path, args.events, WRITERS, keyring())))
             times["a"].append(raw_executemany(c_path, fresh_db(folder, f"a{round_}.db")))
-            times["b"].append(
-                asyncio.run(loacl_concurrent(fresh_db(folder, f"b{round_}.db"), args.single, 1))
-            )
-            times["d"].append(timed_replay(c_path))
+            times["b"].append(asyncio.run(
+                loacl_concurrent(fresh_db(folder, f"b{round_}.db"), args.single, 1)
+            ).wall)
+            note("d", timed_replay(c_path))
+            note("f", timed_replay(e_path, keyring()))
             scan, scanned = raw_scan(c_path)
             assert scanned == n
             times["scan"].append(scan)
-    counts = {"a": n, "b": args.single, "c": n, "d": n, "scan": n}
+            plain, sealed = fresh_db(folder, f"gp{round_}.db"), fresh_db(folder, f"gs{round_}.db")
+            g_events = asyncio.run(conversations(plain, args.conversations, None))
+            asyncio.run(conversations(sealed, args.conversations, keyring()))
+            note("g_plain", timed_full_replay(plain, None))
+            note("g_sealed", timed_full_replay(sealed, keyring()))
+    counts = {"a": n, "b": args.single, "c": n, "d": n, "scan": n, "e": n, "f": n,
+              "g_plain": g_events, "g_sealed": g_events}
     rate = {key: counts[key] / min(values) for key, values in times.items()}
     print(f"{n} events of ~200 bytes, {WRITERS} streams; best of {ROUNDS} interleaved rounds")
     print(f"(a) raw executemany, 1,000 a commit   {rate['a']:>10,.0f} events/s")
@@ -156,6 +263,11 @@ def main() -> None:
     print(f"(c) LOACL, {WRITERS} coroutines (group)   {rate['c']:>10,.0f} events/s")
     print(f"(d) LOACL replay                      {rate['d']:>10,.0f} events/s")
     print(f"    raw scan + msgspec decode         {rate['scan']:>10,.0f} events/s")
+    print(f"(e) as (c), personal fields sealed    {rate['e']:>10,.0f} events/s")
+    print(f"(f) as (d), personal fields sealed    {rate['f']:>10,.0f} events/s")
+    print(f"(g) replay of {args.conversations} conversations into the read tables "
+          f"({g_events} events): plain {rate['g_plain']:,.0f}, sealed {rate['g_sealed']:,.0f} "
+          "events/s")
     per_round = [
         (a / c, scan / d)
         for a, c, d, scan in zip(times["a"], times["c"], times["d"], times["scan"], strict=True)
@@ -164,6 +276,16 @@ def main() -> None:
     print(f"(c)/(a) / (d)/(raw scan) per round: {rounds}")
     print(f"(c)/(a) = {rate['c'] / rate['a']:.2f}   (goal >= 0.5)")
     print(f"(d)/(raw scan) = {rate['d'] / rate['scan']:.2f}   (goal >= 0.4)")
+
+    def ratio(without: str, sealing: str, of: dict[str, list[float]]) -> float:
+        return min(of[without]) / min(of[sealing])
+
+    for label, without, sealing in (
+        ("appends, (e)/(c)", "c", "e"), ("replay, (f)/(d)", "d", "f"),
+        ("replay into the read tables, (g)", "g_plain", "g_sealed"),
+    ):
+        print(f"sealed against plain, {label}: wall {ratio(without, sealing, times):.2f}, "
+              f"CPU {ratio(without, sealing, cpu):.2f}   (goal >= 0.85)")
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def down(conn: sqlite3.Connection, to: int | None = None) -> list[Migration]:
                 raise LoaclError(
                     "migration_refused",
                     f"migration {m.version:04d}_{m.name} would drop {table}, which holds "
-                    f"{count} events; back the database up and remove the file instead",
+                    f"{count} rows; back the database up and remove the file instead",
                 )
     for m in steps:
         _run(

@@ -59,10 +59,11 @@ class Projections:
 
 def default_projections() -> Projections:
     """Every read table LOACL keeps, with its handlers."""
-    from loacl.store.projections import accounts, conversations, widgets
+    from loacl.store.projections import accounts, conversations, privacy, widgets
 
     projections = Projections()
     projections.include(accounts.projections)
     projections.include(widgets.projections)
     projections.include(conversations.projections)
+    projections.include(privacy.projections)
     return projections

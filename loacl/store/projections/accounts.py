@@ -14,6 +14,7 @@ from loacl.domain.accounts import (
 )
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import RecordedEvent
+from loacl.domain.privacy import is_erased
 from loacl.store.codec import format_time
 from loacl.store.projections import Projections
 
@@ -24,6 +25,10 @@ projections = Projections(tables=["users", "sessions", "refresh_tokens"])
 def user_registered(
     conn: sqlite3.Connection, event: UserRegistered, recorded: RecordedEvent
 ) -> None:
+    if is_erased(event.email):
+        # The account was deleted: its row went with it (projections.privacy), and two erased
+        # addresses must not collide on the way there.
+        return
     at = format_time(recorded.recorded_at)
     try:
         conn.execute(

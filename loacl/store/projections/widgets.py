@@ -9,6 +9,7 @@ import msgspec
 from loacl.domain.assistants import AssistantCreated, AssistantDeleted, AssistantUpdated
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import RecordedEvent
+from loacl.domain.privacy import is_erased
 from loacl.domain.widgets import (
     ConversationStarted,
     WidgetCreated,
@@ -129,19 +130,25 @@ def conversation_started(
     conn: sqlite3.Connection, event: ConversationStarted, recorded: RecordedEvent
 ) -> None:
     at = format_time(recorded.recorded_at)
+    # An erased conversation's site user is forgotten (projections.privacy): a later one of the
+    # same user starts afresh.
+    user = None if is_erased(event.external_user_id) else event.external_user_id
     # Checked here, in the writer's transaction: two devices of one signed-in user starting at
     # the same moment must end up in one conversation, and the later one learns which.
-    if event.external_user_id is not None and conn.execute(
+    if user is not None and conn.execute(
         "SELECT 1 FROM conversations WHERE widget_id = ? AND external_user_id = ?",
-        (event.widget_id, event.external_user_id),
+        (event.widget_id, user),
     ).fetchone():
         raise LoaclError(
             "conversation_exists", "this signed-in user already has a conversation here"
         )
+    # The widget's owner as it is now, so that the owner's conversations are found after the
+    # widget is gone.
     conn.execute(
         "INSERT INTO conversations (conversation_id, widget_id, visitor_id, external_user_id, "
-        "created_seq, created_at, last_activity_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (event.conversation_id, event.widget_id, event.visitor_id, event.external_user_id,
-         recorded.seq, at, at),
+        "created_seq, created_at, last_activity_at, owner_id) VALUES (?, ?, ?, ?, ?, ?, ?, "
+        "(SELECT owner_id FROM widgets WHERE widget_id = ?))",
+        (event.conversation_id, event.widget_id, event.visitor_id, user,
+         recorded.seq, at, at, event.widget_id),
     )
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from loacl.domain.errors import LoaclError
 from loacl.private import FILE_MODE
 from loacl.store import backup, codec, cut, migrations
+from loacl.store.keys import Keyring
 from loacl.store.projections import Projections
 from loacl.store.rebuild import remove_file, swap_in
 from loacl.store.replica import litestream
@@ -45,7 +46,7 @@ class Restored:
 
 def restore(
     config: Path, db_path: Path, moment: datetime | None, projections: Projections,
-    subscribers: Sequence[Subscriber],
+    subscribers: Sequence[Subscriber], keys: Keyring | None = None,
 ) -> Restored:
     """Restore into ``<db>.from-replica``, cut at ``moment`` if given, check it (integrity and
     the hash chain); the database itself is not touched."""
@@ -59,7 +60,7 @@ def restore(
         txid = _restore_state(config, db_path, out, moment, files)
         cut_after = None
         if moment is not None:
-            cut_after, out = _cut(out, moment, projections, subscribers)
+            cut_after, out = _cut(out, moment, projections, subscribers, keys)
         events, last = _check(out)
         os.chmod(out, FILE_MODE)  # it holds everything the database does (loacl.private)
     except BaseException:
@@ -100,7 +101,7 @@ def _recorded_after(path: Path, moment: datetime) -> bool:
 
 def _cut(
     restored: Path, moment: datetime, projections: Projections,
-    subscribers: Sequence[Subscriber],
+    subscribers: Sequence[Subscriber], keys: Keyring | None,
 ) -> tuple[int | None, Path]:
     """Cut the restored file's log after the last event recorded up to ``moment``; the
     position cut after (None: nothing to cut) and the file to use."""
@@ -118,7 +119,7 @@ def _cut(
     finally:
         conn.close()
     fresh = restored.with_name(restored.name.removesuffix(".from-replica") + ".cut")
-    cut.cut(restored, fresh, first - 1, projections, subscribers)
+    cut.cut(restored, fresh, first - 1, projections, subscribers, keys)
     remove_file(restored)
     final = restored
     fresh.rename(final)

@@ -19,7 +19,7 @@ _MESSAGE = (
 )
 _CONVERSATION = (
     "SELECT conversation_id, widget_id, visitor_id, external_user_id, created_seq, created_at, "
-    "last_activity_at, message_count FROM conversations"
+    "last_activity_at, message_count, owner_id, erased_at FROM conversations"
 )
 _file_ids = msgspec.json.Decoder(tuple[str, ...]).decode
 
@@ -59,6 +59,12 @@ class ConversationView:
     created_at: str
     last_activity_at: str
     message_count: int
+    owner_id: str | None  # the widget's owner when the conversation started
+    erased_at: str | None
+
+    @property
+    def erased(self) -> bool:
+        return self.erased_at is not None
 
 
 def _message(row: Any) -> MessageView:
@@ -160,6 +166,29 @@ async def conversations_of(
     return await page_by_creation(
         store, _CONVERSATION, "widget_id = ?", (widget_id,), after, limit, _conversation
     )
+
+
+async def conversations_of_visitor(store: EventStore, visitor_id: str) -> list[ConversationView]:
+    rows = await store.query(
+        f"{_CONVERSATION} WHERE visitor_id = ? ORDER BY created_seq", (visitor_id,)
+    )
+    return [_conversation(r) for r in rows]
+
+
+async def conversations_of_owner(store: EventStore, owner_id: str) -> list[ConversationView]:
+    """Every conversation of the owner's widgets, deleted widgets' included."""
+    rows = await store.query(
+        f"{_CONVERSATION} WHERE owner_id = ? ORDER BY created_seq", (owner_id,)
+    )
+    return [_conversation(r) for r in rows]
+
+
+async def erased(store: EventStore, conversation_id: str) -> bool:
+    rows = await store.query(
+        "SELECT 1 FROM conversations WHERE conversation_id = ? AND erased_at IS NOT NULL",
+        (conversation_id,),
+    )
+    return bool(rows)
 
 
 async def running_reply(store: EventStore, conversation_id: str) -> Reply | None:

@@ -49,6 +49,13 @@ async def files(store: EventStore, file_ids: Iterable[str]) -> list[FileView]:
     return [_view(r) for r in rows]
 
 
+async def files_of(store: EventStore, conversation_id: str) -> list[FileView]:
+    rows = await store.query(
+        f"{_FILE} WHERE conversation_id = ? ORDER BY created_at, file_id", (conversation_id,)
+    )
+    return [_view(r) for r in rows]
+
+
 async def blob(store: EventStore, sha256: str) -> bytes | None:
     rows = await store.query("SELECT data FROM blobs WHERE sha256 = ?", (sha256,))
     return bytes(rows[0][0]) if rows else None
@@ -71,3 +78,16 @@ async def keep_blob(store: EventStore, sha256: str, data: bytes) -> None:
         conn.execute("INSERT OR IGNORE INTO blobs (sha256, data) VALUES (?, ?)", (sha256, data))
 
     await store.run_on_writer(keep)
+
+
+async def drop_unnamed_blob(store: EventStore, sha256: str) -> None:
+    """Delete the bytes when no file names them (an upload whose event was refused)."""
+
+    def drop(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "DELETE FROM blobs WHERE sha256 = ? AND NOT EXISTS "
+            "(SELECT 1 FROM files WHERE files.sha256 = blobs.sha256)",
+            (sha256,),
+        )
+
+    await store.run_on_writer(drop)
