@@ -57,7 +57,8 @@ def _parameters(op: Declaration) -> list[dict[str, Any]]:
     ]
     params += [
         {"name": param.name, "in": "query", "required": False,
-         "description": param.description, "schema": param.schema}
+         "description": param.description, "schema": param.schema,
+         **({"deprecated": True} if param.deprecated else {})}
         for param in op.query
     ]
     return params

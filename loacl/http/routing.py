@@ -33,6 +33,7 @@ class Param(NamedTuple):
     name: str
     description: str
     schema: dict[str, Any] = {"type": "string"}  # noqa: RUF012 (never mutated)
+    deprecated: bool = False  # kept for old clients; new ones must not use it
 
 
 def integer(low: int, high: int) -> dict[str, Any]:
