@@ -84,6 +84,8 @@ def _request_body(op: Endpoint, schemas: dict[str, Any]) -> dict[str, Any] | Non
 def _responses(op: Declaration) -> dict[str, Any]:
     responses: dict[str, Any] = {str(op.ok): {"description": "success"}}
     codes = list(op.codes)
+    if op.auth in ("visitor", "visitor_or_owner") and "origin_not_allowed" not in codes:
+        codes.append("origin_not_allowed")  # a visitor's page must be one the widget allows
     if isinstance(op, Endpoint) and op.body is not None:
         codes += [code for code in BODY_CODES if code not in codes]
     for code in codes:
