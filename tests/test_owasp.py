@@ -772,6 +772,9 @@ API8 = [
     row("injection-html-in-instructions", "owner_a", "POST", "/api/v1/assistants", 201,
         json={**ASSISTANT, "instructions": HTMLISH},
         then=stored_verbatim("instructions", HTMLISH)),
+    row("identity-hash-not-ascii", "anonymous", "POST", "/api/v1/widgets/{a_widget}/sessions",
+        401, "invalid_identity", headers={"Origin": ORIGIN},
+        json={"user_id": "u1", "user_hash": "\u0089\u001a"}),  # was a 500 (Schemathesis)
     row("injection-sql-in-a-cursor", "owner_a", "GET", "/api/v1/assistants?after=1%20OR%201=1",
         422, "validation_error"),
     row("injection-sql-in-an-id", "owner_a", "GET", "/api/v1/assistants/x'%20OR%20'1'='1", 404,
@@ -869,6 +872,13 @@ def test_api9_inventory(world: World, spec: Row) -> None:
     check(world, formatted(spec, world))
 
 
+BODYLESS = {
+    ("post", "/api/v1/auth/verify-email/resend"), ("post", "/api/v1/auth/reset-password"),
+    ("get", "/api/v1/widgets/{id}/files/{file_id}"),  # the file itself, in its own type
+    ("get", "/api/v1/openapi.json"),  # this document
+}
+
+
 def test_api9_f14_every_json_body_documents_its_refusals(world: World) -> None:
     spec = world.http.get("/api/v1/openapi.json").json()
     for path, methods in spec["paths"].items():
@@ -877,6 +887,12 @@ def test_api9_f14_every_json_body_documents_its_refusals(world: World) -> None:
                 assert "invalid_json" in op["responses"]["400"]["description"], (method, path)
             if {"visitorToken"} & {k for s in op.get("security", []) for k in s}:
                 assert "origin_not_allowed" in op["responses"]["403"]["description"], path
+            # Every JSON success body is described, so that its shape is checked too.
+            ok = next(code for code in op["responses"] if code.startswith(("1", "2")))
+            if ok in ("200", "201", "202") and (method, path) not in BODYLESS:
+                schema = op["responses"][ok]["content"]["application/json"]["schema"]
+                assert schema["$ref"].removeprefix("#/components/schemas/") in (
+                    spec["components"]["schemas"]), (method, path)
 
 
 # -- API10: unsafe consumption of APIs (the model provider's answers) ---------------------------

@@ -3,15 +3,17 @@
 Schemathesis reads ``/api/v1/openapi.json`` from the running server and sends what the document
 allows and what it forbids: its examples, the coverage phase's boundary and negative values, then
 generated cases. Every response is checked: no server error, a documented status code and content
-type, an error body that fits the ``Problem`` schema, headers as documented, 401 without the
-token, 405 with a right ``Allow``, no request the document forbids accepted, and a deleted
-resource gone.
+type, a body that fits its schema (each success body has one, ``shapes.SCHEMAS``; errors fit
+``Problem``), headers as documented, 401 without the token, 405 with a right ``Allow``, no
+request the document forbids accepted, and a deleted resource gone.
 
 Requests carry what a real caller has: the owner's access token on owner endpoints, the visitor
 token and an allowed ``Origin`` on visitor endpoints, and, for half of the generated cases, the
 id of a real assistant, widget or file instead of a made-up one, so that the handlers behind the
-404 are reached. Logging out (and any operation that ends the account) gets an owner of its own,
-so the run's owner stays logged in.
+404 are reached: the visitor's widget on visitor endpoints (it belongs to another owner, since
+Schemathesis also reuses ids it reads in responses), the run's owner's own objects elsewhere, a
+separate one each for reading, changing and deleting. Logging out (and any operation that ends
+the account) gets an owner of its own, so the run's owner stays logged in.
 
 Not checked: ``positive_data_acceptance``, which asks that every request the document allows be
 accepted. The document cannot say which tokens are real (a reset or verification token is a
@@ -61,11 +63,18 @@ CONFIG: dict[str, Any] = {
     "generation": {"deterministic": True, "max-examples": MAX_EXAMPLES},
     "continue-on-failure": True,
     # Every check but one (see the module's docstring).
-    "checks": {"enabled": True, "positive_data_acceptance": {"enabled": False}},
+    "checks": {
+        "enabled": True, "positive_data_acceptance": {"enabled": False},
+        # A body the document forbids may be refused for its size before it is read (413).
+        "negative_data_rejection": {"expected-statuses": [
+            400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429, "5xx"]},
+    },
     # The document has no links between operations for a stateful run to follow.
     "phases": {"stateful": {"enabled": False}},
 }
 
+# What a visitor's page calls without a token.
+VISITOR_PAGES = {"/api/v1/widgets/{id}/config", "/api/v1/widgets/{id}/sessions"}
 # Operations that end the caller's session or account: each call gets a new owner.
 SESSION_ENDING = {("POST", "/api/v1/auth/logout"), ("DELETE", "/api/v1/auth/me")}
 
@@ -102,47 +111,52 @@ class World:
             return self.leaving.pop()
         return self.leaving[0]  # the last one, logged out by now: 401, as documented
 
-    def made(self, path: str, body: dict[str, Any]) -> str:
-        created = self.http.post(path, json=body, headers=self.bearer(self.owner))
+    def made(self, token: str, path: str, body: dict[str, Any]) -> str:
+        created = self.http.post(path, json=body, headers=self.bearer(token))
         assert created.status_code == 201, created.text
         made_id: str = created.json()["id"]
         return made_id
 
     def furnish(self) -> None:
-        self.owner = self.login(EMAIL)
         assistant = {"name": "Helper", "provider": "demo", "model": "demo"}
-        self.ids["assistant"] = self.made("/api/v1/assistants", assistant)
-        self.ids["widget"] = self.made("/api/v1/widgets", {
-            "name": "Site", "assistant_id": self.ids["assistant"], "allowed_origins": [ORIGIN]})
-        # The visitor's widget and its assistant are only read; changes go to others ("put"),
-        # and deletions to others again ("delete"), so that each kind of call keeps
-        # reaching its handler whatever came before it.
-        for use in ("put", "delete"):
-            self.ids[f"{use}_assistant"] = self.made("/api/v1/assistants", assistant)
-            self.ids[f"{use}_widget"] = self.made("/api/v1/widgets", {
-                "name": use, "assistant_id": self.ids["assistant"],
-                "allowed_origins": [ORIGIN]})
-        session = self.http.post(f"/api/v1/widgets/{self.ids['widget']}/sessions", json={},
-                                 headers={"Origin": ORIGIN})
+        # The visitor's widget belongs to an owner the run never acts as: Schemathesis reuses
+        # ids it reads in responses, so the run's owner could otherwise change or delete it.
+        site = self.login("site@example.com")
+        self.ids["site_assistant"] = self.made(site, "/api/v1/assistants", assistant)
+        self.ids["site_widget"] = self.made(site, "/api/v1/widgets", {
+            "name": "Site", "assistant_id": self.ids["site_assistant"],
+            "allowed_origins": [ORIGIN]})
+        session = self.http.post(f"/api/v1/widgets/{self.ids['site_widget']}/sessions",
+                                 json={}, headers={"Origin": ORIGIN})
         assert session.status_code == 201, session.text
         self.visitor = session.json()["visitor_token"]
         uploaded = self.http.post(
-            f"/api/v1/widgets/{self.ids['widget']}/files",
+            f"/api/v1/widgets/{self.ids['site_widget']}/files",
             files={"file": ("notes.txt", b"opening hours: 9 to 5", "text/plain")},
             headers=self.bearer(self.visitor, Origin=ORIGIN))
         assert uploaded.status_code == 201, uploaded.text
         self.ids["file"] = uploaded.json()["id"]
+        # The run's owner: what it reads, what it changes ("put"), what it deletes ("delete"),
+        # each its own, so that each kind of call keeps reaching its handler.
+        self.owner = self.login(EMAIL)
+        for use in ("get", "put", "delete"):
+            self.ids[f"{use}_assistant"] = self.made(self.owner, "/api/v1/assistants",
+                                                     assistant)
+            self.ids[f"{use}_widget"] = self.made(self.owner, "/api/v1/widgets", {
+                "name": use, "assistant_id": self.ids["get_assistant"],
+                "allowed_origins": [ORIGIN]})
         self.leaving = [self.login(f"leaving{n}@example.com") for n in range(LEAVING)]
 
-    def real_ids(self, method: str, path: str) -> dict[str, str]:
-        """Real values for the path's parameters (none for paths without any)."""
-        use = {"PUT": "put_", "DELETE": "delete_"}.get(method, "")
+    def real_ids(self, method: str, path: str, visitor: bool) -> dict[str, str]:
+        """Real values for the path's parameters (none for paths without any): the visitor's
+        widget on visitor endpoints, else the run's owner's objects."""
+        use = {"PUT": "put", "DELETE": "delete"}.get(method, "get")
         if path.endswith("/rotate-secret"):
-            use = "put_"
+            use = "put"
         if path.startswith("/api/v1/assistants/{id}"):
-            return {"id": self.ids[f"{use}assistant"]}
+            return {"id": self.ids[f"{use}_assistant"]}
         if path.startswith("/api/v1/widgets/{id}"):
-            real = {"id": self.ids[f"{use}widget"]}
+            real = {"id": self.ids["site_widget" if visitor else f"{use}_widget"]}
             if "{file_id}" in path:
                 real["file_id"] = self.ids["file"]
             return real
@@ -199,7 +213,10 @@ def run(world: World) -> Outcome:
                                 path_parameters: dict[str, Any]) -> Any:
         operation = context.operation
         assert operation is not None
-        real = world.real_ids(operation.method.upper(), operation.path)
+        schemes = {name for requirement in operation.definition.raw.get("security") or []
+                   for name in requirement}
+        visitor = "visitorToken" in schemes or operation.path in VISITOR_PAGES
+        real = world.real_ids(operation.method.upper(), operation.path, visitor)
         if not real or not path_parameters:
             return st.just(path_parameters)
         return st.sampled_from([path_parameters, {**path_parameters, **real}])

@@ -62,6 +62,7 @@ class Endpoint:
     multipart: bool = False  # a multipart/form-data upload, field ``file``
     documented: bool = True  # pages, assets, probes and CORS preflights are not API
     description: str = ""  # what the summary leaves out (Markdown)
+    returns: str | None = None  # the success body's schema: a name in shapes.SCHEMAS
 
     def route(self) -> BaseRoute:
         return DeclaredRoute(self)

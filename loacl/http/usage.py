@@ -75,5 +75,6 @@ endpoints = [
                     Param("to", "last UTC day, YYYY-MM-DD (default: today)", DATE),
                     Param("group_by", "day (default), widget or assistant",
                           {"type": "string", "enum": ["day", "widget", "assistant"]}),
-                    Param("widget_id", "only this widget of yours"))),
+                    Param("widget_id", "only this widget of yours")),
+             returns="Usage"),
 ]
