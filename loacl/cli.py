@@ -11,6 +11,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -278,6 +279,15 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
+    if args.from_replica:
+        if args.path is not None:
+            raise LoaclError("validation_error", "name a backup file or --from-replica, not both")
+        return _restore_from_replica(args, settings)
+    if args.path is None:
+        raise LoaclError("validation_error", "name the backup file to restore, or "
+                                             "--from-replica")
+    if args.timestamp is not None or args.if_empty:
+        raise LoaclError("validation_error", "--timestamp and --if-empty go with --from-replica")
     result = backup.restore(Path(args.path), settings.database_path, force=args.force)
     print(f"restored {result.audit.events} events into {settings.database_path}")
     if result.safety_copy is not None:
@@ -285,6 +295,113 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
             result.lost, f", with {result.lost} events the backup does not hold"
         )
         print(f"the database it replaced{dropped}, is kept at {result.safety_copy}")
+    return 0
+
+
+def _moment(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise LoaclError("invalid_timestamp", f"--timestamp {text!r} is not an ISO-8601 time "
+                                              "(2026-11-30T14:05:00Z)") from None
+    if moment.tzinfo is None:
+        raise LoaclError("invalid_timestamp", f"--timestamp {text!r} has no time zone: add Z "
+                                              "for UTC, or an offset such as +01:00")
+    return moment.astimezone(UTC)
+
+
+def _replica_url(settings: Settings) -> str:
+    if not settings.replica_url:
+        raise LoaclError("replica_not_configured", "no replica is configured: set "
+                                                   "LOACL_REPLICA_URL (replica_url in loacl.toml)")
+    return settings.replica_url
+
+
+def _restore_from_replica(args: argparse.Namespace, settings: Settings) -> int:
+    from loacl.store.rebuild import remove_file
+    from loacl.store.replica import restore, urls
+    from loacl.store.subscribers import default_subscribers
+
+    url = _replica_url(settings)
+    moment = _moment(args.timestamp)
+    db = settings.database_path
+    # Never under a running server, --force or not: its Litestream replicates the file.
+    with backup.ServeLock(db):
+        if args.if_empty and (held := restore.holds_events(db)):
+            print(f"{db} holds {held} events: nothing restored (--if-empty)")
+            return 0
+        config = urls.write_config(settings.data_dir, db, url)
+        try:
+            done = restore.restore(config, db, moment, default_projections(),
+                                   default_subscribers())
+        except LoaclError as exc:
+            if exc.code == "replica_empty" and args.if_empty:
+                print(f"the replica {url} holds no backup yet: nothing restored "
+                      "(--if-empty)")
+                return 0
+            raise
+        try:
+            lost = restore.would_lose(db, done.path, force=args.force)
+        except BaseException:
+            remove_file(done.path)
+            raise
+        kept = restore.swap(done.path, db)
+    last = done.last_recorded.isoformat() if done.last_recorded else "-"
+    print(f"restored {done.events} events from {url} (replica transaction "
+          f"{done.txid:016x}; integrity and audit ok) into {db}; the last was recorded {last}")
+    if moment is not None:
+        if done.cut_after is not None:
+            print(f"point in time {moment.isoformat()}: the log was cut after event "
+                  f"{done.cut_after}, the last recorded up to then")
+        else:
+            # Only the newest state is kept uncut (restore.py): the replica has nothing later.
+            print(f"point in time {moment.isoformat()}: the replica holds nothing recorded "
+                  f"after it (its newest file is from {done.newest.isoformat()})")
+    if kept is None:
+        print("there was no database before: nothing to keep")
+    else:
+        dropped = {None: ", which could not be read", 0: ""}.get(
+            lost, f", with {lost} events the restored one does not hold")
+        print(f"the database it replaced{dropped}, is kept at {kept}")
+    print("Litestream's local state for the old file was removed: it continues from the "
+          "replica's position when it next starts")
+    return 0
+
+
+def cmd_replica(args: argparse.Namespace, settings: Settings) -> int:
+    from loacl.store.replica import status, urls
+
+    url = _replica_url(settings)
+    db = settings.database_path
+    config = urls.write_config(settings.data_dir, db, url)
+    if args.action == "config":
+        print(config)
+        return 0
+    position = status.replica_position(config, db)
+    conn = connect(db, readonly=True) if db.exists() else None
+    try:
+        found = status.status(url, db, conn, position, datetime.now(UTC))
+    finally:
+        if conn is not None:
+            conn.close()
+    if args.json:
+        print(json.dumps(found.as_dict()))
+        return 0
+    shown = found.as_dict()
+    sync = found.last_sync.isoformat() if found.last_sync else "never"
+    print(f"replica       {url}")
+    print(f"replica txid  {shown['replica_txid'] or '-'} (last sync {sync})")
+    taken = found.local_at.isoformat() if found.local_at else "never"
+    print(f"local txid    {shown['local_txid'] or '-'} (Litestream last took changes {taken})")
+    print(f"events        {found.events}")
+    if found.caught_up:
+        print("lag           0 s: caught up")
+    else:
+        assert found.pending_since is not None
+        print(f"lag           {found.lag_seconds:.1f} s: {found.behind} transaction(s) to ship, "
+              f"changes waiting since {found.pending_since.isoformat()}")
     return 0
 
 
@@ -467,11 +584,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.set_defaults(func=cmd_backup)
 
-    p = sub.add_parser("restore", help="put a backup back in place of the database")
-    p.add_argument("path")
+    p = sub.add_parser(
+        "restore", help="put a backup, or the replica's latest or earlier state, in place of "
+        "the database (the replaced one is kept)",
+    )
+    p.add_argument("path", nargs="?", help="the backup file")
     p.add_argument("--force", action="store_true",
-                   help="even while a server uses it, or when it holds events the backup lacks")
+                   help="even when the database holds events the restored one lacks (and, for a "
+                   "backup file, while a server uses it)")
+    p.add_argument("--from-replica", action="store_true",
+                   help="restore from replica_url (Litestream) instead of a backup file")
+    p.add_argument("--timestamp", metavar="ISO-8601",
+                   help="with --from-replica: exactly the events recorded up to this time")
+    p.add_argument("--if-empty", action="store_true",
+                   help="with --from-replica: only when there is no database (or no event in "
+                   "it), and no error when the replica is empty (a container's first start)")
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("replica", help="the Litestream replica: its status, or its config file")
+    rsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rsub.add_parser(
+        "status", help="the replica's newest transaction, its last sync and its lag"
+    ).add_argument("--json", action="store_true")
+    rsub.add_parser(
+        "config", help="write Litestream's config for replica_url into the data folder (mode "
+        "0600, no credentials) and print its path"
+    )
+    p.set_defaults(func=cmd_replica)
 
     p = sub.add_parser("users", help="create or list owner accounts")
     us = p.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -160,6 +160,10 @@ class Settings(BaseModel):
     access_token_expire_minutes: int = Field(
         30, ge=1, le=24 * 60, description="Lifetime of an access token, in minutes."
     )
+    require_if_match: bool = Field(
+        False, description="Changes and deletions of assistants and widgets (`PUT`, `PATCH`, "
+        "`DELETE`, `rotate-secret`) must send `If-Match` with the ETag read (else 428).",
+    )
     require_verified_email: bool = Field(
         True, description="Owners must verify their e-mail before creating assistants or widgets."
     )
@@ -392,6 +396,25 @@ class Settings(BaseModel):
         "counts toward token budgets only.",
     )
 
+    replica_url: str | None = Field(
+        None, description="Where Litestream replicates the database: `file:///folder`, "
+        "`s3://bucket/path` (`?endpoint=URL&region=R` for S3-compatible stores), "
+        "`gs://bucket/path` or `abs://account@container/path`; credentials only from the "
+        "environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, ...). Unset: no replica.",
+    )
+    under_litestream: bool = Field(
+        False, description="Set (1) when Litestream runs `loacl serve` itself (`litestream "
+        "replicate -exec`, as the container does): the server then starts no Litestream of "
+        "its own.",
+    )
+
+    @field_validator("replica_url")
+    @classmethod
+    def _replica_url(cls, value: str | None) -> str | None:
+        from loacl.store.replica.urls import check_url
+
+        return None if value is None else check_url(value)
+
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies(cls, value: list[str]) -> list[str]:
@@ -476,7 +499,11 @@ def load_settings(
         for error in exc.errors():
             key = str(error["loc"][0]) if error["loc"] else "?"
             where = sources.get(key, key)
-            shown = "(hidden)" if key in SECRET_KEYS else repr(error.get("input"))
+            # A replica URL with user@ may hold a password (refused, and not repeated).
+            hidden = key in SECRET_KEYS or (
+                key == "replica_url" and "@" in str(error.get("input"))
+            )
+            shown = "(hidden)" if hidden else repr(error.get("input"))
             problems.append(f"{where}: {error['msg']} (got {shown})")
         raise SettingsError("invalid setting: " + "; ".join(problems)) from None
 

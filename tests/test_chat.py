@@ -664,6 +664,28 @@ def test_a_message_too_long_is_413_and_writes_nothing(shared: Shared) -> None:
     assert exact.status_code == 201, exact.text
 
 
+def test_a_guessed_field_name_is_refused_naming_the_one_meant(shared: Shared) -> None:
+    site = shared.site
+    visitor = site.visitor(shared.responses)
+    before = event_count(site.settings)
+    refused = site.http.post(f"/api/v1/widgets/{visitor.widget_id}/messages",
+                             json={"content": "hello"}, headers=visitor.headers)
+    assert refused.status_code == 422
+    problem = refused.json()
+    assert problem["code"] == "validation_error" and problem["status"] == 422
+    assert {"type", "title", "detail", "request_id"} <= problem.keys()
+    by_field = {e["field"]: e for e in problem["errors"]}
+    assert by_field["text"]["reason"] == "missing"
+    assert by_field["content"]["did_you_mean"] == "text"
+    assert by_field["content"]["accepted"] == ["text", "file_ids", "client_message_id"]
+    assert "did you mean `text`?" in problem["detail"]
+    both = site.http.get(f"/api/v1/widgets/{visitor.widget_id}/messages",
+                         params={"before": 1, "after": 1}, headers=visitor.headers)
+    assert both.status_code == 422
+    assert [e["field"] for e in both.json()["errors"]] == ["before", "after"]
+    assert event_count(site.settings) == before
+
+
 async def test_the_per_widget_concurrency_limit_holds_under_a_burst(
     server: OpenAITestServer, root: str, tmp_path: Path
 ) -> None:

@@ -4,6 +4,7 @@ next, readable at a terminal and JSON lines when the output is collected."""
 from __future__ import annotations
 
 import contextlib
+import email
 import json
 import os
 import pty
@@ -14,8 +15,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from email import policy
+from email.message import EmailMessage
 from pathlib import Path
 
+import httpx
 import pytest
 
 from loacl.settings import ENV_NAMES
@@ -126,6 +130,26 @@ def test_the_public_url_is_the_one_shown(tmp_path: Path) -> None:
     )
     assert listening["url"] == "https://chat.example.org/"
     assert listening["listening_on"] == f"http://127.0.0.1:{server.port}/"
+
+
+def test_mail_links_name_the_port_given_to_serve(tmp_path: Path) -> None:
+    """Without ``public_url``, a verification link points where ``loacl serve --port`` listens,
+    not at the configured port."""
+    with serve(tmp_path, terminal=False) as server:
+        server.wait_for("loacl.listening")
+        response = httpx.post(
+            f"http://127.0.0.1:{server.port}/api/v1/auth/register",
+            json={"email": "ada@example.com", "password": "correct horse battery staple"},
+            timeout=WAIT,
+        )
+        assert response.status_code == 202, response.text
+        assert server.stop() == 0
+    [path] = (tmp_path / "data" / "outbox").glob("*.eml")
+    message = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    body = message.get_content()
+    assert f"http://127.0.0.1:{server.port}/api/v1/auth/verify-email" in body
+    assert server.port != 8000
 
 
 @pytest.mark.parametrize("value", ["text", "console"])

@@ -91,7 +91,8 @@ def _handler_facts(module: ModuleType) -> dict[str, tuple[set[str], set[int]]]:
     return facts
 
 
-RESOURCE_OK = {"list": 200, "create": 201, "get": 200, "put": 200, "delete": 204}
+RESOURCE_OK = {"list": 200, "create": 201, "get": 200, "put": 200, "patch": 200,
+               "delete": 204}
 
 
 @pytest.mark.parametrize("module", [auth, chat, owners, visitors], ids=lambda m: m.__name__)
@@ -108,8 +109,9 @@ def test_a_declaration_matches_its_handler(module: ModuleType) -> None:
         resource = getattr(handler, "__self__", None)
         if isinstance(resource, OwnedResource):
             # One handler for each kind of owned thing: its body is the resource's own.
-            reads = handler.__name__ in ("create", "put")
-            assert declaration.body is (resource.body if reads else None), handler
+            bodies = {"create": resource.body, "put": resource.replacement,
+                      "patch": resource.patch_body}
+            assert declaration.body is bodies.get(handler.__name__), handler
             assert declaration.ok == RESOURCE_OK[handler.__name__], handler
             continue
         models, statuses = facts[handler.__name__]
@@ -260,3 +262,36 @@ def test_served_json_and_docs_page(app: Starlette) -> None:
         assert "store_error" in docs.text  # the error codes table
         assert "<script" not in docs.text  # self-contained, nothing loaded from elsewhere
 
+
+
+def test_the_embed_code_documents_its_html_form(app: Starlette) -> None:
+    spec = _spec(app)
+    op = spec["paths"]["/api/v1/widgets/{id}/embed-code"]["get"]
+    [fmt] = [p for p in op["parameters"] if p["name"] == "format"]
+    assert fmt["in"] == "query" and fmt["schema"]["enum"] == ["json", "html"]
+    content = op["responses"]["200"]["content"]
+    assert content["text/html"]["schema"] == {"type": "string"}
+    ref = content["application/json"]["schema"]["$ref"]
+    assert "html" in spec["components"]["schemas"][ref.rsplit("/", 1)[-1]]["required"]
+
+
+@pytest.mark.parametrize("kind", ["assistants", "widgets"])
+def test_patch_put_and_if_match_are_documented(app: Starlette, kind: str) -> None:
+    spec = _spec(app)
+    item = spec["paths"][f"/api/v1/{kind}/{{id}}"]
+    patch = item["patch"]
+    content = patch["requestBody"]["content"]
+    assert set(content) == {"application/merge-patch+json", "application/json"}
+    ref = content["application/merge-patch+json"]["schema"]["$ref"]
+    patch_schema = spec["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+    assert not patch_schema.get("required")  # any field may be left out
+    put_ref = item["put"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    put_schema = spec["components"]["schemas"][put_ref.rsplit("/", 1)[-1]]
+    assert set(put_schema["required"]) == set(put_schema["properties"])  # every field
+    assert "RFC 7396" in patch["description"]
+    for method in ("put", "patch", "delete"):
+        [header] = [p for p in item[method]["parameters"] if p["in"] == "header"]
+        assert header["name"] == "If-Match" and not header["required"]
+        assert "precondition_required" in item[method]["responses"]["428"]["description"]
+        assert "version_conflict" in item[method]["responses"]["412"]["description"]
+    assert "unsupported_media_type" in patch["responses"]["415"]["description"]

@@ -31,6 +31,7 @@ from loacl.domain.widgets import (
     widget_stream,
 )
 from loacl.http.app import create_app
+from loacl.http.validation import merge_patch
 from loacl.openai_testserver import HttpError, ModelInfo, OpenAITestServer, running
 from loacl.settings import Settings
 from tests.live import serve
@@ -208,6 +209,11 @@ def assert_problem(
 # -- assistants: scenario tables -----------------------------------------------------------------
 
 ASSISTANT = {"name": "Helper", "provider": "demo", "model": "demo"}
+# PUT replaces the whole thing: its body names every field.
+ASSISTANT_PUT = {**ASSISTANT, "instructions": "", "temperature": None, "top_p": None,
+                 "max_output_tokens": None, "file_search": None}
+WIDGET_PUT = {"allowed_origins": [], "settings": {}, "limits": {}, "budget": {}, "enabled": True,
+              "require_identity": False}
 
 VALID_ASSISTANTS = [
     pytest.param(
@@ -315,7 +321,8 @@ def test_assistant_refuses_a_bad_field(
     path = "/api/v1/assistants" + (f"/{existing['id']}" if method == "PUT" else "")
     before = head(world.settings)
     response = world.client.request(
-        method, path, json=patched(ASSISTANT, patch), headers=world.a.headers
+        method, path, json=patched(ASSISTANT if method == "POST" else ASSISTANT_PUT, patch),
+        headers=world.a.headers
     )
     assert_problem(response, 422, code, field)
     assert events(world.settings, before) == []
@@ -355,7 +362,7 @@ def test_update_assistant_appends_only_changes(world: World) -> None:
     created = world.assistant(world.a, **ASSISTANT)
     path = f"/api/v1/assistants/{created['id']}"
     before = head(world.settings)
-    changed = {**ASSISTANT, "name": "Renamed", "temperature": 0.5}
+    changed = {**ASSISTANT_PUT, "name": "Renamed", "temperature": 0.5}
     response = world.client.put(path, json=changed, headers=world.a.headers)
     assert response.status_code == 200, response.text
     assert response.headers["etag"] == '"2"'
@@ -383,7 +390,7 @@ def test_delete_assistant(world: World) -> None:
     ]
     before = head(world.settings)
     assert_problem(world.client.get(path, headers=world.a.headers), 404, "not_found")
-    assert_problem(world.client.put(path, json=ASSISTANT, headers=world.a.headers), 404,
+    assert_problem(world.client.put(path, json=ASSISTANT_PUT, headers=world.a.headers), 404,
                    "not_found")
     assert_problem(world.client.delete(path, headers=world.a.headers), 404, "not_found")
     assert events(world.settings, before) == []
@@ -606,6 +613,8 @@ def test_widget_refuses_a_bad_field(
         ).status_code == 204
         patch = {"assistant_id": gone["id"]}
     path = "/api/v1/widgets" + (f"/{existing['id']}" if method == "PUT" else "")
+    if method == "PUT":
+        base = {**WIDGET_PUT, **base}
     before = head(world.settings)
     response = world.client.request(
         method, path, json=patched(base, patch), headers=world.a.headers
@@ -622,7 +631,7 @@ def test_update_widget(world: World) -> None:
     widget = world.widget(world.a, first["id"])
     path = f"/api/v1/widgets/{widget['id']}"
     before = head(world.settings)
-    body = {"name": "Renamed", "assistant_id": second["id"],
+    body = {**WIDGET_PUT, "name": "Renamed", "assistant_id": second["id"],
             "allowed_origins": ["https://*.example.com"], "settings": {"theme": "dark"}}
     response = world.client.put(path, json=body, headers={**world.a.headers, "If-Match": '"1"'})
     assert response.status_code == 200, response.text
@@ -650,7 +659,7 @@ def test_delete_widget(world: World) -> None:
     assert world.client.delete(path, headers=world.a.headers).status_code == 204
     assert [r.type for r in events(world.settings, before)] == ["widget.deleted"]
     before = head(world.settings)
-    body = {"name": "Back", "assistant_id": widget["assistant_id"]}
+    body = {**WIDGET_PUT, "name": "Back", "assistant_id": widget["assistant_id"]}
     for method, sub, json_body in [("GET", "", None), ("PUT", "", body), ("DELETE", "", None),
                                    ("GET", "/embed-code", None),
                                    ("POST", "/rotate-secret", None)]:
@@ -691,13 +700,15 @@ def owner_requests(assistant_id: str, widget_id: str, other_assistant: str) -> l
     tuple[str, str, dict[str, Any] | None]
 ]:
     """Every owner endpoint that names a resource, with a body that would be valid."""
-    widget_body = {"name": "Mine now", "assistant_id": other_assistant}
+    widget_body = {**WIDGET_PUT, "name": "Mine now", "assistant_id": other_assistant}
     return [
         ("GET", f"/api/v1/assistants/{assistant_id}", None),
-        ("PUT", f"/api/v1/assistants/{assistant_id}", {**ASSISTANT, "name": "Mine now"}),
+        ("PUT", f"/api/v1/assistants/{assistant_id}", {**ASSISTANT_PUT, "name": "Mine now"}),
+        ("PATCH", f"/api/v1/assistants/{assistant_id}", {"name": "Mine now"}),
         ("DELETE", f"/api/v1/assistants/{assistant_id}", None),
         ("GET", f"/api/v1/widgets/{widget_id}", None),
         ("PUT", f"/api/v1/widgets/{widget_id}", widget_body),
+        ("PATCH", f"/api/v1/widgets/{widget_id}", {"assistant_id": other_assistant}),
         ("DELETE", f"/api/v1/widgets/{widget_id}", None),
         ("GET", f"/api/v1/widgets/{widget_id}/embed-code", None),
         ("POST", f"/api/v1/widgets/{widget_id}/rotate-secret", None),
@@ -833,10 +844,13 @@ class Guarded:
 
 
 GUARDED = [
-    pytest.param(Guarded("assistant", "PUT", "", {**ASSISTANT, "name": "New"}, 200),
+    pytest.param(Guarded("assistant", "PUT", "", {**ASSISTANT_PUT, "name": "New"}, 200),
                  id="put-assistant"),
     pytest.param(Guarded("assistant", "DELETE", "", None, 204), id="delete-assistant"),
-    pytest.param(Guarded("widget", "PUT", "", {"name": "New"}, 200), id="put-widget"),
+    pytest.param(Guarded("widget", "PUT", "", {**WIDGET_PUT, "name": "New"}, 200),
+                 id="put-widget"),
+    pytest.param(Guarded("assistant", "PATCH", "", {"name": "New"}, 200), id="patch-assistant"),
+    pytest.param(Guarded("widget", "PATCH", "", {"name": "New"}, 200), id="patch-widget"),
     pytest.param(Guarded("widget", "DELETE", "", None, 204), id="delete-widget"),
     pytest.param(Guarded("widget", "POST", "/rotate-secret", None, 200), id="rotate-secret"),
 ]
@@ -848,11 +862,11 @@ def test_a_stale_if_match_changes_nothing(world: World, guarded: Guarded, stale:
     assistant = world.assistant(world.a, **ASSISTANT)
     if guarded.kind == "assistant":
         path = f"/api/v1/assistants/{assistant['id']}"
-        world.client.put(path, json={**ASSISTANT, "name": "v2"}, headers=world.a.headers)
+        world.client.put(path, json={**ASSISTANT_PUT, "name": "v2"}, headers=world.a.headers)
     else:
         widget = world.widget(world.a, assistant["id"])
         path = f"/api/v1/widgets/{widget['id']}"
-        world.client.put(path, json={"name": "v2", "assistant_id": assistant["id"]},
+        world.client.put(path, json={**WIDGET_PUT, "name": "v2", "assistant_id": assistant["id"]},
                          headers=world.a.headers)
     current = world.client.get(path, headers=world.a.headers)
     assert current.headers["etag"] == '"2"'
@@ -885,11 +899,156 @@ def test_a_stale_if_match_changes_nothing(world: World, guarded: Guarded, stale:
 def test_if_match_forms_that_match(world: World, given_tag: str) -> None:
     created = world.assistant(world.a, **ASSISTANT)
     response = world.client.put(
-        f"/api/v1/assistants/{created['id']}", json={**ASSISTANT, "name": "New"},
+        f"/api/v1/assistants/{created['id']}", json={**ASSISTANT_PUT, "name": "New"},
         headers={**world.a.headers, "If-Match": given_tag},
     )
     assert response.status_code == 200, response.text
     assert response.headers["etag"] == '"2"'
+
+
+# -- PATCH (JSON Merge Patch) and PUT as a full replacement --------------------------------------
+
+
+def test_put_refuses_a_body_that_leaves_fields_out(world: World) -> None:
+    """PUT replaces the whole thing: leaving a field out is refused, never read as blank."""
+    created = world.assistant(world.a, **ASSISTANT, instructions="Be brief.")
+    path = f"/api/v1/assistants/{created['id']}"
+    before = head(world.settings)
+    refused = world.client.put(path, json={"name": "Helper2"}, headers=world.a.headers)
+    body = assert_problem(refused, 422, "validation_error", "instructions")
+    missing = {e["field"] for e in body["errors"] if e["reason"] == "missing"}
+    assert missing == {"provider", "model", "instructions", "temperature", "top_p",
+                       "max_output_tokens", "file_search"}
+    widget = world.widget(world.a, created["id"])
+    refused = world.client.put(f"/api/v1/widgets/{widget['id']}",
+                               json={"name": "x", "assistant_id": created["id"]},
+                               headers=world.a.headers)
+    body = assert_problem(refused, 422, "validation_error", "allowed_origins")
+    assert {e["field"] for e in body["errors"]} == set(WIDGET_PUT)
+    assert [r.type for r in events(world.settings, before)] == ["widget.created"]
+    assert world.client.get(path, headers=world.a.headers).json()["instructions"] == "Be brief."
+
+
+@pytest.mark.parametrize("media", ["application/merge-patch+json", "application/json",
+                                   "application/merge-patch+json; charset=utf-8"])
+def test_patch_changes_only_the_fields_given(world: World, media: str) -> None:
+    created = world.assistant(world.a, **ASSISTANT, instructions="Be brief.", temperature=0.5)
+    path = f"/api/v1/assistants/{created['id']}"
+    before = head(world.settings)
+    response = world.client.patch(path, content=json.dumps({"name": "Helper2"}),
+                                  headers={**world.a.headers, "Content-Type": media})
+    assert response.status_code == 200, response.text
+    assert response.headers["etag"] == '"2"'
+    changed = response.json()
+    assert changed == {**created, "name": "Helper2", "version": 2,
+                       "updated_at": changed["updated_at"]}
+    [row] = events(world.settings, before)
+    assert (row.type, row.version) == ("assistant.updated", 2)
+    assert row.payload["definition"]["name"] == "Helper2"
+    assert row.payload["definition"]["instructions"] == "Be brief."
+    assert row.metadata["actor"] == world.a.user_id
+
+    # null puts a field back to its default; the same values again append nothing.
+    reset = world.client.patch(path, json={"temperature": None, "instructions": None},
+                               headers={**world.a.headers, "If-Match": '"2"'})
+    assert reset.status_code == 200, reset.text
+    assert (reset.json()["temperature"], reset.json()["instructions"]) == (None, "")
+    before = head(world.settings)
+    same = world.client.patch(path, json={"name": "Helper2"}, headers=world.a.headers)
+    assert same.status_code == 200 and same.headers["etag"] == '"3"'
+    assert events(world.settings, before) == []
+
+
+def test_patch_merges_a_widgets_nested_settings(world: World) -> None:
+    assistant = world.assistant(world.a)
+    widget = world.widget(world.a, assistant["id"], allowed_origins=["https://shop.example"],
+                          settings={"title": "Ask us", "theme": "dark"},
+                          budget={"daily_tokens": 1000, "monthly_tokens": 9000})
+    path = f"/api/v1/widgets/{widget['id']}"
+    response = world.client.patch(
+        path, json={"settings": {"position": "bottom-left"}, "budget": {"daily_tokens": None}},
+        headers={**world.a.headers, "Content-Type": "application/merge-patch+json"},
+    )
+    assert response.status_code == 200, response.text
+    got = response.json()
+    assert got["settings"] == {**widget["settings"], "position": "bottom-left"}
+    assert got["settings"]["title"] == "Ask us" and got["settings"]["theme"] == "dark"
+    assert got["budget"] == {**widget["budget"], "daily_tokens": None}
+    assert got["allowed_origins"] == ["https://shop.example"]
+    assert "identity_secret" not in got
+
+
+def test_patch_refusals_name_the_field_and_change_nothing(world: World) -> None:
+    created = world.assistant(world.a, **ASSISTANT)
+    path = f"/api/v1/assistants/{created['id']}"
+    before = head(world.settings)
+    body = assert_problem(world.client.patch(path, json={"name": None}, headers=world.a.headers),
+                          422, "validation_error", "name")
+    assert body["errors"][0]["reason"] == "missing"
+    body = assert_problem(world.client.patch(path, json={"instrucions": "x"},
+                                             headers=world.a.headers),
+                          422, "validation_error", "instrucions")
+    assert body["errors"][0]["did_you_mean"] == "instructions"
+    assert_problem(world.client.patch(path, json={"temperature": 9}, headers=world.a.headers),
+                   422, "validation_error", "temperature")
+    json_patch = world.client.patch(
+        path, content=b'[{"op": "replace", "path": "/name", "value": "x"}]',
+        headers={**world.a.headers, "Content-Type": "application/json-patch+json"})
+    assert_problem(json_patch, 415, "unsupported_media_type")
+    assert_problem(world.client.patch(path, content=b"[1]", headers={
+        **world.a.headers, "Content-Type": "application/merge-patch+json"}), 400, "invalid_json")
+    assert events(world.settings, before) == []
+    assert world.client.get(path, headers=world.a.headers).json() == created
+
+
+@pytest.mark.parametrize(
+    ("target", "patch", "result"),
+    [  # RFC 7396, Appendix A
+        ({"a": "b"}, {"a": "c"}, {"a": "c"}),
+        ({"a": "b"}, {"b": "c"}, {"a": "b", "b": "c"}),
+        ({"a": "b"}, {"a": None}, {}),
+        ({"a": "b", "b": "c"}, {"a": None}, {"b": "c"}),
+        ({"a": ["b"]}, {"a": "c"}, {"a": "c"}),
+        ({"a": "c"}, {"a": ["b"]}, {"a": ["b"]}),
+        ({"a": {"b": "c"}}, {"a": {"b": "d", "c": None}}, {"a": {"b": "d"}}),
+        ({"a": [{"b": "c"}]}, {"a": [1]}, {"a": [1]}),
+        (["a", "b"], ["c", "d"], ["c", "d"]),
+        ({"a": "b"}, ["c"], ["c"]),
+        ({"a": "foo"}, None, None),
+        ({"a": "foo"}, "bar", "bar"),
+        ({"e": None}, {"a": 1}, {"e": None, "a": 1}),
+        ([1, 2], {"a": "b", "c": None}, {"a": "b"}),
+        ({}, {"a": {"bb": {"ccc": None}}}, {"a": {"bb": {}}}),
+    ],
+)
+def test_merge_patch_follows_rfc_7396(target: Any, patch: Any, result: Any) -> None:
+    assert merge_patch(target, patch) == result
+
+
+@pytest.mark.parametrize("guarded", GUARDED)
+def test_with_require_if_match_a_change_without_it_is_428(
+    settings: Settings, guarded: Guarded
+) -> None:
+    strict = settings.model_copy(update={"require_if_match": True})
+    with world_of(strict) as world:
+        assistant = world.assistant(world.a, **ASSISTANT)
+        if guarded.kind == "assistant":
+            path = f"/api/v1/assistants/{assistant['id']}"
+        else:
+            path = f"/api/v1/widgets/{world.widget(world.a, assistant['id'])['id']}"
+        body = guarded.body
+        if body is not None and guarded.kind == "widget":
+            body = {**body, "assistant_id": assistant["id"]}
+        before = head(strict)
+        refused = world.client.request(guarded.method, path + guarded.suffix, json=body,
+                                       headers=world.a.headers)
+        problem = assert_problem(refused, 428, "precondition_required")
+        assert "If-Match" in problem["detail"]
+        assert events(strict, before) == []
+        accepted = world.client.request(guarded.method, path + guarded.suffix, json=body,
+                                        headers={**world.a.headers, "If-Match": '"1"'})
+        assert accepted.status_code == guarded.ok, accepted.text
+        assert [r.version for r in events(strict, before)] == [2]
 
 
 # -- lists ---------------------------------------------------------------------------------------
@@ -1054,6 +1213,88 @@ def test_embed_code(world: World) -> None:
     assert events(world.settings, before) == []
 
 
+def test_a_422_names_each_bad_field_its_accepted_values_and_the_field_meant(
+    world: World,
+) -> None:
+    before = head(world.settings)
+    refused = world.client.post("/api/v1/assistants", headers=world.a.headers, json={
+        "name": "Helper", "provider": "anthropic", "temprature": 1})
+    body = assert_problem(refused, 422, "validation_error", "temprature")
+    [typo] = body["errors"]
+    assert typo["did_you_mean"] == "temperature" and "temperature" in typo["accepted"]
+    assert typo["reason"] == "extra_forbidden"
+    assert "did you mean `temperature`?" in body["detail"]
+    unknown = world.client.post("/api/v1/assistants", headers=world.a.headers,
+                                json={"name": "Helper", "provider": "anthropic"})
+    body = assert_problem(unknown, 422, "validation_error", "provider")
+    assert body["errors"][0]["accepted"] == ["openai", "chat_completions", "demo"]
+    assistant = world.assistant(world.a)
+    widget = world.client.post("/api/v1/widgets", headers=world.a.headers, json={
+        "name": "Site", "assistant_id": assistant["id"],
+        "settings": {"theme": "blue", "positon": "bottom-left", "zzz": 1}})
+    body = assert_problem(widget, 422, "validation_error", "settings.theme")
+    by_field = {e["field"]: e for e in body["errors"]}
+    assert by_field["settings.theme"]["accepted"] == ["light", "dark", "auto"]
+    assert by_field["settings.theme"]["reason"] == "literal_error"
+    assert by_field["settings.positon"]["did_you_mean"] == "position"
+    assert "did_you_mean" not in by_field["settings.zzz"]
+    assert "theme" in by_field["settings.zzz"]["accepted"]
+    assert "known fields: title" in by_field["settings.zzz"]["message"]
+    assert len(events(world.settings, before)) == 1  # the assistant made in between
+
+
+@pytest.mark.parametrize(
+    ("query", "accept"),
+    [("?format=html", None), ("?format=html", "application/json"), ("", "text/html"),
+     ("", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+     ("", "application/json;q=0.5, text/*")],
+)
+def test_embed_code_as_html_is_the_snippet_itself(
+    world: World, query: str, accept: str | None
+) -> None:
+    widget = world.widget(world.a, world.assistant(world.a)["id"])
+    path = f"/api/v1/widgets/{widget['id']}/embed-code"
+    as_json = world.client.get(path, headers=world.a.headers).json()
+    headers = {**world.a.headers, **({"accept": accept} if accept else {})}
+    response = world.client.get(path + query, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    assert response.text == as_json["html"]
+    assert "sandbox" in response.headers["content-security-policy"]
+    config, src = read_snippet(response.text)
+    assert config["widgetId"] == widget["id"] and src == "http://testserver/widget.js"
+
+
+@pytest.mark.parametrize(
+    ("query", "accept"),
+    [("", None), ("", "*/*"), ("?format=json", "text/html"), ("", "text/html;q=0.5, */*"),
+     ("", "application/json, text/html")],
+)
+def test_embed_code_stays_json_unless_html_is_asked_for(
+    world: World, query: str, accept: str | None
+) -> None:
+    widget = world.widget(world.a, world.assistant(world.a)["id"])
+    headers = {**world.a.headers, **({"accept": accept} if accept else {})}
+    response = world.client.get(
+        f"/api/v1/widgets/{widget['id']}/embed-code{query}", headers=headers
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["widget_id"] == widget["id"]
+
+
+def test_embed_code_refuses_an_unknown_format_naming_the_accepted_ones(world: World) -> None:
+    widget = world.widget(world.a, world.assistant(world.a)["id"])
+    response = world.client.get(
+        f"/api/v1/widgets/{widget['id']}/embed-code?format=xml", headers=world.a.headers
+    )
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["code"] == "validation_error"
+    assert problem["errors"] == [{"field": "format", "message": "not an accepted value",
+                                  "accepted": ["json", "html"]}]
+
+
 @pytest.mark.parametrize(
     ("public_url", "script_url"),
     [
@@ -1189,7 +1430,7 @@ def test_a_changed_model_is_checked_again(
     server, url = provider
     configured = settings.model_copy(update={"openai_base_url": url, "openai_api_key": "test"})
     with world_of(configured) as world:
-        body = {"name": "H", "provider": "openai", "model": "gpt-4o-mini"}
+        body = {**ASSISTANT_PUT, "name": "H", "provider": "openai", "model": "gpt-4o-mini"}
         created = world.assistant(world.a, **body)
         path = f"/api/v1/assistants/{created['id']}"
         assert model_paths(server) == ["/v1/models/gpt-4o-mini"]
@@ -1314,7 +1555,7 @@ def test_concurrent_writers_with_one_if_match_one_wins(settings: Settings) -> No
         def put(i: int) -> int:
             with httpx.Client(base_url=url, timeout=20) as own:
                 return own.put(
-                    path, json={**ASSISTANT, "name": f"writer {i}"},
+                    path, json={**ASSISTANT_PUT, "name": f"writer {i}"},
                     headers={**owner.headers, "If-Match": '"1"'},
                 ).status_code
 

@@ -65,9 +65,10 @@ CONFIG: dict[str, Any] = {
     # Every check but one (see the module's docstring).
     "checks": {
         "enabled": True, "positive_data_acceptance": {"enabled": False},
-        # A body the document forbids may be refused for its size before it is read (413).
+        # A body the document forbids may be refused before it is read: for its size (413), or
+        # for a stale If-Match, which RFC 9110 (13.2.1) has checked before the content (412).
         "negative_data_rejection": {"expected-statuses": [
-            400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429, "5xx"]},
+            400, 401, 403, 404, 405, 406, 409, 412, 413, 415, 422, 428, 429, "5xx"]},
     },
     # The document has no links between operations for a stateful run to follow.
     "phases": {"stateful": {"enabled": False}},

@@ -84,7 +84,8 @@ def checked(definition: AssistantDefinition) -> AssistantDefinition:
         raise LoaclError(
             "validation_error",
             f"provider: one of {', '.join(PROVIDERS)}, not {definition.provider!r}",
-            errors=[{"field": "provider", "message": "unknown provider"}],
+            errors=[{"field": "provider", "message": "unknown provider",
+                     "accepted": list(PROVIDERS)}],
         )
     return definition
 

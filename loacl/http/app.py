@@ -46,6 +46,7 @@ from loacl.store import integrity, migrations
 from loacl.store.backup import ServeLock
 from loacl.store.eventstore import Clock, EventStore, utc_now
 from loacl.store.projections import default_projections
+from loacl.store.replica.supervisor import Replication
 from loacl.store.sqlite import check_version, connect
 from loacl.store.subscribers import default_subscribers
 from loacl.store.subscriptions import Subscriptions
@@ -58,7 +59,8 @@ def prepare_database(settings: Settings) -> None:
     """Check the SQLite version, bring the schema up to date (or check it is), and refuse a
     damaged file or a broken hash chain."""
     check_version()
-    conn = connect(settings.database_path)
+    # Under Litestream even the migrations leave checkpoints to it (store.sqlite.connect).
+    conn = connect(settings.database_path, autocheckpoint=0 if settings.under_litestream else None)
     try:
         if settings.auto_migrate:
             for step in migrations.up(conn):
@@ -91,7 +93,16 @@ def warn_open_files(settings: Settings) -> None:
 def create_app(
     settings: Settings, *, clock: Clock = utc_now, mailer: Mailer | None = None
 ) -> Starlette:
-    store = EventStore(settings.database_path, default_projections(), clock=clock)
+    store = EventStore(
+        settings.database_path, default_projections(), clock=clock,
+        autocheckpoint=0 if settings.replica_url or settings.under_litestream else None,
+    )
+    replication = None
+    if settings.replica_url:
+        replication = Replication(
+            settings.replica_url, settings.database_path, settings.data_dir, store,
+            supervise=not settings.under_litestream,
+        )
     watch = Watch(settings.database_path, settings.integrity_check_minutes * 60, clock)
     lock = ServeLock(settings.database_path)
     mailer = mailer or Mailer.from_settings(settings)
@@ -119,6 +130,12 @@ def create_app(
             warn_open_files(settings)
             await store.open()
             try:
+                if replication is not None:
+                    await replication.start()
+                elif settings.under_litestream:
+                    log.warning("replica.not_configured", under_litestream=True,
+                                remedy="set LOACL_REPLICA_URL to the replica Litestream uses, "
+                                "so that /readyz reports it")
                 await recover(store)
                 if demo_enabled(settings):
                     await demo.ensure_or_go_without()
@@ -135,6 +152,9 @@ def create_app(
                 # Before the store closes: a runner cut short resumes at its checkpoint.
                 await subscriptions.stop()
                 await store.close()
+                if replication is not None:
+                    # After the store: Litestream's last sync ships the last commits.
+                    await replication.stop()
         finally:
             lock.release()
 
@@ -156,6 +176,7 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.subscriptions = subscriptions
+    app.state.replication = replication
     app.state.integrity = watch
     app.state.clock = clock
     app.state.accounts = Accounts(store, settings, passwords, tokens, mailer, clock)

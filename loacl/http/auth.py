@@ -48,13 +48,15 @@ class ResetConfirmBody(Body):
 
 
 def base_url(request: Request) -> str:
-    """Where mail links point: the public URL, else the address the server listens on. Never the
-    request's Host header: anyone may ask for a reset mail to anyone, naming any host."""
+    """Where mail links point: the public URL, else the address the server listens on (as
+    ``loacl serve --host/--port`` gave it, else as configured). Never the request's Host
+    header: anyone may ask for a reset mail to anyone, naming any host."""
     settings = request.app.state.settings
     if settings.public_url:
         return str(settings.public_url).rstrip("/")
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    return f"http://{host}:{settings.port}"
+    host, port = getattr(request.app.state, "listening", (settings.host, settings.port))
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}"
 
 
 def bearer_token(request: Request) -> str:

@@ -86,7 +86,9 @@ async def list_messages(request: Request) -> Response:
     before = request.query_params.get("before")
     after = request.query_params.get("after")
     if before is not None and after is not None:
-        raise LoaclError("validation_error", "give before or after, not both")
+        raise LoaclError("validation_error", "give before or after, not both", errors=[
+            {"field": name, "message": "give before or after, not both"}
+            for name in ("before", "after")])
     limit = int_param(request, "limit", 50, 1, 100)
     found = await chat(request).messages(
         conversation_id,
@@ -163,7 +165,10 @@ async def upload_file(request: Request) -> Response:
     try:
         form = await buffered.form(max_files=1, max_fields=10, max_part_size=limit + 1)
     except Exception as exc:
-        raise LoaclError("validation_error", f"the upload is not valid multipart: {exc}") from None
+        raise LoaclError(
+            "validation_error", f"the upload is not valid multipart: {exc}",
+            errors=[{"field": "file", "message": f"not valid multipart: {exc}"}],
+        ) from None
     # Closed on every path: a form with the wrong field still holds spooled temporary files.
     try:
         upload = form.get("file")

@@ -150,8 +150,14 @@ def etag(version: int) -> str:
 
 
 def if_match(request: Request) -> int | None:
-    """The stream version a client expects, from ``If-Match``; None when absent or ``*``."""
+    """The stream version a client expects, from ``If-Match``; None when absent or ``*``.
+    With ``require_if_match``, absent is refused (428): every change must name what it read."""
     raw = request.headers.get("if-match")
+    if raw is None and request.app.state.settings.require_if_match:
+        raise LoaclError(
+            "precondition_required",
+            "send If-Match with the ETag of the version you read (GET it first)",
+        )
     if raw is None or raw.strip() == "*":
         return None
     value = raw.strip().removeprefix("W/").strip('"')

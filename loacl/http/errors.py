@@ -34,7 +34,8 @@ And by status::
     415 unsupported_file_type, unsupported_media_type
     422 validation_error, unknown_model, unknown_assistant, unknown_file, empty_file,
         unsupported_file_for_provider, invalid_export, invalid_migration_target,
-        not_resettable
+        not_resettable, invalid_timestamp, replica_not_configured
+    428 precondition_required
     429 rate_limited, budget_exhausted, provider_rate_limited
     500 internal_error, store_error, log_damaged, unknown_event_type, unknown_schema_version,
         migration_failed, backup_corrupt, invalid_database_url, duplicate_subscriber,
@@ -42,7 +43,7 @@ And by status::
     502 provider_error
     503 provider_unavailable, store_unavailable, database_unavailable, store_closed,
         not_ready, interrupted, schema_out_of_date, schema_too_new, database_in_use,
-        database_not_found
+        database_not_found, replica_unavailable, replica_empty
 """
 
 from __future__ import annotations
@@ -135,6 +136,13 @@ ERRORS: dict[str, ErrorCode] = {
     "not_resettable": ErrorCode(
         422, "CLI: only a subscriber that keeps its own tables can be reset"
     ),
+    "invalid_timestamp": ErrorCode(422, "CLI: --timestamp is not an ISO-8601 time with a time "
+                                        "zone"),
+    "replica_not_configured": ErrorCode(422, "CLI: no replica_url is set"),
+    # 428
+    "precondition_required": ErrorCode(
+        428, "send If-Match with the ETag you read (require_if_match is on)"
+    ),
     # 429
     "rate_limited": ErrorCode(429, "too many requests; Retry-After says when to try again"),
     "budget_exhausted": ErrorCode(429, "the widget's token or cost budget for the day or the "
@@ -176,6 +184,9 @@ ERRORS: dict[str, ErrorCode] = {
     "schema_too_new": ErrorCode(503, "the database was migrated by a newer LOACL"),
     "database_in_use": ErrorCode(503, "another LOACL server uses the database"),
     "database_not_found": ErrorCode(503, "no database file at the configured path"),
+    "replica_unavailable": ErrorCode(503, "CLI: Litestream is missing, or cannot read or "
+                                          "restore the replica; the message says why"),
+    "replica_empty": ErrorCode(503, "CLI: the replica holds no backup yet"),
 }
 
 STATUS: dict[str, int] = {code: error.status for code, error in ERRORS.items()}
@@ -233,7 +244,11 @@ def problem(
 
 async def loacl_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LoaclError)
-    return problem(status_for(exc.code), exc.code, exc.message, request, **exc.extra)
+    extra = exc.extra
+    if exc.code == "validation_error" and not extra.get("errors"):
+        # Every 422 lists its fields; a refusal that names none is about the body as a whole.
+        extra = {**extra, "errors": [{"field": "body", "message": exc.message}]}
+    return problem(status_for(exc.code), exc.code, exc.message, request, **extra)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

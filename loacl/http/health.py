@@ -9,6 +9,12 @@ outcome, and a failed one makes it a 503 ``not_ready`` problem.
 - ``disk``: the database's filesystem has at least ``min_free_disk_mb`` free.
 - ``integrity``: the latest of the running server's integrity checks (``store/watch.py``) found
   no damage; until the first, the start-up check vouches for the file.
+- ``replica`` (when ``replica_url`` is set): Litestream runs, the replica can be read, and it is
+  at most a minute behind; with its last sync and lag. This one is reported, never failed on:
+  the answer stays 200 with the problem under ``warnings``. /readyz decides whether visitors are
+  sent here (and whether a container is restarted); a replica that cannot be reached is no
+  reason to stop them chatting, and a restart would not bring the replica back. What they write
+  meanwhile is shipped once it is back.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from loacl.domain.errors import LoaclError
 from loacl.http.errors import problem
 from loacl.http.routing import Endpoint
 from loacl.store.eventstore import EventStore
+from loacl.store.replica.supervisor import Replication
 from loacl.store.watch import Watch
 
 RECENT_COMMIT = 1.0
@@ -95,9 +102,16 @@ async def readyz(request: Request) -> Response:
         "integrity": integrity_check(request.app.state.integrity),
     }
     failed = [f"{name}: {check['error']}" for name, check in checks.items() if not check["ok"]]
+    replication: Replication | None = request.app.state.replication
+    if replication is not None:
+        checks["replica"] = replication.check()
+    warnings = [f"replica: {checks['replica']['error']}"] if (
+        "replica" in checks and not checks["replica"]["ok"]) else []
     if failed:
         return problem(503, "not_ready", "; ".join(failed), request, checks=checks)
     body: dict[str, Any] = {"status": "ready", "checks": checks}
+    if warnings:
+        body["warnings"] = warnings
     try:
         # The reader's thread may be busy with a long read: the count is left out, not awaited.
         body["events"] = await asyncio.wait_for(store.head(), HEAD_WAIT)

@@ -38,8 +38,18 @@ def _problem_schema() -> dict[str, Any]:
                 code: {"status": error.status, "meaning": error.meaning}
                 for code, error in sorted(ERRORS.items())}},
             "detail": {"type": "string"}, "request_id": {"type": ["string", "null"]},
-            "errors": {"type": "array", "items": {"type": "object", "properties": {
-                "field": {"type": "string"}, "message": {"type": "string"}}}},
+            "errors": {"type": "array", "description": "With validation_error: each bad "
+                       "field, why, and what it takes", "items": {
+                "type": "object", "required": ["field", "message"], "properties": {
+                    "field": {"type": "string", "description": "dotted path in the body, "
+                              "or a query parameter"},
+                    "message": {"type": "string"},
+                    "reason": {"type": "string", "description": "the check that failed, "
+                               "e.g. missing, extra_forbidden, literal_error"},
+                    "accepted": {"type": "array", "description": "the values the field "
+                                 "takes, or for an unknown field the known fields"},
+                    "did_you_mean": {"type": "string", "description": "for an unknown "
+                                     "field: the known one most likely meant"}}}},
         },
     }
 
@@ -62,6 +72,12 @@ def _parameters(op: Declaration) -> list[dict[str, Any]]:
          **({"deprecated": True} if param.deprecated else {})}
         for param in op.query
     ]
+    if isinstance(op, Endpoint):
+        params += [
+            {"name": param.name, "in": "header", "required": False,
+             "description": param.description, "schema": param.schema}
+            for param in op.headers
+        ]
     return params
 
 
@@ -78,13 +94,16 @@ def _request_body(op: Endpoint, schemas: dict[str, Any]) -> dict[str, Any] | Non
     schemas[op.body.__name__] = schema
     # An empty body reads as {}: a body whose every field is optional may be left out.
     required = bool(schema.get("required"))
-    return {"required": required, "content": {"application/json": {
-        "schema": {"$ref": f"#/components/schemas/{op.body.__name__}"}}}}
+    return {"required": required, "content": {
+        media: {"schema": {"$ref": f"#/components/schemas/{op.body.__name__}"}}
+        for media in op.body_types}}
 
 
 def _responses(op: Declaration) -> dict[str, Any]:
     responses: dict[str, Any] = {str(op.ok): {"description": "success"}}
-    if isinstance(op, Endpoint) and op.returns is not None:
+    if isinstance(op, Endpoint) and op.content:
+        responses[str(op.ok)]["content"] = op.content
+    elif isinstance(op, Endpoint) and op.returns is not None:
         responses[str(op.ok)]["content"] = {"application/json": {
             "schema": {"$ref": f"#/components/schemas/{op.returns}"}}}
     codes = list(op.codes)

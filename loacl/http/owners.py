@@ -8,15 +8,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from loacl.domain.assistants import PROVIDERS, AssistantDefinition
 from loacl.domain.errors import LoaclError
 from loacl.domain.widgets import MAX_ORIGINS, WidgetBudget, WidgetDefinition, WidgetSettings
 from loacl.http.auth import current_owner
 from loacl.http.common import assistants, if_match, metadata, public_base, widgets, with_etag
-from loacl.http.resources import OwnedResource
-from loacl.http.routing import PAGE, Endpoint
+from loacl.http.resources import PATCH_TYPES, OwnedResource
+from loacl.http.routing import IF_MATCH, PAGE, Endpoint, Param
 from loacl.http.shapes import assistant_json, widget_json
 from loacl.http.static import widget_script
 from loacl.providers import default_provider, spec
@@ -152,6 +152,12 @@ async def embed_code(request: Request) -> Response:
         "</script>\n"
         f'<script src="{html.escape(script_url)}" async></script>\n'
     )
+    if _wants_html(request):
+        # The snippet itself, to copy and paste. Opened in a browser it runs nothing.
+        return HTMLResponse(snippet, headers={
+            "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'; sandbox",
+            "Vary": "Accept",
+        })
     item = widget_script()
     return JSONResponse({
         "html": snippet,
@@ -160,7 +166,64 @@ async def embed_code(request: Request) -> Response:
         # To pin one build: <script src=versioned_script_url integrity=... crossorigin=anonymous>
         "versioned_script_url": f"{public_base(request)}/widget/{item.version}.js",
         "integrity": item.integrity,
-    })
+    }, headers={"Vary": "Accept"})
+
+
+EMBED_FORMATS = ("json", "html")
+
+
+def _wants_html(request: Request) -> bool:
+    """``?format=html``, or (with no ``format``) an ``Accept`` that ranks ``text/html`` above
+    ``application/json``; JSON otherwise, and on a tie (``*/*``)."""
+    chosen = request.query_params.get("format")
+    if chosen is not None:
+        if chosen not in EMBED_FORMATS:
+            raise LoaclError(
+                "validation_error", f"format must be one of: {', '.join(EMBED_FORMATS)}",
+                errors=[{"field": "format", "message": "not an accepted value",
+                         "accepted": list(EMBED_FORMATS)}],
+            )
+        return chosen == "html"
+    return _quality(request, "text/html") > _quality(request, "application/json")
+
+
+def _quality(request: Request, media: str) -> float:
+    """How much the request's ``Accept`` wants ``media`` (RFC 9110 12.5.1): the most specific
+    range that matches decides; none matching is 0."""
+    best, specificity = 0.0, -1
+    kind = media.split("/")[0]
+    for part in request.headers.get("accept", "").split(","):
+        fields = [f.strip() for f in part.split(";")]
+        name = fields[0].lower()
+        level = 2 if name == media else 1 if name == f"{kind}/*" else 0 if name == "*/*" else -1
+        if level < 0 or level < specificity:
+            continue
+        q = 1.0
+        for field in fields[1:]:
+            key, _, value = field.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = min(1.0, max(0.0, float(value)))
+                except ValueError:
+                    q = 0.0
+        if level > specificity:
+            best, specificity = q, level
+        else:
+            best = max(best, q)
+    return best
+
+
+REPLACE = (
+    "A full replacement: the body names every field (null where null is allowed, for the "
+    "default); a field left out is refused with 422, so that nothing is blanked by mistake. "
+    "To change some fields, PATCH."
+)
+PATCH = (
+    "A JSON Merge Patch (RFC 7396), as `application/merge-patch+json` or `application/json`: "
+    "the fields given replace those of the current version, an object is merged field by "
+    "field, and null puts a field back to its default. The result is checked as a PUT body is. "
+    "Without If-Match the patch applies to the current version."
+)
 
 
 endpoints = [
@@ -173,11 +236,18 @@ endpoints = [
     Endpoint("get", "/api/v1/assistants/{id}", ASSISTANTS.get, "An assistant (ETag)",
              "assistants", auth="owner", returns="Assistant"),
     Endpoint("put", "/api/v1/assistants/{id}", ASSISTANTS.put, "Replace an assistant (If-Match)",
-             "assistants", auth="owner", body=AssistantBody,
-             codes=("version_conflict", "unknown_model"), returns="Assistant"),
+             "assistants", auth="owner", body=ASSISTANTS.replacement, headers=IF_MATCH,
+             codes=("version_conflict", "precondition_required", "unknown_model"),
+             description=REPLACE, returns="Assistant"),
+    Endpoint("patch", "/api/v1/assistants/{id}", ASSISTANTS.patch,
+             "Change some of an assistant (JSON Merge Patch, If-Match)", "assistants",
+             auth="owner", body=ASSISTANTS.patch_body, body_types=PATCH_TYPES, headers=IF_MATCH,
+             codes=("version_conflict", "precondition_required", "unknown_model",
+                    "unsupported_media_type"), description=PATCH, returns="Assistant"),
     Endpoint("delete", "/api/v1/assistants/{id}", ASSISTANTS.delete,
              "Delete an assistant (If-Match)", "assistants", auth="owner", ok=204,
-             codes=("version_conflict", "assistant_in_use")),
+             headers=IF_MATCH,
+             codes=("version_conflict", "precondition_required", "assistant_in_use")),
     Endpoint("get", "/api/v1/widgets", WIDGETS.list, "List your widgets", "widgets",
              auth="owner", query=PAGE, returns="WidgetPage"),
     Endpoint("post", "/api/v1/widgets", WIDGETS.create,
@@ -187,13 +257,27 @@ endpoints = [
     Endpoint("get", "/api/v1/widgets/{id}", WIDGETS.get, "A widget (ETag)", "widgets",
              auth="owner", returns="Widget"),
     Endpoint("put", "/api/v1/widgets/{id}", WIDGETS.put, "Replace a widget (If-Match)",
-             "widgets", auth="owner", body=WidgetBody,
-             codes=("version_conflict", "unknown_assistant"), returns="Widget"),
+             "widgets", auth="owner", body=WIDGETS.replacement, headers=IF_MATCH,
+             codes=("version_conflict", "precondition_required", "unknown_assistant"),
+             description=REPLACE, returns="Widget"),
+    Endpoint("patch", "/api/v1/widgets/{id}", WIDGETS.patch,
+             "Change some of a widget (JSON Merge Patch, If-Match)", "widgets", auth="owner",
+             body=WIDGETS.patch_body, body_types=PATCH_TYPES, headers=IF_MATCH,
+             codes=("version_conflict", "precondition_required", "unknown_assistant",
+                    "unsupported_media_type"), description=PATCH, returns="Widget"),
     Endpoint("delete", "/api/v1/widgets/{id}", WIDGETS.delete, "Delete a widget (If-Match)",
-             "widgets", auth="owner", ok=204, codes=("version_conflict",)),
+             "widgets", auth="owner", ok=204, headers=IF_MATCH,
+             codes=("version_conflict", "precondition_required")),
     Endpoint("get", "/api/v1/widgets/{id}/embed-code", embed_code,
-             "The HTML to paste into a site", "widgets", auth="owner", returns="EmbedCode"),
+             "The HTML to paste into a site", "widgets", auth="owner",
+             query=(Param("format", "json (default): the snippet and the script's URLs; html: "
+                    "the snippet itself, to copy and paste. Without it, `Accept: text/html` "
+                    "asks for html", {"type": "string", "enum": list(EMBED_FORMATS)}),),
+             content={
+                 "application/json": {"schema": {"$ref": "#/components/schemas/EmbedCode"}},
+                 "text/html": {"schema": {"type": "string"}},
+             }),
     Endpoint("post", "/api/v1/widgets/{id}/rotate-secret", rotate_secret,
-             "A new identity secret, shown once", "widgets", auth="owner",
-             returns="WidgetWithSecret"),
+             "A new identity secret, shown once", "widgets", auth="owner", headers=IF_MATCH,
+             codes=("version_conflict", "precondition_required"), returns="WidgetWithSecret"),
 ]

@@ -20,7 +20,7 @@ from starlette.websockets import WebSocket
 
 Handler = Callable[[Request], Awaitable[Response]]
 SocketHandler = Callable[[WebSocket], Awaitable[None]]
-Method = Literal["get", "post", "put", "delete", "options"]
+Method = Literal["get", "post", "put", "patch", "delete", "options"]
 # Who may call: nobody in particular, an owner's access token, a visitor token (from an allowed
 # Origin), or either of the two.
 Auth = Literal["none", "owner", "visitor", "visitor_or_owner"]
@@ -45,6 +45,12 @@ Query = tuple[Param, ...]
 CURSOR = integer(0, 2**62)
 PAGE: Query = (Param("after", "cursor: next_cursor of the previous page", CURSOR),
                Param("limit", "1 to 100, default 20", integer(1, 100)))
+# The ETag read, for a change or a deletion: 412 version_conflict when it is no longer current;
+# with the setting require_if_match, 428 precondition_required when it is left out.
+IF_MATCH: Query = (Param(
+    "If-Match", "the ETag of the version read (from GET); refused with 412 once the thing has "
+    "changed since; `*` or absent: any version, unless the server's `require_if_match` is on "
+    "(then 428)"),)
 
 
 @dataclass(frozen=True)
@@ -58,10 +64,14 @@ class Endpoint:
     body: type[BaseModel] | None = None  # the JSON body, as the handler validates it
     ok: int = 200
     query: Query = ()
+    headers: Query = ()  # request headers the operation reads (IF_MATCH)
     codes: tuple[str, ...] = ()  # error codes beyond the usual 401/404/422
+    body_types: tuple[str, ...] = ("application/json",)  # the body's media types
     multipart: bool = False  # a multipart/form-data upload, field ``file``
     documented: bool = True  # pages, assets, probes and CORS preflights are not API
     description: str = ""  # what the summary leaves out (Markdown)
+    # The success response's media types and their schemas, when the document shows them.
+    content: dict[str, Any] | None = None
     returns: str | None = None  # the success body's schema: a name in shapes.SCHEMAS
 
     def route(self) -> BaseRoute:

@@ -161,11 +161,18 @@ def server_config(
     redact_server_logs()
     limits = Limits(settings.header_timeout_seconds, settings.body_timeout_seconds,
                     settings.max_header_bytes)
+    host = host or settings.host
+    port = settings.port if port is None else port
+    state = getattr(app, "state", None)
+    if state is not None:
+        # Where mail links point without ``public_url`` (``http.auth.base_url``): the address
+        # given here (``loacl serve --host/--port``), not the one configured.
+        state.listening = (host, port)
     return Config(
         app,
         limits=limits,
-        host=host or settings.host,
-        port=settings.port if port is None else port,
+        host=host,
+        port=port,
         http=H11Protocol if http == "h11" else HttpToolsProtocol,
         log_config=None,
         access_log=False,
@@ -201,6 +208,8 @@ class Server(uvicorn.Server):
         await super().startup(sockets)
         if self.started:
             bound = [s.getsockname() for server in self.servers for s in server.sockets]
+            if bound:  # the port really bound (port 0 picks one)
+                self.app.state.listening = (self.config.host, bound[0][1])
             log.info("loacl.listening", **welcome(bound, self.app.state.settings.public_url))
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

@@ -8,8 +8,11 @@ in WebSocket frames, before anything walks it recursively.
 
 from __future__ import annotations
 
+import difflib
 import json
-from typing import Any, TypeVar
+from enum import Enum
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -21,16 +24,119 @@ MAX_JSON_BODY = 1024 * 1024
 MAX_JSON_DEPTH = 64  # the API's own bodies nest a few levels; tool schemas a few more
 
 
-def validation_error(exc: ValidationError) -> LoaclError:
-    errors = [
-        {
-            "field": ".".join(str(part) for part in error["loc"]) or "body",
-            "message": error["msg"].removeprefix("Value error, "),
-        }
-        for error in exc.errors(include_url=False)
-    ]
+def validation_error(exc: ValidationError, model: type[BaseModel] | None = None) -> LoaclError:
+    """The refusal naming each bad field: what is wrong with it (``message``, and pydantic's
+    ``reason``), the values it accepts where they are a closed set (``accepted``), and for a
+    field ``model`` does not know, the known ones and the closest (``did_you_mean``)."""
+    found = exc.errors(include_url=False)
+    # A field left out beside one the model does not know is most likely the one meant
+    # (``content`` sent for ``text``): per parent, the fields missing from it.
+    missing: dict[tuple[Any, ...], list[str]] = {}
+    for error in found:
+        loc = tuple(error["loc"])
+        if error["type"] == "missing" and loc and isinstance(loc[-1], str):
+            missing.setdefault(loc[:-1], []).append(loc[-1])
+    errors = [_described(error, model, missing) for error in found]
     summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     return LoaclError("validation_error", summary, errors=errors)
+
+
+def _described(
+    error: Any, model: type[BaseModel] | None, missing: dict[tuple[Any, ...], list[str]]
+) -> dict[str, Any]:
+    loc = tuple(error["loc"])
+    entry: dict[str, Any] = {
+        "field": ".".join(str(part) for part in loc) or "body",
+        "message": error["msg"].removeprefix("Value error, "),
+        "reason": error["type"],
+    }
+    if model is None:
+        return entry
+    if error["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
+        known = _known_fields(_model_in(_annotation_at(model, loc[:-1])))
+        if known:
+            entry["accepted"] = known
+            close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+            if not close and len(missing.get(loc[:-1], [])) == 1:
+                close = missing[loc[:-1]]
+            if close:
+                entry["did_you_mean"] = close[0]
+                entry["message"] = f"unknown field; did you mean `{close[0]}`?"
+            else:
+                entry["message"] = "unknown field; known fields: " + ", ".join(known)
+        return entry
+    accepted = _accepted(model, loc)
+    if accepted:
+        entry["accepted"] = accepted
+        if error["type"] not in ("missing", "literal_error", "enum"):
+            entry["message"] += " (accepted: " + ", ".join(map(str, accepted)) + ")"
+    return entry
+
+
+def _unwrapped(annotation: Any) -> list[Any]:
+    """The types inside ``annotation``: through Optional, unions, Annotated and lists."""
+    found: list[Any] = []
+    stack = [annotation]
+    while stack:
+        item = stack.pop()
+        origin = get_origin(item)
+        if origin is Annotated:
+            stack.append(get_args(item)[0])
+        elif origin in (Union, UnionType, list, tuple, set, frozenset):
+            stack.extend(reversed(get_args(item)))
+        else:
+            found.append(item)
+    return found
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    for item in _unwrapped(annotation):
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return item
+    return None
+
+
+def _known_fields(model: type[BaseModel] | None) -> list[str]:
+    if model is None:
+        return []
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _annotation_at(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
+    """The type declared at ``loc`` inside ``model`` (list indices pass through), or None."""
+    annotation: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        inner = _model_in(annotation)
+        if inner is None or part not in inner.model_fields:
+            return None
+        annotation = inner.model_fields[part].annotation
+    return annotation
+
+
+def _accepted(model: type[BaseModel], loc: tuple[Any, ...]) -> list[Any]:
+    """The closed set of values the field at ``loc`` takes (a Literal, an Enum, or an ``enum``
+    its schema declares), else []."""
+    names = [part for part in loc if isinstance(part, str)]
+    if not names:
+        return []
+    parent = _model_in(_annotation_at(model, loc[: max(i for i, p in enumerate(loc)
+                                                         if isinstance(p, str))]))
+    if parent is None or names[-1] not in parent.model_fields:
+        return []
+    field = parent.model_fields[names[-1]]
+    extra = field.json_schema_extra
+    enum = extra.get("enum") if isinstance(extra, dict) else None
+    if isinstance(enum, list):
+        return list(enum)
+    values: list[Any] = []
+    for item in _unwrapped(field.annotation):
+        if get_origin(item) is Literal:
+            values += get_args(item)
+        elif isinstance(item, type) and issubclass(item, Enum):
+            values += [member.value for member in item]
+    return values
 
 
 async def read_body(request: Request, limit: int, too_large: LoaclError) -> bytes:
@@ -81,6 +187,11 @@ def decode_json(raw: bytes | str, what: str = "the request body") -> Any:
 
 
 async def parse_body(request: Request, model: type[M]) -> M:
+    return validated(model, await json_object(request))
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object (an empty body is ``{}``)."""
     raw = await read_body(
         request, MAX_JSON_BODY,
         LoaclError("payload_too_large", f"the request body is larger than {MAX_JSON_BODY} bytes"),
@@ -88,7 +199,21 @@ async def parse_body(request: Request, model: type[M]) -> M:
     data: Any = decode_json(raw) if raw else {}
     if not isinstance(data, dict):
         raise LoaclError("invalid_json", "the request body must be a JSON object")
-    return validated(model, data)
+    return data
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """``patch`` applied to ``target`` as JSON Merge Patch (RFC 7396): a member set to null is
+    removed, an object is merged member by member, anything else replaces what was there."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for name, value in patch.items():
+        if value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = merge_patch(merged.get(name), value)
+    return merged
 
 
 def validated(model: type[M], data: dict[str, Any]) -> M:
@@ -99,4 +224,4 @@ def validated(model: type[M], data: dict[str, Any]) -> M:
         # "20" read as 20 (the document says number, so a client sending those is wrong).
         return model.model_validate(data, strict=True)
     except ValidationError as exc:
-        raise validation_error(exc) from None
+        raise validation_error(exc, model) from None

@@ -100,7 +100,8 @@ def spec(name: str) -> ProviderSpec:
     if found is None:
         raise LoaclError(
             "validation_error", f"provider: one of {', '.join(REGISTRY)}, not {name!r}",
-            errors=[{"field": "provider", "message": "unknown provider"}],
+            errors=[{"field": "provider", "message": "unknown provider",
+                     "accepted": list(REGISTRY)}],
         )
     return found
 

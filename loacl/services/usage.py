@@ -88,7 +88,8 @@ async def report(
     if group_by not in GROUPS:
         raise LoaclError(
             "validation_error", f"group_by: one of {', '.join(GROUPS)}",
-            errors=[{"field": "group_by", "message": f"one of {', '.join(GROUPS)}"}],
+            errors=[{"field": "group_by", "message": f"one of {', '.join(GROUPS)}",
+                     "accepted": list(GROUPS)}],
         )
     rows = await usage.ledger(store, owner_id=owner_id, widget_id=widget_id,
                               since=since.isoformat(), until=until.isoformat())

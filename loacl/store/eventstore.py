@@ -95,8 +95,11 @@ class EventStore:
         broker: Broker | None = None,
         notifier: Notifier | None = None,
         index_lag: int = INDEX_LAG,
+        autocheckpoint: int | None = None,
     ) -> None:
         self.path = path
+        # The writer's wal_autocheckpoint (store.sqlite.connect): 0 while Litestream runs.
+        self.autocheckpoint = autocheckpoint
         self.projections = projections
         self.clock = clock
         self.broker = broker or Broker()
@@ -115,7 +118,7 @@ class EventStore:
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._writer = connect(self.path)
+        self._writer = connect(self.path, autocheckpoint=self.autocheckpoint)
         schema = migrations.current(self._writer)
         if schema > migrations.LATEST:
             # An older LOACL would write without what the newer schema expects of writers

@@ -45,7 +45,7 @@ def rebuild(
         remove_file(fresh)
         try:
             count = _build(db_path, fresh, projections, progress, chunk)
-            kept = _swap(db_path, fresh)
+            kept = swap_in(db_path, fresh, before="replay")
         except BaseException:
             remove_file(fresh)
             raise
@@ -125,18 +125,24 @@ def _copy_kept(conn: sqlite3.Connection, projections: Projections) -> None:
         )
 
 
-def _swap(db_path: Path, fresh: Path) -> Path:
+def swap_in(db_path: Path, fresh: Path, *, before: str) -> Path | None:
+    """Put ``fresh`` in the place of ``db_path`` in one rename, keeping the replaced file in
+    the safety folder (named after the command, ``before``); its path there, or None when
+    there was no file to replace."""
     # The old file's WAL must not outlive it: SQLite would apply its frames to the new file.
-    old = connect(db_path)
-    try:
-        old.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    except sqlite3.DatabaseError:
-        pass  # a damaged file may refuse; its WAL is removed below all the same
-    finally:
-        old.close()
+    kept = None
+    if db_path.exists():
+        old = connect(db_path)
+        try:
+            old.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.DatabaseError:
+            pass  # a damaged file may refuse; its WAL is removed below all the same
+        finally:
+            old.close()
     with open(fresh, "rb") as f:
         os.fsync(f.fileno())
-    kept = _keep(db_path)
+    if db_path.exists():
+        kept = _keep(db_path, before)
     os.replace(fresh, db_path)
     for suffix in ("-wal", "-shm"):
         Path(f"{db_path}{suffix}").unlink(missing_ok=True)
@@ -148,10 +154,10 @@ def _swap(db_path: Path, fresh: Path) -> Path:
     return kept
 
 
-def _keep(db_path: Path) -> Path:
+def _keep(db_path: Path, before: str) -> Path:
     """A second name for the file about to be replaced (and for its WAL, should a damaged file
     have refused the checkpoint), in the safety folder."""
-    kept = backup.safety_path(db_path, "replay")
+    kept = backup.safety_path(db_path, before)
     kept.parent.mkdir(mode=0o700, exist_ok=True)
     for suffix in ("", "-wal"):
         source = Path(f"{db_path}{suffix}")

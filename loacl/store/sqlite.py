@@ -35,8 +35,14 @@ def database_path(url: str) -> Path:
     return Path(url[len(prefix):])
 
 
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """A connection in autocommit mode: transactions are opened explicitly (BEGIN IMMEDIATE)."""
+def connect(
+    path: Path, *, readonly: bool = False, autocheckpoint: int | None = None
+) -> sqlite3.Connection:
+    """A connection in autocommit mode: transactions are opened explicitly (BEGIN IMMEDIATE).
+
+    ``autocheckpoint`` 0 leaves checkpoints to Litestream while it replicates the file: a
+    checkpoint of ours between two of its syncs makes it miss WAL frames and ship the whole
+    database again, and two parties checkpointing at once is what the WAL-reset bug needs."""
     if not readonly:
         # Made 0600 (in a 0700 folder) before SQLite opens it: SQLite gives the -wal, -shm and
         # -journal files the database file's own mode.
@@ -47,6 +53,8 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     except sqlite3.OperationalError as exc:
         raise LoaclError("database_unavailable", f"cannot open {path}: {exc}") from exc
     configure(conn)
+    if autocheckpoint is not None:
+        conn.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
     return conn
 
 
