@@ -265,12 +265,14 @@ def test_served_json_and_docs_page(app: Starlette) -> None:
 
 
 def test_the_embed_code_documents_its_html_form(app: Starlette) -> None:
-    op = _spec(app)["paths"]["/api/v1/widgets/{id}/embed-code"]["get"]
+    spec = _spec(app)
+    op = spec["paths"]["/api/v1/widgets/{id}/embed-code"]["get"]
     [fmt] = [p for p in op["parameters"] if p["name"] == "format"]
     assert fmt["in"] == "query" and fmt["schema"]["enum"] == ["json", "html"]
     content = op["responses"]["200"]["content"]
     assert content["text/html"]["schema"] == {"type": "string"}
-    assert "html" in content["application/json"]["schema"]["required"]
+    ref = content["application/json"]["schema"]["$ref"]
+    assert "html" in spec["components"]["schemas"][ref.rsplit("/", 1)[-1]]["required"]
 
 
 @pytest.mark.parametrize("kind", ["assistants", "widgets"])

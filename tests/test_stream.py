@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import socket
 import sqlite3
 import time
@@ -21,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin
@@ -724,6 +726,34 @@ async def test_the_token_may_come_in_the_first_frame(live: Live) -> None:
         assert ready == {"type": "ready", "conversation_id": session.conversation_id}
         ack = await live.ask(tab, "Hi")
         assert (await tab.follow(ack["reply_id"])).text == "Authenticated by frame"
+
+
+async def test_a_token_in_the_url_still_works_and_is_never_logged(
+    live: Live, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Widgets built before the auth frame put the token in the URL, which proxies log: the
+    server still serves them, says so in its log, and writes the token in no line, its own or
+    uvicorn's."""
+    session = live.session()
+    forged = session.token[:-6] + "AAAAAA"
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
+    with capture_logs() as lines:
+        async with live.tab(session):  # the token in the URL: accepted
+            pass
+        status, _ = await _refused(live, live.ws_url(forged), ORIGIN)
+        assert status == 401
+        async with live.tab(None, ready=False) as tab:  # the widget's way: the first frame
+            await tab.send({"type": "auth", "token": session.token})
+            assert (await tab.recv())["type"] == "ready"
+    said = [line for line in lines if line["event"] == "stream.token_in_url"]
+    assert [line["widget_id"] for line in said] == [live.widget_id] * 2
+    uvicorn_lines = [record.getMessage() for record in caplog.records
+                     if record.name == "uvicorn.error" and "WebSocket" in record.getMessage()]
+    assert any("?token=[redacted]" in line and "[accepted]" in line for line in uvicorn_lines)
+    assert any("?token=[redacted]" in line and "401" in line for line in uvicorn_lines)
+    everything = repr(lines) + caplog.text + "".join(uvicorn_lines)
+    for secret in (session.token, forged, session.token.split(".")[2]):
+        assert secret not in everything
 
 
 BAD_FIRST_FRAMES: list[tuple[str, Any]] = [

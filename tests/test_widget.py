@@ -426,6 +426,28 @@ def test_text_streams_in_steps(loacl: Loacl, page: Page) -> None:
     assert [len(s) for s in partial] == sorted(len(s) for s in partial)
 
 
+def test_the_token_goes_in_the_first_frame_never_in_the_url(loacl: Loacl, page: Page) -> None:
+    """Finding 13 of issue 14: a token in the socket's URL lands in proxies' logs."""
+    widget = loacl.widget()
+    urls: list[str] = []
+    first_frames: list[Any] = []
+
+    def watch(ws: Any) -> None:
+        urls.append(ws.url)
+        ws.on("framesent", lambda payload: first_frames.append(payload)
+              if len(first_frames) < len(urls) else None)
+
+    page.on("websocket", watch)
+    opened(page, loacl.page(widget))
+    send(page, "Hello over a socket")
+    assert "Hello over a socket" in wait_done(page).inner_text()
+    token = page.evaluate(f"localStorage.getItem('loacl:{widget}')")
+    assert token and urls
+    assert urls[0] == f"{loacl.url.replace('http', 'ws')}/api/v1/widgets/{widget}/stream"
+    assert all(token not in url and "?" not in url for url in urls), urls
+    assert json.loads(first_frames[0]) == {"type": "auth", "token": token}
+
+
 def test_a_dropped_socket_resumes_without_loss_or_duplication(
     loacl: Loacl, new_page: Callable[..., Page]
 ) -> None:
@@ -476,7 +498,7 @@ def test_a_reply_is_finished_over_http_when_sockets_stop_working(
         else:
             ws.close()  # ...then the network eats every new one
 
-    page.route_web_socket(re.compile(r"/stream\?"), route)
+    page.route_web_socket(re.compile(r"/stream$"), route)
     opened(page, loacl.page(widget))
     send(page, "Keep going")
     reply = bubbles(page).last
@@ -751,7 +773,7 @@ def test_sockets_that_keep_failing_fall_back_to_post(
         refused.append(ws.url)
         ws.close()
 
-    page.route_web_socket(re.compile(r"/stream\?"), refuse)
+    page.route_web_socket(re.compile(r"/stream$"), refuse)
     opened(page, loacl.page(widget))
     send(page, "Through a proxy that eats sockets")
     reply = wait_done(page)

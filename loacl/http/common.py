@@ -117,7 +117,7 @@ def metadata(request: HTTPConnection, actor: str | None = None) -> Metadata:
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    if raw is None:  # absent; present but empty (``?limit=``) is no whole number
         return default
     try:
         value = int(raw)

@@ -22,6 +22,7 @@ from loacl import __version__
 from loacl.http.common import public_base
 from loacl.http.errors import ERRORS, STATUS
 from loacl.http.routing import Declaration, Endpoint, Socket, declared
+from loacl.http.shapes import SCHEMAS
 
 _PATH_PARAM = re.compile(r"{(\w+)}")
 
@@ -67,7 +68,8 @@ def _parameters(op: Declaration) -> list[dict[str, Any]]:
     ]
     params += [
         {"name": param.name, "in": "query", "required": False,
-         "description": param.description, "schema": param.schema}
+         "description": param.description, "schema": param.schema,
+         **({"deprecated": True} if param.deprecated else {})}
         for param in op.query
     ]
     if isinstance(op, Endpoint):
@@ -101,7 +103,12 @@ def _responses(op: Declaration) -> dict[str, Any]:
     responses: dict[str, Any] = {str(op.ok): {"description": "success"}}
     if isinstance(op, Endpoint) and op.content:
         responses[str(op.ok)]["content"] = op.content
+    elif isinstance(op, Endpoint) and op.returns is not None:
+        responses[str(op.ok)]["content"] = {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{op.returns}"}}}
     codes = list(op.codes)
+    if op.auth in ("visitor", "visitor_or_owner") and "origin_not_allowed" not in codes:
+        codes.append("origin_not_allowed")  # a visitor's page must be one the widget allows
     if isinstance(op, Endpoint) and op.body is not None:
         codes += [code for code in BODY_CODES if code not in codes]
     for code in codes:
@@ -141,7 +148,7 @@ def build_spec(
     declarations: Sequence[Declaration], base_url: str | None = None
 ) -> dict[str, Any]:
     """The document for ``declarations`` (those with ``documented=False`` left out)."""
-    schemas: dict[str, Any] = {"Problem": _problem_schema()}
+    schemas: dict[str, Any] = {"Problem": _problem_schema(), **SCHEMAS}
     paths: dict[str, dict[str, Any]] = {}
     for op in declarations:
         if op.documented:

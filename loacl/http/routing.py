@@ -33,6 +33,7 @@ class Param(NamedTuple):
     name: str
     description: str
     schema: dict[str, Any] = {"type": "string"}  # noqa: RUF012 (never mutated)
+    deprecated: bool = False  # kept for old clients; new ones must not use it
 
 
 def integer(low: int, high: int) -> dict[str, Any]:
@@ -71,6 +72,7 @@ class Endpoint:
     description: str = ""  # what the summary leaves out (Markdown)
     # The success response's media types and their schemas, when the document shows them.
     content: dict[str, Any] | None = None
+    returns: str | None = None  # the success body's schema: a name in shapes.SCHEMAS
 
     def route(self) -> BaseRoute:
         return DeclaredRoute(self)

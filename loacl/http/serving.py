@@ -31,6 +31,7 @@ from starlette.types import ASGIApp
 from uvicorn.protocols.http import h11_impl, httptools_impl
 
 from loacl.http.stream import open_connections
+from loacl.logs import redact_server_logs
 from loacl.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -157,6 +158,7 @@ def server_config(
     port: int | None = None, http: str = "httptools",
 ) -> Config:
     """The uvicorn configuration ``loacl serve`` runs with (tests run the same)."""
+    redact_server_logs()
     limits = Limits(settings.header_timeout_seconds, settings.body_timeout_seconds,
                     settings.max_header_bytes)
     host = host or settings.host

@@ -169,3 +169,116 @@ def tokens_json(pair: TokenPair) -> dict[str, Any]:
         "expires_in": pair.expires_in,
         "refresh_token": pair.refresh_token,
     }
+
+
+# -- the same shapes as JSON Schema, for the API document ------------------------------------------
+# Each endpoint names the schema of its success body (``Endpoint.returns``); Schemathesis checks
+# every response against it (tests/test_schemathesis.py), so a field added above without being
+# described here fails the tests.
+
+_STR: dict[str, Any] = {"type": "string"}
+_INT: dict[str, Any] = {"type": "integer"}
+_BOOL: dict[str, Any] = {"type": "boolean"}
+_TIME: dict[str, Any] = {"type": "string", "format": "date-time"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+def _object(properties: dict[str, Any], optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """An object with exactly these properties, each required unless named in ``optional``."""
+    return {"type": "object", "additionalProperties": False, "properties": properties,
+            "required": [name for name in properties if name not in optional]}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _list(item: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "items": item}
+
+
+def _page(name: str) -> dict[str, Any]:
+    return _object({"data": _list(_ref(name)), "next_cursor": _nullable(_STR)})
+
+
+_ASSISTANT = {
+    "id": _STR, "name": _STR, "provider": _STR, "model": _STR, "instructions": _STR,
+    "temperature": _nullable({"type": "number"}), "top_p": _nullable({"type": "number"}),
+    "max_output_tokens": _nullable(_INT),
+    "file_search": {"oneOf": [{"type": "null"},
+                              _object({"vector_store_ids": _list(_STR)})]},
+    "version": _INT, "created_at": _TIME, "updated_at": _TIME,
+}
+_WIDGET = {
+    "id": _STR, "name": _STR, "assistant_id": _STR, "allowed_origins": _list(_STR),
+    "settings": _ref("WidgetSettings"),
+    "limits": _object({"messages_per_minute": _INT}),
+    "budget": _object({"daily_tokens": _nullable(_INT), "monthly_tokens": _nullable(_INT),
+                       "daily_cost": _nullable({"type": "number"}),
+                       "monthly_cost": _nullable({"type": "number"})}),
+    "enabled": _BOOL, "require_identity": _BOOL,
+    "version": _INT, "created_at": _TIME, "updated_at": _TIME,
+}
+_USAGE_COUNTS = {
+    "replies_completed": _INT, "replies_failed": _INT, "input_tokens": _INT,
+    "output_tokens": _INT, "total_tokens": _INT, "estimated_cost": {"type": "number"},
+    "unpriced_tokens": _INT, "models": _list(_STR),
+}
+_USAGE_LINE = _object({"day": {"type": "string", "format": "date"}, "widget_id": _STR,
+                       "assistant_id": _STR, "name": _nullable(_STR), **_USAGE_COUNTS},
+                      optional=("day", "widget_id", "assistant_id", "name"))
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Assistant": _object(_ASSISTANT),
+    "AssistantPage": _page("Assistant"),
+    "WidgetSettings": _object({
+        "title": _STR, "greeting": _STR, "placeholder": _STR,
+        "theme": {"type": "string", "enum": ["light", "dark", "auto"]},
+        "position": {"type": "string", "enum": ["bottom-right", "bottom-left"]},
+        "accent_color": _STR, "locale": _STR}),
+    "Widget": _object(_WIDGET),
+    "WidgetWithSecret": _object({**_WIDGET, "identity_secret": _STR}),
+    "WidgetPage": _page("Widget"),
+    "EmbedCode": _object({"html": _STR, "script_url": _STR, "widget_id": _STR,
+                          "versioned_script_url": _STR, "integrity": _STR}),
+    "WidgetConfig": _object({
+        "widget_id": _STR, "settings": _ref("WidgetSettings"), "require_identity": _BOOL,
+        "uploads": _object({"max_size": _INT, "allowed_types": _list(_STR)}),
+        "limits": _object({"messages_per_minute": _INT, "max_message_chars": _INT})}),
+    "VisitorSession": _object({
+        "visitor_token": _STR, "token_type": {"type": "string", "enum": ["bearer"]},
+        "expires_in": _INT, "visitor_id": _STR, "conversation_id": _STR,
+        "user_id": _nullable(_STR)}),
+    "Message": _object({
+        "id": _STR, "conversation_id": _STR,
+        "role": {"type": "string", "enum": ["user", "assistant"]}, "text": _STR,
+        "status": _STR, "error_code": _nullable(_STR), "reply_to": _nullable(_STR),
+        "file_ids": _list(_STR), "client_message_id": _nullable(_STR), "cursor": _STR,
+        "created_at": _TIME, "finished_at": _nullable(_TIME),
+        "usage": {"oneOf": [{"type": "null"},
+                            _object({"input_tokens": _INT, "output_tokens": _INT})]},
+    }, optional=("usage",)),
+    "MessagePage": _object({"data": _list(_ref("Message")), "conversation_id": _STR,
+                            "prev_cursor": _nullable(_STR), "next_cursor": _nullable(_STR)}),
+    "Exchange": _object({"message": _ref("Message"), "reply": _ref("Message")}),
+    "Conversation": _object({"id": _STR, "visitor_id": _STR, "user_id": _nullable(_STR),
+                             "created_at": _TIME, "last_activity_at": _TIME,
+                             "message_count": _INT}),
+    "ConversationPage": _page("Conversation"),
+    "File": _object({"id": _STR, "conversation_id": _STR, "filename": _STR, "kind": _STR,
+                     "content_type": _STR, "size": _INT, "sha256": _STR, "created_at": _TIME}),
+    "User": _object({"id": _STR, "email": _STR, "name": _nullable(_STR),
+                     "email_verified": _BOOL, "email_verified_at": _nullable(_TIME),
+                     "created_at": _TIME}),
+    "Tokens": _object({"access_token": _STR, "token_type": {"type": "string", "enum": ["bearer"]},
+                       "expires_in": _INT, "refresh_token": _STR}),
+    "Registration": _object({"email": _STR,
+                             "status": {"type": "string", "enum": ["mail_sent"]}}),
+    "Usage": _object({
+        "from": {"type": "string", "format": "date"}, "to": {"type": "string", "format": "date"},
+        "group_by": {"type": "string", "enum": ["day", "widget", "assistant"]},
+        "currency": _STR, "data": _list(_USAGE_LINE), "total": _USAGE_LINE}),
+}

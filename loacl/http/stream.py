@@ -1,9 +1,11 @@
 """``WS /api/v1/widgets/{id}/stream``: replies token by token, resumable, several tabs at once.
 
-Before the handshake completes, the page's ``Origin`` must be allowed and, when given as the
-``token`` query parameter, the visitor token valid; otherwise the handshake is refused with an
-HTTP problem response (403 origin_not_allowed, 401 invalid_token, 404 widget_not_found). The
-token may instead come in the first frame, ``{"type": "auth", "token": ...}``.
+Before the handshake completes, the page's ``Origin`` must be allowed; otherwise the handshake is
+refused with an HTTP problem response (403 origin_not_allowed, 404 widget_not_found). The visitor
+token comes in the first frame, ``{"type": "auth", "token": ...}`` (a wrong one closes with
+4401). Widgets built before that send it as the ``token`` query parameter, checked before the
+handshake (401 invalid_token); that form is still served, logged as ``stream.token_in_url``
+without the token, and uvicorn's own lines about the socket have it redacted (``loacl.logs``).
 
 The frames, their fields and the close codes are declared in ``stream_protocol``; the OpenAPI
 document describes the socket from the same constants.
@@ -394,6 +396,10 @@ async def stream(websocket: WebSocket) -> None:
     widget_id = websocket.path_params["id"]
     token = websocket.query_params.get("token")
     limits: VisitorLimits = websocket.app.state.limits
+    if token:
+        # A widget built before the token moved into the first frame: still served, and
+        # logged (never the token) so that an operator can see old builds in use.
+        log.info("stream.token_in_url", widget_id=widget_id)
     try:
         await widgets(websocket).public(widget_id, websocket.headers.get("origin"))
         access = await _authenticate(websocket, token) if token else None
@@ -476,6 +482,7 @@ endpoints = [
     Socket("/api/v1/widgets/{id}/stream", stream,
            "WebSocket: streamed replies, resumable (see the description)", describe(),
            tag="chat", auth="visitor",
-           query=(Param("token", "the visitor token (or an auth frame)"),),
+           query=(Param("token", "the visitor token, for widgets built before the auth frame "
+                        "(URLs land in proxies' logs)", deprecated=True),),
            codes=("origin_not_allowed", "widget_not_found", "rate_limited")),
 ]

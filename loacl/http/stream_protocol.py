@@ -56,7 +56,7 @@ class Frame:
 
 CLIENT_FRAMES: Final = (
     Frame(ClientFrame.AUTH, ("token",),
-          "the visitor token, as the first frame when the URL carries none"),
+          "the visitor token: the first frame (unless an old client put it in the URL)"),
     Frame(ClientFrame.MESSAGE, ("text", "file_ids?", "client_message_id?"),
           "ask; a resend with the same client_message_id is answered, not asked again"),
     Frame(ClientFrame.RESUME, ("message_id", "offset"),
@@ -115,8 +115,10 @@ def describe() -> str:
     """The socket's description for the OpenAPI document (Markdown)."""
     closes = "".join(f"\n- {int(code)}: {meaning}" for code, meaning in CLOSE_MEANINGS.items())
     return (
-        "Connect with `?token=<visitor token>` from an allowed Origin, or send an `auth` frame "
-        "first. Every frame is a JSON text frame with a `type`.\n\n"
+        "Connect from an allowed Origin and send an `auth` frame with the visitor token first "
+        "(within 10 s). The `token` query parameter is kept for widgets built before that; a "
+        "URL ends up in proxies' logs, so new clients never use it. Every frame is a JSON text "
+        "frame with a `type`.\n\n"
         f"Client frames:{_frames(CLIENT_FRAMES)}\n\n"
         f"Server frames:{_frames(SERVER_FRAMES)}\n\n"
         f"Close codes:{closes}"

@@ -52,7 +52,7 @@ async def get_usage(request: Request) -> Response:
         await widgets(request).get(owner.user_id, widget_id)  # 404 unless it is theirs
     today = request.app.state.clock().astimezone(UTC).date()
     since, until = usage.period(params.get("from"), params.get("to"), today)
-    group_by = params.get("group_by") or "day"
+    group_by = params.get("group_by", "day")
     found = await usage.report(
         request.app.state.store, request.app.state.settings, owner.user_id, since=since,
         until=until, group_by=group_by, widget_id=widget_id,
@@ -75,5 +75,6 @@ endpoints = [
                     Param("to", "last UTC day, YYYY-MM-DD (default: today)", DATE),
                     Param("group_by", "day (default), widget or assistant",
                           {"type": "string", "enum": ["day", "widget", "assistant"]}),
-                    Param("widget_id", "only this widget of yours"))),
+                    Param("widget_id", "only this widget of yours")),
+             returns="Usage"),
 ]

@@ -220,6 +220,8 @@ def validated(model: type[M], data: dict[str, Any]) -> M:
     """``data`` as ``model``, or the ``validation_error`` naming each bad field: the same
     refusal for a request body and a WebSocket frame."""
     try:
-        return model.model_validate(data)
+        # Strict: JSON's types as the API document declares them; no false read as 0, no
+        # "20" read as 20 (the document says number, so a client sending those is wrong).
+        return model.model_validate(data, strict=True)
     except ValidationError as exc:
         raise validation_error(exc, model) from None

@@ -122,12 +122,12 @@ async def preflight(request: Request) -> Response:
 endpoints = [
     Endpoint("get", "/api/v1/widgets/{id}/config", config,
              "Public settings for the embed script (Origin checked)", "visitors",
-             codes=("origin_not_allowed", "widget_not_found")),
+             codes=("origin_not_allowed", "widget_not_found"), returns="WidgetConfig"),
     Endpoint("post", "/api/v1/widgets/{id}/sessions", sessions,
              "A visitor token and conversation (Origin checked; optional signed identity)",
              "visitors", body=SessionBody, ok=201,
              codes=("origin_not_allowed", "widget_not_found", "invalid_identity",
-                    "rate_limited")),
+                    "rate_limited"), returns="VisitorSession"),
     # Preflight only for the paths an embedding page calls; owner paths get none.
     *(
         Endpoint("options", f"/api/v1/widgets/{{id}}/{path}", preflight, "CORS preflight",

@@ -3,6 +3,7 @@ assistant, from the ``usage`` roll-up and the replies that ended since it last r
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -52,8 +53,13 @@ class UsageReport:
     total: UsageLine
 
 
+_FULL_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 def _day(value: str, name: str) -> date:
     try:
+        if not _FULL_DATE.fullmatch(value):  # fromisoformat also takes 20300517 and 2030-W20
+            raise ValueError(value)
         return date.fromisoformat(value)
     except ValueError:
         raise LoaclError(
@@ -64,8 +70,8 @@ def _day(value: str, name: str) -> date:
 
 def period(since: str | None, until: str | None, today: date) -> tuple[date, date]:
     """The days asked for: ``until`` defaults to today, ``since`` to 29 days before it."""
-    end = _day(until, "to") if until else today
-    start = _day(since, "from") if since else end - timedelta(days=29)
+    end = _day(until, "to") if until is not None else today
+    start = _day(since, "from") if since is not None else end - timedelta(days=29)
     if start > end:
         raise LoaclError("validation_error", "from: on or before to",
                          errors=[{"field": "from", "message": "after to"}])

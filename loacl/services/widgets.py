@@ -136,8 +136,9 @@ class Widgets:
         if user_id is not None or user_hash is not None:
             secret = self.identity_secret(widget_id, widget.secret_generation)
             expected = hmac.new(secret.encode(), (user_id or "").encode(), hashlib.sha256)
+            # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError).
             if not user_id or not user_hash or not hmac.compare_digest(
-                expected.hexdigest(), user_hash.lower()
+                expected.hexdigest().encode(), user_hash.lower().encode()
             ):
                 raise LoaclError("invalid_identity", "user_hash does not match user_id")
             return await self._identified_session(

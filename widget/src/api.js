@@ -11,7 +11,9 @@ export function useWidget(base, widgetId) {
 }
 export const setToken = (value) => { token = value; };
 export const endpoint = (path) => widgetRoot + path;
-export const socketUrl = () => endpoint("/stream?token=" + encodeURIComponent(token)).replace(/^http/, "ws");
+// The token goes in the socket's first frame (transport.js), never in its URL, which proxies log.
+// "http:" becomes "ws:", "https:" "wss:".
+export const socketUrl = () => "ws" + endpoint("/stream").slice(4);
 
 export const failure = (code, body, retryAfter) =>
   Object.assign(new Error(code), { code: canonicalCode(code), body, retry: retryAfter });
