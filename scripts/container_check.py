@@ -17,6 +17,7 @@ not root): it never skips.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import secrets
@@ -96,7 +97,8 @@ def image_problems(config: dict[str, Any]) -> list[str]:
 def run(podman: Podman, args: argparse.Namespace, work: Path, timings: Timings) -> None:
     build_image(podman, args, work, timings)
     # What an operator puts in compose's environment: a key kept outside the container.
-    given = {"JWT_SECRET_KEY": secrets.token_urlsafe(48)}
+    given = {"JWT_SECRET_KEY": secrets.token_urlsafe(48),
+             "LOACL_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode()}
     run_drill(Drill(podman, IMAGE_TAG, load_service(COMPOSE, given), timings, work))
 
 

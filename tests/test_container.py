@@ -4,6 +4,7 @@ running the image is scripts/container-check's job (run by .ci/run)."""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -75,10 +76,15 @@ def test_containerfile_promises() -> None:
 
 
 def test_compose_runs_what_the_image_provides() -> None:
+    master = base64.b64encode(b"m" * 32).decode()
     with pytest.raises(ComposeError, match="JWT_SECRET_KEY"):
-        load_service(ROOT / "compose.yaml", {})
-    service = load_service(ROOT / "compose.yaml", {"JWT_SECRET_KEY": "k" * 48})
+        load_service(ROOT / "compose.yaml", {"LOACL_MASTER_KEY": master})
+    with pytest.raises(ComposeError, match="LOACL_MASTER_KEY"):
+        load_service(ROOT / "compose.yaml", {"JWT_SECRET_KEY": "k" * 48})
+    service = load_service(ROOT / "compose.yaml",
+                           {"JWT_SECRET_KEY": "k" * 48, "LOACL_MASTER_KEY": master})
     assert service.environment["JWT_SECRET_KEY"] == "k" * 48
+    assert service.environment["LOACL_MASTER_KEY"] == master
     names = {env_name(key) for key in Settings.model_fields}
     for key in service.environment:
         assert key in names, f"compose.yaml sets {key}, which LOACL does not read"

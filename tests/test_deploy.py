@@ -53,6 +53,8 @@ class Container:
             "LOACL_ARGON2_MEMORY_KIB": "64",
             "LOACL_ARGON2_PARALLELISM": "1",
             "JWT_SECRET_KEY": "k" * 48,
+            # Kept outside the data folder, as the replica holds only sealed personal data.
+            "LOACL_MASTER_KEY": "bWFzdGVyLWtleS1mb3ItdGhlLWRlcGxveS10ZXN0cyE=",
             **env,
         }
         for name in ("LOACL_CONFIG", "LOACL_UNDER_LITESTREAM", "LOACL_TRUSTED_PROXIES"):
