@@ -99,7 +99,7 @@ endpoints = [
              "A conversation and its files, as JSON or (format=zip) a ZIP", "conversations",
              auth="owner",
              query=(Param("format", "json (default) or zip", {"enum": ["json", "zip"]}),),
-             codes=("subject_erased",)),
+             codes=("subject_erased",), returns="ConversationExport"),
     Endpoint("delete", "/api/v1/auth/me", delete_account,
              "Delete your account: its widgets, assistants and conversations are erased",
              "auth", auth="owner", body=DeleteAccountBody, ok=204,

@@ -232,6 +232,17 @@ _USAGE_LINE = _object({"day": {"type": "string", "format": "date"}, "widget_id":
                       optional=("day", "widget_id", "assistant_id", "name"))
 
 SCHEMAS: dict[str, dict[str, Any]] = {
+    # GET /api/v1/conversations/{id}/export (format=json); the ZIP holds the same document.
+    "ConversationExport": {
+        "type": "object",
+        "required": ["format", "exported_at", "conversation", "messages", "files"],
+        "properties": {
+            "format": {"type": "string"}, "exported_at": {"type": "string"},
+            "conversation": {"type": "object"},
+            "messages": {"type": "array", "items": {"$ref": "#/components/schemas/Message"}},
+            "files": {"type": "array", "items": {"type": "object"}},
+        },
+    },
     "Assistant": _object(_ASSISTANT),
     "AssistantPage": _page("Assistant"),
     "WidgetSettings": _object({
