@@ -219,7 +219,7 @@ _WIDGET = {
     "budget": _object({"daily_tokens": _nullable(_INT), "monthly_tokens": _nullable(_INT),
                        "daily_cost": _nullable({"type": "number"}),
                        "monthly_cost": _nullable({"type": "number"})}),
-    "enabled": _BOOL, "require_identity": _BOOL,
+    "enabled": _BOOL, "require_identity": _BOOL, "retention_days": _nullable(_INT),
     "version": _INT, "created_at": _TIME, "updated_at": _TIME,
 }
 _USAGE_COUNTS = {
@@ -277,7 +277,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Exchange": _object({"message": _ref("Message"), "reply": _ref("Message")}),
     "Conversation": _object({"id": _STR, "visitor_id": _STR, "user_id": _nullable(_STR),
                              "created_at": _TIME, "last_activity_at": _TIME,
-                             "message_count": _INT}),
+                             "message_count": _INT, "erased_at": _nullable(_TIME)}),
     "ConversationPage": _page("Conversation"),
     "File": _object({"id": _STR, "conversation_id": _STR, "filename": _STR, "kind": _STR,
                      "content_type": _STR, "size": _INT, "sha256": _STR, "created_at": _TIME}),
