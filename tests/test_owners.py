@@ -212,7 +212,7 @@ ASSISTANT = {"name": "Helper", "provider": "demo", "model": "demo"}
 ASSISTANT_PUT = {**ASSISTANT, "instructions": "", "temperature": None, "top_p": None,
                  "max_output_tokens": None, "file_search": None}
 WIDGET_PUT = {"allowed_origins": [], "settings": {}, "limits": {}, "budget": {}, "enabled": True,
-              "require_identity": False}
+              "require_identity": False, "retention_days": None}
 
 VALID_ASSISTANTS = [
     pytest.param(

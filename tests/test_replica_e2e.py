@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -28,8 +29,9 @@ from websockets.typing import Origin
 
 from loacl.cli import main
 from loacl.openai_testserver import OpenAITestServer, running
-from loacl.settings import Settings, env_name
+from loacl.settings import Settings, env_name, format_master_key, parse_master_keys
 from loacl.store import audit, replay
+from loacl.store.keys import Keyring, MasterKeys
 from loacl.store.projections import default_projections
 from loacl.store.replica import restore
 from loacl.store.sqlite import connect
@@ -42,6 +44,7 @@ from tests.replicas import (
     wait_caught_up,
     wait_shipped_past,
 )
+from tests.sealed import opened_rows
 from tests.test_chat import chat_settings, live
 from tests.test_crash import Server
 from tests.test_stream import MODEL, ORIGIN, PASSWORD, Reply, Tab, reply_text
@@ -74,11 +77,17 @@ def provider() -> Iterator[tuple[OpenAITestServer, str]]:
         yield server, url
 
 
+# The master key lives apart from the data folder, as in a container: a LOACL restored into
+# another folder opens the replica's sealed fields with the same key.
+MASTER_KEY = format_master_key(bytes(range(32)))
+
+
 def child_server(folder: Path, provider_url: str, replica: Replica) -> Server:
     """``loacl serve`` in its own process, replicating to ``replica``, with the visitor limits
     off (every test visitor comes from 127.0.0.1)."""
     server = Server(folder, provider_url)
-    server.env |= {"LOACL_REPLICA_URL": replica.url, **replica.env,
+    server.env |= {"LOACL_REPLICA_URL": replica.url, "LOACL_MASTER_KEY": MASTER_KEY,
+                   **replica.env,
                    **{env_name(key): str(value) for key, value in OPEN_LIMITS.items()}}
     return server
 
@@ -86,7 +95,7 @@ def child_server(folder: Path, provider_url: str, replica: Replica) -> Server:
 def folder_env(base: dict[str, str], folder: Path) -> dict[str, str]:
     """The environment of a LOACL whose database and data live in ``folder``."""
     return base | {"DATABASE_URL": f"sqlite:///{folder / 'loacl.db'}",
-                   "LOACL_DATA_DIR": str(folder / "data")}
+                   "LOACL_DATA_DIR": str(folder / "data"), "LOACL_MASTER_KEY": MASTER_KEY}
 
 
 # -- the log, as files hold it ---------------------------------------------------------------
@@ -119,7 +128,8 @@ def assert_sound(database: Path) -> None:
     try:
         assert audit.verify(conn).ok
         built = replay.dump_tables(conn, TABLES)
-        replay.replay(conn, default_projections())
+        keys = Keyring(MasterKeys(lambda: parse_master_keys(MASTER_KEY))).attach(conn)
+        replay.replay(conn, default_projections(), keys=keys)
         assert replay.dump_tables(conn, TABLES) == built
     finally:
         conn.close()
@@ -274,9 +284,9 @@ def test_a_point_in_time_restore_holds_exactly_the_events_up_to_it(
         monkeypatch.setenv(name, value)  # the server's Litestream reads them
     monkeypatch.chdir(tmp_path)  # no loacl.toml but the environment's
     settings: Settings = chat_settings(tmp_path / "live", openai_server[1],
-                                       replica_url=replica.url)
+                                       replica_url=replica.url, master_key=MASTER_KEY)
     env = {"LOACL_REPLICA_URL": replica.url, "DATABASE_URL": settings.database_url,
-           "LOACL_DATA_DIR": str(settings.data_dir)}
+           "LOACL_DATA_DIR": str(settings.data_dir), "LOACL_MASTER_KEY": MASTER_KEY}
 
     def restore_into(folder: Path, *args: str) -> tuple[int, str, str]:
         with monkeypatch.context() as patched:
@@ -303,7 +313,11 @@ def test_a_point_in_time_restore_holds_exactly_the_events_up_to_it(
         wait_caught_up(dict(os.environ) | env)
     log = events(settings.database_path)
     posted = [e for e in log if e[3] == "message.posted"]
-    after = next(e for e in posted if "after the moment" in e[4])
+    posted_text = {seq: json.loads(payload)["text"] for _, _, payload, _, seq in opened_rows(
+        settings, "SELECT type, schema_version, payload, metadata, seq FROM events "
+        "WHERE type = 'message.posted'",
+    )}  # sealed in the log: opened with the master key
+    after = next(e for e in posted if "after the moment" in posted_text[e[0]])
     moments = {
         "between the first two turns": log[after[0] - 2][1],  # the event before "after"
         "inside the burst": posted[-3][1],

@@ -62,7 +62,8 @@ class Site:
             f"/api/v1/widgets/{widget_id or self.widget_id}",
             json={"name": "Shop", "assistant_id": self.assistant_id,
                   "allowed_origins": ORIGINS, "settings": {}, "limits": {}, "budget": {},
-                  "enabled": True, "require_identity": False, **fields},
+                  "enabled": True, "require_identity": False, "retention_days": None,
+                  **fields},
             headers=self.owner.headers,
         )
         assert response.status_code == 200, response.text

@@ -219,9 +219,14 @@ _WIDGET = {
     "budget": _object({"daily_tokens": _nullable(_INT), "monthly_tokens": _nullable(_INT),
                        "daily_cost": _nullable({"type": "number"}),
                        "monthly_cost": _nullable({"type": "number"})}),
-    "enabled": _BOOL, "require_identity": _BOOL,
+    "enabled": _BOOL, "require_identity": _BOOL, "retention_days": _nullable(_INT),
     "version": _INT, "created_at": _TIME, "updated_at": _TIME,
 }
+_CONVERSATION = {"id": _STR, "visitor_id": _STR, "user_id": _nullable(_STR),
+                 "created_at": _TIME, "last_activity_at": _TIME, "message_count": _INT,
+                 "erased_at": _nullable(_TIME)}
+_FILE = {"id": _STR, "conversation_id": _STR, "filename": _STR, "kind": _STR,
+         "content_type": _STR, "size": _INT, "sha256": _STR, "created_at": _TIME}
 _USAGE_COUNTS = {
     "replies_completed": _INT, "replies_failed": _INT, "input_tokens": _INT,
     "output_tokens": _INT, "total_tokens": _INT, "estimated_cost": {"type": "number"},
@@ -264,12 +269,18 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "MessagePage": _object({"data": _list(_ref("Message")), "conversation_id": _STR,
                             "prev_cursor": _nullable(_STR), "next_cursor": _nullable(_STR)}),
     "Exchange": _object({"message": _ref("Message"), "reply": _ref("Message")}),
-    "Conversation": _object({"id": _STR, "visitor_id": _STR, "user_id": _nullable(_STR),
-                             "created_at": _TIME, "last_activity_at": _TIME,
-                             "message_count": _INT}),
+    "Conversation": _object(_CONVERSATION),
     "ConversationPage": _page("Conversation"),
-    "File": _object({"id": _STR, "conversation_id": _STR, "filename": _STR, "kind": _STR,
-                     "content_type": _STR, "size": _INT, "sha256": _STR, "created_at": _TIME}),
+    "File": _object(_FILE),
+    "ConversationExport": _object({
+        "format": {"type": "string", "enum": [EXPORT_FORMAT]}, "exported_at": _TIME,
+        "conversation": _object({**_CONVERSATION, "widget_id": _STR}),
+        "messages": _list(_ref("Message")),
+        # The bytes in base64 in the JSON export; in the ZIP's conversation.json, their path.
+        "files": _list(_object({**_FILE, "content_base64": _nullable(_STR),
+                                "path": _nullable(_STR)},
+                               optional=("content_base64", "path"))),
+    }),
     "User": _object({"id": _STR, "email": _STR, "name": _nullable(_STR),
                      "email_verified": _BOOL, "email_verified_at": _nullable(_TIME),
                      "created_at": _TIME}),
