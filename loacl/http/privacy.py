@@ -99,10 +99,10 @@ endpoints = [
              "A conversation and its files, as JSON or (format=zip) a ZIP", "conversations",
              auth="owner",
              query=(Param("format", "json (default) or zip", {"enum": ["json", "zip"]}),),
-             codes=("subject_erased",),
+             codes=("subject_erased",), returns="ConversationExport",
              content={
-                 "application/json": {"schema": {"$ref": "#/components/schemas/"
-                                                          "ConversationExport"}},
+                 "application/json": {
+                     "schema": {"$ref": "#/components/schemas/ConversationExport"}},
                  "application/zip": {"schema": {"type": "string", "format": "binary"}},
              }),
     Endpoint("delete", "/api/v1/auth/me", delete_account,

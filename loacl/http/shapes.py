@@ -222,11 +222,6 @@ _WIDGET = {
     "enabled": _BOOL, "require_identity": _BOOL, "retention_days": _nullable(_INT),
     "version": _INT, "created_at": _TIME, "updated_at": _TIME,
 }
-_CONVERSATION = {"id": _STR, "visitor_id": _STR, "user_id": _nullable(_STR),
-                 "created_at": _TIME, "last_activity_at": _TIME, "message_count": _INT,
-                 "erased_at": _nullable(_TIME)}
-_FILE = {"id": _STR, "conversation_id": _STR, "filename": _STR, "kind": _STR,
-         "content_type": _STR, "size": _INT, "sha256": _STR, "created_at": _TIME}
 _USAGE_COUNTS = {
     "replies_completed": _INT, "replies_failed": _INT, "input_tokens": _INT,
     "output_tokens": _INT, "total_tokens": _INT, "estimated_cost": {"type": "number"},
@@ -237,6 +232,17 @@ _USAGE_LINE = _object({"day": {"type": "string", "format": "date"}, "widget_id":
                       optional=("day", "widget_id", "assistant_id", "name"))
 
 SCHEMAS: dict[str, dict[str, Any]] = {
+    # GET /api/v1/conversations/{id}/export (format=json); the ZIP holds the same document.
+    "ConversationExport": {
+        "type": "object",
+        "required": ["format", "exported_at", "conversation", "messages", "files"],
+        "properties": {
+            "format": {"type": "string"}, "exported_at": {"type": "string"},
+            "conversation": {"type": "object"},
+            "messages": {"type": "array", "items": {"$ref": "#/components/schemas/Message"}},
+            "files": {"type": "array", "items": {"type": "object"}},
+        },
+    },
     "Assistant": _object(_ASSISTANT),
     "AssistantPage": _page("Assistant"),
     "WidgetSettings": _object({
@@ -269,18 +275,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "MessagePage": _object({"data": _list(_ref("Message")), "conversation_id": _STR,
                             "prev_cursor": _nullable(_STR), "next_cursor": _nullable(_STR)}),
     "Exchange": _object({"message": _ref("Message"), "reply": _ref("Message")}),
-    "Conversation": _object(_CONVERSATION),
+    "Conversation": _object({"id": _STR, "visitor_id": _STR, "user_id": _nullable(_STR),
+                             "created_at": _TIME, "last_activity_at": _TIME,
+                             "message_count": _INT, "erased_at": _nullable(_TIME)}),
     "ConversationPage": _page("Conversation"),
-    "File": _object(_FILE),
-    "ConversationExport": _object({
-        "format": {"type": "string", "enum": [EXPORT_FORMAT]}, "exported_at": _TIME,
-        "conversation": _object({**_CONVERSATION, "widget_id": _STR}),
-        "messages": _list(_ref("Message")),
-        # The bytes in base64 in the JSON export; in the ZIP's conversation.json, their path.
-        "files": _list(_object({**_FILE, "content_base64": _nullable(_STR),
-                                "path": _nullable(_STR)},
-                               optional=("content_base64", "path"))),
-    }),
+    "File": _object({"id": _STR, "conversation_id": _STR, "filename": _STR, "kind": _STR,
+                     "content_type": _STR, "size": _INT, "sha256": _STR, "created_at": _TIME}),
     "User": _object({"id": _STR, "email": _STR, "name": _nullable(_STR),
                      "email_verified": _BOOL, "email_verified_at": _nullable(_TIME),
                      "created_at": _TIME}),
