@@ -543,6 +543,33 @@ def test_retention_erases_in_small_batches_and_runs_by_itself(tmp_path: Path) ->
             portal.call(asyncio.sleep, 0.05)
 
 
+def test_an_erasure_by_the_cli_beside_a_running_server_leaves_the_wal_to_its_next_round(
+    retained: tuple[TestClient, Clock, Settings], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    client, _, settings = retained
+    owner = _owner(client)
+    widget_id = _widget(client, owner)
+    conversation_id = _visitor(client, widget_id, QUESTION)
+    portal: Any = client.portal
+    retention = client.app.state.retention  # type: ignore[attr-defined]
+    assert portal.call(retention.run_once) == 0  # the round knows the erasure count
+    for name in [CONFIG_ENV, *ENV_NAMES.values()]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{settings.database_path}")
+    monkeypatch.setenv("LOACL_DATA_DIR", str(settings.data_dir))
+    assert main(["privacy", "erase", "--conversation", conversation_id]) == 0
+    out = capsys.readouterr().out
+    assert "a running server cuts it at its next retention round" in out
+    # The CLI left the WAL alone (the server holds the file): its older pages still hold the
+    # text the read tables no longer do.
+    wal = Path(f"{settings.database_path}-wal")
+    assert absent(raw(wal), QUESTION) == [QUESTION]
+    assert portal.call(retention.run_once) == 0
+    assert absent(raw(wal) + raw(settings.database_path), QUESTION) == []
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
 # -- a Litestream replica, restored after the erasure -----------------------------------------
 
 
@@ -624,3 +651,12 @@ def test_a_replica_restored_after_the_erasure_holds_no_plaintext(tmp_path: Path)
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
         conn.close()
+
+
+def test_under_litestream_an_erasure_leaves_the_wal_to_it(tmp_path: Path) -> None:
+    plain = chat_settings(tmp_path, None)
+    assert create_app(plain).state.privacy.truncate_wal is True
+    replicated = plain.model_copy(update={"replica_url": (tmp_path / "r").as_uri()})
+    assert create_app(replicated).state.privacy.truncate_wal is False
+    supervised = plain.model_copy(update={"under_litestream": True})
+    assert create_app(supervised).state.privacy.truncate_wal is False

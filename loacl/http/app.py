@@ -195,7 +195,11 @@ def create_app(
     app.state.demo = demo = Demo(store, settings, app.state.assistants, app.state.widgets)
     app.state.chat = chat_service = Chat(store, settings, limits=limits, budgets=budgets)
     app.state.files = Files(store, settings, limits)
-    app.state.privacy = Privacy(store, chat_service.stop)
+    # Under Litestream the WAL's checkpoints are Litestream's: an erasure does not cut it.
+    app.state.privacy = Privacy(
+        store, chat_service.stop,
+        truncate_wal=not (settings.replica_url or settings.under_litestream),
+    )
     app.state.retention = retention = Retention(
         app.state.privacy, clock, every_seconds=settings.retention_check_minutes * 60,
         batch=settings.retention_batch,

@@ -51,6 +51,7 @@ class Retention:
         self.batch = batch
         self.sleep = sleep
         self._task: asyncio.Task[None] | None = None
+        self._erasures: int | None = None  # the count the WAL was last cut at
 
     async def due(self) -> list[DueWidget]:
         """Every widget with a retention period, and how many of its conversations are due."""
@@ -65,6 +66,8 @@ class Retention:
 
     async def run_once(self) -> int:
         """Erase at most ``batch`` conversations that are due; how many were erased."""
+        if self._erasures is None:
+            self._erasures = await views.erasures(self.store)
         now = self.clock()
         erased = 0
         for widget in await views.widgets_with_retention(self.store):
@@ -86,9 +89,18 @@ class Retention:
             if erased >= self.batch:
                 break
         if erased:
-            await self.privacy.cut_wal()
             log.info("retention.erased", conversations=erased)
+        await self._cut_after_erasures()
         return erased
+
+    async def _cut_after_erasures(self) -> None:
+        """Cut the WAL when anything was erased since the last round: this server's erasures
+        cut it themselves, but one made by ``loacl privacy erase`` beside it leaves the cut to
+        the server (two parties checkpointing at once is what SQLite's WAL-reset bug needs)."""
+        count = await views.erasures(self.store)
+        if count != self._erasures:
+            await self.privacy.cut_wal()
+        self._erasures = count
 
     async def run(self) -> None:
         while True:

@@ -102,3 +102,9 @@ async def plain_events(store: EventStore, stream: str) -> int:
         (stream, stream),
     )
     return int(rows[0][0])
+
+
+async def erasures(store: EventStore) -> int:
+    """How many erasures the database has seen (``key_state``, moved by each)."""
+    rows = await store.query("SELECT erasures FROM key_state WHERE id = 1")
+    return int(rows[0][0]) if rows else 0
