@@ -285,7 +285,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                      "email_verified": _BOOL, "email_verified_at": _nullable(_TIME),
                      "created_at": _TIME}),
     "Tokens": _object({"access_token": _STR, "token_type": {"type": "string", "enum": ["bearer"]},
-                       "expires_in": _INT, "refresh_token": _STR}),
+                       "expires_in": _INT, "refresh_token": _STR},
+                      optional=("refresh_token",)),
     "Registration": _object({"email": _STR,
                              "status": {"type": "string", "enum": ["mail_sent"]}}),
     "Usage": _object({
