@@ -86,7 +86,8 @@ def test_refresh_with_the_cookie_rotates_it_and_a_reused_one_ends_the_session(
     http, base = site
     first, _ = refresh_cookie(login(http, **SAME))
     start = events(settings)[-1].seq
-    for body in (None, {}):
+    bodies: list[dict[str, str] | None] = [None, {}]
+    for body in bodies:
         refreshed = http.post("/api/v1/auth/refresh-token", json=body,
                               headers={**SAME, "Cookie": f"loacl_refresh={first}"})
         assert refreshed.status_code == 200, refreshed.text
