@@ -20,6 +20,7 @@ from loacl.http import (
     health,
     inbox,
     openapi,
+    owner_stream,
     owners,
     privacy,
     routing,
@@ -171,7 +172,7 @@ def create_app(
         routes=routing.routes(
             health.endpoints, openapi.endpoints, auth.endpoints, visitors.endpoints,
             chat.endpoints, stream.endpoints, owners.endpoints, usage.endpoints,
-            privacy.endpoints, inbox.endpoints, static.endpoints,
+            privacy.endpoints, inbox.endpoints, owner_stream.endpoints, static.endpoints,
         ),
         middleware=[
             # First: every layer below sees the client's own address and scheme.

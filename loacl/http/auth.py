@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 
 from loacl.domain.errors import LoaclError
@@ -90,7 +90,7 @@ def clear_refresh_cookie(response: Response) -> None:
     )
 
 
-def refuse_cross_site(request: Request) -> None:
+def refuse_cross_site(request: HTTPConnection) -> None:
     """403 cross_site_request unless a browser says the request comes from this server's own
     pages: ``Sec-Fetch-Site`` (set by the browser alone) same-origin or none (typed in, not
     started by a page), and an ``Origin``, when sent, that is this server's."""
