@@ -308,6 +308,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "preview_role": {"type": ["string", "null"], "enum": ["user", "assistant", None]},
         "cursor": _STR}),
     "InboxPage": _page("InboxConversation"),
+    "Models": _object({
+        "data": _list(_object({"id": _STR, "provider": _STR})),
+        "providers": _list(_object({"name": _STR, "ok": _BOOL, "error": _nullable(_STR)}))}),
     "OwnerMessagePage": _object({
         "data": _list(_ref("Message")), "conversation_id": _STR,
         "prev_cursor": _nullable(_STR), "next_cursor": _nullable(_STR),
