@@ -3,12 +3,13 @@ sends real requests to this server, next to the plain list at ``/docs`` (``opena
 script, fast), each page linking to the other.
 
 Why Swagger UI (``swagger-ui-dist``): of the offline bundles that can send a request, it is the
-one both small enough and well kept. Its Authorize dialog takes the bearer token of each
-security scheme the document names (``ownerToken``, ``visitorToken``), and every operation can
-be sent from the page and its response read there. Redoc's free bundle cannot send requests;
-Scalar's standalone bundle is about three times the size (about 1.4 MB gzipped) and loads its
-fonts from its vendor's site unless told not to; RapiDoc is smaller (about 220 KB gzipped) but
-loads Open Sans from a font host by default and has had no release for over a year.
+one both small enough and well kept (``apidocs/README.md`` compares them). Its Authorize dialog
+takes the bearer token of each security scheme the document names (``ownerToken``,
+``visitorToken``), and every operation can be sent from the page and its response read there.
+Redoc's free edition cannot send requests; Scalar's standalone bundle is about three times the
+size (about 1.4 MB gzipped) and loads its fonts from its vendor by default; RapiDoc is smaller
+(about 220 KB gzipped) but loads Open Sans from a font host by default and has had no release
+for over a year.
 
 Its files are copied from npm at the exact version ``apidocs/package.json`` pins (``sh
 apidocs/vendor.sh``) into ``loacl/static/apidocs/`` with their SHA-256 in ``manifest.json``;
