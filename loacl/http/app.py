@@ -17,6 +17,7 @@ from loacl.domain.errors import LoaclError
 from loacl.http import (
     auth,
     chat,
+    console,
     health,
     openapi,
     owners,
@@ -169,7 +170,7 @@ def create_app(
         routes=routing.routes(
             health.endpoints, openapi.endpoints, auth.endpoints, visitors.endpoints,
             chat.endpoints, stream.endpoints, owners.endpoints, usage.endpoints,
-            privacy.endpoints, static.endpoints,
+            privacy.endpoints, static.endpoints, console.endpoints,
         ),
         middleware=[
             # First: every layer below sees the client's own address and scheme.
