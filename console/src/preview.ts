@@ -1,7 +1,8 @@
 // The widget preview (/console/preview.html, framed by the console's widget page): runs the real
 // /widget.js with the settings the owner has not saved yet. The console posts them here; the
-// widget's request for its public config is answered with them, and every other request goes to
-// the server as usual (a widget whose allowed origins include this server can chat here).
+// widget's request for its public config is answered with them. A widget whose allowed origins
+// include this server chats here for real; any other (and a widget not saved yet) shows its look
+// only: an empty conversation, no socket, and sending says this origin is not allowed.
 
 interface PreviewMessage {
   type: "loacl-preview";
@@ -10,12 +11,43 @@ interface PreviewMessage {
 }
 
 let latest: PreviewMessage | null = null;
-const CONFIG = /\/api\/v1\/widgets\/[^/]+\/config$/;
+let lookOnly = false;
+const WIDGET_API = /\/api\/v1\/widgets\/[^/]+\/(config|sessions|messages|files|stream)/;
 const realFetch = window.fetch.bind(window);
+const RealSocket = window.WebSocket;
+
+const json = (body: unknown, status = 200): Response =>
+  new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json" } });
+const NOT_HERE = { code: "origin_not_allowed", detail: "this preview shows the widget's look only" };
+
+/** The look-only answers: a session, an empty conversation, and a refusal for the rest. */
+function standIn(kind: string, method: string): Response {
+  if (kind === "sessions") return json({ visitor_token: "preview" });
+  if (kind === "messages" && method === "GET") {
+    return json({ data: [], conversation_id: null, prev_cursor: null, next_cursor: null });
+  }
+  return json(NOT_HERE, 403);
+}
+
+// Without a real session there is no socket: the widget then uses HTTP, which the stand-in answers.
+window.WebSocket = class extends RealSocket {
+  constructor(url: string | URL, protocols?: string | string[]) {
+    if (lookOnly && WIDGET_API.test(String(url))) throw new Error("preview: no socket");
+    super(url, protocols);
+  }
+};
 
 window.fetch = async (input: RequestInfo | URL, init?: RequestInit): Promise<Response> => {
   const url = new URL(typeof input === "string" || input instanceof URL ? input : input.url, location.href);
-  if (latest && url.origin === location.origin && CONFIG.test(url.pathname)) {
+  const kind = url.origin === location.origin ? WIDGET_API.exec(url.pathname)?.[1] : undefined;
+  const method = (init?.method || "GET").toUpperCase();
+  if (latest && kind === "sessions") {
+    const real = await realFetch(input, init).catch(() => null);
+    lookOnly = !real || real.status === 403 || real.status === 404;
+    return lookOnly || !real ? standIn(kind, method) : real;
+  }
+  if (lookOnly && kind && kind !== "config") return standIn(kind, method);
+  if (latest && kind === "config") {
     let real: Record<string, unknown> = { uploads: { max_size: 0, allowed_types: [] } };
     try {
       // The server's upload limits, when this widget exists and allows this origin.
@@ -32,6 +64,13 @@ window.fetch = async (input: RequestInfo | URL, init?: RequestInit): Promise<Res
 
 function show(message: PreviewMessage): void {
   latest = message;
+  lookOnly = false;
+  try {
+    // The stand-in's visitor token means nothing to the server: not kept for the next start.
+    if (localStorage.getItem(`loacl:${message.widgetId}`) === "preview") localStorage.removeItem(`loacl:${message.widgetId}`);
+  } catch {
+    // no storage: nothing kept
+  }
   document.querySelectorAll("loacl-chat, script[data-preview]").forEach((node) => node.remove());
   // The widget starts once per id and page; each new look is a new start.
   (window as unknown as { __loaclStarted?: Record<string, number> }).__loaclStarted = {};
