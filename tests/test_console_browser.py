@@ -34,7 +34,7 @@ from tests.live import OPEN_LIMITS, serve
 from tests.test_widget import CHROMIUM, CHROMIUM_ARGS, HostSite, _need_chromium, host_site
 
 try:
-    from playwright.sync_api import Browser, Page, sync_playwright
+    from playwright.sync_api import Browser, Page, ViewportSize, sync_playwright
 except ImportError:  # pragma: no cover - the test extra installs it
     sync_playwright = None  # type: ignore[assignment]
 
@@ -45,7 +45,7 @@ ARTIFACTS = ROOT / "artifacts" / "console"
 AXE = ROOT / "tests" / "data" / "axe.min.js"
 TIMEOUT_MS = 10_000
 PASSWORD = "correct horse battery staple"
-PHONE = {"width": 390, "height": 844}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 @dataclass
@@ -98,7 +98,7 @@ def loacl(tmp_path_factory: pytest.TempPathFactory, host_site: HostSite) -> Iter
         database_url=f"sqlite:///{folder / 'loacl.db'}", data_dir=folder / "data",
         log_format="text", log_level="warning", argon2_time_cost=1, argon2_memory_kib=64,
         argon2_parallelism=1, demo_widget=False, demo_delay=0.02,
-        **OPEN_LIMITS,  # type: ignore[arg-type]
+        **OPEN_LIMITS,
     )
     with serve(create_app(settings)) as url:
         yield Loacl(url, settings, host_site)
