@@ -131,21 +131,23 @@ export function useSubmit<T>(action: () => Promise<T>, done?: (result: T) => voi
 /** Data loaded when the page opens (and again on `reload`). */
 export function useLoad<T>(load: () => Promise<T>, deps: unknown[] = []) {
   const [data, setData] = useState<T | null>(null);
-  const [error, setError] = useState("");
+  const [failure, setFailure] = useState<unknown>(null);
   const [tick, setTick] = useState(0);
   const alive = useRef(true);
   useEffect(() => {
     alive.current = true;
-    setError("");
+    setFailure(null);
     load().then(
       (value) => alive.current && setData(value),
-      (failure) => alive.current && setError(problem(failure).message),
+      (reason) => alive.current && setFailure(reason ?? new Error("failed")),
     );
     return () => {
       alive.current = false;
     };
   }, [...deps, tick]);
   const reload = useCallback(() => setTick((value) => value + 1), []);
+  // Worded when shown, so that it follows a change of language.
+  const error = failure ? problem(failure).message : "";
   return { data, error, reload, setData };
 }
 
