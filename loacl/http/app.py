@@ -19,7 +19,9 @@ from loacl.http import (
     chat,
     console,
     health,
+    inbox,
     openapi,
+    owner_stream,
     owners,
     privacy,
     routing,
@@ -37,6 +39,7 @@ from loacl.services.budgets import BudgetMail, Budgets
 from loacl.services.chat import Chat
 from loacl.services.demo import Demo, demo_enabled
 from loacl.services.files import Files
+from loacl.services.inbox import Inbox
 from loacl.services.keys import keyring_for
 from loacl.services.limits import VisitorLimits
 from loacl.services.mail import Mailer
@@ -170,7 +173,8 @@ def create_app(
         routes=routing.routes(
             health.endpoints, openapi.endpoints, auth.endpoints, visitors.endpoints,
             chat.endpoints, stream.endpoints, owners.endpoints, usage.endpoints,
-            privacy.endpoints, static.endpoints, console.endpoints,
+            privacy.endpoints, inbox.endpoints, owner_stream.endpoints, static.endpoints,
+            console.endpoints,
         ),
         middleware=[
             # First: every layer below sees the client's own address and scheme.
@@ -196,6 +200,7 @@ def create_app(
     app.state.demo = demo = Demo(store, settings, app.state.assistants, app.state.widgets)
     app.state.chat = chat_service = Chat(store, settings, limits=limits, budgets=budgets)
     app.state.files = Files(store, settings, limits)
+    app.state.inbox = Inbox(store)
     # Under Litestream the WAL's checkpoints are Litestream's: an erasure does not cut it.
     app.state.privacy = Privacy(
         store, chat_service.stop,

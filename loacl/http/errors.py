@@ -23,7 +23,8 @@ And by status::
         invalid_frame, http_error
     401 unauthorized, invalid_credentials, invalid_token, token_expired,
         invalid_refresh_token, refresh_token_reused, invalid_identity
-    403 email_not_verified, origin_not_allowed, identity_required, forbidden
+    403 email_not_verified, origin_not_allowed, identity_required, forbidden,
+        cross_site_request
     404 not_found, widget_not_found, user_not_found, event_not_found, file_not_found,
         backup_not_found
     405 method_not_allowed
@@ -94,6 +95,8 @@ ERRORS: dict[str, ErrorCode] = {
     "origin_not_allowed": ErrorCode(403, "the page's Origin is not one the widget allows"),
     "identity_required": ErrorCode(403, "the widget requires a signed user identity"),
     "forbidden": ErrorCode(403, "not allowed"),
+    "cross_site_request": ErrorCode(403, "a cookie-authenticated request came from another "
+                                         "site (Sec-Fetch-Site or Origin)"),
     # 404
     "not_found": ErrorCode(404, "no such resource (or not yours)"),
     "widget_not_found": ErrorCode(404, "no such widget"),

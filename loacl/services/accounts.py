@@ -363,6 +363,24 @@ class Accounts:
     async def logout(self, principal: Principal, meta: Metadata) -> None:
         await self._revoke(principal.session_id, "logout", meta)
 
+    async def logout_by_refresh_token(
+        self, refresh_token: str, user_id: str | None, meta: Metadata
+    ) -> None:
+        """End the session whose current refresh token this is (of ``user_id``, when given).
+        Anything else (a rotated token, another owner's) ends nothing: logging out must not
+        become a way to end sessions with an old copy of a token."""
+        session_id = await accounts_view.session_of_refresh_token(
+            self.store, token_hash(refresh_token)
+        )
+        if session_id is None:
+            return
+        state, _ = await self._load_session(session_id)
+        if state.current_token_hash != token_hash(refresh_token) or (
+            user_id is not None and state.user_id != user_id
+        ):
+            return
+        await self._revoke(session_id, "logout", meta)
+
     async def _revoke(self, session_id: str, reason: str, meta: Metadata) -> None:
         for attempt in range(1, RETRIES + 1):
             state, version = await self._load_session(session_id)
