@@ -1,7 +1,7 @@
 // The owner's live stream (WS /api/v1/owner/stream): one socket while a page listens, the access
 // token in the first frame (never in the URL), pings answered, reconnected with backoff.
 import { useEffect } from "preact/hooks";
-import { accessToken } from "./api";
+import { accessToken, refresh } from "./api";
 
 export interface Frame {
   type: string;
@@ -32,9 +32,11 @@ function connect(): void {
     if (frame.type === "ready") retries = 0;
     listeners.forEach((listener) => listener(frame));
   };
-  opened.onclose = () => {
+  opened.onclose = async (event) => {
     if (socket === opened) socket = null;
     if (!listeners.size) return;
+    // 4401: the access token expired (or the session ended): a new one, if the session lives.
+    if (event.code === 4401 && !(await refresh().catch(() => false))) return;
     // Wait longer after each failure, up to half a minute; a page that listens again reloads.
     const wait = Math.min(30_000, 500 * 2 ** retries++);
     timer = setTimeout(connect, wait);

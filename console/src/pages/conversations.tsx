@@ -9,7 +9,7 @@ import { href } from "../router";
 import type { ConversationItem, Message, Widget } from "../types";
 import { Field, Heading, Loading, Notice, problem, Select, useLoad } from "../ui";
 
-const STATUSES = ["", "bot", "waiting", "human", "closed"];
+const STATUSES = ["", "open", "erased"];
 
 interface Filters {
   widget: string;
@@ -26,7 +26,7 @@ function query(filters: Filters, cursor: string | null): string {
   if (filters.since) params.set("since", new Date(`${filters.since}T00:00:00`).toISOString());
   if (filters.until) params.set("until", new Date(`${filters.until}T23:59:59`).toISOString());
   if (filters.q.trim()) params.set("q", filters.q.trim());
-  if (cursor) params.set("cursor", cursor);
+  if (cursor) params.set("after", cursor);
   const text = params.toString();
   return `/api/v1/conversations${text ? `?${text}` : ""}`;
 }
@@ -71,7 +71,7 @@ export function Inbox() {
         <Select label={t("widget")} name="widget" value={filters.widget} onChange={set("widget")}
           options={[["", t("all_widgets")], ...(widgets.data || []).map((widget) => [widget.id, widget.name] as [string, string])]} />
         <Select label={t("status")} name="status" value={filters.status} onChange={set("status")}
-          options={STATUSES.map((status) => [status, status ? t(`status_${status}` as "status_bot") : t("all_statuses")])} />
+          options={STATUSES.map((status) => [status, status ? t(`status_${status}` as "status_open") : t("all_statuses")])} />
         <Field label={t("since")} name="since" type="date" value={filters.since} onInput={set("since")} />
         <Field label={t("until")} name="until" type="date" value={filters.until} onInput={set("until")} />
         <Field label={t("search")} name="q" type="search" value={filters.q} onInput={set("q")} />
@@ -84,7 +84,7 @@ export function Inbox() {
               <a href={href(`/conversations/${item.id}`)}>
                 <span class="title">{item.widget_title || item.widget_name || names.get(item.widget_id) || item.widget_id}</span>
                 <span class="preview-text">{item.preview || t("no_messages")}</span>
-                <span class="muted">{formatDate(item.last_activity_at)} · {t("message_count", { n: item.message_count })} · {t(`status_${item.status}` as "status_bot")}</span>
+                <span class="muted">{formatDate(item.last_activity_at)} · {t("message_count", { n: item.message_count })} · {t(`status_${item.status}` as "status_open")}</span>
               </a>
             </li>
           ))}
@@ -134,8 +134,10 @@ export function ConversationView(props: { id: string }) {
       const offset = typeof frame.offset === "number" ? frame.offset : old.text.length;
       const text = old.text.slice(0, offset) + String(frame.text || "");
       loaded.setData({ ...data, messages: upsert(data.messages, { ...old, text, status: "streaming" }) });
-    } else if (frame.type === "done" && data.messages.some((old) => old.id === frame.message_id)) {
-      reload();
+    } else if (frame.type === "done" && frame.conversation_id === props.id) {
+      const whole = frame.message as Message | undefined;
+      if (whole && whole.id) loaded.setData({ ...data, messages: upsert(data.messages, whole) });
+      else reload();
     }
   }, [loaded.data, props.id]);
   const [fileError, setFileError] = useState("");
@@ -162,7 +164,7 @@ export function ConversationView(props: { id: string }) {
   return (
     <section>
       <Heading>{t("conversation")}</Heading>
-      <p class="muted">{formatDate(conversation.created_at)} · {t(`status_${conversation.status}` as "status_bot")}</p>
+      <p class="muted">{formatDate(conversation.created_at)} · {t(`status_${conversation.status}` as "status_open")}</p>
       <p><a href={href("/inbox")}>{t("back")}</a></p>
       {fileError && <Notice kind="error">{fileError}</Notice>}
       <ol class="transcript" aria-live="polite" aria-label={t("transcript")}>
