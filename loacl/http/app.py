@@ -20,6 +20,7 @@ from loacl.http import (
     console,
     health,
     inbox,
+    models,
     openapi,
     owner_stream,
     owners,
@@ -43,6 +44,7 @@ from loacl.services.inbox import Inbox
 from loacl.services.keys import keyring_for
 from loacl.services.limits import VisitorLimits
 from loacl.services.mail import Mailer
+from loacl.services.models import Models
 from loacl.services.passwords import Passwords
 from loacl.services.privacy import Privacy
 from loacl.services.recovery import recover
@@ -173,8 +175,8 @@ def create_app(
         routes=routing.routes(
             health.endpoints, openapi.endpoints, auth.endpoints, visitors.endpoints,
             chat.endpoints, stream.endpoints, owners.endpoints, usage.endpoints,
-            privacy.endpoints, inbox.endpoints, owner_stream.endpoints, static.endpoints,
-            console.endpoints,
+            privacy.endpoints, inbox.endpoints, models.endpoints, owner_stream.endpoints,
+            static.endpoints, console.endpoints,
         ),
         middleware=[
             # First: every layer below sees the client's own address and scheme.
@@ -201,6 +203,7 @@ def create_app(
     app.state.chat = chat_service = Chat(store, settings, limits=limits, budgets=budgets)
     app.state.files = Files(store, settings, limits)
     app.state.inbox = Inbox(store)
+    app.state.models = Models(settings)
     # Under Litestream the WAL's checkpoints are Litestream's: an erasure does not cut it.
     app.state.privacy = Privacy(
         store, chat_service.stop,

@@ -13,7 +13,7 @@ from loacl.domain.origins import normalize_origin
 from loacl.http.common import accounts, client_ip, metadata, public_base
 from loacl.http.errors import problem, status_for
 from loacl.http.routing import Endpoint
-from loacl.http.shapes import tokens_json, user_json
+from loacl.http.shapes import session_json, tokens_json, user_json
 from loacl.http.validation import parse_body
 from loacl.services.accounts import Principal, TokenPair
 
@@ -47,6 +47,11 @@ class RefreshBody(Body):
         description="left out (or the body empty): the `loacl_refresh` cookie is used, and "
         "rotated in the answer's Set-Cookie",
     )
+
+
+class PasswordBody(Body):
+    current_password: str = Field(max_length=1024)
+    new_password: str
 
 
 class ResetBody(Body):
@@ -226,6 +231,31 @@ async def reset_password_confirm(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def change_password(request: Request) -> Response:
+    principal = await current_owner(request)
+    body = await parse_body(request, PasswordBody)
+    await accounts(request).change_password(
+        principal, body.current_password, body.new_password, client_ip(request),
+        metadata(request, principal.user_id),
+    )
+    return Response(status_code=204)
+
+
+async def list_sessions(request: Request) -> Response:
+    principal = await current_owner(request)
+    found = await accounts(request).sessions(principal)
+    return JSONResponse({"data": [session_json(s, principal.session_id) for s in found]},
+                        headers={"Cache-Control": "no-store"})
+
+
+async def end_session(request: Request) -> Response:
+    principal = await current_owner(request)
+    await accounts(request).end_session(
+        principal, request.path_params["id"], metadata(request, principal.user_id)
+    )
+    return Response(status_code=204)
+
+
 async def me(request: Request) -> Response:
     principal = await current_owner(request)
     return JSONResponse(user_json(await accounts(request).user(principal.user_id)))
@@ -273,4 +303,14 @@ endpoints = [
              codes=("invalid_reset_token", "validation_error")),
     Endpoint("get", "/api/v1/auth/me", me, "The current owner", "auth", auth="owner",
              returns="User"),
+    Endpoint("post", "/api/v1/auth/password", change_password,
+             "Change your password (the current one given); your other sessions end", "auth",
+             auth="owner", body=PasswordBody, ok=204,
+             codes=("invalid_credentials", "validation_error", "rate_limited")),
+    Endpoint("get", "/api/v1/auth/sessions", list_sessions,
+             "Your active sessions (current: the one making this request)", "auth",
+             auth="owner", returns="Sessions"),
+    Endpoint("delete", "/api/v1/auth/sessions/{id}", end_session,
+             "End one of your sessions (its refresh token and access tokens stop working)",
+             "auth", auth="owner", ok=204),
 ]

@@ -7,7 +7,7 @@ from typing import Any
 
 from loacl.services.accounts import TokenPair
 from loacl.services.privacy import Export
-from loacl.store.views.accounts import UserView
+from loacl.store.views.accounts import SessionView, UserView
 from loacl.store.views.assistants import AssistantView
 from loacl.store.views.conversations import ConversationView, MessagePage, MessageView
 from loacl.store.views.files import FileView
@@ -182,6 +182,14 @@ def user_json(user: UserView) -> dict[str, Any]:
     }
 
 
+def session_json(view: SessionView, current_session: str) -> dict[str, Any]:
+    return {
+        "id": view.session_id, "created_at": view.created_at,
+        "last_used_at": view.last_used_at, "expires_at": view.expires_at,
+        "ip": view.client_ip, "current": view.session_id == current_session,
+    }
+
+
 def tokens_json(pair: TokenPair) -> dict[str, Any]:
     return {
         "access_token": pair.access_token,
@@ -308,6 +316,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "preview_role": {"type": ["string", "null"], "enum": ["user", "assistant", None]},
         "cursor": _STR}),
     "InboxPage": _page("InboxConversation"),
+    "Models": _object({
+        "data": _list(_object({"id": _STR, "provider": _STR})),
+        "providers": _list(_object({"name": _STR, "ok": _BOOL, "error": _nullable(_STR)}))}),
     "OwnerMessagePage": _object({
         "data": _list(_ref("Message")), "conversation_id": _STR,
         "prev_cursor": _nullable(_STR), "next_cursor": _nullable(_STR),
@@ -320,6 +331,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Tokens": _object({"access_token": _STR, "token_type": {"type": "string", "enum": ["bearer"]},
                        "expires_in": _INT, "refresh_token": _STR},
                       optional=("refresh_token",)),
+    "Sessions": _object({"data": _list(_object({
+        "id": _STR, "created_at": _TIME, "last_used_at": _TIME, "expires_at": _TIME,
+        "ip": _nullable(_STR), "current": _BOOL}))}),
     "Registration": _object({"email": _STR,
                              "status": {"type": "string", "enum": ["mail_sent"]}}),
     "Usage": _object({

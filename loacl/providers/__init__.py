@@ -116,6 +116,28 @@ def provider_for(settings: Settings, name: str) -> Provider:
     return spec(name).create(settings)
 
 
+def configured(settings: Settings) -> list[str]:
+    """The providers an assistant may use on this server: the demo always, OpenAI with a key,
+    Chat Completions with a base URL."""
+    names = []
+    if settings.openai_api_key:
+        names.append("openai")
+    if settings.chat_completions_base_url or settings.openai_base_url:
+        names.append("chat_completions")
+    return [*names, "demo"]
+
+
+async def list_models(settings: Settings, provider: str) -> list[str]:
+    """The ids of the models ``provider`` offers (``models.list``), sorted."""
+    if not spec(provider).lists_models:
+        return list(DEMO_MODELS)
+    client = client_for(settings, provider, max_retries=1, timeout=10.0)
+    try:
+        return sorted({model.id async for model in client.models.list()})
+    finally:
+        await client.close()
+
+
 async def check_model(settings: Settings, provider: str, model: str) -> None:
     """Ask the provider whether it knows ``model`` (``models.retrieve``)."""
     if not spec(provider).lists_models:

@@ -27,9 +27,10 @@ from loacl.services.tokens import (
     token_hash,
 )
 from loacl.settings import Settings
+from loacl.store.codec import format_time
 from loacl.store.eventstore import NO_STREAM, Clock, EventStore, utc_now
 from loacl.store.views import accounts as accounts_view
-from loacl.store.views.accounts import UserView
+from loacl.store.views.accounts import SessionView, UserView
 
 log = structlog.get_logger(__name__)
 
@@ -440,6 +441,44 @@ class Accounts:
         )
         for session_id in await accounts_view.open_sessions(self.store, state.user_id):
             await self._revoke(session_id, "password_reset", meta)
+
+    async def change_password(
+        self, principal: Principal, current: str, new: str, client_ip: str, meta: Metadata
+    ) -> None:
+        """Set a new password, the current one given (and counted as a login attempt), and end
+        every other session of the owner: whoever else held one is out."""
+        await self.check_password(principal.user_id, current, client_ip)
+        check_password(new)
+        new_hash = await self.passwords.hash(new)
+        for attempt in range(1, RETRIES + 1):
+            state, version = await self._load_user(principal.user_id)
+            try:
+                await self.store.append(
+                    domain.user_stream(principal.user_id),
+                    domain.change_password(state, new_hash, "change"),
+                    expected_version=version, metadata=meta,
+                )
+                break
+            except ConflictError:
+                if attempt == RETRIES:
+                    raise
+        for session_id in await accounts_view.open_sessions(self.store, principal.user_id):
+            if session_id != principal.session_id:
+                await self._revoke(session_id, "password_changed", meta)
+
+    async def sessions(self, principal: Principal) -> list[SessionView]:
+        return await accounts_view.active_sessions(
+            self.store, principal.user_id, format_time(self.clock())
+        )
+
+    async def end_session(self, principal: Principal, session_id: str, meta: Metadata) -> None:
+        """End one of the owner's active sessions (this one too, as a logout would); another
+        owner's, an ended one or none at all is not found."""
+        active = {s.session_id for s in await self.sessions(principal)}
+        if session_id not in active:
+            raise LoaclError("not_found", "no such session")
+        await self._revoke(session_id, "logout" if session_id == principal.session_id
+                           else "revoked", meta)
 
     async def authenticate(self, access_token: str) -> Principal:
         claims = self.tokens.read_access(access_token)
