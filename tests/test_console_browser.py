@@ -24,6 +24,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from loacl.http.app import create_app
@@ -32,7 +33,7 @@ from tests.live import OPEN_LIMITS, serve
 from tests.test_widget import CHROMIUM, CHROMIUM_ARGS, HostSite, _need_chromium, host_site
 
 try:
-    from playwright.sync_api import Browser, Page, ViewportSize, sync_playwright
+    from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
 except ImportError:  # pragma: no cover - the test extra installs it
     sync_playwright = None  # type: ignore[assignment]
 
@@ -391,3 +392,49 @@ def test_every_page_is_accessible_in_both_themes(
     heading(page, "الحساب")
     check("account-ar")
     assert report == {}, json.dumps(report, indent=1, ensure_ascii=False)
+
+
+# -- the account ----------------------------------------------------------------------------------
+
+
+def test_the_account_changes_the_password_ends_sessions_and_deletes_itself(
+    loacl: Loacl, new_page: Callable[..., Page]
+) -> None:
+    page = new_page()
+    sign_up_and_log_in(loacl, page, "account@example.com")
+    # The model picker lists the server's models.
+    page.get_by_role("link", name="Assistants").click()
+    page.get_by_role("link", name="New assistant").click()
+    options = page.get_by_label("Model").locator("option").all_inner_texts()
+    assert options[0] == "The provider's default model" and len(options) > 1, options
+
+    # Another session, from elsewhere: listed, and ended from here.
+    other = httpx.post(f"{loacl.url}/api/v1/auth/login", timeout=10,
+                       json={"email": "account@example.com", "password": PASSWORD})
+    assert other.status_code == 200, other.text
+    page.get_by_role("link", name="Account").click()
+    heading(page, "Account")
+    sessions = page.locator(".panel").filter(has_text="Sessions").locator("li")
+    sessions.nth(1).wait_for()
+    assert sessions.count() == 2
+    # This one is marked, and has no button to end it.
+    current = sessions.filter(has_not=page.get_by_role("button"))
+    assert current.count() == 1 and "this session" in current.inner_text()
+    page.get_by_role("button", name="End this session").click()
+    expect(sessions).to_have_count(1)
+    refused = httpx.get(f"{loacl.url}/api/v1/auth/me", timeout=10, headers={
+        "Authorization": f"Bearer {other.json()['access_token']}"})
+    assert refused.status_code == 401
+
+    page.get_by_label("Current password").fill(PASSWORD)
+    page.get_by_label("New password").fill("another good passphrase")
+    page.get_by_role("button", name="Change the password").click()
+    page.get_by_role("status").filter(has_text="Your password is changed.").wait_for()
+
+    page.get_by_label("Password", exact=True).fill("another good passphrase")
+    page.get_by_role("button", name="Delete the account").click()
+    page.get_by_role("button", name="Yes, delete for good").click()
+    heading(page, "Log in")
+    gone = httpx.post(f"{loacl.url}/api/v1/auth/login", timeout=10, json={
+        "email": "account@example.com", "password": "another good passphrase"})
+    assert gone.status_code == 401

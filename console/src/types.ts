@@ -107,7 +107,7 @@ export interface Session {
   id: string;
   created_at: string;
   last_used_at?: string | null;
-  user_agent?: string | null;
+  expires_at?: string | null;
   ip?: string | null;
   current?: boolean;
 }

@@ -39,7 +39,7 @@ function Sessions() {
         <ul class="cards">
           {loaded.data.data.map((session) => (
             <li key={session.id}>
-              <span>{session.user_agent || t("session_unknown")}</span>
+              <span dir="ltr">{session.ip || t("session_unknown")}</span>
               <span class="muted"> {formatDate(session.last_used_at || session.created_at)}{session.current ? ` · ${t("session_current")}` : ""}</span>
               {!session.current && (
                 <button type="button" class="small" onClick={async () => {
