@@ -319,6 +319,24 @@ def test_the_inbox_shows_a_conversation_live(
     visitor.locator("loacl-chat .g .m.b[aria-busy='false'] >> nth=1").wait_for()
     reply = visitor.locator("loacl-chat .g .m.b[aria-busy] >> nth=1").inner_text()
     assert page.locator(".bubble.bot .md").nth(1).inner_text().strip() == reply.strip()
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        assert axe_violations(page) == [], scheme
+    shots(page, "conversation")
+    page.get_by_role("link", name="Inbox").click()
+    heading(page, "Inbox")
+    page.locator(".inbox li").first.wait_for()
+    shots(page, "inbox-with-conversations")
+
+    # The two replies count in the usage: a bar today, a row for the widget.
+    page.get_by_role("link", name="Usage").click()
+    heading(page, "Usage")
+    row = page.locator("tbody tr").filter(has_text="Inbox site")
+    row.wait_for()
+    assert row.locator("td").first.inner_text() == "2"
+    heights = [float(bar.get_attribute("height") or 0) for bar in page.locator(".chart .bar").all()]
+    assert len(heights) == 30 and heights[-1] > 0 and heights[:-1] == [0] * 29
+    shots(page, "usage-with-replies")
 
 
 # -- every page: accessibility and screenshots --------------------------------------------------

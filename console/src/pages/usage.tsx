@@ -19,7 +19,8 @@ function days(from: string, to: string): string[] {
 export function Chart(props: { report: UsageReport }) {
   const byDay = new Map(props.report.data.map((line) => [line.day, line]));
   const all = days(props.report.from, props.report.to);
-  const top = Math.max(1, ...props.report.data.map((line) => line.total_tokens));
+  const highest = Math.max(0, ...props.report.data.map((line) => line.total_tokens));
+  const top = Math.max(1, highest);
   const step = WIDTH / Math.max(1, all.length);
   return (
     <figure>
@@ -38,7 +39,7 @@ export function Chart(props: { report: UsageReport }) {
         <text x="0" y={HEIGHT + 16} class="label">{props.report.from}</text>
         <text x={WIDTH} y={HEIGHT + 16} class="label end">{props.report.to}</text>
       </svg>
-      <figcaption class="muted">{t("usage_caption", { max: formatNumber(top) })}</figcaption>
+      <figcaption class="muted">{t("usage_caption", { max: formatNumber(highest) })}</figcaption>
     </figure>
   );
 }
