@@ -179,3 +179,11 @@ async def test_another_sites_page_is_refused_before_the_handshake(site: Site) ->
         await connect(ws_url(site), origin=Origin("https://evil.example"))
     assert refused.value.response.status_code == 403
     assert json.loads(refused.value.response.body or b"{}")["code"] == "cross_site_request"
+
+
+def test_a_plain_get_is_told_to_upgrade(site: Site) -> None:
+    owner = site.register()
+    assert site.http.get("/api/v1/owner/stream").status_code == 401
+    plain = site.http.get("/api/v1/owner/stream", headers=owner)
+    assert plain.status_code == 426 and plain.json()["code"] == "upgrade_required"
+    assert site.http.request("TRACE", "/api/v1/owner/stream").status_code == 405

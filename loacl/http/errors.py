@@ -37,6 +37,7 @@ And by status::
     422 validation_error, unknown_model, unknown_assistant, unknown_file, empty_file,
         unsupported_file_for_provider, invalid_export, invalid_migration_target,
         not_resettable, invalid_timestamp, replica_not_configured
+    426 upgrade_required
     428 precondition_required
     429 rate_limited, budget_exhausted, provider_rate_limited
     500 internal_error, store_error, log_damaged, unknown_event_type, unknown_schema_version,
@@ -106,6 +107,8 @@ ERRORS: dict[str, ErrorCode] = {
     "backup_not_found": ErrorCode(404, "CLI: no backup at that path"),
     # 405
     "method_not_allowed": ErrorCode(405, "the path does not take that method"),
+    # 426
+    "upgrade_required": ErrorCode(426, "a WebSocket's URL was asked for as plain HTTP"),
     # 409
     "email_taken": ErrorCode(409, "an account with that e-mail address exists"),
     "already_verified": ErrorCode(409, "the e-mail address is verified already"),

@@ -19,6 +19,8 @@ from typing import Any
 
 import msgspec
 import structlog
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from loacl.domain.accounts import SessionRevoked, session_stream
@@ -32,10 +34,10 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.events import RecordedEvent
 from loacl.domain.privacy import SubjectErased
 from loacl.domain.widgets import ConversationStarted
-from loacl.http.auth import refuse_cross_site
+from loacl.http.auth import current_owner, refuse_cross_site
 from loacl.http.common import accounts
 from loacl.http.errors import problem, status_for
-from loacl.http.routing import Socket
+from loacl.http.routing import Endpoint, Socket
 from loacl.http.shapes import inbox_item_json, message_json
 from loacl.http.stream_protocol import MAX_TEXT_FRAME, Close, Frame
 from loacl.http.stream_send import Outbox
@@ -321,8 +323,16 @@ async def owner_stream(websocket: WebSocket) -> None:
         await conn.wind_down(write, others)
 
 
-endpoints = [
+async def not_upgraded(request: Request) -> Response:
+    """A plain GET of the socket's URL: the token is checked as for any owner request, then
+    the client is told to upgrade."""
+    await current_owner(request)
+    raise LoaclError("upgrade_required", "open this URL as a WebSocket (Upgrade: websocket)")
+
+
+endpoints: list[Endpoint | Socket] = [
     Socket("/api/v1/owner/stream", owner_stream,
            "WebSocket: live changes to your conversations (see the description)", describe(),
-           tag="conversations", auth="owner", codes=("cross_site_request",)),
+           tag="conversations", auth="owner", codes=("cross_site_request", "upgrade_required")),
+    Endpoint("get", "/api/v1/owner/stream", not_upgraded, "", documented=False),
 ]

@@ -7,6 +7,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 from email_validator import EmailNotValidError, validate_email
@@ -146,11 +147,16 @@ class Accounts:
 
     # -- mail -------------------------------------------------------------------------------
 
-    def _send_link(self, to: str, subject: str, intro: str, path: str, token: str,
+    def _send_link(self, to: str, subject: str, intro: str, page: str, path: str, token: str,
                    base_url: str) -> None:
+        """A mail whose link opens the console's ``page`` with the token (the page posts it
+        to ``path``); the token and a curl command for the same follow, for API users."""
         base = (self.settings.public_url or base_url).rstrip("/")
+        link = f"{base}/console/{page}?token={quote(token, safe='')}"
         body = (
             f"{intro}\n\n"
+            f"Open this link:\n\n{link}\n\n"
+            "Or, without a browser:\n\n"
             f"Your token:\n\n{token}\n\n"
             f"Send it to LOACL:\n\n"
             f"  curl -X POST {base}{path} -H 'Content-Type: application/json' "
@@ -160,8 +166,8 @@ class Accounts:
         self.mailer.send(to, subject, body)
         if isinstance(self.mailer.transport, OutboxTransport):
             # No mail server configured: the operator finds the link in the log.
-            log.info("mail.outbox_link", to=to, subject=subject, endpoint=f"{base}{path}",
-                     token=token)
+            log.info("mail.outbox_link", to=to, subject=subject, link=link,
+                     endpoint=f"{base}{path}", token=token)
 
     def _send_verification(self, user_id: str, email: str, base_url: str) -> None:
         token = self.tokens.issue_link(
@@ -171,7 +177,7 @@ class Accounts:
         self._send_link(
             email, "Confirm your e-mail address for LOACL",
             "Welcome to LOACL. Confirm your e-mail address to create assistants and widgets.",
-            "/api/v1/auth/verify-email", token, base_url,
+            "verify", "/api/v1/auth/verify-email", token, base_url,
         )
 
     def _send_taken_notice(self, user_id: str, email: str, base_url: str) -> None:
@@ -184,7 +190,8 @@ class Accounts:
             email, "Someone tried to register your address with LOACL",
             "Someone (perhaps you) tried to register a new LOACL account with this e-mail "
             "address, which has an account already. No second account was made.\n\n"
-            "To log in, use your password. If you forgot it, ask for a reset:\n\n"
+            f"To log in, use your password at {base}/console/ . If you forgot it, ask for a "
+            "reset there, or:\n\n"
             f"  curl -X POST {base}/api/v1/auth/reset-password -H 'Content-Type: "
             f"application/json' -d '{{\"email\": \"{email}\"}}'\n\n"
             "If it was not you, ignore this mail: nothing changed.\n",
@@ -421,9 +428,10 @@ class Accounts:
         )
         self._send_link(
             found.email, "Reset your LOACL password",
-            "Someone (we hope you) asked to reset the password of this LOACL account. Send the "
-            "token below with your new password as \"password\".",
-            "/api/v1/auth/reset-password/confirm", token, base_url,
+            "Someone (we hope you) asked to reset the password of this LOACL account. Open the "
+            "link to choose a new password (or send the token below with your new password "
+            "as \"password\").",
+            "reset", "/api/v1/auth/reset-password/confirm", token, base_url,
         )
 
     async def confirm_reset(self, token: str, password: str, meta: Metadata) -> None:
