@@ -838,7 +838,8 @@ def test_api8_dependencies_with_known_vulnerabilities_fail_ci(
 
 
 PAGES = {"/", "/docs", "/docs/try", "/docs/assets/{version}/{name}", "/healthz", "/readyz",
-         "/widget.js", "/widget.json", "/widget/{name}", "/api/v1/openapi.json"}
+         "/widget.js", "/widget.json", "/widget/{name}", "/api/v1/openapi.json", "/console",
+         "/console/{path:path}", "/console/assets/{name}", "/console/preview.html"}
 
 
 def test_api9_every_route_served_is_documented(world: World) -> None:
@@ -887,6 +888,7 @@ def test_api9_inventory(world: World, spec: Row) -> None:
 BODYLESS = {
     ("post", "/api/v1/auth/verify-email/resend"), ("post", "/api/v1/auth/reset-password"),
     ("get", "/api/v1/widgets/{id}/files/{file_id}"),  # the file itself, in its own type
+    ("get", "/api/v1/conversations/{id}/files/{file_id}"),  # the same, for the owner
     ("get", "/api/v1/openapi.json"),  # this document
 }
 

@@ -18,6 +18,7 @@ from loacl.http import (
     apidocs,
     auth,
     chat,
+    console,
     health,
     inbox,
     models,
@@ -176,7 +177,7 @@ def create_app(
             health.endpoints, openapi.endpoints, apidocs.endpoints, auth.endpoints,
             visitors.endpoints, chat.endpoints, stream.endpoints, owners.endpoints,
             usage.endpoints, privacy.endpoints, inbox.endpoints, models.endpoints,
-            owner_stream.endpoints, static.endpoints,
+            owner_stream.endpoints, static.endpoints, console.endpoints,
         ),
         middleware=[
             # First: every layer below sees the client's own address and scheme.

@@ -1,0 +1,458 @@
+"""The owner console in a real browser: Debian's Chromium driven by Playwright against a real
+LOACL on a loopback port, with the embedding site on a second port (another origin).
+
+- the path of a new owner: sign up, open the verification link from the mail, log in, create an
+  assistant and a widget, copy the embed code, chat through it on the other site, rotate the
+  identity secret, log out;
+- the inbox: a visitor's conversation appears and its reply streams in without a reload;
+- an axe-core scan of every page, light and dark: no serious or critical violation;
+- screenshots of every page (light, dark, 390 px phone) in ``artifacts/console/``.
+
+Without Chromium these tests skip locally and fail under CI (``CI=true``).
+"""
+
+from __future__ import annotations
+
+import email
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from loacl.http.app import create_app
+from loacl.settings import Settings
+from tests.live import OPEN_LIMITS, serve
+from tests.test_widget import CHROMIUM, CHROMIUM_ARGS, HostSite, _need_chromium, host_site
+
+try:
+    from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
+except ImportError:  # pragma: no cover - the test extra installs it
+    sync_playwright = None  # type: ignore[assignment]
+
+__all__ = ["host_site"]  # the fixture, shared with the widget's tests
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts" / "console"
+AXE = ROOT / "tests" / "data" / "axe.min.js"
+TIMEOUT_MS = 10_000
+PASSWORD = "correct horse battery staple"
+PHONE: ViewportSize = {"width": 390, "height": 844}
+
+
+@dataclass
+class Loacl:
+    url: str
+    settings: Settings
+    host: HostSite
+    mails_seen: set[Path] = field(default_factory=set)
+
+    def next_mail(self, to: str) -> EmailMessage:
+        """The next mail written to the outbox for ``to`` (sending runs in the background)."""
+        outbox = self.settings.data_dir / "outbox"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for path in sorted(outbox.glob("*.eml")) if outbox.is_dir() else []:
+                if path in self.mails_seen:
+                    continue
+                message = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+                assert isinstance(message, EmailMessage)
+                if message["To"] == to:
+                    self.mails_seen.add(path)
+                    return message
+            time.sleep(0.05)
+        raise AssertionError(f"no mail to {to} in {outbox}")
+
+
+def verification_link(loacl: Loacl, message: EmailMessage) -> str:
+    """The mail's link to the console; a server whose mail names only the token is given the
+    link the console serves."""
+    body = message.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    link = re.search(r"(https?://\S+/console/verify\?token=\S+)", text)
+    if link:
+        return link.group(1).replace(link.group(1).split("/console/")[0], loacl.url)
+    token = re.search(r"Your token:\s+(\S+)", text)
+    assert token, text
+    return f"{loacl.url}/console/verify?token={token.group(1)}"
+
+
+@pytest.fixture(scope="module")
+def loacl(tmp_path_factory: pytest.TempPathFactory, host_site: HostSite) -> Iterator[Loacl]:
+    _need_chromium()
+    folder = tmp_path_factory.mktemp("console")
+    settings = Settings(
+        database_url=f"sqlite:///{folder / 'loacl.db'}", data_dir=folder / "data",
+        log_format="text", log_level="warning", argon2_time_cost=1, argon2_memory_kib=64,
+        argon2_parallelism=1, demo_widget=False, demo_delay=0.02,
+        **OPEN_LIMITS,
+    )
+    with serve(create_app(settings)) as url:
+        yield Loacl(url, settings, host_site)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    _need_chromium()
+    with sync_playwright() as pw:
+        launched = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def new_page(browser: Browser) -> Iterator[Callable[..., Page]]:
+    contexts = []
+    errors: list[str] = []
+    violations: list[str] = []
+
+    def make(**options: Any) -> Page:
+        context = browser.new_context(**options)
+        context.set_default_timeout(TIMEOUT_MS)
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", lambda message: violations.append(message.text)
+                if "Content Security Policy" in message.text else None)
+        return page
+
+    yield make
+    for context in contexts:
+        context.close()
+    assert errors == [], f"uncaught errors in the page: {errors}"
+    assert violations == [], f"the page broke its Content-Security-Policy: {violations}"
+
+
+def shots(page: Page, name: str) -> None:
+    """The page as it is now, light, dark and on a 390 px wide phone."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    size = page.viewport_size
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        page.screenshot(path=str(ARTIFACTS / f"{name}-{scheme}.png"), full_page=True)
+    page.emulate_media(color_scheme="light")
+    page.set_viewport_size(PHONE)
+    page.screenshot(path=str(ARTIFACTS / f"{name}-phone.png"), full_page=True)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], (
+        f"{name}: wider than a phone"
+    )
+    if size:
+        page.set_viewport_size(size)
+
+
+def heading(page: Page, text: str) -> None:
+    page.get_by_role("heading", level=1, name=text).wait_for()
+
+
+def sign_up_and_log_in(loacl: Loacl, page: Page, address: str) -> None:
+    page.goto(f"{loacl.url}/console/signup")
+    heading(page, "Create your account")
+    page.get_by_label("E-mail address").fill(address)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign up").click()
+    page.get_by_role("status").filter(has_text=address).wait_for()
+    page.goto(verification_link(loacl, loacl.next_mail(address)))
+    page.get_by_text("Your address is verified").wait_for()
+    assert "token" not in page.url  # the one-time token leaves the address bar
+    page.get_by_role("link", name="Log in").click()
+    log_in(page, address)
+
+
+def log_in(page: Page, address: str) -> None:
+    heading(page, "Log in")
+    page.get_by_label("E-mail address").fill(address)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    heading(page, "Widgets")
+
+
+def create_assistant(page: Page, name: str) -> str:
+    page.get_by_role("link", name="Assistants").click()
+    heading(page, "Assistants")
+    page.get_by_role("link", name="New assistant").click()
+    heading(page, "New assistant")
+    page.get_by_label("Name", exact=True).fill(name)
+    page.get_by_label("Instructions").fill("Answer briefly.")
+    page.get_by_role("button", name="Create").click()
+    heading(page, name)
+    match = re.search(r"/console/assistants/([^/?#]+)$", page.url)
+    assert match, page.url
+    return match.group(1)
+
+
+def create_widget(page: Page, name: str, origin: str, title: str) -> str:
+    page.get_by_role("link", name="Widgets").click()
+    page.get_by_role("link", name="New widget").click()
+    heading(page, "New widget")
+    page.get_by_label("Name", exact=True).fill(name)
+    page.get_by_label("Origin 1", exact=True).fill(origin)
+    page.get_by_label("Title", exact=True).fill(title)
+    page.get_by_label("Greeting").fill("Hello **there**!")
+    page.get_by_role("button", name="Create").click()
+    heading(page, name)
+    match = re.search(r"/console/widgets/([^/?#]+)$", page.url)
+    assert match, page.url
+    return match.group(1)
+
+
+def host_page(loacl: Loacl, embed: str) -> str:
+    return loacl.host.add(
+        "<!doctype html><html><head><meta charset='utf-8'><title>Shop</title></head>"
+        f"<body><h1>A shop</h1>{embed}</body></html>"
+    )
+
+
+def chat(page: Page, url: str, text: str, replies: int = 1) -> None:
+    page.goto(url)
+    page.locator("loacl-chat .l").click()
+    page.locator("loacl-chat .s:not([disabled])").wait_for()
+    page.locator("loacl-chat textarea").fill(text)
+    page.locator("loacl-chat textarea").press("Enter")
+    page.locator(f"loacl-chat .g .m.b[aria-busy='false'] >> nth={replies - 1}").wait_for()
+
+
+# -- the path of a new owner ----------------------------------------------------------------------
+
+
+def test_a_new_owner_gets_a_widget_answering_on_another_origin(
+    loacl: Loacl, new_page: Callable[..., Page]
+) -> None:
+    page = new_page(permissions=["clipboard-read", "clipboard-write"])
+    sign_up_and_log_in(loacl, page, "new@example.com")
+    # A reload keeps the session (the refresh cookie), though the access token was in memory.
+    page.reload()
+    heading(page, "Widgets")
+    create_assistant(page, "Shop helper")
+
+    widget_id = create_widget(page, "Shop", loacl.host.origin, "Shop help")
+    secret = page.get_by_test_id("identity-secret").inner_text()
+    assert len(secret) >= 16
+
+    # The preview runs the real widget with the settings, saved or not.
+    preview = page.frame_locator("iframe[title='Preview']")
+    preview.locator("loacl-chat h2").filter(has_text="Shop help").wait_for()
+    assert preview.locator("loacl-chat .g .m.b strong").first.inner_text() == "there"
+    page.get_by_label("Title", exact=True).fill("Unsaved title")
+    preview.locator("loacl-chat h2").filter(has_text="Unsaved title").wait_for()
+    page.get_by_label("Title", exact=True).fill("Shop help")
+
+    # The embed code, copied to the clipboard.
+    code = page.get_by_test_id("embed-code").inner_text()
+    assert widget_id in code and f"{loacl.url}/widget.js" in code
+    page.get_by_role("button", name="Copy the embed code").click()
+    page.get_by_role("status").filter(has_text="Copied.").first.wait_for()
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied.strip() == code.strip()
+
+    # A visitor on the other origin chats through it.
+    visitor = new_page()
+    chat(visitor, host_page(loacl, copied), "Hello from the shop")
+    assert visitor.locator("loacl-chat h2").inner_text() == "Shop help"
+
+    # The identity secret, rotated: the new one is shown once and differs.
+    page.get_by_role("button", name="Make a new identity secret").click()
+    page.get_by_role("button", name="Yes, make a new one").click()
+    page.get_by_test_id("identity-secret").filter(has_not_text=secret).wait_for()
+    assert page.get_by_test_id("identity-secret").inner_text() != secret
+
+    # Logging out ends the session: the console asks to log in again, even after a reload.
+    page.get_by_role("button", name="Log out").click()
+    heading(page, "Log in")
+    page.goto(f"{loacl.url}/console/widgets/{widget_id}")
+    heading(page, "Log in")
+
+
+def test_the_origins_editor_shows_the_reason_per_origin(
+    loacl: Loacl, new_page: Callable[..., Page]
+) -> None:
+    page = new_page()
+    sign_up_and_log_in(loacl, page, "origins@example.com")
+    create_assistant(page, "Helper")
+    page.get_by_role("link", name="Widgets").click()
+    page.get_by_role("link", name="New widget").click()
+    page.get_by_label("Name", exact=True).fill("Site")
+    page.get_by_label("Origin 1", exact=True).fill("https://good.example")
+    page.get_by_role("button", name="Add an origin").click()
+    page.get_by_label("Origin 2", exact=True).fill("https://bad.example/with/a/path")
+    page.get_by_role("button", name="Create").click()
+    page.get_by_role("alert").filter(has_text="Some fields need a change").wait_for()
+    bad = page.get_by_label("Origin 2", exact=True)
+    assert bad.get_attribute("aria-invalid") == "true"
+    assert page.get_by_label("Origin 1", exact=True).get_attribute("aria-invalid") is None
+    reason = page.locator(f"#{bad.get_attribute('aria-describedby')}").inner_text()
+    assert reason.strip()
+    bad.fill("https://bad.example")
+    page.get_by_role("button", name="Create").click()
+    heading(page, "Site")
+
+
+def test_the_inbox_shows_a_conversation_live(
+    loacl: Loacl, new_page: Callable[..., Page]
+) -> None:
+    page = new_page(permissions=["clipboard-read", "clipboard-write"])
+    sign_up_and_log_in(loacl, page, "inbox@example.com")
+    create_assistant(page, "Inbox helper")
+    create_widget(page, "Inbox site", loacl.host.origin, "Ask us")
+    code = page.get_by_test_id("embed-code").inner_text()
+    page.get_by_role("link", name="Inbox").click()
+    heading(page, "Inbox")
+    visitor = new_page()
+    url = host_page(loacl, code)
+    chat(visitor, url, "Where is my parcel?")
+    item = page.locator(".inbox li a").filter(has_text="Where is my parcel?")
+    item.wait_for()  # no reload: the live stream brought it
+    item.click()
+    heading(page, "Conversation")
+    page.locator(".bubble.visitor").filter(has_text="Where is my parcel?").wait_for()
+    visitor.locator("loacl-chat textarea").fill("And my invoice?")
+    visitor.locator("loacl-chat textarea").press("Enter")
+    page.locator(".bubble.visitor").filter(has_text="And my invoice?").wait_for()
+    page.locator(".bubble.bot[aria-busy='false']").nth(1).wait_for()
+    visitor.locator("loacl-chat .g .m.b[aria-busy='false'] >> nth=1").wait_for()
+    reply = visitor.locator("loacl-chat .g .m.b[aria-busy] >> nth=1").inner_text()
+    assert page.locator(".bubble.bot .md").nth(1).inner_text().strip() == reply.strip()
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        assert axe_violations(page) == [], scheme
+    shots(page, "conversation")
+    page.get_by_role("link", name="Inbox").click()
+    heading(page, "Inbox")
+    page.locator(".inbox li").first.wait_for()
+    shots(page, "inbox-with-conversations")
+
+    # The two replies count in the usage: a bar today, a row for the widget.
+    page.get_by_role("link", name="Usage").click()
+    heading(page, "Usage")
+    row = page.locator("tbody tr").filter(has_text="Inbox site")
+    row.wait_for()
+    assert row.locator("td").first.inner_text() == "2"
+    heights = [float(bar.get_attribute("height") or 0) for bar in page.locator(".chart .bar").all()]
+    assert len(heights) == 30 and heights[-1] > 0 and heights[:-1] == [0] * 29
+    shots(page, "usage-with-replies")
+
+
+# -- every page: accessibility and screenshots --------------------------------------------------
+
+
+def axe_violations(page: Page) -> list[dict[str, Any]]:
+    """axe-core's serious and critical violations on the page as it is now (frames aside: the
+    preview frame is the widget, which tests/test_widget.py covers)."""
+    if not page.evaluate("typeof window.axe === 'object'"):
+        page.evaluate(AXE.read_text(encoding="utf-8"))
+    found: list[dict[str, Any]] = page.evaluate(
+        "async () => (await axe.run(document, {iframes: false, resultTypes: ['violations']}))"
+        ".violations.map(v => ({id: v.id, impact: v.impact, help: v.help,"
+        " nodes: v.nodes.map(n => n.target.join(' '))}))"
+    )
+    return [v for v in found if v["impact"] in ("serious", "critical")]
+
+
+def test_every_page_is_accessible_in_both_themes(
+    loacl: Loacl, new_page: Callable[..., Page]
+) -> None:
+    page = new_page()
+    public = {
+        "signup": ("/console/signup", "Create your account"),
+        "login": ("/console/login", "Log in"),
+        "forgot": ("/console/forgot", "Reset your password"),
+        "reset": ("/console/reset?token=not-a-real-token", "Set a new password"),
+        "verify": ("/console/verify?token=not-a-real-token", "Verify your e-mail address"),
+    }
+    report: dict[str, list[dict[str, Any]]] = {}
+
+    def check(name: str) -> None:
+        for scheme in ("light", "dark"):
+            page.emulate_media(color_scheme=scheme)
+            found = axe_violations(page)
+            if found:
+                report[f"{name} ({scheme})"] = found
+        shots(page, name)
+
+    for name, (path, title) in public.items():
+        page.goto(loacl.url + path)
+        heading(page, title)
+        check(name)
+
+    sign_up_and_log_in(loacl, page, "pages@example.com")
+    assistant = create_assistant(page, "Pages helper")
+    check("assistant")
+    widget = create_widget(page, "Pages site", loacl.host.origin, "Help")
+    page.frame_locator("iframe[title='Preview']").locator("loacl-chat h2").wait_for()
+    check("widget")
+    private = {
+        "widgets": ("/console/widgets", "Widgets"),
+        "assistants": ("/console/assistants", "Assistants"),
+        "assistant-new": ("/console/assistants/new", "New assistant"),
+        "widget-new": ("/console/widgets/new", "New widget"),
+        "inbox": ("/console/inbox", "Inbox"),
+        "usage": ("/console/usage", "Usage"),
+        "account": ("/console/account", "Account"),
+    }
+    for name, (path, title) in private.items():
+        # In-app navigation keeps the access token (a reload would need the refresh cookie).
+        page.evaluate("(path) => { history.pushState(null, '', path);"
+                      " dispatchEvent(new PopStateEvent('popstate')); }", path)
+        heading(page, title)
+        page.wait_for_load_state("networkidle")
+        check(name)
+    assert assistant and widget
+    # The same in Arabic, right to left.
+    page.get_by_label("Language").select_option("ar")
+    assert page.evaluate("document.documentElement.dir") == "rtl"
+    heading(page, "الحساب")
+    check("account-ar")
+    assert report == {}, json.dumps(report, indent=1, ensure_ascii=False)
+
+
+# -- the account ----------------------------------------------------------------------------------
+
+
+def test_the_account_changes_the_password_ends_sessions_and_deletes_itself(
+    loacl: Loacl, new_page: Callable[..., Page]
+) -> None:
+    page = new_page()
+    sign_up_and_log_in(loacl, page, "account@example.com")
+    # The model picker lists the server's models.
+    page.get_by_role("link", name="Assistants").click()
+    page.get_by_role("link", name="New assistant").click()
+    options = page.get_by_label("Model").locator("option").all_inner_texts()
+    assert options[0] == "The provider's default model" and len(options) > 1, options
+
+    # Another session, from elsewhere: listed, and ended from here.
+    other = httpx.post(f"{loacl.url}/api/v1/auth/login", timeout=10,
+                       json={"email": "account@example.com", "password": PASSWORD})
+    assert other.status_code == 200, other.text
+    page.get_by_role("link", name="Account").click()
+    heading(page, "Account")
+    sessions = page.locator(".panel").filter(has_text="Sessions").locator("li")
+    sessions.nth(1).wait_for()
+    assert sessions.count() == 2
+    # This one is marked, and has no button to end it.
+    current = sessions.filter(has_not=page.get_by_role("button"))
+    assert current.count() == 1 and "this session" in current.inner_text()
+    page.get_by_role("button", name="End this session").click()
+    expect(sessions).to_have_count(1)
+    refused = httpx.get(f"{loacl.url}/api/v1/auth/me", timeout=10, headers={
+        "Authorization": f"Bearer {other.json()['access_token']}"})
+    assert refused.status_code == 401
+
+    page.get_by_label("Current password").fill(PASSWORD)
+    page.get_by_label("New password").fill("another good passphrase")
+    page.get_by_role("button", name="Change the password").click()
+    page.get_by_role("status").filter(has_text="Your password is changed.").wait_for()
+
+    page.get_by_label("Password", exact=True).fill("another good passphrase")
+    page.get_by_role("button", name="Delete the account").click()
+    page.get_by_role("button", name="Yes, delete for good").click()
+    heading(page, "Log in")
+    gone = httpx.post(f"{loacl.url}/api/v1/auth/login", timeout=10, json={
+        "email": "account@example.com", "password": "another good passphrase"})
+    assert gone.status_code == 401
