@@ -7,13 +7,18 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Callable, Coroutine
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
 
 from loacl.domain import conversations as domain
-from loacl.domain.assistants import AssistantDefinition
+from loacl.domain.assistants import (
+    Assistant,
+    AssistantDefinition,
+    assistant_stream,
+    evolve_assistant,
+)
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata, RecordedEvent
 from loacl.domain.widgets import VisitorAccess, conversation_stream
@@ -24,6 +29,7 @@ from loacl.providers.base import (
     ProviderError,
     ReplyRequest,
     ReplyResult,
+    ToolRound,
     Turn,
     trim_history,
 )
@@ -31,6 +37,7 @@ from loacl.services.budgets import Budgets
 from loacl.services.limits import Lease, VisitorLimits
 from loacl.services.replies import Notice, ReplyStream, Run, retry_delay
 from loacl.services.tokens import new_id
+from loacl.services.tools import CallContext, Tools, bounded, tool_secret
 from loacl.settings import Settings
 from loacl.store.broker import Subscription
 from loacl.store.eventstore import EventStore
@@ -43,6 +50,14 @@ from loacl.store.views.conversations import ConversationView, MessagePage, Messa
 log = structlog.get_logger(__name__)
 
 ProviderFactory = Callable[[Settings, str], Provider]
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """Whom a reply's tool calls are made for."""
+
+    assistant_id: str
+    user_id: str | None
 
 
 def _not_a_delta(recorded: RecordedEvent) -> bool:
@@ -60,11 +75,13 @@ class Chat:
     def __init__(
         self, store: EventStore, settings: Settings,
         providers: ProviderFactory = provider_for, *, limits: VisitorLimits | None = None,
-        budgets: Budgets | None = None,
+        budgets: Budgets | None = None, tools: Tools | None = None, server_key: str = "",
     ) -> None:
         self.store = store
         self.settings = settings
         self.providers = providers
+        self.tools = tools or Tools(settings)
+        self._server_key = server_key.encode()
         self.limits = limits or VisitorLimits(settings)
         self.budgets = budgets or Budgets(store, settings)
         self.runs: dict[str, Run] = {}  # by conversation id
@@ -291,7 +308,8 @@ class Chat:
             return found
         run = Run(access.conversation_id, reply_id, message_id)
         self.runs[access.conversation_id] = run
-        self._spawn(self._run(slot, run, assistant, meta), f"reply-{reply_id}")
+        scope = _Scope(assistant_id, access.user_id)
+        self._spawn(self._run(slot, run, assistant, meta, scope), f"reply-{reply_id}")
         return run
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
@@ -328,7 +346,8 @@ class Chat:
         }
 
     async def _run(
-        self, slot: Lease, run: Run, assistant: AssistantDefinition, meta: Metadata
+        self, slot: Lease, run: Run, assistant: AssistantDefinition, meta: Metadata,
+        scope: _Scope,
     ) -> None:
         """Stream one reply: provider → listeners and log, then its end event, whatever
         happens (a cancellation included), then the widget's slot back."""
@@ -336,7 +355,7 @@ class Chat:
         result = ReplyResult()
         try:
             try:
-                await self._stream(run, assistant, reply, result)
+                await self._stream(run, assistant, reply, result, scope)
                 await reply.drain()
                 await self._record_uploads(run.conversation_id, assistant.provider, result, meta)
                 reply.completed(result)
@@ -374,42 +393,37 @@ class Chat:
                     self._spawn(reply.land(unsaved), f"land-{run.message_id}")
 
     async def _stream(
-        self, run: Run, assistant: AssistantDefinition, reply: ReplyStream, result: ReplyResult
+        self, run: Run, assistant: AssistantDefinition, reply: ReplyStream, result: ReplyResult,
+        scope: _Scope,
     ) -> None:
-        """The provider's answer into the reply, within the reply's deadline. A visitor kept
-        waiting for the first piece hears so (a ``waiting`` notice) instead of nothing; an
-        attempt that fails before any text (a 429, a 5xx, a timeout) is retried, the visitor
-        told each time (``retrying``, with the delay)."""
+        """The provider's answer into the reply, within the reply's deadline, round after
+        round while the model calls tools (see :meth:`_tool_round`). A visitor kept waiting
+        for the first piece hears so (a ``waiting`` notice) instead of nothing."""
         settings = self.settings
         provider = self._provider(assistant.provider)
         turns = await self._history(run.conversation_id)
         loop = asyncio.get_running_loop()
         waiting = loop.call_later(settings.waiting_notice_seconds, run.notice, Notice("waiting"))
         deadline = loop.time() + settings.reply_deadline_seconds
-        started, attempt = False, 0
+        offered = tuple(t for t in assistant.tools if t.type != "http") + assistant.http_tools()
+        rounds: list[ToolRound] = []
         try:
             async with asyncio.timeout_at(deadline):
                 while True:
-                    attempt += 1
-                    try:
-                        async for delta in provider.stream(ReplyRequest(assistant, turns), result):
-                            if delta:
-                                started = True
-                                waiting.cancel()
-                                reply.on_delta(delta)
+                    may_call = len(rounds) < settings.tool_rounds
+                    request = ReplyRequest(assistant, turns, offered, tuple(rounds), may_call)
+                    text_at = len(run.text)
+                    await self._attempts(provider, request, run, reply, result, waiting,
+                                         deadline)
+                    if not result.calls or not assistant.http_tools():
                         return
-                    except ProviderError as exc:
-                        # Once text has been shown, asking again would show another answer.
-                        delay = None if started else retry_delay(
-                            exc, attempt, retries=settings.provider_max_retries,
-                            time_left=deadline - loop.time(), jitter=random.random(),
-                        )
-                        if delay is None:
-                            raise
-                        log.info("chat.provider_retry", message_id=run.message_id,
-                                 attempt=attempt, code=exc.code, retry_in=round(delay, 3))
-                        run.notice(Notice("retrying", round(delay, 3), attempt, exc.code))
-                        await asyncio.sleep(delay)
+                    done = await self._tool_round(
+                        run, assistant, reply, result, scope, len(rounds) + 1,
+                        run.text[text_at:], may_call, deadline - loop.time(),
+                    )
+                    if done is None:
+                        return
+                    rounds.append(done)
         except TimeoutError:
             raise ProviderError(
                 "provider_unavailable",
@@ -417,6 +431,91 @@ class Chat:
             ) from None
         finally:
             waiting.cancel()
+
+    async def _attempts(
+        self, provider: Provider, request: ReplyRequest, run: Run, reply: ReplyStream,
+        result: ReplyResult, waiting: asyncio.TimerHandle, deadline: float,
+    ) -> None:
+        """One request's answer into the reply. An attempt that fails before any text of
+        this request (a 429, a 5xx, a timeout) is retried, the visitor told each time
+        (``retrying``, with the delay)."""
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        started, attempt = False, 0
+        while True:
+            attempt += 1
+            result.calls.clear()  # a failed attempt's calls are not made
+            try:
+                async for delta in provider.stream(request, result):
+                    if delta:
+                        if not started and request.rounds and run.text \
+                                and not run.text[-1].isspace():
+                            reply.on_delta("\n\n")  # the text after a tool round
+                        started = True
+                        waiting.cancel()
+                        reply.on_delta(delta)
+                return
+            except ProviderError as exc:
+                # Once text has been shown, asking again would show another answer.
+                delay = None if started else retry_delay(
+                    exc, attempt, retries=settings.provider_max_retries,
+                    time_left=deadline - loop.time(), jitter=random.random(),
+                )
+                if delay is None:
+                    raise
+                log.info("chat.provider_retry", message_id=run.message_id,
+                         attempt=attempt, code=exc.code, retry_in=round(delay, 3))
+                run.notice(Notice("retrying", round(delay, 3), attempt, exc.code))
+                await asyncio.sleep(delay)
+
+    async def _tool_round(
+        self, run: Run, assistant: AssistantDefinition, reply: ReplyStream,
+        result: ReplyResult, scope: _Scope, number: int, text: str, may_call: bool,
+        time_left: float,
+    ) -> ToolRound | None:
+        """Make the calls of round ``number`` at once and log each call and its result; the
+        round to send back, or None when the round limit was reached (the calls are logged as
+        not made, and the reply ends with the text it has)."""
+        calls = list(result.calls)
+        tools = {t.name: t for t in assistant.http_tools()}
+        await reply.drain()  # the text before the calls, in the log before them
+        stream = conversation_stream(run.conversation_id)
+        await self.store.append(stream, [
+            domain.ToolCalled(message_id=run.message_id, call_id=c.call_id, name=c.name,
+                              round=number, arguments=bounded(c.arguments))
+            for c in calls
+        ], metadata=reply.meta)
+        if not may_call:
+            await self.store.append(stream, [
+                domain.ToolReturned(message_id=run.message_id, call_id=c.call_id, name=c.name,
+                                    status="round_limit")
+                for c in calls
+            ], metadata=reply.meta)
+            log.info("chat.tool_round_limit", message_id=run.message_id, calls=len(calls))
+            return None
+        for call in calls:
+            tool = tools.get(call.name)
+            run.notice(Notice("tool", tool=call.name,
+                              text=tool.status_text if tool is not None else ""))
+        context = CallContext(
+            scope.assistant_id, run.conversation_id, run.message_id, scope.user_id,
+            await self._tool_secret(scope.assistant_id),
+        )
+        outcomes = await self.tools.run(tools, calls, context, time_left)
+        run.state = None  # the tools are done; a tab joining now waits for text
+        await self.store.append(stream, [
+            domain.ToolReturned(message_id=run.message_id, call_id=c.call_id, name=c.name,
+                                status=o.status, http_status=o.http_status,
+                                duration_ms=o.duration_ms, output=bounded(o.output))
+            for c, o in zip(calls, outcomes, strict=True)
+        ], metadata=reply.meta)
+        return ToolRound(text, tuple(calls), tuple(o.output for o in outcomes))
+
+    async def _tool_secret(self, assistant_id: str) -> str:
+        state, _ = await self.store.load(
+            assistant_stream(assistant_id), Assistant(), evolve_assistant
+        )
+        return tool_secret(self._server_key, assistant_id, state.tool_secret_generation)
 
     def _provider(self, name: str) -> Provider:
         provider = self._providers.get(name)
@@ -440,7 +539,7 @@ class Chat:
 
     async def shutdown(self) -> None:
         """Cancel runs in flight (each records itself as interrupted), then close providers
-        (their pooled connections belong to this event loop)."""
+        and the tools' connections (their pools belong to this event loop)."""
         # A reply cancelled here may leave an end to land behind it: cancelled in turn.
         while tasks := list(self._tasks):
             for task in tasks:
@@ -452,3 +551,4 @@ class Chat:
                 await provider.aclose()
             except Exception:
                 log.warning("chat.provider_close_failed", provider=provider.name, exc_info=True)
+        await self.tools.aclose()
