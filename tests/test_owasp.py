@@ -204,7 +204,7 @@ def check(world: World, spec: Row) -> httpx.Response:
 
 ASSISTANT = {"name": "Mine now", "provider": "openai", "model": "gpt-4o-mini"}
 FULL_ASSISTANT = {**ASSISTANT, "instructions": "", "temperature": None, "top_p": None,
-                  "max_output_tokens": None, "file_search": None}
+                  "max_output_tokens": None, "file_search": None, "tools": []}
 
 
 def widget_body(assistant: str) -> dict[str, Any]:

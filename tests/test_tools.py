@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,14 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from loacl.admin import convert
+from loacl.domain.assistants import ToolDefinition
 from loacl.openai_testserver import FunctionCall, OpenAITestServer, Stall
+from loacl.providers.base import ToolCall
 from loacl.services.outbound import refusal
+from loacl.services.tools import Outcome, Tools
 from loacl.settings import Settings
 from tests.live import serve
 from tests.test_chat import (
@@ -190,6 +195,10 @@ def test_a_call_reaches_the_endpoint_signed_and_its_answer_reaches_the_model(
     (call,) = endpoint.calls()
     assert verify(secret, call.headers, call.body)
     assert not verify("whsec_" + base64.b64encode(b"x" * 32).decode(), call.headers, call.body)
+    # And as a receiver using the Standard Webhooks library checks it (timestamp included).
+    assert Webhook(secret).verify(call.body, call.headers)["call_id"] == "call_1"
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(call.body.replace(b"A-1", b"A-2"), call.headers)
     assert call.json["arguments"] == {"order": "A-1"}
     assert call.json["conversation_id"] == s.visitor.conversation_id
     assert call.json["assistant_id"] == s.assistant["id"]
@@ -331,6 +340,24 @@ def test_the_round_limit_ends_the_loop(
 ])
 def test_internal_addresses_are_refused(address: str, refused: bool) -> None:
     assert (refusal(ipaddress.ip_address(address)) is not None) is refused
+
+
+def test_a_schema_never_makes_the_server_fetch_a_reference() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/schema.json"
+        definition = ToolDefinition(name="t", url="https://example.com/", parameters={
+            "type": "object", "properties": {"a": {"$ref": url}}})
+        checked = Tools(Settings()).arguments(definition, ToolCall("c", "t", '{"a": 1}'))
+        assert isinstance(checked, Outcome) and checked.status == "invalid_arguments"
+        # The call has returned: a fetch would have connected by now.
+        listener.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    finally:
+        listener.close()
 
 
 def test_private_addresses_are_refused_without_the_setting(

@@ -7,18 +7,13 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import structlog
 
 from loacl.domain import conversations as domain
-from loacl.domain.assistants import (
-    Assistant,
-    AssistantDefinition,
-    assistant_stream,
-    evolve_assistant,
-)
+from loacl.domain.assistants import AssistantDefinition
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata, RecordedEvent
 from loacl.domain.widgets import VisitorAccess, conversation_stream
@@ -37,7 +32,8 @@ from loacl.services.budgets import Budgets
 from loacl.services.limits import Lease, VisitorLimits
 from loacl.services.replies import Notice, ReplyStream, Run, retry_delay
 from loacl.services.tokens import new_id
-from loacl.services.tools import CallContext, Tools, bounded, tool_secret
+from loacl.services.toolrounds import ToolRounds, ToolScope
+from loacl.services.tools import Tools
 from loacl.settings import Settings
 from loacl.store.broker import Subscription
 from loacl.store.eventstore import EventStore
@@ -50,14 +46,6 @@ from loacl.store.views.conversations import ConversationView, MessagePage, Messa
 log = structlog.get_logger(__name__)
 
 ProviderFactory = Callable[[Settings, str], Provider]
-
-
-@dataclass(frozen=True)
-class _Scope:
-    """Whom a reply's tool calls are made for."""
-
-    assistant_id: str
-    user_id: str | None
 
 
 def _not_a_delta(recorded: RecordedEvent) -> bool:
@@ -81,7 +69,7 @@ class Chat:
         self.settings = settings
         self.providers = providers
         self.tools = tools or Tools(settings)
-        self._server_key = server_key.encode()
+        self.rounds = ToolRounds(store, self.tools, server_key)
         self.limits = limits or VisitorLimits(settings)
         self.budgets = budgets or Budgets(store, settings)
         self.runs: dict[str, Run] = {}  # by conversation id
@@ -308,7 +296,7 @@ class Chat:
             return found
         run = Run(access.conversation_id, reply_id, message_id)
         self.runs[access.conversation_id] = run
-        scope = _Scope(assistant_id, access.user_id)
+        scope = ToolScope(assistant_id, access.user_id)
         self._spawn(self._run(slot, run, assistant, meta, scope), f"reply-{reply_id}")
         return run
 
@@ -347,7 +335,7 @@ class Chat:
 
     async def _run(
         self, slot: Lease, run: Run, assistant: AssistantDefinition, meta: Metadata,
-        scope: _Scope,
+        scope: ToolScope,
     ) -> None:
         """Stream one reply: provider → listeners and log, then its end event, whatever
         happens (a cancellation included), then the widget's slot back."""
@@ -394,10 +382,10 @@ class Chat:
 
     async def _stream(
         self, run: Run, assistant: AssistantDefinition, reply: ReplyStream, result: ReplyResult,
-        scope: _Scope,
+        scope: ToolScope,
     ) -> None:
         """The provider's answer into the reply, within the reply's deadline, round after
-        round while the model calls tools (see :meth:`_tool_round`). A visitor kept waiting
+        round while the model calls tools (see :class:`ToolRounds`). A visitor kept waiting
         for the first piece hears so (a ``waiting`` notice) instead of nothing."""
         settings = self.settings
         provider = self._provider(assistant.provider)
@@ -417,7 +405,8 @@ class Chat:
                                          deadline)
                     if not result.calls or not assistant.http_tools():
                         return
-                    done = await self._tool_round(
+                    waiting.cancel()  # the visitor hears of the tools instead
+                    done = await self.rounds.make(
                         run, assistant, reply, result, scope, len(rounds) + 1,
                         run.text[text_at:], may_call, deadline - loop.time(),
                     )
@@ -467,55 +456,6 @@ class Chat:
                          attempt=attempt, code=exc.code, retry_in=round(delay, 3))
                 run.notice(Notice("retrying", round(delay, 3), attempt, exc.code))
                 await asyncio.sleep(delay)
-
-    async def _tool_round(
-        self, run: Run, assistant: AssistantDefinition, reply: ReplyStream,
-        result: ReplyResult, scope: _Scope, number: int, text: str, may_call: bool,
-        time_left: float,
-    ) -> ToolRound | None:
-        """Make the calls of round ``number`` at once and log each call and its result; the
-        round to send back, or None when the round limit was reached (the calls are logged as
-        not made, and the reply ends with the text it has)."""
-        calls = list(result.calls)
-        tools = {t.name: t for t in assistant.http_tools()}
-        await reply.drain()  # the text before the calls, in the log before them
-        stream = conversation_stream(run.conversation_id)
-        await self.store.append(stream, [
-            domain.ToolCalled(message_id=run.message_id, call_id=c.call_id, name=c.name,
-                              round=number, arguments=bounded(c.arguments))
-            for c in calls
-        ], metadata=reply.meta)
-        if not may_call:
-            await self.store.append(stream, [
-                domain.ToolReturned(message_id=run.message_id, call_id=c.call_id, name=c.name,
-                                    status="round_limit")
-                for c in calls
-            ], metadata=reply.meta)
-            log.info("chat.tool_round_limit", message_id=run.message_id, calls=len(calls))
-            return None
-        for call in calls:
-            tool = tools.get(call.name)
-            run.notice(Notice("tool", tool=call.name,
-                              text=tool.status_text if tool is not None else ""))
-        context = CallContext(
-            scope.assistant_id, run.conversation_id, run.message_id, scope.user_id,
-            await self._tool_secret(scope.assistant_id),
-        )
-        outcomes = await self.tools.run(tools, calls, context, time_left)
-        run.state = None  # the tools are done; a tab joining now waits for text
-        await self.store.append(stream, [
-            domain.ToolReturned(message_id=run.message_id, call_id=c.call_id, name=c.name,
-                                status=o.status, http_status=o.http_status,
-                                duration_ms=o.duration_ms, output=bounded(o.output))
-            for c, o in zip(calls, outcomes, strict=True)
-        ], metadata=reply.meta)
-        return ToolRound(text, tuple(calls), tuple(o.output for o in outcomes))
-
-    async def _tool_secret(self, assistant_id: str) -> str:
-        state, _ = await self.store.load(
-            assistant_stream(assistant_id), Assistant(), evolve_assistant
-        )
-        return tool_secret(self._server_key, assistant_id, state.tool_secret_generation)
 
     def _provider(self, name: str) -> Provider:
         provider = self._providers.get(name)

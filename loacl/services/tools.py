@@ -20,6 +20,8 @@ from typing import Any
 
 import jsonschema
 import structlog
+from referencing import Registry, Resource
+from referencing.exceptions import NoSuchResource
 from standardwebhooks.webhooks import Webhook
 
 from loacl.domain.assistants import ToolDefinition
@@ -74,6 +76,15 @@ class Outcome:
     duration_ms: int = 0
 
 
+def _no_retrieval(uri: str) -> Resource[Any]:
+    # A schema's $ref to a URL is never fetched: the owner's schema must not make the server
+    # call addresses (the SSRF checks are for tool URLs; this path would skip them).
+    raise NoSuchResource(ref=uri)  # type: ignore[call-arg]
+
+
+_REGISTRY: Registry[Any] = Registry(retrieve=_no_retrieval)  # type: ignore[call-arg]
+
+
 def _error(code: str, message: str, http_status: int | None = None) -> Outcome:
     return Outcome(code, json.dumps({"error": {"code": code, "message": message}}), http_status)
 
@@ -93,7 +104,7 @@ class Tools:
         found = self._validators.get(key)
         if found is None:
             cls = jsonschema.validators.validator_for(schema, jsonschema.Draft202012Validator)
-            found = self._validators[key] = cls(schema)
+            found = self._validators[key] = cls(schema, registry=_REGISTRY)
         return found
 
     def arguments(self, tool: ToolDefinition, call: ToolCall) -> dict[str, Any] | Outcome:
@@ -105,8 +116,13 @@ class Tools:
         if not isinstance(value, dict):
             return _error("invalid_arguments", "the arguments must be a JSON object")
         if tool.parameters:
-            error = jsonschema.exceptions.best_match(self._validator(tool.parameters)
-                                                     .iter_errors(value))
+            try:
+                error = jsonschema.exceptions.best_match(
+                    self._validator(tool.parameters).iter_errors(value)
+                )
+            except Exception as exc:  # a $ref that leads nowhere, found only now
+                log.warning("tools.schema_unusable", tool=tool.name, error=repr(exc))
+                return _error("invalid_arguments", "the tool's schema could not be applied")
             if error is not None:
                 where = "/".join(str(p) for p in error.absolute_path) or "(root)"
                 return _error("invalid_arguments", f"{where}: {error.message}"[:500])
