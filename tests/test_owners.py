@@ -209,7 +209,7 @@ def assert_problem(
 
 ASSISTANT = {"name": "Helper", "provider": "demo", "model": "demo"}
 # PUT replaces the whole thing: its body names every field.
-ASSISTANT_PUT = {**ASSISTANT, "instructions": "", "temperature": None, "top_p": None,
+ASSISTANT_PUT: dict[str, Any] = {**ASSISTANT, "instructions": "", "temperature": None, "top_p": None,
                  "max_output_tokens": None, "file_search": None, "tools": []}
 WIDGET_PUT = {"allowed_origins": [], "settings": {}, "limits": {}, "budget": {}, "enabled": True,
               "require_identity": False, "retention_days": None}
