@@ -48,6 +48,18 @@ log = structlog.get_logger(__name__)
 ProviderFactory = Callable[[Settings, str], Provider]
 
 
+async def _settled(*pending: asyncio.Future[Any] | None) -> None:
+    """Work a reply started and no longer needs: ended, its outcome taken (an append under
+    way is waited for, so that it lands before the reply's end)."""
+    for future in pending:
+        if future is None:
+            continue
+        if not future.done():
+            await asyncio.wait([future])
+        if not future.cancelled():
+            future.exception()
+
+
 def _not_a_delta(recorded: RecordedEvent) -> bool:
     return not isinstance(recorded.event, domain.AssistantDelta)
 
@@ -395,6 +407,10 @@ class Chat:
         deadline = loop.time() + settings.reply_deadline_seconds
         offered = tuple(t for t in assistant.tools if t.type != "http") + assistant.http_tools()
         rounds: list[ToolRound] = []
+        # Read while the model thinks, so that a call is not kept waiting for it.
+        secret = asyncio.ensure_future(self.rounds.secret(scope.assistant_id)) \
+            if assistant.http_tools() else None
+        logged: asyncio.Future[Any] | None = None  # a round's results, being appended
         try:
             async with asyncio.timeout_at(deadline):
                 while True:
@@ -403,15 +419,19 @@ class Chat:
                     text_at = len(run.text)
                     await self._attempts(provider, request, run, reply, result, waiting,
                                          deadline)
-                    if not result.calls or not assistant.http_tools():
+                    if logged is not None:
+                        await logged
+                        logged = None
+                    if not result.calls or secret is None:
                         return
                     waiting.cancel()  # the visitor hears of the tools instead
-                    done = await self.rounds.make(
+                    made = await self.rounds.make(
                         run, assistant, reply, result, scope, len(rounds) + 1,
-                        run.text[text_at:], may_call, deadline - loop.time(),
+                        run.text[text_at:], may_call, deadline - loop.time(), secret,
                     )
-                    if done is None:
+                    if made is None:
                         return
+                    done, logged = made
                     rounds.append(done)
         except TimeoutError:
             raise ProviderError(
@@ -420,6 +440,9 @@ class Chat:
             ) from None
         finally:
             waiting.cancel()
+            if secret is not None:
+                secret.cancel()  # no-op once read
+            await _settled(secret, logged)
 
     async def _attempts(
         self, provider: Provider, request: ReplyRequest, run: Run, reply: ReplyStream,

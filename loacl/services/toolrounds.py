@@ -3,7 +3,10 @@ next request to the provider carries (see :meth:`loacl.services.chat.Chat._strea
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -40,11 +43,13 @@ class ToolRounds:
     async def make(
         self, run: Run, assistant: AssistantDefinition, reply: ReplyStream,
         result: ReplyResult, scope: ToolScope, number: int, text: str, may_call: bool,
-        time_left: float,
-    ) -> ToolRound | None:
+        time_left: float, secret: Awaitable[str],
+    ) -> tuple[ToolRound, asyncio.Future[Any]] | None:
         """Make the calls of round ``number`` at once and log each call and its result; the
-        round to send back, or None when the round limit was reached (the calls are logged as
-        not made, and the reply ends with the text it has)."""
+        round to send back and the append of its results, under way (the next request need
+        not wait for it; the caller awaits it before the reply's next event), or None when
+        the round limit was reached (the calls are logged as not made, and the reply ends with
+        the text it has). Each call is in the log before it is made."""
         calls = list(result.calls)
         tools = {t.name: t for t in assistant.http_tools()}
         await reply.drain()  # the text before the calls, in the log before them
@@ -68,19 +73,22 @@ class ToolRounds:
                               text=tool.status_text if tool is not None else ""))
         context = CallContext(
             scope.assistant_id, run.conversation_id, run.message_id, scope.user_id,
-            await self._tool_secret(scope.assistant_id),
+            await secret,
         )
         outcomes = await self.tools.run(tools, calls, context, time_left)
         run.state = None  # the tools are done; a tab joining now waits for text
-        await self.store.append(stream, [
+        # Queued now, so it lands before anything the reply appends later.
+        logged = asyncio.ensure_future(self.store.append(stream, [
             domain.ToolReturned(message_id=run.message_id, call_id=c.call_id, name=c.name,
                                 status=o.status, http_status=o.http_status,
                                 duration_ms=o.duration_ms, output=bounded(o.output))
             for c, o in zip(calls, outcomes, strict=True)
-        ], metadata=reply.meta)
-        return ToolRound(text, tuple(calls), tuple(o.output for o in outcomes))
+        ], metadata=reply.meta))
+        return ToolRound(text, tuple(calls), tuple(o.output for o in outcomes)), logged
 
-    async def _tool_secret(self, assistant_id: str) -> str:
+    async def secret(self, assistant_id: str) -> str:
+        """The secret that signs the assistant's calls now (read once per reply, while the
+        model thinks)."""
         state, _ = await self.store.load(
             assistant_stream(assistant_id), Assistant(), evolve_assistant
         )
