@@ -131,6 +131,8 @@ ERRORS: dict[str, ErrorCode] = {
     # 422
     "validation_error": ErrorCode(422, "a field is missing or invalid; `errors` says which"),
     "unknown_model": ErrorCode(422, "the provider has no such model"),
+    "provider_not_configured": ErrorCode(422, "the server lacks the key or URL of the provider "
+                                              "named; `errors` says what the operator must set"),
     "unknown_assistant": ErrorCode(422, "no such assistant of yours"),
     "unknown_file": ErrorCode(422, "a file_id is not an upload of this conversation"),
     "empty_file": ErrorCode(422, "the file is empty"),
