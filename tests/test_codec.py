@@ -440,3 +440,14 @@ def test_chain_hash_changes_with_any_field(fields: tuple[Any, ...], data: st.Dat
     other = data.draw(field_strategies[index].filter(lambda v: v != fields[index]), label="new")
     changed = (*fields[:index], other, *fields[index + 1:])
     assert codec.chain_hash(*changed) != codec.chain_hash(*fields)
+
+
+def test_a_v1_assistant_is_read_with_no_tools() -> None:
+    raw = (GOLDEN / "assistant.created.v1.json").read_bytes()
+    decoded = codec.decode_payload("assistant.created", 1, raw)
+    assert isinstance(decoded, AssistantCreated)
+    assert decoded.definition.tools == ()
+    assert decoded.definition.vector_store_ids == ("vs_1", "vs_2")
+    updated = codec.decode_payload("assistant.updated", 1, raw.replace(
+        b'"owner_id":"usr_01J9Z3",', b""))
+    assert isinstance(updated, AssistantUpdated) and updated.definition.tools == ()

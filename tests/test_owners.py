@@ -209,8 +209,9 @@ def assert_problem(
 
 ASSISTANT = {"name": "Helper", "provider": "demo", "model": "demo"}
 # PUT replaces the whole thing: its body names every field.
-ASSISTANT_PUT: dict[str, Any] = {**ASSISTANT, "instructions": "", "temperature": None, "top_p": None,
-                 "max_output_tokens": None, "file_search": None, "tools": []}
+ASSISTANT_PUT: dict[str, Any] = {
+    **ASSISTANT, "instructions": "", "temperature": None, "top_p": None,
+    "max_output_tokens": None, "file_search": None, "tools": []}
 WIDGET_PUT = {"allowed_origins": [], "settings": {}, "limits": {}, "budget": {}, "enabled": True,
               "require_identity": False, "retention_days": None}
 
@@ -324,6 +325,10 @@ INVALID_ASSISTANTS = [
                  id="tool-enabled-without-url"),
     pytest.param({"tools": [{"name": "t", "url": "ftp://example.com/"}]},
                  "validation_error", "tools[0].url", id="tool-url-not-https"),
+    pytest.param({"tools": [{"name": "t", "url": "https://example.com:70000/"}]},
+                 "validation_error", "tools[0].url", id="tool-url-port-out-of-range"),
+    pytest.param({"tools": [{"name": "t", "url": "https://u:p@example.com/"}]},
+                 "validation_error", "tools[0].url", id="tool-url-with-password"),
     pytest.param({"tools": [{"name": "t", "url": "http://example.com/"}]},
                  "validation_error", "tools[0].url", id="tool-url-plain-http"),
     pytest.param({"tools": [{"name": "t", "url": "https://10.0.0.8/"}]},

@@ -167,6 +167,11 @@ def _checked_tool(index: int, tool: ToolDefinition, provider: str) -> ToolDefini
             raise _invalid_tool(index, "url", "an absolute https URL")
         if parts.username or parts.password:
             raise _invalid_tool(index, "url", "no user or password in the URL")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise _invalid_tool(index, "url", "the port is not a number from 0 to 65535") \
+                from None
     elif tool.enabled:
         # An imported function tool arrives without one: kept, but off until the owner says
         # where its calls go.

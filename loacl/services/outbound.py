@@ -192,7 +192,7 @@ class Outbound:
             if isinstance(cause, OutboundError):
                 raise cause from None
             raise OutboundError("unreachable", f"could not connect ({exc.strerror})") from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
             raise OutboundError("unreachable", f"the request failed ({type(exc).__name__})") \
                 from None
 
