@@ -15,6 +15,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from loacl import __version__
 from loacl.domain.errors import LoaclError
 from loacl.http import (
+    apidocs,
     auth,
     chat,
     health,
@@ -167,9 +168,9 @@ def create_app(
 
     app = Starlette(
         routes=routing.routes(
-            health.endpoints, openapi.endpoints, auth.endpoints, visitors.endpoints,
-            chat.endpoints, stream.endpoints, owners.endpoints, usage.endpoints,
-            privacy.endpoints, static.endpoints,
+            health.endpoints, openapi.endpoints, apidocs.endpoints, auth.endpoints,
+            visitors.endpoints, chat.endpoints, stream.endpoints, owners.endpoints,
+            usage.endpoints, privacy.endpoints, static.endpoints,
         ),
         middleware=[
             # First: every layer below sees the client's own address and scheme.

@@ -33,9 +33,10 @@ And by status::
     412 version_conflict
     413 message_too_long, file_too_large, payload_too_large
     415 unsupported_file_type, unsupported_media_type
-    422 validation_error, unknown_model, unknown_assistant, unknown_file, empty_file,
-        unsupported_file_for_provider, tool_not_supported, invalid_export, invalid_migration_target,
-        not_resettable, invalid_timestamp, replica_not_configured, provider_not_configured
+    422 validation_error, unknown_model, provider_not_configured, unknown_assistant,
+        unknown_file, empty_file, unsupported_file_for_provider, tool_not_supported,
+        invalid_export, invalid_migration_target, not_resettable, invalid_timestamp,
+        replica_not_configured
     428 precondition_required
     429 rate_limited, budget_exhausted, provider_rate_limited
     500 internal_error, store_error, log_damaged, unknown_event_type, unknown_schema_version,
