@@ -89,6 +89,8 @@ class Imported:
     assistant_id: str | None = None
     dropped: list[str] = field(default_factory=list)
     error: str | None = None
+    # Function tools carried over as http tools without a URL, disabled until one is set.
+    waiting_tools: list[str] = field(default_factory=list)
 
 
 _CARRIED = {"id", "object", "created_at", "name", "model", "instructions", "tools",
@@ -126,13 +128,17 @@ def convert(item: dict[str, Any]) -> tuple[assistants.AssistantDefinition, list[
         instructions = instructions[:32_000]
     vector_store_ids: list[str] = []
     has_file_search = False
+    tools: list[assistants.ToolDefinition] = []
     for tool in item.get("tools") or []:
         kind = tool.get("type") if isinstance(tool, dict) else None
         if kind == "file_search":
             has_file_search = True
         elif kind == "function":
-            fn = tool.get("function", {}).get("name", "?")
-            dropped.append(f"function tool {fn!r} (LOACL assistants do not call functions)")
+            converted = _function_tool(tool.get("function"), len(tools))
+            if isinstance(converted, str):
+                dropped.append(converted)
+            else:
+                tools.append(converted)
         else:
             dropped.append(f"{kind} tool (not supported)")
     resources = item.get("tool_resources") or {}
@@ -161,9 +167,36 @@ def convert(item: dict[str, Any]) -> tuple[assistants.AssistantDefinition, list[
         name=name, provider="openai", model=model, instructions=instructions,
         temperature=None if temperature is None else float(temperature),
         top_p=None if top_p is None else float(top_p),
-        vector_store_ids=tuple(vector_store_ids),
+        vector_store_ids=tuple(vector_store_ids), tools=tuple(tools),
     )
     return definition, dropped
+
+
+def _function_tool(fn: Any, index: int) -> assistants.ToolDefinition | str:
+    """An exported function tool as an ``http`` tool with no URL, disabled until the owner
+    sets one; or why it cannot be carried over."""
+    if not isinstance(fn, dict):
+        return "a function tool without its function"
+    name = fn.get("name")
+    parameters = fn.get("parameters") or {"type": "object", "properties": {}}
+    tool = assistants.ToolDefinition(
+        name=name if isinstance(name, str) else "",
+        description=str(fn.get("description") or "")[:1024],
+        parameters=parameters if isinstance(parameters, dict) else {}, url="", enabled=False,
+    )
+    try:
+        assistants.checked(assistants.AssistantDefinition(
+            name="check", provider="openai", model="check", tools=(tool,)))
+    except LoaclError as exc:
+        return f"function tool {name!r} ({exc.message.removeprefix('tools[0].')})"
+    if index >= assistants.MAX_TOOLS:
+        return f"function tool {name!r} (at most {assistants.MAX_TOOLS} tools)"
+    return tool
+
+
+def needs_url(definition: assistants.AssistantDefinition) -> list[str]:
+    """The names of tools that wait for the owner to set their URL."""
+    return [t.name for t in definition.tools if t.type == "http" and not t.url]
 
 
 async def import_assistants(
@@ -179,6 +212,7 @@ async def import_assistants(
             try:
                 definition, result.dropped = convert(item)
                 result.name = definition.name
+                result.waiting_tools = needs_url(definition)
                 if validate:
                     await check_model(settings, "openai", definition.model)
             except LoaclError as exc:

@@ -485,6 +485,9 @@ def cmd_assistants(args: argparse.Namespace, settings: Settings) -> int:
             print(f"skipped {label}: {result.error}")
             continue
         print(f"imported {label} as {result.assistant_id}")
+        if result.waiting_tools:
+            print(f"    function tools carried over as http tools, disabled until you set "
+                  f"their url: {', '.join(result.waiting_tools)}")
         for dropped in result.dropped:
             print(f"    not carried over: {dropped}")
     print(f"{len(results) - failed} imported, {failed} skipped")

@@ -127,13 +127,25 @@ class Incomplete(_Fault, frozen=True, tag="incomplete"):
 Fault: TypeAlias = HttpError | Stall | Cut | ErrorEvent | Failed | Incomplete
 
 
+class FunctionCall(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A function call the model makes: ``arguments`` is the JSON text, streamed in pieces
+    (``response.function_call_arguments.delta``, or ``tool_calls`` deltas in Chat
+    Completions). ``call_id=None`` makes one up."""
+
+    name: str
+    arguments: str = "{}"
+    call_id: str | None = None
+
+
 class Turn(msgspec.Struct, frozen=True, kw_only=True):
-    """What the server does for one request. ``reply_text=None`` means the default reply."""
+    """What the server does for one request. ``reply_text=None`` means the default reply (or,
+    with ``calls``, no text before them)."""
 
     reply_text: str | None = None
     fault: Fault | None = None
     endpoint: Endpoint | None = None
     token_delay: float | None = None
+    calls: tuple[FunctionCall, ...] = ()
 
 
 class ScriptRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -143,6 +155,7 @@ class ScriptRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     faults: tuple[Fault, ...] = ()
     endpoint: Endpoint | None = None
     token_delay: float | None = None
+    calls: tuple[FunctionCall, ...] = ()
 
 
 class _ConfigRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -215,6 +228,11 @@ def default_reply(user_text: str, file_names: Sequence[str] = ()) -> str:
     if file_names:
         reply += f" Attached: {', '.join(file_names)}."
     return reply
+
+
+def tool_reply(outputs: Sequence[str]) -> str:
+    """The deterministic answer to a request that ends with function outputs."""
+    return "The tool answered: " + "; ".join(outputs)
 
 
 def _token_estimate(text: str) -> int:
@@ -392,6 +410,77 @@ def _check_message_item(item: Any, where: str) -> None:
             )
 
 
+def _check_function_items(items: list[Any]) -> None:
+    """Every ``function_call_output`` answers a ``function_call`` before it, as the real API
+    insists when nothing is stored."""
+    called: set[str] = set()
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "function_call":
+            for name in ("call_id", "name", "arguments"):
+                if not isinstance(item.get(name), str):
+                    raise _missing(f"input[{index}].{name}")
+            called.add(item["call_id"])
+        elif item.get("type") == "function_call_output":
+            if item.get("call_id") not in called:
+                raise _invalid(
+                    f"input[{index}]",
+                    f"No tool call found for function call output with call_id "
+                    f"{item.get('call_id')}.",
+                )
+            if not isinstance(item.get("output"), str | list):
+                raise _missing(f"input[{index}].output")
+
+
+def _check_tools(tools: Any, chat: bool) -> None:
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise _invalid("tools", "Invalid type for 'tools': expected an array.", "invalid_type")
+    for index, tool in enumerate(tools):
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            continue
+        fn = tool.get("function") if chat else tool
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            where = f"tools[{index}].function.name" if chat else f"tools[{index}].name"
+            raise _missing(where)
+        if "parameters" in fn and not isinstance(fn["parameters"], dict):
+            raise _invalid(f"tools[{index}].parameters", "Invalid type: expected an object.",
+                           "invalid_type")
+
+
+def _check_tool_messages(messages: list[Any]) -> None:
+    called: set[str] = set()
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            continue
+        for call in message.get("tool_calls") or []:
+            if isinstance(call, dict):
+                called.add(str(call.get("id")))
+        if message.get("role") == "tool" and message.get("tool_call_id") not in called:
+            raise _invalid(
+                f"messages.[{index}].role",
+                "Invalid parameter: messages with role 'tool' must be a response to a "
+                "preceeding message with 'tool_calls'.",
+            )
+
+
+def _outputs_at_end(items: Any, chat: bool) -> list[str]:
+    """The function outputs that end the input, oldest first (none when the last item is
+    something else)."""
+    found: list[str] = []
+    for item in reversed(items if isinstance(items, list) else []):
+        is_output = isinstance(item, dict) and (
+            item.get("role") == "tool" if chat else item.get("type") == "function_call_output"
+        )
+        if not is_output:
+            break
+        value = item.get("content" if chat else "output")
+        found.append(value if isinstance(value, str) else json.dumps(value))
+    return found[::-1]
+
+
 def _check_responses_body(body: dict[str, Any]) -> None:
     source = body.get("input")
     if source is not None and not isinstance(source, str | list):
@@ -401,10 +490,10 @@ def _check_responses_body(body: dict[str, Any]) -> None:
     if isinstance(source, list):
         for index, item in enumerate(source):
             _check_message_item(item, f"input[{index}]")
+        _check_function_items(source)
     if "store" in body and not isinstance(body["store"], bool):
         raise _invalid("store", "Invalid type for 'store': expected a boolean.", "invalid_type")
-    if "tools" in body and not isinstance(body["tools"], list):
-        raise _invalid("tools", "Invalid type for 'tools': expected an array.", "invalid_type")
+    _check_tools(body.get("tools"), chat=False)
     _check_range(body, "temperature", 0, 2)
     _check_range(body, "top_p", 0, 1)
     _check_max_output_tokens(body)
@@ -461,12 +550,38 @@ def _sse(data: Any, event: str | None = None) -> bytes:
     return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-class _Plan:
-    """The text of one reply, cut into deltas, and the turn's fault (if any) with its position."""
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    call_id: str
+    item_id: str
+    name: str
+    pieces: list[str]
 
-    def __init__(self, text: str, fault: Fault | None, delay: float, limit: int | None) -> None:
+    @property
+    def arguments(self) -> str:
+        return "".join(self.pieces)
+
+
+# What a stream does step by step: ("text", piece), ("close_text",), ("open", call index),
+# ("args", call index, piece), ("close", call index). Text and argument pieces are deltas.
+Action: TypeAlias = tuple[Any, ...]
+
+
+class _Plan:
+    """The text of one reply, cut into deltas, the function calls after it, and the turn's
+    fault (if any) with its position among the deltas (text pieces, then argument pieces)."""
+
+    def __init__(
+        self, text: str, fault: Fault | None, delay: float, limit: int | None,
+        calls: Sequence[FunctionCall] = (),
+    ) -> None:
         self.pieces = split_deltas(text)
         self.delay = delay
+        self.calls = [
+            _Call(c.call_id or _new_id("call_", 12), _new_id("fc_", 24), c.name,
+                  split_deltas(c.arguments) or [c.arguments])
+            for c in calls
+        ]
         # The real API stops at max_output_tokens; one delta counts as one token here.
         if fault is None and limit is not None and limit < len(self.pieces):
             fault = Incomplete(after_deltas=limit)
@@ -483,9 +598,23 @@ class _Plan:
             return "".join(self.pieces[:at])
         return self.text
 
+    @property
+    def deltas(self) -> int:
+        return len(self.pieces) + sum(len(c.pieces) for c in self.calls)
+
     def fault_at(self) -> int | None:
         after = getattr(self.fault, "after_deltas", None)
-        return None if after is None else min(after, len(self.pieces))
+        return None if after is None else min(after, self.deltas)
+
+    def actions(self) -> list[Action]:
+        steps: list[Action] = [("text", piece) for piece in self.pieces]
+        if self.calls:
+            steps.append(("close_text",))
+        for index, call in enumerate(self.calls):
+            steps.append(("open", index))
+            steps += [("args", index, piece) for piece in call.pieces]
+            steps.append(("close", index))
+        return steps
 
 
 class _ResponsesWire:
@@ -498,6 +627,8 @@ class _ResponsesWire:
         self.created_at = int(time.time())
         self.input_tokens = input_tokens
         self._seq = 0
+        self.plan: _Plan | None = None
+        self.text_open = True
 
     def _frame(self, payload: dict[str, Any]) -> bytes:
         payload["sequence_number"] = self._seq
@@ -565,6 +696,15 @@ class _ResponsesWire:
             "metadata": body.get("metadata") or {},
         }
 
+    def _call_item(self, call: _Call, status: str, arguments: str) -> dict[str, Any]:
+        return {"id": call.item_id, "type": "function_call", "status": status,
+                "call_id": call.call_id, "name": call.name, "arguments": arguments}
+
+    def _output(self, text: str, status: str) -> list[dict[str, Any]]:
+        calls = self.plan.calls if self.plan is not None else []
+        message = [self._item(text, status)] if text or not calls else []
+        return message + [self._call_item(c, "completed", c.arguments) for c in calls]
+
     def final(self, fault: Fault | None, text: str) -> dict[str, Any]:
         """The non-streaming body for a reply that ended as ``fault`` says."""
         if isinstance(fault, Failed):
@@ -575,13 +715,21 @@ class _ResponsesWire:
             return self.response(
                 "incomplete", output, self._usage(text), incomplete={"reason": fault.reason}
             )
-        return self.response("completed", [self._item(text, "completed")], self._usage(text))
+        return self.response("completed", self._output(text, "completed"), self._usage(text))
 
-    def opening(self) -> list[bytes]:
+    def opening(self, plan: _Plan | None = None) -> list[bytes]:
+        self.plan = plan
         started = self.response("in_progress", [])
-        return [
+        frames = [
             self._frame({"type": "response.created", "response": started}),
             self._frame({"type": "response.in_progress", "response": started}),
+        ]
+        if plan is not None and plan.calls and not plan.pieces:
+            self.text_open = False  # calls only: no message item
+            return frames
+        self.text_open = True
+        return [
+            *frames,
             self._frame(
                 {
                     "type": "response.output_item.added",
@@ -592,6 +740,33 @@ class _ResponsesWire:
             self._frame(
                 {"type": "response.content_part.added", **self._where(), "part": self._part("")}
             ),
+        ]
+
+    def act(self, action: Action) -> list[bytes]:
+        """The frames of one step of the plan."""
+        assert self.plan is not None
+        kind = action[0]
+        if kind == "text":
+            return [self.delta(action[1])]
+        if kind == "close_text":
+            if not self.text_open:
+                return []
+            self.text_open = False
+            return self._close_item(self.plan.text, "completed")
+        call = self.plan.calls[action[1]]
+        index = action[1] + (1 if self.plan.pieces else 0)
+        where = {"item_id": call.item_id, "output_index": index}
+        if kind == "open":
+            return [self._frame({"type": "response.output_item.added", "output_index": index,
+                                 "item": self._call_item(call, "in_progress", "")})]
+        if kind == "args":
+            return [self._frame({"type": "response.function_call_arguments.delta", **where,
+                                 "delta": action[2]})]
+        return [
+            self._frame({"type": "response.function_call_arguments.done", **where,
+                         "name": call.name, "arguments": call.arguments}),
+            self._frame({"type": "response.output_item.done", "output_index": index,
+                         "item": self._call_item(call, "completed", call.arguments)}),
         ]
 
     def _where(self) -> dict[str, Any]:
@@ -621,8 +796,9 @@ class _ResponsesWire:
 
     def finish(self, text: str) -> list[bytes]:
         completed = self.final(None, text)
+        closing = self._close_item(text, "completed") if getattr(self, "text_open", True) else []
         return [
-            *self._close_item(text, "completed"),
+            *closing,
             self._frame({"type": "response.completed", "response": completed}),
         ]
 
@@ -653,6 +829,7 @@ class _ChatWire:
         self.input_tokens = input_tokens
         options = body.get("stream_options")
         self.include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        self.plan: _Plan | None = None
 
     def _usage(self, text: str) -> dict[str, Any]:
         output_tokens = len(split_deltas(text))
@@ -680,10 +857,21 @@ class _ChatWire:
         }
 
     def final(self, fault: Fault | None, text: str) -> dict[str, Any]:
-        reason = "length" if isinstance(fault, Incomplete) else "stop"
+        calls = self.plan.calls if self.plan is not None else []
+        reason = "length" if isinstance(fault, Incomplete) else "tool_calls" if calls else "stop"
+        message: dict[str, Any] = {"role": "assistant", "content": text or None,
+                                   "refusal": None, "annotations": []}
+        if calls:
+            message["tool_calls"] = [
+                {"id": c.call_id, "type": "function",
+                 "function": {"name": c.name, "arguments": c.arguments}}
+                for c in calls
+            ]
+        else:
+            message["content"] = text
         choice = {
             "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
+            "message": message,
             "finish_reason": reason,
             "logprobs": None,
         }
@@ -696,13 +884,31 @@ class _ChatWire:
             chunk["usage"] = None  # the real API marks every chunk but the last this way
         return _sse(chunk)
 
-    def opening(self) -> list[bytes]:
+    def opening(self, plan: _Plan | None = None) -> list[bytes]:
+        self.plan = plan
         return [self._chunk({"role": "assistant", "content": "", "refusal": None})]
 
     def delta(self, piece: str) -> bytes:
         return self._chunk({"content": piece})
 
-    def finish(self, text: str, reason: str = "stop") -> list[bytes]:
+    def act(self, action: Action) -> list[bytes]:
+        assert self.plan is not None
+        kind = action[0]
+        if kind == "text":
+            return [self.delta(action[1])]
+        if kind == "open":
+            call = self.plan.calls[action[1]]
+            return [self._chunk({"tool_calls": [{
+                "index": action[1], "id": call.call_id, "type": "function",
+                "function": {"name": call.name, "arguments": ""}}]})]
+        if kind == "args":
+            return [self._chunk({"tool_calls": [{
+                "index": action[1], "function": {"arguments": action[2]}}]})]
+        return []
+
+    def finish(self, text: str, reason: str | None = None) -> list[bytes]:
+        if reason is None:
+            reason = "tool_calls" if self.plan is not None and self.plan.calls else "stop"
         frames = [self._chunk({}, reason)]
         if self.include_usage:
             frames.append(
@@ -793,6 +999,7 @@ class OpenAITestServer:
         *,
         endpoint: Endpoint | None = None,
         token_delay: float | None = None,
+        calls: Sequence[FunctionCall] = (),
     ) -> None:
         """Queue one turn per fault, or one clean turn when there are no faults.
 
@@ -800,11 +1007,14 @@ class OpenAITestServer:
         ``script("Hi", [Cut(after_deltas=2)])`` streams two deltas of "Hi" and drops the line.
         A success after faults is a second call: ``script(faults=[HttpError(status=429)])``
         then ``script("Hi")``. With ``endpoint=None`` the turns go to the next ``responses`` or
-        ``chat`` request, whichever comes first.
+        ``chat`` request, whichever comes first. With ``calls`` the turn ends in those
+        function calls (after ``reply_text``, when given); faults count argument pieces as
+        deltas too.
         """
         chosen: Sequence[Fault | None] = faults or [None]
         turns = [
-            Turn(reply_text=reply_text, fault=fault, endpoint=endpoint, token_delay=token_delay)
+            Turn(reply_text=reply_text, fault=fault, endpoint=endpoint, token_delay=token_delay,
+                 calls=tuple(calls))
             for fault in chosen
         ]
         self.enqueue(*turns)
@@ -1003,7 +1213,12 @@ class OpenAITestServer:
         )
         last = _last_user_content(source)
         text = turn.reply_text
-        if text is None:
+        outputs = _outputs_at_end(source, chat=False)
+        if text is None and turn.calls:
+            text = ""
+        elif text is None and outputs:
+            text = tool_reply(outputs)
+        elif text is None:
             user_text = "\n".join(_part_texts(last, frozenset({"input_text"})))
             text = default_reply(user_text, self._file_names(_file_ids(last)))
         plan = self._plan(turn, text, body.get("max_output_tokens"))
@@ -1016,9 +1231,16 @@ class OpenAITestServer:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise _missing("messages")
+        _check_tool_messages(messages)
+        _check_tools(body.get("tools"), chat=True)
         wire = _ChatWire(body, _token_estimate(_all_text(messages)))
         text = turn.reply_text
-        if text is None:
+        outputs = _outputs_at_end(messages, chat=True)
+        if text is None and turn.calls:
+            text = ""
+        elif text is None and outputs:
+            text = tool_reply(outputs)
+        elif text is None:
             last = _last_user_content(messages)
             text = default_reply("\n".join(_part_texts(last, frozenset({"text"}))))
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -1027,7 +1249,8 @@ class OpenAITestServer:
 
     def _plan(self, turn: Turn, text: str, limit: Any) -> _Plan:
         delay = self.token_delay if turn.token_delay is None else turn.token_delay
-        return _Plan(text, turn.fault, delay, limit if isinstance(limit, int) else None)
+        return _Plan(text, turn.fault, delay, limit if isinstance(limit, int) else None,
+                     turn.calls)
 
     async def _answer(
         self, request: Request, body: dict[str, Any], plan: _Plan, wire: _Wire
@@ -1041,6 +1264,7 @@ class OpenAITestServer:
         return await self._answer_json(request, plan, wire)
 
     async def _answer_json(self, request: Request, plan: _Plan, wire: _Wire) -> Response:
+        wire.plan = plan
         fault = plan.fault
         wait = plan.delay * len(plan.pieces)  # as long as streaming the same reply would take
         if isinstance(fault, Stall) and fault.after_deltas is not None:
@@ -1057,25 +1281,32 @@ class OpenAITestServer:
         return JSONResponse(payload)
 
     async def _stream(self, request: Request, plan: _Plan, wire: _Wire) -> AsyncIterator[bytes]:
-        for frame in wire.opening():
+        for frame in wire.opening(plan):
             yield frame
         at = plan.fault_at()
-        # One step past the last delta, so a fault placed after all of them still strikes.
-        for index in range(len(plan.pieces) + 1):
-            if index == at and plan.fault is not None:
+        actions = plan.actions()
+        deltas = 0
+        # One step past the last action, so a fault placed after every delta still strikes.
+        for step in range(len(actions) + 1):
+            is_delta = step < len(actions) and actions[step][0] in ("text", "args")
+            if (is_delta or step == len(actions)) and deltas == at and plan.fault is not None:
                 if not isinstance(plan.fault, Stall):
-                    for frame in wire.interrupt(plan.fault, "".join(plan.pieces[:index])):
+                    for frame in wire.interrupt(plan.fault, "".join(plan.pieces[:deltas])):
                         yield frame
                     if isinstance(plan.fault, Cut):
                         raise _StreamCut
                     return
                 if not await self._pause(plan.fault.seconds, request):
                     return
-            if index == len(plan.pieces):
+                at = None  # a stall strikes once
+            if step == len(actions):
                 break
-            if not await self._pause(plan.delay, request):
-                return
-            yield wire.delta(plan.pieces[index])
+            if is_delta:
+                if not await self._pause(plan.delay, request):
+                    return
+                deltas += 1
+            for frame in wire.act(actions[step]):
+                yield frame
         for frame in wire.finish(plan.text):
             yield frame
 
@@ -1165,6 +1396,7 @@ class OpenAITestServer:
             script.faults,
             endpoint=script.endpoint,
             token_delay=script.token_delay,
+            calls=script.calls,
         )
         return JSONResponse({"queued": len(self.pending) - before})
 

@@ -286,6 +286,19 @@ class Settings(BaseModel):
         5.0, gt=0, le=600, description="Visitors waiting this long for a reply's first text get "
         "a `waiting` status frame."
     )
+    tool_rounds: int = Field(
+        5, ge=1, le=50, description="Rounds of tool calls in one reply: after this many the "
+        "model is asked to answer without tools, and further calls are not made."
+    )
+    tool_output_bytes: int = Field(
+        65536, ge=256, le=4_194_304, description="The largest answer a tool's endpoint may "
+        "give (bytes); a longer one goes to the model as a `too_large` error."
+    )
+    tools_allow_private_networks: bool = Field(
+        False, description="Let tools call loopback, private, link-local and other internal "
+        "addresses (refused by default: a tool URL must not reach into the server's network). "
+        "Also lets them use plain http."
+    )
     # A quarter of a second: at 20 tokens/s a 50 ms window made nearly every token an event of
     # its own, the largest share of the CPU per streamed token. Visitors get every token at
     # once all the same; only a crash can lose what streamed within the last window.

@@ -35,6 +35,8 @@ from loacl.domain.assistants import (
     AssistantDefinition,
     AssistantDeleted,
     AssistantUpdated,
+    ToolDefinition,
+    ToolSecretRotated,
 )
 from loacl.domain.conversations import (
     AssistantCompleted,
@@ -45,6 +47,8 @@ from loacl.domain.conversations import (
     FileSentToProvider,
     FileUploaded,
     MessagePosted,
+    ToolCalled,
+    ToolReturned,
     Usage,
 )
 from loacl.domain.errors import LoaclError
@@ -74,6 +78,16 @@ ASSISTANT = AssistantDefinition(
     name="Support «bot»", provider="openai", model="gpt-4.1-mini",
     instructions="Answer briefly.\nBe kind.", temperature=0.25, top_p=0.9,
     max_output_tokens=800, vector_store_ids=("vs_1", "vs_2"),
+    tools=(
+        ToolDefinition(
+            name="order_status", description="Where an order is",
+            parameters={"type": "object", "properties": {"order": {"type": "string"}},
+                        "required": ["order"]},
+            url="https://shop.example/loacl/order", timeout_ms=3000,
+            status_text="Looking up your order…",
+        ),
+        ToolDefinition(type="web_search", name="web_search"),
+    ),
 )
 WIDGET = WidgetDefinition(
     name="Docs widget", assistant_id="ast_9K", allowed_origins=("https://example.com",),
@@ -112,6 +126,7 @@ SAMPLES: dict[str, Event] = {
         AssistantCreated(assistant_id="ast_9K", owner_id="usr_01J9Z3", definition=ASSISTANT),
         AssistantUpdated(assistant_id="ast_9K", definition=ASSISTANT),
         AssistantDeleted(assistant_id="ast_9K"),
+        ToolSecretRotated(assistant_id="ast_9K", generation=2),
         WidgetCreated(widget_id="wdg_3M", owner_id="usr_01J9Z3", definition=WIDGET),
         WidgetUpdated(widget_id="wdg_3M", definition=WIDGET),
         WidgetDeleted(widget_id="wdg_3M"),
@@ -138,6 +153,10 @@ SAMPLES: dict[str, Event] = {
             error="the AI provider stopped answering", text="Votre co",
         ),
         AssistantInterrupted(message_id="msg_4", text="Partial"),
+        ToolCalled(message_id="msg_2", call_id="call_1", name="order_status", round=1,
+                   arguments='{"order":"A-1 Ünï"}'),
+        ToolReturned(message_id="msg_2", call_id="call_1", name="order_status", status="ok",
+                     http_status=200, duration_ms=42, output='{"state":"shipped"}'),
         FileUploaded(
             file_id="fil_9", conversation_id="cnv_5T", widget_id="wdg_3M", visitor_id="vis_8P",
             filename="facture.pdf", kind="pdf", content_type="application/pdf", size=1234,
@@ -421,3 +440,14 @@ def test_chain_hash_changes_with_any_field(fields: tuple[Any, ...], data: st.Dat
     other = data.draw(field_strategies[index].filter(lambda v: v != fields[index]), label="new")
     changed = (*fields[:index], other, *fields[index + 1:])
     assert codec.chain_hash(*changed) != codec.chain_hash(*fields)
+
+
+def test_a_v1_assistant_is_read_with_no_tools() -> None:
+    raw = (GOLDEN / "assistant.created.v1.json").read_bytes()
+    decoded = codec.decode_payload("assistant.created", 1, raw)
+    assert isinstance(decoded, AssistantCreated)
+    assert decoded.definition.tools == ()
+    assert decoded.definition.vector_store_ids == ("vs_1", "vs_2")
+    updated = codec.decode_payload("assistant.updated", 1, raw.replace(
+        b'"owner_id":"usr_01J9Z3",', b""))
+    assert isinstance(updated, AssistantUpdated) and updated.definition.tools == ()

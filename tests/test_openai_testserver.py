@@ -16,12 +16,17 @@ import httpx
 import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
-from openai.types.responses import ResponseStreamEvent
+from openai.types.responses import (
+    FunctionToolParam,
+    ResponseFunctionToolCall,
+    ResponseStreamEvent,
+)
 
 from loacl.openai_testserver import (
     Cut,
     ErrorEvent,
     Failed,
+    FunctionCall,
     HttpError,
     OpenAITestServer,
     Stall,
@@ -583,3 +588,101 @@ def test_cli_prints_its_url_and_serves() -> None:
     # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught.
     assert process.returncode == -signal.SIGTERM
     assert "Finished server process" in log
+
+
+# -- scripted function calls ------------------------------------------------------------------
+
+CALLS = [FunctionCall(name="lookup", arguments='{"order": "A-1", "note": "Ünïcode"}',
+                      call_id="call_a"),
+         FunctionCall(name="weather", arguments='{"city": "Oslo"}')]
+FUNCTION: FunctionToolParam = {"type": "function", "name": "lookup",
+                               "parameters": {"type": "object"}, "strict": False}
+
+
+def test_responses_stream_scripted_function_calls(client: OpenAI, server: OpenAITestServer
+                                                  ) -> None:
+    server.script("Checking.", calls=CALLS)
+    with client.responses.stream(model=MODEL, input="hi", tools=[FUNCTION]) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [e.type for e in events]
+    assert "response.function_call_arguments.delta" in kinds
+    assert kinds.count("response.function_call_arguments.done") == 2
+    message, *rest = final.output
+    assert message.type == "message" and final.output_text == "Checking."
+    calls = [c for c in rest if isinstance(c, ResponseFunctionToolCall)]
+    assert [c.name for c in calls] == ["lookup", "weather"]
+    assert calls[0].call_id == "call_a"
+    assert calls[0].arguments == CALLS[0].arguments
+    pieces = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    assert len(pieces) > 2 and "".join(pieces) == CALLS[0].arguments + CALLS[1].arguments
+
+
+def test_responses_answer_function_outputs_and_check_their_calls(
+    client: OpenAI, server: OpenAITestServer
+) -> None:
+    history: list[Any] = [
+        {"role": "user", "content": "hi"},
+        {"type": "function_call", "call_id": "call_a", "name": "lookup", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_a", "output": '{"ok":true}'},
+    ]
+    answer = client.responses.create(model=MODEL, input=history, tools=[FUNCTION])
+    assert answer.output_text == 'The tool answered: {"ok":true}'
+    with pytest.raises(openai.BadRequestError, match="No tool call found"):
+        client.responses.create(model=MODEL, input=[history[0], history[2]])
+
+
+def test_chat_completions_stream_scripted_tool_calls(client: OpenAI, server: OpenAITestServer
+                                                     ) -> None:
+    server.script(calls=CALLS, endpoint="chat")
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True,
+        tools=[{"type": "function", "function": {"name": "lookup", "parameters": {}}}],
+    )
+    calls: dict[int, dict[str, str]] = {}
+    reasons = []
+    for chunk in stream:
+        for choice in chunk.choices:
+            reasons.append(choice.finish_reason)
+            for piece in choice.delta.tool_calls or []:
+                call = calls.setdefault(piece.index, {"id": "", "name": "", "arguments": ""})
+                call["id"] = piece.id or call["id"]
+                if piece.function is not None:
+                    call["name"] = piece.function.name or call["name"]
+                    call["arguments"] += piece.function.arguments or ""
+    assert reasons[-1] == "tool_calls"
+    assert calls[0] == {"id": "call_a", "name": "lookup", "arguments": CALLS[0].arguments}
+    assert calls[1]["name"] == "weather" and calls[1]["arguments"] == '{"city": "Oslo"}'
+    follow_up = client.chat.completions.create(model=MODEL, messages=[
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_a", "type": "function",
+             "function": {"name": "lookup", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_a", "content": "42"},
+    ])
+    assert follow_up.choices[0].message.content == "The tool answered: 42"
+    with pytest.raises(openai.BadRequestError, match="role 'tool'"):
+        client.chat.completions.create(model=MODEL, messages=[
+            {"role": "user", "content": "hi"},
+            {"role": "tool", "tool_call_id": "call_z", "content": "42"}])
+
+
+async def test_a_cut_among_the_arguments_drops_the_stream(
+    aclient: AsyncOpenAI, server: OpenAITestServer
+) -> None:
+    server.script(calls=CALLS[:1], faults=[Cut(after_deltas=2)])
+    seen: list[ResponseStreamEvent] = []
+    with pytest.raises(openai.APIConnectionError):
+        await _collect_until_error(aclient, seen)
+    kinds = [e.type for e in seen]
+    assert kinds.count("response.function_call_arguments.delta") == 2
+    assert "response.completed" not in kinds
+
+
+def test_calls_can_be_scripted_over_http(client: OpenAI, root: str) -> None:
+    queued = httpx.post(f"{root}/_admin/script", json={
+        "calls": [{"name": "lookup", "arguments": "{}", "call_id": "call_h"}]})
+    assert queued.json() == {"queued": 1}
+    answer = client.responses.create(model=MODEL, input="hi")
+    assert [(o.type, getattr(o, "call_id", None)) for o in answer.output] == [
+        ("function_call", "call_h")]

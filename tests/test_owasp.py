@@ -203,8 +203,9 @@ def check(world: World, spec: Row) -> httpx.Response:
 # -- API1: broken object-level authorization ----------------------------------------------------
 
 ASSISTANT = {"name": "Mine now", "provider": "openai", "model": "gpt-4o-mini"}
-FULL_ASSISTANT = {**ASSISTANT, "instructions": "", "temperature": None, "top_p": None,
-                  "max_output_tokens": None, "file_search": None}
+FULL_ASSISTANT: dict[str, Any] = {
+    **ASSISTANT, "instructions": "", "temperature": None, "top_p": None,
+    "max_output_tokens": None, "file_search": None, "tools": []}
 
 
 def widget_body(assistant: str) -> dict[str, Any]:

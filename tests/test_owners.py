@@ -209,8 +209,9 @@ def assert_problem(
 
 ASSISTANT = {"name": "Helper", "provider": "demo", "model": "demo"}
 # PUT replaces the whole thing: its body names every field.
-ASSISTANT_PUT = {**ASSISTANT, "instructions": "", "temperature": None, "top_p": None,
-                 "max_output_tokens": None, "file_search": None}
+ASSISTANT_PUT: dict[str, Any] = {
+    **ASSISTANT, "instructions": "", "temperature": None, "top_p": None,
+    "max_output_tokens": None, "file_search": None, "tools": []}
 WIDGET_PUT = {"allowed_origins": [], "settings": {}, "limits": {}, "budget": {}, "enabled": True,
               "require_identity": False, "retention_days": None}
 
@@ -218,7 +219,7 @@ VALID_ASSISTANTS = [
     pytest.param(
         {"name": "Helper"},
         {"provider": "demo", "model": "demo", "instructions": "", "temperature": None,
-         "top_p": None, "max_output_tokens": None, "vector_store_ids": []},
+         "top_p": None, "max_output_tokens": None, "vector_store_ids": [], "tools": []},
         id="minimal-defaults-to-demo",
     ),
     pytest.param(
@@ -226,14 +227,16 @@ VALID_ASSISTANTS = [
          "temperature": 2, "top_p": 0, "max_output_tokens": 16,
          "file_search": {"vector_store_ids": ["vs_abc", "vs_DEF-1_2"]}},
         {"provider": "demo", "model": "demo", "instructions": "i" * 32_000, "temperature": 2,
-         "top_p": 0, "max_output_tokens": 16, "vector_store_ids": ["vs_abc", "vs_DEF-1_2"]},
+         "top_p": 0, "max_output_tokens": 16, "vector_store_ids": ["vs_abc", "vs_DEF-1_2"],
+         "tools": []},
         id="every-field-at-its-limit",
     ),
     pytest.param(
         {"name": "Helper", "temperature": 0, "top_p": 1, "max_output_tokens": 200_000,
          "instructions": "Be kind <b>&</b>"},
         {"provider": "demo", "model": "demo", "instructions": "Be kind <b>&</b>",
-         "temperature": 0, "top_p": 1, "max_output_tokens": 200_000, "vector_store_ids": []},
+         "temperature": 0, "top_p": 1, "max_output_tokens": 200_000, "vector_store_ids": [],
+         "tools": []},
         id="other-limits",
     ),
 ]
@@ -307,7 +310,40 @@ INVALID_ASSISTANTS = [
                  "validation_error", "file_search.vector_store_ids", id="vector-stores-too-many"),
     pytest.param({"file_search": {"vector_store_ids": ["vs_1"], "max_results": 3}},
                  "validation_error", "file_search.max_results", id="file-search-extra-field"),
-    pytest.param({"tools": []}, "validation_error", "tools", id="unknown-field"),
+    pytest.param({"tools": {}}, "validation_error", "tools", id="tools-not-a-list"),
+    pytest.param({"tools": [{"name": "a b", "url": "https://example.com/"}]},
+                 "validation_error", "tools.0.name", id="tool-name-malformed"),
+    pytest.param({"tools": [{"url": "https://example.com/"}]}, "validation_error",
+                 "tools[0].name", id="tool-name-missing"),
+    pytest.param({"tools": [{"name": "t", "url": "https://example.com/",
+                             "parameters": {"type": "string"}}]},
+                 "validation_error", "tools[0].parameters", id="tool-parameters-not-object"),
+    pytest.param({"tools": [{"name": "t", "url": "https://example.com/",
+                             "parameters": {"type": "object", "properties": 5}}]},
+                 "validation_error", "tools[0].parameters", id="tool-parameters-not-a-schema"),
+    pytest.param({"tools": [{"name": "t"}]}, "validation_error", "tools[0].url",
+                 id="tool-enabled-without-url"),
+    pytest.param({"tools": [{"name": "t", "url": "ftp://example.com/"}]},
+                 "validation_error", "tools[0].url", id="tool-url-not-https"),
+    pytest.param({"tools": [{"name": "t", "url": "https://example.com:70000/"}]},
+                 "validation_error", "tools[0].url", id="tool-url-port-out-of-range"),
+    pytest.param({"tools": [{"name": "t", "url": "https://u:p@example.com/"}]},
+                 "validation_error", "tools[0].url", id="tool-url-with-password"),
+    pytest.param({"tools": [{"name": "t", "url": "http://example.com/"}]},
+                 "validation_error", "tools[0].url", id="tool-url-plain-http"),
+    pytest.param({"tools": [{"name": "t", "url": "https://10.0.0.8/"}]},
+                 "validation_error", "tools[0].url", id="tool-url-private-address"),
+    pytest.param({"tools": [{"name": "t", "url": "https://example.com/", "timeout_ms": 99}]},
+                 "validation_error", "tools.0.timeout_ms", id="tool-timeout-low"),
+    pytest.param({"tools": [{"name": "t", "url": "https://a.example/"},
+                            {"name": "t", "url": "https://b.example/"}]},
+                 "validation_error", "tools[1].name", id="tool-named-twice"),
+    pytest.param({"tools": [{"type": "web_search"}]}, "tool_not_supported", "tools[0].type",
+                 id="web-search-needs-openai"),
+    pytest.param({"tools": [{"type": "code_interpreter"}]}, "validation_error",
+                 "tools.0.type", id="tool-type-unknown"),
+    pytest.param({"tools": [{"name": "t", "url": "https://x.example/", "secret": "s"}]},
+                 "validation_error", "tools.0.secret", id="tool-extra-field"),
 ]
 
 
@@ -923,7 +959,7 @@ def test_put_refuses_a_body_that_leaves_fields_out(world: World) -> None:
     body = assert_problem(refused, 422, "validation_error", "instructions")
     missing = {e["field"] for e in body["errors"] if e["reason"] == "missing"}
     assert missing == {"provider", "model", "instructions", "temperature", "top_p",
-                       "max_output_tokens", "file_search"}
+                       "max_output_tokens", "file_search", "tools"}
     widget = world.widget(world.a, created["id"])
     refused = world.client.put(f"/api/v1/widgets/{widget['id']}",
                                json={"name": "x", "assistant_id": created["id"]},

@@ -116,6 +116,42 @@ class FileSentToProvider(Event):
     not_personal = ("file_id", "provider", "provider_file_id")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCalled(Event):
+    """The model called one of the assistant's tools while writing reply ``message_id``, in
+    round ``round`` (1 for the first). ``arguments`` is the model's JSON, cut to a bound: it
+    may repeat what the visitor said (an order number, an address), so it is sealed."""
+
+    event_type = "tool.called"
+    message_id: str
+    call_id: str
+    name: str
+    round: int
+    arguments: str
+    personal = ("arguments",)
+    not_personal = ("message_id", "call_id", "name")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolReturned(Event):
+    """What the call gave the model: ``status`` ``ok`` or an error code (``invalid_arguments``,
+    ``refused``, ``timeout``, ``http_error``, ``too_large``, ``invalid_response``,
+    ``unreachable``, ``round_limit``), the endpoint's HTTP status when it answered, how long
+    it took, and the output as the model got it (cut to a bound; sealed, as it may hold the
+    visitor's data)."""
+
+    event_type = "tool.returned"
+    message_id: str
+    call_id: str
+    name: str
+    status: str
+    http_status: int | None = None
+    duration_ms: int = 0
+    output: str = ""
+    personal = ("output",)
+    not_personal = ("message_id", "call_id", "name", "status")
+
+
 END_EVENTS = (AssistantCompleted, AssistantFailed, AssistantInterrupted)
 
 

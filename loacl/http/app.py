@@ -196,12 +196,13 @@ def create_app(
     app.state.integrity = watch
     app.state.clock = clock
     app.state.accounts = Accounts(store, settings, passwords, tokens, mailer, clock)
-    app.state.assistants = Assistants(store, settings)
+    app.state.assistants = Assistants(store, settings, server_key)
     app.state.limits = limits
     app.state.budgets = budgets
     app.state.widgets = Widgets(store, tokens, server_key, limits)
     app.state.demo = demo = Demo(store, settings, app.state.assistants, app.state.widgets)
-    app.state.chat = chat_service = Chat(store, settings, limits=limits, budgets=budgets)
+    app.state.chat = chat_service = Chat(store, settings, limits=limits, budgets=budgets,
+                                          server_key=server_key)
     app.state.files = Files(store, settings, limits)
     app.state.inbox = Inbox(store)
     app.state.models = Models(settings)

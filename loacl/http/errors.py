@@ -35,8 +35,9 @@ And by status::
     413 message_too_long, file_too_large, payload_too_large
     415 unsupported_file_type, unsupported_media_type
     422 validation_error, unknown_model, provider_not_configured, unknown_assistant,
-        unknown_file, empty_file, unsupported_file_for_provider, invalid_export,
-        invalid_migration_target, not_resettable, invalid_timestamp, replica_not_configured
+        unknown_file, empty_file, unsupported_file_for_provider, tool_not_supported,
+        invalid_export, invalid_migration_target, not_resettable, invalid_timestamp,
+        replica_not_configured
     426 upgrade_required
     428 precondition_required
     429 rate_limited, budget_exhausted, provider_rate_limited
@@ -144,6 +145,8 @@ ERRORS: dict[str, ErrorCode] = {
     "empty_file": ErrorCode(422, "the file is empty"),
     "unsupported_file_for_provider": ErrorCode(422, "the assistant's provider cannot read "
                                                     "that kind of file"),
+    "tool_not_supported": ErrorCode(422, "the assistant's provider cannot run that built-in "
+                                         "tool (web_search runs with the openai provider only)"),
     "invalid_export": ErrorCode(422, "CLI: the import file is not an assistant export"),
     "invalid_migration_target": ErrorCode(422, "CLI: --to must be 0 or more"),
     "not_resettable": ErrorCode(

@@ -10,7 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from loacl.domain.assistants import PROVIDERS, AssistantDefinition
+from loacl.domain.assistants import (
+    MAX_TOOLS,
+    PROVIDERS,
+    TOOL_TIMEOUT_MS,
+    TOOL_TYPES,
+    AssistantDefinition,
+    ToolDefinition,
+)
 from loacl.domain.errors import LoaclError
 from loacl.domain.widgets import (
     MAX_ORIGINS,
@@ -39,6 +46,27 @@ class FileSearch(Body):
     ] = Field(min_length=1, max_length=10)
 
 
+class ToolBody(Body):
+    """A tool the model may call. ``http``: LOACL POSTs the call's arguments to ``url``
+    (signed with the assistant's tool secret) and gives the JSON answer back to the model;
+    without a URL the tool must be disabled. ``web_search``: OpenAI's own, for the ``openai``
+    provider only (its other fields are ignored)."""
+
+    type: Literal["http", "web_search"] = Field("http", json_schema_extra={
+        "enum": list(TOOL_TYPES)})
+    name: str = Field("", max_length=64, pattern=r"^([A-Za-z0-9_-]{1,64})?$")
+    description: str = Field("", max_length=1024)
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}},
+        description="JSON Schema of the arguments (an object); calls are checked against it",
+    )
+    url: str | None = Field(None, max_length=2048)
+    timeout_ms: int = Field(10_000, ge=TOOL_TIMEOUT_MS[0], le=TOOL_TIMEOUT_MS[1])
+    status_text: str = Field("", max_length=200, description="What the widget shows while "
+                             "the call runs, such as \"Looking up your order…\"")
+    enabled: bool = True
+
+
 class AssistantBody(Body):
     name: str = Field(min_length=1, max_length=200)
     provider: str | None = Field(None, json_schema_extra={"enum": list(PROVIDERS)})
@@ -48,6 +76,7 @@ class AssistantBody(Body):
     top_p: float | None = Field(None, ge=0, le=1)
     max_output_tokens: int | None = Field(None, ge=16, le=200_000)
     file_search: FileSearch | None = None
+    tools: list[ToolBody] = Field(default_factory=list, max_length=MAX_TOOLS)
 
 
 class SettingsBody(Body):
@@ -102,6 +131,12 @@ def _definition(request: Request, body: AssistantBody) -> AssistantDefinition:
         temperature=body.temperature, top_p=body.top_p,
         max_output_tokens=body.max_output_tokens,
         vector_store_ids=tuple(body.file_search.vector_store_ids) if body.file_search else (),
+        tools=tuple(
+            ToolDefinition(type=t.type, name=t.name, description=t.description,
+                           parameters=t.parameters, url=t.url or "", timeout_ms=t.timeout_ms,
+                           status_text=t.status_text, enabled=t.enabled)
+            for t in body.tools
+        ),
     )
 
 
@@ -124,6 +159,15 @@ async def rotate_secret(request: Request) -> Response:
         metadata(request, owner.user_id),
     )
     return with_etag(_with_secret(request, rotated))
+
+
+async def rotate_tool_secret(request: Request) -> Response:
+    owner = await current_owner(request, verified=True)
+    rotated = await assistants(request).rotate_tool_secret(
+        owner.user_id, request.path_params["id"], if_match(request),
+        metadata(request, owner.user_id),
+    )
+    return with_etag(assistant_json(rotated))
 
 
 ASSISTANTS = OwnedResource(assistants, AssistantBody, _definition, assistant_json)
@@ -239,25 +283,30 @@ endpoints = [
     Endpoint("post", "/api/v1/assistants", ASSISTANTS.create, "Create an assistant",
              "assistants", auth="owner", body=AssistantBody, ok=201,
              codes=("email_not_verified", "unknown_model", "provider_not_configured",
-                    "provider_unavailable"),
+                    "provider_unavailable", "tool_not_supported"),
              returns="Assistant"),
     Endpoint("get", "/api/v1/assistants/{id}", ASSISTANTS.get, "An assistant (ETag)",
              "assistants", auth="owner", returns="Assistant"),
     Endpoint("put", "/api/v1/assistants/{id}", ASSISTANTS.put, "Replace an assistant (If-Match)",
              "assistants", auth="owner", body=ASSISTANTS.replacement, headers=IF_MATCH,
              codes=("version_conflict", "precondition_required", "unknown_model",
-                    "provider_not_configured", "provider_unavailable"),
+                    "provider_not_configured", "provider_unavailable", "tool_not_supported"),
              description=REPLACE, returns="Assistant"),
     Endpoint("patch", "/api/v1/assistants/{id}", ASSISTANTS.patch,
              "Change some of an assistant (JSON Merge Patch, If-Match)", "assistants",
              auth="owner", body=ASSISTANTS.patch_body, body_types=PATCH_TYPES, headers=IF_MATCH,
              codes=("version_conflict", "precondition_required", "unknown_model",
-                    "provider_not_configured", "provider_unavailable", "unsupported_media_type"),
+                    "provider_not_configured", "provider_unavailable", "unsupported_media_type",
+                    "tool_not_supported"),
              description=PATCH, returns="Assistant"),
     Endpoint("delete", "/api/v1/assistants/{id}", ASSISTANTS.delete,
              "Delete an assistant (If-Match)", "assistants", auth="owner", ok=204,
              headers=IF_MATCH,
              codes=("version_conflict", "precondition_required", "assistant_in_use")),
+    Endpoint("post", "/api/v1/assistants/{id}/rotate-tool-secret", rotate_tool_secret,
+             "A new secret for signing the assistant's tool calls, shown once", "assistants",
+             auth="owner", headers=IF_MATCH,
+             codes=("version_conflict", "precondition_required"), returns="Assistant"),
     Endpoint("get", "/api/v1/widgets", WIDGETS.list, "List your widgets", "widgets",
              auth="owner", query=PAGE, returns="WidgetPage"),
     Endpoint("post", "/api/v1/widgets", WIDGETS.create,

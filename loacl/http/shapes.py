@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from loacl.domain.assistants import ToolDefinition
 from loacl.services.accounts import TokenPair
 from loacl.services.privacy import Export
 from loacl.store.views.accounts import SessionView, UserView
@@ -17,7 +18,7 @@ from loacl.store.views.widgets import WidgetView
 
 def assistant_json(view: AssistantView) -> dict[str, Any]:
     d = view.definition
-    return {
+    body = {
         "id": view.assistant_id,
         "name": d.name,
         "provider": d.provider,
@@ -28,9 +29,21 @@ def assistant_json(view: AssistantView) -> dict[str, Any]:
         "max_output_tokens": d.max_output_tokens,
         "file_search": {"vector_store_ids": list(d.vector_store_ids)}
         if d.vector_store_ids else None,
+        "tools": [tool_json(t) for t in d.tools],
         "version": view.version,
         "created_at": view.created_at,
         "updated_at": view.updated_at,
+    }
+    if view.tool_secret is not None:
+        body["tool_secret"] = view.tool_secret
+    return body
+
+
+def tool_json(tool: ToolDefinition) -> dict[str, Any]:
+    return {
+        "type": tool.type, "name": tool.name, "description": tool.description,
+        "parameters": tool.parameters, "url": tool.url or None, "timeout_ms": tool.timeout_ms,
+        "status_text": tool.status_text, "enabled": tool.enabled,
     }
 
 
@@ -238,7 +251,14 @@ _ASSISTANT = {
     "max_output_tokens": _nullable(_INT),
     "file_search": {"oneOf": [{"type": "null"},
                               _object({"vector_store_ids": _list(_STR)})]},
+    "tools": _list(_object({
+        "type": {"type": "string", "enum": ["http", "web_search"]}, "name": _STR,
+        "description": _STR, "parameters": {"type": "object"}, "url": _nullable(_STR),
+        "timeout_ms": _INT, "status_text": _STR, "enabled": _BOOL})),
     "version": _INT, "created_at": _TIME, "updated_at": _TIME,
+    # Only in the answer to the change that made a new tool secret (Standard Webhooks'
+    # whsec_ form): shown once.
+    "tool_secret": _STR,
 }
 _WIDGET = {
     "id": _STR, "name": _STR, "assistant_id": _STR, "allowed_origins": _list(_STR),
@@ -271,7 +291,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "files": {"type": "array", "items": {"type": "object"}},
         },
     },
-    "Assistant": _object(_ASSISTANT),
+    "Assistant": _object(_ASSISTANT, optional=("tool_secret",)),
     "AssistantPage": _page("Assistant"),
     "WidgetSettings": _object({
         "title": _STR, "greeting": _STR, "placeholder": _STR,

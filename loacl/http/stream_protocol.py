@@ -73,10 +73,13 @@ SERVER_FRAMES: Final = (
           "a reply started, in this tab or another"),
     Frame(ServerFrame.DELTA, ("message_id", "offset", "text"),
           "the reply's text from a character offset"),
-    Frame(ServerFrame.STATUS, ("message_id", "state", "retry_in?", "attempt?", "code?"),
+    Frame(ServerFrame.STATUS, ("message_id", "state", "retry_in?", "attempt?", "code?",
+                               "tool?", "text?"),
           "how a reply is doing while no text comes: waiting (the provider has not answered "
-          "for waiting_notice_seconds), or retrying (attempt failed with code; the provider is "
-          "asked again in retry_in seconds)"),
+          "for waiting_notice_seconds), retrying (attempt failed with code; the provider is "
+          "asked again in retry_in seconds), or tool (the assistant's tool named tool is being "
+          "called; text is the tool's status_text, such as \"Looking up your order…\", to "
+          "show until the next delta; one frame per call, several calls run at once)"),
     Frame(ServerFrame.DONE, ("message_id", "status", "usage", "length"),
           "the reply ended; trim its text to length (after a crash the saved text may be "
           "shorter than what was streamed)"),

@@ -26,6 +26,8 @@ def status_frame(message_id: str, notice: Notice) -> dict[str, Any]:
     }
     if notice.retry_in is not None:
         frame |= {"retry_in": notice.retry_in, "attempt": notice.attempt, "code": notice.code}
+    if notice.tool is not None:
+        frame |= {"tool": notice.tool, "text": notice.text or ""}
     return frame
 
 class Socket(Protocol):

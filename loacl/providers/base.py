@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from loacl.domain.assistants import AssistantDefinition
+from loacl.domain.assistants import AssistantDefinition, ToolDefinition
 from loacl.domain.errors import LoaclError
 
 
@@ -28,9 +28,33 @@ class Turn:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A function the model called: its id (the provider's), name and JSON arguments."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class ToolRound:
+    """One round of the reply: the text the model wrote, the calls it made, their outputs."""
+
+    text: str
+    calls: tuple[ToolCall, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ReplyRequest:
     assistant: AssistantDefinition
     turns: list[Turn]  # oldest first; the last one is the visitor's new message
+    # The tools offered (LOACL's http tools, enabled, and built-in ones the provider runs).
+    tools: tuple[ToolDefinition, ...] = ()
+    # This reply's tool rounds so far, sent after the turns.
+    rounds: tuple[ToolRound, ...] = ()
+    # False: the model must answer in text now (the round limit is reached).
+    may_call: bool = True
 
 
 @dataclass
@@ -43,6 +67,8 @@ class ReplyResult:
     uploaded: dict[str, str] = field(default_factory=dict)  # LOACL file id -> provider file id
     # Why the provider stopped, when not at the answer's natural end: "max_output_tokens".
     stop_reason: str | None = None
+    # The functions the model called in this request (its answer then continues after them).
+    calls: list[ToolCall] = field(default_factory=list)
 
 
 class ProviderError(LoaclError):
@@ -83,6 +109,14 @@ def sampling_options(assistant: AssistantDefinition, max_tokens: str) -> dict[st
     if assistant.max_output_tokens is not None:
         options[max_tokens] = assistant.max_output_tokens
     return options
+
+
+def function_tools(request: ReplyRequest) -> list[ToolDefinition]:
+    return [t for t in request.tools if t.type == "http"]
+
+
+def parameters_of(tool: ToolDefinition) -> dict[str, Any]:
+    return tool.parameters or {"type": "object", "properties": {}}
 
 
 def trim_history(turns: list[Turn], budget_chars: int) -> list[Turn]:

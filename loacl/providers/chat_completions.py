@@ -7,7 +7,15 @@ from typing import Any
 
 import openai
 
-from loacl.providers.base import ProviderError, ReplyRequest, ReplyResult, sampling_options
+from loacl.providers.base import (
+    ProviderError,
+    ReplyRequest,
+    ReplyResult,
+    ToolCall,
+    function_tools,
+    parameters_of,
+    sampling_options,
+)
 from loacl.providers.errors import translate
 
 
@@ -35,7 +43,22 @@ class ChatCompletionsProvider:
                 body = attachment.data.decode("utf-8")
                 text = f"{text}\n\n--- {attachment.filename} ---\n{body}"
             messages.append({"role": turn.role, "content": text})
+        for done in request.rounds:
+            messages.append({
+                "role": "assistant", "content": done.text or None,
+                "tool_calls": [{"id": c.call_id, "type": "function",
+                                "function": {"name": c.name, "arguments": c.arguments}}
+                               for c in done.calls],
+            })
+            messages += [{"role": "tool", "tool_call_id": c.call_id, "content": out}
+                         for c, out in zip(done.calls, done.outputs, strict=True)]
         return messages
+
+    @staticmethod
+    def _tools(request: ReplyRequest) -> list[dict[str, Any]]:
+        return [{"type": "function", "function": {
+            "name": t.name, "description": t.description, "parameters": parameters_of(t),
+        }} for t in function_tools(request)]
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -44,6 +67,13 @@ class ChatCompletionsProvider:
         a = request.assistant
         options = sampling_options(a, "max_tokens")
         messages = self._messages(request)
+        tools = self._tools(request)
+        if tools:
+            options["tools"] = tools
+            if not request.may_call:
+                options["tool_choice"] = "none"
+        # Streamed calls arrive in pieces, by index: the id and name first, then arguments.
+        calls: dict[int, list[str]] = {}
         finished = False
         try:
             # The SDK's overloads cannot follow **options; the wire format is what matters here.
@@ -55,12 +85,18 @@ class ChatCompletionsProvider:
             async with stream:
                 async for chunk in stream:
                     result.request_id = result.request_id or chunk.id
-                    if chunk.usage is not None:
-                        result.input_tokens = chunk.usage.prompt_tokens
-                        result.output_tokens = chunk.usage.completion_tokens
+                    if chunk.usage is not None:  # summed over the reply's rounds
+                        result.input_tokens += chunk.usage.prompt_tokens
+                        result.output_tokens += chunk.usage.completion_tokens
                     for choice in chunk.choices:
                         if choice.delta.content:
                             yield choice.delta.content
+                        for piece in choice.delta.tool_calls or ():
+                            call = calls.setdefault(piece.index, ["", "", ""])
+                            call[0] = piece.id or call[0]
+                            if piece.function is not None:
+                                call[1] = piece.function.name or call[1]
+                                call[2] += piece.function.arguments or ""
                         if choice.finish_reason == "length":
                             # Cut at the output limit, as the Responses API's incomplete
                             # ``max_output_tokens``: a truncated answer, kept and completed.
@@ -78,3 +114,4 @@ class ChatCompletionsProvider:
             raise translate(exc) from exc
         if not finished:
             raise ProviderError("provider_unavailable", "the AI provider's answer was cut short")
+        result.calls += [ToolCall(*calls[i]) for i in sorted(calls)]

@@ -19,6 +19,13 @@ ANSWER = (
     "`chat_completions` provider."
 )
 
+TOOLS = (
+    "\n\nThis assistant has tools ({tools}). The demo provider does not call them: with a "
+    "real model, the model decides when a question needs one, LOACL checks its arguments, "
+    "POSTs them signed to the tool's URL and gives the answer back to the model, and you see "
+    "each call in the event log."
+)
+
 
 class DemoProvider:
     name = "demo"
@@ -34,6 +41,8 @@ class DemoProvider:
         if len(question) > 200:
             question = question[:200] + "…"
         text = ANSWER.format(question=question)
+        if request.tools:
+            text += TOOLS.format(tools=", ".join(f"`{t.name}`" for t in request.tools))
         pieces = re.findall(r"\S+\s*|\s+", text)
         result.input_tokens = sum(len(t.text.split()) for t in request.turns)
         result.output_tokens = len(pieces)

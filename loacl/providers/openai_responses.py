@@ -17,7 +17,10 @@ from loacl.providers.base import (
     ProviderError,
     ReplyRequest,
     ReplyResult,
+    ToolCall,
     Turn,
+    function_tools,
+    parameters_of,
     sampling_options,
 )
 from loacl.providers.errors import translate
@@ -44,6 +47,13 @@ class _Response(msgspec.Struct):
     incomplete_details: _Incomplete | None = None
 
 
+class _Item(msgspec.Struct):
+    type: str = ""
+    call_id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
 class _Event(msgspec.Struct):
     """The fields LOACL reads of a Responses stream event; the rest is skipped unparsed."""
 
@@ -53,6 +63,7 @@ class _Event(msgspec.Struct):
     code: str | None = None
     message: str | None = None
     error: _Error | None = None
+    item: _Item | None = None
 
 
 _event_decoder = msgspec.json.Decoder(_Event)
@@ -110,6 +121,31 @@ class ResponsesProvider:
             items.append({"role": "user", "content": content})
         return items
 
+    @staticmethod
+    def _rounds(request: ReplyRequest) -> list[dict[str, Any]]:
+        """This reply's earlier rounds: what the model wrote, its calls and their outputs."""
+        items: list[dict[str, Any]] = []
+        for done in request.rounds:
+            if done.text:
+                items.append({"role": "assistant",
+                              "content": [{"type": "output_text", "text": done.text}]})
+            items += [{"type": "function_call", "call_id": c.call_id, "name": c.name,
+                       "arguments": c.arguments} for c in done.calls]
+            items += [{"type": "function_call_output", "call_id": c.call_id, "output": out}
+                      for c, out in zip(done.calls, done.outputs, strict=True)]
+        return items
+
+    @staticmethod
+    def _tools(request: ReplyRequest) -> list[dict[str, Any]]:
+        tools: list[dict[str, Any]] = [
+            {"type": "file_search", "vector_store_ids": list(request.assistant.vector_store_ids)}
+        ] if request.assistant.vector_store_ids else []
+        tools += [{"type": "function", "name": t.name, "description": t.description,
+                   "parameters": parameters_of(t), "strict": False}
+                  for t in function_tools(request)]
+        tools += [{"type": t.type} for t in request.tools if t.type == "web_search"]
+        return tools
+
     async def aclose(self) -> None:
         await self.client.close()
 
@@ -118,10 +154,12 @@ class ResponsesProvider:
         options = sampling_options(a, "max_output_tokens")
         if a.instructions:
             options["instructions"] = a.instructions
-        if a.vector_store_ids:
-            options["tools"] = [
-                {"type": "file_search", "vector_store_ids": list(a.vector_store_ids)}
-            ]
+        tools = self._tools(request)
+        if tools:
+            options["tools"] = tools
+            if not request.may_call:
+                options["tool_choice"] = "none"
+        turns = await self._input(request.turns, result)
         completed = False
         try:
             # The SDK sends the request (auth, status errors; LOACL retries); LOACL reads the
@@ -129,7 +167,7 @@ class ResponsesProvider:
             # event cost about 200 µs each, a core at 5,000 tokens a second.
             create: Any = self.once.responses.with_streaming_response.create
             async with create(
-                model=a.model, input=await self._input(request.turns, result), stream=True,
+                model=a.model, input=turns + self._rounds(request), stream=True,
                 store=self.store, **options,
             ) as response:
                 async for line in response.iter_lines():
@@ -142,15 +180,19 @@ class ResponsesProvider:
                     kind = event.type
                     if kind == "response.output_text.delta":
                         yield event.delta
+                    elif kind == "response.output_item.done" and event.item is not None:
+                        item = event.item
+                        if item.type == "function_call":
+                            result.calls.append(ToolCall(item.call_id, item.name, item.arguments))
                     elif kind == "response.created" and event.response is not None:
                         result.request_id = event.response.id
                     elif kind == "response.completed" or _cut_at_the_limit(event):
                         # Cut at the assistant's output limit is an answer all the same: kept
                         # and completed, as a truncated one (the server log says why).
                         usage = event.response.usage if event.response else None
-                        if usage is not None:
-                            result.input_tokens = usage.input_tokens
-                            result.output_tokens = usage.output_tokens
+                        if usage is not None:  # summed over the reply's rounds
+                            result.input_tokens += usage.input_tokens
+                            result.output_tokens += usage.output_tokens
                         if kind == "response.incomplete":
                             result.stop_reason = "max_output_tokens"
                         completed = True

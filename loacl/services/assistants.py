@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import jsonschema
+
 from loacl.domain import assistants as domain
 from loacl.domain.errors import LoaclError
-from loacl.domain.events import Metadata
+from loacl.domain.events import Event, Metadata
 from loacl.domain.privacy import OWNER, subject
 from loacl.providers import check_model as model_known
+from loacl.services.outbound import OutboundError, check_url
 from loacl.services.tokens import new_id
+from loacl.services.tools import tool_secret
 from loacl.services.versions import expect_version
 from loacl.settings import Settings
 from loacl.store.eventstore import NO_STREAM, EventStore
@@ -17,9 +23,40 @@ from loacl.store.views.assistants import AssistantView
 
 
 class Assistants:
-    def __init__(self, store: EventStore, settings: Settings) -> None:
+    def __init__(self, store: EventStore, settings: Settings, server_key: str = "") -> None:
         self.store = store
         self.settings = settings
+        self._server_key = server_key.encode()
+
+    def _check_tools(self, definition: domain.AssistantDefinition) -> None:
+        """What the domain cannot check alone: each schema is a JSON Schema, and each URL one
+        this server may call (its scheme, and its host when that is an address)."""
+        for i, tool in enumerate(definition.tools):
+            if tool.type != "http":
+                continue
+            try:
+                cls = jsonschema.validators.validator_for(
+                    tool.parameters, jsonschema.Draft202012Validator
+                )
+                cls.check_schema(tool.parameters)
+            except jsonschema.exceptions.SchemaError as exc:
+                raise _invalid(i, "parameters", f"not a JSON Schema: {exc.message}") from None
+            if tool.url:
+                try:
+                    check_url(tool.url, self.settings.tools_allow_private_networks)
+                except OutboundError as exc:
+                    raise _invalid(i, "url", exc.message) from None
+
+    def _with_secret(
+        self, view: AssistantView, events: list[Event]
+    ) -> AssistantView:
+        """The view with the tool secret when this change made a new one: shown once."""
+        for event in events:
+            if isinstance(event, domain.ToolSecretRotated):
+                return replace(view, tool_secret=tool_secret(
+                    self._server_key, event.assistant_id, event.generation
+                ))
+        return view
 
     async def _load(self, assistant_id: str) -> tuple[domain.Assistant, int]:
         return await self.store.load(
@@ -41,13 +78,14 @@ class Assistants:
     ) -> AssistantView:
         assistant_id = new_id()
         events = domain.create_assistant(assistant_id, owner_id, definition)
+        self._check_tools(definition)
         if check_model:
             await model_known(self.settings, definition.provider, definition.model)
         await self.store.append(
             domain.assistant_stream(assistant_id), events,
             expected_version=NO_STREAM, metadata=meta, subject=subject(OWNER, owner_id),
         )
-        return await self.get(owner_id, assistant_id)
+        return self._with_secret(await self.get(owner_id, assistant_id), events)
 
     async def update(
         self, owner_id: str, assistant_id: str, definition: domain.AssistantDefinition,
@@ -56,6 +94,7 @@ class Assistants:
         state, version = await self._load(assistant_id)
         events = domain.update_assistant(state, owner_id, definition)
         expect_version("assistant", version, if_match)
+        self._check_tools(definition)
         old = state.definition
         if check_model and events and (old is None or (old.provider, old.model) != (
             definition.provider, definition.model
@@ -65,7 +104,20 @@ class Assistants:
             domain.assistant_stream(assistant_id), events,
             expected_version=version, metadata=meta, subject=subject(OWNER, owner_id),
         )
-        return await self.get(owner_id, assistant_id)
+        return self._with_secret(await self.get(owner_id, assistant_id), events)
+
+    async def rotate_tool_secret(
+        self, owner_id: str, assistant_id: str, if_match: int | None, meta: Metadata
+    ) -> AssistantView:
+        """A new secret for the assistant's tool calls, shown once; the old one stops."""
+        state, version = await self._load(assistant_id)
+        events = domain.rotate_tool_secret(state, owner_id)
+        expect_version("assistant", version, if_match)
+        await self.store.append(
+            domain.assistant_stream(assistant_id), events,
+            expected_version=version, metadata=meta, subject=subject(OWNER, owner_id),
+        )
+        return self._with_secret(await self.get(owner_id, assistant_id), events)
 
     async def delete(
         self, owner_id: str, assistant_id: str, if_match: int | None, meta: Metadata
@@ -84,3 +136,8 @@ class Assistants:
             domain.assistant_stream(assistant_id), events,
             expected_version=version, metadata=meta, subject=subject(OWNER, owner_id),
         )
+
+
+def _invalid(index: int, name: str, message: str) -> LoaclError:
+    return LoaclError("validation_error", f"tools[{index}].{name}: {message}",
+                      errors=[{"field": f"tools[{index}].{name}", "message": message}])

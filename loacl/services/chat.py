@@ -24,6 +24,7 @@ from loacl.providers.base import (
     ProviderError,
     ReplyRequest,
     ReplyResult,
+    ToolRound,
     Turn,
     trim_history,
 )
@@ -31,6 +32,8 @@ from loacl.services.budgets import Budgets
 from loacl.services.limits import Lease, VisitorLimits
 from loacl.services.replies import Notice, ReplyStream, Run, retry_delay
 from loacl.services.tokens import new_id
+from loacl.services.toolrounds import ToolRounds, ToolScope
+from loacl.services.tools import Tools
 from loacl.settings import Settings
 from loacl.store.broker import Subscription
 from loacl.store.eventstore import EventStore
@@ -43,6 +46,18 @@ from loacl.store.views.conversations import ConversationView, MessagePage, Messa
 log = structlog.get_logger(__name__)
 
 ProviderFactory = Callable[[Settings, str], Provider]
+
+
+async def _settled(*pending: asyncio.Future[Any] | None) -> None:
+    """Work a reply started and no longer needs: ended, its outcome taken (an append under
+    way is waited for, so that it lands before the reply's end)."""
+    for future in pending:
+        if future is None:
+            continue
+        if not future.done():
+            await asyncio.wait([future])
+        if not future.cancelled():
+            future.exception()
 
 
 def _not_a_delta(recorded: RecordedEvent) -> bool:
@@ -60,11 +75,13 @@ class Chat:
     def __init__(
         self, store: EventStore, settings: Settings,
         providers: ProviderFactory = provider_for, *, limits: VisitorLimits | None = None,
-        budgets: Budgets | None = None,
+        budgets: Budgets | None = None, tools: Tools | None = None, server_key: str = "",
     ) -> None:
         self.store = store
         self.settings = settings
         self.providers = providers
+        self.tools = tools or Tools(settings)
+        self.rounds = ToolRounds(store, self.tools, server_key)
         self.limits = limits or VisitorLimits(settings)
         self.budgets = budgets or Budgets(store, settings)
         self.runs: dict[str, Run] = {}  # by conversation id
@@ -291,7 +308,8 @@ class Chat:
             return found
         run = Run(access.conversation_id, reply_id, message_id)
         self.runs[access.conversation_id] = run
-        self._spawn(self._run(slot, run, assistant, meta), f"reply-{reply_id}")
+        scope = ToolScope(assistant_id, access.user_id)
+        self._spawn(self._run(slot, run, assistant, meta, scope), f"reply-{reply_id}")
         return run
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
@@ -328,7 +346,8 @@ class Chat:
         }
 
     async def _run(
-        self, slot: Lease, run: Run, assistant: AssistantDefinition, meta: Metadata
+        self, slot: Lease, run: Run, assistant: AssistantDefinition, meta: Metadata,
+        scope: ToolScope,
     ) -> None:
         """Stream one reply: provider → listeners and log, then its end event, whatever
         happens (a cancellation included), then the widget's slot back."""
@@ -336,7 +355,7 @@ class Chat:
         result = ReplyResult()
         try:
             try:
-                await self._stream(run, assistant, reply, result)
+                await self._stream(run, assistant, reply, result, scope)
                 await reply.drain()
                 await self._record_uploads(run.conversation_id, assistant.provider, result, meta)
                 reply.completed(result)
@@ -374,42 +393,46 @@ class Chat:
                     self._spawn(reply.land(unsaved), f"land-{run.message_id}")
 
     async def _stream(
-        self, run: Run, assistant: AssistantDefinition, reply: ReplyStream, result: ReplyResult
+        self, run: Run, assistant: AssistantDefinition, reply: ReplyStream, result: ReplyResult,
+        scope: ToolScope,
     ) -> None:
-        """The provider's answer into the reply, within the reply's deadline. A visitor kept
-        waiting for the first piece hears so (a ``waiting`` notice) instead of nothing; an
-        attempt that fails before any text (a 429, a 5xx, a timeout) is retried, the visitor
-        told each time (``retrying``, with the delay)."""
+        """The provider's answer into the reply, within the reply's deadline, round after
+        round while the model calls tools (see :class:`ToolRounds`). A visitor kept waiting
+        for the first piece hears so (a ``waiting`` notice) instead of nothing."""
         settings = self.settings
         provider = self._provider(assistant.provider)
         turns = await self._history(run.conversation_id)
         loop = asyncio.get_running_loop()
         waiting = loop.call_later(settings.waiting_notice_seconds, run.notice, Notice("waiting"))
         deadline = loop.time() + settings.reply_deadline_seconds
-        started, attempt = False, 0
+        offered = tuple(t for t in assistant.tools if t.type != "http") + assistant.http_tools()
+        rounds: list[ToolRound] = []
+        # Read while the model thinks, so that a call is not kept waiting for it.
+        secret = asyncio.ensure_future(self.rounds.secret(scope.assistant_id)) \
+            if assistant.http_tools() else None
+        logged: asyncio.Future[Any] | None = None  # a round's results, being appended
         try:
             async with asyncio.timeout_at(deadline):
                 while True:
-                    attempt += 1
-                    try:
-                        async for delta in provider.stream(ReplyRequest(assistant, turns), result):
-                            if delta:
-                                started = True
-                                waiting.cancel()
-                                reply.on_delta(delta)
+                    may_call = len(rounds) < settings.tool_rounds
+                    request = ReplyRequest(assistant, turns, offered, tuple(rounds), may_call)
+                    text_at = len(run.text)
+                    await self._attempts(provider, request, run, reply, result, waiting,
+                                         deadline)
+                    if logged is not None:
+                        await logged
+                        logged = None
+                    if not result.calls or secret is None:
                         return
-                    except ProviderError as exc:
-                        # Once text has been shown, asking again would show another answer.
-                        delay = None if started else retry_delay(
-                            exc, attempt, retries=settings.provider_max_retries,
-                            time_left=deadline - loop.time(), jitter=random.random(),
-                        )
-                        if delay is None:
-                            raise
-                        log.info("chat.provider_retry", message_id=run.message_id,
-                                 attempt=attempt, code=exc.code, retry_in=round(delay, 3))
-                        run.notice(Notice("retrying", round(delay, 3), attempt, exc.code))
-                        await asyncio.sleep(delay)
+                    waiting.cancel()  # the visitor hears of the tools instead
+                    made = await self.rounds.make(
+                        run, assistant, reply, result, scope, len(rounds) + 1,
+                        run.text[text_at:], may_call, deadline - loop.time(), secret,
+                    )
+                    if made is None:
+                        return
+                    done, logged = made
+                    rounds.append(done)
         except TimeoutError:
             raise ProviderError(
                 "provider_unavailable",
@@ -417,6 +440,45 @@ class Chat:
             ) from None
         finally:
             waiting.cancel()
+            if secret is not None:
+                secret.cancel()  # no-op once read
+            await _settled(secret, logged)
+
+    async def _attempts(
+        self, provider: Provider, request: ReplyRequest, run: Run, reply: ReplyStream,
+        result: ReplyResult, waiting: asyncio.TimerHandle, deadline: float,
+    ) -> None:
+        """One request's answer into the reply. An attempt that fails before any text of
+        this request (a 429, a 5xx, a timeout) is retried, the visitor told each time
+        (``retrying``, with the delay)."""
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        started, attempt = False, 0
+        while True:
+            attempt += 1
+            result.calls.clear()  # a failed attempt's calls are not made
+            try:
+                async for delta in provider.stream(request, result):
+                    if delta:
+                        if not started and request.rounds and run.text \
+                                and not run.text[-1].isspace():
+                            reply.on_delta("\n\n")  # the text after a tool round
+                        started = True
+                        waiting.cancel()
+                        reply.on_delta(delta)
+                return
+            except ProviderError as exc:
+                # Once text has been shown, asking again would show another answer.
+                delay = None if started else retry_delay(
+                    exc, attempt, retries=settings.provider_max_retries,
+                    time_left=deadline - loop.time(), jitter=random.random(),
+                )
+                if delay is None:
+                    raise
+                log.info("chat.provider_retry", message_id=run.message_id,
+                         attempt=attempt, code=exc.code, retry_in=round(delay, 3))
+                run.notice(Notice("retrying", round(delay, 3), attempt, exc.code))
+                await asyncio.sleep(delay)
 
     def _provider(self, name: str) -> Provider:
         provider = self._providers.get(name)
@@ -440,7 +502,7 @@ class Chat:
 
     async def shutdown(self) -> None:
         """Cancel runs in flight (each records itself as interrupted), then close providers
-        (their pooled connections belong to this event loop)."""
+        and the tools' connections (their pools belong to this event loop)."""
         # A reply cancelled here may leave an end to land behind it: cancelled in turn.
         while tasks := list(self._tasks):
             for task in tasks:
@@ -452,3 +514,4 @@ class Chat:
                 await provider.aclose()
             except Exception:
                 log.warning("chat.provider_close_failed", provider=provider.name, exc_info=True)
+        await self.tools.aclose()

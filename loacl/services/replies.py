@@ -44,13 +44,15 @@ STORE_RETRY_AFTER = 5.0
 @dataclass(frozen=True)
 class Notice:
     """How a reply is doing while no text comes: ``waiting`` (the provider has not answered
-    yet) or ``retrying`` (attempt ``attempt`` failed with ``code``; the next in ``retry_in``
-    seconds)."""
+    yet), ``retrying`` (attempt ``attempt`` failed with ``code``; the next in ``retry_in``
+    seconds) or ``tool`` (the tool ``tool`` is being called; ``text`` is its status text)."""
 
     state: str
     retry_in: float | None = None
     attempt: int | None = None
     code: str | None = None
+    tool: str | None = None
+    text: str | None = None
 
 
 Piece = tuple[int, str] | Notice | None
@@ -106,8 +108,9 @@ class Run:
         if self.finished.is_set():
             queue.put_nowait(None)
         else:
-            if self.state is not None and not self.text:
-                queue.put_nowait(self.state)  # a tab joining while the provider is retried
+            if self.state is not None and (not self.text or self.state.state == "tool"):
+                # A tab joining while the provider is retried, or a tool called.
+                queue.put_nowait(self.state)
             self.listeners[queue] = maxsize
         return queue
 

@@ -315,3 +315,10 @@ def chain_hash(
 def _widget_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     """v2 gave the definition a budget; a v1 widget keeps the server's defaults."""
     return {**data, "definition": {"budget": {}, **data["definition"]}}
+
+
+@upcaster("assistant.created", 1)
+@upcaster("assistant.updated", 1)
+def _assistant_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """v2 gave the definition tools; a v1 assistant has none."""
+    return {**data, "definition": {**data["definition"], "tools": []}}

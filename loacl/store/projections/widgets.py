@@ -6,7 +6,12 @@ import sqlite3
 
 import msgspec
 
-from loacl.domain.assistants import AssistantCreated, AssistantDeleted, AssistantUpdated
+from loacl.domain.assistants import (
+    AssistantCreated,
+    AssistantDeleted,
+    AssistantUpdated,
+    ToolSecretRotated,
+)
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import RecordedEvent
 from loacl.domain.privacy import is_erased
@@ -54,6 +59,17 @@ def assistant_updated(
         "updated_at = ? WHERE assistant_id = ?",
         (d.name, d.provider, d.model, _json(d), recorded.version,
          format_time(recorded.recorded_at), event.assistant_id),
+    )
+
+
+@projections.on
+def tool_secret_rotated(
+    conn: sqlite3.Connection, event: ToolSecretRotated, recorded: RecordedEvent
+) -> None:
+    # The secret is derived, never stored; the version moves, so an ETag read before is stale.
+    conn.execute(
+        "UPDATE assistants SET version = ?, updated_at = ? WHERE assistant_id = ?",
+        (recorded.version, format_time(recorded.recorded_at), event.assistant_id),
     )
 
 

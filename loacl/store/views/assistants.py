@@ -27,6 +27,8 @@ class AssistantView:
     created_seq: int
     created_at: str
     updated_at: str
+    # Set only in the answer to the change that made a new tool secret: shown once.
+    tool_secret: str | None = None
 
 
 def _view(row: Any) -> AssistantView:

@@ -1,0 +1,96 @@
+"""A round of tool calls within a reply: logged, made at once, and handed back as what the
+next request to the provider carries (see :meth:`loacl.services.chat.Chat._stream`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from loacl.domain import conversations as domain
+from loacl.domain.assistants import (
+    Assistant,
+    AssistantDefinition,
+    assistant_stream,
+    evolve_assistant,
+)
+from loacl.domain.widgets import conversation_stream
+from loacl.providers.base import ReplyResult, ToolRound
+from loacl.services.replies import Notice, ReplyStream, Run
+from loacl.services.tools import CallContext, Tools, bounded, tool_secret
+from loacl.store.eventstore import EventStore
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ToolScope:
+    """Whom a reply's tool calls are made for."""
+
+    assistant_id: str
+    user_id: str | None
+
+
+class ToolRounds:
+    def __init__(self, store: EventStore, tools: Tools, server_key: str) -> None:
+        self.store = store
+        self.tools = tools
+        self._server_key = server_key.encode()
+
+    async def make(
+        self, run: Run, assistant: AssistantDefinition, reply: ReplyStream,
+        result: ReplyResult, scope: ToolScope, number: int, text: str, may_call: bool,
+        time_left: float, secret: Awaitable[str],
+    ) -> tuple[ToolRound, asyncio.Future[Any]] | None:
+        """Make the calls of round ``number`` at once and log each call and its result; the
+        round to send back and the append of its results, under way (the next request need
+        not wait for it; the caller awaits it before the reply's next event), or None when
+        the round limit was reached (the calls are logged as not made, and the reply ends with
+        the text it has). Each call is in the log before it is made."""
+        calls = list(result.calls)
+        tools = {t.name: t for t in assistant.http_tools()}
+        await reply.drain()  # the text before the calls, in the log before them
+        stream = conversation_stream(run.conversation_id)
+        await self.store.append(stream, [
+            domain.ToolCalled(message_id=run.message_id, call_id=c.call_id, name=c.name,
+                              round=number, arguments=bounded(c.arguments))
+            for c in calls
+        ], metadata=reply.meta)
+        if not may_call:
+            await self.store.append(stream, [
+                domain.ToolReturned(message_id=run.message_id, call_id=c.call_id, name=c.name,
+                                    status="round_limit")
+                for c in calls
+            ], metadata=reply.meta)
+            log.info("chat.tool_round_limit", message_id=run.message_id, calls=len(calls))
+            return None
+        for call in calls:
+            tool = tools.get(call.name)
+            run.notice(Notice("tool", tool=call.name,
+                              text=tool.status_text if tool is not None else ""))
+        context = CallContext(
+            scope.assistant_id, run.conversation_id, run.message_id, scope.user_id,
+            await secret,
+        )
+        outcomes = await self.tools.run(tools, calls, context, time_left)
+        run.state = None  # the tools are done; a tab joining now waits for text
+        # Queued now, so it lands before anything the reply appends later.
+        logged = asyncio.ensure_future(self.store.append(stream, [
+            domain.ToolReturned(message_id=run.message_id, call_id=c.call_id, name=c.name,
+                                status=o.status, http_status=o.http_status,
+                                duration_ms=o.duration_ms, output=bounded(o.output))
+            for c, o in zip(calls, outcomes, strict=True)
+        ], metadata=reply.meta))
+        return ToolRound(text, tuple(calls), tuple(o.output for o in outcomes)), logged
+
+    async def secret(self, assistant_id: str) -> str:
+        """The secret that signs the assistant's calls now (read once per reply, while the
+        model thinks)."""
+        state, _ = await self.store.load(
+            assistant_stream(assistant_id), Assistant(), evolve_assistant
+        )
+        return tool_secret(self._server_key, assistant_id, state.tool_secret_generation)
+
