@@ -29,6 +29,7 @@ from loacl.providers.base import (
 )
 from loacl.services.budgets import Budgets
 from loacl.services.limits import Lease, VisitorLimits
+from loacl.services.observer import NO_OBSERVER, ReplyObserver
 from loacl.services.replies import Notice, ReplyStream, Run, retry_delay
 from loacl.services.tokens import new_id
 from loacl.settings import Settings
@@ -39,6 +40,7 @@ from loacl.store.views import conversations as views
 from loacl.store.views import files as file_views
 from loacl.store.views import widgets as widget_views
 from loacl.store.views.conversations import ConversationView, MessagePage, MessageView
+from loacl.telemetry import tracing
 
 log = structlog.get_logger(__name__)
 
@@ -60,9 +62,10 @@ class Chat:
     def __init__(
         self, store: EventStore, settings: Settings,
         providers: ProviderFactory = provider_for, *, limits: VisitorLimits | None = None,
-        budgets: Budgets | None = None,
+        budgets: Budgets | None = None, observer: ReplyObserver = NO_OBSERVER,
     ) -> None:
         self.store = store
+        self.observer = observer
         self.settings = settings
         self.providers = providers
         self.limits = limits or VisitorLimits(settings)
@@ -289,7 +292,7 @@ class Chat:
             found = await self._replayed(access, client_message_id or "")
             assert found is not None
             return found
-        run = Run(access.conversation_id, reply_id, message_id)
+        run = Run(access.conversation_id, reply_id, message_id, widget_id=access.widget_id)
         self.runs[access.conversation_id] = run
         self._spawn(self._run(slot, run, assistant, meta), f"reply-{reply_id}")
         return run
@@ -332,8 +335,26 @@ class Chat:
     ) -> None:
         """Stream one reply: provider → listeners and log, then its end event, whatever
         happens (a cancellation included), then the widget's slot back."""
+        with tracing.span("reply", **{
+            "loacl.message_id": run.message_id, "loacl.widget_id": run.widget_id,
+            "loacl.provider": assistant.provider, "loacl.model": assistant.model,
+        }):
+            result = ReplyResult()
+            self.observer.started(assistant.provider)
+            try:
+                await self._reply(slot, run, assistant, meta, result)
+            finally:
+                self.observer.ended(
+                    assistant.provider, run.widget_id, assistant.model, run.status,
+                    run.error.code if run.error is not None and run.status == "failed" else "",
+                    result.input_tokens, result.output_tokens,
+                )
+
+    async def _reply(
+        self, slot: Lease, run: Run, assistant: AssistantDefinition, meta: Metadata,
+        result: ReplyResult,
+    ) -> None:
         reply = ReplyStream(self.store, run, meta, self.settings.flush_interval_ms / 1000)
-        result = ReplyResult()
         try:
             try:
                 await self._stream(run, assistant, reply, result)
@@ -385,18 +406,28 @@ class Chat:
         turns = await self._history(run.conversation_id)
         loop = asyncio.get_running_loop()
         waiting = loop.call_later(settings.waiting_notice_seconds, run.notice, Notice("waiting"))
-        deadline = loop.time() + settings.reply_deadline_seconds
+        begun = loop.time()
+        deadline = begun + settings.reply_deadline_seconds
         started, attempt = False, 0
         try:
             async with asyncio.timeout_at(deadline):
                 while True:
                     attempt += 1
                     try:
-                        async for delta in provider.stream(ReplyRequest(assistant, turns), result):
-                            if delta:
-                                started = True
-                                waiting.cancel()
-                                reply.on_delta(delta)
+                        with tracing.span("provider.stream", **{
+                            "loacl.provider": assistant.provider, "loacl.attempt": attempt,
+                        }):
+                            async for delta in provider.stream(
+                                ReplyRequest(assistant, turns), result
+                            ):
+                                if delta:
+                                    if not started:
+                                        started = True
+                                        waiting.cancel()
+                                        self.observer.first_token(
+                                            assistant.provider, loop.time() - begun
+                                        )
+                                    reply.on_delta(delta)
                         return
                     except ProviderError as exc:
                         # Once text has been shown, asking again would show another answer.
