@@ -195,6 +195,7 @@ def create_app(
             finally:
                 if metrics_server is not None:
                     await asyncio.to_thread(metrics_server.shutdown)
+                    metrics_server.server_close()
                 tracing.shutdown()
                 await watch.stop()
                 await retention.stop()

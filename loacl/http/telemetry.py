@@ -96,6 +96,7 @@ class TelemetryMiddleware:
             "loacl.request_id": request_id,
         }) as span:
             ids = {"trace_id": tracing.trace_id(span)}
+            scope.setdefault("state", {})["trace_id"] = ids["trace_id"]
             status = 0
 
             async def sending(message: Message) -> None:
