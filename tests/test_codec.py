@@ -49,6 +49,7 @@ from loacl.domain.conversations import (
 )
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import EVENT_TYPES, Event, Metadata
+from loacl.domain.privacy import SubjectErased
 from loacl.domain.webhooks import (
     WebhookCreated,
     WebhookDefinition,
@@ -57,7 +58,6 @@ from loacl.domain.webhooks import (
     WebhookSecretRotated,
     WebhookUpdated,
 )
-from loacl.domain.privacy import SubjectErased
 from loacl.domain.widgets import (
     ConversationStarted,
     WidgetBudget,
