@@ -163,16 +163,22 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=16)
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--replies", type=int, default=10)
+    parser.add_argument("--calibrate", action="store_true",
+                        help="both servers without metrics: how far apart two equal servers "
+                        "measure on this machine")
+    parser.add_argument("--no-scrape", action="store_true",
+                        help="count but never scrape: the counting's cost alone")
     args = parser.parse_args()
     with (tempfile.TemporaryDirectory() as tmp,
           server("off", Path(tmp), metrics=False) as off,
-          server("on", Path(tmp), metrics=True) as on,
+          server("on", Path(tmp), metrics=not args.calibrate) as on,
           httpx.Client(timeout=60) as http):
         for found in (off, on):
             set_up(http, found)
         stop = threading.Event()
         scraping = threading.Thread(target=scraper, args=(on, stop), daemon=True)
-        scraping.start()
+        if not args.calibrate and not args.no_scrape:
+            scraping.start()
         print(f"{'round':>5}  {'off µs/req':>11}  {'on µs/req':>10}  {'ratio':>6}")
         ratios: list[float] = []
         for round_no in range(args.rounds):
@@ -190,7 +196,8 @@ def main() -> int:
             print(f"{round_no + 1:>5}  {per['off']:>11.1f}  {per['on']:>10.1f}  "
                   f"{ratios[-1]:>6.3f}")
         stop.set()
-        scraping.join()
+        if scraping.is_alive():
+            scraping.join()
         off_us = off.cpu / off.requests * 1e6
         on_us = on.cpu / on.requests * 1e6
         ratio = on_us / off_us
