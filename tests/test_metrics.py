@@ -4,8 +4,11 @@ the real SDK, the page scraped while it streams and read with prometheus_client'
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -121,6 +124,26 @@ async def test_metrics_scraped_while_a_reply_streams(live: Live) -> None:
     assert posted == 1
     assert value(after, "loacl_http_request_duration_seconds_count",
                  route="/api/v1/widgets/{id}/sessions", method="POST") == 1
+
+
+DASHBOARD = Path(__file__).parent.parent / "docs" / "grafana-dashboard.json"
+
+
+def test_the_grafana_dashboard_uses_only_metrics_loacl_serves(live: Live) -> None:
+    """Each metric a panel queries is on /metrics (the replica's once a replica is set)."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    queried = {
+        name for panel in dashboard["panels"] for target in panel["targets"]
+        for name in re.findall(r"\b((?:loacl|process)_[a-z_]+)", target["expr"])
+    }
+    page = live.http.get("/metrics", headers=AUTH).text
+    served = {
+        f"{family.name}{suffix}" for family in text_string_to_metric_families(page)
+        for suffix in ("", "_total", "_bucket", "_sum", "_count")
+    }
+    replica = {"loacl_replica_lag_seconds", "loacl_replica_last_sync_timestamp_seconds"}
+    assert queried - replica <= served, sorted(queried - replica - served)
+    assert len(dashboard["panels"]) >= 12
 
 
 def test_labels_stay_bounded_with_a_thousand_visitors(live: Live) -> None:
