@@ -409,3 +409,20 @@ def test_unknown_event_types_are_refused(
         assert refused.json()["code"] == "validation_error"
         reserved = site.hook(receiver.url, "handoff.requested")
         assert reserved["event_types"] == ["handoff.requested"]
+
+
+def test_an_erased_account_takes_its_endpoints_with_it(
+    settings: Settings, provider: tuple[OpenAITestServer, str], receiver: Receiver
+) -> None:
+    config = configured(settings, provider)
+    with running(config) as site:
+        site.hook(receiver.url, "message.posted")
+        gone = site.http.request("DELETE", "/api/v1/auth/me", headers=site.headers,
+                                 json={"password": PASSWORD})
+        assert gone.status_code == 204, gone.text
+    assert events_of(config, "webhook.") == ["webhook.created", "webhook.deleted"]
+    conn = sqlite3.connect(config.database_path)
+    try:
+        assert conn.execute("SELECT count(*) FROM webhooks").fetchone() == (0,)
+    finally:
+        conn.close()
