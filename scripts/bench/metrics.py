@@ -69,7 +69,9 @@ class Server:
 
 
 @contextlib.contextmanager
-def server(name: str, folder: Path, metrics: bool) -> Iterator[Server]:
+def server(
+    name: str, folder: Path, metrics: bool, extra: dict[str, str] | None = None
+) -> Iterator[Server]:
     port = _port()
     env = {
         **os.environ,
@@ -86,6 +88,7 @@ def server(name: str, folder: Path, metrics: bool) -> Iterator[Server]:
         "LOACL_METRICS_ENABLED": "1" if metrics else "0",
         "LOACL_METRICS_TOKEN": TOKEN,
         **{f"LOACL_{limit}": "0" for limit in LIMITS},
+        **(extra or {}),
     }
     env.pop("OPENAI_API_KEY", None)
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
