@@ -212,3 +212,28 @@ def test_metrics_can_be_turned_off(
     with start(settings, provider, metrics_enabled=False, metrics_token=TOKEN) as live:
         assert live.http.get("/metrics", headers=AUTH).status_code == 404
         assert live.session().token
+
+
+def test_replica_lag_and_last_sync_as_the_status_poll_read_them(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from loacl.http.app import replica_figures
+    from loacl.store.replica.status import ReplicaStatus
+    from loacl.store.replica.supervisor import Replication
+
+    replication = Replication(f"file://{tmp_path / 'replica'}", tmp_path / "loacl.db",
+                              tmp_path, store=None, supervise=False)  # type: ignore[arg-type]
+    assert replica_figures(replication) is None  # not polled yet: no figures, no zeros
+    synced = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    replication.status = ReplicaStatus(
+        url=replication.url, replica_txid=7, last_sync=synced, local_txid=9, local_at=synced,
+        behind=2, pending_since=synced, lag_seconds=4.5, events=12)
+    metrics = Metrics({}, process=False)
+    metrics.scraped.watch(head=lambda: 12, positions=lambda: {"usage": 10},
+                          failures=lambda: {}, database=tmp_path / "loacl.db",
+                          replica=lambda: replica_figures(replication))
+    samples = parse(metrics.exposition().decode())
+    assert value(samples, "loacl_replica_lag_seconds") == 4.5
+    assert value(samples, "loacl_replica_last_sync_timestamp_seconds") == synced.timestamp()
+    assert value(samples, "loacl_subscriber_lag_events", subscriber="usage") == 2
+    assert value(samples, "loacl_database_bytes") == 0  # no file yet
