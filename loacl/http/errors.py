@@ -33,9 +33,10 @@ And by status::
     412 version_conflict
     413 message_too_long, file_too_large, payload_too_large
     415 unsupported_file_type, unsupported_media_type
-    422 validation_error, unknown_model, unknown_assistant, unknown_file, empty_file,
-        unsupported_file_for_provider, invalid_export, invalid_migration_target,
-        not_resettable, invalid_timestamp, replica_not_configured, url_not_allowed
+    422 validation_error, unknown_model, provider_not_configured, unknown_assistant,
+        unknown_file, empty_file, unsupported_file_for_provider, invalid_export,
+        invalid_migration_target, not_resettable, invalid_timestamp, replica_not_configured,
+        url_not_allowed
     428 precondition_required
     429 rate_limited, budget_exhausted, provider_rate_limited
     500 internal_error, store_error, log_damaged, unknown_event_type, unknown_schema_version,
@@ -133,6 +134,8 @@ ERRORS: dict[str, ErrorCode] = {
     "unknown_model": ErrorCode(422, "the provider has no such model"),
     "url_not_allowed": ErrorCode(422, "LOACL may not call that URL: https:// and a public "
                                       "address only, unless the server allows more"),
+    "provider_not_configured": ErrorCode(422, "the server lacks the key or URL of the provider "
+                                              "named; `errors` says what the operator must set"),
     "unknown_assistant": ErrorCode(422, "no such assistant of yours"),
     "unknown_file": ErrorCode(422, "a file_id is not an upload of this conversation"),
     "empty_file": ErrorCode(422, "the file is empty"),
