@@ -93,13 +93,14 @@ def server(
     env.pop("OPENAI_API_KEY", None)
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     (folder / name).mkdir()
+    errors = (folder / name / "stderr.log").open("wb")
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("loacl")), "serve", "--port", str(port)], env=env,
-        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=folder, stdout=subprocess.DEVNULL, stderr=errors,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while True:
             try:
                 if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
@@ -107,12 +108,14 @@ def server(
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"{name} did not start")
+                tail = (folder / name / "stderr.log").read_text()[-2000:]
+                raise RuntimeError(f"{name} did not start:\n{tail}")
             time.sleep(0.1)
         yield Server(name, url, process)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
+        errors.close()
 
 
 def set_up(http: httpx.Client, found: Server) -> None:
