@@ -838,7 +838,8 @@ def test_api8_dependencies_with_known_vulnerabilities_fail_ci(
 
 
 PAGES = {"/", "/docs", "/healthz", "/readyz", "/widget.js", "/widget.json",
-         "/widget/{name}", "/api/v1/openapi.json"}
+         "/widget/{name}", "/api/v1/openapi.json",
+         "/metrics"}  # for Prometheus, behind its own token (404 without one set)
 
 
 def test_api9_every_route_served_is_documented(world: World) -> None:
