@@ -294,6 +294,48 @@ def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
         conn.close()
 
 
+EXPORT_PAGE = 1000
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    """The log after ``--since`` as JSON lines on stdout (or ``--output``), personal fields
+    opened where the master key is at hand (``[erased]`` for an erased subject, ``<sealed>``
+    without the key); progress on stderr when it is a terminal."""
+    conn = _open(settings)
+    keys = _reading_keys(settings, conn)
+    if keys is None:
+        print("no master key at hand: personal fields are exported as <sealed>",
+              file=sys.stderr)
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        end = tail.head(conn)
+        total = max(0, end - args.since)
+        show = _progress("exported", sys.stderr) if sys.stderr.isatty() else None
+        position, done = args.since, 0
+        while position < end:
+            page = tail.page_after(conn, position, EXPORT_PAGE)
+            if not page:
+                break
+            for event in page:
+                if event.seq > end:
+                    break
+                out.write(json.dumps(_event_json(tail.opened(event, keys)),
+                                     ensure_ascii=False, separators=(",", ":")) + "\n")
+                position, done = event.seq, done + 1
+            if show is not None:
+                show(done, total)
+            if page[-1].seq > end:
+                break
+        out.flush()
+        if show is not None:
+            show(total, total)
+        return 0
+    finally:
+        if out is not sys.stdout:
+            out.close()
+        conn.close()
+
+
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     result = backup.backup(settings.database_path, Path(args.path))
     if not result.ok:
@@ -688,6 +730,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = ev.add_parser("show", help="one event in full")
     s.add_argument("seq", type=int)
     s.add_argument("--json", action="store_true")
+    x = ev.add_parser("export", help="the log as JSON lines, personal fields opened where the "
+                      "master key allows (erased subjects as [erased])")
+    x.add_argument("--since", type=int, default=0, help="export events after this position")
+    x.add_argument("--format", choices=["jsonl"], default="jsonl")
+    x.add_argument("--output", "-o", help="a file to write instead of stdout")
+    x.set_defaults(func=cmd_export)
     p.set_defaults(func=cmd_events)
 
     p = sub.add_parser("backup", help="write a consistent copy of the database")

@@ -35,13 +35,15 @@ ENV_NAMES = {
     "openai_base_url": "OPENAI_BASE_URL",
     "max_upload_size": "MAX_UPLOAD_SIZE",
     "allowed_file_types": "ALLOWED_FILE_TYPES",
+    # OpenTelemetry's own name, as collectors' documentation gives it.
+    "otel_exporter_otlp_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT",
 }
 
 
 # Never echoed in error messages.
 SECRET_KEYS = frozenset(
     {"jwt_secret_key", "openai_api_key", "chat_completions_api_key", "smtp_password",
-     "master_key"}
+     "master_key", "metrics_token"}
 )
 MASTER_KEY_FILE = "master_key"
 
@@ -463,6 +465,53 @@ class Settings(BaseModel):
     retention_batch: int = Field(
         20, ge=1, le=1000, description="Conversations erased in one step of the retention job; "
         "visitors' writes go between steps."
+    )
+
+    metrics_enabled: bool = Field(
+        True, description="Count Prometheus metrics (served only as `metrics_token` and "
+        "`metrics_listen` say); false: nothing is counted."
+    )
+    metrics_token: str | None = Field(
+        None, min_length=16, description="The bearer token `GET /metrics` wants (at least 16 "
+        "characters). Unset: `/metrics` answers 404 on the main address.",
+    )
+    metrics_listen: str | None = Field(
+        None, pattern=r"^[^\s:]*:\d{1,5}$", description="`HOST:PORT` of a separate listener "
+        "that serves the metrics to anyone who reaches it, such as `127.0.0.1:9464` (keep it "
+        "off public networks). Unset: none.",
+    )
+    metrics_max_widgets: int = Field(
+        500, ge=1, le=100_000, description="Widgets with metrics of their own (tokens, cost); "
+        "beyond that they are counted together as `other`, so the label set stays bounded.",
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None, description="OpenTelemetry collector (OTLP over HTTP, such as "
+        "`http://collector:4318`): spans per request, reply, provider call and commit are "
+        "sent there. Unset: no traces, at no cost.",
+    )
+
+    outbound_allow_private: bool = Field(
+        False, description="Let webhooks reach private, loopback and link-local addresses "
+        "(an endpoint on the same network). Off: refused, with the cloud metadata address.",
+    )
+    outbound_allow_http: bool = Field(
+        False, description="Let webhooks use plain `http://` URLs. Off: `https://` only.",
+    )
+    outbound_timeout_seconds: float = Field(
+        10, gt=0, le=120, description="How long one webhook delivery may take, connection "
+        "and answer together.",
+    )
+    webhook_retry_hours: float = Field(
+        24, gt=0, le=24 * 7, description="How long a webhook delivery is retried (exponential "
+        "backoff with jitter) before it is given up.",
+    )
+    webhook_retry_base_seconds: float = Field(
+        5, gt=0, le=3600, description="The first retry's delay; each next one doubles it, up "
+        "to an hour.",
+    )
+    webhook_disable_after: int = Field(
+        30, ge=1, le=10_000, description="Failed deliveries in a row after which an endpoint "
+        "is disabled and its owner told by mail.",
     )
 
     @field_validator("master_key")

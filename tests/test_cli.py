@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -655,3 +656,70 @@ def test_only_a_known_table_subscriber_can_be_reset(db_path: Path, cli: Cli) -> 
     code, _, err = cli("subscribers", "reset", "webhooks")
     assert code == 1
     assert "[not_resettable]" in err
+
+
+def test_export_streams_the_log_opened_and_erased_as_placeholders(
+    chat_log: Path, cli: Cli, tmp_path: Path
+) -> None:
+    code, out, err = cli("events", "export", "--since", "0", "--format", "jsonl")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [e["seq"] for e in lines] == list(range(1, len(lines) + 1))
+    assert {*lines[0]} == JSON_KEYS | {"schema_version"}
+    posted = next(e for e in lines if e["type"] == "message.posted")
+    text = posted["payload"]["text"]
+    assert text and "\u0000" not in text  # opened with the master key
+    assert err == ""  # not a terminal: no progress lines
+    code, later, _ = cli("events", "export", "--since", str(lines[-3]["seq"]))
+    assert [json.loads(line)["seq"] for line in later.splitlines()] == [
+        e["seq"] for e in lines[-2:]]
+
+    conversation = posted["payload"]["conversation_id"]
+    code, _, err = cli("privacy", "erase", "--conversation", conversation)
+    assert code == 0, err
+    out_file = tmp_path / "export.jsonl"
+    code, out, err = cli("events", "export", "--output", str(out_file))
+    assert code == 0 and out == ""
+    exported = [json.loads(line) for line in out_file.read_text().splitlines()]
+    again = next(e for e in exported if e["seq"] == posted["seq"])
+    assert again["payload"]["text"] == "[erased]"
+    assert [e["hash"] for e in exported[:len(lines)]] == [e["hash"] for e in lines]
+    assert exported[-1]["type"] == "privacy.erased"
+
+
+def test_export_without_the_master_key_says_so(
+    chat_log: Path, cli: Cli, clean_env: Path
+) -> None:
+    (clean_env / "data" / "master_key").unlink()
+    code, out, err = cli("events", "export")
+    assert code == 0
+    assert "no master key at hand" in err
+    posted = next(json.loads(line) for line in out.splitlines()
+                  if json.loads(line)["type"] == "message.posted")
+    assert posted["payload"]["text"] == "<sealed>"
+
+
+def test_export_shows_progress_on_a_terminal(chat_log: Path, clean_env: Path) -> None:
+    """stderr a terminal (a pseudo-terminal here): progress lines there, the log on stdout."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "loacl", "events", "export"], stdout=subprocess.PIPE,
+            stderr=follower, text=True, timeout=WAIT, cwd=clean_env,
+            env=_env(chat_log, LOACL_DATA_DIR=str(clean_env / "data")),
+        )
+        os.close(follower)
+        follower = -1
+        shown = b""
+        with contextlib.suppress(OSError):  # the terminal's other end gone: all is read
+            while chunk := os.read(leader, 4096):
+                shown += chunk
+    finally:
+        if follower >= 0:
+            os.close(follower)
+        os.close(leader)
+    assert done.returncode == 0
+    total = len(done.stdout.splitlines())
+    assert f"exported: {total}/{total} events (100%)" in shown.decode()

@@ -54,6 +54,14 @@ from loacl.domain.conversations import (
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import EVENT_TYPES, Event, Metadata
 from loacl.domain.privacy import SubjectErased
+from loacl.domain.webhooks import (
+    WebhookCreated,
+    WebhookDefinition,
+    WebhookDeleted,
+    WebhookDisabled,
+    WebhookSecretRotated,
+    WebhookUpdated,
+)
 from loacl.domain.widgets import (
     ConversationStarted,
     WidgetBudget,
@@ -98,6 +106,11 @@ WIDGET = WidgetDefinition(
     messages_per_minute=20, enabled=False, require_identity=True,
     budget=WidgetBudget(daily_tokens=50_000, monthly_tokens=0, daily_cost=None,
                         monthly_cost=12.5),
+)
+
+WEBHOOK = WebhookDefinition(
+    url="https://hooks.example.com/loacl", event_types=("message.posted", "reply.completed"),
+    personal_data=True, enabled=True, description="CRM",
 )
 
 # One sample per event type, every field set. A new event type fails the golden test until it
@@ -167,6 +180,11 @@ SAMPLES: dict[str, Event] = {
             subject="conversation:cnv_5T", reason="request", requested_by="usr_01J9Z3",
             scope="visitor:vis_8P",
         ),
+        WebhookCreated(webhook_id="wh_4R", owner_id="usr_01J9Z3", definition=WEBHOOK),
+        WebhookUpdated(webhook_id="wh_4R", definition=WEBHOOK),
+        WebhookSecretRotated(webhook_id="wh_4R", generation=2),
+        WebhookDisabled(webhook_id="wh_4R", reason="failures", failures=30),
+        WebhookDeleted(webhook_id="wh_4R"),
     ]
 }
 

@@ -840,7 +840,8 @@ def test_api8_dependencies_with_known_vulnerabilities_fail_ci(
 
 PAGES = {"/", "/docs", "/docs/try", "/docs/assets/{version}/{name}", "/healthz", "/readyz",
          "/widget.js", "/widget.json", "/widget/{name}", "/api/v1/openapi.json", "/console",
-         "/console/{path:path}", "/console/assets/{name}", "/console/preview.html"}
+         "/console/{path:path}", "/console/assets/{name}", "/console/preview.html",
+         "/metrics"}  # for Prometheus, behind its own token (404 without one set)
 
 
 def test_api9_every_route_served_is_documented(world: World) -> None:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from loacl.domain import assistants as asst
 from loacl.domain import conversations as conv
+from loacl.domain import webhooks as hooks
 from loacl.domain import widgets as wdg
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Event, Metadata
@@ -31,7 +32,8 @@ TABLES = default_projections().tables
 KINDS = [
     "assistant", "edit_assistant", "delete_assistant", "widget", "edit_widget", "rotate",
     "delete_widget", "conversation", "upload", "ask", "stream", "finish", "send_file", "erase",
-    "erase_owner",
+    "erase_owner", "webhook", "edit_webhook", "rotate_webhook", "disable_webhook",
+    "delete_webhook",
 ]
 MASTER = bytes(range(32))
 TEXTS = ["Bonjour", "Où est mon colis ? 📦", "", "**bold** and `code`", "a" * 300]
@@ -44,6 +46,7 @@ class World:
     conversations: list[str] = field(default_factory=list)
     files: dict[str, list[str]] = field(default_factory=dict)
     erased: set[str] = field(default_factory=set)
+    webhooks: list[str] = field(default_factory=list)
     counter: int = 0
 
     def new(self, prefix: str) -> str:
@@ -91,6 +94,9 @@ async def _step(store: EventStore, world: World, kind: str, a: int, b: int) -> N
                                                       else "assistant")
     owner = f"owner{a % 2}"
     events: list[Event]
+    if kind.endswith("webhook"):
+        await _webhook_step(store, world, kind, owner, a, b)
+        return
     if kind == "assistant":
         assistant_id = world.new("a")
         world.assistants.append(assistant_id)
@@ -222,6 +228,35 @@ async def _step(store: EventStore, world: World, kind: str, a: int, b: int) -> N
         events = [end[b % 3]]
     await store.append(stream, events, expected_version=version,
                        metadata=Metadata(client_ip=f"192.0.2.{b}"))
+
+
+async def _webhook_step(
+    store: EventStore, world: World, kind: str, owner: str, a: int, b: int
+) -> None:
+    if kind != "webhook" and not world.webhooks:
+        kind = "webhook"
+    definition = hooks.WebhookDefinition(
+        url=f"https://hooks.example.com/{b}", event_types=(hooks.ALL_KINDS[b % 8],),
+        personal_data=bool(b % 2), enabled=bool(a % 3), description=TEXTS[b % len(TEXTS)])
+    if kind == "webhook":
+        webhook_id = world.new("h")
+        world.webhooks.append(webhook_id)
+        await store.append(hooks.webhook_stream(webhook_id), hooks.create_webhook(
+            hooks.Webhook(), webhook_id=webhook_id, owner_id=owner, definition=definition),
+            expected_version=NO_STREAM)
+        return
+    webhook_id = world.webhooks[a % len(world.webhooks)]
+    state, version = await store.load(hooks.webhook_stream(webhook_id), hooks.Webhook(),
+                                      hooks.evolve_webhook)
+    if not state.exists:
+        return
+    events: list[Event] = {
+        "edit_webhook": lambda: hooks.update_webhook(state, state.owner_id, definition),
+        "rotate_webhook": lambda: hooks.rotate_secret(state, state.owner_id),
+        "disable_webhook": lambda: hooks.disable_webhook(state, hooks.FAILURES, b),
+        "delete_webhook": lambda: hooks.delete_webhook(state, state.owner_id),
+    }[kind]()
+    await store.append(hooks.webhook_stream(webhook_id), events, expected_version=version)
 
 
 def _keys() -> Keyring:

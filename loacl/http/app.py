@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import structlog
 from starlette.applications import Starlette
@@ -29,8 +30,10 @@ from loacl.http import (
     routing,
     static,
     stream,
+    telemetry,
     usage,
     visitors,
+    webhooks,
 )
 from loacl.http.errors import EXCEPTION_HANDLERS
 from loacl.http.middleware import RequestIdMiddleware, SecurityHeadersMiddleware
@@ -46,11 +49,13 @@ from loacl.services.keys import keyring_for
 from loacl.services.limits import VisitorLimits
 from loacl.services.mail import Mailer
 from loacl.services.models import Models
+from loacl.services.observer import NO_OBSERVER
 from loacl.services.passwords import Passwords
 from loacl.services.privacy import Privacy
 from loacl.services.recovery import recover
 from loacl.services.retention import Retention
 from loacl.services.tokens import Tokens
+from loacl.services.webhooks import Dispatcher, Webhooks
 from loacl.services.widgets import Widgets
 from loacl.settings import MASTER_KEY_FILE, Settings, jwt_secret
 from loacl.store import integrity, migrations
@@ -62,6 +67,8 @@ from loacl.store.sqlite import check_version, connect
 from loacl.store.subscribers import default_subscribers
 from loacl.store.subscriptions import Subscriptions
 from loacl.store.watch import Watch
+from loacl.telemetry import tracing
+from loacl.telemetry.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -101,13 +108,41 @@ def warn_open_files(settings: Settings) -> None:
                     fix=f"chmod {'700' if path.is_dir() else '600'} {path}")
 
 
+def replica_figures(replication: Replication) -> tuple[float, float | None] | None:
+    """The replica's lag and last sync as its status poll last read them, for metrics."""
+    found = replication.status
+    if found is None:
+        return None
+    synced = found.last_sync.timestamp() if found.last_sync is not None else None
+    return found.lag_seconds, synced
+
+
+def serve_metrics(metrics: Metrics | None, listen: str | None) -> Any:
+    """The metrics on an address of their own (``metrics_listen``), served by
+    prometheus_client's small HTTP server in a thread; None when not asked for."""
+    if metrics is None or not listen:
+        return None
+    from prometheus_client import start_http_server
+
+    host, _, port = listen.rpartition(":")
+    server, _thread = start_http_server(int(port), host or "0.0.0.0", metrics.registry)
+    log.info("metrics.listening", address=f"{host}:{server.server_port}")
+    return server
+
+
 def create_app(
     settings: Settings, *, clock: Clock = utc_now, mailer: Mailer | None = None
 ) -> Starlette:
+    metrics = (
+        Metrics(settings.model_prices, max_widgets=settings.metrics_max_widgets)
+        if settings.metrics_enabled else None
+    )
+    tracing.configure(settings.otel_exporter_otlp_endpoint, version=__version__)
     store = EventStore(
         settings.database_path, default_projections(), clock=clock,
         autocheckpoint=0 if settings.replica_url or settings.under_litestream else None,
         keyring=keyring_for(settings, clock),
+        on_commit=metrics.committed if metrics is not None else None,
     )
     replication = None
     if settings.replica_url:
@@ -120,13 +155,16 @@ def create_app(
     mailer = mailer or Mailer.from_settings(settings)
     limits = VisitorLimits(settings)
     budgets = Budgets(store, settings, clock)
-    subscriptions = Subscriptions(
-        store, [*default_subscribers(), BudgetMail(budgets, mailer).subscriber()]
-    )
+    server_key = jwt_secret(settings)
+    hooks = Webhooks(store, settings, server_key, mailer, clock)
+    dispatcher = Dispatcher(hooks)
+    subscriptions = Subscriptions(store, [
+        *default_subscribers(), BudgetMail(budgets, mailer, hooks.budget_reached).subscriber(),
+        hooks.subscriber(),
+    ])
     passwords = Passwords(
         settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
     )
-    server_key = jwt_secret(settings)
     tokens = Tokens(
         server_key, settings.jwt_algorithm, settings.access_token_expire_minutes, clock
     )
@@ -141,6 +179,7 @@ def create_app(
             await asyncio.to_thread(prepare_database, settings)
             warn_open_files(settings)
             await store.open()
+            metrics_server = None
             try:
                 if replication is not None:
                     await replication.start()
@@ -154,14 +193,22 @@ def create_app(
                 else:
                     await demo.retire()
                 await subscriptions.start()
+                metrics_server = serve_metrics(metrics, settings.metrics_listen)
+                dispatcher.start()
                 retention.start()
                 watch.start()
                 log.info("loacl.started", version=__version__, database=str(store.path))
                 yield
             finally:
+                if metrics_server is not None:
+                    await asyncio.to_thread(metrics_server.shutdown)
+                    metrics_server.server_close()
+                tracing.shutdown()
                 await watch.stop()
                 await retention.stop()
                 await chat_service.shutdown()
+                await dispatcher.stop()
+                await hooks.aclose()
                 await mailer.drain()
                 # Before the store closes: a runner cut short resumes at its checkpoint.
                 await subscriptions.stop()
@@ -177,13 +224,15 @@ def create_app(
             health.endpoints, openapi.endpoints, apidocs.endpoints, auth.endpoints,
             visitors.endpoints, chat.endpoints, stream.endpoints, owners.endpoints,
             usage.endpoints, privacy.endpoints, inbox.endpoints, models.endpoints,
-            owner_stream.endpoints, static.endpoints, console.endpoints,
+            owner_stream.endpoints, webhooks.endpoints, telemetry.endpoints, static.endpoints,
+            console.endpoints,
         ),
         middleware=[
             # First: every layer below sees the client's own address and scheme.
             Middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies),
             Middleware(SecurityHeadersMiddleware, hsts_seconds=settings.hsts_seconds),
             Middleware(RequestIdMiddleware),
+            Middleware(telemetry.TelemetryMiddleware, metrics=metrics),
             Middleware(static.SameOriginMiddleware),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -193,6 +242,14 @@ def create_app(
     app.state.store = store
     app.state.subscriptions = subscriptions
     app.state.replication = replication
+    app.state.metrics = metrics
+    app.state.webhooks = hooks
+    if metrics is not None:
+        metrics.scraped.watch(
+            head=lambda: store.notifier.head, positions=subscriptions.positions,
+            failures=subscriptions.failures, database=settings.database_path,
+            replica=None if replication is None else lambda: replica_figures(replication),
+        )
     app.state.integrity = watch
     app.state.clock = clock
     app.state.accounts = Accounts(store, settings, passwords, tokens, mailer, clock)
@@ -201,8 +258,10 @@ def create_app(
     app.state.budgets = budgets
     app.state.widgets = Widgets(store, tokens, server_key, limits)
     app.state.demo = demo = Demo(store, settings, app.state.assistants, app.state.widgets)
-    app.state.chat = chat_service = Chat(store, settings, limits=limits, budgets=budgets,
-                                          server_key=server_key)
+    app.state.chat = chat_service = Chat(
+        store, settings, limits=limits, budgets=budgets, server_key=server_key,
+        observer=metrics if metrics is not None else NO_OBSERVER,
+    )
     app.state.files = Files(store, settings, limits)
     app.state.inbox = Inbox(store)
     app.state.models = Models(settings)

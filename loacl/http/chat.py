@@ -36,7 +36,8 @@ class MessageBody(BaseModel):
     """A visitor's message, over HTTP and in a WebSocket ``message`` frame alike; the domain
     (``conversations.checked_message``) checks the text and the caps for both."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"text": "What are your opening hours?"}]})
     text: str = Field(max_length=100_000)
     file_ids: list[Annotated[str, Field(max_length=64)]] = Field(
         default_factory=list, max_length=MAX_ATTACHMENTS

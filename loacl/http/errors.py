@@ -37,7 +37,7 @@ And by status::
     422 validation_error, unknown_model, provider_not_configured, unknown_assistant,
         unknown_file, empty_file, unsupported_file_for_provider, tool_not_supported,
         invalid_export, invalid_migration_target, not_resettable, invalid_timestamp,
-        replica_not_configured
+        replica_not_configured, url_not_allowed
     426 upgrade_required
     428 precondition_required
     429 rate_limited, budget_exhausted, provider_rate_limited
@@ -45,7 +45,7 @@ And by status::
         migration_failed, backup_corrupt, invalid_database_url, duplicate_subscriber,
         database_damaged, chain_broken, database_unreadable, master_key_missing,
         data_key_missing, keys_unavailable
-    502 provider_error
+    502 provider_error, outbound_failed
     503 provider_unavailable, store_unavailable, database_unavailable, store_closed,
         not_ready, interrupted, schema_out_of_date, schema_too_new, database_in_use,
         database_not_found, replica_unavailable, replica_empty
@@ -138,6 +138,8 @@ ERRORS: dict[str, ErrorCode] = {
     # 422
     "validation_error": ErrorCode(422, "a field is missing or invalid; `errors` says which"),
     "unknown_model": ErrorCode(422, "the provider has no such model"),
+    "url_not_allowed": ErrorCode(422, "LOACL may not call that URL: https:// and a public "
+                                      "address only, unless the server allows more"),
     "provider_not_configured": ErrorCode(422, "the server lacks the key or URL of the provider "
                                               "named; `errors` says what the operator must set"),
     "unknown_assistant": ErrorCode(422, "no such assistant of yours"),
@@ -191,6 +193,7 @@ ERRORS: dict[str, ErrorCode] = {
     "keys_unavailable": ErrorCode(500, "sealed fields were read without the database's keys"),
     # 502
     "provider_error": ErrorCode(502, "the AI provider failed or refused the request"),
+    "outbound_failed": ErrorCode(502, "a request LOACL made (a webhook) got no answer"),
     # 503
     "provider_unavailable": ErrorCode(503, "the AI provider cannot be reached or is not "
                                            "configured"),

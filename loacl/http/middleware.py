@@ -47,12 +47,15 @@ class RequestIdMiddleware:
                 await self.app(scope, receive, send_with_id)
             finally:
                 if scope["type"] == "http":
+                    # The trace's id, when traces are on (http.telemetry): logs and traces meet.
+                    trace = scope["state"].get("trace_id")
                     log.info(
                         "http.request",
                         method=scope["method"],
                         path=scope["path"],
                         status=status,
                         ms=round((time.perf_counter() - started) * 1000, 2),
+                        **({"trace_id": trace} if trace else {}),
                     )
 
 

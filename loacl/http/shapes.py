@@ -13,6 +13,7 @@ from loacl.store.views.assistants import AssistantView
 from loacl.store.views.conversations import ConversationView, MessagePage, MessageView
 from loacl.store.views.files import FileView
 from loacl.store.views.inbox import InboxItem
+from loacl.store.views.webhooks import Delivery, WebhookView
 from loacl.store.views.widgets import WidgetView
 
 
@@ -279,6 +280,46 @@ _USAGE_LINE = _object({"day": {"type": "string", "format": "date"}, "widget_id":
                        "assistant_id": _STR, "name": _nullable(_STR), **_USAGE_COUNTS},
                       optional=("day", "widget_id", "assistant_id", "name"))
 
+def webhook_json(view: WebhookView) -> dict[str, Any]:
+    d = view.definition
+    return {
+        "id": view.webhook_id,
+        "url": d.url,
+        "event_types": list(d.event_types),
+        "personal_data": d.personal_data,
+        "enabled": d.enabled,
+        "description": d.description,
+        "disabled_reason": view.disabled_reason,
+        "version": view.version,
+        "created_at": view.created_at,
+        "updated_at": view.updated_at,
+    }
+
+
+def delivery_json(found: Delivery) -> dict[str, Any]:
+    return {
+        "id": str(found.delivery_id),
+        "message_id": found.message_id,
+        "event_type": found.event_type,
+        "status": found.status,
+        "attempts": found.attempts,
+        "response_status": found.response_status,
+        "latency_ms": found.latency_ms,
+        "last_error": found.last_error,
+        "created_at": found.created_at,
+        "last_attempt_at": found.last_attempt_at,
+        "next_attempt_at": found.next_attempt_at if found.status == "pending" else None,
+        "retry_until": found.retry_until,
+        "delivered_at": found.delivered_at,
+    }
+
+
+_WEBHOOK = {
+    "id": _STR, "url": _STR, "event_types": _list(_STR), "personal_data": _BOOL,
+    "enabled": _BOOL, "description": _STR, "disabled_reason": _nullable(_STR), "version": _INT,
+    "created_at": _TIME, "updated_at": _TIME,
+}
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     # GET /api/v1/conversations/{id}/export (format=json); the ZIP holds the same document.
     "ConversationExport": {
@@ -356,6 +397,18 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "ip": _nullable(_STR), "current": _BOOL}))}),
     "Registration": _object({"email": _STR,
                              "status": {"type": "string", "enum": ["mail_sent"]}}),
+    "Webhook": _object(_WEBHOOK),
+    "WebhookWithSecret": _object({**_WEBHOOK, "secret": _STR}),
+    "WebhookPage": _page("Webhook"),
+    "Delivery": _object({
+        "id": _STR, "message_id": _STR, "event_type": _STR,
+        "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+        "attempts": _INT, "response_status": _nullable(_INT),
+        "latency_ms": _nullable({"type": "number"}), "last_error": _nullable(_STR),
+        "created_at": _TIME, "last_attempt_at": _nullable(_TIME),
+        "next_attempt_at": _nullable(_TIME), "retry_until": _TIME,
+        "delivered_at": _nullable(_TIME)}),
+    "DeliveryPage": _page("Delivery"),
     "Usage": _object({
         "from": {"type": "string", "format": "date"}, "to": {"type": "string", "format": "date"},
         "group_by": {"type": "string", "enum": ["day", "widget", "assistant"]},

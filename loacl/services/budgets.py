@@ -16,7 +16,7 @@ sent again after a crash keeps its Message-ID), and remembers what it sent in
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
@@ -168,12 +168,19 @@ class Budgets:
         )
 
 
+# Told when a widget used up a budget: owner, widget, period (day, month), its key, measures.
+BudgetReached = Callable[[str, str, str, str, list[str]], Awaitable[None]]
+
+
 class BudgetMail:
     """The owner's mail at ``budget_warn_percent`` and at 100% of a budget, once per widget,
     period and threshold."""
 
-    def __init__(self, budgets: Budgets, mailer: Mailer) -> None:
+    def __init__(
+        self, budgets: Budgets, mailer: Mailer, reached: BudgetReached | None = None
+    ) -> None:
         self.budgets = budgets
+        self.reached = reached
         self.store = budgets.store
         self.settings = budgets.settings
         self.mailer = mailer
@@ -214,6 +221,11 @@ class BudgetMail:
                 continue
             # One mail for the highest threshold reached; a lower one not sent yet never will.
             await self._mail(widget, period, key, max(new), reached)
+            if 100 in new and self.reached is not None:
+                # Webhooks: sent once, whatever repeats (the deliveries' ids are stable).
+                await self.reached(widget.owner_id, widget.widget_id, period, key,
+                                   [f"{use.period}_{use.measure}" for use in reached
+                                    if use.percent >= 100])
             await usage.record_alerts(self.store, widget_id, key, new,
                                       format_time(self.budgets.clock()))
 

@@ -30,6 +30,7 @@ from loacl.providers.base import (
 )
 from loacl.services.budgets import Budgets
 from loacl.services.limits import Lease, VisitorLimits
+from loacl.services.observer import NO_OBSERVER, ReplyObserver
 from loacl.services.replies import Notice, ReplyStream, Run, retry_delay
 from loacl.services.tokens import new_id
 from loacl.services.toolrounds import ToolRounds, ToolScope
@@ -42,6 +43,7 @@ from loacl.store.views import conversations as views
 from loacl.store.views import files as file_views
 from loacl.store.views import widgets as widget_views
 from loacl.store.views.conversations import ConversationView, MessagePage, MessageView
+from loacl.telemetry import tracing
 
 log = structlog.get_logger(__name__)
 
@@ -76,8 +78,10 @@ class Chat:
         self, store: EventStore, settings: Settings,
         providers: ProviderFactory = provider_for, *, limits: VisitorLimits | None = None,
         budgets: Budgets | None = None, tools: Tools | None = None, server_key: str = "",
+        observer: ReplyObserver = NO_OBSERVER,
     ) -> None:
         self.store = store
+        self.observer = observer
         self.settings = settings
         self.providers = providers
         self.tools = tools or Tools(settings)
@@ -306,7 +310,7 @@ class Chat:
             found = await self._replayed(access, client_message_id or "")
             assert found is not None
             return found
-        run = Run(access.conversation_id, reply_id, message_id)
+        run = Run(access.conversation_id, reply_id, message_id, widget_id=access.widget_id)
         self.runs[access.conversation_id] = run
         scope = ToolScope(assistant_id, access.user_id)
         self._spawn(self._run(slot, run, assistant, meta, scope), f"reply-{reply_id}")
@@ -351,8 +355,26 @@ class Chat:
     ) -> None:
         """Stream one reply: provider → listeners and log, then its end event, whatever
         happens (a cancellation included), then the widget's slot back."""
+        with tracing.span("reply", **{
+            "loacl.message_id": run.message_id, "loacl.widget_id": run.widget_id,
+            "loacl.provider": assistant.provider, "loacl.model": assistant.model,
+        }):
+            result = ReplyResult()
+            self.observer.started(assistant.provider)
+            try:
+                await self._reply(slot, run, assistant, meta, result, scope)
+            finally:
+                self.observer.ended(
+                    assistant.provider, run.widget_id, assistant.model, run.status,
+                    run.error.code if run.error is not None and run.status == "failed" else "",
+                    result.input_tokens, result.output_tokens,
+                )
+
+    async def _reply(
+        self, slot: Lease, run: Run, assistant: AssistantDefinition, meta: Metadata,
+        result: ReplyResult, scope: ToolScope,
+    ) -> None:
         reply = ReplyStream(self.store, run, meta, self.settings.flush_interval_ms / 1000)
-        result = ReplyResult()
         try:
             try:
                 await self._stream(run, assistant, reply, result, scope)
@@ -404,7 +426,8 @@ class Chat:
         turns = await self._history(run.conversation_id)
         loop = asyncio.get_running_loop()
         waiting = loop.call_later(settings.waiting_notice_seconds, run.notice, Notice("waiting"))
-        deadline = loop.time() + settings.reply_deadline_seconds
+        begun = loop.time()
+        deadline = begun + settings.reply_deadline_seconds
         offered = tuple(t for t in assistant.tools if t.type != "http") + assistant.http_tools()
         rounds: list[ToolRound] = []
         # Read while the model thinks, so that a call is not kept waiting for it.
@@ -418,7 +441,7 @@ class Chat:
                     request = ReplyRequest(assistant, turns, offered, tuple(rounds), may_call)
                     text_at = len(run.text)
                     await self._attempts(provider, request, run, reply, result, waiting,
-                                         deadline)
+                                         deadline, begun)
                     if logged is not None:
                         await logged
                         logged = None
@@ -446,11 +469,12 @@ class Chat:
 
     async def _attempts(
         self, provider: Provider, request: ReplyRequest, run: Run, reply: ReplyStream,
-        result: ReplyResult, waiting: asyncio.TimerHandle, deadline: float,
+        result: ReplyResult, waiting: asyncio.TimerHandle, deadline: float, begun: float,
     ) -> None:
         """One request's answer into the reply. An attempt that fails before any text of
         this request (a 429, a 5xx, a timeout) is retried, the visitor told each time
-        (``retrying``, with the delay)."""
+        (``retrying``, with the delay). The reply's first text, in whichever round, is its
+        time to first token (``begun``: when the reply started)."""
         settings = self.settings
         loop = asyncio.get_running_loop()
         started, attempt = False, 0
@@ -458,14 +482,22 @@ class Chat:
             attempt += 1
             result.calls.clear()  # a failed attempt's calls are not made
             try:
-                async for delta in provider.stream(request, result):
-                    if delta:
-                        if not started and request.rounds and run.text \
-                                and not run.text[-1].isspace():
-                            reply.on_delta("\n\n")  # the text after a tool round
-                        started = True
-                        waiting.cancel()
-                        reply.on_delta(delta)
+                with tracing.span("provider.stream", **{
+                    "loacl.provider": request.assistant.provider, "loacl.attempt": attempt,
+                    "loacl.round": len(request.rounds) + 1,
+                }):
+                    async for delta in provider.stream(request, result):
+                        if delta:
+                            if not started and request.rounds and run.text \
+                                    and not run.text[-1].isspace():
+                                reply.on_delta("\n\n")  # the text after a tool round
+                            if not run.text:
+                                self.observer.first_token(
+                                    request.assistant.provider, loop.time() - begun
+                                )
+                            started = True
+                            waiting.cancel()
+                            reply.on_delta(delta)
                 return
             except ProviderError as exc:
                 # Once text has been shown, asking again would show another answer.

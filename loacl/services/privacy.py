@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import structlog
 
-from loacl.domain import accounts, assistants, widgets
+from loacl.domain import accounts, assistants, webhooks, widgets
 from loacl.domain.errors import ConflictError, LoaclError
 from loacl.domain.events import Event, Metadata
 from loacl.domain.privacy import (
@@ -239,6 +239,12 @@ class Privacy:
             await self._decide(
                 widgets.widget_stream(widget_id), widgets.Widget(), widgets.evolve_widget,
                 lambda state: widgets.delete_widget(state, user_id), meta, scope,
+            )
+        # Its webhook endpoints too: nothing of the account is sent anywhere any more.
+        for webhook_id in await self._owned("webhook", user_id):
+            await self._decide(
+                webhooks.webhook_stream(webhook_id), webhooks.Webhook(), webhooks.evolve_webhook,
+                lambda state: webhooks.delete_webhook(state, user_id), meta, scope,
             )
         for assistant_id in owned_assistants:
             await self._decide(

@@ -92,6 +92,7 @@ class Run:
     conversation_id: str
     message_id: str
     reply_to: str
+    widget_id: str = ""
     text: str = ""
     status: str = "streaming"
     error: ProviderError | None = None

@@ -34,11 +34,12 @@ from loacl.store.subscriptions import Subscriber, Table
 # The tables of a table subscriber and the projections' are not copied at all: they are built
 # again. A new table must be named
 # here or below, or the cut refuses to run (a test cuts a database with every migration).
-_KEPT = ("blobs", "budget_alerts", "data_keys")
+# Each webhook endpoint's run of failures is kept too (its deliveries are cut below).
+_KEPT = ("blobs", "budget_alerts", "data_keys", "webhook_health")
 # Handled one by one below.
 _CUT = frozenset([
     "events", "event_log_head", "stream_index", "append_keys", "subscriber_checkpoints",
-    "integrity_mark", "schema_migrations", "key_state",
+    "integrity_mark", "schema_migrations", "key_state", "webhook_deliveries",
 ])
 
 
@@ -134,6 +135,10 @@ def _copy(conn: sqlite3.Connection, last: int, subscribers: Sequence[Subscriber]
                  "WHERE seq <= ?", (top,))
     for table in _KEPT:
         conn.execute(f'INSERT INTO main."{table}" SELECT * FROM src."{table}"')
+    # Deliveries of events the cut keeps (and of none: tests, budgets), as they stood: one of
+    # a later event has nothing left to send.
+    conn.execute("INSERT INTO main.webhook_deliveries SELECT * FROM src.webhook_deliveries "
+                 "WHERE source_seq <= ?", (top,))
     rebuilt = [s.name for s in subscribers if isinstance(s, Table)]
     marks = ",".join("?" * len(rebuilt)) or "NULL"
     conn.execute(

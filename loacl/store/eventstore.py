@@ -37,10 +37,13 @@ from loacl.store.records import IN_STREAM as IN_STREAM
 from loacl.store.records import READ_ALL, READ_STREAM, STREAM_VERSION, decode_rows
 from loacl.store.records import read_all_sync as read_all_sync
 from loacl.store.sqlite import PRAGMAS, connect
+from loacl.telemetry import tracing
 
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
+# Told of each commit, on the writer thread: appends in the batch, events written, seconds.
+OnCommit = Callable[[int, int, float], None]
 S = TypeVar("S")
 
 NO_STREAM = 0  # expected_version for a stream that must not exist yet
@@ -99,8 +102,10 @@ class EventStore:
         index_lag: int = INDEX_LAG,
         autocheckpoint: int | None = None,
         keyring: Keyring | None = None,
+        on_commit: OnCommit | None = None,
     ) -> None:
         self.path = path
+        self.on_commit = on_commit
         # The writer's wal_autocheckpoint (store.sqlite.connect): 0 while Litestream runs.
         self.autocheckpoint = autocheckpoint
         # Seals personal fields on the way in and opens them on the way out (store.keys);
@@ -202,11 +207,13 @@ class EventStore:
         if not events:
             return []
         future: asyncio.Future[list[RecordedEvent]] = self._loop.create_future()
-        self._queue.put(
-            _Append(stream, events, expected_version, metadata or Metadata(), idempotency_key,
-                    future, subject or subject_of_stream(stream))
-        )
-        return await future
+        with tracing.span("store.append", **{"loacl.stream": stream,
+                                             "loacl.events": len(events)}):
+            self._queue.put(
+                _Append(stream, events, expected_version, metadata or Metadata(),
+                        idempotency_key, future, subject or subject_of_stream(stream))
+            )
+            return await future
 
     def _run_writer(self) -> None:
         stopping = False
@@ -240,10 +247,16 @@ class EventStore:
     def _commit_or_refuse(self, batch: list[_Append]) -> None:
         assert self._writer is not None
         health = self.writer_health
-        health.busy_since = time.monotonic()
+        health.busy_since = started = time.monotonic()
         try:
             self._batches.commit(self._writer, batch)
             health.last_success = time.monotonic()
+            if self.on_commit is not None:
+                written = sum(
+                    len(r.result) for r in batch
+                    if not r.replayed and not isinstance(r.result, BaseException)
+                )
+                self.on_commit(len(batch), written, health.last_success - started)
         except Exception as exc:  # the whole transaction failed: every request learns it
             # The error first: a reader that sees the new failure time sees its error.
             health.last_error = str(exc)

@@ -205,10 +205,20 @@ class Subscriptions:
             raise LoaclError("duplicate_subscriber", f"subscriber names repeat: {names}")
         self.options = options or Options()
         self._tasks: list[asyncio.Task[None]] = []
+        self._runners: list[_Runner] = []
+
+    def positions(self) -> dict[str, int]:
+        """Each running subscriber's position in memory (-1: not loaded yet); for metrics."""
+        return {r.subscriber.name: r.position for r in self._runners}
+
+    def failures(self) -> dict[str, int]:
+        """Each running subscriber's failures in a row."""
+        return {r.subscriber.name: r.failures for r in self._runners}
 
     async def start(self) -> None:
         for subscriber in self.subscribers:
             runner = _Runner(subscriber, self.store, self.options)
+            self._runners.append(runner)
             self._tasks.append(
                 asyncio.create_task(runner.run(), name=f"subscriber-{subscriber.name}")
             )
@@ -217,6 +227,7 @@ class Subscriptions:
         """Cancel every runner and wait for them. A table batch already on the writer commits
         or not as a whole; an effect cut short is handed over again after the restart."""
         tasks, self._tasks = self._tasks, []
+        self._runners = []
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -75,6 +75,14 @@ def events_after(
     return [StoredEvent(*row) for row in rows]
 
 
+def page_after(conn: sqlite3.Connection, after: int, limit: int) -> list[StoredEvent]:
+    """At most ``limit`` events after ``after``, in order: a long read in bounded steps."""
+    rows = conn.execute(
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+    ).fetchall()
+    return [StoredEvent(*row) for row in rows]
+
+
 def last_events(
     conn: sqlite3.Connection, count: int, which: EventFilter = EventFilter()
 ) -> list[StoredEvent]:

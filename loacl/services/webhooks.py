@@ -1,0 +1,505 @@
+"""Outgoing webhooks: the endpoints owners keep, and the deliveries to them.
+
+From the log to a receiver, in three steps:
+
+1. ``outbox`` is a durable subscriber (an ``Effect``) of the conversation events. For each, it
+   adds a delivery row per enabled endpoint of the conversation's owner that asked for that
+   kind. A batch handed over again after a crash adds nothing twice: a delivery's message id
+   (``msg_<seq>_<endpoint>``) is unique.
+2. ``Dispatcher`` sends what is due, oldest first; of one endpoint and one conversation only the
+   oldest pending delivery at a time, so a receiver sees a conversation's events in order. A
+   failed attempt (no answer, or a status outside 2xx) is retried after an exponential delay
+   with jitter, until ``webhook_retry_hours`` after it was first due; then it is given up.
+3. After ``webhook_disable_after`` failed attempts in a row the endpoint is disabled (an event)
+   and its owner told by mail.
+
+Each message is signed as Standard Webhooks says (``webhook-id``, ``webhook-timestamp``,
+``webhook-signature``), with the endpoint's secret and, for a day after a rotation, with the one
+before too. The same ``webhook-id`` goes with every attempt: a receiver de-duplicates by it. A
+delivery is marked done only after the receiver answered, so LOACL stopping in between sends it
+again: duplicates only then, and with the same id.
+
+The payload is built when it is sent, from the log: the ids always, the message texts and the
+visitor's ids only to an endpoint that takes personal data. Nothing personal is kept in the
+delivery table, so erasing a conversation leaves none behind there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import builtins
+import contextlib
+import functools
+import hashlib
+import hmac
+import json
+import random
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from standardwebhooks.webhooks import Webhook as Signer
+
+from loacl.domain import webhooks as domain
+from loacl.domain.conversations import AssistantCompleted, AssistantFailed, MessagePosted
+from loacl.domain.errors import LoaclError
+from loacl.domain.events import Metadata, RecordedEvent
+from loacl.domain.privacy import OWNER, is_erased, subject
+from loacl.domain.widgets import ConversationStarted
+from loacl.services.mail import Mailer
+from loacl.services.ssrf import Outbound, Policy, check_url
+from loacl.services.tokens import new_id
+from loacl.services.versions import expect_version
+from loacl.settings import Settings
+from loacl.store.codec import format_time, parse_time
+from loacl.store.eventstore import NO_STREAM, Clock, EventStore, utc_now
+from loacl.store.records import EVENT_COLUMNS, decode_rows
+from loacl.store.subscriptions import Effect
+from loacl.store.views import Page
+from loacl.store.views import accounts as account_views
+from loacl.store.views import webhooks as views
+from loacl.store.views.webhooks import Delivery, NewDelivery, WebhookView
+
+log = structlog.get_logger(__name__)
+
+OUTBOX = "webhooks.outbox"
+# The log's event types and the kinds an endpoint subscribes to.
+SOURCES = {
+    ConversationStarted.event_type: "conversation.started",
+    MessagePosted.event_type: "message.posted",
+    AssistantCompleted.event_type: "reply.completed",
+    AssistantFailed.event_type: "reply.failed",
+}
+TEST = "webhook.test"
+ROTATION_GRACE = timedelta(days=1)  # the secret before a rotation still signs this long
+BACKOFF_CAP = 3600.0
+CONCURRENCY = 16
+IDLE = 30.0  # seconds between looks when nothing is due and nothing woke the dispatcher
+
+
+def policy_of(settings: Settings) -> Policy:
+    return Policy(allow_private=settings.outbound_allow_private,
+                  allow_http=settings.outbound_allow_http,
+                  timeout=settings.outbound_timeout_seconds)
+
+
+def retry_delay(attempts: int, base: float, jitter: float) -> float:
+    """Seconds before the next attempt after ``attempts`` failed ones: doubling from ``base``
+    up to an hour, the second half of it at random (``jitter`` in [0, 1)) so that endpoints
+    that failed together are not all retried together."""
+    delay = min(BACKOFF_CAP, base * 2 ** min(attempts - 1, 30))
+    return float(delay / 2 + delay / 2 * jitter)
+
+
+def _conversation_of(recorded: RecordedEvent) -> str:
+    event = recorded.event
+    if isinstance(event, ConversationStarted | MessagePosted):
+        return event.conversation_id
+    return recorded.stream.removeprefix("conversation-")
+
+
+class Webhooks:
+    """The owner's side: register, list, change, rotate, delete, test; the delivery log."""
+
+    def __init__(
+        self, store: EventStore, settings: Settings, server_key: str, mailer: Mailer,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self._server_key = server_key.encode()
+        self.mailer = mailer
+        self.clock = clock
+        self.policy = policy_of(settings)
+        self.outbound = Outbound(self.policy)
+        self.wake = asyncio.Event()  # set when there may be something to send
+
+    # -- secrets -----------------------------------------------------------------------------
+
+    def secret(self, webhook_id: str, generation: int) -> str:
+        """Derived, never stored: the log keeps only the generation number."""
+        digest = hmac.new(self._server_key, f"webhook-secret:{webhook_id}:{generation}".encode(),
+                          hashlib.sha256).digest()
+        return "whsec_" + base64.b64encode(digest[:24]).decode()
+
+    def signing_secrets(self, view: WebhookView, now: datetime) -> list[str]:
+        secrets = [self.secret(view.webhook_id, view.secret_generation)]
+        if view.rotated_at is not None and now - parse_time(view.rotated_at) < ROTATION_GRACE:
+            secrets.append(self.secret(view.webhook_id, view.secret_generation - 1))
+        return secrets
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    async def _load(self, webhook_id: str) -> tuple[domain.Webhook, int]:
+        return await self.store.load(
+            domain.webhook_stream(webhook_id), domain.Webhook(), domain.evolve_webhook
+        )
+
+    def _checked(self, definition: domain.WebhookDefinition) -> domain.WebhookDefinition:
+        check_url(definition.url, self.policy)
+        return definition
+
+    async def get(self, owner_id: str, webhook_id: str) -> WebhookView:
+        found = await views.webhook(self.store, webhook_id)
+        if found is None or found.owner_id != owner_id:
+            raise LoaclError("not_found", "no such webhook")
+        return found
+
+    async def list(self, owner_id: str, after: int, limit: int) -> Page[WebhookView]:
+        return await views.webhooks_of(self.store, owner_id, after, limit)
+
+    async def create(
+        self, owner_id: str, definition: domain.WebhookDefinition, meta: Metadata
+    ) -> WebhookView:
+        webhook_id = "wh_" + new_id()
+        events = domain.create_webhook(domain.Webhook(), webhook_id=webhook_id,
+                                       owner_id=owner_id, definition=self._checked(definition))
+        await self.store.append(domain.webhook_stream(webhook_id), events,
+                                expected_version=NO_STREAM, metadata=meta,
+                                subject=subject(OWNER, owner_id))
+        return await self.get(owner_id, webhook_id)
+
+    async def update(
+        self, owner_id: str, webhook_id: str, definition: domain.WebhookDefinition,
+        if_match: int | None, meta: Metadata,
+    ) -> WebhookView:
+        state, version = await self._load(webhook_id)
+        events = domain.update_webhook(state, owner_id, self._checked(definition))
+        expect_version("webhook", version, if_match)
+        await self.store.append(domain.webhook_stream(webhook_id), events,
+                                expected_version=version, metadata=meta,
+                                subject=subject(OWNER, owner_id))
+        if events and definition.enabled:  # on again: its past failures are forgotten
+            await self.store.run_on_writer(lambda c: views.forget_failures(c, webhook_id))
+            self.wake.set()
+        return await self.get(owner_id, webhook_id)
+
+    async def rotate_secret(
+        self, owner_id: str, webhook_id: str, if_match: int | None, meta: Metadata
+    ) -> WebhookView:
+        state, version = await self._load(webhook_id)
+        events = domain.rotate_secret(state, owner_id)
+        expect_version("webhook", version, if_match)
+        await self.store.append(domain.webhook_stream(webhook_id), events,
+                                expected_version=version, metadata=meta,
+                                subject=subject(OWNER, owner_id))
+        return await self.get(owner_id, webhook_id)
+
+    async def delete(
+        self, owner_id: str, webhook_id: str, if_match: int | None, meta: Metadata
+    ) -> None:
+        state, version = await self._load(webhook_id)
+        events = domain.delete_webhook(state, owner_id)
+        expect_version("webhook", version, if_match)
+        await self.store.append(domain.webhook_stream(webhook_id), events,
+                                expected_version=version, metadata=meta,
+                                subject=subject(OWNER, owner_id))
+
+    async def disable(self, webhook_id: str, failures: int) -> bool:
+        """LOACL turns the endpoint off after a run of failures, and tells its owner; False
+        when it was off (or gone) already."""
+        state, version = await self._load(webhook_id)
+        events = domain.disable_webhook(state, domain.FAILURES, failures)
+        if not events:
+            return False
+        try:
+            await self.store.append(domain.webhook_stream(webhook_id), events,
+                                    expected_version=version,
+                                    metadata=Metadata(actor="loacl"),
+                                    subject=subject(OWNER, state.owner_id))
+        except LoaclError as exc:
+            if exc.code == "version_conflict":  # changed meanwhile: decided again next time
+                return False
+            raise
+        log.warning("webhook.disabled", webhook_id=webhook_id, failures=failures)
+        await self._mail_disabled(state, failures)
+        return True
+
+    async def _mail_disabled(self, state: domain.Webhook, failures: int) -> None:
+        owner = await account_views.user_by_id(self.store, state.owner_id)
+        if owner is None or state.definition is None:
+            return
+        body = (
+            f"LOACL stopped sending events to your webhook {state.webhook_id}\n"
+            f"({state.definition.url}) after {failures} failed deliveries in a row.\n\n"
+            "Its deliveries and their errors are at GET /api/v1/webhooks/"
+            f"{state.webhook_id}/deliveries.\nOnce the endpoint answers again, turn it back on "
+            f"with PATCH /api/v1/webhooks/{state.webhook_id} {{\"enabled\": true}}; what was "
+            "not delivered is then sent, and each delivery can be sent again by hand.\n"
+        )
+        with contextlib.suppress(Exception):  # the mail is kept in the outbox when it fails
+            await self.mailer.deliver(
+                owner.email, "LOACL: a webhook endpoint was disabled", body,
+                f"<webhook.{state.webhook_id}.disabled.{failures}@loacl>",
+            )
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def _window(self) -> tuple[str, str]:
+        now = self.clock()
+        until = now + timedelta(hours=self.settings.webhook_retry_hours)
+        return format_time(now), format_time(until)
+
+    async def enqueue(self, deliveries: Sequence[NewDelivery]) -> int:
+        if not deliveries:
+            return 0
+        now, until = self._window()
+        added = int(await self.store.run_on_writer(
+            lambda c: views.enqueue(c, deliveries, now, until)))
+        self.wake.set()
+        return added
+
+    async def send_test(self, owner_id: str, webhook_id: str) -> Delivery:
+        view = await self.get(owner_id, webhook_id)
+        message_id = "msg_test_" + new_id()
+        payload = {"type": TEST, "timestamp": format_time(self.clock()),
+                   "data": {"webhook_id": view.webhook_id,
+                            "message": "a test event from LOACL"}}
+        await self.enqueue([NewDelivery(message_id, webhook_id, TEST, 0, message_id,
+                                        json.dumps(payload))])
+        found = await self.store.query(
+            "SELECT delivery_id FROM webhook_deliveries WHERE message_id = ?", (message_id,))
+        return await self.delivery(owner_id, webhook_id, int(found[0][0]))
+
+    async def budget_reached(
+        self, owner_id: str, widget_id: str, period: str, key: str,
+        measures: builtins.list[str],
+    ) -> None:
+        """A widget used up a budget (once per widget, period and key)."""
+        found = (await views.listeners(self.store, [owner_id])).get(owner_id, [])
+        kind = "budget.reached"
+        payload = json.dumps({"type": kind, "timestamp": format_time(self.clock()),
+                              "data": {"widget_id": widget_id, "period": period,
+                                       "period_key": key, "measures": measures}})
+        await self.enqueue([
+            NewDelivery(f"msg_budget_{widget_id}_{key}_{listener.webhook_id}",
+                        listener.webhook_id, kind, 0, f"budget:{widget_id}", payload)
+            for listener in found if kind in listener.event_types
+        ])
+
+    async def deliveries(
+        self, owner_id: str, webhook_id: str, after: int, limit: int
+    ) -> Page[Delivery]:
+        await self.get(owner_id, webhook_id)
+        return await views.deliveries_of(self.store, webhook_id, after, limit)
+
+    async def delivery(self, owner_id: str, webhook_id: str, delivery_id: int) -> Delivery:
+        await self.get(owner_id, webhook_id)
+        found = await views.delivery(self.store, webhook_id, delivery_id)
+        if found is None:
+            raise LoaclError("not_found", "no such delivery")
+        return found
+
+    async def redeliver(self, owner_id: str, webhook_id: str, delivery_id: int) -> Delivery:
+        found = await self.delivery(owner_id, webhook_id, delivery_id)
+        now, until = self._window()
+        await self.store.run_on_writer(
+            lambda c: views.redeliver(c, found.delivery_id, now, until))
+        self.wake.set()
+        return await self.delivery(owner_id, webhook_id, delivery_id)
+
+    # -- the outbox: a durable subscriber of the log ------------------------------------------
+
+    def subscriber(self) -> Effect:
+        return Effect(OUTBOX, self.handle, types=frozenset(SOURCES))
+
+    async def handle(self, events: Sequence[RecordedEvent]) -> None:
+        owners = await views.conversation_owners(
+            self.store, list(dict.fromkeys(_conversation_of(r) for r in events)))
+        listening = await views.listeners(
+            self.store, list({o.owner_id for o in owners.values() if o.owner_id}))
+        created = await self._created(listening)
+        new: builtins.list[NewDelivery] = []
+        for recorded in events:
+            conversation_id = _conversation_of(recorded)
+            owner = owners.get(conversation_id)
+            if owner is None or owner.owner_id is None:
+                continue
+            kind = SOURCES[recorded.type]
+            for listener in listening.get(owner.owner_id, ()):
+                # An endpoint hears of what happened after it was registered, never before.
+                if kind in listener.event_types and recorded.seq > created[listener.webhook_id]:
+                    new.append(NewDelivery(f"msg_{recorded.seq}_{listener.webhook_id}",
+                                           listener.webhook_id, kind, recorded.seq,
+                                           conversation_id))
+        await self.enqueue(new)
+
+    async def _created(
+        self, listening: dict[str, builtins.list[views.Listener]]
+    ) -> dict[str, int]:
+        ids = [listener.webhook_id for found in listening.values() for listener in found]
+        if not ids:
+            return {}
+        rows = await self.store.query(
+            f"SELECT webhook_id, created_seq FROM webhooks WHERE webhook_id IN "
+            f"({','.join('?' * len(ids))})", ids)
+        return {r[0]: int(r[1]) for r in rows}
+
+    # -- payloads ----------------------------------------------------------------------------
+
+    async def payload(self, delivery: Delivery, view: WebhookView) -> str:
+        if delivery.payload is not None:
+            return delivery.payload
+        rows = await self.store.query(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?", (delivery.source_seq,))
+        recorded = decode_rows(rows, self.store.keyring)[0]
+        owner = (await views.conversation_owners(self.store, [delivery.ordering_key])).get(
+            delivery.ordering_key)
+        data = _data(recorded, delivery.ordering_key, owner, view.definition.personal_data)
+        return json.dumps({"type": delivery.event_type,
+                           "timestamp": format_time(recorded.recorded_at), "data": data},
+                          ensure_ascii=False, separators=(",", ":"))
+
+    async def aclose(self) -> None:
+        await self.outbound.aclose()
+
+
+def _text(value: Any) -> dict[str, Any]:
+    if is_erased(value) or value == "[erased]":
+        return {"text": None, "erased": True}
+    return {"text": value}
+
+
+def _data(
+    recorded: RecordedEvent, conversation_id: str, owner: views.ConversationOwner | None,
+    personal: bool,
+) -> dict[str, Any]:
+    event = recorded.event
+    data: dict[str, Any] = {"conversation_id": conversation_id,
+                            "widget_id": owner.widget_id if owner else None}
+    if personal and owner is not None:
+        data["visitor_id"] = owner.visitor_id
+    if isinstance(event, MessagePosted):
+        data |= {"message_id": event.message_id, "file_ids": list(event.file_ids)}
+        if personal:
+            data |= _text(event.text)
+    elif isinstance(event, AssistantCompleted):
+        data |= {"message_id": event.message_id,
+                 "usage": {"input_tokens": event.usage.input_tokens,
+                           "output_tokens": event.usage.output_tokens}}
+        if personal:
+            data |= _text(event.text)
+    elif isinstance(event, AssistantFailed):
+        data |= {"message_id": event.message_id, "code": event.code}
+        if personal:
+            data |= _text(event.text)
+    return data
+
+
+class Dispatcher:
+    """Sends due deliveries while the server runs (one task, a bounded number of sends at
+    once)."""
+
+    def __init__(self, webhooks: Webhooks) -> None:
+        self.webhooks = webhooks
+        self.store = webhooks.store
+        self.settings = webhooks.settings
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(CONCURRENCY)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="webhook-dispatcher")
+
+    async def stop(self) -> None:
+        """Sends cut short here are pending still, and go again after the restart."""
+        tasks = [t for t in (self._task, *self._inflight.values()) if t is not None]
+        self._task = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._inflight.clear()
+
+    async def _run(self) -> None:
+        wake = self.webhooks.wake
+        while True:
+            wake.clear()
+            try:
+                wait = await self._dispatch()
+            except LoaclError as exc:
+                if exc.code == "store_closed":
+                    return
+                log.warning("webhook.dispatch_failed", error=exc.message)
+                wait = 1.0
+            except Exception:
+                log.exception("webhook.dispatch_failed")
+                wait = 1.0
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await wake.wait()
+
+    async def _dispatch(self) -> float:
+        """Start what is due; seconds until the next look."""
+        now = self.webhooks.clock()
+        room = CONCURRENCY - len(self._inflight)
+        if room > 0:
+            for delivery in await views.due(self.store, format_time(now),
+                                            list(self._inflight), room):
+                task = asyncio.create_task(self._attempt(delivery),
+                                           name=f"webhook-{delivery.delivery_id}")
+                self._inflight[delivery.delivery_id] = task
+                task.add_done_callback(functools.partial(self._done, delivery.delivery_id))
+        upcoming = await views.next_due(self.store)
+        if upcoming is None:
+            return IDLE
+        return min(IDLE, max(0.01, (parse_time(upcoming) - now).total_seconds()))
+
+    def _done(self, delivery_id: int, _task: object = None) -> None:
+        self._inflight.pop(delivery_id, None)
+        self.webhooks.wake.set()
+
+    async def _attempt(self, delivery: Delivery) -> None:
+        async with self._slots:
+            try:
+                await self._send(delivery)
+            except LoaclError as exc:
+                if exc.code != "store_closed":
+                    log.warning("webhook.attempt_failed", delivery_id=delivery.delivery_id,
+                                error=exc.message)
+            except Exception:
+                log.exception("webhook.attempt_crashed", delivery_id=delivery.delivery_id)
+
+    async def _send(self, delivery: Delivery) -> None:
+        webhooks = self.webhooks
+        view = await views.webhook(self.store, delivery.webhook_id)
+        if view is None or not view.definition.enabled:
+            return
+        body = await webhooks.payload(delivery, view)
+        now = webhooks.clock()
+        headers = {
+            "webhook-id": delivery.message_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": " ".join(
+                Signer(secret).sign(delivery.message_id, now, body)
+                for secret in webhooks.signing_secrets(view, now)),
+        }
+        status: int | None = None
+        latency: float | None = None
+        error: str | None = None
+        try:
+            answer = await webhooks.outbound.post(view.definition.url, body.encode(), headers)
+            status, latency = answer.status, round(answer.seconds * 1000, 2)
+            if not 200 <= status < 300:
+                error = f"the endpoint answered {status}"
+        except LoaclError as exc:
+            if exc.code not in ("outbound_failed", "url_not_allowed"):
+                raise
+            error = exc.message
+        done = webhooks.clock()
+        if error is None:
+            outcome = views.Outcome("delivered", status, latency, None, format_time(done))
+        else:
+            delay = retry_delay(delivery.attempts + 1, self.settings.webhook_retry_base_seconds,
+                                random.random())
+            retry_at = done + timedelta(seconds=delay)
+            gave_up = format_time(retry_at) > delivery.retry_until
+            outcome = views.Outcome("failed" if gave_up else "pending", status, latency, error,
+                                    format_time(retry_at))
+        failures = int(await self.store.run_on_writer(lambda c: views.record_attempt(
+            c, delivery.delivery_id, delivery.webhook_id, outcome, format_time(done))))
+        log.info("webhook.attempt", delivery_id=delivery.delivery_id, status=outcome.status,
+                 response=status, error=error)
+        if error is not None and failures >= self.settings.webhook_disable_after:
+            await webhooks.disable(delivery.webhook_id, failures)

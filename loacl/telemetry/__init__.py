@@ -1,0 +1,1 @@
+"""Metrics and traces: what operators watch a running LOACL with."""
