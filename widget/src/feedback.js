@@ -1,0 +1,55 @@
+// Under each message, a row with its time (shown on hover and focus, read by screen readers);
+// under each finished reply, the visitor's rating too: thumbs up or down, then an optional short
+// comment, sent to POST .../messages/{id}/feedback (the newest rating of a reply counts).
+import { request } from "./api.js";
+import { settings } from "./config.js";
+import { explain, t } from "./i18n.js";
+import { emit } from "./page.js";
+import { element } from "./render.js";
+import { root } from "./view.js";
+
+/** The row under a message: its time (now when not given) and `children`. */
+export function stamp(when, children) {
+  const date = when ? new Date(when) : new Date();
+  return element("div", { cls: "mt" }, [element("time", {
+    datetime: date.toISOString(),
+    text: date.toLocaleTimeString(root.lang, { hour: "numeric", minute: "2-digit" }),
+  }), ...(children || [])]);
+}
+
+/** The row under a finished reply `id`, with `rating` ("up", "down") when it has one. */
+export function feedbackRow(id, when, rating) {
+  if (settings.feedback === false) return stamp(when);
+  let box;
+  const note = element("span", { cls: "e", role: "alert" });
+  const send = async (value, comment) => {
+    try {
+      await request("/messages/" + id + "/feedback", "POST", { rating: value, comment });
+    } catch (error) {
+      note.textContent = explain(error.code, error.retry);
+      emit("error", { code: error.code });
+      return;
+    }
+    note.textContent = "";
+    rating = value;
+    for (const button of buttons) button.setAttribute("aria-pressed", button.value === value);
+    return 1;
+  };
+  const rate = async (value) => {
+    if (!(await send(value)) || box) return;
+    const field = element("input", { maxlength: "500", "aria-label": t("comment"), placeholder: t("comment") });
+    box = element("form", { cls: "fb", onsubmit(event) {
+      event.preventDefault();
+      const comment = field.value.trim();
+      if (comment) send(rating, comment).then((done) => done && box.replaceWith(element("p", { cls: "fb", role: "status", text: t("thanks") })));
+    } }, [field, element("button", { type: "submit", text: t("send") })]);
+    row.after(box);
+    field.focus();
+  };
+  const buttons = ["up", "down"].map((value) => element("button", {
+    type: "button", value, text: value === "up" ? "👍" : "👎", "aria-label": t(value),
+    "aria-pressed": "" + (value === rating), onclick: () => rate(value),
+  }));
+  const row = stamp(when, [...buttons, note]);
+  return row;
+}
