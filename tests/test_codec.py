@@ -46,8 +46,8 @@ from loacl.domain.conversations import (
     FileSentToProvider,
     FileUploaded,
     MessagePosted,
-    VisitorIntroduced,
     Usage,
+    VisitorIntroduced,
 )
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import EVENT_TYPES, Event, Metadata

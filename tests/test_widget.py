@@ -306,7 +306,7 @@ def test_starts_from_window_config(loacl: Loacl, page: Page) -> None:
     assert greeting.inner_text() == "Hello there!"
     assert greeting.locator("strong").inner_text() == "there"
     assert style(launcher(page), "left") == "20px"
-    page.locator("loacl-chat .hd button").click()
+    dialog.get_by_role("button", name="Close chat").click()
     assert not panel(page).is_visible()
     assert launcher(page).get_attribute("aria-expanded") == "false"
 
@@ -362,7 +362,9 @@ def test_sends_and_shows_the_demo_answer_with_history_after_reload(
     assert token
 
     page.reload()
-    launcher(page).click()
+    # The panel was open: it comes back open (the tab's state survives a reload).
+    panel(page).wait_for()
+    assert launcher(page).get_attribute("aria-expanded") == "true"
     wait_done(page)
     assert bubbles(page, "u").all_inner_texts() == ["Where is my parcel?"]
     assert "Demo answer." in bubbles(page).last.inner_text()

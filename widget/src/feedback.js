@@ -20,17 +20,16 @@ export function stamp(when, children) {
 /** The row under a finished reply `id`, with `rating` ("up", "down") when it has one. */
 export function feedbackRow(id, when, rating) {
   if (settings.feedback === false) return stamp(when);
-  let box;
-  const note = element("span", { cls: "e", role: "alert" });
+  let box, note;
   const send = async (value, comment) => {
+    note?.remove();
     try {
       await request("/messages/" + id + "/feedback", "POST", { rating: value, comment });
     } catch (error) {
-      note.textContent = explain(error.code, error.retry);
+      row.append((note = element("span", { cls: "e", role: "alert", text: explain(error.code, error.retry) })));
       emit("error", { code: error.code });
       return;
     }
-    note.textContent = "";
     rating = value;
     for (const button of buttons) button.setAttribute("aria-pressed", button.value === value);
     return 1;
@@ -50,6 +49,6 @@ export function feedbackRow(id, when, rating) {
     type: "button", value, text: value === "up" ? "👍" : "👎", "aria-label": t(value),
     "aria-pressed": "" + (value === rating), onclick: () => rate(value),
   }));
-  const row = stamp(when, [...buttons, note]);
+  const row = stamp(when, buttons);
   return row;
 }
