@@ -426,3 +426,32 @@ def test_screenshots_of_the_new_controls(loacl: Loacl, new_page: Callable[..., P
         page.get_by_role("textbox", name="Tell us more (optional)").wait_for()
         page.locator("loacl-chat .g .m.u").hover()
         shot(page, f"api-{name}")
+
+
+def test_the_pre_chat_form_comes_before_the_first_message(loacl: Loacl, page: Page) -> None:
+    widget = loacl.widget(settings={"prechat_fields": ["name", "email"], "title": "Form"})
+    page.goto(embed(loacl, widget, "LOACL('open');"))
+    form = page.get_by_role("form", name="Before we start, please tell us:")
+    form.wait_for()
+    assert not composer(page).is_visible()
+    name = page.get_by_label("Your name")
+    assert page.evaluate("document.querySelector('loacl-chat').shadowRoot.activeElement.name") \
+        == "name"
+    name.fill("Grace")
+    page.get_by_label("Your e-mail address").fill("not an address")
+    page.get_by_role("button", name="Start the chat").click()
+    assert form.is_visible()  # the browser's own check refuses it first
+    page.get_by_label("Your e-mail address").fill("grace@example.com")
+    shot(page, "prechat")
+    page.keyboard.press("Enter")
+    page.locator("loacl-chat .s:not([disabled])").wait_for()
+    assert not form.is_visible()
+    send(page, "Hello after the form")
+    wait_done(page)
+    [conversation] = loacl.client.get(f"/api/v1/widgets/{widget}/conversations",
+                                      headers=loacl.headers).json()["data"]
+    assert (conversation["visitor_name"], conversation["visitor_email"]) == (
+        "Grace", "grace@example.com")
+    page.reload()
+    wait_done(page)
+    assert page.get_by_role("form", name="Before we start, please tell us:").count() == 0

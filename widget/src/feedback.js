@@ -4,6 +4,7 @@
 import { request } from "./api.js";
 import { settings } from "./config.js";
 import { explain, t } from "./i18n.js";
+import { ctx, extra } from "./lazy.js";
 import { emit } from "./page.js";
 import { element } from "./render.js";
 import { root } from "./view.js";
@@ -36,14 +37,9 @@ export function feedbackRow(id, when, rating) {
   };
   const rate = async (value) => {
     if (!(await send(value)) || box) return;
-    const field = element("input", { maxlength: "500", "aria-label": t("comment"), placeholder: t("comment") });
-    box = element("form", { cls: "fb", onsubmit(event) {
-      event.preventDefault();
-      const comment = field.value.trim();
-      if (comment) send(rating, comment).then((done) => done && box.replaceWith(element("p", { cls: "fb", role: "status", text: t("thanks") })));
-    } }, [field, element("button", { type: "submit", text: t("send") })]);
-    row.after(box);
-    field.focus();
+    box = 1;
+    // The comment box is in the second file: most visitors never write one.
+    extra().then((loaded) => loaded.comment(ctx, row, (comment) => send(rating, comment)), () => (box = 0));
   };
   const buttons = ["up", "down"].map((value) => element("button", {
     type: "button", value, text: value === "up" ? "👍" : "👎", "aria-label": t(value),

@@ -35,6 +35,8 @@ export const STRINGS = {
     down: "Not helpful", comment: "Tell us more (optional)", thanks: "Thank you for your feedback.",
     waiting: "The assistant is taking longer than usual…",
     retrying: "The assistant is busy. Trying again in {s} s (attempt {n})…",
+    prechat: "Before we start, please tell us:", name: "Your name", email: "Your e-mail address",
+    start: "Start the chat",
   },
   fr: {
     title: "Discutons", placeholder: "Écrivez un message…", open: "Ouvrir la discussion",
@@ -66,6 +68,8 @@ export const STRINGS = {
     up: "Utile", down: "Pas utile", comment: "Dites-nous en plus (facultatif)",
     thanks: "Merci pour votre avis.", waiting: "L’assistant met plus de temps que d’habitude…",
     retrying: "L’assistant est occupé. Nouvel essai dans {s} s (tentative {n})…",
+    prechat: "Avant de commencer, dites-nous :", name: "Votre nom", email: "Votre adresse e-mail",
+    start: "Commencer la discussion",
   },
   ar: {
     title: "تحدث معنا", placeholder: "اكتب رسالة…", open: "افتح المحادثة",
@@ -96,6 +100,8 @@ export const STRINGS = {
     down: "غير مفيد", comment: "أخبرنا بالمزيد (اختياري)", thanks: "شكرًا على رأيك.",
     waiting: "يستغرق المساعد وقتًا أطول من المعتاد…",
     retrying: "المساعد مشغول. محاولة جديدة خلال {s} ث (المحاولة {n})…",
+    prechat: "قبل أن نبدأ، أخبرنا من فضلك:", name: "اسمك", email: "بريدك الإلكتروني",
+    start: "ابدأ المحادثة",
   },
 };
 const RIGHT_TO_LEFT = { ar: 1, fa: 1, he: 1, ur: 1 };

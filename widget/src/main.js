@@ -1,14 +1,14 @@
 // LOACL chat widget, the entry point: finds its script tag, reads the configuration, starts the
 // visitor's session, and wires the other modules together. Each run of the script is one widget.
 // Bundled by widget/build.sh into loacl/static/widget.js; see widget/README.md.
-import { request, setToken, token, useWidget } from "./api.js";
-import { apiBase, findScript, readOptions, settings, useConfig } from "./config.js";
+import { endpoint, request, setToken, token, useWidget } from "./api.js";
+import { apiBase, findScript, readOptions, settings, uploads, useConfig } from "./config.js";
 import * as conversation from "./conversation.js";
 import { DEFAULT_PLACEHOLDER, DEFAULT_TITLE, explain, isKnownCode, t, useLocale } from "./i18n.js";
+import { ctx, extra, useBase } from "./lazy.js";
 import { emit, named, register } from "./page.js";
 import { accentText, doc, element, errorLine, icon, ICONS, renderMarkdown } from "./render.js";
 import * as transport from "./transport.js";
-import { clearChips, initUploads, uploaded, uploading } from "./upload.js";
 import {
   applyLook, attachButton, badge, closeButton, dropZone, fileList, form, greeting, host, input, launcher,
   log, newButton, nudge, panel, picker, root, sendButton, setStatus, title,
@@ -43,6 +43,7 @@ let fatal = null; // a code: the chat cannot work here
 let holding = true; // no session starts until the page's queued calls have been played
 let generation = 0; // counts identity changes: a session started for an earlier one is dropped
 const queued = []; // texts the page sent before the session was ready
+let asking = false; // the pre-chat form is shown
 let profile = null; // a name and e-mail address from identify(), sent once the session is ready
 let unread = 0;
 let blink = 0; // the title blink's timer
@@ -80,7 +81,43 @@ transport.initTransport({
 });
 // A reply that ends while the panel is closed is unread.
 conversation.initConversation(sync, () => panel.hidden && setUnread(unread + 1));
-initUploads(() => ready && !fatal, sync);
+
+// What the second file (lazy.js) needs of this one.
+Object.assign(ctx, {
+  t, explain, request, endpoint, token: () => token, uploads: () => uploads, fileList, input, form, changed: sync,
+});
+
+// -- attachments: the picker and drops; the chips and uploads are in the second file ------------
+let files = null; // the second file's uploader, once loaded
+const uploading = () => !!files?.uploading();
+const uploaded = () => files?.uploaded() || [];
+
+function attach(list) {
+  if (!ready || fatal || !list.length) return;
+  extra().then((loaded) => {
+    files ||= loaded.uploader(ctx);
+    files.add(list);
+  }, (error) => setStatus(explain(error.code)));
+}
+picker.addEventListener("change", () => {
+  attach([...picker.files]);
+  picker.value = "";
+});
+const carriesFiles = (event) => event.dataTransfer && [...event.dataTransfer.types].includes("Files");
+panel.addEventListener("dragover", (event) => {
+  if (!carriesFiles(event) || !ready || fatal) return;
+  event.preventDefault();
+  dropZone.hidden = false;
+});
+panel.addEventListener("dragleave", (event) => {
+  if (!panel.contains(event.relatedTarget)) dropZone.hidden = true;
+});
+panel.addEventListener("drop", (event) => {
+  if (!carriesFiles(event)) return;
+  event.preventDefault();
+  dropZone.hidden = true;
+  attach([...event.dataTransfer.files]);
+});
 
 // -- what survives a reload in this tab: open or closed, the draft, the scroll, unread replies ----
 function remember() {
@@ -145,7 +182,7 @@ function sync() {
   sendButton.disabled = !ready || conversation.busy || !!fatal || uploading();
   attachButton.disabled = !ready || !!fatal;
   input.disabled = !!fatal;
-  form.hidden = !!fatal;
+  form.hidden = !!fatal || asking;
   // A signed-in user has one conversation per widget: only anonymous visitors start another.
   newButton.hidden = !!fatal || !!options.userId;
 }
@@ -175,6 +212,18 @@ function begin() {
     if (restoreScroll > NEAR_BOTTOM_PX) log.scrollTop = log.scrollHeight - log.clientHeight - restoreScroll;
     restoreScroll = 0;
     conversation.fillUp();
+    // The pre-chat form, before a conversation's first message (once per conversation here).
+    const fields = settings.prechat_fields || [];
+    const asked = storageKey + ":asked";
+    if (fields.length && !profile && !log.querySelector(".u") && stored(asked) !== started.conversation_id) {
+      asking = true;
+      sync();
+      await (await extra()).prechat(ctx, fields);
+      if (at !== generation) return;
+      store(asked, started.conversation_id);
+      asking = false;
+      input.focus();
+    }
     ready = true;
     sync();
     transport.connect();
@@ -210,6 +259,8 @@ function switchTo(userId, userHash) {
   generation++;
   session = null;
   ready = false;
+  asking = false;
+  for (const old of panel.querySelectorAll(".pc")) old.remove();
   if (fatal === "identity_required") fatal = null;
   setToken(null);
   store(storageKey, null);
@@ -234,16 +285,16 @@ function send(given) {
     return setStatus(t("reply_in_progress"));
   }
   if (given) return conversation.say(given);
-  const files = uploaded();
-  const names = files.map((chip) => chip.name).join(", ");
+  const chips = uploaded();
+  const names = chips.map((chip) => chip.name).join(", ");
   const text = input.value.trim() || names;
   if (!text) return;
   input.value = "";
   grow();
   remember();
-  clearChips();
+  files?.clear();
   sync();
-  conversation.say(text, files.map((chip) => chip.id), null, names);
+  conversation.say(text, chips.map((chip) => chip.id), null, names);
 }
 
 function grow() {
@@ -386,6 +437,7 @@ function start(base) {
   useWidget(base, widgetId);
   storageKey = "loacl:" + widgetId;
   named(widgetId);
+  useBase(base);
   setToken(stored(storageKey)); // the visitor's, so the conversation survives reloads
   window.addEventListener("online", () => {
     if (ready && !transport.isOpen() && wanted()) transport.connect();
