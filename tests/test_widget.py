@@ -180,7 +180,11 @@ def loacl(
         openai_base_url=f"{openai_url}/v1", provider_max_retries=0, demo_delay=0.005,
         max_upload_size=2000, demo_widget=False,
     )
-    with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=10) as client:
+    # No kept-alive connections: the server may drop an idle one just as the next test's first
+    # request goes out on it (a slow machine makes the gap between tests long).
+    no_reuse = httpx.Limits(max_keepalive_connections=0)
+    with serve(create_app(settings)) as url, \
+            httpx.Client(base_url=url, timeout=10, limits=no_reuse) as client:
         registered = client.post(
             "/api/v1/auth/register", json={"email": "owner@example.com", "password": PASSWORD}
         )
