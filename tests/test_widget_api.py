@@ -378,6 +378,30 @@ def test_a_strict_policy_page_reports_no_violation(loacl: Loacl, page: Page) -> 
     page.wait_for_function("window.__violations.length > 0")
 
 
+def test_a_page_enforcing_trusted_types_loads_the_second_file(
+    loacl: Loacl, page: Page
+) -> None:
+    """With Trusted Types enforced, the second file's URL comes from the "loacl" policy the
+    page allows (docs/embed.md); a file can be attached and the comment box opens."""
+    host = loacl.url.removeprefix("http://")
+    policy = (f"default-src 'self'; script-src 'self' 'nonce-n0nce' {loacl.url}; "
+              f"connect-src 'self' {loacl.url} ws://{host}; "
+              "require-trusted-types-for 'script'; trusted-types loacl")
+    page.add_init_script("window.__violations = [];"
+                         "document.addEventListener('securitypolicyviolation', (e) =>"
+                         " window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));")
+    widget = loacl.widget()
+    page.goto(embed(loacl, widget, "LOACL('open');",
+                    headers={"Content-Security-Policy": policy}, nonce="n0nce"))
+    page.locator("loacl-chat .s:not([disabled])").wait_for()
+    page.locator("loacl-chat input[type=file]").set_input_files(
+        files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"some notes"}])
+    page.locator("loacl-chat .fs .c[data-state=done]").wait_for()
+    send(page, "Read my notes")
+    wait_done(page)
+    assert page.evaluate("window.__violations") == []
+
+
 def test_the_status_line_says_how_a_reply_is_doing(
     loacl: Loacl, new_page: Callable[..., Page]
 ) -> None:

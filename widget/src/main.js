@@ -268,6 +268,7 @@ function switchTo(userId, userHash) {
   conversation.clear();
   setStatus("");
   sync();
+  setUnread(0); // and saves the tab's state without the old conversation's
   if (!panel.hidden) begin();
 }
 
