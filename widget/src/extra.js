@@ -46,6 +46,7 @@ function comment(ctx, row, send) {
   } }, [field, element("button", { type: "submit", text: ctx.t("send") })]);
   row.after(box);
   field.focus();
+  box.scrollIntoView({ block: "nearest" });
 }
 
 window.__loaclExtra = { uploader, prechat, comment };

@@ -6,7 +6,7 @@ import { settings } from "./config.js";
 import { explain, t } from "./i18n.js";
 import { ctx, extra } from "./lazy.js";
 import { emit } from "./page.js";
-import { element } from "./render.js";
+import { element, icon, ICONS } from "./render.js";
 import { root } from "./view.js";
 
 /** The row under a message: its time (now when not given) and `children`. */
@@ -42,9 +42,9 @@ export function feedbackRow(id, when, rating) {
     extra().then((loaded) => loaded.comment(ctx, row, (comment) => send(rating, comment)), () => (box = 0));
   };
   const buttons = ["up", "down"].map((value) => element("button", {
-    type: "button", value, text: value === "up" ? "👍" : "👎", "aria-label": t(value),
-    "aria-pressed": "" + (value === rating), onclick: () => rate(value),
-  }));
+    type: "button", value, "aria-label": t(value), "aria-pressed": "" + (value === rating),
+    onclick: () => rate(value),
+  }, [icon(ICONS.thumb)]));
   const row = stamp(when, buttons);
   return row;
 }
