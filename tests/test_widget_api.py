@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Page, WebSocketRoute
+from playwright.sync_api import FilePayload, Page, WebSocketRoute
 
 # The browser, the servers and the pages of tests/test_widget.py: fixtures are found by the
 # names this module holds (pyproject.toml lets their parameters shadow them, F811).
@@ -394,8 +394,8 @@ def test_a_page_enforcing_trusted_types_loads_the_second_file(
     page.goto(embed(loacl, widget, "LOACL('open');",
                     headers={"Content-Security-Policy": policy}, nonce="n0nce"))
     page.locator("loacl-chat .s:not([disabled])").wait_for()
-    page.locator("loacl-chat input[type=file]").set_input_files(
-        files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"some notes"}])
+    notes: FilePayload = {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"some notes"}
+    page.locator("loacl-chat input[type=file]").set_input_files(files=[notes])
     page.locator("loacl-chat .fs .c[data-state=done]").wait_for()
     send(page, "Read my notes")
     wait_done(page)
