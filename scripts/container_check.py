@@ -4,7 +4,8 @@ runs it.
 Lints the Containerfile (hadolint); makes a Debian base image with debootstrap (no registry is
 needed); builds; then runs the image with compose.yaml's environment and volumes, on host
 networking: healthy within 10 s; an owner signs up and creates an assistant and a widget, and
-a visitor chats; deploy/Caddyfile in front (TLS, the API, a reply over wss://); a restart keeps
+a visitor chats; /docs/try's files are served from the installed package as their manifest
+records; deploy/Caddyfile in front (TLS, the API, a reply over wss://); a restart keeps
 everything; a backup copied out, restored, the newest migration reverted; under Litestream with
 a file replica on a second volume, caught up, a restore drill beside the live server; the data
 volume deleted, a new container restores every event from the replica (audit verifies) and

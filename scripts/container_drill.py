@@ -5,6 +5,7 @@ as compose.yaml runs it, with host networking (see container_check's docstring f
 from __future__ import annotations
 
 import email
+import hashlib
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from scripts.podman_env import CheckError, Podman
 
 ROOT = Path(__file__).resolve().parent.parent
 CADDYFILE = ROOT / "deploy" / "Caddyfile"
+APIDOCS_MANIFEST = ROOT / "loacl" / "static" / "apidocs" / "manifest.json"
 HEALTHY_WITHIN = 10.0
 # A start on an empty volume restores and checks the database first (integrity, audit).
 RESTORE_HEALTHY_WITHIN = 20.0
@@ -336,6 +338,35 @@ def chat(drill: Drill, widget_id: str) -> None:
         raise CheckError(f"the reply did not complete: {result['reply']}")
 
 
+def api_reference(base: str) -> str:
+    """``/docs/try`` and every file it loads, from the package as the image installed it (a
+    wheel: only what its package data ships): each file's bytes have the SHA-256 its URL
+    names, and the vendored ones the SHA-256 the repository's manifest records."""
+    def get(path: str) -> bytes:
+        try:
+            with urllib.request.urlopen(base + path, timeout=30) as response:
+                body: bytes = response.read()
+                return body
+        except urllib.error.HTTPError as exc:
+            raise CheckError(f"GET {path}: {exc.code}") from None
+
+    page = get("/docs/try").decode()
+    urls = re.findall(r"(?:src|href)='(/docs/assets/[^']+)'", page)
+    recorded = json.loads(APIDOCS_MANIFEST.read_bytes())["files"]
+    total = 0
+    for url in urls:
+        body = get(url)
+        digest = hashlib.sha256(body).hexdigest()
+        name = url.rsplit("/", 1)[-1]
+        if not digest.startswith(url.split("/")[3]) or (
+                name in recorded and recorded[name]["sha256"] != digest):
+            raise CheckError(f"{url}: the image serves other bytes (sha256 {digest})")
+        total += len(body)
+    if not {"swagger-ui-bundle.js", "swagger-ui.css"} <= {u.rsplit("/", 1)[-1] for u in urls}:
+        raise CheckError(f"/docs/try does not load Swagger UI: {urls}")
+    return f"/docs/try: {len(urls)} files, {total:,} bytes, as the manifest records"
+
+
 def find(api: Api, owned: Owned) -> None:
     api("GET", f"/api/v1/assistants/{owned.assistant_id}")
     listed = {w["id"] for w in api("GET", "/api/v1/widgets")["data"]}
@@ -351,6 +382,8 @@ def run_drill(drill: Drill) -> None:
         timings.figure("time to healthy (first start)", f"{seconds:.1f} s")
     with timings.step("sign-up, assistant, widget, chat"):
         api, owned = sign_up_and_create(drill, first)
+    with timings.step("the interactive API reference, from the wheel"):
+        print("    " + api_reference(drill.api.base))
     with timings.step("TLS through Caddy"):
         through_caddy(drill, owned.widget_ids[0])
     with timings.step("restart, find them"):

@@ -544,7 +544,8 @@ REFRESH = [
                  "invalid_refresh_token", [], id="garbage"),
     pytest.param(post("refresh-token", {"refresh_token": "<access_a>"}), 422,
                  "validation_error", [], id="access-token"),
-    pytest.param(post("refresh-token", {}), 422, "validation_error", [], id="missing"),
+    # No token in the body: the console's cookie is looked for, and there is none.
+    pytest.param(post("refresh-token", {}), 401, "invalid_refresh_token", [], id="missing"),
 ]
 
 

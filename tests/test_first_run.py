@@ -100,6 +100,8 @@ def test_collected_output_is_json_lines_naming_the_url_and_the_next_step(
     listening = events["loacl.listening"]
     assert listening["url"] == f"http://127.0.0.1:{port}/"
     assert listening["api_docs"] == f"http://127.0.0.1:{port}/docs"
+    assert listening["console"] == f"http://127.0.0.1:{port}/console/"
+    assert f"open http://127.0.0.1:{port}/console/" in listening["next"]
     assert "loacl users create" in listening["next"]
     assert "loacl.stopped" in events
     warnings = [line for line in lines if line["event"] == "sqlite.wal_reset_bug"]

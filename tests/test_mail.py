@@ -222,3 +222,45 @@ def test_failed_mail_never_loses_the_account(settings: Settings) -> None:
     finally:
         conn.close()
     assert types == ["user.registered", "session.started"]
+
+
+def test_account_mails_lead_with_a_console_link_kept_whole_in_the_eml(
+    settings: Settings,
+) -> None:
+    """The verification and reset mails open with a link to the console's page for them; the
+    raw .eml has each link on one line (no quoted-printable soft breaks), so that it can be
+    copied out of the file; the log line for a mail not sent shows the link too."""
+    settings = settings.model_copy(update={"public_url": "https://chat.example.com/"})
+    outbox = settings.data_dir / "outbox"
+    with capture_logs() as logs, TestClient(create_app(settings)) as client:
+        registered = client.post("/api/v1/auth/register", json={
+            "email": "ada@example.com", "password": "correct horse battery staple"})
+        assert registered.status_code == 202
+        assert client.post("/api/v1/auth/reset-password",
+                           json={"email": "ada@example.com"}).status_code == 202
+    raws = [path.read_bytes() for path in sorted(outbox.glob("*.eml"))]
+    assert len(raws) == 2
+    found = {}
+    for raw in raws:
+        assert b"Content-Transfer-Encoding: 7bit" in raw
+        assert b"=\n" not in raw and b"=3D" not in raw
+        message = email.message_from_bytes(raw, policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        text = message.get_content()
+        first = text.split("\n\n")[2]  # after the intro and "Open this link:"
+        assert first.startswith("https://chat.example.com/console/")
+        assert first.encode() in raw  # on one line, as it is
+        token = first.split("?token=")[1]
+        assert f"Your token:\n\n{token}" in text and "curl -X POST" in text
+        assert text.index(first) < text.index("Your token:")
+        page = first.split("/console/")[1].split("?")[0]
+        found[page] = first
+    assert set(found) == {"verify", "reset"}
+    # The console's page posts the token where the curl command does.
+    verify = TestClient(create_app(settings))
+    with verify:
+        token = found["verify"].split("?token=")[1]
+        verified = verify.post("/api/v1/auth/verify-email", json={"token": token})
+        assert verified.status_code == 200 and verified.json()["email_verified"] is True
+    links = [entry["link"] for entry in logs if entry["event"] == "mail.outbox_link"]
+    assert sorted(links) == sorted(found.values())

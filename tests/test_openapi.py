@@ -10,7 +10,16 @@ from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
 
-from loacl.http import auth, chat, owners, stream, stream_protocol, stream_send, visitors
+from loacl.http import (
+    auth,
+    chat,
+    owner_stream,
+    owners,
+    stream,
+    stream_protocol,
+    stream_send,
+    visitors,
+)
 from loacl.http.app import create_app
 from loacl.http.errors import STATUS
 from loacl.http.openapi import build_spec
@@ -46,7 +55,9 @@ def _served(app: Starlette) -> set[tuple[str, str]]:
 def test_every_route_is_declared_and_every_api_route_is_in_the_spec(app: Starlette) -> None:
     declarations = declared(app.routes)
     assert len(declarations) == len(app.routes), "a route was added without a declaration"
-    undocumented = {(d.method, d.path) for d in declarations if not d.documented}
+    # A socket's answer to a plain GET is documented by the socket's own entry.
+    sockets = {("get", d.path) for d in declarations if isinstance(d, Socket)}
+    undocumented = {(d.method, d.path) for d in declarations if not d.documented} - sockets
     spec_ops = {(method, path) for path, ops in _spec(app)["paths"].items() for method in ops}
     assert _served(app) - undocumented == spec_ops
     # What the spec leaves out is deliberate: pages, assets, probes and CORS preflights.
@@ -172,8 +183,20 @@ def test_routes_added_without_a_declaration_are_not_described() -> None:
 
 
 def _socket(app: Starlette) -> Socket:
-    (socket,) = [d for d in declared(app.routes) if isinstance(d, Socket)]
+    """The visitors' socket (``stream_protocol``'s)."""
+    (socket,) = [d for d in declared(app.routes)
+                 if isinstance(d, Socket) and d.path == "/api/v1/widgets/{id}/stream"]
     return socket
+
+
+def test_the_owner_socket_description_lists_its_frames_and_close_codes(app: Starlette) -> None:
+    text = _spec(app)["paths"]["/api/v1/owner/stream"]["get"]["description"]
+    for frame in (*owner_stream.CLIENT_FRAMES, *owner_stream.SERVER_FRAMES):
+        assert f"`{frame.type}`" in text, frame.type
+        for field in frame.fields:
+            assert field in text, (frame.type, field)
+    for code in owner_stream.CLOSES:
+        assert f"- {int(code)}:" in text, code
 
 
 def test_the_socket_description_lists_every_frame_and_close_code(app: Starlette) -> None:

@@ -837,8 +837,8 @@ def test_api8_dependencies_with_known_vulnerabilities_fail_ci(
 # -- API9: improper inventory management ----------------------------------------------------------
 
 
-PAGES = {"/", "/docs", "/healthz", "/readyz", "/widget.js", "/widget.json",
-         "/widget/{name}", "/api/v1/openapi.json"}
+PAGES = {"/", "/docs", "/docs/try", "/docs/assets/{version}/{name}", "/healthz", "/readyz",
+         "/widget.js", "/widget.json", "/widget/{name}", "/api/v1/openapi.json"}
 
 
 def test_api9_every_route_served_is_documented(world: World) -> None:

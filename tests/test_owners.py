@@ -1483,19 +1483,10 @@ def test_a_failing_provider_is_unavailable(
         assert model_paths(server) == ["/v1/models/gpt-4o-mini"]
 
 
-@pytest.mark.parametrize(
-    "update",
-    [
-        {"openai_base_url": "CLOSED", "openai_api_key": "test"},
-        {"openai_api_key": None},  # no key: nothing to reach the provider with
-    ],
-)
-def test_an_unreachable_provider_is_unavailable(
-    settings: Settings, update: dict[str, Any]
-) -> None:
-    if update.get("openai_base_url") == "CLOSED":
-        update = {**update, "openai_base_url": closed_port_url()}
-    configured = settings.model_copy(update=update)
+def test_an_unreachable_provider_is_unavailable(settings: Settings) -> None:
+    configured = settings.model_copy(
+        update={"openai_base_url": closed_port_url(), "openai_api_key": "test"}
+    )
     with world_of(configured) as world:
         before = head(configured)
         for provider_name in ("openai", "chat_completions"):
@@ -1505,6 +1496,40 @@ def test_an_unreachable_provider_is_unavailable(
                 headers=world.a.headers,
             )
             assert_problem(response, 503, "provider_unavailable")
+        assert events(configured, before) == []
+
+
+def test_a_provider_the_server_is_not_configured_for_is_the_requests_fault(
+    settings: Settings,
+) -> None:
+    """No key for openai, no URL for chat_completions: 422 naming the provider field and what
+    the operator must set, for a new assistant and for a change; nothing is written."""
+    configured = settings.model_copy(update={
+        "openai_api_key": None, "openai_base_url": None, "chat_completions_base_url": None,
+    })
+    with world_of(configured) as world:
+        made = world.client.post("/api/v1/assistants", json={"name": "H"},
+                                 headers=world.a.headers)
+        assert made.status_code == 201, made.text
+        before = head(configured)
+        for provider_name, missing in (("openai", "OPENAI_API_KEY"),
+                                       ("chat_completions", "OPENAI_BASE_URL")):
+            created = world.client.post(
+                "/api/v1/assistants",
+                json={"name": "H", "provider": provider_name, "model": "gpt-4o-mini"},
+                headers=world.a.headers,
+            )
+            changed = world.client.patch(
+                f"/api/v1/assistants/{made.json()['id']}",
+                json={"provider": provider_name, "model": "gpt-4o-mini"},
+                headers=world.a.headers,
+            )
+            for response in (created, changed):
+                body = assert_problem(response, 422, "provider_not_configured")
+                assert missing in body["detail"]
+                (error,) = body["errors"]
+                assert error["field"] == "provider"
+                assert error["accepted"] == ["demo"]
         assert events(configured, before) == []
 
 

@@ -13,7 +13,7 @@ id of a real assistant, widget or file instead of a made-up one, so that the han
 404 are reached: the visitor's widget on visitor endpoints (it belongs to another owner, since
 Schemathesis also reuses ids it reads in responses), the run's owner's own objects elsewhere, a
 separate one each for reading, changing and deleting. Logging out (and any operation that ends
-the account) gets an owner of its own, so the run's owner stays logged in.
+sessions or the account) gets an owner of its own, so the run's owner stays logged in.
 
 Not checked: ``positive_data_acceptance``, which asks that every request the document allows be
 accepted. The document cannot say which tokens are real (a reset or verification token is a
@@ -49,7 +49,7 @@ pytestmark = pytest.mark.e2e
 
 MAX_EXAMPLES = 25
 SEED = 14
-LEAVING = 40  # owners made to log out (or leave) once each
+LEAVING = 80  # owners made to log out (or leave) once each
 
 # Schemathesis sends many bad logins and registrations from one address: the throttles
 # (tests/test_security.py tests them) would answer 429 to nearly all of them.
@@ -77,7 +77,10 @@ CONFIG: dict[str, Any] = {
 # What a visitor's page calls without a token.
 VISITOR_PAGES = {"/api/v1/widgets/{id}/config", "/api/v1/widgets/{id}/sessions"}
 # Operations that end the caller's session or account: each call gets a new owner.
-SESSION_ENDING = {("POST", "/api/v1/auth/logout"), ("DELETE", "/api/v1/auth/me")}
+SESSION_ENDING = {("POST", "/api/v1/auth/logout"), ("DELETE", "/api/v1/auth/me"),
+                  # The run's owner's session ids are in GET /auth/sessions, which Schemathesis
+                  # reads and reuses; a password change ends the other sessions.
+                  ("DELETE", "/api/v1/auth/sessions/{id}"), ("POST", "/api/v1/auth/password")}
 
 
 @dataclass

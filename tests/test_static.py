@@ -202,6 +202,7 @@ def test_the_home_page_embeds_the_demo_widget(client: TestClient, settings: Sett
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp
     page = response.text
     assert 'href="/docs"' in page and 'href="/api/v1/openapi.json"' in page
+    assert 'href="/console/"' in page
     item = widget_script()
     match = re.search(r'<script src="([^"]+)" integrity="([^"]+)" crossorigin="anonymous" '
                       r'data-widget-id="([0-9a-f]+)" async></script>', page)

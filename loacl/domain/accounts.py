@@ -32,7 +32,7 @@ class PasswordChanged(Event):
     event_type = "user.password_changed"
     user_id: str
     password_hash: str
-    reason: str  # "reset" | "rehash"
+    reason: str  # "reset" | "rehash" | "change" (the owner changed it, knowing the old one)
     personal = ("password_hash",)
     not_personal = ("user_id", "reason")
 
@@ -62,7 +62,10 @@ class SessionRefreshed(Event):
 class SessionRevoked(Event):
     event_type = "session.revoked"
     session_id: str
-    reason: str  # "logout" | "refresh_token_reused" | "password_reset" | "account_deleted"
+    # "logout" | "refresh_token_reused" | "password_reset" | "account_deleted" |
+    # "password_changed" (another session of an owner who changed the password) | "revoked"
+    # (ended by its owner from another session)
+    reason: str
     not_personal = ("session_id", "reason")
 
 

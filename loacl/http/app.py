@@ -15,10 +15,14 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from loacl import __version__
 from loacl.domain.errors import LoaclError
 from loacl.http import (
+    apidocs,
     auth,
     chat,
     health,
+    inbox,
+    models,
     openapi,
+    owner_stream,
     owners,
     privacy,
     routing,
@@ -36,9 +40,11 @@ from loacl.services.budgets import BudgetMail, Budgets
 from loacl.services.chat import Chat
 from loacl.services.demo import Demo, demo_enabled
 from loacl.services.files import Files
+from loacl.services.inbox import Inbox
 from loacl.services.keys import keyring_for
 from loacl.services.limits import VisitorLimits
 from loacl.services.mail import Mailer
+from loacl.services.models import Models
 from loacl.services.passwords import Passwords
 from loacl.services.privacy import Privacy
 from loacl.services.recovery import recover
@@ -167,9 +173,10 @@ def create_app(
 
     app = Starlette(
         routes=routing.routes(
-            health.endpoints, openapi.endpoints, auth.endpoints, visitors.endpoints,
-            chat.endpoints, stream.endpoints, owners.endpoints, usage.endpoints,
-            privacy.endpoints, static.endpoints,
+            health.endpoints, openapi.endpoints, apidocs.endpoints, auth.endpoints,
+            visitors.endpoints, chat.endpoints, stream.endpoints, owners.endpoints,
+            usage.endpoints, privacy.endpoints, inbox.endpoints, models.endpoints,
+            owner_stream.endpoints, static.endpoints,
         ),
         middleware=[
             # First: every layer below sees the client's own address and scheme.
@@ -195,6 +202,8 @@ def create_app(
     app.state.demo = demo = Demo(store, settings, app.state.assistants, app.state.widgets)
     app.state.chat = chat_service = Chat(store, settings, limits=limits, budgets=budgets)
     app.state.files = Files(store, settings, limits)
+    app.state.inbox = Inbox(store)
+    app.state.models = Models(settings)
     # Under Litestream the WAL's checkpoints are Litestream's: an erasure does not cut it.
     app.state.privacy = Privacy(
         store, chat_service.stop,

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 
 from loacl.domain.errors import LoaclError
-from loacl.http.common import accounts, client_ip, metadata
+from loacl.domain.origins import normalize_origin
+from loacl.http.common import accounts, client_ip, metadata, public_base
+from loacl.http.errors import problem, status_for
 from loacl.http.routing import Endpoint
-from loacl.http.shapes import tokens_json, user_json
+from loacl.http.shapes import session_json, tokens_json, user_json
 from loacl.http.validation import parse_body
-from loacl.services.accounts import Principal
+from loacl.services.accounts import Principal, TokenPair
 
 
 class Body(BaseModel):
@@ -31,10 +35,23 @@ class TokenBody(Body):
 class LoginBody(Body):
     email: str = Field(max_length=320)
     password: str = Field(max_length=1024)
+    session: Literal["token", "cookie"] = Field(
+        "token", description="token (default): the refresh token in the body, for API "
+        "clients; cookie: in the HttpOnly cookie `loacl_refresh` (the console), not in the body",
+    )
 
 
 class RefreshBody(Body):
-    refresh_token: str = Field(max_length=256)
+    refresh_token: str | None = Field(
+        None, max_length=256,
+        description="left out (or the body empty): the `loacl_refresh` cookie is used, and "
+        "rotated in the answer's Set-Cookie",
+    )
+
+
+class PasswordBody(Body):
+    current_password: str = Field(max_length=1024)
+    new_password: str
 
 
 class ResetBody(Body):
@@ -57,6 +74,44 @@ def base_url(request: Request) -> str:
     host, port = getattr(request.app.state, "listening", (settings.host, settings.port))
     host = f"[{host}]" if ":" in host else host
     return f"http://{host}:{port}"
+
+
+# The console's refresh token: readable by no script, sent only to the auth endpoints, never on a
+# request another site starts.
+REFRESH_COOKIE = "loacl_refresh"
+COOKIE_PATH = "/api/v1/auth"
+
+
+def set_refresh_cookie(request: Request, response: Response, token: str) -> None:
+    response.set_cookie(
+        REFRESH_COOKIE, token, max_age=request.app.state.settings.refresh_token_days * 86400,
+        path=COOKIE_PATH, secure=True, httponly=True, samesite="strict",
+    )
+
+
+def clear_refresh_cookie(response: Response) -> None:
+    response.delete_cookie(
+        REFRESH_COOKIE, path=COOKIE_PATH, secure=True, httponly=True, samesite="strict"
+    )
+
+
+def refuse_cross_site(request: HTTPConnection) -> None:
+    """403 cross_site_request unless a browser says the request comes from this server's own
+    pages: ``Sec-Fetch-Site`` (set by the browser alone) same-origin or none (typed in, not
+    started by a page), and an ``Origin``, when sent, that is this server's."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise LoaclError("cross_site_request", "this request must come from LOACL's own pages")
+    origin = request.headers.get("origin")
+    if origin is None:
+        return
+    try:
+        own = normalize_origin(public_base(request))
+        given = normalize_origin(origin)
+    except LoaclError:
+        given, own = "", "-"
+    if given != own:
+        raise LoaclError("cross_site_request", "this request must come from LOACL's own pages")
 
 
 def bearer_token(request: Request) -> str:
@@ -102,22 +157,66 @@ async def resend_verification(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     body = await parse_body(request, LoginBody)
+    if body.session == "cookie":
+        refuse_cross_site(request)
     pair = await accounts(request).login(
         body.email, body.password, client_ip(request), metadata(request)
     )
-    return JSONResponse(tokens_json(pair), headers={"Cache-Control": "no-store"})
+    return _tokens(request, pair, cookie=body.session == "cookie")
+
+
+def _tokens(request: Request, pair: TokenPair, *, cookie: bool) -> Response:
+    body = tokens_json(pair)
+    if not cookie:
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+    del body["refresh_token"]
+    response = JSONResponse(body, headers={"Cache-Control": "no-store"})
+    set_refresh_cookie(request, response, pair.refresh_token)
+    return response
 
 
 async def refresh_token(request: Request) -> Response:
     body = await parse_body(request, RefreshBody)
-    pair = await accounts(request).refresh(body.refresh_token, metadata(request))
-    return JSONResponse(tokens_json(pair), headers={"Cache-Control": "no-store"})
+    if body.refresh_token is not None:
+        pair = await accounts(request).refresh(body.refresh_token, metadata(request))
+        return _tokens(request, pair, cookie=False)
+    refuse_cross_site(request)
+    token = request.cookies.get(REFRESH_COOKIE)
+    try:
+        if not token:
+            raise LoaclError(
+                "invalid_refresh_token",
+                "send a refresh token, in the body or in the loacl_refresh cookie (log in)",
+            )
+        pair = await accounts(request).refresh(token, metadata(request))
+    except LoaclError as exc:
+        if exc.code not in ("invalid_refresh_token", "refresh_token_reused"):
+            raise
+        # A cookie that will never work again is dropped, so that the console shows its login.
+        refused = problem(status_for(exc.code), exc.code, exc.message, request, **exc.extra)
+        clear_refresh_cookie(refused)
+        return refused
+    return _tokens(request, pair, cookie=True)
 
 
 async def logout(request: Request) -> Response:
-    principal = await current_owner(request)
-    await accounts(request).logout(principal, metadata(request, principal.user_id))
-    return Response(status_code=204)
+    """Ends the session of the bearer token and that of the ``loacl_refresh`` cookie (the
+    console, whose access token may be gone after a reload), and clears the cookie."""
+    token = request.cookies.get(REFRESH_COOKIE)
+    service = accounts(request)
+    if token and "authorization" not in request.headers:
+        refuse_cross_site(request)
+        await service.logout_by_refresh_token(token, None, metadata(request))
+    else:
+        principal = await current_owner(request)
+        meta = metadata(request, principal.user_id)
+        await service.logout(principal, meta)
+        if token:
+            await service.logout_by_refresh_token(token, principal.user_id, meta)
+    response = Response(status_code=204)
+    if token:
+        clear_refresh_cookie(response)
+    return response
 
 
 async def reset_password(request: Request) -> Response:
@@ -132,10 +231,46 @@ async def reset_password_confirm(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def change_password(request: Request) -> Response:
+    principal = await current_owner(request)
+    body = await parse_body(request, PasswordBody)
+    await accounts(request).change_password(
+        principal, body.current_password, body.new_password, client_ip(request),
+        metadata(request, principal.user_id),
+    )
+    return Response(status_code=204)
+
+
+async def list_sessions(request: Request) -> Response:
+    principal = await current_owner(request)
+    found = await accounts(request).sessions(principal)
+    return JSONResponse({"data": [session_json(s, principal.session_id) for s in found]},
+                        headers={"Cache-Control": "no-store"})
+
+
+async def end_session(request: Request) -> Response:
+    principal = await current_owner(request)
+    await accounts(request).end_session(
+        principal, request.path_params["id"], metadata(request, principal.user_id)
+    )
+    return Response(status_code=204)
+
+
 async def me(request: Request) -> Response:
     principal = await current_owner(request)
     return JSONResponse(user_json(await accounts(request).user(principal.user_id)))
 
+
+COOKIE_FLOW = (
+    "Two ways to hold the refresh token. API clients (`session: token`, the default) get it "
+    "in the body and send it back as `refresh_token`. The console (`session: cookie` at "
+    "login) gets it in the cookie `loacl_refresh` (HttpOnly, Secure, SameSite=Strict, "
+    "Path=/api/v1/auth) and no `refresh_token` in the body; it refreshes with an empty body, "
+    "and the answer sets the rotated cookie. Cookie requests from another site (a "
+    "`Sec-Fetch-Site` other than same-origin or none, or an `Origin` not this server's) are "
+    "refused with 403 cross_site_request. A rotated token presented again ends the session "
+    "(refresh_token_reused)."
+)
 
 endpoints = [
     Endpoint("post", "/api/v1/auth/register", register,
@@ -150,12 +285,16 @@ endpoints = [
              "Send the verification mail again", "auth", auth="owner", ok=202,
              codes=("rate_limited", "already_verified")),
     Endpoint("post", "/api/v1/auth/login", login, "Log in: access and refresh tokens", "auth",
-             body=LoginBody, codes=("invalid_credentials", "rate_limited"), returns="Tokens"),
+             body=LoginBody, codes=("invalid_credentials", "rate_limited", "cross_site_request"),
+             returns="Tokens", description=COOKIE_FLOW),
     Endpoint("post", "/api/v1/auth/refresh-token", refresh_token, "Rotate the refresh token",
-             "auth", body=RefreshBody, codes=("invalid_refresh_token", "refresh_token_reused"),
-             returns="Tokens"),
+             "auth", body=RefreshBody,
+             codes=("invalid_refresh_token", "refresh_token_reused", "cross_site_request"),
+             returns="Tokens", description=COOKIE_FLOW),
     Endpoint("post", "/api/v1/auth/logout", logout, "End this session", "auth", auth="owner",
-             ok=204),
+             ok=204, codes=("cross_site_request",),
+             description="With the bearer token, or (the console) with the `loacl_refresh` "
+             "cookie alone; either way the cookie is cleared and its session ended too."),
     Endpoint("post", "/api/v1/auth/reset-password", reset_password,
              "Mail a password reset link (202 whether the account exists or not)", "auth",
              body=ResetBody, ok=202, codes=("rate_limited",)),
@@ -164,4 +303,14 @@ endpoints = [
              codes=("invalid_reset_token", "validation_error")),
     Endpoint("get", "/api/v1/auth/me", me, "The current owner", "auth", auth="owner",
              returns="User"),
+    Endpoint("post", "/api/v1/auth/password", change_password,
+             "Change your password (the current one given); your other sessions end", "auth",
+             auth="owner", body=PasswordBody, ok=204,
+             codes=("invalid_credentials", "validation_error", "rate_limited")),
+    Endpoint("get", "/api/v1/auth/sessions", list_sessions,
+             "Your active sessions (current: the one making this request)", "auth",
+             auth="owner", returns="Sessions"),
+    Endpoint("delete", "/api/v1/auth/sessions/{id}", end_session,
+             "End one of your sessions (its refresh token and access tokens stop working)",
+             "auth", auth="owner", ok=204),
 ]

@@ -27,6 +27,7 @@ from loacl.http.validation import parse_body, read_body
 from loacl.http.visitors import visitor_endpoint
 from loacl.providers.base import ProviderError
 from loacl.services.replies import Run
+from loacl.store.views.files import FileView
 
 MULTIPART_OVERHEAD = 64 * 1024
 
@@ -233,6 +234,11 @@ async def get_file(request: Request) -> Response:
         request.path_params["id"], request.path_params["file_id"],
         visitor_id=access.visitor_id if access else None,
     )
+    return attachment(stored, data)
+
+
+def attachment(stored: FileView, data: bytes) -> Response:
+    """A stored file as a download that no browser renders or sniffs."""
     name = stored.filename
     # RFC 6266: an ASCII fallback for old clients, the exact name percent-encoded for the rest.
     fallback = name.encode("ascii", "replace").decode().replace('"', "").replace("?", "_")

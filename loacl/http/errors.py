@@ -23,7 +23,8 @@ And by status::
         invalid_frame, http_error
     401 unauthorized, invalid_credentials, invalid_token, token_expired,
         invalid_refresh_token, refresh_token_reused, invalid_identity
-    403 email_not_verified, origin_not_allowed, identity_required, forbidden
+    403 email_not_verified, origin_not_allowed, identity_required, forbidden,
+        cross_site_request
     404 not_found, widget_not_found, user_not_found, event_not_found, file_not_found,
         backup_not_found
     405 method_not_allowed
@@ -33,9 +34,10 @@ And by status::
     412 version_conflict
     413 message_too_long, file_too_large, payload_too_large
     415 unsupported_file_type, unsupported_media_type
-    422 validation_error, unknown_model, unknown_assistant, unknown_file, empty_file,
-        unsupported_file_for_provider, invalid_export, invalid_migration_target,
-        not_resettable, invalid_timestamp, replica_not_configured
+    422 validation_error, unknown_model, provider_not_configured, unknown_assistant,
+        unknown_file, empty_file, unsupported_file_for_provider, invalid_export,
+        invalid_migration_target, not_resettable, invalid_timestamp, replica_not_configured
+    426 upgrade_required
     428 precondition_required
     429 rate_limited, budget_exhausted, provider_rate_limited
     500 internal_error, store_error, log_damaged, unknown_event_type, unknown_schema_version,
@@ -94,6 +96,8 @@ ERRORS: dict[str, ErrorCode] = {
     "origin_not_allowed": ErrorCode(403, "the page's Origin is not one the widget allows"),
     "identity_required": ErrorCode(403, "the widget requires a signed user identity"),
     "forbidden": ErrorCode(403, "not allowed"),
+    "cross_site_request": ErrorCode(403, "a cookie-authenticated request came from another "
+                                         "site (Sec-Fetch-Site or Origin)"),
     # 404
     "not_found": ErrorCode(404, "no such resource (or not yours)"),
     "widget_not_found": ErrorCode(404, "no such widget"),
@@ -103,6 +107,8 @@ ERRORS: dict[str, ErrorCode] = {
     "backup_not_found": ErrorCode(404, "CLI: no backup at that path"),
     # 405
     "method_not_allowed": ErrorCode(405, "the path does not take that method"),
+    # 426
+    "upgrade_required": ErrorCode(426, "a WebSocket's URL was asked for as plain HTTP"),
     # 409
     "email_taken": ErrorCode(409, "an account with that e-mail address exists"),
     "already_verified": ErrorCode(409, "the e-mail address is verified already"),
@@ -131,6 +137,8 @@ ERRORS: dict[str, ErrorCode] = {
     # 422
     "validation_error": ErrorCode(422, "a field is missing or invalid; `errors` says which"),
     "unknown_model": ErrorCode(422, "the provider has no such model"),
+    "provider_not_configured": ErrorCode(422, "the server lacks the key or URL of the provider "
+                                              "named; `errors` says what the operator must set"),
     "unknown_assistant": ErrorCode(422, "no such assistant of yours"),
     "unknown_file": ErrorCode(422, "a file_id is not an upload of this conversation"),
     "empty_file": ErrorCode(422, "the file is empty"),

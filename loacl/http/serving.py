@@ -239,10 +239,11 @@ def welcome(bound: list[Any], public_url: str | None) -> dict[str, str]:
     return {
         "url": base,
         **({"listening_on": " ".join(urls)} if public_url or len(urls) > 1 else {}),
+        "console": f"{base}console/",
         "api_docs": f"{base}docs",
-        "next": f"open {base} to try the demo widget; create the first owner with `loacl users "
-                "create --email you@example.org --verified` (or POST /api/v1/auth/register), "
-                "then an assistant and a widget (see README.md)",
+        "next": f"open {base}console/ to sign up and set up an assistant and a widget, or "
+                f"{base} to try the demo widget; from a shell, `loacl users create --email "
+                "you@example.org --verified` makes the first owner (see README.md)",
     }
 
 

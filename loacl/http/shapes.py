@@ -7,10 +7,11 @@ from typing import Any
 
 from loacl.services.accounts import TokenPair
 from loacl.services.privacy import Export
-from loacl.store.views.accounts import UserView
+from loacl.store.views.accounts import SessionView, UserView
 from loacl.store.views.assistants import AssistantView
 from loacl.store.views.conversations import ConversationView, MessagePage, MessageView
 from loacl.store.views.files import FileView
+from loacl.store.views.inbox import InboxItem
 from loacl.store.views.widgets import WidgetView
 
 
@@ -121,6 +122,25 @@ def conversation_json(view: ConversationView) -> dict[str, Any]:
     }
 
 
+def inbox_item_json(item: InboxItem) -> dict[str, Any]:
+    return {
+        "id": item.conversation_id,
+        "widget_id": item.widget_id,
+        "widget_name": item.widget_name,
+        "widget_title": item.widget_title,
+        "visitor_id": item.visitor_id,
+        "user_id": item.external_user_id,
+        "created_at": item.created_at,
+        "last_activity_at": item.last_activity_at,
+        "message_count": item.message_count,
+        "status": item.status,
+        "erased_at": item.erased_at,
+        "preview": item.preview_text,
+        "preview_role": item.preview_role,
+        "cursor": str(item.last_activity_seq),
+    }
+
+
 def file_json(view: FileView) -> dict[str, Any]:
     return {
         "id": view.file_id, "conversation_id": view.conversation_id,
@@ -169,6 +189,14 @@ def user_json(user: UserView) -> dict[str, Any]:
         "email_verified": user.email_verified,
         "email_verified_at": user.email_verified_at,
         "created_at": user.created_at,
+    }
+
+
+def session_json(view: SessionView, current_session: str) -> dict[str, Any]:
+    return {
+        "id": view.session_id, "created_at": view.created_at,
+        "last_used_at": view.last_used_at, "expires_at": view.expires_at,
+        "ip": view.client_ip, "current": view.session_id == current_session,
     }
 
 
@@ -298,13 +326,33 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                              "visitor_email": _nullable(_STR)}),
     "VisitorProfile": _object({"name": _nullable(_STR), "email": _nullable(_STR)}),
     "ConversationPage": _page("Conversation"),
+    "InboxConversation": _object({
+        "id": _STR, "widget_id": _STR, "widget_name": _nullable(_STR),
+        "widget_title": _nullable(_STR), "visitor_id": _STR, "user_id": _nullable(_STR),
+        "created_at": _TIME, "last_activity_at": _TIME, "message_count": _INT,
+        "status": {"type": "string", "enum": ["open", "erased"]},
+        "erased_at": _nullable(_TIME), "preview": _nullable(_STR),
+        "preview_role": {"type": ["string", "null"], "enum": ["user", "assistant", None]},
+        "cursor": _STR}),
+    "InboxPage": _page("InboxConversation"),
+    "Models": _object({
+        "data": _list(_object({"id": _STR, "provider": _STR})),
+        "providers": _list(_object({"name": _STR, "ok": _BOOL, "error": _nullable(_STR)}))}),
+    "OwnerMessagePage": _object({
+        "data": _list(_ref("Message")), "conversation_id": _STR,
+        "prev_cursor": _nullable(_STR), "next_cursor": _nullable(_STR),
+        "files": _list(_ref("File"))}),
     "File": _object({"id": _STR, "conversation_id": _STR, "filename": _STR, "kind": _STR,
                      "content_type": _STR, "size": _INT, "sha256": _STR, "created_at": _TIME}),
     "User": _object({"id": _STR, "email": _STR, "name": _nullable(_STR),
                      "email_verified": _BOOL, "email_verified_at": _nullable(_TIME),
                      "created_at": _TIME}),
     "Tokens": _object({"access_token": _STR, "token_type": {"type": "string", "enum": ["bearer"]},
-                       "expires_in": _INT, "refresh_token": _STR}),
+                       "expires_in": _INT, "refresh_token": _STR},
+                      optional=("refresh_token",)),
+    "Sessions": _object({"data": _list(_object({
+        "id": _STR, "created_at": _TIME, "last_used_at": _TIME, "expires_at": _TIME,
+        "ip": _nullable(_STR), "current": _BOOL}))}),
     "Registration": _object({"email": _STR,
                              "status": {"type": "string", "enum": ["mail_sent"]}}),
     "Usage": _object({

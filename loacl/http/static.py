@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from loacl import __version__
 from loacl.domain.errors import LoaclError
 from loacl.http.common import public_base, request_origin
+from loacl.http.csp import policy, style_hash
 from loacl.http.routing import Endpoint
 from loacl.services.demo import Demo, demo_enabled, public_origin
 
@@ -53,7 +54,11 @@ class Asset:
 
 
 def _read(name: str) -> bytes:
-    return (resources.files("loacl") / "static" / name).read_bytes()
+    """A file under ``loacl/static/`` (``name`` may name a subfolder: ``apidocs/x.js``)."""
+    path = resources.files("loacl") / "static"
+    for part in name.split("/"):
+        path = path / part
+    return path.read_bytes()
 
 
 @functools.cache
@@ -97,16 +102,22 @@ def not_modified(request: Request, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-def serve_asset(request: Request, item: Asset, cache_control: str) -> Response:
+def serve_asset(request: Request, item: Asset, cache_control: str, *,
+                cross_origin: bool = True) -> Response:
+    """``item``, gzipped when the client takes it, 304 when its ``ETag`` is the one given.
+    ``cross_origin``: other sites may load it (the widget); else only this server's pages."""
     headers = {
         "ETag": item.etag,
         "Cache-Control": cache_control,
         "Vary": "Accept-Encoding",
         "X-Content-Type-Options": "nosniff",
-        # Sites may load it with integrity=... crossorigin=anonymous, which needs CORS.
-        "Access-Control-Allow-Origin": "*",
-        "Cross-Origin-Resource-Policy": "cross-origin",
     }
+    if cross_origin:
+        # Sites may load it with integrity=... crossorigin=anonymous, which needs CORS.
+        headers["Access-Control-Allow-Origin"] = "*"
+        headers["Cross-Origin-Resource-Policy"] = "cross-origin"
+    else:
+        headers["Cross-Origin-Resource-Policy"] = "same-origin"
     if not_modified(request, item.etag):
         return Response(status_code=304, headers=headers)
     body = item.body
@@ -199,13 +210,11 @@ def _page() -> tuple[str, str]:
     """The page template and the CSP hash of its one inline style."""
     text = _read("index.html").decode()
     match = re.search(r"<style>(.*?)</style>", text, re.S)
-    style = match.group(1) if match else ""
-    digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
-    return text, f"'sha256-{digest}'"
+    return text, style_hash(match.group(1) if match else "")
 
 
 async def home(request: Request) -> Response:
-    template, style_hash = _page()
+    template, allowed_style = _page()
     item = widget_script()
     base = public_base(request)
     demo: Demo | None = getattr(request.app.state, "demo", None)
@@ -248,11 +257,7 @@ async def home(request: Request) -> Response:
         "script_version": item.version,
     }
     page = re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], template)
-    csp = (
-        "default-src 'none'; script-src 'self'; connect-src 'self'; "
-        f"style-src {style_hash}; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
-        "frame-ancestors 'none'"
-    )
+    csp = policy(styles=(allowed_style,))
     return Response(
         page,
         media_type="text/html; charset=utf-8",

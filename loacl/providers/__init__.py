@@ -116,8 +116,47 @@ def provider_for(settings: Settings, name: str) -> Provider:
     return spec(name).create(settings)
 
 
+def missing_configuration(settings: Settings, provider: str) -> str | None:
+    """What the server lacks to use ``provider`` (None when it has it)."""
+    if provider == "openai" and not settings.openai_api_key:
+        return "OPENAI_API_KEY"
+    if provider == "chat_completions" and not (
+        settings.chat_completions_base_url or settings.openai_base_url
+    ):
+        return "LOACL_CHAT_COMPLETIONS_BASE_URL or OPENAI_BASE_URL"
+    return None
+
+
+def configured(settings: Settings) -> list[str]:
+    """The providers an assistant may use on this server: the demo always, OpenAI with a key,
+    Chat Completions with a base URL."""
+    return [name for name in REGISTRY if missing_configuration(settings, name) is None]
+
+
+async def list_models(settings: Settings, provider: str) -> list[str]:
+    """The ids of the models ``provider`` offers (``models.list``), sorted."""
+    if not spec(provider).lists_models:
+        return list(DEMO_MODELS)
+    client = client_for(settings, provider, max_retries=1, timeout=10.0)
+    try:
+        return sorted({model.id async for model in client.models.list()})
+    finally:
+        await client.close()
+
+
 async def check_model(settings: Settings, provider: str, model: str) -> None:
-    """Ask the provider whether it knows ``model`` (``models.retrieve``)."""
+    """Ask the provider whether it knows ``model`` (``models.retrieve``). A provider this server
+    is not configured for is the request's fault, not an outage: 422, naming what is missing."""
+    missing = missing_configuration(settings, provider)
+    if missing is not None:
+        usable = [name for name in REGISTRY if missing_configuration(settings, name) is None]
+        raise LoaclError(
+            "provider_not_configured",
+            f"this server is not configured for the {provider} provider: its operator must set "
+            f"{missing}",
+            errors=[{"field": "provider", "message": f"needs {missing} on the server",
+                     "accepted": usable}],
+        )
     if not spec(provider).lists_models:
         if model not in DEMO_MODELS:
             raise LoaclError(

@@ -7,6 +7,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 from email_validator import EmailNotValidError, validate_email
@@ -27,9 +28,10 @@ from loacl.services.tokens import (
     token_hash,
 )
 from loacl.settings import Settings
+from loacl.store.codec import format_time
 from loacl.store.eventstore import NO_STREAM, Clock, EventStore, utc_now
 from loacl.store.views import accounts as accounts_view
-from loacl.store.views.accounts import UserView
+from loacl.store.views.accounts import SessionView, UserView
 
 log = structlog.get_logger(__name__)
 
@@ -145,11 +147,16 @@ class Accounts:
 
     # -- mail -------------------------------------------------------------------------------
 
-    def _send_link(self, to: str, subject: str, intro: str, path: str, token: str,
+    def _send_link(self, to: str, subject: str, intro: str, page: str, path: str, token: str,
                    base_url: str) -> None:
+        """A mail whose link opens the console's ``page`` with the token (the page posts it
+        to ``path``); the token and a curl command for the same follow, for API users."""
         base = (self.settings.public_url or base_url).rstrip("/")
+        link = f"{base}/console/{page}?token={quote(token, safe='')}"
         body = (
             f"{intro}\n\n"
+            f"Open this link:\n\n{link}\n\n"
+            "Or, without a browser:\n\n"
             f"Your token:\n\n{token}\n\n"
             f"Send it to LOACL:\n\n"
             f"  curl -X POST {base}{path} -H 'Content-Type: application/json' "
@@ -159,8 +166,8 @@ class Accounts:
         self.mailer.send(to, subject, body)
         if isinstance(self.mailer.transport, OutboxTransport):
             # No mail server configured: the operator finds the link in the log.
-            log.info("mail.outbox_link", to=to, subject=subject, endpoint=f"{base}{path}",
-                     token=token)
+            log.info("mail.outbox_link", to=to, subject=subject, link=link,
+                     endpoint=f"{base}{path}", token=token)
 
     def _send_verification(self, user_id: str, email: str, base_url: str) -> None:
         token = self.tokens.issue_link(
@@ -170,7 +177,7 @@ class Accounts:
         self._send_link(
             email, "Confirm your e-mail address for LOACL",
             "Welcome to LOACL. Confirm your e-mail address to create assistants and widgets.",
-            "/api/v1/auth/verify-email", token, base_url,
+            "verify", "/api/v1/auth/verify-email", token, base_url,
         )
 
     def _send_taken_notice(self, user_id: str, email: str, base_url: str) -> None:
@@ -183,7 +190,8 @@ class Accounts:
             email, "Someone tried to register your address with LOACL",
             "Someone (perhaps you) tried to register a new LOACL account with this e-mail "
             "address, which has an account already. No second account was made.\n\n"
-            "To log in, use your password. If you forgot it, ask for a reset:\n\n"
+            f"To log in, use your password at {base}/console/ . If you forgot it, ask for a "
+            "reset there, or:\n\n"
             f"  curl -X POST {base}/api/v1/auth/reset-password -H 'Content-Type: "
             f"application/json' -d '{{\"email\": \"{email}\"}}'\n\n"
             "If it was not you, ignore this mail: nothing changed.\n",
@@ -363,6 +371,24 @@ class Accounts:
     async def logout(self, principal: Principal, meta: Metadata) -> None:
         await self._revoke(principal.session_id, "logout", meta)
 
+    async def logout_by_refresh_token(
+        self, refresh_token: str, user_id: str | None, meta: Metadata
+    ) -> None:
+        """End the session whose current refresh token this is (of ``user_id``, when given).
+        Anything else (a rotated token, another owner's) ends nothing: logging out must not
+        become a way to end sessions with an old copy of a token."""
+        session_id = await accounts_view.session_of_refresh_token(
+            self.store, token_hash(refresh_token)
+        )
+        if session_id is None:
+            return
+        state, _ = await self._load_session(session_id)
+        if state.current_token_hash != token_hash(refresh_token) or (
+            user_id is not None and state.user_id != user_id
+        ):
+            return
+        await self._revoke(session_id, "logout", meta)
+
     async def _revoke(self, session_id: str, reason: str, meta: Metadata) -> None:
         for attempt in range(1, RETRIES + 1):
             state, version = await self._load_session(session_id)
@@ -402,9 +428,10 @@ class Accounts:
         )
         self._send_link(
             found.email, "Reset your LOACL password",
-            "Someone (we hope you) asked to reset the password of this LOACL account. Send the "
-            "token below with your new password as \"password\".",
-            "/api/v1/auth/reset-password/confirm", token, base_url,
+            "Someone (we hope you) asked to reset the password of this LOACL account. Open the "
+            "link to choose a new password (or send the token below with your new password "
+            "as \"password\").",
+            "reset", "/api/v1/auth/reset-password/confirm", token, base_url,
         )
 
     async def confirm_reset(self, token: str, password: str, meta: Metadata) -> None:
@@ -422,6 +449,44 @@ class Accounts:
         )
         for session_id in await accounts_view.open_sessions(self.store, state.user_id):
             await self._revoke(session_id, "password_reset", meta)
+
+    async def change_password(
+        self, principal: Principal, current: str, new: str, client_ip: str, meta: Metadata
+    ) -> None:
+        """Set a new password, the current one given (and counted as a login attempt), and end
+        every other session of the owner: whoever else held one is out."""
+        await self.check_password(principal.user_id, current, client_ip)
+        check_password(new)
+        new_hash = await self.passwords.hash(new)
+        for attempt in range(1, RETRIES + 1):
+            state, version = await self._load_user(principal.user_id)
+            try:
+                await self.store.append(
+                    domain.user_stream(principal.user_id),
+                    domain.change_password(state, new_hash, "change"),
+                    expected_version=version, metadata=meta,
+                )
+                break
+            except ConflictError:
+                if attempt == RETRIES:
+                    raise
+        for session_id in await accounts_view.open_sessions(self.store, principal.user_id):
+            if session_id != principal.session_id:
+                await self._revoke(session_id, "password_changed", meta)
+
+    async def sessions(self, principal: Principal) -> list[SessionView]:
+        return await accounts_view.active_sessions(
+            self.store, principal.user_id, format_time(self.clock())
+        )
+
+    async def end_session(self, principal: Principal, session_id: str, meta: Metadata) -> None:
+        """End one of the owner's active sessions (this one too, as a logout would); another
+        owner's, an ended one or none at all is not found."""
+        active = {s.session_id for s in await self.sessions(principal)}
+        if session_id not in active:
+            raise LoaclError("not_found", "no such session")
+        await self._revoke(session_id, "logout" if session_id == principal.session_id
+                           else "revoked", meta)
 
     async def authenticate(self, access_token: str) -> Principal:
         claims = self.tokens.read_access(access_token)

@@ -94,7 +94,11 @@ class Mailer:
         message["To"] = to
         message["Subject"] = subject
         message["Message-ID"] = message_id or make_msgid(domain="loacl")
-        message.set_content(body)
+        # Plain ASCII goes as it is (7bit): quoted-printable would break a long link in the
+        # raw .eml with soft line breaks, so that copying it out of the file fails. SMTP's
+        # line limit (998) still holds; anything else is left to the default choice.
+        plain = body.isascii() and all(len(line) <= 998 for line in body.splitlines())
+        message.set_content(body, cte="7bit" if plain else None)
         return message
 
     async def deliver(self, to: str, subject: str, body: str, message_id: str) -> None:

@@ -33,6 +33,7 @@ from loacl.domain.privacy import (
     subject,
 )
 from loacl.domain.widgets import conversation_stream
+from loacl.store import search
 from loacl.store.eventstore import EventStore
 from loacl.store.views import accounts as account_views
 from loacl.store.views import conversations as views
@@ -180,8 +181,11 @@ class Privacy:
                 conversation_stream(cid), subject(CONVERSATION, cid), reason, requested_by,
                 result.scope, meta, owner_id,
             )
-        if result.conversations and not dry_run and cut_wal:
-            result.wal_cut = await self.cut_wal()
+        if result.conversations and not dry_run:
+            # The erased words leave the search index's older segments too (store.search).
+            await self.store.run_on_writer(search.purge)
+            if cut_wal:
+                result.wal_cut = await self.cut_wal()
 
     async def _append_erased(
         self, stream: str, erased: str, reason: str, requested_by: str, scope: str,

@@ -81,8 +81,16 @@ def _fields(cls: type[Event]) -> tuple[tuple[str, bytes | None], ...]:
     return found
 
 
+_SEALED: dict[type[Event], tuple[tuple[str, bytes], ...]] = {}
+
+
 def _sealed_fields(cls: type[Event]) -> tuple[tuple[str, bytes], ...]:
-    return tuple((name, aad) for name, aad in _fields(cls) if aad is not None)
+    """The class's personal fields with their associated data (asked for every event written
+    without a key, so kept)."""
+    found = _SEALED.get(cls)
+    if found is None:
+        found = _SEALED[cls] = tuple((name, aad) for name, aad in _fields(cls) if aad is not None)
+    return found
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from loacl.store.projections import Projections
 from loacl.store.rebuild import remove_file
 from loacl.store.records import EVENT_COLUMNS
 from loacl.store.replay import apply_all
+from loacl.store.search import is_search_table
 from loacl.store.sqlite import connect
 from loacl.store.subscriptions import Subscriber, Table
 
@@ -103,7 +104,10 @@ def _refuse_unknown_tables(
     for subscriber in subscribers:
         if isinstance(subscriber, Table):
             known |= set(subscriber.tables)
-    unknown = sorted((_tables(conn, "main") | _tables(conn, "src")) - known)
+    unknown = sorted(
+        name for name in (_tables(conn, "main") | _tables(conn, "src")) - known
+        if not is_search_table(name)  # built by the triggers as the messages are
+    )
     if unknown:
         raise LoaclError("log_damaged", f"cannot cut the log: table {unknown[0]} is not one "
                                         "LOACL knows how to cut")

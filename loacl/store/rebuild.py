@@ -16,6 +16,7 @@ from loacl.store.backup import ServeLock
 from loacl.store.keys import Keyring
 from loacl.store.projections import Projections
 from loacl.store.replay import Progress, ReplayResult, apply_all
+from loacl.store.search import is_search_table
 from loacl.store.sqlite import connect
 
 # Rebuilt, not copied: the stream index is derived from the log; the migrations' record and
@@ -107,7 +108,8 @@ def _copy_kept(conn: sqlite3.Connection, projections: Projections) -> None:
         "SELECT name FROM src.sqlite_master WHERE type = 'table'"
     )}
     for table in names:
-        if table in projections.tables or table in _NOT_COPIED or table not in in_source:
+        if (table in projections.tables or table in _NOT_COPIED or table not in in_source
+                or is_search_table(table)):
             continue
         cols = _columns(conn, table)
         try:

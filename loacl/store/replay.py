@@ -39,6 +39,9 @@ def _schema(conn: sqlite3.Connection, tables: list[str]) -> list[tuple[str, str,
     marks = ",".join("?" * len(tables))
     rows = conn.execute(
         f"SELECT type, name, sql FROM main.sqlite_master WHERE tbl_name IN ({marks}) "
+        # Not the triggers: the fresh tables keep no search index; the main tables' triggers
+        # fill it when the fresh rows are copied in.
+        "AND type IN ('table', 'index') "
         "AND sql IS NOT NULL ORDER BY type DESC",  # tables before indexes
         tables,
     ).fetchall()

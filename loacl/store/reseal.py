@@ -29,6 +29,7 @@ from loacl.store.keys import ErasedKey, Keyring, Sealer
 from loacl.store.projections import default_projections
 from loacl.store.records import EVENT_COLUMNS, decode_rows
 from loacl.store.replay import apply_all
+from loacl.store.search import is_search_table
 from loacl.store.sqlite import connect
 
 # Built from the log, or tied to the old chain's hashes: never copied.
@@ -95,7 +96,8 @@ def _copy_tables(conn: sqlite3.Connection, db_path: Path) -> None:
             "SELECT name FROM src.sqlite_master WHERE type = 'table'"
         )}
         for table in names:
-            if table in projected or table in _NOT_COPIED or table not in in_source:
+            if (table in projected or table in _NOT_COPIED or table not in in_source
+                    or is_search_table(table)):
                 continue
             cols = ", ".join(
                 f'"{r[1]}"' for r in conn.execute(f'PRAGMA main.table_info("{table}")')

@@ -64,9 +64,12 @@ def session_started(
     conn: sqlite3.Connection, event: SessionStarted, recorded: RecordedEvent
 ) -> None:
     at = format_time(recorded.recorded_at)
+    address = recorded.metadata.client_ip
     conn.execute(
-        "INSERT INTO sessions (session_id, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
-        (event.session_id, event.user_id, at, format_time(event.expires_at)),
+        "INSERT INTO sessions (session_id, user_id, created_at, expires_at, client_ip) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (event.session_id, event.user_id, at, format_time(event.expires_at),
+         None if address is None or is_erased(address) else address),
     )
     conn.execute(
         "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES (?, ?, ?)",

@@ -36,11 +36,11 @@ _INSERT_REPLY = (
 )
 
 
-def _touch(conn: sqlite3.Connection, conversation_id: str, at: str) -> None:
+def _touch(conn: sqlite3.Connection, conversation_id: str, at: str, seq: int) -> None:
     conn.execute(
-        "UPDATE conversations SET last_activity_at = ?, message_count = message_count + 1 "
-        "WHERE conversation_id = ?",
-        (at, conversation_id),
+        "UPDATE conversations SET last_activity_at = ?, last_activity_seq = ?, "
+        "message_count = message_count + 1 WHERE conversation_id = ?",
+        (at, seq, conversation_id),
     )
 
 
@@ -52,7 +52,7 @@ def message_posted(conn: sqlite3.Connection, event: MessagePosted, recorded: Rec
         (event.message_id, event.conversation_id, "user", event.text, "completed", None,
          json.dumps(list(event.file_ids)), event.client_message_id, recorded.seq, at, at),
     )
-    _touch(conn, event.conversation_id, at)
+    _touch(conn, event.conversation_id, at, recorded.seq)
 
 
 @projections.on
@@ -65,7 +65,7 @@ def assistant_started(
         (event.message_id, event.conversation_id, "assistant", "", "streaming", event.reply_to,
          "[]", None, recorded.seq, at, None, event.assistant_id, event.model),
     )
-    _touch(conn, event.conversation_id, at)
+    _touch(conn, event.conversation_id, at, recorded.seq)
 
 
 @projections.on

@@ -72,7 +72,7 @@ def _erase_owner(conn: sqlite3.Connection, user_id: str, at: str) -> None:
         (user_id,),
     )
     conn.execute(
-        "UPDATE sessions SET revoked_at = coalesce(revoked_at, ?), "
+        "UPDATE sessions SET revoked_at = coalesce(revoked_at, ?), client_ip = NULL, "
         "revoked_reason = coalesce(revoked_reason, 'account_deleted') WHERE user_id = ?",
         (at, user_id),
     )

@@ -146,9 +146,9 @@ def conversation_started(
     # widget is gone.
     conn.execute(
         "INSERT INTO conversations (conversation_id, widget_id, visitor_id, external_user_id, "
-        "created_seq, created_at, last_activity_at, owner_id) VALUES (?, ?, ?, ?, ?, ?, ?, "
-        "(SELECT owner_id FROM widgets WHERE widget_id = ?))",
+        "created_seq, created_at, last_activity_at, last_activity_seq, owner_id) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, (SELECT owner_id FROM widgets WHERE widget_id = ?))",
         (event.conversation_id, event.widget_id, event.visitor_id, user,
-         recorded.seq, at, at, event.widget_id),
+         recorded.seq, at, at, recorded.seq, event.widget_id),
     )
 

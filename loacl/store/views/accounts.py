@@ -51,6 +51,17 @@ class SessionUser(msgspec.Struct, frozen=True, array_like=True):
         return self.revoked_at is None
 
 
+class SessionView(msgspec.Struct, frozen=True, array_like=True):
+    """A session as its owner's list shows it; last used: its last refresh, else its start
+    (an access token's use is not recorded)."""
+
+    session_id: str
+    created_at: str
+    last_used_at: str
+    expires_at: str
+    client_ip: str | None
+
+
 class OwnedAssistant(msgspec.Struct, frozen=True, array_like=True):
     assistant_id: str
     owner_email: str | None  # None when the owner's account is gone
@@ -133,6 +144,16 @@ async def open_sessions(store: EventStore, user_id: str) -> list[str]:
         "SELECT session_id FROM sessions WHERE user_id = ? AND revoked_at IS NULL", (user_id,)
     )
     return [str(session_id) for (session_id,) in rows]
+
+
+async def active_sessions(store: EventStore, user_id: str, now: str) -> list[SessionView]:
+    """The owner's sessions neither revoked nor expired at ``now``, last used first."""
+    rows = await store.query(
+        "SELECT session_id, created_at, coalesce(refreshed_at, created_at) AS used, expires_at, "
+        "client_ip FROM sessions WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ? "
+        "ORDER BY used DESC, session_id", (user_id, now),
+    )
+    return _convert(rows, SessionView)
 
 
 async def session_user(store: EventStore, session_id: str, user_id: str) -> SessionUser | None:
