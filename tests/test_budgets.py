@@ -318,7 +318,8 @@ def test_usage_is_the_owners_own_and_its_range_is_checked(root: str, tmp_path: P
             "from": "2030-01-01", "to": "2030-01-31", "group_by": "day", "currency": "USD",
             "data": [], "total": {"replies_completed": 0, "replies_failed": 0,
                                   "input_tokens": 0, "output_tokens": 0, "total_tokens": 0,
-                                  "estimated_cost": 0, "unpriced_tokens": 0, "models": []}}
+                                  "estimated_cost": 0, "unpriced_tokens": 0, "models": [],
+                                  "feedback_up": 0, "feedback_down": 0}}
 
 
 # -- the demo widget (finding 5) ---------------------------------------------------------------

@@ -44,12 +44,14 @@ from loacl.domain.conversations import (
     AssistantFailed,
     AssistantInterrupted,
     AssistantStarted,
+    FeedbackGiven,
     FileSentToProvider,
     FileUploaded,
     MessagePosted,
     ToolCalled,
     ToolReturned,
     Usage,
+    VisitorIntroduced,
 )
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import EVENT_TYPES, Event, Metadata
@@ -101,7 +103,9 @@ WIDGET = WidgetDefinition(
     name="Docs widget", assistant_id="ast_9K", allowed_origins=("https://example.com",),
     settings=WidgetSettings(
         title="Fragen?", greeting="Hallo 👋", placeholder="Schreiben…", theme="dark",
-        position="bottom-left", accent_color="#ff5500", locale="de",
+        position="bottom-left", accent_color="#ff5500", locale="de", feedback=False,
+        events_include_text=True, title_blink=True, proactive_greeting="Fragen? Wir helfen.",
+        proactive_delay_seconds=7, prechat_fields=("name", "email"),
     ),
     messages_per_minute=20, enabled=False, require_identity=True,
     budget=WidgetBudget(daily_tokens=50_000, monthly_tokens=0, daily_cost=None,
@@ -176,6 +180,9 @@ SAMPLES: dict[str, Event] = {
             sha256="9f" * 32,
         ),
         FileSentToProvider(file_id="fil_9", provider="openai", provider_file_id="file-abc"),
+        FeedbackGiven(conversation_id="cnv_5T", message_id="msg_2R", rating="down",
+                      comment="Zu kurz — «bitte» mehr."),
+        VisitorIntroduced(conversation_id="cnv_5T", name="Zoë Ångström", email="zoe@example.com"),
         SubjectErased(
             subject="conversation:cnv_5T", reason="request", requested_by="usr_01J9Z3",
             scope="visitor:vis_8P",

@@ -450,11 +450,15 @@ def test_an_assistant_in_use_is_not_deleted(world: World) -> None:
 
 DEFAULT_SETTINGS = {
     "title": "Chat with us", "greeting": "", "placeholder": "Type a message…", "theme": "auto",
-    "position": "bottom-right", "accent_color": "#2563eb", "locale": "en",
+    "position": "bottom-right", "accent_color": "#2563eb", "locale": "en", "feedback": True,
+    "events_include_text": False, "title_blink": False, "proactive_greeting": "",
+    "proactive_delay_seconds": 10, "prechat_fields": [],
 }
 FULL_SETTINGS = {
     "title": "T" * 100, "greeting": "g" * 2000, "placeholder": "p" * 200, "theme": "dark",
-    "position": "bottom-left", "accent_color": "#ABC", "locale": "pt-BR",
+    "position": "bottom-left", "accent_color": "#ABC", "locale": "pt-BR", "feedback": False,
+    "events_include_text": True, "title_blink": True, "proactive_greeting": "h" * 300,
+    "proactive_delay_seconds": 3600, "prechat_fields": ["name", "email"],
 }
 
 # null: the server's default budget (settings); 0: no limit.
@@ -609,6 +613,12 @@ INVALID_WIDGETS = [
                  id="locale-underscore"),
     pytest.param({"settings": {"font": "Comic Sans"}}, "validation_error", "settings.font",
                  id="settings-unknown-field"),
+    pytest.param({"settings": {"proactive_greeting": "h" * 301}}, "validation_error",
+                 "settings.proactive_greeting", id="proactive-greeting-too-long"),
+    pytest.param({"settings": {"proactive_delay_seconds": -1}}, "validation_error",
+                 "settings.proactive_delay_seconds", id="proactive-delay-negative"),
+    pytest.param({"settings": {"prechat_fields": ["phone"]}}, "validation_error",
+                 "settings.prechat_fields.0", id="prechat-field-unknown"),
     pytest.param({"settings": "dark"}, "validation_error", "settings", id="settings-not-object"),
     pytest.param({"limits": {"messages_per_minute": 0}}, "validation_error",
                  "limits.messages_per_minute", id="rate-zero"),

@@ -1,9 +1,12 @@
 #!/bin/sh
-# Build loacl/static/widget.js (the one file LOACL serves and pip ships) from widget/src/, with
-# esbuild (build.mjs). Needs Node.js and npm, only to rebuild; the built file is committed, so
-# serving needs neither.
+# Build loacl/static/widget.js and widget-extra.js (the files LOACL serves and pip ships) from
+# widget/src/, with esbuild (build.mjs), and print their gzipped sizes. Needs Node.js and npm,
+# only to rebuild; the built files are committed, so serving needs neither.
 set -eu
 cd "$(dirname "$0")"
 [ -x node_modules/.bin/esbuild ] || npm ci --no-audit --no-fund --ignore-scripts
 node build.mjs
-gzip -9 -n -c ../loacl/static/widget.js | wc -c | xargs printf 'loacl/static/widget.js: %s bytes gzipped (tests/test_static.py prints the size as served)\n'
+for name in widget widget-extra; do
+  gzip -9 -n -c ../loacl/static/$name.js | wc -c |
+    xargs printf "loacl/static/$name.js: %s bytes gzipped (tests/test_static.py prints the sizes as served)\n"
+done

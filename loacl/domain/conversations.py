@@ -152,6 +152,36 @@ class ToolReturned(Event):
     not_personal = ("message_id", "call_id", "name", "status")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedbackGiven(Event):
+    """The visitor rated a reply (thumbs up or down, and perhaps a few words); the newest rating
+    of a reply is the one that counts."""
+
+    event_type = "feedback.given"
+    conversation_id: str
+    message_id: str
+    rating: str  # up | down
+    comment: str = ""
+    personal = ("comment",)
+    not_personal = ("conversation_id", "message_id", "rating")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VisitorIntroduced(Event):
+    """The visitor's answers to the widget's pre-chat form (or the page's identify call): a
+    name and an e-mail address, each "" when not given."""
+
+    event_type = "visitor.introduced"
+    conversation_id: str
+    name: str = ""
+    email: str = ""
+    personal = ("name", "email")
+    not_personal = ("conversation_id",)
+
+
+RATINGS = ("up", "down")
+MAX_COMMENT = 500
+
 END_EVENTS = (AssistantCompleted, AssistantFailed, AssistantInterrupted)
 
 
@@ -172,6 +202,7 @@ class Conversation:
     message_ids: frozenset[str] = frozenset()
     running: Reply | None = None
     file_ids: frozenset[str] = frozenset()
+    answered: frozenset[str] = frozenset()  # replies that completed: they may be rated
 
 
 def evolve_conversation(state: Conversation, event: Event) -> Conversation:
@@ -186,7 +217,9 @@ def evolve_conversation(state: Conversation, event: Event) -> Conversation:
             running = state.running
             return _with(state, running=Reply(running.message_id, running.reply_to,
                                               running.text + event.text))
-        case AssistantCompleted() | AssistantFailed() | AssistantInterrupted():
+        case AssistantCompleted():
+            return _with(state, running=None, answered=state.answered | {event.message_id})
+        case AssistantFailed() | AssistantInterrupted():
             return _with(state, running=None)
         case FileUploaded():
             return _with(state, file_ids=state.file_ids | {event.file_id})
@@ -257,3 +290,34 @@ def post_message(
             assistant_id=assistant_id, provider=provider, model=model,
         ),
     ]
+
+
+def give_feedback(
+    state: Conversation, *, message_id: str, rating: str, comment: str
+) -> list[Event]:
+    """The visitor's rating of a completed reply of this conversation, or a refusal."""
+    if message_id not in state.answered:
+        raise LoaclError("not_found", "no completed reply with this id in the conversation")
+    if rating not in RATINGS:
+        raise LoaclError("validation_error", "rating: up or down",
+                         errors=[{"field": "rating", "message": "up or down"}])
+    comment = comment.strip()
+    if len(comment) > MAX_COMMENT:
+        raise LoaclError("validation_error", f"comment: at most {MAX_COMMENT} characters",
+                         errors=[{"field": "comment", "message": "too long"}])
+    return [FeedbackGiven(conversation_id=state.conversation_id, message_id=message_id,
+                          rating=rating, comment=comment)]
+
+
+def introduce(state: Conversation, *, name: str, email: str) -> list[Event]:
+    """The visitor's name and e-mail address for this conversation, or a refusal."""
+    if not state.exists:
+        raise LoaclError("not_found", "no such conversation")
+    name, email = name.strip(), email.strip()
+    if not name and not email:
+        raise LoaclError("validation_error", "give a name or an e-mail address",
+                         errors=[{"field": "name", "message": "empty"}])
+    if email and ("@" not in email or email.startswith("@") or email.endswith("@")):
+        raise LoaclError("validation_error", "email: not an e-mail address",
+                         errors=[{"field": "email", "message": "not an e-mail address"}])
+    return [VisitorIntroduced(conversation_id=state.conversation_id, name=name, email=email)]

@@ -22,6 +22,13 @@ class WidgetSettings:
     position: str = "bottom-right"  # bottom-right | bottom-left
     accent_color: str = "#2563eb"
     locale: str = "en"
+    # v3: what the embed script does besides chatting (widget/README.md).
+    feedback: bool = True  # thumbs up and down under each reply
+    events_include_text: bool = False  # the page's loacl:message/loacl:reply carry the text
+    title_blink: bool = False  # the page's title blinks while replies are unread
+    proactive_greeting: str = ""  # a bubble next to the launcher; "" for none
+    proactive_delay_seconds: int = 10
+    prechat_fields: tuple[str, ...] = ()  # "name", "email": asked before the first message
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,10 +58,11 @@ class WidgetDefinition:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WidgetCreated(Event):
-    """v2: the definition has a budget (v1 events get the server's defaults)."""
+    """v2: the definition has a budget (v1 events get the server's defaults); v3: its settings
+    have the embed script's options (feedback, proactive greeting, pre-chat form, ...)."""
 
     event_type = "widget.created"
-    schema_version = 2
+    schema_version = 3
     widget_id: str
     owner_id: str
     definition: WidgetDefinition
@@ -64,10 +72,10 @@ class WidgetCreated(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WidgetUpdated(Event):
-    """v2: the definition has a budget, as in ``widget.created``."""
+    """v2 and v3 as in ``widget.created``."""
 
     event_type = "widget.updated"
-    schema_version = 2
+    schema_version = 3
     widget_id: str
     definition: WidgetDefinition
     not_personal = ("widget_id", "definition")

@@ -6,7 +6,7 @@ token, to read any conversation of their widgets.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message
 
-from loacl.domain.conversations import MAX_ATTACHMENTS, MAX_CLIENT_ID
+from loacl.domain.conversations import MAX_ATTACHMENTS, MAX_CLIENT_ID, MAX_COMMENT
 from loacl.domain.errors import LoaclError
 from loacl.domain.widgets import VisitorAccess
 from loacl.http.auth import bearer_token, current_owner
@@ -46,6 +46,22 @@ class MessageBody(BaseModel):
 
 
 
+
+
+class FeedbackBody(BaseModel):
+    """A visitor's rating of a reply; a later one replaces it."""
+
+    model_config = ConfigDict(extra="forbid")
+    rating: Literal["up", "down"]
+    comment: str = Field("", max_length=MAX_COMMENT)
+
+
+class ProfileBody(BaseModel):
+    """The visitor's answers to the widget's pre-chat form (personal data: sealed in the log)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("", max_length=200)
+    email: str = Field("", max_length=320)
 
 
 async def visitor(request: Request, token: str | None = None) -> VisitorAccess:
@@ -130,6 +146,28 @@ async def post_message(request: Request) -> Response:
         )
         return _failure(error, result, request)
     return JSONResponse(result, status_code=201)
+
+
+@visitor_endpoint
+async def give_feedback(request: Request) -> Response:
+    access = await visitor(request)
+    body = await parse_body(request, FeedbackBody)
+    rated = await chat(request).give_feedback(
+        access, request.path_params["message_id"], body.rating, body.comment,
+        metadata(request, f"visitor:{access.visitor_id}"),
+    )
+    return JSONResponse(message_json(rated))
+
+
+@visitor_endpoint
+async def introduce(request: Request) -> Response:
+    access = await visitor(request)
+    body = await parse_body(request, ProfileBody)
+    found = await chat(request).introduce(
+        access, body.name, body.email, metadata(request, f"visitor:{access.visitor_id}")
+    )
+    return JSONResponse({"name": found.visitor_name, "email": found.visitor_email},
+                        headers={"Cache-Control": "no-store"})
 
 
 async def list_conversations(request: Request) -> Response:
@@ -233,6 +271,12 @@ endpoints = [
              codes=("rate_limited", "budget_exhausted", "reply_in_progress",
                     "message_too_long", "provider_rate_limited", "provider_unavailable",
                     "provider_error"), returns="Exchange"),
+    Endpoint("post", "/api/v1/widgets/{id}/messages/{message_id}/feedback", give_feedback,
+             "Rate a completed reply (thumbs up or down, an optional comment)", "chat",
+             auth="visitor", body=FeedbackBody, codes=("not_found",), returns="Message"),
+    Endpoint("post", "/api/v1/widgets/{id}/profile", introduce,
+             "The visitor's name and e-mail address (the widget's pre-chat form)", "chat",
+             auth="visitor", body=ProfileBody, returns="VisitorProfile"),
     Endpoint("get", "/api/v1/widgets/{id}/conversations", list_conversations,
              "A widget's conversations", "widgets", auth="owner", query=PAGE,
              returns="ConversationPage"),

@@ -87,6 +87,13 @@ class SettingsBody(Body):
     position: Literal["bottom-right", "bottom-left"] = "bottom-right"
     accent_color: str = Field("#2563eb", pattern=r"^#([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
     locale: str = Field("en", pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
+    # What the embed script does besides chatting (docs/embed.md).
+    feedback: bool = True
+    events_include_text: bool = False
+    title_blink: bool = False
+    proactive_greeting: str = Field("", max_length=300)
+    proactive_delay_seconds: int = Field(10, ge=0, le=3600)
+    prechat_fields: list[Literal["name", "email"]] = Field(default_factory=list, max_length=2)
 
 
 class LimitsBody(Body):
@@ -144,7 +151,10 @@ def _widget_definition(_request: Request, body: WidgetBody) -> WidgetDefinition:
     return WidgetDefinition(
         name=body.name, assistant_id=body.assistant_id,
         allowed_origins=tuple(body.allowed_origins),
-        settings=WidgetSettings(**body.settings.model_dump()),
+        settings=WidgetSettings(**{
+            **body.settings.model_dump(),
+            "prechat_fields": tuple(dict.fromkeys(body.settings.prechat_fields)),
+        }),
         messages_per_minute=body.limits.messages_per_minute,
         enabled=body.enabled, require_identity=body.require_identity,
         budget=WidgetBudget(**body.budget.model_dump()),

@@ -53,7 +53,11 @@ def widget_settings_json(view: WidgetView) -> dict[str, Any]:
     return {
         "title": s.title, "greeting": s.greeting, "placeholder": s.placeholder,
         "theme": s.theme, "position": s.position, "accent_color": s.accent_color,
-        "locale": s.locale,
+        "locale": s.locale, "feedback": s.feedback,
+        "events_include_text": s.events_include_text, "title_blink": s.title_blink,
+        "proactive_greeting": s.proactive_greeting,
+        "proactive_delay_seconds": s.proactive_delay_seconds,
+        "prechat_fields": list(s.prechat_fields),
     }
 
 
@@ -92,6 +96,10 @@ def message_json(view: MessageView) -> dict[str, Any]:
         "cursor": str(view.created_seq),
         "created_at": view.created_at,
         "finished_at": view.finished_at,
+        "feedback": None if view.feedback_rating is None else {
+            "rating": view.feedback_rating, "comment": view.feedback_comment or "",
+            "at": view.feedback_at,
+        },
     }
     if view.role == "assistant" and view.input_tokens is not None:
         body["usage"] = usage_json(view)
@@ -123,6 +131,8 @@ def conversation_json(view: ConversationView) -> dict[str, Any]:
         "last_activity_at": view.last_activity_at,
         "message_count": view.message_count,
         "erased_at": view.erased_at,
+        "visitor_name": view.visitor_name,
+        "visitor_email": view.visitor_email,
     }
 
 
@@ -274,7 +284,7 @@ _WIDGET = {
 _USAGE_COUNTS = {
     "replies_completed": _INT, "replies_failed": _INT, "input_tokens": _INT,
     "output_tokens": _INT, "total_tokens": _INT, "estimated_cost": {"type": "number"},
-    "unpriced_tokens": _INT, "models": _list(_STR),
+    "unpriced_tokens": _INT, "models": _list(_STR), "feedback_up": _INT, "feedback_down": _INT,
 }
 _USAGE_LINE = _object({"day": {"type": "string", "format": "date"}, "widget_id": _STR,
                        "assistant_id": _STR, "name": _nullable(_STR), **_USAGE_COUNTS},
@@ -338,7 +348,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "title": _STR, "greeting": _STR, "placeholder": _STR,
         "theme": {"type": "string", "enum": ["light", "dark", "auto"]},
         "position": {"type": "string", "enum": ["bottom-right", "bottom-left"]},
-        "accent_color": _STR, "locale": _STR}),
+        "accent_color": _STR, "locale": _STR, "feedback": _BOOL,
+        "events_include_text": _BOOL, "title_blink": _BOOL, "proactive_greeting": _STR,
+        "proactive_delay_seconds": _INT,
+        "prechat_fields": _list({"type": "string", "enum": ["name", "email"]})}),
     "Widget": _object(_WIDGET),
     "WidgetWithSecret": _object({**_WIDGET, "identity_secret": _STR}),
     "WidgetPage": _page("Widget"),
@@ -358,6 +371,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "status": _STR, "error_code": _nullable(_STR), "reply_to": _nullable(_STR),
         "file_ids": _list(_STR), "client_message_id": _nullable(_STR), "cursor": _STR,
         "created_at": _TIME, "finished_at": _nullable(_TIME),
+        "feedback": {"oneOf": [{"type": "null"}, _object({
+            "rating": {"type": "string", "enum": ["up", "down"]}, "comment": _STR,
+            "at": _TIME})]},
         "usage": {"oneOf": [{"type": "null"},
                             _object({"input_tokens": _INT, "output_tokens": _INT})]},
     }, optional=("usage",)),
@@ -366,7 +382,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Exchange": _object({"message": _ref("Message"), "reply": _ref("Message")}),
     "Conversation": _object({"id": _STR, "visitor_id": _STR, "user_id": _nullable(_STR),
                              "created_at": _TIME, "last_activity_at": _TIME,
-                             "message_count": _INT, "erased_at": _nullable(_TIME)}),
+                             "message_count": _INT, "erased_at": _nullable(_TIME),
+                             "visitor_name": _nullable(_STR),
+                             "visitor_email": _nullable(_STR)}),
+    "VisitorProfile": _object({"name": _nullable(_STR), "email": _nullable(_STR)}),
     "ConversationPage": _page("Conversation"),
     "InboxConversation": _object({
         "id": _STR, "widget_id": _STR, "widget_name": _nullable(_STR),

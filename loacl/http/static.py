@@ -4,6 +4,8 @@
   ``ETag`` (``If-None-Match`` answers 304), gzipped when the client accepts it.
 - ``GET /widget/<version>.js`` (or ``/widget.js?v=<version>``): the same bytes, cacheable for
   good (``immutable``); an old version redirects to ``/widget.js``.
+- ``GET /widget/extra.<version>.js``: the widget's second file, loaded on demand by the first
+  (which holds its version and integrity hash), cacheable for good.
 - ``GET /widget.json``: the version, both URLs and the Subresource Integrity hash.
 - ``GET /``: a short description, links to the API, and the live demo widget.
 
@@ -77,6 +79,12 @@ def widget_script() -> Asset:
     return asset("widget.js", "text/javascript; charset=utf-8")
 
 
+def widget_extra() -> Asset:
+    """The widget's second file (attachments, the pre-chat form, the rating's comment), which
+    widget.js loads on demand from ``/widget/extra.<version>.js`` with its integrity hash."""
+    return asset("widget-extra.js", "text/javascript; charset=utf-8")
+
+
 def accepts_gzip(request: Request) -> bool:
     for part in request.headers.get("accept-encoding", "").split(","):
         name, _, params = part.strip().partition(";")
@@ -131,6 +139,9 @@ async def widget_versioned(request: Request) -> Response:
     name = request.path_params["name"]
     if name == f"{item.version}.js":
         return serve_asset(request, item, FOREVER)
+    extra = widget_extra()
+    if name == f"extra.{extra.version}.js":
+        return serve_asset(request, extra, FOREVER)
     if _OLD_VERSION.match(name):
         # A page pinned to an older build: give it the current one (its integrity, if any,
         # will refuse it, which is what the site asked for).

@@ -23,8 +23,9 @@ DESCRIPTION = (
     "`widget_id` or `assistant_id`, with `name` for the last two), `replies_completed`, "
     "`replies_failed`, `input_tokens`, `output_tokens`, `total_tokens`, `estimated_cost` (US "
     "dollars, from the server's model_prices) and `unpriced_tokens` (tokens of models without "
-    "a price, not in the cost). Days and groups without replies are left out; `total` sums "
-    "them. A deleted widget's usage is no longer shown."
+    "a price, not in the cost), `feedback_up` and `feedback_down` (visitors' ratings of "
+    "replies, by the day each was given). Days and groups with neither replies nor ratings are "
+    "left out; `total` sums them. A deleted widget's usage is no longer shown."
 )
 
 
@@ -40,6 +41,7 @@ def _line(line: UsageLine, key: str | None) -> dict[str, Any]:
         "total_tokens": line.input_tokens + line.output_tokens,
         "estimated_cost": round(line.estimated_cost, 6),
         "unpriced_tokens": line.unpriced_tokens, "models": sorted(line.models),
+        "feedback_up": line.feedback_up, "feedback_down": line.feedback_down,
     })
     return body
 

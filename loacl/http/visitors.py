@@ -132,6 +132,7 @@ endpoints = [
     *(
         Endpoint("options", f"/api/v1/widgets/{{id}}/{path}", preflight, "CORS preflight",
                  documented=False)
-        for path in ("config", "sessions", "messages", "files", "files/{file_id}")
+        for path in ("config", "sessions", "messages", "files", "files/{file_id}",
+                     "messages/{message_id}/feedback", "profile")
     ),
 ]

@@ -15,7 +15,7 @@ import structlog
 from loacl.domain import conversations as domain
 from loacl.domain.assistants import AssistantDefinition
 from loacl.domain.errors import LoaclError
-from loacl.domain.events import Metadata, RecordedEvent
+from loacl.domain.events import Event, Metadata, RecordedEvent
 from loacl.domain.widgets import VisitorAccess, conversation_stream
 from loacl.providers import provider_for, spec
 from loacl.providers.base import (
@@ -144,6 +144,45 @@ class Chat:
         return await views.messages(
             self.store, conversation_id, before=before, after=after, limit=limit
         )
+
+    async def give_feedback(
+        self, access: VisitorAccess, message_id: str, rating: str, comment: str, meta: Metadata
+    ) -> MessageView:
+        """The visitor's rating of a completed reply of their conversation."""
+        state, version = await self._load(access.conversation_id)
+        if await views.answered(self.store, access.conversation_id, message_id):
+            state = replace(state, answered=frozenset({message_id}))
+        events = domain.give_feedback(state, message_id=message_id, rating=rating,
+                                      comment=comment)
+        await self._append_visitor(access, events, version, meta)
+        return await self.message(message_id)
+
+    async def introduce(
+        self, access: VisitorAccess, name: str, email: str, meta: Metadata
+    ) -> ConversationView:
+        """The visitor's name and e-mail address (a pre-chat form), kept with the conversation."""
+        state, version = await self._load(access.conversation_id)
+        events = domain.introduce(state, name=name, email=email)
+        await self._append_visitor(access, events, version, meta)
+        found = await views.conversation(self.store, access.conversation_id)
+        assert found is not None
+        return found
+
+    async def _append_visitor(
+        self, access: VisitorAccess, events: list[Event], version: int, meta: Metadata
+    ) -> None:
+        # A reply appending meanwhile moves the version on: the visitor's fact does not depend
+        # on it, so read the version again and append once more.
+        stream = conversation_stream(access.conversation_id)
+        for _ in range(5):
+            try:
+                await self.store.append(stream, events, expected_version=version, metadata=meta)
+                return
+            except LoaclError as exc:
+                if exc.code != "version_conflict":
+                    raise
+                version = await self.store.stream_version(stream)
+        raise LoaclError("version_conflict", "the conversation kept changing; try again")
 
     async def message(self, message_id: str) -> MessageView:
         found = await views.message(self.store, message_id)

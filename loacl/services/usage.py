@@ -30,6 +30,12 @@ class UsageLine:
     estimated_cost: float = 0.0
     unpriced_tokens: int = 0  # tokens of models with no price in model_prices
     models: set[str] = field(default_factory=set)
+    feedback_up: int = 0  # visitors' ratings of replies, by the day each was given
+    feedback_down: int = 0
+
+    def rated(self, row: usage.FeedbackRow) -> None:
+        self.feedback_up += row.up
+        self.feedback_down += row.down
 
     def add(self, row: usage.UsageRow, cost: float | None) -> None:
         self.replies_completed += row.replies_completed
@@ -104,5 +110,15 @@ async def report(
         cost = cost_of(row, settings.model_prices)
         line.add(row, cost)
         total.add(row, cost)
+    ratings = await usage.feedback(store, owner_id=owner_id, widget_id=widget_id,
+                                   since=since.isoformat(), until=until.isoformat())
+    for rating in ratings:
+        key = {"day": rating.day, "widget": rating.widget_id,
+               "assistant": rating.assistant_id}[group_by]
+        line = lines.get(key)
+        if line is None:
+            line = lines[key] = UsageLine(key, known.get(key))
+        line.rated(rating)
+        total.rated(rating)
     return UsageReport(since, until, group_by, sorted(lines.values(), key=lambda x: x.key),
                        total)

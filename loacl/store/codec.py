@@ -322,3 +322,19 @@ def _widget_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
 def _assistant_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     """v2 gave the definition tools; a v1 assistant has none."""
     return {**data, "definition": {**data["definition"], "tools": []}}
+
+
+_SETTINGS_V3 = {
+    "feedback": True, "events_include_text": False, "title_blink": False,
+    "proactive_greeting": "", "proactive_delay_seconds": 10, "prechat_fields": [],
+}
+
+
+@upcaster("widget.created", 2)
+@upcaster("widget.updated", 2)
+def _widget_v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    """v3 gave the settings the embed script's options; a v2 widget has their defaults (thumbs
+    under replies, nothing else)."""
+    definition = data["definition"]
+    settings = {**_SETTINGS_V3, **definition.get("settings", {})}
+    return {**data, "definition": {**definition, "settings": settings}}

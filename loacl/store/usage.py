@@ -173,6 +173,40 @@ async def reply_widgets(store: EventStore, message_ids: Sequence[str]) -> dict[s
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class FeedbackRow:
+    """Ratings given on one UTC day to replies of one widget and assistant."""
+
+    widget_id: str
+    day: str
+    assistant_id: str
+    up: int
+    down: int
+
+
+async def feedback(
+    store: EventStore, *, since: str, until: str, owner_id: str, widget_id: str | None = None
+) -> list[FeedbackRow]:
+    """Visitors' ratings of replies from day ``since`` to ``until`` (the day each was last
+    given), of one widget or of the widgets one owner has now; from the messages read table,
+    which holds each reply's newest rating."""
+    sql = (
+        "SELECT c.widget_id, substr(m.feedback_at, 1, 10) AS day, coalesce(m.assistant_id, ''), "
+        "sum(m.feedback_rating = 'up'), sum(m.feedback_rating = 'down') "
+        "FROM messages AS m JOIN conversations AS c ON c.conversation_id = m.conversation_id "
+        "JOIN widgets AS w ON w.widget_id = c.widget_id "
+        "WHERE m.feedback_at IS NOT NULL AND m.feedback_at >= ? AND m.feedback_at < ? "
+        "AND w.owner_id = ?"
+    )
+    # feedback_at is ISO 8601 in UTC: the day after `until` bounds it.
+    params: list[str] = [since, until + "~", owner_id]
+    if widget_id is not None:
+        sql += " AND c.widget_id = ?"
+        params.append(widget_id)
+    sql += " GROUP BY c.widget_id, day, m.assistant_id ORDER BY day"
+    return [FeedbackRow(*row) for row in await store.query(sql, params)]
+
+
 # -- budget mails: which went out -------------------------------------------------------------
 
 

@@ -7,6 +7,8 @@ import {
   deltaTail, endError, hasUnfinished, historyError, messageFrame, newReply, reconnectFrames,
   resumeFrame, takePending,
 } from "./messages.js";
+import { feedbackRow, stamp } from "./feedback.js";
+import { emit } from "./page.js";
 import { botBubble, doc, element, errorLine, paintReply, userBubble } from "./render.js";
 import * as transport from "./transport.js";
 import { greeting, log, setStatus } from "./view.js";
@@ -21,11 +23,31 @@ const replies = new Map(); // by id
 const shown = new Set(); // ids of the messages in the log
 export let busy = false;
 let onBusy; // called whenever `busy` is set
+let onArrive; // called when a reply ends here
+let epoch = 0; // counts clear(): an answer for a conversation since left is dropped
+let notice = 0; // the status line shows how a reply is doing (waiting, retrying)
 let lastText = ""; // what a Retry under a failed reply sends again
 let olderCursor = null; // the cursor of older history, or null when all is shown
 let olderLoading = false;
 
-export const initConversation = (onBusyChange) => { onBusy = onBusyChange; };
+export const initConversation = (onBusyChange, arrived) => {
+  onBusy = onBusyChange;
+  onArrive = arrived;
+};
+/** Events carry the text only when the widget's owner says so (events_include_text). */
+const withText = (detail, text) => settings.events_include_text ? { ...detail, text } : detail;
+const failedEvent = (code) => emit("error", { code });
+
+/** Forgets the conversation shown (a new visitor or conversation follows). */
+export function clear() {
+  epoch++;
+  outbox.length = 0;
+  replies.clear();
+  shown.clear();
+  olderCursor = null;
+  log.replaceChildren();
+  setBusy(false);
+}
 export const idle = () => !busy && !outbox.length;
 export const pendingFrames = () => reconnectFrames(replies, outbox);
 
@@ -60,21 +82,28 @@ function reply(id, text, done) {
   return known;
 }
 
-function historyNode(message) {
+function historyNodes(message) {
   shown.add(message.id);
-  if (message.role === "user") return userBubble(message.text, message.file_ids?.length || 0);
+  if (message.role === "user") {
+    return [userBubble(message.text, message.file_ids?.length || 0), stamp(message.created_at)];
+  }
   const known = track(message.id, message.text, message.status !== "streaming");
   const code = historyError(message);
-  if (code) return (known.element = element("div", {}, [known.body, failedLine(code)]));
-  if (!known.done) setBusy(true);
-  return known.element;
+  if (code) return [(known.element = element("div", {}, [known.body, failedLine(code)]))];
+  if (!known.done) {
+    setBusy(true);
+    return [known.element];
+  }
+  return [known.element, feedbackRow(message.id, message.finished_at, message.feedback?.rating)];
 }
 
 export async function history(before) {
+  const at = epoch;
   const page = await request(PAGE + (before ? "&before=" + encodeURIComponent(before) : ""));
+  if (at !== epoch) return;
   olderCursor = page.prev_cursor;
   const fragment = doc.createDocumentFragment();
-  for (const message of page.data) if (!shown.has(message.id)) fragment.append(historyNode(message));
+  for (const message of page.data) if (!shown.has(message.id)) fragment.append(...historyNodes(message));
   const height = log.scrollHeight;
   const top = log.scrollTop;
   log.insertBefore(fragment, log.firstChild);
@@ -114,9 +143,15 @@ export function onFrame(frame) {
     const pending = takePending(outbox, message.client_message_id);
     if (!shown.has(message.id)) {
       shown.add(message.id);
-      if (!pending && message.text != null) log.append(userBubble(message.text, message.file_ids?.length));
+      if (!pending && message.text != null) {
+        log.append(userBubble(message.text, message.file_ids?.length), stamp());
+      }
     }
     reply(frame.reply_id);
+  } else if (frame.type === "status") {
+    notice = 1;
+    setStatus(frame.state === "retrying"
+      ? t("retrying", { s: Math.ceil(frame.retry_in || 0), n: frame.attempt }) : t("waiting"));
   } else if (frame.type === "delta") {
     onDelta(frame);
   } else if (frame.type === "done") {
@@ -131,11 +166,18 @@ export function onFrame(frame) {
       if (frame.code === "not_found") finish(frame.message_id, "interrupted");
     } else if (frame.code !== "invalid_frame") {
       setStatus(explain(frame.code, frame.retry_after));
+      failedEvent(frame.code);
     }
   }
 }
 
+function quiet() {
+  if (notice) setStatus("");
+  notice = 0;
+}
+
 function onDelta(frame) {
+  quiet();
   const known = reply(frame.message_id);
   if (known.done) return;
   const tail = deltaTail(known.text.length, frame.offset, frame.text);
@@ -157,18 +199,32 @@ function finish(id, status) {
   const known = replies.get(id);
   if (!known || known.done) return;
   known.done = true;
+  quiet();
   cancelAnimationFrame(known.frame);
   const stay = nearBottom();
   paint(known);
   const code = endError(status, known.error);
-  if (code) known.element.after(failedLine(code, 0, () => say(lastText)));
+  if (code) {
+    known.element.after(failedLine(code, 0, () => say(lastText)));
+    failedEvent(code);
+  } else {
+    known.element.after(feedbackRow(id));
+  }
   setBusy(hasUnfinished(replies));
   if (stay) toBottom();
+  ended(id, status, known);
+}
+
+function ended(id, status, known) {
+  emit("reply", withText({ messageId: id, status }, known.text));
+  onArrive();
 }
 
 function refused(pending, code, retry) {
+  failedEvent(code);
   pending.element.after(failedLine(code, retry, () => {
     pending.element.remove();
+    pending.time.remove();
     say(pending.text, pending.files, code === "network" ? pending.clientId : null);
   }));
   setBusy(false);
@@ -184,8 +240,9 @@ export function say(text, fileIds, clientId, names) {
     clientId: clientId || newId(), text, files,
     element: userBubble(text, names || (files.length ? files.length : 0)),
   };
-  log.append(pending.element);
+  log.append(pending.element, (pending.time = stamp()));
   toBottom();
+  emit("message", withText({ clientMessageId: pending.clientId }, text));
   setStatus("");
   setBusy(true);
   if (transport.overHttp) return post(pending);
@@ -196,6 +253,7 @@ export function say(text, fileIds, clientId, names) {
 
 async function post(pending) {
   const waiting = botBubble();
+  const at = epoch;
   waiting.classList.add("t");
   log.append(waiting);
   toBottom();
@@ -203,10 +261,12 @@ async function post(pending) {
     const response = await request("/messages", "POST",
       { text: pending.text, file_ids: pending.files, client_message_id: pending.clientId });
     waiting.remove();
+    if (at !== epoch) return;
     shown.add(response.message.id);
-    whole(response.reply);
+    whole(response.reply).element.after(feedbackRow(response.reply.id));
   } catch (error) {
     waiting.remove();
+    if (at !== epoch) return;
     const answer = error.body?.reply;
     if (answer) whole(answer).element.after(failedLine(error.code, error.retry, () => say(pending.text)));
     else refused(pending, error.code, error.retry);
@@ -220,6 +280,7 @@ function whole(answer) {
   known.done = true;
   paint(known);
   setBusy(false);
+  ended(answer.id, answer.status, known);
   return known;
 }
 

@@ -31,6 +31,12 @@ export const STRINGS = {
     reply_in_progress: "Please wait for the current answer to finish.",
     identity_required: "Please sign in to this website to chat.",
     error: "Something went wrong. Please try again.",
+    unread: "{n} new", new_chat: "New conversation", dismiss: "Dismiss", up: "Helpful",
+    down: "Not helpful", comment: "Tell us more (optional)", thanks: "Thank you for your feedback.",
+    waiting: "The assistant is taking longer than usual…",
+    retrying: "The assistant is busy. Trying again in {s} s (attempt {n})…",
+    prechat: "Before we start, please tell us:", name: "Your name", email: "Your e-mail address",
+    start: "Start the chat",
   },
   fr: {
     title: "Discutons", placeholder: "Écrivez un message…", open: "Ouvrir la discussion",
@@ -58,6 +64,12 @@ export const STRINGS = {
     reply_in_progress: "Attendez la fin de la réponse en cours.",
     identity_required: "Connectez-vous à ce site pour discuter.",
     error: "Une erreur s’est produite. Réessayez.",
+    unread: "{n} nouveau(x)", new_chat: "Nouvelle discussion", dismiss: "Fermer",
+    up: "Utile", down: "Pas utile", comment: "Dites-nous en plus (facultatif)",
+    thanks: "Merci pour votre avis.", waiting: "L’assistant met plus de temps que d’habitude…",
+    retrying: "L’assistant est occupé. Nouvel essai dans {s} s (tentative {n})…",
+    prechat: "Avant de commencer, dites-nous :", name: "Votre nom", email: "Votre adresse e-mail",
+    start: "Commencer la discussion",
   },
   ar: {
     title: "تحدث معنا", placeholder: "اكتب رسالة…", open: "افتح المحادثة",
@@ -84,6 +96,12 @@ export const STRINGS = {
     reply_in_progress: "يُرجى انتظار انتهاء الإجابة الحالية.",
     identity_required: "يُرجى تسجيل الدخول إلى هذا الموقع للمحادثة.",
     error: "حدث خطأ ما. يُرجى المحاولة مرة أخرى.",
+    unread: "{n} جديدة", new_chat: "محادثة جديدة", dismiss: "إغلاق", up: "مفيد",
+    down: "غير مفيد", comment: "أخبرنا بالمزيد (اختياري)", thanks: "شكرًا على رأيك.",
+    waiting: "يستغرق المساعد وقتًا أطول من المعتاد…",
+    retrying: "المساعد مشغول. محاولة جديدة خلال {s} ث (المحاولة {n})…",
+    prechat: "قبل أن نبدأ، أخبرنا من فضلك:", name: "اسمك", email: "بريدك الإلكتروني",
+    start: "ابدأ المحادثة",
   },
 };
 const RIGHT_TO_LEFT = { ar: 1, fa: 1, he: 1, ur: 1 };

@@ -16,7 +16,10 @@ try {
 
 const button = (props, path) => element("button", { type: "button", ...props }, [icon(path)]);
 export const launcher = button({ cls: "l", "aria-expanded": "false", "aria-controls": "p" }, ICONS.chat);
+export const badge = element("span", { cls: "n", hidden: true, "aria-hidden": "true" });
+launcher.append(badge);
 export const title = element("h2", { id: "h" });
+export const newButton = button({}, ICONS.plus);
 export const closeButton = button({}, ICONS.close);
 export const log = element("div", {
   cls: "g", role: "log", "aria-live": "polite", "aria-relevant": "additions text", tabindex: "0",
@@ -31,9 +34,11 @@ export const sendButton = element("button", { cls: "s", type: "submit" }, [icon(
 export const form = element("form", { cls: "k" }, [attachButton, picker, input, sendButton]);
 export const dropZone = element("div", { cls: "dz", hidden: true, "aria-hidden": "true" });
 export const panel = element("div", { cls: "p", id: "p", role: "dialog", "aria-labelledby": "h", hidden: true }, [
-  element("div", { cls: "hd" }, [title, closeButton]), log, status, fileList, form, dropZone,
+  element("div", { cls: "hd" }, [title, newButton, closeButton]), log, status, fileList, form, dropZone,
 ]);
-export const root = element("div", { cls: "r", hidden: true }, [launcher, panel]);
+// The proactive greeting: a bubble next to the launcher (main.js fills it).
+export const nudge = element("div", { cls: "pb", role: "status", hidden: true });
+export const root = element("div", { cls: "r", hidden: true }, [nudge, launcher, panel]);
 export const greeting = botBubble();
 shadow.append(root);
 

@@ -11,9 +11,11 @@ from loacl.domain.conversations import (
     AssistantFailed,
     AssistantInterrupted,
     AssistantStarted,
+    FeedbackGiven,
     FileSentToProvider,
     FileUploaded,
     MessagePosted,
+    VisitorIntroduced,
 )
 from loacl.domain.events import RecordedEvent
 from loacl.store.codec import format_time
@@ -126,4 +128,26 @@ def file_sent(conn: sqlite3.Connection, event: FileSentToProvider, recorded: Rec
     conn.execute(
         "UPDATE files SET provider = ?, provider_file_id = ? WHERE file_id = ?",
         (event.provider, event.provider_file_id, event.file_id),
+    )
+
+
+@projections.on
+def feedback_given(conn: sqlite3.Connection, event: FeedbackGiven, recorded: RecordedEvent) -> None:
+    conn.execute(
+        "UPDATE messages SET feedback_rating = ?, feedback_comment = ?, feedback_at = ? "
+        "WHERE message_id = ? AND conversation_id = ?",
+        (event.rating, event.comment, format_time(recorded.recorded_at), event.message_id,
+         event.conversation_id),
+    )
+
+
+@projections.on
+def visitor_introduced(
+    conn: sqlite3.Connection, event: VisitorIntroduced, recorded: RecordedEvent
+) -> None:
+    # A field left empty keeps what the visitor said before.
+    conn.execute(
+        "UPDATE conversations SET visitor_name = coalesce(nullif(?, ''), visitor_name), "
+        "visitor_email = coalesce(nullif(?, ''), visitor_email) WHERE conversation_id = ?",
+        (event.name, event.email, event.conversation_id),
     )

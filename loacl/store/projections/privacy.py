@@ -36,11 +36,12 @@ def _erase_conversation(conn: sqlite3.Connection, conversation_id: str, at: str)
     # refused once the key is gone.
     conn.execute(
         "UPDATE messages SET text = ?, "
+        "feedback_comment = CASE WHEN feedback_comment IS NULL THEN NULL ELSE ? END, "
         "error_code = CASE status WHEN 'streaming' THEN 'interrupted' ELSE error_code END, "
         "finished_at = CASE status WHEN 'streaming' THEN ? ELSE finished_at END, "
         "status = CASE status WHEN 'streaming' THEN 'interrupted' ELSE status END "
         "WHERE conversation_id = ?",
-        (ERASED, at, conversation_id),
+        (ERASED, ERASED, at, conversation_id),
     )
     digests = [str(d) for (d,) in conn.execute(
         "SELECT sha256 FROM files WHERE conversation_id = ?", (conversation_id,)
@@ -50,9 +51,11 @@ def _erase_conversation(conn: sqlite3.Connection, conversation_id: str, at: str)
         (ERASED, ERASED, conversation_id),
     )
     conn.execute(
-        "UPDATE conversations SET external_user_id = NULL, erased_at = ? "
+        "UPDATE conversations SET external_user_id = NULL, erased_at = ?, "
+        "visitor_name = CASE WHEN visitor_name IS NULL THEN NULL ELSE ? END, "
+        "visitor_email = CASE WHEN visitor_email IS NULL THEN NULL ELSE ? END "
         "WHERE conversation_id = ?",
-        (at, conversation_id),
+        (at, ERASED, ERASED, conversation_id),
     )
     for digest in dict.fromkeys(digests):
         # Content-addressed: the same bytes uploaded to another conversation stay.

@@ -14,12 +14,13 @@ from loacl.store.views import Page, first, page_by_creation
 
 _MESSAGE = (
     "SELECT message_id, conversation_id, role, text, status, error_code, reply_to, file_ids, "
-    "client_message_id, input_tokens, output_tokens, created_seq, created_at, finished_at "
-    "FROM messages"
+    "client_message_id, input_tokens, output_tokens, created_seq, created_at, finished_at, "
+    "feedback_rating, feedback_comment, feedback_at FROM messages"
 )
 _CONVERSATION = (
     "SELECT conversation_id, widget_id, visitor_id, external_user_id, created_seq, created_at, "
-    "last_activity_at, message_count, owner_id, erased_at FROM conversations"
+    "last_activity_at, message_count, owner_id, erased_at, visitor_name, visitor_email "
+    "FROM conversations"
 )
 _file_ids = msgspec.json.Decoder(tuple[str, ...]).decode
 
@@ -40,6 +41,10 @@ class MessageView:
     created_seq: int
     created_at: str
     finished_at: str | None
+    # The visitor's rating of a reply (up | down), its comment and time; None when unrated.
+    feedback_rating: str | None = None
+    feedback_comment: str | None = None
+    feedback_at: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +66,9 @@ class ConversationView:
     message_count: int
     owner_id: str | None  # the widget's owner when the conversation started
     erased_at: str | None
+    # The visitor's answers to the pre-chat form, if any.
+    visitor_name: str | None = None
+    visitor_email: str | None = None
 
     @property
     def erased(self) -> bool:
@@ -199,6 +207,16 @@ async def running_reply(store: EventStore, conversation_id: str) -> Reply | None
         "AND status = 'streaming' ORDER BY created_seq DESC LIMIT 1",
         (conversation_id,), lambda row: Reply(*row),
     )
+
+
+async def answered(store: EventStore, conversation_id: str, message_id: str) -> bool:
+    """Whether ``message_id`` is a reply of the conversation that completed."""
+    rows = await store.query(
+        "SELECT 1 FROM messages WHERE message_id = ? AND conversation_id = ? "
+        "AND role = 'assistant' AND status = 'completed'",
+        (message_id, conversation_id),
+    )
+    return bool(rows)
 
 
 async def decision_state(store: EventStore, conversation_id: str) -> Conversation:

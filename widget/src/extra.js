@@ -1,0 +1,52 @@
+// The second file: what few visitors use, loaded on demand from the same versioned, immutable
+// URL space as the first (/widget/extra.<version>.js, with its integrity hash built into the
+// first file). Attachments, the pre-chat form and the comment under a rating. It keeps no state
+// of its own: the first file hands it what it needs (`ctx`, see main.js), and it hands back its
+// functions through window.__loaclExtra, the same for every widget on the page.
+import { element } from "./render.js";
+import { uploader } from "./upload.js";
+
+/** The pre-chat form, before the composer: resolves once the server has the answers. */
+function prechat(ctx, fields) {
+  return new Promise((resolve) => {
+    let note;
+    const inputs = fields.map((name) => element("input", {
+      name, type: name === "email" ? "email" : "text", required: true, autocomplete: name, maxlength: "200",
+    }));
+    const form = element("form", { cls: "pc", "aria-labelledby": "pq" }, [
+      element("p", { id: "pq", text: ctx.t("prechat") }),
+      ...inputs.map((input) => element("label", {}, [ctx.t(input.name), input])),
+      element("button", { type: "submit", text: ctx.t("start") }),
+    ]);
+    form.onsubmit = async (event) => {
+      event.preventDefault();
+      const body = {};
+      for (const input of inputs) body[input.name] = input.value.trim();
+      note?.remove();
+      try {
+        await ctx.request("/profile", "POST", body);
+      } catch (error) {
+        return form.append((note = element("span", { cls: "e", role: "alert", text: ctx.explain(error.code) })));
+      }
+      form.remove();
+      resolve();
+    };
+    ctx.form.before(form);
+    inputs[0].focus();
+  });
+}
+
+/** The optional comment after a rating, under its row; `send(comment)` resolves to 1 once sent. */
+function comment(ctx, row, send) {
+  const field = element("input", { maxlength: "500", "aria-label": ctx.t("comment"), placeholder: ctx.t("comment") });
+  const box = element("form", { cls: "fb", onsubmit(event) {
+    event.preventDefault();
+    const text = field.value.trim();
+    if (text) send(text).then((done) => done && box.replaceWith(element("p", { cls: "fb", role: "status", text: ctx.t("thanks") })));
+  } }, [field, element("button", { type: "submit", text: ctx.t("send") })]);
+  row.after(box);
+  field.focus();
+  box.scrollIntoView({ block: "nearest" });
+}
+
+window.__loaclExtra = { uploader, prechat, comment };
