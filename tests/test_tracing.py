@@ -14,9 +14,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from structlog.testing import capture_logs
 
+from loacl import tracing
 from loacl.openai_testserver import OpenAITestServer
 from loacl.settings import Settings
-from loacl.telemetry import tracing
 from tests.test_stream import ORIGIN, provider_server, start
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from loacl import __version__
+from loacl import __version__, tracing
 from loacl.domain.errors import LoaclError
 from loacl.http import (
     apidocs,
@@ -67,7 +67,6 @@ from loacl.store.sqlite import check_version, connect
 from loacl.store.subscribers import default_subscribers
 from loacl.store.subscriptions import Subscriptions
 from loacl.store.watch import Watch
-from loacl.telemetry import tracing
 from loacl.telemetry.metrics import Metrics
 
 log = structlog.get_logger(__name__)

@@ -15,9 +15,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from loacl import tracing
 from loacl.domain.errors import LoaclError
 from loacl.http.routing import Endpoint
-from loacl.telemetry import tracing
 from loacl.telemetry.metrics import CONTENT_TYPE, UNMATCHED, Metrics
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from loacl import tracing
 from loacl.domain import conversations as domain
 from loacl.domain.assistants import AssistantDefinition
 from loacl.domain.errors import LoaclError
@@ -43,7 +44,6 @@ from loacl.store.views import conversations as views
 from loacl.store.views import files as file_views
 from loacl.store.views import widgets as widget_views
 from loacl.store.views.conversations import ConversationView, MessagePage, MessageView
-from loacl.telemetry import tracing
 
 log = structlog.get_logger(__name__)
 

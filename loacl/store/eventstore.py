@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import structlog
 
+from loacl import tracing
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Event, Metadata, RecordedEvent
 from loacl.domain.privacy import subject_of_stream
@@ -37,7 +38,6 @@ from loacl.store.records import IN_STREAM as IN_STREAM
 from loacl.store.records import READ_ALL, READ_STREAM, STREAM_VERSION, decode_rows
 from loacl.store.records import read_all_sync as read_all_sync
 from loacl.store.sqlite import PRAGMAS, connect
-from loacl.telemetry import tracing
 
 log = structlog.get_logger(__name__)
 

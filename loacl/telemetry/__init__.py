@@ -1,1 +1,2 @@
-"""Metrics and traces: what operators watch a running LOACL with."""
+"""Metrics: what operators watch a running LOACL with (traces are ``loacl.tracing``, apart,
+because the store and the reply loop open spans and must not import what sits above them)."""
