@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loacl.openai_testserver import OpenAITestServer, running
+from loacl.openai_testserver import OpenAITestServer, Stall, running
 from loacl.settings import Settings
 from loacl.store import audit
 from loacl.store.sqlite import connect
@@ -143,8 +143,10 @@ async def test_a_full_disk_under_fifty_streaming_sockets(
         settings, provider, database_url=f"sqlite:///{small_disk / 'loacl.db'}",
         flush_interval_ms=20, provider_concurrency=100,
     ) as live:
+        # Each reply pauses after a few pieces, so that the disk fills while every one of them
+        # is mid-stream, however fast or loaded the machine.
         for _ in range(FIFTY):
-            live.provider.script(text)
+            live.provider.script(text, [Stall(seconds=5, after_deltas=5)])
         async with AsyncExitStack() as stack:
             tabs = [await stack.enter_async_context(live.tab(live.session()))
                     for _ in range(FIFTY)]
