@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from loacl.domain.errors import LoaclError
+from loacl.http import csp
 from loacl.http.common import public_base
 from loacl.http.routing import Endpoint
 from loacl.http.static import FOREVER, Asset, asset, serve_asset
@@ -33,33 +34,26 @@ MEDIA_TYPES = {
 }
 
 
-def policy(**directives: str) -> str:
-    """A Content-Security-Policy from directives (``script_src="'self'"`` is ``script-src
-    'self'``); the console's defaults are strict, a page loosens or tightens what it needs."""
-    base = {
-        "default-src": "'none'", "script-src": "'self'", "style-src": "'self'",
-        "img-src": "'self' data: blob:", "font-src": "'self'", "connect-src": "'self'",
-        "frame-src": "'none'", "form-action": "'self'", "base-uri": "'none'",
-        "frame-ancestors": "'none'",
-    }
-    base.update({name.replace("_", "-"): value for name, value in directives.items()})
-    return "; ".join(f"{name} {value}" for name, value in base.items())
-
-
 def _socket_origin(request: Request) -> str:
     """This server's WebSocket origin (``ws://host``), which ``'self'`` covers in current
     browsers but not in all."""
     return "ws" + public_base(request).removeprefix("http")
 
 
+# What both console pages allow besides scripts and styles from their own files (as before the
+# one policy builder: images also from data: and blob: URLs, fonts and forms from the origin).
+_PAGE = {"images": ("'self'", "data:", "blob:"), "fonts": ("'self'",), "forms": ("'self'",)}
+
+
 def console_policy(request: Request) -> str:
-    return policy(connect_src=f"'self' {_socket_origin(request)}", frame_src="'self'")
+    return csp.policy(connect=("'self'", _socket_origin(request)), frames=("'self'",), **_PAGE)
 
 
 def preview_policy(request: Request) -> str:
     # The real widget runs here: its stylesheet is a constructed one, its colours set through
     # the CSSOM, so nothing needs 'unsafe-inline'. Only the console (same origin) frames it.
-    return policy(connect_src=f"'self' {_socket_origin(request)}", frame_ancestors="'self'")
+    return csp.policy(connect=("'self'", _socket_origin(request)), framed_by=("'self'",),
+                      **_PAGE)
 
 
 def _read(*parts: str) -> bytes:

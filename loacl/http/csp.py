@@ -36,6 +36,8 @@ def policy(
     connect: Sequence[str] = (SELF,),
     fonts: Sequence[str] = (),
     forms: Sequence[str] = (),
+    frames: Sequence[str] = (),
+    framed_by: Sequence[str] = (NONE,),
 ) -> str:
     """The policy header's value; an empty list leaves that kind to ``default-src 'none'``.
 
@@ -54,7 +56,8 @@ def policy(
         ("connect-src", list(connect)),
         ("object-src", [NONE]),
         ("base-uri", [NONE]),
+        ("frame-src", list(frames)),
         ("form-action", list(forms) or [NONE]),
-        ("frame-ancestors", [NONE]),
+        ("frame-ancestors", list(framed_by)),
     ]
     return "; ".join(f"{name} {' '.join(sources)}" for name, sources in directives if sources)
