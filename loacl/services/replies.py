@@ -251,6 +251,11 @@ class ReplyStream:
         end = self.end_event
         if end is None:
             end = domain.AssistantInterrupted(message_id=self.run.message_id, text=self.run.text)
+        if isinstance(end, domain.AssistantFailed) and end.code in STORE_CODES:
+            # The store has just refused this reply's writes: a second try now would queue
+            # behind every other writer's wait for the same lock and keep the visitor from
+            # learning it. :meth:`land` writes it once the store takes writes again.
+            return end
         try:
             await self.store.append(self.stream, [end], metadata=self.meta)
         except LoaclError as exc:

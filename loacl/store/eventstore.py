@@ -222,11 +222,15 @@ class EventStore:
             if item is _STOP:
                 break
             batch, calls, stopping = self._take_batch(item)
+            assert self._loop is not None
             if batch:
                 self._commit_or_refuse(batch)
+                # Told before the calls run: a call waiting out a lock held by another process
+                # (busy_timeout) must not hold back an append's outcome, a refusal least of all.
+                self._loop.call_soon_threadsafe(self._deliver, batch, [])
             self._run_calls(calls)
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._deliver, batch, calls)
+            if calls:
+                self._loop.call_soon_threadsafe(self._deliver, [], calls)
 
     def _take_batch(self, item: Any) -> tuple[list[_Append], list[_Call], bool]:
         """The first item and whatever else is queued (appends up to MAX_BATCH); True when a
