@@ -35,6 +35,7 @@ from loacl.http import (
     visitors,
     webhooks,
 )
+from loacl.http import knowledge as knowledge_http
 from loacl.http.errors import EXCEPTION_HANDLERS
 from loacl.http.middleware import RequestIdMiddleware, SecurityHeadersMiddleware
 from loacl.private import FILE_MODE, FOLDER_MODE, too_open
@@ -46,6 +47,7 @@ from loacl.services.demo import Demo, demo_enabled
 from loacl.services.files import Files
 from loacl.services.inbox import Inbox
 from loacl.services.keys import keyring_for
+from loacl.services.knowledge import Knowledge
 from loacl.services.limits import VisitorLimits
 from loacl.services.mail import Mailer
 from loacl.services.models import Models
@@ -192,6 +194,7 @@ def create_app(
                 else:
                     await demo.retire()
                 await subscriptions.start()
+                await knowledge.start()
                 metrics_server = serve_metrics(metrics, settings.metrics_listen)
                 dispatcher.start()
                 retention.start()
@@ -206,6 +209,7 @@ def create_app(
                 await watch.stop()
                 await retention.stop()
                 await chat_service.shutdown()
+                await knowledge.stop()
                 await dispatcher.stop()
                 await hooks.aclose()
                 await mailer.drain()
@@ -224,7 +228,7 @@ def create_app(
             visitors.endpoints, chat.endpoints, stream.endpoints, owners.endpoints,
             usage.endpoints, privacy.endpoints, inbox.endpoints, models.endpoints,
             owner_stream.endpoints, webhooks.endpoints, telemetry.endpoints, static.endpoints,
-            console.endpoints,
+            console.endpoints, knowledge_http.endpoints,
         ),
         middleware=[
             # First: every layer below sees the client's own address and scheme.
@@ -257,9 +261,10 @@ def create_app(
     app.state.budgets = budgets
     app.state.widgets = Widgets(store, tokens, server_key, limits)
     app.state.demo = demo = Demo(store, settings, app.state.assistants, app.state.widgets)
+    app.state.knowledge = knowledge = Knowledge(store, settings)
     app.state.chat = chat_service = Chat(
         store, settings, limits=limits, budgets=budgets, server_key=server_key,
-        observer=metrics if metrics is not None else NO_OBSERVER,
+        observer=metrics if metrics is not None else NO_OBSERVER, knowledge=knowledge,
     )
     app.state.files = Files(store, settings, limits)
     app.state.inbox = Inbox(store)

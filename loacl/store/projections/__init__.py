@@ -59,7 +59,14 @@ class Projections:
 
 def default_projections() -> Projections:
     """Every read table LOACL keeps, with its handlers."""
-    from loacl.store.projections import accounts, conversations, privacy, webhooks, widgets
+    from loacl.store.projections import (
+        accounts,
+        conversations,
+        knowledge,
+        privacy,
+        webhooks,
+        widgets,
+    )
 
     projections = Projections()
     projections.include(accounts.projections)
@@ -67,4 +74,5 @@ def default_projections() -> Projections:
     projections.include(conversations.projections)
     projections.include(privacy.projections)
     projections.include(webhooks.projections)
+    projections.include(knowledge.projections)
     return projections
