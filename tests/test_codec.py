@@ -44,10 +44,12 @@ from loacl.domain.conversations import (
     AssistantFailed,
     AssistantInterrupted,
     AssistantStarted,
+    Citation,
     FeedbackGiven,
     FileSentToProvider,
     FileUploaded,
     MessagePosted,
+    ReplyCited,
     ToolCalled,
     ToolReturned,
     Usage,
@@ -55,6 +57,14 @@ from loacl.domain.conversations import (
 )
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import EVENT_TYPES, Event, Metadata
+from loacl.domain.knowledge import (
+    DocumentDeleted,
+    DocumentFailed,
+    DocumentIndexed,
+    DocumentUploaded,
+    KnowledgeStoreChosen,
+    Passage,
+)
 from loacl.domain.privacy import SubjectErased
 from loacl.domain.webhooks import (
     WebhookCreated,
@@ -192,6 +202,20 @@ SAMPLES: dict[str, Event] = {
         WebhookSecretRotated(webhook_id="wh_4R", generation=2),
         WebhookDisabled(webhook_id="wh_4R", reason="failures", failures=30),
         WebhookDeleted(webhook_id="wh_4R"),
+        DocumentUploaded(document_id="doc_7K", assistant_id="ast_9K", filename="Preise «2026».pdf",
+                         kind="pdf", content_type="application/pdf", size=48213,
+                         sha256="4e" * 32),
+        DocumentIndexed(document_id="doc_7K", pages=2, passages=(
+            Passage(text="Rückgabe binnen 30 Tagen.", page=1),
+            Passage(text="Versand ab Leeds.", page=2)), chunker="paragraphs-v1",
+            provider_file_id="file-xyz"),
+        DocumentFailed(document_id="doc_7K", code="unreadable_document",
+                       reason="the PDF cannot be read: EOF marker not found"),
+        DocumentDeleted(document_id="doc_7K"),
+        KnowledgeStoreChosen(assistant_id="ast_9K", store="openai", vector_store_id="vs_1"),
+        ReplyCited(message_id="msg_2R", citations=(
+            Citation(number=1, document_id="doc_7K", document="Preise «2026».pdf", page=2,
+                     passage="Versand ab Leeds."),)),
     ]
 }
 
