@@ -21,6 +21,7 @@ from loacl.services.knowledge import fuse
 from loacl.settings import Settings
 from loacl.store.sqlite import connect
 from tests.test_chat import (
+    PASSWORD,
     Site,
     Visitor,
     audit_ok,
@@ -395,3 +396,44 @@ def test_the_migration_made_the_index(db_path: Path) -> None:
     conn.close()
     assert {"knowledge_documents", "knowledge_chunks", "knowledge_fts",
             "knowledge_vectors"} <= names
+
+
+# -- an imported Assistants-API assistant -----------------------------------------------------
+
+
+def test_an_imported_assistant_with_file_search_answers_from_uploaded_documents(
+    tmp_path: Path, server: OpenAITestServer, root: str
+) -> None:
+    """``loacl assistants import`` keeps the export's vector stores; once the owner uploads the
+    documents, LOACL's own file_search answers, and OpenAI's tool over the old stores stands
+    aside (the two would share a name)."""
+    import asyncio
+
+    from loacl import admin
+    from loacl.store import migrations
+
+    settings = chat_settings(tmp_path, root)
+    conn = connect(settings.database_path)
+    migrations.up(conn)
+    conn.close()
+    asyncio.run(admin.create_user(settings, "owner@example.com", PASSWORD,
+                                  name=None, verified=True))
+    export = Path(__file__).parent / "data" / "openai_assistants_export.json"
+    results = asyncio.run(admin.import_assistants(settings, export, "owner@example.com",
+                                                  validate=False))
+    (support,) = [r for r in results if r.source_id == "asst_support01"]
+    assert support.assistant_id is not None
+    server.script(calls=[search_call("refund days")])
+    with live(settings) as site:
+        site.login()
+        widget = site.http.post("/api/v1/widgets", headers=site.owner, json={
+            "name": "Site", "assistant_id": support.assistant_id,
+            "allowed_origins": ["http://localhost:3000"]})
+        assert widget.status_code == 201, widget.text
+        visitor = site.visitor(widget.json()["id"])
+        added(site, support.assistant_id, "policy.docx", docx_bytes(REFUNDS.split("\n\n")))
+        reply = site.post(visitor, "Can I return this?").json()["reply"]
+    first = server.requests_to("responses")[0].json
+    assert [t["type"] for t in first["tools"]] == ["function"]
+    assert first["tools"][0]["name"] == "file_search"
+    assert reply["citations"][0]["document"] == "policy.docx"
