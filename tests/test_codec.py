@@ -62,7 +62,6 @@ from loacl.domain.knowledge import (
     DocumentFailed,
     DocumentIndexed,
     DocumentUploaded,
-    KnowledgeStoreChosen,
     Passage,
 )
 from loacl.domain.privacy import SubjectErased
@@ -207,12 +206,10 @@ SAMPLES: dict[str, Event] = {
                          sha256="4e" * 32),
         DocumentIndexed(document_id="doc_7K", pages=2, passages=(
             Passage(text="Rückgabe binnen 30 Tagen.", page=1),
-            Passage(text="Versand ab Leeds.", page=2)), chunker="paragraphs-v1",
-            provider_file_id="file-xyz"),
+            Passage(text="Versand ab Leeds.", page=2)), chunker="paragraphs-v1"),
         DocumentFailed(document_id="doc_7K", code="unreadable_document",
                        reason="the PDF cannot be read: EOF marker not found"),
         DocumentDeleted(document_id="doc_7K"),
-        KnowledgeStoreChosen(assistant_id="ast_9K", store="openai", vector_store_id="vs_1"),
         ReplyCited(message_id="msg_2R", citations=(
             Citation(number=1, document_id="doc_7K", document="Preise «2026».pdf", page=2,
                      passage="Versand ab Leeds."),)),

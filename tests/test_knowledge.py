@@ -6,6 +6,7 @@ with passages that the reply then cites."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import sqlite3
 from pathlib import Path
@@ -144,7 +145,7 @@ def test_every_kind_of_document_is_read_into_passages(
         word = added(site, assistant_id, "policy.docx", docx_bytes(REFUNDS.split("\n\n")))
         markdown = added(site, assistant_id, "ship.md", f"# {SHIPPING}".encode())
         page = added(site, assistant_id, "hours.html", html)
-        text = added(site, assistant_id, "notes.txt", "Gift cards never expire.".encode())
+        text = added(site, assistant_id, "notes.txt", b"Gift cards never expire.")
         listed = site.http.get(f"/api/v1/assistants/{assistant_id}/knowledge",
                                headers=site.owner).json()
     assert pdf["status"] == "ready" and pdf["pages"] == 2 and pdf["kind"] == "pdf"
@@ -373,7 +374,7 @@ def test_passages_overlap_and_keep_their_page() -> None:
     words = " ".join(f"w{i}" for i in range(300))
     found = passages([words, "second page text"], size=200, overlap=40)
     assert all(len(p.text) <= 200 + 42 for p in found)
-    for before, after in zip(found, found[1:], strict=False):
+    for before, after in itertools.pairwise(found):
         if after.page == before.page:
             assert after.text.split("\n\n")[0] in before.text  # the overlap repeats its end
     assert found[-1].page == 2 and "second page text" in found[-1].text

@@ -16,8 +16,6 @@ from loacl.domain.events import Event
 
 # The kinds of document LOACL reads, by their extension.
 KINDS = ("pdf", "docx", "md", "html", "txt")
-# Where the passages are searched: in this server's database, or in an OpenAI vector store.
-STORES = ("local", "openai")
 
 
 def knowledge_stream(assistant_id: str) -> str:
@@ -58,9 +56,7 @@ class DocumentIndexed(Event):
     pages: int
     passages: tuple[Passage, ...]
     chunker: str = ""
-    # For an OpenAI vector store: the file's id there (the passages are then OpenAI's).
-    provider_file_id: str | None = None
-    not_personal = ("document_id", "passages", "chunker", "provider_file_id")
+    not_personal = ("document_id", "passages", "chunker")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,18 +77,6 @@ class DocumentDeleted(Event):
     not_personal = ("document_id",)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class KnowledgeStoreChosen(Event):
-    """Where the assistant's documents are searched from now on; for ``openai``, the vector
-    store LOACL made for them."""
-
-    event_type = "knowledge.store_chosen"
-    assistant_id: str
-    store: str
-    vector_store_id: str | None = None
-    not_personal = ("assistant_id", "store", "vector_store_id")
-
-
 @dataclass(frozen=True, slots=True)
 class Document:
     document_id: str
@@ -101,11 +85,9 @@ class Document:
 
 @dataclass(frozen=True, slots=True)
 class Knowledge:
-    """What the decisions need: the assistant's documents and where they are searched."""
+    """What the decisions need: the assistant's documents."""
 
     documents: dict[str, Document]
-    store: str = "local"
-    vector_store_id: str | None = None
 
 
 def evolve_knowledge(state: Knowledge, event: Event) -> Knowledge:
@@ -123,8 +105,6 @@ def evolve_knowledge(state: Knowledge, event: Event) -> Knowledge:
         case DocumentDeleted():
             return replace(state, documents={**docs, event.document_id: Document(
                 event.document_id, "deleted")})
-        case KnowledgeStoreChosen():
-            return replace(state, store=event.store, vector_store_id=event.vector_store_id)
     return state
 
 
@@ -133,17 +113,3 @@ def delete_document(state: Knowledge, document_id: str) -> list[Event]:
     if found is None or found.status == "deleted":
         raise LoaclError("document_not_found", "no such document")
     return [DocumentDeleted(document_id=document_id)]
-
-
-def choose_store(
-    state: Knowledge, assistant_id: str, store: str, vector_store_id: str | None
-) -> list[Event]:
-    if store not in STORES:
-        raise LoaclError(
-            "validation_error", f"store: one of {', '.join(STORES)}",
-            errors=[{"field": "store", "message": "unknown store", "accepted": list(STORES)}],
-        )
-    if store == state.store and vector_store_id == state.vector_store_id:
-        return []
-    return [KnowledgeStoreChosen(assistant_id=assistant_id, store=store,
-                                 vector_store_id=vector_store_id)]

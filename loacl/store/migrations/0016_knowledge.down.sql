@@ -4,5 +4,4 @@ DROP TRIGGER knowledge_fts_delete;
 DROP TRIGGER knowledge_fts_insert;
 DROP TABLE knowledge_fts;
 DROP TABLE knowledge_chunks;
-DROP TABLE knowledge_stores;
 DROP TABLE knowledge_documents;

@@ -14,19 +14,11 @@ CREATE TABLE knowledge_documents (
     chunks           INTEGER,
     error_code       TEXT,
     error            TEXT,
-    provider_file_id TEXT,              -- the file in the assistant's OpenAI vector store
     created_seq      INTEGER NOT NULL,
     created_at       TEXT    NOT NULL,
     updated_at       TEXT    NOT NULL
 );
 CREATE INDEX knowledge_documents_assistant ON knowledge_documents (assistant_id, created_seq);
-
--- Where each assistant's documents are searched (a row only once the owner chose).
-CREATE TABLE knowledge_stores (
-    assistant_id    TEXT PRIMARY KEY,
-    store           TEXT NOT NULL,      -- local | openai
-    vector_store_id TEXT
-);
 
 -- One row per passage. ``chunk_id`` is the indexed event's position times 10,000 plus the
 -- passage's number in it: the same live and after replay, and the index's rowid.

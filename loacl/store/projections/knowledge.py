@@ -12,12 +12,11 @@ from loacl.domain.knowledge import (
     DocumentFailed,
     DocumentIndexed,
     DocumentUploaded,
-    KnowledgeStoreChosen,
 )
 from loacl.store.codec import format_time
 from loacl.store.projections import Projections
 
-projections = Projections(tables=["knowledge_documents", "knowledge_chunks", "knowledge_stores"])
+projections = Projections(tables=["knowledge_documents", "knowledge_chunks"])
 
 # A passage's id: the indexed event's position, then its number within the event.
 PASSAGES_PER_EVENT = 10_000
@@ -53,10 +52,9 @@ def document_indexed(
         return
     conn.execute(
         "UPDATE knowledge_documents SET status = 'ready', pages = ?, chunks = ?, "
-        "provider_file_id = ?, error_code = NULL, error = NULL, updated_at = ? "
-        "WHERE document_id = ?",
-        (event.pages, len(event.passages), event.provider_file_id,
-         format_time(recorded.recorded_at), event.document_id),
+        "error_code = NULL, error = NULL, updated_at = ? WHERE document_id = ?",
+        (event.pages, len(event.passages), format_time(recorded.recorded_at),
+         event.document_id),
     )
     base = recorded.seq * PASSAGES_PER_EVENT
     conn.executemany(
@@ -84,15 +82,3 @@ def document_deleted(
 ) -> None:
     conn.execute("DELETE FROM knowledge_chunks WHERE document_id = ?", (event.document_id,))
     conn.execute("DELETE FROM knowledge_documents WHERE document_id = ?", (event.document_id,))
-
-
-@projections.on
-def store_chosen(
-    conn: sqlite3.Connection, event: KnowledgeStoreChosen, recorded: RecordedEvent
-) -> None:
-    conn.execute(
-        "INSERT INTO knowledge_stores (assistant_id, store, vector_store_id) VALUES (?, ?, ?) "
-        "ON CONFLICT (assistant_id) DO UPDATE SET store = excluded.store, "
-        "vector_store_id = excluded.vector_store_id",
-        (event.assistant_id, event.store, event.vector_store_id),
-    )

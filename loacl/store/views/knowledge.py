@@ -16,7 +16,7 @@ from loacl.store.views import Page, first, page_by_creation
 
 _DOCUMENT = (
     "SELECT document_id, assistant_id, filename, kind, content_type, size, sha256, status, "
-    "pages, chunks, error_code, error, provider_file_id, created_seq, created_at, updated_at "
+    "pages, chunks, error_code, error, created_seq, created_at, updated_at "
     "FROM knowledge_documents"
 )
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -37,7 +37,6 @@ class DocumentView:
     chunks: int | None
     error_code: str | None
     error: str | None
-    provider_file_id: str | None
     created_seq: int
     created_at: str
     updated_at: str
@@ -50,12 +49,6 @@ class Hit:
     document: str
     page: int
     text: str
-
-
-@dataclass(frozen=True, slots=True)
-class StoreView:
-    store: str  # local | openai
-    vector_store_id: str | None
 
 
 def _document(row: Any) -> DocumentView:
@@ -86,14 +79,6 @@ async def has_knowledge(store: EventStore, assistant_id: str) -> bool:
         (assistant_id,),
     )
     return bool(rows)
-
-
-async def store_of(store: EventStore, assistant_id: str) -> StoreView:
-    found = await store.query(
-        "SELECT store, vector_store_id FROM knowledge_stores WHERE assistant_id = ?",
-        (assistant_id,),
-    )
-    return StoreView(*found[0]) if found else StoreView("local", None)
 
 
 def match_query(text: str) -> str | None:
