@@ -102,9 +102,9 @@ async def search_text(
     if match is None:
         return []
     rows = await store.query(
-        f"{_HIT} JOIN (SELECT rowid AS id, bm25(knowledge_fts) AS score FROM knowledge_fts "
-        "WHERE knowledge_fts MATCH ?) f ON f.id = c.chunk_id "
-        "WHERE c.assistant_id = ? ORDER BY f.score LIMIT ?",
+        # FTS5's own ``rank`` (BM25) sorts faster than bm25() named as a column.
+        f"{_HIT} JOIN (SELECT rowid AS id, rank FROM knowledge_fts WHERE knowledge_fts MATCH ?) "
+        "f ON f.id = c.chunk_id WHERE c.assistant_id = ? ORDER BY f.rank LIMIT ?",
         (match, assistant_id, limit),
     )
     return [Hit(*r) for r in rows]
