@@ -347,6 +347,8 @@ def test_deleting_a_document_removes_its_passages_and_index_entries(
     hits = chunk_rows(settings, "SELECT rowid FROM knowledge_fts WHERE knowledge_fts MATCH "
                       "'refund'")
     assert hits == []
+    kept_bytes = chunk_rows(settings, "SELECT sha256 FROM blobs")
+    assert kept_bytes == [(kept["sha256"],)]  # the deleted document's bytes are gone
     assert [r.type for r in log_of(settings) if r.type == "knowledge.deleted"] == [
         "knowledge.deleted"]
     audit_ok(settings)

@@ -142,14 +142,14 @@ class Knowledge:
     async def delete(
         self, owner_id: str, assistant_id: str, document_id: str, meta: Metadata
     ) -> None:
-        await self.document(owner_id, assistant_id, document_id)
+        found = await self.document(owner_id, assistant_id, document_id)
         stream = domain.knowledge_stream(assistant_id)
         state, version = await self.store.load(
             stream, domain.Knowledge({}), domain.evolve_knowledge
         )
         events = domain.delete_document(state, document_id)
         await self.store.append(stream, events, expected_version=version, metadata=meta)
-        await views.drop_orphans(self.store)
+        await views.drop_orphans(self.store, found.sha256)
 
     # -- the worker -------------------------------------------------------------------------
 

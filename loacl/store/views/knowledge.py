@@ -148,14 +148,21 @@ async def keep_vectors(
     await store.run_on_writer(keep)
 
 
-async def drop_orphans(store: EventStore) -> None:
-    """Embeddings and bytes no document (nor visitor file) names any more."""
+async def drop_orphans(store: EventStore, sha256: str) -> None:
+    """After a document's deletion: the embeddings no passage has any more, and the
+    document's bytes unless another document or a visitor's file names them."""
 
     def drop(conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(
             "DELETE FROM knowledge_vectors WHERE text_sha256 NOT IN "
             "(SELECT text_sha256 FROM knowledge_chunks)"
+        )
+        conn.execute(
+            "DELETE FROM blobs WHERE sha256 = ? "
+            "AND NOT EXISTS (SELECT 1 FROM files f WHERE f.sha256 = blobs.sha256) "
+            "AND NOT EXISTS (SELECT 1 FROM knowledge_documents d WHERE d.sha256 = blobs.sha256)",
+            (sha256,),
         )
         conn.execute("COMMIT")
 
