@@ -111,3 +111,22 @@ export interface Session {
   ip?: string | null;
   current?: boolean;
 }
+
+export interface Member {
+  account_id: string;
+  email: string;
+  name: string | null;
+  display_name: string;
+  role: "owner" | "admin" | "agent";
+  joined_at: string;
+}
+
+export interface Invite {
+  id: string;
+  workspace_id: string;
+  email: string;
+  role: "owner" | "admin" | "agent";
+  invited_by: string;
+  created_at: string;
+  expires_at: string;
+}
