@@ -53,6 +53,7 @@ export function Members() {
       <Heading>{t("members")}{here ? ` · ${here.name}` : ""}</Heading>
       {error && <Notice kind="error">{error}</Notice>}
       {!members.data ? <Loading error={members.error} /> : (
+        <div class="wide">
         <table class="list">
           <caption class="sr-only">{t("members")}</caption>
           <thead><tr><th scope="col">{t("name")}</th><th scope="col">{t("email")}</th><th scope="col">{t("role")}</th><th scope="col"><span class="sr-only">{t("actions")}</span></th></tr></thead>
@@ -87,6 +88,7 @@ export function Members() {
             ))}
           </tbody>
         </table>
+        </div>
       )}
       {owner && (
         <section class="panel">
