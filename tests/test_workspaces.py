@@ -23,6 +23,7 @@ from websockets.typing import Origin
 
 from loacl.services.keys import keyring_for
 from loacl.settings import Settings
+from loacl.store import audit
 from loacl.store import replay as replay_module
 from loacl.store.projections import default_projections
 from tests.test_chat import PASSWORD, Site, chat_settings, live
@@ -301,6 +302,36 @@ async def test_removing_a_member_cuts_their_access_at_once(team: Team) -> None:
         assert await closed_with(again) == 4401
 
 
+def test_member_changes_are_delivered_to_the_workspaces_webhooks(team: Team) -> None:
+    site = team.site
+    made = site.http.post("/api/v1/webhooks", json={
+        "url": "https://hooks.example.com/loacl", "event_types": ["member.changed"]},
+        headers=team.admin)
+    assert made.status_code == 201, made.text
+    site.http.patch(f"/api/v1/workspaces/{team.workspace}/members/{team.ids['agent_id']}",
+                    json={"role": "admin"}, headers=team.owner)
+    site.http.delete(f"/api/v1/workspaces/{team.workspace}/members/{team.ids['agent_id']}",
+                     headers=team.agent)
+    deadline = time.monotonic() + WAIT
+    found: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and len(found) < 2:
+        conn = sqlite3.connect(site.settings.database_path)
+        try:
+            found = [json.loads(p) for (p,) in conn.execute(
+                "SELECT payload FROM webhook_deliveries WHERE webhook_id = ? "
+                "AND event_type = 'member.changed' ORDER BY delivery_id",
+                (made.json()["id"],))]
+        finally:
+            conn.close()
+        time.sleep(0.05)
+    assert [(p["type"], p["data"]) for p in found] == [
+        ("member.changed", {"workspace_id": team.workspace, "account_id": team.ids["agent_id"],
+                            "change": "role_changed", "role": "admin", "reason": None}),
+        ("member.changed", {"workspace_id": team.workspace, "account_id": team.ids["agent_id"],
+                            "change": "removed", "role": None, "reason": "left"}),
+    ]
+
+
 def test_member_changes_replay_to_the_same_tables(team: Team) -> None:
     site = team.site
     site.http.patch(f"/api/v1/workspaces/{team.workspace}/members/{team.ids['agent_id']}",
@@ -322,6 +353,7 @@ def assert_replay_equals_live(settings: Settings) -> None:
         assert live_tables["workspace_members"]
         replay_module.replay(conn, projections, keys=keyring_for(settings).attach(conn))
         assert replay_module.dump_tables(conn, projections.tables) == live_tables
+        assert audit.verify(conn).ok
     finally:
         conn.close()
 
