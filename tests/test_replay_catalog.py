@@ -311,12 +311,21 @@ async def _workspace_step(store: EventStore, world: World, kind: str, a: int, b:
     if kind in {"rename_workspace", "delete_workspace"}:
         workspace_id = world.workspaces[a % len(world.workspaces)]
     start = spaces.personal(workspace_id) if workspace_id in world.users else spaces.Workspace()
-    state, version = await store.load(spaces.workspace_stream(workspace_id), start,
+    space, version = await store.load(spaces.workspace_stream(workspace_id), start,
                                       spaces.evolve)
+    await _decide_workspace(store, world, kind, space, version, users, a, b)
+
+
+async def _decide_workspace(
+    store: EventStore, world: World, kind: str, state: spaces.Workspace, version: int,
+    users: list[str], a: int, b: int,
+) -> None:
+    workspace_id = state.workspace_id
     members = sorted(m for m in state.members if m not in world.erased)
     if state.deleted or not state.exists or not members:
         return
     subject: str | None = None
+    events: list[Event]
     try:
         if kind == "rename_workspace":
             events = spaces.rename(state, f"Renamed {b}")

@@ -117,7 +117,8 @@ def team(tmp_path: Path, smtp_server: tuple[Collector, int]) -> Iterator[Team]: 
 ROLES = ("owner", "admin", "agent", "other")
 # method, path, body, and the status for owner, admin, agent, and another workspace's member.
 # Requests that would change what a later row reads come last or change nothing.
-TABLE: list[tuple[str, str, dict[str, Any] | None, tuple[int, int, int, int]]] = [
+Expected = tuple[int | None, int | None, int | None, int | None]  # None: not asked
+TABLE: list[tuple[str, str, dict[str, Any] | None, Expected]] = [
     ("get", "/api/v1/assistants", None, (200, 200, 403, 200)),
     ("get", "/api/v1/assistants/{assistant}", None, (200, 200, 403, 404)),
     ("patch", "/api/v1/assistants/{assistant}", {"instructions": "Be brief."},
