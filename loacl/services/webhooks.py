@@ -59,8 +59,8 @@ from loacl.store.eventstore import NO_STREAM, Clock, EventStore, utc_now
 from loacl.store.records import EVENT_COLUMNS, decode_rows
 from loacl.store.subscriptions import Effect
 from loacl.store.views import Page
-from loacl.store.views import accounts as account_views
 from loacl.store.views import webhooks as views
+from loacl.store.views import workspaces as workspace_views
 from loacl.store.views.webhooks import Delivery, NewDelivery, WebhookView
 
 log = structlog.get_logger(__name__)
@@ -223,8 +223,9 @@ class Webhooks:
         return True
 
     async def _mail_disabled(self, state: domain.Webhook, failures: int) -> None:
-        owner = await account_views.user_by_id(self.store, state.owner_id)
-        if owner is None or state.definition is None:
+        # The workspace's owners (owner_id is the workspace's id).
+        addresses = await workspace_views.owner_emails(self.store, state.owner_id)
+        if not addresses or state.definition is None:
             return
         body = (
             f"LOACL stopped sending events to your webhook {state.webhook_id}\n"
@@ -234,11 +235,12 @@ class Webhooks:
             f"with PATCH /api/v1/webhooks/{state.webhook_id} {{\"enabled\": true}}; what was "
             "not delivered is then sent, and each delivery can be sent again by hand.\n"
         )
-        with contextlib.suppress(Exception):  # the mail is kept in the outbox when it fails
-            await self.mailer.deliver(
-                owner.email, "LOACL: a webhook endpoint was disabled", body,
-                f"<webhook.{state.webhook_id}.disabled.{failures}@loacl>",
-            )
+        for address in addresses:
+            with contextlib.suppress(Exception):  # kept in the outbox when it fails
+                await self.mailer.deliver(
+                    address, "LOACL: a webhook endpoint was disabled", body,
+                    f"<webhook.{state.webhook_id}.disabled.{failures}@loacl>",
+                )
 
     # -- messages ----------------------------------------------------------------------------
 

@@ -116,3 +116,13 @@ async def holds_anything(store: EventStore, workspace_id: str) -> bool:
         (workspace_id, workspace_id),
     )
     return bool(rows)
+
+
+async def owner_emails(store: EventStore, workspace_id: str) -> list[str]:
+    """Where a workspace's notices go: the addresses of its owners."""
+    found = await store.query(
+        "SELECT u.email FROM workspace_members m JOIN users u ON u.user_id = m.user_id "
+        "WHERE m.workspace_id = ? AND m.role = 'owner' ORDER BY m.joined_at, u.email",
+        (workspace_id,),
+    )
+    return [str(row[0]) for row in found]
