@@ -100,6 +100,7 @@ export interface User {
   id: string;
   email: string;
   name: string | null;
+  display_name?: string;
   email_verified: boolean;
 }
 
