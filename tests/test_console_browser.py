@@ -365,6 +365,7 @@ def test_every_page_is_accessible_in_both_themes(
         "forgot": ("/console/forgot", "Reset your password"),
         "reset": ("/console/reset?token=not-a-real-token", "Set a new password"),
         "verify": ("/console/verify?token=not-a-real-token", "Verify your e-mail address"),
+        "invite": ("/console/invite?token=not-a-real-token", "Join a workspace"),
     }
     report: dict[str, list[dict[str, Any]]] = {}
 
@@ -394,6 +395,7 @@ def test_every_page_is_accessible_in_both_themes(
         "widget-new": ("/console/widgets/new", "New widget"),
         "inbox": ("/console/inbox", "Inbox"),
         "usage": ("/console/usage", "Usage"),
+        "members": ("/console/members", "Members"),
         "account": ("/console/account", "Account"),
     }
     for name, (path, title) in private.items():
