@@ -84,6 +84,18 @@ GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("LOACL_UPDATE_GOLDEN") == "1"
 _GOLDEN_NAME = re.compile(r"^(?P<type>.+)\.v(?P<version>\d+)\.json$")
 
+from loacl.domain.accounts import UserRenamed  # noqa: E402
+from loacl.domain.workspaces import (  # noqa: E402
+    InviteRevoked,
+    MemberInvited,
+    MemberJoined,
+    MemberRemoved,
+    MemberRoleChanged,
+    WorkspaceCreated,
+    WorkspaceDeleted,
+    WorkspaceRenamed,
+)
+
 WHEN = datetime(2030, 5, 17, 8, 30, 15, 123456, tzinfo=UTC)
 ASSISTANT = AssistantDefinition(
     name="Support «bot»", provider="openai", model="gpt-4.1-mini",
@@ -134,6 +146,18 @@ SAMPLES: dict[str, Event] = {
             password_hash="$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA",
         ),
         EmailVerified(user_id="usr_01J9Z3"),
+        UserRenamed(user_id="usr_01J9Z3", name="Zoë from support"),
+        WorkspaceCreated(workspace_id="ws_5T", name="Ångström & Co", created_by="usr_01J9Z3"),
+        WorkspaceRenamed(workspace_id="ws_5T", name="Support team"),
+        WorkspaceDeleted(workspace_id="ws_5T"),
+        MemberInvited(
+            workspace_id="ws_5T", invite_id="inv_2", email="zoë@example.com", role="agent",
+            token_hash="ab12", invited_by="usr_01J9Z3", expires_at=WHEN,
+        ),
+        InviteRevoked(workspace_id="ws_5T", invite_id="inv_2"),
+        MemberJoined(workspace_id="ws_5T", user_id="usr_8B", role="admin", invite_id="inv_3"),
+        MemberRoleChanged(workspace_id="ws_5T", user_id="usr_8B", role="owner"),
+        MemberRemoved(workspace_id="ws_5T", user_id="usr_8B", reason="left"),
         PasswordChanged(
             user_id="usr_01J9Z3", password_hash="$argon2id$v=19$m=65536,t=3,p=4$bmV3$bmV3",
             reason="reset",

@@ -365,6 +365,7 @@ def test_every_page_is_accessible_in_both_themes(
         "forgot": ("/console/forgot", "Reset your password"),
         "reset": ("/console/reset?token=not-a-real-token", "Set a new password"),
         "verify": ("/console/verify?token=not-a-real-token", "Verify your e-mail address"),
+        "invite": ("/console/invite?token=not-a-real-token", "Join a workspace"),
     }
     report: dict[str, list[dict[str, Any]]] = {}
 
@@ -394,6 +395,7 @@ def test_every_page_is_accessible_in_both_themes(
         "widget-new": ("/console/widgets/new", "New widget"),
         "inbox": ("/console/inbox", "Inbox"),
         "usage": ("/console/usage", "Usage"),
+        "members": ("/console/members", "Members"),
         "account": ("/console/account", "Account"),
     }
     for name, (path, title) in private.items():
@@ -456,3 +458,55 @@ def test_the_account_changes_the_password_ends_sessions_and_deletes_itself(
     gone = httpx.post(f"{loacl.url}/api/v1/auth/login", timeout=10, json={
         "email": "account@example.com", "password": "another good passphrase"})
     assert gone.status_code == 401
+
+
+def test_an_owner_invites_someone_who_joins_from_the_mailed_link(
+    loacl: Loacl, new_page: Callable[..., Page]
+) -> None:
+    owner = new_page()
+    sign_up_and_log_in(loacl, owner, "team-owner@example.com")
+    owner.get_by_role("link", name="Members").click()
+    owner.get_by_role("heading", level=1, name=re.compile("^Members")).wait_for()
+    owner.get_by_label("E-mail address").fill("sam@example.com")
+    owner.get_by_label("Role", exact=True).select_option("agent")
+    owner.get_by_role("button", name="Send the invite").click()
+    owner.get_by_text("We mailed an invite to sam@example.com.").wait_for()
+    owner.get_by_role("listitem").filter(has_text="sam@example.com").wait_for()
+    shots(owner, "members")
+
+    body = loacl.next_mail("sam@example.com").get_body(("plain",))
+    assert body is not None
+    found = re.search(r"https?://\S+/console/invite\?token=(\S+)", body.get_content())
+    assert found, body.get_content()
+    sam = new_page()  # another browser: nothing shared with the owner's
+    sam.goto(f"{loacl.url}/console/invite?token={found.group(1)}")
+    heading(sam, "Join a workspace")
+    assert "token" not in sam.url  # the one-time token leaves the address bar
+    sam.get_by_label("Name (optional)").fill("Sam")
+    sam.get_by_label("New password").fill(PASSWORD)
+    sam.get_by_role("button", name="Create my account and join").click()
+    heading(sam, "Inbox")
+    nav = sam.get_by_role("navigation")
+    expect(nav.get_by_role("link", name="Inbox")).to_be_visible()
+    expect(nav.get_by_role("link", name="Widgets")).to_have_count(0)  # not for an agent
+    expect(nav.get_by_role("link", name="Usage")).to_have_count(0)
+    switcher = sam.get_by_label("Workspace")
+    expect(switcher.locator("option")).to_have_count(2)  # their own, and the one joined
+
+    owner.reload()
+    owner.get_by_role("heading", level=1, name=re.compile("^Members")).wait_for()
+    row = owner.locator("tr").filter(has_text="sam@example.com")
+    expect(row).to_contain_text("Sam")
+    owner.get_by_label("Role of Sam").select_option("admin")
+    expect(owner.get_by_label("Role of Sam")).to_have_value("admin")
+    row.get_by_role("button", name="Remove").click()
+    owner.get_by_role("group").get_by_role("button", name="Remove").click()
+    expect(owner.locator("tr").filter(has_text="sam@example.com")).to_have_count(0)
+    expect(owner.get_by_role("listitem").filter(has_text="sam@example.com")).to_have_count(0)
+
+    # Sam's console was in the owner's workspace: the next request finds them out of it, and
+    # the console carries on in their own.
+    sam.get_by_role("link", name="Members").click()
+    sam.get_by_role("heading", level=1, name=re.compile("^Members")).wait_for()
+    expect(sam.locator("tr").filter(has_text="team-owner@example.com")).to_have_count(0)
+    expect(sam.get_by_label("Workspace")).to_have_count(0)  # one workspace left

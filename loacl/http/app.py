@@ -34,6 +34,7 @@ from loacl.http import (
     usage,
     visitors,
     webhooks,
+    workspaces,
 )
 from loacl.http.errors import EXCEPTION_HANDLERS
 from loacl.http.middleware import RequestIdMiddleware, SecurityHeadersMiddleware
@@ -57,6 +58,7 @@ from loacl.services.retention import Retention
 from loacl.services.tokens import Tokens
 from loacl.services.webhooks import Dispatcher, Webhooks
 from loacl.services.widgets import Widgets
+from loacl.services.workspaces import Workspaces
 from loacl.settings import MASTER_KEY_FILE, Settings, jwt_secret
 from loacl.store import integrity, migrations
 from loacl.store.backup import ServeLock
@@ -223,7 +225,8 @@ def create_app(
             health.endpoints, openapi.endpoints, apidocs.endpoints, auth.endpoints,
             visitors.endpoints, chat.endpoints, stream.endpoints, owners.endpoints,
             usage.endpoints, privacy.endpoints, inbox.endpoints, models.endpoints,
-            owner_stream.endpoints, webhooks.endpoints, telemetry.endpoints, static.endpoints,
+            owner_stream.endpoints, webhooks.endpoints, workspaces.endpoints,
+            telemetry.endpoints, static.endpoints,
             console.endpoints,
         ),
         middleware=[
@@ -252,6 +255,7 @@ def create_app(
     app.state.integrity = watch
     app.state.clock = clock
     app.state.accounts = Accounts(store, settings, passwords, tokens, mailer, clock)
+    app.state.workspaces = Workspaces(store, app.state.accounts)
     app.state.assistants = Assistants(store, settings, server_key)
     app.state.limits = limits
     app.state.budgets = budgets

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from loacl.services.chat import Chat
     from loacl.services.files import Files
     from loacl.services.widgets import Widgets
+    from loacl.services.workspaces import Workspaces
 
 MAX_LIMIT = 100
 
@@ -42,6 +43,10 @@ def files(conn: HTTPConnection) -> Files:
 
 def widgets(conn: HTTPConnection) -> Widgets:
     return cast("Widgets", conn.app.state.widgets)
+
+
+def workspaces(conn: HTTPConnection) -> Workspaces:
+    return cast("Workspaces", conn.app.state.workspaces)
 
 
 def public_base(conn: HTTPConnection) -> str:

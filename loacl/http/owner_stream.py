@@ -34,7 +34,8 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.events import RecordedEvent
 from loacl.domain.privacy import SubjectErased
 from loacl.domain.widgets import ConversationStarted
-from loacl.http.auth import current_owner, refuse_cross_site
+from loacl.domain.workspaces import AGENT, MemberRemoved, WorkspaceDeleted, workspace_stream
+from loacl.http.auth import Member, current_member, refuse_cross_site
 from loacl.http.common import accounts
 from loacl.http.errors import problem, status_for
 from loacl.http.routing import Endpoint, Socket
@@ -42,7 +43,6 @@ from loacl.http.shapes import inbox_item_json, message_json
 from loacl.http.stream_protocol import MAX_TEXT_FRAME, Close, Frame
 from loacl.http.stream_send import Outbox
 from loacl.http.validation import decode_json
-from loacl.services.accounts import Principal
 from loacl.store.broker import Subscription, SubscriptionOverflow
 from loacl.store.eventstore import EventStore
 from loacl.store.views import conversations as conversation_views
@@ -66,8 +66,9 @@ CLIENT_FRAMES = (
     Frame("pong", (), "the answer to the server's ping"),
 )
 SERVER_FRAMES = (
-    Frame("ready", ("user_id", "expires_in"), "authenticated; the token expires in expires_in "
-          "seconds (send a fresh one in an auth frame before then)"),
+    Frame("ready", ("user_id", "workspace_id", "role", "expires_in"), "authenticated (as "
+          "role, in workspace_id); the token expires in expires_in seconds (send a fresh one "
+          "in an auth frame before then)"),
     Frame("conversation", ("conversation",), "a conversation started or changed: its entry as "
           "GET /api/v1/conversations/{id} gives it"),
     Frame("message", ("conversation_id", "message"), "a visitor's message, or a reply that "
@@ -85,8 +86,9 @@ CLOSES = {
     Close.TOO_BIG: f"a frame was longer than {MAX_TEXT_FRAME} characters",
     Close.SERVER_ERROR: "the server failed; reconnect",
     Close.TOO_SLOW: "too slow to keep up; reconnect and read the inbox again",
-    Close.BAD_TOKEN: "no auth frame in time, a wrong or expired token, another owner's token "
-                     "in a later auth frame, or the session ended (logout)",
+    Close.BAD_TOKEN: "no auth frame in time, a wrong or expired token, another account's or "
+                     "workspace's token in a later auth frame, the session ended (logout), or "
+                     "the account's membership of the workspace ended",
     Close.IDLE: "no frame from the client for ws_idle_seconds (answer the pings)",
 }
 
@@ -98,7 +100,7 @@ def describe() -> str:
 
     closes = "".join(f"\n- {int(code)}: {meaning}" for code, meaning in CLOSES.items())
     return (
-        "Live changes to the conversations of all your widgets. Send "
+        "Live changes to the conversations of all the widgets of the token's workspace. Send "
         "`{\"type\": \"auth\", \"token\": ACCESS_TOKEN}` first (within 10 s); tokens never go "
         "in the URL. From a browser, the page must be this server's own (403 "
         "cross_site_request otherwise). Every frame is a JSON text frame with a `type`.\n\n"
@@ -108,7 +110,7 @@ def describe() -> str:
 
 
 class OwnerSocket:
-    def __init__(self, websocket: WebSocket, principal: Principal, expires_at: int) -> None:
+    def __init__(self, websocket: WebSocket, principal: Member, expires_at: int) -> None:
         self.ws = websocket
         self.principal = principal
         self.expires_at = expires_at
@@ -124,8 +126,9 @@ class OwnerSocket:
 
     def _wanted(self, recorded: RecordedEvent) -> bool:
         stream = recorded.stream
-        return stream.startswith(_CONVERSATION_PREFIX) or (
-            stream == session_stream(self.principal.session_id)
+        return stream.startswith(_CONVERSATION_PREFIX) or stream in (
+            session_stream(self.principal.session_id),
+            workspace_stream(self.principal.workspace_id),
         )
 
     def send(self, frame: dict[str, Any]) -> None:
@@ -144,7 +147,7 @@ class OwnerSocket:
         found = self.owned.get(conversation_id)
         if found is None:
             owner = await inbox_views.owner_of(self.store, conversation_id)
-            found = owner == self.principal.user_id
+            found = owner == self.principal.workspace_id
             if len(self.owned) >= OWNED_CACHE:
                 self.owned.clear()
             self.owned[conversation_id] = found
@@ -162,6 +165,10 @@ class OwnerSocket:
         if not recorded.stream.startswith(_CONVERSATION_PREFIX):
             if isinstance(event, SessionRevoked):
                 self.close(Close.BAD_TOKEN, "the session ended; log in again")
+            elif isinstance(event, WorkspaceDeleted) or (
+                isinstance(event, MemberRemoved) and event.user_id == self.principal.user_id
+            ):
+                self.close(Close.BAD_TOKEN, "no member of the workspace any more")
             return
         conversation_id = recorded.stream.removeprefix(_CONVERSATION_PREFIX)
         if not await self._owns(conversation_id):
@@ -241,8 +248,10 @@ class OwnerSocket:
         except LoaclError:
             self.close(Close.BAD_TOKEN, "the token is not valid")
             return
-        if principal.user_id != self.principal.user_id:
-            self.close(Close.BAD_TOKEN, "a token of another account")
+        if (principal.user_id, principal.workspace_id) != (
+            self.principal.user_id, self.principal.workspace_id
+        ):
+            self.close(Close.BAD_TOKEN, "a token of another account or workspace")
             return
         # The session may be another (after a new login); the news follows the new one.
         self.principal, self.expires_at = principal, expires_at
@@ -275,14 +284,14 @@ def _frame(raw: str | None) -> dict[str, Any] | None:
     return frame if isinstance(frame, dict) else None
 
 
-async def authenticate(websocket: WebSocket, frame: dict[str, Any]) -> tuple[Principal, int]:
-    """The owner behind an auth frame's token, and when the token expires (Unix seconds)."""
+async def authenticate(websocket: WebSocket, frame: dict[str, Any]) -> tuple[Member, int]:
+    """The member behind an auth frame's token (any role: agents read the inbox), and when
+    the token expires (Unix seconds)."""
     token = frame.get("token")
     if frame.get("type") != "auth" or not isinstance(token, str) or not token:
         raise LoaclError("invalid_token", "send {\"type\": \"auth\", \"token\": ...} first")
-    service = accounts(websocket)
-    principal = await service.authenticate(token)
-    return principal, service.tokens.read_access(token).expires_at
+    principal = await current_member(websocket, AGENT, token=token)
+    return principal, accounts(websocket).tokens.read_access(token).expires_at
 
 
 async def owner_stream(websocket: WebSocket) -> None:
@@ -306,7 +315,9 @@ async def owner_stream(websocket: WebSocket) -> None:
         return
     conn = OwnerSocket(websocket, principal, expires_at)  # subscribed from here on
     left = max(0, round(expires_at - conn.clock().timestamp()))
-    conn.send({"type": "ready", "user_id": principal.user_id, "expires_in": left})
+    conn.send({"type": "ready", "user_id": principal.user_id,
+               "workspace_id": principal.workspace_id, "role": principal.role,
+               "expires_in": left})
     write = asyncio.create_task(conn.write_frames())
     others = [asyncio.create_task(conn.read_frames()), asyncio.create_task(conn.ping()),
               asyncio.create_task(conn.follow_news(conn.news)),
@@ -326,13 +337,14 @@ async def owner_stream(websocket: WebSocket) -> None:
 async def not_upgraded(request: Request) -> Response:
     """A plain GET of the socket's URL: the token is checked as for any owner request, then
     the client is told to upgrade."""
-    await current_owner(request)
+    await current_member(request, AGENT)
     raise LoaclError("upgrade_required", "open this URL as a WebSocket (Upgrade: websocket)")
 
 
 endpoints: list[Endpoint | Socket] = [
     Socket("/api/v1/owner/stream", owner_stream,
            "WebSocket: live changes to your conversations (see the description)", describe(),
-           tag="conversations", auth="owner", codes=("cross_site_request", "upgrade_required")),
+           tag="conversations", auth="owner", role=AGENT,
+           codes=("cross_site_request", "upgrade_required")),
     Endpoint("get", "/api/v1/owner/stream", not_upgraded, "", documented=False),
 ]

@@ -27,7 +27,8 @@ from loacl.domain.widgets import (
     WidgetDefinition,
     WidgetSettings,
 )
-from loacl.http.auth import current_owner
+from loacl.domain.workspaces import ADMIN
+from loacl.http.auth import current_member
 from loacl.http.common import assistants, if_match, metadata, public_base, widgets, with_etag
 from loacl.http.resources import PATCH_TYPES, OwnedResource
 from loacl.http.routing import IF_MATCH, PAGE, Endpoint, Param
@@ -192,18 +193,18 @@ def _widget_definition(_request: Request, body: WidgetBody) -> WidgetDefinition:
 
 
 async def rotate_secret(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
+    owner = await current_member(request, ADMIN, verified=True)
     rotated = await widgets(request).rotate_secret(
-        owner.user_id, request.path_params["id"], if_match(request),
+        owner.workspace_id, request.path_params["id"], if_match(request),
         metadata(request, owner.user_id),
     )
     return with_etag(_with_secret(request, rotated))
 
 
 async def rotate_tool_secret(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
+    owner = await current_member(request, ADMIN, verified=True)
     rotated = await assistants(request).rotate_tool_secret(
-        owner.user_id, request.path_params["id"], if_match(request),
+        owner.workspace_id, request.path_params["id"], if_match(request),
         metadata(request, owner.user_id),
     )
     return with_etag(assistant_json(rotated))
@@ -226,8 +227,8 @@ WIDGETS = OwnedResource(widgets, WidgetBody, _widget_definition, widget_json, _w
 
 
 async def embed_code(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
-    widget = await widgets(request).get(owner.user_id, request.path_params["id"])
+    owner = await current_member(request, ADMIN, verified=True)
+    widget = await widgets(request).get(owner.workspace_id, request.path_params["id"])
     script_url = f"{public_base(request)}/widget.js"
     config = {
         "widgetId": widget.widget_id,
@@ -318,56 +319,56 @@ PATCH = (
 
 endpoints = [
     Endpoint("get", "/api/v1/assistants", ASSISTANTS.list, "List your assistants",
-             "assistants", auth="owner", query=PAGE, returns="AssistantPage"),
+             "assistants", auth="owner", role=ADMIN, query=PAGE, returns="AssistantPage"),
     Endpoint("post", "/api/v1/assistants", ASSISTANTS.create, "Create an assistant",
-             "assistants", auth="owner", body=AssistantBody, ok=201,
+             "assistants", auth="owner", role=ADMIN, body=AssistantBody, ok=201,
              codes=("email_not_verified", "unknown_model", "provider_not_configured",
                     "provider_unavailable", "tool_not_supported"),
              returns="Assistant"),
     Endpoint("get", "/api/v1/assistants/{id}", ASSISTANTS.get, "An assistant (ETag)",
-             "assistants", auth="owner", returns="Assistant"),
+             "assistants", auth="owner", role=ADMIN, returns="Assistant"),
     Endpoint("put", "/api/v1/assistants/{id}", ASSISTANTS.put, "Replace an assistant (If-Match)",
-             "assistants", auth="owner", body=ASSISTANTS.replacement, headers=IF_MATCH,
+             "assistants", auth="owner", role=ADMIN, body=ASSISTANTS.replacement, headers=IF_MATCH,
              codes=("version_conflict", "precondition_required", "unknown_model",
                     "provider_not_configured", "provider_unavailable", "tool_not_supported"),
              description=REPLACE, returns="Assistant"),
     Endpoint("patch", "/api/v1/assistants/{id}", ASSISTANTS.patch,
              "Change some of an assistant (JSON Merge Patch, If-Match)", "assistants",
              auth="owner", body=ASSISTANTS.patch_body, body_types=PATCH_TYPES, headers=IF_MATCH,
-             codes=("version_conflict", "precondition_required", "unknown_model",
+             role=ADMIN, codes=("version_conflict", "precondition_required", "unknown_model",
                     "provider_not_configured", "provider_unavailable", "unsupported_media_type",
                     "tool_not_supported"),
              description=PATCH, returns="Assistant"),
     Endpoint("delete", "/api/v1/assistants/{id}", ASSISTANTS.delete,
-             "Delete an assistant (If-Match)", "assistants", auth="owner", ok=204,
+             "Delete an assistant (If-Match)", "assistants", auth="owner", role=ADMIN, ok=204,
              headers=IF_MATCH,
              codes=("version_conflict", "precondition_required", "assistant_in_use")),
     Endpoint("post", "/api/v1/assistants/{id}/rotate-tool-secret", rotate_tool_secret,
              "A new secret for signing the assistant's tool calls, shown once", "assistants",
-             auth="owner", headers=IF_MATCH,
+             auth="owner", role=ADMIN, headers=IF_MATCH,
              codes=("version_conflict", "precondition_required"), returns="Assistant"),
     Endpoint("get", "/api/v1/widgets", WIDGETS.list, "List your widgets", "widgets",
-             auth="owner", query=PAGE, returns="WidgetPage"),
+             auth="owner", role=ADMIN, query=PAGE, returns="WidgetPage"),
     Endpoint("post", "/api/v1/widgets", WIDGETS.create,
              "Create a widget; the identity secret is shown once", "widgets", auth="owner",
-             body=WidgetBody, ok=201, codes=("email_not_verified", "unknown_assistant"),
+             role=ADMIN, body=WidgetBody, ok=201, codes=("email_not_verified", "unknown_assistant"),
              returns="WidgetWithSecret"),
     Endpoint("get", "/api/v1/widgets/{id}", WIDGETS.get, "A widget (ETag)", "widgets",
-             auth="owner", returns="Widget"),
+             auth="owner", role=ADMIN, returns="Widget"),
     Endpoint("put", "/api/v1/widgets/{id}", WIDGETS.put, "Replace a widget (If-Match)",
-             "widgets", auth="owner", body=WIDGETS.replacement, headers=IF_MATCH,
+             "widgets", auth="owner", role=ADMIN, body=WIDGETS.replacement, headers=IF_MATCH,
              codes=("version_conflict", "precondition_required", "unknown_assistant"),
              description=REPLACE, returns="Widget"),
     Endpoint("patch", "/api/v1/widgets/{id}", WIDGETS.patch,
              "Change some of a widget (JSON Merge Patch, If-Match)", "widgets", auth="owner",
-             body=WIDGETS.patch_body, body_types=PATCH_TYPES, headers=IF_MATCH,
+             role=ADMIN, body=WIDGETS.patch_body, body_types=PATCH_TYPES, headers=IF_MATCH,
              codes=("version_conflict", "precondition_required", "unknown_assistant",
                     "unsupported_media_type"), description=PATCH, returns="Widget"),
     Endpoint("delete", "/api/v1/widgets/{id}", WIDGETS.delete, "Delete a widget (If-Match)",
-             "widgets", auth="owner", ok=204, headers=IF_MATCH,
+             "widgets", auth="owner", role=ADMIN, ok=204, headers=IF_MATCH,
              codes=("version_conflict", "precondition_required")),
     Endpoint("get", "/api/v1/widgets/{id}/embed-code", embed_code,
-             "The HTML to paste into a site", "widgets", auth="owner",
+             "The HTML to paste into a site", "widgets", auth="owner", role=ADMIN,
              query=(Param("format", "json (default): the snippet and the script's URLs; html: "
                     "the snippet itself, to copy and paste. Without it, `Accept: text/html` "
                     "asks for html", {"type": "string", "enum": list(EMBED_FORMATS)}),),
@@ -377,5 +378,6 @@ endpoints = [
              }),
     Endpoint("post", "/api/v1/widgets/{id}/rotate-secret", rotate_secret,
              "A new identity secret, shown once", "widgets", auth="owner", headers=IF_MATCH,
-             codes=("version_conflict", "precondition_required"), returns="WidgetWithSecret"),
+             role=ADMIN, codes=("version_conflict", "precondition_required"),
+             returns="WidgetWithSecret"),
 ]

@@ -6,6 +6,7 @@ import base64
 from datetime import datetime
 from typing import Any
 
+from loacl.domain.accounts import display_name
 from loacl.domain.assistants import ToolDefinition
 from loacl.domain.hours import DAYS, OfficeHours, is_open, next_opening
 from loacl.services.accounts import TokenPair
@@ -17,6 +18,7 @@ from loacl.store.views.files import FileView
 from loacl.store.views.inbox import InboxItem
 from loacl.store.views.webhooks import Delivery, WebhookView
 from loacl.store.views.widgets import WidgetView
+from loacl.store.views.workspaces import InviteView, MemberView, WorkspaceView
 
 
 def assistant_json(view: AssistantView) -> dict[str, Any]:
@@ -225,6 +227,7 @@ def user_json(user: UserView) -> dict[str, Any]:
         "id": user.user_id,
         "email": user.email,
         "name": user.name,
+        "display_name": display_name(user.name, user.email),
         "email_verified": user.email_verified,
         "email_verified_at": user.email_verified_at,
         "created_at": user.created_at,
@@ -245,7 +248,29 @@ def tokens_json(pair: TokenPair) -> dict[str, Any]:
         "token_type": "bearer",
         "expires_in": pair.expires_in,
         "refresh_token": pair.refresh_token,
+        "workspace_id": pair.workspace_id,
     }
+
+
+def workspace_json(view: WorkspaceView) -> dict[str, Any]:
+    owner = display_name(view.owner_name, view.owner_email) if view.owner_email else None
+    return {
+        "id": view.workspace_id,
+        "name": view.name or (f"{owner}'s workspace" if owner else "Personal workspace"),
+        "personal": view.personal, "role": view.role, "created_at": view.created_at,
+    }
+
+
+def member_json(view: MemberView) -> dict[str, Any]:
+    return {"account_id": view.user_id, "email": view.email, "name": view.name,
+            "display_name": display_name(view.name, view.email), "role": view.role,
+            "joined_at": view.joined_at}
+
+
+def invite_json(view: InviteView) -> dict[str, Any]:
+    return {"id": view.invite_id, "workspace_id": view.workspace_id, "email": view.email,
+            "role": view.role, "invited_by": view.invited_by, "created_at": view.created_at,
+            "expires_at": view.expires_at}
 
 
 # -- the same shapes as JSON Schema, for the API document ------------------------------------------
@@ -279,6 +304,14 @@ def _list(item: dict[str, Any]) -> dict[str, Any]:
 
 def _page(name: str) -> dict[str, Any]:
     return _object({"data": _list(_ref(name)), "next_cursor": _nullable(_STR)})
+
+
+_ROLE = {"type": "string", "enum": ["owner", "admin", "agent"]}
+_WORKSPACE = {"id": _STR, "name": _STR, "personal": _BOOL, "role": _ROLE, "created_at": _TIME}
+_MEMBER = {"account_id": _STR, "email": _STR, "name": _nullable(_STR), "display_name": _STR,
+           "role": _ROLE, "joined_at": _TIME}
+_INVITE = {"id": _STR, "workspace_id": _STR, "email": _STR, "role": _ROLE, "invited_by": _STR,
+           "created_at": _TIME, "expires_at": _TIME}
 
 
 _ASSISTANT = {
@@ -441,11 +474,21 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "File": _object({"id": _STR, "conversation_id": _STR, "filename": _STR, "kind": _STR,
                      "content_type": _STR, "size": _INT, "sha256": _STR, "created_at": _TIME}),
     "User": _object({"id": _STR, "email": _STR, "name": _nullable(_STR),
-                     "email_verified": _BOOL, "email_verified_at": _nullable(_TIME),
-                     "created_at": _TIME}),
+                     "display_name": _STR, "email_verified": _BOOL,
+                     "email_verified_at": _nullable(_TIME), "created_at": _TIME}),
     "Tokens": _object({"access_token": _STR, "token_type": {"type": "string", "enum": ["bearer"]},
-                       "expires_in": _INT, "refresh_token": _STR},
+                       "expires_in": _INT, "refresh_token": _STR, "workspace_id": _STR},
                       optional=("refresh_token",)),
+    "Workspace": _object(_WORKSPACE),
+    "Workspaces": _object({"data": _list(_ref("Workspace"))}),
+    "Member": _object(_MEMBER),
+    "Members": _object({"data": _list(_ref("Member"))}),
+    "Invite": _object(_INVITE),
+    "Invites": _object({"data": _list(_ref("Invite"))}),
+    "Accepted": _object({"workspace_id": _STR, "access_token": _STR,
+                         "token_type": {"type": "string", "enum": ["bearer"]},
+                         "expires_in": _INT, "refresh_token": _STR},
+                        optional=("access_token", "token_type", "expires_in", "refresh_token")),
     "Sessions": _object({"data": _list(_object({
         "id": _STR, "created_at": _TIME, "last_used_at": _TIME, "expires_at": _TIME,
         "ip": _nullable(_STR), "current": _BOOL}))}),

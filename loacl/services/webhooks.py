@@ -48,6 +48,7 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata, RecordedEvent
 from loacl.domain.privacy import OWNER, is_erased, subject
 from loacl.domain.widgets import ConversationStarted
+from loacl.domain.workspaces import MemberJoined, MemberRemoved, MemberRoleChanged
 from loacl.services.mail import Mailer
 from loacl.services.ssrf import Outbound, Policy, check_url
 from loacl.services.tokens import new_id
@@ -58,8 +59,8 @@ from loacl.store.eventstore import NO_STREAM, Clock, EventStore, utc_now
 from loacl.store.records import EVENT_COLUMNS, decode_rows
 from loacl.store.subscriptions import Effect
 from loacl.store.views import Page
-from loacl.store.views import accounts as account_views
 from loacl.store.views import webhooks as views
+from loacl.store.views import workspaces as workspace_views
 from loacl.store.views.webhooks import Delivery, NewDelivery, WebhookView
 
 log = structlog.get_logger(__name__)
@@ -71,7 +72,11 @@ SOURCES = {
     MessagePosted.event_type: "message.posted",
     AssistantCompleted.event_type: "reply.completed",
     AssistantFailed.event_type: "reply.failed",
+    MemberJoined.event_type: "member.changed",
+    MemberRoleChanged.event_type: "member.changed",
+    MemberRemoved.event_type: "member.changed",
 }
+MEMBER = "member.changed"
 TEST = "webhook.test"
 ROTATION_GRACE = timedelta(days=1)  # the secret before a rotation still signs this long
 BACKOFF_CAP = 3600.0
@@ -218,8 +223,9 @@ class Webhooks:
         return True
 
     async def _mail_disabled(self, state: domain.Webhook, failures: int) -> None:
-        owner = await account_views.user_by_id(self.store, state.owner_id)
-        if owner is None or state.definition is None:
+        # The workspace's owners (owner_id is the workspace's id).
+        addresses = await workspace_views.owner_emails(self.store, state.owner_id)
+        if not addresses or state.definition is None:
             return
         body = (
             f"LOACL stopped sending events to your webhook {state.webhook_id}\n"
@@ -229,11 +235,12 @@ class Webhooks:
             f"with PATCH /api/v1/webhooks/{state.webhook_id} {{\"enabled\": true}}; what was "
             "not delivered is then sent, and each delivery can be sent again by hand.\n"
         )
-        with contextlib.suppress(Exception):  # the mail is kept in the outbox when it fails
-            await self.mailer.deliver(
-                owner.email, "LOACL: a webhook endpoint was disabled", body,
-                f"<webhook.{state.webhook_id}.disabled.{failures}@loacl>",
-            )
+        for address in addresses:
+            with contextlib.suppress(Exception):  # kept in the outbox when it fails
+                await self.mailer.deliver(
+                    address, "LOACL: a webhook endpoint was disabled", body,
+                    f"<webhook.{state.webhook_id}.disabled.{failures}@loacl>",
+                )
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -306,6 +313,12 @@ class Webhooks:
         return Effect(OUTBOX, self.handle, types=frozenset(SOURCES))
 
     async def handle(self, events: Sequence[RecordedEvent]) -> None:
+        members = [r for r in events if SOURCES[r.type] == MEMBER]
+        if members:
+            await self._member_changes(members)
+            events = [r for r in events if SOURCES[r.type] != MEMBER]
+            if not events:
+                return
         owners = await views.conversation_owners(
             self.store, list(dict.fromkeys(_conversation_of(r) for r in events)))
         listening = await views.listeners(
@@ -324,6 +337,31 @@ class Webhooks:
                     new.append(NewDelivery(f"msg_{recorded.seq}_{listener.webhook_id}",
                                            listener.webhook_id, kind, recorded.seq,
                                            conversation_id))
+        await self.enqueue(new)
+
+    async def _member_changes(self, events: Sequence[RecordedEvent]) -> None:
+        """A workspace's member changes, to its endpoints (ids and roles: no personal data),
+        one after another per workspace."""
+        workspaces = list(dict.fromkeys(r.stream.removeprefix("workspace-") for r in events))
+        listening = await views.listeners(self.store, workspaces)
+        created = await self._created(listening)
+        new: builtins.list[NewDelivery] = []
+        for recorded in events:
+            event = recorded.event
+            assert isinstance(event, MemberJoined | MemberRoleChanged | MemberRemoved)
+            change = {MemberJoined: "joined", MemberRoleChanged: "role_changed",
+                      MemberRemoved: "removed"}[type(event)]
+            data = {"workspace_id": event.workspace_id, "account_id": event.user_id,
+                    "change": change,
+                    "role": None if isinstance(event, MemberRemoved) else event.role,
+                    "reason": event.reason if isinstance(event, MemberRemoved) else None}
+            payload = json.dumps({"type": MEMBER, "timestamp": format_time(recorded.recorded_at),
+                                  "data": data}, separators=(",", ":"))
+            for listener in listening.get(event.workspace_id, ()):
+                if MEMBER in listener.event_types and recorded.seq > created[listener.webhook_id]:
+                    new.append(NewDelivery(f"msg_{recorded.seq}_{listener.webhook_id}",
+                                           listener.webhook_id, MEMBER, recorded.seq,
+                                           f"workspace:{event.workspace_id}", payload))
         await self.enqueue(new)
 
     async def _created(

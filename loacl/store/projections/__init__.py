@@ -59,10 +59,18 @@ class Projections:
 
 def default_projections() -> Projections:
     """Every read table LOACL keeps, with its handlers."""
-    from loacl.store.projections import accounts, conversations, privacy, webhooks, widgets
+    from loacl.store.projections import (
+        accounts,
+        conversations,
+        privacy,
+        webhooks,
+        widgets,
+        workspaces,
+    )
 
     projections = Projections()
     projections.include(accounts.projections)
+    projections.include(workspaces.projections)
     projections.include(widgets.projections)
     projections.include(conversations.projections)
     projections.include(privacy.projections)
