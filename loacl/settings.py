@@ -299,7 +299,7 @@ class Settings(BaseModel):
     tools_allow_private_networks: bool = Field(
         False, description="Let tools call loopback, private, link-local and other internal "
         "addresses (refused by default: a tool URL must not reach into the server's network). "
-        "Also lets them use plain http."
+        "Also lets them use plain http. The cloud metadata address stays refused."
     )
     # A quarter of a second: at 20 tokens/s a 50 ms window made nearly every token an event of
     # its own, the largest share of the CPU per streamed token. Visitors get every token at
@@ -492,7 +492,8 @@ class Settings(BaseModel):
 
     outbound_allow_private: bool = Field(
         False, description="Let webhooks reach private, loopback and link-local addresses "
-        "(an endpoint on the same network). Off: refused, with the cloud metadata address.",
+        "(an endpoint on the same network). Off: refused. The cloud metadata address is refused "
+        "either way.",
     )
     outbound_allow_http: bool = Field(
         False, description="Let webhooks use plain `http://` URLs. Off: `https://` only.",

@@ -11,7 +11,7 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.events import Event, Metadata
 from loacl.domain.privacy import OWNER, subject
 from loacl.providers import check_model as model_known
-from loacl.services.outbound import OutboundError, check_url
+from loacl.services.egress import OutboundError, Policy, check_url
 from loacl.services.tokens import new_id
 from loacl.services.tools import tool_secret
 from loacl.services.versions import expect_version
@@ -43,7 +43,8 @@ class Assistants:
                 raise _invalid(i, "parameters", f"not a JSON Schema: {exc.message}") from None
             if tool.url:
                 try:
-                    check_url(tool.url, self.settings.tools_allow_private_networks)
+                    private = self.settings.tools_allow_private_networks
+                    check_url(tool.url, Policy(allow_private=private, allow_http=private))
                 except OutboundError as exc:
                     raise _invalid(i, "url", exc.message) from None
 

@@ -48,8 +48,8 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata, RecordedEvent
 from loacl.domain.privacy import OWNER, is_erased, subject
 from loacl.domain.widgets import ConversationStarted
+from loacl.services.egress import Outbound, Policy, check_url
 from loacl.services.mail import Mailer
-from loacl.services.ssrf import Outbound, Policy, check_url
 from loacl.services.tokens import new_id
 from loacl.services.versions import expect_version
 from loacl.settings import Settings
