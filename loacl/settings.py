@@ -510,6 +510,11 @@ class Settings(BaseModel):
         5, gt=0, le=3600, description="The first retry's delay; each next one doubles it, up "
         "to an hour.",
     )
+    webhook_concurrency: int = Field(
+        64, ge=1, le=256, description="Webhook deliveries sent at once (across endpoints; one "
+        "at a time per conversation, in order). Deliveries beyond it wait their turn: at 16, "
+        "a burst of conversations queued for a second or more.",
+    )
     webhook_disable_after: int = Field(
         30, ge=1, le=10_000, description="Failed deliveries in a row after which an endpoint "
         "is disabled and its owner told by mail.",
