@@ -270,6 +270,10 @@ class Settings(BaseModel):
         48_000, ge=1000, description="History sent with each turn, in characters (oldest first "
         "dropped)."
     )
+    preview_messages_per_minute: int = Field(
+        20, ge=1, le=600, description="Messages an owner may send per minute to the console's "
+        "preview of an assistant (replies that are not stored, from the provider all the same)."
+    )
     max_message_chars: int = Field(
         4000, ge=1, le=100_000, description="Longest message a visitor may send."
     )

@@ -28,7 +28,7 @@ class Assistants:
         self.settings = settings
         self._server_key = server_key.encode()
 
-    def _check_tools(self, definition: domain.AssistantDefinition) -> None:
+    def check_tools(self, definition: domain.AssistantDefinition) -> None:
         """What the domain cannot check alone: each schema is a JSON Schema, and each URL one
         this server may call (its scheme, and its host when that is an address)."""
         for i, tool in enumerate(definition.tools):
@@ -79,7 +79,7 @@ class Assistants:
     ) -> AssistantView:
         assistant_id = new_id()
         events = domain.create_assistant(assistant_id, owner_id, definition)
-        self._check_tools(definition)
+        self.check_tools(definition)
         if check_model:
             await model_known(self.settings, definition.provider, definition.model)
         await self.store.append(
@@ -95,7 +95,7 @@ class Assistants:
         state, version = await self._load(assistant_id)
         events = domain.update_assistant(state, owner_id, definition)
         expect_version("assistant", version, if_match)
-        self._check_tools(definition)
+        self.check_tools(definition)
         old = state.definition
         if check_model and events and (old is None or (old.provider, old.model) != (
             definition.provider, definition.model
