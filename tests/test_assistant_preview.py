@@ -23,7 +23,7 @@ def lines(response: Any) -> list[dict[str, Any]]:
 def counts(settings: Settings) -> tuple[int, int, int]:
     conn = sqlite3.connect(settings.database_path)
     try:
-        return tuple(conn.execute(q).fetchone()[0] for q in (  # type: ignore[return-value]
+        return tuple(conn.execute(q).fetchone()[0] for q in (
             "SELECT count(*) FROM events", "SELECT count(*) FROM conversations",
             "SELECT count(*) FROM webhook_deliveries"))
     finally:
