@@ -28,12 +28,20 @@ import httpx
 import pytest
 
 from loacl.http.app import create_app
+from loacl.openai_testserver import OpenAITestServer
 from loacl.settings import Settings
 from tests.live import OPEN_LIMITS, serve
 from tests.test_widget import CHROMIUM, CHROMIUM_ARGS, HostSite, _need_chromium, host_site
 
 try:
-    from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
+    from playwright.sync_api import (
+        Browser,
+        FrameLocator,
+        Page,
+        ViewportSize,
+        expect,
+        sync_playwright,
+    )
 except ImportError:  # pragma: no cover - the test extra installs it
     sync_playwright = None  # type: ignore[assignment]
 
@@ -456,3 +464,71 @@ def test_the_account_changes_the_password_ends_sessions_and_deletes_itself(
     gone = httpx.post(f"{loacl.url}/api/v1/auth/login", timeout=10, json={
         "email": "account@example.com", "password": "another good passphrase"})
     assert gone.status_code == 401
+
+
+# -- the assistant editor's preview chat ----------------------------------------------------------
+
+
+@pytest.fixture
+def loacl_openai(
+    tmp_path: Path, host_site: HostSite, openai_server: tuple[OpenAITestServer, str]
+) -> Iterator[Loacl]:
+    """A LOACL whose provider is the OpenAI test server (it answers an instruction line
+    ``Always answer: ...``), for a preview that must follow the instructions being edited."""
+    _need_chromium()
+    openai_server[0].reset()
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'loacl.db'}", data_dir=tmp_path / "data",
+        log_format="text", log_level="warning", argon2_time_cost=1, argon2_memory_kib=64,
+        argon2_parallelism=1, demo_widget=False, openai_api_key="sk-test",
+        openai_base_url=f"{openai_server[1]}/v1", **OPEN_LIMITS,
+    )
+    with serve(create_app(settings)) as url:
+        yield Loacl(url, settings, host_site)
+
+
+def preview_ask(frame: FrameLocator, text: str, n: int) -> str:
+    """Ask in the preview's widget; its ``n``-th answer (1-based) once finished."""
+    frame.locator("loacl-chat textarea").fill(text)
+    frame.locator("loacl-chat textarea").press("Enter")
+    done = frame.locator(f"loacl-chat .g .m.b[aria-busy='false'] >> nth={n - 1}")
+    done.wait_for()
+    return done.inner_text().strip()
+
+
+def test_the_preview_chat_follows_unsaved_instructions(
+    loacl_openai: Loacl, new_page: Callable[..., Page],
+    openai_server: tuple[OpenAITestServer, str],
+) -> None:
+    loacl = loacl_openai
+    page = new_page()
+    sign_up_and_log_in(loacl, page, "preview@example.com")
+    page.get_by_role("link", name="Assistants").click()
+    page.get_by_role("link", name="New assistant").click()
+    heading(page, "New assistant")
+    page.get_by_label("Name", exact=True).fill("Pirate")
+    page.get_by_label("Model").select_option("openai:gpt-4o-mini")
+    page.get_by_label("Instructions").fill("Answer briefly.")
+    page.get_by_role("button", name="Create").click()
+    heading(page, "Pirate")
+    assistant_id = page.url.rsplit("/", 1)[1]
+    page.get_by_role("heading", name="Preview chat").wait_for()
+    frame = page.frame_locator("iframe[title='Preview chat']")
+    frame.locator("loacl-chat .s:not([disabled])").wait_for()
+    # Edited, not saved: the preview answers as the text in the form says.
+    page.get_by_label("Instructions").fill("Always answer: Ahoy from the draft!")
+    assert preview_ask(frame, "Who are you?", 1) == "Ahoy from the draft!"
+    page.get_by_label("Instructions").fill("Always answer: Arr, changed again.")
+    assert preview_ask(frame, "And now?", 2) == "Arr, changed again."
+    sent = openai_server[0].requests_to("responses")[-1].json
+    assert sent["instructions"] == "Always answer: Arr, changed again."
+    assert [m["role"] for m in sent["input"]] == ["user", "assistant", "user"]
+    shots(page, "assistant-preview")
+    # Nothing was saved, and nothing was stored: the assistant is as created, no conversation.
+    token = httpx.post(f"{loacl.url}/api/v1/auth/login", json={
+        "email": "preview@example.com", "password": PASSWORD}).json()["access_token"]
+    owner = {"Authorization": f"Bearer {token}"}
+    saved = httpx.get(f"{loacl.url}/api/v1/assistants/{assistant_id}", headers=owner).json()
+    assert saved["instructions"] == "Answer briefly."
+    inbox = httpx.get(f"{loacl.url}/api/v1/conversations", headers=owner)
+    assert inbox.status_code == 200 and inbox.json()["data"] == []
