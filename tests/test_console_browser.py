@@ -532,3 +532,108 @@ def test_the_preview_chat_follows_unsaved_instructions(
     assert saved["instructions"] == "Answer briefly."
     inbox = httpx.get(f"{loacl.url}/api/v1/conversations", headers=owner)
     assert inbox.status_code == 200 and inbox.json()["data"] == []
+
+
+# -- a forgotten password, a visitor's file, searching the inbox ----------------------------------
+
+
+def reset_link(loacl: Loacl, message: EmailMessage) -> str:
+    """The mail's link to the console's reset page, on this server's address."""
+    body = message.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    link = re.search(r"(https?://\S+?)(/console/reset\?token=\S+)", text)
+    assert link, text
+    return loacl.url + link.group(2)
+
+
+def test_a_forgotten_password_is_reset_through_the_mailed_link(
+    loacl: Loacl, new_page: Callable[..., Page]
+) -> None:
+    address = "forgetful@example.com"
+    page = new_page()
+    sign_up_and_log_in(loacl, page, address)
+    page.get_by_role("button", name="Log out").click()
+    heading(page, "Log in")
+    page.get_by_role("link", name="Forgot your password?").click()
+    heading(page, "Reset your password")
+    page.get_by_label("E-mail address").fill(address)
+    page.get_by_role("button", name="Send the reset link").click()
+    page.get_by_role("status").filter(has_text="we sent it a link").wait_for()
+    shots(page, "forgot-sent")
+    page.goto(reset_link(loacl, loacl.next_mail(address)))
+    heading(page, "Set a new password")
+    assert "token" not in page.url  # the one-time token leaves the address bar
+    page.get_by_label("New password").fill("a brand new passphrase")
+    page.get_by_role("button", name="Set the password").click()
+    page.get_by_role("status").filter(has_text="Your password is set").wait_for()
+    shots(page, "reset-done")
+    # The old password no longer opens the account; the new one does.
+    old = httpx.post(f"{loacl.url}/api/v1/auth/login", json={"email": address,
+                                                              "password": PASSWORD})
+    assert old.status_code == 401
+    page.get_by_role("link", name="Log in").click()
+    heading(page, "Log in")
+    page.get_by_label("E-mail address").fill(address)
+    page.get_by_label("Password").fill("a brand new passphrase")
+    page.get_by_role("button", name="Log in").click()
+    heading(page, "Widgets")
+
+
+def visitor_says(loacl: Loacl, widget_id: str, text: str,
+                 file: tuple[str, bytes] | None = None) -> None:
+    """A visitor on the host site asks ``text`` (with a file), through the widget's API."""
+    origin = {"Origin": loacl.host.origin}
+    base = f"{loacl.url}/api/v1/widgets/{widget_id}"
+    with httpx.Client(timeout=30) as http:
+        session = http.post(f"{base}/sessions", json={}, headers=origin)
+        assert session.status_code == 201, session.text
+        headers = {**origin, "Authorization": f"Bearer {session.json()['visitor_token']}"}
+        file_ids = []
+        if file is not None:
+            uploaded = http.post(f"{base}/files", headers=headers,
+                                 files={"file": (file[0], file[1], "text/plain")})
+            assert uploaded.status_code == 201, uploaded.text
+            file_ids.append(uploaded.json()["id"])
+        asked = http.post(f"{base}/messages", headers=headers,
+                          json={"text": text, "file_ids": file_ids})
+        assert asked.status_code in (200, 201), asked.text
+
+
+def test_a_visitors_file_downloads_from_the_conversation_and_the_inbox_searches_text(
+    loacl: Loacl, new_page: Callable[..., Page], tmp_path: Path
+) -> None:
+    page = new_page(accept_downloads=True)
+    sign_up_and_log_in(loacl, page, "files@example.com")
+    create_assistant(page, "File helper")
+    widget_id = create_widget(page, "File site", loacl.host.origin, "Send us files")
+    content = b"order A-1: two lamps, one table\n"
+    visitor_says(loacl, widget_id, "Here is my order list", ("order-list.txt", content))
+    visitor_says(loacl, widget_id, "Where is my invoice for March?")
+    page.get_by_role("link", name="Inbox").click()
+    heading(page, "Inbox")
+    rows = page.locator(".inbox li")
+    expect(rows).to_have_count(2)
+    # Search: only the conversation whose text matches.
+    page.get_by_label("Search").fill("invoice")
+    page.get_by_role("button", name="Show").click()
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("Where is my invoice for March?")
+    shots(page, "inbox-search")
+    page.get_by_label("Search").fill("lamps-that-nobody-wrote")
+    page.get_by_role("button", name="Show").click()
+    page.get_by_text("No conversations match.").wait_for()
+    page.get_by_label("Search").fill("order list")
+    page.get_by_role("button", name="Show").click()
+    expect(rows).to_have_count(1)
+    rows.first.locator("a").click()
+    heading(page, "Conversation")
+    page.locator(".bubble.visitor").filter(has_text="Here is my order list").wait_for()
+    with page.expect_download() as waited:
+        page.get_by_role("button", name="Download the file").click()
+    download = waited.value
+    assert download.suggested_filename == "order-list.txt"
+    saved = tmp_path / "downloaded.txt"
+    download.save_as(saved)
+    assert saved.read_bytes() == content
+    shots(page, "conversation-with-file")

@@ -99,7 +99,9 @@ export async function api<T>(method: string, path: string, options: Options = {}
     if (response.status === 401 && options.auth !== false) setAccess(null);
     throw error;
   }
-  const data = response.status === 204 ? (null as T) : ((await response.json()) as T);
+  // 204, and a 202 such as the reset mail's, carry no body: nothing to parse.
+  const text = response.status === 204 ? "" : await response.text();
+  const data = (text ? JSON.parse(text) : null) as T;
   return { data, etag: response.headers.get("ETag") };
 }
 
