@@ -74,11 +74,11 @@ class OutboundError(LoaclError):
     ``url_not_allowed``), ``timeout`` or ``unreachable`` (code ``outbound_failed``)."""
 
     def __init__(self, reason: str, message: str) -> None:
-        code = "url_not_allowed" if reason == "refused" else "outbound_failed"
         extra: dict[str, Any] = {}
         if reason == "refused":
             extra["errors"] = [{"field": "url", "message": message}]
-        super().__init__(code, message, **extra)
+        super().__init__("url_not_allowed" if reason == "refused" else "outbound_failed",
+                         message, **extra)
         self.reason = reason
 
 
