@@ -412,7 +412,8 @@ def test_every_page_is_accessible_in_both_themes(
         if name.endswith("-new"):
             # A page with a preview frame: ready when the real widget shows in it (the frame's
             # own loading makes "network idle" a poor sign there, late on a loaded machine).
-            page.frame_locator("iframe.preview, .preview iframe").locator("loacl-chat h2").wait_for()
+            frame = page.frame_locator(".preview iframe")
+            frame.locator("loacl-chat h2").wait_for()
         else:
             page.wait_for_load_state("networkidle")
         check(name)
