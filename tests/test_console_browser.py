@@ -413,7 +413,7 @@ def test_every_page_is_accessible_in_both_themes(
             # A page with a preview frame: ready when the real widget shows in it (the frame's
             # own loading makes "network idle" a poor sign there, late on a loaded machine).
             frame = page.frame_locator(".preview iframe")
-            frame.locator("loacl-chat h2").wait_for()
+            frame.locator("loacl-chat h2").wait_for(state="attached")
         else:
             page.wait_for_load_state("networkidle")
         check(name)
