@@ -465,6 +465,15 @@ FULL_SETTINGS = {
 DEFAULT_BUDGET = {"daily_tokens": None, "monthly_tokens": None, "daily_cost": None,
                   "monthly_cost": None}
 
+# Four windows on each of seven days (the most there may be), and most of a year closed.
+FULL_HOURS = {
+    "timezone": "America/Argentina/ComodRivadavia",
+    "windows": [{"day": day, "opens": f"{h:02}:00", "closes": f"{h:02}:30" if h < 23 else "24:00"}
+                for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+                for h in (0, 6, 12, 23)],
+    "closed_dates": [f"2027-{m:02}-{d:02}" for m in range(1, 13) for d in range(1, 31)
+                     if (m, d) != (2, 29) and (m, d) != (2, 30)][:366],
+}
 VALID_WIDGETS = [
     pytest.param(
         {},
@@ -484,10 +493,10 @@ VALID_WIDGETS = [
     pytest.param(
         {"name": "W" * 200, "allowed_origins": ["https://shop.example.com"],
          "settings": FULL_SETTINGS, "limits": {"messages_per_minute": 600}, "enabled": False,
-         "require_identity": True, "retention_days": 36_500},
+         "require_identity": True, "retention_days": 36_500, "office_hours": FULL_HOURS},
         {"allowed_origins": ["https://shop.example.com"], "settings": FULL_SETTINGS,
          "messages_per_minute": 600, "enabled": False, "require_identity": True,
-         "budget": DEFAULT_BUDGET, "retention_days": 36_500},
+         "budget": DEFAULT_BUDGET, "retention_days": 36_500, "office_hours": FULL_HOURS},
         id="every-field-at-its-limit",
     ),
     pytest.param(
