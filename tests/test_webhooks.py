@@ -426,3 +426,50 @@ def test_an_erased_account_takes_its_endpoints_with_it(
         assert conn.execute("SELECT count(*) FROM webhooks").fetchone() == (0,)
     finally:
         conn.close()
+
+
+def test_a_repaired_database_keeps_its_endpoints_and_pending_deliveries(
+    settings: Settings, provider: tuple[OpenAITestServer, str], receiver: Receiver
+) -> None:
+    """``loacl repair`` rebuilds the endpoints from their events and carries the outbox over:
+    what was waiting for a receiver that was down is sent from the repaired file, under the
+    same ids and signatures, in order, with its attempts so far."""
+    from loacl.services.keys import keyring_for
+    from loacl.store.projections import default_projections
+    from loacl.store.repair import repair
+
+    config = configured(settings, provider, webhook_disable_after=10_000)
+    receiver.stop()
+    with running(config) as site:
+        hook = site.hook(receiver.url, "message.posted", "reply.completed")
+        token = site.visitor()
+        for n in range(3):
+            provider[0].script(f"reply {n}")
+            site.ask(token, f"question {n}")
+        deadline = time.monotonic() + WAIT
+        while True:  # an attempt has failed against the closed port; the rest wait behind it
+            rows = site.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries?limit=100",
+                                 headers=site.headers).json()["data"]
+            if len(rows) == 6 and any(r["attempts"] >= 1 for r in rows):
+                break
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.05)
+    out = settings.database_path.with_name("repaired.db")
+    result = repair(settings.database_path, out, default_projections(),
+                    keys=keyring_for(config))
+    assert result.lost == [] and result.notes == []
+    repaired = config.model_copy(update={"database_url": f"sqlite:///{out}"})
+    receiver.start()
+    with running(repaired, first=False) as site:
+        listed = site.http.get("/api/v1/webhooks", headers=site.headers).json()["data"]
+        assert [w["id"] for w in listed] == [hook["id"]]
+        seen = receiver.wait_for(lambda r: len({x.id for x in r}) >= 6)
+        log = site.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries?limit=100",
+                            headers=site.headers).json()["data"]
+    assert {r.id for r in seen} == {r["message_id"] for r in rows}
+    texts = [verified(r, hook["secret"])["data"]["message_id"] for r in seen]
+    assert len(dict.fromkeys(texts)) == 6
+    positions = [int(r.id.split("_")[1]) for r in dict((r.id, r) for r in seen).values()]
+    assert positions == sorted(positions)
+    assert all(e["status"] == "delivered" for e in log)
+    assert any(e["attempts"] >= 2 for e in log), "the attempts before the repair are kept"

@@ -178,7 +178,9 @@ export async function api<T>(method: string, path: string, options: Options = {}
     if (response.status === 401 && options.auth !== false) setAccess(null);
     throw error;
   }
-  const data = response.status === 204 ? (null as T) : ((await response.json()) as T);
+  // 204, and a 202 such as the reset mail's, carry no body: nothing to parse.
+  const text = response.status === 204 ? "" : await response.text();
+  const data = (text ? JSON.parse(text) : null) as T;
   return { data, etag: response.headers.get("ETag") };
 }
 
@@ -266,4 +268,29 @@ export async function all<T>(path: string, rounds = 10): Promise<T[]> {
     if (!cursor) break;
   }
   return items;
+}
+
+/** POST ``body`` to ``path`` and hand each line of the newline-delimited JSON answer to
+ * ``onLine`` as it arrives (the assistant preview's stream); a refusal throws as ``api`` does. */
+export async function streamLines(path: string, body: unknown, onLine: (line: Record<string, unknown>) => void): Promise<void> {
+  const options: Options = { body };
+  let response = await send("POST", path, options);
+  if (response.status === 401 && access) {
+    if (await refresh()) response = await send("POST", path, options);
+    else setAccess(null);
+  }
+  if (!response.ok || !response.body) throw await failure(response);
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffered = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffered += value;
+    let end: number;
+    while ((end = buffered.indexOf("\n")) >= 0) {
+      const line = buffered.slice(0, end).trim();
+      buffered = buffered.slice(end + 1);
+      if (line) onLine(JSON.parse(line) as Record<string, unknown>);
+    }
+  }
 }

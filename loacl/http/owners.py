@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from loacl.domain.assistants import (
     MAX_TOOLS,
@@ -29,12 +30,23 @@ from loacl.domain.widgets import (
 )
 from loacl.domain.workspaces import ADMIN
 from loacl.http.auth import current_member
-from loacl.http.common import assistants, if_match, metadata, public_base, widgets, with_etag
+from loacl.http.common import (
+    assistants,
+    chat,
+    client_ip,
+    if_match,
+    metadata,
+    public_base,
+    widgets,
+    with_etag,
+)
 from loacl.http.resources import PATCH_TYPES, OwnedResource
 from loacl.http.routing import IF_MATCH, PAGE, Endpoint, Param
 from loacl.http.shapes import assistant_json, widget_json
 from loacl.http.static import widget_script
+from loacl.http.validation import parse_body
 from loacl.providers import default_provider, spec
+from loacl.providers.base import Turn
 from loacl.store.views.widgets import WidgetView
 
 
@@ -212,6 +224,59 @@ async def rotate_tool_secret(request: Request) -> Response:
 
 ASSISTANTS = OwnedResource(assistants, AssistantBody, _definition, assistant_json)
 
+MAX_PREVIEW_TURNS = 40
+
+
+class PreviewTurn(Body):
+    role: Literal["user", "assistant"]
+    text: str = Field(min_length=1, max_length=32_000)
+
+
+class PreviewBody(Body):
+    """An assistant as the owner is editing it (saved or not), and the preview's conversation
+    so far: the last turn is the owner's new message."""
+
+    assistant: AssistantBody
+    messages: list[PreviewTurn] = Field(min_length=1, max_length=MAX_PREVIEW_TURNS)
+
+
+PREVIEW_ABOUT = (
+    "The console's preview chat: a reply from the assistant as given in the body, which need "
+    "not be saved (its model, instructions, provider, temperature and the rest), to the "
+    "conversation in `messages`. The answer streams as newline-delimited JSON, one object a "
+    "line: `{\"type\": \"delta\", \"offset\", \"text\"}` pieces, then `{\"type\": "
+    "\"done\", \"status\": \"completed\", \"length\", \"usage\"}` or `{\"type\": "
+    "\"error\", \"code\", \"text\"}` (the codes of a visitor's failed reply).\n\n"
+    "Nothing is stored: a preview is no visitor's conversation, so it never shows in the inbox, "
+    "usage, webhooks or the event log, and its tokens count against no widget's budget. It is "
+    "limited like a visitor's message instead, before the provider is asked: "
+    "`preview_messages_per_minute` per owner, the server's per-address and per-day message "
+    "limits, and a reply slot of its own (`provider_concurrency`, `replies_per_ip`). HTTP "
+    "tools are not called from a preview."
+)
+
+
+async def preview_reply(request: Request) -> Response:
+    owner = await current_member(request, ADMIN, verified=True)
+    body = await parse_body(request, PreviewBody)
+    if body.messages[-1].role != "user":
+        raise LoaclError("validation_error", "messages: the last one must be the user's",
+                         errors=[{"field": "messages", "message": "the last role must be user"}])
+    limit = request.app.state.settings.max_message_chars
+    if len(body.messages[-1].text) > limit:
+        raise LoaclError("message_too_long", f"a message may have at most {limit} characters")
+    definition = _definition(request, body.assistant)
+    assistants(request).check_tools(definition)
+    turns = [Turn(m.role, m.text) for m in body.messages]
+    pieces = await chat(request).preview(owner.user_id, definition, turns, client_ip(request))
+
+    async def lines() -> AsyncIterator[bytes]:
+        async for piece in pieces:
+            yield json.dumps(piece, ensure_ascii=False).encode() + b"\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson",
+                             headers={"Cache-Control": "no-store"})
+
 
 def _with_secret(request: Request, view: WidgetView) -> dict[str, Any]:
     """The widget with its identity secret: shown when it is made, never again."""
@@ -325,6 +390,14 @@ endpoints = [
              codes=("email_not_verified", "unknown_model", "provider_not_configured",
                     "provider_unavailable", "tool_not_supported"),
              returns="Assistant"),
+    Endpoint("post", "/api/v1/assistant-preview", preview_reply,
+             "A reply from an assistant not saved yet (the console's preview; nothing stored)",
+             "assistants", auth="owner", role=ADMIN, body=PreviewBody,
+             codes=("email_not_verified", "rate_limited", "message_too_long", "unknown_model",
+                    "provider_not_configured", "provider_unavailable", "tool_not_supported"),
+             description=PREVIEW_ABOUT,
+             content={"application/x-ndjson": {"schema": {
+                 "type": "string", "description": "JSON objects, one a line"}}}),
     Endpoint("get", "/api/v1/assistants/{id}", ASSISTANTS.get, "An assistant (ETag)",
              "assistants", auth="owner", role=ADMIN, returns="Assistant"),
     Endpoint("put", "/api/v1/assistants/{id}", ASSISTANTS.put, "Replace an assistant (If-Match)",

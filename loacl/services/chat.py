@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -18,7 +18,7 @@ from loacl.domain.assistants import AssistantDefinition
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Event, Metadata, RecordedEvent
 from loacl.domain.widgets import VisitorAccess, conversation_stream
-from loacl.providers import provider_for, spec
+from loacl.providers import check_model, provider_for, spec
 from loacl.providers.base import (
     Attachment,
     Provider,
@@ -32,7 +32,7 @@ from loacl.providers.base import (
 from loacl.services.budgets import Budgets
 from loacl.services.limits import Lease, VisitorLimits
 from loacl.services.observer import NO_OBSERVER, ReplyObserver
-from loacl.services.replies import Notice, ReplyStream, Run, retry_delay
+from loacl.services.replies import Notice, ReplyStream, Run, reply_error_text, retry_delay
 from loacl.services.tokens import new_id
 from loacl.services.toolrounds import ToolRounds, ToolScope
 from loacl.services.tools import Tools
@@ -550,6 +550,64 @@ class Chat:
                          attempt=attempt, code=exc.code, retry_in=round(delay, 3))
                 run.notice(Notice("retrying", round(delay, 3), attempt, exc.code))
                 await asyncio.sleep(delay)
+
+    # -- the console's preview of an assistant not saved yet ------------------------------------
+
+    async def preview(
+        self, owner_id: str, assistant: AssistantDefinition, turns: list[Turn], ip: str | None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A reply to ``turns`` (the last is the owner's new message) from ``assistant`` as the
+        owner is editing it, streamed as ``delta`` pieces then one ``done`` or ``error``.
+
+        Nothing is written: a preview is no visitor's conversation, so it has no place in the
+        log, the inbox, usage or webhooks. It is bounded like a visitor's message all the same,
+        before anything reaches the provider: the owner's rate (``preview_messages_per_minute``)
+        and the server's per address and per day, and a reply slot of its own (at most
+        ``provider_concurrency`` at once, ``replies_per_ip`` from one address). HTTP tools are
+        not offered: a preview calls nobody's endpoint."""
+        key = f"preview-{owner_id}"
+        self.limits.message(key, ip, self.settings.preview_messages_per_minute)
+        slot = self.limits.reply(key, ip)
+        try:
+            await check_model(self.settings, assistant.provider, assistant.model)
+        except BaseException:
+            slot.release()
+            raise
+        return self._preview(slot, owner_id, assistant, turns)
+
+    async def _preview(
+        self, slot: Lease, owner_id: str, assistant: AssistantDefinition, turns: list[Turn]
+    ) -> AsyncIterator[dict[str, Any]]:
+        settings = self.settings
+        result = ReplyResult()
+        offered = tuple(t for t in assistant.tools if t.type != "http")
+        request = ReplyRequest(replace(assistant, tools=offered),
+                               trim_history(turns, settings.context_chars), offered)
+        offset = 0
+        try:
+            with tracing.span("reply.preview", **{"loacl.provider": assistant.provider,
+                                                  "loacl.model": assistant.model}):
+                async with asyncio.timeout(settings.reply_deadline_seconds):
+                    async for delta in self._provider(assistant.provider).stream(request,
+                                                                                 result):
+                        if delta:
+                            yield {"type": "delta", "offset": offset, "text": delta}
+                            offset += len(delta)
+            yield {"type": "done", "status": "completed", "length": offset,
+                   "usage": {"input_tokens": result.input_tokens,
+                             "output_tokens": result.output_tokens}}
+        except TimeoutError:
+            yield {"type": "error", "code": "provider_unavailable",
+                   "text": reply_error_text("provider_unavailable")}
+        except LoaclError as exc:
+            log.warning("chat.preview_failed", owner_id=owner_id, code=exc.code,
+                        error=exc.message)
+            yield {"type": "error", "code": exc.code, "text": reply_error_text(exc.code)}
+        finally:
+            slot.release()
+            log.info("chat.preview", owner_id=owner_id, provider=assistant.provider,
+                     model=assistant.model, input_tokens=result.input_tokens,
+                     output_tokens=result.output_tokens)
 
     def _provider(self, name: str) -> Provider:
         provider = self._providers.get(name)
