@@ -254,7 +254,10 @@ def test_failed_migration_rolls_back(path: Path, cli: Cli) -> None:
 
 def test_migrations_are_numbered_and_paired() -> None:
     versions = [m.version for m in migrations.MIGRATIONS]
-    assert versions == list(range(1, len(versions) + 1))
+    # 0014 (workspaces) is numbered before 0015 (handoff) and lands separately: until it does,
+    # its number is the one gap allowed (``up`` applies any version not yet applied).
+    assert versions == sorted(set(versions))
+    assert set(range(1, versions[-1] + 1)) - set(versions) <= {14}
     assert versions[-1] == migrations.LATEST
     assert migrations.MIGRATIONS[0].guarded_tables == ["events"]
     for m in migrations.MIGRATIONS:

@@ -6,6 +6,7 @@ import base64
 from typing import Any
 
 from loacl.domain.assistants import ToolDefinition
+from loacl.domain.handoff import STATES as HANDOFF_STATES
 from loacl.services.accounts import TokenPair
 from loacl.services.privacy import Export
 from loacl.store.views.accounts import SessionView, UserView
@@ -96,6 +97,7 @@ def message_json(view: MessageView) -> dict[str, Any]:
         "cursor": str(view.created_seq),
         "created_at": view.created_at,
         "finished_at": view.finished_at,
+        "author_name": view.author_name,
         "feedback": None if view.feedback_rating is None else {
             "rating": view.feedback_rating, "comment": view.feedback_comment or "",
             "at": view.feedback_at,
@@ -133,6 +135,7 @@ def conversation_json(view: ConversationView) -> dict[str, Any]:
         "erased_at": view.erased_at,
         "visitor_name": view.visitor_name,
         "visitor_email": view.visitor_email,
+        "state": view.state,
     }
 
 
@@ -151,6 +154,11 @@ def inbox_item_json(item: InboxItem) -> dict[str, Any]:
         "erased_at": item.erased_at,
         "preview": item.preview_text,
         "preview_role": item.preview_role,
+        "state": item.state,
+        "assignee": None if item.assignee_id is None else {
+            "id": item.assignee_id, "name": item.assignee_name},
+        "waiting_since": item.waiting_since,
+        "unread": item.unread,
         "cursor": str(item.last_activity_seq),
     }
 
@@ -330,6 +338,8 @@ _WEBHOOK = {
     "created_at": _TIME, "updated_at": _TIME,
 }
 
+_STATE = {"type": "string", "enum": list(HANDOFF_STATES)}
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     # GET /api/v1/conversations/{id}/export (format=json); the ZIP holds the same document.
     "ConversationExport": {
@@ -367,10 +377,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "user_id": _nullable(_STR)}),
     "Message": _object({
         "id": _STR, "conversation_id": _STR,
-        "role": {"type": "string", "enum": ["user", "assistant"]}, "text": _STR,
+        "role": {"type": "string", "enum": ["user", "assistant", "agent"]}, "text": _STR,
         "status": _STR, "error_code": _nullable(_STR), "reply_to": _nullable(_STR),
         "file_ids": _list(_STR), "client_message_id": _nullable(_STR), "cursor": _STR,
         "created_at": _TIME, "finished_at": _nullable(_TIME),
+        "author_name": _nullable(_STR),
         "feedback": {"oneOf": [{"type": "null"}, _object({
             "rating": {"type": "string", "enum": ["up", "down"]}, "comment": _STR,
             "at": _TIME})]},
@@ -379,12 +390,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     }, optional=("usage",)),
     "MessagePage": _object({"data": _list(_ref("Message")), "conversation_id": _STR,
                             "prev_cursor": _nullable(_STR), "next_cursor": _nullable(_STR)}),
-    "Exchange": _object({"message": _ref("Message"), "reply": _ref("Message")}),
+    "Exchange": _object({"message": _ref("Message"),
+                         "reply": {"oneOf": [{"type": "null"}, _ref("Message")]}}),
     "Conversation": _object({"id": _STR, "visitor_id": _STR, "user_id": _nullable(_STR),
                              "created_at": _TIME, "last_activity_at": _TIME,
                              "message_count": _INT, "erased_at": _nullable(_TIME),
                              "visitor_name": _nullable(_STR),
-                             "visitor_email": _nullable(_STR)}),
+                             "visitor_email": _nullable(_STR), "state": _STATE}),
     "VisitorProfile": _object({"name": _nullable(_STR), "email": _nullable(_STR)}),
     "ConversationPage": _page("Conversation"),
     "InboxConversation": _object({
@@ -393,8 +405,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "created_at": _TIME, "last_activity_at": _TIME, "message_count": _INT,
         "status": {"type": "string", "enum": ["open", "erased"]},
         "erased_at": _nullable(_TIME), "preview": _nullable(_STR),
-        "preview_role": {"type": ["string", "null"], "enum": ["user", "assistant", None]},
+        "preview_role": {"type": ["string", "null"],
+                         "enum": ["user", "assistant", "agent", None]},
+        "state": _STATE,
+        "assignee": {"oneOf": [{"type": "null"}, _object({"id": _STR, "name": _nullable(_STR)})]},
+        "waiting_since": _nullable(_TIME), "unread": _INT,
         "cursor": _STR}),
+    "HandoffState": _object({"state": _STATE, "agent": _nullable(_STR)}),
+    "ReadMark": _object({"conversation_id": _STR, "cursor": _STR, "unread": _INT}),
     "InboxPage": _page("InboxConversation"),
     "Models": _object({
         "data": _list(_object({"id": _STR, "provider": _STR})),

@@ -59,12 +59,20 @@ class Projections:
 
 def default_projections() -> Projections:
     """Every read table LOACL keeps, with its handlers."""
-    from loacl.store.projections import accounts, conversations, privacy, webhooks, widgets
+    from loacl.store.projections import (
+        accounts,
+        conversations,
+        handoff,
+        privacy,
+        webhooks,
+        widgets,
+    )
 
     projections = Projections()
     projections.include(accounts.projections)
     projections.include(widgets.projections)
     projections.include(conversations.projections)
+    projections.include(handoff.projections)
     projections.include(privacy.projections)
     projections.include(webhooks.projections)
     return projections
