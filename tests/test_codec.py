@@ -54,13 +54,13 @@ from loacl.domain.conversations import (
     VisitorIntroduced,
 )
 from loacl.domain.errors import LoaclError
+from loacl.domain.events import EVENT_TYPES, Event, Metadata
 from loacl.domain.handoff import (
     AgentMessagePosted,
     ConversationAssigned,
     ConversationRead,
     ConversationStateChanged,
 )
-from loacl.domain.events import EVENT_TYPES, Event, Metadata
 from loacl.domain.privacy import SubjectErased
 from loacl.domain.webhooks import (
     WebhookCreated,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from loacl.domain.assistants import ToolDefinition
+from loacl.domain.assistants import HANDOFF_TOOL, ToolDefinition
 from loacl.domain.handoff import STATES as HANDOFF_STATES
 from loacl.services.accounts import TokenPair
 from loacl.services.privacy import Export
@@ -31,7 +31,8 @@ def assistant_json(view: AssistantView) -> dict[str, Any]:
         "max_output_tokens": d.max_output_tokens,
         "file_search": {"vector_store_ids": list(d.vector_store_ids)}
         if d.vector_store_ids else None,
-        "tools": [tool_json(t) for t in d.tools],
+        "tools": [tool_json(t) for t in d.tools if t.type != HANDOFF_TOOL],
+        "handoff": d.handoff,
         "version": view.version,
         "created_at": view.created_at,
         "updated_at": view.updated_at,
@@ -274,6 +275,7 @@ _ASSISTANT = {
         "type": {"type": "string", "enum": ["http", "web_search"]}, "name": _STR,
         "description": _STR, "parameters": {"type": "object"}, "url": _nullable(_STR),
         "timeout_ms": _INT, "status_text": _STR, "enabled": _BOOL})),
+    "handoff": _BOOL,
     "version": _INT, "created_at": _TIME, "updated_at": _TIME,
     # Only in the answer to the change that made a new tool secret (Standard Webhooks'
     # whsec_ form): shown once.

@@ -86,7 +86,7 @@ class Chat:
         self.settings = settings
         self.providers = providers
         self.tools = tools or Tools(settings)
-        self.rounds = ToolRounds(store, self.tools, server_key)
+        self.rounds = ToolRounds(store, self.tools, server_key, self._ask_for_person)
         self.limits = limits or VisitorLimits(settings)
         self.budgets = budgets or Budgets(store, settings)
         self.runs: dict[str, Run] = {}  # by conversation id
@@ -96,6 +96,11 @@ class Chat:
         self._providers: dict[str, Provider] = {}
         self.closing = False
         self.handoffs: Handoffs | None = None  # wired by create_app (the request_human tool)
+
+    async def _ask_for_person(self, conversation_id: str, reason: str, meta: Metadata) -> None:
+        if self.handoffs is None:
+            raise LoaclError("conflict", "handing over is not wired")
+        await self.handoffs.assistant_asks(conversation_id, reason, meta)
 
     async def interrupt_replies(self) -> None:
         """Shutting down: take no new message, and end every reply in flight as interrupted
@@ -500,7 +505,7 @@ class Chat:
                     if logged is not None:
                         await logged
                         logged = None
-                    if not result.calls or secret is None:
+                    if not result.calls or (secret is None and not assistant.handoff):
                         return
                     waiting.cancel()  # the visitor hears of the tools instead
                     made = await self.rounds.make(
