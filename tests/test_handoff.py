@@ -8,7 +8,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -28,7 +28,7 @@ def provider() -> Iterator[tuple[OpenAITestServer, str]]:
 
 @pytest.fixture
 def live(settings: Settings, provider: tuple[OpenAITestServer, str]) -> Iterator[Live]:
-    server, url = provider
+    _, url = provider
     with start(settings, provider, typing_interval_seconds=60.0,
                chat_completions_base_url=f"{url}/v1") as started:
         yield started
@@ -293,7 +293,8 @@ async def test_the_model_asks_for_a_person_with_request_human(
         "allowed_origins": ["http://localhost:3000"]})
     assert widget.status_code == 201, widget.text
     widget_id = widget.json()["id"]
-    endpoint = "responses" if provider_name == "openai" else "chat"
+    endpoint: Literal["responses", "chat"] = "responses" if provider_name == "openai" \
+        else "chat"
     live.provider.script(calls=[FunctionCall(
         name="request_human", arguments=json.dumps({"reason": "wants a refund"}),
         call_id="call_h")], endpoint=endpoint)
