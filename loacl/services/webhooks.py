@@ -44,9 +44,9 @@ from standardwebhooks.webhooks import Webhook as Signer
 
 from loacl.domain import webhooks as domain
 from loacl.domain.conversations import AssistantCompleted, AssistantFailed, MessagePosted
-from loacl.domain.handoff import CLOSED, WAITING, ConversationStateChanged
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata, RecordedEvent
+from loacl.domain.handoff import CLOSED, WAITING, ConversationStateChanged
 from loacl.domain.privacy import OWNER, is_erased, subject
 from loacl.domain.widgets import ConversationStarted
 from loacl.services.mail import Mailer
