@@ -162,7 +162,9 @@ def test_config_answers_allowed_origins_only(
     if allowed:
         assert response.status_code == 200, response.text
         body = response.json()
-        assert set(body) == {"widget_id", "settings", "require_identity", "uploads", "limits"}
+        assert set(body) == {"widget_id", "settings", "require_identity", "uploads", "limits",
+                             "handoff"}
+        assert body["handoff"] is False
         assert body["widget_id"] == site.widget_id
         assert body["settings"]["theme"] == "auto"
         assert body["require_identity"] is False
