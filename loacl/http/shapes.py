@@ -370,7 +370,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "EmbedCode": _object({"html": _STR, "script_url": _STR, "widget_id": _STR,
                           "versioned_script_url": _STR, "integrity": _STR}),
     "WidgetConfig": _object({
-        "widget_id": _STR, "handoff": _BOOL, "settings": _ref("WidgetSettings"), "require_identity": _BOOL,
+        "widget_id": _STR, "handoff": _BOOL, "settings": _ref("WidgetSettings"),
+        "require_identity": _BOOL,
         "uploads": _object({"max_size": _INT, "allowed_types": _list(_STR)}),
         "limits": _object({"messages_per_minute": _INT, "max_message_chars": _INT})}),
     "VisitorSession": _object({
