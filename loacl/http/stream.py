@@ -192,15 +192,21 @@ class Connection:
     async def _posted(self, message_id: str) -> None:
         """A member's message, or a visitor's message no reply follows (kept for a person):
         a ``message`` frame. A visitor's message with a reply arrives with ``started``."""
-        message = await self.chat.message(message_id)
+        try:
+            message = await self.chat.message(message_id)
+        except LoaclError:  # erased meanwhile: the erasure's own news closes the socket
+            return
         if message.role == "user" and await self.chat.has_reply(message_id):
             return
         self.send({"type": ServerFrame.MESSAGE, "message": message_json(message)})
 
     async def send_state(self) -> None:
         """Who answers the conversation now: a ``state`` frame."""
-        found = await self.chat.conversation_of_widget(self.access.widget_id,
-                                                       self.access.conversation_id)
+        try:
+            found = await self.chat.conversation_of_widget(self.access.widget_id,
+                                                           self.access.conversation_id)
+        except LoaclError:
+            return
         self.send({"type": ServerFrame.STATE, "state": found.state,
                    "agent": found.assignee_name if found.state == "human" else None})
 
