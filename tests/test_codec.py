@@ -61,6 +61,7 @@ from loacl.domain.handoff import (
     ConversationRead,
     ConversationStateChanged,
 )
+from loacl.domain.hours import OfficeHours, Window
 from loacl.domain.privacy import SubjectErased
 from loacl.domain.webhooks import (
     WebhookCreated,
@@ -116,6 +117,12 @@ WIDGET = WidgetDefinition(
     messages_per_minute=20, enabled=False, require_identity=True,
     budget=WidgetBudget(daily_tokens=50_000, monthly_tokens=0, daily_cost=None,
                         monthly_cost=12.5),
+    office_hours=OfficeHours(
+        timezone="Europe/Berlin",
+        windows=(Window(day="mon", opens="09:00", closes="17:30"),
+                 Window(day="sat", opens="22:00", closes="24:00")),
+        closed_dates=("2026-12-25",),
+    ),
 )
 
 WEBHOOK = WebhookDefinition(

@@ -205,7 +205,7 @@ def check(world: World, spec: Row) -> httpx.Response:
 ASSISTANT = {"name": "Mine now", "provider": "openai", "model": "gpt-4o-mini"}
 FULL_ASSISTANT: dict[str, Any] = {
     **ASSISTANT, "instructions": "", "temperature": None, "top_p": None,
-    "max_output_tokens": None, "file_search": None, "tools": []}
+    "max_output_tokens": None, "file_search": None, "tools": [], "handoff": False}
 
 
 def widget_body(assistant: str) -> dict[str, Any]:

@@ -211,9 +211,9 @@ ASSISTANT = {"name": "Helper", "provider": "demo", "model": "demo"}
 # PUT replaces the whole thing: its body names every field.
 ASSISTANT_PUT: dict[str, Any] = {
     **ASSISTANT, "instructions": "", "temperature": None, "top_p": None,
-    "max_output_tokens": None, "file_search": None, "tools": []}
+    "max_output_tokens": None, "file_search": None, "tools": [], "handoff": False}
 WIDGET_PUT = {"allowed_origins": [], "settings": {}, "limits": {}, "budget": {}, "enabled": True,
-              "require_identity": False, "retention_days": None}
+              "require_identity": False, "retention_days": None, "office_hours": None}
 
 VALID_ASSISTANTS = [
     pytest.param(
@@ -470,7 +470,7 @@ VALID_WIDGETS = [
         {},
         {"allowed_origins": [], "settings": DEFAULT_SETTINGS, "messages_per_minute": 10,
          "enabled": True, "require_identity": False, "budget": DEFAULT_BUDGET,
-         "retention_days": None},
+         "retention_days": None, "office_hours": None},
         id="minimal-defaults",
     ),
     pytest.param(
@@ -478,7 +478,7 @@ VALID_WIDGETS = [
         {"allowed_origins": [], "settings": DEFAULT_SETTINGS, "messages_per_minute": 10,
          "enabled": True, "require_identity": False,
          "budget": {**DEFAULT_BUDGET, "daily_tokens": 5000, "monthly_tokens": 0,
-                    "monthly_cost": 2.5}, "retention_days": None},
+                    "monthly_cost": 2.5}, "retention_days": None, "office_hours": None},
         id="own-budget",
     ),
     pytest.param(
@@ -500,14 +500,15 @@ VALID_WIDGETS = [
          "settings": {**DEFAULT_SETTINGS, "theme": "light", "accent_color": "#0a0B0c",
                       "locale": "fr"},
          "messages_per_minute": 1, "enabled": True, "require_identity": False,
-         "budget": DEFAULT_BUDGET, "retention_days": None},
+         "budget": DEFAULT_BUDGET, "retention_days": None, "office_hours": None},
         id="origins-normalised-and-deduplicated",
     ),
     pytest.param(
         {"allowed_origins": [f"https://s{i}.example.com" for i in range(50)]},
         {"allowed_origins": [f"https://s{i}.example.com" for i in range(50)],
          "settings": DEFAULT_SETTINGS, "messages_per_minute": 10, "enabled": True,
-         "require_identity": False, "budget": DEFAULT_BUDGET, "retention_days": None},
+         "require_identity": False, "budget": DEFAULT_BUDGET, "retention_days": None,
+         "office_hours": None},
         id="fifty-origins",
     ),
 ]
@@ -532,6 +533,7 @@ def test_create_widget(world: World, extra: dict[str, Any], definition: dict[str
     assert created["require_identity"] is definition["require_identity"]
     assert created["budget"] == definition["budget"]
     assert created["retention_days"] == definition["retention_days"]
+    assert created["office_hours"] == definition["office_hours"]
 
     appended = events(world.settings, before)
     assert [(r.stream, r.version, r.type) for r in appended] == [

@@ -708,7 +708,7 @@ async def test_a_disabled_widget_refuses_the_handshake(live: Live) -> None:
     got = live.http.get(f"/api/v1/widgets/{live.widget_id}", headers=live.headers)
     body = {k: got.json()[k] for k in ("name", "assistant_id", "allowed_origins", "settings",
                                         "limits", "budget", "require_identity",
-                                        "retention_days")}
+                                        "retention_days", "office_hours")}
     updated = live.http.put(
         f"/api/v1/widgets/{live.widget_id}", json={**body, "enabled": False},
         headers={**live.headers, "If-Match": got.headers["ETag"]},

@@ -20,6 +20,7 @@ from loacl.domain.assistants import (
     handoff_tool,
 )
 from loacl.domain.errors import LoaclError
+from loacl.domain.hours import MAX_CLOSED_DATES, MAX_WINDOWS, OfficeHours, Window
 from loacl.domain.widgets import (
     MAX_ORIGINS,
     MAX_RETENTION_DAYS,
@@ -113,6 +114,27 @@ class BudgetBody(Body):
     monthly_cost: float | None = Field(None, ge=0, le=10**9, description="US dollars")
 
 
+_CLOCK = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"
+
+
+class WindowBody(Body):
+    day: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    opens: str = Field(pattern=_CLOCK, description="HH:MM, local time")
+    closes: str = Field(pattern=_CLOCK, description="HH:MM after opens, or 24:00; an "
+                        "overnight shift is two windows")
+
+
+class OfficeHoursBody(Body):
+    """When the widget's people answer; a handoff outside them tells the visitor when."""
+
+    timezone: str = Field(min_length=1, max_length=64, description="An IANA time zone, "
+                          "such as Europe/Paris")
+    windows: list[WindowBody] = Field(default_factory=list, max_length=MAX_WINDOWS)
+    closed_dates: list[Annotated[str, Field(max_length=10)]] = Field(
+        default_factory=list, max_length=MAX_CLOSED_DATES,
+        description="Local dates (YYYY-MM-DD) with no opening, such as holidays")
+
+
 class WidgetBody(Body):
     name: str = Field(min_length=1, max_length=200)
     assistant_id: str = Field(min_length=1, max_length=64)
@@ -127,6 +149,8 @@ class WidgetBody(Body):
     require_identity: bool = False
     # Conversations idle this many days are erased; null (the default) keeps them.
     retention_days: int | None = Field(None, ge=1, le=MAX_RETENTION_DAYS)
+    # Checked by the domain (``hours.checked_hours``): known zone, windows that do not overlap.
+    office_hours: OfficeHoursBody | None = None
 
 
 def _definition(request: Request, body: AssistantBody) -> AssistantDefinition:
@@ -163,6 +187,11 @@ def _widget_definition(_request: Request, body: WidgetBody) -> WidgetDefinition:
         enabled=body.enabled, require_identity=body.require_identity,
         budget=WidgetBudget(**body.budget.model_dump()),
         retention_days=body.retention_days,
+        office_hours=None if body.office_hours is None else OfficeHours(
+            timezone=body.office_hours.timezone,
+            windows=tuple(Window(**w.model_dump()) for w in body.office_hours.windows),
+            closed_dates=tuple(body.office_hours.closed_dates),
+        ),
     )
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+from datetime import datetime
 from typing import Any
 
 from loacl.domain.assistants import HANDOFF_TOOL, ToolDefinition
 from loacl.domain.handoff import STATES as HANDOFF_STATES
+from loacl.domain.hours import DAYS, OfficeHours, is_open, next_opening
 from loacl.services.accounts import TokenPair
 from loacl.services.privacy import Export
 from loacl.store.views.accounts import SessionView, UserView
@@ -63,6 +65,28 @@ def widget_settings_json(view: WidgetView) -> dict[str, Any]:
     }
 
 
+def office_hours_json(hours: OfficeHours | None) -> dict[str, Any] | None:
+    if hours is None:
+        return None
+    return {
+        "timezone": hours.timezone,
+        "windows": [{"day": w.day, "opens": w.opens, "closes": w.closes} for w in hours.windows],
+        "closed_dates": list(hours.closed_dates),
+    }
+
+
+def availability_json(hours: OfficeHours | None, at: datetime) -> dict[str, Any]:
+    """What a visitor's widget is told of the hours: open now, or when it next opens."""
+    if hours is None:
+        return {"office_hours": False, "open": True, "next_opening": None, "timezone": None}
+    opening = next_opening(hours, at)
+    return {
+        "office_hours": True, "open": is_open(hours, at),
+        "next_opening": None if opening is None else opening.isoformat().replace("+00:00", "Z"),
+        "timezone": hours.timezone,
+    }
+
+
 def widget_json(view: WidgetView) -> dict[str, Any]:
     d = view.definition
     return {
@@ -78,6 +102,7 @@ def widget_json(view: WidgetView) -> dict[str, Any]:
         "enabled": d.enabled,
         "require_identity": d.require_identity,
         "retention_days": d.retention_days,
+        "office_hours": office_hours_json(d.office_hours),
         "version": view.version,
         "created_at": view.created_at,
         "updated_at": view.updated_at,
@@ -289,6 +314,7 @@ _WIDGET = {
                        "daily_cost": _nullable({"type": "number"}),
                        "monthly_cost": _nullable({"type": "number"})}),
     "enabled": _BOOL, "require_identity": _BOOL, "retention_days": _nullable(_INT),
+    "office_hours": {"oneOf": [_ref("OfficeHours"), {"type": "null"}]},
     "version": _INT, "created_at": _TIME, "updated_at": _TIME,
 }
 _USAGE_COUNTS = {
@@ -364,6 +390,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "events_include_text": _BOOL, "title_blink": _BOOL, "proactive_greeting": _STR,
         "proactive_delay_seconds": _INT,
         "prechat_fields": _list({"type": "string", "enum": ["name", "email"]})}),
+    "OfficeHours": _object({
+        "timezone": _STR,
+        "windows": _list(_object({
+            "day": {"type": "string", "enum": list(DAYS)}, "opens": _STR, "closes": _STR})),
+        "closed_dates": _list({"type": "string", "format": "date"})}),
+    "Availability": _object({
+        "office_hours": _BOOL, "open": _BOOL, "next_opening": _nullable(_TIME),
+        "timezone": _nullable(_STR)}),
     "Widget": _object(_WIDGET),
     "WidgetWithSecret": _object({**_WIDGET, "identity_secret": _STR}),
     "WidgetPage": _page("Widget"),
@@ -373,7 +407,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "widget_id": _STR, "handoff": _BOOL, "settings": _ref("WidgetSettings"),
         "require_identity": _BOOL,
         "uploads": _object({"max_size": _INT, "allowed_types": _list(_STR)}),
-        "limits": _object({"messages_per_minute": _INT, "max_message_chars": _INT})}),
+        "limits": _object({"messages_per_minute": _INT, "max_message_chars": _INT}),
+        "availability": _ref("Availability")}),
     "VisitorSession": _object({
         "visitor_token": _STR, "token_type": {"type": "string", "enum": ["bearer"]},
         "expires_in": _INT, "visitor_id": _STR, "conversation_id": _STR,

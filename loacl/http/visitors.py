@@ -8,6 +8,7 @@ that the widget can read *why* it was refused and say so; they reveal nothing el
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -18,7 +19,7 @@ from loacl.domain.origins import normalize_origin
 from loacl.http.common import metadata, widgets
 from loacl.http.errors import loacl_error
 from loacl.http.routing import Endpoint
-from loacl.http.shapes import widget_settings_json
+from loacl.http.shapes import availability_json, widget_settings_json
 from loacl.http.validation import parse_body
 from loacl.store.views import widgets as widget_views
 
@@ -88,6 +89,7 @@ async def config(request: Request) -> Response:
             "messages_per_minute": widget.definition.messages_per_minute,
             "max_message_chars": settings.max_message_chars,
         },
+        "availability": availability_json(widget.definition.office_hours, datetime.now(UTC)),
     }
     return JSONResponse(body, headers={"Cache-Control": "no-cache"})
 
