@@ -971,7 +971,7 @@ def test_put_refuses_a_body_that_leaves_fields_out(world: World) -> None:
     body = assert_problem(refused, 422, "validation_error", "instructions")
     missing = {e["field"] for e in body["errors"] if e["reason"] == "missing"}
     assert missing == {"provider", "model", "instructions", "temperature", "top_p",
-                       "max_output_tokens", "file_search", "tools"}
+                       "max_output_tokens", "file_search", "tools", "handoff"}
     widget = world.widget(world.a, created["id"])
     refused = world.client.put(f"/api/v1/widgets/{widget['id']}",
                                json={"name": "x", "assistant_id": created["id"]},
