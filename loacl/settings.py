@@ -315,6 +315,11 @@ class Settings(BaseModel):
         5, ge=0, le=1000, description="A streaming WebSocket gets a reply's new text at most "
         "once per window, in one frame; 0 sends each piece as it arrives."
     )
+    typing_interval_seconds: float = Field(
+        2.0, gt=0, le=600, description="Typing indicators (visitor to team, member to visitor) "
+        "are passed on at most once per this many seconds per person and conversation; a "
+        "member's `POST .../typing` sooner is refused with 429."
+    )
     ws_ping_seconds: float = Field(
         20.0, gt=0, le=600, description="Seconds between pings on a streaming WebSocket."
     )

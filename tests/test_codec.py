@@ -55,6 +55,12 @@ from loacl.domain.conversations import (
 )
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import EVENT_TYPES, Event, Metadata
+from loacl.domain.handoff import (
+    AgentMessagePosted,
+    ConversationAssigned,
+    ConversationRead,
+    ConversationStateChanged,
+)
 from loacl.domain.hours import OfficeHours, Window
 from loacl.domain.privacy import SubjectErased
 from loacl.domain.webhooks import (
@@ -223,6 +229,19 @@ SAMPLES: dict[str, Event] = {
         WebhookSecretRotated(webhook_id="wh_4R", generation=2),
         WebhookDisabled(webhook_id="wh_4R", reason="failures", failures=30),
         WebhookDeleted(webhook_id="wh_4R"),
+        ConversationStateChanged(
+            conversation_id="cnv_5T", state="waiting", previous="bot", by="assistant",
+            cause="assistant_asked", reason="Le client veut un remboursement — «vite»",
+            assignee_id="usr_01J9Z3", assignee_name="zoë",
+        ),
+        ConversationAssigned(conversation_id="cnv_5T", assignee_id="usr_01J9Z3",
+                             assignee_name="Zoë Ångström", by="member:usr_01J9Z3"),
+        AgentMessagePosted(
+            conversation_id="cnv_5T", message_id="msg_5", author_id="usr_01J9Z3",
+            author_name="Zoë Ångström", text="Je regarde votre commande 📦",
+            client_message_id="a-1",
+        ),
+        ConversationRead(conversation_id="cnv_5T", member_id="usr_01J9Z3", up_to=42),
     ]
 }
 

@@ -211,7 +211,7 @@ ASSISTANT = {"name": "Helper", "provider": "demo", "model": "demo"}
 # PUT replaces the whole thing: its body names every field.
 ASSISTANT_PUT: dict[str, Any] = {
     **ASSISTANT, "instructions": "", "temperature": None, "top_p": None,
-    "max_output_tokens": None, "file_search": None, "tools": []}
+    "max_output_tokens": None, "file_search": None, "tools": [], "handoff": False}
 WIDGET_PUT = {"allowed_origins": [], "settings": {}, "limits": {}, "budget": {}, "enabled": True,
               "require_identity": False, "retention_days": None, "office_hours": None}
 
@@ -980,7 +980,7 @@ def test_put_refuses_a_body_that_leaves_fields_out(world: World) -> None:
     body = assert_problem(refused, 422, "validation_error", "instructions")
     missing = {e["field"] for e in body["errors"] if e["reason"] == "missing"}
     assert missing == {"provider", "model", "instructions", "temperature", "top_p",
-                       "max_output_tokens", "file_search", "tools"}
+                       "max_output_tokens", "file_search", "tools", "handoff"}
     widget = world.widget(world.a, created["id"])
     refused = world.client.put(f"/api/v1/widgets/{widget['id']}",
                                json={"name": "x", "assistant_id": created["id"]},

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from loacl.domain import accounts
 from loacl.domain import assistants as asst
 from loacl.domain import conversations as conv
+from loacl.domain import handoff as ho
 from loacl.domain import webhooks as hooks
 from loacl.domain import widgets as wdg
 from loacl.domain import workspaces as spaces
@@ -38,7 +39,9 @@ KINDS = [
     "erase_owner", "webhook", "edit_webhook", "rotate_webhook", "disable_webhook",
     "delete_webhook", "register", "rename_user", "workspace", "rename_workspace",
     "delete_workspace", "invite", "revoke_invite", "join", "role", "remove_member",
+    "handoff", "takeover", "agent_message", "release", "close", "assign", "read",
 ]
+HANDOFF_KINDS = {"handoff", "takeover", "agent_message", "release", "close", "assign", "read"}
 MASTER = bytes(range(32))
 TEXTS = ["Bonjour", "Où est mon colis ? 📦", "", "**bold** and `code`", "a" * 300]
 
@@ -93,9 +96,8 @@ async def _step(store: EventStore, world: World, kind: str, a: int, b: int) -> N
         kind = "assistant"
     if kind in {"edit_widget", "rotate", "delete_widget", "conversation"} and not world.widgets:
         kind = "widget" if world.assistants else "assistant"
-    if kind in {"upload", "ask", "stream", "finish", "send_file", "erase"} and (
-        not world.conversations
-    ):
+    if kind in {"upload", "ask", "stream", "finish", "send_file", "erase",
+                *HANDOFF_KINDS} and not world.conversations:
         kind = "conversation" if world.widgets else ("widget" if world.assistants
                                                       else "assistant")
     owner = f"owner{a % 2}"
@@ -196,6 +198,9 @@ async def _step(store: EventStore, world: World, kind: str, a: int, b: int) -> N
         )], metadata=Metadata(client_ip="192.0.2.1"))
         return
     talk, version = await store.load(stream, conv.Conversation(), conv.evolve_conversation)
+    if kind in HANDOFF_KINDS:
+        await _handoff_step(store, world, kind, talk, version, a, b)
+        return
     if kind == "upload":
         file_id = world.new("f")
         world.files[conversation_id].append(file_id)
@@ -237,6 +242,45 @@ async def _step(store: EventStore, world: World, kind: str, a: int, b: int) -> N
         events = [end[b % 3]]
     await store.append(stream, events, expected_version=version,
                        metadata=Metadata(client_ip=f"192.0.2.{b}"))
+
+
+async def _handoff_step(
+    store: EventStore, world: World, kind: str, talk: conv.Conversation, version: int, a: int,
+    b: int,
+) -> None:
+    """Who answers the conversation: the visitor or the assistant asks for a person, members
+    (two of them, so that one may hold what the other wants) take over, write, give back,
+    close, assign and read."""
+    member, name = f"owner{a % 2}", f"Agent {a % 2}"
+    cid, state = talk.conversation_id, talk.handoff
+    events: list[Event]
+    try:
+        if kind == "handoff":
+            events = ho.request_person(state, cid, by=(ho.VISITOR, ho.ASSISTANT)[b % 2],
+                                       reason=TEXTS[b % len(TEXTS)])
+        elif kind == "takeover":
+            events = ho.take_over(state, cid, member_id=member, name=name, force=b % 3 == 0)
+        elif kind == "agent_message":
+            events = ho.post_agent_message(
+                state, cid, member_id=member, name=name, message_id=world.new("g"),
+                text=TEXTS[b % len(TEXTS)] or "Hello", force=b % 2 == 0,
+                client_message_id=f"g{b}" if b % 2 else None)
+        elif kind == "release":
+            events = ho.release(state, cid, member_id=member, force=b % 2 == 0)
+        elif kind == "close":
+            events = ho.close(state, cid, by=ho.member(member))
+        elif kind == "assign":
+            events = ho.assign(state, cid, by=ho.member(member),
+                               assignee_id=None if b % 3 == 0 else member, assignee_name=name)
+        else:
+            await store.append(ho.inbox_stream(member), [ho.ConversationRead(
+                conversation_id=cid, member_id=member, up_to=b * 3)])
+            return
+    except LoaclError as exc:
+        assert exc.code in ("conversation_taken", "conversation_closed"), exc
+        return
+    if events:
+        await store.append(wdg.conversation_stream(cid), events, expected_version=version)
 
 
 async def _webhook_step(

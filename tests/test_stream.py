@@ -724,7 +724,8 @@ async def test_the_token_may_come_in_the_first_frame(live: Live) -> None:
     async with live.tab(None, ready=False) as tab:
         await tab.send({"type": "auth", "token": session.token})
         ready = await tab.recv()
-        assert ready == {"type": "ready", "conversation_id": session.conversation_id}
+        assert ready == {"type": "ready", "conversation_id": session.conversation_id,
+                         "state": "bot", "agent": None}
         ack = await live.ask(tab, "Hi")
         assert (await tab.follow(ack["reply_id"])).text == "Authenticated by frame"
 

@@ -164,7 +164,8 @@ def test_config_answers_allowed_origins_only(
         assert response.status_code == 200, response.text
         body = response.json()
         assert set(body) == {"widget_id", "settings", "require_identity", "uploads", "limits",
-                             "availability"}
+                             "handoff", "availability"}
+        assert body["handoff"] is False
         assert body["availability"] == {"office_hours": False, "open": True,
                                         "next_opening": None, "timezone": None}
         assert body["widget_id"] == site.widget_id

@@ -407,8 +407,36 @@ def test_unknown_event_types_are_refused(
             "url": receiver.url, "event_types": ["message.deleted"]})
         assert refused.status_code == 422
         assert refused.json()["code"] == "validation_error"
-        reserved = site.hook(receiver.url, "handoff.requested")
-        assert reserved["event_types"] == ["handoff.requested"]
+        reserved = site.hook(receiver.url, "member.changed")
+        assert reserved["event_types"] == ["member.changed"]
+
+
+def test_a_handoff_and_a_close_are_delivered(
+    settings: Settings, provider: tuple[OpenAITestServer, str], receiver: Receiver
+) -> None:
+    with running(configured(settings, provider)) as site:
+        hook = site.hook(receiver.url, "handoff.requested", "conversation.closed",
+                         personal=True)
+        token = site.visitor()
+        site.ask(token, "Hello")
+        asked = site.http.post(f"/api/v1/widgets/{site.widget_id}/handoff",
+                               json={"reason": "refund please"},
+                               headers={"Origin": ORIGIN, "Authorization": f"Bearer {token}"})
+        assert asked.status_code == 200, asked.text
+        conversation = site.http.get("/api/v1/conversations", headers=site.headers).json()
+        conversation_id = conversation["data"][0]["id"]
+        closed = site.http.post(f"/api/v1/conversations/{conversation_id}/close",
+                                headers=site.headers)
+        assert closed.status_code == 200, closed.text
+        seen = receiver.wait_for(lambda r: len(r) >= 2)
+        payloads = [verified(r, hook["secret"]) for r in seen]
+        assert [p["type"] for p in payloads] == ["handoff.requested", "conversation.closed"]
+        assert payloads[0]["data"] | {"widget_id": None, "visitor_id": None} == {
+            "conversation_id": conversation_id, "widget_id": None, "visitor_id": None,
+            "state": "waiting", "previous": "bot", "by": "visitor", "cause": "visitor_asked",
+            "reason": "refund please"}
+        assert payloads[1]["data"]["state"] == "closed"
+        assert payloads[1]["data"]["by"].startswith("member:")
 
 
 def test_an_erased_account_takes_its_endpoints_with_it(

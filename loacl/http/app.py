@@ -20,6 +20,7 @@ from loacl.http import (
     auth,
     chat,
     console,
+    handoff,
     health,
     inbox,
     models,
@@ -45,6 +46,7 @@ from loacl.services.budgets import BudgetMail, Budgets
 from loacl.services.chat import Chat
 from loacl.services.demo import Demo, demo_enabled
 from loacl.services.files import Files
+from loacl.services.handoff import Handoffs
 from loacl.services.inbox import Inbox
 from loacl.services.keys import keyring_for
 from loacl.services.limits import VisitorLimits
@@ -224,8 +226,8 @@ def create_app(
         routes=routing.routes(
             health.endpoints, openapi.endpoints, apidocs.endpoints, auth.endpoints,
             visitors.endpoints, chat.endpoints, stream.endpoints, owners.endpoints,
-            usage.endpoints, privacy.endpoints, inbox.endpoints, models.endpoints,
-            owner_stream.endpoints, webhooks.endpoints, workspaces.endpoints,
+            usage.endpoints, privacy.endpoints, inbox.endpoints, handoff.endpoints,
+            models.endpoints, owner_stream.endpoints, webhooks.endpoints, workspaces.endpoints,
             telemetry.endpoints, static.endpoints,
             console.endpoints,
         ),
@@ -267,6 +269,8 @@ def create_app(
     )
     app.state.files = Files(store, settings, limits)
     app.state.inbox = Inbox(store)
+    app.state.handoffs = handoffs = Handoffs(store, settings.typing_interval_seconds)
+    chat_service.handoffs = handoffs
     app.state.models = Models(settings)
     # Under Litestream the WAL's checkpoints are Litestream's: an erasure does not cut it.
     app.state.privacy = Privacy(

@@ -135,6 +135,9 @@ async def post_message(request: Request) -> Response:
         access, body.text, tuple(body.file_ids), body.client_message_id,
         metadata(request, f"visitor:{access.visitor_id}"),
     )
+    if run is None:  # a person is asked for or answers: kept for them, no reply
+        return JSONResponse({"message": message_json(message), "reply": None},
+                            status_code=201)
     if isinstance(run, Run):
         await service.wait(run)
         reply_id = run.message_id

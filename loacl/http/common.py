@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from loacl.services.assistants import Assistants
     from loacl.services.chat import Chat
     from loacl.services.files import Files
+    from loacl.services.handoff import Handoffs
     from loacl.services.widgets import Widgets
     from loacl.services.workspaces import Workspaces
 
@@ -39,6 +40,10 @@ def chat(conn: HTTPConnection) -> Chat:
 
 def files(conn: HTTPConnection) -> Files:
     return cast("Files", conn.app.state.files)
+
+
+def handoffs(conn: HTTPConnection) -> Handoffs:
+    return cast("Handoffs", conn.app.state.handoffs)
 
 
 def widgets(conn: HTTPConnection) -> Widgets:

@@ -29,14 +29,15 @@ And by status::
         backup_not_found
     405 method_not_allowed
     409 email_taken, account_exists, already_member, last_owner, workspace_not_empty,
-        already_verified, assistant_in_use, reply_in_progress, conflict,
+        already_verified, assistant_in_use, reply_in_progress, conversation_taken,
+        conversation_closed, conflict,
         conversation_exists, migration_refused, file_exists, events_would_be_lost
     410 subject_erased
     412 version_conflict
     413 message_too_long, file_too_large, payload_too_large
     415 unsupported_file_type, unsupported_media_type
     422 validation_error, unknown_model, provider_not_configured, unknown_assistant,
-        unknown_file, empty_file, unsupported_file_for_provider, tool_not_supported,
+        unknown_file, unknown_member, empty_file, unsupported_file_for_provider, tool_not_supported,
         invalid_export, invalid_migration_target, not_resettable, invalid_timestamp,
         replica_not_configured, url_not_allowed
     426 upgrade_required
@@ -127,6 +128,10 @@ ERRORS: dict[str, ErrorCode] = {
     "already_verified": ErrorCode(409, "the e-mail address is verified already"),
     "assistant_in_use": ErrorCode(409, "a widget still uses the assistant"),
     "reply_in_progress": ErrorCode(409, "wait for the reply being written before asking again"),
+    "conversation_taken": ErrorCode(
+        409, "another member answers the conversation (send force: true to take it over)"
+    ),
+    "conversation_closed": ErrorCode(409, "the conversation is closed (take it over to reopen)"),
     "conflict": ErrorCode(409, "the change conflicts with the current state"),
     "conversation_exists": ErrorCode(
         409, "the signed-in user has a conversation with the widget already (handled inside)"
@@ -156,6 +161,7 @@ ERRORS: dict[str, ErrorCode] = {
                                               "named; `errors` says what the operator must set"),
     "unknown_assistant": ErrorCode(422, "no such assistant of yours"),
     "unknown_file": ErrorCode(422, "a file_id is not an upload of this conversation"),
+    "unknown_member": ErrorCode(422, "assignee_id names no member who may answer"),
     "empty_file": ErrorCode(422, "the file is empty"),
     "unsupported_file_for_provider": ErrorCode(422, "the assistant's provider cannot read "
                                                     "that kind of file"),

@@ -58,9 +58,13 @@ def _filter(request: Request) -> InboxFilter:
     text = query.get("q")
     if text is not None and len(text) > MAX_QUERY:
         raise _bad("q", f"at most {MAX_QUERY} characters")
+    assignee = query.get("assignee")
+    if assignee is not None and not 1 <= len(assignee) <= 64:
+        raise _bad("assignee", "a member's id, or none")
     return InboxFilter(
         widget_id=widget_id, status=status, since=_moment(request, "since"),
         until=_moment(request, "until"), text=text if text and text.strip() else None,
+        assignee=assignee,
     )
 
 
@@ -69,13 +73,15 @@ async def list_conversations(request: Request) -> Response:
     where = _filter(request)
     after = int_param(request, "after", 0, 0, 2**62)
     limit = int_param(request, "limit", 20, 1, 100)
-    found = await inbox(request).page(owner.workspace_id, where, after or None, limit)
+    found = await inbox(request).page(owner.workspace_id, where, after or None, limit,
+                                      owner.user_id)
     return page_response([inbox_item_json(c) for c in found.items], found.next_cursor)
 
 
 async def get_conversation(request: Request) -> Response:
     owner = await current_member(request, AGENT)
-    found = await inbox(request).conversation(owner.workspace_id, request.path_params["id"])
+    found = await inbox(request).conversation(owner.workspace_id, request.path_params["id"],
+                                              owner.user_id)
     return JSONResponse(inbox_item_json(found))
 
 
@@ -118,8 +124,12 @@ endpoints = [
                     Param("widget_id", "only this widget's", {"type": "string",
                                                               "minLength": 1,
                                                               "maxLength": 64}),
-                    Param("status", "open (not erased) or erased",
+                    Param("status", "open (not erased) or erased; or who answers: bot, "
+                          "waiting (a person was asked for), human, closed",
                           {"type": "string", "enum": list(STATUSES)}),
+                    Param("assignee", "only those this member holds (an account id), or "
+                          "none: those nobody holds", {"type": "string", "minLength": 1,
+                                                       "maxLength": 64}),
                     Param("since", "last activity at or after this moment (ISO 8601; a time "
                           "without a zone is UTC)", _TIME),
                     Param("until", "last activity at or before this moment", _TIME),

@@ -32,11 +32,16 @@ from loacl.domain.conversations import (
 )
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import RecordedEvent
+from loacl.domain.handoff import (
+    AgentMessagePosted,
+    ConversationAssigned,
+    ConversationStateChanged,
+)
 from loacl.domain.privacy import SubjectErased
 from loacl.domain.widgets import ConversationStarted
 from loacl.domain.workspaces import AGENT, MemberRemoved, WorkspaceDeleted, workspace_stream
 from loacl.http.auth import Member, current_member, refuse_cross_site
-from loacl.http.common import accounts
+from loacl.http.common import accounts, handoffs
 from loacl.http.errors import problem, status_for
 from loacl.http.routing import Endpoint, Socket
 from loacl.http.shapes import inbox_item_json, message_json
@@ -55,6 +60,7 @@ CLOSE_SECONDS = 10.0
 OUTBOX_FRAMES = 2000
 NEWS_BUFFER = 5000  # committed events waiting for this socket before it counts as too slow
 OWNED_CACHE = 10_000
+TYPING_BUFFER = 100
 _CONVERSATION_PREFIX = "conversation-"
 
 _encode = msgspec.json.Encoder().encode
@@ -71,8 +77,17 @@ SERVER_FRAMES = (
           "in an auth frame before then)"),
     Frame("conversation", ("conversation",), "a conversation started or changed: its entry as "
           "GET /api/v1/conversations/{id} gives it"),
-    Frame("message", ("conversation_id", "message"), "a visitor's message, or a reply that "
-          "started (status streaming, no text yet), as the transcript gives it"),
+    Frame("message", ("conversation_id", "message"), "a visitor's message, a member's "
+          "(role agent), or a reply that started (status streaming, no text yet), as the "
+          "transcript gives it"),
+    Frame("state", ("conversation_id", "state", "previous", "by", "cause", "assignee"),
+          "who answers a conversation changed: state bot, waiting (a person was asked for), "
+          "human or closed; by visitor, assistant or member:<account id>; cause a code "
+          "(visitor_asked, assistant_asked, taken_over, agent_replied, released, closed, "
+          "reopened); a conversation frame with the new entry follows"),
+    Frame("typing", ("conversation_id", "from", "typing", "name?"),
+          "someone is typing (true) or stopped (false) in a conversation: from visitor or "
+          "agent (another member); never logged"),
     Frame("delta", ("conversation_id", "message_id", "offset", "text"),
           "a reply's text from a character offset"),
     Frame("done", ("conversation_id", "message_id", "status", "length", "message"),
@@ -123,6 +138,20 @@ class OwnerSocket:
         self.renewed = asyncio.Event()
         self.owned: dict[str, bool] = {}
         self.news = self.store.broker.subscribe(self._wanted, NEWS_BUFFER)
+        self.typing: asyncio.Queue[dict[str, Any]] = asyncio.Queue(TYPING_BUFFER)
+
+    def on_typing(self, frame: dict[str, Any]) -> None:
+        # Not this member's own signals; a socket behind on them loses some (a hint only).
+        if frame.get("from") == "agent" and frame.get("member") == self.principal.user_id:
+            return
+        with contextlib.suppress(asyncio.QueueFull):
+            self.typing.put_nowait(frame)
+
+    async def follow_typing(self) -> None:
+        while True:
+            frame = await self.typing.get()
+            if await self._owns(frame["conversation_id"]):
+                self.send({k: v for k, v in frame.items() if k != "member"})
 
     def _wanted(self, recorded: RecordedEvent) -> bool:
         stream = recorded.stream
@@ -178,7 +207,12 @@ class OwnerSocket:
                        "message_id": event.message_id, "offset": event.offset,
                        "text": event.text})
             return
-        if isinstance(event, MessagePosted | AssistantStarted):
+        if isinstance(event, ConversationStateChanged):
+            self.send({"type": "state", "conversation_id": conversation_id,
+                       "state": event.state, "previous": event.previous, "by": event.by,
+                       "cause": event.cause, "assignee": None if event.assignee_id is None
+                       else {"id": event.assignee_id, "name": event.assignee_name}})
+        elif isinstance(event, MessagePosted | AssistantStarted | AgentMessagePosted):
             message = await conversation_views.message(self.store, event.message_id)
             if message is not None:
                 self.send({"type": "message", "conversation_id": conversation_id,
@@ -189,9 +223,10 @@ class OwnerSocket:
                 self.send({"type": "done", "conversation_id": conversation_id,
                            "message_id": event.message_id, "status": message.status,
                            "length": len(message.text), "message": message_json(message)})
-        elif not isinstance(event, ConversationStarted | SubjectErased):
+        elif not isinstance(event, ConversationStarted | SubjectErased | ConversationAssigned):
             return  # files and the like change no entry of the inbox
-        item = await inbox_views.inbox_item(self.store, conversation_id)
+        item = await inbox_views.inbox_item(self.store, conversation_id,
+                                            self.principal.user_id)
         if item is not None:
             self.send({"type": "conversation", "conversation": inbox_item_json(item)})
 
@@ -319,8 +354,10 @@ async def owner_stream(websocket: WebSocket) -> None:
                "workspace_id": principal.workspace_id, "role": principal.role,
                "expires_in": left})
     write = asyncio.create_task(conn.write_frames())
+    stop_typing = handoffs(websocket).typing.listen(None, conn.on_typing)
     others = [asyncio.create_task(conn.read_frames()), asyncio.create_task(conn.ping()),
               asyncio.create_task(conn.follow_news(conn.news)),
+              asyncio.create_task(conn.follow_typing()),
               asyncio.create_task(conn.expire()), asyncio.create_task(conn.closed.wait())]
     try:
         done, _ = await asyncio.wait([write, *others], return_when=asyncio.FIRST_COMPLETED)
@@ -331,6 +368,7 @@ async def owner_stream(websocket: WebSocket) -> None:
                 conn.close(Close.SERVER_ERROR, "server error")
     finally:
         conn.news.close()
+        stop_typing()
         await conn.wind_down(write, others)
 
 

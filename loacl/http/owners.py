@@ -18,6 +18,7 @@ from loacl.domain.assistants import (
     TOOL_TYPES,
     AssistantDefinition,
     ToolDefinition,
+    handoff_tool,
 )
 from loacl.domain.errors import LoaclError
 from loacl.domain.hours import MAX_CLOSED_DATES, MAX_WINDOWS, OfficeHours, Window
@@ -91,6 +92,9 @@ class AssistantBody(Body):
     max_output_tokens: int | None = Field(None, ge=16, le=200_000)
     file_search: FileSearch | None = None
     tools: list[ToolBody] = Field(default_factory=list, max_length=MAX_TOOLS)
+    handoff: bool = Field(False, description="the model may ask for a person from the team "
+                          "(a request_human function tool); the conversation then waits for "
+                          "one and the assistant tells the visitor so")
 
 
 class SettingsBody(Body):
@@ -180,7 +184,7 @@ def _definition(request: Request, body: AssistantBody) -> AssistantDefinition:
                            parameters=t.parameters, url=t.url or "", timeout_ms=t.timeout_ms,
                            status_text=t.status_text, enabled=t.enabled)
             for t in body.tools
-        ),
+        ) + ((handoff_tool(),) if body.handoff else ()),
     )
 
 

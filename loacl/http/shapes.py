@@ -7,7 +7,8 @@ from datetime import datetime
 from typing import Any
 
 from loacl.domain.accounts import display_name
-from loacl.domain.assistants import ToolDefinition
+from loacl.domain.assistants import HANDOFF_TOOL, ToolDefinition
+from loacl.domain.handoff import STATES as HANDOFF_STATES
 from loacl.domain.hours import DAYS, OfficeHours, is_open, next_opening
 from loacl.services.accounts import TokenPair
 from loacl.services.privacy import Export
@@ -34,7 +35,8 @@ def assistant_json(view: AssistantView) -> dict[str, Any]:
         "max_output_tokens": d.max_output_tokens,
         "file_search": {"vector_store_ids": list(d.vector_store_ids)}
         if d.vector_store_ids else None,
-        "tools": [tool_json(t) for t in d.tools],
+        "tools": [tool_json(t) for t in d.tools if t.type != HANDOFF_TOOL],
+        "handoff": d.handoff,
         "version": view.version,
         "created_at": view.created_at,
         "updated_at": view.updated_at,
@@ -123,6 +125,7 @@ def message_json(view: MessageView) -> dict[str, Any]:
         "cursor": str(view.created_seq),
         "created_at": view.created_at,
         "finished_at": view.finished_at,
+        "author_name": view.author_name,
         "feedback": None if view.feedback_rating is None else {
             "rating": view.feedback_rating, "comment": view.feedback_comment or "",
             "at": view.feedback_at,
@@ -160,6 +163,7 @@ def conversation_json(view: ConversationView) -> dict[str, Any]:
         "erased_at": view.erased_at,
         "visitor_name": view.visitor_name,
         "visitor_email": view.visitor_email,
+        "state": view.state,
     }
 
 
@@ -178,6 +182,11 @@ def inbox_item_json(item: InboxItem) -> dict[str, Any]:
         "erased_at": item.erased_at,
         "preview": item.preview_text,
         "preview_role": item.preview_role,
+        "state": item.state,
+        "assignee": None if item.assignee_id is None else {
+            "id": item.assignee_id, "name": item.assignee_name},
+        "waiting_since": item.waiting_since,
+        "unread": item.unread,
         "cursor": str(item.last_activity_seq),
     }
 
@@ -324,6 +333,7 @@ _ASSISTANT = {
         "type": {"type": "string", "enum": ["http", "web_search"]}, "name": _STR,
         "description": _STR, "parameters": {"type": "object"}, "url": _nullable(_STR),
         "timeout_ms": _INT, "status_text": _STR, "enabled": _BOOL})),
+    "handoff": _BOOL,
     "version": _INT, "created_at": _TIME, "updated_at": _TIME,
     # Only in the answer to the change that made a new tool secret (Standard Webhooks'
     # whsec_ form): shown once.
@@ -389,6 +399,8 @@ _WEBHOOK = {
     "created_at": _TIME, "updated_at": _TIME,
 }
 
+_STATE = {"type": "string", "enum": list(HANDOFF_STATES)}
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     # GET /api/v1/conversations/{id}/export (format=json); the ZIP holds the same document.
     "ConversationExport": {
@@ -425,7 +437,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "EmbedCode": _object({"html": _STR, "script_url": _STR, "widget_id": _STR,
                           "versioned_script_url": _STR, "integrity": _STR}),
     "WidgetConfig": _object({
-        "widget_id": _STR, "settings": _ref("WidgetSettings"), "require_identity": _BOOL,
+        "widget_id": _STR, "handoff": _BOOL, "settings": _ref("WidgetSettings"),
+        "require_identity": _BOOL,
         "uploads": _object({"max_size": _INT, "allowed_types": _list(_STR)}),
         "limits": _object({"messages_per_minute": _INT, "max_message_chars": _INT}),
         "availability": _ref("Availability")}),
@@ -435,10 +448,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "user_id": _nullable(_STR)}),
     "Message": _object({
         "id": _STR, "conversation_id": _STR,
-        "role": {"type": "string", "enum": ["user", "assistant"]}, "text": _STR,
+        "role": {"type": "string", "enum": ["user", "assistant", "agent"]}, "text": _STR,
         "status": _STR, "error_code": _nullable(_STR), "reply_to": _nullable(_STR),
         "file_ids": _list(_STR), "client_message_id": _nullable(_STR), "cursor": _STR,
         "created_at": _TIME, "finished_at": _nullable(_TIME),
+        "author_name": _nullable(_STR),
         "feedback": {"oneOf": [{"type": "null"}, _object({
             "rating": {"type": "string", "enum": ["up", "down"]}, "comment": _STR,
             "at": _TIME})]},
@@ -447,12 +461,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     }, optional=("usage",)),
     "MessagePage": _object({"data": _list(_ref("Message")), "conversation_id": _STR,
                             "prev_cursor": _nullable(_STR), "next_cursor": _nullable(_STR)}),
-    "Exchange": _object({"message": _ref("Message"), "reply": _ref("Message")}),
+    "Exchange": _object({"message": _ref("Message"),
+                         "reply": {"oneOf": [{"type": "null"}, _ref("Message")]}}),
     "Conversation": _object({"id": _STR, "visitor_id": _STR, "user_id": _nullable(_STR),
                              "created_at": _TIME, "last_activity_at": _TIME,
                              "message_count": _INT, "erased_at": _nullable(_TIME),
                              "visitor_name": _nullable(_STR),
-                             "visitor_email": _nullable(_STR)}),
+                             "visitor_email": _nullable(_STR), "state": _STATE}),
     "VisitorProfile": _object({"name": _nullable(_STR), "email": _nullable(_STR)}),
     "ConversationPage": _page("Conversation"),
     "InboxConversation": _object({
@@ -461,8 +476,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "created_at": _TIME, "last_activity_at": _TIME, "message_count": _INT,
         "status": {"type": "string", "enum": ["open", "erased"]},
         "erased_at": _nullable(_TIME), "preview": _nullable(_STR),
-        "preview_role": {"type": ["string", "null"], "enum": ["user", "assistant", None]},
+        "preview_role": {"type": ["string", "null"],
+                         "enum": ["user", "assistant", "agent", None]},
+        "state": _STATE,
+        "assignee": {"oneOf": [{"type": "null"}, _object({"id": _STR, "name": _nullable(_STR)})]},
+        "waiting_since": _nullable(_TIME), "unread": _INT,
         "cursor": _STR}),
+    "HandoffState": _object({"state": _STATE, "agent": _nullable(_STR)}),
+    "ReadMark": _object({"conversation_id": _STR, "cursor": _STR, "unread": _INT}),
     "InboxPage": _page("InboxConversation"),
     "Models": _object({
         "data": _list(_object({"id": _STR, "provider": _STR})),

@@ -21,6 +21,7 @@ from loacl.http.errors import loacl_error
 from loacl.http.routing import Endpoint
 from loacl.http.shapes import availability_json, widget_settings_json
 from loacl.http.validation import parse_body
+from loacl.store.views import widgets as widget_views
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -73,8 +74,11 @@ async def config(request: Request) -> Response:
         request.path_params["id"], request.headers.get("origin")
     )
     settings = request.app.state.settings
+    setup = await widget_views.reply_setup(request.app.state.store, widget.widget_id)
     body = {
         "widget_id": widget.widget_id,
+        # The assistant may hand over to people: the widget offers "Talk to a person".
+        "handoff": setup is not None and setup.assistant.handoff,
         "settings": widget_settings_json(widget),
         "require_identity": widget.definition.require_identity,
         "uploads": {
@@ -135,6 +139,6 @@ endpoints = [
         Endpoint("options", f"/api/v1/widgets/{{id}}/{path}", preflight, "CORS preflight",
                  documented=False)
         for path in ("config", "sessions", "messages", "files", "files/{file_id}",
-                     "messages/{message_id}/feedback", "profile")
+                     "messages/{message_id}/feedback", "profile", "handoff")
     ),
 ]

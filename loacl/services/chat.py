@@ -30,6 +30,7 @@ from loacl.providers.base import (
     trim_history,
 )
 from loacl.services.budgets import Budgets
+from loacl.services.handoff import Handoffs
 from loacl.services.limits import Lease, VisitorLimits
 from loacl.services.observer import NO_OBSERVER, ReplyObserver
 from loacl.services.replies import Notice, ReplyStream, Run, reply_error_text, retry_delay
@@ -85,7 +86,7 @@ class Chat:
         self.settings = settings
         self.providers = providers
         self.tools = tools or Tools(settings)
-        self.rounds = ToolRounds(store, self.tools, server_key)
+        self.rounds = ToolRounds(store, self.tools, server_key, self._ask_for_person)
         self.limits = limits or VisitorLimits(settings)
         self.budgets = budgets or Budgets(store, settings)
         self.runs: dict[str, Run] = {}  # by conversation id
@@ -94,6 +95,12 @@ class Chat:
         # TLS context), far more than a reply's first token, and each kept a connection open.
         self._providers: dict[str, Provider] = {}
         self.closing = False
+        self.handoffs: Handoffs | None = None  # wired by create_app (the request_human tool)
+
+    async def _ask_for_person(self, conversation_id: str, reason: str, meta: Metadata) -> None:
+        if self.handoffs is None:
+            raise LoaclError("conflict", "handing over is not wired")
+        await self.handoffs.assistant_asks(conversation_id, reason, meta)
 
     async def interrupt_replies(self) -> None:
         """Shutting down: take no new message, and end every reply in flight as interrupted
@@ -190,6 +197,9 @@ class Chat:
             raise LoaclError("not_found", "no such message")
         return found
 
+    async def has_reply(self, message_id: str) -> bool:
+        return await views.reply_id(self.store, message_id) is not None
+
     async def outcome(self, reply_id: str, run: Run | None = None) -> MessageView:
         """The reply as the visitor is to be told it: as the log holds it, or, when its run has
         ended but the store has not taken the end yet, as the run ended (with the text the end
@@ -227,8 +237,9 @@ class Chat:
 
     async def _replayed(
         self, access: VisitorAccess, client_message_id: str
-    ) -> tuple[MessageView, Run | str] | None:
-        """The first message with this id, and its reply's run (while it streams) or id."""
+    ) -> tuple[MessageView, Run | str | None] | None:
+        """The first message with this id, and its reply's run (while it streams) or id (None:
+        it was kept for a person, with no reply)."""
         first = await views.message_by_client_id(
             self.store, access.conversation_id, client_message_id
         )
@@ -238,18 +249,19 @@ class Chat:
         run = self.runs.get(access.conversation_id)
         if run is not None and run.reply_to == first.message_id:
             return first, run
-        reply_id = await views.reply_id(self.store, first.message_id)
-        assert reply_id is not None  # appended with the message, in one transaction
-        return first, reply_id
+        # Appended with the message, in one transaction; none while a person answers.
+        return first, await views.reply_id(self.store, first.message_id)
 
     async def post(
         self, access: VisitorAccess, text: str, file_ids: tuple[str, ...],
         client_message_id: str | None, meta: Metadata,
-    ) -> tuple[MessageView, Run | str, bool]:
+    ) -> tuple[MessageView, Run | str | None, bool]:
         """Record the visitor's message and start the reply.
 
-        Returns the message, the run (or, for a resend, the reply's id) and whether this call
-        started it. A resend with the same ``client_message_id`` writes nothing.
+        Returns the message, the run (or, for a resend, the reply's id; None when a person
+        is asked for or answers: the message is kept for them and the assistant is not asked)
+        and whether this call recorded it. A resend with the same ``client_message_id``
+        writes nothing.
         """
         text = domain.checked_message(
             text, file_ids, client_message_id, self.settings.max_message_chars
@@ -278,6 +290,9 @@ class Chat:
         except BaseException:
             slot.release()
             raise
+        if isinstance(started, MessageView):  # kept for a person: no reply
+            slot.release()
+            return started, None, True
         if not isinstance(started, Run):  # an idempotent replay won the race
             slot.release()
             return started[0], started[1], False
@@ -316,10 +331,11 @@ class Chat:
         self, access: VisitorAccess, text: str, file_ids: tuple[str, ...],
         client_message_id: str | None, meta: Metadata, assistant_id: str,
         assistant: AssistantDefinition, slot: Lease,
-    ) -> Run | tuple[MessageView, Run | str]:
+    ) -> Run | MessageView | tuple[MessageView, Run | str | None]:
         """Append the message and the reply's start, and start streaming the reply, for which
-        the caller has taken the widget's ``slot`` (``_run`` gives it back); or, when a resend
-        won the race, the first message and its reply."""
+        the caller has taken the widget's ``slot`` (``_run`` gives it back); or only the
+        message, while a person is asked for or answers; or, when a resend won the race, the
+        first message and its reply."""
         state, version = await self._load(access.conversation_id)
         message_id, reply_id = new_id(), new_id()
         events = domain.post_message(
@@ -343,12 +359,14 @@ class Chat:
                     "wait for the current answer to finish before asking again",
                 ) from None
             raise
-        first = recorded[0].event
-        assert isinstance(first, domain.MessagePosted)
+        first = next(r.event for r in recorded
+                     if isinstance(r.event, domain.MessagePosted))
         if first.message_id != message_id:  # an idempotent replay won the race
             found = await self._replayed(access, client_message_id or "")
             assert found is not None
             return found
+        if not any(isinstance(e, domain.AssistantStarted) for e in events):
+            return await self.message(message_id)
         run = Run(access.conversation_id, reply_id, message_id, widget_id=access.widget_id)
         self.runs[access.conversation_id] = run
         scope = ToolScope(assistant_id, access.user_id)
@@ -372,8 +390,11 @@ class Chat:
     async def _history(self, conversation_id: str) -> list[Turn]:
         messages = await views.history(self.store, conversation_id)
         files = await self._attachments({f for m in messages for f in m.file_ids})
+        # A member's messages are the answering side's, as the assistant's are: after a
+        # release the model reads what the person told the visitor.
         turns = [
-            Turn(m.role, m.text, tuple(files[f] for f in m.file_ids))
+            Turn("assistant" if m.role == "agent" else m.role, m.text,
+                 tuple(files[f] for f in m.file_ids))
             for m in messages
             if not (m.role == "assistant" and (m.status == "streaming" or not m.text))
         ]
@@ -484,7 +505,7 @@ class Chat:
                     if logged is not None:
                         await logged
                         logged = None
-                    if not result.calls or secret is None:
+                    if not result.calls or (secret is None and not assistant.handoff):
                         return
                     waiting.cancel()  # the visitor hears of the tools instead
                     made = await self.rounds.make(

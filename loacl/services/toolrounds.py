@@ -4,7 +4,9 @@ next request to the provider carries (see :meth:`loacl.services.chat.Chat._strea
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import json
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,15 +14,17 @@ import structlog
 
 from loacl.domain import conversations as domain
 from loacl.domain.assistants import (
+    HANDOFF_TOOL,
     Assistant,
     AssistantDefinition,
     assistant_stream,
     evolve_assistant,
 )
+from loacl.domain.events import Metadata
 from loacl.domain.widgets import conversation_stream
-from loacl.providers.base import ReplyResult, ToolRound
+from loacl.providers.base import ReplyResult, ToolCall, ToolRound
 from loacl.services.replies import Notice, ReplyStream, Run
-from loacl.services.tools import CallContext, Tools, bounded, tool_secret
+from loacl.services.tools import CallContext, Outcome, Tools, bounded, tool_secret
 from loacl.store.eventstore import EventStore
 
 log = structlog.get_logger(__name__)
@@ -34,16 +38,36 @@ class ToolScope:
     user_id: str | None
 
 
+# The model asked for a person (conversation id, reason, metadata): the conversation waits.
+AskForPerson = Callable[[str, str, Metadata], Awaitable[object]]
+HANDED_OVER = json.dumps({
+    "status": "ok", "state": "waiting",
+    "note": "A person from the team has been asked to join. Tell the visitor, in your own "
+            "words, that a person will answer here soon; do not call request_human again.",
+})
+
+
+def _reason(arguments: str) -> str:
+    try:
+        found = json.loads(arguments)
+    except ValueError:
+        return ""
+    reason = found.get("reason") if isinstance(found, dict) else None
+    return reason if isinstance(reason, str) else ""
+
+
 class ToolRounds:
-    def __init__(self, store: EventStore, tools: Tools, server_key: str) -> None:
+    def __init__(self, store: EventStore, tools: Tools, server_key: str,
+                 ask_for_person: AskForPerson | None = None) -> None:
         self.store = store
         self.tools = tools
         self._server_key = server_key.encode()
+        self.ask_for_person = ask_for_person
 
     async def make(
         self, run: Run, assistant: AssistantDefinition, reply: ReplyStream,
         result: ReplyResult, scope: ToolScope, number: int, text: str, may_call: bool,
-        time_left: float, secret: Awaitable[str],
+        time_left: float, secret: Awaitable[str] | None,
     ) -> tuple[ToolRound, asyncio.Future[Any]] | None:
         """Make the calls of round ``number`` at once and log each call and its result; the
         round to send back and the append of its results, under way (the next request need
@@ -71,11 +95,20 @@ class ToolRounds:
             tool = tools.get(call.name)
             run.notice(Notice("tool", tool=call.name,
                               text=tool.status_text if tool is not None else ""))
-        context = CallContext(
-            scope.assistant_id, run.conversation_id, run.message_id, scope.user_id,
-            await secret,
-        )
-        outcomes = await self.tools.run(tools, calls, context, time_left)
+        person = [c for c in calls if c.name == HANDOFF_TOOL and assistant.handoff]
+        others = [c for c in calls if c not in person]
+        made: dict[str, Outcome] = {}
+        if others:
+            context = CallContext(
+                scope.assistant_id, run.conversation_id, run.message_id, scope.user_id,
+                await secret if secret is not None else "",
+            )
+            made = dict(zip((c.call_id for c in others),
+                            await self.tools.run(tools, others, context, time_left),
+                            strict=True))
+        for call in person:
+            made[call.call_id] = await self._ask_for_person(run, call, reply)
+        outcomes = [made[c.call_id] for c in calls]
         run.state = None  # the tools are done; a tab joining now waits for text
         # Queued now, so it lands before anything the reply appends later.
         logged = asyncio.ensure_future(self.store.append(stream, [
@@ -85,6 +118,17 @@ class ToolRounds:
             for c, o in zip(calls, outcomes, strict=True)
         ], metadata=reply.meta))
         return ToolRound(text, tuple(calls), tuple(o.output for o in outcomes)), logged
+
+    async def _ask_for_person(self, run: Run, call: ToolCall, reply: ReplyStream) -> Outcome:
+        """The model's ``request_human``: the conversation waits for a person (from the next
+        message on, the assistant does not answer); the model is told to say so."""
+        if self.ask_for_person is None:
+            return Outcome("refused", json.dumps({"error": "no one can be asked here"}))
+        begun = time.monotonic()
+        await self.ask_for_person(run.conversation_id, _reason(call.arguments), reply.meta)
+        log.info("chat.person_asked_for", message_id=run.message_id)
+        return Outcome("ok", HANDED_OVER,
+                       duration_ms=round((time.monotonic() - begun) * 1000))
 
     async def secret(self, assistant_id: str) -> str:
         """The secret that signs the assistant's calls now (read once per reply, while the

@@ -46,6 +46,7 @@ from loacl.domain import webhooks as domain
 from loacl.domain.conversations import AssistantCompleted, AssistantFailed, MessagePosted
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata, RecordedEvent
+from loacl.domain.handoff import CLOSED, WAITING, ConversationStateChanged
 from loacl.domain.privacy import OWNER, is_erased, subject
 from loacl.domain.widgets import ConversationStarted
 from loacl.domain.workspaces import MemberJoined, MemberRemoved, MemberRoleChanged
@@ -75,8 +76,20 @@ SOURCES = {
     MemberJoined.event_type: "member.changed",
     MemberRoleChanged.event_type: "member.changed",
     MemberRemoved.event_type: "member.changed",
+    ConversationStateChanged.event_type: "",  # by the new state: see _kind
 }
 MEMBER = "member.changed"
+# A state change is news to a webhook when the conversation starts waiting or is closed.
+_STATE_KINDS = {WAITING: "handoff.requested", CLOSED: "conversation.closed"}
+
+
+def _kind(recorded: RecordedEvent) -> str | None:
+    event = recorded.event
+    if isinstance(event, ConversationStateChanged):
+        return _STATE_KINDS.get(event.state)
+    return SOURCES[recorded.type]
+
+
 TEST = "webhook.test"
 ROTATION_GRACE = timedelta(days=1)  # the secret before a rotation still signs this long
 BACKOFF_CAP = 3600.0
@@ -329,7 +342,9 @@ class Webhooks:
             owner = owners.get(conversation_id)
             if owner is None or owner.owner_id is None:
                 continue
-            kind = SOURCES[recorded.type]
+            kind = _kind(recorded)
+            if kind is None:
+                continue
             for listener in listening.get(owner.owner_id, ()):
                 # An endpoint hears of what happened after it was registered, never before.
                 if kind in listener.event_types and recorded.seq > created[listener.webhook_id]:
@@ -422,6 +437,11 @@ def _data(
         data |= {"message_id": event.message_id, "code": event.code}
         if personal:
             data |= _text(event.text)
+    elif isinstance(event, ConversationStateChanged):
+        data |= {"state": event.state, "previous": event.previous, "by": event.by,
+                 "cause": event.cause}
+        if personal:  # the reason may repeat the visitor's words
+            data["reason"] = None if is_erased(event.reason) else event.reason
     return data
 
 

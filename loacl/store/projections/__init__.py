@@ -62,6 +62,7 @@ def default_projections() -> Projections:
     from loacl.store.projections import (
         accounts,
         conversations,
+        handoff,
         privacy,
         webhooks,
         widgets,
@@ -73,6 +74,7 @@ def default_projections() -> Projections:
     projections.include(workspaces.projections)
     projections.include(widgets.projections)
     projections.include(conversations.projections)
+    projections.include(handoff.projections)
     projections.include(privacy.projections)
     projections.include(webhooks.projections)
     return projections
