@@ -406,8 +406,22 @@ def test_a_database_from_before_workspaces_migrates_whole(tmp_path: Path) -> Non
         assert site.http.get(f"/api/v1/widgets/{widgets[0]['id']}",
                              headers=second).status_code == 404
         for table in OLD_TABLES:
-            if table != "sessions":  # the logins above started sessions
-                assert rows(database, table) == before[table], table
+            if table not in ("sessions", "widgets"):  # the logins above started sessions
+                # Later migrations add columns (the handoff's state, a message's author): the
+                # columns there were keep their values.
+                width = len(before[table][0]) if before[table] else 0
+                assert [r[:width] for r in rows(database, table)] == before[table], table
+        # Widget rows from before widget events v4 gain office_hours (null), as a replay
+        # writes them (migration 0016); nothing else of them changes.
+        index = [d[0] for d in sqlite3.connect(database).execute(
+            "SELECT * FROM widgets LIMIT 0").description].index("definition")
+        now = rows(database, "widgets")
+        assert len(now) == len(before["widgets"]) == 2  # the demo's and the old owner's
+        for widget_row, old_widget in zip(now, before["widgets"], strict=True):
+            assert json.loads(widget_row[index]) == {**json.loads(old_widget[index]),
+                                                     "office_hours": None}
+            assert widget_row[:index] + widget_row[index + 1:len(old_widget)] == (
+                old_widget[:index] + old_widget[index + 1:])
         members = rows(database, "workspace_members")
         assert sorted((m[0], m[1], m[2]) for m in members) == sorted(
             (u[0], u[0], "owner") for u in before["users"])
@@ -416,7 +430,4 @@ def test_a_database_from_before_workspaces_migrates_whole(tmp_path: Path) -> Non
                               json={"email": "second@example.com", "role": "agent"},
                               headers=owner)
         assert made.status_code == 201
-        # widgets: a row written before widget events v4 holds no office_hours key in its
-        # definition, which the v4 upcaster adds on replay (null); no migration rewrites the
-        # old rows, so that table is not compared here.
-        assert_replay_equals_live(settings, skip=("widgets",))
+        assert_replay_equals_live(settings)
