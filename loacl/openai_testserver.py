@@ -15,7 +15,9 @@ buckets by its hash, normalised, so texts sharing words are near; a test may pin
 exact text (:attr:`OpenAITestServer.vectors`) to make two texts near that share no word.
 
 Each request to a text endpoint takes the next scripted :class:`Turn` (FIFO), or the default: a
-deterministic reply derived from the last user text (``echo:<text>`` answers ``<text>``). A turn
+deterministic reply derived from the last user text (``echo:<text>`` answers ``<text>``), unless the
+instructions (or a system message) hold a line ``Always answer: <text>``, which is then the answer:
+a way to see instructions followed. A turn
 carries at most one :class:`Fault`. Tests script turns in-process (:meth:`OpenAITestServer.script`)
 and read what LOACL sent (:attr:`OpenAITestServer.requests`); another process does the same over
 HTTP (``POST /_admin/script``, ``GET /_admin/requests``, ``POST /_admin/reset``).
@@ -243,8 +245,16 @@ def split_deltas(text: str, size: int = 6) -> list[str]:
     return re.findall(rf"\s*\S{{1,{size}}}|\s+$", text)
 
 
-def default_reply(user_text: str, file_names: Sequence[str] = ()) -> str:
+_ALWAYS = re.compile(r"^\s*always answer:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+def default_reply(
+    user_text: str, file_names: Sequence[str] = (), instructions: str = ""
+) -> str:
     """The deterministic answer when no reply is scripted."""
+    ordered = _ALWAYS.search(instructions)
+    if ordered:
+        return ordered.group(1)
     if user_text.startswith("echo:"):
         return user_text[len("echo:") :]
     said = user_text.strip() or "(nothing)"
@@ -1247,7 +1257,8 @@ class OpenAITestServer:
             text = tool_reply(outputs)
         elif text is None:
             user_text = "\n".join(_part_texts(last, frozenset({"input_text"})))
-            text = default_reply(user_text, self._file_names(_file_ids(last)))
+            text = default_reply(user_text, self._file_names(_file_ids(last)),
+                                 str(body.get("instructions") or ""))
         plan = self._plan(turn, text, body.get("max_output_tokens"))
         return await self._answer(request, body, plan, wire)
 
@@ -1269,7 +1280,10 @@ class OpenAITestServer:
             text = tool_reply(outputs)
         elif text is None:
             last = _last_user_content(messages)
-            text = default_reply("\n".join(_part_texts(last, frozenset({"text"}))))
+            system = "\n".join(
+                m["content"] for m in messages if isinstance(m, dict)
+                and m.get("role") in ("system", "developer") and isinstance(m.get("content"), str))
+            text = default_reply("\n".join(_part_texts(last, frozenset({"text"}))), (), system)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         plan = self._plan(turn, text, limit if isinstance(limit, int) else None)
         return await self._answer(request, body, plan, wire)

@@ -270,6 +270,10 @@ class Settings(BaseModel):
         48_000, ge=1000, description="History sent with each turn, in characters (oldest first "
         "dropped)."
     )
+    preview_messages_per_minute: int = Field(
+        20, ge=1, le=600, description="Messages an owner may send per minute to the console's "
+        "preview of an assistant (replies that are not stored, from the provider all the same)."
+    )
     max_message_chars: int = Field(
         4000, ge=1, le=100_000, description="Longest message a visitor may send."
     )
@@ -299,7 +303,7 @@ class Settings(BaseModel):
     tools_allow_private_networks: bool = Field(
         False, description="Let tools call loopback, private, link-local and other internal "
         "addresses (refused by default: a tool URL must not reach into the server's network). "
-        "Also lets them use plain http."
+        "Also lets them use plain http. The cloud metadata address stays refused."
     )
     knowledge_max_upload_size: int = Field(
         20 * 1024 * 1024, ge=1, le=1024 * 1024 * 1024, description="Largest knowledge "
@@ -330,6 +334,11 @@ class Settings(BaseModel):
     ws_coalesce_ms: int = Field(
         5, ge=0, le=1000, description="A streaming WebSocket gets a reply's new text at most "
         "once per window, in one frame; 0 sends each piece as it arrives."
+    )
+    typing_interval_seconds: float = Field(
+        2.0, gt=0, le=600, description="Typing indicators (visitor to team, member to visitor) "
+        "are passed on at most once per this many seconds per person and conversation; a "
+        "member's `POST .../typing` sooner is refused with 429."
     )
     ws_ping_seconds: float = Field(
         20.0, gt=0, le=600, description="Seconds between pings on a streaming WebSocket."
@@ -512,7 +521,8 @@ class Settings(BaseModel):
 
     outbound_allow_private: bool = Field(
         False, description="Let webhooks reach private, loopback and link-local addresses "
-        "(an endpoint on the same network). Off: refused, with the cloud metadata address.",
+        "(an endpoint on the same network). Off: refused. The cloud metadata address is refused "
+        "either way.",
     )
     outbound_allow_http: bool = Field(
         False, description="Let webhooks use plain `http://` URLs. Off: `https://` only.",
@@ -528,6 +538,11 @@ class Settings(BaseModel):
     webhook_retry_base_seconds: float = Field(
         5, gt=0, le=3600, description="The first retry's delay; each next one doubles it, up "
         "to an hour.",
+    )
+    webhook_concurrency: int = Field(
+        64, ge=1, le=256, description="Webhook deliveries sent at once (across endpoints; one "
+        "at a time per conversation, in order). Deliveries beyond it wait their turn: at 16, "
+        "a burst of conversations queued for a second or more.",
     )
     webhook_disable_after: int = Field(
         30, ge=1, le=10_000, description="Failed deliveries in a row after which an endpoint "

@@ -391,7 +391,8 @@ def test_login(world: World, req: Req, status: int, code: str | None,
                events: list[str]) -> None:
     body = check(world, req, status, code, events)
     if status == 200:
-        assert set(body) == {"access_token", "token_type", "expires_in", "refresh_token"}
+        assert set(body) == {"access_token", "token_type", "expires_in", "refresh_token",
+                             "workspace_id"}
         assert body["token_type"] == "bearer"
         assert body["expires_in"] == world.settings.access_token_expire_minutes * 60
         claims = jwt.decode(body["access_token"], OctKey.import_key(SECRET)).claims

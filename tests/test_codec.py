@@ -57,6 +57,13 @@ from loacl.domain.conversations import (
 )
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import EVENT_TYPES, Event, Metadata
+from loacl.domain.handoff import (
+    AgentMessagePosted,
+    ConversationAssigned,
+    ConversationRead,
+    ConversationStateChanged,
+)
+from loacl.domain.hours import OfficeHours, Window
 from loacl.domain.knowledge import (
     DocumentDeleted,
     DocumentFailed,
@@ -92,6 +99,18 @@ GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("LOACL_UPDATE_GOLDEN") == "1"
 _GOLDEN_NAME = re.compile(r"^(?P<type>.+)\.v(?P<version>\d+)\.json$")
 
+from loacl.domain.accounts import UserRenamed  # noqa: E402
+from loacl.domain.workspaces import (  # noqa: E402
+    InviteRevoked,
+    MemberInvited,
+    MemberJoined,
+    MemberRemoved,
+    MemberRoleChanged,
+    WorkspaceCreated,
+    WorkspaceDeleted,
+    WorkspaceRenamed,
+)
+
 WHEN = datetime(2030, 5, 17, 8, 30, 15, 123456, tzinfo=UTC)
 ASSISTANT = AssistantDefinition(
     name="Support «bot»", provider="openai", model="gpt-4.1-mini",
@@ -119,6 +138,12 @@ WIDGET = WidgetDefinition(
     messages_per_minute=20, enabled=False, require_identity=True,
     budget=WidgetBudget(daily_tokens=50_000, monthly_tokens=0, daily_cost=None,
                         monthly_cost=12.5),
+    office_hours=OfficeHours(
+        timezone="Europe/Berlin",
+        windows=(Window(day="mon", opens="09:00", closes="17:30"),
+                 Window(day="sat", opens="22:00", closes="24:00")),
+        closed_dates=("2026-12-25",),
+    ),
 )
 
 WEBHOOK = WebhookDefinition(
@@ -136,6 +161,18 @@ SAMPLES: dict[str, Event] = {
             password_hash="$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA",
         ),
         EmailVerified(user_id="usr_01J9Z3"),
+        UserRenamed(user_id="usr_01J9Z3", name="Zoë from support"),
+        WorkspaceCreated(workspace_id="ws_5T", name="Ångström & Co", created_by="usr_01J9Z3"),
+        WorkspaceRenamed(workspace_id="ws_5T", name="Support team"),
+        WorkspaceDeleted(workspace_id="ws_5T"),
+        MemberInvited(
+            workspace_id="ws_5T", invite_id="inv_2", email="zoë@example.com", role="agent",
+            token_hash="ab12", invited_by="usr_01J9Z3", expires_at=WHEN,
+        ),
+        InviteRevoked(workspace_id="ws_5T", invite_id="inv_2"),
+        MemberJoined(workspace_id="ws_5T", user_id="usr_8B", role="admin", invite_id="inv_3"),
+        MemberRoleChanged(workspace_id="ws_5T", user_id="usr_8B", role="owner"),
+        MemberRemoved(workspace_id="ws_5T", user_id="usr_8B", reason="left"),
         PasswordChanged(
             user_id="usr_01J9Z3", password_hash="$argon2id$v=19$m=65536,t=3,p=4$bmV3$bmV3",
             reason="reset",
@@ -213,6 +250,19 @@ SAMPLES: dict[str, Event] = {
         ReplyCited(message_id="msg_2R", citations=(
             Citation(number=1, document_id="doc_7K", document="Preise «2026».pdf", page=2,
                      passage="Versand ab Leeds."),)),
+        ConversationStateChanged(
+            conversation_id="cnv_5T", state="waiting", previous="bot", by="assistant",
+            cause="assistant_asked", reason="Le client veut un remboursement — «vite»",
+            assignee_id="usr_01J9Z3", assignee_name="zoë",
+        ),
+        ConversationAssigned(conversation_id="cnv_5T", assignee_id="usr_01J9Z3",
+                             assignee_name="Zoë Ångström", by="member:usr_01J9Z3"),
+        AgentMessagePosted(
+            conversation_id="cnv_5T", message_id="msg_5", author_id="usr_01J9Z3",
+            author_name="Zoë Ångström", text="Je regarde votre commande 📦",
+            client_message_id="a-1",
+        ),
+        ConversationRead(conversation_id="cnv_5T", member_id="usr_01J9Z3", up_to=42),
     ]
 }
 

@@ -56,7 +56,7 @@ def test_login_sets_the_cookie_and_leaves_the_token_out_of_the_body(
     response = login(http, **SAME)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"access_token", "token_type", "expires_in"}
+    assert set(body) == {"access_token", "token_type", "expires_in", "workspace_id"}
     assert response.headers["cache-control"] == "no-store"
     token, flags = refresh_cookie(response)
     assert len(token) >= 40

@@ -28,12 +28,20 @@ import httpx
 import pytest
 
 from loacl.http.app import create_app
+from loacl.openai_testserver import OpenAITestServer
 from loacl.settings import Settings
 from tests.live import OPEN_LIMITS, serve
 from tests.test_widget import CHROMIUM, CHROMIUM_ARGS, HostSite, _need_chromium, host_site
 
 try:
-    from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
+    from playwright.sync_api import (
+        Browser,
+        FrameLocator,
+        Page,
+        ViewportSize,
+        expect,
+        sync_playwright,
+    )
 except ImportError:  # pragma: no cover - the test extra installs it
     sync_playwright = None  # type: ignore[assignment]
 
@@ -365,6 +373,7 @@ def test_every_page_is_accessible_in_both_themes(
         "forgot": ("/console/forgot", "Reset your password"),
         "reset": ("/console/reset?token=not-a-real-token", "Set a new password"),
         "verify": ("/console/verify?token=not-a-real-token", "Verify your e-mail address"),
+        "invite": ("/console/invite?token=not-a-real-token", "Join a workspace"),
     }
     report: dict[str, list[dict[str, Any]]] = {}
 
@@ -394,6 +403,7 @@ def test_every_page_is_accessible_in_both_themes(
         "widget-new": ("/console/widgets/new", "New widget"),
         "inbox": ("/console/inbox", "Inbox"),
         "usage": ("/console/usage", "Usage"),
+        "members": ("/console/members", "Members"),
         "account": ("/console/account", "Account"),
     }
     for name, (path, title) in private.items():
@@ -401,7 +411,13 @@ def test_every_page_is_accessible_in_both_themes(
         page.evaluate("(path) => { history.pushState(null, '', path);"
                       " dispatchEvent(new PopStateEvent('popstate')); }", path)
         heading(page, title)
-        page.wait_for_load_state("networkidle")
+        if name.endswith("-new"):
+            # A page with a preview frame: ready when the real widget shows in it (the frame's
+            # own loading makes "network idle" a poor sign there, late on a loaded machine).
+            frame = page.frame_locator(".preview iframe")
+            frame.locator("loacl-chat h2").wait_for(state="attached")
+        else:
+            page.wait_for_load_state("networkidle")
         check(name)
     assert assistant and widget
     # The same in Arabic, right to left.
@@ -456,3 +472,228 @@ def test_the_account_changes_the_password_ends_sessions_and_deletes_itself(
     gone = httpx.post(f"{loacl.url}/api/v1/auth/login", timeout=10, json={
         "email": "account@example.com", "password": "another good passphrase"})
     assert gone.status_code == 401
+
+
+def test_an_owner_invites_someone_who_joins_from_the_mailed_link(
+    loacl: Loacl, new_page: Callable[..., Page]
+) -> None:
+    owner = new_page()
+    sign_up_and_log_in(loacl, owner, "team-owner@example.com")
+    owner.get_by_role("link", name="Members").click()
+    owner.get_by_role("heading", level=1, name=re.compile("^Members")).wait_for()
+    owner.get_by_label("E-mail address").fill("sam@example.com")
+    owner.get_by_label("Role", exact=True).select_option("agent")
+    owner.get_by_role("button", name="Send the invite").click()
+    owner.get_by_text("We mailed an invite to sam@example.com.").wait_for()
+    owner.get_by_role("listitem").filter(has_text="sam@example.com").wait_for()
+    shots(owner, "members")
+
+    body = loacl.next_mail("sam@example.com").get_body(("plain",))
+    assert body is not None
+    found = re.search(r"https?://\S+/console/invite\?token=(\S+)", body.get_content())
+    assert found, body.get_content()
+    sam = new_page()  # another browser: nothing shared with the owner's
+    sam.goto(f"{loacl.url}/console/invite?token={found.group(1)}")
+    heading(sam, "Join a workspace")
+    assert "token" not in sam.url  # the one-time token leaves the address bar
+    sam.get_by_label("Name (optional)").fill("Sam")
+    sam.get_by_label("New password").fill(PASSWORD)
+    sam.get_by_role("button", name="Create my account and join").click()
+    heading(sam, "Inbox")
+    nav = sam.get_by_role("navigation")
+    expect(nav.get_by_role("link", name="Inbox")).to_be_visible()
+    expect(nav.get_by_role("link", name="Widgets")).to_have_count(0)  # not for an agent
+    expect(nav.get_by_role("link", name="Usage")).to_have_count(0)
+    switcher = sam.get_by_label("Workspace")
+    expect(switcher.locator("option")).to_have_count(2)  # their own, and the one joined
+
+    owner.reload()
+    owner.get_by_role("heading", level=1, name=re.compile("^Members")).wait_for()
+    row = owner.locator("tr").filter(has_text="sam@example.com")
+    expect(row).to_contain_text("Sam")
+    owner.get_by_label("Role of Sam").select_option("admin")
+    expect(owner.get_by_label("Role of Sam")).to_have_value("admin")
+    row.get_by_role("button", name="Remove").click()
+    owner.get_by_role("group").get_by_role("button", name="Remove").click()
+    expect(owner.locator("tr").filter(has_text="sam@example.com")).to_have_count(0)
+    expect(owner.get_by_role("listitem").filter(has_text="sam@example.com")).to_have_count(0)
+
+    # Sam's console was in the owner's workspace: the next request finds them out of it, and
+    # the console carries on in their own.
+    sam.get_by_role("link", name="Members").click()
+    sam.get_by_role("heading", level=1, name=re.compile("^Members")).wait_for()
+    expect(sam.locator("tr").filter(has_text="team-owner@example.com")).to_have_count(0)
+    expect(sam.get_by_label("Workspace")).to_have_count(0)  # one workspace left
+
+
+# -- the assistant editor's preview chat ----------------------------------------------------------
+
+
+@pytest.fixture
+def loacl_openai(
+    tmp_path: Path, host_site: HostSite, openai_server: tuple[OpenAITestServer, str]
+) -> Iterator[Loacl]:
+    """A LOACL whose provider is the OpenAI test server (it answers an instruction line
+    ``Always answer: ...``), for a preview that must follow the instructions being edited."""
+    _need_chromium()
+    openai_server[0].reset()
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'loacl.db'}", data_dir=tmp_path / "data",
+        log_format="text", log_level="warning", argon2_time_cost=1, argon2_memory_kib=64,
+        argon2_parallelism=1, demo_widget=False, openai_api_key="sk-test",
+        openai_base_url=f"{openai_server[1]}/v1", **OPEN_LIMITS,
+    )
+    with serve(create_app(settings)) as url:
+        yield Loacl(url, settings, host_site)
+
+
+def preview_ask(frame: FrameLocator, text: str, n: int) -> str:
+    """Ask in the preview's widget; its ``n``-th answer (1-based) once finished."""
+    frame.locator("loacl-chat textarea").fill(text)
+    frame.locator("loacl-chat textarea").press("Enter")
+    done = frame.locator(f"loacl-chat .g .m.b[aria-busy='false'] >> nth={n - 1}")
+    done.wait_for()
+    return done.inner_text().strip()
+
+
+def test_the_preview_chat_follows_unsaved_instructions(
+    loacl_openai: Loacl, new_page: Callable[..., Page],
+    openai_server: tuple[OpenAITestServer, str],
+) -> None:
+    loacl = loacl_openai
+    page = new_page()
+    sign_up_and_log_in(loacl, page, "preview@example.com")
+    page.get_by_role("link", name="Assistants").click()
+    page.get_by_role("link", name="New assistant").click()
+    heading(page, "New assistant")
+    page.get_by_label("Name", exact=True).fill("Pirate")
+    page.get_by_label("Model").select_option("openai:gpt-4o-mini")
+    page.get_by_label("Instructions").fill("Answer briefly.")
+    page.get_by_role("button", name="Create").click()
+    heading(page, "Pirate")
+    assistant_id = page.url.rsplit("/", 1)[1]
+    page.get_by_role("heading", name="Preview chat").wait_for()
+    frame = page.frame_locator("iframe[title='Preview chat']")
+    frame.locator("loacl-chat .s:not([disabled])").wait_for()
+    # Edited, not saved: the preview answers as the text in the form says.
+    page.get_by_label("Instructions").fill("Always answer: Ahoy from the draft!")
+    assert preview_ask(frame, "Who are you?", 1) == "Ahoy from the draft!"
+    page.get_by_label("Instructions").fill("Always answer: Arr, changed again.")
+    assert preview_ask(frame, "And now?", 2) == "Arr, changed again."
+    sent = openai_server[0].requests_to("responses")[-1].json
+    assert sent["instructions"] == "Always answer: Arr, changed again."
+    assert [m["role"] for m in sent["input"]] == ["user", "assistant", "user"]
+    shots(page, "assistant-preview")
+    # Nothing was saved, and nothing was stored: the assistant is as created, no conversation.
+    token = httpx.post(f"{loacl.url}/api/v1/auth/login", json={
+        "email": "preview@example.com", "password": PASSWORD}).json()["access_token"]
+    owner = {"Authorization": f"Bearer {token}"}
+    saved = httpx.get(f"{loacl.url}/api/v1/assistants/{assistant_id}", headers=owner).json()
+    assert saved["instructions"] == "Answer briefly."
+    inbox = httpx.get(f"{loacl.url}/api/v1/conversations", headers=owner)
+    assert inbox.status_code == 200 and inbox.json()["data"] == []
+
+
+# -- a forgotten password, a visitor's file, searching the inbox ----------------------------------
+
+
+def reset_link(loacl: Loacl, message: EmailMessage) -> str:
+    """The mail's link to the console's reset page, on this server's address."""
+    body = message.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    link = re.search(r"(https?://\S+?)(/console/reset\?token=\S+)", text)
+    assert link, text
+    return loacl.url + link.group(2)
+
+
+def test_a_forgotten_password_is_reset_through_the_mailed_link(
+    loacl: Loacl, new_page: Callable[..., Page]
+) -> None:
+    address = "forgetful@example.com"
+    page = new_page()
+    sign_up_and_log_in(loacl, page, address)
+    page.get_by_role("button", name="Log out").click()
+    heading(page, "Log in")
+    page.get_by_role("link", name="Forgot your password?").click()
+    heading(page, "Reset your password")
+    page.get_by_label("E-mail address").fill(address)
+    page.get_by_role("button", name="Send the reset link").click()
+    page.get_by_role("status").filter(has_text="we sent it a link").wait_for()
+    shots(page, "forgot-sent")
+    page.goto(reset_link(loacl, loacl.next_mail(address)))
+    heading(page, "Set a new password")
+    assert "token" not in page.url  # the one-time token leaves the address bar
+    page.get_by_label("New password").fill("a brand new passphrase")
+    page.get_by_role("button", name="Set the password").click()
+    page.get_by_role("status").filter(has_text="Your password is set").wait_for()
+    shots(page, "reset-done")
+    # The old password no longer opens the account; the new one does.
+    old = httpx.post(f"{loacl.url}/api/v1/auth/login", json={"email": address,
+                                                              "password": PASSWORD})
+    assert old.status_code == 401
+    page.get_by_role("link", name="Log in").click()
+    heading(page, "Log in")
+    page.get_by_label("E-mail address").fill(address)
+    page.get_by_label("Password").fill("a brand new passphrase")
+    page.get_by_role("button", name="Log in").click()
+    heading(page, "Widgets")
+
+
+def visitor_says(loacl: Loacl, widget_id: str, text: str,
+                 file: tuple[str, bytes] | None = None) -> None:
+    """A visitor on the host site asks ``text`` (with a file), through the widget's API."""
+    origin = {"Origin": loacl.host.origin}
+    base = f"{loacl.url}/api/v1/widgets/{widget_id}"
+    with httpx.Client(timeout=30) as http:
+        session = http.post(f"{base}/sessions", json={}, headers=origin)
+        assert session.status_code == 201, session.text
+        headers = {**origin, "Authorization": f"Bearer {session.json()['visitor_token']}"}
+        file_ids = []
+        if file is not None:
+            uploaded = http.post(f"{base}/files", headers=headers,
+                                 files={"file": (file[0], file[1], "text/plain")})
+            assert uploaded.status_code == 201, uploaded.text
+            file_ids.append(uploaded.json()["id"])
+        asked = http.post(f"{base}/messages", headers=headers,
+                          json={"text": text, "file_ids": file_ids})
+        assert asked.status_code in (200, 201), asked.text
+
+
+def test_a_visitors_file_downloads_from_the_conversation_and_the_inbox_searches_text(
+    loacl: Loacl, new_page: Callable[..., Page], tmp_path: Path
+) -> None:
+    page = new_page(accept_downloads=True)
+    sign_up_and_log_in(loacl, page, "files@example.com")
+    create_assistant(page, "File helper")
+    widget_id = create_widget(page, "File site", loacl.host.origin, "Send us files")
+    content = b"order A-1: two lamps, one table\n"
+    visitor_says(loacl, widget_id, "Here is my order list", ("order-list.txt", content))
+    visitor_says(loacl, widget_id, "Where is my invoice for March?")
+    page.get_by_role("link", name="Inbox").click()
+    heading(page, "Inbox")
+    rows = page.locator(".inbox li")
+    expect(rows).to_have_count(2)
+    # Search: only the conversation whose text matches.
+    page.get_by_label("Search").fill("invoice")
+    page.get_by_role("button", name="Show").click()
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("Where is my invoice for March?")
+    shots(page, "inbox-search")
+    page.get_by_label("Search").fill("lamps-that-nobody-wrote")
+    page.get_by_role("button", name="Show").click()
+    page.get_by_text("No conversations match.").wait_for()
+    page.get_by_label("Search").fill("order list")
+    page.get_by_role("button", name="Show").click()
+    expect(rows).to_have_count(1)
+    rows.first.locator("a").click()
+    heading(page, "Conversation")
+    page.locator(".bubble.visitor").filter(has_text="Here is my order list").wait_for()
+    with page.expect_download() as waited:
+        page.get_by_role("button", name="Download the file").click()
+    download = waited.value
+    assert download.suggested_filename == "order-list.txt"
+    saved = tmp_path / "downloaded.txt"
+    download.save_as(saved)
+    assert saved.read_bytes() == content
+    shots(page, "conversation-with-file")

@@ -119,7 +119,7 @@ def test_paging_filters_and_dates(site: Site) -> None:
     gone = site.http.get(f"/api/v1/conversations/{made[0]}", headers=site.owner).json()
     assert gone["status"] == "erased" and gone["erased_at"] is not None
 
-    for params in ({"status": "closed"}, {"since": "yesterday"}, {"limit": "0"},
+    for params in ({"status": "shut"}, {"since": "yesterday"}, {"limit": "0"},
                    {"q": "x" * 201}, {"after": "-1"}):
         refused = site.http.get("/api/v1/conversations", params=params, headers=site.owner)
         assert refused.status_code == 422, (params, refused.text)

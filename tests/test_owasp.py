@@ -205,7 +205,7 @@ def check(world: World, spec: Row) -> httpx.Response:
 ASSISTANT = {"name": "Mine now", "provider": "openai", "model": "gpt-4o-mini"}
 FULL_ASSISTANT: dict[str, Any] = {
     **ASSISTANT, "instructions": "", "temperature": None, "top_p": None,
-    "max_output_tokens": None, "file_search": None, "tools": []}
+    "max_output_tokens": None, "file_search": None, "tools": [], "handoff": False}
 
 
 def widget_body(assistant: str) -> dict[str, Any]:
@@ -316,7 +316,8 @@ def test_api1_a_socket_is_its_own_visitors(world: World, who: str, widget: str, 
                 except ConnectionClosed:
                     return ws.protocol.close_rcvd.code if ws.protocol.close_rcvd else -1
                 assert first == {"type": "ready",
-                                 "conversation_id": world.visitors["a"].conversation_id}
+                                 "conversation_id": world.visitors["a"].conversation_id,
+                                 "state": "bot", "agent": None}
                 return 0
         except InvalidStatus as refused:
             return refused.response.status_code

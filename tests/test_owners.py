@@ -211,9 +211,9 @@ ASSISTANT = {"name": "Helper", "provider": "demo", "model": "demo"}
 # PUT replaces the whole thing: its body names every field.
 ASSISTANT_PUT: dict[str, Any] = {
     **ASSISTANT, "instructions": "", "temperature": None, "top_p": None,
-    "max_output_tokens": None, "file_search": None, "tools": []}
+    "max_output_tokens": None, "file_search": None, "tools": [], "handoff": False}
 WIDGET_PUT = {"allowed_origins": [], "settings": {}, "limits": {}, "budget": {}, "enabled": True,
-              "require_identity": False, "retention_days": None}
+              "require_identity": False, "retention_days": None, "office_hours": None}
 
 VALID_ASSISTANTS = [
     pytest.param(
@@ -465,12 +465,21 @@ FULL_SETTINGS = {
 DEFAULT_BUDGET = {"daily_tokens": None, "monthly_tokens": None, "daily_cost": None,
                   "monthly_cost": None}
 
+# Four windows on each of seven days (the most there may be), and most of a year closed.
+FULL_HOURS = {
+    "timezone": "America/Argentina/ComodRivadavia",
+    "windows": [{"day": day, "opens": f"{h:02}:00", "closes": f"{h:02}:30" if h < 23 else "24:00"}
+                for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+                for h in (0, 6, 12, 23)],
+    "closed_dates": [f"2027-{m:02}-{d:02}" for m in range(1, 13) for d in range(1, 31)
+                     if (m, d) != (2, 29) and (m, d) != (2, 30)][:366],
+}
 VALID_WIDGETS = [
     pytest.param(
         {},
         {"allowed_origins": [], "settings": DEFAULT_SETTINGS, "messages_per_minute": 10,
          "enabled": True, "require_identity": False, "budget": DEFAULT_BUDGET,
-         "retention_days": None},
+         "retention_days": None, "office_hours": None},
         id="minimal-defaults",
     ),
     pytest.param(
@@ -478,16 +487,16 @@ VALID_WIDGETS = [
         {"allowed_origins": [], "settings": DEFAULT_SETTINGS, "messages_per_minute": 10,
          "enabled": True, "require_identity": False,
          "budget": {**DEFAULT_BUDGET, "daily_tokens": 5000, "monthly_tokens": 0,
-                    "monthly_cost": 2.5}, "retention_days": None},
+                    "monthly_cost": 2.5}, "retention_days": None, "office_hours": None},
         id="own-budget",
     ),
     pytest.param(
         {"name": "W" * 200, "allowed_origins": ["https://shop.example.com"],
          "settings": FULL_SETTINGS, "limits": {"messages_per_minute": 600}, "enabled": False,
-         "require_identity": True, "retention_days": 36_500},
+         "require_identity": True, "retention_days": 36_500, "office_hours": FULL_HOURS},
         {"allowed_origins": ["https://shop.example.com"], "settings": FULL_SETTINGS,
          "messages_per_minute": 600, "enabled": False, "require_identity": True,
-         "budget": DEFAULT_BUDGET, "retention_days": 36_500},
+         "budget": DEFAULT_BUDGET, "retention_days": 36_500, "office_hours": FULL_HOURS},
         id="every-field-at-its-limit",
     ),
     pytest.param(
@@ -500,14 +509,15 @@ VALID_WIDGETS = [
          "settings": {**DEFAULT_SETTINGS, "theme": "light", "accent_color": "#0a0B0c",
                       "locale": "fr"},
          "messages_per_minute": 1, "enabled": True, "require_identity": False,
-         "budget": DEFAULT_BUDGET, "retention_days": None},
+         "budget": DEFAULT_BUDGET, "retention_days": None, "office_hours": None},
         id="origins-normalised-and-deduplicated",
     ),
     pytest.param(
         {"allowed_origins": [f"https://s{i}.example.com" for i in range(50)]},
         {"allowed_origins": [f"https://s{i}.example.com" for i in range(50)],
          "settings": DEFAULT_SETTINGS, "messages_per_minute": 10, "enabled": True,
-         "require_identity": False, "budget": DEFAULT_BUDGET, "retention_days": None},
+         "require_identity": False, "budget": DEFAULT_BUDGET, "retention_days": None,
+         "office_hours": None},
         id="fifty-origins",
     ),
 ]
@@ -532,6 +542,7 @@ def test_create_widget(world: World, extra: dict[str, Any], definition: dict[str
     assert created["require_identity"] is definition["require_identity"]
     assert created["budget"] == definition["budget"]
     assert created["retention_days"] == definition["retention_days"]
+    assert created["office_hours"] == definition["office_hours"]
 
     appended = events(world.settings, before)
     assert [(r.stream, r.version, r.type) for r in appended] == [
@@ -969,7 +980,7 @@ def test_put_refuses_a_body_that_leaves_fields_out(world: World) -> None:
     body = assert_problem(refused, 422, "validation_error", "instructions")
     missing = {e["field"] for e in body["errors"] if e["reason"] == "missing"}
     assert missing == {"provider", "model", "instructions", "temperature", "top_p",
-                       "max_output_tokens", "file_search", "tools"}
+                       "max_output_tokens", "file_search", "tools", "handoff"}
     widget = world.widget(world.a, created["id"])
     refused = world.client.put(f"/api/v1/widgets/{widget['id']}",
                                json={"name": "x", "assistant_id": created["id"]},

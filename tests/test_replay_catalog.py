@@ -9,16 +9,20 @@ import asyncio
 import tempfile
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loacl.domain import accounts
 from loacl.domain import assistants as asst
 from loacl.domain import conversations as conv
+from loacl.domain import handoff as ho
 from loacl.domain import webhooks as hooks
 from loacl.domain import widgets as wdg
+from loacl.domain import workspaces as spaces
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Event, Metadata
 from loacl.domain.privacy import SubjectErased
@@ -33,8 +37,11 @@ KINDS = [
     "assistant", "edit_assistant", "delete_assistant", "widget", "edit_widget", "rotate",
     "delete_widget", "conversation", "upload", "ask", "stream", "finish", "send_file", "erase",
     "erase_owner", "webhook", "edit_webhook", "rotate_webhook", "disable_webhook",
-    "delete_webhook",
+    "delete_webhook", "register", "rename_user", "workspace", "rename_workspace",
+    "delete_workspace", "invite", "revoke_invite", "join", "role", "remove_member",
+    "handoff", "takeover", "agent_message", "release", "close", "assign", "read",
 ]
+HANDOFF_KINDS = {"handoff", "takeover", "agent_message", "release", "close", "assign", "read"}
 MASTER = bytes(range(32))
 TEXTS = ["Bonjour", "Où est mon colis ? 📦", "", "**bold** and `code`", "a" * 300]
 
@@ -47,6 +54,8 @@ class World:
     files: dict[str, list[str]] = field(default_factory=dict)
     erased: set[str] = field(default_factory=set)
     webhooks: list[str] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)
+    workspaces: list[str] = field(default_factory=list)
     counter: int = 0
 
     def new(self, prefix: str) -> str:
@@ -87,15 +96,17 @@ async def _step(store: EventStore, world: World, kind: str, a: int, b: int) -> N
         kind = "assistant"
     if kind in {"edit_widget", "rotate", "delete_widget", "conversation"} and not world.widgets:
         kind = "widget" if world.assistants else "assistant"
-    if kind in {"upload", "ask", "stream", "finish", "send_file", "erase"} and (
-        not world.conversations
-    ):
+    if kind in {"upload", "ask", "stream", "finish", "send_file", "erase",
+                *HANDOFF_KINDS} and not world.conversations:
         kind = "conversation" if world.widgets else ("widget" if world.assistants
                                                       else "assistant")
     owner = f"owner{a % 2}"
     events: list[Event]
     if kind.endswith("webhook"):
         await _webhook_step(store, world, kind, owner, a, b)
+        return
+    if kind in WORKSPACE_KINDS:
+        await _workspace_step(store, world, kind, a, b)
         return
     if kind == "assistant":
         assistant_id = world.new("a")
@@ -187,6 +198,9 @@ async def _step(store: EventStore, world: World, kind: str, a: int, b: int) -> N
         )], metadata=Metadata(client_ip="192.0.2.1"))
         return
     talk, version = await store.load(stream, conv.Conversation(), conv.evolve_conversation)
+    if kind in HANDOFF_KINDS:
+        await _handoff_step(store, world, kind, talk, version, a, b)
+        return
     if kind == "upload":
         file_id = world.new("f")
         world.files[conversation_id].append(file_id)
@@ -230,6 +244,45 @@ async def _step(store: EventStore, world: World, kind: str, a: int, b: int) -> N
                        metadata=Metadata(client_ip=f"192.0.2.{b}"))
 
 
+async def _handoff_step(
+    store: EventStore, world: World, kind: str, talk: conv.Conversation, version: int, a: int,
+    b: int,
+) -> None:
+    """Who answers the conversation: the visitor or the assistant asks for a person, members
+    (two of them, so that one may hold what the other wants) take over, write, give back,
+    close, assign and read."""
+    member, name = f"owner{a % 2}", f"Agent {a % 2}"
+    cid, state = talk.conversation_id, talk.handoff
+    events: list[Event]
+    try:
+        if kind == "handoff":
+            events = ho.request_person(state, cid, by=(ho.VISITOR, ho.ASSISTANT)[b % 2],
+                                       reason=TEXTS[b % len(TEXTS)])
+        elif kind == "takeover":
+            events = ho.take_over(state, cid, member_id=member, name=name, force=b % 3 == 0)
+        elif kind == "agent_message":
+            events = ho.post_agent_message(
+                state, cid, member_id=member, name=name, message_id=world.new("g"),
+                text=TEXTS[b % len(TEXTS)] or "Hello", force=b % 2 == 0,
+                client_message_id=f"g{b}" if b % 2 else None)
+        elif kind == "release":
+            events = ho.release(state, cid, member_id=member, force=b % 2 == 0)
+        elif kind == "close":
+            events = ho.close(state, cid, by=ho.member(member))
+        elif kind == "assign":
+            events = ho.assign(state, cid, by=ho.member(member),
+                               assignee_id=None if b % 3 == 0 else member, assignee_name=name)
+        else:
+            await store.append(ho.inbox_stream(member), [ho.ConversationRead(
+                conversation_id=cid, member_id=member, up_to=b * 3)])
+            return
+    except LoaclError as exc:
+        assert exc.code in ("conversation_taken", "conversation_closed"), exc
+        return
+    if events:
+        await store.append(wdg.conversation_stream(cid), events, expected_version=version)
+
+
 async def _webhook_step(
     store: EventStore, world: World, kind: str, owner: str, a: int, b: int
 ) -> None:
@@ -257,6 +310,93 @@ async def _webhook_step(
         "delete_webhook": lambda: hooks.delete_webhook(state, state.owner_id),
     }[kind]()
     await store.append(hooks.webhook_stream(webhook_id), events, expected_version=version)
+
+
+WORKSPACE_KINDS = {"register", "rename_user", "workspace", "rename_workspace", "delete_workspace",
+                   "invite", "revoke_invite", "join", "role", "remove_member"}
+
+
+async def _workspace_step(store: EventStore, world: World, kind: str, a: int, b: int) -> None:
+    """Accounts (owner0 and owner1 among them, whom erase_owner erases), workspaces personal and
+    made, invites, members and roles, through the domain's decisions."""
+    users = [u for u in world.users if u not in world.erased]
+    if kind != "register" and not users:
+        kind = "register"
+    if kind in {"invite", "revoke_invite", "join", "role", "remove_member"} and not (
+        world.workspaces or users
+    ):
+        kind = "workspace"
+    if kind == "register":
+        owner = f"owner{a % 2}"
+        user_id = owner if owner not in world.users and owner not in world.erased else (
+            world.new("u"))
+        world.users.append(user_id)
+        await store.append(f"user-{user_id}", accounts.register(
+            user_id, f"{user_id}@example.com", TEXTS[b % len(TEXTS)][:200] or None, "$argon2id$x"),
+            expected_version=NO_STREAM)
+        return
+    if kind == "rename_user":
+        user_id = users[a % len(users)]
+        state, version = await store.load(f"user-{user_id}", accounts.User(),
+                                          accounts.evolve_user)
+        await store.append(f"user-{user_id}", accounts.rename(state, TEXTS[b % len(TEXTS)][:200]),
+                           expected_version=version)
+        return
+    if kind == "workspace":
+        workspace_id = world.new("ws")
+        world.workspaces.append(workspace_id)
+        await store.append(spaces.workspace_stream(workspace_id), spaces.create(
+            workspace_id, f"Team {b}", users[a % len(users)]), expected_version=NO_STREAM)
+        return
+    targets = [*world.workspaces, *users]
+    workspace_id = targets[a % len(targets)]
+    if kind in {"rename_workspace", "delete_workspace"} and not world.workspaces:
+        return
+    if kind in {"rename_workspace", "delete_workspace"}:
+        workspace_id = world.workspaces[a % len(world.workspaces)]
+    start = spaces.personal(workspace_id) if workspace_id in world.users else spaces.Workspace()
+    space, version = await store.load(spaces.workspace_stream(workspace_id), start,
+                                      spaces.evolve)
+    await _decide_workspace(store, world, kind, space, version, users, a, b)
+
+
+async def _decide_workspace(
+    store: EventStore, world: World, kind: str, state: spaces.Workspace, version: int,
+    users: list[str], a: int, b: int,
+) -> None:
+    workspace_id = state.workspace_id
+    members = sorted(m for m in state.members if m not in world.erased)
+    if state.deleted or not state.exists or not members:
+        return
+    subject: str | None = None
+    events: list[Event]
+    try:
+        if kind == "rename_workspace":
+            events = spaces.rename(state, f"Renamed {b}")
+        elif kind == "delete_workspace":
+            events = spaces.delete(state)
+        elif kind == "invite":
+            inviter = members[b % len(members)]
+            subject = f"owner:{inviter}"
+            events = spaces.invite(state, world.new("i"), f"guest{b}@example.com",
+                                   spaces.ROLES[b % 3], f"{world.counter:064x}", inviter,
+                                   datetime(2031, 1, 1, tzinfo=UTC))
+        elif kind in {"revoke_invite", "join"}:
+            open_ = sorted(i for i, v in state.invites.items() if not (v.used or v.revoked))
+            if not open_:
+                return
+            invite_id = open_[b % len(open_)]
+            events = (spaces.revoke_invite(state, invite_id) if kind == "revoke_invite" else
+                      spaces.accept(state, invite_id, users[b % len(users)],
+                                    datetime(2030, 1, 1, tzinfo=UTC)))
+        elif kind == "role":
+            events = spaces.change_role(state, members[b % len(members)], spaces.ROLES[a % 3])
+        else:
+            events = spaces.remove(state, members[b % len(members)], "removed")
+    except LoaclError:
+        return  # refused (the last owner, a member already): nothing to write
+    await store.append(spaces.workspace_stream(workspace_id), events,
+                       expected_version=version, subject=subject)
 
 
 def _keys() -> Keyring:

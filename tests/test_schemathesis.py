@@ -92,6 +92,7 @@ class World:
     database: Path
     owner: str = ""
     visitor: str = ""
+    asking_visitor: str = ""
     ids: dict[str, str] = field(default_factory=dict)
     leaving: list[str] = field(default_factory=list)
 
@@ -134,6 +135,12 @@ class World:
                                  json={}, headers={"Origin": ORIGIN})
         assert session.status_code == 201, session.text
         self.visitor = session.json()["visitor_token"]
+        # Asking for a person stops the assistant answering: a visitor of its own asks, so
+        # that the run's visitor keeps getting replies.
+        asking = self.http.post(f"/api/v1/widgets/{self.ids['site_widget']}/sessions",
+                                json={}, headers={"Origin": ORIGIN})
+        assert asking.status_code == 201, asking.text
+        self.asking_visitor = asking.json()["visitor_token"]
         uploaded = self.http.post(
             f"/api/v1/widgets/{self.ids['site_widget']}/files",
             files={"file": ("notes.txt", b"opening hours: 9 to 5", "text/plain")},
@@ -174,7 +181,8 @@ class World:
         if (method, path) in SESSION_ENDING:
             return self.bearer(self.leaving_owner(), **headers)
         if "visitorToken" in schemes:
-            return self.bearer(self.visitor, **headers)
+            asking = method == "POST" and path.endswith("/handoff")
+            return self.bearer(self.asking_visitor if asking else self.visitor, **headers)
         if "ownerToken" in schemes:
             return self.bearer(self.owner, **headers)
         return headers

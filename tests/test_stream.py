@@ -709,7 +709,7 @@ async def test_a_disabled_widget_refuses_the_handshake(live: Live) -> None:
     got = live.http.get(f"/api/v1/widgets/{live.widget_id}", headers=live.headers)
     body = {k: got.json()[k] for k in ("name", "assistant_id", "allowed_origins", "settings",
                                         "limits", "budget", "require_identity",
-                                        "retention_days")}
+                                        "retention_days", "office_hours")}
     updated = live.http.put(
         f"/api/v1/widgets/{live.widget_id}", json={**body, "enabled": False},
         headers={**live.headers, "If-Match": got.headers["ETag"]},
@@ -725,7 +725,8 @@ async def test_the_token_may_come_in_the_first_frame(live: Live) -> None:
     async with live.tab(None, ready=False) as tab:
         await tab.send({"type": "auth", "token": session.token})
         ready = await tab.recv()
-        assert ready == {"type": "ready", "conversation_id": session.conversation_id}
+        assert ready == {"type": "ready", "conversation_id": session.conversation_id,
+                         "state": "bot", "agent": None}
         ack = await live.ask(tab, "Hi")
         assert (await tab.follow(ack["reply_id"])).text == "Authenticated by frame"
 

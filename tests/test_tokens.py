@@ -59,9 +59,10 @@ def refused(read: Any, token: str, code: str = "invalid_token") -> None:
 
 def test_access_token_round_trip_and_claims() -> None:
     claims = TOKENS.read_access(ACCESS)
-    assert (claims.user_id, claims.session_id) == ("user-1", "session-1")
+    assert (claims.user_id, claims.session_id, claims.workspace_id) == (
+        "user-1", "session-1", "user-1")  # no workspace named: the personal one
     raw = jwt.decode(ACCESS, OctKey.import_key(SECRET)).claims
-    assert set(raw) == {"sub", "sid", "iat", "exp", "jti", "iss", "aud"}
+    assert set(raw) == {"sub", "sid", "ws", "iat", "exp", "jti", "iss", "aud"}
     assert raw["iat"] == int(START.timestamp())
     assert raw["exp"] - raw["iat"] == 30 * 60 == TOKENS.access_seconds
     assert TOKENS.issue_access("user-1", "session-1") != ACCESS  # a fresh jti each time

@@ -28,7 +28,7 @@ from loacl.admin import convert
 from loacl.domain.assistants import ToolDefinition
 from loacl.openai_testserver import FunctionCall, OpenAITestServer, Stall
 from loacl.providers.base import ToolCall
-from loacl.services.outbound import refusal
+from loacl.services.egress import CheckedResolver, refusal
 from loacl.services.tools import Outcome, Tools
 from loacl.settings import Settings
 from tests.live import serve
@@ -361,14 +361,25 @@ def test_a_schema_never_makes_the_server_fetch_a_reference() -> None:
 
 
 def test_private_addresses_are_refused_without_the_setting(
-    tmp_path: Path, server: OpenAITestServer, root: str, endpoint: Endpoint
+    tmp_path: Path, server: OpenAITestServer, root: str, endpoint: Endpoint,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = chat_settings(tmp_path, root)  # tools_allow_private_networks off
     port = endpoint.url.rsplit(":", 1)[1]
+    real = CheckedResolver.resolve
+
+    async def rebinding(self: CheckedResolver, host: str, *args: Any, **kwargs: Any) -> Any:
+        # A public-looking name whose DNS answer is loopback (the server's loop may not
+        # resolve through the socket module, so the answer is given at the resolver's door).
+        return await real(self, "127.0.0.1" if host == "orders.example.com" else host, *args,
+                          **kwargs)
+
+    monkeypatch.setattr(CheckedResolver, "resolve", rebinding)
     with live(settings) as site:
         site.register()
         for url in (endpoint.url + "/order", f"https://127.0.0.1:{port}/order",
-                    "https://[::ffff:169.254.169.254]/latest"):
+                    "https://[::ffff:169.254.169.254]/latest", f"https://localhost:{port}/o",
+                    f"https://127.1:{port}/order"):
             refused = site.http.post("/api/v1/assistants", headers=site.owner, json={
                 "name": "Shop", "provider": "openai", "model": "gpt-4o-mini",
                 "tools": [{"name": "order_status", "url": url}]})
@@ -379,7 +390,7 @@ def test_private_addresses_are_refused_without_the_setting(
         created = site.http.post("/api/v1/assistants", headers=site.owner, json={
             "name": "Shop", "provider": "openai", "model": "gpt-4o-mini",
             "tools": [{"name": "order_status", "parameters": ORDER_SCHEMA,
-                       "url": f"https://localhost:{port}/order"}]})
+                       "url": f"https://orders.example.com:{port}/order"}]})
         assert created.status_code == 201, created.text
         widget = site.http.post("/api/v1/widgets", headers=site.owner, json={
             "name": "Site", "assistant_id": created.json()["id"],

@@ -63,6 +63,7 @@ class Site:
             json={"name": "Shop", "assistant_id": self.assistant_id,
                   "allowed_origins": ORIGINS, "settings": {}, "limits": {}, "budget": {},
                   "enabled": True, "require_identity": False, "retention_days": None,
+                  "office_hours": None,
                   **fields},
             headers=self.owner.headers,
         )
@@ -162,7 +163,11 @@ def test_config_answers_allowed_origins_only(
     if allowed:
         assert response.status_code == 200, response.text
         body = response.json()
-        assert set(body) == {"widget_id", "settings", "require_identity", "uploads", "limits"}
+        assert set(body) == {"widget_id", "settings", "require_identity", "uploads", "limits",
+                             "handoff", "availability"}
+        assert body["handoff"] is False
+        assert body["availability"] == {"office_hours": False, "open": True,
+                                        "next_opening": None, "timezone": None}
         assert body["widget_id"] == site.widget_id
         assert body["settings"]["theme"] == "auto"
         assert body["require_identity"] is False

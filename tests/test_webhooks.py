@@ -407,8 +407,36 @@ def test_unknown_event_types_are_refused(
             "url": receiver.url, "event_types": ["message.deleted"]})
         assert refused.status_code == 422
         assert refused.json()["code"] == "validation_error"
-        reserved = site.hook(receiver.url, "handoff.requested")
-        assert reserved["event_types"] == ["handoff.requested"]
+        reserved = site.hook(receiver.url, "member.changed")
+        assert reserved["event_types"] == ["member.changed"]
+
+
+def test_a_handoff_and_a_close_are_delivered(
+    settings: Settings, provider: tuple[OpenAITestServer, str], receiver: Receiver
+) -> None:
+    with running(configured(settings, provider)) as site:
+        hook = site.hook(receiver.url, "handoff.requested", "conversation.closed",
+                         personal=True)
+        token = site.visitor()
+        site.ask(token, "Hello")
+        asked = site.http.post(f"/api/v1/widgets/{site.widget_id}/handoff",
+                               json={"reason": "refund please"},
+                               headers={"Origin": ORIGIN, "Authorization": f"Bearer {token}"})
+        assert asked.status_code == 200, asked.text
+        conversation = site.http.get("/api/v1/conversations", headers=site.headers).json()
+        conversation_id = conversation["data"][0]["id"]
+        closed = site.http.post(f"/api/v1/conversations/{conversation_id}/close",
+                                headers=site.headers)
+        assert closed.status_code == 200, closed.text
+        seen = receiver.wait_for(lambda r: len(r) >= 2)
+        payloads = [verified(r, hook["secret"]) for r in seen]
+        assert [p["type"] for p in payloads] == ["handoff.requested", "conversation.closed"]
+        assert payloads[0]["data"] | {"widget_id": None, "visitor_id": None} == {
+            "conversation_id": conversation_id, "widget_id": None, "visitor_id": None,
+            "state": "waiting", "previous": "bot", "by": "visitor", "cause": "visitor_asked",
+            "reason": "refund please"}
+        assert payloads[1]["data"]["state"] == "closed"
+        assert payloads[1]["data"]["by"].startswith("member:")
 
 
 def test_an_erased_account_takes_its_endpoints_with_it(
@@ -426,3 +454,50 @@ def test_an_erased_account_takes_its_endpoints_with_it(
         assert conn.execute("SELECT count(*) FROM webhooks").fetchone() == (0,)
     finally:
         conn.close()
+
+
+def test_a_repaired_database_keeps_its_endpoints_and_pending_deliveries(
+    settings: Settings, provider: tuple[OpenAITestServer, str], receiver: Receiver
+) -> None:
+    """``loacl repair`` rebuilds the endpoints from their events and carries the outbox over:
+    what was waiting for a receiver that was down is sent from the repaired file, under the
+    same ids and signatures, in order, with its attempts so far."""
+    from loacl.services.keys import keyring_for
+    from loacl.store.projections import default_projections
+    from loacl.store.repair import repair
+
+    config = configured(settings, provider, webhook_disable_after=10_000)
+    receiver.stop()
+    with running(config) as site:
+        hook = site.hook(receiver.url, "message.posted", "reply.completed")
+        token = site.visitor()
+        for n in range(3):
+            provider[0].script(f"reply {n}")
+            site.ask(token, f"question {n}")
+        deadline = time.monotonic() + WAIT
+        while True:  # an attempt has failed against the closed port; the rest wait behind it
+            rows = site.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries?limit=100",
+                                 headers=site.headers).json()["data"]
+            if len(rows) == 6 and any(r["attempts"] >= 1 for r in rows):
+                break
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.05)
+    out = settings.database_path.with_name("repaired.db")
+    result = repair(settings.database_path, out, default_projections(),
+                    keys=keyring_for(config))
+    assert result.lost == [] and result.notes == []
+    repaired = config.model_copy(update={"database_url": f"sqlite:///{out}"})
+    receiver.start()
+    with running(repaired, first=False) as site:
+        listed = site.http.get("/api/v1/webhooks", headers=site.headers).json()["data"]
+        assert [w["id"] for w in listed] == [hook["id"]]
+        seen = receiver.wait_for(lambda r: len({x.id for x in r}) >= 6)
+        log = site.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries?limit=100",
+                            headers=site.headers).json()["data"]
+    assert {r.id for r in seen} == {r["message_id"] for r in rows}
+    texts = [verified(r, hook["secret"])["data"]["message_id"] for r in seen]
+    assert len(dict.fromkeys(texts)) == 6
+    positions = [int(r.id.split("_")[1]) for r in dict((r.id, r) for r in seen).values()]
+    assert positions == sorted(positions)
+    assert all(e["status"] == "delivered" for e in log)
+    assert any(e["attempts"] >= 2 for e in log), "the attempts before the repair are kept"

@@ -925,3 +925,58 @@ def test_a_reply_shows_the_sources_it_cites_as_text(loacl: Loacl, page: Page) ->
     again = page.locator("loacl-chat .src li")
     again.first.wait_for(state="attached")
     assert again.first.text_content() == f"returns.txt {PASSAGE}"
+
+
+# -- a person takes over -------------------------------------------------------------------------
+
+
+def test_talk_to_a_person_and_the_persons_messages_with_their_name(
+    loacl: Loacl, page: Page
+) -> None:
+    assistant = loacl.client.post("/api/v1/assistants", headers=loacl.headers, json={
+        "name": "Desk", "provider": "demo", "model": "demo", "handoff": True})
+    assert assistant.status_code == 201, assistant.text
+    made = loacl.client.post("/api/v1/widgets", headers=loacl.headers, json={
+        "name": "Desk", "assistant_id": assistant.json()["id"],
+        "allowed_origins": [loacl.host.origin]})
+    assert made.status_code == 201, made.text
+    widget = made.json()["id"]
+    opened(page, loacl.page(widget))
+    send(page, "Hello")
+    wait_done(page)
+    status = page.locator("loacl-chat .st")
+    ask = page.locator("loacl-chat .ho")
+    assert ask.inner_text() == "Talk to a person"
+    ask.click()
+    status.get_by_text("Waiting for a person…").wait_for()
+    assert ask.is_hidden()
+    listed = loacl.client.get("/api/v1/conversations", headers=loacl.headers,
+                              params={"widget_id": widget, "status": "waiting"})
+    (conversation,) = listed.json()["data"]
+    base = f"/api/v1/conversations/{conversation['id']}"
+    taken = loacl.client.post(f"{base}/takeover", headers=loacl.headers)
+    assert taken.status_code == 200, taken.text
+    status.get_by_text("owner joined the chat").wait_for()
+    typing = loacl.client.post(f"{base}/typing", headers=loacl.headers, json={"typing": True})
+    assert typing.status_code == 204, typing.text
+    status.get_by_text("owner is typing…").wait_for()
+    sent = loacl.client.post(f"{base}/messages", headers=loacl.headers,
+                             json={"text": "Hello, I am a person."})
+    assert sent.status_code == 201, sent.text
+    agent = page.locator("loacl-chat .g .m.ag")
+    agent.wait_for()
+    assert agent.locator("b").inner_text() == "owner"
+    assert "Hello, I am a person." in agent.inner_text()
+    shot(page, "agent-message")
+    # The visitor's answer is kept for the person: no reply from the assistant.
+    send(page, "Thanks!")
+    page.locator("loacl-chat .g .m.u >> nth=1").wait_for()
+    assert page.locator("loacl-chat .g .m.b:not(.ag)").count() == 1
+    # After a reload, everything is there once, and who answers.
+    page.reload()
+    page.locator("loacl-chat .g .m.ag").wait_for()
+    status.get_by_text("owner joined the chat").wait_for()
+    assert page.locator("loacl-chat .g .m.ag").count() == 1
+    assert bubbles(page, "u").all_inner_texts() == ["Hello", "Thanks!"]
+    transcript = loacl.client.get(f"{base}/messages", headers=loacl.headers).json()["data"]
+    assert [m["role"] for m in transcript] == ["user", "assistant", "agent", "user"]

@@ -2,12 +2,13 @@
 // /console/ (every /console/<path> answers with index.html; the routes are resolved here).
 import { render } from "preact";
 import { useEffect, useState } from "preact/hooks";
-import { logout, onAuthChange, restore, signedIn } from "./api";
+import { logout, may, onAuthChange, restore, signedIn, switchWorkspace, workspace, workspaces } from "./api";
 import { applyLocale, currentLocale, LOCALES, type Locale, setLocale, t } from "./i18n";
 import { Account } from "./pages/account";
 import { AssistantForm, Assistants } from "./pages/assistants";
 import { Forgot, Login, Reset, SignUp, Verify } from "./pages/auth";
 import { ConversationView, Inbox } from "./pages/conversations";
+import { AcceptInvite, Members } from "./pages/members";
 import { Usage } from "./pages/usage";
 import { WidgetPage, Widgets } from "./pages/widgets";
 import { href, match, navigate, useLocation } from "./router";
@@ -21,10 +22,11 @@ const PUBLIC: [string, Page][] = [
   ["/login", () => <Login />],
   ["/forgot", () => <Forgot />],
   ["/reset", () => <Reset />],
+  ["/invite", () => <AcceptInvite />],
 ];
 
 const PRIVATE: [string, Page][] = [
-  ["/", () => <Widgets />],
+  ["/", () => (may("admin") ? <Widgets /> : <Inbox />)],
   ["/assistants", () => <Assistants />],
   ["/assistants/new", () => <AssistantForm />],
   ["/assistants/:id", (params) => <AssistantForm id={params.id} />],
@@ -35,7 +37,10 @@ const PRIVATE: [string, Page][] = [
   ["/conversations/:id", (params) => <ConversationView id={params.id} />],
   ["/usage", () => <Usage />],
   ["/account", () => <Account />],
+  ["/members", () => <Members />],
 ];
+// What an agent may open (the others need an admin or owner).
+const AGENT_PAGES = ["/", "/inbox", "/conversations/:id", "/members", "/account"];
 
 const THEME_KEY = "loacl-console:theme";
 type Theme = "auto" | "light" | "dark";
@@ -66,9 +71,32 @@ function find(routes: [string, Page][], path: string): preact.JSX.Element | null
   return null;
 }
 
-const NAV: [string, "widgets" | "assistants" | "inbox" | "usage" | "account"][] = [
-  ["/widgets", "widgets"], ["/assistants", "assistants"], ["/inbox", "inbox"], ["/usage", "usage"], ["/account", "account"],
+const NAV: [string, "widgets" | "assistants" | "inbox" | "usage" | "members" | "account"][] = [
+  ["/widgets", "widgets"], ["/assistants", "assistants"], ["/inbox", "inbox"], ["/usage", "usage"],
+  ["/members", "members"], ["/account", "account"],
 ];
+
+function allowed(path: string): boolean {
+  return may("admin") || AGENT_PAGES.some((pattern) => match(pattern, path) !== null);
+}
+
+/** Which workspace the console acts in, when the account has more than one. */
+function Switcher() {
+  const list = workspaces();
+  const here = workspace();
+  if (list.length < 2 || !here) return null;
+  return (
+    <label class="switcher">
+      <span class="sr-only">{t("workspace")}</span>
+      <select aria-label={t("workspace")} value={here.id} onChange={async (event) => {
+        await switchWorkspace(event.currentTarget.value);
+        navigate("/", true);
+      }}>
+        {list.map((item) => <option key={item.id} value={item.id}>{item.name} · {t(`role_${item.role}`)}</option>)}
+      </select>
+    </label>
+  );
+}
 
 function Settings() {
   const [theme, setTheme] = useState<Theme>(storedTheme);
@@ -112,7 +140,7 @@ function App() {
       page = <Login />;
       if (where.path !== "/login") queueMicrotask(() => navigate("/login", true));
     } else {
-      page = find(PRIVATE, where.path) || <section><h1>{t("not_found")}</h1><p><a href={href("/")}>{t("back")}</a></p></section>;
+      page = (allowed(where.path) && find(PRIVATE, where.path)) || <section><h1>{t("not_found")}</h1><p><a href={href("/")}>{t("back")}</a></p></section>;
     }
   }
   return (
@@ -123,7 +151,7 @@ function App() {
         {inside && (
           <nav aria-label={t("navigation")}>
             <ul>
-              {NAV.map(([path, key]) => (
+              {NAV.filter(([path]) => allowed(path)).map(([path, key]) => (
                 <li key={path}>
                   <a href={href(path)} aria-current={where.path.startsWith(path) || (path === "/widgets" && where.path === "/") ? "page" : undefined}>{t(key)}</a>
                 </li>
@@ -137,9 +165,10 @@ function App() {
             </ul>
           </nav>
         )}
+        {inside && <Switcher />}
         <Settings />
       </header>
-      <main id="main" key={where.path}>{page}</main>
+      <main id="main" key={`${workspace()?.id || ""}:${where.path}`}>{page}</main>
     </div>
   );
 }

@@ -3,6 +3,11 @@
 // widget's request for its public config is answered with them. A widget whose allowed origins
 // include this server chats here for real; any other (and a widget not saved yet) shows its look
 // only: an empty conversation, no socket, and sending says this origin is not allowed.
+//
+// The assistant editor frames it too ("loacl-assistant-preview"): then the widget chats with the
+// assistant as it stands in the editor, saved or not. Its socket is a stand-in speaking the
+// widget's own frames; each question goes up to the console (which holds the owner's token, this
+// frame never does), which asks POST /api/v1/assistant-preview and hands the streamed pieces back.
 
 interface PreviewMessage {
   type: "loacl-preview";
@@ -10,8 +15,15 @@ interface PreviewMessage {
   settings: Record<string, string>;
 }
 
+interface AssistantPreviewMessage {
+  type: "loacl-assistant-preview";
+  settings: Record<string, string>;
+}
+
 let latest: PreviewMessage | null = null;
 let lookOnly = false;
+let chatting = false; // the assistant editor's preview: every widget call is answered here
+const ASSISTANT_WIDGET = "assistant-preview";
 const WIDGET_API = /\/api\/v1\/widgets\/[^/]+\/(config|sessions|messages|files|stream)/;
 const realFetch = window.fetch.bind(window);
 const RealSocket = window.WebSocket;
@@ -29,9 +41,77 @@ function standIn(kind: string, method: string): Response {
   return json(NOT_HERE, 403);
 }
 
+interface Turn { role: "user" | "assistant"; text: string }
+type Frame = Record<string, unknown>;
+
+/** The widget's socket in the assistant preview: the server's frames, made from the pieces of
+ * POST /api/v1/assistant-preview that the console relays. */
+class PreviewSocket {
+  readyState = 0;
+  onopen: ((event: Event) => void) | null = null;
+  onmessage: ((event: { data: string }) => void) | null = null;
+  onclose: ((event: { code: number }) => void) | null = null;
+  onerror: ((event: Event) => void) | null = null;
+
+  constructor() {
+    setTimeout(() => {
+      this.readyState = 1;
+      this.onopen?.(new Event("open"));
+    }, 0);
+  }
+
+  send(data: string): void {
+    const frame = JSON.parse(data) as Frame;
+    if (frame.type === "auth") this.emit({ type: "ready", conversation_id: ASSISTANT_WIDGET });
+    else if (frame.type === "ping") this.emit({ type: "pong" });
+    else if (frame.type === "message" && typeof frame.text === "string") ask(this, frame.text, String(frame.client_message_id || ""));
+  }
+
+  close(): void {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    this.onclose?.({ code: 1000 });
+  }
+
+  emit(frame: Frame): void {
+    if (this.readyState === 1) this.onmessage?.({ data: JSON.stringify(frame) });
+  }
+}
+
+let turnsSoFar: Turn[] = [];
+let asked = 0;
+const answering = new Map<string, (piece: Frame) => void>();
+
+function ask(socket: PreviewSocket, text: string, clientId: string): void {
+  const n = ++asked;
+  const messageId = `preview-q${n}`;
+  const replyId = `preview-a${n}`;
+  turnsSoFar.push({ role: "user", text });
+  const turns = turnsSoFar.slice();
+  socket.emit({ type: "ack", client_message_id: clientId, message_id: messageId, reply_id: replyId, duplicate: false });
+  let answer = "";
+  answering.set(replyId, (piece) => {
+    if (piece.type === "delta") {
+      answer += String(piece.text);
+      socket.emit({ type: "delta", message_id: replyId, offset: piece.offset, text: piece.text });
+    } else if (piece.type === "done") {
+      answering.delete(replyId);
+      turnsSoFar.push({ role: "assistant", text: answer });
+      socket.emit({ type: "done", message_id: replyId, status: "completed", usage: piece.usage, length: answer.length });
+    } else if (piece.type === "error") {
+      answering.delete(replyId);
+      turnsSoFar.pop(); // the question goes again with the next one
+      socket.emit({ type: "error", code: piece.code, text: piece.text, message_id: replyId });
+      socket.emit({ type: "done", message_id: replyId, status: "failed", usage: null, length: answer.length });
+    }
+  });
+  window.parent.postMessage({ type: "loacl-preview-ask", id: replyId, messages: turns }, location.origin);
+}
+
 // Without a real session there is no socket: the widget then uses HTTP, which the stand-in answers.
 window.WebSocket = class extends RealSocket {
   constructor(url: string | URL, protocols?: string | string[]) {
+    if (chatting && WIDGET_API.test(String(url))) return new PreviewSocket() as unknown as WebSocket;
     if (lookOnly && WIDGET_API.test(String(url))) throw new Error("preview: no socket");
     super(url, protocols);
   }
@@ -41,6 +121,8 @@ window.fetch = async (input: RequestInfo | URL, init?: RequestInit): Promise<Res
   const url = new URL(typeof input === "string" || input instanceof URL ? input : input.url, location.href);
   const kind = url.origin === location.origin ? WIDGET_API.exec(url.pathname)?.[1] : undefined;
   const method = (init?.method || "GET").toUpperCase();
+  if (chatting && kind === "config") return json({ widget_id: ASSISTANT_WIDGET, settings: latest?.settings, uploads: { max_size: 0, allowed_types: [] } });
+  if (chatting && kind) return standIn(kind, method);
   if (latest && kind === "sessions") {
     const real = await realFetch(input, init).catch(() => null);
     lookOnly = !real || real.status === 403 || real.status === 404;
@@ -62,9 +144,12 @@ window.fetch = async (input: RequestInfo | URL, init?: RequestInit): Promise<Res
   return realFetch(input, init);
 };
 
-function show(message: PreviewMessage): void {
+function show(message: PreviewMessage, chat = false): void {
   latest = message;
   lookOnly = false;
+  chatting = chat;
+  turnsSoFar = [];
+  answering.clear();
   try {
     // The stand-in's visitor token means nothing to the server: not kept for the next start.
     if (localStorage.getItem(`loacl:${message.widgetId}`) === "preview") localStorage.removeItem(`loacl:${message.widgetId}`);
@@ -96,6 +181,12 @@ addEventListener("message", (event: MessageEvent) => {
   if (event.origin !== location.origin || event.source !== window.parent) return;
   const data = event.data as PreviewMessage;
   if (data && data.type === "loacl-preview" && typeof data.widgetId === "string") show(data);
+  const given = event.data as AssistantPreviewMessage;
+  if (given && given.type === "loacl-assistant-preview") {
+    show({ type: "loacl-preview", widgetId: ASSISTANT_WIDGET, settings: given.settings }, true);
+  }
+  const piece = event.data as { type?: string; id?: string; piece?: Frame };
+  if (piece && piece.type === "loacl-preview-piece" && piece.id && piece.piece) answering.get(piece.id)?.(piece.piece);
 });
 
 window.parent.postMessage({ type: "loacl-preview-ready" }, location.origin);

@@ -100,6 +100,7 @@ export interface User {
   id: string;
   email: string;
   name: string | null;
+  display_name?: string;
   email_verified: boolean;
 }
 
@@ -110,4 +111,23 @@ export interface Session {
   expires_at?: string | null;
   ip?: string | null;
   current?: boolean;
+}
+
+export interface Member {
+  account_id: string;
+  email: string;
+  name: string | null;
+  display_name: string;
+  role: "owner" | "admin" | "agent";
+  joined_at: string;
+}
+
+export interface Invite {
+  id: string;
+  workspace_id: string;
+  email: string;
+  role: "owner" | "admin" | "agent";
+  invited_by: string;
+  created_at: string;
+  expires_at: string;
 }

@@ -38,6 +38,17 @@ class PasswordChanged(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class UserRenamed(Event):
+    """The account's display name changed (the name agents are shown by)."""
+
+    event_type = "user.renamed"
+    user_id: str
+    name: str | None
+    personal = ("name",)
+    not_personal = ("user_id",)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SessionStarted(Event):
     event_type = "session.started"
     session_id: str
@@ -95,7 +106,30 @@ def evolve_user(state: User, event: Event) -> User:
             return replace(state, verified=True)
         case PasswordChanged():
             return replace(state, password_hash=event.password_hash)
+        case UserRenamed():
+            return replace(state, name=event.name)
     return state
+
+
+MAX_DISPLAY_NAME = 200
+
+
+def display_name(name: str | None, email: str) -> str:
+    """What an account is shown as: its name, else its e-mail address's local part."""
+    return name if name else email.partition("@")[0]
+
+
+def rename(state: User, name: str | None) -> list[Event]:
+    if not state.exists:
+        raise LoaclError("user_not_found", "no such user")
+    name = name.strip() if name is not None else None
+    name = name or None
+    if name is not None and len(name) > MAX_DISPLAY_NAME:
+        raise LoaclError("validation_error", "name: at most 200 characters",
+                         errors=[{"field": "name", "message": "at most 200 characters"}])
+    if name == state.name:
+        return []
+    return [UserRenamed(user_id=state.user_id, name=name)]
 
 
 def register(user_id: str, email: str, name: str | None, password_hash: str) -> list[Event]:

@@ -21,6 +21,19 @@ PROVIDERS = ("openai", "chat_completions", "demo")
 # Tool kinds: ``http`` calls the owner's endpoint (LOACL runs it, for every provider);
 # ``web_search`` is OpenAI's own, passed through to the Responses API.
 TOOL_TYPES = ("http", "web_search")
+# LOACL's own: the model may ask for a person (domain.handoff); the assistant's ``handoff``
+# setting, kept as a tool so that the definition's wire format stays as it is.
+HANDOFF_TOOL = "request_human"
+HANDOFF_DESCRIPTION = (
+    "Ask for a person from the team to take over this conversation: when the visitor asks "
+    "for a human, or when you cannot help. Give the reason in a few words. Afterwards, tell "
+    "the visitor that a person will answer here."
+)
+HANDOFF_PARAMETERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {"reason": {"type": "string", "description": "why a person is needed"}},
+    "required": ["reason"],
+}
 BUILTIN_TOOLS = {"web_search": ("openai",)}  # the providers that run each built-in tool
 MAX_TOOLS = 20
 TOOL_TIMEOUT_MS = (100, 60_000)
@@ -54,6 +67,11 @@ class AssistantDefinition:
     max_output_tokens: int | None = None
     vector_store_ids: tuple[str, ...] = ()
     tools: tuple[ToolDefinition, ...] = ()
+
+    @property
+    def handoff(self) -> bool:
+        """Whether the model may ask for a person (the ``request_human`` tool)."""
+        return any(t.type == HANDOFF_TOOL for t in self.tools)
 
     def http_tools(self) -> tuple[ToolDefinition, ...]:
         """The tools LOACL calls for the model: enabled, with a URL."""
@@ -141,7 +159,14 @@ def _invalid_tool(index: int, name: str, message: str) -> LoaclError:
                       errors=[{"field": f"tools[{index}].{name}", "message": message}])
 
 
+def handoff_tool() -> ToolDefinition:
+    return ToolDefinition(type=HANDOFF_TOOL, name=HANDOFF_TOOL,
+                          description=HANDOFF_DESCRIPTION, parameters=HANDOFF_PARAMETERS)
+
+
 def _checked_tool(index: int, tool: ToolDefinition, provider: str) -> ToolDefinition:
+    if tool.type == HANDOFF_TOOL:
+        return handoff_tool()
     if tool.type not in TOOL_TYPES:
         raise _invalid_tool(index, "type", f"one of {', '.join(TOOL_TYPES)}")
     runs = BUILTIN_TOOLS.get(tool.type)

@@ -6,6 +6,14 @@ from dataclasses import dataclass, field, replace
 
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Event
+from loacl.domain.handoff import (
+    AgentMessagePosted,
+    ConversationAssigned,
+    ConversationStateChanged,
+    Handoff,
+    before_visitor_message,
+    evolve_handoff,
+)
 from loacl.domain.widgets import ConversationStarted
 
 
@@ -226,6 +234,7 @@ class Conversation:
     running: Reply | None = None
     file_ids: frozenset[str] = frozenset()
     answered: frozenset[str] = frozenset()  # replies that completed: they may be rated
+    handoff: Handoff = field(default_factory=Handoff)  # who answers (domain.handoff)
 
 
 def evolve_conversation(state: Conversation, event: Event) -> Conversation:
@@ -246,6 +255,11 @@ def evolve_conversation(state: Conversation, event: Event) -> Conversation:
             return _with(state, running=None)
         case FileUploaded():
             return _with(state, file_ids=state.file_ids | {event.file_id})
+        case AgentMessagePosted():
+            return _with(state, message_ids=state.message_ids | {event.message_id},
+                         handoff=evolve_handoff(state.handoff, event))
+        case ConversationStateChanged() | ConversationAssigned():
+            return _with(state, handoff=evolve_handoff(state.handoff, event))
     return state
 
 
@@ -290,10 +304,13 @@ def post_message(
     file_ids: tuple[str, ...], client_message_id: str | None,
     assistant_id: str, provider: str, model: str,
 ) -> list[Event]:
-    """The visitor's message and the start of the reply, or a refusal."""
+    """The visitor's message and the start of the reply, or a refusal. While a person is
+    asked for or answering (``handoff``), the message is kept with no reply; a closed
+    conversation reopens first (see :mod:`loacl.domain.handoff`)."""
     if not state.exists:
         raise LoaclError("not_found", "no such conversation")
-    if state.running is not None:
+    answers = state.handoff.assistant_answers
+    if answers and state.running is not None:
         raise LoaclError(
             "reply_in_progress", "wait for the current answer to finish before asking again"
         )
@@ -303,11 +320,15 @@ def post_message(
             "unknown_file", f"no file {unknown[0]!r} was uploaded to this conversation",
             errors=[{"field": "file_ids", "message": "unknown file"}],
         )
+    posted = MessagePosted(
+        conversation_id=state.conversation_id, message_id=message_id, text=text,
+        file_ids=file_ids, client_message_id=client_message_id,
+    )
+    if not answers:
+        return [posted]
     return [
-        MessagePosted(
-            conversation_id=state.conversation_id, message_id=message_id, text=text,
-            file_ids=file_ids, client_message_id=client_message_id,
-        ),
+        *before_visitor_message(state.handoff, state.conversation_id),
+        posted,
         AssistantStarted(
             conversation_id=state.conversation_id, message_id=reply_id, reply_to=message_id,
             assistant_id=assistant_id, provider=provider, model=model,

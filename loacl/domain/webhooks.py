@@ -27,14 +27,13 @@ KINDS: dict[str, str] = {
     "reply.completed": "the assistant's reply ended whole",
     "reply.failed": "the assistant's reply failed",
     "budget.reached": "a widget used up a daily or monthly budget",
+    "member.changed": "a workspace member joined, changed role, or was removed (or left)",
+    "handoff.requested": "the visitor or the assistant asked for a person: the conversation "
+                         "waits for one",
+    "conversation.closed": "a member closed a conversation",
 }
-# Reserved for what LOACL does not do yet (handing a conversation to a person, closing it,
-# workspace members): an endpoint may subscribe now, and nothing is sent until they exist.
+# Kinds an endpoint may subscribe to before LOACL sends them (none at present).
 RESERVED_KINDS: dict[str, str] = {
-    "handoff.requested": "reserved: a visitor asked for a person (not sent yet)",
-    "conversation.closed": "reserved: a conversation was closed (not sent yet)",
-    "member.changed": "reserved: a workspace member was added, changed or removed "
-                      "(not sent yet)",
 }
 ALL_KINDS = (*KINDS, *RESERVED_KINDS)
 MAX_URL = 2000

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Event
+from loacl.domain.hours import OfficeHours, checked_hours
 from loacl.domain.origins import normalize_origin
 
 MAX_ORIGINS = 50
@@ -54,15 +55,18 @@ class WidgetDefinition:
     budget: WidgetBudget = WidgetBudget()
     # Conversations idle for longer are erased (``services.retention``); None keeps them.
     retention_days: int | None = None
+    # v4: when the widget's people answer (``domain.hours``); None: no hours are kept.
+    office_hours: OfficeHours | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WidgetCreated(Event):
     """v2: the definition has a budget (v1 events get the server's defaults); v3: its settings
-    have the embed script's options (feedback, proactive greeting, pre-chat form, ...)."""
+    have the embed script's options (feedback, proactive greeting, pre-chat form, ...); v4: it
+    has office hours (none before)."""
 
     event_type = "widget.created"
-    schema_version = 3
+    schema_version = 4
     widget_id: str
     owner_id: str
     definition: WidgetDefinition
@@ -72,10 +76,10 @@ class WidgetCreated(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WidgetUpdated(Event):
-    """v2 and v3 as in ``widget.created``."""
+    """v2, v3 and v4 as in ``widget.created``."""
 
     event_type = "widget.updated"
-    schema_version = 3
+    schema_version = 4
     widget_id: str
     definition: WidgetDefinition
     not_personal = ("widget_id", "definition")
@@ -195,7 +199,9 @@ def checked(definition: WidgetDefinition) -> WidgetDefinition:
             "validation_error", f"retention_days: 1 to {MAX_RETENTION_DAYS}, or null to keep",
             errors=[{"field": "retention_days", "message": f"1 to {MAX_RETENTION_DAYS}"}],
         )
-    return replace(definition, allowed_origins=tuple(origins))
+    hours = definition.office_hours
+    return replace(definition, allowed_origins=tuple(origins),
+                   office_hours=None if hours is None else checked_hours(hours))
 
 
 def create_widget(widget_id: str, owner_id: str, definition: WidgetDefinition) -> list[Event]:

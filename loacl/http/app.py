@@ -20,6 +20,7 @@ from loacl.http import (
     auth,
     chat,
     console,
+    handoff,
     health,
     inbox,
     models,
@@ -34,6 +35,7 @@ from loacl.http import (
     usage,
     visitors,
     webhooks,
+    workspaces,
 )
 from loacl.http import knowledge as knowledge_http
 from loacl.http.errors import EXCEPTION_HANDLERS
@@ -45,6 +47,7 @@ from loacl.services.budgets import BudgetMail, Budgets
 from loacl.services.chat import Chat
 from loacl.services.demo import Demo, demo_enabled
 from loacl.services.files import Files
+from loacl.services.handoff import Handoffs
 from loacl.services.inbox import Inbox
 from loacl.services.keys import keyring_for
 from loacl.services.knowledge import Knowledge
@@ -59,6 +62,7 @@ from loacl.services.retention import Retention
 from loacl.services.tokens import Tokens
 from loacl.services.webhooks import Dispatcher, Webhooks
 from loacl.services.widgets import Widgets
+from loacl.services.workspaces import Workspaces
 from loacl.settings import MASTER_KEY_FILE, Settings, jwt_secret
 from loacl.store import integrity, migrations
 from loacl.store.backup import ServeLock
@@ -226,8 +230,9 @@ def create_app(
         routes=routing.routes(
             health.endpoints, openapi.endpoints, apidocs.endpoints, auth.endpoints,
             visitors.endpoints, chat.endpoints, stream.endpoints, owners.endpoints,
-            usage.endpoints, privacy.endpoints, inbox.endpoints, models.endpoints,
-            owner_stream.endpoints, webhooks.endpoints, telemetry.endpoints, static.endpoints,
+            usage.endpoints, privacy.endpoints, inbox.endpoints, handoff.endpoints,
+            models.endpoints, owner_stream.endpoints, webhooks.endpoints, workspaces.endpoints,
+            telemetry.endpoints, static.endpoints,
             console.endpoints, knowledge_http.endpoints,
         ),
         middleware=[
@@ -256,6 +261,7 @@ def create_app(
     app.state.integrity = watch
     app.state.clock = clock
     app.state.accounts = Accounts(store, settings, passwords, tokens, mailer, clock)
+    app.state.workspaces = Workspaces(store, app.state.accounts)
     app.state.assistants = Assistants(store, settings, server_key)
     app.state.limits = limits
     app.state.budgets = budgets
@@ -268,6 +274,8 @@ def create_app(
     )
     app.state.files = Files(store, settings, limits)
     app.state.inbox = Inbox(store)
+    app.state.handoffs = handoffs = Handoffs(store, settings.typing_interval_seconds)
+    chat_service.handoffs = handoffs
     app.state.models = Models(settings)
     # Under Litestream the WAL's checkpoints are Litestream's: an erasure does not cut it.
     app.state.privacy = Privacy(

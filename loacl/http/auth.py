@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -10,12 +11,14 @@ from starlette.responses import JSONResponse, Response
 
 from loacl.domain.errors import LoaclError
 from loacl.domain.origins import normalize_origin
+from loacl.domain.workspaces import AGENT, at_least
 from loacl.http.common import accounts, client_ip, metadata, public_base
 from loacl.http.errors import problem, status_for
 from loacl.http.routing import Endpoint
 from loacl.http.shapes import session_json, tokens_json, user_json
 from loacl.http.validation import parse_body
 from loacl.services.accounts import Principal, TokenPair
+from loacl.store.views.workspaces import role_of
 
 
 class Body(BaseModel):
@@ -46,6 +49,19 @@ class RefreshBody(Body):
         None, max_length=256,
         description="left out (or the body empty): the `loacl_refresh` cookie is used, and "
         "rotated in the answer's Set-Cookie",
+    )
+    workspace_id: str | None = Field(
+        None, max_length=64,
+        description="the workspace the new access token acts in (left out, or one you are no "
+        "member of: your personal workspace, else the first you joined)",
+    )
+
+
+class AccountBody(Body):
+    name: str | None = Field(
+        None, max_length=200,
+        description="your display name (shown to visitors as an agent's name); null: the "
+        "e-mail address's local part",
     )
 
 
@@ -114,7 +130,7 @@ def refuse_cross_site(request: HTTPConnection) -> None:
         raise LoaclError("cross_site_request", "this request must come from LOACL's own pages")
 
 
-def bearer_token(request: Request) -> str:
+def bearer_token(request: HTTPConnection) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -122,8 +138,56 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
+@dataclass(frozen=True)
+class Member:
+    """Who acts, where, and as what: the account, the workspace every service call of the
+    request is scoped by (``workspace_id``: what services and read tables call ``owner_id``),
+    and the account's role in it."""
+
+    user_id: str
+    session_id: str
+    workspace_id: str
+    role: str
+    email: str
+    verified: bool
+
+
+async def current_member(
+    request: HTTPConnection, role: str = AGENT, *, verified: bool = False,
+    workspace_id: str | None = None, token: str | None = None,
+) -> Member:
+    """The member behind the request's access token, in the workspace the token names (or
+    ``workspace_id``, one named by the path), holding at least ``role``.
+
+    Every endpoint acting on a workspace's things calls this and passes ``workspace_id`` to the
+    services as the scope. No member (any more) of the token's workspace: 403 not_a_member; of
+    a workspace named in the path: 404, as another workspace's things answer. A lower role:
+    403 insufficient_role. ``token``: one given otherwise than as the bearer (a socket's
+    auth frame)."""
+    principal = await accounts(request).authenticate(token or bearer_token(request))
+    settings = request.app.state.settings
+    if verified and settings.require_verified_email and not principal.verified:
+        raise LoaclError(
+            "email_not_verified", "verify your e-mail address first (see the mail we sent)"
+        )
+    where = workspace_id or principal.workspace_id
+    held = await role_of(request.app.state.store, where, principal.user_id)
+    if held is None:
+        if workspace_id is not None:
+            raise LoaclError("not_found", "no such workspace")
+        raise LoaclError("not_a_member", "you are no member of this workspace (any more); "
+                         "refresh the token or switch to another workspace")
+    if not at_least(held, role):
+        raise LoaclError("insufficient_role", f"this needs the role {role} or higher in the "
+                         f"workspace; yours is {held}", role=held, needed=role)
+    return Member(principal.user_id, principal.session_id, where, held, principal.email,
+                  principal.verified)
+
+
 async def current_owner(request: Request, *, verified: bool = False) -> Principal:
-    """The owner behind the request's access token; with ``verified``, only a verified one."""
+    """The account behind the request's access token, whatever its workspace (what an
+    account's own endpoints need: sessions, password, display name); with ``verified``, only a
+    verified one."""
     principal = await accounts(request).authenticate(bearer_token(request))
     settings = request.app.state.settings
     if verified and settings.require_verified_email and not principal.verified:
@@ -178,7 +242,8 @@ def _tokens(request: Request, pair: TokenPair, *, cookie: bool) -> Response:
 async def refresh_token(request: Request) -> Response:
     body = await parse_body(request, RefreshBody)
     if body.refresh_token is not None:
-        pair = await accounts(request).refresh(body.refresh_token, metadata(request))
+        pair = await accounts(request).refresh(
+            body.refresh_token, metadata(request), body.workspace_id)
         return _tokens(request, pair, cookie=False)
     refuse_cross_site(request)
     token = request.cookies.get(REFRESH_COOKIE)
@@ -188,7 +253,7 @@ async def refresh_token(request: Request) -> Response:
                 "invalid_refresh_token",
                 "send a refresh token, in the body or in the loacl_refresh cookie (log in)",
             )
-        pair = await accounts(request).refresh(token, metadata(request))
+        pair = await accounts(request).refresh(token, metadata(request), body.workspace_id)
     except LoaclError as exc:
         if exc.code not in ("invalid_refresh_token", "refresh_token_reused"):
             raise
@@ -261,6 +326,14 @@ async def me(request: Request) -> Response:
     return JSONResponse(user_json(await accounts(request).user(principal.user_id)))
 
 
+async def update_me(request: Request) -> Response:
+    principal = await current_owner(request)
+    body = await parse_body(request, AccountBody)
+    user = await accounts(request).rename(
+        principal.user_id, body.name, metadata(request, principal.user_id))
+    return JSONResponse(user_json(user))
+
+
 COOKIE_FLOW = (
     "Two ways to hold the refresh token. API clients (`session: token`, the default) get it "
     "in the body and send it back as `refresh_token`. The console (`session: cookie` at "
@@ -301,8 +374,10 @@ endpoints = [
     Endpoint("post", "/api/v1/auth/reset-password/confirm", reset_password_confirm,
              "Set a new password with the mailed token", "auth", body=ResetConfirmBody, ok=204,
              codes=("invalid_reset_token", "validation_error")),
-    Endpoint("get", "/api/v1/auth/me", me, "The current owner", "auth", auth="owner",
+    Endpoint("get", "/api/v1/auth/me", me, "The current account", "auth", auth="owner",
              returns="User"),
+    Endpoint("patch", "/api/v1/auth/me", update_me, "Change your display name", "auth",
+             auth="owner", body=AccountBody, returns="User"),
     Endpoint("post", "/api/v1/auth/password", change_password,
              "Change your password (the current one given); your other sessions end", "auth",
              auth="owner", body=PasswordBody, ok=204,

@@ -16,7 +16,8 @@ from starlette.responses import JSONResponse, Response
 from loacl.domain.conversations import MAX_ATTACHMENTS, MAX_CLIENT_ID, MAX_COMMENT
 from loacl.domain.errors import LoaclError
 from loacl.domain.widgets import VisitorAccess
-from loacl.http.auth import bearer_token, current_owner
+from loacl.domain.workspaces import AGENT
+from loacl.http.auth import bearer_token, current_member
 from loacl.http.common import chat, files, int_param, metadata, page, page_response, widgets
 from loacl.http.errors import problem, status_for
 from loacl.http.routing import CURSOR, PAGE, Endpoint, Param, integer
@@ -77,10 +78,11 @@ async def visitor_or_owner(request: Request) -> VisitorAccess | None:
                             "widget_not_found"):
             raise
         try:
-            owner = await current_owner(request)
+            owner = await current_member(request, AGENT)
         except LoaclError:
             raise exc from None
-    await widgets(request).get(owner.user_id, request.path_params["id"])  # 404 if not theirs
+    # 404 unless the widget is the workspace's
+    await widgets(request).get(owner.workspace_id, request.path_params["id"])
     return None
 
 
@@ -129,6 +131,9 @@ async def post_message(request: Request) -> Response:
         access, body.text, tuple(body.file_ids), body.client_message_id,
         metadata(request, f"visitor:{access.visitor_id}"),
     )
+    if run is None:  # a person is asked for or answers: kept for them, no reply
+        return JSONResponse({"message": message_json(message), "reply": None},
+                            status_code=201)
     if isinstance(run, Run):
         await service.wait(run)
         reply_id = run.message_id
@@ -167,9 +172,9 @@ async def introduce(request: Request) -> Response:
 
 
 async def list_conversations(request: Request) -> Response:
-    owner = await current_owner(request)
+    owner = await current_member(request, AGENT)
     widget_id = request.path_params["id"]
-    await widgets(request).get(owner.user_id, widget_id)
+    await widgets(request).get(owner.workspace_id, widget_id)
     after, limit = page(request)
     found = await chat(request).conversations(widget_id, after, limit)
     return page_response([conversation_json(c) for c in found.items], found.next_cursor)
@@ -216,7 +221,7 @@ def attachment(stored: FileView, data: bytes) -> Response:
 
 endpoints = [
     Endpoint("get", "/api/v1/widgets/{id}/messages", list_messages,
-             "Messages of a conversation, by cursor", "chat", auth="visitor_or_owner",
+             "Messages of a conversation, by cursor", "chat", auth="visitor_or_owner", role=AGENT,
              query=(Param("before", "cursor: messages before it", integer(1, 2**62)),
                     Param("after", "cursor: messages after it", CURSOR),
                     Param("limit", "1 to 100, default 50", integer(1, 100)),
@@ -235,7 +240,7 @@ endpoints = [
              "The visitor's name and e-mail address (the widget's pre-chat form)", "chat",
              auth="visitor", body=ProfileBody, returns="VisitorProfile"),
     Endpoint("get", "/api/v1/widgets/{id}/conversations", list_conversations,
-             "A widget's conversations", "widgets", auth="owner", query=PAGE,
+             "A widget's conversations", "widgets", auth="owner", role=AGENT, query=PAGE,
              returns="ConversationPage"),
     Endpoint("post", "/api/v1/widgets/{id}/files", upload_file,
              "Upload a file (multipart field `file`)", "chat", auth="visitor", ok=201,
@@ -243,5 +248,5 @@ endpoints = [
              codes=("file_too_large", "unsupported_file_type", "empty_file", "rate_limited"),
              returns="File"),
     Endpoint("get", "/api/v1/widgets/{id}/files/{file_id}", get_file,
-             "Download a file (uploader or owner)", "chat", auth="visitor_or_owner"),
+             "Download a file (uploader or owner)", "chat", auth="visitor_or_owner", role=AGENT),
 ]

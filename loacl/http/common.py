@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from loacl.services.assistants import Assistants
     from loacl.services.chat import Chat
     from loacl.services.files import Files
+    from loacl.services.handoff import Handoffs
     from loacl.services.widgets import Widgets
+    from loacl.services.workspaces import Workspaces
 
 MAX_LIMIT = 100
 
@@ -40,8 +42,16 @@ def files(conn: HTTPConnection) -> Files:
     return cast("Files", conn.app.state.files)
 
 
+def handoffs(conn: HTTPConnection) -> Handoffs:
+    return cast("Handoffs", conn.app.state.handoffs)
+
+
 def widgets(conn: HTTPConnection) -> Widgets:
     return cast("Widgets", conn.app.state.widgets)
+
+
+def workspaces(conn: HTTPConnection) -> Workspaces:
+    return cast("Workspaces", conn.app.state.workspaces)
 
 
 def public_base(conn: HTTPConnection) -> str:

@@ -20,22 +20,24 @@ meaning (the README's table is generated from it). Where the codes come from::
 And by status::
 
     400 invalid_request, invalid_json, invalid_verification_token, invalid_reset_token,
-        invalid_frame, http_error
+        invalid_invite, invalid_frame, http_error
     401 unauthorized, invalid_credentials, invalid_token, token_expired,
         invalid_refresh_token, refresh_token_reused, invalid_identity
     403 email_not_verified, origin_not_allowed, identity_required, forbidden,
-        cross_site_request
+        cross_site_request, insufficient_role, not_a_member
     404 not_found, widget_not_found, user_not_found, event_not_found, file_not_found,
         backup_not_found, document_not_found
     405 method_not_allowed
-    409 email_taken, already_verified, assistant_in_use, reply_in_progress, conflict,
+    409 email_taken, account_exists, already_member, last_owner, workspace_not_empty,
+        already_verified, assistant_in_use, reply_in_progress, conversation_taken,
+        conversation_closed, conflict,
         conversation_exists, migration_refused, file_exists, events_would_be_lost
     410 subject_erased
     412 version_conflict
     413 message_too_long, file_too_large, payload_too_large
     415 unsupported_file_type, unsupported_media_type, unsupported_document_type
     422 validation_error, unknown_model, provider_not_configured, unknown_assistant,
-        unknown_file, empty_file, unsupported_file_for_provider, tool_not_supported,
+        unknown_file, unknown_member, empty_file, unsupported_file_for_provider, tool_not_supported,
         invalid_export, invalid_migration_target, not_resettable, invalid_timestamp,
         replica_not_configured, url_not_allowed
     426 upgrade_required
@@ -81,6 +83,7 @@ ERRORS: dict[str, ErrorCode] = {
     "invalid_verification_token": ErrorCode(400, "the e-mail verification token is wrong or "
                                                  "expired"),
     "invalid_reset_token": ErrorCode(400, "the password reset token is wrong, used or expired"),
+    "invalid_invite": ErrorCode(400, "the invite is wrong, used, revoked or expired"),
     "invalid_frame": ErrorCode(400, "WebSocket only: a frame was not understood"),
     "http_error": ErrorCode(400, "another HTTP error; the status says which"),
     # 401
@@ -99,6 +102,10 @@ ERRORS: dict[str, ErrorCode] = {
     "forbidden": ErrorCode(403, "not allowed"),
     "cross_site_request": ErrorCode(403, "a cookie-authenticated request came from another "
                                          "site (Sec-Fetch-Site or Origin)"),
+    "insufficient_role": ErrorCode(403, "your role in the workspace does not allow this "
+                                        "(`role`: yours, `needed`: the least that does)"),
+    "not_a_member": ErrorCode(403, "the access token's workspace is not (any more) one you "
+                                   "are a member of: refresh or switch workspace"),
     # 404
     "not_found": ErrorCode(404, "no such resource (or not yours)"),
     "widget_not_found": ErrorCode(404, "no such widget"),
@@ -113,9 +120,19 @@ ERRORS: dict[str, ErrorCode] = {
     "upgrade_required": ErrorCode(426, "a WebSocket's URL was asked for as plain HTTP"),
     # 409
     "email_taken": ErrorCode(409, "an account with that e-mail address exists"),
+    "account_exists": ErrorCode(409, "an account has the invited address: log in and accept "
+                                     "as it"),
+    "already_member": ErrorCode(409, "the account is a member of the workspace already"),
+    "last_owner": ErrorCode(409, "a workspace keeps at least one owner"),
+    "workspace_not_empty": ErrorCode(409, "delete the workspace's widgets and assistants "
+                                          "first"),
     "already_verified": ErrorCode(409, "the e-mail address is verified already"),
     "assistant_in_use": ErrorCode(409, "a widget still uses the assistant"),
     "reply_in_progress": ErrorCode(409, "wait for the reply being written before asking again"),
+    "conversation_taken": ErrorCode(
+        409, "another member answers the conversation (send force: true to take it over)"
+    ),
+    "conversation_closed": ErrorCode(409, "the conversation is closed (take it over to reopen)"),
     "conflict": ErrorCode(409, "the change conflicts with the current state"),
     "conversation_exists": ErrorCode(
         409, "the signed-in user has a conversation with the widget already (handled inside)"
@@ -148,6 +165,7 @@ ERRORS: dict[str, ErrorCode] = {
                                               "named; `errors` says what the operator must set"),
     "unknown_assistant": ErrorCode(422, "no such assistant of yours"),
     "unknown_file": ErrorCode(422, "a file_id is not an upload of this conversation"),
+    "unknown_member": ErrorCode(422, "assignee_id names no member who may answer"),
     "empty_file": ErrorCode(422, "the file is empty"),
     "unsupported_file_for_provider": ErrorCode(422, "the assistant's provider cannot read "
                                                     "that kind of file"),

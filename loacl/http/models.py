@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, cast
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from loacl.http.auth import current_owner
+from loacl.domain.workspaces import ADMIN
+from loacl.http.auth import current_member
 from loacl.http.routing import Endpoint
 
 if TYPE_CHECKING:
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 
 
 async def list_models(request: Request) -> Response:
-    await current_owner(request)
+    await current_member(request, ADMIN)
     offered = await cast("Models", request.app.state.models).offered()
     return JSONResponse({
         "data": [{"id": model, "provider": p.provider} for p in offered for model in p.models],
@@ -26,7 +27,7 @@ async def list_models(request: Request) -> Response:
 endpoints = [
     Endpoint("get", "/api/v1/models", list_models,
              "The models each configured provider offers (for an assistant's model)",
-             "assistants", auth="owner", returns="Models",
+             "assistants", auth="owner", role=ADMIN, returns="Models",
              description="Each provider's model list (`models.list`), kept for a minute. A "
              "provider that cannot be reached is listed in `providers` with `ok: false` and "
              "why, and offers no model here; the others' lists are still given."),

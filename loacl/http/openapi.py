@@ -108,6 +108,8 @@ def _responses(op: Declaration) -> dict[str, Any]:
         responses[str(op.ok)]["content"] = {"application/json": {
             "schema": {"$ref": f"#/components/schemas/{op.returns}"}}}
     codes = list(op.codes)
+    if op.role is not None:
+        codes += [c for c in ("insufficient_role", "not_a_member") if c not in codes]
     if op.auth in ("visitor", "visitor_or_owner") and "origin_not_allowed" not in codes:
         codes.append("origin_not_allowed")  # a visitor's page must be one the widget allows
     if isinstance(op, Endpoint) and op.body is not None:
@@ -137,8 +139,13 @@ def _operation(op: Declaration, schemas: dict[str, Any]) -> dict[str, Any]:
             else [{"visitorToken": []}] if op.auth == "visitor"
             else [{"visitorToken": []}, {"ownerToken": []}]
         )
-    if op.description:
-        operation["description"] = op.description
+    description = op.description
+    if op.role is not None:
+        operation["x-loacl-role"] = op.role
+        description = (f"Role: `{op.role}` or higher, in the access token's workspace."
+                       + (f"\n\n{description}" if description else ""))
+    if description:
+        operation["description"] = description
     if not isinstance(op, Socket) and (body := _request_body(op, schemas)) is not None:
         operation["requestBody"] = body
     operation["responses"] = _responses(op)

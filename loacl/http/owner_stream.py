@@ -32,17 +32,22 @@ from loacl.domain.conversations import (
 )
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import RecordedEvent
+from loacl.domain.handoff import (
+    AgentMessagePosted,
+    ConversationAssigned,
+    ConversationStateChanged,
+)
 from loacl.domain.privacy import SubjectErased
 from loacl.domain.widgets import ConversationStarted
-from loacl.http.auth import current_owner, refuse_cross_site
-from loacl.http.common import accounts
+from loacl.domain.workspaces import AGENT, MemberRemoved, WorkspaceDeleted, workspace_stream
+from loacl.http.auth import Member, current_member, refuse_cross_site
+from loacl.http.common import accounts, handoffs
 from loacl.http.errors import problem, status_for
 from loacl.http.routing import Endpoint, Socket
 from loacl.http.shapes import inbox_item_json, message_json
 from loacl.http.stream_protocol import MAX_TEXT_FRAME, Close, Frame
 from loacl.http.stream_send import Outbox
 from loacl.http.validation import decode_json
-from loacl.services.accounts import Principal
 from loacl.store.broker import Subscription, SubscriptionOverflow
 from loacl.store.eventstore import EventStore
 from loacl.store.views import conversations as conversation_views
@@ -55,6 +60,7 @@ CLOSE_SECONDS = 10.0
 OUTBOX_FRAMES = 2000
 NEWS_BUFFER = 5000  # committed events waiting for this socket before it counts as too slow
 OWNED_CACHE = 10_000
+TYPING_BUFFER = 100
 _CONVERSATION_PREFIX = "conversation-"
 
 _encode = msgspec.json.Encoder().encode
@@ -66,12 +72,22 @@ CLIENT_FRAMES = (
     Frame("pong", (), "the answer to the server's ping"),
 )
 SERVER_FRAMES = (
-    Frame("ready", ("user_id", "expires_in"), "authenticated; the token expires in expires_in "
-          "seconds (send a fresh one in an auth frame before then)"),
+    Frame("ready", ("user_id", "workspace_id", "role", "expires_in"), "authenticated (as "
+          "role, in workspace_id); the token expires in expires_in seconds (send a fresh one "
+          "in an auth frame before then)"),
     Frame("conversation", ("conversation",), "a conversation started or changed: its entry as "
           "GET /api/v1/conversations/{id} gives it"),
-    Frame("message", ("conversation_id", "message"), "a visitor's message, or a reply that "
-          "started (status streaming, no text yet), as the transcript gives it"),
+    Frame("message", ("conversation_id", "message"), "a visitor's message, a member's "
+          "(role agent), or a reply that started (status streaming, no text yet), as the "
+          "transcript gives it"),
+    Frame("state", ("conversation_id", "state", "previous", "by", "cause", "assignee"),
+          "who answers a conversation changed: state bot, waiting (a person was asked for), "
+          "human or closed; by visitor, assistant or member:<account id>; cause a code "
+          "(visitor_asked, assistant_asked, taken_over, agent_replied, released, closed, "
+          "reopened); a conversation frame with the new entry follows"),
+    Frame("typing", ("conversation_id", "from", "typing", "name?"),
+          "someone is typing (true) or stopped (false) in a conversation: from visitor or "
+          "agent (another member); never logged"),
     Frame("delta", ("conversation_id", "message_id", "offset", "text"),
           "a reply's text from a character offset"),
     Frame("done", ("conversation_id", "message_id", "status", "length", "message"),
@@ -85,8 +101,9 @@ CLOSES = {
     Close.TOO_BIG: f"a frame was longer than {MAX_TEXT_FRAME} characters",
     Close.SERVER_ERROR: "the server failed; reconnect",
     Close.TOO_SLOW: "too slow to keep up; reconnect and read the inbox again",
-    Close.BAD_TOKEN: "no auth frame in time, a wrong or expired token, another owner's token "
-                     "in a later auth frame, or the session ended (logout)",
+    Close.BAD_TOKEN: "no auth frame in time, a wrong or expired token, another account's or "
+                     "workspace's token in a later auth frame, the session ended (logout), or "
+                     "the account's membership of the workspace ended",
     Close.IDLE: "no frame from the client for ws_idle_seconds (answer the pings)",
 }
 
@@ -98,7 +115,7 @@ def describe() -> str:
 
     closes = "".join(f"\n- {int(code)}: {meaning}" for code, meaning in CLOSES.items())
     return (
-        "Live changes to the conversations of all your widgets. Send "
+        "Live changes to the conversations of all the widgets of the token's workspace. Send "
         "`{\"type\": \"auth\", \"token\": ACCESS_TOKEN}` first (within 10 s); tokens never go "
         "in the URL. From a browser, the page must be this server's own (403 "
         "cross_site_request otherwise). Every frame is a JSON text frame with a `type`.\n\n"
@@ -108,7 +125,7 @@ def describe() -> str:
 
 
 class OwnerSocket:
-    def __init__(self, websocket: WebSocket, principal: Principal, expires_at: int) -> None:
+    def __init__(self, websocket: WebSocket, principal: Member, expires_at: int) -> None:
         self.ws = websocket
         self.principal = principal
         self.expires_at = expires_at
@@ -121,11 +138,26 @@ class OwnerSocket:
         self.renewed = asyncio.Event()
         self.owned: dict[str, bool] = {}
         self.news = self.store.broker.subscribe(self._wanted, NEWS_BUFFER)
+        self.typing: asyncio.Queue[dict[str, Any]] = asyncio.Queue(TYPING_BUFFER)
+
+    def on_typing(self, frame: dict[str, Any]) -> None:
+        # Not this member's own signals; a socket behind on them loses some (a hint only).
+        if frame.get("from") == "agent" and frame.get("member") == self.principal.user_id:
+            return
+        with contextlib.suppress(asyncio.QueueFull):
+            self.typing.put_nowait(frame)
+
+    async def follow_typing(self) -> None:
+        while True:
+            frame = await self.typing.get()
+            if await self._owns(frame["conversation_id"]):
+                self.send({k: v for k, v in frame.items() if k != "member"})
 
     def _wanted(self, recorded: RecordedEvent) -> bool:
         stream = recorded.stream
-        return stream.startswith(_CONVERSATION_PREFIX) or (
-            stream == session_stream(self.principal.session_id)
+        return stream.startswith(_CONVERSATION_PREFIX) or stream in (
+            session_stream(self.principal.session_id),
+            workspace_stream(self.principal.workspace_id),
         )
 
     def send(self, frame: dict[str, Any]) -> None:
@@ -144,7 +176,7 @@ class OwnerSocket:
         found = self.owned.get(conversation_id)
         if found is None:
             owner = await inbox_views.owner_of(self.store, conversation_id)
-            found = owner == self.principal.user_id
+            found = owner == self.principal.workspace_id
             if len(self.owned) >= OWNED_CACHE:
                 self.owned.clear()
             self.owned[conversation_id] = found
@@ -162,6 +194,10 @@ class OwnerSocket:
         if not recorded.stream.startswith(_CONVERSATION_PREFIX):
             if isinstance(event, SessionRevoked):
                 self.close(Close.BAD_TOKEN, "the session ended; log in again")
+            elif isinstance(event, WorkspaceDeleted) or (
+                isinstance(event, MemberRemoved) and event.user_id == self.principal.user_id
+            ):
+                self.close(Close.BAD_TOKEN, "no member of the workspace any more")
             return
         conversation_id = recorded.stream.removeprefix(_CONVERSATION_PREFIX)
         if not await self._owns(conversation_id):
@@ -171,7 +207,12 @@ class OwnerSocket:
                        "message_id": event.message_id, "offset": event.offset,
                        "text": event.text})
             return
-        if isinstance(event, MessagePosted | AssistantStarted):
+        if isinstance(event, ConversationStateChanged):
+            self.send({"type": "state", "conversation_id": conversation_id,
+                       "state": event.state, "previous": event.previous, "by": event.by,
+                       "cause": event.cause, "assignee": None if event.assignee_id is None
+                       else {"id": event.assignee_id, "name": event.assignee_name}})
+        elif isinstance(event, MessagePosted | AssistantStarted | AgentMessagePosted):
             message = await conversation_views.message(self.store, event.message_id)
             if message is not None:
                 self.send({"type": "message", "conversation_id": conversation_id,
@@ -182,9 +223,10 @@ class OwnerSocket:
                 self.send({"type": "done", "conversation_id": conversation_id,
                            "message_id": event.message_id, "status": message.status,
                            "length": len(message.text), "message": message_json(message)})
-        elif not isinstance(event, ConversationStarted | SubjectErased):
+        elif not isinstance(event, ConversationStarted | SubjectErased | ConversationAssigned):
             return  # files and the like change no entry of the inbox
-        item = await inbox_views.inbox_item(self.store, conversation_id)
+        item = await inbox_views.inbox_item(self.store, conversation_id,
+                                            self.principal.user_id)
         if item is not None:
             self.send({"type": "conversation", "conversation": inbox_item_json(item)})
 
@@ -241,8 +283,10 @@ class OwnerSocket:
         except LoaclError:
             self.close(Close.BAD_TOKEN, "the token is not valid")
             return
-        if principal.user_id != self.principal.user_id:
-            self.close(Close.BAD_TOKEN, "a token of another account")
+        if (principal.user_id, principal.workspace_id) != (
+            self.principal.user_id, self.principal.workspace_id
+        ):
+            self.close(Close.BAD_TOKEN, "a token of another account or workspace")
             return
         # The session may be another (after a new login); the news follows the new one.
         self.principal, self.expires_at = principal, expires_at
@@ -275,14 +319,14 @@ def _frame(raw: str | None) -> dict[str, Any] | None:
     return frame if isinstance(frame, dict) else None
 
 
-async def authenticate(websocket: WebSocket, frame: dict[str, Any]) -> tuple[Principal, int]:
-    """The owner behind an auth frame's token, and when the token expires (Unix seconds)."""
+async def authenticate(websocket: WebSocket, frame: dict[str, Any]) -> tuple[Member, int]:
+    """The member behind an auth frame's token (any role: agents read the inbox), and when
+    the token expires (Unix seconds)."""
     token = frame.get("token")
     if frame.get("type") != "auth" or not isinstance(token, str) or not token:
         raise LoaclError("invalid_token", "send {\"type\": \"auth\", \"token\": ...} first")
-    service = accounts(websocket)
-    principal = await service.authenticate(token)
-    return principal, service.tokens.read_access(token).expires_at
+    principal = await current_member(websocket, AGENT, token=token)
+    return principal, accounts(websocket).tokens.read_access(token).expires_at
 
 
 async def owner_stream(websocket: WebSocket) -> None:
@@ -306,10 +350,14 @@ async def owner_stream(websocket: WebSocket) -> None:
         return
     conn = OwnerSocket(websocket, principal, expires_at)  # subscribed from here on
     left = max(0, round(expires_at - conn.clock().timestamp()))
-    conn.send({"type": "ready", "user_id": principal.user_id, "expires_in": left})
+    conn.send({"type": "ready", "user_id": principal.user_id,
+               "workspace_id": principal.workspace_id, "role": principal.role,
+               "expires_in": left})
     write = asyncio.create_task(conn.write_frames())
+    stop_typing = handoffs(websocket).typing.listen(None, conn.on_typing)
     others = [asyncio.create_task(conn.read_frames()), asyncio.create_task(conn.ping()),
               asyncio.create_task(conn.follow_news(conn.news)),
+              asyncio.create_task(conn.follow_typing()),
               asyncio.create_task(conn.expire()), asyncio.create_task(conn.closed.wait())]
     try:
         done, _ = await asyncio.wait([write, *others], return_when=asyncio.FIRST_COMPLETED)
@@ -320,19 +368,21 @@ async def owner_stream(websocket: WebSocket) -> None:
                 conn.close(Close.SERVER_ERROR, "server error")
     finally:
         conn.news.close()
+        stop_typing()
         await conn.wind_down(write, others)
 
 
 async def not_upgraded(request: Request) -> Response:
     """A plain GET of the socket's URL: the token is checked as for any owner request, then
     the client is told to upgrade."""
-    await current_owner(request)
+    await current_member(request, AGENT)
     raise LoaclError("upgrade_required", "open this URL as a WebSocket (Upgrade: websocket)")
 
 
 endpoints: list[Endpoint | Socket] = [
     Socket("/api/v1/owner/stream", owner_stream,
            "WebSocket: live changes to your conversations (see the description)", describe(),
-           tag="conversations", auth="owner", codes=("cross_site_request", "upgrade_required")),
+           tag="conversations", auth="owner", role=AGENT,
+           codes=("cross_site_request", "upgrade_required")),
     Endpoint("get", "/api/v1/owner/stream", not_upgraded, "", documented=False),
 ]

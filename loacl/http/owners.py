@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from loacl.domain.assistants import (
     MAX_TOOLS,
@@ -17,8 +18,10 @@ from loacl.domain.assistants import (
     TOOL_TYPES,
     AssistantDefinition,
     ToolDefinition,
+    handoff_tool,
 )
 from loacl.domain.errors import LoaclError
+from loacl.domain.hours import MAX_CLOSED_DATES, MAX_WINDOWS, OfficeHours, Window
 from loacl.domain.widgets import (
     MAX_ORIGINS,
     MAX_RETENTION_DAYS,
@@ -26,13 +29,25 @@ from loacl.domain.widgets import (
     WidgetDefinition,
     WidgetSettings,
 )
-from loacl.http.auth import current_owner
-from loacl.http.common import assistants, if_match, metadata, public_base, widgets, with_etag
+from loacl.domain.workspaces import ADMIN
+from loacl.http.auth import current_member
+from loacl.http.common import (
+    assistants,
+    chat,
+    client_ip,
+    if_match,
+    metadata,
+    public_base,
+    widgets,
+    with_etag,
+)
 from loacl.http.resources import PATCH_TYPES, OwnedResource
 from loacl.http.routing import IF_MATCH, PAGE, Endpoint, Param
 from loacl.http.shapes import assistant_json, widget_json
 from loacl.http.static import widget_script
+from loacl.http.validation import parse_body
 from loacl.providers import default_provider, spec
+from loacl.providers.base import Turn
 from loacl.store.views.widgets import WidgetView
 
 
@@ -77,6 +92,9 @@ class AssistantBody(Body):
     max_output_tokens: int | None = Field(None, ge=16, le=200_000)
     file_search: FileSearch | None = None
     tools: list[ToolBody] = Field(default_factory=list, max_length=MAX_TOOLS)
+    handoff: bool = Field(False, description="the model may ask for a person from the team "
+                          "(a request_human function tool); the conversation then waits for "
+                          "one and the assistant tells the visitor so")
 
 
 class SettingsBody(Body):
@@ -109,6 +127,27 @@ class BudgetBody(Body):
     monthly_cost: float | None = Field(None, ge=0, le=10**9, description="US dollars")
 
 
+_CLOCK = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"
+
+
+class WindowBody(Body):
+    day: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    opens: str = Field(pattern=_CLOCK, description="HH:MM, local time")
+    closes: str = Field(pattern=_CLOCK, description="HH:MM after opens, or 24:00; an "
+                        "overnight shift is two windows")
+
+
+class OfficeHoursBody(Body):
+    """When the widget's people answer; a handoff outside them tells the visitor when."""
+
+    timezone: str = Field(min_length=1, max_length=64, description="An IANA time zone, "
+                          "such as Europe/Paris")
+    windows: list[WindowBody] = Field(default_factory=list, max_length=MAX_WINDOWS)
+    closed_dates: list[Annotated[str, Field(max_length=10)]] = Field(
+        default_factory=list, max_length=MAX_CLOSED_DATES,
+        description="Local dates (YYYY-MM-DD) with no opening, such as holidays")
+
+
 class WidgetBody(Body):
     name: str = Field(min_length=1, max_length=200)
     assistant_id: str = Field(min_length=1, max_length=64)
@@ -123,6 +162,8 @@ class WidgetBody(Body):
     require_identity: bool = False
     # Conversations idle this many days are erased; null (the default) keeps them.
     retention_days: int | None = Field(None, ge=1, le=MAX_RETENTION_DAYS)
+    # Checked by the domain (``hours.checked_hours``): known zone, windows that do not overlap.
+    office_hours: OfficeHoursBody | None = None
 
 
 def _definition(request: Request, body: AssistantBody) -> AssistantDefinition:
@@ -143,7 +184,7 @@ def _definition(request: Request, body: AssistantBody) -> AssistantDefinition:
                            parameters=t.parameters, url=t.url or "", timeout_ms=t.timeout_ms,
                            status_text=t.status_text, enabled=t.enabled)
             for t in body.tools
-        ),
+        ) + ((handoff_tool(),) if body.handoff else ()),
     )
 
 
@@ -159,28 +200,86 @@ def _widget_definition(_request: Request, body: WidgetBody) -> WidgetDefinition:
         enabled=body.enabled, require_identity=body.require_identity,
         budget=WidgetBudget(**body.budget.model_dump()),
         retention_days=body.retention_days,
+        office_hours=None if body.office_hours is None else OfficeHours(
+            timezone=body.office_hours.timezone,
+            windows=tuple(Window(**w.model_dump()) for w in body.office_hours.windows),
+            closed_dates=tuple(body.office_hours.closed_dates),
+        ),
     )
 
 
 async def rotate_secret(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
+    owner = await current_member(request, ADMIN, verified=True)
     rotated = await widgets(request).rotate_secret(
-        owner.user_id, request.path_params["id"], if_match(request),
+        owner.workspace_id, request.path_params["id"], if_match(request),
         metadata(request, owner.user_id),
     )
     return with_etag(_with_secret(request, rotated))
 
 
 async def rotate_tool_secret(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
+    owner = await current_member(request, ADMIN, verified=True)
     rotated = await assistants(request).rotate_tool_secret(
-        owner.user_id, request.path_params["id"], if_match(request),
+        owner.workspace_id, request.path_params["id"], if_match(request),
         metadata(request, owner.user_id),
     )
     return with_etag(assistant_json(rotated))
 
 
 ASSISTANTS = OwnedResource(assistants, AssistantBody, _definition, assistant_json)
+
+MAX_PREVIEW_TURNS = 40
+
+
+class PreviewTurn(Body):
+    role: Literal["user", "assistant"]
+    text: str = Field(min_length=1, max_length=32_000)
+
+
+class PreviewBody(Body):
+    """An assistant as the owner is editing it (saved or not), and the preview's conversation
+    so far: the last turn is the owner's new message."""
+
+    assistant: AssistantBody
+    messages: list[PreviewTurn] = Field(min_length=1, max_length=MAX_PREVIEW_TURNS)
+
+
+PREVIEW_ABOUT = (
+    "The console's preview chat: a reply from the assistant as given in the body, which need "
+    "not be saved (its model, instructions, provider, temperature and the rest), to the "
+    "conversation in `messages`. The answer streams as newline-delimited JSON, one object a "
+    "line: `{\"type\": \"delta\", \"offset\", \"text\"}` pieces, then `{\"type\": "
+    "\"done\", \"status\": \"completed\", \"length\", \"usage\"}` or `{\"type\": "
+    "\"error\", \"code\", \"text\"}` (the codes of a visitor's failed reply).\n\n"
+    "Nothing is stored: a preview is no visitor's conversation, so it never shows in the inbox, "
+    "usage, webhooks or the event log, and its tokens count against no widget's budget. It is "
+    "limited like a visitor's message instead, before the provider is asked: "
+    "`preview_messages_per_minute` per owner, the server's per-address and per-day message "
+    "limits, and a reply slot of its own (`provider_concurrency`, `replies_per_ip`). HTTP "
+    "tools are not called from a preview."
+)
+
+
+async def preview_reply(request: Request) -> Response:
+    owner = await current_member(request, ADMIN, verified=True)
+    body = await parse_body(request, PreviewBody)
+    if body.messages[-1].role != "user":
+        raise LoaclError("validation_error", "messages: the last one must be the user's",
+                         errors=[{"field": "messages", "message": "the last role must be user"}])
+    limit = request.app.state.settings.max_message_chars
+    if len(body.messages[-1].text) > limit:
+        raise LoaclError("message_too_long", f"a message may have at most {limit} characters")
+    definition = _definition(request, body.assistant)
+    assistants(request).check_tools(definition)
+    turns = [Turn(m.role, m.text) for m in body.messages]
+    pieces = await chat(request).preview(owner.user_id, definition, turns, client_ip(request))
+
+    async def lines() -> AsyncIterator[bytes]:
+        async for piece in pieces:
+            yield json.dumps(piece, ensure_ascii=False).encode() + b"\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson",
+                             headers={"Cache-Control": "no-store"})
 
 
 def _with_secret(request: Request, view: WidgetView) -> dict[str, Any]:
@@ -197,8 +296,8 @@ WIDGETS = OwnedResource(widgets, WidgetBody, _widget_definition, widget_json, _w
 
 
 async def embed_code(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
-    widget = await widgets(request).get(owner.user_id, request.path_params["id"])
+    owner = await current_member(request, ADMIN, verified=True)
+    widget = await widgets(request).get(owner.workspace_id, request.path_params["id"])
     script_url = f"{public_base(request)}/widget.js"
     config = {
         "widgetId": widget.widget_id,
@@ -289,56 +388,64 @@ PATCH = (
 
 endpoints = [
     Endpoint("get", "/api/v1/assistants", ASSISTANTS.list, "List your assistants",
-             "assistants", auth="owner", query=PAGE, returns="AssistantPage"),
+             "assistants", auth="owner", role=ADMIN, query=PAGE, returns="AssistantPage"),
     Endpoint("post", "/api/v1/assistants", ASSISTANTS.create, "Create an assistant",
-             "assistants", auth="owner", body=AssistantBody, ok=201,
+             "assistants", auth="owner", role=ADMIN, body=AssistantBody, ok=201,
              codes=("email_not_verified", "unknown_model", "provider_not_configured",
                     "provider_unavailable", "tool_not_supported"),
              returns="Assistant"),
+    Endpoint("post", "/api/v1/assistant-preview", preview_reply,
+             "A reply from an assistant not saved yet (the console's preview; nothing stored)",
+             "assistants", auth="owner", role=ADMIN, body=PreviewBody,
+             codes=("email_not_verified", "rate_limited", "message_too_long", "unknown_model",
+                    "provider_not_configured", "provider_unavailable", "tool_not_supported"),
+             description=PREVIEW_ABOUT,
+             content={"application/x-ndjson": {"schema": {
+                 "type": "string", "description": "JSON objects, one a line"}}}),
     Endpoint("get", "/api/v1/assistants/{id}", ASSISTANTS.get, "An assistant (ETag)",
-             "assistants", auth="owner", returns="Assistant"),
+             "assistants", auth="owner", role=ADMIN, returns="Assistant"),
     Endpoint("put", "/api/v1/assistants/{id}", ASSISTANTS.put, "Replace an assistant (If-Match)",
-             "assistants", auth="owner", body=ASSISTANTS.replacement, headers=IF_MATCH,
+             "assistants", auth="owner", role=ADMIN, body=ASSISTANTS.replacement, headers=IF_MATCH,
              codes=("version_conflict", "precondition_required", "unknown_model",
                     "provider_not_configured", "provider_unavailable", "tool_not_supported"),
              description=REPLACE, returns="Assistant"),
     Endpoint("patch", "/api/v1/assistants/{id}", ASSISTANTS.patch,
              "Change some of an assistant (JSON Merge Patch, If-Match)", "assistants",
              auth="owner", body=ASSISTANTS.patch_body, body_types=PATCH_TYPES, headers=IF_MATCH,
-             codes=("version_conflict", "precondition_required", "unknown_model",
+             role=ADMIN, codes=("version_conflict", "precondition_required", "unknown_model",
                     "provider_not_configured", "provider_unavailable", "unsupported_media_type",
                     "tool_not_supported"),
              description=PATCH, returns="Assistant"),
     Endpoint("delete", "/api/v1/assistants/{id}", ASSISTANTS.delete,
-             "Delete an assistant (If-Match)", "assistants", auth="owner", ok=204,
+             "Delete an assistant (If-Match)", "assistants", auth="owner", role=ADMIN, ok=204,
              headers=IF_MATCH,
              codes=("version_conflict", "precondition_required", "assistant_in_use")),
     Endpoint("post", "/api/v1/assistants/{id}/rotate-tool-secret", rotate_tool_secret,
              "A new secret for signing the assistant's tool calls, shown once", "assistants",
-             auth="owner", headers=IF_MATCH,
+             auth="owner", role=ADMIN, headers=IF_MATCH,
              codes=("version_conflict", "precondition_required"), returns="Assistant"),
     Endpoint("get", "/api/v1/widgets", WIDGETS.list, "List your widgets", "widgets",
-             auth="owner", query=PAGE, returns="WidgetPage"),
+             auth="owner", role=ADMIN, query=PAGE, returns="WidgetPage"),
     Endpoint("post", "/api/v1/widgets", WIDGETS.create,
              "Create a widget; the identity secret is shown once", "widgets", auth="owner",
-             body=WidgetBody, ok=201, codes=("email_not_verified", "unknown_assistant"),
+             role=ADMIN, body=WidgetBody, ok=201, codes=("email_not_verified", "unknown_assistant"),
              returns="WidgetWithSecret"),
     Endpoint("get", "/api/v1/widgets/{id}", WIDGETS.get, "A widget (ETag)", "widgets",
-             auth="owner", returns="Widget"),
+             auth="owner", role=ADMIN, returns="Widget"),
     Endpoint("put", "/api/v1/widgets/{id}", WIDGETS.put, "Replace a widget (If-Match)",
-             "widgets", auth="owner", body=WIDGETS.replacement, headers=IF_MATCH,
+             "widgets", auth="owner", role=ADMIN, body=WIDGETS.replacement, headers=IF_MATCH,
              codes=("version_conflict", "precondition_required", "unknown_assistant"),
              description=REPLACE, returns="Widget"),
     Endpoint("patch", "/api/v1/widgets/{id}", WIDGETS.patch,
              "Change some of a widget (JSON Merge Patch, If-Match)", "widgets", auth="owner",
-             body=WIDGETS.patch_body, body_types=PATCH_TYPES, headers=IF_MATCH,
+             role=ADMIN, body=WIDGETS.patch_body, body_types=PATCH_TYPES, headers=IF_MATCH,
              codes=("version_conflict", "precondition_required", "unknown_assistant",
                     "unsupported_media_type"), description=PATCH, returns="Widget"),
     Endpoint("delete", "/api/v1/widgets/{id}", WIDGETS.delete, "Delete a widget (If-Match)",
-             "widgets", auth="owner", ok=204, headers=IF_MATCH,
+             "widgets", auth="owner", role=ADMIN, ok=204, headers=IF_MATCH,
              codes=("version_conflict", "precondition_required")),
     Endpoint("get", "/api/v1/widgets/{id}/embed-code", embed_code,
-             "The HTML to paste into a site", "widgets", auth="owner",
+             "The HTML to paste into a site", "widgets", auth="owner", role=ADMIN,
              query=(Param("format", "json (default): the snippet and the script's URLs; html: "
                     "the snippet itself, to copy and paste. Without it, `Accept: text/html` "
                     "asks for html", {"type": "string", "enum": list(EMBED_FORMATS)}),),
@@ -348,5 +455,6 @@ endpoints = [
              }),
     Endpoint("post", "/api/v1/widgets/{id}/rotate-secret", rotate_secret,
              "A new identity secret, shown once", "widgets", auth="owner", headers=IF_MATCH,
-             codes=("version_conflict", "precondition_required"), returns="WidgetWithSecret"),
+             role=ADMIN, codes=("version_conflict", "precondition_required"),
+             returns="WidgetWithSecret"),
 ]

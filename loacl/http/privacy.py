@@ -21,7 +21,8 @@ from starlette.responses import JSONResponse, Response
 
 from loacl.domain.errors import LoaclError
 from loacl.domain.privacy import REQUESTED
-from loacl.http.auth import current_owner
+from loacl.domain.workspaces import ADMIN, AGENT
+from loacl.http.auth import current_member, current_owner
 from loacl.http.common import accounts, client_ip, metadata
 from loacl.http.routing import Endpoint, Param
 from loacl.http.shapes import export_json, export_path
@@ -42,9 +43,9 @@ class DeleteAccountBody(BaseModel):
 
 
 async def erase_conversation(request: Request) -> Response:
-    owner = await current_owner(request)
+    owner = await current_member(request, ADMIN)
     service = privacy(request)
-    found = await service.owned_conversation(owner.user_id, request.path_params["id"])
+    found = await service.owned_conversation(owner.workspace_id, request.path_params["id"])
     if not found.erased:  # erasing twice is erasing once
         await service.erase_conversation(
             found.conversation_id, reason=REQUESTED, requested_by=owner.user_id,
@@ -54,9 +55,9 @@ async def erase_conversation(request: Request) -> Response:
 
 
 async def export_conversation(request: Request) -> Response:
-    owner = await current_owner(request)
+    owner = await current_member(request, AGENT)
     service = privacy(request)
-    found = await service.owned_conversation(owner.user_id, request.path_params["id"])
+    found = await service.owned_conversation(owner.workspace_id, request.path_params["id"])
     kind = request.query_params.get("format", "json")
     if kind not in ("json", "zip"):
         raise LoaclError(
@@ -82,6 +83,8 @@ async def export_conversation(request: Request) -> Response:
 
 
 async def delete_account(request: Request) -> Response:
+    """The account and its personal workspace (whose id is the account's) go; its
+    memberships elsewhere end."""
     owner = await current_owner(request)
     body = await parse_body(request, DeleteAccountBody)
     await accounts(request).check_password(owner.user_id, body.password, client_ip(request))
@@ -94,10 +97,10 @@ async def delete_account(request: Request) -> Response:
 endpoints = [
     Endpoint("delete", "/api/v1/conversations/{id}", erase_conversation,
              "Erase a conversation of your widgets: its text, files and key", "conversations",
-             auth="owner", ok=204),
+             auth="owner", ok=204, role=ADMIN),
     Endpoint("get", "/api/v1/conversations/{id}/export", export_conversation,
              "A conversation and its files, as JSON or (format=zip) a ZIP", "conversations",
-             auth="owner",
+             auth="owner", role=AGENT,
              query=(Param("format", "json (default) or zip", {"enum": ["json", "zip"]}),),
              codes=("subject_erased",), returns="ConversationExport",
              content={

@@ -19,7 +19,8 @@ from starlette.responses import Response
 
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
-from loacl.http.auth import current_owner
+from loacl.domain.workspaces import ADMIN
+from loacl.http.auth import current_member
 from loacl.http.common import if_match, metadata, page, page_response, with_etag
 from loacl.http.validation import json_object, merge_patch, parse_body, validated
 from loacl.store.views import Page
@@ -101,37 +102,37 @@ class OwnedResource(Generic[V, D, B]):
         object.__setattr__(self, "patch_body", patch_of(self.body))
 
     async def list(self, request: Request) -> Response:
-        owner = await current_owner(request, verified=True)
+        owner = await current_member(request, ADMIN, verified=True)
         after, limit = page(request)
-        found = await self.service(request).list(owner.user_id, after, limit)
+        found = await self.service(request).list(owner.workspace_id, after, limit)
         return page_response([self.shown(item) for item in found.items], found.next_cursor)
 
     async def create(self, request: Request) -> Response:
-        owner = await current_owner(request, verified=True)
+        owner = await current_member(request, ADMIN, verified=True)
         body = await parse_body(request, self.body)
         made = await self.service(request).create(
-            owner.user_id, self.definition(request, body), metadata(request, owner.user_id)
+            owner.workspace_id, self.definition(request, body), metadata(request, owner.user_id)
         )
         shown = self.created(request, made) if self.created else self.shown(made)
         return with_etag(shown, 201)
 
     async def get(self, request: Request) -> Response:
-        owner = await current_owner(request, verified=True)
-        found = await self.service(request).get(owner.user_id, request.path_params["id"])
+        owner = await current_member(request, ADMIN, verified=True)
+        found = await self.service(request).get(owner.workspace_id, request.path_params["id"])
         return with_etag(self.shown(found))
 
     async def put(self, request: Request) -> Response:
-        owner = await current_owner(request, verified=True)
+        owner = await current_member(request, ADMIN, verified=True)
         expected = if_match(request)
         body = await parse_body(request, self.replacement)
         updated = await self.service(request).update(
-            owner.user_id, request.path_params["id"], self.definition(request, body),
+            owner.workspace_id, request.path_params["id"], self.definition(request, body),
             expected, metadata(request, owner.user_id),
         )
         return with_etag(self.shown(updated))
 
     async def patch(self, request: Request) -> Response:
-        owner = await current_owner(request, verified=True)
+        owner = await current_member(request, ADMIN, verified=True)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind and kind not in PATCH_TYPES:
             raise LoaclError(
@@ -142,14 +143,14 @@ class OwnedResource(Generic[V, D, B]):
         patch = await json_object(request)
         service, item_id = self.service(request), request.path_params["id"]
         for attempt in range(PATCH_TRIES):
-            current = self.shown(await service.get(owner.user_id, item_id))
+            current = self.shown(await service.get(owner.workspace_id, item_id))
             body = validated(self.body, merge_patch(
                 {name: current[name] for name in self.body.model_fields if name in current},
                 patch,
             ))
             try:
                 updated = await service.update(
-                    owner.user_id, item_id, self.definition(request, body),
+                    owner.workspace_id, item_id, self.definition(request, body),
                     current["version"] if expected is None else expected,
                     metadata(request, owner.user_id),
                 )
@@ -164,9 +165,9 @@ class OwnedResource(Generic[V, D, B]):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def delete(self, request: Request) -> Response:
-        owner = await current_owner(request, verified=True)
+        owner = await current_member(request, ADMIN, verified=True)
         await self.service(request).delete(
-            owner.user_id, request.path_params["id"], if_match(request),
+            owner.workspace_id, request.path_params["id"], if_match(request),
             metadata(request, owner.user_id),
         )
         return Response(status_code=204)

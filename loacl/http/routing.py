@@ -73,6 +73,8 @@ class Endpoint:
     # The success response's media types and their schemas, when the document shows them.
     content: dict[str, Any] | None = None
     returns: str | None = None  # the success body's schema: a name in shapes.SCHEMAS
+    # The least workspace role the caller needs (owner, admin, agent), when it acts in one.
+    role: str | None = None
 
     def route(self) -> BaseRoute:
         return DeclaredRoute(self)
@@ -93,6 +95,7 @@ class Socket:
     method: Literal["get"] = "get"
     ok: int = 101
     documented: bool = True
+    role: str | None = None
 
     def route(self) -> BaseRoute:
         return DeclaredSocket(self)

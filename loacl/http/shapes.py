@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import base64
+from datetime import datetime
 from typing import Any
 
-from loacl.domain.assistants import ToolDefinition
+from loacl.domain.accounts import display_name
+from loacl.domain.assistants import HANDOFF_TOOL, ToolDefinition
+from loacl.domain.handoff import STATES as HANDOFF_STATES
+from loacl.domain.hours import DAYS, OfficeHours, is_open, next_opening
 from loacl.services.accounts import TokenPair
 from loacl.services.privacy import Export
 from loacl.store.views.accounts import SessionView, UserView
@@ -15,6 +19,7 @@ from loacl.store.views.files import FileView
 from loacl.store.views.inbox import InboxItem
 from loacl.store.views.webhooks import Delivery, WebhookView
 from loacl.store.views.widgets import WidgetView
+from loacl.store.views.workspaces import InviteView, MemberView, WorkspaceView
 
 
 def assistant_json(view: AssistantView) -> dict[str, Any]:
@@ -30,7 +35,8 @@ def assistant_json(view: AssistantView) -> dict[str, Any]:
         "max_output_tokens": d.max_output_tokens,
         "file_search": {"vector_store_ids": list(d.vector_store_ids)}
         if d.vector_store_ids else None,
-        "tools": [tool_json(t) for t in d.tools],
+        "tools": [tool_json(t) for t in d.tools if t.type != HANDOFF_TOOL],
+        "handoff": d.handoff,
         "version": view.version,
         "created_at": view.created_at,
         "updated_at": view.updated_at,
@@ -61,6 +67,28 @@ def widget_settings_json(view: WidgetView) -> dict[str, Any]:
     }
 
 
+def office_hours_json(hours: OfficeHours | None) -> dict[str, Any] | None:
+    if hours is None:
+        return None
+    return {
+        "timezone": hours.timezone,
+        "windows": [{"day": w.day, "opens": w.opens, "closes": w.closes} for w in hours.windows],
+        "closed_dates": list(hours.closed_dates),
+    }
+
+
+def availability_json(hours: OfficeHours | None, at: datetime) -> dict[str, Any]:
+    """What a visitor's widget is told of the hours: open now, or when it next opens."""
+    if hours is None:
+        return {"office_hours": False, "open": True, "next_opening": None, "timezone": None}
+    opening = next_opening(hours, at)
+    return {
+        "office_hours": True, "open": is_open(hours, at),
+        "next_opening": None if opening is None else opening.isoformat().replace("+00:00", "Z"),
+        "timezone": hours.timezone,
+    }
+
+
 def widget_json(view: WidgetView) -> dict[str, Any]:
     d = view.definition
     return {
@@ -76,6 +104,7 @@ def widget_json(view: WidgetView) -> dict[str, Any]:
         "enabled": d.enabled,
         "require_identity": d.require_identity,
         "retention_days": d.retention_days,
+        "office_hours": office_hours_json(d.office_hours),
         "version": view.version,
         "created_at": view.created_at,
         "updated_at": view.updated_at,
@@ -96,6 +125,7 @@ def message_json(view: MessageView) -> dict[str, Any]:
         "cursor": str(view.created_seq),
         "created_at": view.created_at,
         "finished_at": view.finished_at,
+        "author_name": view.author_name,
         "feedback": None if view.feedback_rating is None else {
             "rating": view.feedback_rating, "comment": view.feedback_comment or "",
             "at": view.feedback_at,
@@ -141,6 +171,7 @@ def conversation_json(view: ConversationView) -> dict[str, Any]:
         "erased_at": view.erased_at,
         "visitor_name": view.visitor_name,
         "visitor_email": view.visitor_email,
+        "state": view.state,
     }
 
 
@@ -159,6 +190,11 @@ def inbox_item_json(item: InboxItem) -> dict[str, Any]:
         "erased_at": item.erased_at,
         "preview": item.preview_text,
         "preview_role": item.preview_role,
+        "state": item.state,
+        "assignee": None if item.assignee_id is None else {
+            "id": item.assignee_id, "name": item.assignee_name},
+        "waiting_since": item.waiting_since,
+        "unread": item.unread,
         "cursor": str(item.last_activity_seq),
     }
 
@@ -208,6 +244,7 @@ def user_json(user: UserView) -> dict[str, Any]:
         "id": user.user_id,
         "email": user.email,
         "name": user.name,
+        "display_name": display_name(user.name, user.email),
         "email_verified": user.email_verified,
         "email_verified_at": user.email_verified_at,
         "created_at": user.created_at,
@@ -228,7 +265,29 @@ def tokens_json(pair: TokenPair) -> dict[str, Any]:
         "token_type": "bearer",
         "expires_in": pair.expires_in,
         "refresh_token": pair.refresh_token,
+        "workspace_id": pair.workspace_id,
     }
+
+
+def workspace_json(view: WorkspaceView) -> dict[str, Any]:
+    owner = display_name(view.owner_name, view.owner_email) if view.owner_email else None
+    return {
+        "id": view.workspace_id,
+        "name": view.name or (f"{owner}'s workspace" if owner else "Personal workspace"),
+        "personal": view.personal, "role": view.role, "created_at": view.created_at,
+    }
+
+
+def member_json(view: MemberView) -> dict[str, Any]:
+    return {"account_id": view.user_id, "email": view.email, "name": view.name,
+            "display_name": display_name(view.name, view.email), "role": view.role,
+            "joined_at": view.joined_at}
+
+
+def invite_json(view: InviteView) -> dict[str, Any]:
+    return {"id": view.invite_id, "workspace_id": view.workspace_id, "email": view.email,
+            "role": view.role, "invited_by": view.invited_by, "created_at": view.created_at,
+            "expires_at": view.expires_at}
 
 
 # -- the same shapes as JSON Schema, for the API document ------------------------------------------
@@ -264,6 +323,14 @@ def _page(name: str) -> dict[str, Any]:
     return _object({"data": _list(_ref(name)), "next_cursor": _nullable(_STR)})
 
 
+_ROLE = {"type": "string", "enum": ["owner", "admin", "agent"]}
+_WORKSPACE = {"id": _STR, "name": _STR, "personal": _BOOL, "role": _ROLE, "created_at": _TIME}
+_MEMBER = {"account_id": _STR, "email": _STR, "name": _nullable(_STR), "display_name": _STR,
+           "role": _ROLE, "joined_at": _TIME}
+_INVITE = {"id": _STR, "workspace_id": _STR, "email": _STR, "role": _ROLE, "invited_by": _STR,
+           "created_at": _TIME, "expires_at": _TIME}
+
+
 _ASSISTANT = {
     "id": _STR, "name": _STR, "provider": _STR, "model": _STR, "instructions": _STR,
     "temperature": _nullable({"type": "number"}), "top_p": _nullable({"type": "number"}),
@@ -274,6 +341,7 @@ _ASSISTANT = {
         "type": {"type": "string", "enum": ["http", "web_search"]}, "name": _STR,
         "description": _STR, "parameters": {"type": "object"}, "url": _nullable(_STR),
         "timeout_ms": _INT, "status_text": _STR, "enabled": _BOOL})),
+    "handoff": _BOOL,
     "version": _INT, "created_at": _TIME, "updated_at": _TIME,
     # Only in the answer to the change that made a new tool secret (Standard Webhooks'
     # whsec_ form): shown once.
@@ -287,6 +355,7 @@ _WIDGET = {
                        "daily_cost": _nullable({"type": "number"}),
                        "monthly_cost": _nullable({"type": "number"})}),
     "enabled": _BOOL, "require_identity": _BOOL, "retention_days": _nullable(_INT),
+    "office_hours": {"oneOf": [_ref("OfficeHours"), {"type": "null"}]},
     "version": _INT, "created_at": _TIME, "updated_at": _TIME,
 }
 _USAGE_COUNTS = {
@@ -338,6 +407,8 @@ _WEBHOOK = {
     "created_at": _TIME, "updated_at": _TIME,
 }
 
+_STATE = {"type": "string", "enum": list(HANDOFF_STATES)}
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     # GET /api/v1/conversations/{id}/export (format=json); the ZIP holds the same document.
     "ConversationExport": {
@@ -360,25 +431,36 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "events_include_text": _BOOL, "title_blink": _BOOL, "proactive_greeting": _STR,
         "proactive_delay_seconds": _INT,
         "prechat_fields": _list({"type": "string", "enum": ["name", "email"]})}),
+    "OfficeHours": _object({
+        "timezone": _STR,
+        "windows": _list(_object({
+            "day": {"type": "string", "enum": list(DAYS)}, "opens": _STR, "closes": _STR})),
+        "closed_dates": _list({"type": "string", "format": "date"})}),
+    "Availability": _object({
+        "office_hours": _BOOL, "open": _BOOL, "next_opening": _nullable(_TIME),
+        "timezone": _nullable(_STR)}),
     "Widget": _object(_WIDGET),
     "WidgetWithSecret": _object({**_WIDGET, "identity_secret": _STR}),
     "WidgetPage": _page("Widget"),
     "EmbedCode": _object({"html": _STR, "script_url": _STR, "widget_id": _STR,
                           "versioned_script_url": _STR, "integrity": _STR}),
     "WidgetConfig": _object({
-        "widget_id": _STR, "settings": _ref("WidgetSettings"), "require_identity": _BOOL,
+        "widget_id": _STR, "handoff": _BOOL, "settings": _ref("WidgetSettings"),
+        "require_identity": _BOOL,
         "uploads": _object({"max_size": _INT, "allowed_types": _list(_STR)}),
-        "limits": _object({"messages_per_minute": _INT, "max_message_chars": _INT})}),
+        "limits": _object({"messages_per_minute": _INT, "max_message_chars": _INT}),
+        "availability": _ref("Availability")}),
     "VisitorSession": _object({
         "visitor_token": _STR, "token_type": {"type": "string", "enum": ["bearer"]},
         "expires_in": _INT, "visitor_id": _STR, "conversation_id": _STR,
         "user_id": _nullable(_STR)}),
     "Message": _object({
         "id": _STR, "conversation_id": _STR,
-        "role": {"type": "string", "enum": ["user", "assistant"]}, "text": _STR,
+        "role": {"type": "string", "enum": ["user", "assistant", "agent"]}, "text": _STR,
         "status": _STR, "error_code": _nullable(_STR), "reply_to": _nullable(_STR),
         "file_ids": _list(_STR), "client_message_id": _nullable(_STR), "cursor": _STR,
         "created_at": _TIME, "finished_at": _nullable(_TIME),
+        "author_name": _nullable(_STR),
         "feedback": {"oneOf": [{"type": "null"}, _object({
             "rating": {"type": "string", "enum": ["up", "down"]}, "comment": _STR,
             "at": _TIME})]},
@@ -399,12 +481,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "KnowledgeDocumentPage": _page("KnowledgeDocument"),
     "MessagePage": _object({"data": _list(_ref("Message")), "conversation_id": _STR,
                             "prev_cursor": _nullable(_STR), "next_cursor": _nullable(_STR)}),
-    "Exchange": _object({"message": _ref("Message"), "reply": _ref("Message")}),
+    "Exchange": _object({"message": _ref("Message"),
+                         "reply": {"oneOf": [{"type": "null"}, _ref("Message")]}}),
     "Conversation": _object({"id": _STR, "visitor_id": _STR, "user_id": _nullable(_STR),
                              "created_at": _TIME, "last_activity_at": _TIME,
                              "message_count": _INT, "erased_at": _nullable(_TIME),
                              "visitor_name": _nullable(_STR),
-                             "visitor_email": _nullable(_STR)}),
+                             "visitor_email": _nullable(_STR), "state": _STATE}),
     "VisitorProfile": _object({"name": _nullable(_STR), "email": _nullable(_STR)}),
     "ConversationPage": _page("Conversation"),
     "InboxConversation": _object({
@@ -413,8 +496,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "created_at": _TIME, "last_activity_at": _TIME, "message_count": _INT,
         "status": {"type": "string", "enum": ["open", "erased"]},
         "erased_at": _nullable(_TIME), "preview": _nullable(_STR),
-        "preview_role": {"type": ["string", "null"], "enum": ["user", "assistant", None]},
+        "preview_role": {"type": ["string", "null"],
+                         "enum": ["user", "assistant", "agent", None]},
+        "state": _STATE,
+        "assignee": {"oneOf": [{"type": "null"}, _object({"id": _STR, "name": _nullable(_STR)})]},
+        "waiting_since": _nullable(_TIME), "unread": _INT,
         "cursor": _STR}),
+    "HandoffState": _object({"state": _STATE, "agent": _nullable(_STR)}),
+    "ReadMark": _object({"conversation_id": _STR, "cursor": _STR, "unread": _INT}),
     "InboxPage": _page("InboxConversation"),
     "Models": _object({
         "data": _list(_object({"id": _STR, "provider": _STR})),
@@ -426,11 +515,21 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "File": _object({"id": _STR, "conversation_id": _STR, "filename": _STR, "kind": _STR,
                      "content_type": _STR, "size": _INT, "sha256": _STR, "created_at": _TIME}),
     "User": _object({"id": _STR, "email": _STR, "name": _nullable(_STR),
-                     "email_verified": _BOOL, "email_verified_at": _nullable(_TIME),
-                     "created_at": _TIME}),
+                     "display_name": _STR, "email_verified": _BOOL,
+                     "email_verified_at": _nullable(_TIME), "created_at": _TIME}),
     "Tokens": _object({"access_token": _STR, "token_type": {"type": "string", "enum": ["bearer"]},
-                       "expires_in": _INT, "refresh_token": _STR},
+                       "expires_in": _INT, "refresh_token": _STR, "workspace_id": _STR},
                       optional=("refresh_token",)),
+    "Workspace": _object(_WORKSPACE),
+    "Workspaces": _object({"data": _list(_ref("Workspace"))}),
+    "Member": _object(_MEMBER),
+    "Members": _object({"data": _list(_ref("Member"))}),
+    "Invite": _object(_INVITE),
+    "Invites": _object({"data": _list(_ref("Invite"))}),
+    "Accepted": _object({"workspace_id": _STR, "access_token": _STR,
+                         "token_type": {"type": "string", "enum": ["bearer"]},
+                         "expires_in": _INT, "refresh_token": _STR},
+                        optional=("access_token", "token_type", "expires_in", "refresh_token")),
     "Sessions": _object({"data": _list(_object({
         "id": _STR, "created_at": _TIME, "last_used_at": _TIME, "expires_at": _TIME,
         "ip": _nullable(_STR), "current": _BOOL}))}),

@@ -26,13 +26,18 @@ import msgspec
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from loacl.domain.conversations import AssistantStarted
+from loacl.domain.conversations import AssistantStarted, MessagePosted
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
+from loacl.domain.handoff import (
+    AgentMessagePosted,
+    ConversationAssigned,
+    ConversationStateChanged,
+)
 from loacl.domain.privacy import SubjectErased
 from loacl.domain.widgets import VisitorAccess
 from loacl.http.chat import MessageBody
-from loacl.http.common import chat, client_ip, metadata, widgets
+from loacl.http.common import chat, client_ip, handoffs, metadata, widgets
 from loacl.http.errors import problem, status_for
 from loacl.http.routing import Param, Socket
 from loacl.http.shapes import citations_json, message_json, usage_json
@@ -176,10 +181,40 @@ class Connection:
                 event = recorded.event
                 if isinstance(event, AssistantStarted):
                     await self._reply_started(event.message_id, event.reply_to)
+                elif isinstance(event, AgentMessagePosted | MessagePosted):
+                    await self._posted(event.message_id)
+                elif isinstance(event, ConversationStateChanged | ConversationAssigned):
+                    await self.send_state()
                 elif isinstance(event, SubjectErased):
                     await self._erased()
         except SubscriptionOverflow:
             self.close(Close.TOO_SLOW, "too slow to keep up; reconnect and resume")
+
+    async def _posted(self, message_id: str) -> None:
+        """A member's message, or a visitor's message no reply follows (kept for a person):
+        a ``message`` frame. A visitor's message with a reply arrives with ``started``."""
+        try:
+            message = await self.chat.message(message_id)
+        except LoaclError:  # erased meanwhile: the erasure's own news closes the socket
+            return
+        if message.role == "user" and await self.chat.has_reply(message_id):
+            return
+        self.send({"type": ServerFrame.MESSAGE, "message": message_json(message)})
+
+    async def send_state(self) -> None:
+        """Who answers the conversation now: a ``state`` frame."""
+        try:
+            found = await self.chat.conversation_of_widget(self.access.widget_id,
+                                                           self.access.conversation_id)
+        except LoaclError:
+            return
+        self.send({"type": ServerFrame.STATE, "state": found.state,
+                   "agent": found.assignee_name if found.state == "human" else None})
+
+    def on_typing(self, frame: dict[str, Any]) -> None:
+        if frame["from"] == "agent":
+            self.send({"type": ServerFrame.TYPING, "typing": frame["typing"],
+                       "name": frame.get("name")})
 
     async def _erased(self) -> None:
         """The conversation was erased: the reply it stopped is told (``done``, interrupted),
@@ -208,7 +243,11 @@ class Connection:
     async def greet(self) -> None:
         """``ready``, and a reply already streaming in another tab (followed once the first
         frame shows whether it is a resume of it)."""
-        self.send({"type": ServerFrame.READY, "conversation_id": self.access.conversation_id})
+        found = await self.chat.conversation_of_widget(self.access.widget_id,
+                                                       self.access.conversation_id)
+        self.send({"type": ServerFrame.READY, "conversation_id": self.access.conversation_id,
+                   "state": found.state,
+                   "agent": found.assignee_name if found.state == "human" else None})
         run = await self.chat.running_now(self.access.conversation_id)
         if run is not None:
             self.send({"type": ServerFrame.STARTED,
@@ -286,6 +325,11 @@ class Connection:
             await self._message(frame)
         elif kind == ClientFrame.RESUME:
             await self._resume(frame)
+        elif kind == ClientFrame.HANDOFF:
+            await self._handoff(frame)
+        elif kind == ClientFrame.TYPING:
+            handoffs(self.ws).typing.signal(self.access.conversation_id, "visitor",
+                                            typing=frame.get("typing") is not False)
         elif kind in (ClientFrame.PONG, ClientFrame.PING):
             if kind == ClientFrame.PING:
                 self.send({"type": ServerFrame.PONG})
@@ -310,6 +354,11 @@ class Connection:
                           if "retry_after" in exc.extra else {})})
             return
         reply_id = run.message_id if isinstance(run, Run) else run
+        if reply_id is None:  # kept for a person: no reply follows
+            self.send({"type": ServerFrame.ACK, "client_message_id": client_id,
+                       "message_id": message.message_id, "reply_id": None,
+                       "duplicate": not started})
+            return
         # ``ack`` first: the message is in the log; then this tab's own reply, at once (other
         # tabs get it from the news) and without waiting for the news to come round.
         self.send({"type": ServerFrame.ACK, "client_message_id": client_id,
@@ -323,10 +372,46 @@ class Connection:
             # A resend: give this socket the reply, whether it is still streaming or done.
             if isinstance(run, Run) and run.message_id not in self.followers:
                 self.follow(run)
-            elif not isinstance(run, Run):
+            elif isinstance(run, str):
                 await self._replay_finished(run, 0)
 
+    async def _handoff(self, frame: dict[str, Any]) -> None:
+        """The visitor asks for a person: every tab hears the new state from the news; this
+        one hears it at once when nothing changed (one was asked for already)."""
+        reason = frame.get("reason", "")
+        try:
+            before = (await self.chat.conversation_of_widget(
+                self.access.widget_id, self.access.conversation_id)).state
+            found = await handoffs(self.ws).visitor_asks(
+                self.access, reason if isinstance(reason, str) else "",
+                metadata_for(self.ws, self.access))
+        except LoaclError as exc:
+            self.send({"type": ServerFrame.ERROR, "code": exc.code, "text": exc.message})
+            return
+        if found.state == before:
+            await self.send_state()
+
+    async def _catch_up(self, after: int) -> None:
+        """A reconnecting client's ``resume`` with ``after``: every whole message after that
+        cursor (members' messages, the visitor's from other tabs, replies that ended while it
+        was away), then the state; replies still streaming follow as usual."""
+        page = await self.chat.messages(self.access.conversation_id, before=None, after=after,
+                                        limit=100)
+        for message in page.items:
+            if message.status != "streaming":
+                self.send({"type": ServerFrame.MESSAGE, "message": message_json(message)})
+        await self.send_state()
+
     async def _resume(self, frame: dict[str, Any]) -> None:
+        after = frame.get("after")
+        if "after" in frame:
+            if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+                self.send({"type": ServerFrame.ERROR, "code": "invalid_frame",
+                           "text": "after: a message cursor (an integer >= 0)"})
+                return
+            await self._catch_up(after)
+            if "message_id" not in frame:
+                return
         message_id, offset = frame.get("message_id"), frame.get("offset", 0)
         if not isinstance(message_id, str) or not isinstance(offset, int) or offset < 0:
             self.send({"type": ServerFrame.ERROR, "code": "invalid_frame",
@@ -461,6 +546,7 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
     connections.add(conn)
     # Subscribed before greeting: a reply that starts meanwhile is in the news, or running.
     news = conn.chat.news(access.conversation_id)
+    stop_typing = handoffs(websocket).typing.listen(access.conversation_id, conn.on_typing)
     await conn.greet()
     write = asyncio.create_task(conn.write_frames())
     others = [asyncio.create_task(conn.read_frames()), asyncio.create_task(conn.ping()),
@@ -475,6 +561,7 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
                 conn.close(Close.SERVER_ERROR, "server error")
     finally:
         news.close()
+        stop_typing()
         await conn.wind_down(write, others)
         connections.discard(conn)
 

@@ -17,6 +17,8 @@ class ClientFrame:
     AUTH: Final = "auth"
     MESSAGE: Final = "message"
     RESUME: Final = "resume"
+    HANDOFF: Final = "handoff"
+    TYPING: Final = "typing"
     PING: Final = "ping"
     PONG: Final = "pong"
 
@@ -28,6 +30,9 @@ class ServerFrame:
     DELTA: Final = "delta"
     STATUS: Final = "status"
     DONE: Final = "done"
+    MESSAGE: Final = "message"
+    STATE: Final = "state"
+    TYPING: Final = "typing"
     ERROR: Final = "error"
     PING: Final = "ping"
     PONG: Final = "pong"
@@ -59,16 +64,27 @@ CLIENT_FRAMES: Final = (
           "the visitor token: the first frame (unless an old client put it in the URL)"),
     Frame(ClientFrame.MESSAGE, ("text", "file_ids?", "client_message_id?"),
           "ask; a resend with the same client_message_id is answered, not asked again"),
-    Frame(ClientFrame.RESUME, ("message_id", "offset"),
-          "send a reply's text from a character offset on (after a reconnect)"),
+    Frame(ClientFrame.RESUME, ("message_id?", "offset?", "after?"),
+          "after a reconnect: a reply's text from a character offset on (message_id, offset); "
+          "with after (the cursor of the last message the client has), every whole message "
+          "after it as message frames, then the state"),
+    Frame(ClientFrame.HANDOFF, ("reason?",),
+          "ask for a person: the conversation waits for a member of the team (a state frame "
+          "follows in every tab); the assistant stops answering"),
+    Frame(ClientFrame.TYPING, ("typing",),
+          "the visitor is typing (true) or stopped (false); passed on to the team at most "
+          "once per typing_interval_seconds, never logged"),
     Frame(ClientFrame.PING, (), "answered with pong"),
     Frame(ClientFrame.PONG, (), "the answer to the server's ping"),
 )
 
 SERVER_FRAMES: Final = (
-    Frame(ServerFrame.READY, ("conversation_id",), "the socket is authenticated"),
+    Frame(ServerFrame.READY, ("conversation_id", "state", "agent"),
+          "the socket is authenticated; state is who answers (bot, waiting, human, closed), "
+          "agent the name of the member answering (in human)"),
     Frame(ServerFrame.ACK, ("client_message_id", "message_id", "reply_id", "duplicate"),
-          "the message is saved; duplicate when it was a resend"),
+          "the message is saved; duplicate when it was a resend; reply_id is null when no "
+          "reply follows (a person is asked for or answers)"),
     Frame(ServerFrame.STARTED, ("message", "reply_id"),
           "a reply started, in this tab or another"),
     Frame(ServerFrame.DELTA, ("message_id", "offset", "text"),
@@ -84,6 +100,15 @@ SERVER_FRAMES: Final = (
           "the reply ended; trim its text to length (after a crash the saved text may be "
           "shorter than what was streamed); citations are the sources its [n] marks name "
           "(document, page, passage), empty when none"),
+    Frame(ServerFrame.MESSAGE, ("message",),
+          "a whole message: a member's (role agent, with author_name), or a visitor's that "
+          "no reply follows (while a person is asked for or answers), or one a resume with "
+          "after missed"),
+    Frame(ServerFrame.STATE, ("state", "agent"),
+          "who answers changed: bot (the assistant), waiting (a person was asked for), "
+          "human (agent, a member of the team, answers), closed"),
+    Frame(ServerFrame.TYPING, ("typing", "name"),
+          "the member answering is typing (true) or stopped (false)"),
     Frame(ServerFrame.ERROR, ("code", "text", "message_id?", "client_message_id?",
                               "retry_after?"),
           "a frame was refused or a reply failed; code is an error code of the API"),

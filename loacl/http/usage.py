@@ -9,7 +9,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from loacl.http.auth import current_owner
+from loacl.domain.workspaces import ADMIN
+from loacl.http.auth import current_member
 from loacl.http.common import widgets
 from loacl.http.routing import Endpoint, Param
 from loacl.services import usage
@@ -47,16 +48,16 @@ def _line(line: UsageLine, key: str | None) -> dict[str, Any]:
 
 
 async def get_usage(request: Request) -> Response:
-    owner = await current_owner(request)
+    owner = await current_member(request, ADMIN)
     params = request.query_params
     widget_id = params.get("widget_id") or None
     if widget_id is not None:
-        await widgets(request).get(owner.user_id, widget_id)  # 404 unless it is theirs
+        await widgets(request).get(owner.workspace_id, widget_id)  # 404 unless it is theirs
     today = request.app.state.clock().astimezone(UTC).date()
     since, until = usage.period(params.get("from"), params.get("to"), today)
     group_by = params.get("group_by", "day")
     found = await usage.report(
-        request.app.state.store, request.app.state.settings, owner.user_id, since=since,
+        request.app.state.store, request.app.state.settings, owner.workspace_id, since=since,
         until=until, group_by=group_by, widget_id=widget_id,
     )
     key = {"day": "day", "widget": "widget_id", "assistant": "assistant_id"}[found.group_by]
@@ -71,7 +72,7 @@ async def get_usage(request: Request) -> Response:
 endpoints = [
     Endpoint("get", "/api/v1/usage", get_usage,
              "Replies, tokens and estimated cost of your widgets", "usage", auth="owner",
-             description=DESCRIPTION, codes=("not_found",),
+             role=ADMIN, description=DESCRIPTION, codes=("not_found",),
              query=(Param("from", "first UTC day, YYYY-MM-DD (default: 29 days before to)",
                           DATE),
                     Param("to", "last UTC day, YYYY-MM-DD (default: today)", DATE),

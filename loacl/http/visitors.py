@@ -8,6 +8,7 @@ that the widget can read *why* it was refused and say so; they reveal nothing el
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -18,8 +19,9 @@ from loacl.domain.origins import normalize_origin
 from loacl.http.common import metadata, widgets
 from loacl.http.errors import loacl_error
 from loacl.http.routing import Endpoint
-from loacl.http.shapes import widget_settings_json
+from loacl.http.shapes import availability_json, widget_settings_json
 from loacl.http.validation import parse_body
+from loacl.store.views import widgets as widget_views
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -72,8 +74,11 @@ async def config(request: Request) -> Response:
         request.path_params["id"], request.headers.get("origin")
     )
     settings = request.app.state.settings
+    setup = await widget_views.reply_setup(request.app.state.store, widget.widget_id)
     body = {
         "widget_id": widget.widget_id,
+        # The assistant may hand over to people: the widget offers "Talk to a person".
+        "handoff": setup is not None and setup.assistant.handoff,
         "settings": widget_settings_json(widget),
         "require_identity": widget.definition.require_identity,
         "uploads": {
@@ -84,6 +89,7 @@ async def config(request: Request) -> Response:
             "messages_per_minute": widget.definition.messages_per_minute,
             "max_message_chars": settings.max_message_chars,
         },
+        "availability": availability_json(widget.definition.office_hours, datetime.now(UTC)),
     }
     return JSONResponse(body, headers={"Cache-Control": "no-cache"})
 
@@ -133,6 +139,6 @@ endpoints = [
         Endpoint("options", f"/api/v1/widgets/{{id}}/{path}", preflight, "CORS preflight",
                  documented=False)
         for path in ("config", "sessions", "messages", "files", "files/{file_id}",
-                     "messages/{message_id}/feedback", "profile")
+                     "messages/{message_id}/feedback", "profile", "handoff")
     ),
 ]

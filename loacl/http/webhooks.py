@@ -11,7 +11,8 @@ from starlette.responses import JSONResponse, Response
 
 from loacl.domain.errors import LoaclError
 from loacl.domain.webhooks import ALL_KINDS, KINDS, MAX_URL, RESERVED_KINDS, WebhookDefinition
-from loacl.http.auth import current_owner
+from loacl.domain.workspaces import ADMIN
+from loacl.http.auth import current_member
 from loacl.http.common import if_match, metadata, page, page_response, with_etag
 from loacl.http.resources import PATCH_TYPES, OwnedResource
 from loacl.http.routing import IF_MATCH, PAGE, Endpoint
@@ -60,17 +61,17 @@ WEBHOOKS = OwnedResource(webhooks, WebhookBody, _definition, webhook_json, _with
 
 
 async def rotate_secret(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
+    owner = await current_member(request, ADMIN, verified=True)
     rotated = await webhooks(request).rotate_secret(
-        owner.user_id, request.path_params["id"], if_match(request),
+        owner.workspace_id, request.path_params["id"], if_match(request),
         metadata(request, owner.user_id),
     )
     return with_etag(_with_secret(request, rotated))
 
 
 async def send_test(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
-    made = await webhooks(request).send_test(owner.user_id, request.path_params["id"])
+    owner = await current_member(request, ADMIN, verified=True)
+    made = await webhooks(request).send_test(owner.workspace_id, request.path_params["id"])
     return JSONResponse(delivery_json(made), status_code=202)
 
 
@@ -82,24 +83,24 @@ def _delivery_id(request: Request) -> int:
 
 
 async def deliveries(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
+    owner = await current_member(request, ADMIN, verified=True)
     after, limit = page(request)
     found = await webhooks(request).deliveries(
-        owner.user_id, request.path_params["id"], after, limit)
+        owner.workspace_id, request.path_params["id"], after, limit)
     return page_response([delivery_json(d) for d in found.items], found.next_cursor)
 
 
 async def delivery(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
+    owner = await current_member(request, ADMIN, verified=True)
     found = await webhooks(request).delivery(
-        owner.user_id, request.path_params["id"], _delivery_id(request))
+        owner.workspace_id, request.path_params["id"], _delivery_id(request))
     return JSONResponse(delivery_json(found))
 
 
 async def redeliver(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
+    owner = await current_member(request, ADMIN, verified=True)
     found = await webhooks(request).redeliver(
-        owner.user_id, request.path_params["id"], _delivery_id(request))
+        owner.workspace_id, request.path_params["id"], _delivery_id(request))
     return JSONResponse(delivery_json(found), status_code=202)
 
 
@@ -117,40 +118,40 @@ CODES = ("version_conflict", "precondition_required", "url_not_allowed")
 
 endpoints = [
     Endpoint("get", "/api/v1/webhooks", WEBHOOKS.list, "List your webhook endpoints",
-             "webhooks", auth="owner", query=PAGE, returns="WebhookPage"),
+             "webhooks", auth="owner", role=ADMIN, query=PAGE, returns="WebhookPage"),
     Endpoint("post", "/api/v1/webhooks", WEBHOOKS.create,
              "Register a webhook endpoint; its signing secret is shown once", "webhooks",
-             auth="owner", body=WebhookBody, ok=201,
+             auth="owner", role=ADMIN, body=WebhookBody, ok=201,
              codes=("email_not_verified", "url_not_allowed"), description=ABOUT,
              returns="WebhookWithSecret"),
     Endpoint("get", "/api/v1/webhooks/{id}", WEBHOOKS.get, "A webhook endpoint (ETag)",
-             "webhooks", auth="owner", returns="Webhook"),
+             "webhooks", auth="owner", role=ADMIN, returns="Webhook"),
     Endpoint("put", "/api/v1/webhooks/{id}", WEBHOOKS.put,
-             "Replace a webhook endpoint (If-Match)", "webhooks", auth="owner",
+             "Replace a webhook endpoint (If-Match)", "webhooks", auth="owner", role=ADMIN,
              body=WEBHOOKS.replacement, headers=IF_MATCH, codes=CODES, returns="Webhook"),
     Endpoint("patch", "/api/v1/webhooks/{id}", WEBHOOKS.patch,
              "Change some of a webhook endpoint (JSON Merge Patch, If-Match); "
              "`{\"enabled\": true}` turns a disabled one on again", "webhooks", auth="owner",
-             body=WEBHOOKS.patch_body, body_types=PATCH_TYPES, headers=IF_MATCH,
+             role=ADMIN, body=WEBHOOKS.patch_body, body_types=PATCH_TYPES, headers=IF_MATCH,
              codes=(*CODES, "unsupported_media_type"), returns="Webhook"),
     Endpoint("delete", "/api/v1/webhooks/{id}", WEBHOOKS.delete,
-             "Delete a webhook endpoint (If-Match)", "webhooks", auth="owner", ok=204,
+             "Delete a webhook endpoint (If-Match)", "webhooks", auth="owner", role=ADMIN, ok=204,
              headers=IF_MATCH, codes=("version_conflict", "precondition_required")),
     Endpoint("post", "/api/v1/webhooks/{id}/rotate-secret", rotate_secret,
              "A new signing secret, shown once (the old one signs too for a day)", "webhooks",
-             auth="owner", headers=IF_MATCH,
+             auth="owner", role=ADMIN, headers=IF_MATCH,
              codes=("version_conflict", "precondition_required"),
              returns="WebhookWithSecret"),
     Endpoint("post", "/api/v1/webhooks/{id}/test", send_test,
              "Send a test event (`webhook.test`) to the endpoint", "webhooks", auth="owner",
-             ok=202, returns="Delivery"),
+             role=ADMIN, ok=202, returns="Delivery"),
     Endpoint("get", "/api/v1/webhooks/{id}/deliveries", deliveries,
-             "The endpoint's delivery log, newest first", "webhooks", auth="owner",
+             "The endpoint's delivery log, newest first", "webhooks", auth="owner", role=ADMIN,
              query=PAGE, returns="DeliveryPage"),
     Endpoint("get", "/api/v1/webhooks/{id}/deliveries/{delivery_id}", delivery,
              "One delivery: status, attempts, response code, latency", "webhooks",
-             auth="owner", returns="Delivery"),
+             auth="owner", role=ADMIN, returns="Delivery"),
     Endpoint("post", "/api/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", redeliver,
              "Send a delivery again (same webhook-id, a new retry window)", "webhooks",
-             auth="owner", ok=202, returns="Delivery"),
+             auth="owner", role=ADMIN, ok=202, returns="Delivery"),
 ]

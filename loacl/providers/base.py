@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from loacl.domain.assistants import AssistantDefinition, ToolDefinition
+from loacl.domain.assistants import HANDOFF_TOOL, AssistantDefinition, ToolDefinition
 from loacl.domain.errors import LoaclError
 
 
@@ -112,7 +112,9 @@ def sampling_options(assistant: AssistantDefinition, max_tokens: str) -> dict[st
 
 
 def function_tools(request: ReplyRequest) -> list[ToolDefinition]:
-    return [t for t in request.tools if t.type == "http"]
+    """The tools the model sees as functions: the owner's HTTP tools and LOACL's own
+    ``request_human``."""
+    return [t for t in request.tools if t.type in ("http", HANDOFF_TOOL)]
 
 
 def parameters_of(tool: ToolDefinition) -> dict[str, Any]:

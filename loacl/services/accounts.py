@@ -31,6 +31,7 @@ from loacl.settings import Settings
 from loacl.store.codec import format_time
 from loacl.store.eventstore import NO_STREAM, Clock, EventStore, utc_now
 from loacl.store.views import accounts as accounts_view
+from loacl.store.views import workspaces as workspace_views
 from loacl.store.views.accounts import SessionView, UserView
 
 log = structlog.get_logger(__name__)
@@ -55,10 +56,14 @@ def owner_subject(user_id: str) -> str:
 
 @dataclass(frozen=True)
 class Principal:
+    """An authenticated account, and the workspace its access token acts in (not yet checked
+    against the members: see ``http.auth.current_member``)."""
+
     user_id: str
     session_id: str
     email: str
     verified: bool
+    workspace_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class TokenPair:
     access_token: str
     refresh_token: str
     expires_in: int
+    workspace_id: str = ""  # the workspace the access token acts in
 
 
 class Accounts:
@@ -281,8 +287,8 @@ class Accounts:
         )
         self._send_verification(principal.user_id, principal.email, base_url)
 
-    async def login(self, email: str, password: str, client_ip: str,
-                    meta: Metadata) -> TokenPair:
+    async def login(self, email: str, password: str, client_ip: str, meta: Metadata,
+                    workspace_id: str | None = None) -> TokenPair:
         try:
             email = normalize_email(email)
         except LoaclError:
@@ -308,7 +314,7 @@ class Accounts:
                     domain.change_password(state, new_hash, "rehash"),
                     expected_version=version, metadata=meta,
                 )
-        return await self._start_session(user_id, meta)
+        return await self._start_session(user_id, meta, workspace_id)
 
     async def check_password(self, user_id: str, password: str, client_ip: str) -> None:
         """Refuse, as a failed login would (and counted as one), unless ``password`` is the
@@ -320,7 +326,10 @@ class Accounts:
             raise LoaclError("invalid_credentials", "wrong password")
         self.logins.succeeded(attempt)
 
-    async def _start_session(self, user_id: str, meta: Metadata) -> TokenPair:
+    async def _start_session(
+        self, user_id: str, meta: Metadata, workspace_id: str | None = None
+    ) -> TokenPair:
+        workspace_id = await self._workspace(user_id, workspace_id)
         session_id = new_id()
         refresh = new_refresh_token()
         expires = self.clock() + timedelta(days=self.settings.refresh_token_days)
@@ -330,10 +339,13 @@ class Accounts:
             expected_version=NO_STREAM, metadata=meta, subject=owner_subject(user_id),
         )
         return TokenPair(
-            self.tokens.issue_access(user_id, session_id), refresh, self.tokens.access_seconds
+            self.tokens.issue_access(user_id, session_id, workspace_id), refresh,
+            self.tokens.access_seconds, workspace_id,
         )
 
-    async def refresh(self, refresh_token: str, meta: Metadata) -> TokenPair:
+    async def refresh(
+        self, refresh_token: str, meta: Metadata, workspace_id: str | None = None
+    ) -> TokenPair:
         presented = token_hash(refresh_token)
         session_id = await accounts_view.session_of_refresh_token(self.store, presented)
         if session_id is None:
@@ -363,9 +375,16 @@ class Accounts:
                 "refresh_token_reused",
                 "this refresh token was already used; the session is revoked, log in again",
             )
+        # Asked for a workspace the account is no member of (any more): its default one, so
+        # that a removed member's console lands where it still may act.
+        chosen = await self.default_workspace(state.user_id)
+        if workspace_id is not None and await workspace_views.role_of(
+            self.store, workspace_id, state.user_id
+        ) is not None:
+            chosen = workspace_id
         return TokenPair(
-            self.tokens.issue_access(state.user_id, state.session_id), new_token,
-            self.tokens.access_seconds,
+            self.tokens.issue_access(state.user_id, state.session_id, chosen), new_token,
+            self.tokens.access_seconds, chosen,
         )
 
     async def logout(self, principal: Principal, meta: Metadata) -> None:
@@ -494,5 +513,49 @@ class Accounts:
         if session is None or not session.active:
             raise LoaclError("invalid_token", "this session has ended; log in again")
         return Principal(
-            claims.user_id, claims.session_id, session.email, session.email_verified_at is not None
+            claims.user_id, claims.session_id, session.email,
+            session.email_verified_at is not None, claims.workspace_id,
         )
+
+    async def default_workspace(self, user_id: str) -> str:
+        """Where a new access token acts unless told: the personal workspace, else the first
+        one joined (the personal id when there is none: such a token is refused everywhere a
+        workspace is needed)."""
+        found = await workspace_views.workspaces_of(self.store, user_id)
+        return found[0].workspace_id if found else user_id
+
+    async def _workspace(self, user_id: str, workspace_id: str | None) -> str:
+        if workspace_id is None:
+            return await self.default_workspace(user_id)
+        if await workspace_views.role_of(self.store, workspace_id, user_id) is None:
+            raise LoaclError("not_found", "no such workspace")
+        return workspace_id
+
+    async def switch(self, principal: Principal, workspace_id: str) -> TokenPair:
+        """An access token of the same session acting in another workspace of the account's
+        (no refresh token: the session's stays as it is)."""
+        workspace_id = await self._workspace(principal.user_id, workspace_id)
+        return TokenPair(
+            self.tokens.issue_access(principal.user_id, principal.session_id, workspace_id), "",
+            self.tokens.access_seconds, workspace_id,
+        )
+
+    async def rename(self, user_id: str, name: str | None, meta: Metadata) -> UserView:
+        """Set the account's display name (None: the e-mail address's local part)."""
+        for attempt in range(1, RETRIES + 1):
+            state, version = await self._load_user(user_id)
+            try:
+                await self.store.append(
+                    domain.user_stream(user_id), domain.rename(state, name),
+                    expected_version=version, metadata=meta,
+                )
+                break
+            except ConflictError:
+                if attempt == RETRIES:
+                    raise
+        return await self.user(user_id)
+
+    async def start_session_in(
+        self, user_id: str, workspace_id: str, meta: Metadata
+    ) -> TokenPair:
+        return await self._start_session(user_id, meta, workspace_id)

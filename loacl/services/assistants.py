@@ -11,7 +11,7 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.events import Event, Metadata
 from loacl.domain.privacy import OWNER, subject
 from loacl.providers import check_model as model_known
-from loacl.services.outbound import OutboundError, check_url
+from loacl.services.egress import OutboundError, Policy, check_url
 from loacl.services.tokens import new_id
 from loacl.services.tools import tool_secret
 from loacl.services.versions import expect_version
@@ -28,7 +28,7 @@ class Assistants:
         self.settings = settings
         self._server_key = server_key.encode()
 
-    def _check_tools(self, definition: domain.AssistantDefinition) -> None:
+    def check_tools(self, definition: domain.AssistantDefinition) -> None:
         """What the domain cannot check alone: each schema is a JSON Schema, and each URL one
         this server may call (its scheme, and its host when that is an address)."""
         for i, tool in enumerate(definition.tools):
@@ -43,7 +43,8 @@ class Assistants:
                 raise _invalid(i, "parameters", f"not a JSON Schema: {exc.message}") from None
             if tool.url:
                 try:
-                    check_url(tool.url, self.settings.tools_allow_private_networks)
+                    private = self.settings.tools_allow_private_networks
+                    check_url(tool.url, Policy(allow_private=private, allow_http=private))
                 except OutboundError as exc:
                     raise _invalid(i, "url", exc.message) from None
 
@@ -78,7 +79,7 @@ class Assistants:
     ) -> AssistantView:
         assistant_id = new_id()
         events = domain.create_assistant(assistant_id, owner_id, definition)
-        self._check_tools(definition)
+        self.check_tools(definition)
         if check_model:
             await model_known(self.settings, definition.provider, definition.model)
         await self.store.append(
@@ -94,7 +95,7 @@ class Assistants:
         state, version = await self._load(assistant_id)
         events = domain.update_assistant(state, owner_id, definition)
         expect_version("assistant", version, if_match)
-        self._check_tools(definition)
+        self.check_tools(definition)
         old = state.definition
         if check_model and events and (old is None or (old.provider, old.model) != (
             definition.provider, definition.model

@@ -32,8 +32,8 @@ from loacl.store import usage
 from loacl.store.codec import format_time
 from loacl.store.eventstore import Clock, EventStore, utc_now
 from loacl.store.subscriptions import Effect
-from loacl.store.views import accounts as account_views
 from loacl.store.views import widgets as widget_views
+from loacl.store.views import workspaces as workspace_views
 
 log = structlog.get_logger(__name__)
 
@@ -233,8 +233,9 @@ class BudgetMail:
         self, widget: widget_views.WidgetView, period: str, key: str, threshold: int,
         reached: list[Use],
     ) -> None:
-        owner = await account_views.user_by_id(self.store, widget.owner_id)
-        if owner is None:  # the demo's built-in owner has no mailbox
+        # The workspace's owners (owner_id is the workspace's id).
+        addresses = await workspace_views.owner_emails(self.store, widget.owner_id)
+        if not addresses:  # the demo's built-in owner has no mailbox
             log.info("budget.alert_without_owner", widget_id=widget.widget_id, period=key,
                      threshold=threshold)
             return
@@ -259,6 +260,7 @@ class BudgetMail:
             f"{widget.widget_id}); GET /api/v1/usage shows the usage per day.",
         ]
         message_id = f"<budget.{widget.widget_id}.{key}.{threshold}@loacl>"
-        await self.mailer.deliver(owner.email, subject, "\n".join(lines) + "\n", message_id)
+        for address in addresses:
+            await self.mailer.deliver(address, subject, "\n".join(lines) + "\n", message_id)
         log.info("budget.alert_sent", widget_id=widget.widget_id, period=key,
                  threshold=threshold)

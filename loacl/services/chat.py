@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -18,7 +18,7 @@ from loacl.domain.assistants import AssistantDefinition
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Event, Metadata, RecordedEvent
 from loacl.domain.widgets import VisitorAccess, conversation_stream
-from loacl.providers import provider_for, spec
+from loacl.providers import check_model, provider_for, spec
 from loacl.providers.base import (
     Attachment,
     Provider,
@@ -30,10 +30,11 @@ from loacl.providers.base import (
     trim_history,
 )
 from loacl.services.budgets import Budgets
+from loacl.services.handoff import Handoffs
 from loacl.services.knowledge import FILE_SEARCH, FILE_SEARCH_TOOL, Knowledge
 from loacl.services.limits import Lease, VisitorLimits
 from loacl.services.observer import NO_OBSERVER, ReplyObserver
-from loacl.services.replies import Notice, ReplyStream, Run, retry_delay
+from loacl.services.replies import Notice, ReplyStream, Run, reply_error_text, retry_delay
 from loacl.services.tokens import new_id
 from loacl.services.toolrounds import Sources, ToolRounds, ToolScope
 from loacl.services.tools import Tools
@@ -88,7 +89,7 @@ class Chat:
         self.settings = settings
         self.providers = providers
         self.tools = tools or Tools(settings)
-        self.rounds = ToolRounds(store, self.tools, server_key)
+        self.rounds = ToolRounds(store, self.tools, server_key, self._ask_for_person)
         self.limits = limits or VisitorLimits(settings)
         self.budgets = budgets or Budgets(store, settings)
         self.runs: dict[str, Run] = {}  # by conversation id
@@ -97,6 +98,12 @@ class Chat:
         # TLS context), far more than a reply's first token, and each kept a connection open.
         self._providers: dict[str, Provider] = {}
         self.closing = False
+        self.handoffs: Handoffs | None = None  # wired by create_app (the request_human tool)
+
+    async def _ask_for_person(self, conversation_id: str, reason: str, meta: Metadata) -> None:
+        if self.handoffs is None:
+            raise LoaclError("conflict", "handing over is not wired")
+        await self.handoffs.assistant_asks(conversation_id, reason, meta)
 
     async def interrupt_replies(self) -> None:
         """Shutting down: take no new message, and end every reply in flight as interrupted
@@ -193,6 +200,9 @@ class Chat:
             raise LoaclError("not_found", "no such message")
         return found
 
+    async def has_reply(self, message_id: str) -> bool:
+        return await views.reply_id(self.store, message_id) is not None
+
     async def outcome(self, reply_id: str, run: Run | None = None) -> MessageView:
         """The reply as the visitor is to be told it: as the log holds it, or, when its run has
         ended but the store has not taken the end yet, as the run ended (with the text the end
@@ -230,8 +240,9 @@ class Chat:
 
     async def _replayed(
         self, access: VisitorAccess, client_message_id: str
-    ) -> tuple[MessageView, Run | str] | None:
-        """The first message with this id, and its reply's run (while it streams) or id."""
+    ) -> tuple[MessageView, Run | str | None] | None:
+        """The first message with this id, and its reply's run (while it streams) or id (None:
+        it was kept for a person, with no reply)."""
         first = await views.message_by_client_id(
             self.store, access.conversation_id, client_message_id
         )
@@ -241,18 +252,19 @@ class Chat:
         run = self.runs.get(access.conversation_id)
         if run is not None and run.reply_to == first.message_id:
             return first, run
-        reply_id = await views.reply_id(self.store, first.message_id)
-        assert reply_id is not None  # appended with the message, in one transaction
-        return first, reply_id
+        # Appended with the message, in one transaction; none while a person answers.
+        return first, await views.reply_id(self.store, first.message_id)
 
     async def post(
         self, access: VisitorAccess, text: str, file_ids: tuple[str, ...],
         client_message_id: str | None, meta: Metadata,
-    ) -> tuple[MessageView, Run | str, bool]:
+    ) -> tuple[MessageView, Run | str | None, bool]:
         """Record the visitor's message and start the reply.
 
-        Returns the message, the run (or, for a resend, the reply's id) and whether this call
-        started it. A resend with the same ``client_message_id`` writes nothing.
+        Returns the message, the run (or, for a resend, the reply's id; None when a person
+        is asked for or answers: the message is kept for them and the assistant is not asked)
+        and whether this call recorded it. A resend with the same ``client_message_id``
+        writes nothing.
         """
         text = domain.checked_message(
             text, file_ids, client_message_id, self.settings.max_message_chars
@@ -281,6 +293,9 @@ class Chat:
         except BaseException:
             slot.release()
             raise
+        if isinstance(started, MessageView):  # kept for a person: no reply
+            slot.release()
+            return started, None, True
         if not isinstance(started, Run):  # an idempotent replay won the race
             slot.release()
             return started[0], started[1], False
@@ -319,10 +334,11 @@ class Chat:
         self, access: VisitorAccess, text: str, file_ids: tuple[str, ...],
         client_message_id: str | None, meta: Metadata, assistant_id: str,
         assistant: AssistantDefinition, slot: Lease,
-    ) -> Run | tuple[MessageView, Run | str]:
+    ) -> Run | MessageView | tuple[MessageView, Run | str | None]:
         """Append the message and the reply's start, and start streaming the reply, for which
-        the caller has taken the widget's ``slot`` (``_run`` gives it back); or, when a resend
-        won the race, the first message and its reply."""
+        the caller has taken the widget's ``slot`` (``_run`` gives it back); or only the
+        message, while a person is asked for or answers; or, when a resend won the race, the
+        first message and its reply."""
         state, version = await self._load(access.conversation_id)
         message_id, reply_id = new_id(), new_id()
         events = domain.post_message(
@@ -346,12 +362,14 @@ class Chat:
                     "wait for the current answer to finish before asking again",
                 ) from None
             raise
-        first = recorded[0].event
-        assert isinstance(first, domain.MessagePosted)
+        first = next(r.event for r in recorded
+                     if isinstance(r.event, domain.MessagePosted))
         if first.message_id != message_id:  # an idempotent replay won the race
             found = await self._replayed(access, client_message_id or "")
             assert found is not None
             return found
+        if not any(isinstance(e, domain.AssistantStarted) for e in events):
+            return await self.message(message_id)
         run = Run(access.conversation_id, reply_id, message_id, widget_id=access.widget_id)
         self.runs[access.conversation_id] = run
         scope = ToolScope(assistant_id, access.user_id)
@@ -375,8 +393,11 @@ class Chat:
     async def _history(self, conversation_id: str) -> list[Turn]:
         messages = await views.history(self.store, conversation_id)
         files = await self._attachments({f for m in messages for f in m.file_ids})
+        # A member's messages are the answering side's, as the assistant's are: after a
+        # release the model reads what the person told the visitor.
         turns = [
-            Turn(m.role, m.text, tuple(files[f] for f in m.file_ids))
+            Turn("assistant" if m.role == "agent" else m.role, m.text,
+                 tuple(files[f] for f in m.file_ids))
             for m in messages
             if not (m.role == "assistant" and (m.status == "streaming" or not m.text))
         ]
@@ -489,7 +510,8 @@ class Chat:
                     if logged is not None:
                         await logged
                         logged = None
-                    if not result.calls or (secret is None and sources is None):
+                    if not result.calls or (secret is None and sources is None
+                                             and not assistant.handoff):
                         return
                     waiting.cancel()  # the visitor hears of the tools instead
                     made = await self.rounds.make(
@@ -567,6 +589,64 @@ class Chat:
                          attempt=attempt, code=exc.code, retry_in=round(delay, 3))
                 run.notice(Notice("retrying", round(delay, 3), attempt, exc.code))
                 await asyncio.sleep(delay)
+
+    # -- the console's preview of an assistant not saved yet ------------------------------------
+
+    async def preview(
+        self, owner_id: str, assistant: AssistantDefinition, turns: list[Turn], ip: str | None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A reply to ``turns`` (the last is the owner's new message) from ``assistant`` as the
+        owner is editing it, streamed as ``delta`` pieces then one ``done`` or ``error``.
+
+        Nothing is written: a preview is no visitor's conversation, so it has no place in the
+        log, the inbox, usage or webhooks. It is bounded like a visitor's message all the same,
+        before anything reaches the provider: the owner's rate (``preview_messages_per_minute``)
+        and the server's per address and per day, and a reply slot of its own (at most
+        ``provider_concurrency`` at once, ``replies_per_ip`` from one address). HTTP tools are
+        not offered: a preview calls nobody's endpoint."""
+        key = f"preview-{owner_id}"
+        self.limits.message(key, ip, self.settings.preview_messages_per_minute)
+        slot = self.limits.reply(key, ip)
+        try:
+            await check_model(self.settings, assistant.provider, assistant.model)
+        except BaseException:
+            slot.release()
+            raise
+        return self._preview(slot, owner_id, assistant, turns)
+
+    async def _preview(
+        self, slot: Lease, owner_id: str, assistant: AssistantDefinition, turns: list[Turn]
+    ) -> AsyncIterator[dict[str, Any]]:
+        settings = self.settings
+        result = ReplyResult()
+        offered = tuple(t for t in assistant.tools if t.type != "http")
+        request = ReplyRequest(replace(assistant, tools=offered),
+                               trim_history(turns, settings.context_chars), offered)
+        offset = 0
+        try:
+            with tracing.span("reply.preview", **{"loacl.provider": assistant.provider,
+                                                  "loacl.model": assistant.model}):
+                async with asyncio.timeout(settings.reply_deadline_seconds):
+                    async for delta in self._provider(assistant.provider).stream(request,
+                                                                                 result):
+                        if delta:
+                            yield {"type": "delta", "offset": offset, "text": delta}
+                            offset += len(delta)
+            yield {"type": "done", "status": "completed", "length": offset,
+                   "usage": {"input_tokens": result.input_tokens,
+                             "output_tokens": result.output_tokens}}
+        except TimeoutError:
+            yield {"type": "error", "code": "provider_unavailable",
+                   "text": reply_error_text("provider_unavailable")}
+        except LoaclError as exc:
+            log.warning("chat.preview_failed", owner_id=owner_id, code=exc.code,
+                        error=exc.message)
+            yield {"type": "error", "code": exc.code, "text": reply_error_text(exc.code)}
+        finally:
+            slot.release()
+            log.info("chat.preview", owner_id=owner_id, provider=assistant.provider,
+                     model=assistant.model, input_tokens=result.input_tokens,
+                     output_tokens=result.output_tokens)
 
     def _provider(self, name: str) -> Provider:
         provider = self._providers.get(name)

@@ -19,12 +19,15 @@ class Inbox:
         self.store = store
 
     async def page(
-        self, owner_id: str, where: InboxFilter, after: int | None, limit: int
+        self, owner_id: str, where: InboxFilter, after: int | None, limit: int,
+        member_id: str | None = None,
     ) -> Page[InboxItem]:
-        return await views.inbox(self.store, owner_id, where, after, limit)
+        return await views.inbox(self.store, owner_id, where, after, limit, member_id)
 
-    async def conversation(self, owner_id: str, conversation_id: str) -> InboxItem:
-        found = await views.inbox_item(self.store, conversation_id)
+    async def conversation(
+        self, owner_id: str, conversation_id: str, member_id: str | None = None
+    ) -> InboxItem:
+        found = await views.inbox_item(self.store, conversation_id, member_id)
         if found is None or await views.owner_of(self.store, conversation_id) != owner_id:
             raise LoaclError("not_found", "no such conversation")
         return found

@@ -42,6 +42,9 @@ class AccessClaims:
     user_id: str
     session_id: str
     expires_at: int
+    # The workspace the token acts in (claim ``ws``); a token from before workspaces names
+    # none, and acts in the account's personal one, whose id is the account's.
+    workspace_id: str
 
 
 class Tokens:
@@ -82,12 +85,15 @@ class Tokens:
             raise LoaclError("invalid_token", "the token is not valid") from None
         return decoded.claims
 
-    def issue_access(self, user_id: str, session_id: str) -> str:
-        return self._encode(ACCESS_AUDIENCE, user_id, self.access_seconds, sid=session_id)
+    def issue_access(self, user_id: str, session_id: str, workspace_id: str | None = None) -> str:
+        return self._encode(ACCESS_AUDIENCE, user_id, self.access_seconds, sid=session_id,
+                            ws=workspace_id or user_id)
 
     def read_access(self, token: str) -> AccessClaims:
         claims = self._decode(token, ACCESS_AUDIENCE, "sid")
-        return AccessClaims(str(claims["sub"]), str(claims["sid"]), int(claims["exp"]))
+        user_id = str(claims["sub"])
+        return AccessClaims(user_id, str(claims["sid"]), int(claims["exp"]),
+                            str(claims.get("ws") or user_id))
 
     def issue_link(self, purpose: str, subject: str, lifetime: timedelta, **extra: Any) -> str:
         return self._encode(f"loacl-{purpose}", subject, int(lifetime.total_seconds()), **extra)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,11 +14,13 @@ import structlog
 
 from loacl.domain import conversations as domain
 from loacl.domain.assistants import (
+    HANDOFF_TOOL,
     Assistant,
     AssistantDefinition,
     assistant_stream,
     evolve_assistant,
 )
+from loacl.domain.events import Metadata
 from loacl.domain.widgets import conversation_stream
 from loacl.providers.base import ReplyResult, ToolCall, ToolRound
 from loacl.services.knowledge import FILE_SEARCH, Knowledge
@@ -77,11 +79,31 @@ class Sources:
         return Outcome("ok", output, None, duration), new
 
 
+# The model asked for a person (conversation id, reason, metadata): the conversation waits.
+AskForPerson = Callable[[str, str, Metadata], Awaitable[object]]
+HANDED_OVER = json.dumps({
+    "status": "ok", "state": "waiting",
+    "note": "A person from the team has been asked to join. Tell the visitor, in your own "
+            "words, that a person will answer here soon; do not call request_human again.",
+})
+
+
+def _reason(arguments: str) -> str:
+    try:
+        found = json.loads(arguments)
+    except ValueError:
+        return ""
+    reason = found.get("reason") if isinstance(found, dict) else None
+    return reason if isinstance(reason, str) else ""
+
+
 class ToolRounds:
-    def __init__(self, store: EventStore, tools: Tools, server_key: str) -> None:
+    def __init__(self, store: EventStore, tools: Tools, server_key: str,
+                 ask_for_person: AskForPerson | None = None) -> None:
         self.store = store
         self.tools = tools
         self._server_key = server_key.encode()
+        self.ask_for_person = ask_for_person
 
     async def make(
         self, run: Run, assistant: AssistantDefinition, reply: ReplyStream,
@@ -117,7 +139,8 @@ class ToolRounds:
             run.notice(Notice("tool", tool=call.name, text=text))
         searches = [c for c in calls if sources is not None and c.name == FILE_SEARCH
                     and c.name not in tools]
-        others = [c for c in calls if c not in searches]
+        person = [c for c in calls if c.name == HANDOFF_TOOL and assistant.handoff]
+        others = [c for c in calls if c not in searches and c not in person]
         outcomes: dict[str, Outcome] = {}
         cited: list[domain.Citation] = []
         if others:
@@ -132,6 +155,8 @@ class ToolRounds:
             outcome, new = await sources.answer(call)
             outcomes[call.call_id] = outcome
             cited += new
+        for call in person:
+            outcomes[call.call_id] = await self._ask_for_person(run, call, reply)
         run.state = None  # the tools are done; a tab joining now waits for text
         ordered = [outcomes[c.call_id] for c in calls]
         # Queued now, so it lands before anything the reply appends later.
@@ -145,6 +170,17 @@ class ToolRounds:
             events.append(domain.ReplyCited(message_id=run.message_id, citations=tuple(cited)))
         logged = asyncio.ensure_future(self.store.append(stream, events, metadata=reply.meta))
         return ToolRound(text, tuple(calls), tuple(o.output for o in ordered)), logged
+
+    async def _ask_for_person(self, run: Run, call: ToolCall, reply: ReplyStream) -> Outcome:
+        """The model's ``request_human``: the conversation waits for a person (from the next
+        message on, the assistant does not answer); the model is told to say so."""
+        if self.ask_for_person is None:
+            return Outcome("refused", json.dumps({"error": "no one can be asked here"}))
+        begun = time.monotonic()
+        await self.ask_for_person(run.conversation_id, _reason(call.arguments), reply.meta)
+        log.info("chat.person_asked_for", message_id=run.message_id)
+        return Outcome("ok", HANDED_OVER,
+                       duration_ms=round((time.monotonic() - begun) * 1000))
 
     async def secret(self, assistant_id: str) -> str:
         """The secret that signs the assistant's calls now (read once per reply, while the

@@ -26,7 +26,7 @@ from standardwebhooks.webhooks import Webhook
 
 from loacl.domain.assistants import ToolDefinition
 from loacl.providers.base import ToolCall
-from loacl.services.outbound import Outbound, OutboundError
+from loacl.services.egress import Outbound, OutboundError, Policy
 from loacl.services.tokens import new_id
 from loacl.settings import Settings
 
@@ -94,8 +94,9 @@ class Tools:
 
     def __init__(self, settings: Settings, outbound: Outbound | None = None) -> None:
         self.settings = settings
+        private = settings.tools_allow_private_networks
         self.outbound = outbound or Outbound(
-            allow_private=settings.tools_allow_private_networks, user_agent="LOACL-tools"
+            Policy(allow_private=private, allow_http=private), user_agent="LOACL-tools"
         )
         self._validators: dict[str, jsonschema.protocols.Validator] = {}
 
@@ -168,8 +169,10 @@ class Tools:
                 max_bytes=limit,
             )
         except OutboundError as exc:
-            log.info("tools.call_failed", tool=tool.name, code=exc.code, error=exc.message)
-            return _error(exc.code, exc.message)
+            log.info("tools.call_failed", tool=tool.name, code=exc.reason, error=exc.message)
+            return _error(exc.reason, exc.message)
+        if answer.truncated:
+            return _error("too_large", f"the answer is over {limit} bytes")
         if not 200 <= answer.status < 300:
             return _error("http_error", f"the endpoint answered HTTP {answer.status}",
                           answer.status)

@@ -46,10 +46,12 @@ from loacl.domain import webhooks as domain
 from loacl.domain.conversations import AssistantCompleted, AssistantFailed, MessagePosted
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata, RecordedEvent
+from loacl.domain.handoff import CLOSED, WAITING, ConversationStateChanged
 from loacl.domain.privacy import OWNER, is_erased, subject
 from loacl.domain.widgets import ConversationStarted
+from loacl.domain.workspaces import MemberJoined, MemberRemoved, MemberRoleChanged
+from loacl.services.egress import Outbound, Policy, check_url
 from loacl.services.mail import Mailer
-from loacl.services.ssrf import Outbound, Policy, check_url
 from loacl.services.tokens import new_id
 from loacl.services.versions import expect_version
 from loacl.settings import Settings
@@ -58,8 +60,8 @@ from loacl.store.eventstore import NO_STREAM, Clock, EventStore, utc_now
 from loacl.store.records import EVENT_COLUMNS, decode_rows
 from loacl.store.subscriptions import Effect
 from loacl.store.views import Page
-from loacl.store.views import accounts as account_views
 from loacl.store.views import webhooks as views
+from loacl.store.views import workspaces as workspace_views
 from loacl.store.views.webhooks import Delivery, NewDelivery, WebhookView
 
 log = structlog.get_logger(__name__)
@@ -71,11 +73,26 @@ SOURCES = {
     MessagePosted.event_type: "message.posted",
     AssistantCompleted.event_type: "reply.completed",
     AssistantFailed.event_type: "reply.failed",
+    MemberJoined.event_type: "member.changed",
+    MemberRoleChanged.event_type: "member.changed",
+    MemberRemoved.event_type: "member.changed",
+    ConversationStateChanged.event_type: "",  # by the new state: see _kind
 }
+MEMBER = "member.changed"
+# A state change is news to a webhook when the conversation starts waiting or is closed.
+_STATE_KINDS = {WAITING: "handoff.requested", CLOSED: "conversation.closed"}
+
+
+def _kind(recorded: RecordedEvent) -> str | None:
+    event = recorded.event
+    if isinstance(event, ConversationStateChanged):
+        return _STATE_KINDS.get(event.state)
+    return SOURCES[recorded.type]
+
+
 TEST = "webhook.test"
 ROTATION_GRACE = timedelta(days=1)  # the secret before a rotation still signs this long
 BACKOFF_CAP = 3600.0
-CONCURRENCY = 16
 IDLE = 30.0  # seconds between looks when nothing is due and nothing woke the dispatcher
 
 
@@ -218,8 +235,9 @@ class Webhooks:
         return True
 
     async def _mail_disabled(self, state: domain.Webhook, failures: int) -> None:
-        owner = await account_views.user_by_id(self.store, state.owner_id)
-        if owner is None or state.definition is None:
+        # The workspace's owners (owner_id is the workspace's id).
+        addresses = await workspace_views.owner_emails(self.store, state.owner_id)
+        if not addresses or state.definition is None:
             return
         body = (
             f"LOACL stopped sending events to your webhook {state.webhook_id}\n"
@@ -229,11 +247,12 @@ class Webhooks:
             f"with PATCH /api/v1/webhooks/{state.webhook_id} {{\"enabled\": true}}; what was "
             "not delivered is then sent, and each delivery can be sent again by hand.\n"
         )
-        with contextlib.suppress(Exception):  # the mail is kept in the outbox when it fails
-            await self.mailer.deliver(
-                owner.email, "LOACL: a webhook endpoint was disabled", body,
-                f"<webhook.{state.webhook_id}.disabled.{failures}@loacl>",
-            )
+        for address in addresses:
+            with contextlib.suppress(Exception):  # kept in the outbox when it fails
+                await self.mailer.deliver(
+                    address, "LOACL: a webhook endpoint was disabled", body,
+                    f"<webhook.{state.webhook_id}.disabled.{failures}@loacl>",
+                )
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -306,6 +325,12 @@ class Webhooks:
         return Effect(OUTBOX, self.handle, types=frozenset(SOURCES))
 
     async def handle(self, events: Sequence[RecordedEvent]) -> None:
+        members = [r for r in events if SOURCES[r.type] == MEMBER]
+        if members:
+            await self._member_changes(members)
+            events = [r for r in events if SOURCES[r.type] != MEMBER]
+            if not events:
+                return
         owners = await views.conversation_owners(
             self.store, list(dict.fromkeys(_conversation_of(r) for r in events)))
         listening = await views.listeners(
@@ -317,13 +342,40 @@ class Webhooks:
             owner = owners.get(conversation_id)
             if owner is None or owner.owner_id is None:
                 continue
-            kind = SOURCES[recorded.type]
+            kind = _kind(recorded)
+            if kind is None:
+                continue
             for listener in listening.get(owner.owner_id, ()):
                 # An endpoint hears of what happened after it was registered, never before.
                 if kind in listener.event_types and recorded.seq > created[listener.webhook_id]:
                     new.append(NewDelivery(f"msg_{recorded.seq}_{listener.webhook_id}",
                                            listener.webhook_id, kind, recorded.seq,
                                            conversation_id))
+        await self.enqueue(new)
+
+    async def _member_changes(self, events: Sequence[RecordedEvent]) -> None:
+        """A workspace's member changes, to its endpoints (ids and roles: no personal data),
+        one after another per workspace."""
+        workspaces = list(dict.fromkeys(r.stream.removeprefix("workspace-") for r in events))
+        listening = await views.listeners(self.store, workspaces)
+        created = await self._created(listening)
+        new: builtins.list[NewDelivery] = []
+        for recorded in events:
+            event = recorded.event
+            assert isinstance(event, MemberJoined | MemberRoleChanged | MemberRemoved)
+            change = {MemberJoined: "joined", MemberRoleChanged: "role_changed",
+                      MemberRemoved: "removed"}[type(event)]
+            data = {"workspace_id": event.workspace_id, "account_id": event.user_id,
+                    "change": change,
+                    "role": None if isinstance(event, MemberRemoved) else event.role,
+                    "reason": event.reason if isinstance(event, MemberRemoved) else None}
+            payload = json.dumps({"type": MEMBER, "timestamp": format_time(recorded.recorded_at),
+                                  "data": data}, separators=(",", ":"))
+            for listener in listening.get(event.workspace_id, ()):
+                if MEMBER in listener.event_types and recorded.seq > created[listener.webhook_id]:
+                    new.append(NewDelivery(f"msg_{recorded.seq}_{listener.webhook_id}",
+                                           listener.webhook_id, MEMBER, recorded.seq,
+                                           f"workspace:{event.workspace_id}", payload))
         await self.enqueue(new)
 
     async def _created(
@@ -385,6 +437,11 @@ def _data(
         data |= {"message_id": event.message_id, "code": event.code}
         if personal:
             data |= _text(event.text)
+    elif isinstance(event, ConversationStateChanged):
+        data |= {"state": event.state, "previous": event.previous, "by": event.by,
+                 "cause": event.cause}
+        if personal:  # the reason may repeat the visitor's words
+            data["reason"] = None if is_erased(event.reason) else event.reason
     return data
 
 
@@ -398,7 +455,7 @@ class Dispatcher:
         self.settings = webhooks.settings
         self._task: asyncio.Task[None] | None = None
         self._inflight: dict[int, asyncio.Task[None]] = {}
-        self._slots = asyncio.Semaphore(CONCURRENCY)
+        self._concurrency = self.settings.webhook_concurrency
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="webhook-dispatcher")
@@ -433,7 +490,7 @@ class Dispatcher:
     async def _dispatch(self) -> float:
         """Start what is due; seconds until the next look."""
         now = self.webhooks.clock()
-        room = CONCURRENCY - len(self._inflight)
+        room = self._concurrency - len(self._inflight)
         if room > 0:
             for delivery in await views.due(self.store, format_time(now),
                                             list(self._inflight), room):
@@ -451,15 +508,15 @@ class Dispatcher:
         self.webhooks.wake.set()
 
     async def _attempt(self, delivery: Delivery) -> None:
-        async with self._slots:
-            try:
-                await self._send(delivery)
-            except LoaclError as exc:
-                if exc.code != "store_closed":
-                    log.warning("webhook.attempt_failed", delivery_id=delivery.delivery_id,
-                                error=exc.message)
-            except Exception:
-                log.exception("webhook.attempt_crashed", delivery_id=delivery.delivery_id)
+        # At most ``webhook_concurrency`` of these run: ``_dispatch`` starts no more.
+        try:
+            await self._send(delivery)
+        except LoaclError as exc:
+            if exc.code != "store_closed":
+                log.warning("webhook.attempt_failed", delivery_id=delivery.delivery_id,
+                            error=exc.message)
+        except Exception:
+            log.exception("webhook.attempt_crashed", delivery_id=delivery.delivery_id)
 
     async def _send(self, delivery: Delivery) -> None:
         webhooks = self.webhooks

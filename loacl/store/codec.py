@@ -338,3 +338,10 @@ def _widget_v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
     definition = data["definition"]
     settings = {**_SETTINGS_V3, **definition.get("settings", {})}
     return {**data, "definition": {**definition, "settings": settings}}
+
+
+@upcaster("widget.created", 3)
+@upcaster("widget.updated", 3)
+def _widget_v3_to_v4(data: dict[str, Any]) -> dict[str, Any]:
+    """v4 gave the definition office hours; a v3 widget keeps none."""
+    return {**data, "definition": {**data["definition"], "office_hours": None}}

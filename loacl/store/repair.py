@@ -165,6 +165,48 @@ def _copy_positions(
         result.notes.append(f"idempotency keys or subscriber positions cannot be read ({exc})")
 
 
+def _copy_webhook_deliveries(
+    src: sqlite3.Connection, conn: sqlite3.Connection, kept: list[int], result: RepairResult
+) -> None:
+    """The webhook outbox (an operational table, not a projection: what was sent, what is
+    still to send) and each endpoint's run of failures. The endpoints themselves are events,
+    rebuilt with the read tables. A delivery's event moves to its new position; one that
+    tells of an event now lost cannot be built again and is left out. A message id names the
+    event's position (``msg_<seq>_<webhook>``): where that position moved, the id moves with
+    it, so that the outbox's later events cannot take an id already used."""
+    moved = {old: new for new, old in enumerate(kept, start=1)}
+    table = "webhook_deliveries"
+    cols = [r[1] for r in conn.execute(f'PRAGMA main.table_info("{table}")')]
+    at_seq, at_id, at_hook = (cols.index(c) for c in ("source_seq", "message_id", "webhook_id"))
+    names = ", ".join(f'"{c}"' for c in cols)
+    marks = ", ".join("?" * len(cols))
+    copied = dropped = renamed = 0
+    try:
+        for found in src.execute(f'SELECT {names} FROM "{table}" ORDER BY delivery_id'):
+            row = list(found)
+            old = int(row[at_seq])
+            if old:
+                if old not in moved:
+                    dropped += 1
+                    continue
+                row[at_seq] = moved[old]
+                if moved[old] != old and row[at_id] == f"msg_{old}_{row[at_hook]}":
+                    row[at_id] = f"msg_{moved[old]}_{row[at_hook]}"
+                    renamed += 1
+            conn.execute(f'INSERT INTO main."{table}" ({names}) VALUES ({marks})', row)
+            copied += 1
+    except sqlite3.DatabaseError as exc:
+        if not audit.damaged(exc):
+            raise
+        result.notes.append(f"table {table}: {copied} rows copied, the rest cannot be read")
+    if dropped:
+        result.notes.append(f"{dropped} webhook deliveries told of lost events and are left out")
+    if renamed:
+        result.notes.append(f"{renamed} webhook deliveries of moved events have new message ids "
+                            "(a receiver that had them may see them again under the new id)")
+    _copy_rows(src, conn, "webhook_health", result)
+
+
 def _copy_key_state(
     src: sqlite3.Connection, conn: sqlite3.Connection, kept: list[int], result: RepairResult
 ) -> None:
@@ -212,6 +254,7 @@ def repair(
             if table in present:  # a file from before the table's migration has none
                 _copy_rows(src, conn, table, result)
         _copy_positions(src, conn, kept, result)
+        _copy_webhook_deliveries(src, conn, kept, result)
         _copy_key_state(src, conn, kept, result)
         conn.execute("COMMIT")
         apply_all(conn, projections, None, chunk, result.copied,

@@ -12,7 +12,7 @@ import re
 import sqlite3
 
 INDEX = "messages_fts"
-# The knowledge passages' index (migration 0016), kept by triggers the same way.
+# The knowledge passages' index (migration 0017), kept by triggers the same way.
 INDEXES = (INDEX, "knowledge_fts")
 
 _WORD = re.compile(r"\w+", re.UNICODE)

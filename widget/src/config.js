@@ -27,7 +27,7 @@ export const apiBase = (scriptUrl) => scriptUrl.replace(SCRIPT_URL, "");
 export let settings = {};
 export let uploads = { max_size: 0, allowed_types: [] };
 export function useConfig(loaded) {
-  settings = loaded.settings;
+  settings = { ...loaded.settings, handoff: loaded.handoff };
   uploads = loaded.uploads;
 }
 

@@ -10,7 +10,7 @@ import {
 import { feedbackRow, stamp } from "./feedback.js";
 import { ctx, extra } from "./lazy.js";
 import { emit } from "./page.js";
-import { botBubble, doc, element, errorLine, paintReply, userBubble } from "./render.js";
+import { agentBubble, botBubble, doc, element, errorLine, paintReply, userBubble } from "./render.js";
 import * as transport from "./transport.js";
 import { greeting, log, setStatus } from "./view.js";
 
@@ -30,6 +30,12 @@ let notice = 0; // the status line shows how a reply is doing (waiting, retrying
 let lastText = ""; // what a Retry under a failed reply sends again
 let olderCursor = null; // the cursor of older history, or null when all is shown
 let olderLoading = false;
+let cursor = 0; // the newest message's cursor: a reconnecting socket resumes after it
+let typingTimer = 0;
+/** Who answers: bot, waiting (for a person), human (`agent` answers) or closed. */
+export let handoff = { state: "bot" };
+let onHandoff = () => {};
+export const initHandoff = (changed) => { onHandoff = changed; };
 
 export const initConversation = (onBusyChange, arrived) => {
   onBusy = onBusyChange;
@@ -43,6 +49,8 @@ const failedEvent = (code) => emit("error", { code });
 export function clear() {
   epoch++;
   outbox.length = 0;
+  cursor = 0;
+  handoff = { state: "bot" };
   replies.clear();
   shown.clear();
   olderCursor = null;
@@ -50,7 +58,20 @@ export function clear() {
   setBusy(false);
 }
 export const idle = () => !busy && !outbox.length;
-export const pendingFrames = () => reconnectFrames(replies, outbox);
+export const pendingFrames = () =>
+  [...(cursor ? [{ type: "resume", after: cursor }] : []), ...reconnectFrames(replies, outbox)];
+
+/** The state a `ready` or `state` frame (or the handoff request) tells. */
+export function setHandoff(frame) {
+  handoff = { state: frame.state || "bot", agent: frame.agent };
+  clearTimeout(typingTimer);
+  typingTimer = 0;
+  const line = handoff.state === "waiting" ? t("handoff_waiting")
+    : handoff.state === "human" ? t("handoff_human", { name: handoff.agent }) : "";
+  if (line || !notice) setStatus(line);
+  onHandoff();
+}
+const seen = (message) => { cursor = Math.max(cursor, +message.cursor || 0); };
 
 const nearBottom = () => log.scrollHeight - log.scrollTop - log.clientHeight < NEAR_BOTTOM_PX;
 export const toBottom = () => { log.scrollTop = log.scrollHeight; };
@@ -90,6 +111,8 @@ function reply(id, text, done) {
 
 function historyNodes(message) {
   shown.add(message.id);
+  seen(message);
+  if (message.role === "agent") return [agentBubble(message.author_name, message.text), stamp(message.created_at)];
   if (message.role === "user") {
     return [userBubble(message.text, message.file_ids?.length || 0), stamp(message.created_at)];
   }
@@ -154,7 +177,27 @@ export function onFrame(frame) {
         log.append(userBubble(message.text, message.file_ids?.length), stamp());
       }
     }
-    reply(frame.reply_id);
+    if (frame.reply_id) reply(frame.reply_id);
+    else setBusy(hasUnfinished(replies));
+  } else if (frame.type === "message") {
+    // A person's message, or one kept for them, or one missed while away: shown once.
+    const message = frame.message;
+    if (message.role === "user") takePending(outbox, message.client_message_id);
+    if (!shown.has(message.id)) {
+      const stay = nearBottom();
+      log.append(...historyNodes(message));
+      if (stay) toBottom();
+      if (message.role === "agent") onArrive();
+    } else seen(message);
+    setBusy(hasUnfinished(replies));
+  } else if (frame.type === "state") {
+    setHandoff(frame);
+  } else if (frame.type === "typing") {
+    clearTimeout(typingTimer);
+    if (frame.typing) {
+      setStatus(t("handoff_typing", { name: frame.name || handoff.agent }));
+      typingTimer = setTimeout(() => setHandoff(handoff), 6000);
+    } else setHandoff(handoff);
   } else if (frame.type === "status") {
     notice = 1;
     setStatus(frame.state === "retrying"
@@ -271,7 +314,8 @@ async function post(pending) {
     waiting.remove();
     if (at !== epoch) return;
     shown.add(response.message.id);
-    whole(response.reply).element.after(feedbackRow(response.reply.id));
+    if (response.reply) whole(response.reply).element.after(feedbackRow(response.reply.id));
+    else setBusy(false);
   } catch (error) {
     waiting.remove();
     if (at !== epoch) return;

@@ -7,6 +7,8 @@ export const DEFAULT_PLACEHOLDER = "Type a message…";
 
 export const STRINGS = {
   en: {
+    handoff: "Talk to a person", handoff_waiting: "Waiting for a person…",
+    handoff_human: "{name} joined the chat", handoff_typing: "{name} is typing…",
     title: DEFAULT_TITLE, placeholder: DEFAULT_PLACEHOLDER, open: "Open chat",
     close: "Close chat", send: "Send", attach: "Attach a file", remove: "Remove",
     input: "Message", retry: "Retry", stop: "Stop", typing: "The assistant is typing",
@@ -39,6 +41,8 @@ export const STRINGS = {
     start: "Start the chat",
   },
   fr: {
+    handoff: "Parler à une personne", handoff_waiting: "En attente d’une personne…",
+    handoff_human: "{name} a rejoint la discussion", handoff_typing: "{name} écrit…",
     title: "Discutons", placeholder: "Écrivez un message…", open: "Ouvrir la discussion",
     close: "Fermer la discussion", send: "Envoyer", attach: "Joindre un fichier",
     remove: "Retirer", input: "Message", retry: "Réessayer", stop: "Arrêter",
@@ -72,6 +76,8 @@ export const STRINGS = {
     start: "Commencer la discussion",
   },
   ar: {
+    handoff: "التحدث إلى شخص", handoff_waiting: "في انتظار شخص…",
+    handoff_human: "انضم {name} إلى المحادثة", handoff_typing: "{name} يكتب…",
     title: "تحدث معنا", placeholder: "اكتب رسالة…", open: "افتح المحادثة",
     close: "أغلق المحادثة", send: "إرسال", attach: "إرفاق ملف", remove: "إزالة",
     input: "رسالة", retry: "أعد المحاولة", stop: "إيقاف", typing: "المساعد يكتب",

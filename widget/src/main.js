@@ -11,7 +11,7 @@ import { accentText, doc, element, errorLine, icon, ICONS, renderMarkdown } from
 import * as transport from "./transport.js";
 import {
   applyLook, attachButton, badge, closeButton, dropZone, fileList, form, greeting, host, input, launcher,
-  log, newButton, nudge, panel, picker, root, sendButton, setStatus, title,
+  log, newButton, nudge, panel, picker, root, sendButton, setStatus, title, handoffButton,
 } from "./view.js";
 
 // Errors after which the chat cannot work on this page at all.
@@ -52,13 +52,17 @@ let restoreScroll = 0; // px from the bottom, restored once the history is shown
 let fromBottom = 0; // px from the bottom, while the panel is open
 
 // Someone is waiting for the socket: the panel is open, or a message or reply is under way.
-const wanted = () => !panel.hidden || !conversation.idle();
+// While a person is asked for or answers, their messages may come at any moment.
+const handedOver = () => /waiting|human/.test(conversation.handoff.state);
+const wanted = () => !panel.hidden || !conversation.idle() || handedOver();
+let typedAt = 0;
 
 transport.initTransport({
   canConnect: () => ready && !!token,
   wanted,
-  ready() {
+  ready(frame) {
     setStatus("");
+    conversation.setHandoff(frame);
     for (const frame of conversation.pendingFrames()) transport.send(frame);
   },
   frame: conversation.onFrame,
@@ -81,6 +85,12 @@ transport.initTransport({
 });
 // A reply that ends while the panel is closed is unread.
 conversation.initConversation(sync, () => panel.hidden && setUnread(unread + 1));
+// "Talk to a person" where the assistant hands over, while it answers.
+conversation.initHandoff(() => { handoffButton.hidden = !settings.handoff || handedOver(); });
+handoffButton.addEventListener("click", () => {
+  handoffButton.hidden = true;
+  request("/handoff", "POST", {}).then(conversation.setHandoff, (error) => setStatus(explain(error.code)));
+});
 
 // What the second file (lazy.js) needs of this one.
 Object.assign(ctx, {
@@ -164,6 +174,7 @@ function label() {
   input.placeholder = own("placeholder", DEFAULT_PLACEHOLDER);
   input.setAttribute("aria-label", t("input"));
   closeButton.setAttribute("aria-label", t("close"));
+  handoffButton.textContent = t("handoff");
   newButton.setAttribute("aria-label", t("new_chat"));
   attachButton.setAttribute("aria-label", t("attach"));
   sendButton.setAttribute("aria-label", t("send"));
@@ -348,6 +359,11 @@ log.addEventListener("scroll", () => {
 input.addEventListener("input", () => {
   grow();
   remember();
+  // The person answering sees the visitor typing (the server passes it on at most every 2 s).
+  if (handedOver() && transport.isReady() && Date.now() - typedAt > 2000) {
+    typedAt = Date.now();
+    transport.send({ type: "typing", typing: true });
+  }
 });
 input.addEventListener("keydown", (event) => {
   // Enter sends, Shift+Enter starts a new line; an IME composing text keeps its Enter.
@@ -454,6 +470,7 @@ function start(base) {
       greeting.append(renderMarkdown(settings.greeting || ""));
       picker.accept = loaded.uploads.allowed_types.map((type) => "." + type).join(",");
       look();
+      conversation.setHandoff(conversation.handoff);
       root.hidden = false;
       arrive();
       nudgeLater();

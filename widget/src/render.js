@@ -62,6 +62,10 @@ export function userBubble(text, files) {
 
 export const botBubble = () => element("div", { cls: "m b", dir: "auto" });
 
+/** A person's message: their name above the text, set apart from the assistant's. */
+export const agentBubble = (name, text) =>
+  element("div", { cls: "m b ag", dir: "auto" }, [element("b", { text: name }), text]);
+
 /** Redraws a reply from its text; while it streams it is aria-busy, so it is read once complete. */
 export function paintReply(reply, typingLabel) {
   const body = reply.body;

@@ -49,7 +49,7 @@ export function connect() {
       socketReady = true;
       failures = 0;
       attempts = 0;
-      hooks.ready();
+      hooks.ready(frame);
     } else {
       hooks.frame(frame);
     }

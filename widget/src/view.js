@@ -21,6 +21,7 @@ launcher.append(badge);
 export const title = element("h2", { id: "h" });
 export const newButton = button({}, ICONS.plus);
 export const closeButton = button({}, ICONS.close);
+export const handoffButton = element("button", { type: "button", cls: "ho", hidden: true });
 export const log = element("div", {
   cls: "g", role: "log", "aria-live": "polite", "aria-relevant": "additions text", tabindex: "0",
   "aria-labelledby": "h",
@@ -34,7 +35,7 @@ export const sendButton = element("button", { cls: "s", type: "submit" }, [icon(
 export const form = element("form", { cls: "k" }, [attachButton, picker, input, sendButton]);
 export const dropZone = element("div", { cls: "dz", hidden: true, "aria-hidden": "true" });
 export const panel = element("div", { cls: "p", id: "p", role: "dialog", "aria-labelledby": "h", hidden: true }, [
-  element("div", { cls: "hd" }, [title, newButton, closeButton]), log, status, fileList, form, dropZone,
+  element("div", { cls: "hd" }, [title, handoffButton, newButton, closeButton]), log, status, fileList, form, dropZone,
 ]);
 // The proactive greeting: a bubble next to the launcher (main.js fills it).
 export const nudge = element("div", { cls: "pb", role: "status", hidden: true });

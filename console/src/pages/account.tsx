@@ -59,6 +59,26 @@ function Sessions() {
   );
 }
 
+function DisplayName(props: { user: User }) {
+  const [name, setName] = useState(props.user.name || "");
+  const [done, setDone] = useState(false);
+  const form = useSubmit(
+    () => api<User>("PATCH", "/api/v1/auth/me", { body: { name: name.trim() || null } }),
+    () => setDone(true),
+  );
+  return (
+    <section class="panel">
+      <h2>{t("display_name")}</h2>
+      <form onSubmit={(event) => { setDone(false); form.submit(event); }} noValidate>
+        {form.error && <Notice kind="error">{form.error}</Notice>}
+        {done && <Notice kind="ok">{t("saved")}</Notice>}
+        <Field label={t("display_name")} name="display_name" autocomplete="name" value={name} onInput={setName} error={form.fields.name} hint={t("display_name_hint")} maxLength={200} />
+        <button type="submit" disabled={form.busy}>{t("save")}</button>
+      </form>
+    </section>
+  );
+}
+
 function DeleteAccount() {
   const [password, setPassword] = useState("");
   const [error, setError] = useState("");
@@ -87,6 +107,7 @@ export function Account() {
     <section>
       <Heading>{t("account")}</Heading>
       {!me.data ? <Loading error={me.error} /> : <p>{t("signed_in_as", { email: me.data.email })}</p>}
+      {me.data && <DisplayName user={me.data} />}
       <Password />
       <Sessions />
       <DeleteAccount />

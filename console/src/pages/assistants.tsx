@@ -1,8 +1,9 @@
-// Assistants: the list, and one form to create or edit one (model picker, instructions).
-import { useState } from "preact/hooks";
-import { all, api, get } from "../api";
-import { t } from "../i18n";
-import { href, navigate } from "../router";
+// Assistants: the list, and one form to create or edit one (model picker, instructions), with a
+// preview chat: the real widget talking to the assistant as it stands in the form, unsaved.
+import { useEffect, useRef, useState } from "preact/hooks";
+import { all, api, ApiError, get, streamLines } from "../api";
+import { currentLocale, t } from "../i18n";
+import { BASE, href, navigate } from "../router";
 import type { Assistant, Model } from "../types";
 import { Confirm, Field, Heading, Loading, Notice, problem, Select, useLoad, useSubmit } from "../ui";
 
@@ -102,6 +103,7 @@ function AssistantEditor(props: { found: Assistant | null; choices: Model[] | nu
           <a href={href("/assistants")}>{t("back")}</a>
         </div>
       </form>
+      <AssistantPreview title={name || t("assistant_new")} draft={body} />
       {found && (
         <div class="danger-zone">
           <h2>{t("delete")}</h2>
@@ -118,5 +120,50 @@ function AssistantEditor(props: { found: Assistant | null; choices: Model[] | nu
         </div>
       )}
     </section>
+  );
+}
+
+type Draft = () => Record<string, unknown>;
+
+/** The real /widget.js in the same sandboxed frame as the widget page's preview, chatting with
+ * the form's assistant as it stands: each question goes to POST /api/v1/assistant-preview with
+ * the draft of that moment, so a change shows in the next answer without saving. */
+function AssistantPreview(props: { title: string; draft: Draft }) {
+  const frame = useRef<HTMLIFrameElement>(null);
+  const draft = useRef(props.draft);
+  draft.current = props.draft;
+  const [ready, setReady] = useState(false);
+  useEffect(() => {
+    const listener = (event: MessageEvent) => {
+      const source = frame.current?.contentWindow;
+      if (event.origin !== location.origin || !source || event.source !== source) return;
+      const data = event.data as { type?: string; id?: string; messages?: unknown[] };
+      if (data?.type === "loacl-preview-ready") setReady(true);
+      if (data?.type !== "loacl-preview-ask" || !data.id) return;
+      const id = data.id;
+      const relay = (piece: Record<string, unknown>) => source.postMessage({ type: "loacl-preview-piece", id, piece }, location.origin);
+      const assistant = { ...draft.current() };
+      if (!assistant.name) assistant.name = props.title;
+      streamLines("/api/v1/assistant-preview", { assistant, messages: data.messages }, relay)
+        .catch((error) => relay({ type: "error", code: error instanceof ApiError ? error.code : "provider_error", text: problem(error).message }));
+    };
+    addEventListener("message", listener);
+    return () => removeEventListener("message", listener);
+  }, []);
+  useEffect(() => {
+    if (!ready) return;
+    const timer = setTimeout(() => frame.current?.contentWindow?.postMessage({
+      type: "loacl-assistant-preview",
+      settings: { title: props.title, greeting: "", placeholder: t("preview_placeholder"), theme: "auto",
+        position: "bottom-right", accent_color: "#2563eb", locale: currentLocale() },
+    }, location.origin), 250);
+    return () => clearTimeout(timer);
+  }, [ready]); // once: a new look would start the widget again, and the chat with it
+  return (
+    <div class="preview">
+      <h2>{t("assistant_preview")}</h2>
+      <p class="hint">{t("assistant_preview_hint")}</p>
+      <iframe ref={frame} src={`${BASE}/preview.html`} title={t("assistant_preview")} sandbox="allow-scripts allow-same-origin" />
+    </div>
   );
 }

@@ -62,16 +62,20 @@ def default_projections() -> Projections:
     from loacl.store.projections import (
         accounts,
         conversations,
+        handoff,
         knowledge,
         privacy,
         webhooks,
         widgets,
+        workspaces,
     )
 
     projections = Projections()
     projections.include(accounts.projections)
+    projections.include(workspaces.projections)
     projections.include(widgets.projections)
     projections.include(conversations.projections)
+    projections.include(handoff.projections)
     projections.include(privacy.projections)
     projections.include(webhooks.projections)
     projections.include(knowledge.projections)

@@ -11,6 +11,7 @@ from loacl.domain.accounts import (
     SessionRevoked,
     SessionStarted,
     UserRegistered,
+    UserRenamed,
 )
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import RecordedEvent
@@ -38,6 +39,26 @@ def user_registered(
         )
     except sqlite3.IntegrityError:
         raise LoaclError("email_taken", "an account with this e-mail address exists") from None
+    # The account's personal workspace: its id is the account's (see domain.workspaces).
+    conn.execute(
+        "INSERT INTO workspaces (workspace_id, name, personal, created_by, created_at, "
+        "updated_at) VALUES (?, NULL, 1, ?, ?, ?)",
+        (event.user_id, event.user_id, at, at),
+    )
+    conn.execute(
+        "INSERT INTO workspace_members (workspace_id, user_id, role, joined_at) "
+        "VALUES (?, ?, 'owner', ?)",
+        (event.user_id, event.user_id, at),
+    )
+
+
+@projections.on
+def user_renamed(conn: sqlite3.Connection, event: UserRenamed, recorded: RecordedEvent) -> None:
+    conn.execute(
+        "UPDATE users SET name = ?, updated_at = ? WHERE user_id = ?",
+        (None if is_erased(event.name) else event.name, format_time(recorded.recorded_at),
+         event.user_id),
+    )
 
 
 @projections.on

@@ -77,6 +77,14 @@ def _erase_owner(conn: sqlite3.Connection, user_id: str, at: str) -> None:
         (at, user_id),
     )
     conn.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
+    # Its memberships end, its personal workspace (whose things were erased before) goes, and
+    # the addresses it invited (sealed with its key) read as erased, as on replay.
+    conn.execute("DELETE FROM workspace_members WHERE user_id = ? OR workspace_id = ?",
+                 (user_id, user_id))
+    conn.execute("DELETE FROM workspaces WHERE workspace_id = ? AND personal = 1", (user_id,))
+    conn.execute("DELETE FROM workspace_invites WHERE workspace_id = ?", (user_id,))
+    conn.execute("UPDATE workspace_invites SET email = ? WHERE invited_by = ?",
+                 (ERASED, user_id))
 
 
 def destroy_key(conn: sqlite3.Connection, subject: str, at: str) -> None:

@@ -9,18 +9,20 @@ from typing import Any
 import msgspec
 
 from loacl.domain.conversations import Citation, Conversation, Reply
+from loacl.domain.handoff import Handoff
 from loacl.store.eventstore import EventStore
 from loacl.store.views import Page, first, page_by_creation
 
 _MESSAGE = (
     "SELECT message_id, conversation_id, role, text, status, error_code, reply_to, file_ids, "
     "client_message_id, input_tokens, output_tokens, created_seq, created_at, finished_at, "
-    "feedback_rating, feedback_comment, feedback_at, citations FROM messages"
+    "feedback_rating, feedback_comment, feedback_at, citations, author_id, author_name "
+    "FROM messages"
 )
 _CONVERSATION = (
     "SELECT conversation_id, widget_id, visitor_id, external_user_id, created_seq, created_at, "
-    "last_activity_at, message_count, owner_id, erased_at, visitor_name, visitor_email "
-    "FROM conversations"
+    "last_activity_at, message_count, owner_id, erased_at, visitor_name, visitor_email, "
+    "state, assignee_id, assignee_name, waiting_since FROM conversations"
 )
 _file_ids = msgspec.json.Decoder(tuple[str, ...]).decode
 
@@ -29,7 +31,7 @@ _file_ids = msgspec.json.Decoder(tuple[str, ...]).decode
 class MessageView:
     message_id: str
     conversation_id: str
-    role: str  # user | assistant
+    role: str  # user | assistant | agent (a member of the team)
     text: str
     status: str  # completed | streaming | failed | interrupted
     error_code: str | None
@@ -47,6 +49,9 @@ class MessageView:
     feedback_at: str | None = None
     # The sources the reply cites (passages of the assistant's knowledge), numbered.
     citations: tuple[Citation, ...] = ()
+    # A member's message (role agent): who wrote it, and the name the visitor sees.
+    author_id: str | None = None
+    author_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +76,15 @@ class ConversationView:
     # The visitor's answers to the pre-chat form, if any.
     visitor_name: str | None = None
     visitor_email: str | None = None
+    # Who answers it (domain.handoff): bot | waiting | human | closed, and the member holding it.
+    state: str = "bot"
+    assignee_id: str | None = None
+    assignee_name: str | None = None
+    waiting_since: str | None = None
+
+    @property
+    def handoff(self) -> Handoff:
+        return Handoff(self.state, self.assignee_id, self.assignee_name or "")
 
     @property
     def erased(self) -> bool:
@@ -238,4 +252,13 @@ async def decision_state(store: EventStore, conversation_id: str) -> Conversatio
         conversation_id, found.widget_id, found.visitor_id, True,
         running=running,
         file_ids=frozenset(file_id for (file_id,) in files),
+        handoff=found.handoff,
     )
+
+
+async def last_message_seq(store: EventStore, conversation_id: str) -> int:
+    """The cursor of the conversation's newest message (0 when it has none)."""
+    rows = await store.query(
+        "SELECT max(created_seq) FROM messages WHERE conversation_id = ?", (conversation_id,)
+    )
+    return int(rows[0][0] or 0) if rows else 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from loacl.domain.handoff import STATES as HANDOFF_STATES
 from loacl.store.eventstore import EventStore
 from loacl.store.search import match_query
 from loacl.store.views import Page
@@ -22,7 +23,12 @@ _ITEM = (
     "json_extract(w.definition, '$.settings.title'), c.visitor_id, c.external_user_id, "
     "c.created_at, c.last_activity_at, c.last_activity_seq, c.message_count, c.erased_at, "
     f"{_LAST.format(column=f'substr(m.text, 1, {PREVIEW_CHARS + 1})')}, "
-    f"{_LAST.format(column='m.role')} "
+    f"{_LAST.format(column='m.role')}, "
+    "c.state, c.assignee_id, c.assignee_name, c.waiting_since, "
+    # Unread: the visitor's messages after the member's read mark (the first parameter).
+    "(SELECT count(*) FROM messages u WHERE u.conversation_id = c.conversation_id "
+    "AND u.role = 'user' AND u.created_seq > coalesce((SELECT r.up_to FROM conversation_reads r "
+    "WHERE r.conversation_id = c.conversation_id AND r.member_id = ?), 0)) "
     "FROM conversations c LEFT JOIN widgets w ON w.widget_id = c.widget_id"
 )
 # Conversations with a message matching the search: from the index's hits (rowid = position).
@@ -31,7 +37,10 @@ _MATCHING = (
     "JOIN messages m ON m.created_seq = f.rowid WHERE messages_fts MATCH ?)"
 )
 
-STATUSES = ("open", "erased")
+# open and erased: whether the conversation is erased; the others: who answers it
+# (domain.handoff's states).
+STATUSES = ("open", "erased", *HANDOFF_STATES)
+UNASSIGNED = "none"  # assignee=none: conversations nobody holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +57,12 @@ class InboxItem:
     message_count: int
     erased_at: str | None
     preview: str | None  # the start of the last message's text, None while it has none
-    preview_role: str | None  # user | assistant
+    preview_role: str | None  # user | assistant | agent
+    state: str = "bot"  # bot | waiting | human | closed
+    assignee_id: str | None = None
+    assignee_name: str | None = None
+    waiting_since: str | None = None
+    unread: int = 0  # the visitor's messages the member has not read
 
     @property
     def status(self) -> str:
@@ -69,6 +83,7 @@ class InboxFilter:
     since: str | None = None  # last activity at or after (codec.format_time)
     until: str | None = None  # last activity at or before
     text: str | None = None  # words every hit has in one of its messages
+    assignee: str | None = None  # a member's id, or UNASSIGNED
 
 
 def _item(row: Any) -> InboxItem:
@@ -76,13 +91,14 @@ def _item(row: Any) -> InboxItem:
 
 
 async def inbox(
-    store: EventStore, owner_id: str, where: InboxFilter, after: int | None, limit: int
+    store: EventStore, owner_id: str, where: InboxFilter, after: int | None, limit: int,
+    member_id: str | None = None,
 ) -> Page[InboxItem]:
     """A page of the owner's conversations, by last activity, newest first; ``after`` is the
     ``last_activity_seq`` the previous page ended with. A conversation with new activity moves
     to the top (where live updates show it), so paging may meet it once more or not at all."""
     clauses: list[str] = ["c.owner_id = ?"]
-    params: list[Any] = [owner_id]
+    params: list[Any] = [member_id or owner_id, owner_id]
     if where.widget_id is not None:
         clauses.append("c.widget_id = ?")
         params.append(where.widget_id)
@@ -90,6 +106,14 @@ async def inbox(
         clauses.append("c.erased_at IS NULL")
     elif where.status == "erased":
         clauses.append("c.erased_at IS NOT NULL")
+    elif where.status is not None:
+        clauses.append("c.state = ?")
+        params.append(where.status)
+    if where.assignee == UNASSIGNED:
+        clauses.append("c.assignee_id IS NULL")
+    elif where.assignee is not None:
+        clauses.append("c.assignee_id = ?")
+        params.append(where.assignee)
     if where.since is not None:
         clauses.append("c.last_activity_at >= ?")
         params.append(where.since)
@@ -115,8 +139,11 @@ async def inbox(
     return Page(items, None)
 
 
-async def inbox_item(store: EventStore, conversation_id: str) -> InboxItem | None:
-    rows = await store.query(f"{_ITEM} WHERE c.conversation_id = ?", (conversation_id,))
+async def inbox_item(
+    store: EventStore, conversation_id: str, member_id: str | None = None
+) -> InboxItem | None:
+    rows = await store.query(f"{_ITEM} WHERE c.conversation_id = ?",
+                             (member_id, conversation_id))
     return _item(rows[0]) if rows else None
 
 
