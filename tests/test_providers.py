@@ -4,13 +4,13 @@ and how every fault the server can inject becomes the code a visitor is told."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from loacl.domain.assistants import AssistantDefinition
+from loacl.domain.assistants import AssistantDefinition, ToolDefinition, handoff_tool
 from loacl.domain.errors import LoaclError
 from loacl.openai_testserver import (
     Cut,
@@ -308,6 +308,25 @@ async def test_demo_streams_a_labelled_answer_that_says_how_to_set_a_key() -> No
     assert outcome.text.startswith("**Demo answer.**")
     assert "OPENAI_API_KEY" in outcome.text and "What are your hours?" in outcome.text
     assert outcome.result.request_id == "demo"
+
+
+async def test_the_demo_tells_http_tools_and_the_handoff_apart() -> None:
+    """An HTTP tool is POSTed to its URL by a real model; asking for a person is not."""
+    order = ToolDefinition(type="http", name="order_status", url="https://shop.example/o")
+    cases = [
+        ((order,), ("`order_status`", "POSTs them signed", None)),
+        ((handoff_tool(),), (None, None, "hand the conversation to a person")),
+        ((order, handoff_tool()), ("`order_status`", "POSTs them signed",
+                                   "hand the conversation to a person")),
+    ]
+    for tools, wanted in cases:
+        request = replace(ask("demo", "hi", model="demo"), tools=tools)
+        text = (await collect(DemoProvider(0), request)).text
+        for part in wanted:
+            if part is not None:
+                assert part in text, (tools, text)
+        if wanted[0] is None:
+            assert "request_human" not in text and "POSTs" not in text, text
 
 
 # -- faults -------------------------------------------------------------------------------------

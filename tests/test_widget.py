@@ -334,6 +334,8 @@ def test_works_under_the_content_security_policy_of_the_embed_guide(
     page.goto(loacl.page(widget, form="data", headers={"Content-Security-Policy": policy}))
     launcher(page).click()
     page.get_by_role("dialog", name="Strict site").wait_for()
+    # The session is ready (its socket open under the policy) when the send button is enabled.
+    page.locator("loacl-chat .s:not([disabled])").wait_for()
     send(page, "Under a strict policy?")
     assert "Demo answer." in wait_done(page).inner_text()
     assert violations == []

@@ -7,6 +7,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 
+from loacl.domain.assistants import HANDOFF_TOOL
 from loacl.providers.base import ReplyRequest, ReplyResult
 
 ANSWER = (
@@ -26,6 +27,12 @@ TOOLS = (
     "each call in the event log."
 )
 
+HANDOFF = (
+    "\n\nThis assistant may hand the conversation to a person. The demo provider never does: "
+    "with a real model, it asks for one when you ask for a human or it cannot help, and "
+    "\"Talk to a person\" does the same at any time."
+)
+
 
 class DemoProvider:
     name = "demo"
@@ -41,8 +48,11 @@ class DemoProvider:
         if len(question) > 200:
             question = question[:200] + "…"
         text = ANSWER.format(question=question)
-        if request.tools:
-            text += TOOLS.format(tools=", ".join(f"`{t.name}`" for t in request.tools))
+        called = [t for t in request.tools if t.name != HANDOFF_TOOL]
+        if called:
+            text += TOOLS.format(tools=", ".join(f"`{t.name}`" for t in called))
+        if len(called) < len(request.tools):
+            text += HANDOFF
         pieces = re.findall(r"\S+\s*|\s+", text)
         result.input_tokens = sum(len(t.text.split()) for t in request.turns)
         result.output_tokens = len(pieces)

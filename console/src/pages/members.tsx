@@ -93,6 +93,10 @@ export function Members() {
       {owner && (
         <section class="panel">
           <InviteForm workspaceId={id} onInvited={() => invites.reload()} />
+        </section>
+      )}
+      {owner && (
+        <section class="panel">
           <h2>{t("invites_open")}</h2>
           {!invites.data ? <Loading error={invites.error} /> : invites.data.data.length === 0 ? <p class="muted">{t("invites_none")}</p> : (
             <ul class="cards">
