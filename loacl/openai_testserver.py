@@ -7,8 +7,12 @@ without a key::
     # then point LOACL (or any OpenAI client) at http://127.0.0.1:8089/v1 with any API key
 
 It implements ``POST /v1/responses`` (JSON and SSE), ``POST /v1/chat/completions`` (JSON and SSE),
-``GET /v1/models[/{id}]``, ``POST /v1/files`` and ``GET /v1/files/{id}[/content]``, with the wire
-shapes of ``shared/research/openai-wire.md`` section 2.
+``GET /v1/models[/{id}]``, ``POST /v1/files`` and ``GET /v1/files/{id}[/content]``, and
+``POST /v1/embeddings``, with the wire shapes of ``shared/research/openai-wire.md`` section 2.
+
+Embeddings are deterministic: each word of the input lands in one of :data:`EMBEDDING_DIMENSIONS`
+buckets by its hash, normalised, so texts sharing words are near; a test may pin the vector of an
+exact text (:attr:`OpenAITestServer.vectors`) to make two texts near that share no word.
 
 Each request to a text endpoint takes the next scripted :class:`Turn` (FIFO), or the default: a
 deterministic reply derived from the last user text (``echo:<text>`` answers ``<text>``), unless the
@@ -49,7 +53,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-Endpoint: TypeAlias = Literal["responses", "chat", "models", "files"]
+Endpoint: TypeAlias = Literal["responses", "chat", "models", "files", "embeddings"]
 
 # A turn scripted without an endpoint is meant for a text reply, so a model check or an upload
 # made in between must not swallow it.
@@ -207,6 +211,26 @@ DEFAULT_MODELS: tuple[ModelInfo, ...] = (
 class _StoredFile:
     meta: dict[str, Any]
     data: bytes
+
+
+# --------------------------------------------------------------------------------------------
+# Embeddings
+
+EMBEDDING_DIMENSIONS = 64
+_EMBED_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def embedding(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """A deterministic bag-of-words vector: one bucket per word by its SHA-256, normalised."""
+    import hashlib
+
+    vector = [0.0] * dimensions
+    for word in _EMBED_WORD.findall(text.lower()):
+        vector[int.from_bytes(hashlib.sha256(word.encode()).digest()[:4], "big") % dimensions] \
+            += 1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector] if any(vector) else [1.0 / math.sqrt(dimensions)] * \
+        dimensions
 
 
 # --------------------------------------------------------------------------------------------
@@ -997,6 +1021,8 @@ class OpenAITestServer:
         self._turns: list[Turn] = []
         self._requests: list[RecordedRequest] = []
         self._files: dict[str, _StoredFile] = {}
+        # Vectors pinned for exact input texts (see :func:`embedding` for the rest).
+        self.vectors: dict[str, list[float]] = {}
         _install_cut_filter()
         self.app = self._build_app()
 
@@ -1067,6 +1093,7 @@ class OpenAITestServer:
             Route("/v1/models", self._list_models, methods=["GET"]),
             Route("/v1/models/{model_id:path}", self._get_model, methods=["GET"]),
             Route("/v1/files", self._upload, methods=["POST"]),
+            Route("/v1/embeddings", self._embeddings, methods=["POST"]),
             Route("/v1/files/{file_id}", self._get_file, methods=["GET"]),
             Route("/v1/files/{file_id}/content", self._get_file_content, methods=["GET"]),
             Route("/_admin/script", self._admin_script, methods=["POST"]),
@@ -1396,6 +1423,32 @@ class OpenAITestServer:
         self._check_auth(request)
         await self._start_turn(request, "files")
         return Response(self._stored_file(request).data, media_type="application/octet-stream")
+
+    async def _embeddings(self, request: Request) -> Response:
+        body = await self._json_body(request, "embeddings")
+        await self._start_turn(request, "embeddings")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise _missing("model")
+        given = body.get("input")
+        texts = [given] if isinstance(given, str) else given
+        if not isinstance(texts, list) or not texts or not all(
+            isinstance(t, str) and t for t in texts
+        ):
+            raise _invalid("input", "'input' must be a non-empty string or array of strings")
+        data = []
+        for index, text in enumerate(texts):
+            vector = self.vectors.get(text) or embedding(text)
+            encoded: Any = vector
+            if body.get("encoding_format") == "base64":  # the SDK's default: float32, LE
+                import base64
+                import struct
+
+                encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        tokens = sum(_token_estimate(t) for t in texts)
+        return JSONResponse({"object": "list", "data": data, "model": model,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     # ---- admin API, for a server in another process
 

@@ -305,6 +305,26 @@ class Settings(BaseModel):
         "addresses (refused by default: a tool URL must not reach into the server's network). "
         "Also lets them use plain http. The cloud metadata address stays refused."
     )
+    knowledge_max_upload_size: int = Field(
+        20 * 1024 * 1024, ge=1, le=1024 * 1024 * 1024, description="Largest knowledge "
+        "document an owner may upload (bytes): PDF, Word (.docx), Markdown, HTML or text."
+    )
+    knowledge_chunk_chars: int = Field(
+        1200, ge=200, le=20_000, description="Knowledge documents are cut into passages of "
+        "about this many characters, searched and cited one by one."
+    )
+    knowledge_chunk_overlap: int = Field(
+        200, ge=0, le=5_000, description="Characters each passage repeats of the one before, "
+        "so that a sentence cut in two is whole in one of them."
+    )
+    knowledge_results: int = Field(
+        5, ge=1, le=50, description="Passages the `file_search` tool gives the model per search."
+    )
+    embedding_model: str | None = Field(
+        None, description="The provider's embedding model (`/v1/embeddings`, such as "
+        "`text-embedding-3-small`): with one, knowledge passages are also ranked by meaning "
+        "(sqlite-vec), fused with full-text ranking; without one, full-text (BM25) alone."
+    )
     # A quarter of a second: at 20 tokens/s a 50 ms window made nearly every token an event of
     # its own, the largest share of the CPU per streamed token. Visitors get every token at
     # once all the same; only a crash can lose what streamed within the last window.

@@ -44,10 +44,12 @@ from loacl.domain.conversations import (
     AssistantFailed,
     AssistantInterrupted,
     AssistantStarted,
+    Citation,
     FeedbackGiven,
     FileSentToProvider,
     FileUploaded,
     MessagePosted,
+    ReplyCited,
     ToolCalled,
     ToolReturned,
     Usage,
@@ -62,6 +64,13 @@ from loacl.domain.handoff import (
     ConversationStateChanged,
 )
 from loacl.domain.hours import OfficeHours, Window
+from loacl.domain.knowledge import (
+    DocumentDeleted,
+    DocumentFailed,
+    DocumentIndexed,
+    DocumentUploaded,
+    Passage,
+)
 from loacl.domain.privacy import SubjectErased
 from loacl.domain.webhooks import (
     WebhookCreated,
@@ -229,6 +238,18 @@ SAMPLES: dict[str, Event] = {
         WebhookSecretRotated(webhook_id="wh_4R", generation=2),
         WebhookDisabled(webhook_id="wh_4R", reason="failures", failures=30),
         WebhookDeleted(webhook_id="wh_4R"),
+        DocumentUploaded(document_id="doc_7K", assistant_id="ast_9K", filename="Preise «2026».pdf",
+                         kind="pdf", content_type="application/pdf", size=48213,
+                         sha256="4e" * 32),
+        DocumentIndexed(document_id="doc_7K", pages=2, passages=(
+            Passage(text="Rückgabe binnen 30 Tagen.", page=1),
+            Passage(text="Versand ab Leeds.", page=2)), chunker="paragraphs-v1"),
+        DocumentFailed(document_id="doc_7K", code="unreadable_document",
+                       reason="the PDF cannot be read: EOF marker not found"),
+        DocumentDeleted(document_id="doc_7K"),
+        ReplyCited(message_id="msg_2R", citations=(
+            Citation(number=1, document_id="doc_7K", document="Preise «2026».pdf", page=2,
+                     passage="Versand ab Leeds."),)),
         ConversationStateChanged(
             conversation_id="cnv_5T", state="waiting", previous="bot", by="assistant",
             cause="assistant_asked", reason="Le client veut un remboursement — «vite»",

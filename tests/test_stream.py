@@ -467,7 +467,8 @@ async def test_pieces_within_the_window_leave_as_one_frame_and_done_comes_last(
     else:  # the snapshot at follow time, then one frame for what came within the window
         assert deltas == [(0, "Hello"), (5, " there, visitor")]
     assert frames[-1] == {"type": "done", "message_id": "reply", "status": "completed",
-                          "usage": None, "length": len("Hello there, visitor")}
+                          "usage": None, "length": len("Hello there, visitor"),
+                          "citations": []}
     assert "reply" not in conn.followers
 
 

@@ -161,6 +161,29 @@ class ToolReturned(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Citation:
+    """A passage of the assistant's knowledge that reply text may cite as ``[number]``."""
+
+    number: int
+    document_id: str
+    document: str  # the document's file name
+    page: int
+    passage: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplyCited(Event):
+    """Passages the assistant's knowledge search gave the model while it wrote reply
+    ``message_id``, numbered on from those of earlier rounds: the sources shown under the
+    reply. The owner's documents, not the visitor's words."""
+
+    event_type = "reply.cited"
+    message_id: str
+    citations: tuple[Citation, ...]
+    not_personal = ("message_id", "citations")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FeedbackGiven(Event):
     """The visitor rated a reply (thumbs up or down, and perhaps a few words); the newest rating
     of a reply is the one that counts."""

@@ -37,6 +37,7 @@ from loacl.http import (
     webhooks,
     workspaces,
 )
+from loacl.http import knowledge as knowledge_http
 from loacl.http.errors import EXCEPTION_HANDLERS
 from loacl.http.middleware import RequestIdMiddleware, SecurityHeadersMiddleware
 from loacl.private import FILE_MODE, FOLDER_MODE, too_open
@@ -49,6 +50,7 @@ from loacl.services.files import Files
 from loacl.services.handoff import Handoffs
 from loacl.services.inbox import Inbox
 from loacl.services.keys import keyring_for
+from loacl.services.knowledge import Knowledge
 from loacl.services.limits import VisitorLimits
 from loacl.services.mail import Mailer
 from loacl.services.models import Models
@@ -196,6 +198,7 @@ def create_app(
                 else:
                     await demo.retire()
                 await subscriptions.start()
+                await knowledge.start()
                 metrics_server = serve_metrics(metrics, settings.metrics_listen)
                 dispatcher.start()
                 retention.start()
@@ -210,6 +213,7 @@ def create_app(
                 await watch.stop()
                 await retention.stop()
                 await chat_service.shutdown()
+                await knowledge.stop()
                 await dispatcher.stop()
                 await hooks.aclose()
                 await mailer.drain()
@@ -229,7 +233,7 @@ def create_app(
             usage.endpoints, privacy.endpoints, inbox.endpoints, handoff.endpoints,
             models.endpoints, owner_stream.endpoints, webhooks.endpoints, workspaces.endpoints,
             telemetry.endpoints, static.endpoints,
-            console.endpoints,
+            console.endpoints, knowledge_http.endpoints,
         ),
         middleware=[
             # First: every layer below sees the client's own address and scheme.
@@ -263,9 +267,10 @@ def create_app(
     app.state.budgets = budgets
     app.state.widgets = Widgets(store, tokens, server_key, limits)
     app.state.demo = demo = Demo(store, settings, app.state.assistants, app.state.widgets)
+    app.state.knowledge = knowledge = Knowledge(store, settings)
     app.state.chat = chat_service = Chat(
         store, settings, limits=limits, budgets=budgets, server_key=server_key,
-        observer=metrics if metrics is not None else NO_OBSERVER,
+        observer=metrics if metrics is not None else NO_OBSERVER, knowledge=knowledge,
     )
     app.state.files = Files(store, settings, limits)
     app.state.inbox = Inbox(store)

@@ -10,10 +10,8 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Message
 
 from loacl.domain.conversations import MAX_ATTACHMENTS, MAX_CLIENT_ID, MAX_COMMENT
 from loacl.domain.errors import LoaclError
@@ -24,13 +22,11 @@ from loacl.http.common import chat, files, int_param, metadata, page, page_respo
 from loacl.http.errors import problem, status_for
 from loacl.http.routing import CURSOR, PAGE, Endpoint, Param, integer
 from loacl.http.shapes import conversation_json, file_json, message_json, message_page_json
-from loacl.http.validation import parse_body, read_body
+from loacl.http.validation import parse_body, read_upload
 from loacl.http.visitors import visitor_endpoint
 from loacl.providers.base import ProviderError
 from loacl.services.replies import Run
 from loacl.store.views.files import FileView
-
-MULTIPART_OVERHEAD = 64 * 1024
 
 
 class MessageBody(BaseModel):
@@ -184,51 +180,12 @@ async def list_conversations(request: Request) -> Response:
     return page_response([conversation_json(c) for c in found.items], found.next_cursor)
 
 
-async def _read_capped(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is longer than ``limit`` could need."""
-    too_large = LoaclError("file_too_large", f"files may be at most {limit} bytes")
-    return await read_body(request, limit + MULTIPART_OVERHEAD, too_large)
-
-
 @visitor_endpoint
 async def upload_file(request: Request) -> Response:
     access = await visitor(request)
-    limit = request.app.state.settings.max_upload_size
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise LoaclError("validation_error", "send the file as multipart/form-data, field 'file'")
-    raw = await _read_capped(request, limit)
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": raw, "more_body": False}
-
-    buffered = Request(request.scope, receive)
-    try:
-        form = await buffered.form(max_files=1, max_fields=10, max_part_size=limit + 1)
-    except Exception as exc:
-        raise LoaclError(
-            "validation_error", f"the upload is not valid multipart: {exc}",
-            errors=[{"field": "file", "message": f"not valid multipart: {exc}"}],
-        ) from None
-    # Closed on every path: a form with the wrong field still holds spooled temporary files.
-    try:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise LoaclError(
-                "validation_error", "file: required",
-                errors=[{"field": "file", "message": "missing"}],
-            )
-        data = await upload.read(limit + 1)
-    finally:
-        await form.close()
-    if len(data) > limit:
-        raise LoaclError("file_too_large", f"files may be at most {limit} bytes")
+    filename, data = await read_upload(request, request.app.state.settings.max_upload_size)
     stored = await files(request).upload(
-        access, upload.filename or "file", data, metadata(request, f"visitor:{access.visitor_id}")
+        access, filename, data, metadata(request, f"visitor:{access.visitor_id}")
     )
     return JSONResponse(file_json(stored), status_code=201)
 

@@ -26,7 +26,7 @@ And by status::
     403 email_not_verified, origin_not_allowed, identity_required, forbidden,
         cross_site_request, insufficient_role, not_a_member
     404 not_found, widget_not_found, user_not_found, event_not_found, file_not_found,
-        backup_not_found
+        backup_not_found, document_not_found
     405 method_not_allowed
     409 email_taken, account_exists, already_member, last_owner, workspace_not_empty,
         already_verified, assistant_in_use, reply_in_progress, conversation_taken,
@@ -35,7 +35,7 @@ And by status::
     410 subject_erased
     412 version_conflict
     413 message_too_long, file_too_large, payload_too_large
-    415 unsupported_file_type, unsupported_media_type
+    415 unsupported_file_type, unsupported_media_type, unsupported_document_type
     422 validation_error, unknown_model, provider_not_configured, unknown_assistant,
         unknown_file, unknown_member, empty_file, unsupported_file_for_provider, tool_not_supported,
         invalid_export, invalid_migration_target, not_resettable, invalid_timestamp,
@@ -109,6 +109,7 @@ ERRORS: dict[str, ErrorCode] = {
     # 404
     "not_found": ErrorCode(404, "no such resource (or not yours)"),
     "widget_not_found": ErrorCode(404, "no such widget"),
+    "document_not_found": ErrorCode(404, "no such knowledge document"),
     "user_not_found": ErrorCode(404, "no such user"),
     "event_not_found": ErrorCode(404, "CLI: no event at that position in the log"),
     "file_not_found": ErrorCode(404, "CLI: the file to import does not exist"),
@@ -151,6 +152,9 @@ ERRORS: dict[str, ErrorCode] = {
     "payload_too_large": ErrorCode(413, "the request body is too large"),
     # 415
     "unsupported_file_type": ErrorCode(415, "that file type may not be uploaded"),
+    "unsupported_document_type": ErrorCode(415, "knowledge takes PDF, Word (.docx), Markdown, "
+                                           "HTML and text documents whose content matches "
+                                           "their name"),
     "unsupported_media_type": ErrorCode(415, "send application/json"),
     # 422
     "validation_error": ErrorCode(422, "a field is missing or invalid; `errors` says which"),

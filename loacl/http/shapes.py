@@ -133,7 +133,15 @@ def message_json(view: MessageView) -> dict[str, Any]:
     }
     if view.role == "assistant" and view.input_tokens is not None:
         body["usage"] = usage_json(view)
+    if view.role == "assistant":
+        body["citations"] = citations_json(view)
     return body
+
+
+def citations_json(view: MessageView) -> list[dict[str, Any]]:
+    """The sources a reply cites: ``[n]`` in its text is ``number`` n."""
+    return [{"number": c.number, "document_id": c.document_id, "document": c.document,
+             "page": c.page, "passage": c.passage} for c in view.citations]
 
 
 def usage_json(view: MessageView) -> dict[str, int] | None:
@@ -458,7 +466,19 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "at": _TIME})]},
         "usage": {"oneOf": [{"type": "null"},
                             _object({"input_tokens": _INT, "output_tokens": _INT})]},
-    }, optional=("usage",)),
+        "citations": _list(_ref("Citation")),
+    }, optional=("usage", "citations")),
+    "Citation": _object({"number": _INT, "document_id": _STR, "document": _STR,
+                         "page": _INT, "passage": _STR}),
+    "KnowledgeDocument": _object({
+        "id": _STR, "assistant_id": _STR, "filename": _STR,
+        "kind": {"type": "string", "enum": ["pdf", "docx", "md", "html", "txt"]},
+        "content_type": _STR, "size": _INT, "sha256": _STR,
+        "status": {"type": "string", "enum": ["queued", "processing", "ready", "failed"]},
+        "pages": _nullable(_INT), "chunks": _nullable(_INT),
+        "error": {"oneOf": [{"type": "null"}, _object({"code": _STR, "message": _STR})]},
+        "created_at": _TIME, "updated_at": _TIME}),
+    "KnowledgeDocumentPage": _page("KnowledgeDocument"),
     "MessagePage": _object({"data": _list(_ref("Message")), "conversation_id": _STR,
                             "prev_cursor": _nullable(_STR), "next_cursor": _nullable(_STR)}),
     "Exchange": _object({"message": _ref("Message"),

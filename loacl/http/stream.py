@@ -40,7 +40,7 @@ from loacl.http.chat import MessageBody
 from loacl.http.common import chat, client_ip, handoffs, metadata, widgets
 from loacl.http.errors import problem, status_for
 from loacl.http.routing import Param, Socket
-from loacl.http.shapes import message_json, usage_json
+from loacl.http.shapes import citations_json, message_json, usage_json
 from loacl.http.stream_protocol import MAX_TEXT_FRAME as MAX_TEXT_FRAME
 from loacl.http.stream_protocol import ClientFrame, Close, ServerFrame, describe
 from loacl.http.stream_send import DELTA_CHARS, Closing, Follower, Outbox, pacer_for
@@ -154,7 +154,8 @@ class Connection:
         message = await self.chat.outcome(message_id, run)
         frame: dict[str, Any] = {"type": ServerFrame.DONE, "message_id": message_id,
                                  "status": message.status, "usage": usage_json(message),
-                                 "length": len(message.text)}
+                                 "length": len(message.text),
+                                 "citations": citations_json(message)}
         if message.status != "completed":
             error: dict[str, Any] = {
                 "type": ServerFrame.ERROR, "code": message.error_code or "provider_error",

@@ -96,9 +96,10 @@ SERVER_FRAMES: Final = (
           "asked again in retry_in seconds), or tool (the assistant's tool named tool is being "
           "called; text is the tool's status_text, such as \"Looking up your order…\", to "
           "show until the next delta; one frame per call, several calls run at once)"),
-    Frame(ServerFrame.DONE, ("message_id", "status", "usage", "length"),
+    Frame(ServerFrame.DONE, ("message_id", "status", "usage", "length", "citations"),
           "the reply ended; trim its text to length (after a crash the saved text may be "
-          "shorter than what was streamed)"),
+          "shorter than what was streamed); citations are the sources its [n] marks name "
+          "(document, page, passage), empty when none"),
     Frame(ServerFrame.MESSAGE, ("message",),
           "a whole message: a member's (role agent, with author_name), or a visitor's that "
           "no reply follows (while a person is asked for or answers), or one a resume with "

@@ -15,7 +15,9 @@ from types import UnionType
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
+from starlette.types import Message
 
 from loacl.domain.errors import LoaclError
 
@@ -151,6 +153,50 @@ async def read_body(request: Request, limit: int, too_large: LoaclError) -> byte
         if len(body) > limit:
             raise too_large
     return bytes(body)
+
+
+# Room for the multipart framing around a file at the size limit.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+async def read_upload(request: Request, limit: int) -> tuple[str, bytes]:
+    """The name and bytes of the file sent as multipart field ``file``: refused with 413 as
+    soon as the body is longer than a file of ``limit`` bytes could need."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise LoaclError("validation_error", "send the file as multipart/form-data, field 'file'")
+    too_large = LoaclError("file_too_large", f"files may be at most {limit} bytes")
+    raw = await read_body(request, limit + MULTIPART_OVERHEAD, too_large)
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    buffered = Request(request.scope, receive)
+    try:
+        form = await buffered.form(max_files=1, max_fields=10, max_part_size=limit + 1)
+    except Exception as exc:
+        raise LoaclError(
+            "validation_error", f"the upload is not valid multipart: {exc}",
+            errors=[{"field": "file", "message": f"not valid multipart: {exc}"}],
+        ) from None
+    # Closed on every path: a form with the wrong field still holds spooled temporary files.
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise LoaclError(
+                "validation_error", "file: required",
+                errors=[{"field": "file", "message": "missing"}],
+            )
+        data = await upload.read(limit + 1)
+    finally:
+        await form.close()
+    if len(data) > limit:
+        raise too_large
+    return upload.filename or "file", data
 
 
 def nesting(value: Any) -> int:

@@ -137,12 +137,17 @@ class ResponsesProvider:
 
     @staticmethod
     def _tools(request: ReplyRequest) -> list[dict[str, Any]]:
+        functions = function_tools(request)
+        # An assistant whose documents LOACL holds searches them through its own file_search
+        # function: OpenAI's tool of the same name over the (imported) vector stores then
+        # stands aside.
+        ours = any(t.name == "file_search" for t in functions)
         tools: list[dict[str, Any]] = [
             {"type": "file_search", "vector_store_ids": list(request.assistant.vector_store_ids)}
-        ] if request.assistant.vector_store_ids else []
+        ] if request.assistant.vector_store_ids and not ours else []
         tools += [{"type": "function", "name": t.name, "description": t.description,
                    "parameters": parameters_of(t), "strict": False}
-                  for t in function_tools(request)]
+                  for t in functions]
         tools += [{"type": t.type} for t in request.tools if t.type == "web_search"]
         return tools
 

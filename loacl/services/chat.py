@@ -31,11 +31,12 @@ from loacl.providers.base import (
 )
 from loacl.services.budgets import Budgets
 from loacl.services.handoff import Handoffs
+from loacl.services.knowledge import FILE_SEARCH, FILE_SEARCH_TOOL, Knowledge
 from loacl.services.limits import Lease, VisitorLimits
 from loacl.services.observer import NO_OBSERVER, ReplyObserver
 from loacl.services.replies import Notice, ReplyStream, Run, reply_error_text, retry_delay
 from loacl.services.tokens import new_id
-from loacl.services.toolrounds import ToolRounds, ToolScope
+from loacl.services.toolrounds import Sources, ToolRounds, ToolScope
 from loacl.services.tools import Tools
 from loacl.settings import Settings
 from loacl.store.broker import Subscription
@@ -43,6 +44,7 @@ from loacl.store.eventstore import EventStore
 from loacl.store.views import Page
 from loacl.store.views import conversations as views
 from loacl.store.views import files as file_views
+from loacl.store.views import knowledge as knowledge_views
 from loacl.store.views import widgets as widget_views
 from loacl.store.views.conversations import ConversationView, MessagePage, MessageView
 
@@ -79,9 +81,10 @@ class Chat:
         self, store: EventStore, settings: Settings,
         providers: ProviderFactory = provider_for, *, limits: VisitorLimits | None = None,
         budgets: Budgets | None = None, tools: Tools | None = None, server_key: str = "",
-        observer: ReplyObserver = NO_OBSERVER,
+        observer: ReplyObserver = NO_OBSERVER, knowledge: Knowledge | None = None,
     ) -> None:
         self.store = store
+        self.knowledge = knowledge
         self.observer = observer
         self.settings = settings
         self.providers = providers
@@ -488,7 +491,9 @@ class Chat:
         waiting = loop.call_later(settings.waiting_notice_seconds, run.notice, Notice("waiting"))
         begun = loop.time()
         deadline = begun + settings.reply_deadline_seconds
-        offered = tuple(t for t in assistant.tools if t.type != "http") + assistant.http_tools()
+        sources = await self._sources(assistant, scope)
+        offered = tuple(t for t in assistant.tools if t.type != "http") + assistant.http_tools() \
+            + ((FILE_SEARCH_TOOL,) if sources is not None else ())
         rounds: list[ToolRound] = []
         # Read while the model thinks, so that a call is not kept waiting for it.
         secret = asyncio.ensure_future(self.rounds.secret(scope.assistant_id)) \
@@ -505,12 +510,14 @@ class Chat:
                     if logged is not None:
                         await logged
                         logged = None
-                    if not result.calls or (secret is None and not assistant.handoff):
+                    if not result.calls or (secret is None and sources is None
+                                             and not assistant.handoff):
                         return
                     waiting.cancel()  # the visitor hears of the tools instead
                     made = await self.rounds.make(
                         run, assistant, reply, result, scope, len(rounds) + 1,
                         run.text[text_at:], may_call, deadline - loop.time(), secret,
+                        sources,
                     )
                     if made is None:
                         return
@@ -526,6 +533,17 @@ class Chat:
             if secret is not None:
                 secret.cancel()  # no-op once read
             await _settled(secret, logged)
+
+    async def _sources(
+        self, assistant: AssistantDefinition, scope: ToolScope
+    ) -> Sources | None:
+        """The assistant's knowledge, when it has documents to search (and no tool of the
+        owner's takes the search tool's name)."""
+        if self.knowledge is None or any(t.name == FILE_SEARCH for t in assistant.http_tools()):
+            return None
+        if not await knowledge_views.has_knowledge(self.store, scope.assistant_id):
+            return None
+        return Sources(self.knowledge, scope.assistant_id, assistant.provider)
 
     async def _attempts(
         self, provider: Provider, request: ReplyRequest, run: Run, reply: ReplyStream,

@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -23,11 +23,14 @@ from loacl.domain.assistants import (
 from loacl.domain.events import Metadata
 from loacl.domain.widgets import conversation_stream
 from loacl.providers.base import ReplyResult, ToolCall, ToolRound
+from loacl.services.knowledge import FILE_SEARCH, Knowledge
 from loacl.services.replies import Notice, ReplyStream, Run
 from loacl.services.tools import CallContext, Outcome, Tools, bounded, tool_secret
 from loacl.store.eventstore import EventStore
 
 log = structlog.get_logger(__name__)
+
+SEARCHING = "Searching the documents…"
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,44 @@ class ToolScope:
 
     assistant_id: str
     user_id: str | None
+
+
+@dataclass
+class Sources:
+    """The assistant's knowledge as one reply searches it: each passage found is numbered
+    once, in the order found, across the reply's rounds; those are its citations."""
+
+    knowledge: Knowledge
+    assistant_id: str
+    provider: str
+    cited: dict[int, domain.Citation] = field(default_factory=dict)  # by passage id
+
+    async def answer(self, call: ToolCall) -> tuple[Outcome, list[domain.Citation]]:
+        """The search's passages as the model is given them, and the citations it adds."""
+        started = time.perf_counter()
+        try:
+            query = json.loads(call.arguments or "{}").get("query")
+        except (ValueError, AttributeError):
+            query = None
+        if not isinstance(query, str) or not query.strip():
+            return Outcome("invalid_arguments", json.dumps({"error": {
+                "code": "invalid_arguments", "message": "query: a string is required"}})), []
+        found = await self.knowledge.search(self.assistant_id, self.provider, query[:1000])
+        new: list[domain.Citation] = []
+        results = []
+        for hit in found.hits:
+            citation = self.cited.get(hit.chunk_id)
+            if citation is None:
+                citation = self.cited[hit.chunk_id] = domain.Citation(
+                    number=len(self.cited) + 1, document_id=hit.document_id,
+                    document=hit.document, page=hit.page, passage=hit.text,
+                )
+                new.append(citation)
+            results.append({"source": citation.number, "document": hit.document,
+                            "page": hit.page, "text": hit.text})
+        output = json.dumps({"results": results}, ensure_ascii=False)
+        duration = round((time.perf_counter() - started) * 1000)
+        return Outcome("ok", output, None, duration), new
 
 
 # The model asked for a person (conversation id, reason, metadata): the conversation waits.
@@ -67,7 +108,7 @@ class ToolRounds:
     async def make(
         self, run: Run, assistant: AssistantDefinition, reply: ReplyStream,
         result: ReplyResult, scope: ToolScope, number: int, text: str, may_call: bool,
-        time_left: float, secret: Awaitable[str] | None,
+        time_left: float, secret: Awaitable[str] | None, sources: Sources | None = None,
     ) -> tuple[ToolRound, asyncio.Future[Any]] | None:
         """Make the calls of round ``number`` at once and log each call and its result; the
         round to send back and the append of its results, under way (the next request need
@@ -93,31 +134,42 @@ class ToolRounds:
             return None
         for call in calls:
             tool = tools.get(call.name)
-            run.notice(Notice("tool", tool=call.name,
-                              text=tool.status_text if tool is not None else ""))
+            text = tool.status_text if tool is not None else (
+                SEARCHING if sources is not None and call.name == FILE_SEARCH else "")
+            run.notice(Notice("tool", tool=call.name, text=text))
+        searches = [c for c in calls if sources is not None and c.name == FILE_SEARCH
+                    and c.name not in tools]
         person = [c for c in calls if c.name == HANDOFF_TOOL and assistant.handoff]
-        others = [c for c in calls if c not in person]
-        made: dict[str, Outcome] = {}
+        others = [c for c in calls if c not in searches and c not in person]
+        outcomes: dict[str, Outcome] = {}
+        cited: list[domain.Citation] = []
         if others:
             context = CallContext(
                 scope.assistant_id, run.conversation_id, run.message_id, scope.user_id,
                 await secret if secret is not None else "",
             )
-            made = dict(zip((c.call_id for c in others),
-                            await self.tools.run(tools, others, context, time_left),
-                            strict=True))
+            made = await self.tools.run(tools, others, context, time_left)
+            outcomes.update((c.call_id, o) for c, o in zip(others, made, strict=True))
+        for call in searches:  # one after another: each numbers its new passages on
+            assert sources is not None
+            outcome, new = await sources.answer(call)
+            outcomes[call.call_id] = outcome
+            cited += new
         for call in person:
-            made[call.call_id] = await self._ask_for_person(run, call, reply)
-        outcomes = [made[c.call_id] for c in calls]
+            outcomes[call.call_id] = await self._ask_for_person(run, call, reply)
         run.state = None  # the tools are done; a tab joining now waits for text
+        ordered = [outcomes[c.call_id] for c in calls]
         # Queued now, so it lands before anything the reply appends later.
-        logged = asyncio.ensure_future(self.store.append(stream, [
+        events: list[Any] = [
             domain.ToolReturned(message_id=run.message_id, call_id=c.call_id, name=c.name,
                                 status=o.status, http_status=o.http_status,
                                 duration_ms=o.duration_ms, output=bounded(o.output))
-            for c, o in zip(calls, outcomes, strict=True)
-        ], metadata=reply.meta))
-        return ToolRound(text, tuple(calls), tuple(o.output for o in outcomes)), logged
+            for c, o in zip(calls, ordered, strict=True)
+        ]
+        if cited:
+            events.append(domain.ReplyCited(message_id=run.message_id, citations=tuple(cited)))
+        logged = asyncio.ensure_future(self.store.append(stream, events, metadata=reply.meta))
+        return ToolRound(text, tuple(calls), tuple(o.output for o in ordered)), logged
 
     async def _ask_for_person(self, run: Run, call: ToolCall, reply: ReplyStream) -> Outcome:
         """The model's ``request_human``: the conversation waits for a person (from the next

@@ -35,7 +35,8 @@ from loacl.store.subscriptions import Subscriber, Table
 # again. A new table must be named
 # here or below, or the cut refuses to run (a test cuts a database with every migration).
 # Each webhook endpoint's run of failures is kept too (its deliveries are cut below).
-_KEPT = ("blobs", "budget_alerts", "data_keys", "webhook_health")
+# The knowledge passages' embeddings are the provider's answers, not in the log: kept too.
+_KEPT = ("blobs", "budget_alerts", "data_keys", "webhook_health", "knowledge_vectors")
 # Handled one by one below.
 _CUT = frozenset([
     "events", "event_log_head", "stream_index", "append_keys", "subscriber_checkpoints",

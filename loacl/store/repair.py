@@ -248,8 +248,11 @@ def repair(
         migrations.up(conn)
         conn.execute("BEGIN IMMEDIATE")
         kept = _copy_events(src, conn, result, chunk)
-        for table in ("blobs", "usage_daily", "budget_alerts", "data_keys"):
-            _copy_rows(src, conn, table, result)
+        present = {str(n) for (n,) in src.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table in ("blobs", "usage_daily", "budget_alerts", "data_keys", "knowledge_vectors"):
+            if table in present:  # a file from before the table's migration has none
+                _copy_rows(src, conn, table, result)
         _copy_positions(src, conn, kept, result)
         _copy_webhook_deliveries(src, conn, kept, result)
         _copy_key_state(src, conn, kept, result)

@@ -12,6 +12,8 @@ import re
 import sqlite3
 
 INDEX = "messages_fts"
+# The knowledge passages' index (migration 0017), kept by triggers the same way.
+INDEXES = (INDEX, "knowledge_fts")
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 MAX_WORDS = 16
@@ -20,7 +22,7 @@ MAX_WORDS = 16
 def is_search_table(name: str) -> bool:
     """The index and its shadow tables (``messages_fts_data`` ...): built by the triggers,
     never copied."""
-    return name == INDEX or name.startswith(f"{INDEX}_")
+    return any(name == index or name.startswith(f"{index}_") for index in INDEXES)
 
 
 def match_query(text: str) -> str | None:

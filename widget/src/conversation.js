@@ -8,6 +8,7 @@ import {
   resumeFrame, takePending,
 } from "./messages.js";
 import { feedbackRow, stamp } from "./feedback.js";
+import { ctx, extra } from "./lazy.js";
 import { emit } from "./page.js";
 import { agentBubble, botBubble, doc, element, errorLine, paintReply, userBubble } from "./render.js";
 import * as transport from "./transport.js";
@@ -91,6 +92,11 @@ function track(id, text, done) {
   return known;
 }
 
+/** The numbered sources a reply cites, under it (drawn by the second file). */
+function cite(known, citations) {
+  if (citations?.length) extra().then((loaded) => loaded.sources(ctx, known.element, citations), () => {});
+}
+
 function reply(id, text, done) {
   let known = replies.get(id);
   if (!known) {
@@ -117,6 +123,7 @@ function historyNodes(message) {
     setBusy(true);
     return [known.element];
   }
+  cite(known, message.citations);
   return [known.element, feedbackRow(message.id, message.finished_at, message.feedback?.rating)];
 }
 
@@ -198,7 +205,7 @@ export function onFrame(frame) {
   } else if (frame.type === "delta") {
     onDelta(frame);
   } else if (frame.type === "done") {
-    finish(frame.message_id, frame.status);
+    finish(frame.message_id, frame.status, frame.citations);
   } else if (frame.type === "error") {
     const pending = frame.client_message_id && takePending(outbox, frame.client_message_id);
     const known = frame.message_id && replies.get(frame.message_id);
@@ -238,7 +245,7 @@ function onDelta(frame) {
   }
 }
 
-function finish(id, status) {
+function finish(id, status, citations) {
   const known = replies.get(id);
   if (!known || known.done) return;
   known.done = true;
@@ -252,6 +259,7 @@ function finish(id, status) {
     failedEvent(code);
   } else {
     known.element.after(feedbackRow(id));
+    cite(known, citations);
   }
   setBusy(hasUnfinished(replies));
   if (stay) toBottom();
@@ -323,6 +331,7 @@ function whole(answer) {
   const known = reply(answer.id, answer.text, true);
   known.done = true;
   paint(known);
+  cite(known, answer.citations);
   setBusy(false);
   ended(answer.id, answer.status, known);
   return known;

@@ -49,4 +49,13 @@ function comment(ctx, row, send) {
   box.scrollIntoView({ block: "nearest" });
 }
 
-window.__loaclExtra = { uploader, prechat, comment };
+/** The sources a reply cites, numbered as its [n] marks, under its bubble: text only. */
+function sources(ctx, bubble, citations) {
+  bubble.after(element("ol", { cls: "src", "aria-label": ctx.t("sources") }, citations.map((c) =>
+    element("li", { value: c.number }, [
+      element("b", { text: c.document + (c.page > 1 ? " · " + c.page : "") }),
+      element("span", { text: " " + (c.passage.length > 160 ? c.passage.slice(0, 160) + "…" : c.passage) }),
+    ]))));
+}
+
+window.__loaclExtra = { uploader, prechat, comment, sources };

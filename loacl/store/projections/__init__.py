@@ -63,6 +63,7 @@ def default_projections() -> Projections:
         accounts,
         conversations,
         handoff,
+        knowledge,
         privacy,
         webhooks,
         widgets,
@@ -77,4 +78,5 @@ def default_projections() -> Projections:
     projections.include(handoff.projections)
     projections.include(privacy.projections)
     projections.include(webhooks.projections)
+    projections.include(knowledge.projections)
     return projections

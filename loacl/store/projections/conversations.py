@@ -11,10 +11,12 @@ from loacl.domain.conversations import (
     AssistantFailed,
     AssistantInterrupted,
     AssistantStarted,
+    Citation,
     FeedbackGiven,
     FileSentToProvider,
     FileUploaded,
     MessagePosted,
+    ReplyCited,
     VisitorIntroduced,
 )
 from loacl.domain.events import RecordedEvent
@@ -151,3 +153,21 @@ def visitor_introduced(
         "visitor_email = coalesce(nullif(?, ''), visitor_email) WHERE conversation_id = ?",
         (event.name, event.email, event.conversation_id),
     )
+
+
+@projections.on
+def reply_cited(conn: sqlite3.Connection, event: ReplyCited, recorded: RecordedEvent) -> None:
+    # Each round's citations follow the earlier rounds' (their numbers go on from them).
+    row = conn.execute(
+        "SELECT citations FROM messages WHERE message_id = ?", (event.message_id,)
+    ).fetchone()
+    if row is None:
+        return
+    cited = [*json.loads(row[0]), *(_citation(c) for c in event.citations)]
+    conn.execute("UPDATE messages SET citations = ? WHERE message_id = ?",
+                 (json.dumps(cited, ensure_ascii=False), event.message_id))
+
+
+def _citation(c: Citation) -> dict[str, object]:
+    return {"number": c.number, "document_id": c.document_id, "document": c.document,
+            "page": c.page, "passage": c.passage}

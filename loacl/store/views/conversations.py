@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from loacl.domain.conversations import Conversation, Reply
+from loacl.domain.conversations import Citation, Conversation, Reply
 from loacl.domain.handoff import Handoff
 from loacl.store.eventstore import EventStore
 from loacl.store.views import Page, first, page_by_creation
@@ -16,7 +16,8 @@ from loacl.store.views import Page, first, page_by_creation
 _MESSAGE = (
     "SELECT message_id, conversation_id, role, text, status, error_code, reply_to, file_ids, "
     "client_message_id, input_tokens, output_tokens, created_seq, created_at, finished_at, "
-    "feedback_rating, feedback_comment, feedback_at, author_id, author_name FROM messages"
+    "feedback_rating, feedback_comment, feedback_at, citations, author_id, author_name "
+    "FROM messages"
 )
 _CONVERSATION = (
     "SELECT conversation_id, widget_id, visitor_id, external_user_id, created_seq, created_at, "
@@ -46,6 +47,8 @@ class MessageView:
     feedback_rating: str | None = None
     feedback_comment: str | None = None
     feedback_at: str | None = None
+    # The sources the reply cites (passages of the assistant's knowledge), numbered.
+    citations: tuple[Citation, ...] = ()
     # A member's message (role agent): who wrote it, and the name the visitor sees.
     author_id: str | None = None
     author_name: str | None = None
@@ -88,9 +91,13 @@ class ConversationView:
         return self.erased_at is not None
 
 
+_citations = msgspec.json.Decoder(tuple[Citation, ...]).decode
+
+
 def _message(row: Any) -> MessageView:
     values = list(row)
     values[7] = _file_ids(values[7])
+    values[17] = _citations(values[17])
     return MessageView(*values)
 
 

@@ -1,0 +1,105 @@
+"""``/api/v1/assistants/{id}/knowledge``: the documents an assistant searches to answer."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from loacl.http.auth import current_owner
+from loacl.http.common import metadata, page, page_response
+from loacl.http.routing import PAGE, Endpoint
+from loacl.http.validation import read_upload
+from loacl.services.knowledge import Knowledge
+from loacl.store.views.knowledge import DocumentView
+
+
+def knowledge(request: Request) -> Knowledge:
+    return cast("Knowledge", request.app.state.knowledge)
+
+
+def document_json(service: Knowledge, view: DocumentView) -> dict[str, Any]:
+    return {
+        "id": view.document_id,
+        "assistant_id": view.assistant_id,
+        "filename": view.filename,
+        "kind": view.kind,
+        "content_type": view.content_type,
+        "size": view.size,
+        "sha256": view.sha256,
+        "status": service.status(view),
+        "pages": view.pages,
+        "chunks": view.chunks,
+        "error": None if view.error_code is None else {
+            "code": view.error_code, "message": view.error or ""},
+        "created_at": view.created_at,
+        "updated_at": view.updated_at,
+    }
+
+
+async def upload(request: Request) -> Response:
+    owner = await current_owner(request, verified=True)
+    service = knowledge(request)
+    filename, data = await read_upload(
+        request, request.app.state.settings.knowledge_max_upload_size
+    )
+    found = await service.upload(
+        owner.user_id, request.path_params["id"], filename, data,
+        metadata(request, owner.user_id),
+    )
+    return JSONResponse(document_json(service, found), status_code=202)
+
+
+async def list_documents(request: Request) -> Response:
+    owner = await current_owner(request, verified=True)
+    service = knowledge(request)
+    after, limit = page(request)
+    found = await service.documents(owner.user_id, request.path_params["id"], after, limit)
+    return page_response([document_json(service, d) for d in found.items], found.next_cursor)
+
+
+async def get_document(request: Request) -> Response:
+    owner = await current_owner(request, verified=True)
+    service = knowledge(request)
+    found = await service.document(
+        owner.user_id, request.path_params["id"], request.path_params["doc_id"]
+    )
+    return JSONResponse(document_json(service, found))
+
+
+async def delete_document(request: Request) -> Response:
+    owner = await current_owner(request, verified=True)
+    await knowledge(request).delete(
+        owner.user_id, request.path_params["id"], request.path_params["doc_id"],
+        metadata(request, owner.user_id),
+    )
+    return Response(status_code=204)
+
+
+UPLOAD = (
+    "A PDF, Word (.docx), Markdown, HTML or text document, as multipart field `file` (at most "
+    "`knowledge_max_upload_size` bytes). It is read in the background: the answer (202) says "
+    "`queued`; `GET` the document to follow it through `processing` to `ready` (with its "
+    "pages and passages) or `failed` (with the reason). Once an assistant has a ready "
+    "document, the model is offered a `file_search` tool over them, and replies carry the "
+    "passages they cite as `citations`."
+)
+
+endpoints = [
+    Endpoint("post", "/api/v1/assistants/{id}/knowledge", upload,
+             "Upload a knowledge document (multipart field `file`)", "knowledge",
+             auth="owner", ok=202, multipart=True, description=UPLOAD,
+             codes=("email_not_verified", "file_too_large", "unsupported_document_type",
+                    "empty_file"),
+             returns="KnowledgeDocument"),
+    Endpoint("get", "/api/v1/assistants/{id}/knowledge", list_documents,
+             "An assistant's knowledge documents", "knowledge", auth="owner", query=PAGE,
+             returns="KnowledgeDocumentPage"),
+    Endpoint("get", "/api/v1/assistants/{id}/knowledge/{doc_id}", get_document,
+             "A knowledge document and how its reading went", "knowledge", auth="owner",
+             codes=("document_not_found",), returns="KnowledgeDocument"),
+    Endpoint("delete", "/api/v1/assistants/{id}/knowledge/{doc_id}", delete_document,
+             "Delete a knowledge document: its passages leave the index at once", "knowledge",
+             auth="owner", ok=204, codes=("document_not_found",)),
+]

@@ -1,0 +1,301 @@
+"""An assistant's knowledge: documents uploaded by its owner, read and indexed in the
+background, and searched when the model calls ``file_search``.
+
+Upload keeps the bytes (content-addressed, as visitor files are) and logs the document as
+``queued``; a worker reads it (in a thread: PDF parsing is slow Python), logs its passages or
+why it failed, and, when an embedding model is set, asks the provider for the passages'
+embeddings. A search ranks passages by BM25 and, with embeddings, by meaning too, fused by
+reciprocal rank (RRF).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import struct
+from dataclasses import dataclass
+
+import openai
+import structlog
+
+from loacl.domain import knowledge as domain
+from loacl.domain.assistants import ToolDefinition
+from loacl.domain.errors import LoaclError
+from loacl.domain.events import Metadata
+from loacl.providers import client_for, missing_configuration
+from loacl.services.extract import CHUNKER, CONTENT_TYPES, ExtractionError, extract, kind_of
+from loacl.services.files import clean_filename
+from loacl.services.tokens import new_id
+from loacl.settings import Settings
+from loacl.store.eventstore import EventStore
+from loacl.store.views import Page
+from loacl.store.views import assistants as assistant_views
+from loacl.store.views import files as file_views
+from loacl.store.views import knowledge as views
+from loacl.store.views.knowledge import DocumentView, Hit, VectorIndex
+
+log = structlog.get_logger(__name__)
+
+# Reciprocal rank fusion's constant (Cormack et al.): a passage's score is the sum over the
+# rankings of 1 / (K + its rank there).
+RRF_K = 60
+EMBED_BATCH = 64
+# Providers that answer ``/v1/embeddings``.
+EMBEDDING_PROVIDERS = ("openai", "chat_completions")
+
+FILE_SEARCH = "file_search"
+# The tool as the model sees it (a function, so that Chat Completions servers can call it).
+FILE_SEARCH_TOOL = ToolDefinition(
+    type="http", name=FILE_SEARCH,
+    description="Search the documents this assistant was given (its knowledge) for passages "
+    "that answer a question. Each result is numbered as a source; cite the sources you use "
+    "as [n] after the sentence they support.",
+    parameters={"type": "object", "properties": {"query": {
+        "type": "string", "description": "what to look for, in a few words"}},
+        "required": ["query"]},
+    url="loacl:knowledge",
+)
+
+
+@dataclass(frozen=True)
+class Found:
+    """A search's passages, best first, and how they were ranked."""
+
+    hits: list[Hit]
+    ranking: str  # bm25 | hybrid
+
+
+def fuse(*rankings: list[int], k: int = RRF_K) -> list[int]:
+    """Reciprocal rank fusion of rankings of ids (best first): best first."""
+    scores: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking, 1):
+            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
+    return sorted(scores, key=lambda item: (-scores[item], item))
+
+
+def as_vector(values: list[float]) -> bytes:
+    """sqlite-vec's vector format: float32, little-endian."""
+    return struct.pack(f"<{len(values)}f", *values)
+
+
+class Knowledge:
+    def __init__(self, store: EventStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.vectors = VectorIndex(store.path)
+        self.processing: set[str] = set()
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._clients: dict[str, openai.AsyncOpenAI] = {}
+
+    # -- the owner's side -------------------------------------------------------------------
+
+    async def _assistant(self, owner_id: str, assistant_id: str) -> str:
+        """The assistant's provider, when the owner has the assistant."""
+        found = await assistant_views.assistant(self.store, assistant_id)
+        if found is None or found.owner_id != owner_id:
+            raise LoaclError("not_found", "no such assistant")
+        return found.definition.provider
+
+    async def upload(
+        self, owner_id: str, assistant_id: str, filename: str, data: bytes, meta: Metadata
+    ) -> DocumentView:
+        await self._assistant(owner_id, assistant_id)
+        limit = self.settings.knowledge_max_upload_size
+        if len(data) > limit:
+            raise LoaclError("file_too_large", f"documents may be at most {limit} bytes")
+        filename = clean_filename(filename)
+        kind = kind_of(filename, data)
+        digest = hashlib.sha256(data).hexdigest()
+        await file_views.keep_blob(self.store, digest, data)
+        document_id = new_id()
+        await self.store.append(domain.knowledge_stream(assistant_id), [domain.DocumentUploaded(
+            document_id=document_id, assistant_id=assistant_id, filename=filename, kind=kind,
+            content_type=CONTENT_TYPES[kind], size=len(data), sha256=digest,
+        )], metadata=meta)
+        self._queue.put_nowait(document_id)
+        found = await views.document(self.store, document_id)
+        assert found is not None  # the projection wrote it in the append's transaction
+        return found
+
+    async def documents(
+        self, owner_id: str, assistant_id: str, after: int, limit: int
+    ) -> Page[DocumentView]:
+        await self._assistant(owner_id, assistant_id)
+        return await views.documents_of(self.store, assistant_id, after, limit)
+
+    async def document(self, owner_id: str, assistant_id: str, document_id: str) -> DocumentView:
+        await self._assistant(owner_id, assistant_id)
+        found = await views.document(self.store, document_id)
+        if found is None or found.assistant_id != assistant_id:
+            raise LoaclError("document_not_found", "no such document")
+        return found
+
+    def status(self, document: DocumentView) -> str:
+        """queued | processing | ready | failed: the log's status, and the worker's."""
+        if document.status == "queued" and document.document_id in self.processing:
+            return "processing"
+        return document.status
+
+    async def delete(
+        self, owner_id: str, assistant_id: str, document_id: str, meta: Metadata
+    ) -> None:
+        found = await self.document(owner_id, assistant_id, document_id)
+        stream = domain.knowledge_stream(assistant_id)
+        state, version = await self.store.load(
+            stream, domain.Knowledge({}), domain.evolve_knowledge
+        )
+        events = domain.delete_document(state, document_id)
+        await self.store.append(stream, events, expected_version=version, metadata=meta)
+        await views.drop_orphans(self.store, found.sha256)
+
+    # -- the worker -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Take up the documents a stop left unread, then read each as it comes."""
+        for document in await views.unfinished(self.store):
+            self._queue.put_nowait(document.document_id)
+        self._worker = asyncio.create_task(self._work(), name="knowledge-worker")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
+        await asyncio.to_thread(self.vectors.close)
+
+    async def idle(self) -> None:
+        """Wait until every document queued so far is read (for tests and the CLI)."""
+        await self._queue.join()
+
+    async def _work(self) -> None:
+        while True:
+            document_id = await self._queue.get()
+            try:
+                await self.ingest(document_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("knowledge.ingest_crashed", document_id=document_id)
+            finally:
+                self._queue.task_done()
+
+    async def ingest(self, document_id: str) -> None:
+        """Read one queued document and log its passages, or why it cannot be read."""
+        document = await views.document(self.store, document_id)
+        if document is None or document.status != "queued":
+            return  # deleted meanwhile, or read already
+        self.processing.add(document_id)
+        try:
+            data = await file_views.blob(self.store, document.sha256)
+            settings = self.settings
+            event: domain.DocumentIndexed | domain.DocumentFailed
+            if data is None:
+                event = domain.DocumentFailed(document_id=document_id, code="missing_content",
+                                              reason="the document's bytes are missing")
+            else:
+                try:
+                    pages, passages = await asyncio.to_thread(
+                        extract, document.kind, data, settings.knowledge_chunk_chars,
+                        settings.knowledge_chunk_overlap,
+                    )
+                    event = domain.DocumentIndexed(
+                        document_id=document_id, pages=pages, passages=tuple(passages),
+                        chunker=CHUNKER,
+                    )
+                except ExtractionError as exc:
+                    event = domain.DocumentFailed(document_id=document_id, code=exc.code,
+                                                  reason=exc.reason[:500])
+            await self._append_unless_deleted(document, event)
+            log.info("knowledge.ingested", document_id=document_id, result=event.event_type)
+        finally:
+            self.processing.discard(document_id)
+        if isinstance(event, domain.DocumentIndexed):
+            await self.embed_document(document)
+
+    async def _append_unless_deleted(
+        self, document: DocumentView, event: domain.DocumentIndexed | domain.DocumentFailed
+    ) -> None:
+        stream = domain.knowledge_stream(document.assistant_id)
+        for _ in range(5):
+            state, version = await self.store.load(
+                stream, domain.Knowledge({}), domain.evolve_knowledge
+            )
+            found = state.documents.get(document.document_id)
+            if found is None or found.status != "queued":
+                return
+            try:
+                await self.store.append(stream, [event], expected_version=version,
+                                        metadata=Metadata(actor="system:knowledge"))
+                return
+            except LoaclError as exc:
+                if exc.code != "version_conflict":
+                    raise
+
+    # -- embeddings -------------------------------------------------------------------------
+
+    def _client(self, provider: str) -> openai.AsyncOpenAI | None:
+        if self.settings.embedding_model is None or provider not in EMBEDDING_PROVIDERS:
+            return None
+        if missing_configuration(self.settings, provider) is not None:
+            return None
+        client = self._clients.get(provider)
+        if client is None:
+            client = self._clients[provider] = client_for(
+                self.settings, provider, max_retries=2, timeout=30.0
+            )
+        return client
+
+    async def _embed(self, client: openai.AsyncOpenAI, texts: list[str]) -> list[bytes]:
+        model = self.settings.embedding_model
+        assert model is not None
+        answer = await client.embeddings.create(model=model, input=texts)
+        ordered = sorted(answer.data, key=lambda d: d.index)
+        return [as_vector(list(d.embedding)) for d in ordered]
+
+    async def embed_document(self, document: DocumentView) -> None:
+        """The embeddings of the document's passages that have none yet. A provider that fails
+        leaves the document searchable by its words alone (and the server log says why)."""
+        found = await assistant_views.assistant(self.store, document.assistant_id)
+        client = self._client(found.definition.provider) if found is not None else None
+        model = self.settings.embedding_model
+        if client is None or model is None:
+            return
+        missing = await views.unembedded(self.store, document.document_id, model)
+        try:
+            for start in range(0, len(missing), EMBED_BATCH):
+                batch = missing[start:start + EMBED_BATCH]
+                vectors = await self._embed(client, [text for _, text in batch])
+                await views.keep_vectors(
+                    self.store, model, [(d, v) for (d, _), v in zip(batch, vectors, strict=True)]
+                )
+        except (openai.APIError, ValueError) as exc:
+            log.warning("knowledge.embedding_failed", document_id=document.document_id,
+                        error=repr(exc))
+
+    # -- searching --------------------------------------------------------------------------
+
+    async def search(self, assistant_id: str, provider: str, query: str) -> Found:
+        limit = self.settings.knowledge_results
+        wide = limit * 4
+        by_text = await views.search_text(self.store, assistant_id, query, wide)
+        client = self._client(provider)
+        model = self.settings.embedding_model
+        if client is None or model is None or not query.strip():
+            return Found(by_text[:limit], "bm25")
+        try:
+            (vector,) = await self._embed(client, [query])
+        except (openai.APIError, ValueError) as exc:
+            log.warning("knowledge.query_embedding_failed", error=repr(exc))
+            return Found(by_text[:limit], "bm25")
+        nearest = await asyncio.to_thread(self.vectors.nearest, assistant_id, model, vector,
+                                          wide)
+        order = fuse([h.chunk_id for h in by_text], nearest)[:limit]
+        found = await views.hits(self.store, order)
+        return Found([found[i] for i in order if i in found], "hybrid")

@@ -1,0 +1,214 @@
+"""An assistant's knowledge: its documents, and the passages a search finds (BM25 over the
+full-text index; nearest embeddings with sqlite-vec)."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loacl.store.eventstore import EventStore
+from loacl.store.views import Page, first, page_by_creation
+
+_DOCUMENT = (
+    "SELECT document_id, assistant_id, filename, kind, content_type, size, sha256, status, "
+    "pages, chunks, error_code, error, created_seq, created_at, updated_at "
+    "FROM knowledge_documents"
+)
+_WORD = re.compile(r"\w+", re.UNICODE)
+MAX_WORDS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentView:
+    document_id: str
+    assistant_id: str
+    filename: str
+    kind: str
+    content_type: str
+    size: int
+    sha256: str
+    status: str  # queued | ready | failed
+    pages: int | None
+    chunks: int | None
+    error_code: str | None
+    error: str | None
+    created_seq: int
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    chunk_id: int
+    document_id: str
+    document: str
+    page: int
+    text: str
+
+
+def _document(row: Any) -> DocumentView:
+    return DocumentView(*row)
+
+
+async def document(store: EventStore, document_id: str) -> DocumentView | None:
+    return await first(store, f"{_DOCUMENT} WHERE document_id = ?", (document_id,), _document)
+
+
+async def documents_of(
+    store: EventStore, assistant_id: str, after: int, limit: int
+) -> Page[DocumentView]:
+    return await page_by_creation(
+        store, _DOCUMENT, "assistant_id = ?", (assistant_id,), after, limit, _document
+    )
+
+
+async def unfinished(store: EventStore) -> list[DocumentView]:
+    """Documents uploaded and not yet indexed or failed: the work a restart takes up again."""
+    rows = await store.query(f"{_DOCUMENT} WHERE status = 'queued' ORDER BY created_seq")
+    return [_document(r) for r in rows]
+
+
+async def has_knowledge(store: EventStore, assistant_id: str) -> bool:
+    rows = await store.query(
+        "SELECT 1 FROM knowledge_documents WHERE assistant_id = ? AND status = 'ready' LIMIT 1",
+        (assistant_id,),
+    )
+    return bool(rows)
+
+
+def match_query(text: str) -> str | None:
+    """A question as an FTS5 query: any of its words (BM25 ranks passages with more of them,
+    and rarer ones, first). Quoted, so that no FTS5 operator comes in with them."""
+    words = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))[:MAX_WORDS]
+    return " OR ".join(f'"{w}"' for w in words) if words else None
+
+
+_HIT = (
+    "SELECT c.chunk_id, c.document_id, d.filename, c.page, c.text FROM knowledge_chunks c "
+    "JOIN knowledge_documents d ON d.document_id = c.document_id"
+)
+
+
+async def search_text(
+    store: EventStore, assistant_id: str, query: str, limit: int
+) -> list[Hit]:
+    """The assistant's passages that best match ``query`` by BM25, best first."""
+    match = match_query(query)
+    if match is None:
+        return []
+    rows = await store.query(
+        # FTS5's own ``rank`` (BM25) sorts faster than bm25() named as a column.
+        f"{_HIT} JOIN (SELECT rowid AS id, rank FROM knowledge_fts WHERE knowledge_fts MATCH ?) "
+        "f ON f.id = c.chunk_id WHERE c.assistant_id = ? ORDER BY f.rank LIMIT ?",
+        (match, assistant_id, limit),
+    )
+    return [Hit(*r) for r in rows]
+
+
+async def hits(store: EventStore, chunk_ids: Iterable[int]) -> dict[int, Hit]:
+    wanted = tuple(dict.fromkeys(chunk_ids))
+    if not wanted:
+        return {}
+    marks = ",".join("?" * len(wanted))
+    rows = await store.query(f"{_HIT} WHERE c.chunk_id IN ({marks})", wanted)
+    return {r[0]: Hit(*r) for r in rows}
+
+
+async def unembedded(
+    store: EventStore, document_id: str, model: str
+) -> list[tuple[str, str]]:
+    """The document's passages (digest, text) that have no embedding by ``model`` yet."""
+    rows = await store.query(
+        "SELECT DISTINCT c.text_sha256, c.text FROM knowledge_chunks c WHERE c.document_id = ? "
+        "AND NOT EXISTS (SELECT 1 FROM knowledge_vectors v WHERE v.text_sha256 = c.text_sha256 "
+        "AND v.model = ?)",
+        (document_id, model),
+    )
+    return [(str(d), str(t)) for d, t in rows]
+
+
+async def keep_vectors(
+    store: EventStore, model: str, vectors: list[tuple[str, bytes]]
+) -> None:
+    """Embeddings on the writer, between appends (not a read table: replay keeps them)."""
+
+    def keep(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT OR REPLACE INTO knowledge_vectors (text_sha256, model, embedding) "
+            "VALUES (?, ?, ?)", [(d, model, v) for d, v in vectors],
+        )
+        conn.execute("COMMIT")
+
+    await store.run_on_writer(keep)
+
+
+async def drop_orphans(store: EventStore, sha256: str) -> None:
+    """After a document's deletion: the embeddings no passage has any more, and the
+    document's bytes unless another document or a visitor's file names them."""
+
+    def drop(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "DELETE FROM knowledge_vectors WHERE text_sha256 NOT IN "
+            "(SELECT text_sha256 FROM knowledge_chunks)"
+        )
+        conn.execute(
+            "DELETE FROM blobs WHERE sha256 = ? "
+            "AND NOT EXISTS (SELECT 1 FROM files f WHERE f.sha256 = blobs.sha256) "
+            "AND NOT EXISTS (SELECT 1 FROM knowledge_documents d WHERE d.sha256 = blobs.sha256)",
+            (sha256,),
+        )
+        conn.execute("COMMIT")
+
+    await store.run_on_writer(drop)
+
+
+class VectorIndex:
+    """Nearest passages by cosine distance, computed by sqlite-vec's ``vec_distance_cosine``
+    over the stored embeddings. Python's own ``sqlite3`` here cannot load extensions, so this
+    reads the same database file through its own read-only ``apsw`` connection."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    def _open(self) -> Any:
+        import apsw
+        import sqlite_vec
+
+        conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)
+        conn.set_busy_timeout(5000)
+        conn.enable_load_extension(True)
+        conn.load_extension(sqlite_vec.loadable_path())
+        conn.enable_load_extension(False)
+        return conn
+
+    def nearest(
+        self, assistant_id: str, model: str, vector: bytes, limit: int
+    ) -> list[int]:
+        """The ids of the assistant's passages nearest to ``vector``, nearest first (run in a
+        thread: the scan is sqlite-vec's C, not Python)."""
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._open()
+            rows = self._conn.execute(
+                "SELECT c.chunk_id FROM knowledge_chunks c JOIN knowledge_vectors v "
+                "ON v.text_sha256 = c.text_sha256 AND v.model = ? WHERE c.assistant_id = ? "
+                "AND length(v.embedding) = ? "
+                "ORDER BY vec_distance_cosine(v.embedding, ?) LIMIT ?",
+                (model, assistant_id, len(vector), vector, limit),
+            ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

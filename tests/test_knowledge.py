@@ -1,0 +1,442 @@
+"""Knowledge end to end: a real LOACL on uvicorn reads documents the tests make (PDF, Word,
+Markdown, HTML, text), indexes their passages in the same SQLite file, and answers the model's
+``file_search`` calls (scripted on the project's OpenAI test server, reached by the real SDK)
+with passages that the reply then cites."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import docx
+import httpx
+import pytest
+
+from loacl.openai_testserver import FunctionCall, HttpError, OpenAITestServer, embedding
+from loacl.services.extract import kind_of, passages
+from loacl.services.knowledge import fuse
+from loacl.settings import Settings
+from loacl.store.sqlite import connect
+from tests.test_chat import (
+    PASSWORD,
+    Site,
+    Visitor,
+    audit_ok,
+    chat_settings,
+    live,
+    log_of,
+    replay_matches,
+    wait_until,
+)
+
+REFUNDS = (
+    "Refund policy\n\nCustomers may return any product within 30 days of delivery for a full "
+    "refund. The refund is paid to the original card within five working days."
+)
+SHIPPING = "Shipping\n\nParcels leave our warehouse in Leeds every weekday at noon."
+
+
+def pdf_bytes(pages: list[str]) -> bytes:
+    """A small, valid PDF with one line of Helvetica text per page, offsets computed."""
+    objects: list[bytes] = []
+    kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(len(pages)))
+    objects.append(b"<< /Type /Catalog /Pages 2 0 R >>")
+    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode())
+    font = 3 + 2 * len(pages)
+    for i, text in enumerate(pages):
+        content = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {4 + 2 * i} 0 R "
+            f"/Resources << /Font << /F1 {font} 0 R >> >> >>".encode()
+        )
+        objects.append(b"<< /Length %d >>\nstream\n" % len(content) + content
+                       + b"\nendstream")
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1, xref)
+    return bytes(out)
+
+
+def docx_bytes(paragraphs: list[str]) -> bytes:
+    document = docx.Document()
+    for text in paragraphs:
+        document.add_paragraph(text)
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()
+
+
+def assistant(site: Site, provider: str = "openai", **fields: Any) -> tuple[str, Visitor]:
+    site.register()
+    created = site.http.post("/api/v1/assistants", headers=site.owner, json={
+        "name": "Shop", "provider": provider, "model": "gpt-4o-mini", **fields})
+    assert created.status_code == 201, created.text
+    widget = site.http.post("/api/v1/widgets", headers=site.owner, json={
+        "name": "Site", "assistant_id": created.json()["id"],
+        "allowed_origins": ["http://localhost:3000"]})
+    assert widget.status_code == 201, widget.text
+    return created.json()["id"], site.visitor(widget.json()["id"])
+
+
+def upload(site: Site, assistant_id: str, name: str, data: bytes) -> httpx.Response:
+    return site.http.post(f"/api/v1/assistants/{assistant_id}/knowledge", headers=site.owner,
+                          files={"file": (name, data)})
+
+
+def settled(site: Site, assistant_id: str, document_id: str) -> dict[str, Any]:
+    """The document once its reading has ended (ready or failed)."""
+    url = f"/api/v1/assistants/{assistant_id}/knowledge/{document_id}"
+    found: dict[str, Any] = {}
+
+    def done() -> bool:
+        found.update(site.http.get(url, headers=site.owner).json())
+        return found["status"] in ("ready", "failed")
+
+    wait_until(done, f"document {document_id} to be read")
+    return found
+
+
+def added(site: Site, assistant_id: str, name: str, data: bytes) -> dict[str, Any]:
+    sent = upload(site, assistant_id, name, data)
+    assert sent.status_code == 202, sent.text
+    assert sent.json()["status"] in ("queued", "processing", "ready")
+    return settled(site, assistant_id, sent.json()["id"])
+
+
+def chunk_rows(settings: Settings, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    conn = connect(settings.database_path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def search_call(query: str, call_id: str = "call_s1") -> FunctionCall:
+    return FunctionCall(name="file_search", arguments=json.dumps({"query": query}),
+                        call_id=call_id)
+
+
+# -- reading documents ------------------------------------------------------------------------
+
+
+def test_every_kind_of_document_is_read_into_passages(
+    tmp_path: Path, server: OpenAITestServer, root: str
+) -> None:
+    settings = chat_settings(tmp_path, root)
+    html = (b"<html><head><style>p{color:red}</style><script>var secret = 1;</script></head>"
+            b"<body><h1>Opening hours</h1><p>We open at nine &amp; close at five.</p></body>"
+            b"</html>")
+    with live(settings) as site:
+        assistant_id, _ = assistant(site)
+        pdf = added(site, assistant_id, "manual.pdf",
+                    pdf_bytes(["Warranty lasts two years", "Batteries are not covered"]))
+        word = added(site, assistant_id, "policy.docx", docx_bytes(REFUNDS.split("\n\n")))
+        markdown = added(site, assistant_id, "ship.md", f"# {SHIPPING}".encode())
+        page = added(site, assistant_id, "hours.html", html)
+        text = added(site, assistant_id, "notes.txt", b"Gift cards never expire.")
+        listed = site.http.get(f"/api/v1/assistants/{assistant_id}/knowledge",
+                               headers=site.owner).json()
+    assert pdf["status"] == "ready" and pdf["pages"] == 2 and pdf["kind"] == "pdf"
+    for document in (word, markdown, page, text):
+        assert document["status"] == "ready", document
+        assert document["pages"] == 1 and document["chunks"] >= 1 and document["error"] is None
+    assert [d["filename"] for d in listed["data"]] == [
+        "manual.pdf", "policy.docx", "ship.md", "hours.html", "notes.txt"]
+    rows = chunk_rows(settings, "SELECT d.filename, c.page, c.text FROM knowledge_chunks c "
+                      "JOIN knowledge_documents d USING (document_id) ORDER BY c.chunk_id")
+    texts = {(name, page): body for name, page, body in rows}
+    assert "Warranty lasts two years" in texts["manual.pdf", 1]
+    assert "Batteries are not covered" in texts["manual.pdf", 2]
+    assert "within 30 days of delivery" in texts["policy.docx", 1]
+    assert "We open at nine & close at five." in texts["hours.html", 1]
+    assert "secret" not in texts["hours.html", 1] and "color" not in texts["hours.html", 1]
+    kinds = [r.type for r in log_of(settings) if r.type.startswith("knowledge.")]
+    assert kinds.count("knowledge.uploaded") == 5 and kinds.count("knowledge.indexed") == 5
+    audit_ok(settings)
+
+
+def test_a_corrupt_pdf_fails_and_says_why(
+    tmp_path: Path, server: OpenAITestServer, root: str
+) -> None:
+    settings = chat_settings(tmp_path, root)
+    with live(settings) as site:
+        assistant_id, _ = assistant(site)
+        broken = added(site, assistant_id, "broken.pdf", b"%PDF-1.4\n1 0 obj garbage\n%%EOF")
+        scanned = added(site, assistant_id, "scan.pdf", pdf_bytes([""]))
+    assert broken["status"] == "failed"
+    assert broken["error"]["code"] == "unreadable_document"
+    assert broken["error"]["message"].startswith("the PDF cannot be read")
+    assert scanned["status"] == "failed" and scanned["error"]["code"] == "no_text"
+    failed = [r.payload for r in log_of(settings) if r.type == "knowledge.failed"]
+    assert {f["code"] for f in failed} == {"unreadable_document", "no_text"}
+
+
+@pytest.mark.parametrize(("name", "data", "status", "code"), [
+    ("virus.exe", b"MZ\x90\x00", 415, "unsupported_document_type"),
+    ("fake.pdf", b"just text", 415, "unsupported_document_type"),
+    ("fake.docx", b"not a zip", 415, "unsupported_document_type"),
+    ("empty.txt", b"", 422, "empty_file"),
+    ("big.txt", b"x" * 2049, 413, "file_too_large"),
+])
+def test_bad_uploads_are_refused_with_a_stable_code_and_nothing_logged(
+    tmp_path: Path, server: OpenAITestServer, root: str, name: str, data: bytes, status: int,
+    code: str,
+) -> None:
+    settings = chat_settings(tmp_path, root, knowledge_max_upload_size=2048)
+    with live(settings) as site:
+        assistant_id, _ = assistant(site)
+        refused = upload(site, assistant_id, name, data)
+        other = site.http.post("/api/v1/assistants/nope/knowledge", headers=site.owner,
+                               files={"file": ("a.txt", b"hello")})
+    assert refused.status_code == status, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert refused.json()["code"] == code
+    assert other.status_code == 404
+    assert not [r for r in log_of(settings) if r.type.startswith("knowledge.")]
+
+
+# -- answering with citations -----------------------------------------------------------------
+
+
+def test_the_model_searches_the_knowledge_and_the_reply_cites_it(
+    tmp_path: Path, server: OpenAITestServer, root: str
+) -> None:
+    settings = chat_settings(tmp_path, root)
+    server.script(calls=[search_call("refund days")])
+    with live(settings) as site:
+        assistant_id, visitor = assistant(site)
+        added(site, assistant_id, "policy.docx", docx_bytes(REFUNDS.split("\n\n")))
+        added(site, assistant_id, "shipping.md", SHIPPING.encode())
+        posted = site.post(visitor, "How long do I have to return something?")
+        assert posted.status_code == 201, posted.text
+        reply = posted.json()["reply"]
+        listed = site.messages(visitor)["data"]
+    first, second = server.requests_to("responses")
+    (offered,) = [t for t in first.json["tools"] if t.get("name") == "file_search"]
+    assert offered["type"] == "function"
+    assert offered["parameters"]["required"] == ["query"]
+    output = json.loads(second.json["input"][-1]["output"])
+    top = output["results"][0]
+    assert top["source"] == 1 and top["document"] == "policy.docx"
+    assert "within 30 days of delivery" in top["text"]
+    assert all(r["document"] != "shipping.md" for r in output["results"])  # no shared word
+    assert reply["status"] == "completed"
+    (citation,) = reply["citations"]
+    assert citation["number"] == 1 and citation["document"] == "policy.docx"
+    assert citation["page"] == 1 and "within 30 days" in citation["passage"]
+    assert listed[-1]["citations"] == reply["citations"]
+    assert listed[0]["role"] == "user" and "citations" not in listed[0]
+    kinds = [r.type for r in log_of(settings, visitor.conversation_id)]
+    assert kinds.count("tool.called") == 1 and kinds.count("reply.cited") == 1
+    returned = [r.payload for r in log_of(settings, visitor.conversation_id)
+                if r.type == "tool.returned"]
+    assert returned[0]["name"] == "file_search" and returned[0]["status"] == "ok"
+    audit_ok(settings)
+    replay_matches(settings)
+
+
+def test_an_assistant_without_ready_documents_is_offered_no_search(
+    tmp_path: Path, server: OpenAITestServer, root: str
+) -> None:
+    settings = chat_settings(tmp_path, root)
+    with live(settings) as site:
+        assistant_id, visitor = assistant(site)
+        added(site, assistant_id, "broken.pdf", b"%PDF-1.4 nothing")
+        assert site.post(visitor, "echo:hi").status_code == 201
+    (request,) = server.requests_to("responses")
+    assert "tools" not in request.json
+
+
+def test_chat_completions_models_search_the_knowledge_too(
+    tmp_path: Path, server: OpenAITestServer, root: str
+) -> None:
+    settings = chat_settings(tmp_path, root, chat_completions_base_url=f"{root}/v1")
+    server.script(calls=[search_call("warehouse")], endpoint="chat")
+    with live(settings) as site:
+        assistant_id, visitor = assistant(site, provider="chat_completions")
+        added(site, assistant_id, "shipping.txt", SHIPPING.encode())
+        reply = site.post(visitor, "Where do parcels come from?").json()["reply"]
+    assert reply["citations"][0]["document"] == "shipping.txt"
+    answer = server.requests_to("chat")[1].json["messages"][-1]
+    assert answer["role"] == "tool" and "Leeds" in answer["content"]
+
+
+def test_hybrid_ranking_finds_a_passage_by_meaning_when_embeddings_are_served(
+    tmp_path: Path, server: OpenAITestServer, root: str
+) -> None:
+    settings = chat_settings(tmp_path, root, embedding_model="text-embedding-3-small",
+                             knowledge_results=1, knowledge_chunk_chars=200)
+    meaning = "money back"
+    # The question shares no word with the refund passage, but the model says they mean the
+    # same: only the embeddings can find it.
+    passage = ("Customers may return any product within 30 days of delivery for a full "
+               "refund.")
+    server.vectors[meaning] = embedding("refund")
+    server.vectors[passage] = embedding("refund")
+    server.script(calls=[search_call(meaning)])
+    with live(settings) as site:
+        assistant_id, visitor = assistant(site)
+        added(site, assistant_id, "policy.txt", passage.encode())
+        added(site, assistant_id, "shipping.txt", SHIPPING.encode())
+        wait_until(lambda: bool(chunk_rows(settings, "SELECT count(*) FROM knowledge_vectors")
+                                [0][0] >= 2), "the embeddings")
+        reply = site.post(visitor, "Can I get my money back?").json()["reply"]
+    assert reply["citations"][0]["passage"] == passage
+    embedded = server.requests_to("embeddings")
+    assert embedded[0].json["model"] == "text-embedding-3-small"
+    assert embedded[-1].json["input"] == [meaning]
+    vectors = chunk_rows(settings, "SELECT length(embedding) FROM knowledge_vectors")
+    assert {n for (n,) in vectors} == {4 * 64}
+    replay_matches(settings)
+    conn = connect(settings.database_path)
+    try:  # replay rebuilt the passages and kept their embeddings
+        assert conn.execute("SELECT count(*) FROM knowledge_vectors").fetchone()[0] >= 2
+    finally:
+        conn.close()
+
+
+def test_a_failing_embeddings_endpoint_leaves_full_text_search(
+    tmp_path: Path, server: OpenAITestServer, root: str
+) -> None:
+    settings = chat_settings(tmp_path, root, embedding_model="text-embedding-3-small",
+                             provider_max_retries=0)
+    for _ in range(8):
+        server.script(faults=[HttpError(status=400, message="no such model")],
+                      endpoint="embeddings")
+    server.script(calls=[search_call("warehouse")])
+    with live(settings) as site:
+        assistant_id, visitor = assistant(site)
+        document = added(site, assistant_id, "shipping.txt", SHIPPING.encode())
+        reply = site.post(visitor, "Where from?").json()["reply"]
+    assert document["status"] == "ready"
+    assert reply["citations"][0]["document"] == "shipping.txt"
+
+
+# -- deleting ---------------------------------------------------------------------------------
+
+
+def test_deleting_a_document_removes_its_passages_and_index_entries(
+    tmp_path: Path, server: OpenAITestServer, root: str
+) -> None:
+    settings = chat_settings(tmp_path, root)
+    with live(settings) as site:
+        assistant_id, visitor = assistant(site)
+        kept = added(site, assistant_id, "shipping.txt", SHIPPING.encode())
+        gone = added(site, assistant_id, "refunds.txt", REFUNDS.encode())
+        url = f"/api/v1/assistants/{assistant_id}/knowledge/{gone['id']}"
+        assert site.http.delete(url, headers=site.owner).status_code == 204
+        assert site.http.get(url, headers=site.owner).json()["code"] == "document_not_found"
+        assert site.http.delete(url, headers=site.owner).status_code == 404
+        server.script(calls=[search_call("refund warehouse")])
+        reply = site.post(visitor, "Refunds?").json()["reply"]
+    assert [c["document"] for c in reply["citations"]] == ["shipping.txt"]
+    assert chunk_rows(settings, "SELECT DISTINCT document_id FROM knowledge_chunks") == [
+        (kept["id"],)]
+    hits = chunk_rows(settings, "SELECT rowid FROM knowledge_fts WHERE knowledge_fts MATCH "
+                      "'refund'")
+    assert hits == []
+    kept_bytes = chunk_rows(settings, "SELECT sha256 FROM blobs")
+    assert kept_bytes == [(kept["sha256"],)]  # the deleted document's bytes are gone
+    assert [r.type for r in log_of(settings) if r.type == "knowledge.deleted"] == [
+        "knowledge.deleted"]
+    audit_ok(settings)
+    replay_matches(settings)
+
+
+def test_another_owner_cannot_see_or_delete_the_documents(
+    tmp_path: Path, server: OpenAITestServer, root: str
+) -> None:
+    settings = chat_settings(tmp_path, root)
+    with live(settings) as site:
+        assistant_id, _ = assistant(site)
+        document = added(site, assistant_id, "a.txt", b"hello there")
+        site.register("other@example.com")
+        base = f"/api/v1/assistants/{assistant_id}/knowledge"
+        assert site.http.get(base, headers=site.owner).status_code == 404
+        assert site.http.delete(f"{base}/{document['id']}",
+                                headers=site.owner).status_code == 404
+
+
+# -- the parts on their own -------------------------------------------------------------------
+
+
+def test_passages_overlap_and_keep_their_page() -> None:
+    words = " ".join(f"w{i}" for i in range(300))
+    found = passages([words, "second page text"], size=200, overlap=40)
+    assert all(len(p.text) <= 200 + 42 for p in found)
+    for before, after in itertools.pairwise(found):
+        if after.page == before.page:
+            assert after.text.split("\n\n")[0] in before.text  # the overlap repeats its end
+    assert found[-1].page == 2 and "second page text" in found[-1].text
+
+
+def test_fusion_favours_what_both_rankings_agree_on() -> None:
+    assert fuse([1, 2, 3], [3, 4, 1]) == [1, 3, 2, 4]
+
+
+def test_kind_of_trusts_neither_name_nor_content_alone() -> None:
+    assert kind_of("a.PDF", b"%PDF-1.7 ...") == "pdf"
+    assert kind_of("a.markdown", b"# hi") == "md"
+    with pytest.raises(Exception, match="not a html file"):
+        kind_of("a.html", b"\x00\x01")
+
+
+def test_the_migration_made_the_index(db_path: Path) -> None:
+    conn = sqlite3.connect(db_path)
+    names = {n for (n,) in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    assert {"knowledge_documents", "knowledge_chunks", "knowledge_fts",
+            "knowledge_vectors"} <= names
+
+
+# -- an imported Assistants-API assistant -----------------------------------------------------
+
+
+def test_an_imported_assistant_with_file_search_answers_from_uploaded_documents(
+    tmp_path: Path, server: OpenAITestServer, root: str
+) -> None:
+    """``loacl assistants import`` keeps the export's vector stores; once the owner uploads the
+    documents, LOACL's own file_search answers, and OpenAI's tool over the old stores stands
+    aside (the two would share a name)."""
+    import asyncio
+
+    from loacl import admin
+    from loacl.store import migrations
+
+    settings = chat_settings(tmp_path, root)
+    conn = connect(settings.database_path)
+    migrations.up(conn)
+    conn.close()
+    asyncio.run(admin.create_user(settings, "owner@example.com", PASSWORD,
+                                  name=None, verified=True))
+    export = Path(__file__).parent / "data" / "openai_assistants_export.json"
+    results = asyncio.run(admin.import_assistants(settings, export, "owner@example.com",
+                                                  validate=False))
+    (support,) = [r for r in results if r.source_id == "asst_support01"]
+    assert support.assistant_id is not None
+    server.script(calls=[search_call("refund days")])
+    with live(settings) as site:
+        site.login()
+        widget = site.http.post("/api/v1/widgets", headers=site.owner, json={
+            "name": "Site", "assistant_id": support.assistant_id,
+            "allowed_origins": ["http://localhost:3000"]})
+        assert widget.status_code == 201, widget.text
+        visitor = site.visitor(widget.json()["id"])
+        added(site, support.assistant_id, "policy.docx", docx_bytes(REFUNDS.split("\n\n")))
+        reply = site.post(visitor, "Can I return this?").json()["reply"]
+    first = server.requests_to("responses")[0].json
+    assert [t["type"] for t in first["tools"]] == ["function"]
+    assert first["tools"][0]["name"] == "file_search"
+    assert reply["citations"][0]["document"] == "policy.docx"
