@@ -307,6 +307,36 @@ def test_hybrid_ranking_finds_a_passage_by_meaning_when_embeddings_are_served(
         conn.close()
 
 
+def test_a_document_added_after_a_search_is_found_by_meaning_at_the_next(
+    tmp_path: Path, server: OpenAITestServer, root: str
+) -> None:
+    """The nearest-passage search works on a copy of the embeddings: a new document's
+    passages join it before the next search."""
+    settings = chat_settings(tmp_path, root, embedding_model="text-embedding-3-small",
+                             knowledge_results=1, knowledge_chunk_chars=200)
+    meaning = "money back"
+    passage = ("Customers may return any product within 30 days of delivery for a full "
+               "refund.")
+    server.vectors[meaning] = embedding("refund")
+    server.vectors[passage] = embedding("refund")
+    server.script(calls=[search_call(meaning)])
+    with live(settings) as site:
+        assistant_id, visitor = assistant(site)
+        added(site, assistant_id, "shipping.txt", SHIPPING.encode())
+        wait_until(lambda: bool(chunk_rows(settings, "SELECT count(*) FROM knowledge_vectors")
+                                [0][0] >= 1), "the first embeddings")
+        before = site.post(visitor, "Can I get my money back?").json()["reply"]
+        added(site, assistant_id, "policy.txt", passage.encode())
+        wait_until(lambda: bool(chunk_rows(
+            settings, "SELECT count(*) FROM knowledge_vectors v JOIN knowledge_chunks c "
+            "ON c.text_sha256 = v.text_sha256 WHERE c.text LIKE 'Customers%'")[0][0]),
+            "the new document's embeddings")
+        server.script(calls=[search_call(meaning)])
+        after = site.post(visitor, "And my money back?").json()["reply"]
+    assert [c["document"] for c in before["citations"]] == ["shipping.txt"]
+    assert [c["passage"] for c in after["citations"]] == [passage]
+
+
 def test_a_failing_embeddings_endpoint_leaves_full_text_search(
     tmp_path: Path, server: OpenAITestServer, root: str
 ) -> None:

@@ -84,7 +84,7 @@ class Knowledge:
     def __init__(self, store: EventStore, settings: Settings) -> None:
         self.store = store
         self.settings = settings
-        self.vectors = VectorIndex(store.path)
+        self.vectors = VectorIndex(store)
         self.processing: set[str] = set()
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
@@ -150,6 +150,7 @@ class Knowledge:
         events = domain.delete_document(state, document_id)
         await self.store.append(stream, events, expected_version=version, metadata=meta)
         await views.drop_orphans(self.store, found.sha256)
+        self.vectors.changed()
 
     # -- the worker -------------------------------------------------------------------------
 
@@ -275,6 +276,7 @@ class Knowledge:
                 await views.keep_vectors(
                     self.store, model, [(d, v) for (d, _), v in zip(batch, vectors, strict=True)]
                 )
+                self.vectors.changed()
         except (openai.APIError, ValueError) as exc:
             log.warning("knowledge.embedding_failed", document_id=document.document_id,
                         error=repr(exc))
@@ -294,8 +296,7 @@ class Knowledge:
         except (openai.APIError, ValueError) as exc:
             log.warning("knowledge.query_embedding_failed", error=repr(exc))
             return Found(by_text[:limit], "bm25")
-        nearest = await asyncio.to_thread(self.vectors.nearest, assistant_id, model, vector,
-                                          wide)
+        nearest = await self.vectors.nearest(assistant_id, model, vector, wide)
         order = fuse([h.chunk_id for h in by_text], nearest)[:limit]
         found = await views.hits(self.store, order)
         return Found([found[i] for i in order if i in found], "hybrid")

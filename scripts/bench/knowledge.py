@@ -77,12 +77,12 @@ async def search(path: Path, dimensions: int) -> None:
     rng = random.Random(11)
     questions = [" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(QUERIES)]
     async with EventStore(path, default_projections()) as store:
-        index = views.VectorIndex(path)
+        index = views.VectorIndex(store)
         bm25: list[float] = []
         hybrid: list[float] = []
         for question in questions:  # warm both paths once
             await views.search_text(store, ASSISTANT, question, RESULTS * 4)
-            index.nearest(ASSISTANT, "bench", vector(rng, dimensions), RESULTS * 4)
+            await index.nearest(ASSISTANT, "bench", vector(rng, dimensions), RESULTS * 4)
             break
         for question in questions:
             started = time.perf_counter()
@@ -91,8 +91,7 @@ async def search(path: Path, dimensions: int) -> None:
             asked = vector(rng, dimensions)
             started = time.perf_counter()
             by_text = await views.search_text(store, ASSISTANT, question, RESULTS * 4)
-            nearest = await asyncio.to_thread(index.nearest, ASSISTANT, "bench", asked,
-                                              RESULTS * 4)
+            nearest = await index.nearest(ASSISTANT, "bench", asked, RESULTS * 4)
             order = fuse([h.chunk_id for h in by_text], nearest)[:RESULTS]
             await views.hits(store, order)
             hybrid.append((time.perf_counter() - started) * 1000)
