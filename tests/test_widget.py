@@ -41,6 +41,7 @@ try:
         WebSocketRoute,
         sync_playwright,
     )
+    from playwright.sync_api import Route as HeldRequest
 except ImportError:  # pragma: no cover - the test extra installs it
     sync_playwright = None  # type: ignore[assignment]
 
@@ -339,6 +340,28 @@ def test_works_under_the_content_security_policy_of_the_embed_guide(
     send(page, "Under a strict policy?")
     assert "Demo answer." in wait_done(page).inner_text()
     assert violations == []
+
+
+def test_a_message_entered_before_the_session_is_ready_is_sent_once_it_is(
+    loacl: Loacl, page: Page
+) -> None:
+    """Enter pressed while the session still starts (a slow network) is not lost: the text
+    stays in the composer and goes out as soon as the session is ready."""
+    held: list[HeldRequest] = []
+    page.route("**/sessions", lambda route: held.append(route) if not held
+               else route.continue_())
+    widget = loacl.widget()
+    page.goto(loacl.page(widget))
+    launcher(page).click()
+    while not held:
+        page.wait_for_timeout(20)
+    send(page, "Typed early")
+    assert composer(page).input_value() == "Typed early"  # kept while nothing can send it
+    assert bubbles(page, "u").count() == 0
+    held[0].continue_()
+    assert "Typed early" in wait_done(page).inner_text()
+    assert bubbles(page, "u").all_inner_texts() == ["Typed early"]
+    assert composer(page).input_value() == ""
 
 
 def test_starts_from_data_attributes(loacl: Loacl, page: Page) -> None:

@@ -43,6 +43,7 @@ let fatal = null; // a code: the chat cannot work here
 let holding = true; // no session starts until the page's queued calls have been played
 let generation = 0; // counts identity changes: a session started for an earlier one is dropped
 const queued = []; // texts the page sent before the session was ready
+let sendOnReady = false; // the visitor pressed Enter before the session was ready
 let asking = false; // the pre-chat form is shown
 let profile = null; // a name and e-mail address from identify(), sent once the session is ready
 let unread = 0;
@@ -239,6 +240,7 @@ function begin() {
     sync();
     transport.connect();
     for (const text of queued.splice(0)) send(text);
+    if (sendOnReady) send();
     introduce();
   })().catch((error) => {
     if (at !== generation) return;
@@ -268,6 +270,7 @@ function switchTo(userId, userHash) {
   options.userId = userId;
   options.userHash = userHash;
   generation++;
+  sendOnReady = false;
   session = null;
   ready = false;
   asking = false;
@@ -289,8 +292,10 @@ function send(given) {
   if (fatal) return;
   if (!ready) {
     if (given) queued.push(given);
+    else sendOnReady = !!input.value.trim();
     return begin();
   }
+  sendOnReady = false;
   if (uploading()) return setStatus(t("wait_upload"));
   if (conversation.busy) {
     failed("reply_in_progress");
