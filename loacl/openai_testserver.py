@@ -1094,7 +1094,8 @@ class OpenAITestServer:
         # Vector stores by id, and their files by (store id, file id).
         self.vector_stores: dict[str, dict[str, Any]] = {}
         self._store_files: dict[tuple[str, str], dict[str, Any]] = {}
-        # How many reads of a vector store file still say in_progress before it is completed.
+        # How many reads of a vector store file (its creation among them) say in_progress
+        # before it is completed; read at each read, so that a test may end the wait.
         self.processing_reads = 1
         # Vector store files that end failed: (code, message) by the file's name.
         self.file_failures: dict[str, tuple[str, str]] = {}
@@ -1653,18 +1654,19 @@ class OpenAITestServer:
                      "attributes": attributes if isinstance(attributes, dict) else {},
                      "chunking_strategy": {"type": "static", "static": {
                          "max_chunk_size_tokens": 800, "chunk_overlap_tokens": 400}},
-                     "_reads": self.processing_reads,
+                     "_reads": 0,
                      "_filename": stored.meta["filename"], "_size": len(stored.data)}
             self._store_files[(store_id, file_id)] = entry
         return self._advance(entry)
 
     def _advance(self, entry: dict[str, Any]) -> dict[str, Any]:
-        """The file as this read sees it: in_progress for ``processing_reads`` reads, then
-        completed (or failed, when its name is in :attr:`file_failures`)."""
+        """The file as this read sees it: in_progress for ``processing_reads`` reads (as the
+        setting is at each read), then completed (or failed, when its name is in
+        :attr:`file_failures`)."""
         with self._lock:
             if entry["status"] == "in_progress":
-                if entry["_reads"] > 0:
-                    entry["_reads"] -= 1
+                if entry["_reads"] < self.processing_reads:
+                    entry["_reads"] += 1
                 else:
                     failure = self.file_failures.get(entry["_filename"])
                     if failure is not None:

@@ -231,3 +231,32 @@ def test_an_imported_assistant_keeps_its_vector_stores_beside_the_new_one(
     deleted = [r.path for r in server.requests_to("vector_stores") if r.method == "DELETE"]
     assert f"/v1/vector_stores/{own}" in deleted
     assert not any(i in path for i in imported for path in deleted)
+
+
+def test_a_document_still_read_at_a_stop_is_followed_after_the_restart(
+    tmp_path: Path, server: OpenAITestServer, root: str
+) -> None:
+    settings = openai_settings(tmp_path, root)
+    server.processing_reads = 10**9  # OpenAI keeps reading
+    with live(settings) as site:
+        assistant_id, _ = assistant(site)
+        choose(site, assistant_id, "openai")
+        sent = upload(site, assistant_id, "refunds.md", REFUNDS.encode()).json()
+        url = f"/api/v1/assistants/{assistant_id}/knowledge/{sent['id']}"
+        seen: dict[str, Any] = {}
+
+        def reading() -> bool:
+            seen.update(site.http.get(url, headers=site.owner).json())
+            return (seen["openai"] or {}).get("status") == "in_progress"
+
+        wait_until(reading, "OpenAI to be reading the document")
+    assert seen["status"] == "processing" and seen["openai"]["file_id"] in server.file_ids
+    server.processing_reads = 0  # done, while LOACL is stopped
+    with live(settings) as site:
+        site.login()
+        done = settled(site, assistant_id, sent["id"])
+    assert done["status"] == "ready" and done["openai"]["status"] == "completed"
+    events = knowledge_events(settings)
+    assert events.count("knowledge.remote_uploaded") == 1  # not uploaded twice
+    assert events[-1] == "knowledge.remote_completed"
+    audit_ok(settings)
