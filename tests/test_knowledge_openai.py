@@ -12,8 +12,16 @@ import pytest
 
 from loacl.openai_testserver import HttpError, OpenAITestServer
 from loacl.settings import Settings
-from tests.test_chat import PASSWORD, Site, audit_ok, chat_settings, live, log_of, \
-    replay_matches, wait_until
+from tests.test_chat import (
+    PASSWORD,
+    Site,
+    audit_ok,
+    chat_settings,
+    live,
+    log_of,
+    replay_matches,
+    wait_until,
+)
 from tests.test_knowledge import REFUNDS, SHIPPING, added, assistant, settled, upload
 
 

@@ -806,4 +806,5 @@ def test_scripted_search_results_and_no_results_without_include(
     search, message = answer.output
     assert search.type == "file_search_call" and search.results is None
     assert message.type == "message" and message.content[0].type == "output_text"
-    assert [a.file_id for a in message.content[0].annotations] == [uploaded.id]
+    (note,) = message.content[0].annotations
+    assert note.type == "file_citation" and note.file_id == uploaded.id

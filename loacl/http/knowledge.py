@@ -139,7 +139,9 @@ UPLOAD = (
     "`queued`; `GET` the document to follow it through `processing` to `ready` (with its "
     "pages and passages) or `failed` (with the reason). Once an assistant has a ready "
     "document, the model is offered a `file_search` tool over them, and replies carry the "
-    "passages they cite as `citations`."
+    "passages they cite as `citations`. With the knowledge kept at OpenAI (`PUT "
+    ".../knowledge/store`), the document is also sent to the assistant's vector store and stays "
+    "`processing` until OpenAI has read it (its `openai` field)."
 )
 
 endpoints = [
