@@ -179,9 +179,13 @@ class Remote:
                                     lambda: client.vector_stores.files.create(
                                         vector_store_id, file_id=file_id,
                                         attributes={"loacl_document_id": document.document_id}))
-            await self._append(document.assistant_id, [domain.RemoteFileAdded(
-                document_id=document.document_id, vector_store_id=vector_store_id,
-                status=added.status)])
+            if not await self._still_there(document, [domain.RemoteFileAdded(
+                    document_id=document.document_id, vector_store_id=vector_store_id,
+                    status=added.status)]):
+                # Deleted meanwhile: its file goes with the deletion's own job.
+                await self._delete_remote_file(client, document.document_id, file_id,
+                                               vector_store_id, keep_file=True)
+                return
         await self._follow(document, vector_store_id, file_id)
 
     async def _follow(self, document: DocumentView, vector_store_id: str, file_id: str) -> None:
@@ -238,16 +242,17 @@ class Remote:
 
     async def _delete_remote_file(
         self, client: openai.AsyncOpenAI, document_id: str, file_id: str,
-        vector_store_id: str | None,
+        vector_store_id: str | None, *, keep_file: bool = False,
     ) -> None:
-        """Remove the file from the store (when named), then delete it; one already gone is
-        fine."""
+        """Remove the file from the store (when named), then delete it (unless
+        ``keep_file``); one already gone is fine."""
         calls: list[tuple[str, Callable[[], Awaitable[object]]]] = []
         if vector_store_id:
             calls.append(("remove the document from the vector store",
                           lambda: client.vector_stores.files.delete(
                               file_id, vector_store_id=vector_store_id)))
-        calls.append(("delete the document's file", lambda: client.files.delete(file_id)))
+        if not keep_file:
+            calls.append(("delete the document's file", lambda: client.files.delete(file_id)))
         for what, call in calls:
             try:
                 await self._try(what, call)

@@ -124,6 +124,11 @@ def store_chosen(conn: sqlite3.Connection, event: StoreChosen, recorded: Recorde
         conn.execute(
             "UPDATE knowledge_documents SET remote_status = 'pending' WHERE assistant_id = ? "
             "AND status = 'ready' AND remote_status IS NULL", (event.assistant_id,))
+    else:
+        # Searched locally from now on; the ids stay until the files are deleted at OpenAI.
+        conn.execute(
+            "UPDATE knowledge_documents SET remote_status = NULL, remote_error_code = NULL, "
+            "remote_error = NULL WHERE assistant_id = ?", (event.assistant_id,))
 
 
 @projections.on
