@@ -1,5 +1,5 @@
-"""Small documents made in code, for tests and benchmarks (and a quick try of knowledge
-uploads): a valid PDF with the given lines of text, offsets computed, no library needed."""
+"""Small documents made in code, for the tests and benchmarks of knowledge uploads: a valid
+PDF with the given lines of text, offsets computed, no library needed."""
 
 from __future__ import annotations
 
