@@ -535,7 +535,7 @@ def cmd_assistants(args: argparse.Namespace, settings: Settings) -> int:
                   f"{', '.join(result.vector_store_ids)}; upload the documents to LOACL too: "
                   "searched by LOACL (local knowledge, the default), or kept at OpenAI in a "
                   "store LOACL makes and searched with these (PUT "
-                  f"/api/v1/assistants/{result.assistant_id}/knowledge/store "
+                  f"/api/v1/assistants/{result.assistant_id}/knowledge-store "
                   '{"store": "openai"}); LOACL never deletes these stores')
         for dropped in result.dropped:
             print(f"    not carried over: {dropped}")

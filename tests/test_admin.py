@@ -145,7 +145,7 @@ def test_cli_users_assistants_widgets(
     assert ("function tools carried over as http tools, disabled until you set their url: "
             "lookup_price") in out
     assert "vector stores kept for OpenAI's file_search: vs_abc123;" in out
-    assert '/knowledge/store {"store": "openai"}' in out
+    assert '/knowledge-store {"store": "openai"}' in out
     assert main(["--config", config, "assistants", "list"]) == 0
     listing = capsys.readouterr().out
     assert "Support bot" in listing and "Sales helper" in listing

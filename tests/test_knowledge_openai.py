@@ -31,7 +31,7 @@ def openai_settings(tmp_path: Path, root: str, **overrides: Any) -> Settings:
 
 
 def choose(site: Site, assistant_id: str, store: str) -> Any:
-    return site.http.put(f"/api/v1/assistants/{assistant_id}/knowledge/store",
+    return site.http.put(f"/api/v1/assistants/{assistant_id}/knowledge-store",
                          headers=site.owner, json={"store": store})
 
 
@@ -50,7 +50,7 @@ def test_documents_live_in_a_vector_store_and_the_reply_cites_them(
     settings = openai_settings(tmp_path, root)
     with live(settings) as site:
         assistant_id, visitor = assistant(site)
-        assert site.http.get(f"/api/v1/assistants/{assistant_id}/knowledge/store",
+        assert site.http.get(f"/api/v1/assistants/{assistant_id}/knowledge-store",
                              headers=site.owner).json() == {"store": "local",
                                                             "vector_store_id": None}
         chosen = choose(site, assistant_id, "openai")
@@ -91,7 +91,7 @@ def test_documents_live_in_a_vector_store_and_the_reply_cites_them(
         wait_until(lambda: remote["file_id"] not in server.file_ids, "the file to be deleted")
         after = site.http.get(f"/api/v1/assistants/{assistant_id}/knowledge/{refunds['id']}",
                               headers=site.owner).json()
-        store_now = site.http.get(f"/api/v1/assistants/{assistant_id}/knowledge/store",
+        store_now = site.http.get(f"/api/v1/assistants/{assistant_id}/knowledge-store",
                                   headers=site.owner).json()
     request = server.requests_to("responses")[0].json
     assert request["tools"] == [{"type": "file_search", "vector_store_ids": [vector_store_id]}]

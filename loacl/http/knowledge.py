@@ -140,15 +140,15 @@ UPLOAD = (
     "pages and passages) or `failed` (with the reason). Once an assistant has a ready "
     "document, the model is offered a `file_search` tool over them, and replies carry the "
     "passages they cite as `citations`. With the knowledge kept at OpenAI (`PUT "
-    ".../knowledge/store`), the document is also sent to the assistant's vector store and stays "
+    ".../knowledge-store`), the document is also sent to the assistant's vector store and stays "
     "`processing` until OpenAI has read it (its `openai` field)."
 )
 
 endpoints = [
-    Endpoint("get", "/api/v1/assistants/{id}/knowledge/store", get_store,
+    Endpoint("get", "/api/v1/assistants/{id}/knowledge-store", get_store,
              "Where the assistant's knowledge is searched", "knowledge", auth="owner",
              description=STORE, returns="KnowledgeStore"),
-    Endpoint("put", "/api/v1/assistants/{id}/knowledge/store", put_store,
+    Endpoint("put", "/api/v1/assistants/{id}/knowledge-store", put_store,
              "Choose where the assistant's knowledge is searched: local or openai",
              "knowledge", auth="owner", body=StoreBody, description=STORE,
              codes=("knowledge_store_not_supported",), returns="KnowledgeStore"),

@@ -108,7 +108,7 @@ class Assistants:
                     "knowledge_store_not_supported",
                     f"the assistant's knowledge is kept at OpenAI, which the "
                     f"{definition.provider} provider cannot search: choose local knowledge "
-                    "first (PUT /api/v1/assistants/{id}/knowledge/store)",
+                    "first (PUT /api/v1/assistants/{id}/knowledge-store)",
                     errors=[{"field": "provider", "message": "knowledge is kept at OpenAI"}],
                 )
         if check_model and events and (old is None or (old.provider, old.model) != (
