@@ -91,6 +91,8 @@ class Imported:
     error: str | None = None
     # Function tools carried over as http tools without a URL, disabled until one is set.
     waiting_tools: list[str] = field(default_factory=list)
+    # The export's vector stores, kept for OpenAI's file_search (LOACL never deletes them).
+    vector_store_ids: list[str] = field(default_factory=list)
 
 
 _CARRIED = {"id", "object", "created_at", "name", "model", "instructions", "tools",
@@ -213,6 +215,7 @@ async def import_assistants(
                 definition, result.dropped = convert(item)
                 result.name = definition.name
                 result.waiting_tools = needs_url(definition)
+                result.vector_store_ids = list(definition.vector_store_ids)
                 if validate:
                     await check_model(settings, "openai", definition.model)
             except LoaclError as exc:

@@ -530,6 +530,13 @@ def cmd_assistants(args: argparse.Namespace, settings: Settings) -> int:
         if result.waiting_tools:
             print(f"    function tools carried over as http tools, disabled until you set "
                   f"their url: {', '.join(result.waiting_tools)}")
+        if result.vector_store_ids:
+            print(f"    vector stores kept for OpenAI's file_search: "
+                  f"{', '.join(result.vector_store_ids)}; upload the documents to LOACL too: "
+                  "searched by LOACL (local knowledge, the default), or kept at OpenAI in a "
+                  "store LOACL makes and searched with these (PUT "
+                  f"/api/v1/assistants/{result.assistant_id}/knowledge-store "
+                  '{"store": "openai"}); LOACL never deletes these stores')
         for dropped in result.dropped:
             print(f"    not carried over: {dropped}")
     print(f"{len(results) - failed} imported, {failed} skipped")

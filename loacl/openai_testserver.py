@@ -7,8 +7,19 @@ without a key::
     # then point LOACL (or any OpenAI client) at http://127.0.0.1:8089/v1 with any API key
 
 It implements ``POST /v1/responses`` (JSON and SSE), ``POST /v1/chat/completions`` (JSON and SSE),
-``GET /v1/models[/{id}]``, ``POST /v1/files`` and ``GET /v1/files/{id}[/content]``, and
-``POST /v1/embeddings``, with the wire shapes of ``shared/research/openai-wire.md`` section 2.
+``GET /v1/models[/{id}]``, ``POST``/``GET /v1/files``, ``GET``/``DELETE /v1/files/{id}``,
+``GET /v1/files/{id}/content``, ``POST /v1/embeddings``, and vector stores: ``POST
+/v1/vector_stores``, ``GET``/``DELETE /v1/vector_stores/{id}``, ``POST``/``GET
+/v1/vector_stores/{id}/files`` and ``GET``/``DELETE /v1/vector_stores/{id}/files/{file_id}``,
+with the wire shapes of ``shared/research/openai-wire.md`` section 2 and the SDK's types.
+
+A vector store file is ``in_progress`` for :attr:`OpenAITestServer.processing_reads` reads, then
+``completed``, or ``failed`` with a ``last_error`` when its name is in
+:attr:`OpenAITestServer.file_failures`. A Responses request that offers ``file_search`` over
+stores with files gets a ``file_search_call`` item first (the turn's scripted ``file_search``
+results, or the stored paragraphs that share words with the question; with ``include:
+["file_search_call.results"]`` the item carries them), and the answer's text a
+``file_citation`` annotation per file found.
 
 Embeddings are deterministic: each word of the input lands in one of :data:`EMBEDDING_DIMENSIONS`
 buckets by its hash, normalised, so texts sharing words are near; a test may pin the vector of an
@@ -53,7 +64,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-Endpoint: TypeAlias = Literal["responses", "chat", "models", "files", "embeddings"]
+Endpoint: TypeAlias = Literal[
+    "responses", "chat", "models", "files", "embeddings", "vector_stores"]
 
 # A turn scripted without an endpoint is meant for a text reply, so a model check or an upload
 # made in between must not swallow it.
@@ -143,15 +155,28 @@ class FunctionCall(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     call_id: str | None = None
 
 
+class SearchResult(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A passage OpenAI's file_search finds: in the file ``file_id``, or the stored file named
+    ``filename``."""
+
+    text: str
+    file_id: str | None = None
+    filename: str | None = None
+    score: float = 0.9
+
+
 class Turn(msgspec.Struct, frozen=True, kw_only=True):
     """What the server does for one request. ``reply_text=None`` means the default reply (or,
-    with ``calls``, no text before them)."""
+    with ``calls``, no text before them). ``file_search``: the results of the file_search
+    call that comes first when the request offers that tool (None: the stores' files are
+    searched by shared words)."""
 
     reply_text: str | None = None
     fault: Fault | None = None
     endpoint: Endpoint | None = None
     token_delay: float | None = None
     calls: tuple[FunctionCall, ...] = ()
+    file_search: tuple[SearchResult, ...] | None = None
 
 
 class ScriptRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -162,6 +187,7 @@ class ScriptRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     endpoint: Endpoint | None = None
     token_delay: float | None = None
     calls: tuple[FunctionCall, ...] = ()
+    file_search: tuple[SearchResult, ...] | None = None
 
 
 class _ConfigRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -663,17 +689,38 @@ class _ResponsesWire:
         self._seq = 0
         self.plan: _Plan | None = None
         self.text_open = True
+        # OpenAI's file_search, when the request offered it and it found something: the
+        # file_search_call item (output 0) and the message's file_citation annotations.
+        self.search: dict[str, Any] | None = None
+        self.annotations: list[dict[str, Any]] = []
+
+    def searched(self, queries: list[str], results: list[dict[str, Any]]) -> None:
+        included = "file_search_call.results" in (self.body.get("include") or [])
+        self.search = {"id": _new_id("fs_", 24), "type": "file_search_call",
+                       "status": "completed", "queries": queries,
+                       "results": results if included else None}
+        cited: dict[str, str] = {}
+        for found in results:
+            cited.setdefault(found["file_id"], found["filename"])
+        self.annotations = [{"type": "file_citation", "file_id": f, "filename": n, "index": 0}
+                            for f, n in cited.items()]
+
+    @property
+    def _first(self) -> int:
+        """The message's output index: after the file_search call, when there is one."""
+        return 1 if self.search is not None else 0
 
     def _frame(self, payload: dict[str, Any]) -> bytes:
         payload["sequence_number"] = self._seq
         self._seq += 1
         return _sse(payload, payload["type"])
 
-    def _part(self, text: str) -> dict[str, Any]:
-        return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    def _part(self, text: str, final: bool = False) -> dict[str, Any]:
+        notes = [{**a, "index": len(text)} for a in self.annotations] if final else []
+        return {"type": "output_text", "text": text, "annotations": notes, "logprobs": []}
 
     def _item(self, text: str | None, status: str) -> dict[str, Any]:
-        content = [] if text is None else [self._part(text)]
+        content = [] if text is None else [self._part(text, final=status != "in_progress")]
         return {
             "id": self.item_id,
             "type": "message",
@@ -737,7 +784,8 @@ class _ResponsesWire:
     def _output(self, text: str, status: str) -> list[dict[str, Any]]:
         calls = self.plan.calls if self.plan is not None else []
         message = [self._item(text, status)] if text or not calls else []
-        return message + [self._call_item(c, "completed", c.arguments) for c in calls]
+        search = [self.search] if self.search is not None else []
+        return search + message + [self._call_item(c, "completed", c.arguments) for c in calls]
 
     def final(self, fault: Fault | None, text: str) -> dict[str, Any]:
         """The non-streaming body for a reply that ended as ``fault`` says."""
@@ -758,6 +806,8 @@ class _ResponsesWire:
             self._frame({"type": "response.created", "response": started}),
             self._frame({"type": "response.in_progress", "response": started}),
         ]
+        if self.search is not None:
+            frames += self._search_frames()
         if plan is not None and plan.calls and not plan.pieces:
             self.text_open = False  # calls only: no message item
             return frames
@@ -767,7 +817,7 @@ class _ResponsesWire:
             self._frame(
                 {
                     "type": "response.output_item.added",
-                    "output_index": 0,
+                    "output_index": self._first,
                     "item": self._item(None, "in_progress"),
                 }
             ),
@@ -788,7 +838,7 @@ class _ResponsesWire:
             self.text_open = False
             return self._close_item(self.plan.text, "completed")
         call = self.plan.calls[action[1]]
-        index = action[1] + (1 if self.plan.pieces else 0)
+        index = action[1] + (1 if self.plan.pieces else 0) + self._first
         where = {"item_id": call.item_id, "output_index": index}
         if kind == "open":
             return [self._frame({"type": "response.output_item.added", "output_index": index,
@@ -803,8 +853,21 @@ class _ResponsesWire:
                          "item": self._call_item(call, "completed", call.arguments)}),
         ]
 
+    def _search_frames(self) -> list[bytes]:
+        assert self.search is not None
+        item = self.search
+        where = {"output_index": 0, "item_id": item["id"]}
+        return [
+            self._frame({"type": "response.output_item.added", "output_index": 0,
+                         "item": {**item, "status": "in_progress", "results": None}}),
+            self._frame({"type": "response.file_search_call.in_progress", **where}),
+            self._frame({"type": "response.file_search_call.searching", **where}),
+            self._frame({"type": "response.file_search_call.completed", **where}),
+            self._frame({"type": "response.output_item.done", "output_index": 0, "item": item}),
+        ]
+
     def _where(self) -> dict[str, Any]:
-        return {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        return {"item_id": self.item_id, "output_index": self._first, "content_index": 0}
 
     def delta(self, piece: str) -> bytes:
         return self._frame(
@@ -812,17 +875,24 @@ class _ResponsesWire:
         )
 
     def _close_item(self, text: str, status: str) -> list[bytes]:
+        notes = [
+            self._frame({"type": "response.output_text.annotation.added", **self._where(),
+                         "annotation_index": i, "annotation": annotation})
+            for i, annotation in enumerate(self._part(text, final=True)["annotations"])
+        ]
         return [
+            *notes,
             self._frame(
                 {"type": "response.output_text.done", **self._where(), "text": text, "logprobs": []}
             ),
             self._frame(
-                {"type": "response.content_part.done", **self._where(), "part": self._part(text)}
+                {"type": "response.content_part.done", **self._where(),
+                 "part": self._part(text, final=True)}
             ),
             self._frame(
                 {
                     "type": "response.output_item.done",
-                    "output_index": 0,
+                    "output_index": self._first,
                     "item": self._item(text, status),
                 }
             ),
@@ -1021,6 +1091,14 @@ class OpenAITestServer:
         self._turns: list[Turn] = []
         self._requests: list[RecordedRequest] = []
         self._files: dict[str, _StoredFile] = {}
+        # Vector stores by id, and their files by (store id, file id).
+        self.vector_stores: dict[str, dict[str, Any]] = {}
+        self._store_files: dict[tuple[str, str], dict[str, Any]] = {}
+        # How many reads of a vector store file (its creation among them) say in_progress
+        # before it is completed; read at each read, so that a test may end the wait.
+        self.processing_reads = 1
+        # Vector store files that end failed: (code, message) by the file's name.
+        self.file_failures: dict[str, tuple[str, str]] = {}
         # Vectors pinned for exact input texts (see :func:`embedding` for the rest).
         self.vectors: dict[str, list[float]] = {}
         _install_cut_filter()
@@ -1036,6 +1114,7 @@ class OpenAITestServer:
         endpoint: Endpoint | None = None,
         token_delay: float | None = None,
         calls: Sequence[FunctionCall] = (),
+        file_search: Sequence[SearchResult] | None = None,
     ) -> None:
         """Queue one turn per fault, or one clean turn when there are no faults.
 
@@ -1050,7 +1129,8 @@ class OpenAITestServer:
         chosen: Sequence[Fault | None] = faults or [None]
         turns = [
             Turn(reply_text=reply_text, fault=fault, endpoint=endpoint, token_delay=token_delay,
-                 calls=tuple(calls))
+                 calls=tuple(calls),
+                 file_search=None if file_search is None else tuple(file_search))
             for fault in chosen
         ]
         self.enqueue(*turns)
@@ -1078,6 +1158,17 @@ class OpenAITestServer:
         with self._lock:
             return self._files[file_id].data
 
+    @property
+    def file_ids(self) -> set[str]:
+        """The files stored now (deleted ones are gone)."""
+        with self._lock:
+            return set(self._files)
+
+    def store_files(self, vector_store_id: str) -> list[dict[str, Any]]:
+        """The vector store's files as ``GET /v1/vector_stores/{id}/files`` lists them."""
+        with self._lock:
+            return [dict(f) for (v, _), f in self._store_files.items() if v == vector_store_id]
+
     def reset(self) -> None:
         """Forget scripted turns and recorded requests (uploaded files stay)."""
         with self._lock:
@@ -1093,8 +1184,20 @@ class OpenAITestServer:
             Route("/v1/models", self._list_models, methods=["GET"]),
             Route("/v1/models/{model_id:path}", self._get_model, methods=["GET"]),
             Route("/v1/files", self._upload, methods=["POST"]),
+            Route("/v1/files", self._list_files, methods=["GET"]),
             Route("/v1/embeddings", self._embeddings, methods=["POST"]),
             Route("/v1/files/{file_id}", self._get_file, methods=["GET"]),
+            Route("/v1/files/{file_id}", self._delete_file, methods=["DELETE"]),
+            Route("/v1/vector_stores", self._create_store, methods=["POST"]),
+            Route("/v1/vector_stores/{store_id}", self._get_store, methods=["GET"]),
+            Route("/v1/vector_stores/{store_id}", self._delete_store, methods=["DELETE"]),
+            Route("/v1/vector_stores/{store_id}/files", self._add_store_file, methods=["POST"]),
+            Route("/v1/vector_stores/{store_id}/files", self._list_store_files,
+                  methods=["GET"]),
+            Route("/v1/vector_stores/{store_id}/files/{file_id}", self._get_store_file,
+                  methods=["GET"]),
+            Route("/v1/vector_stores/{store_id}/files/{file_id}", self._delete_store_file,
+                  methods=["DELETE"]),
             Route("/v1/files/{file_id}/content", self._get_file_content, methods=["GET"]),
             Route("/_admin/script", self._admin_script, methods=["POST"]),
             Route("/_admin/requests", self._admin_requests, methods=["GET"]),
@@ -1259,8 +1362,47 @@ class OpenAITestServer:
             user_text = "\n".join(_part_texts(last, frozenset({"input_text"})))
             text = default_reply(user_text, self._file_names(_file_ids(last)),
                                  str(body.get("instructions") or ""))
+        stores = [i for t in body.get("tools") or [] if isinstance(t, dict)
+                  and t.get("type") == "file_search" for i in t.get("vector_store_ids") or []]
+        if stores and not outputs:
+            query = "\n".join(_part_texts(last, frozenset({"input_text"})))
+            found = self._file_search(stores, query, turn.file_search)
+            if found:
+                wire.searched([query], found)
         plan = self._plan(turn, text, body.get("max_output_tokens"))
         return await self._answer(request, body, plan, wire)
+
+    def _file_search(
+        self, stores: list[str], query: str, scripted: tuple[SearchResult, ...] | None
+    ) -> list[dict[str, Any]]:
+        """file_search over the stores' completed files: the scripted results, or the
+        paragraphs sharing the most words with the query."""
+        with self._lock:
+            ready = {f: self._files[f] for (v, f), entry in self._store_files.items()
+                     if v in stores and entry["status"] == "completed" and f in self._files}
+            names = {stored.meta["filename"]: f for f, stored in self._files.items()}
+        results: list[dict[str, Any]] = []
+        if scripted is not None:
+            for hit in scripted:
+                file_id = hit.file_id or names.get(hit.filename or "", "")
+                stored = self._files.get(file_id)
+                filename = stored.meta["filename"] if stored else (hit.filename or file_id)
+                results.append({"file_id": file_id, "filename": filename, "score": hit.score,
+                                "text": hit.text, "attributes": {}})
+            return results
+        words = set(_EMBED_WORD.findall(query.lower()))
+        scored = []
+        for file_id, stored in ready.items():
+            text = stored.data.decode("utf-8", "ignore")
+            for paragraph in (p.strip() for p in text.split("\n\n")):
+                shared = len(words & set(_EMBED_WORD.findall(paragraph.lower())))
+                if paragraph and shared:
+                    scored.append((-shared, file_id, paragraph))
+        for shared, file_id, paragraph in sorted(scored)[:3]:
+            results.append({"file_id": file_id, "filename": ready[file_id].meta["filename"],
+                            "score": min(1.0, -shared / max(len(words), 1)), "text": paragraph,
+                            "attributes": {}})
+        return results
 
     async def _chat(self, request: Request) -> Response:
         body = await self._json_body(request, "chat")
@@ -1424,6 +1566,158 @@ class OpenAITestServer:
         await self._start_turn(request, "files")
         return Response(self._stored_file(request).data, media_type="application/octet-stream")
 
+    async def _list_files(self, request: Request) -> Response:
+        self._record(request, "files")
+        self._check_auth(request)
+        await self._start_turn(request, "files")
+        with self._lock:
+            data = [stored.meta for stored in self._files.values()]
+        return JSONResponse({"object": "list", "data": data, "has_more": False,
+                             "first_id": data[0]["id"] if data else None,
+                             "last_id": data[-1]["id"] if data else None})
+
+    async def _delete_file(self, request: Request) -> Response:
+        self._record(request, "files")
+        self._check_auth(request)
+        await self._start_turn(request, "files")
+        file_id = self._stored_file(request).meta["id"]
+        with self._lock:
+            self._files.pop(file_id, None)
+        return JSONResponse({"id": file_id, "object": "file", "deleted": True})
+
+    # ---- vector stores
+
+    async def _store_call(self, request: Request) -> dict[str, Any] | None:
+        """Record the request, check its key, apply the turn's faults; its JSON body."""
+        if request.method == "POST":
+            body = await self._json_body(request, "vector_stores")
+        else:
+            self._record(request, "vector_stores")
+            self._check_auth(request)
+            body = None
+        await self._start_turn(request, "vector_stores")
+        return body
+
+    def _store(self, store_id: str) -> dict[str, Any]:
+        with self._lock:
+            found = self.vector_stores.get(store_id)
+            if found is None:
+                raise _ApiError(404, f"No vector store found with id '{store_id}'.",
+                                param="vector_store_id")
+            files = [f for (v, _), f in self._store_files.items() if v == store_id]
+            counts = {k: sum(1 for f in files if f["status"] == k)
+                      for k in ("in_progress", "completed", "failed", "cancelled")}
+            busy = counts["in_progress"] > 0
+            return {**found, "file_counts": {**counts, "total": len(files)},
+                    "status": "in_progress" if busy else "completed",
+                    "usage_bytes": sum(f["usage_bytes"] for f in files)}
+
+    async def _create_store(self, request: Request) -> Response:
+        body = await self._store_call(request) or {}
+        name = body.get("name")
+        if name is not None and not isinstance(name, str):
+            raise _invalid("name", "Invalid type for 'name': expected a string.", "invalid_type")
+        now = int(time.time())
+        store: dict[str, Any] = {"id": _new_id("vs_", 12), "object": "vector_store",
+                                 "created_at": now,
+                 "name": name or "", "last_active_at": now, "metadata": body.get("metadata") or {},
+                 "expires_after": None, "expires_at": None}
+        with self._lock:
+            self.vector_stores[store["id"]] = store
+        for file_id in body.get("file_ids") or []:
+            self._attach(store["id"], file_id, {})
+        return JSONResponse(self._store(store["id"]))
+
+    async def _get_store(self, request: Request) -> Response:
+        await self._store_call(request)
+        return JSONResponse(self._store(request.path_params["store_id"]))
+
+    async def _delete_store(self, request: Request) -> Response:
+        await self._store_call(request)
+        store_id = request.path_params["store_id"]
+        self._store(store_id)
+        with self._lock:
+            self.vector_stores.pop(store_id, None)
+            for key in [k for k in self._store_files if k[0] == store_id]:
+                del self._store_files[key]
+        return JSONResponse({"id": store_id, "object": "vector_store.deleted", "deleted": True})
+
+    def _attach(self, store_id: str, file_id: str, attributes: Any) -> dict[str, Any]:
+        self._store(store_id)
+        with self._lock:
+            stored = self._files.get(file_id)
+            if stored is None:
+                raise _ApiError(404, f"No file found with id '{file_id}'.", param="file_id")
+            entry = {"id": file_id, "object": "vector_store.file", "usage_bytes": 0,
+                     "created_at": int(time.time()), "vector_store_id": store_id,
+                     "status": "in_progress", "last_error": None,
+                     "attributes": attributes if isinstance(attributes, dict) else {},
+                     "chunking_strategy": {"type": "static", "static": {
+                         "max_chunk_size_tokens": 800, "chunk_overlap_tokens": 400}},
+                     "_reads": 0,
+                     "_filename": stored.meta["filename"], "_size": len(stored.data)}
+            self._store_files[(store_id, file_id)] = entry
+        return self._advance(entry)
+
+    def _advance(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """The file as this read sees it: in_progress for ``processing_reads`` reads (as the
+        setting is at each read), then completed (or failed, when its name is in
+        :attr:`file_failures`)."""
+        with self._lock:
+            if entry["status"] == "in_progress":
+                if entry["_reads"] < self.processing_reads:
+                    entry["_reads"] += 1
+                else:
+                    failure = self.file_failures.get(entry["_filename"])
+                    if failure is not None:
+                        entry["status"] = "failed"
+                        entry["last_error"] = {"code": failure[0], "message": failure[1]}
+                    else:
+                        entry["status"] = "completed"
+                        entry["usage_bytes"] = entry["_size"]
+            return {k: v for k, v in entry.items() if not k.startswith("_")}
+
+    def _store_file(self, request: Request) -> dict[str, Any]:
+        store_id, file_id = request.path_params["store_id"], request.path_params["file_id"]
+        self._store(store_id)
+        with self._lock:
+            entry = self._store_files.get((store_id, file_id))
+        if entry is None:
+            raise _ApiError(404, f"No file found with id '{file_id}' in vector store "
+                            f"'{store_id}'.", param="file_id")
+        return entry
+
+    async def _add_store_file(self, request: Request) -> Response:
+        body = await self._store_call(request) or {}
+        file_id = body.get("file_id")
+        if not isinstance(file_id, str) or not file_id:
+            raise _missing("file_id")
+        return JSONResponse(self._attach(request.path_params["store_id"], file_id,
+                                         body.get("attributes")))
+
+    async def _list_store_files(self, request: Request) -> Response:
+        await self._store_call(request)
+        store_id = request.path_params["store_id"]
+        self._store(store_id)
+        with self._lock:
+            entries = [f for (v, _), f in self._store_files.items() if v == store_id]
+        data = [self._advance(e) for e in entries]
+        return JSONResponse({"object": "list", "data": data, "has_more": False,
+                             "first_id": data[0]["id"] if data else None,
+                             "last_id": data[-1]["id"] if data else None})
+
+    async def _get_store_file(self, request: Request) -> Response:
+        await self._store_call(request)
+        return JSONResponse(self._advance(self._store_file(request)))
+
+    async def _delete_store_file(self, request: Request) -> Response:
+        await self._store_call(request)
+        entry = self._store_file(request)
+        with self._lock:
+            self._store_files.pop((entry["vector_store_id"], entry["id"]), None)
+        return JSONResponse({"id": entry["id"], "object": "vector_store.file.deleted",
+                             "deleted": True})
+
     async def _embeddings(self, request: Request) -> Response:
         body = await self._json_body(request, "embeddings")
         await self._start_turn(request, "embeddings")
@@ -1464,6 +1758,7 @@ class OpenAITestServer:
             endpoint=script.endpoint,
             token_delay=script.token_delay,
             calls=script.calls,
+            file_search=script.file_search,
         )
         return JSONResponse({"queued": len(self.pending) - before})
 

@@ -320,6 +320,23 @@ class Settings(BaseModel):
     knowledge_results: int = Field(
         5, ge=1, le=50, description="Passages the `file_search` tool gives the model per search."
     )
+    knowledge_remote_attempts: int = Field(
+        4, ge=1, le=20, description="Knowledge kept at OpenAI: tries of each upload, vector "
+        "store change or deletion while OpenAI fails (a 5xx, a timeout, a 429) before the "
+        "document is marked failed with the reason."
+    )
+    knowledge_remote_retry_seconds: float = Field(
+        5.0, ge=0, le=600, description="Knowledge kept at OpenAI: the pause before the first "
+        "retry, doubled at each next one."
+    )
+    knowledge_remote_poll_seconds: float = Field(
+        2.0, ge=0.01, le=60, description="Knowledge kept at OpenAI: how often a document OpenAI "
+        "is still reading is asked about."
+    )
+    knowledge_remote_timeout_seconds: float = Field(
+        900.0, ge=1, le=86_400, description="Knowledge kept at OpenAI: a document still being "
+        "read after this long is marked failed."
+    )
     embedding_model: str | None = Field(
         None, description="The provider's embedding model (`/v1/embeddings`, such as "
         "`text-embedding-3-small`): with one, knowledge passages are also ranked by meaning "

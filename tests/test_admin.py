@@ -60,6 +60,7 @@ async def test_import_openai_export(migrated: Settings) -> None:
     # Its function tool is carried over, waiting for the owner to say where calls go.
     assert not any("lookup_price" in d for d in sales.dropped)
     assert sales.waiting_tools == ["lookup_price"]
+    assert support.vector_store_ids == ["vs_abc123"] and sales.vector_store_ids == []
     assert any("code interpreter files" in d for d in sales.dropped)
     broken = by_source["asst_broken03"]
     assert broken.assistant_id is None and broken.error == "it has no model"
@@ -143,6 +144,8 @@ def test_cli_users_assistants_widgets(
     assert "2 imported, 1 skipped" in out
     assert ("function tools carried over as http tools, disabled until you set their url: "
             "lookup_price") in out
+    assert "vector stores kept for OpenAI's file_search: vs_abc123;" in out
+    assert '/knowledge-store {"store": "openai"}' in out
     assert main(["--config", config, "assistants", "list"]) == 0
     listing = capsys.readouterr().out
     assert "Support bot" in listing and "Sales helper" in listing

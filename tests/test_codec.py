@@ -70,6 +70,14 @@ from loacl.domain.knowledge import (
     DocumentIndexed,
     DocumentUploaded,
     Passage,
+    RemoteFileAdded,
+    RemoteFileCompleted,
+    RemoteFileDeleted,
+    RemoteFileFailed,
+    RemoteFileUploaded,
+    StoreChosen,
+    VectorStoreCreated,
+    VectorStoreDeleted,
 )
 from loacl.domain.privacy import SubjectErased
 from loacl.domain.webhooks import (
@@ -247,6 +255,16 @@ SAMPLES: dict[str, Event] = {
         DocumentFailed(document_id="doc_7K", code="unreadable_document",
                        reason="the PDF cannot be read: EOF marker not found"),
         DocumentDeleted(document_id="doc_7K"),
+        StoreChosen(assistant_id="ast_9K", store="openai"),
+        VectorStoreCreated(assistant_id="ast_9K", vector_store_id="vs_68f1Ab",
+                           name="LOACL: Boutique «Été»"),
+        VectorStoreDeleted(assistant_id="ast_9K", vector_store_id="vs_68f1Ab"),
+        RemoteFileUploaded(document_id="doc_7K", file_id="file-9QbD2x"),
+        RemoteFileAdded(document_id="doc_7K", vector_store_id="vs_68f1Ab", status="in_progress"),
+        RemoteFileCompleted(document_id="doc_7K"),
+        RemoteFileFailed(document_id="doc_7K", code="unsupported_file",
+                         reason="The file type is not supported."),
+        RemoteFileDeleted(document_id="doc_7K", file_id="file-9QbD2x"),
         ReplyCited(message_id="msg_2R", citations=(
             Citation(number=1, document_id="doc_7K", document="Preise «2026».pdf", page=2,
                      passage="Versand ab Leeds."),)),

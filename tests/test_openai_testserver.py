@@ -29,6 +29,7 @@ from loacl.openai_testserver import (
     FunctionCall,
     HttpError,
     OpenAITestServer,
+    SearchResult,
     Stall,
     default_reply,
     parse_args,
@@ -686,3 +687,124 @@ def test_calls_can_be_scripted_over_http(client: OpenAI, root: str) -> None:
     answer = client.responses.create(model=MODEL, input="hi")
     assert [(o.type, getattr(o, "call_id", None)) for o in answer.output] == [
         ("function_call", "call_h")]
+
+
+# ---- vector stores and file_search
+
+POLICY = (b"Refund policy\n\nCustomers may return any product within 30 days of delivery.\n\n"
+          b"Shipping\n\nParcels leave Leeds every weekday.")
+
+
+def test_files_are_listed_and_deleted(client: OpenAI, server: OpenAITestServer) -> None:
+    created = client.files.create(file=("a.txt", b"alpha", "text/plain"), purpose="assistants")
+    assert [f.id for f in client.files.list()] == [created.id]
+    deleted = client.files.delete(created.id)
+    assert deleted.deleted and deleted.id == created.id
+    assert created.id not in server.file_ids
+    with pytest.raises(openai.NotFoundError):
+        client.files.delete(created.id)
+
+
+def test_a_vector_store_file_moves_from_in_progress_to_completed(
+    client: OpenAI, server: OpenAITestServer
+) -> None:
+    server.processing_reads = 2
+    store = client.vector_stores.create(name="Shop", metadata={"k": "v"})
+    assert store.id.startswith("vs_") and store.name == "Shop"
+    assert store.file_counts.total == 0 and store.metadata == {"k": "v"}
+    uploaded = client.files.create(file=("policy.txt", POLICY, "text/plain"),
+                                   purpose="assistants")
+    added = client.vector_stores.files.create(store.id, file_id=uploaded.id,
+                                              attributes={"doc": "d1"})
+    assert added.status == "in_progress" and added.vector_store_id == store.id
+    assert added.attributes == {"doc": "d1"} and added.last_error is None
+    seen = [client.vector_stores.files.retrieve(uploaded.id, vector_store_id=store.id).status
+            for _ in range(3)]
+    assert seen == ["in_progress", "completed", "completed"]
+    assert client.vector_stores.retrieve(store.id).file_counts.completed == 1
+    listed = client.vector_stores.files.list(store.id)
+    assert [f.id for f in listed] == [uploaded.id]
+    gone = client.vector_stores.files.delete(uploaded.id, vector_store_id=store.id)
+    assert gone.deleted
+    assert server.store_files(store.id) == []
+    assert uploaded.id in server.file_ids  # the file itself stays until deleted
+    assert client.vector_stores.delete(store.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.vector_stores.retrieve(store.id)
+    assert {r.endpoint for r in server.requests} >= {"files", "vector_stores"}
+
+
+def test_a_scripted_failure_ends_the_file_failed_with_its_reason(
+    client: OpenAI, server: OpenAITestServer
+) -> None:
+    server.processing_reads = 0
+    server.file_failures["scan.pdf"] = ("unsupported_file", "The file has no text.")
+    store = client.vector_stores.create(name="Shop")
+    uploaded = client.files.create(file=("scan.pdf", b"%PDF-1.4", "application/pdf"),
+                                   purpose="assistants")
+    added = client.vector_stores.files.create(store.id, file_id=uploaded.id)
+    assert added.status == "failed"
+    assert added.last_error is not None and added.last_error.code == "unsupported_file"
+    assert added.last_error.message == "The file has no text."
+    with pytest.raises(openai.NotFoundError):
+        client.vector_stores.files.create(store.id, file_id="file-missing")
+
+
+def test_vector_store_calls_take_scripted_http_faults(
+    client: OpenAI, server: OpenAITestServer
+) -> None:
+    server.script(faults=[HttpError(status=503)], endpoint="vector_stores")
+    with pytest.raises(openai.InternalServerError):
+        client.vector_stores.create(name="Shop")
+    assert client.vector_stores.create(name="Shop").name == "Shop"
+
+
+async def test_file_search_streams_a_call_then_a_cited_answer(
+    aclient: AsyncOpenAI, server: OpenAITestServer
+) -> None:
+    server.processing_reads = 0  # read at once
+    store = await aclient.vector_stores.create(name="Shop")
+    uploaded = await aclient.files.create(file=("policy.txt", POLICY, "text/plain"),
+                                          purpose="assistants")
+    await aclient.vector_stores.files.create(store.id, file_id=uploaded.id)
+    server.script("You have 30 days.")
+    tools: Any = [{"type": "file_search", "vector_store_ids": [store.id]}]
+    async with aclient.responses.stream(
+        model=MODEL, input="How many days to return a product?", tools=tools,
+        include=["file_search_call.results"],
+    ) as stream:
+        kinds = [event.type async for event in stream]
+        final = await stream.get_final_response()
+    assert kinds.index("response.file_search_call.completed") \
+        < kinds.index("response.output_text.delta")
+    assert "response.output_text.annotation.added" in kinds
+    search, message = final.output
+    assert search.type == "file_search_call" and search.status == "completed"
+    assert search.results is not None
+    assert search.results[0].file_id == uploaded.id
+    assert "within 30 days" in (search.results[0].text or "")
+    assert message.type == "message"
+    part = message.content[0]
+    assert part.type == "output_text" and part.text == "You have 30 days."
+    (note,) = part.annotations
+    assert note.type == "file_citation" and note.file_id == uploaded.id
+    assert note.filename == "policy.txt"
+
+
+def test_scripted_search_results_and_no_results_without_include(
+    client: OpenAI, server: OpenAITestServer
+) -> None:
+    store = client.vector_stores.create(name="Shop")
+    uploaded = client.files.create(file=("policy.txt", POLICY, "text/plain"),
+                                   purpose="assistants")
+    client.vector_stores.files.create(store.id, file_id=uploaded.id)
+    client.vector_stores.files.retrieve(uploaded.id, vector_store_id=store.id)  # completed
+    server.script("Leeds.", file_search=[SearchResult(filename="policy.txt", text="Leeds!")])
+    answer = client.responses.create(
+        model=MODEL, input="Where from?",
+        tools=[{"type": "file_search", "vector_store_ids": [store.id]}])
+    search, message = answer.output
+    assert search.type == "file_search_call" and search.results is None
+    assert message.type == "message" and message.content[0].type == "output_text"
+    (note,) = message.content[0].annotations
+    assert note.type == "file_citation" and note.file_id == uploaded.id

@@ -268,6 +268,7 @@ def create_app(
     app.state.widgets = Widgets(store, tokens, server_key, limits)
     app.state.demo = demo = Demo(store, settings, app.state.assistants, app.state.widgets)
     app.state.knowledge = knowledge = Knowledge(store, settings)
+    app.state.assistants.deleted = knowledge.settle
     app.state.chat = chat_service = Chat(
         store, settings, limits=limits, budgets=budgets, server_key=server_key,
         observer=metrics if metrics is not None else NO_OBSERVER, knowledge=knowledge,

@@ -39,7 +39,7 @@ And by status::
     422 validation_error, unknown_model, provider_not_configured, unknown_assistant,
         unknown_file, unknown_member, empty_file, unsupported_file_for_provider, tool_not_supported,
         invalid_export, invalid_migration_target, not_resettable, invalid_timestamp,
-        replica_not_configured, url_not_allowed
+        replica_not_configured, url_not_allowed, knowledge_store_not_supported
     426 upgrade_required
     428 precondition_required
     429 rate_limited, budget_exhausted, provider_rate_limited
@@ -171,6 +171,8 @@ ERRORS: dict[str, ErrorCode] = {
                                                     "that kind of file"),
     "tool_not_supported": ErrorCode(422, "the assistant's provider cannot run that built-in "
                                          "tool (web_search runs with the openai provider only)"),
+    "knowledge_store_not_supported": ErrorCode(422, "knowledge kept in OpenAI vector stores "
+                                                    "needs the openai provider"),
     "invalid_export": ErrorCode(422, "CLI: the import file is not an assistant export"),
     "invalid_migration_target": ErrorCode(422, "CLI: --to must be 0 or more"),
     "not_resettable": ErrorCode(

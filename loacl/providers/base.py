@@ -69,6 +69,19 @@ class ReplyResult:
     stop_reason: str | None = None
     # The functions the model called in this request (its answer then continues after them).
     calls: list[ToolCall] = field(default_factory=list)
+    # OpenAI's file_search: the files the answer cites (its ``file_citation`` annotations),
+    # in order, across the reply's requests.
+    file_citations: list[FileCitation] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FileCitation:
+    """A file the answer cites: its OpenAI id and name, and the passage OpenAI's search gave
+    for it (empty when the search results were not included)."""
+
+    file_id: str
+    filename: str
+    passage: str = ""
 
 
 class ProviderError(LoaclError):

@@ -14,6 +14,7 @@ import openai
 
 from loacl.providers.base import (
     Attachment,
+    FileCitation,
     ProviderError,
     ReplyRequest,
     ReplyResult,
@@ -47,11 +48,30 @@ class _Response(msgspec.Struct):
     incomplete_details: _Incomplete | None = None
 
 
+class _Annotation(msgspec.Struct):
+    type: str = ""
+    file_id: str = ""
+    filename: str = ""
+
+
+class _Content(msgspec.Struct):
+    type: str = ""
+    annotations: list[_Annotation] = []
+
+
+class _Result(msgspec.Struct):
+    file_id: str | None = None
+    filename: str | None = None
+    text: str | None = None
+
+
 class _Item(msgspec.Struct):
     type: str = ""
     call_id: str = ""
     name: str = ""
     arguments: str = ""
+    content: list[_Content] = []
+    results: list[_Result] | None = None
 
 
 class _Event(msgspec.Struct):
@@ -74,6 +94,17 @@ def _decode_event(data: str) -> _Event:
         return _event_decoder.decode(data)
     except msgspec.DecodeError:
         raise ProviderError("provider_error", "the AI provider sent a malformed stream") from None
+
+
+def _cite(item: _Item, passages: dict[str, str], result: ReplyResult) -> None:
+    """The files an answer's text cites, each once, in the order first cited."""
+    known = {c.file_id for c in result.file_citations}
+    for content in item.content:
+        for note in content.annotations:
+            if note.type == "file_citation" and note.file_id and note.file_id not in known:
+                known.add(note.file_id)
+                result.file_citations.append(FileCitation(
+                    note.file_id, note.filename, passages.get(note.file_id, "")))
 
 
 def _cut_at_the_limit(event: _Event) -> bool:
@@ -164,8 +195,12 @@ class ResponsesProvider:
             options["tools"] = tools
             if not request.may_call:
                 options["tool_choice"] = "none"
+        if any(t.get("type") == "file_search" for t in tools):
+            # The passages found, so that the citations can show them.
+            options["include"] = ["file_search_call.results"]
         turns = await self._input(request.turns, result)
         completed = False
+        passages: dict[str, str] = {}
         try:
             # The SDK sends the request (auth, status errors; LOACL retries); LOACL reads the
             # server-sent events itself. Building the SDK's typed model for every streamed
@@ -189,6 +224,12 @@ class ResponsesProvider:
                         item = event.item
                         if item.type == "function_call":
                             result.calls.append(ToolCall(item.call_id, item.name, item.arguments))
+                        elif item.type == "file_search_call":
+                            for found in item.results or ():
+                                if found.file_id and found.text:
+                                    passages.setdefault(found.file_id, found.text)
+                        elif item.type == "message":
+                            _cite(item, passages, result)
                     elif kind == "response.created" and event.response is not None:
                         result.request_id = event.response.id
                     elif kind == "response.completed" or _cut_at_the_limit(event):

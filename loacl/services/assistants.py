@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import jsonschema
@@ -19,6 +20,7 @@ from loacl.settings import Settings
 from loacl.store.eventstore import NO_STREAM, EventStore
 from loacl.store.views import Page
 from loacl.store.views import assistants as views
+from loacl.store.views import knowledge as knowledge_views
 from loacl.store.views.assistants import AssistantView
 
 
@@ -27,6 +29,8 @@ class Assistants:
         self.store = store
         self.settings = settings
         self._server_key = server_key.encode()
+        # Told of a deleted assistant (its knowledge at OpenAI is deleted in the background).
+        self.deleted: Callable[[str], None] | None = None
 
     def check_tools(self, definition: domain.AssistantDefinition) -> None:
         """What the domain cannot check alone: each schema is a JSON Schema, and each URL one
@@ -97,6 +101,16 @@ class Assistants:
         expect_version("assistant", version, if_match)
         self.check_tools(definition)
         old = state.definition
+        if definition.provider != "openai":
+            kept = await knowledge_views.store_of(self.store, assistant_id)
+            if kept.store == "openai":
+                raise LoaclError(
+                    "knowledge_store_not_supported",
+                    f"the assistant's knowledge is kept at OpenAI, which the "
+                    f"{definition.provider} provider cannot search: choose local knowledge "
+                    "first (PUT /api/v1/assistants/{id}/knowledge-store)",
+                    errors=[{"field": "provider", "message": "knowledge is kept at OpenAI"}],
+                )
         if check_model and events and (old is None or (old.provider, old.model) != (
             definition.provider, definition.model
         )):
@@ -137,6 +151,8 @@ class Assistants:
             domain.assistant_stream(assistant_id), events,
             expected_version=version, metadata=meta, subject=subject(OWNER, owner_id),
         )
+        if self.deleted is not None:
+            self.deleted(assistant_id)
 
 
 def _invalid(index: int, name: str, message: str) -> LoaclError:

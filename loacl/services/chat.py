@@ -443,6 +443,7 @@ class Chat:
                 await self._stream(run, assistant, reply, result, scope)
                 await reply.drain()
                 await self._record_uploads(run.conversation_id, assistant.provider, result, meta)
+                await self._cite_files(run, scope, result, meta)
                 reply.completed(result)
             except LoaclError as exc:  # ProviderError included
                 # The provider's own words stay in the server log: they may name accounts or
@@ -492,6 +493,7 @@ class Chat:
         begun = loop.time()
         deadline = begun + settings.reply_deadline_seconds
         sources = await self._sources(assistant, scope)
+        assistant = await self._with_vector_store(assistant, scope)
         offered = tuple(t for t in assistant.tools if t.type != "http") + assistant.http_tools() \
             + ((FILE_SEARCH_TOOL,) if sources is not None else ())
         rounds: list[ToolRound] = []
@@ -534,12 +536,54 @@ class Chat:
                 secret.cancel()  # no-op once read
             await _settled(secret, logged)
 
+    async def _with_vector_store(
+        self, assistant: AssistantDefinition, scope: ToolScope
+    ) -> AssistantDefinition:
+        """Knowledge kept at OpenAI: its vector store searched by OpenAI's own file_search
+        (before the stores an import brought, which stay searched too)."""
+        if assistant.provider != "openai":
+            return assistant
+        kept = await knowledge_views.store_of(self.store, scope.assistant_id)
+        if kept.store != "openai" or kept.vector_store_id is None:
+            return assistant
+        if not await knowledge_views.remote_ready(self.store, scope.assistant_id):
+            return assistant
+        ids = (kept.vector_store_id, *(
+            i for i in assistant.vector_store_ids if i != kept.vector_store_id))
+        return replace(assistant, vector_store_ids=ids)
+
+    async def _cite_files(
+        self, run: Run, scope: ToolScope, result: ReplyResult, meta: Metadata
+    ) -> None:
+        """The files OpenAI's file_search let the answer cite, as the reply's citations: the
+        document each file is, and the passage found in it."""
+        if not result.file_citations:
+            return
+        found = await knowledge_views.by_remote_file(
+            self.store, scope.assistant_id, (c.file_id for c in result.file_citations))
+        cited = await views.message(self.store, run.message_id)
+        first = len(cited.citations) + 1 if cited is not None else 1
+        citations = tuple(
+            domain.Citation(
+                number=first + i,
+                document_id=found[c.file_id].document_id if c.file_id in found else "",
+                document=found[c.file_id].filename if c.file_id in found
+                else (c.filename or c.file_id),
+                page=1, passage=c.passage[:4000],
+            )
+            for i, c in enumerate(result.file_citations)
+        )
+        await self.store.append(conversation_stream(run.conversation_id), [
+            domain.ReplyCited(message_id=run.message_id, citations=citations)], metadata=meta)
+
     async def _sources(
         self, assistant: AssistantDefinition, scope: ToolScope
     ) -> Sources | None:
         """The assistant's knowledge, when it has documents to search (and no tool of the
-        owner's takes the search tool's name)."""
+        owner's takes the search tool's name), and LOACL keeps it."""
         if self.knowledge is None or any(t.name == FILE_SEARCH for t in assistant.http_tools()):
+            return None
+        if (await knowledge_views.store_of(self.store, scope.assistant_id)).store == "openai":
             return None
         if not await knowledge_views.has_knowledge(self.store, scope.assistant_id):
             return None

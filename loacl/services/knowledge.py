@@ -6,6 +6,13 @@ Upload keeps the bytes (content-addressed, as visitor files are) and logs the do
 why it failed, and, when an embedding model is set, asks the provider for the passages'
 embeddings. A search ranks passages by BM25 and, with embeddings, by meaning too, fused by
 reciprocal rank (RRF).
+
+For the ``openai`` provider the owner may keep the knowledge at OpenAI instead
+(:meth:`Knowledge.choose_store`): LOACL still reads each document (so that going back to local
+knowledge needs no new reading), then uploads it to OpenAI Files and adds it to a vector store
+it creates for the assistant, following the vector store file until OpenAI has read it. Replies
+then pass OpenAI's own ``file_search`` over that store. Every remote id and state is an event.
+A switch back to local, the last document's deletion or the assistant's deletes the store.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from loacl.providers import client_for, missing_configuration
 from loacl.services.extract import CHUNKER, CONTENT_TYPES, ExtractionError, extract, kind_of
 from loacl.services.files import clean_filename
 from loacl.services.tokens import new_id
+from loacl.services.vectorstores import Remote
 from loacl.settings import Settings
 from loacl.store.eventstore import EventStore
 from loacl.store.views import Page
@@ -86,9 +94,12 @@ class Knowledge:
         self.settings = settings
         self.vectors = VectorIndex(store)
         self.processing: set[str] = set()
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        # Jobs: ("document", id), ("assistant", id): settle its OpenAI side, or ("file",
+        # assistant id, document id, file id, vector store id): delete a deleted document's.
+        self._queue: asyncio.Queue[tuple[str, ...]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._clients: dict[str, openai.AsyncOpenAI] = {}
+        self.remote = Remote(store, settings)
 
     # -- the owner's side -------------------------------------------------------------------
 
@@ -98,6 +109,62 @@ class Knowledge:
         if found is None or found.owner_id != owner_id:
             raise LoaclError("not_found", "no such assistant")
         return found.definition.provider
+
+    async def store_of(self, owner_id: str, assistant_id: str) -> views.StoreView:
+        await self._assistant(owner_id, assistant_id)
+        return await views.store_of(self.store, assistant_id)
+
+    async def choose_store(
+        self, owner_id: str, assistant_id: str, store: str, meta: Metadata
+    ) -> views.StoreView:
+        """Where the assistant's knowledge is searched: ``local`` or ``openai`` (the openai
+        provider only). The documents follow in the background: sent to a new vector store,
+        or the store deleted."""
+        provider = await self._assistant(owner_id, assistant_id)
+        stream = domain.knowledge_stream(assistant_id)
+        state, version = await self.store.load(
+            stream, domain.Knowledge({}), domain.evolve_knowledge
+        )
+        events = domain.choose_store(state, assistant_id, provider, store)
+        if events:
+            await self.store.append(stream, events, expected_version=version, metadata=meta)
+        self.settle(assistant_id)
+        return await views.store_of(self.store, assistant_id)
+
+    def settle(self, assistant_id: str) -> None:
+        """Bring the assistant's OpenAI side in line with its knowledge (in the background):
+        after a change of store, of the assistant, or its deletion."""
+        self._queue.put_nowait(("assistant", assistant_id))
+
+    async def delete_all(self, owner_id: str, assistant_id: str, meta: Metadata) -> int:
+        """Delete every document of the assistant (and, in the background, its vector store
+        and OpenAI files); how many there were."""
+        await self._assistant(owner_id, assistant_id)
+        stream = domain.knowledge_stream(assistant_id)
+        state, version = await self.store.load(
+            stream, domain.Knowledge({}), domain.evolve_knowledge
+        )
+        alive = [d for d in state.documents.values() if d.status != "deleted"]
+        shas = []
+        for document in alive:
+            found = await views.document(self.store, document.document_id)
+            if found is not None:
+                shas.append(found.sha256)
+                self._forget_remote(found)
+        if alive:
+            await self.store.append(
+                stream, [domain.DocumentDeleted(document_id=d.document_id) for d in alive],
+                expected_version=version, metadata=meta)
+        for sha in dict.fromkeys(shas):
+            await views.drop_orphans(self.store, sha)
+        self.vectors.changed()
+        self.settle(assistant_id)
+        return len(alive)
+
+    def _forget_remote(self, document: DocumentView) -> None:
+        if document.remote_file_id is not None:
+            self._queue.put_nowait(("file", document.assistant_id, document.document_id,
+                                    document.remote_file_id, document.vector_store_id or ""))
 
     async def upload(
         self, owner_id: str, assistant_id: str, filename: str, data: bytes, meta: Metadata
@@ -115,7 +182,7 @@ class Knowledge:
             document_id=document_id, assistant_id=assistant_id, filename=filename, kind=kind,
             content_type=CONTENT_TYPES[kind], size=len(data), sha256=digest,
         )], metadata=meta)
-        self._queue.put_nowait(document_id)
+        self._queue.put_nowait(("document", document_id))
         found = await views.document(self.store, document_id)
         assert found is not None  # the projection wrote it in the append's transaction
         return found
@@ -134,9 +201,13 @@ class Knowledge:
         return found
 
     def status(self, document: DocumentView) -> str:
-        """queued | processing | ready | failed: the log's status, and the worker's."""
+        """queued | processing | ready | failed: the log's status, and the worker's; for
+        knowledge kept at OpenAI, ready once OpenAI has read the document too."""
         if document.status == "queued" and document.document_id in self.processing:
             return "processing"
+        if document.status == "ready" and document.remote_status is not None:
+            return {"completed": "ready", "failed": "failed"}.get(
+                document.remote_status, "processing")
         return document.status
 
     async def delete(
@@ -151,13 +222,18 @@ class Knowledge:
         await self.store.append(stream, events, expected_version=version, metadata=meta)
         await views.drop_orphans(self.store, found.sha256)
         self.vectors.changed()
+        self._forget_remote(found)
+        if state.vector_store_id is not None:
+            self.settle(assistant_id)  # the last document takes the store with it
 
     # -- the worker -------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Take up the documents a stop left unread, then read each as it comes."""
         for document in await views.unfinished(self.store):
-            self._queue.put_nowait(document.document_id)
+            self._queue.put_nowait(("document", document.document_id))
+        for found in await views.stores_to_settle(self.store):
+            self.settle(found.assistant_id)
         self._worker = asyncio.create_task(self._work(), name="knowledge-worker")
 
     async def stop(self) -> None:
@@ -169,6 +245,7 @@ class Knowledge:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.close()
+        await self.remote.close()
         await asyncio.to_thread(self.vectors.close)
 
     async def idle(self) -> None:
@@ -177,13 +254,18 @@ class Knowledge:
 
     async def _work(self) -> None:
         while True:
-            document_id = await self._queue.get()
+            job = await self._queue.get()
             try:
-                await self.ingest(document_id)
+                if job[0] == "document":
+                    await self.ingest(job[1])
+                elif job[0] == "assistant":
+                    await self.remote.settle(job[1])
+                else:
+                    await self.remote.delete_file(*job[1:])
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("knowledge.ingest_crashed", document_id=document_id)
+                log.exception("knowledge.job_crashed", job=job[:2])
             finally:
                 self._queue.task_done()
 
@@ -219,6 +301,7 @@ class Knowledge:
             self.processing.discard(document_id)
         if isinstance(event, domain.DocumentIndexed):
             await self.embed_document(document)
+            await self.remote.settle(document.assistant_id)
 
     async def _append_unless_deleted(
         self, document: DocumentView, event: domain.DocumentIndexed | domain.DocumentFailed

@@ -12,11 +12,21 @@ from loacl.domain.knowledge import (
     DocumentFailed,
     DocumentIndexed,
     DocumentUploaded,
+    RemoteFileAdded,
+    RemoteFileCompleted,
+    RemoteFileDeleted,
+    RemoteFileFailed,
+    RemoteFileUploaded,
+    StoreChosen,
+    VectorStoreCreated,
+    VectorStoreDeleted,
 )
 from loacl.store.codec import format_time
 from loacl.store.projections import Projections
 
-projections = Projections(tables=["knowledge_documents", "knowledge_chunks"])
+projections = Projections(
+    tables=["knowledge_documents", "knowledge_chunks", "knowledge_stores"]
+)
 
 # A passage's id: the indexed event's position, then its number within the event.
 PASSAGES_PER_EVENT = 10_000
@@ -56,6 +66,9 @@ def document_indexed(
         (event.pages, len(event.passages), format_time(recorded.recorded_at),
          event.document_id),
     )
+    if _store(conn, row[0]) == "openai":  # to be sent to the assistant's vector store
+        conn.execute("UPDATE knowledge_documents SET remote_status = 'pending' "
+                     "WHERE document_id = ?", (event.document_id,))
     base = recorded.seq * PASSAGES_PER_EVENT
     conn.executemany(
         "INSERT INTO knowledge_chunks (chunk_id, document_id, assistant_id, ordinal, page, "
@@ -82,3 +95,113 @@ def document_deleted(
 ) -> None:
     conn.execute("DELETE FROM knowledge_chunks WHERE document_id = ?", (event.document_id,))
     conn.execute("DELETE FROM knowledge_documents WHERE document_id = ?", (event.document_id,))
+
+
+# -- knowledge kept in OpenAI vector stores ---------------------------------------------------
+
+
+def _store(conn: sqlite3.Connection, assistant_id: str) -> str:
+    row = conn.execute(
+        "SELECT store FROM knowledge_stores WHERE assistant_id = ?", (assistant_id,)
+    ).fetchone()
+    return str(row[0]) if row is not None else "local"
+
+
+def _keep_store(conn: sqlite3.Connection, assistant_id: str, at: str) -> None:
+    conn.execute(
+        "INSERT INTO knowledge_stores (assistant_id, updated_at) VALUES (?, ?) "
+        "ON CONFLICT (assistant_id) DO UPDATE SET updated_at = excluded.updated_at",
+        (assistant_id, at),
+    )
+
+
+@projections.on
+def store_chosen(conn: sqlite3.Connection, event: StoreChosen, recorded: RecordedEvent) -> None:
+    _keep_store(conn, event.assistant_id, format_time(recorded.recorded_at))
+    conn.execute("UPDATE knowledge_stores SET store = ? WHERE assistant_id = ?",
+                 (event.store, event.assistant_id))
+    if event.store == "openai":
+        conn.execute(
+            "UPDATE knowledge_documents SET remote_status = 'pending' WHERE assistant_id = ? "
+            "AND status = 'ready' AND remote_status IS NULL", (event.assistant_id,))
+    else:
+        # Searched locally from now on; the ids stay until the files are deleted at OpenAI.
+        conn.execute(
+            "UPDATE knowledge_documents SET remote_status = NULL, remote_error_code = NULL, "
+            "remote_error = NULL WHERE assistant_id = ?", (event.assistant_id,))
+
+
+@projections.on
+def vector_store_created(
+    conn: sqlite3.Connection, event: VectorStoreCreated, recorded: RecordedEvent
+) -> None:
+    _keep_store(conn, event.assistant_id, format_time(recorded.recorded_at))
+    conn.execute(
+        "UPDATE knowledge_stores SET vector_store_id = ?, name = ? WHERE assistant_id = ?",
+        (event.vector_store_id, event.name, event.assistant_id),
+    )
+
+
+@projections.on
+def vector_store_deleted(
+    conn: sqlite3.Connection, event: VectorStoreDeleted, recorded: RecordedEvent
+) -> None:
+    conn.execute(
+        "UPDATE knowledge_stores SET vector_store_id = NULL, name = NULL, updated_at = ? "
+        "WHERE assistant_id = ?", (format_time(recorded.recorded_at), event.assistant_id))
+    # The documents' remote state goes with the store; chosen again, they are sent again.
+    pending = "'pending'" if _store(conn, event.assistant_id) == "openai" else "NULL"
+    conn.execute(
+        "UPDATE knowledge_documents SET remote_file_id = NULL, vector_store_id = NULL, "
+        f"remote_status = CASE WHEN status = 'ready' THEN {pending} END, "
+        "remote_error_code = NULL, remote_error = NULL WHERE assistant_id = ?",
+        (event.assistant_id,),
+    )
+
+
+def _remote(conn: sqlite3.Connection, recorded: RecordedEvent, document_id: str,
+            sets: str, params: tuple[object, ...]) -> None:
+    conn.execute(
+        f"UPDATE knowledge_documents SET {sets}, updated_at = ? WHERE document_id = ?",
+        (*params, format_time(recorded.recorded_at), document_id),
+    )
+
+
+@projections.on
+def remote_uploaded(
+    conn: sqlite3.Connection, event: RemoteFileUploaded, recorded: RecordedEvent
+) -> None:
+    _remote(conn, recorded, event.document_id, "remote_file_id = ?", (event.file_id,))
+
+
+@projections.on
+def remote_added(
+    conn: sqlite3.Connection, event: RemoteFileAdded, recorded: RecordedEvent
+) -> None:
+    _remote(conn, recorded, event.document_id, "vector_store_id = ?, remote_status = ?",
+            (event.vector_store_id, event.status))
+
+
+@projections.on
+def remote_completed(
+    conn: sqlite3.Connection, event: RemoteFileCompleted, recorded: RecordedEvent
+) -> None:
+    _remote(conn, recorded, event.document_id,
+            "remote_status = 'completed', remote_error_code = NULL, remote_error = NULL", ())
+
+
+@projections.on
+def remote_failed(
+    conn: sqlite3.Connection, event: RemoteFileFailed, recorded: RecordedEvent
+) -> None:
+    _remote(conn, recorded, event.document_id,
+            "remote_status = 'failed', remote_error_code = ?, remote_error = ?",
+            (event.code, event.reason))
+
+
+@projections.on
+def remote_deleted(
+    conn: sqlite3.Connection, event: RemoteFileDeleted, recorded: RecordedEvent
+) -> None:
+    _remote(conn, recorded, event.document_id,
+            "remote_file_id = NULL, vector_store_id = NULL, remote_status = NULL", ())

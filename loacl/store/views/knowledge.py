@@ -16,7 +16,8 @@ from loacl.store.views import Page, first, page_by_creation
 
 _DOCUMENT = (
     "SELECT document_id, assistant_id, filename, kind, content_type, size, sha256, status, "
-    "pages, chunks, error_code, error, created_seq, created_at, updated_at "
+    "pages, chunks, error_code, error, created_seq, created_at, updated_at, "
+    "remote_file_id, vector_store_id, remote_status, remote_error_code, remote_error "
     "FROM knowledge_documents"
 )
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -40,6 +41,76 @@ class DocumentView:
     created_seq: int
     created_at: str
     updated_at: str
+    # At OpenAI, when the assistant's knowledge is kept there (see the migration 0018).
+    remote_file_id: str | None = None
+    vector_store_id: str | None = None
+    remote_status: str | None = None  # pending | in_progress | completed | failed
+    remote_error_code: str | None = None
+    remote_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreView:
+    """Where the assistant's knowledge is searched, and the vector store LOACL keeps for it."""
+
+    assistant_id: str
+    store: str  # local | openai
+    vector_store_id: str | None
+
+
+async def store_of(store: EventStore, assistant_id: str) -> StoreView:
+    found = await first(
+        store, "SELECT assistant_id, store, vector_store_id FROM knowledge_stores "
+        "WHERE assistant_id = ?", (assistant_id,), lambda r: StoreView(*r),
+    )
+    return found or StoreView(assistant_id, "local", None)
+
+
+async def stores_to_settle(store: EventStore) -> list[StoreView]:
+    """Assistants whose OpenAI side may have work left: a vector store, or documents to
+    send."""
+    rows = await store.query(
+        "SELECT assistant_id, store, vector_store_id FROM knowledge_stores "
+        "WHERE vector_store_id IS NOT NULL OR store = 'openai' ORDER BY assistant_id"
+    )
+    return [StoreView(*r) for r in rows]
+
+
+async def remote_work(store: EventStore, assistant_id: str) -> list[DocumentView]:
+    """The assistant's documents still to be sent to its vector store, or read there."""
+    rows = await store.query(
+        f"{_DOCUMENT} WHERE assistant_id = ? AND remote_status IN ('pending', 'in_progress') "
+        "ORDER BY created_seq", (assistant_id,))
+    return [_document(r) for r in rows]
+
+
+async def remote_files(store: EventStore, assistant_id: str) -> list[DocumentView]:
+    """The assistant's documents that have an OpenAI file."""
+    rows = await store.query(
+        f"{_DOCUMENT} WHERE assistant_id = ? AND remote_file_id IS NOT NULL "
+        "ORDER BY created_seq", (assistant_id,))
+    return [_document(r) for r in rows]
+
+
+async def remote_ready(store: EventStore, assistant_id: str) -> bool:
+    rows = await store.query(
+        "SELECT 1 FROM knowledge_documents WHERE assistant_id = ? "
+        "AND remote_status = 'completed' LIMIT 1", (assistant_id,))
+    return bool(rows)
+
+
+async def by_remote_file(
+    store: EventStore, assistant_id: str, file_ids: Iterable[str]
+) -> dict[str, DocumentView]:
+    wanted = tuple(dict.fromkeys(file_ids))
+    if not wanted:
+        return {}
+    marks = ",".join("?" * len(wanted))
+    rows = await store.query(
+        f"{_DOCUMENT} WHERE assistant_id = ? AND remote_file_id IN ({marks})",
+        (assistant_id, *wanted))
+    found = [_document(r) for r in rows]
+    return {d.remote_file_id: d for d in found if d.remote_file_id is not None}
 
 
 @dataclass(frozen=True, slots=True)
