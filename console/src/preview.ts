@@ -177,8 +177,10 @@ function show(message: PreviewMessage, chat = false): void {
 function openWhenReady(start: number, tries: number): void {
   if (start !== shown) return;
   const launcher = document.querySelector("loacl-chat")?.shadowRoot?.querySelector<HTMLButtonElement>(".r:not([hidden]) .l");
-  if (launcher) launcher.click();
-  else if (tries < 600) setTimeout(() => openWhenReady(start, tries + 1), 100);
+  // A widget this tab had open opens again by itself (its saved state): a click would close it.
+  if (launcher) {
+    if (launcher.getAttribute("aria-expanded") !== "true") launcher.click();
+  } else if (tries < 600) setTimeout(() => openWhenReady(start, tries + 1), 100);
 }
 
 addEventListener("message", (event: MessageEvent) => {
