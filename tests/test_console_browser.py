@@ -749,6 +749,13 @@ def handoff_widget(loacl: Loacl, owner: dict[str, str], title: str) -> str:
         return str(code.json()["html"])
 
 
+def assert_accessible(page: Page) -> None:
+    """No serious or critical axe-core violation on the page, light and dark."""
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        assert axe_violations(page) == [], scheme
+
+
 def test_an_agent_takes_over_a_waiting_conversation_live_and_is_notified(
     loacl: Loacl, browser: Browser, new_page: Callable[..., Page]
 ) -> None:
@@ -782,15 +789,13 @@ def test_an_agent_takes_over_a_waiting_conversation_live_and_is_notified(
     expect(waiting).to_contain_text("nobody assigned")
     expect(page.locator(".inbox li").first).to_have_class("waiting")
     page.get_by_role("status").filter(has_text="1 waiting for a person").wait_for()
-    alert = page.locator(".alert").filter(has_text="A visitor is waiting for a person on Handoff help.")
-    alert.wait_for()
+    page.locator(".alert").filter(
+        has_text="A visitor is waiting for a person on Handoff help.").wait_for()
     page.wait_for_function("window.__notifications.length === 1")
     shown = page.evaluate("window.__notifications[0]")
     assert shown["title"] == "A visitor is waiting for a person"
     assert "Handoff help" in shown["body"]
-    for scheme in ("light", "dark"):
-        page.emulate_media(color_scheme=scheme)
-        assert axe_violations(page) == [], scheme
+    assert_accessible(page)
     shots(page, "handoff-inbox")
 
     # The agent opens it and takes over; the highlight goes, the visitor hears who answers.
@@ -810,7 +815,8 @@ def test_an_agent_takes_over_a_waiting_conversation_live_and_is_notified(
     agent = page.locator(".bubble.agent").filter(has_text="Hi, I am Handoff from the team.")
     expect(agent.locator(".who")).to_have_text("handoff")
     expect(page.get_by_label("Your reply")).to_have_value("")
-    in_widget = visitor.locator("loacl-chat .m.ag").filter(has_text="Hi, I am Handoff from the team.")
+    in_widget = visitor.locator("loacl-chat .m.ag").filter(
+        has_text="Hi, I am Handoff from the team.")
     expect(in_widget.locator("b")).to_have_text("handoff")
 
     # The visitor types (shown live) and writes: the message appears without a reload, and is
@@ -832,9 +838,7 @@ def test_an_agent_takes_over_a_waiting_conversation_live_and_is_notified(
         time.sleep(0.1)
     assert entry()["unread"] == 0
     assert entry()["state"] == "human" and entry()["assignee"]["name"] == "handoff"
-    for scheme in ("light", "dark"):
-        page.emulate_media(color_scheme=scheme)
-        assert axe_violations(page) == [], scheme
+    assert_accessible(page)
     shots(page, "handoff-conversation")
 
     # Given back to the assistant, then closed.

@@ -266,37 +266,46 @@ export function ConversationView(props: { id: string }) {
     if (loaded.data && loaded.data.conversation.unread > 0) markRead();
   }, [loaded.data?.conversation.unread]);
 
+  // Frames come in bursts: each change applies to the latest state (not the one of the last
+  // render), so that none is lost.
+  const change = (update: (data: Loaded) => Loaded) =>
+    loaded.setData((data: Loaded | null) => (data ? update(data) : data));
   useLive((frame: Frame) => {
-    const data = loaded.data;
     if (frame.type === "ready") return reload();
-    if (!data || (frame.conversation_id !== props.id && frame.type !== "conversation")) return;
     if (frame.type === "conversation") {
       const item = frame.conversation as ConversationItem;
-      if (item.id === props.id) loaded.setData({ ...data, conversation: item });
-    } else if (frame.type === "message") {
+      if (item.id === props.id) change((data) => ({ ...data, conversation: item }));
+      return;
+    }
+    if (frame.conversation_id !== props.id) return;
+    if (frame.type === "message") {
       const message = frame.message as Message;
-      loaded.setData({ ...data, messages: upsert(data.messages, message) });
+      change((data) => ({ ...data, messages: upsert(data.messages, message) }));
       if (message.role === "user") {
         setVisitorTyping(false);
         markRead();
       }
     } else if (frame.type === "delta" && typeof frame.message_id === "string") {
-      const at = data.messages.findIndex((old) => old.id === frame.message_id);
-      if (at < 0) return reload();
-      const old = data.messages[at];
-      const offset = typeof frame.offset === "number" ? frame.offset : old.text.length;
-      const text = old.text.slice(0, offset) + String(frame.text || "");
-      loaded.setData({ ...data, messages: upsert(data.messages, { ...old, text, status: "streaming" }) });
+      change((data) => {
+        const old = data.messages.find((message) => message.id === frame.message_id);
+        if (!old) {
+          setTimeout(reload); // a reply that started before the page read the transcript
+          return data;
+        }
+        const offset = typeof frame.offset === "number" ? frame.offset : old.text.length;
+        const text = old.text.slice(0, offset) + String(frame.text || "");
+        return { ...data, messages: upsert(data.messages, { ...old, text, status: "streaming" }) };
+      });
     } else if (frame.type === "done") {
       const whole = frame.message as Message | undefined;
-      if (whole && whole.id) loaded.setData({ ...data, messages: upsert(data.messages, whole) });
+      if (whole && whole.id) change((data) => ({ ...data, messages: upsert(data.messages, whole) }));
       else reload();
     } else if (frame.type === "typing" && frame.from === "visitor") {
       clearTimeout(typingTimer.current);
       setVisitorTyping(frame.typing === true);
       if (frame.typing === true) typingTimer.current = setTimeout(() => setVisitorTyping(false), TYPING_SHOWN_MS);
     }
-  }, [loaded.data, props.id]);
+  }, [props.id]);
 
   if (!loaded.data) return <section><Heading>{t("conversation")}</Heading><Loading error={loaded.error} /></section>;
   const { conversation, messages } = loaded.data;
@@ -311,7 +320,7 @@ export function ConversationView(props: { id: string }) {
     setError("");
     try {
       const result = await api<ConversationItem>("POST", `${path}/${action}`, { body: body ?? {} });
-      loaded.setData({ ...loaded.data!, conversation: result.data });
+      change((data) => ({ ...data, conversation: result.data }));
     } catch (failure) {
       setError(problem(failure).message);
     } finally {
@@ -330,8 +339,7 @@ export function ConversationView(props: { id: string }) {
         body: { text, client_message_id: `console-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}` },
       });
       setDraft("");
-      const data = loaded.data!;
-      loaded.setData({ ...data, messages: upsert(data.messages, result.data) });
+      change((data) => ({ ...data, messages: upsert(data.messages, result.data) }));
     } catch (failure) {
       setError(problem(failure).message);
     } finally {
