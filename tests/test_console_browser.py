@@ -795,6 +795,12 @@ def test_an_agent_takes_over_a_waiting_conversation_live_and_is_notified(
     shown = page.evaluate("window.__notifications[0]")
     assert shown["title"] == "A visitor is waiting for a person"
     assert "Handoff help" in shown["body"]
+    # The time waited goes on counting: three minutes later (the page's clock moved on), the
+    # inbox says so without a reload.
+    page.clock.install()
+    page.clock.fast_forward("03:10")
+    # (refreshed every 5 s: a bound above that, not a measurement)
+    expect(waiting).to_contain_text("waiting 3 min", timeout=TIMEOUT_MS)
     assert_accessible(page)
     shots(page, "handoff-inbox")
 
@@ -804,7 +810,7 @@ def test_an_agent_takes_over_a_waiting_conversation_live_and_is_notified(
     expect(page.locator(".alert")).to_have_count(0)
     controls = page.get_by_role("group", name="Who answers")
     expect(controls.get_by_role("status")).to_contain_text(
-        re.compile(r"^Waiting for a person · waiting, just now · nobody assigned$"))
+        re.compile(r"^Waiting for a person · waiting 3 min · nobody assigned$"))
     controls.get_by_role("button", name="Take over").click()
     expect(controls.get_by_role("status")).to_have_text("A person answers · you answer")
     expect(controls.get_by_role("button", name="Take over")).to_have_count(0)
@@ -850,5 +856,18 @@ def test_an_agent_takes_over_a_waiting_conversation_live_and_is_notified(
     expect(controls.get_by_role("status")).to_have_text("Closed · nobody assigned")
     expect(controls.get_by_role("button", name="Close")).to_have_count(0)
     assert entry()["state"] == "closed"
-    # One notification in all: none for what the agent did.
+
+    # The visitor writes again (the assistant answers: reopened) and asks for a person again,
+    # while the agent has the conversation open in front of them: it shows waiting here at
+    # once, with neither a notification nor a highlight.
+    page.bring_to_front()
+    assert page.evaluate("document.hasFocus() && document.visibilityState === 'visible'")
+    visitor.locator("loacl-chat textarea").fill("One more question")
+    visitor.locator("loacl-chat textarea").press("Enter")
+    expect(controls.get_by_role("status")).to_have_text("The assistant answers · nobody assigned")
+    expect(handoff).to_be_visible()
+    handoff.click()
+    expect(controls.get_by_role("status")).to_contain_text("Waiting for a person")
+    expect(page.locator(".alert")).to_have_count(0)
+    # One notification in all: none for what the agent did, none for what they were looking at.
     assert page.evaluate("window.__notifications.length") == 1
