@@ -815,7 +815,10 @@ def test_an_agent_takes_over_a_waiting_conversation_live_and_is_notified(
     expect(controls.get_by_role("status")).to_have_text("A person answers · you answer")
     expect(controls.get_by_role("button", name="Take over")).to_have_count(0)
 
-    # The agent's reply reaches the visitor's widget with the agent's name.
+    # The agent types (the visitor sees it), and the reply reaches the visitor's widget with
+    # the agent's name.
+    page.get_by_label("Your reply").press_sequentially("Hi")
+    visitor.locator("loacl-chat .st").filter(has_text="handoff is typing…").wait_for()
     page.get_by_label("Your reply").fill("Hi, I am Handoff from the team.")
     page.get_by_role("button", name="Send").click()
     agent = page.locator(".bubble.agent").filter(has_text="Hi, I am Handoff from the team.")
