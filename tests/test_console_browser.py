@@ -500,6 +500,10 @@ def test_an_owner_invites_someone_who_joins_from_the_mailed_link(
     sam.get_by_label("New password").fill(PASSWORD)
     sam.get_by_role("button", name="Create my account and join").click()
     heading(sam, "Inbox")
+    # A reload keeps the new member signed in (the refresh cookie, as after a login), in the
+    # workspace joined.
+    sam.reload()
+    heading(sam, "Inbox")
     nav = sam.get_by_role("navigation")
     expect(nav.get_by_role("link", name="Inbox")).to_be_visible()
     expect(nav.get_by_role("link", name="Widgets")).to_have_count(0)  # not for an agent
@@ -697,3 +701,176 @@ def test_a_visitors_file_downloads_from_the_conversation_and_the_inbox_searches_
     download.save_as(saved)
     assert saved.read_bytes() == content
     shots(page, "conversation-with-file")
+
+
+# -- the live handoff inbox -----------------------------------------------------------------------
+
+# Records each Notification the page makes and each permission request, around the real ones.
+NOTIFICATION_SPY = """
+(() => {
+  const Real = window.Notification;
+  if (!Real) return;
+  window.__notifications = [];
+  window.__permissionAsked = 0;
+  function Spy(title, options) {
+    window.__notifications.push({ title, body: (options || {}).body, tag: (options || {}).tag });
+    return new Real(title, options);
+  }
+  Spy.prototype = Real.prototype;
+  Object.defineProperty(Spy, "permission", { get: () => Real.permission });
+  Spy.requestPermission = (...args) => {
+    window.__permissionAsked += 1;
+    return Real.requestPermission(...args);
+  };
+  window.Notification = Spy;
+})();
+"""
+
+
+def api_login(loacl: Loacl, address: str) -> dict[str, str]:
+    token = httpx.post(f"{loacl.url}/api/v1/auth/login", timeout=10, json={
+        "email": address, "password": PASSWORD}).json()["access_token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def handoff_widget(loacl: Loacl, owner: dict[str, str], title: str) -> str:
+    """A widget whose assistant hands over to a person (the widget shows "Talk to a person");
+    its embed code."""
+    with httpx.Client(base_url=loacl.url, timeout=10, headers=owner) as http:
+        assistant = http.post("/api/v1/assistants", json={
+            "name": "Handoff helper", "provider": "demo", "model": "demo", "handoff": True})
+        assert assistant.status_code == 201, assistant.text
+        widget = http.post("/api/v1/widgets", json={
+            "name": "Handoff site", "assistant_id": assistant.json()["id"],
+            "allowed_origins": [loacl.host.origin], "settings": {"title": title}})
+        assert widget.status_code == 201, widget.text
+        code = http.get(f"/api/v1/widgets/{widget.json()['id']}/embed-code")
+        assert code.status_code == 200, code.text
+        return str(code.json()["html"])
+
+
+def assert_accessible(page: Page) -> None:
+    """No serious or critical axe-core violation on the page, light and dark."""
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        assert axe_violations(page) == [], scheme
+
+
+def test_an_agent_takes_over_a_waiting_conversation_live_and_is_notified(
+    loacl: Loacl, browser: Browser, new_page: Callable[..., Page]
+) -> None:
+    page = new_page()
+    page.add_init_script(NOTIFICATION_SPY)
+    sign_up_and_log_in(loacl, page, "handoff@example.com")
+    owner = api_login(loacl, "handoff@example.com")
+    url = host_page(loacl, handoff_widget(loacl, owner, "Handoff help"))
+    page.get_by_role("link", name="Inbox").click()
+    heading(page, "Inbox")
+
+    # The permission is asked on a click only, never on load.
+    enable = page.get_by_role("button", name="Enable notifications")
+    enable.wait_for()
+    assert page.evaluate("window.__permissionAsked") == 0
+    page.context.grant_permissions(["notifications"], origin=loacl.url)
+    enable.click()
+    page.get_by_role("status").filter(has_text="Browser notifications are on.").wait_for()
+    assert page.evaluate("window.__permissionAsked") == 1
+
+    # A visitor asks for a person: the conversation appears live, first and marked, with how
+    # long it has waited; a notification and the page's highlight say so.
+    visitor = new_page()
+    chat(visitor, url, "Hello there")
+    handoff = visitor.locator("loacl-chat .ho")
+    expect(handoff).to_have_text("Talk to a person")
+    handoff.click()
+    waiting = page.locator(".inbox li.waiting").first
+    expect(waiting).to_contain_text("Handoff help")
+    expect(waiting).to_contain_text("waiting, just now")
+    expect(waiting).to_contain_text("nobody assigned")
+    expect(page.locator(".inbox li").first).to_have_class("waiting")
+    page.get_by_role("status").filter(has_text="1 waiting for a person").wait_for()
+    page.locator(".alert").filter(
+        has_text="A visitor is waiting for a person on Handoff help.").wait_for()
+    page.wait_for_function("window.__notifications.length === 1")
+    shown = page.evaluate("window.__notifications[0]")
+    assert shown["title"] == "A visitor is waiting for a person"
+    assert "Handoff help" in shown["body"]
+    # The time waited goes on counting: three minutes later (the page's clock moved on), the
+    # inbox says so without a reload.
+    page.clock.install()
+    page.clock.fast_forward("03:10")
+    # (refreshed every 5 s: a bound above that, not a measurement)
+    expect(waiting).to_contain_text("waiting 3 min", timeout=TIMEOUT_MS)
+    assert_accessible(page)
+    shots(page, "handoff-inbox")
+
+    # The agent opens it and takes over; the highlight goes, the visitor hears who answers.
+    waiting.locator("a").click()
+    heading(page, "Conversation")
+    expect(page.locator(".alert")).to_have_count(0)
+    controls = page.get_by_role("group", name="Who answers")
+    expect(controls.get_by_role("status")).to_contain_text(
+        re.compile(r"^Waiting for a person · waiting 3 min · nobody assigned$"))
+    controls.get_by_role("button", name="Take over").click()
+    expect(controls.get_by_role("status")).to_have_text("A person answers · you answer")
+    expect(controls.get_by_role("button", name="Take over")).to_have_count(0)
+
+    # The agent types (the visitor sees it), and the reply reaches the visitor's widget with
+    # the agent's name.
+    page.get_by_label("Your reply").press_sequentially("Hi")
+    visitor.locator("loacl-chat .st").filter(has_text="handoff is typing…").wait_for()
+    page.get_by_label("Your reply").fill("Hi, I am Handoff from the team.")
+    page.get_by_role("button", name="Send").click()
+    agent = page.locator(".bubble.agent").filter(has_text="Hi, I am Handoff from the team.")
+    expect(agent.locator(".who")).to_have_text("handoff")
+    expect(page.get_by_label("Your reply")).to_have_value("")
+    in_widget = visitor.locator("loacl-chat .m.ag").filter(
+        has_text="Hi, I am Handoff from the team.")
+    expect(in_widget.locator("b")).to_have_text("handoff")
+
+    # The visitor types (shown live) and writes: the message appears without a reload, and is
+    # read since the conversation is open.
+    visitor.locator("loacl-chat textarea").fill("My order 1234 has not arrived")
+    page.get_by_role("status").filter(has_text="The visitor is typing…").wait_for()
+    visitor.locator("loacl-chat textarea").press("Enter")
+    page.locator(".bubble.visitor").filter(has_text="My order 1234 has not arrived").wait_for()
+    expect(page.locator(".typing")).to_have_text("")
+    conversation_id = page.url.rsplit("/", 1)[1]
+    path = f"{loacl.url}/api/v1/conversations/{conversation_id}"
+
+    def entry() -> dict[str, Any]:
+        found: dict[str, Any] = httpx.get(path, headers=owner, timeout=10).json()
+        return found
+
+    deadline = time.monotonic() + 10
+    while entry()["unread"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert entry()["unread"] == 0
+    assert entry()["state"] == "human" and entry()["assignee"]["name"] == "handoff"
+    assert_accessible(page)
+    shots(page, "handoff-conversation")
+
+    # Given back to the assistant, then closed.
+    controls.get_by_role("button", name="Give back to the assistant").click()
+    expect(controls.get_by_role("status")).to_have_text("The assistant answers · nobody assigned")
+    expect(controls.get_by_role("button", name="Give back to the assistant")).to_have_count(0)
+    assert entry()["state"] == "bot" and entry()["assignee"] is None
+    controls.get_by_role("button", name="Close").click()
+    expect(controls.get_by_role("status")).to_have_text("Closed · nobody assigned")
+    expect(controls.get_by_role("button", name="Close")).to_have_count(0)
+    assert entry()["state"] == "closed"
+
+    # The visitor writes again (the assistant answers: reopened) and asks for a person again,
+    # while the agent has the conversation open in front of them: it shows waiting here at
+    # once, with neither a notification nor a highlight.
+    page.bring_to_front()
+    assert page.evaluate("document.hasFocus() && document.visibilityState === 'visible'")
+    visitor.locator("loacl-chat textarea").fill("One more question")
+    visitor.locator("loacl-chat textarea").press("Enter")
+    expect(controls.get_by_role("status")).to_have_text("The assistant answers · nobody assigned")
+    expect(handoff).to_be_visible()
+    handoff.click()
+    expect(controls.get_by_role("status")).to_contain_text("Waiting for a person")
+    expect(page.locator(".alert")).to_have_count(0)
+    # One notification in all: none for what the agent did, none for what they were looking at.
+    assert page.evaluate("window.__notifications.length") == 1

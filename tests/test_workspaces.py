@@ -252,6 +252,42 @@ def test_an_invite_makes_an_account_once(team: Team) -> None:
                          headers=team.owner).json()["data"] == []
 
 
+def test_an_invite_accepted_by_the_console_sets_the_refresh_cookie_as_login_does(
+    team: Team,
+) -> None:
+    site = team.site
+    before = len(team.mail.messages)
+    site.http.post(f"/api/v1/workspaces/{team.workspace}/invites",
+                   json={"email": "cookie@example.com", "role": "agent"}, headers=team.owner)
+    token = invite_token(team.mail, "cookie@example.com", before)
+    body = {"token": token, "password": PASSWORD, "session": "cookie"}
+    # Another site's page may not start it (the cookie would be set for it).
+    refused = site.http.post("/api/v1/invites/accept", json=body,
+                             headers={"Sec-Fetch-Site": "cross-site"})
+    assert (refused.status_code, refused.json()["code"]) == (403, "cross_site_request")
+    accepted = site.http.post("/api/v1/invites/accept", json=body,
+                              headers={"Sec-Fetch-Site": "same-origin"})
+    assert accepted.status_code == 200, accepted.text
+    assert "refresh_token" not in accepted.json()
+    assert accepted.json()["workspace_id"] == team.workspace
+    (set_cookie,) = accepted.headers.get_list("set-cookie")
+    found = re.match(r"loacl_refresh=([^;]+);", set_cookie)
+    assert found, set_cookie
+    assert all(flag in set_cookie.lower() for flag in ("httponly", "secure", "samesite=strict",
+                                                        "path=/api/v1/auth"))
+    # The cookie alone gives a new access token in the workspace joined (what a reload does).
+    # httpx keeps no Secure cookie for plain http: it is carried by hand, as the browser does.
+    renewed = site.http.post("/api/v1/auth/refresh-token",
+                             json={"workspace_id": team.workspace},
+                             headers={"Sec-Fetch-Site": "same-origin",
+                                      "Cookie": f"loacl_refresh={found.group(1)}"})
+    assert renewed.status_code == 200, renewed.text
+    assert renewed.json()["workspace_id"] == team.workspace
+    me = site.http.get("/api/v1/auth/me", headers={
+        "Authorization": f"Bearer {renewed.json()['access_token']}"})
+    assert me.json()["email"] == "cookie@example.com"
+
+
 def test_an_invite_for_an_address_with_an_account_asks_to_log_in(team: Team) -> None:
     site = team.site
     before = len(team.mail.messages)

@@ -103,6 +103,16 @@ export async function switchWorkspace(id: string): Promise<void> {
 }
 
 export const signedIn = (): boolean => access !== null;
+
+/** The signed-in account's id, asked once per sign-in. */
+let myId: Promise<string> | null = null;
+export function meId(): Promise<string> {
+  if (!myId) {
+    myId = get<{ id: string }>("/api/v1/auth/me").then((me) => me.id);
+    myId.catch(() => { myId = null; });
+  }
+  return myId;
+}
 export const accessToken = (): string | null => access;
 
 export function onAuthChange(listener: () => void): () => void {
@@ -115,6 +125,7 @@ function setAccess(token: string | null): void {
   access = token;
   if (token === null) {
     memoryRefresh = null;
+    myId = null;
     workspaceList = [];
     workspaceId = null;
   }

@@ -2,6 +2,7 @@
 // /console/ (every /console/<path> answers with index.html; the routes are resolved here).
 import { render } from "preact";
 import { useEffect, useState } from "preact/hooks";
+import { WaitingAlerts } from "./alerts";
 import { logout, may, onAuthChange, restore, signedIn, switchWorkspace, workspace, workspaces } from "./api";
 import { applyLocale, currentLocale, LOCALES, type Locale, setLocale, t } from "./i18n";
 import { Account } from "./pages/account";
@@ -168,6 +169,7 @@ function App() {
         {inside && <Switcher />}
         <Settings />
       </header>
+      {inside && <WaitingAlerts key={workspace()?.id || ""} />}
       <main id="main" key={`${workspace()?.id || ""}:${where.path}`}>{page}</main>
     </div>
   );

@@ -61,6 +61,13 @@ export interface ConversationItem {
   message_count: number;
   status: string;
   preview: string;
+  preview_role?: string | null;
+  /** Who answers: bot, waiting (a person was asked for), human or closed. */
+  state: "bot" | "waiting" | "human" | "closed";
+  assignee: { id: string; name: string } | null;
+  waiting_since: string | null;
+  unread: number;
+  cursor: string;
 }
 
 export interface Message {
@@ -72,6 +79,8 @@ export interface Message {
   error_code: string | null;
   file_ids: string[];
   created_at: string;
+  author_name?: string | null;
+  cursor?: string;
 }
 
 export interface UsageLine {

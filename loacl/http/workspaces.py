@@ -16,7 +16,13 @@ from starlette.responses import JSONResponse, Response
 
 from loacl.domain.errors import LoaclError
 from loacl.domain.workspaces import ADMIN, AGENT, MAX_NAME, OWNER
-from loacl.http.auth import base_url, current_member, current_owner
+from loacl.http.auth import (
+    base_url,
+    current_member,
+    current_owner,
+    refuse_cross_site,
+    set_refresh_cookie,
+)
 from loacl.http.common import accounts, metadata, workspaces
 from loacl.http.routing import Endpoint
 from loacl.http.shapes import invite_json, member_json, tokens_json, workspace_json
@@ -50,6 +56,10 @@ class AcceptBody(Body):
         "invited address (then logged in); with one, left out: the logged-in account joins",
     )
     name: str | None = Field(None, max_length=200, description="the new account's display name")
+    session: Literal["token", "cookie"] = Field(
+        "token", description="for a new account, as at login: token (default), its refresh "
+        "token in the body; cookie, in the HttpOnly cookie `loacl_refresh` (the console)",
+    )
 
 
 def _id(request: Request) -> str:
@@ -161,10 +171,18 @@ async def accept(request: Request) -> Response:
         raise LoaclError("validation_error", "password: required without a bearer token",
                          errors=[{"field": "password", "message": "required without a bearer "
                                   "token (or log in and accept as your account)"}])
+    if body.session == "cookie":
+        refuse_cross_site(request)
     workspace_id, pair = await service.accept_new(
         body.token, body.password, body.name, metadata(request))
-    return JSONResponse({**tokens_json(pair), "workspace_id": workspace_id},
-                        headers={"Cache-Control": "no-store"})
+    answer = {**tokens_json(pair), "workspace_id": workspace_id}
+    if body.session == "token":
+        return JSONResponse(answer, headers={"Cache-Control": "no-store"})
+    # As at login: the refresh token in the cookie only, so that a reload keeps the session.
+    del answer["refresh_token"]
+    response = JSONResponse(answer, headers={"Cache-Control": "no-store"})
+    set_refresh_cookie(request, response, pair.refresh_token)
+    return response
 
 
 ROLES_TEXT = (
@@ -218,5 +236,5 @@ endpoints = [
              "with the invited address (password; answers with its tokens)", "workspaces",
              body=AcceptBody, returns="Accepted",
              codes=("invalid_invite", "already_member", "account_exists", "unauthorized",
-                    "invalid_token")),
+                    "invalid_token", "cross_site_request")),
 ]

@@ -1,6 +1,6 @@
 // The workspace's members (their roles, invites, removal) and the page an invite's link opens.
 import { useState } from "preact/hooks";
-import { adopt, api, get, loadWorkspaces, login, may, signedIn, switchWorkspace, type Tokens, workspace, workspaces } from "../api";
+import { adopt, api, ApiError, get, loadWorkspaces, login, may, type Result, signedIn, switchWorkspace, type Tokens, workspace, workspaces } from "../api";
 import { formatDate, t } from "../i18n";
 import { current, navigate } from "../router";
 import type { Invite, Member } from "../types";
@@ -136,9 +136,16 @@ export function AcceptInvite() {
     await joined(result.data.workspace_id);
   });
   const fresh = useSubmit(async () => {
-    const result = await api<Tokens & { workspace_id: string }>("POST", "/api/v1/invites/accept", {
-      body: { token, password: newPassword, name: name || null }, auth: false,
-    });
+    const body = { token, password: newPassword, name: name || null };
+    let result: Result<Tokens & { workspace_id: string }>;
+    try {
+      // As at login: the refresh token in the HttpOnly cookie, so that a reload stays signed in.
+      result = await api("POST", "/api/v1/invites/accept", { body: { ...body, session: "cookie" }, auth: false });
+    } catch (error) {
+      // A server without the cookie flow refuses the field: the refresh token comes in the body.
+      if (!(error instanceof ApiError && error.status === 422 && "session" in error.fields)) throw error;
+      result = await api("POST", "/api/v1/invites/accept", { body, auth: false });
+    }
     await adopt(result.data);
     navigate("/", true);
   });
