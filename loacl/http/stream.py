@@ -40,7 +40,7 @@ from loacl.http.chat import MessageBody
 from loacl.http.common import chat, client_ip, handoffs, metadata, widgets
 from loacl.http.errors import problem, status_for
 from loacl.http.routing import Param, Socket
-from loacl.http.shapes import citations_json, message_json, usage_json
+from loacl.http.shapes import away_json, citations_json, message_json, usage_json
 from loacl.http.stream_protocol import MAX_TEXT_FRAME as MAX_TEXT_FRAME
 from loacl.http.stream_protocol import ClientFrame, Close, ServerFrame, describe
 from loacl.http.stream_send import DELTA_CHARS, Closing, Follower, Outbox, pacer_for
@@ -327,6 +327,8 @@ class Connection:
             await self._resume(frame)
         elif kind == ClientFrame.HANDOFF:
             await self._handoff(frame)
+        elif kind == ClientFrame.REPLY_ADDRESS:
+            await self._reply_address(frame)
         elif kind == ClientFrame.TYPING:
             handoffs(self.ws).typing.signal(self.access.conversation_id, "visitor",
                                             typing=frame.get("typing") is not False)
@@ -390,6 +392,20 @@ class Connection:
             return
         if found.state == before:
             await self.send_state()
+        away = await handoffs(self.ws).away(self.access, found, self.ws.app.state.clock())
+        if away is not None:
+            self.send({"type": ServerFrame.AWAY, **(away_json(away) or {})})
+
+    async def _reply_address(self, frame: dict[str, Any]) -> None:
+        email = frame.get("email")
+        try:
+            found = await handoffs(self.ws).leave_address(
+                self.access, email if isinstance(email, str) else "",
+                metadata_for(self.ws, self.access))
+        except LoaclError as exc:
+            self.send({"type": ServerFrame.ERROR, "code": exc.code, "text": exc.message})
+            return
+        self.send({"type": ServerFrame.REPLY_ADDRESS, "email": found.reply_email})
 
     async def _catch_up(self, after: int) -> None:
         """A reconnecting client's ``resume`` with ``after``: every whole message after that
