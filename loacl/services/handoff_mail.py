@@ -10,7 +10,8 @@
 - **to the visitor**: a member's message in a conversation whose visitor left an address
   (``visitor.reply_address_left``) is also mailed there, while no tab of the visitor's widget
   holds the conversation open (a visitor who is there reads it in the widget; one who comes
-  back later finds it in the history too).
+  back later finds it in the history too). Which of the two happened is recorded, and a
+  message is decided on once.
 
 At least once, never twice: the subscriber's checkpoint moves after a batch is handled, and each
 mail sent is recorded (``handoff_mails``) and looked up before sending, so that a batch handed
@@ -46,6 +47,9 @@ log = structlog.get_logger(__name__)
 
 SUBSCRIBER = "handoff-mail"
 WAITING_MAIL, REPLY_MAIL = "waiting", "reply"
+# A member's message the visitor had open in the widget: not mailed, and recorded so that a
+# batch handed over again later (the visitor gone by then) does not mail it after all.
+READ_LIVE = "reply_read_live"
 
 
 class HandoffMail:
@@ -120,9 +124,14 @@ class HandoffMail:
         if (found is None or found.erased or found.reply_email is None
                 or found.reply_email_seq is None or found.reply_email_seq > recorded.seq):
             return  # no address, or one left after this message was written
+        for kind in (REPLY_MAIL, READ_LIVE):
+            if await handoff_mails.was_sent(self.store, kind, event.message_id):
+                return  # decided before
+        at = format_time(recorded.recorded_at)
         if self.visitor_online(found.conversation_id):
-            return  # the visitor reads it in the widget now
-        if await handoff_mails.was_sent(self.store, REPLY_MAIL, event.message_id):
+            # The visitor reads it in the widget now.
+            await handoff_mails.record(self.store, READ_LIVE, event.message_id,
+                                       found.conversation_id, at)
             return
         widget = await widget_views.widget(self.store, found.widget_id)
         title = widget.definition.settings.title if widget is not None else "the chat"
@@ -132,6 +141,6 @@ class HandoffMail:
         await self.mailer.deliver(found.reply_email, f"{event.author_name} answered you",
                                   body, f"<handoff.reply.{event.message_id}@loacl>")
         await handoff_mails.record(self.store, REPLY_MAIL, event.message_id,
-                                   found.conversation_id, format_time(recorded.recorded_at))
+                                   found.conversation_id, at)
         log.info("handoff.reply_mailed", conversation_id=found.conversation_id,
                  message_id=event.message_id)
