@@ -90,12 +90,16 @@ conversation.initConversation(sync, () => panel.hidden && setUnread(unread + 1))
 conversation.initHandoff(() => { handoffButton.hidden = !settings.handoff || handedOver(); });
 handoffButton.addEventListener("click", () => {
   handoffButton.hidden = true;
-  request("/handoff", "POST", {}).then(conversation.setHandoff, (error) => setStatus(explain(error.code)));
+  request("/handoff", "POST", {}).then((answer) => {
+    conversation.setHandoff(answer);
+    // Nobody answers now: when to expect a reply, and where, in the second file.
+    if (answer.away) extra().then((loaded) => loaded.away(ctx, answer.away), () => {});
+  }, (error) => setStatus(explain(error.code)));
 });
 
 // What the second file (lazy.js) needs of this one.
 Object.assign(ctx, {
-  t, explain, request, endpoint, token: () => token, uploads: () => uploads, fileList, input, form, changed: sync,
+  t, explain, request, endpoint, lang: () => root.lang, token: () => token, uploads: () => uploads, fileList, input, form, changed: sync,
 });
 
 // -- attachments: the picker and drops; the chips and uploads are in the second file ------------
