@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from loacl.http.app import create_app
-from loacl.openai_testserver import OpenAITestServer
+from loacl.openai_testserver import FunctionCall, OpenAITestServer
 from loacl.services.keys import keyring_for
 from loacl.settings import Settings
 from loacl.store.projections import default_projections
@@ -29,6 +30,7 @@ from tests.live import serve
 from tests.test_handoff import owner_socket
 from tests.test_mail import Collector, unused_port
 from tests.test_stream import ORIGIN, PASSWORD, WAIT, Live, Log, Session, provider_server
+from tests.test_workspaces import invite_token
 
 pytestmark = pytest.mark.e2e
 
@@ -155,6 +157,23 @@ def conversation_rows(settings: Settings) -> list[Any]:
                 "visitor_email, erased_at FROM conversations ORDER BY conversation_id")
 
 
+def add_member(live: Live, collector: Collector, email: str, role: str) -> None:
+    """Register ``email``, invite it into the owner's workspace as ``role`` and accept."""
+    registered = live.http.post("/api/v1/auth/register",
+                                json={"email": email, "password": PASSWORD})
+    assert registered.status_code == 202, registered.text
+    me = live.http.get("/api/v1/auth/me", headers=live.headers)
+    workspace = me.json()["id"]  # the owner's personal workspace
+    made = live.http.post(f"/api/v1/workspaces/{workspace}/invites",
+                          json={"email": email, "role": role}, headers=live.headers)
+    assert made.status_code == 201, made.text
+    token = invite_token(collector, email)
+    login = live.http.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
+    accepted = live.http.post("/api/v1/invites/accept", json={"token": token}, headers={
+        "Authorization": f"Bearer {login.json()['access_token']}"})
+    assert accepted.status_code == 200, accepted.text
+
+
 # -- the team's mail -----------------------------------------------------------------------------
 
 
@@ -164,11 +183,13 @@ async def test_the_team_is_mailed_once_per_window_not_for_each_repeat(
 ) -> None:
     collector, _ = smtp
     with running(configured, provider[0], clock) as live:
+        add_member(live, collector, "agent@example.com", "agent")
         session = live.session()
         answer = visitor_post(live, session, "/handoff", {"reason": "refund for order 42"})
         assert answer["state"] == "waiting"
-        [mail] = await mails(collector, 1)
-        assert mail["To"] == OWNER
+        to_owner, to_agent = await mails(collector, 2)
+        assert {to_owner["To"], to_agent["To"]} == {OWNER, "agent@example.com"}
+        mail = to_owner
         assert "Site" in mail["Subject"]
         body = mail.get_content()
         assert (f"https://chat.example.com/console/conversations/{session.conversation_id}"
@@ -181,7 +202,7 @@ async def test_the_team_is_mailed_once_per_window_not_for_each_repeat(
             member_post(live, session.conversation_id, "release")
             visitor_post(live, session, "/handoff", {})
         await caught_up(configured)
-        assert len(sent(collector)) == 1
+        assert len(sent(collector)) == 2
         waits = rows(configured, "SELECT count(*) FROM events WHERE type = "
                      "'conversation.state_changed' AND payload LIKE '%\"state\":\"waiting\"%'")
         assert waits == [(3,)]
@@ -190,10 +211,10 @@ async def test_the_team_is_mailed_once_per_window_not_for_each_repeat(
         clock.offset += timedelta(minutes=configured.handoff_mail_minutes + 1)
         member_post(live, session.conversation_id, "release")
         visitor_post(live, session, "/handoff", {})
-        await mails(collector, 2)
+        await mails(collector, 4)
         await caught_up(configured)
-        assert len(sent(collector)) == 2
-        assert sent(collector)[0]["Message-ID"] != sent(collector)[1]["Message-ID"]
+        assert len(sent(collector)) == 4
+        assert sent(collector)[0]["Message-ID"] != sent(collector)[2]["Message-ID"]
 
 
 async def test_with_personal_data_allowed_the_mail_quotes_the_visitor(
@@ -398,3 +419,30 @@ async def test_an_agent_reply_is_mailed_to_the_visitor_once_across_a_restart(
     assert conversation_rows(live_settings) == live_rows
     assert rows(live_settings, "SELECT kind, count(*) FROM handoff_mails GROUP BY kind "
                 "ORDER BY kind") == [("reply", 2), ("reply_read_live", 1)]
+
+
+async def test_when_the_assistant_asks_for_a_person_every_tab_hears_nobody_is_there(
+    configured: Settings, smtp: tuple[Collector, int], provider: tuple[OpenAITestServer, str],
+    clock: Clock,
+) -> None:
+    collector, _ = smtp
+    with running(configured, provider[0], clock) as live:
+        assistant = live.http.post("/api/v1/assistants", headers=live.headers, json={
+            "name": "Helper", "provider": "openai", "model": "gpt-fake-1", "handoff": True})
+        assert assistant.status_code == 201, assistant.text
+        live.widget_id = live.widget(assistant_id=assistant.json()["id"])
+        live.provider.script(calls=[FunctionCall(
+            name="request_human", arguments=json.dumps({"reason": "wants a refund"}),
+            call_id="call_h")])
+        live.provider.script("A colleague will answer here.")
+        session = live.session()
+        async with live.tab(session) as tab, live.tab(session) as other:
+            ack = await live.ask(tab, "I want my money back")
+            await tab.follow(ack["reply_id"])
+            for each in (tab, other):
+                seen = [f for f in each.seen if f["type"] == "away"]
+                away = seen[0] if seen else await each.until(lambda f: f["type"] == "away")
+                assert away["reason"] == "nobody"
+        [mail] = await mails(collector, 1)
+        assert "The assistant asked for a person" in mail.get_content()
+        assert "wants a refund" not in mail.get_content()

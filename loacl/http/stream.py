@@ -30,6 +30,7 @@ from loacl.domain.conversations import AssistantStarted, MessagePosted
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
 from loacl.domain.handoff import (
+    ASSISTANT_ASKED,
     AgentMessagePosted,
     ConversationAssigned,
     ConversationStateChanged,
@@ -48,6 +49,7 @@ from loacl.http.validation import decode_json, validated
 from loacl.services.limits import VisitorLimits
 from loacl.services.replies import Run, reply_error_text
 from loacl.store.broker import Subscription, SubscriptionOverflow
+from loacl.store.views.conversations import ConversationView
 
 log = structlog.get_logger(__name__)
 
@@ -185,6 +187,11 @@ class Connection:
                     await self._posted(event.message_id)
                 elif isinstance(event, ConversationStateChanged | ConversationAssigned):
                     await self.send_state()
+                    if (isinstance(event, ConversationStateChanged)
+                            and event.cause == ASSISTANT_ASKED):
+                        # The model asked for a person: nobody there is said in every tab
+                        # (a visitor's own request hears it in answer to its frame).
+                        await self._send_away()
                 elif isinstance(event, SubjectErased):
                     await self._erased()
         except SubscriptionOverflow:
@@ -392,6 +399,16 @@ class Connection:
             return
         if found.state == before:
             await self.send_state()
+        await self._send_away(found)
+
+    async def _send_away(self, found: ConversationView | None = None) -> None:
+        """An ``away`` frame when the conversation waits and nobody can answer now."""
+        if found is None:
+            try:
+                found = await self.chat.conversation_of_widget(self.access.widget_id,
+                                                               self.access.conversation_id)
+            except LoaclError:
+                return
         away = await handoffs(self.ws).away(self.access, found, self.ws.app.state.clock())
         if away is not None:
             self.send({"type": ServerFrame.AWAY, **(away_json(away) or {})})

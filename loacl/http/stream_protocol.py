@@ -114,7 +114,8 @@ SERVER_FRAMES: Final = (
           "who answers changed: bot (the assistant), waiting (a person was asked for), "
           "human (agent, a member of the team, answers), closed"),
     Frame(ServerFrame.AWAY, ("reason", "next_opening", "timezone"),
-          "after this tab's handoff frame, when nobody answers now: closed (outside the "
+          "after this tab's handoff frame (or in every tab when the assistant asked for a "
+          "person), when nobody answers now: closed (outside the "
           "widget's office hours; the reply comes from next_opening, in timezone) or nobody "
           "(no member online); the visitor may leave an e-mail address"),
     Frame(ServerFrame.REPLY_ADDRESS, ("email",),

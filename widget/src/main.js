@@ -87,13 +87,15 @@ transport.initTransport({
 // A reply that ends while the panel is closed is unread.
 conversation.initConversation(sync, () => panel.hidden && setUnread(unread + 1));
 // "Talk to a person" where the assistant hands over, while it answers.
-conversation.initHandoff(() => { handoffButton.hidden = !settings.handoff || handedOver(); });
+// Nobody answers now (the handoff's answer, or an `away` frame when the assistant asked): when
+// to expect a reply, and a field for an address, from the second file.
+const away = (info) => extra().then((loaded) => loaded.away(ctx, info), () => {});
+conversation.initHandoff(() => { handoffButton.hidden = !settings.handoff || handedOver(); }, away);
 handoffButton.addEventListener("click", () => {
   handoffButton.hidden = true;
   request("/handoff", "POST", {}).then((answer) => {
     conversation.setHandoff(answer);
-    // Nobody answers now: when to expect a reply, and where, in the second file.
-    if (answer.away) extra().then((loaded) => loaded.away(ctx, answer.away), () => {});
+    if (answer.away) away(answer.away);
   }, (error) => setStatus(explain(error.code)));
 });
 
