@@ -26,6 +26,7 @@ from loacl.settings import Settings
 from loacl.store.projections import default_projections
 from loacl.store.replay import replay
 from loacl.store.sqlite import connect
+from tests.conftest import RunCli
 from tests.live import serve
 from tests.test_handoff import owner_socket
 from tests.test_mail import Collector, unused_port
@@ -364,7 +365,7 @@ async def test_the_address_is_sealed_exported_and_erased_with_the_conversation(
 
 async def test_an_agent_reply_is_mailed_to_the_visitor_once_across_a_restart(
     configured: Settings, smtp: tuple[Collector, int], provider: tuple[OpenAITestServer, str],
-    clock: Clock,
+    clock: Clock, run_cli: RunCli,
 ) -> None:
     collector, _ = smtp
     live_settings = configured.model_copy(update={"handoff_mail_minutes": 0})
@@ -419,6 +420,8 @@ async def test_an_agent_reply_is_mailed_to_the_visitor_once_across_a_restart(
     assert conversation_rows(live_settings) == live_rows
     assert rows(live_settings, "SELECT kind, count(*) FROM handoff_mails GROUP BY kind "
                 "ORDER BY kind") == [("reply", 2), ("reply_read_live", 1)]
+    code, out, _ = run_cli(live_settings.database_path, "audit", "verify")
+    assert code == 0 and out.startswith("ok: "), out
 
 
 async def test_when_the_assistant_asks_for_a_person_every_tab_hears_nobody_is_there(
