@@ -21,6 +21,7 @@ from aiosmtpd.controller import Controller
 
 from loacl.http.app import create_app
 from loacl.openai_testserver import FunctionCall, OpenAITestServer
+from loacl.services.handoff import Presence
 from loacl.services.keys import keyring_for
 from loacl.settings import Settings
 from loacl.store.projections import default_projections
@@ -449,3 +450,14 @@ async def test_when_the_assistant_asks_for_a_person_every_tab_hears_nobody_is_th
         [mail] = await mails(collector, 1)
         assert "The assistant asked for a person" in mail.get_content()
         assert "wants a refund" not in mail.get_content()
+
+
+def test_presence_counts_each_socket_once() -> None:
+    presence = Presence()
+    first, second = presence.join("ws1"), presence.join("ws1")
+    assert presence.online("ws1") and not presence.online("ws2")
+    first()
+    first()  # leaving twice is leaving once
+    assert presence.online("ws1")
+    second()
+    assert not presence.online("ws1")

@@ -1,6 +1,9 @@
 """Handing conversations to people: the visitor or the assistant asks for one, a member takes
 over, writes to the visitor, gives the conversation back or closes it; read marks for unread
-counts; typing signals (never logged). The rules are :mod:`loacl.domain.handoff`'s."""
+counts; typing signals (never logged). When nobody can answer at once (outside the widget's
+office hours, or no member online: :class:`Presence`, in memory), the visitor is told so and
+may leave an address for replies by mail (:mod:`loacl.services.handoff_mail` sends them). The
+rules are :mod:`loacl.domain.handoff`'s."""
 
 from __future__ import annotations
 
