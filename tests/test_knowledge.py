@@ -16,6 +16,7 @@ import docx
 import httpx
 import pytest
 
+from loacl import samples
 from loacl.openai_testserver import FunctionCall, HttpError, OpenAITestServer, embedding
 from loacl.services.extract import kind_of, passages
 from loacl.services.knowledge import fuse
@@ -41,32 +42,8 @@ SHIPPING = "Shipping\n\nParcels leave our warehouse in Leeds every weekday at no
 
 
 def pdf_bytes(pages: list[str]) -> bytes:
-    """A small, valid PDF with one line of Helvetica text per page, offsets computed."""
-    objects: list[bytes] = []
-    kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(len(pages)))
-    objects.append(b"<< /Type /Catalog /Pages 2 0 R >>")
-    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode())
-    font = 3 + 2 * len(pages)
-    for i, text in enumerate(pages):
-        content = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
-        objects.append(
-            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {4 + 2 * i} 0 R "
-            f"/Resources << /Font << /F1 {font} 0 R >> >> >>".encode()
-        )
-        objects.append(b"<< /Length %d >>\nstream\n" % len(content) + content
-                       + b"\nendstream")
-    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1, xref)
-    return bytes(out)
+    """A small, valid PDF with one line of text per page ("" for a page without text)."""
+    return samples.pdf([[text] if text else [] for text in pages])
 
 
 def docx_bytes(paragraphs: list[str]) -> bytes:
@@ -273,30 +250,36 @@ def test_chat_completions_models_search_the_knowledge_too(
     assert answer["role"] == "tool" and "Leeds" in answer["content"]
 
 
+# The question shares no word with the refund passage, but the model says they mean the same:
+# only the embeddings can find it.
+MEANING = "money back"
+PASSAGE = "Customers may return any product within 30 days of delivery for a full refund."
+
+
+def by_meaning(tmp_path: Path, server: OpenAITestServer, root: str) -> Settings:
+    """Settings with embeddings, one result per search, and the model scripted to search."""
+    server.vectors[MEANING] = embedding("refund")
+    server.vectors[PASSAGE] = embedding("refund")
+    server.script(calls=[search_call(MEANING)])
+    return chat_settings(tmp_path, root, embedding_model="text-embedding-3-small",
+                         knowledge_results=1, knowledge_chunk_chars=200)
+
+
 def test_hybrid_ranking_finds_a_passage_by_meaning_when_embeddings_are_served(
     tmp_path: Path, server: OpenAITestServer, root: str
 ) -> None:
-    settings = chat_settings(tmp_path, root, embedding_model="text-embedding-3-small",
-                             knowledge_results=1, knowledge_chunk_chars=200)
-    meaning = "money back"
-    # The question shares no word with the refund passage, but the model says they mean the
-    # same: only the embeddings can find it.
-    passage = ("Customers may return any product within 30 days of delivery for a full "
-               "refund.")
-    server.vectors[meaning] = embedding("refund")
-    server.vectors[passage] = embedding("refund")
-    server.script(calls=[search_call(meaning)])
+    settings = by_meaning(tmp_path, server, root)
     with live(settings) as site:
         assistant_id, visitor = assistant(site)
-        added(site, assistant_id, "policy.txt", passage.encode())
+        added(site, assistant_id, "policy.txt", PASSAGE.encode())
         added(site, assistant_id, "shipping.txt", SHIPPING.encode())
         wait_until(lambda: bool(chunk_rows(settings, "SELECT count(*) FROM knowledge_vectors")
                                 [0][0] >= 2), "the embeddings")
         reply = site.post(visitor, "Can I get my money back?").json()["reply"]
-    assert reply["citations"][0]["passage"] == passage
+    assert reply["citations"][0]["passage"] == PASSAGE
     embedded = server.requests_to("embeddings")
     assert embedded[0].json["model"] == "text-embedding-3-small"
-    assert embedded[-1].json["input"] == [meaning]
+    assert embedded[-1].json["input"] == [MEANING]
     vectors = chunk_rows(settings, "SELECT length(embedding) FROM knowledge_vectors")
     assert {n for (n,) in vectors} == {4 * 64}
     replay_matches(settings)
@@ -312,29 +295,22 @@ def test_a_document_added_after_a_search_is_found_by_meaning_at_the_next(
 ) -> None:
     """The nearest-passage search works on a copy of the embeddings: a new document's
     passages join it before the next search."""
-    settings = chat_settings(tmp_path, root, embedding_model="text-embedding-3-small",
-                             knowledge_results=1, knowledge_chunk_chars=200)
-    meaning = "money back"
-    passage = ("Customers may return any product within 30 days of delivery for a full "
-               "refund.")
-    server.vectors[meaning] = embedding("refund")
-    server.vectors[passage] = embedding("refund")
-    server.script(calls=[search_call(meaning)])
+    settings = by_meaning(tmp_path, server, root)
     with live(settings) as site:
         assistant_id, visitor = assistant(site)
         added(site, assistant_id, "shipping.txt", SHIPPING.encode())
         wait_until(lambda: bool(chunk_rows(settings, "SELECT count(*) FROM knowledge_vectors")
                                 [0][0] >= 1), "the first embeddings")
         before = site.post(visitor, "Can I get my money back?").json()["reply"]
-        added(site, assistant_id, "policy.txt", passage.encode())
+        added(site, assistant_id, "policy.txt", PASSAGE.encode())
         wait_until(lambda: bool(chunk_rows(
             settings, "SELECT count(*) FROM knowledge_vectors v JOIN knowledge_chunks c "
             "ON c.text_sha256 = v.text_sha256 WHERE c.text LIKE 'Customers%'")[0][0]),
             "the new document's embeddings")
-        server.script(calls=[search_call(meaning)])
+        server.script(calls=[search_call(MEANING)])
         after = site.post(visitor, "And my money back?").json()["reply"]
     assert [c["document"] for c in before["citations"]] == ["shipping.txt"]
-    assert [c["passage"] for c in after["citations"]] == [passage]
+    assert [c["passage"] for c in after["citations"]] == [PASSAGE]
 
 
 def test_a_failing_embeddings_endpoint_leaves_full_text_search(

@@ -501,3 +501,83 @@ def test_a_repaired_database_keeps_its_endpoints_and_pending_deliveries(
     assert positions == sorted(positions)
     assert all(e["status"] == "delivered" for e in log)
     assert any(e["attempts"] >= 2 for e in log), "the attempts before the repair are kept"
+
+
+def _smash_late_page(path: Any) -> None:
+    """Overwrite the cells of the events table's second-to-last leaf page (late traffic, well
+    after the endpoint was made), as a failing disk would."""
+    conn = sqlite3.connect(path)
+    (size,) = conn.execute("PRAGMA page_size").fetchone()
+    pages = [p for (p,) in conn.execute(
+        "SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf' ORDER BY pageno")]
+    conn.close()
+    assert len(pages) >= 4, pages
+    with path.open("r+b") as f:
+        f.seek((pages[-2] - 1) * size + 8)
+        f.write(b"\xa5" * 400)
+
+
+def test_a_repair_that_loses_events_leaves_their_deliveries_out_and_sends_the_rest(
+    settings: Settings, provider: tuple[OpenAITestServer, str], receiver: Receiver
+) -> None:
+    """Deliveries waiting for a receiver that was down, then a damaged log: ``loacl repair``
+    leaves out the deliveries of the events it could not read and sends every other one from
+    the repaired file, under the id of its event's new position, each once, in order."""
+    from loacl.services.keys import keyring_for
+    from loacl.store.projections import default_projections
+    from loacl.store.repair import repair
+
+    config = configured(settings, provider, webhook_disable_after=10_000)
+    receiver.stop()
+    with running(config) as site:
+        hook = site.hook(receiver.url, "message.posted", "reply.completed")
+        token = site.visitor()
+        for n in range(12):
+            provider[0].script(f"reply {n} " + "words " * 40)
+            site.ask(token, f"question {n} " + "more " * 40)
+        deadline = time.monotonic() + WAIT
+        while True:
+            rows = site.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries?limit=100",
+                                 headers=site.headers).json()["data"]
+            if len(rows) == 24:
+                break
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.05)
+    conn = sqlite3.connect(config.database_path)
+    (created,) = conn.execute(
+        "SELECT seq FROM events WHERE type = 'webhook.created'").fetchone()
+    waiting = {int(s): str(m) for s, m in conn.execute(
+        "SELECT source_seq, message_id FROM webhook_deliveries")}
+    conn.close()
+    _smash_late_page(config.database_path)
+    out = settings.database_path.with_name("repaired.db")
+    result = repair(settings.database_path, out, default_projections(),
+                    keys=keyring_for(config))
+    assert result.lost, "the smashed page held events"
+    assert all(first > created for first, _ in result.lost), (result.lost, created)
+
+    def lost(seq: int) -> bool:
+        return any(a <= seq <= b for a, b in result.lost)
+
+    def moved(seq: int) -> int:
+        return seq - sum(b - a + 1 for a, b in result.lost if b < seq)
+
+    kept = {seq: f"msg_{moved(seq)}_{hook['id']}" for seq in waiting if not lost(seq)}
+    gone = len(waiting) - len(kept)
+    assert gone > 0 and len(kept) > 0
+    assert f"{gone} webhook deliveries told of lost events and are left out" in result.notes
+    repaired = config.model_copy(update={"database_url": f"sqlite:///{out}"})
+    receiver.start()
+    with running(repaired, first=False) as site:
+        seen = receiver.wait_for(lambda r: len({x.id for x in r}) >= len(kept))
+        time.sleep(0.3)  # anything more would come now
+        log = site.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries?limit=100",
+                            headers=site.headers).json()["data"]
+        seen = list(receiver.received)
+    assert {r.id for r in seen} == set(kept.values())
+    assert len(seen) == len(kept)  # each once
+    positions = [int(r.id.split("_")[1]) for r in seen]
+    assert positions == sorted(positions)
+    for r in seen:
+        verified(r, hook["secret"])  # signed with the endpoint's secret
+    assert len(log) == len(kept) and all(e["status"] == "delivered" for e in log)

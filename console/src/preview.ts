@@ -21,6 +21,7 @@ interface AssistantPreviewMessage {
 }
 
 let latest: PreviewMessage | null = null;
+let shown = 0; // counts show(): a look replaced by a newer one stops waiting to open
 let lookOnly = false;
 let chatting = false; // the assistant editor's preview: every widget call is answered here
 const ASSISTANT_WIDGET = "assistant-preview";
@@ -166,15 +167,18 @@ function show(message: PreviewMessage, chat = false): void {
   script.dataset.theme = message.settings.theme;
   script.dataset.position = message.settings.position;
   script.dataset.locale = message.settings.locale;
-  script.addEventListener("load", () => openWhenReady(0));
+  const start = ++shown;
+  script.addEventListener("load", () => openWhenReady(start, 0));
   document.body.append(script);
 }
 
-/** Open the panel, so the title and greeting show. */
-function openWhenReady(tries: number): void {
+/** Open the panel once the widget's launcher shows (its config answered: on a busy machine
+ * that may take many seconds), so the title and greeting show. */
+function openWhenReady(start: number, tries: number): void {
+  if (start !== shown) return;
   const launcher = document.querySelector("loacl-chat")?.shadowRoot?.querySelector<HTMLButtonElement>(".r:not([hidden]) .l");
   if (launcher) launcher.click();
-  else if (tries < 50) setTimeout(() => openWhenReady(tries + 1), 100);
+  else if (tries < 600) setTimeout(() => openWhenReady(start, tries + 1), 100);
 }
 
 addEventListener("message", (event: MessageEvent) => {

@@ -35,13 +35,10 @@ from loacl.http.common import (
     assistants,
     chat,
     client_ip,
-    if_match,
-    metadata,
     public_base,
     widgets,
-    with_etag,
 )
-from loacl.http.resources import PATCH_TYPES, OwnedResource
+from loacl.http.resources import PATCH_TYPES, OwnedResource, rotated
 from loacl.http.routing import IF_MATCH, PAGE, Endpoint, Param
 from loacl.http.shapes import assistant_json, widget_json
 from loacl.http.static import widget_script
@@ -209,21 +206,12 @@ def _widget_definition(_request: Request, body: WidgetBody) -> WidgetDefinition:
 
 
 async def rotate_secret(request: Request) -> Response:
-    owner = await current_member(request, ADMIN, verified=True)
-    rotated = await widgets(request).rotate_secret(
-        owner.workspace_id, request.path_params["id"], if_match(request),
-        metadata(request, owner.user_id),
-    )
-    return with_etag(_with_secret(request, rotated))
+    return await rotated(request, widgets(request).rotate_secret,
+                         lambda made: _with_secret(request, made))
 
 
 async def rotate_tool_secret(request: Request) -> Response:
-    owner = await current_member(request, ADMIN, verified=True)
-    rotated = await assistants(request).rotate_tool_secret(
-        owner.workspace_id, request.path_params["id"], if_match(request),
-        metadata(request, owner.user_id),
-    )
-    return with_etag(assistant_json(rotated))
+    return await rotated(request, assistants(request).rotate_tool_secret, assistant_json)
 
 
 ASSISTANTS = OwnedResource(assistants, AssistantBody, _definition, assistant_json)

@@ -8,7 +8,7 @@ what ``PUT`` would take, the result checked as a ``PUT`` body is. Both take ``If
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -171,3 +171,15 @@ class OwnedResource(Generic[V, D, B]):
             metadata(request, owner.user_id),
         )
         return Response(status_code=204)
+
+
+async def rotated(
+    request: Request, rotate: Callable[..., Awaitable[V]], shown: Callable[[V], dict[str, Any]]
+) -> Response:
+    """A new secret for the item at ``{id}`` by ``rotate(workspace_id, id, expected_version,
+    metadata)`` (If-Match honoured), answered once with ``shown``."""
+    owner = await current_member(request, ADMIN, verified=True)
+    made = await rotate(owner.workspace_id, request.path_params["id"], if_match(request),
+                        metadata(request, owner.user_id))
+    return with_etag(shown(made))
+

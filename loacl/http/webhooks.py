@@ -13,8 +13,8 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.webhooks import ALL_KINDS, KINDS, MAX_URL, RESERVED_KINDS, WebhookDefinition
 from loacl.domain.workspaces import ADMIN
 from loacl.http.auth import current_member
-from loacl.http.common import if_match, metadata, page, page_response, with_etag
-from loacl.http.resources import PATCH_TYPES, OwnedResource
+from loacl.http.common import page, page_response
+from loacl.http.resources import PATCH_TYPES, OwnedResource, rotated
 from loacl.http.routing import IF_MATCH, PAGE, Endpoint
 from loacl.http.shapes import delivery_json, webhook_json
 from loacl.services.webhooks import Webhooks
@@ -61,12 +61,8 @@ WEBHOOKS = OwnedResource(webhooks, WebhookBody, _definition, webhook_json, _with
 
 
 async def rotate_secret(request: Request) -> Response:
-    owner = await current_member(request, ADMIN, verified=True)
-    rotated = await webhooks(request).rotate_secret(
-        owner.workspace_id, request.path_params["id"], if_match(request),
-        metadata(request, owner.user_id),
-    )
-    return with_etag(_with_secret(request, rotated))
+    return await rotated(request, webhooks(request).rotate_secret,
+                         lambda made: _with_secret(request, made))
 
 
 async def send_test(request: Request) -> Response:

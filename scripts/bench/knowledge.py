@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from loacl import samples
 from loacl.domain.knowledge import DocumentIndexed, DocumentUploaded, Passage, knowledge_stream
 from loacl.services.extract import extract
 from loacl.services.knowledge import as_vector, fuse
@@ -96,38 +97,16 @@ async def search(path: Path, dimensions: int) -> None:
             await views.hits(store, order)
             hybrid.append((time.perf_counter() - started) * 1000)
         index.close()
-    for name, samples, goal in (("BM25 (FTS5) alone", bm25, 10), ("hybrid (RRF)", hybrid, 30)):
-        p50, p99 = percentiles(samples)
+    for name, timings, goal in (("BM25 (FTS5) alone", bm25, 10), ("hybrid (RRF)", hybrid, 30)):
+        p50, p99 = percentiles(timings)
         print(f"  {name:<18} p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   (goal p50 <= {goal} ms)")
 
 
 def pdf_bytes(pages: int) -> bytes:
     """A PDF of ``pages`` pages, each with 30 lines of text."""
     rng = random.Random(3)
-    objects: list[bytes] = [b"<< /Type /Catalog /Pages 2 0 R >>"]
-    kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(pages))
-    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode())
-    font = 3 + 2 * pages
-    for i in range(pages):
-        lines = " ".join(
-            f"BT /F1 10 Tf 50 {760 - 22 * n} Td ({' '.join(rng.choice(WORDS) for _ in range(12))})"
-            " Tj ET" for n in range(30))
-        content = lines.encode()
-        objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents "
-                       f"{4 + 2 * i} 0 R /Resources << /Font << /F1 {font} 0 R >> >> >>".encode())
-        objects.append(b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream")
-    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1, xref)
-    return bytes(out)
+    return samples.pdf([[" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(30)]
+                        for _ in range(pages)])
 
 
 def ingestion(pages: int) -> None:
