@@ -357,6 +357,16 @@ class Settings(BaseModel):
         "are passed on at most once per this many seconds per person and conversation; a "
         "member's `POST .../typing` sooner is refused with 429."
     )
+    handoff_mail_minutes: int = Field(
+        15, ge=0, le=10_080, description="When a conversation starts waiting for a person, the "
+        "members of its workspace get a mail, at most once per conversation per this many "
+        "minutes (asking again within them sends none); 0: no such mails."
+    )
+    handoff_mail_personal: bool = Field(
+        False, description="Whether that mail quotes the visitor's last message and the reason "
+        "given for the handoff. Off by default: a mail leaves the server for mailboxes that an "
+        "erasure cannot reach, so it names the widget and links to the conversation instead."
+    )
     ws_ping_seconds: float = Field(
         20.0, gt=0, le=600, description="Seconds between pings on a streaming WebSocket."
     )

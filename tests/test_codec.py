@@ -62,6 +62,7 @@ from loacl.domain.handoff import (
     ConversationAssigned,
     ConversationRead,
     ConversationStateChanged,
+    ReplyAddressLeft,
 )
 from loacl.domain.hours import OfficeHours, Window
 from loacl.domain.knowledge import (
@@ -281,6 +282,7 @@ SAMPLES: dict[str, Event] = {
             client_message_id="a-1",
         ),
         ConversationRead(conversation_id="cnv_5T", member_id="usr_01J9Z3", up_to=42),
+        ReplyAddressLeft(conversation_id="cnv_5T", email="zoë@exämple.com"),
     ]
 }
 

@@ -249,9 +249,10 @@ def test_the_http_path_asks_for_a_person_and_keeps_messages_from_the_provider(
     assert first.status_code == 201 and first.json()["reply"]["text"] == "hi"
     asked = live.http.post(f"{base}/handoff", headers=visitor, json={"reason": "refund"})
     assert asked.status_code == 200, asked.text
-    assert asked.json() == {"state": "waiting", "agent": None}
+    nobody = {"reason": "nobody", "next_opening": None, "timezone": None}  # no member online
+    assert asked.json() == {"state": "waiting", "agent": None, "away": nobody}
     again = live.http.post(f"{base}/handoff", headers=visitor)
-    assert again.json() == {"state": "waiting", "agent": None}
+    assert again.json() == {"state": "waiting", "agent": None, "away": nobody}
     before = len(live.provider.requests)
     kept = live.http.post(f"{base}/messages", headers=visitor, json={"text": "hello?"})
     assert kept.status_code == 201, kept.text

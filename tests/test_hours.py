@@ -12,7 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loacl.domain.errors import LoaclError
-from loacl.domain.hours import DAYS, OfficeHours, Window, checked_hours, is_open, next_opening
+from loacl.domain.hours import (
+    CLOSED,
+    DAYS,
+    NOBODY,
+    Away,
+    OfficeHours,
+    Window,
+    away,
+    checked_hours,
+    is_open,
+    next_opening,
+)
 from loacl.domain.widgets import WidgetCreated, WidgetUpdated
 from loacl.settings import Settings
 from loacl.store import codec
@@ -285,3 +296,21 @@ def test_widgets_written_before_office_hours_read_as_having_none() -> None:
         assert isinstance(decoded, (WidgetCreated, WidgetUpdated))
         assert decoded.definition.office_hours is None
         assert decoded.definition.settings.prechat_fields == ("name", "email")
+
+
+# -- nobody there ------------------------------------------------------------------------------
+
+
+def test_away_says_closed_with_the_next_opening_or_nobody_online() -> None:
+    hours = OfficeHours(timezone="Europe/Berlin", windows=(
+        Window(day="mon", opens="09:00", closes="17:00"),))
+    saturday_noon = at("2026-12-05T12:00:00+00:00")
+    monday_ten = at("2026-12-07T09:00:00+00:00")  # 10:00 in Berlin
+    assert away(hours, True, saturday_noon) == Away(
+        CLOSED, at("2026-12-07T08:00:00+00:00"), "Europe/Berlin")
+    assert away(hours, True, monday_ten) is None
+    assert away(hours, False, monday_ten) == Away(NOBODY, None, "Europe/Berlin")
+    assert away(None, True, saturday_noon) is None  # no hours kept: always open
+    assert away(None, False, saturday_noon) == Away(NOBODY, None, None)
+    never = OfficeHours(timezone="UTC")
+    assert away(never, True, saturday_noon) == Away(CLOSED, None, "UTC")

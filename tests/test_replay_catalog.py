@@ -40,8 +40,10 @@ KINDS = [
     "delete_webhook", "register", "rename_user", "workspace", "rename_workspace",
     "delete_workspace", "invite", "revoke_invite", "join", "role", "remove_member",
     "handoff", "takeover", "agent_message", "release", "close", "assign", "read",
+    "reply_address",
 ]
-HANDOFF_KINDS = {"handoff", "takeover", "agent_message", "release", "close", "assign", "read"}
+HANDOFF_KINDS = {"handoff", "takeover", "agent_message", "release", "close", "assign", "read",
+                 "reply_address"}
 MASTER = bytes(range(32))
 TEXTS = ["Bonjour", "Où est mon colis ? 📦", "", "**bold** and `code`", "a" * 300]
 
@@ -272,6 +274,10 @@ async def _handoff_step(
         elif kind == "assign":
             events = ho.assign(state, cid, by=ho.member(member),
                                assignee_id=None if b % 3 == 0 else member, assignee_name=name)
+        elif kind == "reply_address":
+            # The decision compares with the address left before; the catalog leaves a new
+            # one each time (a repeat is a no-op the service decides from the read table).
+            events = ho.leave_reply_address(cid, None, f"visitor{b}@exämple.com")
         else:
             await store.append(ho.inbox_stream(member), [ho.ConversationRead(
                 conversation_id=cid, member_id=member, up_to=b * 3)])

@@ -353,9 +353,9 @@ def test_the_server_runs_the_built_in_subscribers(settings: Settings) -> None:
         with contextlib.closing(sqlite3.connect(settings.database_path)) as conn:
             return [r[0] for r in conn.execute("SELECT name FROM subscriber_checkpoints")]
 
-    # The log's own (default_subscribers), the budget mail (it needs the mailer) and the
-    # webhooks' outbox (it needs the server key).
-    running = ["budget-mail", "usage", "webhooks.outbox"]
+    # The log's own (default_subscribers), the budget and handoff mail (they need the mailer)
+    # and the webhooks' outbox (it needs the server key).
+    running = ["budget-mail", "handoff-mail", "usage", "webhooks.outbox"]
     with TestClient(create_app(settings)):
         for _ in range(int(PATIENCE / 0.01)):  # the lifespan's loop runs in another thread
             if sorted(names()) == running:

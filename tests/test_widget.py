@@ -10,13 +10,16 @@ Without Chromium these tests skip locally and fail under CI (``CI=true``).
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -1005,3 +1008,50 @@ def test_talk_to_a_person_and_the_persons_messages_with_their_name(
     assert bubbles(page, "u").all_inner_texts() == ["Hello", "Thanks!"]
     transcript = loacl.client.get(f"{base}/messages", headers=loacl.headers).json()["data"]
     assert [m["role"] for m in transcript] == ["user", "assistant", "agent", "user"]
+
+
+def test_away_notice_and_the_address_form_outside_office_hours(loacl: Loacl, page: Page) -> None:
+    zone = ZoneInfo("Europe/Berlin")
+    day = datetime.now(zone).date() + timedelta(days=3)  # closed now, whatever the hour
+    name = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[day.weekday()]
+    assistant = loacl.client.post("/api/v1/assistants", headers=loacl.headers, json={
+        "name": "Desk", "provider": "demo", "model": "demo", "handoff": True})
+    assert assistant.status_code == 201, assistant.text
+    widget = loacl.widget(assistant_id=assistant.json()["id"], name="Away desk",
+                          office_hours={"timezone": "Europe/Berlin", "windows": [
+                              {"day": name, "opens": "09:00", "closes": "17:00"}]})
+    opened(page, loacl.page(widget))
+    send(page, "Hello")
+    wait_done(page)
+    page.locator("loacl-chat .ho").click()
+    notice = page.locator("loacl-chat form.aw p[role=status]")
+    notice.wait_for()
+    text = notice.inner_text()
+    assert text.startswith("We're away. We'll reply from ")
+    assert calendar.day_name[day.weekday()] in text and "9:00" in text
+    assert "(Europe/Berlin)." in text and "answer by mail" in text
+    field = page.locator("loacl-chat form.aw input[name=email]")
+    assert field.get_attribute("type") == "email"
+    assert field.get_attribute("aria-label") == "Your e-mail address"
+    # A wrong address, past the browser's own check: the server's code, explained.
+    field.evaluate("(el) => { el.type = 'text'; }")
+    field.fill("ada@")
+    page.locator("loacl-chat form.aw button").click()
+    alert = page.locator("loacl-chat form.aw [role=alert]")
+    alert.wait_for()
+    assert alert.inner_text() == "Please enter a valid e-mail address."
+    field.fill("<b>ada</b>@example.com")  # shown as text if it came back, never as markup
+    page.locator("loacl-chat form.aw button").click()
+    alert.get_by_text("Please enter a valid e-mail address.").wait_for()
+    field.fill("Ada@Example.com")
+    page.locator("loacl-chat form.aw button").click()
+    page.locator("loacl-chat form.aw").get_by_text(
+        "Thank you. We'll answer at Ada@example.com.").wait_for()
+    assert page.locator("loacl-chat form.aw input").count() == 0
+    shot(page, "away")
+    listed = loacl.client.get("/api/v1/conversations", headers=loacl.headers,
+                              params={"widget_id": widget, "status": "waiting"})
+    (conversation,) = listed.json()["data"]
+    exported = loacl.client.get(f"/api/v1/conversations/{conversation['id']}/export",
+                                headers=loacl.headers)
+    assert exported.json()["conversation"]["reply_email"] == "Ada@example.com"

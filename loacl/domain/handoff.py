@@ -105,6 +105,27 @@ class ConversationRead(Event):
     not_personal = ("conversation_id", "member_id")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplyAddressLeft(Event):
+    """The visitor left an e-mail address for the team's replies (nobody was there to answer
+    at once): members' messages in the conversation are then also sent there by mail.
+    Personal: sealed with the conversation's key, gone when the conversation is erased."""
+
+    event_type = "visitor.reply_address_left"
+    conversation_id: str
+    email: str
+    personal = ("email",)
+    not_personal = ("conversation_id",)
+
+
+def leave_reply_address(conversation_id: str, current: str | None, email: str) -> list[Event]:
+    """The visitor's address for replies by mail (already checked as an address); leaving the
+    same one again changes nothing."""
+    if current == email:
+        return []
+    return [ReplyAddressLeft(conversation_id=conversation_id, email=email)]
+
+
 def inbox_stream(member_id: str) -> str:
     return f"inbox-{member_id}"
 

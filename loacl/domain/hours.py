@@ -135,3 +135,27 @@ def next_opening(hours: OfficeHours, at: datetime) -> datetime | None:
             if opens.astimezone(UTC) >= at and closes > opens:
                 return opens.astimezone(UTC)
     return None
+
+
+NOBODY, CLOSED = "nobody", "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Away:
+    """Why nobody answers a handoff at once: outside the hours (``closed``: the reply comes
+    from ``next_opening`` on, None when no window opens within a year), or within them with
+    no member online (``nobody``)."""
+
+    reason: str  # closed | nobody
+    next_opening: datetime | None
+    timezone: str | None
+
+
+def away(hours: OfficeHours | None, someone_online: bool, at: datetime) -> Away | None:
+    """Whether a visitor asking for a person now should be told that nobody is there, and
+    when to expect a reply; None: someone can answer now."""
+    if hours is not None and not is_open(hours, at):
+        return Away(CLOSED, next_opening(hours, at), hours.timezone)
+    if not someone_online:
+        return Away(NOBODY, None, hours.timezone if hours is not None else None)
+    return None

@@ -48,6 +48,7 @@ from loacl.services.chat import Chat
 from loacl.services.demo import Demo, demo_enabled
 from loacl.services.files import Files
 from loacl.services.handoff import Handoffs
+from loacl.services.handoff_mail import HandoffMail
 from loacl.services.inbox import Inbox
 from loacl.services.keys import keyring_for
 from loacl.services.knowledge import Knowledge
@@ -163,9 +164,14 @@ def create_app(
     server_key = jwt_secret(settings)
     hooks = Webhooks(store, settings, server_key, mailer, clock)
     dispatcher = Dispatcher(hooks)
+
+    def visitor_online(conversation_id: str) -> bool:
+        return any(c.access.conversation_id == conversation_id
+                   for c in stream.open_connections(app))
+
     subscriptions = Subscriptions(store, [
         *default_subscribers(), BudgetMail(budgets, mailer, hooks.budget_reached).subscriber(),
-        hooks.subscriber(),
+        hooks.subscriber(), HandoffMail(store, settings, mailer, visitor_online).subscriber(),
     ])
     passwords = Passwords(
         settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism

@@ -36,7 +36,7 @@ And by status::
     412 version_conflict
     413 message_too_long, file_too_large, payload_too_large
     415 unsupported_file_type, unsupported_media_type, unsupported_document_type
-    422 validation_error, unknown_model, provider_not_configured, unknown_assistant,
+    422 validation_error, invalid_email, unknown_model, provider_not_configured, unknown_assistant,
         unknown_file, unknown_member, empty_file, unsupported_file_for_provider, tool_not_supported,
         invalid_export, invalid_migration_target, not_resettable, invalid_timestamp,
         replica_not_configured, url_not_allowed, knowledge_store_not_supported
@@ -158,6 +158,8 @@ ERRORS: dict[str, ErrorCode] = {
     "unsupported_media_type": ErrorCode(415, "send application/json"),
     # 422
     "validation_error": ErrorCode(422, "a field is missing or invalid; `errors` says which"),
+    "invalid_email": ErrorCode(422, "not an e-mail address that mail can be sent to; "
+                               "`errors` says why"),
     "unknown_model": ErrorCode(422, "the provider has no such model"),
     "url_not_allowed": ErrorCode(422, "LOACL may not call that URL: https:// and a public "
                                       "address only, unless the server allows more"),

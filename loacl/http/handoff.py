@@ -17,14 +17,23 @@ from loacl.http.chat import visitor
 from loacl.http.common import handoffs, metadata
 from loacl.http.inbox import inbox
 from loacl.http.routing import Endpoint
-from loacl.http.shapes import inbox_item_json, message_json
+from loacl.http.shapes import away_json, inbox_item_json, message_json
 from loacl.http.validation import parse_body
 from loacl.http.visitors import visitor_endpoint
+from loacl.services.handoff import MAX_ADDRESS
 
 
 class HandoffBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = Field("", max_length=MAX_REASON)
+
+
+class ReplyAddressBody(BaseModel):
+    """The visitor's e-mail address for the team's replies (personal data: sealed in the log)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"email": "ada@example.com"}]})
+    email: str = Field(max_length=MAX_ADDRESS)
 
 
 class ForceBody(BaseModel):
@@ -69,10 +78,22 @@ async def visitor_handoff(request: Request) -> Response:
     access = await visitor(request)
     body = await _body(request, HandoffBody)
     assert isinstance(body, HandoffBody)
-    found = await handoffs(request).visitor_asks(
+    service = handoffs(request)
+    found = await service.visitor_asks(
         access, body.reason, metadata(request, f"visitor:{access.visitor_id}"))
+    away = await service.away(access, found, request.app.state.clock())
     return JSONResponse({"state": found.state,
-                         "agent": found.assignee_name if found.state == "human" else None})
+                         "agent": found.assignee_name if found.state == "human" else None,
+                         "away": away_json(away)})
+
+
+@visitor_endpoint
+async def reply_address(request: Request) -> Response:
+    access = await visitor(request)
+    body = await parse_body(request, ReplyAddressBody)
+    found = await handoffs(request).leave_address(
+        access, body.email, metadata(request, f"visitor:{access.visitor_id}"))
+    return JSONResponse({"email": found.reply_email}, headers={"Cache-Control": "no-store"})
 
 
 async def _entry(request: Request, member_id: str, owner_id: str) -> Response:
@@ -159,7 +180,18 @@ endpoints = [
              description="The conversation waits for a member of the team (`waiting`); the "
              "assistant stops answering, and the visitor's messages are kept for the team. "
              "Asking again while a person is asked for or answers changes nothing. The "
-             "WebSocket's `handoff` frame does the same."),
+             "WebSocket's `handoff` frame does the same. `away` is null when someone can "
+             "answer now; otherwise it says why nobody does (`closed`: outside the widget's "
+             "office hours, with the `next_opening` and its `timezone`; `nobody`: no member "
+             "is online) and the widget offers to leave an e-mail address."),
+    Endpoint("post", "/api/v1/widgets/{id}/reply-address", reply_address,
+             "Leave an e-mail address for the team's replies", "chat", auth="visitor",
+             body=ReplyAddressBody, codes=("invalid_email", "subject_erased"),
+             returns="ReplyAddress",
+             description="Members' messages in this conversation are then also sent to the "
+             "address by mail while no tab of the widget holds the conversation open. The "
+             "address is personal data: sealed with the conversation's key, in its export, "
+             "gone with its erasure. The WebSocket's `reply_address` frame does the same."),
     Endpoint("post", "/api/v1/conversations/{id}/takeover", take_over,
              "Take the conversation over: you answer it, the assistant stops", "conversations",
              auth="owner", role=AGENT, body=ForceBody, codes=_MEMBER, returns="InboxConversation",

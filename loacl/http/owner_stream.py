@@ -355,6 +355,8 @@ async def owner_stream(websocket: WebSocket) -> None:
                "expires_in": left})
     write = asyncio.create_task(conn.write_frames())
     stop_typing = handoffs(websocket).typing.listen(None, conn.on_typing)
+    # Online for a handoff's "nobody there" (services.handoff.Presence) while the socket is up.
+    leave = handoffs(websocket).presence.join(principal.workspace_id)
     others = [asyncio.create_task(conn.read_frames()), asyncio.create_task(conn.ping()),
               asyncio.create_task(conn.follow_news(conn.news)),
               asyncio.create_task(conn.follow_typing()),
@@ -369,6 +371,7 @@ async def owner_stream(websocket: WebSocket) -> None:
     finally:
         conn.news.close()
         stop_typing()
+        leave()
         await conn.wind_down(write, others)
 
 

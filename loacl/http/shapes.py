@@ -9,7 +9,7 @@ from typing import Any
 from loacl.domain.accounts import display_name
 from loacl.domain.assistants import HANDOFF_TOOL, ToolDefinition
 from loacl.domain.handoff import STATES as HANDOFF_STATES
-from loacl.domain.hours import DAYS, OfficeHours, is_open, next_opening
+from loacl.domain.hours import DAYS, Away, OfficeHours, is_open, next_opening
 from loacl.services.accounts import TokenPair
 from loacl.services.privacy import Export
 from loacl.store.views.accounts import SessionView, UserView
@@ -87,6 +87,16 @@ def availability_json(hours: OfficeHours | None, at: datetime) -> dict[str, Any]
         "next_opening": None if opening is None else opening.isoformat().replace("+00:00", "Z"),
         "timezone": hours.timezone,
     }
+
+
+def away_json(found: Away | None) -> dict[str, Any] | None:
+    """What the visitor is told when nobody answers a handoff at once (None: someone will)."""
+    if found is None:
+        return None
+    opening = found.next_opening
+    return {"reason": found.reason, "timezone": found.timezone,
+            "next_opening": None if opening is None
+            else opening.isoformat().replace("+00:00", "Z")}
 
 
 def widget_json(view: WidgetView) -> dict[str, Any]:
@@ -171,6 +181,7 @@ def conversation_json(view: ConversationView) -> dict[str, Any]:
         "erased_at": view.erased_at,
         "visitor_name": view.visitor_name,
         "visitor_email": view.visitor_email,
+        "reply_email": view.reply_email,
         "state": view.state,
     }
 
@@ -495,7 +506,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                              "created_at": _TIME, "last_activity_at": _TIME,
                              "message_count": _INT, "erased_at": _nullable(_TIME),
                              "visitor_name": _nullable(_STR),
-                             "visitor_email": _nullable(_STR), "state": _STATE}),
+                             "visitor_email": _nullable(_STR),
+                             "reply_email": _nullable(_STR), "state": _STATE}),
     "VisitorProfile": _object({"name": _nullable(_STR), "email": _nullable(_STR)}),
     "ConversationPage": _page("Conversation"),
     "InboxConversation": _object({
@@ -510,7 +522,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "assignee": {"oneOf": [{"type": "null"}, _object({"id": _STR, "name": _nullable(_STR)})]},
         "waiting_since": _nullable(_TIME), "unread": _INT,
         "cursor": _STR}),
-    "HandoffState": _object({"state": _STATE, "agent": _nullable(_STR)}),
+    "HandoffState": _object({"state": _STATE, "agent": _nullable(_STR),
+                             "away": {"oneOf": [{"type": "null"}, _ref("Away")]}}),
+    "Away": _object({"reason": {"type": "string", "enum": ["closed", "nobody"]},
+                     "next_opening": _nullable(_TIME), "timezone": _nullable(_STR)}),
+    "ReplyAddress": _object({"email": _STR}),
     "ReadMark": _object({"conversation_id": _STR, "cursor": _STR, "unread": _INT}),
     "InboxPage": _page("InboxConversation"),
     "Models": _object({

@@ -30,6 +30,7 @@ from loacl.domain.conversations import AssistantStarted, MessagePosted
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
 from loacl.domain.handoff import (
+    ASSISTANT_ASKED,
     AgentMessagePosted,
     ConversationAssigned,
     ConversationStateChanged,
@@ -40,7 +41,7 @@ from loacl.http.chat import MessageBody
 from loacl.http.common import chat, client_ip, handoffs, metadata, widgets
 from loacl.http.errors import problem, status_for
 from loacl.http.routing import Param, Socket
-from loacl.http.shapes import citations_json, message_json, usage_json
+from loacl.http.shapes import away_json, citations_json, message_json, usage_json
 from loacl.http.stream_protocol import MAX_TEXT_FRAME as MAX_TEXT_FRAME
 from loacl.http.stream_protocol import ClientFrame, Close, ServerFrame, describe
 from loacl.http.stream_send import DELTA_CHARS, Closing, Follower, Outbox, pacer_for
@@ -48,6 +49,7 @@ from loacl.http.validation import decode_json, validated
 from loacl.services.limits import VisitorLimits
 from loacl.services.replies import Run, reply_error_text
 from loacl.store.broker import Subscription, SubscriptionOverflow
+from loacl.store.views.conversations import ConversationView
 
 log = structlog.get_logger(__name__)
 
@@ -185,6 +187,11 @@ class Connection:
                     await self._posted(event.message_id)
                 elif isinstance(event, ConversationStateChanged | ConversationAssigned):
                     await self.send_state()
+                    if (isinstance(event, ConversationStateChanged)
+                            and event.cause == ASSISTANT_ASKED):
+                        # The model asked for a person: nobody there is said in every tab
+                        # (a visitor's own request hears it in answer to its frame).
+                        await self._send_away()
                 elif isinstance(event, SubjectErased):
                     await self._erased()
         except SubscriptionOverflow:
@@ -327,6 +334,8 @@ class Connection:
             await self._resume(frame)
         elif kind == ClientFrame.HANDOFF:
             await self._handoff(frame)
+        elif kind == ClientFrame.REPLY_ADDRESS:
+            await self._reply_address(frame)
         elif kind == ClientFrame.TYPING:
             handoffs(self.ws).typing.signal(self.access.conversation_id, "visitor",
                                             typing=frame.get("typing") is not False)
@@ -390,6 +399,30 @@ class Connection:
             return
         if found.state == before:
             await self.send_state()
+        await self._send_away(found)
+
+    async def _send_away(self, found: ConversationView | None = None) -> None:
+        """An ``away`` frame when the conversation waits and nobody can answer now."""
+        if found is None:
+            try:
+                found = await self.chat.conversation_of_widget(self.access.widget_id,
+                                                               self.access.conversation_id)
+            except LoaclError:
+                return
+        away = await handoffs(self.ws).away(self.access, found, self.ws.app.state.clock())
+        if away is not None:
+            self.send({"type": ServerFrame.AWAY, **(away_json(away) or {})})
+
+    async def _reply_address(self, frame: dict[str, Any]) -> None:
+        email = frame.get("email")
+        try:
+            found = await handoffs(self.ws).leave_address(
+                self.access, email if isinstance(email, str) else "",
+                metadata_for(self.ws, self.access))
+        except LoaclError as exc:
+            self.send({"type": ServerFrame.ERROR, "code": exc.code, "text": exc.message})
+            return
+        self.send({"type": ServerFrame.REPLY_ADDRESS, "email": found.reply_email})
 
     async def _catch_up(self, after: int) -> None:
         """A reconnecting client's ``resume`` with ``after``: every whole message after that

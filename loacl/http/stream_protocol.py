@@ -18,6 +18,7 @@ class ClientFrame:
     MESSAGE: Final = "message"
     RESUME: Final = "resume"
     HANDOFF: Final = "handoff"
+    REPLY_ADDRESS: Final = "reply_address"
     TYPING: Final = "typing"
     PING: Final = "ping"
     PONG: Final = "pong"
@@ -32,6 +33,8 @@ class ServerFrame:
     DONE: Final = "done"
     MESSAGE: Final = "message"
     STATE: Final = "state"
+    AWAY: Final = "away"
+    REPLY_ADDRESS: Final = "reply_address"
     TYPING: Final = "typing"
     ERROR: Final = "error"
     PING: Final = "ping"
@@ -71,6 +74,9 @@ CLIENT_FRAMES: Final = (
     Frame(ClientFrame.HANDOFF, ("reason?",),
           "ask for a person: the conversation waits for a member of the team (a state frame "
           "follows in every tab); the assistant stops answering"),
+    Frame(ClientFrame.REPLY_ADDRESS, ("email",),
+          "leave an e-mail address for the team's replies (as POST .../reply-address); "
+          "answered with a reply_address frame, or an error frame with invalid_email"),
     Frame(ClientFrame.TYPING, ("typing",),
           "the visitor is typing (true) or stopped (false); passed on to the team at most "
           "once per typing_interval_seconds, never logged"),
@@ -107,6 +113,13 @@ SERVER_FRAMES: Final = (
     Frame(ServerFrame.STATE, ("state", "agent"),
           "who answers changed: bot (the assistant), waiting (a person was asked for), "
           "human (agent, a member of the team, answers), closed"),
+    Frame(ServerFrame.AWAY, ("reason", "next_opening", "timezone"),
+          "after this tab's handoff frame (or in every tab when the assistant asked for a "
+          "person), when nobody answers now: closed (outside the "
+          "widget's office hours; the reply comes from next_opening, in timezone) or nobody "
+          "(no member online); the visitor may leave an e-mail address"),
+    Frame(ServerFrame.REPLY_ADDRESS, ("email",),
+          "the address the visitor left is saved (as the server normalized it)"),
     Frame(ServerFrame.TYPING, ("typing", "name"),
           "the member answering is typing (true) or stopped (false)"),
     Frame(ServerFrame.ERROR, ("code", "text", "message_id?", "client_message_id?",

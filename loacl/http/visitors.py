@@ -139,6 +139,6 @@ endpoints = [
         Endpoint("options", f"/api/v1/widgets/{{id}}/{path}", preflight, "CORS preflight",
                  documented=False)
         for path in ("config", "sessions", "messages", "files", "files/{file_id}",
-                     "messages/{message_id}/feedback", "profile", "handoff")
+                     "messages/{message_id}/feedback", "profile", "handoff", "reply-address")
     ),
 ]

@@ -1,27 +1,36 @@
 """Handing conversations to people: the visitor or the assistant asks for one, a member takes
 over, writes to the visitor, gives the conversation back or closes it; read marks for unread
-counts; typing signals (never logged). The rules are :mod:`loacl.domain.handoff`'s."""
+counts; typing signals (never logged). When nobody can answer at once (outside the widget's
+office hours, or no member online: :class:`Presence`, in memory), the visitor is told so and
+may leave an address for replies by mail (:mod:`loacl.services.handoff_mail` sends them). The
+rules are :mod:`loacl.domain.handoff`'s."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
 
 from loacl.domain import handoff as domain
 from loacl.domain.accounts import display_name as display_name_of
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Event, Metadata
+from loacl.domain.hours import Away, away
 from loacl.domain.widgets import VisitorAccess, conversation_stream
 from loacl.services.tokens import new_id
 from loacl.store.eventstore import EventStore
 from loacl.store.views import accounts as account_views
 from loacl.store.views import conversations as views
+from loacl.store.views import widgets as widget_views
 from loacl.store.views.conversations import ConversationView, MessageView
 from loacl.store.views.workspaces import role_of
 
 Decide = Callable[[domain.Handoff], list[Event]]
 ATTEMPTS = 5
+MAX_ADDRESS = 320
 
 
 async def display_name(store: EventStore, user_id: str) -> str:
@@ -38,6 +47,7 @@ class Handoffs:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.typing = Typing(typing_interval, clock)
+        self.presence = Presence()
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -98,6 +108,46 @@ class Handoffs:
             meta,
         )
         return found
+
+    async def away(self, access: VisitorAccess, found: ConversationView,
+                   now: datetime) -> Away | None:
+        """Whether the visitor who asked for a person should hear that nobody is there (and
+        when to expect a reply): outside the widget's office hours, or with no member of its
+        workspace connected to the members' stream."""
+        if found.state != domain.WAITING:
+            return None
+        widget = await widget_views.widget(self.store, access.widget_id)
+        if widget is None:
+            return None
+        return away(widget.definition.office_hours, self.presence.online(widget.owner_id), now)
+
+    async def leave_address(self, access: VisitorAccess, email: str,
+                            meta: Metadata) -> ConversationView:
+        """The visitor's address for the team's replies by mail (personal: sealed with the
+        conversation's key)."""
+        email = checked_address(email)
+        stream = conversation_stream(access.conversation_id)
+        for _ in range(ATTEMPTS):
+            version = await self.store.stream_version(stream)
+            found = await views.conversation(self.store, access.conversation_id)
+            if found is None:
+                raise LoaclError("not_found", "no such conversation")
+            if found.erased:
+                raise LoaclError("subject_erased", "the conversation was erased")
+            events = domain.leave_reply_address(found.conversation_id, found.reply_email, email)
+            if not events:
+                return found
+            try:
+                await self.store.append(stream, events, expected_version=version,
+                                        metadata=meta)
+            except LoaclError as exc:
+                if exc.code != "version_conflict":
+                    raise
+                continue
+            changed = await views.conversation(self.store, access.conversation_id)
+            assert changed is not None
+            return changed
+        raise LoaclError("version_conflict", "the conversation kept changing; try again")
 
     async def take_over(self, owner_id: str, member_id: str, conversation_id: str,
                         force: bool, meta: Metadata) -> ConversationView:
@@ -181,6 +231,49 @@ class Handoffs:
         await self.store.append(domain.inbox_stream(member_id), [domain.ConversationRead(
             conversation_id=conversation_id, member_id=member_id, up_to=mark)], metadata=meta)
         return mark
+
+
+def checked_address(email: str) -> str:
+    """An address mail can be sent to, normalized; ``invalid_email`` (422) otherwise."""
+    email = email.strip()
+    if not email or len(email) > MAX_ADDRESS:
+        raise LoaclError("invalid_email", "email: an e-mail address such as ada@example.com",
+                         errors=[{"field": "email", "message": "empty" if not email
+                                  else f"at most {MAX_ADDRESS} characters"}])
+    try:
+        return str(validate_email(email, check_deliverability=False).normalized)
+    except EmailNotValidError as exc:
+        raise LoaclError("invalid_email", f"email: {exc}",
+                         errors=[{"field": "email", "message": str(exc)}]) from None
+
+
+class Presence:
+    """Which workspaces have a member connected to the members' live stream now: kept in
+    memory (being online is not a fact of the log), per process."""
+
+    def __init__(self) -> None:
+        self._online: dict[str, int] = {}
+
+    def join(self, workspace_id: str) -> Callable[[], None]:
+        """A member's socket is open; call what it returns when it closes."""
+        self._online[workspace_id] = self._online.get(workspace_id, 0) + 1
+        left = False
+
+        def leave() -> None:
+            nonlocal left
+            if left:
+                return
+            left = True
+            count = self._online.get(workspace_id, 0) - 1
+            if count > 0:
+                self._online[workspace_id] = count
+            else:
+                self._online.pop(workspace_id, None)
+
+        return leave
+
+    def online(self, workspace_id: str) -> bool:
+        return self._online.get(workspace_id, 0) > 0
 
 
 Listener = Callable[[dict[str, Any]], None]

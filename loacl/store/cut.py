@@ -28,15 +28,17 @@ from loacl.store.search import is_search_table
 from loacl.store.sqlite import connect
 from loacl.store.subscriptions import Subscriber, Table
 
-# Copied whole: uploaded bytes, the record of effects that took place (budget mails sent:
-# sending one again after a cut would mail the owner twice), and the data keys as they are now
-# (a subject erased after the moment stays erased: a restore must not bring its text back).
+# Copied whole: uploaded bytes, the record of effects that took place (budget and handoff
+# mails sent: sending one again after a cut would mail the owner twice), and the data keys as
+# they are now (a subject erased after the moment stays erased: a restore must not bring its
+# text back).
 # The tables of a table subscriber and the projections' are not copied at all: they are built
 # again. A new table must be named
 # here or below, or the cut refuses to run (a test cuts a database with every migration).
 # Each webhook endpoint's run of failures is kept too (its deliveries are cut below).
 # The knowledge passages' embeddings are the provider's answers, not in the log: kept too.
-_KEPT = ("blobs", "budget_alerts", "data_keys", "webhook_health", "knowledge_vectors")
+_KEPT = ("blobs", "budget_alerts", "data_keys", "webhook_health", "knowledge_vectors",
+         "handoff_mails")
 # Handled one by one below.
 _CUT = frozenset([
     "events", "event_log_head", "stream_index", "append_keys", "subscriber_checkpoints",

@@ -250,7 +250,8 @@ def repair(
         kept = _copy_events(src, conn, result, chunk)
         present = {str(n) for (n,) in src.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        for table in ("blobs", "usage_daily", "budget_alerts", "data_keys", "knowledge_vectors"):
+        for table in ("blobs", "usage_daily", "budget_alerts", "data_keys", "knowledge_vectors",
+                      "handoff_mails"):
             if table in present:  # a file from before the table's migration has none
                 _copy_rows(src, conn, table, result)
         _copy_positions(src, conn, kept, result)

@@ -35,7 +35,8 @@ let typingTimer = 0;
 /** Who answers: bot, waiting (for a person), human (`agent` answers) or closed. */
 export let handoff = { state: "bot" };
 let onHandoff = () => {};
-export const initHandoff = (changed) => { onHandoff = changed; };
+export const initHandoff = (changed, away) => { onHandoff = changed; onAway = away; };
+let onAway;
 
 export const initConversation = (onBusyChange, arrived) => {
   onBusy = onBusyChange;
@@ -192,6 +193,8 @@ export function onFrame(frame) {
     setBusy(hasUnfinished(replies));
   } else if (frame.type === "state") {
     setHandoff(frame);
+  } else if (frame.type === "away") {
+    onAway(frame);
   } else if (frame.type === "typing") {
     clearTimeout(typingTimer);
     if (frame.typing) {

@@ -58,4 +58,44 @@ function sources(ctx, bubble, citations) {
     ]))));
 }
 
-window.__loaclExtra = { uploader, prechat, comment, sources };
+/** When the team next opens, in the visitor's language and the widget's time zone. */
+function when(ctx, info) {
+  try {
+    return new Intl.DateTimeFormat(ctx.lang(), {
+      weekday: "long", day: "numeric", month: "long", hour: "numeric", minute: "2-digit", timeZone: info.timezone,
+    }).format(new Date(info.next_opening));
+  } catch (error) {
+    return info.next_opening;
+  }
+}
+
+/** Nobody answers now (`info`: the handoff's `away`): say when a reply comes, and take an address for it. */
+function away(ctx, info) {
+  ctx.form.parentNode.querySelector(".aw")?.remove();
+  const said = info.next_opening ? ctx.t("away_until", { when: when(ctx, info), tz: info.timezone })
+    : ctx.t(info.reason === "closed" ? "away_closed" : "away_nobody");
+  const field = element("input", {
+    name: "email", type: "email", required: true, autocomplete: "email", maxlength: "320", "aria-label": ctx.t("email"),
+  });
+  let note;
+  const box = element("form", { cls: "pc aw", "aria-labelledby": "aq" }, [
+    element("p", { id: "aq", role: "status", text: said + " " + ctx.t("away_ask") }),
+    element("label", {}, [ctx.t("email"), field]),
+    element("button", { type: "submit", text: ctx.t("send") }),
+  ]);
+  box.onsubmit = async (event) => {
+    event.preventDefault();
+    note?.remove();
+    let saved;
+    try {
+      saved = await ctx.request("/reply-address", "POST", { email: field.value.trim() });
+    } catch (error) {
+      return box.append((note = element("span", { cls: "e", role: "alert", text: ctx.explain(error.code) })));
+    }
+    box.replaceChildren(element("p", { role: "status", text: ctx.t("away_saved", { email: saved.email }) }));
+  };
+  ctx.form.before(box);
+  field.focus();
+}
+
+window.__loaclExtra = { uploader, prechat, comment, sources, away };

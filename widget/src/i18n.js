@@ -39,6 +39,9 @@ export const STRINGS = {
     retrying: "The assistant is busy. Trying again in {s} s (attempt {n})…",
     prechat: "Before we start, please tell us:", name: "Your name", email: "Your e-mail address",
     start: "Start the chat",
+    away_until: "We're away. We'll reply from {when} ({tz}).", away_closed: "We're away right now.",
+    away_nobody: "No one is available right now.", away_ask: "Leave your e-mail address and we'll answer by mail.",
+    away_saved: "Thank you. We'll answer at {email}.", invalid_email: "Please enter a valid e-mail address.",
   },
   fr: {
     handoff: "Parler à une personne", handoff_waiting: "En attente d’une personne…",
@@ -74,6 +77,9 @@ export const STRINGS = {
     retrying: "L’assistant est occupé. Nouvel essai dans {s} s (tentative {n})…",
     prechat: "Avant de commencer, dites-nous :", name: "Votre nom", email: "Votre adresse e-mail",
     start: "Commencer la discussion",
+    away_until: "Nous sommes absents. Nous répondrons à partir de {when} ({tz}).", away_closed: "Nous sommes absents pour le moment.",
+    away_nobody: "Personne n’est disponible pour le moment.", away_ask: "Laissez votre adresse e-mail et nous vous répondrons par e-mail.",
+    away_saved: "Merci. Nous répondrons à {email}.", invalid_email: "Saisissez une adresse e-mail valide.",
   },
   ar: {
     handoff: "التحدث إلى شخص", handoff_waiting: "في انتظار شخص…",
@@ -108,6 +114,9 @@ export const STRINGS = {
     retrying: "المساعد مشغول. محاولة جديدة خلال {s} ث (المحاولة {n})…",
     prechat: "قبل أن نبدأ، أخبرنا من فضلك:", name: "اسمك", email: "بريدك الإلكتروني",
     start: "ابدأ المحادثة",
+    away_until: "نحن غير متاحين الآن. سنرد ابتداءً من {when} ({tz}).", away_closed: "نحن غير متاحين الآن.",
+    away_nobody: "لا أحد متاح الآن.", away_ask: "اترك بريدك الإلكتروني وسنرد عليك بالبريد.",
+    away_saved: "شكرًا. سنرد على {email}.", invalid_email: "أدخل عنوان بريد إلكتروني صحيحًا.",
   },
 };
 const RIGHT_TO_LEFT = { ar: 1, fa: 1, he: 1, ur: 1 };

@@ -87,15 +87,21 @@ transport.initTransport({
 // A reply that ends while the panel is closed is unread.
 conversation.initConversation(sync, () => panel.hidden && setUnread(unread + 1));
 // "Talk to a person" where the assistant hands over, while it answers.
-conversation.initHandoff(() => { handoffButton.hidden = !settings.handoff || handedOver(); });
+// Nobody answers now (the handoff's answer, or an `away` frame when the assistant asked): when
+// to expect a reply, and a field for an address, from the second file.
+const away = (info) => extra().then((loaded) => loaded.away(ctx, info), () => {});
+conversation.initHandoff(() => { handoffButton.hidden = !settings.handoff || handedOver(); }, away);
 handoffButton.addEventListener("click", () => {
   handoffButton.hidden = true;
-  request("/handoff", "POST", {}).then(conversation.setHandoff, (error) => setStatus(explain(error.code)));
+  request("/handoff", "POST", {}).then((answer) => {
+    conversation.setHandoff(answer);
+    if (answer.away) away(answer.away);
+  }, (error) => setStatus(explain(error.code)));
 });
 
 // What the second file (lazy.js) needs of this one.
 Object.assign(ctx, {
-  t, explain, request, endpoint, token: () => token, uploads: () => uploads, fileList, input, form, changed: sync,
+  t, explain, request, endpoint, lang: () => root.lang, token: () => token, uploads: () => uploads, fileList, input, form, changed: sync,
 });
 
 // -- attachments: the picker and drops; the chips and uploads are in the second file ------------

@@ -12,6 +12,7 @@ from loacl.domain.handoff import (
     ConversationAssigned,
     ConversationRead,
     ConversationStateChanged,
+    ReplyAddressLeft,
 )
 from loacl.store.codec import format_time
 from loacl.store.projections import Projections
@@ -67,6 +68,16 @@ def agent_message(
         (at, recorded.seq, HUMAN, event.author_id, event.author_name, event.conversation_id),
     )
     _read(conn, event.conversation_id, event.author_id, recorded.seq, at)
+
+
+@projections.on
+def reply_address_left(
+    conn: sqlite3.Connection, event: ReplyAddressLeft, recorded: RecordedEvent
+) -> None:
+    conn.execute(
+        "UPDATE conversations SET reply_email = ?, reply_email_seq = ? WHERE conversation_id = ?",
+        (event.email, recorded.seq, event.conversation_id),
+    )
 
 
 @projections.on

@@ -53,9 +53,10 @@ def _erase_conversation(conn: sqlite3.Connection, conversation_id: str, at: str)
     conn.execute(
         "UPDATE conversations SET external_user_id = NULL, erased_at = ?, "
         "visitor_name = CASE WHEN visitor_name IS NULL THEN NULL ELSE ? END, "
-        "visitor_email = CASE WHEN visitor_email IS NULL THEN NULL ELSE ? END "
+        "visitor_email = CASE WHEN visitor_email IS NULL THEN NULL ELSE ? END, "
+        "reply_email = CASE WHEN reply_email IS NULL THEN NULL ELSE ? END "
         "WHERE conversation_id = ?",
-        (at, ERASED, ERASED, conversation_id),
+        (at, ERASED, ERASED, ERASED, conversation_id),
     )
     for digest in dict.fromkeys(digests):
         # Content-addressed: the same bytes uploaded to another conversation stay.

@@ -22,7 +22,8 @@ _MESSAGE = (
 _CONVERSATION = (
     "SELECT conversation_id, widget_id, visitor_id, external_user_id, created_seq, created_at, "
     "last_activity_at, message_count, owner_id, erased_at, visitor_name, visitor_email, "
-    "state, assignee_id, assignee_name, waiting_since FROM conversations"
+    "state, assignee_id, assignee_name, waiting_since, reply_email, reply_email_seq "
+    "FROM conversations"
 )
 _file_ids = msgspec.json.Decoder(tuple[str, ...]).decode
 
@@ -81,6 +82,9 @@ class ConversationView:
     assignee_id: str | None = None
     assignee_name: str | None = None
     waiting_since: str | None = None
+    # The address the visitor left for the team's replies by mail, and the log position then.
+    reply_email: str | None = None
+    reply_email_seq: int | None = None
 
     @property
     def handoff(self) -> Handoff:
@@ -262,3 +266,13 @@ async def last_message_seq(store: EventStore, conversation_id: str) -> int:
         "SELECT max(created_seq) FROM messages WHERE conversation_id = ?", (conversation_id,)
     )
     return int(rows[0][0] or 0) if rows else 0
+
+
+async def last_visitor_text(store: EventStore, conversation_id: str, upto: int) -> str | None:
+    """The visitor's last message at or before log position ``upto``."""
+    rows = await store.query(
+        "SELECT text FROM messages WHERE conversation_id = ? AND role = 'user' "
+        "AND created_seq <= ? ORDER BY created_seq DESC LIMIT 1",
+        (conversation_id, upto),
+    )
+    return str(rows[0][0]) if rows else None

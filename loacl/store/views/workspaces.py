@@ -126,3 +126,13 @@ async def owner_emails(store: EventStore, workspace_id: str) -> list[str]:
         (workspace_id,),
     )
     return [str(row[0]) for row in found]
+
+
+async def member_emails(store: EventStore, workspace_id: str) -> list[str]:
+    """The addresses of every member who can answer conversations (owners, admins, agents)."""
+    found = await store.query(
+        "SELECT u.email FROM workspace_members m JOIN users u ON u.user_id = m.user_id "
+        "WHERE m.workspace_id = ? ORDER BY m.joined_at, u.email",
+        (workspace_id,),
+    )
+    return [str(row[0]) for row in found]
