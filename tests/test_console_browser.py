@@ -13,24 +13,25 @@ Without Chromium these tests skip locally and fail under CI (``CI=true``).
 
 from __future__ import annotations
 
-import email
+import contextlib
 import json
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from email import policy
+from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from aiosmtpd.controller import Controller
 
 from loacl.http.app import create_app
 from loacl.openai_testserver import OpenAITestServer
 from loacl.settings import Settings
 from tests.live import OPEN_LIMITS, serve
+from tests.test_mail import Collector, unused_port
 from tests.test_widget import CHROMIUM, CHROMIUM_ARGS, HostSite, _need_chromium, host_site
 
 try:
@@ -60,23 +61,35 @@ class Loacl:
     url: str
     settings: Settings
     host: HostSite
-    mails_seen: set[Path] = field(default_factory=set)
+    mail: Collector
 
     def next_mail(self, to: str) -> EmailMessage:
-        """The next mail written to the outbox for ``to`` (sending runs in the background)."""
-        outbox = self.settings.data_dir / "outbox"
+        """The next mail to ``to`` that the SMTP server took (sending runs in the
+        background); mails to others stay for their own calls."""
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            for path in sorted(outbox.glob("*.eml")) if outbox.is_dir() else []:
-                if path in self.mails_seen:
-                    continue
-                message = email.message_from_bytes(path.read_bytes(), policy=policy.default)
-                assert isinstance(message, EmailMessage)
+            for message in list(self.mail.messages):
                 if message["To"] == to:
-                    self.mails_seen.add(path)
+                    self.mail.messages.remove(message)
                     return message
             time.sleep(0.05)
-        raise AssertionError(f"no mail to {to} in {outbox}")
+        raise AssertionError(f"no mail to {to}: {[m['To'] for m in self.mail.messages]}")
+
+
+@contextlib.contextmanager
+def running(settings: Settings, host: HostSite) -> Iterator[Loacl]:
+    """LOACL on loopback, its mail sent over SMTP to a real server (aiosmtpd) on another."""
+    collector = Collector()
+    port = unused_port()
+    smtp = Controller(collector, hostname="127.0.0.1", port=port)
+    smtp.start()
+    settings = settings.model_copy(update={
+        "smtp_host": "127.0.0.1", "smtp_port": port, "smtp_security": "none"})
+    try:
+        with serve(create_app(settings)) as url:
+            yield Loacl(url, settings, host, collector)
+    finally:
+        smtp.stop()
 
 
 def verification_link(loacl: Loacl, message: EmailMessage) -> str:
@@ -103,8 +116,8 @@ def loacl(tmp_path_factory: pytest.TempPathFactory, host_site: HostSite) -> Iter
         argon2_parallelism=1, demo_widget=False, demo_delay=0.02,
         **OPEN_LIMITS,
     )
-    with serve(create_app(settings)) as url:
-        yield Loacl(url, settings, host_site)
+    with running(settings, host_site) as loacl:
+        yield loacl
 
 
 @pytest.fixture(scope="module")
@@ -547,8 +560,8 @@ def loacl_openai(
         argon2_parallelism=1, demo_widget=False, openai_api_key="sk-test",
         openai_base_url=f"{openai_server[1]}/v1", **OPEN_LIMITS,
     )
-    with serve(create_app(settings)) as url:
-        yield Loacl(url, settings, host_site)
+    with running(settings, host_site) as loacl:
+        yield loacl
 
 
 def preview_ask(frame: FrameLocator, text: str, n: int) -> str:
@@ -795,6 +808,12 @@ def test_an_agent_takes_over_a_waiting_conversation_live_and_is_notified(
     shown = page.evaluate("window.__notifications[0]")
     assert shown["title"] == "A visitor is waiting for a person"
     assert "Handoff help" in shown["body"]
+    # The workspace's members are mailed (over SMTP, to the test's server) with a link to it.
+    mailed = loacl.next_mail("handoff@example.com")
+    mailed_text = mailed.get_body(("plain",))
+    assert mailed_text is not None
+    link = re.search(r"/console/conversations/([0-9a-f]+)", mailed_text.get_content())
+    assert link, mailed_text.get_content()
     # The time waited goes on counting: three minutes later (the page's clock moved on), the
     # inbox says so without a reload.
     page.clock.install()
@@ -836,6 +855,7 @@ def test_an_agent_takes_over_a_waiting_conversation_live_and_is_notified(
     page.locator(".bubble.visitor").filter(has_text="My order 1234 has not arrived").wait_for()
     expect(page.locator(".typing")).to_have_text("")
     conversation_id = page.url.rsplit("/", 1)[1]
+    assert link.group(1) == conversation_id  # the mail named this conversation
     path = f"{loacl.url}/api/v1/conversations/{conversation_id}"
 
     def entry() -> dict[str, Any]:
@@ -850,11 +870,29 @@ def test_an_agent_takes_over_a_waiting_conversation_live_and_is_notified(
     assert_accessible(page)
     shots(page, "handoff-conversation")
 
-    # Given back to the assistant, then closed.
+    # The visitor reloads mid-conversation: everything is there, each message once.
+    visitor.reload()
+    visitor.locator("loacl-chat .m.ag").first.wait_for()
+    expect(visitor.locator("loacl-chat .m.ag")).to_have_count(1)
+    expect(visitor.locator("loacl-chat .m.ag")).to_contain_text("Hi, I am Handoff from the team.")
+    expect(visitor.locator("loacl-chat .g .m.u")).to_have_text(
+        ["Hello there", "My order 1234 has not arrived"])
+    # the assistant's one answer (the greeting aside)
+    expect(visitor.locator("loacl-chat .g .m.b[aria-busy]")).to_have_count(1)
+
+    # Given back to the assistant: it answers the visitor again.
     controls.get_by_role("button", name="Give back to the assistant").click()
     expect(controls.get_by_role("status")).to_have_text("The assistant answers · nobody assigned")
     expect(controls.get_by_role("button", name="Give back to the assistant")).to_have_count(0)
     assert entry()["state"] == "bot" and entry()["assignee"] is None
+    visitor.locator("loacl-chat .s:not([disabled])").wait_for()
+    visitor.locator("loacl-chat textarea").fill("Thanks. And returns?")
+    visitor.locator("loacl-chat textarea").press("Enter")
+    answer = visitor.locator("loacl-chat .g .m.b[aria-busy='false'] >> nth=1")
+    expect(answer).to_contain_text("Thanks. And returns?")  # the demo answer quotes it
+    page.locator(".bubble").filter(has_text="Thanks. And returns?").first.wait_for()
+
+    # Closed.
     controls.get_by_role("button", name="Close").click()
     expect(controls.get_by_role("status")).to_have_text("Closed · nobody assigned")
     expect(controls.get_by_role("button", name="Close")).to_have_count(0)
