@@ -134,6 +134,8 @@ TABLE: list[tuple[str, str, dict[str, Any] | None, Expected]] = [
     ("get", "/api/v1/conversations/{conversation}/export", None, (200, 200, 200, 404)),
     ("get", "/api/v1/widgets/{widget}/messages?conversation_id={conversation}", None,
      (200, 200, 200, 404)),
+    ("get", "/api/v1/assistants/{assistant}/knowledge", None, (200, 200, 403, 404)),
+    ("get", "/api/v1/assistants/{assistant}/knowledge-store", None, (200, 200, 403, 404)),
     ("get", "/api/v1/webhooks", None, (200, 200, 403, 200)),
     ("get", "/api/v1/usage", None, (200, 200, 403, 200)),
     ("get", "/api/v1/owner/stream", None, (426, 426, 426, 426)),
@@ -174,6 +176,22 @@ def test_every_endpoint_answers_each_role_as_the_roles_say(team: Team) -> None:
     assert not failures, "\n".join(failures)
     # Another workspace's lists hold nothing of this one.
     assert site.http.get("/api/v1/conversations", headers=team.other).json()["data"] == []
+
+
+def test_an_admin_keeps_the_workspaces_knowledge_and_an_agent_cannot(team: Team) -> None:
+    """Knowledge belongs to the workspace's assistant: its admins upload and list it, not only
+    the account whose workspace it is."""
+    site = team.site
+    base = f"/api/v1/assistants/{team.ids['assistant']}/knowledge"
+    files = {"file": ("faq.txt", b"Parcels leave every weekday at noon.", "text/plain")}
+    made = site.http.post(base, files=files, headers=team.admin)
+    assert made.status_code == 202, made.text
+    listed = site.http.get(base, headers=team.owner).json()["data"]
+    assert [d["filename"] for d in listed] == ["faq.txt"]
+    refused = site.http.post(base, files=files, headers=team.agent)
+    assert (refused.status_code, refused.json()["code"]) == (403, "insufficient_role")
+    elsewhere = site.http.post(base, files=files, headers=team.other)
+    assert (elsewhere.status_code, elsewhere.json()["code"]) == (404, "not_found")
 
 
 def test_members_list_and_workspaces_of_each_account(team: Team) -> None:

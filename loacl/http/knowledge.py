@@ -9,7 +9,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from loacl.domain.knowledge import STORES
-from loacl.http.auth import current_owner
+from loacl.domain.workspaces import ADMIN
+from loacl.http.auth import current_member
 from loacl.http.common import metadata, page, page_response
 from loacl.http.routing import PAGE, Endpoint
 from loacl.http.validation import parse_body, read_upload
@@ -49,39 +50,39 @@ def document_json(service: Knowledge, view: DocumentView) -> dict[str, Any]:
 
 
 async def upload(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
+    owner = await current_member(request, ADMIN, verified=True)
     service = knowledge(request)
     filename, data = await read_upload(
         request, request.app.state.settings.knowledge_max_upload_size
     )
     found = await service.upload(
-        owner.user_id, request.path_params["id"], filename, data,
+        owner.workspace_id, request.path_params["id"], filename, data,
         metadata(request, owner.user_id),
     )
     return JSONResponse(document_json(service, found), status_code=202)
 
 
 async def list_documents(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
+    owner = await current_member(request, ADMIN, verified=True)
     service = knowledge(request)
     after, limit = page(request)
-    found = await service.documents(owner.user_id, request.path_params["id"], after, limit)
+    found = await service.documents(owner.workspace_id, request.path_params["id"], after, limit)
     return page_response([document_json(service, d) for d in found.items], found.next_cursor)
 
 
 async def get_document(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
+    owner = await current_member(request, ADMIN, verified=True)
     service = knowledge(request)
     found = await service.document(
-        owner.user_id, request.path_params["id"], request.path_params["doc_id"]
+        owner.workspace_id, request.path_params["id"], request.path_params["doc_id"]
     )
     return JSONResponse(document_json(service, found))
 
 
 async def delete_document(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
+    owner = await current_member(request, ADMIN, verified=True)
     await knowledge(request).delete(
-        owner.user_id, request.path_params["id"], request.path_params["doc_id"],
+        owner.workspace_id, request.path_params["id"], request.path_params["doc_id"],
         metadata(request, owner.user_id),
     )
     return Response(status_code=204)
@@ -100,24 +101,24 @@ def store_json(view: StoreView) -> dict[str, Any]:
 
 
 async def get_store(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
-    found = await knowledge(request).store_of(owner.user_id, request.path_params["id"])
+    owner = await current_member(request, ADMIN, verified=True)
+    found = await knowledge(request).store_of(owner.workspace_id, request.path_params["id"])
     return JSONResponse(store_json(found))
 
 
 async def put_store(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
+    owner = await current_member(request, ADMIN, verified=True)
     body = await parse_body(request, StoreBody)
     found = await knowledge(request).choose_store(
-        owner.user_id, request.path_params["id"], body.store, metadata(request, owner.user_id)
+        owner.workspace_id, request.path_params["id"], body.store, metadata(request, owner.user_id)
     )
     return JSONResponse(store_json(found))
 
 
 async def delete_all(request: Request) -> Response:
-    owner = await current_owner(request, verified=True)
+    owner = await current_member(request, ADMIN, verified=True)
     await knowledge(request).delete_all(
-        owner.user_id, request.path_params["id"], metadata(request, owner.user_id)
+        owner.workspace_id, request.path_params["id"], metadata(request, owner.user_id)
     )
     return Response(status_code=204)
 
@@ -146,28 +147,29 @@ UPLOAD = (
 
 endpoints = [
     Endpoint("get", "/api/v1/assistants/{id}/knowledge-store", get_store,
-             "Where the assistant's knowledge is searched", "knowledge", auth="owner",
+             "Where the assistant's knowledge is searched", "knowledge", auth="owner", role=ADMIN,
              description=STORE, returns="KnowledgeStore"),
     Endpoint("put", "/api/v1/assistants/{id}/knowledge-store", put_store,
              "Choose where the assistant's knowledge is searched: local or openai",
-             "knowledge", auth="owner", body=StoreBody, description=STORE,
+             "knowledge", auth="owner", role=ADMIN, body=StoreBody, description=STORE,
              codes=("knowledge_store_not_supported",), returns="KnowledgeStore"),
     Endpoint("delete", "/api/v1/assistants/{id}/knowledge", delete_all,
              "Delete all the assistant's knowledge (at OpenAI too: its vector store and files)",
-             "knowledge", auth="owner", ok=204),
+             "knowledge", auth="owner", role=ADMIN, ok=204),
     Endpoint("post", "/api/v1/assistants/{id}/knowledge", upload,
              "Upload a knowledge document (multipart field `file`)", "knowledge",
-             auth="owner", ok=202, multipart=True, description=UPLOAD,
+             auth="owner", role=ADMIN, ok=202, multipart=True, description=UPLOAD,
              codes=("email_not_verified", "file_too_large", "unsupported_document_type",
                     "empty_file"),
              returns="KnowledgeDocument"),
     Endpoint("get", "/api/v1/assistants/{id}/knowledge", list_documents,
-             "An assistant's knowledge documents", "knowledge", auth="owner", query=PAGE,
+             "An assistant's knowledge documents", "knowledge", auth="owner", role=ADMIN,
+             query=PAGE,
              returns="KnowledgeDocumentPage"),
     Endpoint("get", "/api/v1/assistants/{id}/knowledge/{doc_id}", get_document,
-             "A knowledge document and how its reading went", "knowledge", auth="owner",
+             "A knowledge document and how its reading went", "knowledge", auth="owner", role=ADMIN,
              codes=("document_not_found",), returns="KnowledgeDocument"),
     Endpoint("delete", "/api/v1/assistants/{id}/knowledge/{doc_id}", delete_document,
              "Delete a knowledge document: its passages leave the index at once", "knowledge",
-             auth="owner", ok=204, codes=("document_not_found",)),
+             auth="owner", role=ADMIN, ok=204, codes=("document_not_found",)),
 ]
