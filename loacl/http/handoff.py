@@ -4,15 +4,19 @@ a member takes over, writes, gives back, closes, assigns, marks read and shows t
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from loacl.domain.conversations import MAX_CLIENT_ID
 from loacl.domain.errors import LoaclError
+from loacl.domain.events import Metadata
 from loacl.domain.handoff import MAX_AGENT_TEXT, MAX_REASON
 from loacl.domain.workspaces import AGENT
-from loacl.http.auth import current_member
+from loacl.http.auth import Member, current_member
 from loacl.http.chat import visitor
 from loacl.http.common import handoffs, metadata
 from loacl.http.inbox import inbox
@@ -20,7 +24,7 @@ from loacl.http.routing import Endpoint
 from loacl.http.shapes import away_json, inbox_item_json, message_json
 from loacl.http.validation import parse_body
 from loacl.http.visitors import visitor_endpoint
-from loacl.services.handoff import MAX_ADDRESS
+from loacl.services.handoff import MAX_ADDRESS, Handoffs
 
 
 class HandoffBody(BaseModel):
@@ -101,37 +105,41 @@ async def _entry(request: Request, member_id: str, owner_id: str) -> Response:
     return JSONResponse(inbox_item_json(item))
 
 
-async def take_over(request: Request) -> Response:
+# A member's action on the conversation at ``{id}``: ``act(service, member, conversation_id,
+# body, metadata)``; the answer is the conversation's inbox entry as it is afterwards.
+Act = Callable[[Handoffs, Member, str, Any, Metadata], Awaitable[object]]
+
+
+async def _acting(
+    request: Request, body: type[BaseModel] | None, act: Act, *, required: bool = False
+) -> Response:
+    """``body``: the JSON body's model (its defaults when there is none, unless ``required``)."""
     owner = await current_member(request, AGENT)
-    body = await _body(request, ForceBody)
-    assert isinstance(body, ForceBody)
-    await handoffs(request).take_over(owner.workspace_id, owner.user_id, request.path_params["id"],
-                                      body.force, metadata(request, owner.user_id))
+    parsed = (None if body is None else await parse_body(request, body) if required
+              else await _body(request, body))
+    await act(handoffs(request), owner, request.path_params["id"], parsed,
+              metadata(request, owner.user_id))
     return await _entry(request, owner.user_id, owner.workspace_id)
+
+
+async def take_over(request: Request) -> Response:
+    return await _acting(request, ForceBody, lambda service, m, cid, body, meta: (
+        service.take_over(m.workspace_id, m.user_id, cid, body.force, meta)))
 
 
 async def release(request: Request) -> Response:
-    owner = await current_member(request, AGENT)
-    body = await _body(request, ForceBody)
-    assert isinstance(body, ForceBody)
-    await handoffs(request).release(owner.workspace_id, owner.user_id, request.path_params["id"],
-                                    body.force, metadata(request, owner.user_id))
-    return await _entry(request, owner.user_id, owner.workspace_id)
+    return await _acting(request, ForceBody, lambda service, m, cid, body, meta: (
+        service.release(m.workspace_id, m.user_id, cid, body.force, meta)))
 
 
 async def close(request: Request) -> Response:
-    owner = await current_member(request, AGENT)
-    await handoffs(request).close(owner.workspace_id, owner.user_id, request.path_params["id"],
-                                  metadata(request, owner.user_id))
-    return await _entry(request, owner.user_id, owner.workspace_id)
+    return await _acting(request, None, lambda service, m, cid, _, meta: (
+        service.close(m.workspace_id, m.user_id, cid, meta)))
 
 
 async def assign(request: Request) -> Response:
-    owner = await current_member(request, AGENT)
-    body = await parse_body(request, AssignBody)
-    await handoffs(request).assign(owner.workspace_id, owner.user_id, request.path_params["id"],
-                                   body.assignee_id, metadata(request, owner.user_id))
-    return await _entry(request, owner.user_id, owner.workspace_id)
+    return await _acting(request, AssignBody, lambda service, m, cid, body, meta: (
+        service.assign(m.workspace_id, m.user_id, cid, body.assignee_id, meta)), required=True)
 
 
 async def post_message(request: Request) -> Response:
