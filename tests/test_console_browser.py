@@ -37,6 +37,7 @@ from tests.test_widget import CHROMIUM, CHROMIUM_ARGS, HostSite, _need_chromium,
 try:
     from playwright.sync_api import (
         Browser,
+        FilePayload,
         FrameLocator,
         Page,
         ViewportSize,
@@ -912,3 +913,47 @@ def test_an_agent_takes_over_a_waiting_conversation_live_and_is_notified(
     expect(page.locator(".alert")).to_have_count(0)
     # One notification in all: none for what the agent did, none for what they were looking at.
     assert page.evaluate("window.__notifications.length") == 1
+
+
+# -- an assistant's knowledge ---------------------------------------------------------------
+
+
+def test_an_assistants_knowledge_is_uploaded_followed_and_deleted(
+    loacl: Loacl, new_page: Callable[..., Page]
+) -> None:
+    page = new_page()
+    sign_up_and_log_in(loacl, page, "knowledge@example.com")
+    assistant_id = create_assistant(page, "Shop expert")
+    section = page.get_by_role("region", name="Knowledge")
+    section.get_by_text("No documents yet.").wait_for()
+    # Two documents at once: one is read into passages, the other cannot be read and says why.
+    files: list[FilePayload] = [
+        {"name": "shipping.txt", "mimeType": "text/plain",
+         "buffer": b"Parcels leave our warehouse in Leeds every weekday at noon."},
+        {"name": "broken.pdf", "mimeType": "application/pdf",
+         "buffer": b"%PDF-1.4\nthis is not a real PDF\n"},
+    ]
+    section.get_by_label("Add documents").set_input_files(files)
+    shipping = section.locator("li").filter(has_text="shipping.txt")
+    expect(shipping).to_contain_text(re.compile(r"Ready · pages: \d+ · passages: 1"))
+    broken = section.locator("li").filter(has_text="broken.pdf")
+    expect(broken).to_contain_text("Could not be read")
+    assert_accessible(page)
+    shots(page, "knowledge")
+    # What the page shows is what the API holds.
+    owner = api_login(loacl, "knowledge@example.com")
+    base = f"{loacl.url}/api/v1/assistants/{assistant_id}/knowledge"
+    held = {d["filename"]: d["status"] for d in httpx.get(base, headers=owner).json()["data"]}
+    assert held == {"shipping.txt": "ready", "broken.pdf": "failed"}
+
+    # An OpenAI vector store needs the openai provider: the refusal is shown, nothing changes.
+    section.get_by_label("Searched").select_option("openai")
+    section.get_by_role("alert").wait_for()
+    assert httpx.get(f"{base}-store", headers=owner).json()["store"] == "local"
+
+    # Deleting asks first, then the document is gone here and in the API.
+    broken.get_by_role("button", name="Delete").click()
+    broken.get_by_role("button", name="Yes, delete for good").click()
+    expect(section.locator("li").filter(has_text="broken.pdf")).to_have_count(0)
+    left = [d["filename"] for d in httpx.get(base, headers=owner).json()["data"]]
+    assert left == ["shipping.txt"]

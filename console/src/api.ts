@@ -136,7 +136,9 @@ export const etagOf = (version: number): string => `"${version}"`;
 
 async function send(method: string, path: string, options: Options): Promise<Response> {
   const headers: Record<string, string> = { Accept: "application/json" };
-  if (options.body !== undefined) {
+  // A FormData body (a file upload) brings its own multipart type and boundary.
+  const form = options.body instanceof FormData;
+  if (options.body !== undefined && !form) {
     headers["Content-Type"] = options.patch ? "application/merge-patch+json" : "application/json";
   }
   if (options.auth !== false && access) headers.Authorization = `Bearer ${access}`;
@@ -147,7 +149,7 @@ async function send(method: string, path: string, options: Options): Promise<Res
     return await fetch(path, {
       method,
       headers,
-      body: options.body === undefined ? undefined : JSON.stringify(options.body),
+      body: options.body === undefined ? undefined : form ? (options.body as FormData) : JSON.stringify(options.body),
       credentials: "same-origin",
       cache: "no-store",
     });

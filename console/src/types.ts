@@ -140,3 +140,21 @@ export interface Invite {
   created_at: string;
   expires_at: string;
 }
+
+export interface KnowledgeDocument {
+  id: string;
+  filename: string;
+  kind: string;
+  size: number;
+  status: "queued" | "processing" | "ready" | "failed";
+  pages: number | null;
+  chunks: number | null;
+  error: { code: string; message: string } | null;
+  openai: { status: string; file_id: string | null; vector_store_id: string | null } | null;
+  created_at: string;
+}
+
+export interface KnowledgeStore {
+  store: "local" | "openai";
+  vector_store_id: string | null;
+}

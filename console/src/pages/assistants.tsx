@@ -5,6 +5,7 @@ import { all, api, ApiError, get, streamLines } from "../api";
 import { currentLocale, t } from "../i18n";
 import { BASE, href, navigate } from "../router";
 import type { Assistant, Model } from "../types";
+import { Knowledge } from "./knowledge";
 import { Confirm, Field, Heading, Loading, Notice, problem, Select, useLoad, useSubmit } from "../ui";
 
 export function Assistants() {
@@ -103,6 +104,7 @@ function AssistantEditor(props: { found: Assistant | null; choices: Model[] | nu
           <a href={href("/assistants")}>{t("back")}</a>
         </div>
       </form>
+      {found && <Knowledge assistantId={found.id} />}
       <AssistantPreview title={name || t("assistant_new")} draft={body} />
       {found && (
         <div class="danger-zone">
