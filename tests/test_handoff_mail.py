@@ -267,7 +267,31 @@ async def test_outside_hours_the_visitor_hears_the_next_opening(
                 await tab.send({"type": "handoff"})
                 away = await tab.next_kind("away")
         assert away == {"type": "away", "reason": "closed", "next_opening": expected,
-                        "timezone": "Europe/Berlin"}
+                        "timezone": "Europe/Berlin", "reply_email": None}
+
+
+async def test_a_reloaded_tab_is_told_again_with_the_address_left(
+    configured: Settings, provider: tuple[OpenAITestServer, str], clock: Clock,
+) -> None:
+    """A visitor who reloads the page while the conversation waits and nobody is there sees
+    the notice again, with the address already left instead of the form."""
+    with running(configured, provider[0], clock) as live:
+        session = live.session()
+        async with live.tab(session) as tab:
+            await tab.send({"type": "handoff"})
+            assert (await tab.next_kind("away"))["reply_email"] is None
+        async with live.tab(session) as again:  # the reload: away follows ready
+            away = await again.next_kind("away")
+            assert away == {"type": "away", "reason": "nobody", "next_opening": None,
+                            "timezone": None, "reply_email": None}
+            await again.send({"type": "reply_address", "email": "ada@example.com"})
+            await again.next_kind("reply_address")
+        async with live.tab(session) as third:
+            assert (await third.next_kind("away"))["reply_email"] == "ada@example.com"
+        async with owner_socket(live), live.tab(session) as online:
+            # A member is online: the state says waiting, and no away frame follows.
+            await online.send({"type": "ping"})
+            assert (await online.next_kind("pong", "away"))["type"] == "pong"
 
 
 async def test_within_hours_nobody_online_is_told_and_a_member_online_is_not(

@@ -1049,6 +1049,14 @@ def test_away_notice_and_the_address_form_outside_office_hours(loacl: Loacl, pag
         "Thank you. We'll answer at Ada@example.com.").wait_for()
     assert page.locator("loacl-chat form.aw input").count() == 0
     shot(page, "away")
+    # A reload while the conversation waits says it again, with the address already left (the
+    # widget reopens as it was left: open).
+    page.reload()
+    again = page.locator("loacl-chat form.aw p[role=status]")
+    again.wait_for()
+    assert again.inner_text().startswith("We're away. We'll reply from "), again.inner_text()
+    assert again.inner_text().endswith("Thank you. We'll answer at Ada@example.com.")
+    assert page.locator("loacl-chat form.aw input").count() == 0
     listed = loacl.client.get("/api/v1/conversations", headers=loacl.headers,
                               params={"widget_id": widget, "status": "waiting"})
     (conversation,) = listed.json()["data"]

@@ -255,6 +255,8 @@ class Connection:
         self.send({"type": ServerFrame.READY, "conversation_id": self.access.conversation_id,
                    "state": found.state,
                    "agent": found.assignee_name if found.state == "human" else None})
+        if found.state == "waiting":  # a reload still says that nobody answers now
+            await self._send_away(found)
         run = await self.chat.running_now(self.access.conversation_id)
         if run is not None:
             self.send({"type": ServerFrame.STARTED,
@@ -411,7 +413,8 @@ class Connection:
                 return
         away = await handoffs(self.ws).away(self.access, found, self.ws.app.state.clock())
         if away is not None:
-            self.send({"type": ServerFrame.AWAY, **(away_json(away) or {})})
+            self.send({"type": ServerFrame.AWAY, **(away_json(away) or {}),
+                       "reply_email": found.reply_email})
 
     async def _reply_address(self, frame: dict[str, Any]) -> None:
         email = frame.get("email")

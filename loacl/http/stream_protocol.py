@@ -113,11 +113,12 @@ SERVER_FRAMES: Final = (
     Frame(ServerFrame.STATE, ("state", "agent"),
           "who answers changed: bot (the assistant), waiting (a person was asked for), "
           "human (agent, a member of the team, answers), closed"),
-    Frame(ServerFrame.AWAY, ("reason", "next_opening", "timezone"),
+    Frame(ServerFrame.AWAY, ("reason", "next_opening", "timezone", "reply_email"),
           "after this tab's handoff frame (or in every tab when the assistant asked for a "
-          "person), when nobody answers now: closed (outside the "
-          "widget's office hours; the reply comes from next_opening, in timezone) or nobody "
-          "(no member online); the visitor may leave an e-mail address"),
+          "person, or after ready while the conversation waits), when nobody answers now: "
+          "closed (outside the widget's office hours; the reply comes from next_opening, in "
+          "timezone) or nobody (no member online); the visitor may leave an e-mail address, "
+          "and reply_email is the one already left (or null)"),
     Frame(ServerFrame.REPLY_ADDRESS, ("email",),
           "the address the visitor left is saved (as the server normalized it)"),
     Frame(ServerFrame.TYPING, ("typing", "name"),

@@ -71,7 +71,9 @@ function when(ctx, info) {
 
 /** Nobody answers now (`info`: the handoff's `away`): say when a reply comes, and take an address for it. */
 function away(ctx, info) {
-  ctx.form.parentNode.querySelector(".aw")?.remove();
+  const old = ctx.form.parentNode.querySelector(".aw");
+  if (old && !info.reply_email) return; // said already (a reconnect): keep what is being typed
+  old?.remove();
   const said = info.next_opening ? ctx.t("away_until", { when: when(ctx, info), tz: info.timezone })
     : ctx.t(info.reason === "closed" ? "away_closed" : "away_nobody");
   const field = element("input", {
@@ -95,7 +97,8 @@ function away(ctx, info) {
     box.replaceChildren(element("p", { role: "status", text: ctx.t("away_saved", { email: saved.email }) }));
   };
   ctx.form.before(box);
-  field.focus();
+  if (info.reply_email) box.replaceChildren(element("p", { role: "status", text: said + " " + ctx.t("away_saved", { email: info.reply_email }) }));
+  else field.focus();
 }
 
 window.__loaclExtra = { uploader, prechat, comment, sources, away };
