@@ -144,6 +144,23 @@ async def unfinished(store: EventStore) -> list[DocumentView]:
     return [_document(r) for r in rows]
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteDeletion:
+    """A deleted document's file at OpenAI, still to be deleted there."""
+
+    assistant_id: str
+    document_id: str
+    file_id: str
+    vector_store_id: str
+
+
+async def remote_deletions(store: EventStore) -> list[RemoteDeletion]:
+    rows = await store.query(
+        "SELECT assistant_id, document_id, file_id, coalesce(vector_store_id, '') "
+        "FROM knowledge_remote_deletions ORDER BY deleted_seq")
+    return [RemoteDeletion(*r) for r in rows]
+
+
 async def has_knowledge(store: EventStore, assistant_id: str) -> bool:
     rows = await store.query(
         "SELECT 1 FROM knowledge_documents WHERE assistant_id = ? AND status = 'ready' LIMIT 1",
