@@ -94,8 +94,9 @@ class Knowledge:
         self.settings = settings
         self.vectors = VectorIndex(store)
         self.processing: set[str] = set()
-        # Jobs: ("document", id), ("assistant", id): settle its OpenAI side, or ("file",
-        # assistant id, document id, file id, vector store id): delete a deleted document's.
+        # Jobs: ("document", id), ("assistant", id): settle its OpenAI side, ("file",
+        # assistant id, document id, file id, vector store id): delete a deleted document's,
+        # or ("index",): merge the full-text index's segments (after deletions).
         self._queue: asyncio.Queue[tuple[str, ...]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._clients: dict[str, openai.AsyncOpenAI] = {}
@@ -163,6 +164,8 @@ class Knowledge:
             await views.drop_orphans(self.store, sha)
         self.vectors.changed()
         self.settle(assistant_id)
+        if alive:
+            self._queue.put_nowait(("index",))
         return len(alive)
 
     def _forget_remote(self, document: DocumentView) -> None:
@@ -227,6 +230,7 @@ class Knowledge:
         await views.drop_orphans(self.store, found.sha256)
         self.vectors.changed()
         self._forget_remote(found)
+        self._queue.put_nowait(("index",))
         if state.vector_store_id is not None:
             self.settle(assistant_id)  # the last document takes the store with it
 
@@ -268,6 +272,10 @@ class Knowledge:
             try:
                 if job[0] == "document":
                     await self.ingest(job[1])
+                    if self._queue.empty():  # the last document of a batch: merge once
+                        await views.merge_text_index(self.store)
+                elif job[0] == "index":
+                    await views.merge_text_index(self.store)
                 elif job[0] == "assistant":
                     await self.remote.settle(job[1])
                 elif await self.remote.delete_file(*job[1:]):

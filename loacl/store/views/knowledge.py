@@ -236,6 +236,33 @@ async def keep_vectors(
     await store.run_on_writer(keep)
 
 
+MERGE_PAGES = 64  # the full-text index's pages one merge step writes, at most about
+
+
+async def merge_text_index(store: EventStore) -> int:
+    """Merge the full-text index's segments into one, a step at a time on the writer (each
+    its own short transaction, between appends); how many steps merged something.
+
+    Each document's passages come in as a new segment of the FTS5 index, and a search reads
+    every segment of each of its words: after a hundred documents, seven segments took BM25
+    search over 10,000 passages about a third longer than one. The order of the results
+    does not change (BM25 over the same passages)."""
+
+    def step(conn: sqlite3.Connection) -> bool:
+        before = conn.total_changes
+        conn.execute("BEGIN IMMEDIATE")
+        # A negative page count merges whatever segments there are, not only full levels.
+        conn.execute("INSERT INTO knowledge_fts (knowledge_fts, rank) VALUES ('merge', ?)",
+                     (-MERGE_PAGES,))
+        conn.execute("COMMIT")
+        return conn.total_changes - before >= 2  # fewer: nothing was left to merge
+
+    steps = 0
+    while await store.run_on_writer(step):
+        steps += 1
+    return steps
+
+
 async def drop_orphans(store: EventStore, sha256: str) -> None:
     """After a document's deletion: the embeddings no passage has any more, and the
     document's bytes unless another document or a visitor's file names them."""
