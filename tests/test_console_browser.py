@@ -348,6 +348,10 @@ def test_the_inbox_shows_a_conversation_live(
     page.get_by_role("link", name="Inbox").click()
     heading(page, "Inbox")
     page.locator(".inbox li").first.wait_for()
+    # The excerpt is the last reply's words, not its Markdown ("**Demo answer.**").
+    excerpt = page.locator(".inbox li .preview-text").first.inner_text()
+    assert excerpt.startswith("Demo answer. This is"), excerpt
+    assert " ".join(reply.split()).startswith(excerpt.rstrip("…").strip()[:60]), (excerpt, reply)
     shots(page, "inbox-with-conversations")
 
     # The two replies count in the usage: a bar today, a row for the widget.
@@ -522,7 +526,7 @@ def test_an_owner_invites_someone_who_joins_from_the_mailed_link(
     expect(nav.get_by_role("link", name="Inbox")).to_be_visible()
     expect(nav.get_by_role("link", name="Widgets")).to_have_count(0)  # not for an agent
     expect(nav.get_by_role("link", name="Usage")).to_have_count(0)
-    switcher = sam.get_by_label("Workspace")
+    switcher = sam.get_by_label("Workspace", exact=True)
     expect(switcher.locator("option")).to_have_count(2)  # their own, and the one joined
 
     owner.reload()
@@ -536,12 +540,26 @@ def test_an_owner_invites_someone_who_joins_from_the_mailed_link(
     expect(owner.locator("tr").filter(has_text="sam@example.com")).to_have_count(0)
     expect(owner.get_by_role("listitem").filter(has_text="sam@example.com")).to_have_count(0)
 
+    # The owner names the workspace, then makes a second one and is moved into it; the
+    # switcher offers both, under their names.
+    owner.get_by_label("Name", exact=True).fill("Support team")
+    owner.get_by_role("button", name="Save").click()
+    owner.get_by_text("Renamed.").wait_for()
+    owner.get_by_label("New workspace's name").fill("Second site")
+    owner.get_by_role("button", name="Create and open it").click()
+    owner.get_by_role("heading", level=1, name="Members · Second site").wait_for()
+    switcher = owner.get_by_label("Workspace", exact=True)
+    expect(switcher.locator("option")).to_have_text(
+        [re.compile("^Support team · Owner"), re.compile("^Second site · Owner")])
+    expect(owner.locator("tr").filter(has_text="team-owner@example.com")).to_have_count(1)
+    shots(owner, "members-workspaces")
+
     # Sam's console was in the owner's workspace: the next request finds them out of it, and
     # the console carries on in their own.
     sam.get_by_role("link", name="Members").click()
     sam.get_by_role("heading", level=1, name=re.compile("^Members")).wait_for()
     expect(sam.locator("tr").filter(has_text="team-owner@example.com")).to_have_count(0)
-    expect(sam.get_by_label("Workspace")).to_have_count(0)  # one workspace left
+    expect(sam.get_by_label("Workspace", exact=True)).to_have_count(0)  # one workspace left
 
 
 # -- the assistant editor's preview chat ----------------------------------------------------------

@@ -342,6 +342,10 @@ async def test_the_address_is_sealed_exported_and_erased_with_the_conversation(
                                headers=live.headers)
         assert export.status_code == 200, export.text
         assert export.json()["conversation"]["reply_email"] == "Ada.Lovelace@example.com"
+        # The team sees it in the inbox's entry, which the console shows.
+        entry = live.http.get(f"/api/v1/conversations/{session.conversation_id}",
+                              headers=live.headers)
+        assert entry.json()["reply_email"] == "Ada.Lovelace@example.com", entry.text
 
         erased = live.http.delete(f"/api/v1/conversations/{session.conversation_id}",
                                   headers=live.headers)
@@ -349,6 +353,9 @@ async def test_the_address_is_sealed_exported_and_erased_with_the_conversation(
         [(address,)] = rows(configured, "SELECT reply_email FROM conversations "
                             "WHERE conversation_id = ?", (session.conversation_id,))
         assert address == "[erased]"
+        entry = live.http.get(f"/api/v1/conversations/{session.conversation_id}",
+                              headers=live.headers)
+        assert entry.json()["reply_email"] is None, entry.text
         refused = live.http.post(
             f"/api/v1/widgets/{live.widget_id}/reply-address", json={"email": "b@example.com"},
             headers={"Origin": ORIGIN, "Authorization": f"Bearer {session.token}"})

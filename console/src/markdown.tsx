@@ -7,6 +7,7 @@ import { parseMarkdown } from "../../widget/src/markdown.js";
 
 type Node = string | { tag: string; children: Node[]; href?: string };
 const TAGS = new Set(["p", "br", "strong", "em", "code", "pre", "ul", "ol", "li", "a"]);
+const BLOCKS = new Set(["p", "br", "pre", "ul", "ol", "li"]);
 
 function build(node: Node, key: number): ComponentChildren {
   if (typeof node === "string") return node;
@@ -20,4 +21,15 @@ function build(node: Node, key: number): ComponentChildren {
 
 export function Markdown(props: { text: string }) {
   return <div class="md">{(parseMarkdown(props.text) as Node[]).map(build)}</div>;
+}
+
+/** The words of a text without its Markdown marks, on one line: for a list's one-line excerpt,
+ * where "**Sure.** See `x`" reads "Sure. See x". */
+export function plainText(text: string): string {
+  const words = (node: Node): string => {
+    if (typeof node === "string") return node;
+    const inner = node.children.map(words).join("");
+    return BLOCKS.has(node.tag) ? ` ${inner} ` : inner;
+  };
+  return (parseMarkdown(text) as Node[]).map(words).join(" ").replace(/\s+/g, " ").trim();
 }

@@ -67,6 +67,8 @@ export interface ConversationItem {
   assignee: { id: string; name: string } | null;
   waiting_since: string | null;
   unread: number;
+  /** Where the visitor asked to be answered by mail while away. */
+  reply_email?: string | null;
   cursor: string;
 }
 

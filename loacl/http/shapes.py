@@ -206,6 +206,7 @@ def inbox_item_json(item: InboxItem) -> dict[str, Any]:
             "id": item.assignee_id, "name": item.assignee_name},
         "waiting_since": item.waiting_since,
         "unread": item.unread,
+        "reply_email": item.reply_email,
         "cursor": str(item.last_activity_seq),
     }
 
@@ -520,7 +521,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                          "enum": ["user", "assistant", "agent", None]},
         "state": _STATE,
         "assignee": {"oneOf": [{"type": "null"}, _object({"id": _STR, "name": _nullable(_STR)})]},
-        "waiting_since": _nullable(_TIME), "unread": _INT,
+        "waiting_since": _nullable(_TIME), "unread": _INT, "reply_email": _nullable(_STR),
         "cursor": _STR}),
     "HandoffState": _object({"state": _STATE, "agent": _nullable(_STR),
                              "away": {"oneOf": [{"type": "null"}, _ref("Away")]}}),

@@ -5,7 +5,7 @@ import { NotificationToggle, setOpenConversation } from "../alerts";
 import { accessToken, all, api, get, meId, workspace } from "../api";
 import { formatDate, t } from "../i18n";
 import { type Frame, useLive } from "../live";
-import { Markdown } from "../markdown";
+import { Markdown, plainText } from "../markdown";
 import { href } from "../router";
 import type { ConversationItem, Member, Message, Widget } from "../types";
 import { Field, Heading, Loading, Notice, problem, Select, useLoad } from "../ui";
@@ -144,7 +144,7 @@ export function Inbox() {
                   {item.widget_title || item.widget_name || names.get(item.widget_id) || item.widget_id}
                   {item.unread > 0 && <span class="badge unread">{t("unread", { n: item.unread })}</span>}
                 </span>
-                <span class="preview-text">{item.preview || t("no_messages")}</span>
+                <span class="preview-text">{(item.preview && plainText(item.preview)) || t("no_messages")}</span>
                 <span class="muted">
                   <StateBadge item={item} now={now} since={item.waiting_since} />
                   {" · "}{item.assignee ? t("assigned_name", { name: item.assignee.name }) : t("unassigned")}
@@ -378,6 +378,7 @@ export function ConversationView(props: { id: string }) {
           {conversation.state === "waiting" && <> · <StateBadge item={conversation} now={now} since={conversation.waiting_since} /></>}
           {" · "}{heldByMe ? t("answered_by_you") : holder ? t("assigned_name", { name: holder.name }) : t("unassigned")}
         </p>
+        {conversation.reply_email && <p class="reply-address">{t("reply_address", { email: conversation.reply_email })}</p>}
         {!erased && (
           <div class="actions">
             {!heldByMe && (

@@ -29,6 +29,49 @@ function InviteForm(props: { workspaceId: string; onInvited: () => void }) {
   );
 }
 
+/** Rename this workspace (admin or owner), or make a new one and move into it (anyone). */
+function WorkspaceForms(props: { workspaceId: string; name: string }) {
+  const [name, setName] = useState(props.name);
+  const [renamed, setRenamed] = useState(false);
+  const [fresh, setFresh] = useState("");
+  const rename = useSubmit(
+    () => api("PATCH", `/api/v1/workspaces/${encodeURIComponent(props.workspaceId)}`, { body: { name: name.trim() } }),
+    async () => { setRenamed(true); await loadWorkspaces(); },
+  );
+  const create = useSubmit(
+    () => api<{ id: string }>("POST", "/api/v1/workspaces", { body: { name: fresh.trim() } }),
+    async (result) => {
+      await loadWorkspaces();
+      await switchWorkspace(result.data.id);
+      navigate("/members", true);
+    },
+  );
+  return (
+    <>
+      {may("admin") && (
+        <section class="panel">
+          <form onSubmit={(event) => { setRenamed(false); rename.submit(event); }} noValidate>
+            <h2>{t("workspace_rename")}</h2>
+            {rename.error && <Notice kind="error">{rename.error}</Notice>}
+            {renamed && <Notice kind="ok">{t("workspace_renamed")}</Notice>}
+            <Field label={t("workspace_name")} name="name" required value={name} onInput={setName} error={rename.fields.name} />
+            <button type="submit" disabled={rename.busy}>{t("save")}</button>
+          </form>
+        </section>
+      )}
+      <section class="panel">
+        <form onSubmit={create.submit} noValidate>
+          <h2>{t("workspace_new")}</h2>
+          <p class="muted">{t("workspace_new_help")}</p>
+          {create.error && <Notice kind="error">{create.error}</Notice>}
+          <Field label={t("workspace_new_name")} name="new-name" required value={fresh} onInput={setFresh} error={create.fields.name} />
+          <button type="submit" disabled={create.busy}>{t("workspace_create")}</button>
+        </form>
+      </section>
+    </>
+  );
+}
+
 export function Members() {
   const here = workspace();
   const id = here?.id || "";
@@ -110,6 +153,7 @@ export function Members() {
           )}
         </section>
       )}
+      {here && <WorkspaceForms key={id} workspaceId={id} name={here.name} />}
     </section>
   );
 }

@@ -28,7 +28,8 @@ _ITEM = (
     # Unread: the visitor's messages after the member's read mark (the first parameter).
     "(SELECT count(*) FROM messages u WHERE u.conversation_id = c.conversation_id "
     "AND u.role = 'user' AND u.created_seq > coalesce((SELECT r.up_to FROM conversation_reads r "
-    "WHERE r.conversation_id = c.conversation_id AND r.member_id = ?), 0)) "
+    "WHERE r.conversation_id = c.conversation_id AND r.member_id = ?), 0)), "
+    "CASE WHEN c.erased_at IS NULL THEN c.reply_email END "
     "FROM conversations c LEFT JOIN widgets w ON w.widget_id = c.widget_id"
 )
 # Conversations with a message matching the search: from the index's hits (rowid = position).
@@ -63,6 +64,7 @@ class InboxItem:
     assignee_name: str | None = None
     waiting_since: str | None = None
     unread: int = 0  # the visitor's messages the member has not read
+    reply_email: str | None = None  # where the visitor asked to be answered by mail
 
     @property
     def status(self) -> str:
