@@ -329,6 +329,16 @@ class Settings(BaseModel):
         5.0, ge=0, le=600, description="Knowledge kept at OpenAI: the pause before the first "
         "retry, doubled at each next one."
     )
+    knowledge_remote_delete_retry_seconds: float = Field(
+        60.0, ge=0.01, le=86_400, description="Knowledge kept at OpenAI: a deleted document's "
+        "file that OpenAI failed to delete (after every try) is tried again after this long, "
+        "the pause doubled at each next failure up to "
+        "`knowledge_remote_delete_retry_max_seconds`, and at each start."
+    )
+    knowledge_remote_delete_retry_max_seconds: float = Field(
+        3600.0, ge=0.01, le=86_400, description="Knowledge kept at OpenAI: the longest pause "
+        "between two tries of deleting a deleted document's file."
+    )
     knowledge_remote_poll_seconds: float = Field(
         2.0, ge=0.01, le=60, description="Knowledge kept at OpenAI: how often a document OpenAI "
         "is still reading is asked about."

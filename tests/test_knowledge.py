@@ -446,3 +446,40 @@ def test_an_imported_assistant_with_file_search_answers_from_uploaded_documents(
     assert [t["type"] for t in first["tools"]] == ["function"]
     assert first["tools"][0]["name"] == "file_search"
     assert reply["citations"][0]["document"] == "policy.docx"
+
+
+# -- the full-text index's segments ------------------------------------------------------------
+
+
+async def test_merging_the_index_keeps_every_search_result(store: Any) -> None:
+    from loacl.domain.knowledge import DocumentIndexed, DocumentUploaded, Passage, knowledge_stream
+    from loacl.store.views import knowledge as views
+
+    words = [f"{stem}{n}" for stem in ("ship", "refund", "order", "lamp") for n in range(40)]
+    cycle = itertools.cycle(words)
+    for d in range(12):  # one document at a time, each its own segment of the index
+        document = f"doc-{d}"
+        texts = [" ".join(next(cycle) for _ in range(7 + (d + p) % 11)) for p in range(20)]
+        await store.append(knowledge_stream("a-1"), [
+            DocumentUploaded(document_id=document, assistant_id="a-1", filename=f"{d}.md",
+                             kind="md", content_type="text/markdown", size=1,
+                             sha256="0" * 64),
+            DocumentIndexed(document_id=document, pages=1, passages=tuple(
+                Passage(text=t, page=1) for t in texts)),
+        ])
+
+    def segments() -> int:
+        with sqlite3.connect(store.path) as conn:
+            return int(conn.execute(
+                "SELECT count(DISTINCT segid) FROM knowledge_fts_idx").fetchone()[0])
+
+    questions = ["ship3 refund7", "lamp1 order2 ship9", "refund39", "order5 order6 lamp30",
+                 "nothing here", "ship1 ship2 ship3 ship4 refund1 refund2"]
+    before = [await views.search_text(store, "a-1", q, 8) for q in questions]
+    assert segments() > 1
+    assert await views.merge_text_index(store) >= 1
+    assert segments() == 1
+    assert await views.merge_text_index(store) == 0  # nothing left to merge
+    after = [await views.search_text(store, "a-1", q, 8) for q in questions]
+    assert after == before
+    assert any(len(found) == 8 for found in after) and after[4] == []

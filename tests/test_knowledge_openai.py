@@ -5,6 +5,7 @@ from in_progress to completed, and answers file_search with file_citation annota
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -267,4 +268,45 @@ def test_a_document_still_read_at_a_stop_is_followed_after_the_restart(
     events = knowledge_events(settings)
     assert events.count("knowledge.remote_uploaded") == 1  # not uploaded twice
     assert events[-1] == "knowledge.remote_completed"
+    audit_ok(settings)
+
+
+def _to_delete(settings: Settings) -> list[tuple[str, str]]:
+    with sqlite3.connect(settings.database_path) as conn:
+        return [(r[0], r[1]) for r in conn.execute(
+            "SELECT document_id, file_id FROM knowledge_remote_deletions")]
+
+
+def test_a_file_openai_failed_to_delete_is_deleted_later_and_after_a_restart(
+    tmp_path: Path, server: OpenAITestServer, root: str
+) -> None:
+    attempts = 2
+    settings = openai_settings(tmp_path, root, knowledge_remote_attempts=attempts,
+                               knowledge_remote_delete_retry_seconds=3600)
+
+    def deletes() -> list[Any]:
+        return [r for r in server.requests_to("files") if r.method == "DELETE"]
+
+    with live(settings) as site:
+        assistant_id, _ = assistant(site)
+        choose(site, assistant_id, "openai")
+        doc = added(site, assistant_id, "refunds.md", REFUNDS.encode())
+        file_id = doc["openai"]["file_id"]
+        # OpenAI fails every try of the deletion: the file stays to delete, not forgotten.
+        server.script(faults=[HttpError(status=500)] * attempts, endpoint="files")
+        url = f"/api/v1/assistants/{assistant_id}/knowledge/{doc['id']}"
+        assert site.http.delete(url, headers=site.owner).status_code == 204
+        wait_until(lambda: len(deletes()) == attempts, "OpenAI to be asked to delete the file")
+        assert file_id in server.file_ids
+        assert _to_delete(settings) == [(doc["id"], file_id)]
+    assert "knowledge.remote_deleted" not in knowledge_events(settings)
+    # The next start tries again; OpenAI fails once more, and the try after the pause deletes.
+    server.script(faults=[HttpError(status=503)], endpoint="files")
+    again = openai_settings(tmp_path, root, knowledge_remote_attempts=1,
+                            knowledge_remote_delete_retry_seconds=0.05)
+    with live(again):
+        wait_until(lambda: file_id not in server.file_ids, "the file to be deleted at OpenAI")
+        wait_until(lambda: _to_delete(settings) == [], "the deletion to be done")
+    assert len(deletes()) == attempts + 2
+    assert knowledge_events(settings).count("knowledge.remote_deleted") == 1
     audit_ok(settings)

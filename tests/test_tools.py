@@ -11,12 +11,15 @@ import hmac
 import ipaddress
 import json
 import socket
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.applications import Starlette
@@ -33,6 +36,8 @@ from loacl.services.tools import Outcome, Tools
 from loacl.settings import Settings
 from tests.live import serve
 from tests.test_chat import (
+    WAIT,
+    Gate,
     Site,
     Visitor,
     audit_ok,
@@ -40,6 +45,7 @@ from tests.test_chat import (
     live,
     log_of,
     replay_matches,
+    wait_until,
 )
 
 ORDER_SCHEMA = {
@@ -526,4 +532,94 @@ async def test_a_stream_resumes_across_a_tool_round(
     kinds = [r.type for r in rows]
     assert kinds.index("tool.called") < kinds.index("tool.returned") < len(kinds) - 1
     assert rows[-1].payload["text"] == "Let me check.\n\n" + after
+    replay_matches(settings)
+
+
+# -- the log's order across a tool round, and a log that refuses the calls ---------------------
+
+
+def test_the_log_keeps_text_calls_results_and_the_next_rounds_text_in_order(
+    tmp_path: Path, server: OpenAITestServer, root: str, endpoint: Endpoint
+) -> None:
+    # Every delta flushed at once: the next round's text is appended while the round's
+    # results may still be committing, and must land after them all the same.
+    settings = tool_settings(tmp_path, root, flush_interval_ms=0)
+    before = "Let me check both orders."
+    after = "Order A-1 and order A-2 have both shipped and arrive tomorrow."
+    server.script(before, calls=[order(1), order(2)])
+    server.script(after)
+    with live(settings) as site:
+        s = setup(site, [tool(endpoint)])
+        reply = ask(s)
+    assert reply["status"] == "completed"
+    assert reply["text"] == before + "\n\n" + after
+    assert len(endpoint.calls()) == 2
+    rows = [r for r in log_of(settings, s.visitor.conversation_id)
+            if r.payload.get("message_id") == reply["id"]]
+    kinds = [r.type for r in rows]
+    called = [i for i, k in enumerate(kinds) if k == "tool.called"]
+    returned = [i for i, k in enumerate(kinds) if k == "tool.returned"]
+    assert len(called) == len(returned) == 2
+    assert max(called) < min(returned)
+    deltas = [(i, r.payload) for i, r in enumerate(rows) if r.type == "assistant.delta"]
+    # The text before the calls is in the log before them; the next round's after the results.
+    assert all(p["offset"] + len(p["text"]) <= len(before) for i, p in deltas if i < min(called))
+    assert all(p["offset"] >= len(before) for i, p in deltas if i > max(returned))
+    assert not [i for i, _ in deltas if min(called) < i < max(returned)]
+    assert "".join(p["text"] for _, p in deltas) == reply["text"]
+    assert kinds[-1] == "assistant.completed"
+    # The next request carries the round as the model wrote it: its text, calls and outputs.
+    _, second = server.requests_to("responses")
+    assert {"role": "assistant", "content": [{"type": "output_text", "text": before}]} \
+        in second.json["input"]
+    audit_ok(settings)
+    replay_matches(settings)
+
+
+async def test_a_round_the_log_cannot_take_fails_the_reply_and_asks_the_model_nothing_more(
+    server: OpenAITestServer, root: str, tmp_path: Path, endpoint: Endpoint
+) -> None:
+    settings = tool_settings(tmp_path, root, flush_interval_ms=5000)
+    gate = Gate()
+    server.script(calls=[order(1)])
+    server.script("Never asked for.")
+    with live(settings) as site:
+        gate.install(site.app)
+        s = setup(site, [tool(endpoint)])
+        async with httpx.AsyncClient(base_url=site.url, timeout=WAIT) as client:
+            posting = asyncio.create_task(client.post(
+                f"/api/v1/widgets/{s.visitor.widget_id}/messages", json={"text": "A-1?"},
+                headers=s.visitor.headers,
+            ))
+            deadline = time.monotonic() + WAIT
+            while gate.waiting < 1:
+                assert time.monotonic() < deadline, "the reply never reached the provider"
+                await asyncio.sleep(0.01)
+            # Another process holds the write lock while the model calls the tool.
+            holder = sqlite3.connect(settings.database_path, timeout=0, isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")
+            try:
+                gate.opened.set()
+                response = await posting
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+        assert response.status_code == 503, response.text
+        body = response.json()
+        assert body["code"] == "store_unavailable"
+        reply_id = body["reply"]["id"]
+        wait_until(
+            lambda: any(r.type == "assistant.failed" and r.payload["message_id"] == reply_id
+                        for r in log_of(settings, s.visitor.conversation_id)),
+            "the reply's end to reach the log",
+        )
+    rows = log_of(settings, s.visitor.conversation_id)
+    # Neither the call nor a result the log never took, and no answer the model was given.
+    assert not [r for r in rows if r.type.startswith("tool.")]
+    assert len(server.requests_to("responses")) == 1
+    [end] = [r for r in rows if r.type == "assistant.failed"]
+    assert end.payload["code"] == "store_unavailable"
+    # The call may have gone out while the append waited (it is made alongside): at most once.
+    assert len(endpoint.calls()) <= 1
+    audit_ok(settings)
     replay_matches(settings)

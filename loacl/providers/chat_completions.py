@@ -77,11 +77,14 @@ class ChatCompletionsProvider:
         finished = False
         try:
             # The SDK's overloads cannot follow **options; the wire format is what matters here.
+            # The body goes as ``extra_body``, plain JSON as LOACL built it (``messages`` and
+            # ``model`` are required by the signature and replaced by it): the SDK's walk of
+            # typed parameters against their declared types took milliseconds a request.
             create: Any = self.once.chat.completions.create
-            stream = await create(
-                model=a.model, messages=messages, stream=True,
-                stream_options={"include_usage": True}, **options,
-            )
+            stream = await create(model=a.model, messages=(), stream=True, extra_body={
+                "model": a.model, "messages": messages,
+                "stream_options": {"include_usage": True}, **options,
+            })
             async with stream:
                 async for chunk in stream:
                     result.request_id = result.request_id or chunk.id

@@ -94,12 +94,17 @@ class Knowledge:
         self.settings = settings
         self.vectors = VectorIndex(store)
         self.processing: set[str] = set()
-        # Jobs: ("document", id), ("assistant", id): settle its OpenAI side, or ("file",
-        # assistant id, document id, file id, vector store id): delete a deleted document's.
+        # Jobs: ("document", id), ("assistant", id): settle its OpenAI side, ("file",
+        # assistant id, document id, file id, vector store id): delete a deleted document's,
+        # or ("index",): merge the full-text index's segments (after deletions).
         self._queue: asyncio.Queue[tuple[str, ...]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._clients: dict[str, openai.AsyncOpenAI] = {}
         self.remote = Remote(store, settings)
+        # Deletions at OpenAI that failed: how many times each (by document), and the timers
+        # that queue them again.
+        self._delete_failures: dict[str, int] = {}
+        self._retries: dict[str, asyncio.TimerHandle] = {}
 
     # -- the owner's side -------------------------------------------------------------------
 
@@ -159,6 +164,8 @@ class Knowledge:
             await views.drop_orphans(self.store, sha)
         self.vectors.changed()
         self.settle(assistant_id)
+        if alive:
+            self._queue.put_nowait(("index",))
         return len(alive)
 
     def _forget_remote(self, document: DocumentView) -> None:
@@ -223,6 +230,7 @@ class Knowledge:
         await views.drop_orphans(self.store, found.sha256)
         self.vectors.changed()
         self._forget_remote(found)
+        self._queue.put_nowait(("index",))
         if state.vector_store_id is not None:
             self.settle(assistant_id)  # the last document takes the store with it
 
@@ -234,9 +242,15 @@ class Knowledge:
             self._queue.put_nowait(("document", document.document_id))
         for found in await views.stores_to_settle(self.store):
             self.settle(found.assistant_id)
+        for deletion in await views.remote_deletions(self.store):
+            self._queue.put_nowait(("file", deletion.assistant_id, deletion.document_id,
+                                    deletion.file_id, deletion.vector_store_id))
         self._worker = asyncio.create_task(self._work(), name="knowledge-worker")
 
     async def stop(self) -> None:
+        for handle in self._retries.values():
+            handle.cancel()
+        self._retries.clear()
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -258,16 +272,44 @@ class Knowledge:
             try:
                 if job[0] == "document":
                     await self.ingest(job[1])
+                    if self._queue.empty():  # the last document of a batch: merge once
+                        await views.merge_text_index(self.store)
+                elif job[0] == "index":
+                    await views.merge_text_index(self.store)
                 elif job[0] == "assistant":
                     await self.remote.settle(job[1])
+                elif await self.remote.delete_file(*job[1:]):
+                    self._delete_failures.pop(job[2], None)
                 else:
-                    await self.remote.delete_file(*job[1:])
+                    self._delete_later(job)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("knowledge.job_crashed", job=job[:2])
             finally:
                 self._queue.task_done()
+
+    def _delete_later(self, job: tuple[str, ...]) -> None:
+        """Queue a deletion OpenAI failed again, after a pause that doubles with each failure
+        up to the longest the settings allow (the row in ``knowledge_remote_deletions`` keeps
+        it across a restart meanwhile)."""
+        document_id = job[2]
+        failures = self._delete_failures[document_id] = \
+            self._delete_failures.get(document_id, 0) + 1
+        settings = self.settings
+        pause = min(settings.knowledge_remote_delete_retry_seconds * 2 ** (failures - 1),
+                    settings.knowledge_remote_delete_retry_max_seconds)
+        log.info("knowledge.remote_delete_later", document_id=document_id, failures=failures,
+                 retry_in=pause)
+
+        def again() -> None:
+            self._retries.pop(document_id, None)
+            self._queue.put_nowait(job)
+
+        previous = self._retries.pop(document_id, None)
+        if previous is not None:
+            previous.cancel()
+        self._retries[document_id] = asyncio.get_running_loop().call_later(pause, again)
 
     async def ingest(self, document_id: str) -> None:
         """Read one queued document and log its passages, or why it cannot be read."""

@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -140,14 +141,25 @@ class Run:
         self.listeners.clear()
 
 
+async def all_of(futures: list[asyncio.Future[Any]]) -> list[Any]:
+    """Every future's result, once all have ended; the first failure raises (every outcome
+    is taken, so that none is left unread)."""
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
 class ReplyStream:
     """Writes one run to the log: deltas per flush window, then exactly one end event.
 
     At most one delta append is in flight, in the background: the next token is read while the
     last ones commit, so a busy log slows the log, not the visitor. Appends stay in offset order
-    because a flush starts only after the previous one ended. Until :meth:`completed` or
-    :meth:`failed` says otherwise the reply ends as interrupted, so a cancellation anywhere
-    still writes its end event.
+    because a flush starts only after the previous one ended, and each is queued for the store
+    at once (``EventStore.enqueue``), so what the reply appends later lands after it. Until
+    :meth:`completed` or :meth:`failed` says otherwise the reply ends as interrupted, so a
+    cancellation anywhere still writes its end event.
     """
 
     def __init__(
@@ -162,7 +174,7 @@ class ReplyStream:
         self.clock = clock
         self.flushed = 0  # characters written to the log so far
         self.last_flush = clock()
-        self.pending: asyncio.Task[None] | None = None
+        self.pending: asyncio.Future[Any] | None = None  # the delta append in flight
         self.end_event: EndEvent | None = None
 
     def on_delta(self, delta: str) -> None:
@@ -182,19 +194,36 @@ class ReplyStream:
         previous, self.pending = self.pending, None
         if previous is not None:
             previous.result()  # the last flush ended; one that failed raises here
-        self.pending = asyncio.create_task(self.flush())
+        self.pending = self._queue_flush()
+
+    def _queue_flush(self) -> asyncio.Future[Any] | None:
+        """The text not in the log yet, queued as one delta event (None when there is none)."""
+        run = self.run
+        if len(run.text) <= self.flushed:
+            return None
+        offset, self.flushed = self.flushed, len(run.text)
+        return self.store.enqueue(
+            self.stream,
+            [domain.AssistantDelta(message_id=run.message_id, offset=offset,
+                                   text=run.text[offset:self.flushed])],
+            metadata=self.meta,
+        )
 
     async def flush(self) -> None:
         """Append the text not in the log yet as one delta event."""
-        run = self.run
-        if len(run.text) > self.flushed:
-            offset, self.flushed = self.flushed, len(run.text)
-            await self.store.append(
-                self.stream,
-                [domain.AssistantDelta(message_id=run.message_id, offset=offset,
-                                       text=run.text[offset:self.flushed])],
-                metadata=self.meta,
-            )
+        queued = self._queue_flush()
+        if queued is not None:
+            await queued
+
+    def queue_rest(self) -> asyncio.Future[Any] | None:
+        """Every delta so far queued for the log, not waited for: one future for the appends
+        in flight (None when there are none). Whatever is queued after this lands after them;
+        the future must be awaited all the same (a refused append raises there)."""
+        queued = [f for f in (self.pending, self._queue_flush()) if f is not None]
+        self.pending = None
+        if not queued:
+            return None
+        return queued[0] if len(queued) == 1 else asyncio.ensure_future(all_of(queued))
 
     async def settle(self) -> None:
         """Wait for the flush in flight; one that failed raises here."""

@@ -17,6 +17,7 @@ from loacl.domain.assistants import (
     HANDOFF_TOOL,
     Assistant,
     AssistantDefinition,
+    ToolDefinition,
     assistant_stream,
     evolve_assistant,
 )
@@ -24,7 +25,7 @@ from loacl.domain.events import Metadata
 from loacl.domain.widgets import conversation_stream
 from loacl.providers.base import ReplyResult, ToolCall, ToolRound
 from loacl.services.knowledge import FILE_SEARCH, Knowledge
-from loacl.services.replies import Notice, ReplyStream, Run
+from loacl.services.replies import Notice, ReplyStream, Run, all_of
 from loacl.services.tools import CallContext, Outcome, Tools, bounded, tool_secret
 from loacl.store.eventstore import EventStore
 
@@ -114,17 +115,29 @@ class ToolRounds:
         round to send back and the append of its results, under way (the next request need
         not wait for it; the caller awaits it before the reply's next event), or None when
         the round limit was reached (the calls are logged as not made, and the reply ends with
-        the text it has). Each call is in the log before it is made."""
+        the text it has).
+
+        Each call is queued for the log (after the text before it) before it is made, and the
+        HTTP calls go out while that append commits: the owner's endpoint is not kept waiting
+        on the log. This is safe because nothing the calls return is used (given to the model,
+        logged, shown) until the append has committed; when the store refuses it, the calls
+        are abandoned (cancelled, or their answers dropped) and the reply fails as any reply
+        whose log write fails (``store_unavailable``). An endpoint may thus see a call the log
+        does not have when the store is failing; each call's ``webhook-id`` is new, and is the
+        key a receiver deduplicates on. File searches and the request for a person change or
+        read LOACL's own state and start only once the calls are in the log."""
         calls = list(result.calls)
         tools = {t.name: t for t in assistant.http_tools()}
-        await reply.drain()  # the text before the calls, in the log before them
         stream = conversation_stream(run.conversation_id)
-        await self.store.append(stream, [
+        text_before = reply.queue_rest()  # the text before the calls, in the log before them
+        called = self.store.enqueue(stream, [
             domain.ToolCalled(message_id=run.message_id, call_id=c.call_id, name=c.name,
                               round=number, arguments=bounded(c.arguments))
             for c in calls
         ], metadata=reply.meta)
+        logged_calls = [f for f in (text_before, called) if f is not None]
         if not may_call:
+            await all_of(logged_calls)
             await self.store.append(stream, [
                 domain.ToolReturned(message_id=run.message_id, call_id=c.call_id, name=c.name,
                                     status="round_limit")
@@ -132,23 +145,28 @@ class ToolRounds:
             ], metadata=reply.meta)
             log.info("chat.tool_round_limit", message_id=run.message_id, calls=len(calls))
             return None
-        for call in calls:
-            tool = tools.get(call.name)
-            text = tool.status_text if tool is not None else (
-                SEARCHING if sources is not None and call.name == FILE_SEARCH else "")
-            run.notice(Notice("tool", tool=call.name, text=text))
         searches = [c for c in calls if sources is not None and c.name == FILE_SEARCH
                     and c.name not in tools]
         person = [c for c in calls if c.name == HANDOFF_TOOL and assistant.handoff]
         others = [c for c in calls if c not in searches and c not in person]
         outcomes: dict[str, Outcome] = {}
         cited: list[domain.Citation] = []
-        if others:
-            context = CallContext(
-                scope.assistant_id, run.conversation_id, run.message_id, scope.user_id,
-                await secret if secret is not None else "",
-            )
-            made = await self.tools.run(tools, others, context, time_left)
+        making = asyncio.ensure_future(
+            self._make_http(run, tools, others, scope, secret, time_left)) if others else None
+        try:
+            await all_of(logged_calls)
+        except BaseException:
+            if making is not None:
+                making.cancel()
+                await asyncio.gather(making, return_exceptions=True)
+            raise
+        for call in calls:
+            tool = tools.get(call.name)
+            shown = tool.status_text if tool is not None else (
+                SEARCHING if sources is not None and call.name == FILE_SEARCH else "")
+            run.notice(Notice("tool", tool=call.name, text=shown))
+        if making is not None:
+            made = await making
             outcomes.update((c.call_id, o) for c, o in zip(others, made, strict=True))
         for call in searches:  # one after another: each numbers its new passages on
             assert sources is not None
@@ -159,7 +177,6 @@ class ToolRounds:
             outcomes[call.call_id] = await self._ask_for_person(run, call, reply)
         run.state = None  # the tools are done; a tab joining now waits for text
         ordered = [outcomes[c.call_id] for c in calls]
-        # Queued now, so it lands before anything the reply appends later.
         events: list[Any] = [
             domain.ToolReturned(message_id=run.message_id, call_id=c.call_id, name=c.name,
                                 status=o.status, http_status=o.http_status,
@@ -168,8 +185,20 @@ class ToolRounds:
         ]
         if cited:
             events.append(domain.ReplyCited(message_id=run.message_id, citations=tuple(cited)))
-        logged = asyncio.ensure_future(self.store.append(stream, events, metadata=reply.meta))
+        # Queued now, before the next request: it lands before anything the reply appends
+        # later (the next round's text), and the next request need not wait for its commit.
+        logged = self.store.enqueue(stream, events, metadata=reply.meta)
         return ToolRound(text, tuple(calls), tuple(o.output for o in ordered)), logged
+
+    async def _make_http(
+        self, run: Run, tools: dict[str, ToolDefinition], calls: list[ToolCall],
+        scope: ToolScope, secret: Awaitable[str] | None, time_left: float,
+    ) -> list[Outcome]:
+        context = CallContext(
+            scope.assistant_id, run.conversation_id, run.message_id, scope.user_id,
+            await secret if secret is not None else "",
+        )
+        return await self.tools.run(tools, calls, context, time_left)
 
     async def _ask_for_person(self, run: Run, call: ToolCall, reply: ReplyStream) -> Outcome:
         """The model's ``request_human``: the conversation waits for a person (from the next

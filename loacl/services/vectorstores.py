@@ -8,7 +8,9 @@ file's ``completed`` or ``failed``, with its ``last_error``); with ``local`` cho
 assistant deleted or its last document gone, the store is deleted with the documents' files.
 Each remote id and state change is an event. OpenAI failing (a 5xx, a 429, a timeout, a lost
 connection) is retried with a growing pause; after the last try the document is marked failed
-with the reason, and a store that could not be deleted is tried again at the next start.
+with the reason, and a store that could not be deleted is tried again at the next start. A
+deleted document's file that could not be deleted stays to do (``knowledge_remote_deletions``):
+the knowledge worker tries it again after a growing pause, and at each start.
 """
 
 from __future__ import annotations
@@ -228,17 +230,19 @@ class Remote:
 
     async def delete_file(
         self, assistant_id: str, document_id: str, file_id: str, vector_store_id: str
-    ) -> None:
-        """A deleted document's vector store entry and OpenAI file."""
+    ) -> bool:
+        """A deleted document's vector store entry and OpenAI file; False when OpenAI kept
+        failing (the deletion stays to do: the caller tries again later)."""
         try:
             await self._delete_remote_file(self.client(), document_id, file_id,
                                            vector_store_id or None)
         except Unavailable as exc:
             log.warning("knowledge.remote_file_not_deleted", document_id=document_id,
                         file_id=file_id, error=exc.reason)
-            return
+            return False
         await self._append(assistant_id, [domain.RemoteFileDeleted(
             document_id=document_id, file_id=file_id)])
+        return True
 
     async def _delete_remote_file(
         self, client: openai.AsyncOpenAI, document_id: str, file_id: str,

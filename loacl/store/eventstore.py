@@ -202,18 +202,41 @@ class EventStore:
         personal data the events and the client's address are (``domain.privacy``), when the
         stream's name does not say (a conversation's and an owner's streams do).
         """
-        if self._thread is None or self._loop is None:
-            raise LoaclError("store_closed", "the event store is not open")
-        if not events:
-            return []
-        future: asyncio.Future[list[RecordedEvent]] = self._loop.create_future()
         with tracing.span("store.append", **{"loacl.stream": stream,
                                              "loacl.events": len(events)}):
-            self._queue.put(
-                _Append(stream, events, expected_version, metadata or Metadata(),
-                        idempotency_key, future, subject or subject_of_stream(stream))
+            return await self.enqueue(
+                stream, events, expected_version=expected_version, metadata=metadata,
+                idempotency_key=idempotency_key, subject=subject,
             )
-            return await future
+
+    def enqueue(
+        self,
+        stream: str,
+        events: Sequence[Event],
+        *,
+        expected_version: int | None = None,
+        metadata: Metadata | None = None,
+        idempotency_key: str | None = None,
+        subject: str | None = None,
+    ) -> asyncio.Future[list[RecordedEvent]]:
+        """:meth:`append`, queued now, without waiting: the future is its outcome.
+
+        The writer commits queued appends in the order they were queued, so an append queued
+        here precedes, in the log, every append queued after this call returns (a caller may
+        go on before the commit and still know where its events land). Its outcome must be
+        awaited (or read) all the same: a refused append is an exception in the future.
+        """
+        if self._thread is None or self._loop is None:
+            raise LoaclError("store_closed", "the event store is not open")
+        future: asyncio.Future[list[RecordedEvent]] = self._loop.create_future()
+        if not events:
+            future.set_result([])
+            return future
+        self._queue.put(
+            _Append(stream, events, expected_version, metadata or Metadata(),
+                    idempotency_key, future, subject or subject_of_stream(stream))
+        )
+        return future
 
     def _run_writer(self) -> None:
         stopping = False

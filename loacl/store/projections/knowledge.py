@@ -25,7 +25,8 @@ from loacl.store.codec import format_time
 from loacl.store.projections import Projections
 
 projections = Projections(
-    tables=["knowledge_documents", "knowledge_chunks", "knowledge_stores"]
+    tables=["knowledge_documents", "knowledge_chunks", "knowledge_stores",
+            "knowledge_remote_deletions"]
 )
 
 # A passage's id: the indexed event's position, then its number within the event.
@@ -93,6 +94,12 @@ def document_failed(
 def document_deleted(
     conn: sqlite3.Connection, event: DocumentDeleted, recorded: RecordedEvent
 ) -> None:
+    # Its file at OpenAI, if it has one, is to be deleted there (the knowledge worker's job).
+    conn.execute(
+        "INSERT OR REPLACE INTO knowledge_remote_deletions (document_id, assistant_id, file_id, "
+        "vector_store_id, deleted_seq) SELECT document_id, assistant_id, remote_file_id, "
+        "vector_store_id, ? FROM knowledge_documents WHERE document_id = ? "
+        "AND remote_file_id IS NOT NULL", (recorded.seq, event.document_id))
     conn.execute("DELETE FROM knowledge_chunks WHERE document_id = ?", (event.document_id,))
     conn.execute("DELETE FROM knowledge_documents WHERE document_id = ?", (event.document_id,))
 
@@ -205,3 +212,5 @@ def remote_deleted(
 ) -> None:
     _remote(conn, recorded, event.document_id,
             "remote_file_id = NULL, vector_store_id = NULL, remote_status = NULL", ())
+    conn.execute("DELETE FROM knowledge_remote_deletions WHERE document_id = ? AND file_id = ?",
+                 (event.document_id, event.file_id))

@@ -144,6 +144,23 @@ async def unfinished(store: EventStore) -> list[DocumentView]:
     return [_document(r) for r in rows]
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteDeletion:
+    """A deleted document's file at OpenAI, still to be deleted there."""
+
+    assistant_id: str
+    document_id: str
+    file_id: str
+    vector_store_id: str
+
+
+async def remote_deletions(store: EventStore) -> list[RemoteDeletion]:
+    rows = await store.query(
+        "SELECT assistant_id, document_id, file_id, coalesce(vector_store_id, '') "
+        "FROM knowledge_remote_deletions ORDER BY deleted_seq")
+    return [RemoteDeletion(*r) for r in rows]
+
+
 async def has_knowledge(store: EventStore, assistant_id: str) -> bool:
     rows = await store.query(
         "SELECT 1 FROM knowledge_documents WHERE assistant_id = ? AND status = 'ready' LIMIT 1",
@@ -217,6 +234,33 @@ async def keep_vectors(
         conn.execute("COMMIT")
 
     await store.run_on_writer(keep)
+
+
+MERGE_PAGES = 64  # the full-text index's pages one merge step writes, at most about
+
+
+async def merge_text_index(store: EventStore) -> int:
+    """Merge the full-text index's segments into one, a step at a time on the writer (each
+    its own short transaction, between appends); how many steps merged something.
+
+    Each document's passages come in as a new segment of the FTS5 index, and a search reads
+    every segment of each of its words: after a hundred documents, seven segments took BM25
+    search over 10,000 passages about a third longer than one. The order of the results
+    does not change (BM25 over the same passages)."""
+
+    def step(conn: sqlite3.Connection) -> bool:
+        before = conn.total_changes
+        conn.execute("BEGIN IMMEDIATE")
+        # A negative page count merges whatever segments there are, not only full levels.
+        conn.execute("INSERT INTO knowledge_fts (knowledge_fts, rank) VALUES ('merge', ?)",
+                     (-MERGE_PAGES,))
+        conn.execute("COMMIT")
+        return conn.total_changes - before >= 2  # fewer: nothing was left to merge
+
+    steps = 0
+    while await store.run_on_writer(step):
+        steps += 1
+    return steps
 
 
 async def drop_orphans(store: EventStore, sha256: str) -> None:
