@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from loacl.cli import main
@@ -107,31 +107,30 @@ def pg_cluster() -> Iterator[tuple[pg.Cluster, str]]:
     database on it. Skipped when none can be had, failed under CI=true."""
     try:
         with pg.cluster() as running:
-            template = asyncio.run(pg.migrated_template(running))
+            template = pg.run_apart(pg.migrated_template(running))
             yield running, template
-            asyncio.run(pg.drop_database(running, template))
-    except (pg.Unavailable, OSError) as exc:
+            pg.run_apart(pg.drop_database(running, template))
+    except (pg.Unavailable, OSError, asyncpg.PostgresError) as exc:
         pg.failed_to_start(str(exc))
 
 
 _pg_databases = itertools.count(1)
 
 
+# Plain fixtures (their work on a loop apart): an async fixture may ask for them by name.
 @pytest.fixture
-async def pg_url(pg_cluster: tuple[pg.Cluster, str]) -> AsyncIterator[str]:
+def pg_url(pg_cluster: tuple[pg.Cluster, str]) -> Iterator[str]:
     """A migrated, empty PostgreSQL database of this test's own."""
     running, template = pg_cluster
     name = f"loacl_test_{os.getpid()}_{next(_pg_databases)}"
-    url = await pg.create_database(running, name, template)
-    yield url
-    await pg.drop_database(running, name)
+    yield pg.run_apart(pg.create_database(running, name, template))
+    pg.run_apart(pg.drop_database(running, name))
 
 
 @pytest.fixture
-async def pg_empty_url(pg_cluster: tuple[pg.Cluster, str]) -> AsyncIterator[str]:
+def pg_empty_url(pg_cluster: tuple[pg.Cluster, str]) -> Iterator[str]:
     """A PostgreSQL database of this test's own with no table at all."""
     running, _ = pg_cluster
     name = f"loacl_empty_{os.getpid()}_{next(_pg_databases)}"
-    url = await pg.create_database(running, name)
-    yield url
-    await pg.drop_database(running, name)
+    yield pg.run_apart(pg.create_database(running, name))
+    pg.run_apart(pg.drop_database(running, name))

@@ -10,6 +10,8 @@ the unprivileged ``nobody`` and both run as that user (``runuser``).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import glob
 import os
@@ -18,9 +20,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -30,6 +33,7 @@ from loacl.store.postgres import migrate
 URL_ENV = "LOACL_TEST_POSTGRES_URL"
 TEMPLATE = "loacl_template"
 RUN_AS = "nobody"
+T = TypeVar("T")
 
 
 class Unavailable(Exception):
@@ -198,6 +202,13 @@ async def migrated_template(cluster: Cluster) -> str:
     finally:
         await conn.close()
     return name
+
+
+def run_apart(work: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to its end on a loop of its own, in a thread: the session fixture may be
+    set up from inside a test's running loop (``getfixturevalue`` in an async fixture)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, work).result()
 
 
 def failed_to_start(reason: str) -> None:
