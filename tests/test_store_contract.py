@@ -213,6 +213,19 @@ async def test_expected_version_conflicts(backend: Backend) -> None:
     assert await store.head() == 2  # nothing of the refused appends was written
 
 
+async def test_versions_written_by_another_instance_are_seen(backend: Backend) -> None:
+    """Each store remembers stream versions between its commits; another instance's append
+    must make it read them again."""
+    one, two = await backend.open(), await backend.open()
+    await one.append("user-a", [filler(1)], expected_version=NO_STREAM)
+    await two.append("user-a", [filler(2)], expected_version=1)
+    with pytest.raises(ConflictError):
+        await one.append("user-a", [filler(3)], expected_version=1)
+    written = await one.append("user-a", [filler(3)], expected_version=2)
+    assert [(r.seq, r.version) for r in written] == [(3, 3)]
+    assert (await two.verify()).ok
+
+
 async def test_one_conflict_in_a_batch_refuses_only_its_own_append(backend: Backend) -> None:
     store = await backend.open()
     await store.append("user-a", [filler(0)])
@@ -464,6 +477,29 @@ async def test_an_append_waits_for_the_head_an_earlier_transaction_holds(pg_url:
     finally:
         await other.close()
         await watcher.close()
+        await store.close()
+
+
+async def test_a_lost_connection_fails_its_batch_and_the_next_one_reconnects(
+    pg_url: str,
+) -> None:
+    store = PgEventStore(pg_url)
+    await store.open()
+    admin = await asyncpg.connect(pg_url)
+    try:
+        await store.append("user-a", [filler(1)])
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        with pytest.raises(LoaclError) as failed:
+            await store.append("user-a", [filler(2)])
+        assert failed.value.code == "store_unavailable"
+        written = await store.append("user-a", [filler(3)])
+        assert [(r.seq, r.version) for r in written] == [(2, 2)]
+        assert (await store.verify()).ok
+    finally:
+        await admin.close()
         await store.close()
 
 
