@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from loacl.cli import main
@@ -12,6 +15,7 @@ from loacl.store import migrations
 from loacl.store.eventstore import EventStore
 from loacl.store.projections import default_projections
 from loacl.store.sqlite import connect
+from tests import pg
 from tests.live import OPEN_LIMITS
 
 
@@ -95,3 +99,38 @@ def server(openai_server: tuple[OpenAITestServer, str]) -> OpenAITestServer:
 @pytest.fixture
 def root(openai_server: tuple[OpenAITestServer, str], server: OpenAITestServer) -> str:
     return openai_server[1]
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[tuple[pg.Cluster, str]]:
+    """A PostgreSQL server for the session (tests/pg.py) and the name of a migrated template
+    database on it. Skipped when none can be had, failed under CI=true."""
+    try:
+        with pg.cluster() as running:
+            template = pg.run_apart(pg.migrated_template(running))
+            yield running, template
+            pg.run_apart(pg.drop_database(running, template))
+    except (pg.Unavailable, OSError, asyncpg.PostgresError) as exc:
+        pg.failed_to_start(str(exc))
+
+
+_pg_databases = itertools.count(1)
+
+
+# Plain fixtures (their work on a loop apart): an async fixture may ask for them by name.
+@pytest.fixture
+def pg_url(pg_cluster: tuple[pg.Cluster, str]) -> Iterator[str]:
+    """A migrated, empty PostgreSQL database of this test's own."""
+    running, template = pg_cluster
+    name = f"loacl_test_{os.getpid()}_{next(_pg_databases)}"
+    yield pg.run_apart(pg.create_database(running, name, template))
+    pg.run_apart(pg.drop_database(running, name))
+
+
+@pytest.fixture
+def pg_empty_url(pg_cluster: tuple[pg.Cluster, str]) -> Iterator[str]:
+    """A PostgreSQL database of this test's own with no table at all."""
+    running, _ = pg_cluster
+    name = f"loacl_empty_{os.getpid()}_{next(_pg_databases)}"
+    yield pg.run_apart(pg.create_database(running, name))
+    pg.run_apart(pg.drop_database(running, name))

@@ -208,8 +208,9 @@ def test_guides_name_only_real_loacl_commands(guide: Path) -> None:
             pytest.fail(f"{guide.name}: `loacl {' '.join(words)}` is not a loacl command")
 
 
-# Named by deploy/Caddyfile and deploy/compose.caddy.yaml, and the page's widget options.
-NOT_SETTINGS = {"LOACL_DOMAIN", "LOACL_UPSTREAM", "LOACL_WIDGET"}
+# Named by deploy/Caddyfile and deploy/compose.caddy.yaml, and the page's widget options;
+# LOACL_TEST_POSTGRES_URL is the test suite's (tests/pg.py).
+NOT_SETTINGS = {"LOACL_DOMAIN", "LOACL_UPSTREAM", "LOACL_WIDGET", "LOACL_TEST_POSTGRES_URL"}
 
 
 @pytest.mark.parametrize("guide", GUIDES, ids=lambda p: p.name)

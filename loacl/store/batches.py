@@ -368,3 +368,8 @@ def _as_loacl_error(exc: Exception, stream: str) -> LoaclError:
     log.error("store.append_failed", stream=stream, error=repr(exc))
     return LoaclError("store_error", "the event store could not write the events")
 
+
+
+# For the PostgreSQL store, which writes the same rows the same way (store.postgres).
+Attempt = _Attempt
+encode_request = _encode

@@ -26,7 +26,7 @@ from loacl import tracing
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Event, Metadata, RecordedEvent
 from loacl.domain.privacy import subject_of_stream
-from loacl.store import migrations
+from loacl.store import audit, checkpoints, migrations
 from loacl.store.batches import Append as _Append
 from loacl.store.batches import BatchWriter
 from loacl.store.broker import Broker
@@ -423,4 +423,40 @@ class EventStore:
     async def head(self) -> int:
         rows = await self._fetch("SELECT coalesce(max(seq), 0) FROM events", ())
         return int(rows[0][0])
+
+    # -- subscriber checkpoints and audit (store.contract) ----------------------------------
+
+    async def checkpoint(self, name: str) -> checkpoints.Checkpoint:
+        found: checkpoints.Checkpoint = await self.run_on_writer(
+            lambda conn: checkpoints.ensure(conn, name)
+        )
+        return found
+
+    async def advance_checkpoint(self, name: str, expected: int, position: int) -> None:
+        now = self.clock()
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                checkpoints.advance(conn, name, expected, position, now)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        await self.run_on_writer(write)
+
+    async def verify(self) -> audit.AuditResult:
+        """``audit.verify`` on a read-only connection of its own, off the event loop."""
+
+        def walk() -> audit.AuditResult:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+            try:
+                conn.execute("PRAGMA busy_timeout=5000")
+                return audit.verify(conn)
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(walk)
 

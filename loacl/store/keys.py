@@ -316,6 +316,22 @@ class Keyring:
         self._by_subject[subject] = key
         self._by_head[key.head] = key.aes
 
+    # -- for a store that reads keys itself (store.postgres.keys) -----------------------------
+
+    def has_head(self, head: bytes) -> bool:
+        """Whether values sealed under this key head open without a look-up."""
+        return head in self._by_head
+
+    def learn(self, subject: str, key_id: int, wrapped: bytes | None, mid: str | None) -> None:
+        """A row of ``data_keys`` read elsewhere: kept in memory as ``_load`` would."""
+        head = key_head(key_id)
+        if wrapped is None or mid is None:
+            self._by_head[head] = None
+            return
+        self._remember(
+            subject, SealKey(key_id, head, AESGCM(self.masters.unwrap(mid, subject, wrapped)))
+        )
+
     def seal_metadata(self, key: Sealer, metadata: Metadata, encode: Callable[[Metadata], str],
                       raw: str) -> str:
         """The metadata with its client IP sealed; the same metadata sealed with the same key

@@ -16,7 +16,12 @@ best is what the code can do and applies to LOACL and the raw baselines alike. T
 against plain ratios are also given in CPU time (this process's, all its threads), which a
 machine busy with other work disturbs far less than the wall clock.
 
-    python scripts/bench/eventstore.py [--events 100000]
+With ``--postgres URL`` (a server whose user may create databases) the same run measures the
+PostgreSQL store too: (h) appends from 100 concurrent coroutines against (i) ``COPY`` of the same
+rows 1,000 to a transaction, and (j) ``read_all`` against a raw fetch and decode. A throwaway
+server, from the checkout: ``python -c "from tests import pg; print(pg.start_cluster().admin)"``.
+
+    python scripts/bench/eventstore.py [--events 100000] [--postgres URL]
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import asyncpg
 import msgspec
 
 from loacl.domain.conversations import (
@@ -43,6 +49,8 @@ from loacl.domain.widgets import ConversationStarted
 from loacl.store import migrations
 from loacl.store.eventstore import EventStore
 from loacl.store.keys import Keyring, MasterKeys
+from loacl.store.postgres import migrate as pg_migrate
+from loacl.store.postgres.eventstore import PgEventStore
 from loacl.store.projections import Projections, default_projections
 from loacl.store.replay import replay
 from loacl.store.sqlite import connect
@@ -213,6 +221,134 @@ def timed_full_replay(path: Path, keys: Keyring | None) -> Elapsed:
     return elapsed
 
 
+# -- PostgreSQL (--postgres URL) ----------------------------------------------------------------
+#
+# (h) LOACL's PostgreSQL store, appends from 100 concurrent coroutines (group commit, the head
+#     lock held by each transaction); (i) the same rows written by COPY in transactions of 1,000
+#     into the same table, the head row moved with each: the limit; (j) LOACL's read_all in
+#     pages of 5,000 against a raw fetch and msgspec decode of the same rows. Each round writes
+#     into databases of its own, created and dropped through URL.
+
+
+_PG_COLUMNS = ("seq", "stream", "version", "type", "schema_version", "payload", "metadata",
+            "recorded_at", "hash")
+
+
+def _url(base: str, database: str) -> str:
+    head, _, rest = base.partition("://")
+    return f"{head}://{rest.split('/', 1)[0]}/{database}"
+
+
+async def _fresh(base: str, name: str) -> str:
+    conn = await asyncpg.connect(base)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = _url(base, name)
+    conn = await asyncpg.connect(url)
+    try:
+        await pg_migrate.up(conn)
+    finally:
+        await conn.close()
+    return url
+
+
+async def _drop(base: str, name: str) -> None:
+    conn = await asyncpg.connect(base)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def _pg_concurrent(url: str, events: int, writers: int) -> float:
+    per_writer = events // writers
+    async with PgEventStore(url) as store:
+
+        async def writer(w: int) -> None:
+            stream, meta = f"conversation-{w}", metadata(w)
+            for i in range(per_writer):
+                await store.append(stream, [make_event(w, i)], expected_version=i, metadata=meta)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(writer(w) for w in range(writers)))
+        return time.perf_counter() - started
+
+
+async def _copy(source: str, target: str) -> float:
+    """Exactly the rows LOACL wrote, copied 1,000 to a transaction, the head row moved with
+    each (as an append does)."""
+    conn = await asyncpg.connect(source)
+    try:
+        rows = [tuple(r) for r in await conn.fetch(
+            f"SELECT {', '.join(_PG_COLUMNS)} FROM events ORDER BY seq"
+        )]
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(target)
+    try:
+        started = time.perf_counter()
+        for i in range(0, len(rows), 1000):
+            chunk = rows[i:i + 1000]
+            async with conn.transaction():
+                await conn.copy_records_to_table("events", records=chunk, columns=_PG_COLUMNS)
+                await conn.execute(
+                    "UPDATE event_log_head SET seq = $1, hash = $2", chunk[-1][0], chunk[-1][8]
+                )
+        return time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
+async def _read_all(url: str) -> tuple[float, int]:
+    async with PgEventStore(url) as store:
+        started, last, count = time.perf_counter(), 0, 0
+        while True:
+            page = await store.read_all(after=last, limit=5000)
+            if not page:
+                return time.perf_counter() - started, count
+            last, count = page[-1].seq, count + len(page)
+
+
+async def _pg_raw_scan(url: str) -> float:
+    decoder = msgspec.json.Decoder(BenchNoted)
+    conn = await asyncpg.connect(url)
+    try:
+        started, last = time.perf_counter(), 0
+        while True:
+            rows = await conn.fetch(
+                "SELECT seq, payload FROM events WHERE seq > $1 ORDER BY seq LIMIT 5000", last
+            )
+            if not rows:
+                return time.perf_counter() - started
+            for row in rows:
+                decoder.decode(row["payload"])
+            last = rows[-1]["seq"]
+    finally:
+        await conn.close()
+
+
+async def measure_postgres(base: str, events: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds per round of (h), (i), (j) and the raw scan."""
+    times: dict[str, list[float]] = {"h": [], "i": [], "j": [], "scan": []}
+    for round_ in range(rounds):
+        written, copied = f"loacl_bench_h{round_}", f"loacl_bench_i{round_}"
+        try:
+            url = await _fresh(base, written)
+            times["h"].append(await _pg_concurrent(url, events, WRITERS))
+            times["i"].append(await _copy(url, await _fresh(base, copied)))
+            read, count = await _read_all(url)
+            assert count == events // WRITERS * WRITERS
+            times["j"].append(read)
+            times["scan"].append(await _pg_raw_scan(url))
+        finally:
+            await _drop(base, written)
+            await _drop(base, copied)
+    return times
+
+
 ROUNDS = 3
 
 
@@ -221,6 +357,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--single", type=int, default=5_000, help="events for (b)")
     parser.add_argument("--conversations", type=int, default=2_000, help="for (g)")
+    parser.add_argument("--postgres", metavar="URL", help="also measure PostgreSQL: (h)-(j)")
     args = parser.parse_args()
     n = args.events // WRITERS * WRITERS
     keys = ("a", "b", "c", "d", "scan", "e", "f", "g_plain", "g_sealed")
@@ -275,6 +412,15 @@ def main() -> None:
     rounds = ", ".join(f"{ca:.2f} / {ds:.2f}" for ca, ds in per_round)
     print(f"(c)/(a) / (d)/(raw scan) per round: {rounds}")
     print(f"(c)/(a) = {rate['c'] / rate['a']:.2f}   (goal >= 0.5)")
+    if args.postgres:
+        pg = asyncio.run(measure_postgres(args.postgres, args.events, ROUNDS))
+        pg_rate = {key: n / min(values) for key, values in pg.items()}
+        print(f"(h) PostgreSQL, {WRITERS} coroutines (group) {pg_rate['h']:>10,.0f} events/s")
+        print(f"(i) PostgreSQL COPY, 1,000 a commit   {pg_rate['i']:>10,.0f} events/s")
+        print(f"(j) PostgreSQL read_all               {pg_rate['j']:>10,.0f} events/s")
+        print(f"    raw fetch + msgspec decode        {pg_rate['scan']:>10,.0f} events/s")
+        print(f"(h)/(i) = {pg_rate['h'] / pg_rate['i']:.2f}   (goal >= 0.5)")
+        print(f"(j)/(raw fetch) = {pg_rate['j'] / pg_rate['scan']:.2f}")
     print(f"(d)/(raw scan) = {rate['d'] / rate['scan']:.2f}   (goal >= 0.4)")
 
     def ratio(without: str, sealing: str, of: dict[str, list[float]]) -> float:

@@ -1,0 +1,3 @@
+-- refuse-if-rows: data_keys
+DROP TABLE key_state;
+DROP TABLE data_keys;
