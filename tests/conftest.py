@@ -134,3 +134,10 @@ def pg_empty_url(pg_cluster: tuple[pg.Cluster, str]) -> Iterator[str]:
     name = f"loacl_empty_{os.getpid()}_{next(_pg_databases)}"
     yield pg.run_apart(pg.create_database(running, name))
     pg.run_apart(pg.drop_database(running, name))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked ``long`` first, the rest in their order: with the suite spread over
+    workers (pytest-xdist), a long test started near the end would keep one worker busy after
+    the others had run out of tests."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)

@@ -381,6 +381,7 @@ def axe_violations(page: Page) -> list[dict[str, Any]]:
     return [v for v in found if v["impact"] in ("serious", "critical")]
 
 
+@pytest.mark.long
 def test_every_page_is_accessible_in_both_themes(
     loacl: Loacl, new_page: Callable[..., Page]
 ) -> None:
@@ -788,6 +789,7 @@ def assert_accessible(page: Page) -> None:
         assert axe_violations(page) == [], scheme
 
 
+@pytest.mark.long
 def test_an_agent_takes_over_a_waiting_conversation_live_and_is_notified(
     loacl: Loacl, browser: Browser, new_page: Callable[..., Page]
 ) -> None:

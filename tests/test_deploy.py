@@ -133,6 +133,7 @@ def container(tmp_path: Path) -> Any:
         one.close()
 
 
+@pytest.mark.long
 @pytest.mark.e2e
 def test_an_empty_data_folder_comes_back_from_the_replica(
     tmp_path: Path, container: Any,

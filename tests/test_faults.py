@@ -135,6 +135,7 @@ async def test_a_full_disk_strands_nothing_and_hides_nothing(
 
 
 
+@pytest.mark.long
 async def test_a_full_disk_under_fifty_streaming_sockets(
     small_disk: Path, settings: Settings
 ) -> None:

@@ -146,6 +146,7 @@ def test_the_grafana_dashboard_uses_only_metrics_loacl_serves(live: Live) -> Non
     assert len(dashboard["panels"]) >= 12
 
 
+@pytest.mark.long
 def test_labels_stay_bounded_with_a_thousand_visitors(live: Live) -> None:
     visitors = [live.session() for _ in range(1000)]
     live.http.get(f"/api/v1/widgets/{live.widget_id}/nope/{visitors[0].conversation_id}")

@@ -185,6 +185,7 @@ def litestream_of(pid: int) -> int:
     raise AssertionError("loacl serve runs no litestream")
 
 
+@pytest.mark.long
 async def test_fifty_streaming_visitors_then_sigkill_then_restore(
     tmp_path: Path, replica: Replica, provider: tuple[OpenAITestServer, str],
     monkeypatch: pytest.MonkeyPatch,

@@ -293,6 +293,7 @@ def test_every_documented_operation_is_in_exactly_one_part(world: World) -> None
         assert [part for part in PARTS if in_part(part, {op})] in ([p] for p in PARTS), op
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("part", list(PARTS))
 def test_the_server_does_what_its_document_says(world: World, part: str) -> None:
     started = time.monotonic()

@@ -950,6 +950,7 @@ async def test_a_provider_fault_mid_stream_keeps_the_partial_text(
 # -- many at once ------------------------------------------------------------------------------
 
 
+@pytest.mark.long
 async def test_two_hundred_visitors_stream_at_once(
     settings: Settings, provider: tuple[OpenAITestServer, str]
 ) -> None:

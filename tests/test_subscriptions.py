@@ -285,6 +285,7 @@ async def test_a_slow_subscriber_never_blocks_appends(store: EventStore, db_path
     assert stuck.seen == list(range(1, 2002))
 
 
+@pytest.mark.long
 async def test_catch_up_from_zero_over_100000_events(db_path: Path) -> None:
     seen_table(db_path)
     async with EventStore(db_path, default_projections()) as store:
