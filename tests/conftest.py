@@ -137,7 +137,9 @@ def pg_empty_url(pg_cluster: tuple[pg.Cluster, str]) -> Iterator[str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests marked ``long`` first, the rest in their order: with the suite spread over
-    workers (pytest-xdist), a long test started near the end would keep one worker busy after
-    the others had run out of tests."""
+    """The tests marked ``long`` first, the rest in their order. The suite is spread over
+    workers a file at a time (pytest-xdist's ``--dist loadfile``: a module's fixture then sees
+    all of the module's tests, as the replay checks at their teardown expect), in the order of
+    the files' first tests: the files with long tests start first, so that none of them starts
+    near the end and keeps one worker busy after the others have run out."""
     items.sort(key=lambda item: item.get_closest_marker("long") is None)
