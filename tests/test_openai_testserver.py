@@ -420,7 +420,7 @@ async def test_stall_between_deltas_times_out(
     server.script(REPLY, [Stall(seconds=30, after_deltas=2)])
     received: list[ResponseStreamEvent] = []
     with pytest.raises(openai.APITimeoutError):
-        await _collect_until_error(aclient.with_options(timeout=0.5), received)
+        await _collect_until_error(aclient.with_options(timeout=3), received)
     assert _deltas(received) == "".join(split_deltas(REPLY)[:2])
 
 

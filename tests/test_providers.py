@@ -408,7 +408,7 @@ async def test_responses_stream_faults_keep_the_partial_text(
 ) -> None:
     server.script(REPLY, [fault])
     provider = provider_for(
-        configured(tmp_path, root, provider_max_retries=2, provider_read_timeout=0.5), "openai"
+        configured(tmp_path, root, provider_max_retries=2, provider_read_timeout=2), "openai"
     )
     outcome = await collect(provider, ask("openai"))
     assert outcome.error is not None, outcome.text
@@ -438,7 +438,7 @@ async def test_chat_completions_stream_faults_keep_the_partial_text(
 ) -> None:
     server.script(REPLY, [fault])
     provider = provider_for(
-        configured(tmp_path, root, provider_max_retries=2, provider_read_timeout=0.5),
+        configured(tmp_path, root, provider_max_retries=2, provider_read_timeout=2),
         "chat_completions",
     )
     outcome = await collect(provider, ask("chat_completions"))

@@ -923,7 +923,7 @@ async def test_a_provider_fault_mid_stream_keeps_the_partial_text(
 ) -> None:
     text = reply_text(30)
     partial = "".join(split_deltas(text)[:6])
-    with start(settings, provider, provider_read_timeout=0.5) as live:
+    with start(settings, provider, provider_read_timeout=2) as live:
         live.provider.script(text, [fault])
         session = live.session()
         async with live.tab(session) as tab:
