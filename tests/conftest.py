@@ -137,9 +137,10 @@ def pg_empty_url(pg_cluster: tuple[pg.Cluster, str]) -> Iterator[str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests marked ``long`` first, the rest in their order. The suite is spread over
-    workers a file at a time (pytest-xdist's ``--dist loadfile``: a module's fixture then sees
-    all of the module's tests, as the replay checks at their teardown expect), in the order of
-    the files' first tests: the files with long tests start first, so that none of them starts
-    near the end and keeps one worker busy after the others have run out."""
-    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+    """Under pytest-xdist (``-n``), the tests marked ``long`` first, the rest in their order.
+    Spread a file at a time (``--dist loadfile``: a module's fixture then sees all of its
+    module's tests, as the replay checks at their teardown expect), the files with long tests
+    start first, and none of them near the end, where it would keep one worker busy after the
+    others have run out. A run in one process keeps the files' order."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("long") is None)
