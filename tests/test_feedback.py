@@ -4,11 +4,19 @@ and replay equal to live."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 
+import httpx
+import pytest
+
+from loacl.services.chat import Chat
 from tests.test_chat import (
     ORIGIN,
+    WAIT,
     audit_ok,
     chat_settings,
     live,
@@ -133,5 +141,51 @@ def test_erasing_a_conversation_erases_its_comment_and_answers(tmp_path: Path) -
         listed = site.http.get(f"/api/v1/widgets/{widget}/conversations", headers=owner)
         [conversation] = listed.json()["data"]
         assert (conversation["visitor_name"], conversation["visitor_email"]) == ("[erased]", None)
+    audit_ok(settings)
+    replay_matches(settings)
+
+
+def test_a_message_sent_while_the_visitors_name_is_saved_is_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The widget saves the name and address from identify() as its first message may go out:
+    the name lands between the message's read of the conversation and its append. The
+    message is recorded and answered, not refused as if a reply were being written."""
+    settings = chat_settings(tmp_path, None)
+    with live(settings) as site:
+        site.register()
+        widget = site.widget(provider="demo", model="demo")
+        visitor = site.visitor(widget)
+        chat: Chat = site.app.state.chat
+        load = chat._load
+        message_read, name_saved = threading.Event(), threading.Event()
+
+        async def read_then_let_the_name_in(conversation_id: str) -> Any:
+            loaded = await load(conversation_id)
+            if not message_read.is_set():  # the message's read: hold it until the name is in
+                message_read.set()
+                await asyncio.to_thread(name_saved.wait, WAIT)
+            return loaded
+
+        monkeypatch.setattr(chat, "_load", read_then_let_the_name_in)
+        answers: list[httpx.Response] = []
+        sending = threading.Thread(target=lambda: answers.append(httpx.post(
+            f"{site.url}/api/v1/widgets/{widget}/messages", json={"text": "Hello"},
+            headers=visitor.headers, timeout=WAIT)))
+        sending.start()
+        assert message_read.wait(WAIT)
+        named = site.http.post(f"/api/v1/widgets/{widget}/profile",
+                               json={"name": "Alice", "email": "alice@example.com"},
+                               headers=visitor.headers)
+        name_saved.set()
+        sending.join(WAIT)
+        assert named.status_code == 200, named.text
+        [posted] = answers
+        assert posted.status_code == 201, posted.text
+        assert posted.json()["reply"]["status"] == "completed"
+        assert [m["text"] for m in site.messages(visitor)["data"]][:1] == ["Hello"]
+
+    types = [r.type for r in log_of(settings, visitor.conversation_id)]
+    assert types.index("visitor.introduced") < types.index("message.posted")
     audit_ok(settings)
     replay_matches(settings)

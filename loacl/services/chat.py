@@ -339,29 +339,33 @@ class Chat:
         the caller has taken the widget's ``slot`` (``_run`` gives it back); or only the
         message, while a person is asked for or answers; or, when a resend won the race, the
         first message and its reply."""
-        state, version = await self._load(access.conversation_id)
         message_id, reply_id = new_id(), new_id()
-        events = domain.post_message(
-            state, message_id=message_id, reply_id=reply_id, text=text, file_ids=file_ids,
-            client_message_id=client_message_id, assistant_id=assistant_id,
-            provider=assistant.provider, model=assistant.model,
-        )
         key = (
             f"message:{access.conversation_id}:{client_message_id}"
             if client_message_id is not None else None
         )
-        try:
-            recorded = await self.store.append(
-                conversation_stream(access.conversation_id), events,
-                expected_version=version, metadata=meta, idempotency_key=key,
+        # Something else appended to the conversation between reading and appending (the
+        # visitor's name from identify(), a rating, a member's note, or a reply another tab
+        # started): decide again on what is there now. A reply streaming by then is refused
+        # by post_message (reply_in_progress); anything else does not stand in the way.
+        for _ in range(5):
+            state, version = await self._load(access.conversation_id)
+            events = domain.post_message(
+                state, message_id=message_id, reply_id=reply_id, text=text,
+                file_ids=file_ids, client_message_id=client_message_id,
+                assistant_id=assistant_id, provider=assistant.provider, model=assistant.model,
             )
-        except LoaclError as exc:
-            if exc.code == "version_conflict":
-                raise LoaclError(
-                    "reply_in_progress",
-                    "wait for the current answer to finish before asking again",
-                ) from None
-            raise
+            try:
+                recorded = await self.store.append(
+                    conversation_stream(access.conversation_id), events,
+                    expected_version=version, metadata=meta, idempotency_key=key,
+                )
+                break
+            except LoaclError as exc:
+                if exc.code != "version_conflict":
+                    raise
+        else:
+            raise LoaclError("version_conflict", "the conversation kept changing; try again")
         first = next(r.event for r in recorded
                      if isinstance(r.event, domain.MessagePosted))
         if first.message_id != message_id:  # an idempotent replay won the race
