@@ -32,7 +32,14 @@ from loacl.openai_testserver import OpenAITestServer
 from loacl.settings import Settings
 from tests.live import OPEN_LIMITS, serve
 from tests.test_mail import Collector, unused_port
-from tests.test_widget import CHROMIUM, CHROMIUM_ARGS, HostSite, _need_chromium, host_site
+from tests.test_widget import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    TIMEOUT_MS,
+    HostSite,
+    _need_chromium,
+    host_site,
+)
 
 try:
     from playwright.sync_api import (
@@ -52,7 +59,6 @@ __all__ = ["host_site"]  # the fixture, shared with the widget's tests
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts" / "console"
 AXE = ROOT / "tests" / "data" / "axe.min.js"
-TIMEOUT_MS = 10_000
 PASSWORD = "correct horse battery staple"
 PHONE: ViewportSize = {"width": 390, "height": 844}
 
@@ -67,7 +73,7 @@ class Loacl:
     def next_mail(self, to: str) -> EmailMessage:
         """The next mail to ``to`` that the SMTP server took (sending runs in the
         background); mails to others stay for their own calls."""
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + TIMEOUT_MS / 1000
         while time.monotonic() < deadline:
             for message in list(self.mail.messages):
                 if message["To"] == to:
@@ -124,6 +130,7 @@ def loacl(tmp_path_factory: pytest.TempPathFactory, host_site: HostSite) -> Iter
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     _need_chromium()
+    expect.set_options(timeout=TIMEOUT_MS)  # expect()'s own default is 5 s
     with sync_playwright() as pw:
         launched = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched
@@ -883,7 +890,7 @@ def test_an_agent_takes_over_a_waiting_conversation_live_and_is_notified(
         found: dict[str, Any] = httpx.get(path, headers=owner, timeout=10).json()
         return found
 
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
     while entry()["unread"] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert entry()["unread"] == 0
