@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from loacl.openai_testserver import OpenAITestServer
 from loacl.settings import Settings
 from loacl.telemetry.metrics import OTHER, Metrics
-from tests.test_stream import Live, provider_server, reply_text, start
+from tests.test_stream import WAIT, Live, provider_server, reply_text, start
 
 pytestmark = pytest.mark.e2e
 
@@ -90,6 +91,11 @@ async def test_metrics_scraped_while_a_reply_streams(live: Live) -> None:
         assert reply.text == text
         await live.log.finished(ack["reply_id"])
     after = await asyncio.to_thread(scrape, live)
+    # The server counts the socket closed once it has read the close the client sent.
+    deadline = time.monotonic() + WAIT
+    while value(after, "loacl_websockets_open") and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        after = await asyncio.to_thread(scrape, live)
 
     # While it streamed: the socket open, the reply started and not ended.
     assert value(during, "loacl_websockets_open") == 1
