@@ -69,10 +69,14 @@ def registered(user: str, email: str) -> UserRegistered:
     return UserRegistered(user_id=user, email=email, name=f"Name of {user}", password_hash="h")
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    # Bounded by the test run's own timeout; NOTIFY and the 0.2 s poll wake the copy.
-    while not condition():
+async def until(condition: Callable[[], bool], patience: float = 30.0) -> None:
+    """Poll another connection's view until it holds (NOTIFY, or the 0.2 s poll, wakes the
+    copy; a healthy run needs a small part of the patience)."""
+    for _ in range(int(patience / 0.02)):
+        if condition():
+            return
         await asyncio.sleep(0.02)
+    raise AssertionError("the condition never held")
 
 
 def rows(path: Path, sql: str) -> list[tuple[object, ...]]:

@@ -125,6 +125,10 @@ class EventStore:
         self.broker = broker or Broker()
         # Wakes durable subscribers (store.subscriptions), which read the log themselves.
         self.notifier = notifier or Notifier()
+        # Told of the events copied in from another instance (store.postgres.upstream) before
+        # any subscriber: a reply streaming there is followed here through them
+        # (services.remote_replies), and a tab told of its start must find it.
+        self.on_copied: list[Callable[[Sequence[RecordedEvent]], None]] = []
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -403,6 +407,11 @@ class EventStore:
                 committed.extend(result)
             if not request.future.done():
                 request.future.set_result(result)
+        for told in self.on_copied if copied else ():
+            try:
+                told(copied)
+            except Exception:
+                log.exception("store.on_copied_failed")
         if committed:
             self.notifier.advance(committed[-1].seq)
             self.broker.publish(committed)

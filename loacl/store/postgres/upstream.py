@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import sqlite3
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
@@ -102,10 +103,16 @@ class PgUpstream:
     ``begin``, ``commit``, ``abort``, ``prepare_keys`` and ``catch_up`` run in the store's
     writer thread, on its connection; the rest on the event loop."""
 
-    def __init__(self, url: str, keyring: Keyring | None, *, poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self, url: str, keyring: Keyring | None, *, poll_seconds: float = 1.0,
+        auto_migrate: bool = False,
+    ) -> None:
         self.url = url
         self.keyring = keyring
         self.poll_seconds = poll_seconds
+        self.auto_migrate = auto_migrate
+        # Named in pg_stat_activity, so that an instance can tell whether others are running.
+        self.instance = secrets.token_hex(6)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: asyncpg.Pool | None = None
         self._conn: Any = None  # the writer's connection, held from batch to batch
@@ -121,13 +128,21 @@ class PgUpstream:
         self._loop = asyncio.get_running_loop()
         self._project = project
         try:
-            self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=4)
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=1, max_size=4,
+                server_settings={"application_name": f"loacl {self.instance}"},
+            )
         except (OSError, asyncpg.PostgresError) as exc:
             raise LoaclError(
                 "database_unavailable", f"cannot connect to PostgreSQL: {exc}"
             ) from exc
         try:
             async with self._pool.acquire() as conn:
+                if self.auto_migrate:
+                    # Under PostgreSQL's advisory lock: instances starting together migrate once.
+                    for step in await migrate.up(conn):
+                        log.info("migrate.applied", version=step.version, name=step.name,
+                                 database="postgresql")
                 schema = await migrate.current(conn)
                 if schema != migrate.LATEST:
                     raise LoaclError(
@@ -157,6 +172,16 @@ class PgUpstream:
                     await pool.release(conn)
         self._listener = self._conn = None
         await pool.close()
+
+    async def others(self) -> int:
+        """How many other LOACL instances are connected to the log now."""
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            return int(await conn.fetchval(
+                "SELECT count(DISTINCT application_name) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name LIKE 'loacl %' "
+                "AND application_name <> $1", f"loacl {self.instance}",
+            ))
 
     def _notified(self, *_: object) -> None:
         if self.woken is not None:
