@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -25,6 +25,7 @@ from loacl.store.postgres.eventstore import PgEventStore
 from loacl.store.postgres.upstream import PgUpstream
 from loacl.store.projections import default_projections
 from loacl.store.sqlite import connect
+from loacl.store.subscriptions import Effect, Options, Subscriptions
 
 MASTER = bytes(range(32))
 
@@ -217,3 +218,43 @@ async def test_a_new_instance_copies_the_whole_log_on_start_and_a_foreign_copy_i
     with pytest.raises(LoaclError) as refused:
         await foreign.open()
     assert refused.value.code == "instance_database_diverged"
+
+
+async def test_an_effect_runs_on_one_instance_at_a_time_and_the_next_goes_on_from_its_checkpoint(
+    instances: Callable[[str], asyncio.Future[EventStore]],
+) -> None:
+    """A webhook or a mail goes out once, not once per instance: an effect subscriber runs
+    where PostgreSQL's lock for it is held, and its checkpoint is PostgreSQL's; when that
+    instance stops, another takes over after the last event handled."""
+    a, b = await instances("a"), await instances("b")
+    handled: list[tuple[str, int]] = []
+
+    def effect(name: str) -> Effect:
+        async def handle(events: Sequence[RecordedEvent]) -> None:
+            handled.extend((name, e.seq) for e in events)
+
+        return Effect("mail", handle, types=frozenset({"user.registered"}))
+
+    options = Options(idle_timeout=0.2, checkpoint_interval=0.05)
+    on_a, on_b = Subscriptions(a, [effect("a")], options), Subscriptions(b, [effect("b")], options)
+    await on_a.start()
+    await on_b.start()
+    for i in range(5):
+        await (a if i % 2 else b).append(f"user-u{i}", [registered(f"u{i}", f"{i}@example.test")])
+    await until(lambda: len(handled) == 5)
+    holders = {name for name, _ in handled}
+    assert len(holders) == 1, handled  # whichever took the lock, alone
+    assert [seq for _, seq in handled] == [1, 2, 3, 4, 5]
+    # The holder stops: the other takes over from PostgreSQL's checkpoint, not from its own
+    # (it never ran), and handles only what came after.
+    holder = holders.pop()
+    stopping, staying = (on_a, on_b) if holder == "a" else (on_b, on_a)
+    await stopping.stop()
+    for i in range(5, 8):
+        await a.append(f"user-u{i}", [registered(f"u{i}", f"{i}@example.test")])
+    await until(lambda: len(handled) == 8)
+    other = "b" if holder == "a" else "a"
+    assert handled[5:] == [(other, 6), (other, 7), (other, 8)]
+    await asyncio.sleep(0.3)  # nothing more comes
+    assert len(handled) == 8
+    await staying.stop()

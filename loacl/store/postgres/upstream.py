@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import secrets
 import sqlite3
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -47,6 +47,7 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.events import RecordedEvent
 from loacl.domain.privacy import SubjectErased
 from loacl.store import codec
+from loacl.store.checkpoints import Moved
 from loacl.store.keys import Keyring
 from loacl.store.postgres import keys as pgkeys
 from loacl.store.postgres import migrate
@@ -59,6 +60,8 @@ T = TypeVar("T")
 CHANNEL = "loacl_log"
 _CHUNK = 5000
 
+_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext($1))"
+_UNLOCK = "SELECT pg_advisory_unlock(hashtext($1))"
 _LOCK_HEAD = "SELECT seq, hash FROM event_log_head WHERE id = 1 FOR UPDATE"
 _READ_AFTER = f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"
 _KEYS_AFTER = (
@@ -182,6 +185,62 @@ class PgUpstream:
                 "WHERE datname = current_database() AND application_name LIKE 'loacl %' "
                 "AND application_name <> $1", f"loacl {self.instance}",
             ))
+
+    # -- subscribers that act outside the database, run by one instance at a time --------------
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """Hold PostgreSQL's advisory lock for the subscriber ``name`` (waiting while another
+        instance holds it): a webhook or a mail goes out from one instance, not from each.
+        Held on a connection of its own, so that it goes with the instance: should that die,
+        PostgreSQL releases the lock and another instance takes over from the checkpoint."""
+        assert self._pool is not None
+        conn = await self._pool.acquire()
+        try:
+            while True:  # not pg_advisory_lock: a wait in the server would outlive a cancel
+                if await conn.fetchval(_TRY_LOCK, f"loacl-subscriber:{name}"):
+                    break
+                await asyncio.sleep(self.poll_seconds * 5)
+            log.info("subscriber.exclusive", name=name, instance=self.instance)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError, asyncpg.PostgresError,
+                                         asyncpg.InterfaceError):
+                    await conn.execute(_UNLOCK, f"loacl-subscriber:{name}")
+        finally:
+            if self._pool is not None:
+                with contextlib.suppress(OSError, asyncpg.PostgresError,
+                                         asyncpg.InterfaceError):
+                    await self._pool.release(conn)
+
+    async def checkpoint(self, name: str) -> int:
+        """The position of a subscriber run by one instance at a time, kept in PostgreSQL so
+        that whichever instance runs it next goes on from there."""
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO subscriber_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING",
+                name,
+            )
+            return int(await conn.fetchval(
+                "SELECT position FROM subscriber_checkpoints WHERE name = $1", name
+            ))
+
+    async def advance(self, name: str, expected: int, position: int, now: datetime) -> None:
+        """Move that position if it is still ``expected``, else ``checkpoints.Moved``."""
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            status = await conn.execute(
+                "UPDATE subscriber_checkpoints SET position = $1, updated_at = $2, failures = 0 "
+                "WHERE name = $3 AND position = $4",
+                position, codec.format_time(now), name, expected,
+            )
+            if status == "UPDATE 0":
+                found = await conn.fetchval(
+                    "SELECT position FROM subscriber_checkpoints WHERE name = $1", name
+                )
+                raise Moved(int(found or 0))
 
     def _notified(self, *_: object) -> None:
         if self.woken is not None:
