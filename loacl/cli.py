@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import signal
@@ -181,7 +182,11 @@ def cmd_copy(args: argparse.Namespace, settings: Settings) -> int:
     from loacl.store import copy
 
     # The master key opens the sealed fields that a SQLite target's read tables are built with.
-    keys = None if copy.is_postgres(args.target) else keyring_for(settings, create=False)
+    # None without a key file (none is made): a log with sealed fields is then refused.
+    keys = None
+    if not copy.is_postgres(args.target):
+        with contextlib.suppress(FileNotFoundError):
+            keys = keyring_for(settings, create=False)
     done = asyncio.run(copy.copy(
         args.source, args.target, keys=keys,
         progress=lambda stage: _progress(stage, sys.stderr),

@@ -22,6 +22,7 @@ from loacl.domain.conversations import MessagePosted
 from loacl.domain.privacy import is_erased
 from loacl.domain.widgets import ConversationStarted
 from loacl.settings import CONFIG_ENV, ENV_NAMES, Settings, write_master_keys
+from loacl.store import copy
 from loacl.store.eventstore import EventStore
 from loacl.store.keys import Keyring, MasterKeys
 from loacl.store.postgres.eventstore import PgEventStore
@@ -309,3 +310,47 @@ def test_both_ends_of_one_kind_are_refused(source: Path, tmp_path: Path, cli: Cl
     code, _, err = cli("copy", "--from", f"sqlite:///{source}", "--to", f"sqlite:///{target}")
     assert code == 1 and "[invalid_copy]" in err
     assert not target.exists()
+
+
+def test_the_log_moves_in_chunks_and_what_postgresql_cannot_hold_is_named(
+    source: Path, pg_url: str, back_path: Path
+) -> None:
+    """Chunks smaller than the log, both ways; an uploaded file's bytes (SQLite's blobs table)
+    have no place in PostgreSQL yet, and the copy says so."""
+    conn = sqlite3.connect(source)
+    conn.execute("INSERT INTO blobs (sha256, data) VALUES ('ab', x'00ff')")
+    conn.commit()
+    conn.close()
+    events = sqlite_rows(source, f"{EVENTS} FROM events ORDER BY seq")
+    seen: list[tuple[str, int, int]] = []
+
+    def reporter(stage: str) -> Callable[[int, int], None]:
+        return lambda done, total: seen.append((stage, done, total))
+
+    there = asyncio.run(copy.copy(f"sqlite:///{source}", pg_url, chunk=4, progress=reporter))
+    assert (there.events, there.left_behind, there.restarted) == (
+        len(events), {"blobs": 1}, ["usage"])
+    assert (there.data_keys, there.erased_keys, there.append_keys, there.checkpoints) == (
+        len(sqlite_rows(source, KEYS)), 1, 1, 1)
+    assert [done for stage, done, _ in seen if stage == "copy"] == [4, 8, 12, 15]
+    assert pg_rows(pg_url, f"{EVENTS} FROM events ORDER BY seq") == events
+
+    seen.clear()
+    back = asyncio.run(copy.copy(pg_url, f"sqlite:///{back_path}", keys=keyring(), chunk=3,
+                                 progress=reporter))
+    assert (back.events, back.replayed, back.safety_copy) == (len(events), len(events), None)
+    assert [done for stage, done, _ in seen if stage == "copy"] == [3, 6, 9, 12, 15]
+    assert {stage for stage, _, _ in seen} == {"copy", "verify", "replay"}
+    assert sqlite_rows(back_path, f"{EVENTS} FROM events ORDER BY seq") == events
+    assert sqlite_rows(back_path, "SELECT count(*) FROM blobs") == [(0,)]
+    assert read_tables(back_path) == read_tables(source)
+
+
+def test_a_sealed_log_without_its_master_key_leaves_no_sqlite_file(
+    source: Path, pg_url: str, back_path: Path, cli: Cli, data_dir: Path
+) -> None:
+    asyncio.run(copy.copy(f"sqlite:///{source}", pg_url))
+    (data_dir / "master_key").unlink()
+    code, _, err = cli("copy", "--from", pg_url, "--to", f"sqlite:///{back_path}")
+    assert code == 1 and "[keys_unavailable]" in err
+    assert not back_path.exists()
