@@ -25,6 +25,7 @@ from loacl.settings import CONFIG_ENV, ENV_NAMES, Settings, write_master_keys
 from loacl.store import copy
 from loacl.store.eventstore import EventStore
 from loacl.store.keys import Keyring, MasterKeys
+from loacl.store.postgres import migrate
 from loacl.store.postgres.eventstore import PgEventStore
 from loacl.store.projections import default_projections
 from loacl.store.replay import dump_tables
@@ -313,10 +314,12 @@ def test_both_ends_of_one_kind_are_refused(source: Path, tmp_path: Path, cli: Cl
 
 
 def test_the_log_moves_in_chunks_and_what_postgresql_cannot_hold_is_named(
-    source: Path, pg_url: str, back_path: Path
+    source: Path, pg_empty_url: str, back_path: Path
 ) -> None:
-    """Chunks smaller than the log, both ways; an uploaded file's bytes (SQLite's blobs table)
-    have no place in PostgreSQL yet, and the copy says so."""
+    """Into a database without a table (migrated by the copy), in chunks smaller than the log,
+    both ways; an uploaded file's bytes (SQLite's blobs table) have no place in PostgreSQL yet,
+    and the copy says so."""
+    pg_url = pg_empty_url
     conn = sqlite3.connect(source)
     conn.execute("INSERT INTO blobs (sha256, data) VALUES ('ab', x'00ff')")
     conn.commit()
@@ -334,6 +337,8 @@ def test_the_log_moves_in_chunks_and_what_postgresql_cannot_hold_is_named(
         len(sqlite_rows(source, KEYS)), 1, 1, 1)
     assert [done for stage, done, _ in seen if stage == "copy"] == [4, 8, 12, 15]
     assert pg_rows(pg_url, f"{EVENTS} FROM events ORDER BY seq") == events
+    assert pg_rows(pg_url, "SELECT max(version) FROM schema_migrations") == [
+        (migrate.LATEST,)]
 
     seen.clear()
     back = asyncio.run(copy.copy(pg_url, f"sqlite:///{back_path}", keys=keyring(), chunk=3,
