@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import signal
@@ -175,6 +176,36 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
         return 0 if damage.ok else 1
     print(f"FAILED at event {result.bad_seq}: {result.reason}")
     return 1
+
+
+def cmd_copy(args: argparse.Namespace, settings: Settings) -> int:
+    from loacl.store import copy
+
+    # The master key opens the sealed fields that a SQLite target's read tables are built with.
+    # None without a key file (none is made): a log with sealed fields is then refused.
+    keys = None
+    if not copy.is_postgres(args.target):
+        with contextlib.suppress(FileNotFoundError):
+            keys = keyring_for(settings, create=False)
+    done = asyncio.run(copy.copy(
+        args.source, args.target, keys=keys,
+        progress=lambda stage: _progress(stage, sys.stderr),
+    ))
+    print(f"copied {done.events} events, last hash {done.last_hash}: the chain verifies on "
+          "arrival")
+    print(f"data keys: {done.data_keys} ({done.erased_keys} erased), idempotency keys: "
+          f"{done.append_keys}, subscriber checkpoints: {done.checkpoints}")
+    if done.restarted:
+        print(f"subscribers that rebuild their own tables from position 0 where the log "
+              f"arrives: {', '.join(done.restarted)}")
+    if done.replayed or not copy.is_postgres(args.target):
+        print(f"read tables built from {done.replayed} events")
+    if done.left_behind:
+        print("not copied (tables PostgreSQL has no place for yet; they stay in the SQLite "
+              "file): " + ", ".join(f"{t} ({n} rows)" for t, n in done.left_behind.items()))
+    if done.safety_copy is not None:
+        print(f"the empty file it replaced is kept at {done.safety_copy}")
+    return 0
 
 
 def _ranges(spans: list[tuple[int, int]]) -> str:
@@ -720,6 +751,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("action", choices=["verify", "reindex"])
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser(
+        "copy", help="copy the event log between a SQLite file and a PostgreSQL database, and "
+        "verify its hash chain on arrival"
+    )
+    p.add_argument("--from", dest="source", required=True, metavar="URL",
+                   help="sqlite:///path/to/loacl.db or postgresql://user@host/db")
+    p.add_argument("--to", dest="target", required=True, metavar="URL",
+                   help="the other kind: an empty PostgreSQL database, or a new SQLite file")
+    p.set_defaults(func=cmd_copy)
 
     p = sub.add_parser("events", help="read the event log")
     ev = p.add_subparsers(dest="action", required=True, metavar="ACTION")
