@@ -255,13 +255,7 @@ async def _fill_postgres(
     progress: Reporter | None, chunk: int,
 ) -> _Counts:
     await migrate.up(conn)
-    schema = await migrate.current(conn)
-    if schema > migrate.LATEST:
-        raise LoaclError(
-            "schema_too_new",
-            f"the database is at schema {schema}, newer than this LOACL knows "
-            f"({migrate.LATEST}): run the LOACL that migrated it",
-        )
+    await migrate.check(conn)
     counts = _Counts()
     async with conn.transaction():
         # Held to the commit: no instance appends to the database while it is being filled.

@@ -266,36 +266,33 @@ async def _drop(base: str, name: str) -> None:
         await conn.close()
 
 
-async def _pg_concurrent(url: str, events: int, writers: int) -> float:
+async def _appends(store: PgEventStore | EventStore, events: int, writers: int) -> float:
+    """Seconds for ``writers`` coroutines to append ``events`` one at a time, each to its own
+    stream."""
     per_writer = events // writers
+
+    async def writer(w: int) -> None:
+        stream, meta = f"conversation-{w}", metadata(w)
+        for i in range(per_writer):
+            await store.append(stream, [make_event(w, i)], expected_version=i, metadata=meta)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(writer(w) for w in range(writers)))
+    return time.perf_counter() - started
+
+
+async def _pg_concurrent(url: str, events: int, writers: int) -> float:
     async with PgEventStore(url) as store:
-
-        async def writer(w: int) -> None:
-            stream, meta = f"conversation-{w}", metadata(w)
-            for i in range(per_writer):
-                await store.append(stream, [make_event(w, i)], expected_version=i, metadata=meta)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(writer(w) for w in range(writers)))
-        return time.perf_counter() - started
+        return await _appends(store, events, writers)
 
 
 async def _instance_concurrent(url: str, folder: Path, name: str, events: int,
                                writers: int) -> float:
     """(k): as LOACL runs with DATABASE_URL=postgresql://...: the SQLite store keeping its
     file as a copy of the log in PostgreSQL, each batch written there under the head lock."""
-    per_writer = events // writers
     async with EventStore(fresh_db(folder, name), Projections(),
                           upstream=PgUpstream(url, None)) as store:
-
-        async def writer(w: int) -> None:
-            stream, meta = f"conversation-{w}", metadata(w)
-            for i in range(per_writer):
-                await store.append(stream, [make_event(w, i)], expected_version=i, metadata=meta)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(writer(w) for w in range(writers)))
-        return time.perf_counter() - started
+        return await _appends(store, events, writers)
 
 
 async def _copy(source: str, target: str) -> float:

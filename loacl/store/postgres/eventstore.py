@@ -115,28 +115,10 @@ class PgEventStore:
     # -- life cycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        try:
-            self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=self.pool_size
-            )
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise LoaclError(
-                "database_unavailable", f"cannot connect to PostgreSQL: {exc}"
-            ) from exc
+        self._pool = await migrate.create_pool(self.url, self.pool_size)
         try:
             async with self._pool.acquire() as conn:
-                schema = await migrate.current(conn)
-                if schema > migrate.LATEST:
-                    raise LoaclError(
-                        "schema_too_new",
-                        f"the database is at schema {schema}, newer than this LOACL knows "
-                        f"({migrate.LATEST}): run the LOACL that migrated it",
-                    )
-                if schema < migrate.LATEST:
-                    raise LoaclError(
-                        "schema_out_of_date",
-                        "the database needs migrations: run `loacl migrate up`",
-                    )
+                await migrate.check(conn)
                 if self.keyring is not None:
                     await pgkeys.read_state(conn, self.keyring)
         except BaseException:

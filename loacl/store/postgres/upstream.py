@@ -141,17 +141,11 @@ class PgUpstream:
     async def open(self, project: Project) -> None:
         self._loop = asyncio.get_running_loop()
         self._project = project
-        try:
-            # Three connections are held for good (the listener, the writer's, the leases'),
-            # the rest serve short reads; a subscriber's exclusive lock has one of its own.
-            self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=POOL_SIZE,
-                server_settings={"application_name": f"loacl {self.instance}"},
-            )
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise LoaclError(
-                "database_unavailable", f"cannot connect to PostgreSQL: {exc}"
-            ) from exc
+        # Three connections are held for good (the listener, the writer's, the leases'), the
+        # rest serve short reads; a subscriber's exclusive lock has one of its own.
+        self._pool = await migrate.create_pool(
+            self.url, POOL_SIZE, server_settings={"application_name": f"loacl {self.instance}"}
+        )
         try:
             async with self._pool.acquire() as conn:
                 if self.auto_migrate:
@@ -159,14 +153,7 @@ class PgUpstream:
                     for step in await migrate.up(conn):
                         log.info("migrate.applied", version=step.version, name=step.name,
                                  database="postgresql")
-                schema = await migrate.current(conn)
-                if schema != migrate.LATEST:
-                    raise LoaclError(
-                        "schema_out_of_date" if schema < migrate.LATEST else "schema_too_new",
-                        f"PostgreSQL's log is at schema {schema}, this LOACL at "
-                        f"{migrate.LATEST}: run `loacl migrate up` (or the LOACL that "
-                        "migrated it)",
-                    )
+                await migrate.check(conn)
                 if self.keyring is not None:
                     await pgkeys.read_state(conn, self.keyring)
             self._listener = await self._pool.acquire()
