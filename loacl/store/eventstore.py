@@ -113,6 +113,7 @@ class EventStore:
         # Where the log lives when this file is a copy of it (store.postgres.upstream).
         self.upstream = upstream
         self._catching_up: asyncio.Task[None] | None = None
+        self._wake_again = False
         self._polling: asyncio.Task[None] | None = None
         self.on_commit = on_commit
         # The writer's wal_autocheckpoint (store.sqlite.connect): 0 while Litestream runs.
@@ -187,6 +188,9 @@ class EventStore:
                                             name="loacl-upstream-poll")
 
     def _wake(self) -> None:
+        # Woken while a catch-up runs: it may have read PostgreSQL before the commit that woke
+        # us, so it goes round once more rather than leave that commit to the next poll.
+        self._wake_again = True
         if self._catching_up is None or self._catching_up.done():
             self._catching_up = asyncio.create_task(self._catch_up_logged())
 
@@ -196,10 +200,16 @@ class EventStore:
             self._wake()
 
     async def _catch_up_logged(self) -> None:
-        try:
-            await self.catch_up()
-        except Exception:
-            log.exception("store.catch_up_failed")
+        while self._wake_again:
+            self._wake_again = False
+            try:
+                await self.catch_up()
+            except LoaclError as exc:
+                if exc.code == "store_closed":
+                    return
+                log.exception("store.catch_up_failed")
+            except Exception:
+                log.exception("store.catch_up_failed")
 
     async def catch_up(self) -> int:
         """Copy in what other instances appended to the log in PostgreSQL since this copy's
@@ -219,6 +229,8 @@ class EventStore:
         return int(await self.run_on_writer(copy))
 
     async def close(self) -> None:
+        if self.upstream is not None:
+            self.upstream.woken = None  # no catch-up starts once closing
         for task in (self._polling, self._catching_up):
             if task is not None:
                 task.cancel()

@@ -67,17 +67,21 @@ _TRY_LEASE = "SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))"
 _UNLEASE = "SELECT pg_advisory_unlock(hashtext($1), hashtext($2))"
 _TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext($1))"
 _UNLOCK = "SELECT pg_advisory_unlock(hashtext($1))"
-_LOCK_HEAD = "SELECT seq, hash FROM event_log_head WHERE id = 1 FOR UPDATE"
 _READ_AFTER = f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"
 _KEYS_AFTER = (
     "SELECT key, stream, first_seq, last_seq FROM append_keys WHERE first_seq > $1 "
     "AND first_seq <= $2"
 )
+# The head locked in a statement of its own: one that also read the events would read them in
+# the snapshot it took before waiting for the lock, and miss what the holder committed.
+_LOCK_HEAD = "SELECT seq, hash FROM event_log_head WHERE id = 1 FOR UPDATE"
+# The rows, the new head and the notification, in one round trip.
 _INSERT = (
     "WITH written AS (INSERT INTO events (seq, stream, version, type, schema_version, payload, "
     "metadata, recorded_at, hash) SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], "
-    "$4::text[], $5::int[], $6::text[], $7::text[], $8::text[], $9::text[])) "
-    "UPDATE event_log_head SET seq = $10, hash = $11 WHERE id = 1"
+    "$4::text[], $5::int[], $6::text[], $7::text[], $8::text[], $9::text[])), "
+    "moved AS (UPDATE event_log_head SET seq = $10, hash = $11 WHERE id = 1) "
+    "SELECT pg_notify($12, $10::text)"
 )
 _LOCAL_INSERT = (
     "INSERT INTO events (seq, stream, version, type, schema_version, payload, metadata, "
@@ -130,6 +134,7 @@ class PgUpstream:
         self._conn: Any = None  # the writer's connection, held from batch to batch
         self._transaction: Any = None  # open from begin to commit or abort
         self._locked_at = 0  # PostgreSQL's head when begin locked it
+        self._locked_hash = codec.GENESIS_HASH
         self._listener: Any = None
         self._leases: Any = None  # holds this instance's replies' locks
         self._leases_lock = asyncio.Lock()  # one statement at a time on it
@@ -331,7 +336,7 @@ class PgUpstream:
             await self._transaction.start()
             head = await pg.fetchrow(_LOCK_HEAD)
             assert head is not None, "migration 0001 writes the head row"
-            self._locked_at = int(head["seq"])
+            self._locked_at, self._locked_hash = int(head["seq"]), str(head["hash"])
             return await self._missing(pg, seq, self._locked_at)
 
         try:
@@ -342,7 +347,16 @@ class PgUpstream:
                     f"this instance's SQLite copy is at event {seq}, PostgreSQL's log at "
                     f"{self._locked_at}: PostgreSQL was restored to an earlier point",
                 )
-            return self._copy(conn, rows, keys, appended)
+            copied = self._copy(conn, rows, keys, appended)
+            if local_head(conn) != (self._locked_at, self._locked_hash):
+                # Never write a batch after anything but PostgreSQL's head: its rows would
+                # land at positions PostgreSQL holds already.
+                raise LoaclError(
+                    "instance_database_diverged",
+                    f"this instance's copy ends at {local_head(conn)[0]} after copying, "
+                    f"PostgreSQL's head is {self._locked_at}",
+                )
+            return copied
         except BaseException:
             self.abort()
             raise
@@ -368,9 +382,8 @@ class PgUpstream:
                 if rows:
                     await pg.execute(
                         _INSERT, *(list(column) for column in zip(*rows, strict=True)),
-                        rows[-1][0], rows[-1][8],
+                        rows[-1][0], rows[-1][8], CHANNEL,
                     )
-                    await pg.execute("SELECT pg_notify($1, $2)", CHANNEL, str(rows[-1][0]))
                 if appended:
                     await pg.executemany(
                         "INSERT INTO append_keys (key, stream, first_seq, last_seq) "
@@ -440,7 +453,15 @@ class PgUpstream:
     ) -> tuple[list[Any], list[Any], list[Any]]:
         """The events after ``after`` (up to ``upto``, else a chunk), the data keys they name,
         and the idempotency keys they answer."""
-        rows = list(await pg.fetch(_READ_AFTER, after, None if upto is not None else _CHUNK))
+        rows = [tuple(r) for r in await pg.fetch(
+            _READ_AFTER, after, None if upto is not None else _CHUNK
+        )]
+        return await self._keys_of(pg, after, rows)
+
+    async def _keys_of(
+        self, pg: Any, after: int, rows: list[Any]
+    ) -> tuple[list[Any], list[Any], list[Any]]:
+        """The rows with the data keys they name and the idempotency keys they answer."""
         if not rows:
             return [], [], []
         last = int(rows[-1][0])
@@ -450,7 +471,7 @@ class PgUpstream:
             "WHERE key_id = ANY($1::bigint[])", sorted(named),
         )) if named else []
         appended = list(await pg.fetch(_KEYS_AFTER, after, last))
-        return [tuple(r) for r in rows], keys, [tuple(r) for r in appended]
+        return rows, keys, [tuple(r) for r in appended]
 
     def _store_keys(self, conn: sqlite3.Connection, rows: Sequence[Any]) -> None:
         for r in rows:
