@@ -88,8 +88,15 @@ class Settings(BaseModel):
 
     database_url: str = Field(
         "sqlite:///data/loacl.db",
-        description="SQLite database file (sqlite:///relative or sqlite:////absolute path).",
-        pattern=r"^sqlite:///.+",
+        description="SQLite database file (sqlite:///relative or sqlite:////absolute path), or "
+        "a PostgreSQL log shared by several instances (postgresql://user:password@host/db; "
+        "docs/scale-out.md).",
+        pattern=r"^(sqlite:///.+|postgres(ql)?://.+)",
+    )
+    instance_database: Path | None = Field(
+        None, description="With a PostgreSQL DATABASE_URL: this instance's own SQLite file, a "
+        "copy of the log and its read tables kept level with PostgreSQL (default: "
+        "instance.db in data_dir).",
     )
     data_dir: Path = Field(
         Path("data"), description="Folder for the generated JWT secret and the mail outbox."
@@ -594,9 +601,18 @@ class Settings(BaseModel):
         return value
 
     @property
+    def postgres_url(self) -> str | None:
+        """The PostgreSQL log's URL, or None when the log is a SQLite file."""
+        return self.database_url if self.database_url.startswith("postgres") else None
+
+    @property
     def database_path(self) -> Path:
+        """The SQLite file this instance reads and writes: the log itself, or with a
+        PostgreSQL log, this instance's copy of it."""
         from loacl.store.sqlite import database_path
 
+        if self.postgres_url is not None:
+            return self.instance_database or self.data_dir / "instance.db"
         return database_path(self.database_url)
 
 

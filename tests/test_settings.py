@@ -59,6 +59,18 @@ def test_file_then_env(tmp_path: Path) -> None:
     assert load_settings(environ={"LOACL_CONFIG": str(config)}).port == 7000
 
 
+def test_a_postgresql_log_gives_each_instance_a_copy_of_its_own() -> None:
+    settings = load_settings(environ={
+        "DATABASE_URL": "postgresql://loacl@db.internal/loacl", "LOACL_DATA_DIR": "/srv/one",
+    })
+    assert settings.postgres_url == "postgresql://loacl@db.internal/loacl"
+    assert settings.database_path == Path("/srv/one/instance.db")
+    moved = load_settings(environ={"DATABASE_URL": "postgresql://x/y",
+                                   "LOACL_INSTANCE_DATABASE": "/var/lib/loacl/copy.db"})
+    assert moved.database_path == Path("/var/lib/loacl/copy.db")
+    assert load_settings(environ={}).postgres_url is None
+
+
 @pytest.mark.parametrize(
     ("env", "names"),
     [
@@ -67,7 +79,7 @@ def test_file_then_env(tmp_path: Path) -> None:
         ({"JWT_ALGORITHM": "none"}, ["JWT_ALGORITHM", "HS256"]),
         ({"ALLOWED_FILE_TYPES": "pdf,exe"}, ["ALLOWED_FILE_TYPES", "exe"]),
         ({"ALLOWED_FILE_TYPES": "[pdf"}, ["ALLOWED_FILE_TYPES", "JSON list"]),
-        ({"DATABASE_URL": "postgres://x"}, ["DATABASE_URL"]),
+        ({"DATABASE_URL": "mysql://x"}, ["DATABASE_URL"]),
         ({"JWT_SECRET_KEY": "short"}, ["JWT_SECRET_KEY", "32"]),
         ({"LOACL_AUTO_MIGRATE": "maybe"}, ["LOACL_AUTO_MIGRATE"]),
     ],

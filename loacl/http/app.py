@@ -59,6 +59,7 @@ from loacl.services.observer import NO_OBSERVER
 from loacl.services.passwords import Passwords
 from loacl.services.privacy import Privacy
 from loacl.services.recovery import recover
+from loacl.services.remote_replies import RemoteReplies
 from loacl.services.retention import Retention
 from loacl.services.tokens import Tokens
 from loacl.services.webhooks import Dispatcher, Webhooks
@@ -68,6 +69,7 @@ from loacl.settings import MASTER_KEY_FILE, Settings, jwt_secret
 from loacl.store import integrity, migrations
 from loacl.store.backup import ServeLock
 from loacl.store.eventstore import Clock, EventStore, utc_now
+from loacl.store.postgres.upstream import PgUpstream
 from loacl.store.projections import default_projections
 from loacl.store.replica.supervisor import Replication
 from loacl.store.sqlite import check_version, connect
@@ -136,6 +138,15 @@ def serve_metrics(metrics: Metrics | None, listen: str | None) -> Any:
     return server
 
 
+async def _recover_every(store: EventStore, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await recover(store, quiet=True)
+        except Exception:
+            log.exception("recovery.failed")
+
+
 def create_app(
     settings: Settings, *, clock: Clock = utc_now, mailer: Mailer | None = None
 ) -> Starlette:
@@ -144,11 +155,15 @@ def create_app(
         if settings.metrics_enabled else None
     )
     tracing.configure(settings.otel_exporter_otlp_endpoint, version=__version__)
+    keyring = keyring_for(settings, clock)
     store = EventStore(
         settings.database_path, default_projections(), clock=clock,
         autocheckpoint=0 if settings.replica_url or settings.under_litestream else None,
-        keyring=keyring_for(settings, clock),
+        keyring=keyring,
         on_commit=metrics.committed if metrics is not None else None,
+        # With a PostgreSQL log, the file is this instance's copy of it (docs/scale-out.md).
+        upstream=PgUpstream(settings.postgres_url, keyring, auto_migrate=settings.auto_migrate)
+        if settings.postgres_url else None,
     )
     replication = None
     if settings.replica_url:
@@ -191,6 +206,7 @@ def create_app(
             warn_open_files(settings)
             await store.open()
             metrics_server = None
+            recovering: asyncio.Task[None] | None = None
             try:
                 if replication is not None:
                     await replication.start()
@@ -199,6 +215,9 @@ def create_app(
                                 remedy="set LOACL_REPLICA_URL to the replica Litestream uses, "
                                 "so that /readyz reports it")
                 await recover(store)
+                if store.upstream is not None:
+                    # Replies left by an instance that stopped while this one runs.
+                    recovering = asyncio.create_task(_recover_every(store, 60.0))
                 if demo_enabled(settings):
                     await demo.ensure_or_go_without()
                 else:
@@ -217,8 +236,14 @@ def create_app(
                     metrics_server.server_close()
                 tracing.shutdown()
                 await watch.stop()
+                if recovering is not None:
+                    recovering.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await recovering
                 await retention.stop()
                 await chat_service.shutdown()
+                if remote is not None:
+                    remote.stop()
                 await knowledge.stop()
                 await dispatcher.stop()
                 await hooks.aclose()
@@ -283,6 +308,10 @@ def create_app(
     app.state.inbox = Inbox(store)
     app.state.handoffs = handoffs = Handoffs(store, settings.typing_interval_seconds)
     chat_service.handoffs = handoffs
+    # With a PostgreSQL log: replies streaming on other instances, followed here.
+    remote = RemoteReplies(chat_service) if store.upstream else None
+    if remote is not None:
+        store.on_copied.append(remote.take_all)
     app.state.models = Models(settings)
     # Under Litestream the WAL's checkpoints are Litestream's: an erasure does not cut it.
     app.state.privacy = Privacy(

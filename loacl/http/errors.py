@@ -31,7 +31,8 @@ And by status::
     409 email_taken, account_exists, already_member, last_owner, workspace_not_empty,
         already_verified, assistant_in_use, reply_in_progress, conversation_taken,
         conversation_closed, conflict,
-        conversation_exists, migration_refused, file_exists, events_would_be_lost
+        conversation_exists, migration_refused, file_exists, events_would_be_lost,
+        copy_target_not_empty
     410 subject_erased
     412 version_conflict
     413 message_too_long, file_too_large, payload_too_large
@@ -39,14 +40,14 @@ And by status::
     422 validation_error, invalid_email, unknown_model, provider_not_configured, unknown_assistant,
         unknown_file, unknown_member, empty_file, unsupported_file_for_provider, tool_not_supported,
         invalid_export, invalid_migration_target, not_resettable, invalid_timestamp,
-        replica_not_configured, url_not_allowed, knowledge_store_not_supported
+        replica_not_configured, url_not_allowed, knowledge_store_not_supported, invalid_copy
     426 upgrade_required
     428 precondition_required
     429 rate_limited, budget_exhausted, provider_rate_limited
     500 internal_error, store_error, log_damaged, unknown_event_type, unknown_schema_version,
         migration_failed, backup_corrupt, invalid_database_url, duplicate_subscriber,
         database_damaged, chain_broken, database_unreadable, master_key_missing,
-        data_key_missing, keys_unavailable
+        data_key_missing, keys_unavailable, copy_not_verified, instance_database_diverged
     502 provider_error, outbound_failed
     503 provider_unavailable, store_unavailable, database_unavailable, store_closed,
         not_ready, interrupted, schema_out_of_date, schema_too_new, database_in_use,
@@ -141,6 +142,8 @@ ERRORS: dict[str, ErrorCode] = {
     "events_would_be_lost": ErrorCode(409, "CLI restore: the database holds events the backup "
                                            "does not (--force)"),
     "file_exists": ErrorCode(409, "CLI: the output file exists; repair never overwrites one"),
+    "copy_target_not_empty": ErrorCode(409, "CLI copy: the target already holds an event log; "
+                                            "copy into a new file or an empty database"),
     # 410
     "subject_erased": ErrorCode(410, "the conversation (or account) was erased: nothing of it "
                                      "is kept or taken any more"),
@@ -177,6 +180,8 @@ ERRORS: dict[str, ErrorCode] = {
                                                     "needs the openai provider"),
     "invalid_export": ErrorCode(422, "CLI: the import file is not an assistant export"),
     "invalid_migration_target": ErrorCode(422, "CLI: --to must be 0 or more"),
+    "invalid_copy": ErrorCode(422, "CLI copy: --from and --to must be one sqlite:/// and one "
+                                   "postgresql:// URL"),
     "not_resettable": ErrorCode(
         422, "CLI: only a subscriber that keeps its own tables can be reset"
     ),
@@ -217,6 +222,10 @@ ERRORS: dict[str, ErrorCode] = {
                                          "LOACL does not have (master_key)"),
     "data_key_missing": ErrorCode(500, "an event names a data key the key table lacks"),
     "keys_unavailable": ErrorCode(500, "sealed fields were read without the database's keys"),
+    "copy_not_verified": ErrorCode(500, "CLI copy: the copied log fails its hash-chain check or "
+                                        "ends elsewhere than the source; nothing was kept"),
+    "instance_database_diverged": ErrorCode(500, "this instance's SQLite file is not a copy "
+                                            "of the PostgreSQL log it is to follow"),
     # 502
     "provider_error": ErrorCode(502, "the AI provider failed or refused the request"),
     "outbound_failed": ErrorCode(502, "a request LOACL made (a webhook) got no answer"),

@@ -344,35 +344,52 @@ class Chat:
             f"message:{access.conversation_id}:{client_message_id}"
             if client_message_id is not None else None
         )
-        # Something else appended to the conversation between reading and appending (the
-        # visitor's name from identify(), a rating, a member's note, or a reply another tab
-        # started): decide again on what is there now. A reply streaming by then is refused
-        # by post_message (reply_in_progress); anything else does not stand in the way.
-        for _ in range(5):
-            state, version = await self._load(access.conversation_id)
-            events = domain.post_message(
-                state, message_id=message_id, reply_id=reply_id, text=text,
-                file_ids=file_ids, client_message_id=client_message_id,
-                assistant_id=assistant_id, provider=assistant.provider, model=assistant.model,
-            )
-            try:
-                recorded = await self.store.append(
-                    conversation_stream(access.conversation_id), events,
-                    expected_version=version, metadata=meta, idempotency_key=key,
+        # With a log shared by several instances, the reply is this one's before its start is
+        # in the log: another's recovery leaves it alone (store.postgres.upstream).
+        upstream = self.store.upstream
+        if upstream is not None:
+            await upstream.lease(reply_id)
+        try:
+            # Something else appended to the conversation between reading and appending (the
+            # visitor's name from identify(), a rating, a member's note, or a reply another
+            # tab started): decide again on what is there now. A reply streaming by then is
+            # refused by post_message (reply_in_progress); anything else does not stand in
+            # the way.
+            for _ in range(5):
+                state, version = await self._load(access.conversation_id)
+                events = domain.post_message(
+                    state, message_id=message_id, reply_id=reply_id, text=text,
+                    file_ids=file_ids, client_message_id=client_message_id,
+                    assistant_id=assistant_id, provider=assistant.provider,
+                    model=assistant.model,
                 )
-                break
-            except LoaclError as exc:
-                if exc.code != "version_conflict":
-                    raise
-        else:
-            raise LoaclError("version_conflict", "the conversation kept changing; try again")
+                try:
+                    recorded = await self.store.append(
+                        conversation_stream(access.conversation_id), events,
+                        expected_version=version, metadata=meta, idempotency_key=key,
+                    )
+                    break
+                except LoaclError as exc:
+                    if exc.code != "version_conflict":
+                        raise
+            else:
+                raise LoaclError("version_conflict", "the conversation kept changing; try again")
+        except BaseException:
+            if upstream is not None:
+                await upstream.release(reply_id)
+            raise
+        starts = any(isinstance(e, domain.AssistantStarted) for e in events)
+        if upstream is not None and not starts:
+            await upstream.release(reply_id)
         first = next(r.event for r in recorded
                      if isinstance(r.event, domain.MessagePosted))
         if first.message_id != message_id:  # an idempotent replay won the race
+            if upstream is not None and starts:
+                await upstream.release(reply_id)
             found = await self._replayed(access, client_message_id or "")
             assert found is not None
             return found
-        if not any(isinstance(e, domain.AssistantStarted) for e in events):
+        if not starts:
             return await self.message(message_id)
         run = Run(access.conversation_id, reply_id, message_id, widget_id=access.widget_id)
         self.runs[access.conversation_id] = run
@@ -477,6 +494,8 @@ class Chat:
                 if self.runs.get(run.conversation_id) is run:
                     del self.runs[run.conversation_id]
                 slot.release()
+                if self.store.upstream is not None:
+                    await self.store.upstream.release(run.message_id)
                 if unsaved is not None:
                     # Told to the visitor already; the log gets it once the store takes writes
                     # again, without a restart (after one, start-up recovery closes it).

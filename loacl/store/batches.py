@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -144,18 +144,35 @@ def _key_row(key: str, recorded: list[RecordedEvent]) -> tuple[str, str, int, in
     return (key, recorded[0].stream, recorded[0].seq, recorded[-1].seq)
 
 
+class Upstream(Protocol):
+    """Where the log lives when this file is a copy of it (store.postgres.upstream): each
+    batch is written there too, under its lock, and the copy brought level with it first."""
+
+    def prepare_keys(self, conn: sqlite3.Connection, subjects: Iterable[str]) -> None: ...
+
+    def begin(self, conn: sqlite3.Connection) -> list[RecordedEvent]: ...
+
+    def commit(self, conn: sqlite3.Connection, erased: set[str], at: datetime) -> None: ...
+
+    def abort(self) -> None: ...
+
+
 class BatchWriter:
     """The writer thread's side of the store: it writes batches on the write connection and
     remembers, between them, what it learnt of the log."""
 
     def __init__(
         self, projections: Projections, clock: Callable[[], datetime], index_lag: int,
-        keyring: Keyring | None = None,
+        keyring: Keyring | None = None, upstream: Upstream | None = None,
     ) -> None:
         self.projections = projections
         self.clock = clock
         self.index_lag = index_lag
         self.keyring = keyring
+        self.upstream = upstream
+        # Events another instance appended, copied in by the last commit (upstream only):
+        # published before the batch's own.
+        self.copied: list[RecordedEvent] = []
         # Stream versions as of our last commit, valid while nobody else appends.
         self._versions: dict[str, int] = {}
         self._last_seq = -1
@@ -169,28 +186,41 @@ class BatchWriter:
         rolled back and the batch is written again request by request, each in a savepoint, so
         that only the failing request is refused.
         """
-        keyring = self.keyring
+        keyring, upstream = self.keyring, self.upstream
+        self.copied = []
         if keyring is not None:
             # New subjects get their keys first, committed on their own (store.keys).
-            keyring.prepare(conn, [
+            subjects = [
                 r.subject for r in batch
                 if r.subject is not None and not keyring.known(r.subject) and r.needs_key()
-            ])
+            ]
+            if upstream is not None:
+                upstream.prepare_keys(conn, subjects)
+            else:
+                keyring.prepare(conn, subjects)
         for write_one in (self._write_fast, self._write_careful):
             for request in batch:
                 request.result, request.replayed = [], False
             conn.execute("BEGIN IMMEDIATE")
             try:
+                copied = upstream.begin(conn) if upstream is not None else []
                 erased = self._write_batch(conn, batch, write_one)
                 if erased is not None:
+                    if upstream is not None:
+                        upstream.commit(conn, erased, self.clock())
                     conn.execute("COMMIT")
+                    self.copied = copied
                     if keyring is not None:
                         for subject in erased:
                             keyring.forget(subject)
                     return
                 conn.execute("ROLLBACK")
+                if upstream is not None:
+                    upstream.abort()
             except BaseException:
                 self._forget()
+                if upstream is not None:
+                    upstream.abort()
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise

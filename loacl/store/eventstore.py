@@ -9,6 +9,7 @@ events back to the loop, in commit order. The log's rows and their SQL are in ``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 import structlog
@@ -38,6 +39,9 @@ from loacl.store.records import IN_STREAM as IN_STREAM
 from loacl.store.records import READ_ALL, READ_STREAM, STREAM_VERSION, decode_rows
 from loacl.store.records import read_all_sync as read_all_sync
 from loacl.store.sqlite import PRAGMAS, connect
+
+if TYPE_CHECKING:
+    from loacl.store.postgres.upstream import PgUpstream
 
 log = structlog.get_logger(__name__)
 
@@ -103,8 +107,14 @@ class EventStore:
         autocheckpoint: int | None = None,
         keyring: Keyring | None = None,
         on_commit: OnCommit | None = None,
+        upstream: PgUpstream | None = None,
     ) -> None:
         self.path = path
+        # Where the log lives when this file is a copy of it (store.postgres.upstream).
+        self.upstream = upstream
+        self._catching_up: asyncio.Task[None] | None = None
+        self._wake_again = False
+        self._polling: asyncio.Task[None] | None = None
         self.on_commit = on_commit
         # The writer's wal_autocheckpoint (store.sqlite.connect): 0 while Litestream runs.
         self.autocheckpoint = autocheckpoint
@@ -116,13 +126,17 @@ class EventStore:
         self.broker = broker or Broker()
         # Wakes durable subscribers (store.subscriptions), which read the log themselves.
         self.notifier = notifier or Notifier()
+        # Told of the events copied in from another instance (store.postgres.upstream) before
+        # any subscriber: a reply streaming there is followed here through them
+        # (services.remote_replies), and a tab told of its start must find it.
+        self.on_copied: list[Callable[[Sequence[RecordedEvent]], None]] = []
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: aiosqlite.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         self.index_lag = index_lag
-        self._batches = BatchWriter(projections, clock, index_lag, keyring)
+        self._batches = BatchWriter(projections, clock, index_lag, keyring, upstream)
         self.writer_health = WriterHealth()
 
     # -- life cycle -------------------------------------------------------------------------
@@ -154,8 +168,75 @@ class EventStore:
             await self._reader.execute(pragma)
         self._thread = threading.Thread(target=self._run_writer, name="loacl-writer", daemon=True)
         self._thread.start()
+        if self.upstream is not None:
+            try:
+                await self._open_upstream(self.upstream)
+            except BaseException:
+                await self.close()
+                raise
+
+    async def _open_upstream(self, upstream: PgUpstream) -> None:
+        """Connect to PostgreSQL, check this file is a copy of its log, bring it level, and
+        keep it level: woken by NOTIFY, and looking every ``poll_seconds`` anyway."""
+        from loacl.store.postgres.upstream import local_head
+
+        await upstream.open(self.projections.apply)
+        await upstream.check(await self.run_on_writer(local_head))
+        await self.catch_up()
+        upstream.woken = self._wake
+        self._polling = asyncio.create_task(self._poll(upstream.poll_seconds),
+                                            name="loacl-upstream-poll")
+
+    def _wake(self) -> None:
+        # Woken while a catch-up runs: it may have read PostgreSQL before the commit that woke
+        # us, so it goes round once more rather than leave that commit to the next poll.
+        self._wake_again = True
+        if self._catching_up is None or self._catching_up.done():
+            self._catching_up = asyncio.create_task(self._catch_up_logged())
+
+    async def _poll(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            self._wake()
+
+    async def _catch_up_logged(self) -> None:
+        while self._wake_again:
+            self._wake_again = False
+            try:
+                await self.catch_up()
+            except LoaclError as exc:
+                if exc.code == "store_closed":
+                    return
+                log.exception("store.catch_up_failed")
+            except Exception:
+                log.exception("store.catch_up_failed")
+
+    async def catch_up(self) -> int:
+        """Copy in what other instances appended to the log in PostgreSQL since this copy's
+        last event, and publish it to this process's subscribers; how many events."""
+        upstream = self.upstream
+        if upstream is None:
+            return 0
+
+        def copy(conn: sqlite3.Connection) -> int:
+            copied = upstream.catch_up(conn)
+            if copied:
+                # From the writer thread, in order with the batches' deliveries.
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._deliver, [], [], copied)
+            return len(copied)
+
+        return int(await self.run_on_writer(copy))
 
     async def close(self) -> None:
+        if self.upstream is not None:
+            self.upstream.woken = None  # no catch-up starts once closing
+        for task in (self._polling, self._catching_up):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._polling = self._catching_up = None
         if self._thread is not None:
             # Refuse new work before the writer stops: an append queued behind the stop would
             # never be answered.
@@ -172,6 +253,8 @@ class EventStore:
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
+        if self.upstream is not None:
+            await self.upstream.close()
         self.broker.close()
         self.notifier.close()
 
@@ -250,7 +333,7 @@ class EventStore:
                 self._commit_or_refuse(batch)
                 # Told before the calls run: a call waiting out a lock held by another process
                 # (busy_timeout) must not hold back an append's outcome, a refusal least of all.
-                self._loop.call_soon_threadsafe(self._deliver, batch, [])
+                self._loop.call_soon_threadsafe(self._deliver, batch, [], self._batches.copied)
             self._run_calls(calls)
             if calls:
                 self._loop.call_soon_threadsafe(self._deliver, [], calls)
@@ -314,7 +397,9 @@ class EventStore:
             except sqlite3.Error:
                 log.exception("store.rollback_failed")
 
-    def _deliver(self, batch: list[_Append], calls: list[_Call]) -> None:
+    def _deliver(
+        self, batch: list[_Append], calls: list[_Call], copied: Sequence[RecordedEvent] = ()
+    ) -> None:
         for call in calls:
             if call.future.done():
                 continue
@@ -322,7 +407,8 @@ class EventStore:
                 call.future.set_exception(call.error)
             else:
                 call.future.set_result(call.result)
-        committed: list[RecordedEvent] = []
+        # Events copied from another instance first: they precede the batch in the log.
+        committed: list[RecordedEvent] = list(copied)
         for request in batch:
             result = request.result
             if isinstance(result, BaseException):
@@ -333,6 +419,11 @@ class EventStore:
                 committed.extend(result)
             if not request.future.done():
                 request.future.set_result(result)
+        for told in self.on_copied if copied else ():
+            try:
+                told(copied)
+            except Exception:
+                log.exception("store.on_copied_failed")
         if committed:
             self.notifier.advance(committed[-1].seq)
             self.broker.publish(committed)

@@ -24,6 +24,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -32,6 +33,9 @@ from loacl.domain.events import RecordedEvent
 from loacl.store import checkpoints
 from loacl.store.eventstore import Clock, EventStore, utc_now
 from loacl.store.records import EVENT_COLUMNS, decode_rows
+
+if TYPE_CHECKING:
+    from loacl.store.postgres.upstream import PgUpstream
 
 log = structlog.get_logger(__name__)
 
@@ -97,6 +101,21 @@ class _Runner:
         )
 
     async def run(self) -> None:
+        upstream = self.store.upstream
+        if upstream is not None and isinstance(self.subscriber, Effect):
+            # Several instances share the log: one of them at a time acts, from the
+            # checkpoint in PostgreSQL (store.postgres.upstream).
+            async with upstream.exclusive(self.subscriber.name):
+                await self._run()
+        else:
+            await self._run()
+
+    def _shared(self) -> PgUpstream | None:
+        """Where the checkpoint lives when it is not in this file: an effect's, with a log
+        in PostgreSQL."""
+        return self.store.upstream if isinstance(self.subscriber, Effect) else None
+
+    async def _run(self) -> None:
         notifier = self.store.notifier
         while True:
             try:
@@ -124,7 +143,10 @@ class _Runner:
         name = self.subscriber.name
         if self.position < 0:
             loaded = await self.store.run_on_writer(lambda c: checkpoints.ensure(c, name))
-            self.position = self.saved = loaded.position
+            shared = self._shared()
+            self.position = self.saved = (
+                loaded.position if shared is None else await shared.checkpoint(name)
+            )
             self.failures = loaded.failures
         head = await self.store.head()
         if head <= self.position:
@@ -165,8 +187,12 @@ class _Runner:
                     conn.execute("ROLLBACK")
                 raise
 
+        shared = self._shared()
         try:
-            await self.store.run_on_writer(write)
+            if shared is not None:
+                await shared.advance(subscriber.name, expected, end, now)
+            else:
+                await self.store.run_on_writer(write)
         except checkpoints.Moved as moved:
             log.warning("subscriber.moved", name=subscriber.name, position=moved.position)
             self.position = self.saved = moved.position

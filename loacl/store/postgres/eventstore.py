@@ -115,28 +115,10 @@ class PgEventStore:
     # -- life cycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        try:
-            self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=self.pool_size
-            )
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise LoaclError(
-                "database_unavailable", f"cannot connect to PostgreSQL: {exc}"
-            ) from exc
+        self._pool = await migrate.create_pool(self.url, self.pool_size)
         try:
             async with self._pool.acquire() as conn:
-                schema = await migrate.current(conn)
-                if schema > migrate.LATEST:
-                    raise LoaclError(
-                        "schema_too_new",
-                        f"the database is at schema {schema}, newer than this LOACL knows "
-                        f"({migrate.LATEST}): run the LOACL that migrated it",
-                    )
-                if schema < migrate.LATEST:
-                    raise LoaclError(
-                        "schema_out_of_date",
-                        "the database needs migrations: run `loacl migrate up`",
-                    )
+                await migrate.check(conn)
                 if self.keyring is not None:
                     await pgkeys.read_state(conn, self.keyring)
         except BaseException:
@@ -446,32 +428,34 @@ class PgEventStore:
         async with self._connection() as conn, conn.transaction(
             isolation="repeatable_read", readonly=True
         ):
-            prev, count = codec.GENESIS_HASH, 0
-            while True:
-                rows = await conn.fetch(
-                    f"{_SELECT} WHERE seq > $1 ORDER BY seq LIMIT $2", count, chunk
-                )
-                for seq, stream, version, type_, schema, payload, metadata, at, stored in rows:
-                    if seq != count + 1:
-                        return AuditResult(False, count, prev, count + 1,
-                                           f"event {count + 1} is missing")
-                    computed = codec.chain_hash(
-                        prev, seq, stream, version, type_, schema, payload, metadata, at
-                    )
-                    if computed != stored:
-                        return AuditResult(False, count, prev, seq,
-                                           f"event {seq} does not match its hash")
-                    prev, count = stored, seq
-                if len(rows) < chunk:
-                    break
-            head = await conn.fetchrow("SELECT seq, hash FROM event_log_head WHERE id = 1")
-        if head is None or head["seq"] != count or head["hash"] != prev:
-            return AuditResult(
-                False, count, prev, count + 1,
-                f"the log ends at {count} but its head records event "
-                f"{head['seq'] if head else '-'}: events were removed or rewritten",
+            return await verify(conn, chunk)
+
+
+async def verify(conn: Connection, chunk: int = 10_000) -> AuditResult:
+    """The chain and head check of ``PgEventStore.verify`` on the caller's connection, in the
+    caller's transaction (``store.copy`` checks what it wrote before committing it)."""
+    prev, count = codec.GENESIS_HASH, 0
+    while True:
+        rows = await conn.fetch(f"{_SELECT} WHERE seq > $1 ORDER BY seq LIMIT $2", count, chunk)
+        for seq, stream, version, type_, schema, payload, metadata, at, stored in rows:
+            if seq != count + 1:
+                return AuditResult(False, count, prev, count + 1, f"event {count + 1} is missing")
+            computed = codec.chain_hash(
+                prev, seq, stream, version, type_, schema, payload, metadata, at
             )
-        return AuditResult(True, count, prev)
+            if computed != stored:
+                return AuditResult(False, count, prev, seq, f"event {seq} does not match its hash")
+            prev, count = stored, seq
+        if len(rows) < chunk:
+            break
+    head = await conn.fetchrow("SELECT seq, hash FROM event_log_head WHERE id = 1")
+    if head is None or head["seq"] != count or head["hash"] != prev:
+        return AuditResult(
+            False, count, prev, count + 1,
+            f"the log ends at {count} but its head records event "
+            f"{head['seq'] if head else '-'}: events were removed or rewritten",
+        )
+    return AuditResult(True, count, prev)
 
 
 def _rows(records: list[asyncpg.Record]) -> list[Sequence[Any]]:

@@ -6,7 +6,11 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from importlib import resources
+from typing import Any
 
+import asyncpg
+
+from loacl.domain.errors import LoaclError
 from loacl.store.migrations import Migration
 from loacl.store.postgres import Connection
 
@@ -45,6 +49,30 @@ async def applied(conn: Connection) -> dict[int, str]:
 
 async def current(conn: Connection) -> int:
     return max(await applied(conn), default=0)
+
+
+async def check(conn: Connection) -> None:
+    """Refuse a database whose schema is not this LOACL's: newer (another LOACL migrated it)
+    or older (``loacl migrate up`` is due)."""
+    schema = await current(conn)
+    if schema > LATEST:
+        raise LoaclError(
+            "schema_too_new",
+            f"the database is at schema {schema}, newer than this LOACL knows ({LATEST}): run "
+            "the LOACL that migrated it",
+        )
+    if schema < LATEST:
+        raise LoaclError(
+            "schema_out_of_date", "the database needs migrations: run `loacl migrate up`"
+        )
+
+
+async def create_pool(url: str, size: int, **options: Any) -> asyncpg.Pool:
+    """A connection pool, or ``database_unavailable`` saying why there is none."""
+    try:
+        return await asyncpg.create_pool(url, min_size=1, max_size=size, **options)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise LoaclError("database_unavailable", f"cannot connect to PostgreSQL: {exc}") from exc
 
 
 async def up(conn: Connection, to: int | None = None) -> list[Migration]:

@@ -1,0 +1,119 @@
+"""Two LOACL servers on one log in PostgreSQL (``DATABASE_URL=postgresql://...``), each with its
+own SQLite copy: a visitor's tabs on different instances both see every reply live, whichever
+instance runs it, with nothing lost or repeated (the tabs check each delta starts where the last
+ended); the log in PostgreSQL and both copies hold the same chain. Real uvicorn servers, real
+WebSocket clients, the real openai SDK against the test server, a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loacl.http.app import create_app
+from loacl.openai_testserver import OpenAITestServer, Stall
+from loacl.services.keys import keyring_for
+from loacl.settings import Settings
+from loacl.store import audit
+from loacl.store.keys import Keyring, MasterKeys
+from loacl.store.postgres.eventstore import PgEventStore
+from loacl.store.sqlite import connect
+from tests.live import serve
+from tests.test_stream import ORIGIN, WAIT, Live, Log, provider_server, reply_text, start
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def provider() -> Iterator[tuple[OpenAITestServer, str]]:
+    with provider_server() as running_server:
+        yield running_server
+
+
+def chain(path: Path) -> list[tuple[int, str]]:
+    conn = sqlite3.connect(path)
+    try:
+        return list(conn.execute("SELECT seq, hash FROM events ORDER BY seq").fetchall())
+    finally:
+        conn.close()
+
+
+async def level(*paths: Path) -> list[tuple[int, str]]:
+    """Wait until every copy holds the same events (NOTIFY, or the poll, brings them level)."""
+    for _ in range(int(WAIT / 0.05)):
+        if len({tuple(chain(p)) for p in paths}) == 1:
+            return chain(paths[0])
+        await asyncio.sleep(0.05)
+    raise AssertionError("the copies never came level")
+
+
+async def test_tabs_on_two_instances_see_every_reply_live(
+    settings: Settings, provider: tuple[OpenAITestServer, str], pg_url: str, tmp_path: Path
+) -> None:
+    shared = settings.model_copy(update={"database_url": pg_url})
+    one = shared.model_copy(update={"instance_database": tmp_path / "one.db"})
+    two_settings = shared.model_copy(update={
+        "instance_database": tmp_path / "two.db",
+        "openai_api_key": "sk-test", "openai_base_url": f"{provider[1]}/v1",
+        "require_verified_email": False, "provider_max_retries": 0,
+    })
+    # The second instance starts after the first has an owner and a widget: it copies the log
+    # on start. Same data folder: the same signing secret and master key.
+    with start(one, provider) as a, serve(create_app(two_settings)) as url_b, httpx.Client(
+        base_url=url_b, timeout=WAIT
+    ) as http_b:
+        if True:
+            b = Live(url_b, two_settings, a.provider, http_b, a.headers, a.widget_id,
+                     Log(two_settings))
+            # The owner's token from instance A works on B (one secret, one log).
+            listed = await asyncio.to_thread(http_b.get, "/api/v1/widgets", headers=a.headers)
+            assert listed.status_code == 200, listed.text
+            assert [w["id"] for w in listed.json()["data"]] == [a.widget_id]
+
+            session = a.session()
+            await level(a.settings.database_path, b.settings.database_path)
+            text_a, text_b = reply_text(40, "from A"), reply_text(40, "from B")
+            async with a.tab(session) as on_a, b.tab(session) as on_b:
+                # Asked on A: A's provider call, B's tab follows through the copy.
+                a.provider.script(text_a, [Stall(seconds=0.3, after_deltas=8)])
+                ack = await a.ask(on_a, "Asked on A")
+                started = await on_b.next_kind("started")
+                assert started["reply_id"] == ack["reply_id"]
+                assert started["message"]["text"] == "Asked on A"
+                seen_a = await on_a.follow(ack["reply_id"])
+                seen_b = await on_b.follow(ack["reply_id"])
+                assert seen_a.text == seen_b.text == text_a
+                assert seen_b.done is not None and seen_b.done["status"] == "completed"
+                # Asked on B: B runs the reply, A's tab follows.
+                a.provider.script(text_b)
+                ack_b = await b.ask(on_b, "Asked on B")
+                again_a = await on_a.follow(ack_b["reply_id"])
+                again_b = await on_b.follow(ack_b["reply_id"])
+                assert again_a.text == again_b.text == text_b
+                assert again_a.done is not None and again_a.done["status"] == "completed"
+            # A resume on the other instance gets exactly what the tab missed (here: nothing
+            # but the finished conversation, read from B's copy).
+            history = await asyncio.to_thread(
+                http_b.get, f"/api/v1/widgets/{a.widget_id}/messages",
+                headers={"Authorization": f"Bearer {session.token}", "Origin": ORIGIN},
+            )
+            assert history.status_code == 200, history.text
+            texts = [m["text"] for m in history.json()["data"]]
+            assert texts == ["Asked on A", text_a, "Asked on B", text_b]
+            copies = await level(a.settings.database_path, b.settings.database_path)
+    # The log in PostgreSQL is the copies' chain, and each verifies.
+    keys = keyring_for(one)
+    async with PgEventStore(pg_url, keyring=keys or Keyring(MasterKeys(lambda: []))) as pg:
+        result = await pg.verify()
+        assert result.ok, result
+        assert [(r.seq, r.hash) for r in await pg.read_all()] == copies
+    for path in (one.database_path, two_settings.database_path):
+        conn = connect(path)
+        try:
+            assert audit.verify(conn).ok
+        finally:
+            conn.close()
