@@ -17,21 +17,34 @@ from loacl.services.accounts import Accounts
 from loacl.services.keys import keyring_for
 from loacl.services.tokens import new_id
 from loacl.settings import Settings
+from loacl.store import migrations
 from loacl.store.eventstore import NO_STREAM, EventStore
+from loacl.store.postgres.upstream import PgUpstream
 from loacl.store.projections import default_projections
+from loacl.store.sqlite import connect
 from loacl.store.views import accounts as accounts_view
 
 CLI = Metadata(actor="loacl:cli")
 
 
 def open_store(settings: Settings) -> EventStore:
+    """The store as the server opens it. With a PostgreSQL log, this instance's copy, brought
+    level when it opens and written through PostgreSQL (store.postgres.upstream); the copy is
+    made when missing."""
+    keyring = keyring_for(settings)
+    if settings.postgres_url is not None:
+        conn = connect(settings.database_path)
+        try:
+            migrations.up(conn)
+        finally:
+            conn.close()
+        return EventStore(settings.database_path, default_projections(), keyring=keyring,
+                          upstream=PgUpstream(settings.postgres_url, keyring))
     if not settings.database_path.exists():
         raise LoaclError(
             "database_not_found", f"no database at {settings.database_path}; run loacl migrate up"
         )
-    return EventStore(
-        settings.database_path, default_projections(), keyring=keyring_for(settings)
-    )
+    return EventStore(settings.database_path, default_projections(), keyring=keyring)
 
 
 async def create_user(

@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+import asyncpg
+
 from loacl import __version__
 from loacl.domain.errors import LoaclError
 from loacl.services.keys import keyring_for
@@ -23,6 +25,8 @@ from loacl.services.privacy import Erasure
 from loacl.settings import Settings, SettingsError, load_settings
 from loacl.store import audit, backup, integrity, migrations, rebuild, replay, tail
 from loacl.store.keys import Keyring
+from loacl.store.postgres import migrate as pg_migrate
+from loacl.store.postgres.eventstore import verify as pg_verify
 from loacl.store.projections import default_projections
 from loacl.store.sqlite import connect
 from loacl.store.tail import StoredEvent
@@ -65,9 +69,41 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _migrate_postgres(args: argparse.Namespace, url: str) -> None:
+    """``migrate status`` and ``up`` of a PostgreSQL log (its tables; the read tables are each
+    instance's copy's)."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            if args.action == "status":
+                done = await pg_migrate.applied(conn)
+                for m in pg_migrate.MIGRATIONS:
+                    state = f"applied {done[m.version]}" if m.version in done else "pending"
+                    print(f"postgresql {m.version:04d}_{m.name:<24} {state}")
+                return
+            steps = await pg_migrate.up(conn, args.to)
+            for step in steps:
+                print(f"applied postgresql {step.version:04d}_{step.name}")
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "down":
+        if settings.postgres_url is not None:
+            raise LoaclError(
+                "invalid_migration_target", "a PostgreSQL log is not migrated down by LOACL: "
+                "restore it with PostgreSQL's own tools (docs/scale-out.md)",
+            )
         return _migrate_down(args, settings)
+    if settings.postgres_url is not None and args.action in ("up", "status"):
+        _migrate_postgres(args, settings.postgres_url)
+        if args.action == "status" and not settings.database_path.exists():
+            print(f"{settings.database_path}: this instance's copy, made when it first starts")
+            return 0
     conn = _open(settings, must_exist=args.action != "up")
     try:
         if args.action == "status":
@@ -171,11 +207,27 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
         for line in damage.messages:
             print(f"  {line}")
         print(f"to repair: {damage.remedy()}")
+    if settings.postgres_url is not None:
+        # The log itself is PostgreSQL's; the file is this instance's copy of (a beginning of)
+        # it, checked above like any database.
+        shared = asyncio.run(_verify_postgres(settings.postgres_url))
+        if not shared.ok:
+            print(f"FAILED in PostgreSQL at event {shared.bad_seq}: {shared.reason}")
+            return 1
+        print(f"postgresql ok: {shared.events} events, last hash {shared.last_hash}")
     if result.ok:
         print(f"ok: {result.events} events, last hash {result.last_hash}")
         return 0 if damage.ok else 1
     print(f"FAILED at event {result.bad_seq}: {result.reason}")
     return 1
+
+
+async def _verify_postgres(url: str) -> audit.AuditResult:
+    conn = await asyncpg.connect(url)
+    try:
+        return await pg_verify(conn)
+    finally:
+        await conn.close()
 
 
 def cmd_copy(args: argparse.Namespace, settings: Settings) -> int:

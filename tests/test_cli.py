@@ -490,7 +490,7 @@ def test_unknown_key_in_the_config_file(
     [
         ("database_url = ", "not valid TOML"),
         ('port = "eighty"', "port"),
-        ('database_url = "postgres://db"', "database_url"),
+        ('database_url = "mysql://db"', "database_url"),
     ],
 )
 def test_bad_config_file(

@@ -18,6 +18,7 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata, RecordedEvent
 from loacl.domain.privacy import SubjectErased, subject
 from loacl.domain.widgets import ConversationStarted
+from loacl.settings import format_master_key
 from loacl.store import audit, migrations
 from loacl.store.eventstore import NO_STREAM, EventStore
 from loacl.store.keys import Keyring, MasterKeys
@@ -258,3 +259,47 @@ async def test_an_effect_runs_on_one_instance_at_a_time_and_the_next_goes_on_fro
     await asyncio.sleep(0.3)  # nothing more comes
     assert len(handled) == 8
     await staying.stop()
+
+
+async def test_operator_commands_on_a_postgresql_log(
+    instances: Callable[[str], asyncio.Future[EventStore]], tmp_path: Path, pg_url: str,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``migrate``, ``users create`` and ``audit verify`` with DATABASE_URL=postgresql://...:
+    the command writes through PostgreSQL (a running instance copies it in), and the audit
+    walks PostgreSQL's chain as well as the command's own copy."""
+    import io
+
+    from loacl.cli import main
+
+    running = await instances("server")
+    data = tmp_path / "data"
+    config = tmp_path / "cli.toml"
+    config.write_text(
+        f'database_url = "{pg_url}"\ndata_dir = "{data}"\n'
+        f'instance_database = "{tmp_path / "cli.db"}"\n'
+        f'master_key = "{format_master_key(MASTER)}"\n'
+        "argon2_time_cost = 1\nargon2_memory_kib = 64\nargon2_parallelism = 1\n"
+    )
+
+    def cli(*args: str) -> tuple[int, str]:
+        capsys.readouterr()
+        code = main(["--config", str(config), *args])
+        out, err = capsys.readouterr()
+        return code, out + err
+
+    code, out = await asyncio.to_thread(cli, "migrate", "status")
+    assert code == 0 and "postgresql 0001_event_log" in out and "pending" not in out.split(
+        "postgresql")[-1]
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long enough secret\n"))
+    code, out = await asyncio.to_thread(
+        cli, "users", "create", "--email", "ops@example.com", "--password-stdin")
+    assert code == 0, out
+    await until(lambda: bool(rows(running.path, "SELECT 1 FROM users")))
+    assert await running.query("SELECT email FROM users") == [("ops@example.com",)]
+    code, out = await asyncio.to_thread(cli, "audit", "verify")
+    assert code == 0, out
+    assert "postgresql ok: 1 events" in out and "\nok: 1 events" in out
+    # Going down is PostgreSQL's own tools' business.
+    code, _ = await asyncio.to_thread(cli, "migrate", "down")
+    assert code != 0

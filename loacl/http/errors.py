@@ -47,7 +47,7 @@ And by status::
     500 internal_error, store_error, log_damaged, unknown_event_type, unknown_schema_version,
         migration_failed, backup_corrupt, invalid_database_url, duplicate_subscriber,
         database_damaged, chain_broken, database_unreadable, master_key_missing,
-        data_key_missing, keys_unavailable, copy_not_verified
+        data_key_missing, keys_unavailable, copy_not_verified, instance_database_diverged
     502 provider_error, outbound_failed
     503 provider_unavailable, store_unavailable, database_unavailable, store_closed,
         not_ready, interrupted, schema_out_of_date, schema_too_new, database_in_use,
@@ -224,6 +224,8 @@ ERRORS: dict[str, ErrorCode] = {
     "keys_unavailable": ErrorCode(500, "sealed fields were read without the database's keys"),
     "copy_not_verified": ErrorCode(500, "CLI copy: the copied log fails its hash-chain check or "
                                         "ends elsewhere than the source; nothing was kept"),
+    "instance_database_diverged": ErrorCode(500, "this instance's SQLite file is not a copy "
+                                            "of the PostgreSQL log it is to follow"),
     # 502
     "provider_error": ErrorCode(502, "the AI provider failed or refused the request"),
     "outbound_failed": ErrorCode(502, "a request LOACL made (a webhook) got no answer"),
