@@ -93,8 +93,27 @@ def run_instance(args: argparse.Namespace) -> None:
     settings = instance_settings(args.pg_url, Path(args.data), Path(args.copy),
                                  args.provider_url, args.flush_ms[0], args.coalesce_ms)
     configure_logging(settings.log_level, settings.log_format)
+    if args.pg_pool:
+        widen_pool(args.pg_pool)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # a stuck instance's stacks
     streaming._serve_child(create_app(settings), lifespan="on", deflate=False)
+
+
+def widen_pool(size: int) -> None:
+    """Give the instance's PostgreSQL pool ``size`` connections at most. LOACL's own is 4 (store.
+    postgres.upstream), and an instance holds 4 of them for good once it runs: the listener, and
+    one per subscriber that acts outside the database (budget mails, webhooks, handoff mails),
+    each held while it has, or waits for, its advisory lock. The writer's first append and every
+    copy from PostgreSQL then wait for a connection forever."""
+    import asyncpg
+
+    create_pool = asyncpg.create_pool
+
+    def wider(*args: Any, **kwargs: Any) -> Any:
+        kwargs["max_size"] = max(kwargs.get("max_size", 0), size)
+        return create_pool(*args, **kwargs)
+
+    asyncpg.create_pool = wider
 
 
 def run_listener(pg_url: str, out: Path) -> None:
@@ -388,7 +407,8 @@ async def configuration(cluster: Any, provider: Child, n: int, flush_ms: int,
     def start(i: int) -> Child:
         return Child(["--role", "instance", "--pg-url", url, "--data", str(data), "--copy",
                       str(copies[i]), "--provider-url", provider.url, "--flush-ms",
-                      str(flush_ms), "--coalesce-ms", str(args.coalesce_ms)],
+                      str(flush_ms), "--coalesce-ms", str(args.coalesce_ms),
+                      "--pg-pool", str(args.pg_pool)],
                      here / f"instance{i}.log", script=__file__)
 
     conn = await asyncpg.connect(url)
@@ -522,6 +542,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=40, help="tokens per reply")
     parser.add_argument("--coalesce-ms", type=int, default=5,
                         help="LOACL's window for a socket's frames (0: none)")
+    parser.add_argument("--pg-pool", type=int, default=8,
+                        help="widen each instance's PostgreSQL pool to this many connections "
+                        "(0: LOACL's own 4, with which an instance hangs: see widen_pool)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the instances' logs and copies in a folder under /tmp")
     parser.add_argument("--role", choices=["instance", "listen"], help=argparse.SUPPRESS)
