@@ -42,6 +42,7 @@ import itertools
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -78,6 +79,10 @@ def instance_settings(pg_url: str, data_dir: Path, copy: Path, provider_url: str
         require_verified_email=False, argon2_time_cost=1, argon2_memory_kib=64,
         argon2_parallelism=1, provider_concurrency=1000, log_level="warning",
         flush_interval_ms=flush_ms, ws_coalesce_ms=coalesce_ms,
+        # Every visitor comes from one loopback address: the per-address limits would refuse
+        # most of them (4 replies at once, 64 sockets per instance).
+        replies_per_ip=100_000, sockets_per_ip=100_000, sessions_per_ip_hour=100_000,
+        messages_per_ip_minute=100_000, messages_per_ip_day=100_000,
     )
 
 
@@ -276,6 +281,35 @@ async def follow(stream: Stream) -> None:
             return
 
 
+async def report_stuck(pairs: Sequence[Pair], stuck: Sequence[tuple[int, str]], conn: Any,
+                       copies: Sequence[Path]) -> None:
+    """What a tab that never saw its reply's end had, and where that reply's events are."""
+    for i, side in stuck:
+        pair = pairs[i]
+        tab = pair.asking if side == "asking" else pair.other
+        seen = read_frames(tab)
+        reply_id = read_frames(pair.asking).reply_id or seen.reply_id
+        kinds = [json.loads(raw)["type"] for _, raw in tab.frames]
+        print(f"    stuck: conversation {i} ({tab.conversation_id}), {side} tab on instance "
+              f"{pair.asking_at if side == 'asking' else pair.other_at}: reply {reply_id}, "
+              f"{len(seen.text)} characters, frames {kinds[:3]}...{kinds[-3:]} ({len(kinds)}); "
+              f"the asking tab's errors {read_frames(pair.asking).errors}")
+        if reply_id is None:
+            continue
+        like = f'%"message_id":"{reply_id}"%'
+        in_pg = [tuple(r) for r in await conn.fetch(
+            "SELECT seq, type FROM events WHERE payload LIKE $1 ORDER BY seq", like)]
+        print(f"      in PostgreSQL: {in_pg[:2]}...{in_pg[-2:]} ({len(in_pg)} events)")
+        for copy in copies:
+            local = sqlite3.connect(copy)
+            try:
+                rows = local.execute("SELECT seq, type FROM events WHERE payload LIKE ? "
+                                     "ORDER BY seq", (like,)).fetchall()
+            finally:
+                local.close()
+            print(f"      in {copy.name}: {rows[-2:]} ({len(rows)} events)")
+
+
 def first_at(arrivals: Sequence[tuple[float, int]], length: int) -> float | None:
     """When a tab first had ``length`` characters of the reply."""
     lengths = [a[1] for a in arrivals]
@@ -297,10 +331,17 @@ async def one_round(provider: Child, instances: Sequence[Child], widget_id: str,
     pids = [i.process.pid for i in instances]
     cpu_before = [streaming._cpu_seconds(pid) for pid in pids]
     started = time.monotonic()
-    followers = [asyncio.ensure_future(follow(p.other)) for p in pairs]
-    await asyncio.wait_for(asyncio.gather(
-        *(ask(p.asking, m) for p, (m, _) in zip(pairs, wanted, strict=True)), *followers,
-    ), WAIT)
+    asking = [asyncio.ensure_future(ask(p.asking, m))
+              for p, (m, _) in zip(pairs, wanted, strict=True)]
+    following = [asyncio.ensure_future(follow(p.other)) for p in pairs]
+    await asyncio.wait([*asking, *following], timeout=WAIT)
+    stuck = [(i, side) for i, (a, f) in enumerate(zip(asking, following, strict=True))
+             for side, task in (("asking", a), ("other", f)) if not task.done()]
+    if stuck:
+        await report_stuck(pairs, stuck, conn, copies)
+        for task in (*asking, *following):
+            task.cancel()
+        raise RuntimeError(f"{len(stuck)} tabs did not see their reply end within {WAIT:.0f} s")
     result.elapsed = time.monotonic() - started
     result.cpu = [streaming._cpu_seconds(pid) - before
                   for pid, before in zip(pids, cpu_before, strict=True)]
