@@ -200,6 +200,7 @@ class Round:
     to_commit: list[float] = field(default_factory=list)  # asking tab -> PostgreSQL commit
     from_commit: list[float] = field(default_factory=list)  # commit -> other tab
     out_of_order: int = 0  # NOTIFYs heard with a lower position than one before
+    commits: int = 0  # PostgreSQL commits that wrote events (NOTIFYs heard)
     elapsed: float = 0.0
     events: int = 0
     cpu: list[float] = field(default_factory=list)  # each instance's CPU seconds
@@ -350,6 +351,7 @@ async def one_round(provider: Child, instances: Sequence[Child], widget_id: str,
     marks = await timings(provider.url)
     positions, heard_at = listener.heard()
     result.out_of_order = sum(b < a for a, b in itertools.pairwise(positions))
+    result.commits = sum(head_before < p <= head_before + result.events for p in positions)
 
     # Where each reply's text is in the log: (characters so far, position), in log order.
     ends: dict[str, list[tuple[int, int]]] = {}
@@ -418,7 +420,8 @@ def print_round(r: Round) -> None:
     print(f"      asking tab -> PostgreSQL commit (flush, write)    {both(r.to_commit)}")
     print(f"      commit -> other tab (NOTIFY, copy, fan-out)       {both(r.from_commit)}")
     cpu = ", ".join(f"{c / r.elapsed:.0%}" for c in r.cpu)
-    print(f"    events written {r.events} ({r.events / r.elapsed:,.0f}/s); instances' CPU "
+    print(f"    events written {r.events} ({r.events / r.elapsed:,.0f}/s) in {r.commits} "
+          f"PostgreSQL commits ({r.commits / r.elapsed:,.0f}/s); instances' CPU "
           f"(of one core) {cpu}"
           + (f"; NOTIFYs out of order {r.out_of_order}" if r.out_of_order else ""))
 
