@@ -201,6 +201,8 @@ class Round:
     from_commit: list[float] = field(default_factory=list)  # commit -> other tab
     out_of_order: int = 0  # NOTIFYs heard with a lower position than one before
     commits: int = 0  # PostgreSQL commits that wrote events (NOTIFYs heard)
+    # What the instances' PostgreSQL connections were doing, sampled every 20 ms.
+    activity: dict[str, int] = field(default_factory=dict)
     elapsed: float = 0.0
     events: int = 0
     cpu: list[float] = field(default_factory=list)  # each instance's CPU seconds
@@ -311,6 +313,30 @@ async def report_stuck(pairs: Sequence[Pair], stuck: Sequence[tuple[int, str]], 
             print(f"      in {copy.name}: {rows[-2:]} ({len(rows)} events)")
 
 
+def url_of(conn: Any) -> str:
+    params, address = conn._params, conn._addr
+    return f"postgresql://{params.user}@{address[0]}:{address[1]}/{params.database}"
+
+
+async def sample(url: str, counts: dict[str, int]) -> None:
+    """Count what the instances' connections are doing (state, wait, statement), every 20 ms,
+    on a connection of its own."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        while True:
+            for row in await conn.fetch(
+                "SELECT state, wait_event, left(query, 40) AS query FROM pg_stat_activity "
+                "WHERE application_name LIKE 'loacl %' AND state <> 'idle'"
+            ):
+                key = f"{row['state']} | {row['wait_event'] or '-'} | {row['query']}"
+                counts[key] = counts.get(key, 0) + 1
+            await asyncio.sleep(0.02)
+    finally:
+        await conn.close()
+
+
 def first_at(arrivals: Sequence[tuple[float, int]], length: int) -> float | None:
     """When a tab first had ``length`` characters of the reply."""
     lengths = [a[1] for a in arrivals]
@@ -335,7 +361,11 @@ async def one_round(provider: Child, instances: Sequence[Child], widget_id: str,
     asking = [asyncio.ensure_future(ask(p.asking, m))
               for p, (m, _) in zip(pairs, wanted, strict=True)]
     following = [asyncio.ensure_future(follow(p.other)) for p in pairs]
+    sampler = asyncio.ensure_future(sample(url_of(conn), result.activity))
     await asyncio.wait([*asking, *following], timeout=WAIT)
+    sampler.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sampler
     stuck = [(i, side) for i, (a, f) in enumerate(zip(asking, following, strict=True))
              for side, task in (("asking", a), ("other", f)) if not task.done()]
     if stuck:
@@ -419,6 +449,12 @@ def print_round(r: Round) -> None:
     print(f"    added on the other instance (per token)             {both(r.added)}")
     print(f"      asking tab -> PostgreSQL commit (flush, write)    {both(r.to_commit)}")
     print(f"      commit -> other tab (NOTIFY, copy, fan-out)       {both(r.from_commit)}")
+    samples = sorted(r.activity.items(), key=lambda item: -item[1])[:4]
+    if samples:
+        print("    instances' PostgreSQL connections not idle (samples every 20 ms; state | "
+              "wait | statement):")
+        for what, count in samples:
+            print(f"      {count:5}  {what}")
     cpu = ", ".join(f"{c / r.elapsed:.0%}" for c in r.cpu)
     print(f"    events written {r.events} ({r.events / r.elapsed:,.0f}/s) in {r.commits} "
           f"PostgreSQL commits ({r.commits / r.elapsed:,.0f}/s); instances' CPU "
