@@ -25,11 +25,18 @@ events into its SQLite file and feeds its tab. For every token the test server s
 
 At the end of each configuration: the log in PostgreSQL verifies (hash chain and head), each
 instance's copy verifies, and every copy holds PostgreSQL's chain (the same positions and
-hashes). All clocks are ``time.monotonic()`` (one clock for every process). The exit status is 1
-when a goal is missed.
+hashes). While a round runs, what the instances' PostgreSQL connections are doing is sampled
+every 20 ms (``pg_stat_activity``: waiting for the head lock, idle in its transaction, ...). All
+clocks are ``time.monotonic()`` (one clock for every process). The exit status is 1 when a goal
+is missed.
+
+Every visitor comes from loopback, so the per-address limits are lifted. Each instance's
+PostgreSQL pool is widened to ``--pg-pool`` connections (see ``widen_pool``: with LOACL's own 4
+an instance hangs on its first append). ``--keep`` keeps the instances' logs and copies; a
+stuck instance prints its threads' stacks to its log on SIGUSR1.
 
     python scripts/bench/instances.py [--instances 2 3] [--conversations 50 200]
-        [--flush-ms 250 20] [--rate 20] [--tokens 40] [--coalesce-ms 5]
+        [--flush-ms 250 20] [--rate 20] [--tokens 40] [--coalesce-ms 5] [--pg-pool 8] [--keep]
 """
 
 from __future__ import annotations
