@@ -14,10 +14,17 @@ import asyncpg
 import pytest
 
 from loacl.domain.accounts import UserRegistered
+from loacl.domain.conversations import (
+    AssistantDelta,
+    AssistantInterrupted,
+    AssistantStarted,
+    MessagePosted,
+)
 from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata, RecordedEvent
 from loacl.domain.privacy import SubjectErased, subject
 from loacl.domain.widgets import ConversationStarted
+from loacl.services.recovery import recover
 from loacl.settings import format_master_key
 from loacl.store import audit, migrations
 from loacl.store.eventstore import NO_STREAM, EventStore
@@ -27,6 +34,7 @@ from loacl.store.postgres.upstream import PgUpstream
 from loacl.store.projections import default_projections
 from loacl.store.sqlite import connect
 from loacl.store.subscriptions import Effect, Options, Subscriptions
+from loacl.store.views.conversations import streaming_replies
 
 MASTER = bytes(range(32))
 
@@ -303,3 +311,31 @@ async def test_operator_commands_on_a_postgresql_log(
     # Going down is PostgreSQL's own tools' business.
     code, _ = await asyncio.to_thread(cli, "migrate", "down")
     assert code != 0
+
+
+async def test_recovery_closes_only_replies_no_instance_runs(
+    instances: Callable[[str], asyncio.Future[EventStore]],
+) -> None:
+    """A reply is leased by the instance that runs it (PostgreSQL's advisory lock on a
+    connection of its own): another instance's recovery leaves it open while that instance
+    lives, and closes it as interrupted once the instance is gone."""
+    a, b = await instances("a"), await instances("b")
+    assert a.upstream is not None and b.upstream is not None
+    await a.upstream.lease("r1")
+    await a.append("conversation-c1", [
+        ConversationStarted(conversation_id="c1", widget_id="w", visitor_id="v"),
+        MessagePosted(conversation_id="c1", message_id="q1", text="Where is my parcel?"),
+        AssistantStarted(conversation_id="c1", message_id="r1", reply_to="q1",
+                         assistant_id="a", provider="demo", model="demo"),
+        AssistantDelta(message_id="r1", offset=0, text="It left"),
+    ])
+    await b.catch_up()
+    assert await b.upstream.leased("r1")
+    assert await recover(b) == 0
+    assert [r.message_id for r in await streaming_replies(b)] == ["r1"]
+    await a.close()  # the instance goes, and its connection with the lease
+    assert not await b.upstream.leased("r1")
+    assert await recover(b) == 1
+    [ended] = [r.event for r in await b.read_stream("conversation-c1")][-1:]
+    assert isinstance(ended, AssistantInterrupted) and ended.text == "It left"
+    assert await streaming_replies(b) == []

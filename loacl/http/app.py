@@ -138,6 +138,15 @@ def serve_metrics(metrics: Metrics | None, listen: str | None) -> Any:
     return server
 
 
+async def _recover_every(store: EventStore, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await recover(store, quiet=True)
+        except Exception:
+            log.exception("recovery.failed")
+
+
 def create_app(
     settings: Settings, *, clock: Clock = utc_now, mailer: Mailer | None = None
 ) -> Starlette:
@@ -197,6 +206,7 @@ def create_app(
             warn_open_files(settings)
             await store.open()
             metrics_server = None
+            recovering: asyncio.Task[None] | None = None
             try:
                 if replication is not None:
                     await replication.start()
@@ -204,11 +214,10 @@ def create_app(
                     log.warning("replica.not_configured", under_litestream=True,
                                 remedy="set LOACL_REPLICA_URL to the replica Litestream uses, "
                                 "so that /readyz reports it")
-                if store.upstream is None or not await store.upstream.others():
-                    await recover(store)
-                else:
-                    # Their replies may be running: not closed as interrupted by this start.
-                    log.info("recovery.skipped", reason="other instances share the log")
+                await recover(store)
+                if store.upstream is not None:
+                    # Replies left by an instance that stopped while this one runs.
+                    recovering = asyncio.create_task(_recover_every(store, 60.0))
                 if demo_enabled(settings):
                     await demo.ensure_or_go_without()
                 else:
@@ -227,6 +236,10 @@ def create_app(
                     metrics_server.server_close()
                 tracing.shutdown()
                 await watch.stop()
+                if recovering is not None:
+                    recovering.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await recovering
                 await retention.stop()
                 await chat_service.shutdown()
                 if remote is not None:

@@ -350,12 +350,20 @@ class Chat:
             f"message:{access.conversation_id}:{client_message_id}"
             if client_message_id is not None else None
         )
+        starts = any(isinstance(e, domain.AssistantStarted) for e in events)
+        # With a log shared by several instances, the reply is this one's before its start is
+        # in the log: another's recovery leaves it alone (store.postgres.upstream).
+        upstream = self.store.upstream if starts else None
+        if upstream is not None:
+            await upstream.lease(reply_id)
         try:
             recorded = await self.store.append(
                 conversation_stream(access.conversation_id), events,
                 expected_version=version, metadata=meta, idempotency_key=key,
             )
         except LoaclError as exc:
+            if upstream is not None:
+                await upstream.release(reply_id)
             if exc.code == "version_conflict":
                 raise LoaclError(
                     "reply_in_progress",
@@ -365,10 +373,12 @@ class Chat:
         first = next(r.event for r in recorded
                      if isinstance(r.event, domain.MessagePosted))
         if first.message_id != message_id:  # an idempotent replay won the race
+            if upstream is not None:
+                await upstream.release(reply_id)
             found = await self._replayed(access, client_message_id or "")
             assert found is not None
             return found
-        if not any(isinstance(e, domain.AssistantStarted) for e in events):
+        if not starts:
             return await self.message(message_id)
         run = Run(access.conversation_id, reply_id, message_id, widget_id=access.widget_id)
         self.runs[access.conversation_id] = run
@@ -473,6 +483,8 @@ class Chat:
                 if self.runs.get(run.conversation_id) is run:
                     del self.runs[run.conversation_id]
                 slot.release()
+                if self.store.upstream is not None:
+                    await self.store.upstream.release(run.message_id)
                 if unsaved is not None:
                     # Told to the visitor already; the log gets it once the store takes writes
                     # again, without a restart (after one, start-up recovery closes it).

@@ -18,7 +18,9 @@ machine busy with other work disturbs far less than the wall clock.
 
 With ``--postgres URL`` (a server whose user may create databases) the same run measures the
 PostgreSQL store too: (h) appends from 100 concurrent coroutines against (i) ``COPY`` of the same
-rows 1,000 to a transaction, and (j) ``read_all`` against a raw fetch and decode. A throwaway
+rows 1,000 to a transaction, (j) ``read_all`` against a raw fetch and decode, and (k) appends
+as LOACL makes them with ``DATABASE_URL=postgresql://...``: each instance's SQLite copy written
+with every batch, under PostgreSQL's head lock (store.postgres.upstream), against (i). A throwaway
 server, from the checkout: ``python -c "from tests import pg; print(pg.start_cluster().admin)"``.
 
     python scripts/bench/eventstore.py [--events 100000] [--postgres URL]
@@ -51,6 +53,7 @@ from loacl.store.eventstore import EventStore
 from loacl.store.keys import Keyring, MasterKeys
 from loacl.store.postgres import migrate as pg_migrate
 from loacl.store.postgres.eventstore import PgEventStore
+from loacl.store.postgres.upstream import PgUpstream
 from loacl.store.projections import Projections, default_projections
 from loacl.store.replay import replay
 from loacl.store.sqlite import connect
@@ -277,6 +280,24 @@ async def _pg_concurrent(url: str, events: int, writers: int) -> float:
         return time.perf_counter() - started
 
 
+async def _instance_concurrent(url: str, folder: Path, name: str, events: int,
+                               writers: int) -> float:
+    """(k): as LOACL runs with DATABASE_URL=postgresql://...: the SQLite store keeping its
+    file as a copy of the log in PostgreSQL, each batch written there under the head lock."""
+    per_writer = events // writers
+    async with EventStore(fresh_db(folder, name), Projections(),
+                          upstream=PgUpstream(url, None)) as store:
+
+        async def writer(w: int) -> None:
+            stream, meta = f"conversation-{w}", metadata(w)
+            for i in range(per_writer):
+                await store.append(stream, [make_event(w, i)], expected_version=i, metadata=meta)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(writer(w) for w in range(writers)))
+        return time.perf_counter() - started
+
+
 async def _copy(source: str, target: str) -> float:
     """Exactly the rows LOACL wrote, copied 1,000 to a transaction, the head row moved with
     each (as an append does)."""
@@ -330,14 +351,19 @@ async def _pg_raw_scan(url: str) -> float:
         await conn.close()
 
 
-async def measure_postgres(base: str, events: int, rounds: int) -> dict[str, list[float]]:
-    """Seconds per round of (h), (i), (j) and the raw scan."""
-    times: dict[str, list[float]] = {"h": [], "i": [], "j": [], "scan": []}
+async def measure_postgres(
+    base: str, events: int, rounds: int, folder: Path
+) -> dict[str, list[float]]:
+    """Seconds per round of (h), (i), (j), (k) and the raw scan."""
+    times: dict[str, list[float]] = {"h": [], "i": [], "j": [], "k": [], "scan": []}
     for round_ in range(rounds):
         written, copied = f"loacl_bench_h{round_}", f"loacl_bench_i{round_}"
+        instance = f"loacl_bench_k{round_}"
         try:
             url = await _fresh(base, written)
             times["h"].append(await _pg_concurrent(url, events, WRITERS))
+            times["k"].append(await _instance_concurrent(
+                await _fresh(base, instance), folder, f"k{round_}.db", events, WRITERS))
             times["i"].append(await _copy(url, await _fresh(base, copied)))
             read, count = await _read_all(url)
             assert count == events // WRITERS * WRITERS
@@ -346,6 +372,7 @@ async def measure_postgres(base: str, events: int, rounds: int) -> dict[str, lis
         finally:
             await _drop(base, written)
             await _drop(base, copied)
+            await _drop(base, instance)
     return times
 
 
@@ -413,13 +440,17 @@ def main() -> None:
     print(f"(c)/(a) / (d)/(raw scan) per round: {rounds}")
     print(f"(c)/(a) = {rate['c'] / rate['a']:.2f}   (goal >= 0.5)")
     if args.postgres:
-        pg = asyncio.run(measure_postgres(args.postgres, args.events, ROUNDS))
+        with tempfile.TemporaryDirectory() as tmp:
+            pg = asyncio.run(measure_postgres(args.postgres, args.events, ROUNDS, Path(tmp)))
         pg_rate = {key: n / min(values) for key, values in pg.items()}
         print(f"(h) PostgreSQL, {WRITERS} coroutines (group) {pg_rate['h']:>10,.0f} events/s")
         print(f"(i) PostgreSQL COPY, 1,000 a commit   {pg_rate['i']:>10,.0f} events/s")
         print(f"(j) PostgreSQL read_all               {pg_rate['j']:>10,.0f} events/s")
         print(f"    raw fetch + msgspec decode        {pg_rate['scan']:>10,.0f} events/s")
+        print(f"(k) LOACL instance on PostgreSQL, {WRITERS} coroutines {pg_rate['k']:>10,.0f} "
+              "events/s")
         print(f"(h)/(i) = {pg_rate['h'] / pg_rate['i']:.2f}   (goal >= 0.5)")
+        print(f"(k)/(i) = {pg_rate['k'] / pg_rate['i']:.2f}")
         print(f"(j)/(raw fetch) = {pg_rate['j'] / pg_rate['scan']:.2f}")
     print(f"(d)/(raw scan) = {rate['d'] / rate['scan']:.2f}   (goal >= 0.4)")
 

@@ -58,8 +58,13 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 CHANNEL = "loacl_log"
+POOL_SIZE = 8
 _CHUNK = 5000
 
+# A reply's lock: two 32-bit halves of its id's hash, so that two replies all but never share one.
+_LEASE = "SELECT pg_advisory_lock(hashtext($1), hashtext($2))"
+_TRY_LEASE = "SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))"
+_UNLEASE = "SELECT pg_advisory_unlock(hashtext($1), hashtext($2))"
 _TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext($1))"
 _UNLOCK = "SELECT pg_advisory_unlock(hashtext($1))"
 _LOCK_HEAD = "SELECT seq, hash FROM event_log_head WHERE id = 1 FOR UPDATE"
@@ -96,6 +101,10 @@ _LOCAL_KEY = (
 Project = Callable[[sqlite3.Connection, list[RecordedEvent]], None]
 
 
+def _lease_key(reply_id: str) -> tuple[str, str]:
+    return f"loacl-reply:{reply_id}", f"{reply_id}:loacl-reply"
+
+
 def local_head(conn: sqlite3.Connection) -> tuple[int, str]:
     row = conn.execute(_LOCAL_HEAD).fetchone()
     return (int(row[0]), str(row[1])) if row else (0, codec.GENESIS_HASH)
@@ -122,6 +131,8 @@ class PgUpstream:
         self._transaction: Any = None  # open from begin to commit or abort
         self._locked_at = 0  # PostgreSQL's head when begin locked it
         self._listener: Any = None
+        self._leases: Any = None  # holds this instance's replies' locks
+        self._leases_lock = asyncio.Lock()  # one statement at a time on it
         self._project: Project | None = None
         self.woken: Callable[[], None] | None = None  # set by the store: bring the copy level
 
@@ -131,8 +142,10 @@ class PgUpstream:
         self._loop = asyncio.get_running_loop()
         self._project = project
         try:
+            # Three connections are held for good (the listener, the writer's, the leases'),
+            # the rest serve short reads; a subscriber's exclusive lock has one of its own.
             self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=4,
+                self.url, min_size=1, max_size=POOL_SIZE,
                 server_settings={"application_name": f"loacl {self.instance}"},
             )
         except (OSError, asyncpg.PostgresError) as exc:
@@ -158,6 +171,7 @@ class PgUpstream:
                     await pgkeys.read_state(conn, self.keyring)
             self._listener = await self._pool.acquire()
             await self._listener.add_listener(CHANNEL, self._notified)
+            self._leases = await self._pool.acquire()
         except BaseException:
             await self.close()
             raise
@@ -169,22 +183,37 @@ class PgUpstream:
         if self._listener is not None:
             with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await self._listener.remove_listener(CHANNEL, self._notified)
-        for conn in (self._listener, self._conn):
+        for conn in (self._listener, self._conn, self._leases):
             if conn is not None:
                 with contextlib.suppress(OSError, asyncpg.PostgresError):
-                    await pool.release(conn)
-        self._listener = self._conn = None
+                    await pool.release(conn)  # a reset: the leases' locks go with it
+        self._listener = self._conn = self._leases = None
         await pool.close()
 
-    async def others(self) -> int:
-        """How many other LOACL instances are connected to the log now."""
+    # -- replies: each held by the instance that runs it ----------------------------------------
+
+    async def lease(self, reply_id: str) -> None:
+        """Hold the reply's advisory lock while this instance runs it (taken before its start
+        is appended): recovery elsewhere leaves it alone. Held on a connection of its own, so
+        that it ends with this instance: a reply whose instance died is free."""
+        async with self._leases_lock:
+            await self._leases.execute(_LEASE, *_lease_key(reply_id))
+
+    async def release(self, reply_id: str) -> None:
+        if self._leases is None:
+            return
+        async with self._leases_lock:
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await self._leases.execute(_UNLEASE, *_lease_key(reply_id))
+
+    async def leased(self, reply_id: str) -> bool:
+        """Whether an instance (this one included) is running the reply now."""
         assert self._pool is not None
         async with self._pool.acquire() as conn:
-            return int(await conn.fetchval(
-                "SELECT count(DISTINCT application_name) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND application_name LIKE 'loacl %' "
-                "AND application_name <> $1", f"loacl {self.instance}",
-            ))
+            if not await conn.fetchval(_TRY_LEASE, *_lease_key(reply_id)):
+                return True
+            await conn.execute(_UNLEASE, *_lease_key(reply_id))
+            return False
 
     # -- subscribers that act outside the database, run by one instance at a time --------------
 
@@ -195,7 +224,10 @@ class PgUpstream:
         Held on a connection of its own, so that it goes with the instance: should that die,
         PostgreSQL releases the lock and another instance takes over from the checkpoint."""
         assert self._pool is not None
-        conn = await self._pool.acquire()
+        # Not from the pool: one per such subscriber, held while it runs, would drain it.
+        conn = await asyncpg.connect(
+            self.url, server_settings={"application_name": f"loacl {self.instance}"}
+        )
         try:
             while True:  # not pg_advisory_lock: a wait in the server would outlive a cancel
                 if await conn.fetchval(_TRY_LOCK, f"loacl-subscriber:{name}"):
@@ -209,10 +241,8 @@ class PgUpstream:
                                          asyncpg.InterfaceError):
                     await conn.execute(_UNLOCK, f"loacl-subscriber:{name}")
         finally:
-            if self._pool is not None:
-                with contextlib.suppress(OSError, asyncpg.PostgresError,
-                                         asyncpg.InterfaceError):
-                    await self._pool.release(conn)
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await conn.close()
 
     async def checkpoint(self, name: str) -> int:
         """The position of a subscriber run by one instance at a time, kept in PostgreSQL so
