@@ -30,13 +30,12 @@ every 20 ms (``pg_stat_activity``: waiting for the head lock, idle in its transa
 clocks are ``time.monotonic()`` (one clock for every process). The exit status is 1 when a goal
 is missed.
 
-Every visitor comes from loopback, so the per-address limits are lifted. Each instance's
-PostgreSQL pool is widened to ``--pg-pool`` connections (see ``widen_pool``: with LOACL's own 4
-an instance hangs on its first append). ``--keep`` keeps the instances' logs and copies; a
-stuck instance prints its threads' stacks to its log on SIGUSR1.
+Every visitor comes from loopback, so the per-address limits are lifted. ``--pg-pool N``
+widens each instance's PostgreSQL pool to N connections (``widen_pool``). ``--keep`` keeps the
+instances' logs and copies; a stuck instance prints its threads' stacks to its log on SIGUSR1.
 
     python scripts/bench/instances.py [--instances 2 3] [--conversations 50 200]
-        [--flush-ms 250 20] [--rate 20] [--tokens 40] [--coalesce-ms 5] [--pg-pool 8] [--keep]
+        [--flush-ms 250 20] [--rate 20] [--tokens 40] [--coalesce-ms 5] [--pg-pool N] [--keep]
 """
 
 from __future__ import annotations
@@ -112,11 +111,9 @@ def run_instance(args: argparse.Namespace) -> None:
 
 
 def widen_pool(size: int) -> None:
-    """Give the instance's PostgreSQL pool ``size`` connections at most. LOACL's own is 4 (store.
-    postgres.upstream), and an instance holds 4 of them for good once it runs: the listener, and
-    one per subscriber that acts outside the database (budget mails, webhooks, handoff mails),
-    each held while it has, or waits for, its advisory lock. The writer's first append and every
-    copy from PostgreSQL then wait for a connection forever."""
+    """Give the instance's PostgreSQL pool ``size`` connections at most (store.postgres.upstream
+    has its own size; a pool of 4 once hung an instance whose listener and subscribers held all
+    four)."""
     import asyncpg
 
     create_pool = asyncpg.create_pool
@@ -629,9 +626,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=40, help="tokens per reply")
     parser.add_argument("--coalesce-ms", type=int, default=5,
                         help="LOACL's window for a socket's frames (0: none)")
-    parser.add_argument("--pg-pool", type=int, default=8,
+    parser.add_argument("--pg-pool", type=int, default=0,
                         help="widen each instance's PostgreSQL pool to this many connections "
-                        "(0: LOACL's own 4, with which an instance hangs: see widen_pool)")
+                        "(0: LOACL's own)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the instances' logs and copies in a folder under /tmp")
     parser.add_argument("--role", choices=["instance", "listen"], help=argparse.SUPPRESS)
