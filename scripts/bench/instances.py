@@ -505,6 +505,7 @@ async def configuration(cluster: Any, provider: Child, n: int, flush_ms: int,
         for instance in instances[1:]:
             wait_ready(instance.url)
         widget_id = await streaming.setup_widget(instances[0].url)
+        await level(conn, copies)  # every instance knows the widget before sessions are made
         keys = keyring_for(instance_settings(url, data, copies[0]), create=False)
         async with PgEventStore(url, keyring=keys, pool_size=2) as store:
             # Each instance answers one reply first (the SDK's lazy imports), followed on the
@@ -537,14 +538,22 @@ async def configuration(cluster: Any, provider: Child, n: int, flush_ms: int,
             local = connect(copy)
             try:
                 ok = audit.verify(local).ok
-                same = [tuple(r) for r in local.execute(
-                    "SELECT seq, hash FROM events ORDER BY seq")] == expected
+                held = [tuple(r) for r in local.execute(
+                    "SELECT seq, hash FROM events ORDER BY seq")]
             finally:
                 local.close()
-            if not (ok and same):
-                problems.append(f"{n} instances, flush {flush_ms} ms: {copy.name} "
-                                f"{'verifies' if ok else 'does not verify'}, "
-                                f"{'holds' if same else 'does not hold'} PostgreSQL's chain")
+            if not (ok and held == expected):
+                # A copy that is a beginning of the log missed what another instance appended
+                # as it stopped, after this one had stopped: name those events.
+                beginning = held == expected[:len(held)]
+                after = [f"{r['seq']} {r['type']} {r['recorded_at']}" for r in await conn.fetch(
+                    "SELECT seq, type, recorded_at FROM events WHERE seq > $1 ORDER BY seq "
+                    "LIMIT 5", len(held))] if beginning else []
+                problems.append(
+                    f"{n} instances, flush {flush_ms} ms: {copy.name} "
+                    f"{'verifies' if ok else 'does not verify'}, holds "
+                    + (f"the first {len(held)} of PostgreSQL's {len(expected)} events "
+                       f"(then {after})" if beginning else "another chain than PostgreSQL's"))
         print(f"    at the end: PostgreSQL's log {chain} events, verifies "
               f"{'yes' if verified.ok else 'NO'}; the {n} copies verify and hold its chain: "
               f"{'yes' if not problems else 'NO'}")
