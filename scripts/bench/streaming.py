@@ -231,10 +231,13 @@ def _listen() -> socket.socket:
 
 
 class Child:
-    def __init__(self, args: list[str], log: Path) -> None:
+    """A child process running ``script`` (this one by default) with ``args``; it prints its
+    URL first."""
+
+    def __init__(self, args: list[str], log: Path, script: str = __file__) -> None:
         self.log = log
         self.process = subprocess.Popen(
-            [sys.executable, __file__, *args], stdout=subprocess.PIPE,
+            [sys.executable, script, *args], stdout=subprocess.PIPE,
             stderr=log.open("wb"), text=True,
         )
         assert self.process.stdout is not None
