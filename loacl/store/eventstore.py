@@ -204,11 +204,9 @@ class EventStore:
             self._wake_again = False
             try:
                 await self.catch_up()
-            except LoaclError as exc:
-                if exc.code == "store_closed":
+            except Exception as exc:
+                if isinstance(exc, LoaclError) and exc.code == "store_closed":
                     return
-                log.exception("store.catch_up_failed")
-            except Exception:
                 log.exception("store.catch_up_failed")
 
     async def catch_up(self) -> int:

@@ -101,11 +101,11 @@ class _Runner:
         )
 
     async def run(self) -> None:
-        upstream = self.store.upstream
-        if upstream is not None and isinstance(self.subscriber, Effect):
+        shared = self._shared()
+        if shared is not None:
             # Several instances share the log: one of them at a time acts, from the
             # checkpoint in PostgreSQL (store.postgres.upstream).
-            async with upstream.exclusive(self.subscriber.name):
+            async with shared.exclusive(self.subscriber.name):
                 await self._run()
         else:
             await self._run()
