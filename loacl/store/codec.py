@@ -93,31 +93,66 @@ def _sealed_fields(cls: type[Event]) -> tuple[tuple[str, bytes], ...]:
     return found
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Shape:
-    """How a class with personal fields is written with some of them replaced: its fields' values
-    in order (one C call), the positions to seal, and a struct of the same fields to encode."""
-
-    values: Callable[[Event], tuple[Any, ...]]
-    personal: tuple[tuple[int, bytes], ...]
-    wire: type[msgspec.Struct]
+class _Seals(Protocol):
+    def seal(self, aad: bytes, text: str) -> str: ...
 
 
-_SHAPES: dict[type[Event], _Shape] = {}
+_SealedEncode = Callable[[Event, _Seals], str]
+_SEALING: dict[type[Event], _SealedEncode] = {}
 
 
-def _shape(cls: type[Event]) -> _Shape:
-    found = _SHAPES.get(cls)
-    if found is None:
-        fields = _fields(cls)
-        names = [name for name, _ in fields]
-        getter = operator.attrgetter(*names)
-        found = _SHAPES[cls] = _Shape(
-            (lambda event: (getter(event),)) if len(names) == 1 else getter,
-            tuple((i, aad) for i, (_, aad) in enumerate(fields) if aad is not None),
-            msgspec.defstruct(f"{cls.__name__}Sealed", [(name, Any) for name in names]),
-        )
+def _sealing(cls: type[Event]) -> _SealedEncode:
+    """The function that writes an event of ``cls`` with its personal fields sealed, made once
+    per class: the fields' values in order (one C call), the personal ones sealed, and a struct
+    of the same fields encoded. A class with one personal field, as most have, gets a function
+    without a loop."""
+    found = _SEALING.get(cls)
+    if found is not None:
+        return found
+    fields = _fields(cls)
+    names = [name for name, _ in fields]
+    getter = operator.attrgetter(*names)
+    values: Callable[[Event], tuple[Any, ...]] = (
+        (lambda event: (getter(event),)) if len(names) == 1 else getter
+    )
+    personal = tuple((i, aad) for i, (_, aad) in enumerate(fields) if aad is not None)
+    wire = msgspec.defstruct(f"{cls.__name__}Sealed", [(name, Any) for name in names])
+    encode = _encoder.encode
+    if len(personal) == 1:
+        ((at, aad),) = personal
+
+        def seal_one(event: Event, key: _Seals) -> str:
+            row = list(values(event))
+            value = row[at]
+            if value:
+                row[at] = key.seal(aad, value)
+            return encode(wire(*row)).decode()
+
+        found = seal_one
+    else:
+
+        def seal_all(event: Event, key: _Seals) -> str:
+            row = list(values(event))
+            for i, aad in personal:
+                value = row[i]
+                if value:
+                    row[i] = key.seal(aad, value)
+            return encode(wire(*row)).decode()
+
+        found = seal_all
+    _SEALING[cls] = found
     return found
+
+
+class _Escape:
+    """Writes a personal value plain, escaped (``PLAIN``): for an event written without a key
+    whose personal value begins with NUL, so that it is never taken for a sealed one."""
+
+    def seal(self, aad: bytes, text: str) -> str:
+        return PLAIN + text
+
+
+_ESCAPE = _Escape()
 
 
 def encode_payload(event: Event, key: Sealer | None = None) -> str:
@@ -125,18 +160,14 @@ def encode_payload(event: Event, key: Sealer | None = None) -> str:
     cls = type(event)
     if not cls.personal:
         return _encoder.encode(event).decode()
-    if key is None and not any(
+    if key is not None:
+        return _sealing(cls)(event, key)
+    if not any(
         isinstance(value := getattr(event, name), str) and value.startswith(MARK)
         for name, _ in _sealed_fields(cls)
     ):
         return _encoder.encode(event).decode()
-    shape = _shape(cls)
-    values = list(shape.values(event))
-    for i, aad in shape.personal:
-        value = values[i]
-        if value:
-            values[i] = PLAIN + value if key is None else key.seal(aad, value)
-    return _encoder.encode(shape.wire(*values)).decode()
+    return _sealing(cls)(event, _ESCAPE)
 
 
 def encode_metadata(metadata: Metadata) -> str:

@@ -62,10 +62,14 @@ def _reset_nonces() -> None:
 os.register_at_fork(after_in_child=_reset_nonces)
 
 
+_NONCES_PER_PREFIX = 1 << 32
+_MARK_BYTES = MARK.encode()
+
+
 def nonce() -> bytes:
     prefix, counter = _nonces
     n = next(counter)
-    if n >= 1 << 32:
+    if n >= _NONCES_PER_PREFIX:
         _reset_nonces()
         return nonce()
     return prefix + n.to_bytes(4, "big")
@@ -137,10 +141,14 @@ class SealKey:
     aes: AESGCM
 
     def seal(self, aad: bytes, text: str) -> str:
-        iv = nonce()
-        return MARK + _b2a(
+        # Once per sealed value on the writer's path: ``nonce()`` inline (the same prefix and
+        # counter; it is called only when the counter runs out), the NUL joined as bytes.
+        prefix, counter = _nonces
+        n = next(counter)
+        iv = prefix + n.to_bytes(4, "big") if n < _NONCES_PER_PREFIX else nonce()
+        return (_MARK_BYTES + _b2a(
             self.head + iv + self.aes.encrypt(iv, text.encode(), aad), newline=False
-        ).decode("ascii")
+        )).decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +198,10 @@ class Keyring:
         self.erasures = -1
         self._by_subject: dict[str, SealKey] = {}
         self._by_head: dict[bytes, AESGCM | None] = {}  # None: erased
-        self._metadata: dict[tuple[int, str], str] = {}
+        # Sealed metadata by key and metadata, and sealed client addresses by key and address
+        # (store.batches): the same plaintext under the same key, never anything else.
+        self._metadata: dict[tuple[int, Metadata], str] = {}
+        self._addresses: dict[tuple[int, str], str] = {}
         self._reader: sqlite3.Connection | None = None
         self._own_reader = False
         self._lock = threading.Lock()
@@ -232,6 +243,7 @@ class Keyring:
         self._by_subject = {}
         self._by_head = {}
         self._metadata = {}
+        self._addresses = {}
 
     def forget(self, subject: str) -> None:
         """The subject was erased: its key is gone from memory too."""
@@ -239,6 +251,7 @@ class Keyring:
         if key is not None:
             self._by_head[key.head] = None
             self._metadata = {}
+            self._addresses = {}
 
     # -- the writer's side --------------------------------------------------------------------
 
@@ -332,23 +345,36 @@ class Keyring:
             subject, SealKey(key_id, head, AESGCM(self.masters.unwrap(mid, subject, wrapped)))
         )
 
-    def seal_metadata(self, key: Sealer, metadata: Metadata, encode: Callable[[Metadata], str],
-                      raw: str) -> str:
-        """The metadata with its client IP sealed; the same metadata sealed with the same key
-        gives the same text (every delta of a reply shares its request's metadata), so a run of
-        them decodes once and costs one seal."""
-        cached = self._metadata.get((key.key_id, raw))
+    def seal_metadata(
+        self, key: Sealer, metadata: Metadata, encode: Callable[[Metadata], str]
+    ) -> str:
+        """The metadata as ``encode`` writes it, its client IP sealed with ``key``.
+
+        The same metadata under the same key gives the same text (every delta of a reply shares
+        its request's metadata: one look-up, no encoding), and the same address under the same
+        key the same sealed value (a conversation's requests come from one address: one seal
+        per address, not per request). A sealed value is reused only for the identical
+        plaintext, field and key: it says that two of a subject's events came from one address,
+        which the plaintext said to anyone before sealing, and nothing across subjects. Both are
+        forgotten with the key (``forget``, ``clear``)."""
+        cached = self._metadata.get((key.key_id, metadata))
         if cached is not None:
             return cached
-        assert metadata.client_ip is not None
+        ip = metadata.client_ip
+        assert ip is not None
+        address = self._addresses.get((key.key_id, ip))
+        if address is None:
+            address = key.seal(METADATA_AAD, ip)
+            if len(self._addresses) > 10_000:
+                self._addresses = {}
+            self._addresses[(key.key_id, ip)] = address
         sealed = encode(Metadata(
-            actor=metadata.actor, request_id=metadata.request_id,
-            client_ip=key.seal(METADATA_AAD, metadata.client_ip),
+            actor=metadata.actor, request_id=metadata.request_id, client_ip=address,
             causation_id=metadata.causation_id,
         ))
         if len(self._metadata) > 10_000:
             self._metadata = {}
-        self._metadata[(key.key_id, raw)] = sealed
+        self._metadata[(key.key_id, metadata)] = sealed
         return sealed
 
     # -- the readers' side --------------------------------------------------------------------

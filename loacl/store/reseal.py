@@ -218,9 +218,6 @@ def _encode(
 ) -> tuple[str, str]:
     event: Event = recorded.event
     payload = codec.encode_payload(event, key)
-    metadata = codec.encode_metadata(recorded.metadata)
     if key is not None and recorded.metadata.client_ip:
-        metadata = sealer.seal_metadata(
-            key, recorded.metadata, codec.encode_sealed_metadata, metadata
-        )
-    return payload, metadata
+        return payload, sealer.seal_metadata(key, recorded.metadata, codec.encode_sealed_metadata)
+    return payload, codec.encode_metadata(recorded.metadata)
