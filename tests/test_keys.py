@@ -235,6 +235,43 @@ def test_events_of_an_erased_subject_are_refused_even_in_the_same_batch(db_path:
     assert kinds[-1] == "privacy.erased" and "too late" not in kinds
 
 
+def test_an_address_is_sealed_once_per_subject_and_erased_with_it(db_path: Path) -> None:
+    """Requests of one conversation from one address share its sealed value (the same
+    plaintext under the same key, nothing else); another conversation's differs; erasing the
+    first leaves its address unreadable in the log and in the file's bytes, the second's not."""
+
+    async def run() -> tuple[list[RecordedEvent], list[RecordedEvent]]:
+        async with EventStore(db_path, default_projections(), keyring=keyring()) as store:
+            for cid in ("c1", "c2"):
+                for n in range(2):  # two requests: request ids differ, the address does not
+                    await store.append(f"conversation-{cid}", [MessagePosted(
+                        conversation_id=cid, message_id=f"{cid}-{n}", text=f"zqx-{cid}-{n}",
+                    )], metadata=Metadata(actor="visitor:v", request_id=f"{cid}-r{n}",
+                                          client_ip="198.51.100.77"))
+            await store.append("conversation-c1", [SubjectErased(
+                subject="conversation:c1", reason="request", requested_by="test",
+                scope="conversation:c1",
+            )])
+            return (await store.read_stream("conversation-c1"),
+                    await store.read_stream("conversation-c2"))
+
+    first, second = asyncio.run(run())
+    conn = sqlite3.connect(db_path)
+    raw = {stream: [json.loads(m)["client_ip"] for (m,) in conn.execute(
+        "SELECT metadata FROM events WHERE stream = ? AND type = 'message.posted' ORDER BY seq",
+        (stream,))] for stream in ("conversation-c1", "conversation-c2")}
+    conn.close()
+    assert raw["conversation-c1"][0] == raw["conversation-c1"][1]  # one seal, reused
+    assert raw["conversation-c2"][0] == raw["conversation-c2"][1]
+    assert raw["conversation-c1"][0] != raw["conversation-c2"][0]  # another key, another value
+    assert all(v.startswith(MARK) for values in raw.values() for v in values)
+    assert [r.metadata.client_ip for r in second] == ["198.51.100.77"] * 2
+    assert [r.metadata.client_ip for r in first[:2]] == [ERASED, ERASED]
+    assert [r.event.text for r in first[:2]] == [ERASED, ERASED]
+    data = b"".join(p.read_bytes() for p in db_path.parent.glob(db_path.name + "*"))
+    assert b"198.51.100.77" not in data and b"zqx-c1" not in data
+
+
 # -- rotating the master key beside a running server ------------------------------------------
 
 
