@@ -37,14 +37,16 @@ new_record = tuple.__new__  # positional, without NamedTuple's keyword handling:
 
 def decode_rows(
     rows: Iterable[Sequence[Any]], keys: codec.Opener | None = None, *,
-    unopened: Container[int] | None = None,
+    unopened: Container[int] | None = None, opened_types: Container[str] | None = None,
 ) -> list[RecordedEvent]:
     """Rows of the events table as records, sealed fields opened with ``keys``. Replay decodes
     every event through here, so the look-ups are hoisted out of the loop and a record is built
     as a plain tuple. The events of one append share their metadata and those of one commit
     their time: each is decoded once per run of equal values. Events written before sealing
     existed (up to ``keys.sealed_after``) are read as they are, and so are those whose position
-    is in ``unopened`` (replay's, see ``replay.superseded``)."""
+    is in ``unopened`` (replay's, see ``replay.superseded``), and, when ``opened_types`` is
+    given, those of every other type (replay's: the types no projection reads personal fields
+    of, ``Projections.opened``)."""
     # Keyed by type alone (a tuple key costs more than the rest of the loop): an event of an
     # older schema version than the one cached takes the slow path.
     decoders: dict[str, tuple[int, Callable[[str | bytes], Event], Callable[..., Event]]] = {}
@@ -63,9 +65,12 @@ def decode_rows(
     for seq, stream, version, type_, schema_version, payload, raw_md, raw_at, hash_ in rows:
         found = decoders.get(type_)
         if found is None or found[0] != schema_version:
+            plain = codec.plain_decoder(type_, schema_version)
             found = decoders[type_] = (
-                schema_version, codec.payload_decoder(type_, schema_version, keys),
-                codec.plain_decoder(type_, schema_version),
+                schema_version,
+                codec.payload_decoder(type_, schema_version, keys)
+                if opened_types is None or type_ in opened_types else plain,
+                plain,
             )
         if raw_md != metadata_raw:
             found_md = opened.get(raw_md)
@@ -87,9 +92,12 @@ def read_all_sync(
     conn: sqlite3.Connection, after: int = 0, limit: int | None = None,
     keys: codec.Opener | None = None,
     unopened: Callable[[list[Any]], Container[int]] | None = None,
+    opened_types: Container[str] | None = None,
 ) -> list[RecordedEvent]:
     """``unopened`` picks, from the rows read, the positions whose sealed fields are left as
-    they are (replay's superseded deltas)."""
+    they are (replay's superseded deltas); with ``opened_types``, only events of those types
+    have them opened."""
     rows = conn.execute(READ_ALL, (after, -1 if limit is None else limit)).fetchall()
-    return decode_rows(rows, keys, unopened=unopened(rows) if unopened is not None else None)
+    return decode_rows(rows, keys, unopened=unopened(rows) if unopened is not None else None,
+                       opened_types=opened_types)
 

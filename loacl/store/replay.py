@@ -97,7 +97,10 @@ def apply_all(
     conn: sqlite3.Connection, projections: Projections, progress: Progress | None, chunk: int,
     total: int, keys: Opener | None = None,
 ) -> tuple[int, int]:
-    """Every event through the projections, a chunk a transaction; the last seq and the count."""
+    """Every event through the projections, a chunk a transaction; the last seq and the count.
+    Sealed fields are opened only where a handler reads them: in events of the types
+    ``projections.opened`` names (a type no handler takes, or only handlers registered with
+    ``Projections.on_sealed``, stays sealed), and not in deltas a later end overwrites."""
     done = 0
     count = 0
     with _cyclic_gc_paused():
@@ -107,6 +110,7 @@ def apply_all(
             events = read_all_sync(
                 conn, after=done, limit=chunk, keys=keys,
                 unopened=superseded if keys is not None else None,
+                opened_types=projections.opened,
             )
             projections.apply(conn, events)
             conn.execute("COMMIT")
@@ -143,7 +147,7 @@ def replay(
                 )
         done, count = apply_all(conn, projections, progress, chunk, total, keys)
         conn.execute("BEGIN IMMEDIATE")
-        late = read_all_sync(conn, after=done, keys=keys)
+        late = read_all_sync(conn, after=done, keys=keys, opened_types=projections.opened)
         projections.apply(conn, late)
         count += len(late)
         for table in tables:

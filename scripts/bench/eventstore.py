@@ -7,7 +7,10 @@
 (d) replay against a raw scan plus msgspec decode of the same rows;
 (e) and (f): (c) and (d) again with each event's text (a personal field, as a streamed reply's
     is) and each append's client address sealed with AES-256-GCM under its conversation's key,
-    against the same rows written plain;
+    against the same rows written plain; (d)'s projection counts events and reads no text, so
+    replay leaves the text sealed (``Projections.on_sealed``);
+(f') replay of the same rows with a projection that reads each event's text, so that every
+    sealed value is opened, sealed against plain;
 (g) replay of whole conversations through LOACL's own read tables (a message, the reply's start,
     twenty deltas, its end), sealed against plain.
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sqlite3
 import tempfile
 import time
@@ -166,14 +170,24 @@ def raw_scan(path: Path) -> tuple[float, int]:
     return elapsed, count
 
 
-def timed_replay(path: Path, keys: Keyring | None = None) -> Elapsed:
-    """Replay with a projection that handles every event, so each one is decoded."""
+def timed_replay(path: Path, keys: Keyring | None = None, *, reads_text: bool = False) -> Elapsed:
+    """Replay with a projection that handles every event, so each one is decoded: one that
+    counts them (it reads no personal field and says so: ``on_sealed``), or with
+    ``reads_text`` one that reads each event's text, so that every sealed value is opened."""
     projections = Projections()
     seen = [0]
 
-    @projections.on
-    def count(conn: sqlite3.Connection, event: BenchNoted, recorded: RecordedEvent) -> None:
-        seen[0] += 1
+    if reads_text:
+
+        @projections.on
+        def measure(conn: sqlite3.Connection, event: BenchNoted, recorded: RecordedEvent) -> None:
+            seen[0] += len(event.text)
+
+    else:
+
+        @projections.on_sealed
+        def count(conn: sqlite3.Connection, event: BenchNoted, recorded: RecordedEvent) -> None:
+            seen[0] += 1
 
     conn = connect(path)
     opened = keys.attach(conn) if keys is not None else None
@@ -384,10 +398,9 @@ def main() -> None:
     parser.add_argument("--postgres", metavar="URL", help="also measure PostgreSQL: (h)-(j)")
     args = parser.parse_args()
     n = args.events // WRITERS * WRITERS
-    keys = ("a", "b", "c", "d", "scan", "e", "f", "g_plain", "g_sealed")
+    keys = ("a", "b", "c", "d", "scan", "e", "f", "d_read", "f_read", "g_plain", "g_sealed")
     times: dict[str, list[float]] = {key: [] for key in keys}
-    cpu: dict[str, list[float]] = {key: [] for key in ("c", "d", "e", "f", "g_plain",
-                                                        "g_sealed")}
+    cpu: dict[str, list[float]] = {key: [] for key in keys if key not in ("a", "b", "scan")}
 
     def note(key: str, elapsed: Elapsed) -> None:
         times[key].append(elapsed.wall)
@@ -407,6 +420,8 @@ def main() -> None:
             ).wall)
             note("d", timed_replay(c_path))
             note("f", timed_replay(e_path, keyring()))
+            note("d_read", timed_replay(c_path, reads_text=True))
+            note("f_read", timed_replay(e_path, keyring(), reads_text=True))
             scan, scanned = raw_scan(c_path)
             assert scanned == n
             times["scan"].append(scan)
@@ -416,7 +431,7 @@ def main() -> None:
             note("g_plain", timed_full_replay(plain, None))
             note("g_sealed", timed_full_replay(sealed, keyring()))
     counts = {"a": n, "b": args.single, "c": n, "d": n, "scan": n, "e": n, "f": n,
-              "g_plain": g_events, "g_sealed": g_events}
+              "d_read": n, "f_read": n, "g_plain": g_events, "g_sealed": g_events}
     rate = {key: counts[key] / min(values) for key, values in times.items()}
     print(f"{n} events of ~200 bytes, {WRITERS} streams; best of {ROUNDS} interleaved rounds")
     print(f"(a) raw executemany, 1,000 a commit   {rate['a']:>10,.0f} events/s")
@@ -426,6 +441,8 @@ def main() -> None:
     print(f"    raw scan + msgspec decode         {rate['scan']:>10,.0f} events/s")
     print(f"(e) as (c), personal fields sealed    {rate['e']:>10,.0f} events/s")
     print(f"(f) as (d), personal fields sealed    {rate['f']:>10,.0f} events/s")
+    print(f"(f') replay reading every text: plain {rate['d_read']:,.0f}, sealed "
+          f"{rate['f_read']:,.0f} events/s")
     print(f"(g) replay of {args.conversations} conversations into the read tables "
           f"({g_events} events): plain {rate['g_plain']:,.0f}, sealed {rate['g_sealed']:,.0f} "
           "events/s")
@@ -456,10 +473,12 @@ def main() -> None:
 
     for label, without, sealing in (
         ("appends, (e)/(c)", "c", "e"), ("replay, (f)/(d)", "d", "f"),
+        ("replay reading every text, (f')", "d_read", "f_read"),
         ("replay into the read tables, (g)", "g_plain", "g_sealed"),
     ):
         print(f"sealed against plain, {label}: wall {ratio(without, sealing, times):.2f}, "
               f"CPU {ratio(without, sealing, cpu):.2f}   (goal >= 0.85)")
+    print("load average:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
 
 
 if __name__ == "__main__":

@@ -37,17 +37,36 @@ class Projections:
     def __init__(self, tables: Iterable[str] = ()) -> None:
         self._handlers: dict[str, list[Handler]] = {}
         self.tables: list[str] = list(tables)
+        # The event types some handler reads personal fields of (every one registered with
+        # ``on``): replay opens their sealed fields, and only theirs.
+        self.opened: set[str] = set()
+        self.sealed: list[Handler] = []  # those registered with ``on_sealed``
 
     def on(self, handler: H) -> H:
         """Register ``handler`` for the events its annotation names."""
         for cls in _handled(handler):
             self._handlers.setdefault(cls.event_type, []).append(handler)
+            self.opened.add(cls.event_type)
+        return handler
+
+    def on_sealed(self, handler: H) -> H:
+        """Register ``handler``, declaring that it reads none of its events' personal fields
+        (``Event.personal``): replay may hand it events whose personal fields are still sealed
+        (a NUL and base64, see ``store.keys``), and opens them only for a type that another
+        handler registered with ``on`` takes. Live appends hand every handler the events as
+        written. A test checks each such declaration: the handler's tables are the same
+        whatever its events' personal fields hold."""
+        for cls in _handled(handler):
+            self._handlers.setdefault(cls.event_type, []).append(handler)
+        self.sealed.append(handler)
         return handler
 
     def include(self, other: Projections) -> None:
         for event_type, handlers in other._handlers.items():
             self._handlers.setdefault(event_type, []).extend(handlers)
         self.tables.extend(other.tables)
+        self.opened |= other.opened
+        self.sealed.extend(other.sealed)
 
     def apply(self, conn: sqlite3.Connection, events: Iterable[RecordedEvent]) -> None:
         handlers = self._handlers

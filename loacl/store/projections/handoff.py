@@ -20,7 +20,8 @@ from loacl.store.projections import Projections
 projections = Projections(tables=["conversation_reads"])
 
 
-@projections.on
+# Reads no personal field (the reason is never written to a table): replay leaves it sealed.
+@projections.on_sealed
 def state_changed(
     conn: sqlite3.Connection, event: ConversationStateChanged, recorded: RecordedEvent
 ) -> None:
