@@ -244,9 +244,9 @@ def _append_after_the_fold(
 
     def read(
         conn: sqlite3.Connection, after: int = 0, limit: int | None = None,
-        keys: Opener | None = None, unopened: Any = None,
+        keys: Opener | None = None, unopened: Any = None, opened_types: Any = None,
     ) -> list[RecordedEvent]:
-        events = read_all_sync(conn, after, limit, keys, unopened)
+        events = read_all_sync(conn, after, limit, keys, unopened, opened_types)
         if limit is not None and not events and not calls:
             calls.append(after)
             append_now(path, first, 2)
