@@ -209,6 +209,57 @@ async def test_an_erasure_on_one_instance_reaches_the_other_copy(
         await conn.close()
 
 
+async def test_rotating_the_master_key_reaches_postgresql_and_every_copy(
+    instances: Callable[[str], asyncio.Future[EventStore]], tmp_path: Path, pg_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``loacl keys rotate`` with a log in PostgreSQL seals the data keys again there (and in
+    the command's copy); once the old master key has left the settings, an instance whose copy
+    still held the keys sealed with it is given them again from PostgreSQL when it opens, and
+    a new instance copies them sealed with the new one: both read the sealed fields."""
+    from loacl.cli import main
+
+    a = await instances("a")
+    for i in range(3):
+        await a.append(f"user-u{i}", [registered(f"u{i}", f"{i}@example.test")])
+    await a.close()
+    new_master = bytes(range(100, 132))
+    config = tmp_path / "cli.toml"
+    config.write_text(
+        f'database_url = "{pg_url}"\ndata_dir = "{tmp_path / "data"}"\n'
+        f'instance_database = "{tmp_path / "cli.db"}"\n'
+        f'master_key = "{format_master_key(new_master)},{format_master_key(MASTER)}"\n'
+    )
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["--config", str(config), "keys", "rotate"]) == 0
+    out = capsys.readouterr().out
+    assert "(3 sealed again)" in out, out
+    conn = await asyncpg.connect(pg_url)
+    try:
+        masters = {r[0] for r in await conn.fetch(
+            "SELECT DISTINCT master_id FROM data_keys WHERE wrapped IS NOT NULL")}
+        assert masters == {MasterKeys(lambda: [new_master]).current_id}
+        assert await conn.fetchval("SELECT master_id FROM key_state") in masters
+    finally:
+        await conn.close()
+
+    def only_new() -> Keyring:
+        return Keyring(MasterKeys(lambda: [new_master]))
+
+    for name in ("a", "fresh"):  # a's copy holds keys sealed with the old key; fresh has none
+        keys = only_new()
+        path = tmp_path / f"{name}.db"
+        store = EventStore(migrated(path), default_projections(), keyring=keys,
+                           upstream=PgUpstream(pg_url, keys))
+        async with store:
+            emails = [str(e.event.email)  # type: ignore[attr-defined]
+                      for e in await store.read_all()]
+            assert emails[:3] == ["0@example.test", "1@example.test", "2@example.test"], name
+            await store.append(f"user-{name}", [registered(name, f"{name}@example.test")])
+            assert (await store.verify()).ok
+        assert {r[0] for r in rows(path, "SELECT DISTINCT master_id FROM data_keys")} == masters
+
+
 async def test_a_new_instance_copies_the_whole_log_on_start_and_a_foreign_copy_is_refused(
     instances: Callable[[str], asyncio.Future[EventStore]], tmp_path: Path, pg_url: str
 ) -> None:
