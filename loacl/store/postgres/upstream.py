@@ -58,6 +58,14 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 CHANNEL = "loacl_log"
+# A reply's text on its way, before the log has it (services.remote_replies): an instance
+# whose tab follows a reply another instance runs says so on FOLLOW; the instance running it
+# sends the reply's new text on LIVE once per socket window. Notifications only: the text
+# never lands in a table or the WAL (the commits that carry them write no rows).
+LIVE = "loacl_live"
+FOLLOW = "loacl_follow"
+PAYLOAD_BYTES = 7900  # PostgreSQL refuses a payload of 8000 bytes or more
+_NOTIFY_ALL = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
 POOL_SIZE = 8
 _CHUNK = 5000
 
@@ -140,6 +148,10 @@ class PgUpstream:
         self._leases_lock = asyncio.Lock()  # one statement at a time on it
         self._project: Project | None = None
         self.woken: Callable[[], None] | None = None  # set by the store: bring the copy level
+        # Told of each notification on LIVE and FOLLOW: (channel, payload).
+        self.heard: Callable[[str, str], None] | None = None
+        self._live: Any = None  # sends LIVE and FOLLOW notifications
+        self._live_lock = asyncio.Lock()  # one statement at a time on it
 
     # -- life cycle (event loop) --------------------------------------------------------------
 
@@ -163,6 +175,8 @@ class PgUpstream:
                     await pgkeys.read_state(conn, self.keyring)
             self._listener = await self._pool.acquire()
             await self._listener.add_listener(CHANNEL, self._notified)
+            for channel in (LIVE, FOLLOW):
+                await self._listener.add_listener(channel, self._heard)
             self._leases = await self._pool.acquire()
         except BaseException:
             await self.close()
@@ -175,11 +189,13 @@ class PgUpstream:
         if self._listener is not None:
             with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await self._listener.remove_listener(CHANNEL, self._notified)
-        for conn in (self._listener, self._conn, self._leases):
+                for channel in (LIVE, FOLLOW):
+                    await self._listener.remove_listener(channel, self._heard)
+        for conn in (self._listener, self._conn, self._leases, self._live):
             if conn is not None:
                 with contextlib.suppress(OSError, asyncpg.PostgresError):
                     await pool.release(conn)  # a reset: the leases' locks go with it
-        self._listener = self._conn = self._leases = None
+        self._listener = self._conn = self._leases = self._live = None
         await pool.close()
 
     # -- replies: each held by the instance that runs it ----------------------------------------
@@ -267,6 +283,35 @@ class PgUpstream:
     def _notified(self, *_: object) -> None:
         if self.woken is not None:
             self.woken()
+
+    def _heard(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
+        if self.heard is not None:
+            self.heard(channel, payload)
+
+    # -- live text: notifications, not rows -----------------------------------------------------
+
+    async def notify(self, channel: str, payloads: Sequence[str]) -> None:
+        """Send each payload (under ``PAYLOAD_BYTES`` encoded) on ``channel``, in this order,
+        in one statement, on a connection of its own. Its commit writes no rows, so it waits
+        for no disk (``synchronous_commit`` off on this connection only)."""
+        if self._pool is None or not payloads:
+            return
+        async with self._live_lock:
+            if self._live is None:
+                conn = await self._pool.acquire()
+                try:
+                    await conn.execute("SET synchronous_commit TO off")
+                except BaseException:
+                    await self._pool.release(conn)
+                    raise
+                self._live = conn
+            try:
+                await self._live.execute(_NOTIFY_ALL, channel, list(payloads))
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn, self._live = self._live, None  # a broken connection: a new one next time
+                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    await self._pool.release(conn)
+                raise
 
     async def check(self, conn_head: tuple[int, str]) -> None:
         """Refuse a copy that is not a beginning of PostgreSQL's log (another database's file,
