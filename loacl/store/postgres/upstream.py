@@ -91,6 +91,23 @@ _INSERT = (
     "moved AS (UPDATE event_log_head SET seq = $10, hash = $11 WHERE id = 1) "
     "SELECT pg_notify($12, $10::text)"
 )
+# The batch written only if PostgreSQL's head is still the one the copy was at when the batch
+# was written here: the head row's UPDATE waits for its lock and then checks the row as the
+# holder left it (READ COMMITTED re-checks an updated row), so it moves the head, and the rows
+# and idempotency keys go in, only when no instance appended meanwhile; a row is returned then,
+# none otherwise. The lock is held for this one statement and its commit.
+_INSERT_IF_HEAD = (
+    "WITH moved AS (UPDATE event_log_head SET seq = $10, hash = $11 WHERE id = 1 AND seq = $12 "
+    "AND hash = $13 RETURNING seq), "
+    "written AS (INSERT INTO events (seq, stream, version, type, schema_version, payload, "
+    "metadata, recorded_at, hash) SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], "
+    "$4::text[], $5::int[], $6::text[], $7::text[], $8::text[], $9::text[]) "
+    "WHERE EXISTS (SELECT FROM moved)), "
+    "keyed AS (INSERT INTO append_keys (key, stream, first_seq, last_seq) SELECT * FROM "
+    "unnest($15::text[], $16::text[], $17::bigint[], $18::bigint[]) "
+    "WHERE EXISTS (SELECT FROM moved)) "
+    "SELECT pg_notify($14, $10::text) FROM moved"
+)
 _LOCAL_INSERT = (
     "INSERT INTO events (seq, stream, version, type, schema_version, payload, metadata, "
     "recorded_at, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -141,8 +158,14 @@ class PgUpstream:
         self._pool: asyncpg.Pool | None = None
         self._conn: Any = None  # the writer's connection, held from batch to batch
         self._transaction: Any = None  # open from begin to commit or abort
-        self._locked_at = 0  # PostgreSQL's head when begin locked it
+        self._locked_at = 0  # PostgreSQL's head when begin locked it (or read it, unlocked)
         self._locked_hash = codec.GENESIS_HASH
+        self._locked = False  # whether begin took the head's lock
+        self._heard_head = 0  # the highest head a NOTIFY on CHANNEL named
+        # Batches written after an unlocked look at the head, and those of them that found the
+        # head moved at commit (and were written again); for the benchmark and the logs.
+        self.unlocked_batches = 0
+        self.head_moved = 0
         self._listener: Any = None
         self._leases: Any = None  # holds this instance's replies' locks
         self._leases_lock = asyncio.Lock()  # one statement at a time on it
@@ -280,7 +303,9 @@ class PgUpstream:
                 )
                 raise Moved(int(found or 0))
 
-    def _notified(self, *_: object) -> None:
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        with contextlib.suppress(ValueError):
+            self._heard_head = max(self._heard_head, int(payload))
         if self.woken is not None:
             self.woken()
 
@@ -370,12 +395,20 @@ class PgUpstream:
             conn.execute("ROLLBACK")
             raise
 
-    def begin(self, conn: sqlite3.Connection) -> list[RecordedEvent]:
-        """Inside ``conn``'s open transaction: lock PostgreSQL's head and bring the copy level
-        with it; the events copied (published once the store commits)."""
-        seq, _ = local_head(conn)
+    def begin(self, conn: sqlite3.Connection, lock: bool = True) -> list[RecordedEvent]:
+        """Inside ``conn``'s open transaction: bring the copy level with PostgreSQL's head; the
+        events copied (published once the store commits). With ``lock``, the head is locked
+        until ``commit`` or ``abort``: nobody appends meanwhile. Without, nothing is locked:
+        ``commit`` writes the batch only if the head has not moved (and says whether it did),
+        and when no NOTIFY named a head past this copy's, PostgreSQL is not even asked."""
+        seq, hash_ = local_head(conn)
+        self._locked = lock
+        if not lock and self._heard_head <= seq:
+            self.unlocked_batches += 1
+            self._locked_at, self._locked_hash = seq, hash_
+            return []
 
-        async def lock() -> tuple[list[Any], list[Any], list[Any]]:
+        async def locked() -> tuple[list[Any], list[Any], list[Any]]:
             pg = await self._writer_conn()
             self._transaction = pg.transaction()
             await self._transaction.start()
@@ -384,8 +417,20 @@ class PgUpstream:
             self._locked_at, self._locked_hash = int(head["seq"]), str(head["hash"])
             return await self._missing(pg, seq, self._locked_at)
 
+        async def unlocked() -> tuple[list[Any], list[Any], list[Any]]:
+            pg = await self._writer_conn()
+            found = await self._missing(pg, seq, None)
+            rows = found[0]
+            self._locked_at, self._locked_hash = (
+                (int(rows[-1][0]), str(rows[-1][8])) if rows else (seq, hash_)
+            )
+            return found
+
         try:
-            rows, keys, appended = self._run(lock())
+            rows, keys, appended = self._run(locked() if lock else unlocked())
+            if not lock:
+                self.unlocked_batches += 1
+                return self._copy(conn, rows, keys, appended)
             if self._locked_at < seq:
                 raise LoaclError(
                     "instance_database_diverged",
@@ -406,9 +451,11 @@ class PgUpstream:
             self.abort()
             raise
 
-    def commit(self, conn: sqlite3.Connection, erased: set[str], at: datetime) -> None:
-        """Write into PostgreSQL what the batch wrote into ``conn`` after the locked head, and
-        commit there (``conn`` commits next)."""
+    def commit(self, conn: sqlite3.Connection, erased: set[str], at: datetime) -> bool:
+        """Write into PostgreSQL what the batch wrote into ``conn`` after the head ``begin``
+        found, and commit there (``conn`` commits next). False when ``begin`` took no lock and
+        another instance appended since: nothing was written, and the batch must be written
+        again (``conn`` rolled back)."""
         after = self._locked_at
         rows = conn.execute(
             f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq", (after,)
@@ -418,6 +465,12 @@ class PgUpstream:
             (after,),
         ).fetchall()
         moment = codec.format_time(at)
+        if not self._locked:
+            if not rows:
+                return True  # nothing written: nothing to check the head for
+            moved = not self._run(self._write_if_head(rows, appended, erased, moment))
+            self.head_moved += moved
+            return not moved
 
         async def write() -> None:
             pg, transaction = self._conn, self._transaction
@@ -442,6 +495,41 @@ class PgUpstream:
             await transaction.commit()
 
         self._run(write())
+        return True
+
+    async def _write_if_head(
+        self, rows: list[Any], appended: list[Any], erased: set[str], moment: str
+    ) -> bool:
+        """The rows and keys written, the head moved and the NOTIFY sent, in one statement,
+        if the head is still where ``begin`` found it; whether it was. Its own transaction
+        when it erases a subject's key too."""
+        pg = await self._writer_conn()
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        keys = [list(column) for column in zip(*appended, strict=True)] if appended else \
+            [[], [], [], []]
+        args = (*columns, rows[-1][0], rows[-1][8], self._locked_at, self._locked_hash, CHANNEL,
+                *keys)
+        try:
+            if not erased:
+                return await pg.fetchrow(_INSERT_IF_HEAD, *args) is not None
+            async with pg.transaction():
+                if await pg.fetchrow(_INSERT_IF_HEAD, *args) is None:
+                    return False
+                for subject in erased:
+                    await pgkeys.destroy(pg, subject, moment)
+                return True
+        except asyncpg.UniqueViolationError:
+            # Rows at positions another instance's commit took between the head's check and
+            # the insert cannot be: the head row's lock orders them. Counted as moved all the
+            # same, to be written again under the lock.
+            return False
+        except (OSError, asyncpg.InterfaceError):
+            conn, self._conn = self._conn, None  # a broken connection: not used again
+            if conn is not None and self._pool is not None:
+                with contextlib.suppress(OSError, asyncpg.PostgresError,
+                                         asyncpg.InterfaceError):
+                    await self._pool.release(conn)
+            raise
 
     def abort(self) -> None:
         """Release PostgreSQL's head lock without writing (the batch was rolled back)."""
