@@ -188,7 +188,7 @@ async def test_a_batch_written_on_a_copy_that_fell_behind_is_written_again_after
     """A batch is written on the copy first and sent only if PostgreSQL's head is still where
     the copy ends. A deaf to the log's notifications (as after a lost connection) takes its
     copy for the head while B appends: its batch finds the head moved, nothing of it is in
-    PostgreSQL, and it is written again, under the head lock, after B's event."""
+    PostgreSQL, and it is written again after B's event, which it copies first."""
     a, b = await instances("a"), await instances("b")
     first = await a.append("user-u1", [registered("u1", "one@example.test")])
     upstream = a.upstream
@@ -203,7 +203,7 @@ async def test_a_batch_written_on_a_copy_that_fell_behind_is_written_again_after
     by_a = await a.append("user-u3", [registered("u3", "three@example.test")])
     assert upstream.head_moved == moved + 1
     assert [first[0].seq, by_b[0].seq, by_a[0].seq] == [1, 2, 3]
-    # A's copy holds B's event (copied under the lock) before its own, as PostgreSQL does.
+    # A's copy holds B's event before its own, as PostgreSQL does.
     async with PgEventStore(pg_url, keyring=keyring()) as pg:
         assert (await pg.verify()).events == 3
         expected = [(r.seq, r.hash) for r in await pg.read_all()]
@@ -212,7 +212,7 @@ async def test_a_batch_written_on_a_copy_that_fell_behind_is_written_again_after
         ("u1",), ("u2",), ("u3",)
     ]
     # An address B took meanwhile, unknown to A's copy: A's batch finds the head moved, and
-    # written again under the lock, against the exact copy, it is refused.
+    # written again, against the copy brought level, it is refused.
     await b.append("user-u4", [registered("u4", "four@example.test")])
     with pytest.raises(LoaclError) as refused:
         await a.append("user-u5", [registered("u5", "four@example.test")])

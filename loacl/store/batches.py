@@ -56,6 +56,10 @@ _WRITE_HEAD = (
 )
 
 
+# Attempts at a batch without PostgreSQL's head lock before one under it (an upstream only).
+UNLOCKED_TRIES = 3
+
+
 @dataclass(eq=False, slots=True)
 class Append:
     """One call of ``EventStore.append``, queued for the writer; it leaves with its result."""
@@ -199,13 +203,14 @@ class BatchWriter:
             else:
                 keyring.prepare(conn, subjects)
         # With an upstream, a batch is first written without PostgreSQL's head lock and sent
-        # only if nobody appended meanwhile (store.postgres.upstream); when somebody did, or a
-        # request was refused (refusals are checked against an exact copy), it is written
-        # again under the lock.
+        # only if nobody appended meanwhile (store.postgres.upstream); when somebody did, it is
+        # written again, after the news, up to UNLOCKED_TRIES times in all, then under the
+        # lock. A batch that refused a request is written again under the lock at once: a
+        # refusal is checked against an exact copy.
         plan: list[tuple[_WriteOne, bool]] = [(self._write_fast, True),
                                               (self._write_careful, True)]
         if upstream is not None:
-            plan.insert(0, (self._write_fast, False))
+            plan[:0] = [(self._write_fast, False)] * UNLOCKED_TRIES
         step = 0
         while step < len(plan):
             write_one, lock = plan[step]
@@ -218,7 +223,7 @@ class BatchWriter:
                 if erased is not None and not lock and any(
                     isinstance(r.result, BaseException) for r in batch
                 ):
-                    erased, step = None, step + 1  # refused on an unlocked copy: again, locked
+                    erased, step = None, len(plan) - 2  # refused unlocked: again, locked
                 elif erased is not None:
                     if upstream is None or upstream.commit(conn, erased, self.clock()):
                         conn.execute("COMMIT")
@@ -227,9 +232,9 @@ class BatchWriter:
                             for subject in erased:
                                 keyring.forget(subject)
                         return
-                    step += 1  # another instance appended since: again, locked
+                    step += 1  # another instance appended since: again, after the news
                 else:
-                    step = max(step + 1, len(plan) - 1)  # a request failed: carefully
+                    step = len(plan) - 1  # a request failed: carefully, one by one
                 conn.execute("ROLLBACK")
                 if upstream is not None:
                     upstream.abort()

@@ -469,7 +469,9 @@ class PgUpstream:
             if not rows:
                 return True  # nothing written: nothing to check the head for
             moved = not self._run(self._write_if_head(rows, appended, erased, moment))
-            self.head_moved += moved
+            if moved:  # the next try reads what was appended, whatever NOTIFY said
+                self.head_moved += 1
+                self._heard_head = max(self._heard_head, after + 1)
             return not moved
 
         async def write() -> None:
