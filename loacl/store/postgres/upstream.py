@@ -4,18 +4,29 @@ With ``DATABASE_URL=postgresql://...`` the log lives in PostgreSQL and every ins
 a SQLite file of its own (``instance_database``), a copy of it with all the read tables, built
 by the same projections. Everything that reads (views, subscribers, replay, audit of the copy)
 reads that file as it always has; only appends change: the SQLite store's writer thread writes
-each batch in a transaction of its own file *and* in PostgreSQL, under PostgreSQL's head lock:
+each batch in a transaction of its own file *and* in PostgreSQL, first without a lock:
 
-1. ``begin``: lock PostgreSQL's head row (``SELECT ... FOR UPDATE``): from here to the commit
-   no instance appends. Events other instances appended since this copy's last one are written
-   into the open SQLite transaction and projected, so the copy is at PostgreSQL's head.
+1. ``begin(lock=False)``: events other instances appended since this copy's last one are
+   copied into the open SQLite transaction and projected (PostgreSQL is not asked when no
+   ``NOTIFY`` named a head past the copy's), so the copy is at the head as far as it knows.
 2. The SQLite store writes the batch as on a single machine (versions, idempotency keys,
-   sealing, projections with their vetoes: ``email_taken``, ``conversation_exists``), against
-   read tables that are exact, because nobody can append meanwhile.
-3. ``commit``: the rows the batch wrote (the same text, the same hashes) go into PostgreSQL with
-   the new head and a ``NOTIFY``, and PostgreSQL commits; then SQLite does. Should PostgreSQL
-   refuse, SQLite rolls back and the batch is refused; should the SQLite commit fail after
-   PostgreSQL's, the copy is behind, and the next batch (or the next wake-up) brings it level.
+   sealing, projections with their vetoes: ``email_taken``, ``conversation_exists``).
+3. ``commit``: one statement moves PostgreSQL's head from where the copy ends to the batch's
+   last event *if it is still there*, and inserts the rows (the same text, the same hashes),
+   the idempotency keys and a ``NOTIFY`` with it; PostgreSQL commits, then SQLite does. The
+   head row's lock is held for that statement and its commit only. When another instance
+   appended meanwhile, nothing is written: SQLite rolls back and the batch is written again
+   (after copying the news; three tries in all, ``batches.UNLOCKED_TRIES``), then
+4. with ``begin(lock=True)``: PostgreSQL's head row is locked (``SELECT ... FOR UPDATE``) until
+   the commit, so nobody appends meanwhile; the copy is brought level under the lock, the batch
+   written against read tables that are exact, and its rows inserted and committed. A batch
+   that refused a request on an unlocked copy is written this way at once: a refusal is
+   checked against an exact copy. Should PostgreSQL refuse, SQLite rolls back and the batch is
+   refused; should the SQLite commit fail after PostgreSQL's, the copy is behind, and the next
+   batch (or the next wake-up) brings it level.
+
+Either way a batch lands right after the event its copy ended with, and its positions become
+visible only after every lower one: the head row's lock orders the writers.
 
 Other instances hear the ``NOTIFY`` (and look every ``poll_seconds`` anyway, should a
 notification be lost with a connection) and bring their copies level the same way, without the
@@ -181,8 +192,9 @@ class PgUpstream:
     async def open(self, project: Project) -> None:
         self._loop = asyncio.get_running_loop()
         self._project = project
-        # Three connections are held for good (the listener, the writer's, the leases'), the
-        # rest serve short reads; a subscriber's exclusive lock has one of its own.
+        # Four connections are held for good (the listener, the writer's, the leases', the live
+        # text's, once a reply is followed), the rest serve short reads; a subscriber's
+        # exclusive lock has one of its own.
         self._pool = await migrate.create_pool(
             self.url, POOL_SIZE, server_settings={"application_name": f"loacl {self.instance}"}
         )
