@@ -173,8 +173,8 @@ class PgUpstream:
         self._locked_hash = codec.GENESIS_HASH
         self._locked = False  # whether begin took the head's lock
         self._heard_head = 0  # the highest head a NOTIFY on CHANNEL named
-        # Batches written after an unlocked look at the head, and those of them that found the
-        # head moved at commit (and were written again); for the benchmark and the logs.
+        # Tries at a batch without the head lock, and those of them that found the head moved
+        # at commit (the batch then written again); logged when the instance stops.
         self.unlocked_batches = 0
         self.head_moved = 0
         self._listener: Any = None
@@ -221,6 +221,8 @@ class PgUpstream:
         pool, self._pool = self._pool, None
         if pool is None:
             return
+        log.info("upstream.closed", unlocked_tries=self.unlocked_batches,
+                 head_moved=self.head_moved)
         if self._listener is not None:
             with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await self._listener.remove_listener(CHANNEL, self._notified)
