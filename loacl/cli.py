@@ -10,13 +10,12 @@ import json
 import signal
 import sqlite3
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
-
-import asyncpg
 
 from loacl import __version__
 from loacl.domain.errors import LoaclError
@@ -56,6 +55,50 @@ def _open(settings: Settings, *, must_exist: bool = True) -> sqlite3.Connection:
     return connect(path)
 
 
+@contextlib.contextmanager
+def _level_with_log(settings: Settings) -> Iterator[None]:
+    """With a PostgreSQL log: this instance's copy brought level with it before the block (made
+    when missing), and kept level while the block runs (an open store copies in what other
+    instances append, woken by their NOTIFY), so that a command reading the copy reads the whole
+    log. Nothing to do on SQLite, where the file is the log."""
+    if settings.postgres_url is None:
+        yield
+        return
+    from loacl.admin import open_store
+
+    loop = asyncio.new_event_loop()
+    opened = threading.Event()
+    failed: list[BaseException] = []
+    stop: list[asyncio.Event] = []
+
+    async def hold() -> None:
+        stop.append(asyncio.Event())
+        async with open_store(settings):
+            opened.set()
+            await stop[0].wait()
+
+    def run() -> None:
+        try:
+            loop.run_until_complete(hold())
+        except BaseException as exc:  # given to the command's thread, which raises it
+            failed.append(exc)
+        finally:
+            opened.set()
+
+    holder = threading.Thread(target=run, name="loacl-level", daemon=True)
+    holder.start()
+    opened.wait()
+    try:
+        if failed:
+            raise failed[0]
+        yield
+    finally:
+        if stop and holder.is_alive():
+            loop.call_soon_threadsafe(stop[0].set)
+        holder.join()
+        loop.close()
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from loacl.http.app import create_app
@@ -74,7 +117,7 @@ def _migrate_postgres(args: argparse.Namespace, url: str) -> None:
     instance's copy's)."""
 
     async def run() -> None:
-        conn = await asyncpg.connect(url)
+        conn = await pg_migrate.connect(url)
         try:
             if args.action == "status":
                 done = await pg_migrate.applied(conn)
@@ -158,6 +201,8 @@ def _migrate_down(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    with _level_with_log(settings):
+        pass  # the copy's read tables are then rebuilt from the whole log
     show = _progress("replay", sys.stderr)
     result: replay.ReplayResult
     try:
@@ -222,8 +267,17 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     return 1
 
 
+async def _postgres_checkpoints(url: str) -> dict[str, tuple[int, str | None]]:
+    conn = await pg_migrate.connect(url)
+    try:
+        rows = await conn.fetch("SELECT name, position, updated_at FROM subscriber_checkpoints")
+    finally:
+        await conn.close()
+    return {r["name"]: (int(r["position"]), r["updated_at"]) for r in rows}
+
+
 async def _verify_postgres(url: str) -> audit.AuditResult:
-    conn = await asyncpg.connect(url)
+    conn = await pg_migrate.connect(url)
     try:
         return await pg_verify(conn)
     finally:
@@ -346,6 +400,11 @@ def _show_event(
 
 
 def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
+    with _level_with_log(settings):
+        return _events(args, settings)
+
+
+def _events(args: argparse.Namespace, settings: Settings) -> int:
     conn = _open(settings)
     keys = _reading_keys(settings, conn)
     try:
@@ -384,6 +443,8 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     """The log after ``--since`` as JSON lines on stdout (or ``--output``), personal fields
     opened where the master key is at hand (``[erased]`` for an erased subject, ``<sealed>``
     without the key); progress on stderr when it is a terminal."""
+    with _level_with_log(settings):
+        pass  # the copy then holds the whole log, up to its head when the export begins
     conn = _open(settings)
     keys = _reading_keys(settings, conn)
     if keys is None:
@@ -420,12 +481,31 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.postgres_url is not None:
+        return _backup_postgres(settings.postgres_url, Path(args.path))
     result = backup.backup(settings.database_path, Path(args.path))
     if not result.ok:
         print(f"backed up to {args.path}, but its audit FAILED at event {result.bad_seq}: "
               f"{result.reason}")
         return 1
     print(f"backed up {result.events} events to {args.path} (audit ok)")
+    return 0
+
+
+def _backup_postgres(url: str, dest: Path) -> int:
+    """The log's chain audited, then the database dumped by PostgreSQL's own pg_dump: an
+    instance's SQLite file is a copy of the log, rebuilt from PostgreSQL when missing, and is
+    not what is backed up."""
+    from loacl.store.postgres import dump
+
+    checked = asyncio.run(_verify_postgres(url))
+    if not checked.ok:
+        print(f"not backed up: the log in PostgreSQL FAILED its audit at event "
+              f"{checked.bad_seq}: {checked.reason}")
+        return 1
+    dump.dump(url, dest)
+    print(f"backed up the PostgreSQL log ({checked.events} events, audit ok) to {dest} with "
+          f"pg_dump; restore it with: pg_restore --no-owner --dbname URL {dest}")
     return 0
 
 
@@ -646,6 +726,14 @@ def cmd_subscribers(args: argparse.Namespace, settings: Settings) -> int:
     from loacl.store.subscriptions import Table
 
     known = {s.name: s for s in default_subscribers()}
+    shared = None
+    if settings.postgres_url is not None:
+        with _level_with_log(settings):
+            pass  # lag is counted to the whole log's head
+        # An effect (webhooks, mails) runs on one instance at a time, from its checkpoint in
+        # PostgreSQL, the only ones kept there: where it has got to is there (its failures
+        # are the copy's of the instance that ran it).
+        shared = asyncio.run(_postgres_checkpoints(settings.postgres_url))
     conn = _open(settings)
     try:
         if args.action == "reset":
@@ -658,7 +746,7 @@ def cmd_subscribers(args: argparse.Namespace, settings: Settings) -> int:
             checkpoints.reset(conn, subscriber.name, subscriber.tables)
             print(f"reset {subscriber.name}: it starts again from position 0")
             return 0
-        found = checkpoints.status(conn, known, utc_now())
+        found = checkpoints.status(conn, known, utc_now(), shared)
     finally:
         conn.close()
     rows = [asdict(s) | {"lag_seconds": round(s.lag_seconds, 3)} for s in found]

@@ -4,6 +4,7 @@ server sees them (it forgets an erased key at its next write)."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from loacl.settings import Settings, master_keys, parse_master_keys, write_maste
 from loacl.store.backup import ServeLock
 from loacl.store.eventstore import utc_now
 from loacl.store.keys import MasterKeys, master_id
+from loacl.store.postgres import keys as pgkeys
+from loacl.store.postgres import migrate as pg_migrate
 from loacl.store.sqlite import connect
 from loacl.store.views import accounts as account_views
 from loacl.store.views import privacy as views
@@ -100,6 +103,8 @@ def rotate(settings: Settings, *, forget_old: bool) -> Rotated:
     key. With ``master_key`` set, the first key it names is the new one: put it there (the old
     one after it) and restart the server first."""
     path = settings.database_path
+    if settings.postgres_url is not None:
+        asyncio.run(_level(settings))  # this command's copy, made or brought level
     if not path.exists():
         raise LoaclError("database_not_found", f"no database at {path}")
     from_settings = settings.master_key is not None
@@ -111,12 +116,17 @@ def rotate(settings: Settings, *, forget_old: bool) -> Rotated:
         write_master_keys(settings, keys)
     masters = MasterKeys(lambda: keys)
     new = masters.current_id
+    if settings.postgres_url is not None:
+        # The log's keys are PostgreSQL's: sealed again there first (every instance copies
+        # them from there), then in this command's copy below. Other instances' copies are
+        # given them again when they next open.
+        rewrapped = asyncio.run(_rewrap_postgres(settings.postgres_url, masters, new))
     conn = connect(path)
     try:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("UPDATE key_state SET master_id = ? WHERE id = 1", (new,))
         conn.execute("COMMIT")
-        rewrapped = 0
+        rewrapped = 0 if settings.postgres_url is None else rewrapped
         while True:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -136,7 +146,8 @@ def rotate(settings: Settings, *, forget_old: bool) -> Rotated:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            rewrapped += len(rows)
+            if settings.postgres_url is None:
+                rewrapped += len(rows)
             if not rows:
                 break
     finally:
@@ -147,6 +158,19 @@ def rotate(settings: Settings, *, forget_old: bool) -> Rotated:
         forgotten = True
     return Rotated([master_id(k) for k in old_keys if master_id(k) != new], new, rewrapped,
                    forgotten, from_settings)
+
+
+async def _level(settings: Settings) -> None:
+    async with open_store(settings):
+        pass
+
+
+async def _rewrap_postgres(url: str, masters: MasterKeys, new: str) -> int:
+    conn = await pg_migrate.connect(url)
+    try:
+        return await pgkeys.rewrap(conn, masters, new, REWRAP_BATCH)
+    finally:
+        await conn.close()
 
 
 def reseal(settings: Settings, out: Path) -> Any:

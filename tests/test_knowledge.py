@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import math
+import random
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -483,3 +485,109 @@ async def test_merging_the_index_keeps_every_search_result(store: Any) -> None:
     after = [await views.search_text(store, "a-1", q, 8) for q in questions]
     assert after == before
     assert any(len(found) == 8 for found in after) and after[4] == []
+
+
+# -- ranking: the assistant's passages, exactly, however the index is shared -------------------
+
+
+async def test_full_text_search_ranks_exactly_the_assistants_passages_whatever_its_share(
+    store: Any,
+) -> None:
+    """The whole index is ranked to a narrow top and the assistant's passages kept from it,
+    or, for a small share, the assistant's passages are ranked alone: either way the result
+    is the assistant's own BM25 ranking, as a query over its passages alone gives it."""
+    from loacl.domain.knowledge import DocumentIndexed, DocumentUploaded, Passage, knowledge_stream
+    from loacl.store.views import knowledge as views
+
+    rng = random.Random(5)
+    words = [f"{stem}{n}" for stem in ("ship", "refund", "order", "lamp") for n in range(60)]
+    # a-big holds 70% of the passages, a-half 25%, a-small 5%; a-none has none.
+    for assistant, documents in (("a-big", 14), ("a-half", 5), ("a-small", 1)):
+        for d in range(documents):
+            document = f"{assistant}-{d}"
+            await store.append(knowledge_stream(assistant), [
+                DocumentUploaded(document_id=document, assistant_id=assistant,
+                                 filename=f"{d}.md", kind="md", content_type="text/markdown",
+                                 size=1, sha256="0" * 64),
+                DocumentIndexed(document_id=document, pages=1, passages=tuple(
+                    Passage(text=" ".join(rng.choice(words) for _ in range(30)), page=1)
+                    for _ in range(20))),
+            ])
+
+    async def alone(assistant: str, question: str, limit: int) -> list[Any]:
+        rows = await store.query(
+            "SELECT c.chunk_id, c.document_id, d.filename, c.page, c.text "
+            "FROM knowledge_chunks c JOIN knowledge_documents d USING (document_id) "
+            "JOIN (SELECT rowid AS id, bm25(knowledge_fts) AS score FROM knowledge_fts "
+            "WHERE knowledge_fts MATCH ?) f ON f.id = c.chunk_id "
+            "WHERE c.assistant_id = ? ORDER BY f.score, c.chunk_id LIMIT ?",
+            (views.match_query(question), assistant, limit))
+        return [views.Hit(*r) for r in rows]
+
+    questions = [" ".join(rng.choice(words) for _ in range(n)) for n in (1, 2, 3, 6, 6, 6)]
+    questions += ["ship1", "nothing here", "lamp59 zebra"]
+    checked = 0
+    for assistant in ("a-big", "a-half", "a-small", "a-none"):
+        for question in questions:
+            for limit in (1, 5, 20, 500):
+                found = await views.search_text(store, assistant, question, limit)
+                expected = await alone(assistant, question, limit)
+                assert [h.chunk_id for h in found] == [h.chunk_id for h in expected], (
+                    assistant, question, limit)
+                assert found == expected
+                checked += len(found)
+    assert checked > 1000  # the rankings compared were not empty
+    assert await views.search_text(store, "a-none", "ship1 ship2", 5) == []
+
+
+async def test_nearest_passages_are_the_assistants_closest_by_cosine(store: Any) -> None:
+    """sqlite-vec's k nearest over the assistant's embeddings, checked against cosine
+    distance computed here; another assistant's embeddings and another model's are left out,
+    and a change of the embeddings is seen at the next search."""
+    from loacl.domain.knowledge import DocumentIndexed, DocumentUploaded, Passage, knowledge_stream
+    from loacl.services.knowledge import as_vector
+    from loacl.store.projections.knowledge import text_digest
+    from loacl.store.views import knowledge as views
+
+    rng = random.Random(9)
+    vectors: dict[str, list[float]] = {}
+    for assistant in ("a-1", "a-2"):
+        texts = [f"{assistant} passage {i}" for i in range(60)]
+        await store.append(knowledge_stream(assistant), [
+            DocumentUploaded(document_id=f"{assistant}-doc", assistant_id=assistant,
+                             filename="d.md", kind="md", content_type="text/markdown", size=1,
+                             sha256="0" * 64),
+            DocumentIndexed(document_id=f"{assistant}-doc", pages=1,
+                            passages=tuple(Passage(text=t, page=1) for t in texts)),
+        ])
+        for t in texts:
+            vectors[text_digest(t)] = [rng.uniform(-1, 1) for _ in range(16)]
+    await views.keep_vectors(store, "m", [(d, as_vector(v)) for d, v in vectors.items()])
+    await views.keep_vectors(store, "other", [(d, as_vector([1.0] * 16)) for d in vectors])
+    rows = await store.query(
+        "SELECT chunk_id, assistant_id, text_sha256 FROM knowledge_chunks")
+
+    def cosine(a: list[float], b: list[float]) -> float:
+        dot = sum(x * y for x, y in zip(a, b, strict=True))
+        return 1 - dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+    index = views.VectorIndex(store)
+    try:
+        for _ in range(5):
+            asked = [rng.uniform(-1, 1) for _ in range(16)]
+            found = await index.nearest("a-1", "m", as_vector(asked), 10)
+            distance = {chunk_id: cosine(asked, vectors[digest])
+                        for chunk_id, assistant, digest in rows if assistant == "a-1"}
+            assert set(found) <= set(distance) and len(found) == 10
+            # The ten closest, closest first (float32 there, float64 here: equal to 1e-5).
+            assert [distance[c] for c in found] == pytest.approx(
+                sorted(distance.values())[:10], abs=1e-5)
+        # New embeddings for a-1's passages: the next search sees them.
+        closest = next(r for r in rows if r[1] == "a-1")
+        await views.keep_vectors(store, "m", [(closest[2], as_vector(asked))])
+        index.changed()
+        assert (await index.nearest("a-1", "m", as_vector(asked), 3))[0] == closest[0]
+        assert await index.nearest("a-1", "m", as_vector([1.0] * 8), 3) == []  # other size
+        assert await index.nearest("a-3", "m", as_vector(asked), 3) == []
+    finally:
+        index.close()

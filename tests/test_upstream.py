@@ -249,6 +249,57 @@ async def test_an_erasure_on_one_instance_reaches_the_other_copy(
         await conn.close()
 
 
+async def test_rotating_the_master_key_reaches_postgresql_and_every_copy(
+    instances: Callable[[str], asyncio.Future[EventStore]], tmp_path: Path, pg_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``loacl keys rotate`` with a log in PostgreSQL seals the data keys again there (and in
+    the command's copy); once the old master key has left the settings, an instance whose copy
+    still held the keys sealed with it is given them again from PostgreSQL when it opens, and
+    a new instance copies them sealed with the new one: both read the sealed fields."""
+    from loacl.cli import main
+
+    a = await instances("a")
+    for i in range(3):
+        await a.append(f"user-u{i}", [registered(f"u{i}", f"{i}@example.test")])
+    await a.close()
+    new_master = bytes(range(100, 132))
+    config = tmp_path / "cli.toml"
+    config.write_text(
+        f'database_url = "{pg_url}"\ndata_dir = "{tmp_path / "data"}"\n'
+        f'instance_database = "{tmp_path / "cli.db"}"\n'
+        f'master_key = "{format_master_key(new_master)},{format_master_key(MASTER)}"\n'
+    )
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["--config", str(config), "keys", "rotate"]) == 0
+    out = capsys.readouterr().out
+    assert "(3 sealed again)" in out, out
+    conn = await asyncpg.connect(pg_url)
+    try:
+        masters = {r[0] for r in await conn.fetch(
+            "SELECT DISTINCT master_id FROM data_keys WHERE wrapped IS NOT NULL")}
+        assert masters == {MasterKeys(lambda: [new_master]).current_id}
+        assert await conn.fetchval("SELECT master_id FROM key_state") in masters
+    finally:
+        await conn.close()
+
+    def only_new() -> Keyring:
+        return Keyring(MasterKeys(lambda: [new_master]))
+
+    for name in ("a", "fresh"):  # a's copy holds keys sealed with the old key; fresh has none
+        keys = only_new()
+        path = tmp_path / f"{name}.db"
+        store = EventStore(migrated(path), default_projections(), keyring=keys,
+                           upstream=PgUpstream(pg_url, keys))
+        async with store:
+            emails = [str(e.event.email)  # type: ignore[attr-defined]
+                      for e in await store.read_all()]
+            assert emails[:3] == ["0@example.test", "1@example.test", "2@example.test"], name
+            await store.append(f"user-{name}", [registered(name, f"{name}@example.test")])
+            assert (await store.verify()).ok
+        assert {r[0] for r in rows(path, "SELECT DISTINCT master_id FROM data_keys")} == masters
+
+
 async def test_a_new_instance_copies_the_whole_log_on_start_and_a_foreign_copy_is_refused(
     instances: Callable[[str], asyncio.Future[EventStore]], tmp_path: Path, pg_url: str
 ) -> None:
@@ -351,6 +402,117 @@ async def test_operator_commands_on_a_postgresql_log(
     # Going down is PostgreSQL's own tools' business.
     code, _ = await asyncio.to_thread(cli, "migrate", "down")
     assert code != 0
+
+
+async def test_reading_commands_see_the_whole_log_and_backup_is_pg_dump(
+    instances: Callable[[str], asyncio.Future[EventStore]], tmp_path: Path, pg_url: str,
+    pg_empty_url: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With DATABASE_URL=postgresql://..., ``events``, ``events export``, ``replay`` and
+    ``subscribers status`` read the command's own copy brought level with PostgreSQL first
+    (another instance wrote the log, before and after the copy was made); an effect's position
+    is PostgreSQL's checkpoint; ``backup`` audits the log and writes a pg_dump that pg_restore
+    makes into a database whose chain audits to the same head."""
+    import datetime as dt
+    import json
+    import os
+    import stat
+    import subprocess
+
+    from loacl.cli import main
+    from loacl.store.postgres import dump
+
+    running = await instances("server")
+    assert running.upstream is not None
+    await running.append("user-u1", [registered("u1", "one@example.com")],
+                         expected_version=NO_STREAM)
+    data = tmp_path / "data"
+    config = tmp_path / "cli.toml"
+    config.write_text(
+        f'database_url = "{pg_url}"\ndata_dir = "{data}"\n'
+        f'instance_database = "{tmp_path / "cli.db"}"\n'
+        f'master_key = "{format_master_key(MASTER)}"\n'
+    )
+
+    def cli(*args: str) -> tuple[int, str]:
+        capsys.readouterr()
+        code = main(["--config", str(config), *args])
+        out, err = capsys.readouterr()
+        return code, out + err
+
+    code, out = await asyncio.to_thread(cli, "events", "tail", "--json")
+    assert code == 0, out
+    assert [json.loads(line)["stream"] for line in out.splitlines()] == ["user-u1"]
+    # Appended by the other instance after this copy was made: the next command sees it.
+    await running.append("user-u2", [registered("u2", "two@example.com")],
+                         expected_version=NO_STREAM)
+    code, out = await asyncio.to_thread(cli, "events", "export")
+    assert code == 0, out
+    exported = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [e["stream"] for e in exported] == ["user-u1", "user-u2"]
+    assert exported[1]["payload"]["email"] == "two@example.com"  # opened with the master key
+    await running.append("user-u3", [registered("u3", "three@example.com")],
+                         expected_version=NO_STREAM)
+    code, out = await asyncio.to_thread(cli, "replay")
+    assert code == 0 and "replayed 3 events" in out, out
+    assert sorted(rows(tmp_path / "cli.db", "SELECT email FROM users")) == [
+        ("one@example.com",), ("three@example.com",), ("two@example.com",)]
+
+    # An effect's checkpoint is PostgreSQL's: two of three events done there.
+    now = dt.datetime.now(dt.UTC)
+    await running.upstream.checkpoint("webhooks")
+    await running.upstream.advance("webhooks", 0, 2, now)
+    code, out = await asyncio.to_thread(cli, "subscribers", "status", "--json")
+    assert code == 0, out
+    status = {s["name"]: s for s in map(json.loads, out.splitlines())}
+    assert status["webhooks"]["position"] == 2 and status["webhooks"]["lag_events"] == 1
+    assert status["usage"]["lag_events"] <= 3
+
+    backup = tmp_path / "log.dump"
+    code, out = await asyncio.to_thread(cli, "backup", str(backup))
+    assert code == 0, out
+    assert "3 events, audit ok" in out and "pg_restore" in out
+    assert stat.S_IMODE(os.stat(backup).st_mode) == 0o600
+    assert not list(tmp_path.glob("*.partial"))  # noqa: ASYNC240
+    restore = Path(dump.pg_dump()).with_name("pg_restore")
+    done = await asyncio.to_thread(
+        subprocess.run, [str(restore), "--no-owner", "--dbname", pg_empty_url, str(backup)],
+        capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    restored = PgEventStore(pg_empty_url, keyring=keyring())
+    await restored.open()
+    try:
+        checked = await restored.verify()
+        head = (await restored.read_all())[-1]
+    finally:
+        await restored.close()
+    assert checked.ok and checked.events == 3
+    assert head.stream == "user-u3"
+
+    # Following: the copy is kept level while the command runs, so what the other instance
+    # appends meanwhile is shown.
+    import sys
+
+    follower = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loacl", "--config", str(config), "events", "tail", "--follow",
+        "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        assert follower.stdout is not None
+        seen = [json.loads(await asyncio.wait_for(follower.stdout.readline(), 60))["stream"]
+                for _ in range(3)]
+        assert seen == ["user-u1", "user-u2", "user-u3"]
+        await running.append("user-u4", [registered("u4", "four@example.com")],
+                             expected_version=NO_STREAM)
+        line = await asyncio.wait_for(follower.stdout.readline(), 60)
+        assert json.loads(line)["stream"] == "user-u4"
+    finally:
+        follower.terminate()
+        await follower.wait()
+
+    # A server that cannot be reached: a clear error, and no file left behind.
+    config.write_text(config.read_text().replace(pg_url, "postgresql://nobody@127.0.0.1:1/x"))
+    code, out = await asyncio.to_thread(cli, "backup", str(tmp_path / "other.dump"))
+    assert code != 0 and not (tmp_path / "other.dump").exists()
 
 
 async def test_recovery_closes_only_replies_no_instance_runs(

@@ -51,7 +51,7 @@ And by status::
     502 provider_error, outbound_failed
     503 provider_unavailable, store_unavailable, database_unavailable, store_closed,
         not_ready, interrupted, schema_out_of_date, schema_too_new, database_in_use,
-        database_not_found, replica_unavailable, replica_empty
+        database_not_found, replica_unavailable, replica_empty, backup_unavailable
 """
 
 from __future__ import annotations
@@ -245,6 +245,8 @@ ERRORS: dict[str, ErrorCode] = {
     "replica_unavailable": ErrorCode(503, "CLI: Litestream is missing, or cannot read or "
                                           "restore the replica; the message says why"),
     "replica_empty": ErrorCode(503, "CLI: the replica holds no backup yet"),
+    "backup_unavailable": ErrorCode(503, "CLI backup of a PostgreSQL log: pg_dump is missing or "
+                                         "failed; the message says why"),
 }
 
 STATUS: dict[str, int] = {code: error.status for code, error in ERRORS.items()}

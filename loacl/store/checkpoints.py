@@ -10,8 +10,8 @@ by LOACL, since that would repeat every effect it ever had.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -115,8 +115,13 @@ def reset(conn: sqlite3.Connection, name: str, tables: Iterable[str]) -> None:
         raise
 
 
-def status(conn: sqlite3.Connection, names: Iterable[str], now: datetime) -> list[SubscriberStatus]:
-    """Every named subscriber, and any other with a checkpoint row, by name. Reads only."""
+def status(
+    conn: sqlite3.Connection, names: Iterable[str], now: datetime,
+    kept_elsewhere: Mapping[str, tuple[int, str | None]] | None = None,
+) -> list[SubscriberStatus]:
+    """Every named subscriber, and any other with a checkpoint row, by name. Reads only.
+    ``kept_elsewhere``: the position (and when it moved) of subscribers whose checkpoint is
+    not this file's (an effect's, with the log in PostgreSQL)."""
     try:
         rows = conn.execute(f"SELECT {_COLUMNS} FROM subscriber_checkpoints").fetchall()
     except sqlite3.OperationalError as exc:
@@ -126,8 +131,11 @@ def status(conn: sqlite3.Connection, names: Iterable[str], now: datetime) -> lis
     found = {c.name: c for c in map(_checkpoint, rows)}
     (head,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
     out = []
-    for name in sorted({*names, *found}):
+    for name in sorted({*names, *found, *(kept_elsewhere or ())}):
         checkpoint = found.get(name) or Checkpoint(name)
+        if kept_elsewhere is not None and name in kept_elsewhere:
+            position, updated_at = kept_elsewhere[name]
+            checkpoint = replace(checkpoint, position=position, updated_at=updated_at)
         lag_seconds = 0.0
         oldest = conn.execute(
             "SELECT recorded_at FROM events WHERE seq > ? ORDER BY seq LIMIT 1",

@@ -39,8 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from loacl.domain.errors import LoaclError
 from loacl.store import audit, migrations
 from loacl.store.audit import AuditResult
@@ -232,12 +230,7 @@ async def to_postgres(
         row = src.execute("SELECT seq, hash FROM event_log_head WHERE id = 1").fetchone()
         head = (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
         left = _left_behind(src, tables)
-        try:
-            conn = await asyncpg.connect(url)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise LoaclError(
-                "database_unavailable", f"cannot connect to PostgreSQL: {exc}"
-            ) from exc
+        conn = await migrate.connect(url)
         try:
             counts = await _fill_postgres(conn, src, tables, head, progress, chunk)
         finally:
@@ -357,10 +350,7 @@ async def to_sqlite(
 async def _build_sqlite(
     url: str, fresh: Path, keys: Keyring | None, progress: Reporter | None, chunk: int
 ) -> Copied:
-    try:
-        pg = await asyncpg.connect(url)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise LoaclError("database_unavailable", f"cannot connect to PostgreSQL: {exc}") from exc
+    pg = await migrate.connect(url)
     conn = connect(fresh)
     try:
         migrations.up(conn)

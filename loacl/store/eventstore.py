@@ -182,6 +182,7 @@ class EventStore:
 
         await upstream.open(self.projections.apply)
         await upstream.check(await self.run_on_writer(local_head))
+        await self.run_on_writer(upstream.refresh_keys)  # after a rotation of the master key
         await self.catch_up()
         upstream.woken = self._wake
         self._polling = asyncio.create_task(self._poll(upstream.poll_seconds),

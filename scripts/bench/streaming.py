@@ -134,6 +134,10 @@ def run_loacl(folder: Path, provider_url: str, flush_ms: int, coalesce_ms: int, 
         require_verified_email=False, argon2_time_cost=1, argon2_memory_kib=64,
         argon2_parallelism=1, provider_concurrency=1000, log_level="warning",
         flush_interval_ms=flush_ms, ws_coalesce_ms=coalesce_ms, demo_delay=1 / rate,
+        # Every visitor comes from one loopback address: the per-address limits would refuse
+        # most of them (4 replies at once, 64 sockets).
+        replies_per_ip=100_000, sockets_per_ip=100_000, sessions_per_ip_hour=100_000,
+        messages_per_ip_minute=100_000, messages_per_ip_day=100_000,
     )
     configure_logging(settings.log_level, settings.log_format)
     _serve_child(create_app(settings), lifespan="on", deflate=deflate)
@@ -691,14 +695,25 @@ def _head(database: Path) -> int:
 
 
 def _check_log(database: Path, replies: dict[str, str]) -> int:
-    """Replies whose delta events are not contiguous or do not add up to the text."""
-    conn = sqlite3.connect(database, timeout=60)
+    """Replies whose delta events are not contiguous or do not add up to the text (opened
+    with the server's master key: a reply's text is a personal field, sealed in the log)."""
+    from loacl.services.keys import keyring_for
+    from loacl.settings import Settings
+    from loacl.store import tail
+    from loacl.store.sqlite import connect
+
+    conn = connect(database)
+    settings = Settings(database_url=f"sqlite:///{database}", data_dir=database.parent / "data")
+    keys = keyring_for(settings, create=False).attach(conn)
     try:
         pieces: dict[str, list[tuple[int, str]]] = {r: [] for r in replies}
-        for (payload,) in conn.execute(
-            "SELECT payload FROM events WHERE type = 'assistant.delta' ORDER BY seq"
-        ):
-            body = json.loads(payload)
+        position = 0
+        events = []
+        while page := tail.page_after(conn, position, 5000):
+            events += [e for e in page if e.type == "assistant.delta"]
+            position = page[-1].seq
+        for event in events:
+            body = json.loads(tail.opened(event, keys).payload)
             if body["message_id"] in pieces:
                 pieces[body["message_id"]].append((body["offset"], body["text"]))
         bad = 0

@@ -15,7 +15,7 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from loacl.domain.errors import LoaclError
-from loacl.store.keys import Keyring, SealKey, erased_message, key_head
+from loacl.store.keys import Keyring, MasterKeys, SealKey, erased_message, key_head
 from loacl.store.postgres import Connection
 
 # A sealed value in JSON text: the escaped NUL, then base64 whose first 8 characters hold the
@@ -127,3 +127,27 @@ async def destroy(conn: Connection, subject: str, at: str) -> None:
         subject, at,
     )
     await conn.execute("UPDATE key_state SET erasures = erasures + 1 WHERE id = 1")
+
+
+async def rewrap(conn: Connection, masters: MasterKeys, new: str, batch: int) -> int:
+    """Seal every data key in PostgreSQL with master key ``new`` (``loacl keys rotate``): name
+    it in ``key_state`` first, so that keys made from then on by any instance are sealed with
+    it, then seal the others again in batches, each its own transaction; how many."""
+    await conn.execute("UPDATE key_state SET master_id = $1 WHERE id = 1", new)
+    done = 0
+    while True:
+        async with conn.transaction():
+            rows = await conn.fetch(
+                "SELECT key_id, subject, wrapped, master_id FROM data_keys "
+                "WHERE wrapped IS NOT NULL AND master_id IS DISTINCT FROM $1 "
+                "ORDER BY key_id LIMIT $2 FOR UPDATE", new, batch,
+            )
+            await conn.executemany(
+                "UPDATE data_keys SET wrapped = $1, master_id = $2 WHERE key_id = $3",
+                [(masters.wrap(new, r["subject"],
+                               masters.unwrap(r["master_id"], r["subject"], r["wrapped"])),
+                  new, r["key_id"]) for r in rows],
+            )
+        done += len(rows)
+        if len(rows) < batch:
+            return done

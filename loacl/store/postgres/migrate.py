@@ -67,6 +67,14 @@ async def check(conn: Connection) -> None:
         )
 
 
+async def connect(url: str) -> Connection:
+    """One connection, or ``database_unavailable`` saying why there is none."""
+    try:
+        return await asyncpg.connect(url)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise LoaclError("database_unavailable", f"cannot connect to PostgreSQL: {exc}") from exc
+
+
 async def create_pool(url: str, size: int, **options: Any) -> asyncpg.Pool:
     """A connection pool, or ``database_unavailable`` saying why there is none."""
     try:

@@ -631,6 +631,37 @@ class PgUpstream:
             if self.keyring is not None:
                 self.keyring.learn(r["subject"], r["key_id"], r["wrapped"], r["master_id"])
 
+    def refresh_keys(self, conn: sqlite3.Connection) -> int:
+        """Give this copy again, from PostgreSQL, its data keys sealed with a master key this
+        LOACL does not hold: ``loacl keys rotate`` sealed them again in PostgreSQL (and in its
+        own copy), and the old master key may since have left the settings. How many."""
+        if self.keyring is None:
+            return 0
+        known = set(self.keyring.masters.ids())
+        stale = [int(key_id) for key_id, mid in conn.execute(
+            "SELECT key_id, master_id FROM data_keys WHERE wrapped IS NOT NULL"
+        ) if mid not in known]
+        if not stale:
+            return 0
+
+        async def fetch() -> list[Any]:
+            assert self._pool is not None
+            async with self._pool.acquire() as pg:
+                return list(await pg.fetch(
+                    "SELECT key_id, subject, wrapped, master_id, created_at, erased_at "
+                    "FROM data_keys WHERE key_id = ANY($1::bigint[])", stale,
+                ))
+
+        rows = self._run(fetch())
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._store_keys(conn, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return len(rows)
+
     def _copy(
         self, conn: sqlite3.Connection, rows: list[Any], keys: list[Any], appended: list[Any]
     ) -> list[RecordedEvent]:
