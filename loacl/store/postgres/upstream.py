@@ -174,7 +174,7 @@ class PgUpstream:
         self._locked = False  # whether begin took the head's lock
         self._heard_head = 0  # the highest head a NOTIFY on CHANNEL named
         # Tries at a batch without the head lock, and those of them that found the head moved
-        # at commit (the batch then written again); logged when the instance stops.
+        # at commit (the batch then written again).
         self.unlocked_batches = 0
         self.head_moved = 0
         self._listener: Any = None
@@ -221,8 +221,6 @@ class PgUpstream:
         pool, self._pool = self._pool, None
         if pool is None:
             return
-        log.info("upstream.closed", unlocked_tries=self.unlocked_batches,
-                 head_moved=self.head_moved)
         if self._listener is not None:
             with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await self._listener.remove_listener(CHANNEL, self._notified)
