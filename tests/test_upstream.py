@@ -195,7 +195,9 @@ async def test_a_batch_written_on_a_copy_that_fell_behind_is_written_again_after
     assert upstream is not None
     listener = upstream._listener
     await listener.remove_listener(CHANNEL, upstream._notified)
-    upstream.woken = None  # nor does its poll bring the copy level meanwhile
+    upstream.woken = None
+    assert a._polling is not None
+    a._polling.cancel()  # nor does its poll bring the copy level meanwhile
     await until(lambda: len(rows(b.path, "SELECT seq FROM events")) == 1)
     by_b = await b.append("user-u2", [registered("u2", "two@example.test")])
     assert len(rows(a.path, "SELECT seq FROM events")) == 1  # A has not heard of it
