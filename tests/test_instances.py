@@ -11,11 +11,12 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
 from loacl.http.app import create_app
-from loacl.openai_testserver import OpenAITestServer, Stall
+from loacl.openai_testserver import OpenAITestServer, Stall, split_deltas
 from loacl.services.keys import keyring_for
 from loacl.settings import Settings
 from loacl.store import audit
@@ -117,3 +118,56 @@ async def test_tabs_on_two_instances_see_every_reply_live(
             assert audit.verify(conn).ok
         finally:
             conn.close()
+
+
+async def test_a_tab_on_another_instance_gets_the_text_before_the_log_has_it(
+    settings: Settings, provider: tuple[OpenAITestServer, str], pg_url: str, tmp_path: Path
+) -> None:
+    """The instance running a reply sends its text live to an instance whose tab follows it
+    (services.remote_replies), before the log has it: with a flush window longer than the
+    reply, the other tab has the first pieces while the provider stalls and PostgreSQL holds
+    no delta yet. Then the log brings the rest and the end: nothing twice, nothing missing."""
+    shared = settings.model_copy(update={"database_url": pg_url, "flush_interval_ms": 5000})
+    one = shared.model_copy(update={"instance_database": tmp_path / "one.db",
+                                    "provider_read_timeout": 5.0})
+    two_settings = shared.model_copy(update={
+        "instance_database": tmp_path / "two.db",
+        "openai_api_key": "sk-test", "openai_base_url": f"{provider[1]}/v1",
+        "require_verified_email": False, "provider_max_retries": 0,
+    })
+    with start(one, provider) as a, serve(create_app(two_settings)) as url_b, httpx.Client(
+        base_url=url_b, timeout=WAIT
+    ) as http_b:
+        b = Live(url_b, two_settings, a.provider, http_b, a.headers, a.widget_id,
+                 Log(two_settings))
+        session = a.session()
+        await level(a.settings.database_path, b.settings.database_path)
+        text = reply_text(40, "live ")
+        before_stall = "".join(split_deltas(text)[:8])
+        async with a.tab(session) as on_a, b.tab(session) as on_b:
+            # Eight pieces, then nothing until A gives up on the provider (read timeout).
+            a.provider.script(text, [Stall(seconds=WAIT, after_deltas=8)])
+            ack = await a.ask(on_a, "Asked on A")
+            reply_id = ack["reply_id"]
+            started = await on_b.next_kind("started")
+            assert started["reply_id"] == reply_id
+            seen = await on_b.follow(reply_id, stop_after=len(before_stall))
+            assert seen.text == before_stall  # deltas checked gapless as they came
+            conn = await asyncpg.connect(pg_url)
+            try:
+                in_log = await conn.fetchval(
+                    "SELECT count(*) FROM events WHERE type IN ('assistant.delta', "
+                    "'assistant.completed', 'assistant.failed', 'assistant.interrupted')")
+            finally:
+                await conn.close()
+            assert in_log == 0, "the text reached the other tab before the log had any of it"
+            # The reply fails at the stall; the end in the log carries the same text.
+            end_a = await on_a.follow(reply_id)
+            end_b = await on_b.follow(reply_id)
+            assert end_a.text == end_b.text == before_stall
+            assert end_b.done is not None and end_b.done["status"] == "failed"
+        copies = await level(a.settings.database_path, b.settings.database_path)
+    async with PgEventStore(pg_url, keyring=keyring_for(one) or Keyring(MasterKeys(lambda: []))
+                            ) as pg:
+        assert (await pg.verify()).ok
+        assert [(r.seq, r.hash) for r in await pg.read_all()] == copies

@@ -30,7 +30,7 @@ from loacl.store import audit, migrations
 from loacl.store.eventstore import NO_STREAM, EventStore
 from loacl.store.keys import Keyring, MasterKeys
 from loacl.store.postgres.eventstore import PgEventStore
-from loacl.store.postgres.upstream import PgUpstream
+from loacl.store.postgres.upstream import CHANNEL, PgUpstream
 from loacl.store.projections import default_projections
 from loacl.store.sqlite import connect
 from loacl.store.subscriptions import Effect, Options, Subscriptions
@@ -180,6 +180,48 @@ async def test_concurrent_appends_on_two_instances_interleave_without_gaps(
         assert len(await store.query("SELECT user_id FROM users")) == 6 * 29
     async with PgEventStore(pg_url, keyring=keyring()) as pg:
         assert (await pg.verify()).events == 180
+
+
+async def test_a_batch_written_on_a_copy_that_fell_behind_is_written_again_after_the_news(
+    instances: Callable[[str], asyncio.Future[EventStore]], pg_url: str
+) -> None:
+    """A batch is written on the copy first and sent only if PostgreSQL's head is still where
+    the copy ends. A deaf to the log's notifications (as after a lost connection) takes its
+    copy for the head while B appends: its batch finds the head moved, nothing of it is in
+    PostgreSQL, and it is written again after B's event, which it copies first."""
+    a, b = await instances("a"), await instances("b")
+    first = await a.append("user-u1", [registered("u1", "one@example.test")])
+    upstream = a.upstream
+    assert upstream is not None
+    listener = upstream._listener
+    await listener.remove_listener(CHANNEL, upstream._notified)
+    upstream.woken = None
+    assert a._polling is not None
+    a._polling.cancel()  # nor does its poll bring the copy level meanwhile
+    await until(lambda: len(rows(b.path, "SELECT seq FROM events")) == 1)
+    by_b = await b.append("user-u2", [registered("u2", "two@example.test")])
+    assert len(rows(a.path, "SELECT seq FROM events")) == 1  # A has not heard of it
+    moved = upstream.head_moved
+    by_a = await a.append("user-u3", [registered("u3", "three@example.test")])
+    assert upstream.head_moved == moved + 1
+    assert [first[0].seq, by_b[0].seq, by_a[0].seq] == [1, 2, 3]
+    # A's copy holds B's event before its own, as PostgreSQL does.
+    async with PgEventStore(pg_url, keyring=keyring()) as pg:
+        assert (await pg.verify()).events == 3
+        expected = [(r.seq, r.hash) for r in await pg.read_all()]
+    assert rows(a.path, "SELECT seq, hash FROM events ORDER BY seq") == expected
+    assert await a.query("SELECT user_id FROM users ORDER BY user_id") == [
+        ("u1",), ("u2",), ("u3",)
+    ]
+    # An address B took meanwhile, unknown to A's copy: A's batch finds the head moved, and
+    # written again, against the copy brought level, it is refused.
+    await b.append("user-u4", [registered("u4", "four@example.test")])
+    with pytest.raises(LoaclError) as refused:
+        await a.append("user-u5", [registered("u5", "four@example.test")])
+    assert refused.value.code == "email_taken"
+    assert upstream.head_moved == moved + 2
+    async with PgEventStore(pg_url, keyring=keyring()) as pg:
+        assert (await pg.verify()).events == 4
 
 
 async def test_an_erasure_on_one_instance_reaches_the_other_copy(

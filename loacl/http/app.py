@@ -243,7 +243,7 @@ def create_app(
                 await retention.stop()
                 await chat_service.shutdown()
                 if remote is not None:
-                    remote.stop()
+                    await remote.close()
                 await knowledge.stop()
                 await dispatcher.stop()
                 await hooks.aclose()
@@ -308,8 +308,11 @@ def create_app(
     app.state.inbox = Inbox(store)
     app.state.handoffs = handoffs = Handoffs(store, settings.typing_interval_seconds)
     chat_service.handoffs = handoffs
-    # With a PostgreSQL log: replies streaming on other instances, followed here.
-    remote = RemoteReplies(chat_service) if store.upstream else None
+    # With a PostgreSQL log: replies streaming on other instances, followed here (their text
+    # sent live once per socket window, the log bringing it in any case), and the other way.
+    remote = RemoteReplies(
+        chat_service, store.upstream, settings.ws_coalesce_ms / 1000
+    ) if store.upstream else None
     if remote is not None:
         store.on_copied.append(remote.take_all)
     app.state.models = Models(settings)

@@ -104,6 +104,12 @@ class Run:
     listeners: dict[asyncio.Queue[Piece], int] = field(default_factory=dict)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     state: Notice | None = None  # the last notice, for a listener joining before any text
+    # Told of each new piece and of the end (services.remote_replies: the text forwarded to
+    # other instances whose tabs follow this reply).
+    watch: Callable[[Run], None] | None = None
+    # Told when a listener joins (services.remote_replies: a tab here follows a reply that
+    # another instance runs, which then forwards its text live).
+    joined: Callable[[Run], None] | None = None
 
     def listen(self, maxsize: int = 0) -> asyncio.Queue[Piece]:
         queue: asyncio.Queue[Piece] = asyncio.Queue()
@@ -114,6 +120,8 @@ class Run:
                 # A tab joining while the provider is retried, or a tool called.
                 queue.put_nowait(self.state)
             self.listeners[queue] = maxsize
+            if self.joined is not None:
+                self.joined(self)
         return queue
 
     def unlisten(self, queue: asyncio.Queue[Piece]) -> None:
@@ -126,6 +134,8 @@ class Run:
             queue.put_nowait(notice)
 
     def _emit(self, offset: int, delta: str) -> None:
+        if self.watch is not None:
+            self.watch(self)
         for queue, bound in list(self.listeners.items()):
             if bound and queue.qsize() >= bound:
                 # A slow socket is dropped, not waited for; it can resume from its offset.
@@ -136,6 +146,8 @@ class Run:
 
     def _finish(self) -> None:
         self.finished.set()
+        if self.watch is not None:
+            self.watch(self)
         for queue in self.listeners:
             queue.put_nowait(None)
         self.listeners.clear()

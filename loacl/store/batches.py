@@ -61,6 +61,10 @@ _WRITE_HEAD = (
 )
 
 
+# Attempts at a batch without PostgreSQL's head lock before one under it (an upstream only).
+UNLOCKED_TRIES = 3
+
+
 @dataclass(eq=False, slots=True)
 class Append:
     """One call of ``EventStore.append``, queued for the writer; it leaves with its result."""
@@ -154,9 +158,9 @@ class Upstream(Protocol):
 
     def prepare_keys(self, conn: sqlite3.Connection, subjects: Iterable[str]) -> None: ...
 
-    def begin(self, conn: sqlite3.Connection) -> list[RecordedEvent]: ...
+    def begin(self, conn: sqlite3.Connection, lock: bool = True) -> list[RecordedEvent]: ...
 
-    def commit(self, conn: sqlite3.Connection, erased: set[str], at: datetime) -> None: ...
+    def commit(self, conn: sqlite3.Connection, erased: set[str], at: datetime) -> bool: ...
 
     def abort(self) -> None: ...
 
@@ -202,22 +206,39 @@ class BatchWriter:
                 upstream.prepare_keys(conn, subjects)
             else:
                 keyring.prepare(conn, subjects)
-        for write_one in (self._write_fast, self._write_careful):
+        # With an upstream, a batch is first written without PostgreSQL's head lock and sent
+        # only if nobody appended meanwhile (store.postgres.upstream); when somebody did, it is
+        # written again, after the news, up to UNLOCKED_TRIES times in all, then under the
+        # lock. A batch that refused a request is written again under the lock at once: a
+        # refusal is checked against an exact copy.
+        plan: list[tuple[_WriteOne, bool]] = [(self._write_fast, True),
+                                              (self._write_careful, True)]
+        if upstream is not None:
+            plan[:0] = [(self._write_fast, False)] * UNLOCKED_TRIES
+        step = 0
+        while step < len(plan):
+            write_one, lock = plan[step]
             for request in batch:
                 request.result, request.replayed = [], False
             conn.execute("BEGIN IMMEDIATE")
             try:
-                copied = upstream.begin(conn) if upstream is not None else []
+                copied = upstream.begin(conn, lock) if upstream is not None else []
                 erased = self._write_batch(conn, batch, write_one)
-                if erased is not None:
-                    if upstream is not None:
-                        upstream.commit(conn, erased, self.clock())
-                    conn.execute("COMMIT")
-                    self.copied = copied
-                    if keyring is not None:
-                        for subject in erased:
-                            keyring.forget(subject)
-                    return
+                if erased is not None and not lock and any(
+                    isinstance(r.result, BaseException) for r in batch
+                ):
+                    erased, step = None, len(plan) - 2  # refused unlocked: again, locked
+                elif erased is not None:
+                    if upstream is None or upstream.commit(conn, erased, self.clock()):
+                        conn.execute("COMMIT")
+                        self.copied = copied
+                        if keyring is not None:
+                            for subject in erased:
+                                keyring.forget(subject)
+                        return
+                    step += 1  # another instance appended since: again, after the news
+                else:
+                    step = len(plan) - 1  # a request failed: carefully, one by one
                 conn.execute("ROLLBACK")
                 if upstream is not None:
                     upstream.abort()

@@ -23,7 +23,8 @@ With ``--postgres URL`` (a server whose user may create databases) the same run 
 PostgreSQL store too: (h) appends from 100 concurrent coroutines against (i) ``COPY`` of the same
 rows 1,000 to a transaction, (j) ``read_all`` against a raw fetch and decode, and (k) appends
 as LOACL makes them with ``DATABASE_URL=postgresql://...``: each instance's SQLite copy written
-with every batch, under PostgreSQL's head lock (store.postgres.upstream), against (i). A throwaway
+with every batch, then PostgreSQL in one statement if its head has not moved
+(store.postgres.upstream), against (i). A throwaway
 server, from the checkout: ``python -c "from tests import pg; print(pg.start_cluster().admin)"``.
 
     python scripts/bench/eventstore.py [--events 100000] [--postgres URL]
@@ -303,7 +304,8 @@ async def _pg_concurrent(url: str, events: int, writers: int) -> float:
 async def _instance_concurrent(url: str, folder: Path, name: str, events: int,
                                writers: int) -> float:
     """(k): as LOACL runs with DATABASE_URL=postgresql://...: the SQLite store keeping its
-    file as a copy of the log in PostgreSQL, each batch written there under the head lock."""
+    file as a copy of the log in PostgreSQL, each batch written there in one statement that
+    moves the head only if it has not moved (store.postgres.upstream)."""
     async with EventStore(fresh_db(folder, name), Projections(),
                           upstream=PgUpstream(url, None)) as store:
         return await _appends(store, events, writers)

@@ -201,6 +201,10 @@ class Round:
     same: list[float] = field(default_factory=list)  # provider sent -> asking tab
     other: list[float] = field(default_factory=list)  # provider sent -> other tab
     added: list[float] = field(default_factory=list)  # other tab - asking tab
+    # The same split: each reply's first token (which waits for the reply's start to reach the
+    # other instance through the log) and the tokens after it (sent live, or by the log).
+    added_first: list[float] = field(default_factory=list)
+    added_rest: list[float] = field(default_factory=list)
     to_commit: list[float] = field(default_factory=list)  # asking tab -> PostgreSQL commit
     from_commit: list[float] = field(default_factory=list)  # commit -> other tab
     out_of_order: int = 0  # NOTIFYs heard with a lower position than one before
@@ -422,7 +426,7 @@ async def one_round(provider: Child, instances: Sequence[Child], widget_id: str,
         if reply_id is None or texts.get(reply_id) != expected:
             result.log_wrong += 1
             continue
-        for sent, length in marks.get(expected, []):
+        for n, (sent, length) in enumerate(marks.get(expected, [])):
             at_a, at_b = first_at(seen_a.arrivals, length), first_at(seen_b.arrivals, length)
             commit = committed(reply_id, length)
             if at_a is None or at_b is None:
@@ -430,6 +434,7 @@ async def one_round(provider: Child, instances: Sequence[Child], widget_id: str,
             result.same.append(at_a - sent)
             result.other.append(at_b - sent)
             result.added.append(at_b - at_a)
+            (result.added_rest if n else result.added_first).append(at_b - at_a)
             if commit is not None:
                 result.to_commit.append(commit - at_a)
                 result.from_commit.append(at_b - commit)
@@ -451,8 +456,11 @@ def print_round(r: Round) -> None:
     print(f"    token delay provider -> tab on the asking instance  {both(r.same)}")
     print(f"    token delay provider -> tab on another instance     {both(r.other)}")
     print(f"    added on the other instance (per token)             {both(r.added)}")
+    print(f"      each reply's first token                          {both(r.added_first)}")
+    print(f"      the tokens after it                               {both(r.added_rest)}")
     print(f"      asking tab -> PostgreSQL commit (flush, write)    {both(r.to_commit)}")
     print(f"      commit -> other tab (NOTIFY, copy, fan-out)       {both(r.from_commit)}")
+    print("      (below 0: the other tab had the text, sent live, before the log did)")
     samples = sorted(r.activity.items(), key=lambda item: -item[1])[:4]
     if samples:
         print("    instances' PostgreSQL connections not idle (samples every 20 ms; state | "
@@ -602,11 +610,13 @@ async def bench(args: argparse.Namespace, folder: Path) -> int:
         cluster.stop()
     print(f"\nsummary ({_load()} at the end)")
     print(f"{'instances':>9} {'conv.':>6} {'flush':>6} {'lost/rep.':>10} {'added p50':>11} "
-          f"{'added p99':>11} {'->commit p50':>13} {'commit-> p50':>13} {'commit-> p99':>13}")
+          f"{'added p99':>11} {'1st p99':>11} {'rest p99':>11} {'->commit p50':>13} "
+          f"{'commit-> p50':>13} {'commit-> p99':>13}")
     for r in rounds:
         bad = r.lost_asking + r.lost_other + r.wrong + r.log_wrong
         print(f"{r.instances:>9} {r.conversations:>6} {r.flush_ms:>4}ms {bad:>10} "
               f"{ms(pct(r.added, 50)):>11} {ms(pct(r.added, 99)):>11} "
+              f"{ms(pct(r.added_first, 99)):>11} {ms(pct(r.added_rest, 99)):>11} "
               f"{ms(pct(r.to_commit, 50)):>13} {ms(pct(r.from_commit, 50)):>13} "
               f"{ms(pct(r.from_commit, 99)):>13}")
         where = f"{r.instances} instances, {r.conversations} conversations, flush {r.flush_ms} ms"

@@ -4,18 +4,29 @@ With ``DATABASE_URL=postgresql://...`` the log lives in PostgreSQL and every ins
 a SQLite file of its own (``instance_database``), a copy of it with all the read tables, built
 by the same projections. Everything that reads (views, subscribers, replay, audit of the copy)
 reads that file as it always has; only appends change: the SQLite store's writer thread writes
-each batch in a transaction of its own file *and* in PostgreSQL, under PostgreSQL's head lock:
+each batch in a transaction of its own file *and* in PostgreSQL, first without a lock:
 
-1. ``begin``: lock PostgreSQL's head row (``SELECT ... FOR UPDATE``): from here to the commit
-   no instance appends. Events other instances appended since this copy's last one are written
-   into the open SQLite transaction and projected, so the copy is at PostgreSQL's head.
+1. ``begin(lock=False)``: events other instances appended since this copy's last one are
+   copied into the open SQLite transaction and projected (PostgreSQL is not asked when no
+   ``NOTIFY`` named a head past the copy's), so the copy is at the head as far as it knows.
 2. The SQLite store writes the batch as on a single machine (versions, idempotency keys,
-   sealing, projections with their vetoes: ``email_taken``, ``conversation_exists``), against
-   read tables that are exact, because nobody can append meanwhile.
-3. ``commit``: the rows the batch wrote (the same text, the same hashes) go into PostgreSQL with
-   the new head and a ``NOTIFY``, and PostgreSQL commits; then SQLite does. Should PostgreSQL
-   refuse, SQLite rolls back and the batch is refused; should the SQLite commit fail after
-   PostgreSQL's, the copy is behind, and the next batch (or the next wake-up) brings it level.
+   sealing, projections with their vetoes: ``email_taken``, ``conversation_exists``).
+3. ``commit``: one statement moves PostgreSQL's head from where the copy ends to the batch's
+   last event *if it is still there*, and inserts the rows (the same text, the same hashes),
+   the idempotency keys and a ``NOTIFY`` with it; PostgreSQL commits, then SQLite does. The
+   head row's lock is held for that statement and its commit only. When another instance
+   appended meanwhile, nothing is written: SQLite rolls back and the batch is written again
+   (after copying the news; three tries in all, ``batches.UNLOCKED_TRIES``), then
+4. with ``begin(lock=True)``: PostgreSQL's head row is locked (``SELECT ... FOR UPDATE``) until
+   the commit, so nobody appends meanwhile; the copy is brought level under the lock, the batch
+   written against read tables that are exact, and its rows inserted and committed. A batch
+   that refused a request on an unlocked copy is written this way at once: a refusal is
+   checked against an exact copy. Should PostgreSQL refuse, SQLite rolls back and the batch is
+   refused; should the SQLite commit fail after PostgreSQL's, the copy is behind, and the next
+   batch (or the next wake-up) brings it level.
+
+Either way a batch lands right after the event its copy ended with, and its positions become
+visible only after every lower one: the head row's lock orders the writers.
 
 Other instances hear the ``NOTIFY`` (and look every ``poll_seconds`` anyway, should a
 notification be lost with a connection) and bring their copies level the same way, without the
@@ -58,6 +69,14 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 CHANNEL = "loacl_log"
+# A reply's text on its way, before the log has it (services.remote_replies): an instance
+# whose tab follows a reply another instance runs says so on FOLLOW; the instance running it
+# sends the reply's new text on LIVE once per socket window. Notifications only: the text
+# never lands in a table or the WAL (the commits that carry them write no rows).
+LIVE = "loacl_live"
+FOLLOW = "loacl_follow"
+PAYLOAD_BYTES = 7900  # PostgreSQL refuses a payload of 8000 bytes or more
+_NOTIFY_ALL = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
 POOL_SIZE = 8
 _CHUNK = 5000
 
@@ -82,6 +101,23 @@ _INSERT = (
     "$4::text[], $5::int[], $6::text[], $7::text[], $8::text[], $9::text[])), "
     "moved AS (UPDATE event_log_head SET seq = $10, hash = $11 WHERE id = 1) "
     "SELECT pg_notify($12, $10::text)"
+)
+# The batch written only if PostgreSQL's head is still the one the copy was at when the batch
+# was written here: the head row's UPDATE waits for its lock and then checks the row as the
+# holder left it (READ COMMITTED re-checks an updated row), so it moves the head, and the rows
+# and idempotency keys go in, only when no instance appended meanwhile; a row is returned then,
+# none otherwise. The lock is held for this one statement and its commit.
+_INSERT_IF_HEAD = (
+    "WITH moved AS (UPDATE event_log_head SET seq = $10, hash = $11 WHERE id = 1 AND seq = $12 "
+    "AND hash = $13 RETURNING seq), "
+    "written AS (INSERT INTO events (seq, stream, version, type, schema_version, payload, "
+    "metadata, recorded_at, hash) SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], "
+    "$4::text[], $5::int[], $6::text[], $7::text[], $8::text[], $9::text[]) "
+    "WHERE EXISTS (SELECT FROM moved)), "
+    "keyed AS (INSERT INTO append_keys (key, stream, first_seq, last_seq) SELECT * FROM "
+    "unnest($15::text[], $16::text[], $17::bigint[], $18::bigint[]) "
+    "WHERE EXISTS (SELECT FROM moved)) "
+    "SELECT pg_notify($14, $10::text) FROM moved"
 )
 _LOCAL_INSERT = (
     "INSERT INTO events (seq, stream, version, type, schema_version, payload, metadata, "
@@ -133,21 +169,32 @@ class PgUpstream:
         self._pool: asyncpg.Pool | None = None
         self._conn: Any = None  # the writer's connection, held from batch to batch
         self._transaction: Any = None  # open from begin to commit or abort
-        self._locked_at = 0  # PostgreSQL's head when begin locked it
+        self._locked_at = 0  # PostgreSQL's head when begin locked it (or read it, unlocked)
         self._locked_hash = codec.GENESIS_HASH
+        self._locked = False  # whether begin took the head's lock
+        self._heard_head = 0  # the highest head a NOTIFY on CHANNEL named
+        # Tries at a batch without the head lock, and those of them that found the head moved
+        # at commit (the batch then written again).
+        self.unlocked_batches = 0
+        self.head_moved = 0
         self._listener: Any = None
         self._leases: Any = None  # holds this instance's replies' locks
         self._leases_lock = asyncio.Lock()  # one statement at a time on it
         self._project: Project | None = None
         self.woken: Callable[[], None] | None = None  # set by the store: bring the copy level
+        # Told of each notification on LIVE and FOLLOW: (channel, payload).
+        self.heard: Callable[[str, str], None] | None = None
+        self._live: Any = None  # sends LIVE and FOLLOW notifications
+        self._live_lock = asyncio.Lock()  # one statement at a time on it
 
     # -- life cycle (event loop) --------------------------------------------------------------
 
     async def open(self, project: Project) -> None:
         self._loop = asyncio.get_running_loop()
         self._project = project
-        # Three connections are held for good (the listener, the writer's, the leases'), the
-        # rest serve short reads; a subscriber's exclusive lock has one of its own.
+        # Four connections are held for good (the listener, the writer's, the leases', the live
+        # text's, once a reply is followed), the rest serve short reads; a subscriber's
+        # exclusive lock has one of its own.
         self._pool = await migrate.create_pool(
             self.url, POOL_SIZE, server_settings={"application_name": f"loacl {self.instance}"}
         )
@@ -163,6 +210,8 @@ class PgUpstream:
                     await pgkeys.read_state(conn, self.keyring)
             self._listener = await self._pool.acquire()
             await self._listener.add_listener(CHANNEL, self._notified)
+            for channel in (LIVE, FOLLOW):
+                await self._listener.add_listener(channel, self._heard)
             self._leases = await self._pool.acquire()
         except BaseException:
             await self.close()
@@ -175,11 +224,13 @@ class PgUpstream:
         if self._listener is not None:
             with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await self._listener.remove_listener(CHANNEL, self._notified)
-        for conn in (self._listener, self._conn, self._leases):
+                for channel in (LIVE, FOLLOW):
+                    await self._listener.remove_listener(channel, self._heard)
+        for conn in (self._listener, self._conn, self._leases, self._live):
             if conn is not None:
                 with contextlib.suppress(OSError, asyncpg.PostgresError):
                     await pool.release(conn)  # a reset: the leases' locks go with it
-        self._listener = self._conn = self._leases = None
+        self._listener = self._conn = self._leases = self._live = None
         await pool.close()
 
     # -- replies: each held by the instance that runs it ----------------------------------------
@@ -264,9 +315,40 @@ class PgUpstream:
                 )
                 raise Moved(int(found or 0))
 
-    def _notified(self, *_: object) -> None:
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        with contextlib.suppress(ValueError):
+            self._heard_head = max(self._heard_head, int(payload))
         if self.woken is not None:
             self.woken()
+
+    def _heard(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
+        if self.heard is not None:
+            self.heard(channel, payload)
+
+    # -- live text: notifications, not rows -----------------------------------------------------
+
+    async def notify(self, channel: str, payloads: Sequence[str]) -> None:
+        """Send each payload (under ``PAYLOAD_BYTES`` encoded) on ``channel``, in this order,
+        in one statement, on a connection of its own. Its commit writes no rows, so it waits
+        for no disk (``synchronous_commit`` off on this connection only)."""
+        if self._pool is None or not payloads:
+            return
+        async with self._live_lock:
+            if self._live is None:
+                conn = await self._pool.acquire()
+                try:
+                    await conn.execute("SET synchronous_commit TO off")
+                except BaseException:
+                    await self._pool.release(conn)
+                    raise
+                self._live = conn
+            try:
+                await self._live.execute(_NOTIFY_ALL, channel, list(payloads))
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn, self._live = self._live, None  # a broken connection: a new one next time
+                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    await self._pool.release(conn)
+                raise
 
     async def check(self, conn_head: tuple[int, str]) -> None:
         """Refuse a copy that is not a beginning of PostgreSQL's log (another database's file,
@@ -325,12 +407,20 @@ class PgUpstream:
             conn.execute("ROLLBACK")
             raise
 
-    def begin(self, conn: sqlite3.Connection) -> list[RecordedEvent]:
-        """Inside ``conn``'s open transaction: lock PostgreSQL's head and bring the copy level
-        with it; the events copied (published once the store commits)."""
-        seq, _ = local_head(conn)
+    def begin(self, conn: sqlite3.Connection, lock: bool = True) -> list[RecordedEvent]:
+        """Inside ``conn``'s open transaction: bring the copy level with PostgreSQL's head; the
+        events copied (published once the store commits). With ``lock``, the head is locked
+        until ``commit`` or ``abort``: nobody appends meanwhile. Without, nothing is locked:
+        ``commit`` writes the batch only if the head has not moved (and says whether it did),
+        and when no NOTIFY named a head past this copy's, PostgreSQL is not even asked."""
+        seq, hash_ = local_head(conn)
+        self._locked = lock
+        if not lock and self._heard_head <= seq:
+            self.unlocked_batches += 1
+            self._locked_at, self._locked_hash = seq, hash_
+            return []
 
-        async def lock() -> tuple[list[Any], list[Any], list[Any]]:
+        async def locked() -> tuple[list[Any], list[Any], list[Any]]:
             pg = await self._writer_conn()
             self._transaction = pg.transaction()
             await self._transaction.start()
@@ -339,8 +429,20 @@ class PgUpstream:
             self._locked_at, self._locked_hash = int(head["seq"]), str(head["hash"])
             return await self._missing(pg, seq, self._locked_at)
 
+        async def unlocked() -> tuple[list[Any], list[Any], list[Any]]:
+            pg = await self._writer_conn()
+            found = await self._missing(pg, seq, None)
+            rows = found[0]
+            self._locked_at, self._locked_hash = (
+                (int(rows[-1][0]), str(rows[-1][8])) if rows else (seq, hash_)
+            )
+            return found
+
         try:
-            rows, keys, appended = self._run(lock())
+            rows, keys, appended = self._run(locked() if lock else unlocked())
+            if not lock:
+                self.unlocked_batches += 1
+                return self._copy(conn, rows, keys, appended)
             if self._locked_at < seq:
                 raise LoaclError(
                     "instance_database_diverged",
@@ -361,9 +463,11 @@ class PgUpstream:
             self.abort()
             raise
 
-    def commit(self, conn: sqlite3.Connection, erased: set[str], at: datetime) -> None:
-        """Write into PostgreSQL what the batch wrote into ``conn`` after the locked head, and
-        commit there (``conn`` commits next)."""
+    def commit(self, conn: sqlite3.Connection, erased: set[str], at: datetime) -> bool:
+        """Write into PostgreSQL what the batch wrote into ``conn`` after the head ``begin``
+        found, and commit there (``conn`` commits next). False when ``begin`` took no lock and
+        another instance appended since: nothing was written, and the batch must be written
+        again (``conn`` rolled back)."""
         after = self._locked_at
         rows = conn.execute(
             f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq", (after,)
@@ -373,6 +477,14 @@ class PgUpstream:
             (after,),
         ).fetchall()
         moment = codec.format_time(at)
+        if not self._locked:
+            if not rows:
+                return True  # nothing written: nothing to check the head for
+            moved = not self._run(self._write_if_head(rows, appended, erased, moment))
+            if moved:  # the next try reads what was appended, whatever NOTIFY said
+                self.head_moved += 1
+                self._heard_head = max(self._heard_head, after + 1)
+            return not moved
 
         async def write() -> None:
             pg, transaction = self._conn, self._transaction
@@ -397,6 +509,41 @@ class PgUpstream:
             await transaction.commit()
 
         self._run(write())
+        return True
+
+    async def _write_if_head(
+        self, rows: list[Any], appended: list[Any], erased: set[str], moment: str
+    ) -> bool:
+        """The rows and keys written, the head moved and the NOTIFY sent, in one statement,
+        if the head is still where ``begin`` found it; whether it was. Its own transaction
+        when it erases a subject's key too."""
+        pg = await self._writer_conn()
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        keys = [list(column) for column in zip(*appended, strict=True)] if appended else \
+            [[], [], [], []]
+        args = (*columns, rows[-1][0], rows[-1][8], self._locked_at, self._locked_hash, CHANNEL,
+                *keys)
+        try:
+            if not erased:
+                return await pg.fetchrow(_INSERT_IF_HEAD, *args) is not None
+            async with pg.transaction():
+                if await pg.fetchrow(_INSERT_IF_HEAD, *args) is None:
+                    return False
+                for subject in erased:
+                    await pgkeys.destroy(pg, subject, moment)
+                return True
+        except asyncpg.UniqueViolationError:
+            # Rows at positions another instance's commit took between the head's check and
+            # the insert cannot be: the head row's lock orders them. Counted as moved all the
+            # same, to be written again under the lock.
+            return False
+        except (OSError, asyncpg.InterfaceError):
+            conn, self._conn = self._conn, None  # a broken connection: not used again
+            if conn is not None and self._pool is not None:
+                with contextlib.suppress(OSError, asyncpg.PostgresError,
+                                         asyncpg.InterfaceError):
+                    await self._pool.release(conn)
+            raise
 
     def abort(self) -> None:
         """Release PostgreSQL's head lock without writing (the batch was rolled back)."""
