@@ -482,6 +482,66 @@ def test_imported_function_tools_wait_for_a_url() -> None:
     assert definition.http_tools() == ()  # offered to the model once a URL is set
 
 
+def test_an_imported_function_tool_is_called_once_the_owner_gives_it_a_url(
+    tmp_path: Path, server: OpenAITestServer, root: str, endpoint: Endpoint,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An Assistants-API export end to end: ``loacl assistants import`` carries the function
+    tool over without a URL (not offered to the model); the owner sets the URL and enables it
+    through the API, takes the tool secret, and a visitor's question has the model call it:
+    the owner's endpoint gets the arguments signed with that secret, and its answer reaches
+    the model."""
+    from loacl import admin
+    from loacl.openai_testserver import ModelInfo
+    from loacl.store import migrations
+    from loacl.store.sqlite import connect
+
+    monkeypatch.setitem(server.models, "gpt-4o", ModelInfo("gpt-4o"))  # the export's model
+    settings = tool_settings(tmp_path, root)
+    conn = connect(settings.database_path)
+    migrations.up(conn)
+    conn.close()
+    asyncio.run(admin.create_user(settings, "owner@example.com", "a long enough secret",
+                                  name=None, verified=True))
+    export = Path(__file__).parent / "data" / "openai_assistants_export.json"
+    results = asyncio.run(admin.import_assistants(settings, export, "owner@example.com",
+                                                  validate=False))
+    (sales,) = [r for r in results if r.source_id == "asst_sales02"]
+    assert sales.assistant_id is not None
+    price = FunctionCall(name="lookup_price", arguments=json.dumps({"plan": "team"}),
+                         call_id="call_price")
+    with live(settings) as site:
+        login = site.http.post("/api/v1/auth/login", json={
+            "email": "owner@example.com", "password": "a long enough secret"})
+        assert login.status_code == 200, login.text
+        owner = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        path = f"/api/v1/assistants/{sales.assistant_id}"
+        imported = site.http.get(path, headers=owner).json()
+        (waiting,) = imported["tools"]
+        assert waiting["name"] == "lookup_price" and not waiting["url"]
+        assert waiting["enabled"] is False
+        changed = site.http.patch(path, headers=owner, json={"tools": [
+            waiting | {"url": endpoint.url + "/price", "enabled": True}]})
+        assert changed.status_code == 200, changed.text
+        secret = changed.json().get("tool_secret") or site.http.post(
+            f"{path}/rotate-tool-secret", headers=owner).json()["tool_secret"]
+        widget = site.http.post("/api/v1/widgets", headers=owner, json={
+            "name": "Site", "assistant_id": sales.assistant_id,
+            "allowed_origins": ["http://localhost:3000"]})
+        assert widget.status_code == 201, widget.text
+        server.script(calls=[price])
+        posted = site.post(site.visitor(widget.json()["id"]), "What does the team plan cost?")
+        assert posted.status_code in (200, 201), posted.text
+        reply = posted.json()["reply"]
+    assert reply["status"] == "completed"
+    (call,) = endpoint.calls("/price")
+    assert json.loads(call.body)["arguments"] == {"plan": "team"}
+    assert verify(secret, call.headers, call.body)
+    offered = server.requests_to("responses")[0].json["tools"]
+    assert [t["name"] for t in offered if t["type"] == "function"] == ["lookup_price"]
+    assert reply["text"] == 'The tool answered: {"state":"shipped","order":null}'
+
+
 # -- streaming across a tool round -------------------------------------------------------------
 
 
