@@ -129,6 +129,8 @@ _LOCAL_WRITE_HEAD = (
     "(SELECT coalesce(max(indexed_seq), 0) FROM event_log_head)) "
     "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash"
 )
+# Data keys as PostgreSQL holds them, to copy in (``_store_keys``).
+_KEY_ROWS = "SELECT key_id, subject, wrapped, master_id, created_at, erased_at FROM data_keys"
 # A key row from PostgreSQL, by its id: a row this copy made on its own for the same subject
 # (an erasure's marker, before it heard of the key) gives way, and an erased key stays erased.
 _LOCAL_KEY = (
@@ -394,18 +396,11 @@ class PgUpstream:
             pg = await self._writer_conn()
             await pgkeys.prepare(pg, keyring, wanted)
             return list(await pg.fetch(
-                "SELECT key_id, subject, wrapped, master_id, created_at, erased_at "
-                "FROM data_keys WHERE subject = ANY($1::text[])", wanted,
+                f"{_KEY_ROWS} WHERE subject = ANY($1::text[])", wanted,
             ))
 
         rows = self._run(make())
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._store_keys(conn, rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        self._store_keys_apart(conn, rows)
 
     def begin(self, conn: sqlite3.Connection, lock: bool = True) -> list[RecordedEvent]:
         """Inside ``conn``'s open transaction: bring the copy level with PostgreSQL's head; the
@@ -614,11 +609,20 @@ class PgUpstream:
         last = int(rows[-1][0])
         named = pgkeys.key_ids(text for row in rows for text in (row[5], row[6]))
         keys = list(await pg.fetch(
-            "SELECT key_id, subject, wrapped, master_id, created_at, erased_at FROM data_keys "
-            "WHERE key_id = ANY($1::bigint[])", sorted(named),
+            f"{_KEY_ROWS} WHERE key_id = ANY($1::bigint[])", sorted(named),
         )) if named else []
         appended = list(await pg.fetch(_KEYS_AFTER, after, last))
         return rows, keys, [tuple(r) for r in appended]
+
+    def _store_keys_apart(self, conn: sqlite3.Connection, rows: Sequence[Any]) -> None:
+        """``_store_keys`` in a transaction of its own (between batches, on the writer)."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._store_keys(conn, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def _store_keys(self, conn: sqlite3.Connection, rows: Sequence[Any]) -> None:
         for r in rows:
@@ -646,18 +650,11 @@ class PgUpstream:
             assert self._pool is not None
             async with self._pool.acquire() as pg:
                 return list(await pg.fetch(
-                    "SELECT key_id, subject, wrapped, master_id, created_at, erased_at "
-                    "FROM data_keys WHERE key_id = ANY($1::bigint[])", stale,
+                    f"{_KEY_ROWS} WHERE key_id = ANY($1::bigint[])", stale,
                 ))
 
         rows = self._run(fetch())
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._store_keys(conn, rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        self._store_keys_apart(conn, rows)
         return len(rows)
 
     def _copy(
