@@ -171,3 +171,66 @@ async def test_a_tab_on_another_instance_gets_the_text_before_the_log_has_it(
                             ) as pg:
         assert (await pg.verify()).ok
         assert [(r.seq, r.hash) for r in await pg.read_all()] == copies
+
+
+async def test_a_tab_on_another_instance_hears_a_reply_start_before_its_copy_has_it(
+    settings: Settings, provider: tuple[OpenAITestServer, str], pg_url: str, tmp_path: Path
+) -> None:
+    """The instance starting a reply says so live (``STARTED``, services.remote_replies), so a
+    tab on another instance hears ``started`` and the first pieces while that instance's copy
+    cannot take the start (its file held by another writer here). Once the copy takes it, the
+    log's start is no news to the tab: one ``started``, the text once, one ``done``."""
+    shared = settings.model_copy(update={"database_url": pg_url})
+    one = shared.model_copy(update={"instance_database": tmp_path / "one.db"})
+    two_settings = shared.model_copy(update={
+        "instance_database": tmp_path / "two.db",
+        "openai_api_key": "sk-test", "openai_base_url": f"{provider[1]}/v1",
+        "require_verified_email": False, "provider_max_retries": 0,
+    })
+    with start(one, provider) as a, serve(create_app(two_settings)) as url_b, httpx.Client(
+        base_url=url_b, timeout=WAIT
+    ) as http_b:
+        b = Live(url_b, two_settings, a.provider, http_b, a.headers, a.widget_id,
+                 Log(two_settings))
+        session = a.session()
+        await level(a.settings.database_path, b.settings.database_path)
+        text = reply_text(40, "early ")
+        before_stall = "".join(split_deltas(text)[:8])
+        async with a.tab(session) as on_a, b.tab(session) as on_b:
+            held = sqlite3.connect(two_settings.database_path, isolation_level=None)
+            try:
+                held.execute("BEGIN IMMEDIATE")  # B's copy waits for this writer
+                a.provider.script(text, [Stall(seconds=0.5, after_deltas=8)])
+                ack = await a.ask(on_a, "Asked on A")
+                reply_id = ack["reply_id"]
+                started = await on_b.next_kind("started")
+                assert started["reply_id"] == reply_id
+                assert started["message"]["text"] == "Asked on A"
+                seen = await on_b.follow(reply_id, stop_after=len(before_stall))
+                assert seen.text == before_stall
+                # The reply ends on A; B's tab has all its text, its end waits for the copy.
+                end_a = await on_a.follow(reply_id)
+                seen = await on_b.follow(reply_id, stop_after=len(text))
+                assert end_a.text == seen.text == text
+                assert seen.done is None
+                in_copy = held.execute(
+                    "SELECT count(*) FROM events WHERE type = 'assistant.started'").fetchone()[0]
+                assert in_copy == 0, "the tab heard the start before its instance's copy had it"
+            finally:
+                held.execute("ROLLBACK")
+                held.close()
+            # The copy takes the start and the end at once; the end is news, the start not.
+            end_b = await on_b.follow(reply_id)
+            assert end_b.text == text
+            assert end_b.done is not None and end_b.done["status"] == "completed"
+            copies = await level(a.settings.database_path, b.settings.database_path)
+            a.provider.script(reply_text(5, "again "))
+            await a.ask(on_a, "Again")
+            await on_b.next_kind("started")
+            starts = [f for f in on_b.seen if f["type"] == "started"
+                      and f["reply_id"] == reply_id]
+            assert len(starts) == 1, starts
+    async with PgEventStore(pg_url, keyring=keyring_for(one) or Keyring(MasterKeys(lambda: []))
+                            ) as pg:
+        assert (await pg.verify()).ok
+        assert [(r.seq, r.hash) for r in await pg.read_all()][:len(copies)] == copies

@@ -49,7 +49,7 @@ from loacl.http.validation import decode_json, validated
 from loacl.services.limits import VisitorLimits
 from loacl.services.replies import Run, reply_error_text
 from loacl.store.broker import Subscription, SubscriptionOverflow
-from loacl.store.views.conversations import ConversationView
+from loacl.store.views.conversations import ConversationView, MessageView
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +78,10 @@ class Connection:
         # A reply that was streaming when this socket connected, not followed yet: the first
         # frame may resume it from an offset instead.
         self.pending: Run | None = None
+        # The replies this socket has sent ``started`` for: the log's start, coming after the
+        # reply was announced another way (this tab's own message, a start another instance
+        # sent live, a reply running at greeting), is no news even once the reply is over.
+        self.announced: set[str] = set()
 
     def send(self, frame: dict[str, Any]) -> None:
         if self.closing is not None:
@@ -171,8 +175,20 @@ class Connection:
 
     def _following(self, reply_id: str) -> bool:
         pending = self.pending
-        return reply_id in self.followers or (pending is not None and
-                                              pending.message_id == reply_id)
+        return reply_id in self.followers or reply_id in self.announced or (
+            pending is not None and pending.message_id == reply_id)
+
+    def _started(self, message: MessageView, reply_id: str) -> None:
+        self.announced.add(reply_id)
+        self.send({"type": ServerFrame.STARTED, "message": message_json(message),
+                   "reply_id": reply_id})
+
+    def started_elsewhere(self, run: Run, message: MessageView) -> None:
+        """A reply another instance started in this conversation, before the log brings its
+        start here (services.remote_replies): ``started``, then the reply live."""
+        if not self._following(run.message_id):
+            self._started(message, run.message_id)
+            self.follow(run)
 
     async def follow_news(self, news: Subscription) -> None:
         """Replies that start in the conversation (this tab's, another tab's): ``started``,
@@ -237,8 +253,7 @@ class Connection:
         message = await self.chat.message(reply_to)
         if self._following(reply_id):  # a resume got there while the message was read
             return
-        self.send({"type": ServerFrame.STARTED, "message": message_json(message),
-                   "reply_id": reply_id})
+        self._started(message, reply_id)
         run = self.chat.running(self.access.conversation_id)
         if run is not None and run.message_id == reply_id:
             self.follow(run)
@@ -259,9 +274,7 @@ class Connection:
             await self._send_away(found)
         run = await self.chat.running_now(self.access.conversation_id)
         if run is not None:
-            self.send({"type": ServerFrame.STARTED,
-                       "message": message_json(await self.chat.message(run.reply_to)),
-                       "reply_id": run.message_id})
+            self._started(await self.chat.message(run.reply_to), run.message_id)
             self.pending = run
 
     async def write_frames(self) -> None:
@@ -376,8 +389,7 @@ class Connection:
                    "message_id": message.message_id, "reply_id": reply_id,
                    "duplicate": not started})
         if started and isinstance(run, Run) and not self._following(reply_id):
-            self.send({"type": ServerFrame.STARTED, "message": message_json(message),
-                       "reply_id": reply_id})
+            self._started(message, reply_id)
             self.follow(run)
         if not started:
             # A resend: give this socket the reply, whether it is still streaming or done.
@@ -583,6 +595,8 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
     # Subscribed before greeting: a reply that starts meanwhile is in the news, or running.
     news = conn.chat.news(access.conversation_id)
     stop_typing = handoffs(websocket).typing.listen(access.conversation_id, conn.on_typing)
+    stop_starts = conn.chat.started_elsewhere.listen(access.conversation_id,
+                                                     conn.started_elsewhere)
     await conn.greet()
     write = asyncio.create_task(conn.write_frames())
     others = [asyncio.create_task(conn.read_frames()), asyncio.create_task(conn.ping()),
@@ -598,6 +612,7 @@ async def _serve(websocket: WebSocket, access: VisitorAccess) -> None:
     finally:
         news.close()
         stop_typing()
+        stop_starts()
         await conn.wind_down(write, others)
         connections.discard(conn)
 

@@ -34,7 +34,14 @@ from loacl.services.handoff import Handoffs
 from loacl.services.knowledge import FILE_SEARCH, FILE_SEARCH_TOOL, Knowledge
 from loacl.services.limits import Lease, VisitorLimits
 from loacl.services.observer import NO_OBSERVER, ReplyObserver
-from loacl.services.replies import Notice, ReplyStream, Run, reply_error_text, retry_delay
+from loacl.services.replies import (
+    Notice,
+    ReplyStream,
+    Run,
+    Starts,
+    reply_error_text,
+    retry_delay,
+)
 from loacl.services.tokens import new_id
 from loacl.services.toolrounds import Sources, ToolRounds, ToolScope
 from loacl.services.tools import Tools
@@ -93,6 +100,11 @@ class Chat:
         self.limits = limits or VisitorLimits(settings)
         self.budgets = budgets or Budgets(store, settings)
         self.runs: dict[str, Run] = {}  # by conversation id
+        # With a log shared by several instances (services.remote_replies): a reply started
+        # here is announced to the others once its start is committed (``announce``), and one
+        # another instance started is told to the tabs here (``started_elsewhere``).
+        self.announce: Callable[[Run, MessageView], None] | None = None
+        self.started_elsewhere = Starts()
         self._tasks: set[asyncio.Task[None]] = set()
         # One provider per name for the app's life: building an SDK client costs ~100 ms (its
         # TLS context), far more than a reply's first token, and each kept a connection open.
@@ -299,7 +311,10 @@ class Chat:
         if not isinstance(started, Run):  # an idempotent replay won the race
             slot.release()
             return started[0], started[1], False
-        return await self.message(started.reply_to), started, True
+        message = await self.message(started.reply_to)
+        if self.announce is not None:
+            self.announce(started, message)
+        return message, started, True
 
     def _check_rates(self, access: VisitorAccess, per_minute: int, ip: str | None) -> Lease:
         """Count the message against the visitor's and the address's rates, and take a reply
@@ -391,7 +406,9 @@ class Chat:
             return found
         if not starts:
             return await self.message(message_id)
-        run = Run(access.conversation_id, reply_id, message_id, widget_id=access.widget_id)
+        start_seq = next(r.seq for r in recorded if isinstance(r.event, domain.AssistantStarted))
+        run = Run(access.conversation_id, reply_id, message_id, widget_id=access.widget_id,
+                  start_seq=start_seq)
         self.runs[access.conversation_id] = run
         scope = ToolScope(assistant_id, access.user_id)
         self._spawn(self._run(slot, run, assistant, meta, scope), f"reply-{reply_id}")

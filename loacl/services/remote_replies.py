@@ -15,6 +15,16 @@ it sends, once per socket window (``ws_coalesce_ms``), the text that reply gaine
 sending (a notification on ``LIVE``; the first sending after a ``FOLLOW`` starts from the
 reply's beginning). Only replies some other instance follows are sent, and only while they run.
 
+Nor should a tab here wait for its copy to bring a reply's start, which under load comes a
+batch or more later than the first tokens. The instance that starts a reply says so on
+``STARTED`` once the start is committed in PostgreSQL: the conversation, the reply, the start's
+position, and the visitor's message it answers (the ``started`` frame shows it). An instance
+with tabs on that conversation, whose copy is not yet at that position, makes the run at once
+and tells them (``Chat.started_elsewhere``); the copy's start, when it comes, finds the run
+there. A copy already at the position has taken the start itself (and maybe the end): the
+notification is late and is dropped. A message too long for one notification is not sent; its
+reply starts here when the copy has it, as before.
+
 The log stays the truth: a piece, from either side, is taken only where it continues the text
 this instance has (its offset at or before the end, and reaching past it); what goes before is
 dropped and what leaves a gap waits for the log, which brings every character in order. A tab
@@ -28,15 +38,16 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Sequence
-from typing import Any
 
+import msgspec
 import structlog
 
 from loacl.domain import conversations as domain
 from loacl.domain.events import RecordedEvent
 from loacl.services.chat import Chat
 from loacl.services.replies import Run
-from loacl.store.postgres.upstream import FOLLOW, LIVE, PAYLOAD_BYTES, PgUpstream
+from loacl.store.postgres.upstream import FOLLOW, LIVE, PAYLOAD_BYTES, STARTED, PgUpstream
+from loacl.store.views.conversations import MessageView
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +60,11 @@ _REPLY_EVENTS = (domain.AssistantStarted, domain.AssistantDelta, *_ENDS)
 # A piece's characters at most in one entry: even escaped (six bytes a character) an entry fits
 # a notification.
 _PIECE_CHARS = 1000
+
+# STARTED's payload: [conversation, reply, reply_to, the start's position, the message].
+_Start = tuple[str, str, str, int, MessageView]
+_encode_start = msgspec.json.Encoder().encode
+_decode_start = msgspec.json.Decoder(_Start).decode
 
 
 def extend(run: Run, offset: int, text: str) -> None:
@@ -93,15 +109,20 @@ class RemoteReplies:
         self.sent: dict[str, int] = {}
         self.watched: dict[str, Run] = {}
         self._due: set[str] = set()  # replies with text not sent yet (or ended)
+        # Notifications to send: (channel, payload), in order. One task sends them, all that
+        # wait in one statement: a burst of replies starting (each a STARTED, and a FOLLOW from
+        # each instance with a tab on it) costs a few round trips, not one each in a queue.
+        self._outbox: list[tuple[str, str]] = []
         self._sending: asyncio.Task[None] | None = None
         self._wanted = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
         if upstream is not None:
             upstream.heard = self.heard
+            chat.announce = self.announce
 
     def stop(self) -> None:
         if self.upstream is not None:
             self.upstream.heard = None
+            self.chat.announce = None
         for run in self.runs.values():
             run._finish()
         self.runs.clear()
@@ -109,9 +130,9 @@ class RemoteReplies:
             run.watch = None
         self.watched.clear()
         self.sent.clear()
-        for task in (self._sending, *self._tasks):
-            if task is not None:
-                task.cancel()
+        self._outbox.clear()
+        if self._sending is not None:
+            self._sending.cancel()
 
     # -- following another instance's replies --------------------------------------------------
 
@@ -123,10 +144,9 @@ class RemoteReplies:
     def take(self, recorded: RecordedEvent) -> None:
         event = recorded.event
         if isinstance(event, domain.AssistantStarted):
-            run = Run(event.conversation_id, event.message_id, event.reply_to)
-            run.joined = self._joined
-            self.runs[event.message_id] = run
-            self.chat.runs[event.conversation_id] = run
+            if event.message_id not in self.runs:  # not made already from its STARTED
+                self._run(event.conversation_id, event.message_id, event.reply_to,
+                          recorded.seq)
             return
         assert isinstance(event, (domain.AssistantDelta, *_ENDS))
         found = self.runs.get(event.message_id)
@@ -145,10 +165,38 @@ class RemoteReplies:
         if self.chat.runs.get(run.conversation_id) is run:
             del self.chat.runs[run.conversation_id]
 
+    def _run(self, conversation_id: str, reply_id: str, reply_to: str, seq: int) -> Run:
+        run = Run(conversation_id, reply_id, reply_to, start_seq=seq)
+        run.joined = self._joined
+        self.runs[reply_id] = run
+        self.chat.runs[conversation_id] = run
+        return run
+
+    def started(self, payload: str) -> None:
+        """Another instance started a reply: where tabs here are on its conversation and the
+        copy has not brought the start yet, make its run and tell them."""
+        try:
+            conversation_id, reply_id, reply_to, seq, message = _decode_start(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("remote_replies.bad_payload", size=len(payload))
+            return
+        if (reply_id in self.runs or not self.chat.started_elsewhere.listened(conversation_id)
+                or self.chat.store.notifier.head >= seq):
+            return  # made already, nobody here to tell, or the copy has it (this instance's own)
+        run = self._run(conversation_id, reply_id, reply_to, seq)
+        self.chat.started_elsewhere.tell(run, message)
+
+    def announce(self, run: Run, message: MessageView) -> None:
+        """A reply started here (its start committed): tell the other instances."""
+        payload = _encode_start((run.conversation_id, run.message_id, run.reply_to,
+                                 run.start_seq, message))
+        if len(payload) < PAYLOAD_BYTES:
+            self._post(STARTED, payload.decode())
+
     def _joined(self, run: Run) -> None:
         """A tab here follows a reply another instance runs: ask for its text live (once)."""
         run.joined = None
-        self._spawn(self._send(FOLLOW, [json.dumps([run.conversation_id, run.message_id])]))
+        self._post(FOLLOW, json.dumps([run.conversation_id, run.message_id]))
 
     def live(self, payload: str) -> None:
         """Pieces another instance sent of the replies it runs."""
@@ -166,6 +214,8 @@ class RemoteReplies:
             self.live(payload)
         elif channel == FOLLOW:
             self.followed(payload)
+        elif channel == STARTED:
+            self.started(payload)
 
     # -- this instance's replies, sent to the instances that follow them ------------------------
 
@@ -188,21 +238,32 @@ class RemoteReplies:
 
     def _watch(self, run: Run) -> None:
         self._due.add(run.message_id)
+        self._wake()
+
+    def _post(self, channel: str, payload: str) -> None:
+        self._outbox.append((channel, payload))
+        self._wake()
+
+    def _wake(self) -> None:
         self._wanted.set()
         if self._sending is None or self._sending.done():
             self._sending = asyncio.get_running_loop().create_task(
                 self._sender(), name="loacl-live-replies")
 
     async def _sender(self) -> None:
-        """Once per window, every followed reply's new text in as few notifications as fit."""
+        """Every notification waiting, and every followed reply's new text, in one statement:
+        text once per window (what comes meanwhile goes with it), a FOLLOW or STARTED at once
+        (with the text due by then). While one statement is on its way the next round's
+        gather."""
         while True:
             await self._wanted.wait()
-            if self.window > 0:
+            if self.window > 0 and not self._outbox:
                 await asyncio.sleep(self.window)
             self._wanted.clear()
-            entries = self._take_due()
-            if entries:
-                await self._send(LIVE, payloads(entries))
+            sent, self._outbox = self._outbox, []
+            sent.extend((LIVE, payload) for payload in payloads(self._take_due()))
+            if sent:
+                await self._send(sent)
 
     def _take_due(self) -> list[tuple[str, int, str]]:
         entries = []
@@ -220,23 +281,18 @@ class RemoteReplies:
                 del self.watched[reply_id], self.sent[reply_id]
         return entries
 
-    async def _send(self, channel: str, sent: list[str]) -> None:
+    async def _send(self, sent: list[tuple[str, str]]) -> None:
         if self.upstream is None:
             return
         try:
-            await self.upstream.notify(channel, sent)
+            await self.upstream.notify(sent)
         except Exception as exc:  # the log brings the text all the same, a little later
-            log.warning("remote_replies.notify_failed", channel=channel, error=repr(exc))
-
-    def _spawn(self, work: Any) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            log.warning("remote_replies.notify_failed", notifications=len(sent),
+                        error=repr(exc))
 
     async def close(self) -> None:
         """Stop, and wait for the sender to end."""
         self.stop()
-        for task in (self._sending, *self._tasks):
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        if self._sending is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._sending

@@ -22,6 +22,7 @@ from loacl.domain.events import Metadata
 from loacl.domain.widgets import conversation_stream
 from loacl.providers.base import ProviderError, ReplyResult
 from loacl.store.eventstore import EventStore
+from loacl.store.views.conversations import MessageView
 
 log = structlog.get_logger(__name__)
 
@@ -94,6 +95,7 @@ class Run:
     message_id: str
     reply_to: str
     widget_id: str = ""
+    start_seq: int = 0  # the position of its start in the log (0: not known)
     text: str = ""
     status: str = "streaming"
     error: ProviderError | None = None
@@ -151,6 +153,40 @@ class Run:
         for queue in self.listeners:
             queue.put_nowait(None)
         self.listeners.clear()
+
+
+StartedHere = Callable[["Run", MessageView], None]
+
+
+class Starts:
+    """Replies another instance started, told to this instance's tabs of their conversation
+    (services.remote_replies) before the log brings the start: the run, and the visitor's
+    message the reply answers, as the instance that started it read it."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[str, set[StartedHere]] = {}
+
+    def listen(self, conversation_id: str, listener: StartedHere) -> Callable[[], None]:
+        self._listeners.setdefault(conversation_id, set()).add(listener)
+
+        def stop() -> None:
+            found = self._listeners.get(conversation_id)
+            if found is not None:
+                found.discard(listener)
+                if not found:
+                    del self._listeners[conversation_id]
+
+        return stop
+
+    def listened(self, conversation_id: str) -> bool:
+        return conversation_id in self._listeners
+
+    def tell(self, run: Run, message: MessageView) -> None:
+        for listener in list(self._listeners.get(run.conversation_id, ())):
+            try:
+                listener(run, message)
+            except Exception:
+                log.exception("replies.start_listener_failed")
 
 
 async def all_of(futures: list[asyncio.Future[Any]]) -> list[Any]:

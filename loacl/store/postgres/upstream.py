@@ -72,11 +72,15 @@ CHANNEL = "loacl_log"
 # A reply's text on its way, before the log has it (services.remote_replies): an instance
 # whose tab follows a reply another instance runs says so on FOLLOW; the instance running it
 # sends the reply's new text on LIVE once per socket window. Notifications only: the text
-# never lands in a table or the WAL (the commits that carry them write no rows).
+# never lands in a table or the WAL (the commits that carry them write no rows). An instance
+# that starts a reply says so on STARTED once the start is committed, so that tabs elsewhere
+# need not wait for their copy to bring it.
 LIVE = "loacl_live"
 FOLLOW = "loacl_follow"
+STARTED = "loacl_started"
 PAYLOAD_BYTES = 7900  # PostgreSQL refuses a payload of 8000 bytes or more
-_NOTIFY_ALL = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
+# Each (channel, payload) in the arrays' order, which is the order listeners hear them in.
+_NOTIFY_ALL = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)"
 POOL_SIZE = 8
 _CHUNK = 5000
 
@@ -184,7 +188,7 @@ class PgUpstream:
         self._leases_lock = asyncio.Lock()  # one statement at a time on it
         self._project: Project | None = None
         self.woken: Callable[[], None] | None = None  # set by the store: bring the copy level
-        # Told of each notification on LIVE and FOLLOW: (channel, payload).
+        # Told of each notification on LIVE, FOLLOW and STARTED: (channel, payload).
         self.heard: Callable[[str, str], None] | None = None
         self._live: Any = None  # sends LIVE and FOLLOW notifications
         self._live_lock = asyncio.Lock()  # one statement at a time on it
@@ -212,7 +216,7 @@ class PgUpstream:
                     await pgkeys.read_state(conn, self.keyring)
             self._listener = await self._pool.acquire()
             await self._listener.add_listener(CHANNEL, self._notified)
-            for channel in (LIVE, FOLLOW):
+            for channel in (LIVE, FOLLOW, STARTED):
                 await self._listener.add_listener(channel, self._heard)
             self._leases = await self._pool.acquire()
         except BaseException:
@@ -226,7 +230,7 @@ class PgUpstream:
         if self._listener is not None:
             with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await self._listener.remove_listener(CHANNEL, self._notified)
-                for channel in (LIVE, FOLLOW):
+                for channel in (LIVE, FOLLOW, STARTED):
                     await self._listener.remove_listener(channel, self._heard)
         for conn in (self._listener, self._conn, self._leases, self._live):
             if conn is not None:
@@ -329,11 +333,11 @@ class PgUpstream:
 
     # -- live text: notifications, not rows -----------------------------------------------------
 
-    async def notify(self, channel: str, payloads: Sequence[str]) -> None:
-        """Send each payload (under ``PAYLOAD_BYTES`` encoded) on ``channel``, in this order,
-        in one statement, on a connection of its own. Its commit writes no rows, so it waits
-        for no disk (``synchronous_commit`` off on this connection only)."""
-        if self._pool is None or not payloads:
+    async def notify(self, sent: Sequence[tuple[str, str]]) -> None:
+        """Send each (channel, payload) (a payload under ``PAYLOAD_BYTES`` encoded), in this
+        order, in one statement, on a connection of its own. Its commit writes no rows, so it
+        waits for no disk (``synchronous_commit`` off on this connection only)."""
+        if self._pool is None or not sent:
             return
         async with self._live_lock:
             if self._live is None:
@@ -345,7 +349,7 @@ class PgUpstream:
                     raise
                 self._live = conn
             try:
-                await self._live.execute(_NOTIFY_ALL, channel, list(payloads))
+                await self._live.execute(_NOTIFY_ALL, [c for c, _ in sent], [p for _, p in sent])
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 conn, self._live = self._live, None  # a broken connection: a new one next time
                 with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
