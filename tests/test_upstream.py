@@ -26,7 +26,7 @@ from loacl.domain.privacy import SubjectErased, subject
 from loacl.domain.widgets import ConversationStarted
 from loacl.services.recovery import recover
 from loacl.settings import format_master_key
-from loacl.store import audit, migrations
+from loacl.store import audit, batches, migrations
 from loacl.store.eventstore import NO_STREAM, EventStore
 from loacl.store.keys import Keyring, MasterKeys
 from loacl.store.postgres.eventstore import PgEventStore
@@ -222,6 +222,49 @@ async def test_a_batch_written_on_a_copy_that_fell_behind_is_written_again_after
     assert upstream.head_moved == moved + 2
     async with PgEventStore(pg_url, keyring=keyring()) as pg:
         assert (await pg.verify()).events == 4
+
+
+async def test_expected_versions_hold_across_instances_and_a_copy_keeps_what_the_writer_knows(
+    instances: Callable[[str], asyncio.Future[EventStore]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream's version another instance moved is the one an append is checked against,
+    after the copy brings it; and events copied in do not make the writer forget the versions
+    it knows of other streams (it would otherwise read each one from the log again, at nearly
+    every batch while instances take turns)."""
+    a, b = await instances("a"), await instances("b")
+    looked_up: list[str] = []
+    real = batches.stream_version
+
+    def counted(conn: sqlite3.Connection, stream: str) -> int:
+        looked_up.append(stream)
+        return real(conn, stream)
+
+    monkeypatch.setattr(batches, "stream_version", counted)
+    await a.append("user-mine", [registered("m1", "m1@example.test")], expected_version=0)
+    await a.append("user-shared", [registered("s1", "s1@example.test")], expected_version=0)
+    await until(lambda: len(rows(b.path, "SELECT seq FROM events")) == 2)
+    # B moves the shared stream on; A's next append to it, expecting where A left it, is
+    # refused once A's copy has B's event, and one expecting B's version is written.
+    await b.append("user-shared", [registered("s2", "s2@example.test")], expected_version=1)
+    await until(lambda: len(rows(a.path, "SELECT seq FROM events")) == 3)
+    looked_up.clear()
+    with pytest.raises(LoaclError) as refused:
+        await a.append("user-shared", [registered("s3", "s3@example.test")], expected_version=1)
+    assert refused.value.code == "version_conflict"
+    await a.append("user-shared", [registered("s3", "s3@example.test")], expected_version=2)
+    # B appends elsewhere; A's next batch copies it in and still knows its own stream.
+    assert looked_up == [], looked_up
+    await b.append("user-other", [registered("o1", "o1@example.test")], expected_version=0)
+    looked_up.clear()  # B's first append to a stream new to it
+    await a.append("user-mine", [registered("m2", "m2@example.test")], expected_version=1)
+    assert looked_up == [], looked_up
+    with pytest.raises(LoaclError) as stale:
+        await a.append("user-mine", [registered("m3", "m3@example.test")], expected_version=1)
+    assert stale.value.code == "version_conflict"
+    await until(lambda: rows(a.path, "SELECT seq, hash FROM events ORDER BY seq") == rows(
+        b.path, "SELECT seq, hash FROM events ORDER BY seq"))
+    assert [r[0] for r in rows(a.path, "SELECT seq FROM events ORDER BY seq")] == list(
+        range(1, 7))
 
 
 async def test_an_erasure_on_one_instance_reaches_the_other_copy(

@@ -107,6 +107,9 @@ class _Attempt:
     keys: list[tuple[str, str, int, int]] = field(default_factory=list)
     by_key: dict[str, list[RecordedEvent]] = field(default_factory=dict)
     erased: set[str] = field(default_factory=set)  # subjects erased by this batch so far
+    # Stream versions this attempt learnt (read, copied in, written): the writer's memory
+    # takes them only once the attempt commits, as a rollback undoes what they describe.
+    versions: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.first_seq = self.seq
@@ -181,9 +184,11 @@ class BatchWriter:
         # Events another instance appended, copied in by the last commit (upstream only):
         # published before the batch's own.
         self.copied: list[RecordedEvent] = []
-        # Stream versions as of our last commit, valid while nobody else appends.
+        # Stream versions as of our last commit (and events copied in with it), valid while
+        # nobody else appends; the head they describe.
         self._versions: dict[str, int] = {}
         self._last_seq = -1
+        self._attempt: _Attempt | None = None  # the last attempt written
         self._indexed_seq = 0
 
     def commit(self, conn: sqlite3.Connection, batch: list[Append]) -> None:
@@ -223,7 +228,7 @@ class BatchWriter:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 copied = upstream.begin(conn, lock) if upstream is not None else []
-                erased = self._write_batch(conn, batch, write_one)
+                erased = self._write_batch(conn, batch, write_one, copied)
                 if erased is not None and not lock and any(
                     isinstance(r.result, BaseException) for r in batch
                 ):
@@ -231,6 +236,7 @@ class BatchWriter:
                 elif erased is not None:
                     if upstream is None or upstream.commit(conn, erased, self.clock()):
                         conn.execute("COMMIT")
+                        self._committed()
                         self.copied = copied
                         if keyring is not None:
                             for subject in erased:
@@ -249,23 +255,45 @@ class BatchWriter:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            self._forget()
+            # Rolled back: what the attempt learnt goes with it (attempt.versions), what the
+            # writer knew from its last commit stands.
 
     def _forget(self) -> None:
-        """After a rollback: what the writer remembers of the log must be read again."""
+        """After a failure: what the writer remembers of the log must be read again."""
         self._versions.clear()
         self._last_seq = -1
 
+    def took(self, copied: Sequence[RecordedEvent]) -> None:
+        """Events another instance appended, copied in and committed between batches (a
+        catch-up): where they follow the last head this writer knew, what it knows stays true
+        and their streams' versions are theirs."""
+        if copied and copied[0].seq == self._last_seq + 1:
+            for recorded in copied:
+                self._versions[recorded.stream] = recorded.version
+            self._last_seq = copied[-1].seq
+
+    def _committed(self) -> None:
+        """The last attempt committed: what it learnt of the log is now true."""
+        attempt = self._attempt
+        assert attempt is not None
+        if len(self._versions) > 100_000:
+            self._versions.clear()
+        self._versions.update(attempt.versions)
+        self._last_seq = attempt.seq
+        self._indexed_seq = attempt.indexed
+
     def _write_batch(
-        self, conn: sqlite3.Connection, batch: list[Append], write_one: _WriteOne
+        self, conn: sqlite3.Connection, batch: list[Append], write_one: _WriteOne,
+        copied: Sequence[RecordedEvent] = (),
     ) -> set[str] | None:
-        """Write the batch inside the open transaction; the subjects it erased, or None when
-        ``write_one`` gave up."""
-        attempt = self._read_head(conn)
+        """Write the batch inside the open transaction, after the events ``copied`` in from
+        another instance at its start; the subjects it erased, or None when ``write_one`` gave
+        up."""
+        attempt = self._attempt = self._read_head(conn, copied)
         for request in batch:
             if request.idempotency_key is not None and self._answer_retry(conn, request, attempt):
                 continue
-            version = self._check_version(conn, request)
+            version = self._check_version(conn, request, attempt)
             if version is None:
                 continue
             if not write_one(conn, request, attempt, version):
@@ -277,8 +305,13 @@ class BatchWriter:
 
     # -- the steps of a batch ---------------------------------------------------------------
 
-    def _read_head(self, conn: sqlite3.Connection) -> _Attempt:
-        """Where the log ends, read inside the write transaction, and the batch's time."""
+    def _read_head(self, conn: sqlite3.Connection, copied: Sequence[RecordedEvent]) -> _Attempt:
+        """Where the log ends, read inside the write transaction, and the batch's time.
+
+        Events copied in from another instance just now (an upstream) follow the head of the
+        last commit: they move the head without making the versions remembered wrong, and
+        their own streams' versions are known from them. Without that, a copy at nearly every
+        batch (instances taking turns) would send every request to the log for its version."""
         keyring = self.keyring
         if keyring is None:
             row = conn.execute(_HEAD).fetchone()
@@ -290,13 +323,19 @@ class BatchWriter:
             seq, prev_hash, indexed, erasures = row
             keyring.observe(erasures)
         indexed = indexed or 0
-        if seq != self._last_seq or indexed != self._indexed_seq:
+        expected = self._last_seq
+        if copied and copied[0].seq == expected + 1:
+            expected = copied[-1].seq
+        if seq != expected or indexed != self._indexed_seq:
             # Someone else (a CLI command) appended or rebuilt the index since our last commit,
             # or this is the first batch: cached versions may be stale.
             self._versions.clear()
-        self._indexed_seq = indexed
+            self._indexed_seq = indexed
         recorded_at = codec.format_time(self.clock())
-        return _Attempt(seq, prev_hash, indexed, recorded_at, codec.parse_time(recorded_at))
+        attempt = _Attempt(seq, prev_hash, indexed, recorded_at, codec.parse_time(recorded_at))
+        for recorded in copied:
+            attempt.versions[recorded.stream] = recorded.version
+        return attempt
 
     def _answer_retry(
         self, conn: sqlite3.Connection, request: Append, attempt: _Attempt
@@ -316,13 +355,17 @@ class BatchWriter:
         request.result, request.replayed = decode_rows(rows, self.keyring), True
         return True
 
-    def _check_version(self, conn: sqlite3.Connection, request: Append) -> int | None:
+    def _check_version(
+        self, conn: sqlite3.Connection, request: Append, attempt: _Attempt
+    ) -> int | None:
         """The stream's version to append after, or None when the request expected another
         (it is then refused with a conflict)."""
-        versions = self._versions
-        version = versions.get(request.stream)
+        stream = request.stream
+        version = attempt.versions.get(stream)
         if version is None:
-            version = versions[request.stream] = stream_version(conn, request.stream)
+            version = self._versions.get(stream)
+            if version is None:
+                version = attempt.versions[stream] = stream_version(conn, stream)
         expected = request.expected_version
         if expected is not None and expected != version:
             request.result = ConflictError(request.stream, expected, version)
@@ -391,7 +434,7 @@ class BatchWriter:
             attempt.by_key[request.idempotency_key] = recorded
         last = recorded[-1]
         attempt.seq, attempt.hash = last.seq, last.hash
-        self._versions[request.stream] = last.version
+        attempt.versions[request.stream] = last.version
 
     def _insert_pending(self, conn: sqlite3.Connection, attempt: _Attempt) -> None:
         if attempt.rows:
@@ -410,10 +453,6 @@ class BatchWriter:
     def _write_head(self, conn: sqlite3.Connection, attempt: _Attempt) -> None:
         if attempt.seq:
             conn.execute(_WRITE_HEAD, (attempt.seq, attempt.hash, attempt.indexed))
-        self._last_seq = attempt.seq
-        self._indexed_seq = attempt.indexed
-        if len(self._versions) > 100_000:
-            self._versions.clear()
 
 
 def _as_loacl_error(exc: Exception, stream: str) -> LoaclError:

@@ -219,6 +219,7 @@ class EventStore:
 
         def copy(conn: sqlite3.Connection) -> int:
             copied = upstream.catch_up(conn)
+            self._batches.took(copied)
             if copied:
                 # From the writer thread, in order with the batches' deliveries.
                 assert self._loop is not None
