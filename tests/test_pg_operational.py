@@ -1,0 +1,274 @@
+"""Webhook deliveries and handoff mails' record in PostgreSQL (store.postgres.operational), for
+several instances on one log: every instance lists the same deliveries; any instance's
+dispatcher sends what is due, claiming it first, so that none is sent twice at once and one
+left by a stopped instance is sent by another; the mails' record holds across instances.
+Against a real PostgreSQL (tests/pg.py), real SQLite copies and a real HTTP receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from loacl.domain.events import Metadata
+from loacl.domain.webhooks import WebhookDefinition
+from loacl.services.mail import Mailer
+from loacl.services.webhooks import Dispatcher, Webhooks
+from loacl.settings import Settings
+from loacl.store.codec import format_time
+from loacl.store.eventstore import EventStore, utc_now
+from loacl.store.postgres.operational import WAKE, PgDeliveries, PgHandoffMails
+from loacl.store.postgres.upstream import PgUpstream
+from loacl.store.projections import default_projections
+from loacl.store.views import webhooks as views
+from loacl.store.views.webhooks import NewDelivery, Outcome
+from tests.test_upstream import keyring, migrated
+from tests.test_webhooks import Receiver, verified
+
+WAIT = 30.0
+OWNER = "ws_owner"
+SERVER_KEY = "a server key the instances share"
+
+
+@dataclass
+class Instance:
+    store: EventStore
+    hooks: Webhooks
+    table: PgDeliveries
+    dispatcher: Dispatcher
+    mails: PgHandoffMails
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    found = Receiver()
+    found.start()
+    try:
+        yield found
+    finally:
+        found.stop()
+
+
+@pytest.fixture
+async def instances(
+    tmp_path: Path, pg_url: str, settings: Settings
+) -> AsyncIterator[Callable[[str], Awaitable[Instance]]]:
+    """``await instances(name)``: a LOACL instance's store and webhooks on the shared
+    PostgreSQL, wired as http.app wires them (its dispatcher not started)."""
+    config = settings.model_copy(update={
+        "outbound_allow_private": True, "outbound_allow_http": True,
+        "webhook_retry_base_seconds": 0.05, "webhook_disable_after": 10_000})
+    opened: list[Instance] = []
+
+    async def start(name: str) -> Instance:
+        keys = keyring()
+        upstream = PgUpstream(pg_url, keys, poll_seconds=0.2)
+        store = EventStore(migrated(tmp_path / f"{name}.db"), default_projections(),
+                           keyring=keys, upstream=upstream)
+        table = PgDeliveries(store, upstream, lease_seconds=60)
+        hooks = Webhooks(store, config, SERVER_KEY, Mailer.from_settings(config),
+                         table=table)
+        upstream.listen(WAKE, hooks.wake.set)
+        await store.open()
+        found = Instance(store, hooks, table, Dispatcher(hooks), PgHandoffMails(upstream))
+        opened.append(found)
+        return found
+
+    yield start
+    for instance in opened:
+        await instance.dispatcher.stop()
+        await instance.hooks.aclose()
+        await instance.store.close()
+
+
+async def until(condition: Callable[[], Awaitable[bool]], patience: float = WAIT) -> None:
+    for _ in range(int(patience / 0.02)):
+        if await condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the condition never held")
+
+
+async def hooked(a: Instance, b: Instance, url: str) -> str:
+    """An endpoint registered on ``a``, once ``b``'s copy has it too."""
+    view = await a.hooks.create(OWNER, WebhookDefinition(url=url, event_types=(
+        "budget.reached",)), Metadata(actor="test"))
+
+    async def copied() -> bool:
+        return await views.webhook(b.store, view.webhook_id) is not None
+
+    await until(copied)
+    return view.webhook_id
+
+
+def messages(webhook_id: str, count: int, keys: int) -> list[NewDelivery]:
+    """``count`` messages with their own payloads, spread over ``keys`` ordering keys."""
+    return [NewDelivery(f"msg_n{n}_{webhook_id}", webhook_id, "budget.reached", 0,
+                        f"key:{n % keys}", f'{{"type":"budget.reached","n":{n}}}')
+            for n in range(count)]
+
+
+async def pg_rows(pg_url: str, sql: str) -> list[tuple[object, ...]]:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        return [tuple(r) for r in await conn.fetch(sql)]
+    finally:
+        await conn.close()
+
+
+async def test_a_claimed_delivery_is_no_other_dispatchers_until_its_lease_runs_out(
+    instances: Callable[[str], Awaitable[Instance]], receiver: Receiver
+) -> None:
+    a, b = await instances("a"), await instances("b")
+    webhook_id = await hooked(a, b, receiver.url)
+    assert await a.hooks.enqueue(messages(webhook_id, 12, keys=6)) == 12
+    # The same messages again (a batch handed over again): nothing new.
+    assert await b.hooks.enqueue(messages(webhook_id, 12, keys=6)) == 0
+    now = utc_now()
+    at = format_time(now)
+    # Two dispatchers ask at once: each due delivery goes to one of them, and of each key
+    # only the oldest (the next waits until it is delivered).
+    got_a, got_b = await asyncio.gather(a.table.due(at, [], 100), b.table.due(at, [], 100))
+    ids_a, ids_b = {d.delivery_id for d in got_a}, {d.delivery_id for d in got_b}
+    assert not ids_a & ids_b
+    assert sorted(d.ordering_key for d in [*got_a, *got_b]) == [f"key:{k}" for k in range(6)]
+    # Claimed: due to nobody, not even the claimant, until the lease runs out.
+    assert await a.table.due(at, [], 100) == []
+    assert await b.table.due(at, [], 100) == []
+    upcoming = await b.table.next_due(at)
+    assert upcoming is not None and upcoming > at
+    later = format_time(now + timedelta(seconds=61))
+    lapsed = await b.table.due(later, [], 100)  # their instances died with the claims
+    assert {d.delivery_id for d in lapsed} == ids_a | ids_b
+    # Delivered: the next of its key is due.
+    first = min(lapsed, key=lambda d: d.delivery_id)
+    assert await b.table.record_attempt(first.delivery_id, webhook_id, Outcome(
+        "delivered", 204, 1.0, None, later), later) == 0
+    following = await a.table.due(later, [], 100)
+    assert [d.ordering_key for d in following] == [first.ordering_key]
+    assert following[0].delivery_id > first.delivery_id
+    # Given back: due again at once, to anyone.
+    await a.table.release([following[0].delivery_id])
+    assert [d.delivery_id for d in await b.table.due(later, [], 100)] == [
+        following[0].delivery_id]
+    # Both instances read the same log of deliveries.
+    page_a = await a.hooks.deliveries(OWNER, webhook_id, 0, 100)
+    page_b = await b.hooks.deliveries(OWNER, webhook_id, 0, 100)
+    assert page_a == page_b and len(page_a.items) == 12
+    assert [d.status for d in page_a.items].count("delivered") == 1
+
+
+async def test_dispatchers_on_two_instances_send_each_delivery_once(
+    instances: Callable[[str], Awaitable[Instance]], receiver: Receiver, pg_url: str
+) -> None:
+    """Both dispatchers run at once over 60 deliveries of 20 keys, the receiver slow enough
+    that their sends overlap: each message arrives once, and in order within its key."""
+    a, b = await instances("a"), await instances("b")
+    receiver.delay = 0.02
+    webhook_id = await hooked(a, b, receiver.url)
+    view = await views.webhook(a.store, webhook_id)
+    assert view is not None
+    sent = messages(webhook_id, 60, keys=20)
+    await a.hooks.enqueue(sent)
+    a.dispatcher.start()
+    b.dispatcher.start()
+    seen = await asyncio.to_thread(receiver.wait_for, lambda r: len(r) >= 60)
+    await asyncio.sleep(0.3)  # nothing more comes
+    seen = list(receiver.received)
+    assert collections.Counter(r.id for r in seen) == {m.message_id: 1 for m in sent}
+    secret = a.hooks.secret(webhook_id, view.secret_generation)
+    by_key: dict[int, list[int]] = {}
+    for r in seen:
+        n = int(verified(r, secret)["n"])
+        by_key.setdefault(n % 20, []).append(n)
+    assert all(ns == sorted(ns) for ns in by_key.values()), by_key
+
+    async def settled() -> bool:
+        rows = await pg_rows(pg_url, "SELECT count(*) FROM webhook_deliveries "
+                             "WHERE status = 'delivered' AND attempts = 1 "
+                             "AND claimed_by IS NULL")
+        return rows == [(60,)]
+
+    await until(settled)
+    # The instances' own files hold none: the deliveries live in PostgreSQL.
+    for instance in (a, b):
+        assert await instance.store.query("SELECT count(*) FROM webhook_deliveries") == [(0,)]
+
+
+async def test_a_delivery_one_instance_enqueued_is_sent_by_another(
+    instances: Callable[[str], Awaitable[Instance]], receiver: Receiver
+) -> None:
+    """A's dispatcher is not running (A stopped sending, or is gone): B, woken by the
+    notification, sends what A enqueued; a redelivery asked for on B is sent once more,
+    under the same id."""
+    a, b = await instances("a"), await instances("b")
+    webhook_id = await hooked(a, b, receiver.url)
+    b.dispatcher.start()
+    test = await a.hooks.send_test(OWNER, webhook_id)
+    seen = await asyncio.to_thread(receiver.wait_for, lambda r: len(r) >= 1)
+    assert [r.id for r in seen] == [test.message_id]
+
+    async def delivered() -> bool:
+        found = await a.hooks.delivery(OWNER, webhook_id, test.delivery_id)
+        return found.status == "delivered"
+
+    await until(delivered)
+    again = await b.hooks.redeliver(OWNER, webhook_id, test.delivery_id)
+    assert again.status == "pending" and again.message_id == test.message_id
+    seen = await asyncio.to_thread(receiver.wait_for, lambda r: len(r) >= 2)
+    await until(delivered)
+    await asyncio.sleep(0.3)
+    assert [r.id for r in receiver.received] == [test.message_id] * 2
+    shown = await a.hooks.delivery(OWNER, webhook_id, test.delivery_id)
+    assert shown == await b.hooks.delivery(OWNER, webhook_id, test.delivery_id)
+    assert shown.attempts == 2 and shown.response_status == 204
+
+
+async def test_a_dispatcher_that_stops_gives_its_claims_back(
+    instances: Callable[[str], Awaitable[Instance]], receiver: Receiver
+) -> None:
+    """A stops while its sends wait for a slow receiver: what it had claimed is given back
+    and sent by B at once, not after the lease."""
+    a, b = await instances("a"), await instances("b")
+    receiver.delay = 1.0
+    webhook_id = await hooked(a, b, receiver.url)
+    a.dispatcher.start()
+    sent = messages(webhook_id, 3, keys=3)
+    await a.hooks.enqueue(sent)
+    await asyncio.to_thread(receiver.wait_for, lambda r: len(r) >= 3)
+    await a.dispatcher.stop()  # its three sends cut short, unrecorded
+    receiver.delay = 0.0
+    b.dispatcher.start()
+    seen = await asyncio.to_thread(receiver.wait_for, lambda r: len(r) >= 6, 10.0)
+    # Sent again with the same ids (at least once): B took them over well before 60 s.
+    assert collections.Counter(r.id for r in seen) == {m.message_id: 2 for m in sent}
+
+    async def delivered() -> bool:
+        page = await a.hooks.deliveries(OWNER, webhook_id, 0, 10)
+        return {d.status for d in page.items} == {"delivered"}
+
+    await until(delivered, 10.0)
+    await asyncio.sleep(0.3)
+    assert len(receiver.received) == 6
+
+
+async def test_handoff_mails_sent_on_one_instance_are_known_on_another(
+    instances: Callable[[str], Awaitable[Instance]],
+) -> None:
+    a, b = await instances("a"), await instances("b")
+    assert not await b.mails.was_sent("waiting", "7")
+    await a.mails.record("waiting", "7", "conv-1", "2026-01-01T10:00:00.000000+00:00")
+    await a.mails.record("waiting", "9", "conv-1", "2026-01-01T10:05:00.000000+00:00")
+    await b.mails.record("waiting", "7", "conv-1", "2026-01-01T11:00:00.000000+00:00")
+    assert await b.mails.was_sent("waiting", "7")
+    assert not await b.mails.was_sent("reply", "7")
+    assert await b.mails.last_sent("conv-1", "waiting") == "2026-01-01T10:05:00.000000+00:00"
+    assert await a.mails.last_sent("conv-2", "waiting") is None
+    for instance in (a, b):
+        assert await instance.store.query("SELECT count(*) FROM handoff_mails") == [(0,)]
