@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,6 +20,7 @@ import pytest
 
 from loacl.domain.events import Metadata
 from loacl.domain.webhooks import WebhookDefinition
+from loacl.openai_testserver import OpenAITestServer
 from loacl.services.mail import Mailer
 from loacl.services.webhooks import Dispatcher, Webhooks
 from loacl.settings import Settings
@@ -28,8 +31,9 @@ from loacl.store.postgres.upstream import PgUpstream
 from loacl.store.projections import default_projections
 from loacl.store.views import webhooks as views
 from loacl.store.views.webhooks import NewDelivery, Outcome
+from tests.test_stream import provider_server
 from tests.test_upstream import keyring, migrated
-from tests.test_webhooks import Receiver, verified
+from tests.test_webhooks import Receiver, Site, configured, running, verified
 
 WAIT = 30.0
 OWNER = "ws_owner"
@@ -53,6 +57,12 @@ def receiver() -> Iterator[Receiver]:
         yield found
     finally:
         found.stop()
+
+
+@pytest.fixture
+def provider() -> Iterator[tuple[OpenAITestServer, str]]:
+    with provider_server(token_delay=0.0) as running_server:
+        yield running_server
 
 
 @pytest.fixture
@@ -272,3 +282,86 @@ async def test_handoff_mails_sent_on_one_instance_are_known_on_another(
     assert await a.mails.last_sent("conv-2", "waiting") is None
     for instance in (a, b):
         assert await instance.store.query("SELECT count(*) FROM handoff_mails") == [(0,)]
+
+
+def settled(site: Site, webhook_id: str, count: int) -> list[dict[str, object]]:
+    """The endpoint's delivery log through ``site``'s owner API, once it holds ``count``
+    deliveries, none of them pending."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        listed = site.http.get(f"/api/v1/webhooks/{webhook_id}/deliveries?limit=100",
+                               headers=site.headers)
+        assert listed.status_code == 200, listed.text
+        entries: list[dict[str, object]] = listed.json()["data"]
+        if len(entries) == count and all(e["status"] == "delivered" for e in entries):
+            return entries
+        assert time.monotonic() < deadline, entries
+        time.sleep(0.05)
+
+
+@pytest.mark.e2e
+def test_two_servers_share_one_delivery_log_and_either_sends(
+    settings: Settings, provider: tuple[OpenAITestServer, str], receiver: Receiver,
+    pg_url: str, tmp_path: Path,
+) -> None:
+    """Two LOACL servers on one PostgreSQL: what a visitor does on A reaches the endpoint once
+    per event; both servers' owner APIs list the same deliveries; a redelivery and a test asked
+    on B are sent once each; deliveries A enqueued while the receiver was down are sent by B
+    once A is gone."""
+    shared = configured(settings, provider, webhook_disable_after=10_000).model_copy(
+        update={"database_url": pg_url})
+    one = shared.model_copy(update={"instance_database": tmp_path / "one.db"})
+    two = shared.model_copy(update={"instance_database": tmp_path / "two.db"})
+    with contextlib.ExitStack() as stop_b, contextlib.ExitStack() as stop_a:
+        # A first: it holds the webhook subscriber's lock, and enqueues what happens.
+        a = stop_a.enter_context(running(one))
+        hook = a.hook(receiver.url)
+        b = stop_b.enter_context(running(two, first=False))
+        provider[0].script("The answer is 42.")
+        a.ask(a.visitor(), "What is the answer?")
+        seen = receiver.wait_for(lambda r: len(r) >= 3)
+        entries = settled(a, hook["id"], 3)
+        time.sleep(0.3)  # nothing more comes
+        assert collections.Counter(r.id for r in receiver.received) == {
+            r.id: 1 for r in seen}
+        assert [verified(r, hook["secret"])["type"] for r in seen] == [
+            "conversation.started", "message.posted", "reply.completed"]
+        assert settled(b, hook["id"], 3) == entries
+        # A redelivery and a test, asked on B: each sent once more.
+        first = entries[-1]["id"]
+        again = b.http.post(f"/api/v1/webhooks/{hook['id']}/deliveries/{first}/redeliver",
+                            headers=b.headers)
+        assert again.status_code == 202, again.text
+        test = b.http.post(f"/api/v1/webhooks/{hook['id']}/test", headers=b.headers)
+        assert test.status_code == 202, test.text
+        receiver.wait_for(lambda r: len(r) >= 5)
+        entries = settled(b, hook["id"], 4)
+        time.sleep(0.3)
+        counted = collections.Counter(r.id for r in receiver.received)
+        assert counted[seen[0].id] == 2 and sum(counted.values()) == 5
+        assert settled(a, hook["id"], 4) == entries
+        # The receiver goes down; a visitor asks on A, whose outbox enqueues and whose
+        # attempts fail; then A stops, and the receiver comes back.
+        receiver.stop()
+        receiver.received.clear()
+        provider[0].script("Again.")
+        a.ask(a.visitor(), "Once more?")
+        deadline = time.monotonic() + WAIT
+        while True:
+            listed = a.http.get(f"/api/v1/webhooks/{hook['id']}/deliveries?limit=100",
+                                headers=a.headers).json()["data"]
+            # The first of the conversation tried (the others wait for it, in order).
+            if len(listed) == 7 and int(listed[2]["attempts"]) > 0:
+                break
+            assert time.monotonic() < deadline, listed
+            time.sleep(0.05)
+        stop_a.close()
+        receiver.start()
+        later = receiver.wait_for(lambda r: len(r) >= 3)
+        entries = settled(b, hook["id"], 7)
+        time.sleep(0.3)
+        assert collections.Counter(r.id for r in receiver.received) == {
+            r.id: 1 for r in later}
+        assert [verified(r, hook["secret"])["type"] for r in later] == [
+            "conversation.started", "message.posted", "reply.completed"]
+        assert int(entries[2]["attempts"]) > 1  # retried: the first try was A's
