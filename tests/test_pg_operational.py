@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -284,7 +285,7 @@ async def test_handoff_mails_sent_on_one_instance_are_known_on_another(
         assert await instance.store.query("SELECT count(*) FROM handoff_mails") == [(0,)]
 
 
-def settled(site: Site, webhook_id: str, count: int) -> list[dict[str, object]]:
+def settled(site: Site, webhook_id: str, count: int) -> list[dict[str, Any]]:
     """The endpoint's delivery log through ``site``'s owner API, once it holds ``count``
     deliveries, none of them pending."""
     deadline = time.monotonic() + WAIT
@@ -292,7 +293,7 @@ def settled(site: Site, webhook_id: str, count: int) -> list[dict[str, object]]:
         listed = site.http.get(f"/api/v1/webhooks/{webhook_id}/deliveries?limit=100",
                                headers=site.headers)
         assert listed.status_code == 200, listed.text
-        entries: list[dict[str, object]] = listed.json()["data"]
+        entries: list[dict[str, Any]] = listed.json()["data"]
         if len(entries) == count and all(e["status"] == "delivered" for e in entries):
             return entries
         assert time.monotonic() < deadline, entries
