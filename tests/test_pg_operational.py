@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,15 @@ from loacl.store.postgres.upstream import PgUpstream
 from loacl.store.projections import default_projections
 from loacl.store.views import webhooks as views
 from loacl.store.views.webhooks import NewDelivery, Outcome
+from tests.test_handoff_mail import (
+    Clock,
+    member_post,
+    sent,
+    smtp,  # noqa: F401 (a fixture)
+    visitor_post,
+)
+from tests.test_handoff_mail import running as handoff_running
+from tests.test_mail import Collector
 from tests.test_stream import provider_server
 from tests.test_upstream import keyring, migrated
 from tests.test_webhooks import Receiver, Site, configured, running, verified
@@ -366,3 +377,76 @@ def test_two_servers_share_one_delivery_log_and_either_sends(
         assert [verified(r, hook["secret"])["type"] for r in later] == [
             "conversation.started", "message.posted", "reply.completed"]
         assert int(entries[2]["attempts"]) > 1  # retried: the first try was A's
+
+
+async def effect_caught_up(pg_url: str, name: str) -> None:
+    """Until the effect ``name`` (its checkpoint in PostgreSQL) has handled the whole log."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        found = await pg_rows(pg_url, "SELECT (SELECT seq FROM event_log_head WHERE id = 1) <= "
+                              f"coalesce((SELECT position FROM subscriber_checkpoints "
+                              f"WHERE name = '{name}'), -1)")
+        if found == [(True,)]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{name} did not catch up")
+
+
+async def mailed(collector: Collector, count: int) -> list[EmailMessage]:
+    deadline = time.monotonic() + WAIT
+    while len(sent(collector)) < count:
+        assert time.monotonic() < deadline, collector.messages
+        await asyncio.sleep(0.05)
+    return list(sent(collector))
+
+
+@pytest.mark.e2e
+async def test_handoff_mails_sent_by_one_server_are_not_sent_again_by_another(
+    settings: Settings, smtp: tuple[Collector, int],  # noqa: F811
+    provider: tuple[OpenAITestServer, str], pg_url: str, tmp_path: Path,
+) -> None:
+    """A sends the team's mail and a member's reply to the visitor, then stops; B takes the
+    handoff-mail subscriber over from a checkpoint wound back to the log's start: the mails'
+    record is PostgreSQL's, so B sends neither again, and mails the next reply once."""
+    collector, port = smtp
+    shared = settings.model_copy(update={
+        "database_url": pg_url, "openai_api_key": "sk-test",
+        "openai_base_url": f"{provider[1]}/v1", "require_verified_email": False,
+        "provider_max_retries": 0, "smtp_host": "127.0.0.1", "smtp_port": port,
+        "smtp_security": "none", "public_url": "https://chat.example.com",
+        "access_token_expire_minutes": 600, "typing_interval_seconds": 60.0})
+    one = shared.model_copy(update={"instance_database": tmp_path / "one.db"})
+    two = shared.model_copy(update={"instance_database": tmp_path / "two.db"})
+    clock = Clock()
+    with handoff_running(one, provider[0], clock) as a:
+        widget_id = a.widget_id
+        session = a.session()
+        visitor_post(a, session, "/handoff", {})
+        visitor_post(a, session, "/reply-address", {"email": "ada@example.com"})
+        member_post(a, session.conversation_id, "messages", {"text": "Your refund is sent."})
+        first = await mailed(collector, 2)
+        await effect_caught_up(pg_url, "handoff-mail")
+    assert sorted(str(m["To"]) for m in first) == [
+        "ada@example.com", "owner@example.com"]
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(
+            "UPDATE subscriber_checkpoints SET position = 0 WHERE name = 'handoff-mail'")
+    finally:
+        await conn.close()
+    with handoff_running(two, provider[0], clock, widget_id=widget_id) as b:
+        await effect_caught_up(pg_url, "handoff-mail")
+        assert len(sent(collector)) == 2
+        member_post(b, session.conversation_id, "messages", {"text": "Anything else?"})
+        await mailed(collector, 3)
+        await effect_caught_up(pg_url, "handoff-mail")
+        await asyncio.sleep(0.3)
+        assert [m.get_content().count("Anything else?") for m in sent(collector)] == [0, 0, 1]
+    assert await pg_rows(pg_url, "SELECT kind, count(*) FROM handoff_mails GROUP BY kind "
+                         "ORDER BY kind") == [("reply", 2), ("waiting", 1)]
+    for path in (one.database_path, two.database_path):
+        local = sqlite3.connect(path)
+        try:
+            assert local.execute("SELECT count(*) FROM handoff_mails").fetchone() == (0,)
+        finally:
+            local.close()
