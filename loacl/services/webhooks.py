@@ -7,7 +7,9 @@ From the log to a receiver, in three steps:
    kind. A batch handed over again after a crash adds nothing twice: a delivery's message id
    (``msg_<seq>_<endpoint>``) is unique.
 2. ``Dispatcher`` sends what is due, oldest first; of one endpoint and one conversation only the
-   oldest pending delivery at a time, so a receiver sees a conversation's events in order. A
+   oldest pending delivery at a time, so a receiver sees a conversation's events in order. With
+   the log in PostgreSQL the deliveries are there, and every instance's dispatcher sends, each
+   claiming what it is about to send (``store.postgres.operational``). A
    failed attempt (no answer, or a status outside 2xx) is retried after an exponential delay
    with jitter, until ``webhook_retry_hours`` after it was first due; then it is given up.
 3. After ``webhook_disable_after`` failed attempts in a row the endpoint is disabled (an event)
@@ -466,7 +468,8 @@ class Dispatcher:
         self._task = asyncio.create_task(self._run(), name="webhook-dispatcher")
 
     async def stop(self) -> None:
-        """Sends cut short here are pending still, and go again after the restart."""
+        """Sends cut short here are pending still, and go again after the restart (or at once
+        from another instance, their claims given back)."""
         tasks = [t for t in (self._task, *self._inflight.values()) if t is not None]
         cut = list(self._inflight)
         self._task = None
