@@ -29,7 +29,7 @@ from loacl.services.webhooks import Dispatcher, Webhooks
 from loacl.settings import Settings
 from loacl.store.codec import format_time
 from loacl.store.eventstore import EventStore, utc_now
-from loacl.store.postgres.operational import WAKE, PgDeliveries, PgHandoffMails
+from loacl.store.postgres.operational import WAKE, PgDeliveries, PgHandoffMails, adopt
 from loacl.store.postgres.upstream import PgUpstream
 from loacl.store.projections import default_projections
 from loacl.store.views import webhooks as views
@@ -377,6 +377,53 @@ def test_two_servers_share_one_delivery_log_and_either_sends(
         assert [verified(r, hook["secret"])["type"] for r in later] == [
             "conversation.started", "message.posted", "reply.completed"]
         assert int(entries[2]["attempts"]) > 1  # retried: the first try was A's
+
+
+def old_rows(n: int) -> Callable[[sqlite3.Connection], None]:
+    """What a copy that ran the subscribers kept before PostgreSQL held these tables: a
+    delivered and a pending delivery, an endpoint's failures, a mail sent."""
+    def write(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        for message_id, status in ((f"msg_{n}_old", "delivered"), (f"msg_{n + 1}_old",
+                                                                   "pending")):
+            conn.execute(
+                "INSERT INTO webhook_deliveries (message_id, webhook_id, event_type, "
+                "source_seq, ordering_key, payload, status, attempts, created_at, "
+                "retry_until, next_attempt_at) VALUES (?, 'wh_old', 'budget.reached', 0, "
+                "'k', '{}', ?, 1, '2026-01-01T00:00:00.000000+00:00', "
+                "'2026-01-02T00:00:00.000000+00:00', '2026-01-01T00:00:00.000000+00:00')",
+                (message_id, status))
+        conn.execute("INSERT INTO webhook_health (webhook_id, failures_in_row) "
+                     "VALUES ('wh_old', 1)")
+        conn.execute("INSERT INTO handoff_mails VALUES ('waiting', ?, 'c1', "
+                     "'2026-01-01T00:00:00.000000+00:00')", (str(n),))
+        conn.execute("COMMIT")
+
+    return write
+
+
+async def test_deliveries_and_mails_a_copy_kept_before_move_into_postgresql(
+    instances: Callable[[str], Awaitable[Instance]], pg_url: str
+) -> None:
+    """An instance whose copy ran the subscribers before these tables were in PostgreSQL
+    hands its rows over when it starts (http.app): the pending delivery is sent from there,
+    the mail is known sent; a row PostgreSQL has already stays as it is there."""
+    a, b = await instances("a"), await instances("b")
+    await a.store.run_on_writer(old_rows(1))
+    await b.store.run_on_writer(old_rows(2))  # msg_2_old: in both copies
+    assert a.store.upstream is not None and b.store.upstream is not None
+    assert await adopt(a.store, a.store.upstream) == {
+        "webhook_deliveries": 2, "webhook_health": 1, "handoff_mails": 1}
+    assert await adopt(a.store, a.store.upstream) == {}
+    await adopt(b.store, b.store.upstream)
+    assert await pg_rows(pg_url, "SELECT message_id, status FROM webhook_deliveries "
+                         "ORDER BY delivery_id") == [
+        ("msg_1_old", "delivered"), ("msg_2_old", "pending"), ("msg_3_old", "pending")]
+    assert await pg_rows(pg_url, "SELECT * FROM webhook_health") == [("wh_old", 1, None, None)]
+    assert await b.mails.was_sent("waiting", "1") and await a.mails.was_sent("waiting", "2")
+    for instance in (a, b):
+        for table in ("webhook_deliveries", "webhook_health", "handoff_mails"):
+            assert await instance.store.query(f"SELECT count(*) FROM {table}") == [(0,)]
 
 
 async def effect_caught_up(pg_url: str, name: str) -> None:

@@ -73,6 +73,7 @@ from loacl.store.handoff_mails import SqliteHandoffMails
 from loacl.store.operational import DeliveryTable, MailRecord
 from loacl.store.postgres.operational import WAKE as DELIVERIES
 from loacl.store.postgres.operational import PgDeliveries, PgHandoffMails
+from loacl.store.postgres.operational import adopt as adopt_operational
 from loacl.store.postgres.upstream import PgUpstream
 from loacl.store.projections import default_projections
 from loacl.store.replica.supervisor import Replication
@@ -233,6 +234,10 @@ def create_app(
                                 "so that /readyz reports it")
                 await recover(store)
                 if store.upstream is not None:
+                    # Deliveries and mails a copy kept before PostgreSQL held them: moved there.
+                    moved = await adopt_operational(store, store.upstream)
+                    if moved:
+                        log.info("operational.adopted", rows=moved)
                     # Replies left by an instance that stopped while this one runs.
                     recovering = asyncio.create_task(_recover_every(store, 60.0))
                 if demo_enabled(settings):

@@ -22,6 +22,7 @@ when it is sent), as in SQLite: an erasure has nothing to remove from these tabl
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -228,3 +229,59 @@ class PgHandoffMails:
                 "INSERT INTO handoff_mails (kind, key, conversation_id, sent_at) "
                 "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
                 kind, key, conversation_id, sent_at)
+
+
+# -- an instance's copy from before these tables were in PostgreSQL ------------------------------
+
+_LOCAL_DELIVERIES = (
+    "SELECT message_id, webhook_id, event_type, source_seq, ordering_key, payload, status, "
+    "attempts, created_at, retry_until, next_attempt_at, last_attempt_at, response_status, "
+    "latency_ms, last_error, delivered_at FROM webhook_deliveries ORDER BY delivery_id"
+)
+_ADOPT_DELIVERY = (
+    "INSERT INTO webhook_deliveries (message_id, webhook_id, event_type, source_seq, "
+    "ordering_key, payload, status, attempts, created_at, retry_until, next_attempt_at, "
+    "last_attempt_at, response_status, latency_ms, last_error, delivered_at) VALUES ($1, $2, $3, "
+    "$4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) ON CONFLICT (message_id) "
+    "DO NOTHING"
+)
+_OWN = {
+    "webhook_deliveries": _LOCAL_DELIVERIES,
+    "webhook_health": "SELECT webhook_id, failures_in_row, last_success_at, last_failure_at "
+                      "FROM webhook_health",
+    "handoff_mails": "SELECT kind, key, conversation_id, sent_at FROM handoff_mails",
+}
+
+
+async def adopt(store: EventStore, upstream: PgUpstream) -> dict[str, int]:
+    """Move into PostgreSQL the deliveries and mails' record this instance's copy holds from
+    before they were kept there (a copy that ran the subscribers then): a pending delivery is
+    sent, a mail sent is not sent again. Rows PostgreSQL has already (by message id, by mail)
+    stay as they are there, so that a move cut short is done again safely. How many rows of
+    each table the copy held."""
+    held = {table: await store.query(sql) for table, sql in _OWN.items()}
+    if not any(held.values()):
+        return {}
+    async with upstream.connection() as pg, pg.transaction():
+        await pg.executemany(_ADOPT_DELIVERY, held["webhook_deliveries"])
+        await pg.executemany(
+            "INSERT INTO webhook_health (webhook_id, failures_in_row, last_success_at, "
+            "last_failure_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            held["webhook_health"])
+        await pg.executemany(
+            "INSERT INTO handoff_mails (kind, key, conversation_id, sent_at) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING", held["handoff_mails"])
+        await pg.execute(_NOTIFY, WAKE)
+
+    def forget(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table in _OWN:
+                conn.execute(f"DELETE FROM {table}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    await store.run_on_writer(forget)
+    return {table: len(rows) for table, rows in held.items() if rows}
