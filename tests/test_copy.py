@@ -322,8 +322,21 @@ def test_the_log_moves_in_chunks_and_what_postgresql_cannot_hold_is_named(
     pg_url = pg_empty_url
     conn = sqlite3.connect(source)
     conn.execute("INSERT INTO blobs (sha256, data) VALUES ('ab', x'00ff')")
+    # What the effects did and have to do moves with the log (PostgreSQL keeps it for the
+    # instances): a pending delivery, an endpoint's failures, a mail sent.
+    conn.execute(
+        "INSERT INTO webhook_deliveries (delivery_id, message_id, webhook_id, event_type, "
+        "source_seq, ordering_key, status, attempts, created_at, retry_until, "
+        "next_attempt_at, last_error) VALUES (7, 'msg_3_wh_1', 'wh_1', 'message.posted', 3, "
+        "'c1', 'pending', 2, '2026-01-01T00:00:00.000000+00:00', "
+        "'2026-01-02T00:00:00.000000+00:00', '2026-01-01T00:01:00.000000+00:00', 'down')")
+    conn.execute("INSERT INTO webhook_health (webhook_id, failures_in_row) VALUES ('wh_1', 2)")
+    conn.execute("INSERT INTO handoff_mails (kind, key, conversation_id, sent_at) VALUES "
+                 "('waiting', '4', 'c1', '2026-01-01T00:00:00.000000+00:00')")
     conn.commit()
     conn.close()
+    effects = {table: sqlite_rows(source, f"SELECT * FROM {table}") for table in (
+        "webhook_deliveries", "webhook_health", "handoff_mails")}
     events = sqlite_rows(source, f"{EVENTS} FROM events ORDER BY seq")
     seen: list[tuple[str, int, int]] = []
 
@@ -339,6 +352,13 @@ def test_the_log_moves_in_chunks_and_what_postgresql_cannot_hold_is_named(
     assert pg_rows(pg_url, f"{EVENTS} FROM events ORDER BY seq") == events
     assert pg_rows(pg_url, "SELECT max(version) FROM schema_migrations") == [
         (migrate.LATEST,)]
+    assert pg_rows(pg_url, "SELECT * FROM webhook_deliveries") == [
+        (*effects["webhook_deliveries"][0], None, None)]  # and no claim
+    for table in ("webhook_health", "handoff_mails"):
+        assert pg_rows(pg_url, f"SELECT * FROM {table}") == effects[table]
+    # The next delivery enqueued there comes after the copied one.
+    assert pg_rows(pg_url, "SELECT nextval(pg_get_serial_sequence('webhook_deliveries', "
+                   "'delivery_id'))") == [(8,)]
 
     seen.clear()
     back = asyncio.run(copy.copy(pg_url, f"sqlite:///{back_path}", keys=keyring(), chunk=3,
@@ -348,6 +368,8 @@ def test_the_log_moves_in_chunks_and_what_postgresql_cannot_hold_is_named(
     assert {stage for stage, _, _ in seen} == {"copy", "verify", "replay"}
     assert sqlite_rows(back_path, f"{EVENTS} FROM events ORDER BY seq") == events
     assert sqlite_rows(back_path, "SELECT count(*) FROM blobs") == [(0,)]
+    for table, rows in effects.items():
+        assert sqlite_rows(back_path, f"SELECT * FROM {table}") == rows
     assert read_tables(back_path) == read_tables(source)
 
 

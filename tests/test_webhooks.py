@@ -51,6 +51,7 @@ class Receiver:
 
     port: int = 0
     status: int = 204
+    delay: float = 0.0  # seconds before each answer: sends that overlap
     received: list[Received] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -68,6 +69,7 @@ class Receiver:
                 with receiver._lock:
                     receiver.received.append(Received(
                         {k.lower(): v for k, v in self.headers.items()}, body))
+                time.sleep(receiver.delay)
                 self.send_response(receiver.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

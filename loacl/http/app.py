@@ -69,12 +69,18 @@ from loacl.settings import MASTER_KEY_FILE, Settings, jwt_secret
 from loacl.store import integrity, migrations
 from loacl.store.backup import ServeLock
 from loacl.store.eventstore import Clock, EventStore, utc_now
+from loacl.store.handoff_mails import SqliteHandoffMails
+from loacl.store.operational import DeliveryTable, MailRecord
+from loacl.store.postgres.operational import WAKE as DELIVERIES
+from loacl.store.postgres.operational import PgDeliveries, PgHandoffMails
+from loacl.store.postgres.operational import adopt as adopt_operational
 from loacl.store.postgres.upstream import PgUpstream
 from loacl.store.projections import default_projections
 from loacl.store.replica.supervisor import Replication
 from loacl.store.sqlite import check_version, connect
 from loacl.store.subscribers import default_subscribers
 from loacl.store.subscriptions import Subscriptions
+from loacl.store.views.webhooks import SqliteDeliveries
 from loacl.store.watch import Watch
 from loacl.telemetry.metrics import Metrics
 
@@ -177,7 +183,18 @@ def create_app(
     limits = VisitorLimits(settings)
     budgets = Budgets(store, settings, clock)
     server_key = jwt_secret(settings)
-    hooks = Webhooks(store, settings, server_key, mailer, clock)
+    # Deliveries and the mails' record: in PostgreSQL with the log, so that every instance
+    # reads the same and any may send what is due (docs/scale-out.md); else in the file.
+    deliveries: DeliveryTable = SqliteDeliveries(store)
+    mails_sent: MailRecord = SqliteHandoffMails(store)
+    if store.upstream is not None:
+        # A claim outlives the longest send, lest a second instance take it over meanwhile.
+        deliveries = PgDeliveries(store, store.upstream,
+                                  lease_seconds=2 * settings.outbound_timeout_seconds + 30)
+        mails_sent = PgHandoffMails(store.upstream)
+    hooks = Webhooks(store, settings, server_key, mailer, clock, deliveries)
+    if store.upstream is not None:
+        store.upstream.listen(DELIVERIES, hooks.wake.set)
     dispatcher = Dispatcher(hooks)
 
     def visitor_online(conversation_id: str) -> bool:
@@ -186,7 +203,8 @@ def create_app(
 
     subscriptions = Subscriptions(store, [
         *default_subscribers(), BudgetMail(budgets, mailer, hooks.budget_reached).subscriber(),
-        hooks.subscriber(), HandoffMail(store, settings, mailer, visitor_online).subscriber(),
+        hooks.subscriber(), HandoffMail(store, settings, mailer, visitor_online,
+                                        mails_sent).subscriber(),
     ])
     passwords = Passwords(
         settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
@@ -216,6 +234,10 @@ def create_app(
                                 "so that /readyz reports it")
                 await recover(store)
                 if store.upstream is not None:
+                    # Deliveries and mails a copy kept before PostgreSQL held them: moved there.
+                    moved = await adopt_operational(store, store.upstream)
+                    if moved:
+                        log.info("operational.adopted", rows=moved)
                     # Replies left by an instance that stopped while this one runs.
                     recovering = asyncio.create_task(_recover_every(store, 60.0))
                 if demo_enabled(settings):

@@ -35,9 +35,10 @@ from loacl.domain.handoff import (
 )
 from loacl.services.mail import Mailer
 from loacl.settings import Settings
-from loacl.store import handoff_mails
 from loacl.store.codec import format_time, parse_time
 from loacl.store.eventstore import EventStore
+from loacl.store.handoff_mails import SqliteHandoffMails
+from loacl.store.operational import MailRecord
 from loacl.store.subscriptions import Effect
 from loacl.store.views import conversations as views
 from loacl.store.views import widgets as widget_views
@@ -54,8 +55,11 @@ READ_LIVE = "reply_read_live"
 
 class HandoffMail:
     def __init__(self, store: EventStore, settings: Settings, mailer: Mailer,
-                 visitor_online: Callable[[str], bool] = lambda _: False) -> None:
+                 visitor_online: Callable[[str], bool] = lambda _: False,
+                 sent: MailRecord | None = None) -> None:
         self.store = store
+        # The mails sent: in the store's file, or in PostgreSQL with the log (http.app).
+        self.sent: MailRecord = sent if sent is not None else SqliteHandoffMails(store)
         self.settings = settings
         self.mailer = mailer
         # Whether a tab of the visitor's widget holds the conversation open (in memory).
@@ -81,12 +85,12 @@ class HandoffMail:
     async def _waiting(self, recorded: RecordedEvent, event: ConversationStateChanged) -> None:
         minutes = self.settings.handoff_mail_minutes
         key = str(recorded.seq)
-        if minutes == 0 or await handoff_mails.was_sent(self.store, WAITING_MAIL, key):
+        if minutes == 0 or await self.sent.was_sent(WAITING_MAIL, key):
             return
         found = await views.conversation(self.store, event.conversation_id)
         if found is None or found.erased or found.owner_id is None:
             return
-        last = await handoff_mails.last_sent(self.store, found.conversation_id, WAITING_MAIL)
+        last = await self.sent.last_sent(found.conversation_id, WAITING_MAIL)
         if last is not None and recorded.recorded_at - parse_time(last) < timedelta(
                 minutes=minutes):
             log.info("handoff.mail_skipped", conversation_id=found.conversation_id,
@@ -114,7 +118,7 @@ class HandoffMail:
         message_id = f"<handoff.waiting.{recorded.seq}@loacl>"
         for address in addresses:
             await self.mailer.deliver(address, subject, "\n".join(lines) + "\n", message_id)
-        await handoff_mails.record(self.store, WAITING_MAIL, key, found.conversation_id,
+        await self.sent.record(WAITING_MAIL, key, found.conversation_id,
                                    format_time(recorded.recorded_at))
         log.info("handoff.mail_sent", conversation_id=found.conversation_id,
                  recipients=len(addresses))
@@ -125,12 +129,12 @@ class HandoffMail:
                 or found.reply_email_seq is None or found.reply_email_seq > recorded.seq):
             return  # no address, or one left after this message was written
         for kind in (REPLY_MAIL, READ_LIVE):
-            if await handoff_mails.was_sent(self.store, kind, event.message_id):
+            if await self.sent.was_sent(kind, event.message_id):
                 return  # decided before
         at = format_time(recorded.recorded_at)
         if self.visitor_online(found.conversation_id):
             # The visitor reads it in the widget now.
-            await handoff_mails.record(self.store, READ_LIVE, event.message_id,
+            await self.sent.record(READ_LIVE, event.message_id,
                                        found.conversation_id, at)
             return
         widget = await widget_views.widget(self.store, found.widget_id)
@@ -140,7 +144,7 @@ class HandoffMail:
                 "You get this mail because you left this address in the chat.\n")
         await self.mailer.deliver(found.reply_email, f"{event.author_name} answered you",
                                   body, f"<handoff.reply.{event.message_id}@loacl>")
-        await handoff_mails.record(self.store, REPLY_MAIL, event.message_id,
+        await self.sent.record(REPLY_MAIL, event.message_id,
                                    found.conversation_id, at)
         log.info("handoff.reply_mailed", conversation_id=found.conversation_id,
                  message_id=event.message_id)

@@ -7,7 +7,9 @@ From the log to a receiver, in three steps:
    kind. A batch handed over again after a crash adds nothing twice: a delivery's message id
    (``msg_<seq>_<endpoint>``) is unique.
 2. ``Dispatcher`` sends what is due, oldest first; of one endpoint and one conversation only the
-   oldest pending delivery at a time, so a receiver sees a conversation's events in order. A
+   oldest pending delivery at a time, so a receiver sees a conversation's events in order. With
+   the log in PostgreSQL the deliveries are there, and every instance's dispatcher sends, each
+   claiming what it is about to send (``store.postgres.operational``). A
    failed attempt (no answer, or a status outside 2xx) is retried after an exponential delay
    with jitter, until ``webhook_retry_hours`` after it was first due; then it is given up.
 3. After ``webhook_disable_after`` failed attempts in a row the endpoint is disabled (an event)
@@ -57,12 +59,13 @@ from loacl.services.versions import expect_version
 from loacl.settings import Settings
 from loacl.store.codec import format_time, parse_time
 from loacl.store.eventstore import NO_STREAM, Clock, EventStore, utc_now
+from loacl.store.operational import DeliveryTable
 from loacl.store.records import EVENT_COLUMNS, decode_rows
 from loacl.store.subscriptions import Effect
 from loacl.store.views import Page
 from loacl.store.views import webhooks as views
 from loacl.store.views import workspaces as workspace_views
-from loacl.store.views.webhooks import Delivery, NewDelivery, WebhookView
+from loacl.store.views.webhooks import Delivery, NewDelivery, SqliteDeliveries, WebhookView
 
 log = structlog.get_logger(__name__)
 
@@ -122,9 +125,11 @@ class Webhooks:
 
     def __init__(
         self, store: EventStore, settings: Settings, server_key: str, mailer: Mailer,
-        clock: Clock = utc_now,
+        clock: Clock = utc_now, table: DeliveryTable | None = None,
     ) -> None:
         self.store = store
+        # The deliveries: in the store's file, or in PostgreSQL with the log (http.app).
+        self.table: DeliveryTable = table if table is not None else SqliteDeliveries(store)
         self.settings = settings
         self._server_key = server_key.encode()
         self.mailer = mailer
@@ -189,7 +194,7 @@ class Webhooks:
                                 expected_version=version, metadata=meta,
                                 subject=subject(OWNER, owner_id))
         if events and definition.enabled:  # on again: its past failures are forgotten
-            await self.store.run_on_writer(lambda c: views.forget_failures(c, webhook_id))
+            await self.table.forget_failures(webhook_id)
             self.wake.set()
         return await self.get(owner_id, webhook_id)
 
@@ -265,8 +270,7 @@ class Webhooks:
         if not deliveries:
             return 0
         now, until = self._window()
-        added = int(await self.store.run_on_writer(
-            lambda c: views.enqueue(c, deliveries, now, until)))
+        added = await self.table.enqueue(deliveries, now, until)
         self.wake.set()
         return added
 
@@ -278,9 +282,9 @@ class Webhooks:
                             "message": "a test event from LOACL"}}
         await self.enqueue([NewDelivery(message_id, webhook_id, TEST, 0, message_id,
                                         json.dumps(payload))])
-        found = await self.store.query(
-            "SELECT delivery_id FROM webhook_deliveries WHERE message_id = ?", (message_id,))
-        return await self.delivery(owner_id, webhook_id, int(found[0][0]))
+        found = await self.table.by_message(message_id)
+        assert found is not None, "enqueued just now"
+        return found
 
     async def budget_reached(
         self, owner_id: str, widget_id: str, period: str, key: str,
@@ -302,11 +306,11 @@ class Webhooks:
         self, owner_id: str, webhook_id: str, after: int, limit: int
     ) -> Page[Delivery]:
         await self.get(owner_id, webhook_id)
-        return await views.deliveries_of(self.store, webhook_id, after, limit)
+        return await self.table.deliveries_of(webhook_id, after, limit)
 
     async def delivery(self, owner_id: str, webhook_id: str, delivery_id: int) -> Delivery:
         await self.get(owner_id, webhook_id)
-        found = await views.delivery(self.store, webhook_id, delivery_id)
+        found = await self.table.delivery(webhook_id, delivery_id)
         if found is None:
             raise LoaclError("not_found", "no such delivery")
         return found
@@ -314,8 +318,7 @@ class Webhooks:
     async def redeliver(self, owner_id: str, webhook_id: str, delivery_id: int) -> Delivery:
         found = await self.delivery(owner_id, webhook_id, delivery_id)
         now, until = self._window()
-        await self.store.run_on_writer(
-            lambda c: views.redeliver(c, found.delivery_id, now, until))
+        await self.table.redeliver(found.delivery_id, now, until)
         self.wake.set()
         return await self.delivery(owner_id, webhook_id, delivery_id)
 
@@ -391,11 +394,14 @@ class Webhooks:
 
     # -- payloads ----------------------------------------------------------------------------
 
-    async def payload(self, delivery: Delivery, view: WebhookView) -> str:
+    async def payload(self, delivery: Delivery, view: WebhookView) -> str | None:
+        """The body to send; None when the event is not in this store (yet: a copy behind)."""
         if delivery.payload is not None:
             return delivery.payload
         rows = await self.store.query(
             f"SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?", (delivery.source_seq,))
+        if not rows:
+            return None
         recorded = decode_rows(rows, self.store.keyring)[0]
         owner = (await views.conversation_owners(self.store, [delivery.ordering_key])).get(
             delivery.ordering_key)
@@ -452,6 +458,7 @@ class Dispatcher:
     def __init__(self, webhooks: Webhooks) -> None:
         self.webhooks = webhooks
         self.store = webhooks.store
+        self.table = webhooks.table
         self.settings = webhooks.settings
         self._task: asyncio.Task[None] | None = None
         self._inflight: dict[int, asyncio.Task[None]] = {}
@@ -461,13 +468,19 @@ class Dispatcher:
         self._task = asyncio.create_task(self._run(), name="webhook-dispatcher")
 
     async def stop(self) -> None:
-        """Sends cut short here are pending still, and go again after the restart."""
+        """Sends cut short here are pending still, and go again after the restart (or at once
+        from another instance, their claims given back)."""
         tasks = [t for t in (self._task, *self._inflight.values()) if t is not None]
+        cut = list(self._inflight)
         self._task = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._inflight.clear()
+        # Given back, so that another instance sends them now rather than when their claim
+        # would run out (store.postgres.operational; nothing to do in SQLite).
+        with contextlib.suppress(Exception):
+            await self.table.release(cut)
 
     async def _run(self) -> None:
         wake = self.webhooks.wake
@@ -492,13 +505,12 @@ class Dispatcher:
         now = self.webhooks.clock()
         room = self._concurrency - len(self._inflight)
         if room > 0:
-            for delivery in await views.due(self.store, format_time(now),
-                                            list(self._inflight), room):
+            for delivery in await self.table.due(format_time(now), list(self._inflight), room):
                 task = asyncio.create_task(self._attempt(delivery),
                                            name=f"webhook-{delivery.delivery_id}")
                 self._inflight[delivery.delivery_id] = task
                 task.add_done_callback(functools.partial(self._done, delivery.delivery_id))
-        upcoming = await views.next_due(self.store)
+        upcoming = await self.table.next_due(format_time(now))
         if upcoming is None:
             return IDLE
         return min(IDLE, max(0.01, (parse_time(upcoming) - now).total_seconds()))
@@ -522,8 +534,15 @@ class Dispatcher:
         webhooks = self.webhooks
         view = await views.webhook(self.store, delivery.webhook_id)
         if view is None or not view.definition.enabled:
+            await self.table.release([delivery.delivery_id])
             return
         body = await webhooks.payload(delivery, view)
+        if body is None:
+            # Enqueued by another instance, of an event this copy has not got yet: in a
+            # moment it has (store.postgres.upstream).
+            soon = webhooks.clock() + timedelta(seconds=1)
+            await self.table.release([delivery.delivery_id], format_time(soon))
+            return
         now = webhooks.clock()
         headers = {
             "webhook-id": delivery.message_id,
@@ -554,8 +573,8 @@ class Dispatcher:
             gave_up = format_time(retry_at) > delivery.retry_until
             outcome = views.Outcome("failed" if gave_up else "pending", status, latency, error,
                                     format_time(retry_at))
-        failures = int(await self.store.run_on_writer(lambda c: views.record_attempt(
-            c, delivery.delivery_id, delivery.webhook_id, outcome, format_time(done))))
+        failures = await self.table.record_attempt(delivery.delivery_id, delivery.webhook_id,
+                                                   outcome, format_time(done))
         log.info("webhook.attempt", delivery_id=delivery.delivery_id, status=outcome.status,
                  response=status, error=error)
         if error is not None and failures >= self.settings.webhook_disable_after:

@@ -4,9 +4,11 @@ and a PostgreSQL database, either way, and its hash chain checked on arrival.
 What moves: the events, byte for byte and in order (so the hashes hold), the log's head, the
 idempotency keys, the data keys with their ids (a sealed value names its key by id; an erased
 key, its wrapped key NULL, stays erased) and the key state (master key id, erasure count, where
-sealing began), and the subscriber checkpoints of the subscribers that act outside the
-database. Everything is read in one snapshot of the source and streamed in chunks: neither the
-log nor any table is held in memory whole.
+sealing began), the subscriber checkpoints of the subscribers that act outside the database,
+and what those did and have still to do: webhook deliveries (pending ones are sent where the
+log arrives, under the same ids), each endpoint's run of failures, and the handoff mails sent
+(``store.operational``). Everything is read in one snapshot of the source and streamed in
+chunks: neither the log nor any table is held in memory whole.
 
 Subscriber checkpoints. A checkpoint says what its subscriber has done up to a position. For a
 subscriber that acts outside the database (a webhook sent, a mail) that is true wherever the
@@ -25,8 +27,8 @@ Into SQLite: a new file is built beside the target (``NAME.copy``), migrated to 
 schema, filled, its chain audited against the source's head, and its read tables built by
 replaying the log (as ``loacl replay`` does), so the file is a working LOACL database. Only
 then does it take the target's name; a failed copy removes it, and the target is never
-touched. Tables outside the log that only SQLite has (uploaded files' bytes, webhook
-deliveries and the like) are not in PostgreSQL and so are not in the copy either:
+touched. Tables outside the log that only SQLite has (uploaded files' bytes, knowledge vectors
+and the like) are not in PostgreSQL and so are not in the copy either:
 ``Copied.left_behind`` names those that held rows.
 """
 
@@ -71,7 +73,18 @@ _CHECKPOINTS = (
     "subscriber_checkpoints",
     ("name", "position", "updated_at", "last_error", "error_at", "failures"),
 )
-_SIDE_TABLES = (_APPEND_KEYS, _DATA_KEYS, _CHECKPOINTS)
+# What the effects did and have still to do (store.operational): PostgreSQL keeps them for the
+# instances, so they move with the log. A delivery's claim stays behind: nobody is sending it.
+_DELIVERIES = (
+    "webhook_deliveries",
+    ("delivery_id", "message_id", "webhook_id", "event_type", "source_seq", "ordering_key",
+     "payload", "status", "attempts", "created_at", "retry_until", "next_attempt_at",
+     "last_attempt_at", "response_status", "latency_ms", "last_error", "delivered_at"),
+)
+_HEALTH = ("webhook_health",
+           ("webhook_id", "failures_in_row", "last_success_at", "last_failure_at"))
+_MAILS = ("handoff_mails", ("kind", "key", "conversation_id", "sent_at"))
+_SIDE_TABLES = (_APPEND_KEYS, _DATA_KEYS, _CHECKPOINTS, _DELIVERIES, _HEALTH, _MAILS)
 _EVENT_NAMES = tuple(c.strip() for c in EVENT_COLUMNS.split(","))
 # Derived from the log or carried above: not "left behind" when a SQLite source has them.
 _LOG_TABLES = frozenset([
@@ -283,11 +296,13 @@ async def _fill_postgres(
                 carried = counts.side(table, rows)
                 if carried:
                     await conn.copy_records_to_table(table, records=carried, columns=columns)
-        # New data keys are numbered after the copied ones: an id is never reused.
-        await conn.execute(
-            "SELECT setval(pg_get_serial_sequence('data_keys', 'key_id'), max(key_id)) "
-            "FROM data_keys HAVING max(key_id) IS NOT NULL"
-        )
+        # New data keys and deliveries are numbered after the copied ones: an id is never
+        # reused (and a delivery's is its order within a key).
+        for table, column in (("data_keys", "key_id"), ("webhook_deliveries", "delivery_id")):
+            await conn.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), max({column})) "
+                f"FROM {table} HAVING max({column}) IS NOT NULL"
+            )
         if "key_state" in tables:
             state = src.execute(
                 "SELECT master_id, erasures, sealed_after FROM key_state WHERE id = 1"

@@ -192,6 +192,8 @@ class PgUpstream:
         self.heard: Callable[[str, str], None] | None = None
         self._live: Any = None  # sends LIVE and FOLLOW notifications
         self._live_lock = asyncio.Lock()  # one statement at a time on it
+        # Other channels listened to, each with who is told (``listen``).
+        self._channels: dict[str, list[Callable[[], None]]] = {}
 
     # -- life cycle (event loop) --------------------------------------------------------------
 
@@ -218,6 +220,8 @@ class PgUpstream:
             await self._listener.add_listener(CHANNEL, self._notified)
             for channel in (LIVE, FOLLOW, STARTED):
                 await self._listener.add_listener(channel, self._heard)
+            for channel in self._channels:
+                await self._listener.add_listener(channel, self._told)
             self._leases = await self._pool.acquire()
         except BaseException:
             await self.close()
@@ -232,12 +236,27 @@ class PgUpstream:
                 await self._listener.remove_listener(CHANNEL, self._notified)
                 for channel in (LIVE, FOLLOW, STARTED):
                     await self._listener.remove_listener(channel, self._heard)
+                for channel in self._channels:
+                    await self._listener.remove_listener(channel, self._told)
         for conn in (self._listener, self._conn, self._leases, self._live):
             if conn is not None:
                 with contextlib.suppress(OSError, asyncpg.PostgresError):
                     await pool.release(conn)  # a reset: the leases' locks go with it
         self._listener = self._conn = self._leases = self._live = None
         await pool.close()
+
+    def listen(self, channel: str, told: Callable[[], None]) -> None:
+        """Have ``told`` called on each notification on ``channel`` (from ``open`` on, on the
+        listener's connection: no connection more). Before ``open``."""
+        self._channels.setdefault(channel, []).append(told)
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """A connection of the pool for a short piece of work (``store.postgres.operational``)."""
+        if self._pool is None:
+            raise LoaclError("store_closed", "the PostgreSQL log is not open")
+        async with self._pool.acquire() as conn:
+            yield conn
 
     # -- replies: each held by the instance that runs it ----------------------------------------
 
@@ -326,6 +345,10 @@ class PgUpstream:
             self._heard_head = max(self._heard_head, int(payload))
         if self.woken is not None:
             self.woken()
+
+    def _told(self, _conn: object, _pid: int, channel: str, _payload: str) -> None:
+        for told in self._channels.get(channel, ()):
+            told()
 
     def _heard(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
         if self.heard is not None:

@@ -1,8 +1,9 @@
 """Reads and writes of webhook endpoints and their deliveries.
 
 The endpoints are a read table of the log (``projections.webhooks``); the deliveries and each
-endpoint's run of failures are operational tables this module alone writes, always on the
-store's writer (``run_on_writer``), never from another connection.
+endpoint's run of failures are operational tables this module alone writes in SQLite, always on
+the store's writer (``run_on_writer``), never from another connection (``SqliteDeliveries``;
+with the log in PostgreSQL they live there instead: ``store.postgres.operational``).
 """
 
 from __future__ import annotations
@@ -156,6 +157,10 @@ async def delivery(store: EventStore, webhook_id: str, delivery_id: int) -> Deli
                        (webhook_id, delivery_id), _delivery)
 
 
+async def by_message(store: EventStore, message_id: str) -> Delivery | None:
+    return await first(store, f"{_DELIVERY} WHERE message_id = ?", (message_id,), _delivery)
+
+
 async def deliveries_of(
     store: EventStore, webhook_id: str, after: int, limit: int
 ) -> Page[Delivery]:
@@ -232,6 +237,58 @@ async def failures_in_row(store: EventStore, webhook_id: str) -> int:
     rows = await store.query(
         "SELECT failures_in_row FROM webhook_health WHERE webhook_id = ?", (webhook_id,))
     return int(rows[0][0]) if rows else 0
+
+
+class SqliteDeliveries:
+    """The deliveries in the store's own file (``operational.DeliveryTable``): one server,
+    one dispatcher, so what ``due`` gives needs no claim (the dispatcher passes what it is
+    sending as ``exclude``)."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+
+    async def enqueue(self, deliveries: Sequence[NewDelivery], now: str, retry_until: str
+                      ) -> int:
+        return int(await self.store.run_on_writer(
+            lambda c: enqueue(c, deliveries, now, retry_until)))
+
+    async def due(self, now: str, exclude: Sequence[int], limit: int) -> list[Delivery]:
+        return await due(self.store, now, exclude, limit)
+
+    async def next_due(self, now: str) -> str | None:
+        return await next_due(self.store)
+
+    async def release(self, delivery_ids: Sequence[int], until: str | None = None) -> None:
+        pass  # nothing was claimed: a delivery not attempted is pending still
+
+    async def delivery(self, webhook_id: str, delivery_id: int) -> Delivery | None:
+        return await delivery(self.store, webhook_id, delivery_id)
+
+    async def by_message(self, message_id: str) -> Delivery | None:
+        return await by_message(self.store, message_id)
+
+    async def deliveries_of(self, webhook_id: str, after: int, limit: int) -> Page[Delivery]:
+        return await deliveries_of(self.store, webhook_id, after, limit)
+
+    async def record_attempt(self, delivery_id: int, webhook_id: str, outcome: Outcome,
+                             now: str) -> int:
+        return int(await self.store.run_on_writer(
+            lambda c: record_attempt(c, delivery_id, webhook_id, outcome, now)))
+
+    async def redeliver(self, delivery_id: int, now: str, retry_until: str) -> None:
+        await self.store.run_on_writer(lambda c: redeliver(c, delivery_id, now, retry_until))
+
+    async def forget_failures(self, webhook_id: str) -> None:
+        await self.store.run_on_writer(lambda c: forget_failures(c, webhook_id))
+
+    async def failures_in_row(self, webhook_id: str) -> int:
+        return await failures_in_row(self.store, webhook_id)
+
+
+async def enabled_webhooks(store: EventStore) -> list[str]:
+    """The ids of the endpoints that are on (a delivery to another waits)."""
+    return [str(r[0]) for r in await store.query(
+        "SELECT webhook_id FROM webhooks WHERE enabled = 1", ())]
 
 
 # -- who hears of a conversation ---------------------------------------------------------------
