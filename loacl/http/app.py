@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -251,8 +252,15 @@ def create_app(
                 retention.start()
                 watch.start()
                 log.info("loacl.started", version=__version__, database=str(store.path))
+                # A full collection walks every object the process holds, and most are the
+                # modules', the SDKs' and the app's own, which live as long as it does: frozen
+                # once started, they are left out of every collection, whose pauses otherwise
+                # hold the event loop (and every socket) for tens of milliseconds.
+                gc.collect()
+                gc.freeze()
                 yield
             finally:
+                gc.unfreeze()  # an app started again in this process (tests) freezes afresh
                 if metrics_server is not None:
                     await asyncio.to_thread(metrics_server.shutdown)
                     metrics_server.server_close()
