@@ -410,9 +410,14 @@ def test_a_pdf_goes_to_openai_once_as_input_file(server: OpenAITestServer, world
     visitor = site.visitor(world.responses)
     data = pdf_bytes(b"% manual\n")
     file_id = upload(site, visitor, "manual.pdf", data).json()["id"]
-    first = site.post(visitor, "What does the manual say?", file_ids=[file_id])
+    first = site.post(visitor, "What does the manual say?", file_ids=[file_id],
+                      client_message_id="with-a-file")
     assert first.status_code == 201, first.text
     assert first.json()["message"]["file_ids"] == [file_id]
+    # The message answered is the one the read table holds (it is not read back: made from
+    # the append's own events).
+    listed = site.messages(visitor)["data"]
+    assert listed[0] == first.json()["message"]
     assert first.json()["reply"]["text"].endswith("Attached: manual.pdf.")
     second = site.post(visitor, "And on page two?")
     assert second.status_code == 201, second.text

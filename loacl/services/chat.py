@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -81,6 +81,14 @@ _KIND_NAMES = {"txt": "text", "pdf": "PDF", "doc": "Word", "docx": "Word"}
 
 def _described(kinds: frozenset[str]) -> str:
     return " and ".join(dict.fromkeys(_KIND_NAMES.get(k, k) for k in sorted(kinds, key=len)))
+
+
+@dataclass(frozen=True, slots=True)
+class _Started:
+    """A reply started: its run, and the visitor's message it answers as the read table has it."""
+
+    run: Run
+    message: MessageView
 
 
 class Chat:
@@ -308,13 +316,12 @@ class Chat:
         if isinstance(started, MessageView):  # kept for a person: no reply
             slot.release()
             return started, None, True
-        if not isinstance(started, Run):  # an idempotent replay won the race
+        if not isinstance(started, _Started):  # an idempotent replay won the race
             slot.release()
             return started[0], started[1], False
-        message = await self.message(started.reply_to)
         if self.announce is not None:
-            self.announce(started, message)
-        return message, started, True
+            self.announce(started.run, started.message)
+        return started.message, started.run, True
 
     def _check_rates(self, access: VisitorAccess, per_minute: int, ip: str | None) -> Lease:
         """Count the message against the visitor's and the address's rates, and take a reply
@@ -349,7 +356,7 @@ class Chat:
         self, access: VisitorAccess, text: str, file_ids: tuple[str, ...],
         client_message_id: str | None, meta: Metadata, assistant_id: str,
         assistant: AssistantDefinition, slot: Lease,
-    ) -> Run | MessageView | tuple[MessageView, Run | str | None]:
+    ) -> _Started | MessageView | tuple[MessageView, Run | str | None]:
         """Append the message and the reply's start, and start streaming the reply, for which
         the caller has taken the widget's ``slot`` (``_run`` gives it back); or only the
         message, while a person is asked for or answers; or, when a resend won the race, the
@@ -412,7 +419,9 @@ class Chat:
         self.runs[access.conversation_id] = run
         scope = ToolScope(assistant_id, access.user_id)
         self._spawn(self._run(slot, run, assistant, meta, scope), f"reply-{reply_id}")
-        return run
+        posted = next(r for r in recorded if isinstance(r.event, domain.MessagePosted))
+        assert isinstance(posted.event, domain.MessagePosted)
+        return _Started(run, views.posted_message(posted.event, posted))
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         """Run ``work`` in the background, cancelled at shutdown; an exception it ends with is

@@ -8,8 +8,10 @@ from typing import Any
 
 import msgspec
 
-from loacl.domain.conversations import Citation, Conversation, Reply
+from loacl.domain.conversations import Citation, Conversation, MessagePosted, Reply
+from loacl.domain.events import RecordedEvent
 from loacl.domain.handoff import Handoff
+from loacl.store.codec import format_time
 from loacl.store.eventstore import EventStore
 from loacl.store.views import Page, first, page_by_creation
 
@@ -103,6 +105,17 @@ def _message(row: Any) -> MessageView:
     values[7] = _file_ids(values[7])
     values[17] = _citations(values[17])
     return MessageView(*values)
+
+
+def posted_message(event: MessagePosted, recorded: RecordedEvent) -> MessageView:
+    """A visitor's message as the read table shows it once ``recorded`` is projected
+    (projections.conversations.message_posted), without reading it back: what the append
+    returned is enough, and under load a read waits its turn behind many."""
+    at = format_time(recorded.recorded_at)
+    return MessageView(
+        event.message_id, event.conversation_id, "user", event.text, "completed", None, None,
+        tuple(event.file_ids), event.client_message_id, None, None, recorded.seq, at, at,
+    )
 
 
 async def message(store: EventStore, message_id: str) -> MessageView | None:
