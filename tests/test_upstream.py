@@ -267,6 +267,28 @@ async def test_expected_versions_hold_across_instances_and_a_copy_keeps_what_the
         range(1, 7))
 
 
+async def test_an_instance_is_not_woken_by_its_own_commits(
+    instances: Callable[[str], asyncio.Future[EventStore]]
+) -> None:
+    """The NOTIFY of a batch this instance committed wakes only the others: a catch-up for
+    it would ask PostgreSQL for nothing while holding the writer. Another backend's wakes it,
+    as a notification whose sender is not known does."""
+    a = await instances("a")
+    await a.append("user-u1", [registered("u1", "one@example.test")])
+    upstream = a.upstream
+    assert upstream is not None
+    woken: list[None] = []
+    upstream.woken = lambda: woken.append(None)
+    own = upstream._writer_pid
+    assert own is not None
+    # A real notification of this instance's own next commit, as PostgreSQL sends it.
+    await a.append("user-u2", [registered("u2", "two@example.test")])
+    await asyncio.sleep(0.1)
+    assert woken == []
+    upstream._notified(None, own + 1, CHANNEL, "3")
+    assert len(woken) == 1
+
+
 async def test_an_erasure_on_one_instance_reaches_the_other_copy(
     instances: Callable[[str], asyncio.Future[EventStore]], pg_url: str
 ) -> None:

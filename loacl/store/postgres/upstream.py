@@ -179,6 +179,7 @@ class PgUpstream:
         self._locked_hash = codec.GENESIS_HASH
         self._locked = False  # whether begin took the head's lock
         self._heard_head = 0  # the highest head a NOTIFY on CHANNEL named
+        self._writer_pid: int | None = None  # the server process of the connection appending
         # Tries at a batch without the head lock, and those of them that found the head moved
         # at commit (the batch then written again).
         self.unlocked_batches = 0
@@ -243,6 +244,7 @@ class PgUpstream:
                 with contextlib.suppress(OSError, asyncpg.PostgresError):
                     await pool.release(conn)  # a reset: the leases' locks go with it
         self._listener = self._conn = self._leases = self._live = None
+        self._writer_pid = None
         await pool.close()
 
     def listen(self, channel: str, told: Callable[[], None]) -> None:
@@ -340,9 +342,13 @@ class PgUpstream:
                 )
                 raise Moved(int(found or 0))
 
-    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+    def _notified(self, _conn: object, pid: int, _channel: str, payload: str) -> None:
         with contextlib.suppress(ValueError):
             self._heard_head = max(self._heard_head, int(payload))
+        if pid == self._writer_pid:
+            # This instance's own batch: its copy has it already. A catch-up would only ask
+            # PostgreSQL for nothing, holding the writer meanwhile (one round trip a batch).
+            return
         if self.woken is not None:
             self.woken()
 
@@ -408,6 +414,7 @@ class PgUpstream:
         if self._conn is None:
             assert self._pool is not None
             self._conn = await self._pool.acquire()
+            self._writer_pid = self._conn.get_server_pid()
         return self._conn
 
     def prepare_keys(self, conn: sqlite3.Connection, subjects: Iterable[str]) -> None:
@@ -561,6 +568,7 @@ class PgUpstream:
             return False
         except (OSError, asyncpg.InterfaceError):
             conn, self._conn = self._conn, None  # a broken connection: not used again
+            self._writer_pid = None
             if conn is not None and self._pool is not None:
                 with contextlib.suppress(OSError, asyncpg.PostgresError,
                                          asyncpg.InterfaceError):
@@ -587,6 +595,7 @@ class PgUpstream:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             # A broken connection: not used again (PostgreSQL ends its transaction itself).
             conn, self._conn = self._conn, None
+            self._writer_pid = None
             if conn is not None and self._pool is not None:
                 await self._pool.release(conn)
 
