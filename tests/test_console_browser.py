@@ -465,7 +465,9 @@ def test_the_account_changes_the_password_ends_sessions_and_deletes_itself(
     # The model picker lists the server's models.
     page.get_by_role("link", name="Assistants").click()
     page.get_by_role("link", name="New assistant").click()
-    options = page.get_by_label("Model").locator("option").all_inner_texts()
+    choices = page.get_by_label("Model").locator("option")
+    expect(choices.nth(1)).to_be_attached()  # the server's models arrive after the form
+    options = choices.all_inner_texts()
     assert options[0] == "The provider's default model" and len(options) > 1, options
 
     # Another session, from elsewhere: listed, and ended from here.

@@ -144,6 +144,12 @@ def test_an_empty_data_folder_comes_back_from_the_replica(
     readyz = httpx.get(f"{served.url}/readyz").json()
     # Litestream runs the server (replicate -exec), so the server supervises none itself.
     assert readyz["checks"]["replica"]["supervised"] is False
+    # Litestream has taken the database up (its first files are in the replica): what follows
+    # reaches the replica by its last sync at the stop, whenever its timer would have.
+    deadline = time.monotonic() + WAIT
+    while not any(p.is_file() for p in replica.rglob("*")):
+        assert time.monotonic() < deadline, "Litestream never wrote to the replica"
+        time.sleep(0.05)
     served.register("first@example.com")
     before = served.events()
     assert served.stop() == 0  # Litestream's exit, after the server's and its last sync
