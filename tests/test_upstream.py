@@ -26,7 +26,7 @@ from loacl.domain.privacy import SubjectErased, subject
 from loacl.domain.widgets import ConversationStarted
 from loacl.services.recovery import recover
 from loacl.settings import format_master_key
-from loacl.store import audit, batches, migrations
+from loacl.store import audit, batches, migrations, records
 from loacl.store.eventstore import NO_STREAM, EventStore
 from loacl.store.keys import Keyring, MasterKeys
 from loacl.store.postgres.eventstore import PgEventStore
@@ -233,7 +233,7 @@ async def test_expected_versions_hold_across_instances_and_a_copy_keeps_what_the
     every batch while instances take turns)."""
     a, b = await instances("a"), await instances("b")
     looked_up: list[str] = []
-    real = batches.stream_version
+    real = records.stream_version
 
     def counted(conn: sqlite3.Connection, stream: str) -> int:
         looked_up.append(stream)
