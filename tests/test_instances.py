@@ -7,9 +7,11 @@ WebSocket clients, the real openai SDK against the test server, a real PostgreSQ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -52,67 +54,79 @@ async def level(*paths: Path) -> list[tuple[int, str]]:
     raise AssertionError("the copies never came level")
 
 
-async def test_tabs_on_two_instances_see_every_reply_live(
-    settings: Settings, provider: tuple[OpenAITestServer, str], pg_url: str, tmp_path: Path
-) -> None:
-    shared = settings.model_copy(update={"database_url": pg_url})
-    one = shared.model_copy(update={"instance_database": tmp_path / "one.db"})
-    two_settings = shared.model_copy(update={
+@contextlib.contextmanager
+def two_instances(
+    settings: Settings, provider: tuple[OpenAITestServer, str], pg_url: str, tmp_path: Path,
+    shared: dict[str, Any] | None = None, first: dict[str, Any] | None = None,
+) -> Iterator[tuple[Live, Live]]:
+    """Instance A (an owner, a widget, the test server) and instance B on one log in
+    PostgreSQL, each with its own copy, both with the same data folder (the same signing secret
+    and master key). B starts after A has its owner and widget: it copies the log on start."""
+    common = settings.model_copy(update={"database_url": pg_url, **(shared or {})})
+    one = common.model_copy(update={"instance_database": tmp_path / "one.db", **(first or {})})
+    two = common.model_copy(update={
         "instance_database": tmp_path / "two.db",
         "openai_api_key": "sk-test", "openai_base_url": f"{provider[1]}/v1",
         "require_verified_email": False, "provider_max_retries": 0,
     })
-    # The second instance starts after the first has an owner and a widget: it copies the log
-    # on start. Same data folder: the same signing secret and master key.
-    with start(one, provider) as a, serve(create_app(two_settings)) as url_b, httpx.Client(
+    with start(one, provider) as a, serve(create_app(two)) as url_b, httpx.Client(
         base_url=url_b, timeout=WAIT
     ) as http_b:
-        if True:
-            b = Live(url_b, two_settings, a.provider, http_b, a.headers, a.widget_id,
-                     Log(two_settings))
-            # The owner's token from instance A works on B (one secret, one log).
-            listed = await asyncio.to_thread(http_b.get, "/api/v1/widgets", headers=a.headers)
-            assert listed.status_code == 200, listed.text
-            assert [w["id"] for w in listed.json()["data"]] == [a.widget_id]
+        yield a, Live(url_b, two, a.provider, http_b, a.headers, a.widget_id, Log(two))
 
-            session = a.session()
-            await level(a.settings.database_path, b.settings.database_path)
-            text_a, text_b = reply_text(40, "from A"), reply_text(40, "from B")
-            async with a.tab(session) as on_a, b.tab(session) as on_b:
-                # Asked on A: A's provider call, B's tab follows through the copy.
-                a.provider.script(text_a, [Stall(seconds=0.3, after_deltas=8)])
-                ack = await a.ask(on_a, "Asked on A")
-                started = await on_b.next_kind("started")
-                assert started["reply_id"] == ack["reply_id"]
-                assert started["message"]["text"] == "Asked on A"
-                seen_a = await on_a.follow(ack["reply_id"])
-                seen_b = await on_b.follow(ack["reply_id"])
-                assert seen_a.text == seen_b.text == text_a
-                assert seen_b.done is not None and seen_b.done["status"] == "completed"
-                # Asked on B: B runs the reply, A's tab follows.
-                a.provider.script(text_b)
-                ack_b = await b.ask(on_b, "Asked on B")
-                again_a = await on_a.follow(ack_b["reply_id"])
-                again_b = await on_b.follow(ack_b["reply_id"])
-                assert again_a.text == again_b.text == text_b
-                assert again_a.done is not None and again_a.done["status"] == "completed"
-            # A resume on the other instance gets exactly what the tab missed (here: nothing
-            # but the finished conversation, read from B's copy).
-            history = await asyncio.to_thread(
-                http_b.get, f"/api/v1/widgets/{a.widget_id}/messages",
-                headers={"Authorization": f"Bearer {session.token}", "Origin": ORIGIN},
-            )
-            assert history.status_code == 200, history.text
-            texts = [m["text"] for m in history.json()["data"]]
-            assert texts == ["Asked on A", text_a, "Asked on B", text_b]
-            copies = await level(a.settings.database_path, b.settings.database_path)
-    # The log in PostgreSQL is the copies' chain, and each verifies.
-    keys = keyring_for(one)
-    async with PgEventStore(pg_url, keyring=keys or Keyring(MasterKeys(lambda: []))) as pg:
+
+async def postgres_chain(pg_url: str, settings: Settings) -> list[tuple[int, str]]:
+    """The log in PostgreSQL, verified: its positions and hashes."""
+    keys = keyring_for(settings) or Keyring(MasterKeys(lambda: []))
+    async with PgEventStore(pg_url, keyring=keys) as pg:
         result = await pg.verify()
         assert result.ok, result
-        assert [(r.seq, r.hash) for r in await pg.read_all()] == copies
-    for path in (one.database_path, two_settings.database_path):
+        return [(r.seq, r.hash) for r in await pg.read_all()]
+
+
+async def test_tabs_on_two_instances_see_every_reply_live(
+    settings: Settings, provider: tuple[OpenAITestServer, str], pg_url: str, tmp_path: Path
+) -> None:
+    with two_instances(settings, provider, pg_url, tmp_path) as (a, b):
+        # The owner's token from instance A works on B (one secret, one log).
+        listed = await asyncio.to_thread(b.http.get, "/api/v1/widgets", headers=a.headers)
+        assert listed.status_code == 200, listed.text
+        assert [w["id"] for w in listed.json()["data"]] == [a.widget_id]
+
+        session = a.session()
+        await level(a.settings.database_path, b.settings.database_path)
+        text_a, text_b = reply_text(40, "from A"), reply_text(40, "from B")
+        async with a.tab(session) as on_a, b.tab(session) as on_b:
+            # Asked on A: A's provider call, B's tab follows through the copy.
+            a.provider.script(text_a, [Stall(seconds=0.3, after_deltas=8)])
+            ack = await a.ask(on_a, "Asked on A")
+            started = await on_b.next_kind("started")
+            assert started["reply_id"] == ack["reply_id"]
+            assert started["message"]["text"] == "Asked on A"
+            seen_a = await on_a.follow(ack["reply_id"])
+            seen_b = await on_b.follow(ack["reply_id"])
+            assert seen_a.text == seen_b.text == text_a
+            assert seen_b.done is not None and seen_b.done["status"] == "completed"
+            # Asked on B: B runs the reply, A's tab follows.
+            a.provider.script(text_b)
+            ack_b = await b.ask(on_b, "Asked on B")
+            again_a = await on_a.follow(ack_b["reply_id"])
+            again_b = await on_b.follow(ack_b["reply_id"])
+            assert again_a.text == again_b.text == text_b
+            assert again_a.done is not None and again_a.done["status"] == "completed"
+        # A resume on the other instance gets exactly what the tab missed (here: nothing
+        # but the finished conversation, read from B's copy).
+        history = await asyncio.to_thread(
+            b.http.get, f"/api/v1/widgets/{a.widget_id}/messages",
+            headers={"Authorization": f"Bearer {session.token}", "Origin": ORIGIN},
+        )
+        assert history.status_code == 200, history.text
+        texts = [m["text"] for m in history.json()["data"]]
+        assert texts == ["Asked on A", text_a, "Asked on B", text_b]
+        copies = await level(a.settings.database_path, b.settings.database_path)
+    # The log in PostgreSQL is the copies' chain, and each verifies.
+    assert await postgres_chain(pg_url, a.settings) == copies
+    for path in (a.settings.database_path, b.settings.database_path):
         conn = connect(path)
         try:
             assert audit.verify(conn).ok
@@ -127,19 +141,9 @@ async def test_a_tab_on_another_instance_gets_the_text_before_the_log_has_it(
     (services.remote_replies), before the log has it: with a flush window longer than the
     reply, the other tab has the first pieces while the provider stalls and PostgreSQL holds
     no delta yet. Then the log brings the rest and the end: nothing twice, nothing missing."""
-    shared = settings.model_copy(update={"database_url": pg_url, "flush_interval_ms": 5000})
-    one = shared.model_copy(update={"instance_database": tmp_path / "one.db",
-                                    "provider_read_timeout": 5.0})
-    two_settings = shared.model_copy(update={
-        "instance_database": tmp_path / "two.db",
-        "openai_api_key": "sk-test", "openai_base_url": f"{provider[1]}/v1",
-        "require_verified_email": False, "provider_max_retries": 0,
-    })
-    with start(one, provider) as a, serve(create_app(two_settings)) as url_b, httpx.Client(
-        base_url=url_b, timeout=WAIT
-    ) as http_b:
-        b = Live(url_b, two_settings, a.provider, http_b, a.headers, a.widget_id,
-                 Log(two_settings))
+    with two_instances(settings, provider, pg_url, tmp_path,
+                       shared={"flush_interval_ms": 5000},
+                       first={"provider_read_timeout": 5.0}) as (a, b):
         session = a.session()
         await level(a.settings.database_path, b.settings.database_path)
         text = reply_text(40, "live ")
@@ -167,10 +171,7 @@ async def test_a_tab_on_another_instance_gets_the_text_before_the_log_has_it(
             assert end_a.text == end_b.text == before_stall
             assert end_b.done is not None and end_b.done["status"] == "failed"
         copies = await level(a.settings.database_path, b.settings.database_path)
-    async with PgEventStore(pg_url, keyring=keyring_for(one) or Keyring(MasterKeys(lambda: []))
-                            ) as pg:
-        assert (await pg.verify()).ok
-        assert [(r.seq, r.hash) for r in await pg.read_all()] == copies
+    assert await postgres_chain(pg_url, a.settings) == copies
 
 
 async def test_a_tab_on_another_instance_hears_a_reply_start_before_its_copy_has_it(
@@ -180,24 +181,13 @@ async def test_a_tab_on_another_instance_hears_a_reply_start_before_its_copy_has
     tab on another instance hears ``started`` and the first pieces while that instance's copy
     cannot take the start (its file held by another writer here). Once the copy takes it, the
     log's start is no news to the tab: one ``started``, the text once, one ``done``."""
-    shared = settings.model_copy(update={"database_url": pg_url})
-    one = shared.model_copy(update={"instance_database": tmp_path / "one.db"})
-    two_settings = shared.model_copy(update={
-        "instance_database": tmp_path / "two.db",
-        "openai_api_key": "sk-test", "openai_base_url": f"{provider[1]}/v1",
-        "require_verified_email": False, "provider_max_retries": 0,
-    })
-    with start(one, provider) as a, serve(create_app(two_settings)) as url_b, httpx.Client(
-        base_url=url_b, timeout=WAIT
-    ) as http_b:
-        b = Live(url_b, two_settings, a.provider, http_b, a.headers, a.widget_id,
-                 Log(two_settings))
+    with two_instances(settings, provider, pg_url, tmp_path) as (a, b):
         session = a.session()
         await level(a.settings.database_path, b.settings.database_path)
         text = reply_text(40, "early ")
         before_stall = "".join(split_deltas(text)[:8])
         async with a.tab(session) as on_a, b.tab(session) as on_b:
-            held = sqlite3.connect(two_settings.database_path, isolation_level=None)
+            held = sqlite3.connect(b.settings.database_path, isolation_level=None)
             try:
                 held.execute("BEGIN IMMEDIATE")  # B's copy waits for this writer
                 a.provider.script(text, [Stall(seconds=0.5, after_deltas=8)])
@@ -230,7 +220,4 @@ async def test_a_tab_on_another_instance_hears_a_reply_start_before_its_copy_has
             starts = [f for f in on_b.seen if f["type"] == "started"
                       and f["reply_id"] == reply_id]
             assert len(starts) == 1, starts
-    async with PgEventStore(pg_url, keyring=keyring_for(one) or Keyring(MasterKeys(lambda: []))
-                            ) as pg:
-        assert (await pg.verify()).ok
-        assert [(r.seq, r.hash) for r in await pg.read_all()][:len(copies)] == copies
+    assert (await postgres_chain(pg_url, a.settings))[:len(copies)] == copies
