@@ -20,6 +20,7 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.events import Event, Metadata
 from loacl.domain.hours import Away, away
 from loacl.domain.widgets import VisitorAccess, conversation_stream
+from loacl.services.listeners import Listeners
 from loacl.services.tokens import new_id
 from loacl.store.eventstore import EventStore
 from loacl.store.views import accounts as account_views
@@ -287,20 +288,11 @@ class Typing:
         self.interval = interval
         self.clock = clock
         self._last: dict[tuple[str, str], float] = {}
-        self._listeners: dict[str | None, set[Listener]] = {}
+        self._listeners: Listeners[str | None, Listener] = Listeners()
 
     def listen(self, conversation_id: str | None, listener: Listener) -> Callable[[], None]:
         """``listener`` gets the signals of one conversation (None: every one)."""
-        self._listeners.setdefault(conversation_id, set()).add(listener)
-
-        def stop() -> None:
-            found = self._listeners.get(conversation_id)
-            if found is not None:
-                found.discard(listener)
-                if not found:
-                    del self._listeners[conversation_id]
-
-        return stop
+        return self._listeners.listen(conversation_id, listener)
 
     def wait_for(self, conversation_id: str, who: str) -> float:
         """Seconds until ``who`` may signal again in the conversation (0: now)."""
@@ -328,7 +320,6 @@ class Typing:
                  "typing": typing, **({"name": name} if name else {})}
         if side == "agent":  # for listeners only: the sockets send no account ids
             frame["member"] = who.removeprefix("member:")
-        for listener in [*self._listeners.get(conversation_id, ()),
-                         *self._listeners.get(None, ())]:
+        for listener in [*self._listeners.of(conversation_id), *self._listeners.of(None)]:
             listener(frame)
         return True

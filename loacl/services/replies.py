@@ -21,6 +21,7 @@ from loacl.domain.errors import LoaclError
 from loacl.domain.events import Metadata
 from loacl.domain.widgets import conversation_stream
 from loacl.providers.base import ProviderError, ReplyResult
+from loacl.services.listeners import Listeners
 from loacl.store.eventstore import EventStore
 from loacl.store.views.conversations import MessageView
 
@@ -164,25 +165,16 @@ class Starts:
     message the reply answers, as the instance that started it read it."""
 
     def __init__(self) -> None:
-        self._listeners: dict[str, set[StartedHere]] = {}
+        self._listeners: Listeners[str, StartedHere] = Listeners()
 
     def listen(self, conversation_id: str, listener: StartedHere) -> Callable[[], None]:
-        self._listeners.setdefault(conversation_id, set()).add(listener)
-
-        def stop() -> None:
-            found = self._listeners.get(conversation_id)
-            if found is not None:
-                found.discard(listener)
-                if not found:
-                    del self._listeners[conversation_id]
-
-        return stop
+        return self._listeners.listen(conversation_id, listener)
 
     def listened(self, conversation_id: str) -> bool:
         return conversation_id in self._listeners
 
     def tell(self, run: Run, message: MessageView) -> None:
-        for listener in list(self._listeners.get(run.conversation_id, ())):
+        for listener in self._listeners.of(run.conversation_id):
             try:
                 listener(run, message)
             except Exception:
