@@ -75,6 +75,18 @@ async def instances(
         await store.close()
 
 
+def cli_config(tmp_path: Path, pg_url: str, master_key: str = "", extra: str = "") -> Path:
+    """A config file for the command line on the log in PostgreSQL: the instances' data folder
+    and master key (or ``master_key``), a copy of its own."""
+    config = tmp_path / "cli.toml"
+    config.write_text(
+        f'database_url = "{pg_url}"\ndata_dir = "{tmp_path / "data"}"\n'
+        f'instance_database = "{tmp_path / "cli.db"}"\n'
+        f'master_key = "{master_key or format_master_key(MASTER)}"\n' + extra
+    )
+    return config
+
+
 def registered(user: str, email: str) -> UserRegistered:
     return UserRegistered(user_id=user, email=email, name=f"Name of {user}", password_hash="h")
 
@@ -331,12 +343,8 @@ async def test_rotating_the_master_key_reaches_postgresql_and_every_copy(
         await a.append(f"user-u{i}", [registered(f"u{i}", f"{i}@example.test")])
     await a.close()
     new_master = bytes(range(100, 132))
-    config = tmp_path / "cli.toml"
-    config.write_text(
-        f'database_url = "{pg_url}"\ndata_dir = "{tmp_path / "data"}"\n'
-        f'instance_database = "{tmp_path / "cli.db"}"\n'
-        f'master_key = "{format_master_key(new_master)},{format_master_key(MASTER)}"\n'
-    )
+    config = cli_config(
+        tmp_path, pg_url, f"{format_master_key(new_master)},{format_master_key(MASTER)}")
     capsys.readouterr()
     assert await asyncio.to_thread(main, ["--config", str(config), "keys", "rotate"]) == 0
     out = capsys.readouterr().out
@@ -439,14 +447,8 @@ async def test_operator_commands_on_a_postgresql_log(
     from loacl.cli import main
 
     running = await instances("server")
-    data = tmp_path / "data"
-    config = tmp_path / "cli.toml"
-    config.write_text(
-        f'database_url = "{pg_url}"\ndata_dir = "{data}"\n'
-        f'instance_database = "{tmp_path / "cli.db"}"\n'
-        f'master_key = "{format_master_key(MASTER)}"\n'
-        "argon2_time_cost = 1\nargon2_memory_kib = 64\nargon2_parallelism = 1\n"
-    )
+    config = cli_config(tmp_path, pg_url, extra=(
+        "argon2_time_cost = 1\nargon2_memory_kib = 64\nargon2_parallelism = 1\n"))
 
     def cli(*args: str) -> tuple[int, str]:
         capsys.readouterr()
@@ -493,13 +495,7 @@ async def test_reading_commands_see_the_whole_log_and_backup_is_pg_dump(
     assert running.upstream is not None
     await running.append("user-u1", [registered("u1", "one@example.com")],
                          expected_version=NO_STREAM)
-    data = tmp_path / "data"
-    config = tmp_path / "cli.toml"
-    config.write_text(
-        f'database_url = "{pg_url}"\ndata_dir = "{data}"\n'
-        f'instance_database = "{tmp_path / "cli.db"}"\n'
-        f'master_key = "{format_master_key(MASTER)}"\n'
-    )
+    config = cli_config(tmp_path, pg_url)
 
     def cli(*args: str) -> tuple[int, str]:
         capsys.readouterr()
